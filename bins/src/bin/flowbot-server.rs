@@ -1,0 +1,60 @@
+//! `flowbot-server [--config FILE] [--no-agent]`: the HTTP API, channels and (by default) an
+//! embedded agent. With no configuration file it starts on 127.0.0.1:8080 with SQLite under
+//! `./data` and the demo bot at http://127.0.0.1:8080/chat.
+#![allow(clippy::print_stderr, clippy::print_stdout)] // a command-line program talks to its terminal
+
+use flowbot_core::CancellationToken;
+use flowbot_server::config::Config;
+use flowbot_server::run;
+
+const USAGE: &str = "usage: flowbot-server [--config FILE] [--no-agent] [--console]\n\n\
+  --config FILE   TOML configuration (default: $FLOWBOT_CONFIG, else built-in defaults)\n\
+  --no-agent      do not run workers here (distributed mode: run flowbot-agent elsewhere)\n\
+  --console       also talk to the bot on stdin/stdout\n\
+Environment overrides: FLOWBOT_<SECTION>__<KEY>, e.g. FLOWBOT_SERVER__LISTEN=0.0.0.0:8080";
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let mut config_path = None;
+    let mut no_agent = false;
+    let mut console = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--config" => match args.next() {
+                Some(p) => config_path = Some(std::path::PathBuf::from(p)),
+                None => return fail("--config needs a file"),
+            },
+            "--no-agent" => no_agent = true,
+            "--console" => console = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return std::process::ExitCode::SUCCESS;
+            }
+            "-V" | "--version" => {
+                println!("flowbot-server {}", env!("CARGO_PKG_VERSION"));
+                return std::process::ExitCode::SUCCESS;
+            }
+            other => return fail(&format!("unknown argument '{other}'\n{USAGE}")),
+        }
+    }
+    let mut config = match Config::from_env(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if no_agent {
+        config.server.agent = false;
+    }
+    run::init_logging(&config);
+    let shutdown = CancellationToken::new();
+    run::cancel_on_signals(shutdown.clone());
+    match run::run_server_with(config, console, shutdown, None).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(message: &str) -> std::process::ExitCode {
+    eprintln!("error: {message}");
+    std::process::ExitCode::from(2)
+}

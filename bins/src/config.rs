@@ -1,0 +1,458 @@
+//! Configuration: one TOML file plus `FLOWBOT_*` environment overrides, with defaults that
+//! start a useful single-node server with no file at all.
+//!
+//! Environment variables name a key path with `__` between levels:
+//! `FLOWBOT_SERVER__LISTEN=0.0.0.0:8080`, `FLOWBOT_DATABASE__URL=postgres://…`,
+//! `FLOWBOT_WEBHOOKS__CRM__CALLBACK_URL=https://…`. Values are read as TOML values when they
+//! parse as one (numbers, booleans, arrays) and as strings otherwise. Variables without `__`
+//! (such as `FLOWBOT_CONFIG`) are not config keys. Unknown keys and invalid values are
+//! rejected at start with the key's path.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP server.
+    pub server: ServerConfig,
+    /// Database.
+    pub database: DatabaseConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Task workers (embedded agent and `flowbot-agent`).
+    pub workers: WorkersConfig,
+    /// Web chat channel.
+    pub web: WebConfig,
+    /// Generic webhook channels, by name.
+    pub webhooks: BTreeMap<String, WebhookEntry>,
+    /// The demo bot.
+    pub demo: DemoConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Run an embedded agent (workers and schedules) in the server process.
+    pub agent: bool,
+    /// Largest request body in bytes; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// Time limit of one HTTP request in seconds; slower ones get 408.
+    pub request_timeout_secs: u64,
+    /// How long shutdown waits for requests, sockets and tasks, in seconds.
+    pub shutdown_timeout_secs: u64,
+    /// Origins allowed by CORS; empty (the default) turns CORS off.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            agent: true,
+            body_limit_bytes: 64 * 1024,
+            request_timeout_secs: 30,
+            shutdown_timeout_secs: 30,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db` or `postgres://user@host/db`.
+    pub url: String,
+    /// Connection pool size (PostgreSQL).
+    pub max_connections: u32,
+    /// PostgreSQL schema for FlowBot's tables (created if missing); default: the server's
+    /// search path, usually `public`.
+    pub schema: Option<String>,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "sqlite://./data/flowbot.db".into(),
+            max_connections: 10,
+            schema: None,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `info,flowbot_core=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[workers]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// Tasks run at once.
+    pub concurrency: usize,
+    /// Polling interval when no wake-up arrives, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Lease length in seconds.
+    pub lease_secs: u64,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            concurrency: 16,
+            poll_interval_ms: 1000,
+            lease_secs: 30,
+        }
+    }
+}
+
+/// `[web]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve `/chat` and `/ws/chat`.
+    pub enabled: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig { enabled: true }
+    }
+}
+
+/// `[webhooks.<name>]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookEntry {
+    /// Where replies are POSTed.
+    pub callback_url: Option<String>,
+    /// HMAC-SHA256 secret for both directions (at least 16 bytes).
+    pub secret: Option<String>,
+    /// Replay window for signatures, in seconds.
+    pub replay_window_secs: Option<u64>,
+}
+
+/// `[demo]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Answer `/help`, `/echo` and `/remind`.
+    pub enabled: bool,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig { enabled: true }
+    }
+}
+
+/// A configuration error: the key path (or file) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {path}: {message}")]
+pub struct ConfigError {
+    /// `server.listen`, the file name, or an environment variable.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Load from an optional file and the given environment (name, value) pairs.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err(path.display().to_string(), format!("cannot read: {e}")))?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| err(path.display().to_string(), e.to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("FLOWBOT_") else {
+                continue;
+            };
+            if !rest.contains("__") {
+                continue;
+            }
+            let keys: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            if keys.iter().any(String::is_empty) {
+                return Err(err(name.clone(), "empty key segment"));
+            }
+            set_path(&mut table, &keys, parse_env_value(&value))
+                .map_err(|m| err(name.clone(), m))?;
+        }
+        let config: Config = deserialize_with_path(&table)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Load from `FLOWBOT_CONFIG` (or `path`) and the process environment.
+    pub fn from_env(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let from_var = std::env::var_os("FLOWBOT_CONFIG").map(std::path::PathBuf::from);
+        let file = path.map(Path::to_path_buf).or(from_var);
+        Config::load(file.as_deref(), std::env::vars())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(err(
+                "database.url",
+                format!(
+                    "'{}' is not a sqlite:// or postgres:// URL",
+                    flowbot_store::redact_url(url)
+                ),
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(err("database.max_connections", "must be at least 1"));
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return Err(err("server.body_limit_bytes", "must be at least 1024"));
+        }
+        if self.server.request_timeout_secs == 0 {
+            return Err(err("server.request_timeout_secs", "must be at least 1"));
+        }
+        if self.workers.concurrency == 0 {
+            return Err(err("workers.concurrency", "must be at least 1"));
+        }
+        if self.workers.poll_interval_ms == 0 {
+            return Err(err("workers.poll_interval_ms", "must be at least 1"));
+        }
+        if self.workers.lease_secs < 2 {
+            return Err(err("workers.lease_secs", "must be at least 2"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(err("log.level", format!("'{}': {e}", self.log.level)));
+        }
+        for origin in &self.server.cors_origins {
+            if origin.parse::<axum::http::HeaderValue>().is_err()
+                || !(origin.starts_with("http://") || origin.starts_with("https://"))
+            {
+                return Err(err(
+                    "server.cors_origins",
+                    format!("'{origin}' is not an http(s) origin"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = keys.split_last().ok_or("empty key")?;
+    let mut t = table;
+    for k in parents {
+        let entry = t
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("'{k}' is not a table"))?;
+    }
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Deserialise, reporting the dotted path of the offending key.
+fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
+    // Deserialise section by section, so an error names its section, then check the
+    // whole (which catches unknown sections).
+    let known = [
+        "server", "database", "log", "workers", "web", "webhooks", "demo",
+    ];
+    for key in table.keys() {
+        if !known.contains(&key.as_str()) {
+            return Err(err(
+                key.clone(),
+                format!("unknown section; expected one of {}", known.join(", ")),
+            ));
+        }
+    }
+    fn section<T: for<'de> Deserialize<'de> + Default>(
+        table: &toml::Table,
+        name: &str,
+    ) -> Result<T, ConfigError> {
+        match table.get(name) {
+            None => Ok(T::default()),
+            Some(v) => T::deserialize(v.clone())
+                .map_err(|e| err(field_path(name, &e.to_string()), clean(&e.to_string()))),
+        }
+    }
+    let webhooks = match table.get("webhooks") {
+        None => BTreeMap::new(),
+        Some(toml::Value::Table(t)) => {
+            let mut out = BTreeMap::new();
+            for (name, v) in t {
+                let entry = WebhookEntry::deserialize(v.clone()).map_err(|e| {
+                    err(
+                        field_path(&format!("webhooks.{name}"), &e.to_string()),
+                        clean(&e.to_string()),
+                    )
+                })?;
+                out.insert(name.clone(), entry);
+            }
+            out
+        }
+        Some(_) => {
+            return Err(err(
+                "webhooks",
+                "must be a table of [webhooks.<name>] sections",
+            ));
+        }
+    };
+    Ok(Config {
+        server: section(table, "server")?,
+        database: section(table, "database")?,
+        log: section(table, "log")?,
+        workers: section(table, "workers")?,
+        web: section(table, "web")?,
+        webhooks,
+        demo: section(table, "demo")?,
+    })
+}
+
+/// `section.field` when the serde message names a field (unknown field `x` / invalid value
+/// for `x`), else the section.
+fn field_path(section: &str, message: &str) -> String {
+    let field = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.contains("unknown field") || message.contains("missing field"));
+    match field {
+        Some(f) => format!("{section}.{f}"),
+        None => section.to_owned(),
+    }
+}
+
+fn clean(message: &str) -> String {
+    message.lines().next().unwrap_or(message).trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("flowbot-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join(format!("{}.toml", toml_text.len()));
+        std::fs::write(&path, toml_text).expect("write");
+        let r = Config::load(
+            Some(&path),
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, Vec::new()).expect("defaults");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.server.agent && c.web.enabled && c.demo.enabled);
+        assert_eq!(c.database.url, "sqlite://./data/flowbot.db");
+        assert!(c.server.cors_origins.is_empty(), "CORS off by default");
+    }
+
+    #[test]
+    fn file_and_environment_overrides() {
+        let c = load(
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[webhooks.crm]\ncallback_url = \"http://127.0.0.1:1/cb\"\n",
+            &[
+                ("FLOWBOT_SERVER__AGENT", "false"),
+                ("FLOWBOT_WORKERS__CONCURRENCY", "4"),
+                ("FLOWBOT_DATABASE__URL", "postgres://u:secret@db/flowbot"),
+                ("FLOWBOT_WEBHOOKS__CRM__SECRET", "0123456789abcdef0123"),
+                ("FLOWBOT_TEST_POSTGRES_URL", "ignored: no __ in the name"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.server.listen.port(), 9000);
+        assert!(!c.server.agent);
+        assert_eq!(c.workers.concurrency, 4);
+        assert_eq!(c.database.url, "postgres://u:secret@db/flowbot");
+        assert_eq!(
+            c.webhooks["crm"].secret.as_deref(),
+            Some("0123456789abcdef0123")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load("[server]\nlisen = \"x\"\n", &[]).expect_err("unknown key");
+        assert_eq!(e.path, "server.lisen", "{e}");
+        let e = load("[server]\nlisten = \"not an address\"\n", &[]).expect_err("bad value");
+        assert_eq!(e.path, "server", "{e}");
+        assert!(e.message.contains("invalid socket address"), "{e}");
+        let e = load("[nope]\n", &[]).expect_err("unknown section");
+        assert_eq!(e.path, "nope");
+        let e = load("", &[("FLOWBOT_WORKERS__CONCURRENCY", "0")]).expect_err("zero workers");
+        assert_eq!(e.path, "workers.concurrency");
+        let e = load("", &[("FLOWBOT_DATABASE__URL", "mysql://u:pw@h/db")]).expect_err("scheme");
+        assert_eq!(e.path, "database.url");
+        assert!(!e.message.contains("pw"), "password redacted: {e}");
+        let e = load("", &[("FLOWBOT_LOG__LEVEL", "info,=[")]).expect_err("filter");
+        assert_eq!(e.path, "log.level");
+        let e = load("[webhooks.crm]\ncallbak_url = \"x\"\n", &[]).expect_err("typo in webhook");
+        assert_eq!(e.path, "webhooks.crm.callbak_url");
+        let e = load("this is not toml", &[]).expect_err("syntax");
+        assert!(e.path.ends_with(".toml"), "{e}");
+    }
+}

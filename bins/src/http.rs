@@ -1,0 +1,717 @@
+//! The HTTP surface: health, readiness, metrics, the REST API under `/api/v1` (errors as
+//! `application/problem+json`, cursor pagination) and its OpenAPI document, generated from
+//! the handlers with utoipa.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flowbot_channels::problem::Problem;
+use flowbot_core::metrics::{HistogramSnapshot, LATENCY_BUCKETS};
+use flowbot_core::task::{
+    MisfirePolicy, ScheduleDef, TaskFilter, TaskId, TaskState, WorkerStats, register_schedule,
+};
+use flowbot_core::{PipelineStats, SessionKey, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::ServerConfig;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Pipeline counters.
+    pub pipeline: Arc<PipelineStats>,
+    /// Worker counters (zero without an embedded agent).
+    pub workers: Arc<WorkerStats>,
+}
+
+type ApiResult<T> = Result<Json<T>, Problem>;
+
+/// A problem document (RFC 9457).
+#[derive(Serialize, ToSchema)]
+struct ProblemDoc {
+    #[serde(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    detail: String,
+}
+
+/// A page of results with the cursor of the next page.
+#[derive(Serialize, ToSchema)]
+struct PageDoc {
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<Value>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Status {
+    status: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PageQuery {
+    /// Cursor from the previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct TaskQuery {
+    /// `queued`, `running`, `done`, `dead` or `cancelled`.
+    state: Option<String>,
+    /// Task kind.
+    kind: Option<String>,
+    /// Queue.
+    queue: Option<String>,
+    /// Cursor from the previous page.
+    cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    limit: Option<u32>,
+}
+
+/// A schedule to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewSchedule {
+    /// Unique name.
+    name: String,
+    /// Cron expression, 5 fields or 6 with seconds first.
+    cron: String,
+    /// IANA time zone (default UTC).
+    timezone: Option<String>,
+    /// Task kind to enqueue.
+    kind: String,
+    /// Task payload (default null).
+    #[schema(value_type = Object)]
+    payload: Option<Value>,
+    /// Queue (default `default`).
+    queue: Option<String>,
+    /// `skip` (default) or `catch_up`.
+    misfire: Option<String>,
+}
+
+fn limit(l: Option<u32>) -> Result<u32, Problem> {
+    match l {
+        None => Ok(50),
+        Some(n) if (1..=1000).contains(&n) => Ok(n),
+        Some(n) => Err(Problem::bad_request(format!(
+            "limit must be between 1 and 1000, got {n}"
+        ))),
+    }
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
+    q.map(|Query(q)| q)
+        .map_err(|e| Problem::bad_request(format!("invalid query: {}", e.body_text())))
+}
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, Problem> {
+    p.map(|Path(p)| p)
+        .map_err(|e| Problem::bad_request(format!("invalid path: {}", e.body_text())))
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(store_err)`
+fn store_err(e: flowbot_core::StoreError) -> Problem {
+    Problem::from_store(&e)
+}
+
+fn page<T: Serialize>(p: flowbot_core::store::Page<T>) -> Result<Json<PageDoc>, Problem> {
+    let items = p
+        .items
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(PageDoc {
+        items,
+        next_cursor: p.next_cursor,
+    }))
+}
+
+/// Process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Status)))]
+async fn healthz() -> Json<Status> {
+    Json(Status {
+        status: "ok".into(),
+    })
+}
+
+/// Database reachable and migrated (stores migrate when they open).
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Status), (status = 503, body = ProblemDoc)))]
+async fn readyz(State(s): State<AppState>) -> ApiResult<Status> {
+    s.store.ping().await.map_err(store_err)?;
+    Ok(Json(Status {
+        status: "ready".into(),
+    }))
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (bound, n) in LATENCY_BUCKETS.iter().zip(&h.cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+        h.count, h.sum_seconds, h.count
+    );
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus metrics (text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics(State(s): State<AppState>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::with_capacity(4096);
+    for (name, help, counter) in [
+        (
+            "flowbot_messages_in_total",
+            "Events received, per channel.",
+            &s.pipeline.in_by_channel,
+        ),
+        (
+            "flowbot_messages_out_total",
+            "Messages delivered, per channel.",
+            &s.pipeline.out_by_channel,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (channel, n) in counter.snapshot() {
+            let _ = writeln!(out, "{name}{{channel=\"{}\"}} {n}", escape_label(&channel));
+        }
+    }
+    histogram(
+        &mut out,
+        "flowbot_pipeline_latency_seconds",
+        "Time to handle one event.",
+        &s.pipeline.latency.snapshot(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP flowbot_pipeline_errors_total Errors reported by the pipeline.\n# TYPE flowbot_pipeline_errors_total counter\nflowbot_pipeline_errors_total {}",
+        s.pipeline.errors.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP flowbot_tasks Tasks in the store, by state.\n# TYPE flowbot_tasks gauge"
+    );
+    match s.store.count_tasks().await {
+        Ok(counts) => {
+            for state in [
+                TaskState::Queued,
+                TaskState::Running,
+                TaskState::Done,
+                TaskState::Dead,
+                TaskState::Cancelled,
+            ] {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| *s == state)
+                    .map(|(_, n)| *n)
+                    .unwrap_or(0);
+                let _ = writeln!(out, "flowbot_tasks{{state=\"{}\"}} {n}", state.as_str());
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: counting tasks failed"),
+    }
+    histogram(
+        &mut out,
+        "flowbot_task_start_delay_seconds",
+        "Time from a task being due to its handler starting.",
+        &s.workers.start_delay.snapshot(),
+    );
+    histogram(
+        &mut out,
+        "flowbot_task_run_seconds",
+        "Task handler run time.",
+        &s.workers.run_time.snapshot(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP flowbot_task_outcomes_total Task outcomes in this process.\n# TYPE flowbot_task_outcomes_total counter"
+    );
+    for (outcome, n) in [
+        ("completed", s.workers.completed.load(Relaxed)),
+        ("retried", s.workers.retried.load(Relaxed)),
+        ("dead", s.workers.dead.load(Relaxed)),
+        ("lease_lost", s.workers.lease_lost.load(Relaxed)),
+    ] {
+        let _ = writeln!(
+            out,
+            "flowbot_task_outcomes_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP flowbot_store_errors_total Store errors seen by workers.\n# TYPE flowbot_store_errors_total counter\nflowbot_store_errors_total {}",
+        s.workers.store_errors.load(Relaxed)
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+/// Conversations, most recently active first.
+#[utoipa::path(get, path = "/api/v1/conversations", tag = "conversations", params(PageQuery),
+    responses((status = 200, body = PageDoc), (status = 400, body = ProblemDoc)))]
+async fn list_conversations(
+    State(s): State<AppState>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<PageDoc> {
+    let q = query(q)?;
+    page(
+        s.store
+            .list_conversations(q.cursor.as_deref(), limit(q.limit)?)
+            .await
+            .map_err(store_err)?,
+    )
+}
+
+/// Messages of a conversation, oldest first.
+#[utoipa::path(get, path = "/api/v1/conversations/{channel}/{conversation}/messages", tag = "conversations",
+    params(("channel" = String, Path), ("conversation" = String, Path), PageQuery),
+    responses((status = 200, body = PageDoc), (status = 400, body = ProblemDoc)))]
+async fn list_messages(
+    State(s): State<AppState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<PageDoc> {
+    let (channel, conversation) = path(p)?;
+    let q = query(q)?;
+    let p = s
+        .store
+        .list_messages(
+            &channel.into(),
+            &conversation.into(),
+            q.cursor.as_deref(),
+            limit(q.limit)?,
+        )
+        .await
+        .map_err(store_err)?;
+    page(p)
+}
+
+/// One user's session in a conversation.
+#[utoipa::path(get, path = "/api/v1/sessions/{channel}/{conversation}/{user}", tag = "sessions",
+    params(("channel" = String, Path), ("conversation" = String, Path), ("user" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ProblemDoc)))]
+async fn get_session(
+    State(s): State<AppState>,
+    p: Result<Path<(String, String, String)>, PathRejection>,
+) -> ApiResult<Value> {
+    let (channel, conversation, user) = path(p)?;
+    let key = SessionKey {
+        channel: channel.into(),
+        conversation: conversation.into(),
+        user: user.into(),
+    };
+    let session = s
+        .store
+        .load_session(&key)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| Problem::not_found("no such session"))?;
+    Ok(Json(json!(session)))
+}
+
+/// Delete a session (the user starts afresh).
+#[utoipa::path(delete, path = "/api/v1/sessions/{channel}/{conversation}/{user}", tag = "sessions",
+    params(("channel" = String, Path), ("conversation" = String, Path), ("user" = String, Path)),
+    responses((status = 204), (status = 404, body = ProblemDoc)))]
+async fn delete_session(
+    State(s): State<AppState>,
+    p: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<StatusCode, Problem> {
+    let (channel, conversation, user) = path(p)?;
+    let key = SessionKey {
+        channel: channel.into(),
+        conversation: conversation.into(),
+        user: user.into(),
+    };
+    match s.store.delete_session(&key).await.map_err(store_err)? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(Problem::not_found("no such session")),
+    }
+}
+
+/// Tasks, newest first, filtered by state, kind and queue.
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(TaskQuery),
+    responses((status = 200, body = PageDoc), (status = 400, body = ProblemDoc)))]
+async fn list_tasks(
+    State(s): State<AppState>,
+    q: Result<Query<TaskQuery>, QueryRejection>,
+) -> ApiResult<PageDoc> {
+    let q = query(q)?;
+    let state = q
+        .state
+        .as_deref()
+        .map(|st| {
+            TaskState::parse(st).ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "unknown state '{st}'; expected queued, running, done, dead or cancelled"
+                ))
+            })
+        })
+        .transpose()?;
+    let filter = TaskFilter {
+        state,
+        kind: q.kind,
+        queue: q.queue,
+        cursor: q.cursor,
+        limit: limit(q.limit)?,
+    };
+    page(s.store.list_tasks(&filter).await.map_err(store_err)?)
+}
+
+fn task_id(p: Result<Path<String>, PathRejection>) -> Result<TaskId, Problem> {
+    let raw = path(p)?;
+    raw.parse::<i64>()
+        .map(TaskId)
+        .map_err(|_| Problem::bad_request(format!("task id must be an integer, got '{raw}'")))
+}
+
+/// One task.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", params(("id" = i64, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ProblemDoc)))]
+async fn get_task(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Value> {
+    let id = task_id(p)?;
+    let t = s
+        .store
+        .get_task(id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| Problem::not_found(format!("no task {id}")))?;
+    Ok(Json(json!(t)))
+}
+
+/// Cancel a queued task.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = i64, Path)),
+    responses((status = 200, body = Status), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc)))]
+async fn cancel_task(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Status> {
+    let id = task_id(p)?;
+    if s.store.cancel_task(id).await.map_err(store_err)? {
+        return Ok(Json(Status {
+            status: "cancelled".into(),
+        }));
+    }
+    match s.store.get_task(id).await.map_err(store_err)? {
+        None => Err(Problem::not_found(format!("no task {id}"))),
+        Some(t) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            format!(
+                "task {id} is {}, only queued tasks can be cancelled",
+                t.state.as_str()
+            ),
+        )),
+    }
+}
+
+/// Dead-lettered tasks with their error history, newest first.
+#[utoipa::path(get, path = "/api/v1/dead-letters", tag = "tasks", params(PageQuery),
+    responses((status = 200, body = PageDoc), (status = 400, body = ProblemDoc)))]
+async fn list_dead_letters(
+    State(s): State<AppState>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<PageDoc> {
+    let q = query(q)?;
+    page(
+        s.store
+            .dead_letters(q.cursor.as_deref(), limit(q.limit)?)
+            .await
+            .map_err(store_err)?,
+    )
+}
+
+/// Put a dead-lettered task back in the queue.
+#[utoipa::path(post, path = "/api/v1/dead-letters/{id}/requeue", tag = "tasks", params(("id" = i64, Path)),
+    responses((status = 200, body = Status), (status = 404, body = ProblemDoc)))]
+async fn requeue(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Status> {
+    let id = task_id(p)?;
+    match s.store.requeue_dead(id).await.map_err(store_err)? {
+        true => Ok(Json(Status {
+            status: "queued".into(),
+        })),
+        false => Err(Problem::not_found(format!(
+            "task {id} is not dead-lettered"
+        ))),
+    }
+}
+
+/// Schedules, by name.
+#[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules", params(PageQuery),
+    responses((status = 200, body = PageDoc), (status = 400, body = ProblemDoc)))]
+async fn list_schedules(
+    State(s): State<AppState>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<PageDoc> {
+    let q = query(q)?;
+    page(
+        s.store
+            .list_schedules(q.cursor.as_deref(), limit(q.limit)?)
+            .await
+            .map_err(store_err)?,
+    )
+}
+
+/// Create or replace a schedule.
+#[utoipa::path(post, path = "/api/v1/schedules", tag = "schedules", request_body = NewSchedule,
+    responses((status = 201, body = Object), (status = 400, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
+async fn create_schedule(
+    State(s): State<AppState>,
+    body: Result<Json<NewSchedule>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let Json(n) = body.map_err(|e| Problem::new(e.status(), e.body_text()))?;
+    let misfire = match n.misfire.as_deref() {
+        None => MisfirePolicy::Skip,
+        Some(m) => MisfirePolicy::parse(m).ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("misfire must be 'skip' or 'catch_up', got '{m}'"),
+            )
+        })?,
+    };
+    if n.kind.is_empty() {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "kind must not be empty",
+        ));
+    }
+    let mut def = ScheduleDef::new(n.name, n.cron, n.kind, &n.payload.unwrap_or(Value::Null))
+        .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?
+        .misfire(misfire);
+    if let Some(tz) = n.timezone {
+        def = def.timezone(tz);
+    }
+    if let Some(q) = n.queue {
+        def = def.queue(q);
+    }
+    register_schedule(s.store.as_ref(), &def)
+        .await
+        .map_err(|e| match e {
+            flowbot_core::Error::Store(e) => store_err(e),
+            other => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
+        })?;
+    let state = s.store.get_schedule(&def.name).await.map_err(store_err)?;
+    Ok((StatusCode::CREATED, Json(json!(state))))
+}
+
+/// One schedule.
+#[utoipa::path(get, path = "/api/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ProblemDoc)))]
+async fn get_schedule(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Value> {
+    let name = path(p)?;
+    let st = s
+        .store
+        .get_schedule(&name)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| Problem::not_found(format!("no schedule '{name}'")))?;
+    Ok(Json(json!(st)))
+}
+
+async fn set_paused(s: &AppState, name: &str, paused: bool) -> ApiResult<Status> {
+    let st = s
+        .store
+        .get_schedule(name)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| Problem::not_found(format!("no schedule '{name}'")))?;
+    let spec = st
+        .def
+        .spec()
+        .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let next = spec
+        .next_after(chrono::Utc::now())
+        .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    s.store
+        .set_schedule_paused(name, paused, next)
+        .await
+        .map_err(store_err)?;
+    Ok(Json(Status {
+        status: if paused { "paused" } else { "active" }.into(),
+    }))
+}
+
+/// Pause a schedule.
+#[utoipa::path(post, path = "/api/v1/schedules/{name}/pause", tag = "schedules", params(("name" = String, Path)),
+    responses((status = 200, body = Status), (status = 404, body = ProblemDoc)))]
+async fn pause_schedule(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Status> {
+    set_paused(&s, &path(p)?, true).await
+}
+
+/// Resume a paused schedule from its next fire time.
+#[utoipa::path(post, path = "/api/v1/schedules/{name}/resume", tag = "schedules", params(("name" = String, Path)),
+    responses((status = 200, body = Status), (status = 404, body = ProblemDoc)))]
+async fn resume_schedule(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Status> {
+    set_paused(&s, &path(p)?, false).await
+}
+
+/// Delete a schedule.
+#[utoipa::path(delete, path = "/api/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ProblemDoc)))]
+async fn delete_schedule(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, Problem> {
+    let name = path(p)?;
+    match s.store.delete_schedule(&name).await.map_err(store_err)? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(Problem::not_found(format!("no schedule '{name}'"))),
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "FlowBot", description = "FlowBot server API. Errors are application/problem+json."),
+    tags(
+        (name = "health", description = "Liveness, readiness, metrics"),
+        (name = "conversations", description = "Conversations and their messages"),
+        (name = "sessions", description = "Per-user conversation state"),
+        (name = "tasks", description = "The durable task queue and its dead letters"),
+        (name = "schedules", description = "Cron schedules"),
+        (name = "channels", description = "Chat channels' HTTP endpoints"),
+    )
+)]
+struct ApiDoc;
+
+/// The API routes and their OpenAPI document (channel routes are added by the caller and
+/// documented through [`channel_docs`]).
+pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(list_conversations))
+        .routes(routes!(list_messages))
+        .routes(routes!(get_session, delete_session))
+        .routes(routes!(list_tasks))
+        .routes(routes!(get_task))
+        .routes(routes!(cancel_task))
+        .routes(routes!(list_dead_letters))
+        .routes(routes!(requeue))
+        .routes(routes!(list_schedules, create_schedule))
+        .routes(routes!(get_schedule, delete_schedule))
+        .routes(routes!(pause_schedule))
+        .routes(routes!(resume_schedule))
+        .with_state(state)
+        .split_for_parts();
+    (router, doc)
+}
+
+/// Document the channel routes (mounted from `flowbot-channels`) in `doc`.
+pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, web: bool, webhooks: bool) {
+    let mut extra: Value = json!({});
+    extra["/api/v1/openapi.json"] = json!({"get": {"tags": ["health"], "summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1 document", "content": {"application/json": {}}}}}});
+    if web {
+        extra["/chat"] = json!({"get": {"tags": ["channels"], "summary": "The web chat page", "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}}}});
+        extra["/ws/chat"] = json!({"get": {"tags": ["channels"], "summary": "Web chat WebSocket (JSON text frames; see docs/configuration.md)",
+            "parameters": [
+                {"name": "user", "in": "query", "required": false, "schema": {"type": "string"}},
+                {"name": "conversation", "in": "query", "required": false, "schema": {"type": "string"}}],
+            "responses": {"101": {"description": "Switching to the WebSocket protocol"}, "400": {"description": "Not a WebSocket request or bad ids", "content": {"application/problem+json": {}}}}}});
+    }
+    if webhooks {
+        extra["/hooks/webhook/{channel}"] = json!({"post": {"tags": ["channels"], "summary": "Generic webhook: a message in; 202 once durably stored",
+            "parameters": [{"name": "channel", "in": "path", "required": true, "schema": {"type": "string"}},
+                           {"name": "X-FlowBot-Signature", "in": "header", "required": false, "schema": {"type": "string"}, "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\"> (required when the channel has a secret)"}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["user", "conversation", "text"],
+                "properties": {"user": {"type": "string"}, "conversation": {"type": "string"}, "text": {"type": "string"}, "id": {"type": "string"}, "name": {"type": "string"}}}}}},
+            "responses": {"202": {"description": "Stored", "content": {"application/json": {"schema": {"type": "object", "properties": {"id": {"type": "string"}}}}}},
+                          "400": {"description": "Malformed JSON"}, "401": {"description": "Bad signature"}, "404": {"description": "Unknown channel"},
+                          "413": {"description": "Body too large"}, "415": {"description": "Not JSON"}, "422": {"description": "Missing or invalid fields"}, "503": {"description": "Database unavailable"}}}});
+    }
+    let mut doc_json = serde_json::to_value(&*doc).unwrap_or_default();
+    if let (Some(paths), Some(extra)) = (
+        doc_json.get_mut("paths").and_then(Value::as_object_mut),
+        extra.as_object(),
+    ) {
+        for (k, v) in extra {
+            paths.insert(k.clone(), v.clone());
+        }
+    }
+    if let Ok(merged) = serde_json::from_value(doc_json) {
+        *doc = merged;
+    }
+}
+
+/// Problem answers for unknown routes and wrong methods.
+pub async fn not_found(uri: axum::http::Uri) -> Problem {
+    Problem::not_found(format!("no route for {}", uri.path()))
+}
+
+/// 405 with a problem body.
+pub async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Apply body limit, timeout and CORS settings.
+pub fn layers(router: axum::Router, cfg: &ServerConfig) -> axum::Router {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let mut router = router
+        .layer(axum::extract::DefaultBodyLimit::max(cfg.body_limit_bytes))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(cfg.request_timeout_secs),
+        ));
+    if !cfg.cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = cfg
+            .cors_origins
+            .iter()
+            .filter_map(|o| o.parse().ok())
+            .collect();
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_headers([header::CONTENT_TYPE]),
+        );
+    }
+    router
+}

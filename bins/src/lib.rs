@@ -1,0 +1,14 @@
+//! # flowbot-server
+//!
+//! The reference binaries, as a library so tests and applications can start them in-process:
+//!
+//! - `flowbot-server`: the HTTP API, the channels (web chat, webhooks) and, unless
+//!   `server.agent = false` or `--no-agent`, an embedded agent;
+//! - `flowbot-agent`: workers and schedules only, against a shared database.
+//!
+//! Configuration: [`config::Config`]. The default configuration runs the [`demo`] bot.
+
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod run;

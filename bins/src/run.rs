@@ -1,0 +1,293 @@
+//! Wiring: the store, channels, bot and HTTP server from a [`Config`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use flowbot_channels::web::WebChat;
+use flowbot_channels::webhook::{WebhookConfig, Webhooks};
+use flowbot_core::task::WorkerConfig;
+use flowbot_core::{Bot, CancellationToken, Handlers, Reply, Store};
+use flowbot_store::{PostgresOptions, PostgresStore, SqliteStore};
+
+use flowbot_store::redact_url as redact;
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+
+/// Errors that stop a server or agent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The database could not be opened.
+    #[error("database {url}: {source}")]
+    Store {
+        /// The URL, password hidden.
+        url: String,
+        /// The store's error.
+        #[source]
+        source: flowbot_store::Error,
+    },
+    /// A channel is misconfigured.
+    #[error("channel configuration: {0}")]
+    Channel(String),
+    /// The bot could not be built or failed.
+    #[error(transparent)]
+    Bot(#[from] flowbot_core::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving HTTP failed.
+    #[error("HTTP server: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Open the configured store (applying migrations).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
+    let url = &config.database.url;
+    let wrap = |source| RunError::Store {
+        url: redact(url),
+        source,
+    };
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open_url(url).await.map_err(wrap)?))
+    } else {
+        let options =
+            PostgresOptions::new(url.clone()).max_connections(config.database.max_connections);
+        let options = match &config.database.schema {
+            Some(schema) => options.schema(schema.clone()),
+            None => options,
+        };
+        Ok(Arc::new(
+            PostgresStore::connect_with(options).await.map_err(wrap)?,
+        ))
+    }
+}
+
+fn worker_config(config: &Config, role: &str) -> WorkerConfig {
+    let lease = Duration::from_secs(config.workers.lease_secs);
+    WorkerConfig {
+        id: format!(
+            "{role}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ),
+        concurrency: config.workers.concurrency,
+        poll_interval: Duration::from_millis(config.workers.poll_interval_ms),
+        lease,
+        heartbeat: lease / 3,
+        shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout_secs),
+        ..WorkerConfig::default()
+    }
+}
+
+fn router(config: &Config) -> Handlers<()> {
+    if config.demo.enabled {
+        crate::demo::demo_router()
+    } else {
+        Handlers::new(()).fallback(|_cx| async { Ok(Reply::none()) })
+    }
+}
+
+fn webhook_configs(config: &Config) -> Vec<WebhookConfig> {
+    config
+        .webhooks
+        .iter()
+        .map(|(name, e)| WebhookConfig {
+            name: name.clone(),
+            callback_url: e.callback_url.clone(),
+            secret: e.secret.clone(),
+            replay_window: Duration::from_secs(e.replay_window_secs.unwrap_or(300)),
+        })
+        .collect()
+}
+
+/// A running server's handles, for tests and embedding.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// The address actually bound (useful with port 0).
+    pub addr: std::net::SocketAddr,
+}
+
+/// Run the server until `shutdown` is cancelled. `ready` receives the bound address.
+pub async fn run_server(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<Running>>,
+) -> Result<(), RunError> {
+    run_server_with(config, false, shutdown, ready).await
+}
+
+/// [`run_server`], optionally with the console channel (stdin and stdout) as well.
+pub async fn run_server_with(
+    config: Config,
+    console: bool,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<Running>>,
+) -> Result<(), RunError> {
+    let store = open_store(&config).await?;
+    let mut builder = Bot::builder().store(store.clone()).router(router(&config));
+    if console {
+        builder = builder.channel(flowbot_channels::console::channel("console"));
+    }
+    let web = config
+        .web
+        .enabled
+        .then(|| WebChat::new("web", Some(store.clone())));
+    if let Some(web) = &web {
+        builder = builder.channel(web.channel());
+    }
+    let (webhooks, hook_channels) = Webhooks::new(store.clone(), &webhook_configs(&config))
+        .map_err(|e| RunError::Channel(e.to_string()))?;
+    for c in hook_channels {
+        builder = builder.channel(c);
+    }
+    builder = if config.server.agent {
+        builder.workers(worker_config(&config, "server"))
+    } else {
+        builder.without_workers()
+    };
+    let bot = builder.build()?;
+
+    let state = AppState {
+        store: store.clone(),
+        pipeline: bot.pipeline().stats().clone(),
+        workers: bot.worker_stats().clone(),
+    };
+    let (api, mut doc) = http::api(state);
+    http::channel_docs(&mut doc, web.is_some(), true);
+    let doc = Arc::new(doc);
+    let mut app = api
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json((*doc).clone()) }
+            }),
+        )
+        .merge(webhooks.router());
+    if let Some(web) = &web {
+        app = app.merge(web.router());
+    }
+    let app = http::layers(
+        app.fallback(http::not_found)
+            .method_not_allowed_fallback(http::method_not_allowed),
+        &config.server,
+    );
+
+    // Start the bot first and let the web channel start listening, so the first browser that
+    // connects after the port opens is served rather than refused.
+    let bot_stop = CancellationToken::new();
+    let mut bot_task = tokio::spawn(bot.run(bot_stop.clone()));
+    if let Some(web) = &web {
+        tokio::select! {
+            () = web.listening() => {}
+            ended = &mut bot_task => {
+                return match ended {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(RunError::Channel(format!("bot task failed before serving: {e}"))),
+                };
+            }
+        }
+    }
+    let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
+        Ok(l) => l,
+        Err(source) => {
+            bot_stop.cancel();
+            let _ = bot_task.await;
+            return Err(RunError::Listen {
+                addr: config.server.listen,
+                source,
+            });
+        }
+    };
+    let addr = listener.local_addr().map_err(RunError::Serve)?;
+    tracing::info!(%addr, database = %redact(&config.database.url), agent = config.server.agent, "flowbot-server listening; chat at http://{addr}/chat");
+    if let Some(ready) = ready {
+        let _ = ready.send(Running { addr });
+    }
+
+    let http_stop = shutdown.clone();
+    let serve = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { http_stop.cancelled().await });
+    let served = serve.await.map_err(RunError::Serve);
+    // HTTP drained (WebSockets are closed by the web channel as the bot stops): stop the bot,
+    // which drains the pipeline and releases running tasks.
+    bot_stop.cancel();
+    match bot_task.await {
+        Ok(r) => r?,
+        Err(e) => tracing::error!(error = %e, "bot task failed"),
+    }
+    served
+}
+
+/// Run an agent (workers and schedules only) until `shutdown` is cancelled.
+pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let store = open_store(&config).await?;
+    let mut builder = Bot::builder()
+        .store(store.clone())
+        .router(router(&config))
+        .workers(worker_config(&config, "agent"));
+    // Agents hold no sockets: web replies go over the bus to the servers.
+    builder = builder.channel(WebChat::new("web", Some(store.clone())).sender_only());
+    let (_, hook_channels) = Webhooks::new(store.clone(), &webhook_configs(&config))
+        .map_err(|e| RunError::Channel(e.to_string()))?;
+    for c in hook_channels {
+        builder = builder.channel(c);
+    }
+    let bot = builder.build()?;
+    tracing::info!(database = %redact(&config.database.url), concurrency = config.workers.concurrency, "flowbot-agent running");
+    bot.run(shutdown).await?;
+    Ok(())
+}
+
+/// Cancel `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}
+
+/// Set up logging as configured.
+pub fn init_logging(config: &Config) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        crate::config::LogFormat::Pretty => builder.try_init(),
+        crate::config::LogFormat::Json => builder.json().try_init(),
+    };
+}

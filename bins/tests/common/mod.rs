@@ -1,0 +1,144 @@
+//! Helpers shared by the server's integration tests.
+#![allow(dead_code, unreachable_pub, clippy::print_stderr)] // helpers; skip notices go to the terminal
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use flowbot_channels::webhook::{Callback, SIGNATURE_HEADER, verify};
+
+/// A directory removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Replies received by a callback receiver, with whether their signature checked.
+pub type Received = Arc<Mutex<Vec<(Callback, bool)>>>;
+
+/// A webhook callback receiver on 127.0.0.1. `delay_ms` slows every answer down (settable
+/// while running); `secret` checks signatures.
+pub async fn callback_receiver(secret: Option<&'static str>) -> (String, Received, Arc<AtomicU64>) {
+    let seen: Received = Arc::default();
+    let delay = Arc::new(AtomicU64::new(0));
+    let (s, d) = (seen.clone(), delay.clone());
+    let app = axum::Router::new().route(
+        "/cb",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (s, d) = (s.clone(), d.clone());
+            async move {
+                let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+                let ok = match secret {
+                    Some(secret) => verify(
+                        secret,
+                        sig,
+                        &body,
+                        chrono::Utc::now().timestamp(),
+                        Duration::from_secs(60),
+                    )
+                    .is_ok(),
+                    None => true,
+                };
+                let cb: Callback = serde_json::from_slice(&body).expect("callback JSON");
+                s.lock().expect("lock").push((cb, ok));
+                tokio::time::sleep(Duration::from_millis(d.load(Ordering::Relaxed))).await;
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/cb"), seen, delay)
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A FlowBot binary as a child process, killed when dropped; its stderr goes to `log`.
+pub fn spawn(
+    bin: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let file = std::fs::File::create(log).expect("log file");
+    tokio::process::Command::new(bin)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("FLOWBOT_LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn binary")
+}
+
+/// Wait until `base/readyz` answers 200.
+pub async fn wait_ready(base: &str, log: &std::path::Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server at {base} not ready; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait until `check` holds, or fail with `what`.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The PostgreSQL URL for tests: required with CI=true, else a skip notice.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("FLOWBOT_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            panic!(
+                "CI=true but FLOWBOT_TEST_POSTGRES_URL is not set: the distributed test must run in CI"
+            )
+        }
+        _ => {
+            eprintln!("SKIPPED: PostgreSQL test (set FLOWBOT_TEST_POSTGRES_URL to run it)");
+            None
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The real binaries as processes: durability across SIGKILL, configuration errors, and the
+//! distributed mode (two servers and two agents on PostgreSQL).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{TempDir, callback_receiver, eventually, free_port, spawn, wait_ready};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as Ws;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_flowbot-server");
+const AGENT: &str = env!("CARGO_BIN_EXE_flowbot-agent");
+
+fn kv(k: &str, v: impl Into<String>) -> (String, String) {
+    (k.to_owned(), v.into())
+}
+
+async fn post_hook(base: &str, channel: &str, body: Value) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .post(format!("{base}/hooks/webhook/{channel}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("post")
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_survives_sigkill_right_after_its_202() {
+    let dir = TempDir::new("flowbot-sigkill");
+    let (cb, seen, _) = callback_receiver(None).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let env = |agent: bool| {
+        vec![
+            kv("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
+            kv(
+                "FLOWBOT_DATABASE__URL",
+                format!("sqlite://{}/flowbot.db", dir.0.display()),
+            ),
+            kv("FLOWBOT_SERVER__AGENT", agent.to_string()),
+            kv("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "100"),
+            kv("FLOWBOT_WEBHOOKS__HOOK__CALLBACK_URL", cb.clone()),
+        ]
+    };
+    // First life: no agent, so nothing is processed before the kill.
+    let log = dir.0.join("first.log");
+    let mut first = spawn(SERVER, &[], &env(false), &log);
+    wait_ready(&base, &log).await;
+    let status = post_hook(
+        &base,
+        "hook",
+        json!({"user": "u", "conversation": "c", "text": "/echo survived"}),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 202);
+    first.start_kill().expect("SIGKILL");
+    first.wait().await.expect("reaped");
+    assert!(seen.lock().expect("lock").is_empty());
+
+    // Second life: the stored message is processed and the reply is called back.
+    let log = dir.0.join("second.log");
+    let _second = spawn(SERVER, &[], &env(true), &log);
+    wait_ready(&base, &log).await;
+    eventually("the reply after restart", Duration::from_secs(20), || {
+        !seen.lock().expect("lock").is_empty()
+    })
+    .await;
+    assert_eq!(seen.lock().expect("lock")[0].0.text, "survived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_configuration_is_refused_at_start_with_the_key_path() {
+    let dir = TempDir::new("flowbot-badconfig");
+    let run = |args: Vec<String>, env: Vec<(String, String)>| async move {
+        let out = tokio::process::Command::new(SERVER)
+            .args(&args)
+            .envs(env)
+            .output()
+            .await
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(vec![], vec![kv("FLOWBOT_SERVER__LISTEN", "nonsense")]).await;
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("invalid configuration: server:") && err.contains("invalid socket address"),
+        "{err}"
+    );
+    let file = dir.0.join("flowbot.toml");
+    std::fs::write(&file, "[server]\nlisen = \"127.0.0.1:1\"\n").expect("write");
+    let (code, err) = run(vec!["--config".into(), file.display().to_string()], vec![]).await;
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("invalid configuration: server.lisen: unknown field `lisen`"),
+        "{err}"
+    );
+    let (code, err) = run(vec!["--bogus".into()], vec![]).await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown argument '--bogus'"), "{err}");
+    let (code, err) = run(
+        vec![],
+        vec![kv("FLOWBOT_DATABASE__URL", "mysql://root:hunter2@db/x")],
+    )
+    .await;
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("database.url") && !err.contains("hunter2"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_channel_talks_on_stdin_and_stdout() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = TempDir::new("flowbot-console");
+    let mut child = tokio::process::Command::new(SERVER)
+        .arg("--console")
+        .env(
+            "FLOWBOT_SERVER__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "FLOWBOT_DATABASE__URL",
+            format!("sqlite://{}/flowbot.db", dir.0.display()),
+        )
+        .env("FLOWBOT_LOG__LEVEL", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    stdin
+        .write_all(b"/echo from the terminal\n")
+        .await
+        .expect("write");
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("answer in time")
+        .expect("read");
+    assert_eq!(line.as_deref(), Some("bot: from the terminal"));
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn chat(base_ws: &str, conversation: &str) -> WsStream {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "{base_ws}/ws/chat?user={conversation}&conversation={conversation}"
+    ))
+    .await
+    .expect("connect");
+    for kind in ["welcome", "history"] {
+        assert_eq!(next_json(&mut ws).await["type"], kind);
+    }
+    ws
+}
+
+async fn next_json(ws: &mut WsStream) -> Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("frame in time")
+        {
+            Some(Ok(Ws::Text(t))) => return serde_json::from_str(t.as_str()).expect("JSON"),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
+}
+
+/// The next bot message (skipping typing frames).
+async fn next_message(ws: &mut WsStream) -> String {
+    loop {
+        let v = next_json(ws).await;
+        if v["type"] == "message" {
+            return v["text"].as_str().unwrap_or_default().to_owned();
+        }
+    }
+}
+
+async fn no_more_messages(ws: &mut WsStream) {
+    let r = tokio::time::timeout(Duration::from_millis(800), async {
+        loop {
+            let v = next_json(ws).await;
+            if v["type"] == "message" {
+                return v;
+            }
+        }
+    })
+    .await;
+    assert!(r.is_err(), "unexpected extra message: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_servers_and_agents_on_postgres() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let dir = TempDir::new("flowbot-distributed");
+    let schema = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+    let (cb, seen, delay) = callback_receiver(None).await;
+    let env = |port: Option<u16>| {
+        let mut e = vec![
+            kv("FLOWBOT_DATABASE__URL", url.clone()),
+            kv("FLOWBOT_DATABASE__SCHEMA", schema.clone()),
+            kv("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "200"),
+            kv("FLOWBOT_WORKERS__LEASE_SECS", "2"),
+            kv("FLOWBOT_WORKERS__CONCURRENCY", "4"),
+            kv("FLOWBOT_WEBHOOKS__HOOK__CALLBACK_URL", cb.clone()),
+        ];
+        if let Some(p) = port {
+            e.push(kv("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{p}")));
+        }
+        e
+    };
+    // The first server creates the schema; then the rest start.
+    let (p1, p2) = (free_port(), free_port());
+    let (b1, b2) = (
+        format!("http://127.0.0.1:{p1}"),
+        format!("http://127.0.0.1:{p2}"),
+    );
+    let _s1 = spawn(
+        SERVER,
+        &["--no-agent"],
+        &env(Some(p1)),
+        &dir.0.join("s1.log"),
+    );
+    wait_ready(&b1, &dir.0.join("s1.log")).await;
+    let _s2 = spawn(
+        SERVER,
+        &["--no-agent"],
+        &env(Some(p2)),
+        &dir.0.join("s2.log"),
+    );
+    let mut a1 = spawn(AGENT, &[], &env(None), &dir.0.join("a1.log"));
+    let a1_pid = a1.id().expect("agent pid");
+    let _a2 = spawn(AGENT, &[], &env(None), &dir.0.join("a2.log"));
+    wait_ready(&b2, &dir.0.join("s2.log")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Webhooks to both servers: every reply exactly once.
+    for i in 0..20 {
+        let base = if i % 2 == 0 { &b1 } else { &b2 };
+        let body = json!({"user": format!("u{i}"), "conversation": format!("wc{}", i % 3), "text": format!("/echo w{i}"), "id": format!("w{i}")});
+        assert_eq!(post_hook(base, "hook", body).await.as_u16(), 202);
+    }
+    // Web chat on both servers, with reminders delivered by the agents over the bus.
+    let ws_base = |b: &str| b.replace("http://", "ws://");
+    let mut ws1 = chat(&ws_base(&b1), "room-a").await;
+    let mut ws2 = chat(&ws_base(&b2), "room-b").await;
+    for (ws, tag) in [(&mut ws1, "a"), (&mut ws2, "b")] {
+        ws.send(Ws::text(
+            json!({"type": "message", "text": format!("/echo hello-{tag}")}).to_string(),
+        ))
+        .await
+        .expect("send");
+        assert_eq!(next_message(ws).await, format!("hello-{tag}"));
+        ws.send(Ws::text(
+            json!({"type": "message", "text": format!("/remind 1s ping-{tag}")}).to_string(),
+        ))
+        .await
+        .expect("send");
+        assert!(next_message(ws).await.starts_with("OK, I'll remind you"));
+    }
+    for (ws, tag) in [(&mut ws1, "a"), (&mut ws2, "b")] {
+        assert_eq!(next_message(ws).await, format!("⏰ Reminder: ping-{tag}"));
+        no_more_messages(ws).await;
+    }
+    eventually("20 webhook replies", Duration::from_secs(30), || {
+        seen.lock().expect("lock").len() >= 20
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for (cb, _) in seen.lock().expect("lock").iter() {
+            *counts.entry(cb.text.clone()).or_default() += 1;
+        }
+        for i in 0..20 {
+            assert_eq!(
+                counts.get(&format!("w{i}")),
+                Some(&1),
+                "reply w{i} exactly once: {counts:?}"
+            );
+        }
+        assert_eq!(counts.len(), 20);
+    }
+
+    // Kill an agent while it is in the middle of tasks: they complete on the other agent.
+    seen.lock().expect("lock").clear();
+    delay.store(1500, Ordering::Relaxed);
+    for i in 0..10 {
+        let body =
+            json!({"user": "k", "conversation": format!("kc{i}"), "text": format!("/echo k{i}")});
+        assert_eq!(post_hook(&b1, "hook", body).await.as_u16(), 202);
+    }
+    let http = reqwest::Client::new();
+    let owner = format!("agent-{a1_pid}-");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: Value = http
+            .get(format!("{b1}/api/v1/tasks?state=running&limit=100"))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        let mine = running["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|t| {
+                t["lease_owner"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with(&owner))
+            })
+            .count();
+        if mine > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent 1 never held a running task"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a1.start_kill().expect("SIGKILL agent 1");
+    a1.wait().await.expect("reaped");
+    delay.store(0, Ordering::Relaxed);
+    eventually(
+        "every task of the killed agent finished on the other",
+        Duration::from_secs(40),
+        || {
+            let texts: Vec<String> = seen
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|(c, _)| c.text.clone())
+                .collect();
+            (0..10).all(|i| texts.contains(&format!("k{i}")))
+        },
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let live: Value = http
+            .get(format!("{b2}/api/v1/tasks?state=running"))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        let queued: Value = http
+            .get(format!("{b2}/api/v1/tasks?state=queued"))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if live["items"].as_array().is_some_and(Vec::is_empty)
+            && queued["items"].as_array().is_some_and(Vec::is_empty)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tasks left behind: {live} {queued}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead: Value = http
+        .get(format!("{b2}/api/v1/dead-letters"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(dead["items"], json!([]), "nothing dead-lettered");
+
+    // Clean up the schema.
+    if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&mut c)
+        .await;
+    }
+}

@@ -1,0 +1,29 @@
+//! # flowbot-channels
+//!
+//! Chat platform adapters for FlowBot, one feature-gated module each:
+//!
+//! - [`web`] (feature `web`): web chat — a page at `/chat` and a WebSocket at `/ws/chat`;
+//! - [`webhook`] (feature `webhook`): the generic webhook channel —
+//!   `POST /hooks/webhook/{channel}`, acknowledged once durably stored, replies POSTed to a
+//!   callback URL through the task queue, optional HMAC-SHA256 signatures both ways;
+//! - [`console`] (feature `console`): stdin and stdout, for trying a bot in a terminal.
+//!
+//! Adapters that receive HTTP traffic contribute an axum `Router` that the server mounts.
+
+#[cfg(feature = "console")]
+pub mod console;
+#[cfg(any(feature = "web", feature = "webhook"))]
+pub mod problem;
+#[cfg(feature = "web")]
+pub mod web;
+#[cfg(feature = "webhook")]
+pub mod webhook;
+
+/// Checks an identifier that arrives from outside (a user or conversation id): 1 to `max`
+/// characters of `A-Z a-z 0-9 _ - . : @`.
+pub fn valid_id(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@'))
+}

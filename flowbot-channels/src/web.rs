@@ -1,0 +1,546 @@
+//! Web chat: a page at `/chat` and a WebSocket at `/ws/chat`.
+//!
+//! Frames are JSON text. Client → server: `{"type":"message","text":"…"}` and
+//! `{"type":"button","value":"…"}`. Server → client: `welcome` (conversation and user),
+//! `history` (the conversation so far), `typing`, `message`
+//! (`{"type":"message","text":"…","conversation":"…","format":…,"buttons":[…]}`) and
+//! `error` (`{"type":"error","detail":"…"}`).
+//!
+//! Replies reach the browser through the store's [`Bus`]: whichever process sends a message
+//! to a web conversation (a server's pipeline, an agent delivering a reminder) publishes it,
+//! and every server forwards it to its own sockets of that conversation. Without a store the
+//! channel delivers to this process's sockets directly.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use flowbot_core::store::Direction;
+use flowbot_core::{
+    Button, Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, ConversationId,
+    Error, Event, Format, Inbox, Interaction, Message, MessageId, Outbound, Result, Role, Sender,
+    SentId, Store, UserId,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::problem::Problem;
+
+/// The chat page.
+pub const CHAT_PAGE: &str = include_str!("web/chat.html");
+
+/// Longest message text accepted from a browser, in characters.
+pub const MAX_TEXT_CHARS: usize = 4000;
+
+/// Largest WebSocket frame accepted, in bytes.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// How many earlier messages a new connection is shown.
+pub const HISTORY_LIMIT: usize = 50;
+
+/// The web chat channel; see the [module docs](self).
+#[derive(Clone)]
+pub struct WebChat {
+    state: Arc<WebState>,
+}
+
+impl std::fmt::Debug for WebChat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebChat")
+            .field("name", &self.state.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Open sockets by conversation: (socket id, its outgoing frames).
+type Sockets = HashMap<ConversationId, Vec<(u64, mpsc::Sender<ServerFrame>)>>;
+
+struct WebState {
+    name: ChannelName,
+    topic: String,
+    store: Option<Arc<dyn Store>>,
+    inbox: RwLock<Option<Inbox>>,
+    sockets: Mutex<Sockets>,
+    next_socket: AtomicU64,
+    closing: CancellationToken,
+    open: AtomicU64,
+    listening: tokio::sync::watch::Sender<bool>,
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Sent once after connecting.
+    Welcome {
+        /// Conversation id.
+        conversation: String,
+        /// User id.
+        user: String,
+    },
+    /// The conversation so far, oldest first.
+    History {
+        /// Messages.
+        messages: Vec<HistoryEntry>,
+    },
+    /// The bot is working on an answer.
+    Typing,
+    /// A bot message.
+    Message {
+        /// Text.
+        text: String,
+        /// Conversation id.
+        conversation: String,
+        /// Text format.
+        format: Format,
+        /// Buttons.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        buttons: Vec<Button>,
+    },
+    /// Something the client sent was refused.
+    Error {
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// One message of a [`ServerFrame::History`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    /// `user` or `bot`.
+    pub from: &'static str,
+    /// Text.
+    pub text: String,
+    /// When it was stored (RFC 3339).
+    pub at: String,
+    /// Buttons of a bot message.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub buttons: Vec<Button>,
+}
+
+/// Frames the client sends.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientFrame {
+    Message { text: String },
+    Button { value: String },
+}
+
+#[derive(Debug, Deserialize)]
+struct ConnectParams {
+    user: Option<String>,
+    conversation: Option<String>,
+}
+
+impl WebChat {
+    /// A web chat channel named `name`. With a store, history is shown on connect and replies
+    /// travel over the store's bus (so any server or agent can reach any browser).
+    pub fn new(name: &str, store: Option<Arc<dyn Store>>) -> Self {
+        WebChat {
+            state: Arc::new(WebState {
+                name: ChannelName::from(name),
+                topic: format!("web:{name}"),
+                store,
+                inbox: RwLock::new(None),
+                sockets: Mutex::new(HashMap::new()),
+                next_socket: AtomicU64::new(1),
+                closing: CancellationToken::new(),
+                open: AtomicU64::new(0),
+                listening: tokio::sync::watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// The channel to register with the bot (sender and listener).
+    pub fn channel(&self) -> Channel {
+        Channel::from_parts(
+            self.state.name.clone(),
+            Arc::new(WebSender(self.state.clone())),
+            Some(Arc::new(WebListener(self.state.clone()))),
+        )
+    }
+
+    /// Send-only channel for processes without sockets (agents): replies go over the bus.
+    pub fn sender_only(&self) -> Channel {
+        Channel::from_parts(
+            self.state.name.clone(),
+            Arc::new(WebSender(self.state.clone())),
+            None,
+        )
+    }
+
+    /// Routes: `GET /chat` and `GET /ws/chat`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/chat", get(page))
+            .route("/ws/chat", get(connect))
+            .with_state(self.state.clone())
+    }
+
+    /// Resolves once the bot runs this channel's listener, so browsers can connect (serve
+    /// HTTP after this, or early connections get 503).
+    pub async fn listening(&self) {
+        let mut rx = self.state.listening.subscribe();
+        // The sender lives in our own state, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|l| *l).await;
+    }
+
+    /// Open WebSocket connections in this process.
+    pub fn open_sockets(&self) -> u64 {
+        self.state.open.load(Ordering::Relaxed)
+    }
+}
+
+impl WebState {
+    fn lock_sockets(&self) -> std::sync::MutexGuard<'_, Sockets> {
+        self.sockets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Push an outbound message to this process's sockets of its conversation.
+    fn deliver_local(&self, out: &Outbound) -> usize {
+        let Some(target) = &out.target else { return 0 };
+        let frame = ServerFrame::Message {
+            text: out.text.clone(),
+            conversation: target.conversation.to_string(),
+            format: out.format,
+            buttons: out.buttons.clone(),
+        };
+        let sockets = self.lock_sockets();
+        let mut n = 0;
+        for (_, tx) in sockets.get(&target.conversation).into_iter().flatten() {
+            match tx.try_send(frame.clone()) {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    tracing::warn!(conversation = %target.conversation, error = %e, "web chat socket is not keeping up; message dropped for it")
+                }
+            }
+        }
+        n
+    }
+}
+
+async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        Html(CHAT_PAGE),
+    )
+        .into_response()
+}
+
+async fn connect(
+    State(state): State<Arc<WebState>>,
+    params: std::result::Result<Query<ConnectParams>, axum::extract::rejection::QueryRejection>,
+    ws: std::result::Result<
+        WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return Problem::bad_request(format!("not a WebSocket upgrade request: {e}"))
+                .into_response();
+        }
+    };
+    let Ok(Query(params)) = params else {
+        return Problem::bad_request("malformed query string").into_response();
+    };
+    let user = params
+        .user
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let conversation = params.conversation.unwrap_or_else(|| user.clone());
+    for (what, v) in [("user", &user), ("conversation", &conversation)] {
+        if !crate::valid_id(v, 64) {
+            return Problem::bad_request(format!(
+                "{what} must be 1-64 characters of A-Z a-z 0-9 _ - . : @"
+            ))
+            .into_response();
+        }
+    }
+    if state
+        .inbox
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_none()
+    {
+        return Problem::unavailable("the web chat channel is not running").into_response();
+    }
+    // Small buffers: an idle chat costs a few KiB instead of tungstenite's 128 KiB default
+    // read buffer, and frames are written at once (chat frames are small and latency-bound).
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1024 * 1024)
+        .on_upgrade(move |socket| {
+            session(state, socket, UserId(user), ConversationId(conversation))
+        })
+}
+
+async fn history(state: &WebState, conversation: &ConversationId) -> Vec<HistoryEntry> {
+    let Some(store) = &state.store else {
+        return Vec::new();
+    };
+    let mut all = Vec::new();
+    let mut cursor = None;
+    // Walk at most 10 pages of 100; keep the newest HISTORY_LIMIT.
+    for _ in 0..10 {
+        match store
+            .list_messages(&state.name, conversation, cursor.as_deref(), 100)
+            .await
+        {
+            Ok(page) => {
+                all.extend(page.items);
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "loading chat history failed");
+                break;
+            }
+        }
+    }
+    let skip = all.len().saturating_sub(HISTORY_LIMIT);
+    all.into_iter()
+        .skip(skip)
+        .map(|m| HistoryEntry {
+            from: if m.direction == Direction::Inbound {
+                "user"
+            } else {
+                "bot"
+            },
+            buttons: serde_json::from_value::<Outbound>(m.body.clone())
+                .map(|o| o.buttons)
+                .unwrap_or_default(),
+            text: m.text,
+            at: m.at.to_rfc3339(),
+        })
+        .collect()
+}
+
+fn frame_text(frame: &ServerFrame) -> WsMessage {
+    WsMessage::Text(Utf8Bytes::from(
+        serde_json::to_string(frame).unwrap_or_default(),
+    ))
+}
+
+async fn session(
+    state: Arc<WebState>,
+    socket: WebSocket,
+    user: UserId,
+    conversation: ConversationId,
+) {
+    let id = state.next_socket.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<ServerFrame>(256);
+    state
+        .lock_sockets()
+        .entry(conversation.clone())
+        .or_default()
+        .push((id, tx.clone()));
+    state.open.fetch_add(1, Ordering::Relaxed);
+    let (mut sink, mut stream) = socket.split();
+
+    let welcome = ServerFrame::Welcome {
+        conversation: conversation.to_string(),
+        user: user.to_string(),
+    };
+    let messages = history(&state, &conversation).await;
+    let mut ok = sink.send(frame_text(&welcome)).await.is_ok()
+        && sink
+            .send(frame_text(&ServerFrame::History { messages }))
+            .await
+            .is_ok();
+    while ok {
+        tokio::select! {
+            () = state.closing.cancelled() => {
+                let _ = sink.send(WsMessage::Close(Some(CloseFrame { code: 1001, reason: Utf8Bytes::from_static("server shutting down") }))).await;
+                break;
+            }
+            frame = rx.recv() => match frame {
+                Some(frame) => ok = sink.send(frame_text(&frame)).await.is_ok(),
+                None => break,
+            },
+            incoming = stream.next() => match incoming {
+                Some(Ok(WsMessage::Text(text))) => {
+                    if let Some(reply) = on_client_frame(&state, &user, &conversation, text.as_str()).await {
+                        ok = sink.send(frame_text(&reply)).await.is_ok();
+                    }
+                }
+                Some(Ok(WsMessage::Binary(_))) => {
+                    let e = ServerFrame::Error { detail: "binary frames are not supported; send JSON text frames".into() };
+                    ok = sink.send(frame_text(&e)).await.is_ok();
+                }
+                Some(Ok(WsMessage::Close(_))) | None => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "web chat socket error");
+                    break;
+                }
+            },
+        }
+    }
+    let mut sockets = state.lock_sockets();
+    if let Some(list) = sockets.get_mut(&conversation) {
+        list.retain(|(sid, _)| *sid != id);
+        if list.is_empty() {
+            sockets.remove(&conversation);
+        }
+    }
+    state.open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Handle one client frame; returns a frame to send back (typing or an error).
+async fn on_client_frame(
+    state: &WebState,
+    user: &UserId,
+    conversation: &ConversationId,
+    text: &str,
+) -> Option<ServerFrame> {
+    let err = |detail: String| Some(ServerFrame::Error { detail });
+    let frame: ClientFrame = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            return err(format!(
+                "malformed frame: {e}; expected {{\"type\":\"message\",\"text\":\"…\"}}"
+            ));
+        }
+    };
+    let sender = Sender {
+        id: user.clone(),
+        name: None,
+        roles: vec![Role::User],
+    };
+    let event = match frame {
+        ClientFrame::Message { text } => {
+            let text = text.trim();
+            if text.is_empty() {
+                return err("empty message".into());
+            }
+            let chars = text.chars().count();
+            if chars > MAX_TEXT_CHARS {
+                return err(format!(
+                    "message is {chars} characters, over the limit of {MAX_TEXT_CHARS}"
+                ));
+            }
+            Event::Message(Message::text(
+                state.name.clone(),
+                conversation.clone(),
+                sender,
+                text,
+            ))
+        }
+        ClientFrame::Button { value } => {
+            if value.is_empty() || value.len() > 1000 {
+                return err("button value must be 1-1000 bytes".into());
+            }
+            Event::Interaction(Interaction {
+                channel: state.name.clone(),
+                conversation: conversation.clone(),
+                sender,
+                value,
+                id: MessageId(uuid::Uuid::now_v7().to_string()),
+            })
+        }
+    };
+    let inbox = state
+        .inbox
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    match inbox {
+        Some(inbox) => match inbox.send(event).await {
+            Ok(()) => Some(ServerFrame::Typing),
+            Err(e) => err(format!("not accepted: {e}")),
+        },
+        None => err("the web chat channel is not running".into()),
+    }
+}
+
+struct WebSender(Arc<WebState>);
+
+#[async_trait]
+impl ChannelSender for WebSender {
+    async fn send(&self, message: &Outbound) -> Result<SentId> {
+        let state = &self.0;
+        let id = SentId(uuid::Uuid::now_v7().to_string());
+        match &state.store {
+            Some(store) => {
+                let payload = serde_json::to_string(message).map_err(|e| Error::Channel {
+                    channel: state.name.to_string(),
+                    detail: e.to_string(),
+                })?;
+                store
+                    .publish(&state.topic, &payload)
+                    .await
+                    .map_err(Error::from)?;
+            }
+            None => {
+                state.deliver_local(message);
+            }
+        }
+        Ok(id)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            markdown: true,
+            buttons: true,
+            edit: false,
+            threads: false,
+            ephemeral: false,
+        }
+    }
+}
+
+struct WebListener(Arc<WebState>);
+
+#[async_trait]
+impl ChannelListener for WebListener {
+    async fn listen(&self, inbox: Inbox, shutdown: CancellationToken) -> Result<()> {
+        let state = &self.0;
+        let mut bus = state.store.as_ref().map(|s| s.subscribe());
+        *state.inbox.write().unwrap_or_else(|p| p.into_inner()) = Some(inbox);
+        state.listening.send_replace(true);
+        loop {
+            let msg = async {
+                match bus.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                m = msg => match m {
+                    Ok(m) if *m.topic == state.topic => match serde_json::from_str::<Outbound>(&m.payload) {
+                        Ok(out) => { state.deliver_local(&out); }
+                        Err(e) => tracing::warn!(error = %e, "malformed web chat delivery on the bus"),
+                    },
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "web chat fell behind the bus"),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        // Stop taking messages, then tell every browser we are going away.
+        *state.inbox.write().unwrap_or_else(|p| p.into_inner()) = None;
+        state.listening.send_replace(false);
+        state.closing.cancel();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while state.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,458 @@
+//! The action registry: named operations with JSON Schemas for input and output, invoked by
+//! rules, workflows and LLM tool calls alike.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use crate::channel::Senders;
+use crate::error::{BoxError, Error, Result};
+use crate::message::{ChannelName, ConversationId, Format, Outbound, Target};
+use crate::store::Store;
+
+/// What an action can reach while it runs.
+#[derive(Clone)]
+pub struct ActionContext {
+    /// The store, when the bot has one.
+    pub store: Option<Arc<dyn Store>>,
+    /// Every channel's sender.
+    pub senders: Arc<Senders>,
+    /// The conversation that caused the call, if any (default target of `send_message`).
+    pub source: Option<Target>,
+}
+
+impl std::fmt::Debug for ActionContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActionContext")
+            .field("store", &self.store.as_ref().map(|s| s.backend()))
+            .field("senders", &self.senders)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// A named operation with typed (JSON Schema) input and output.
+#[async_trait]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a FlowBot action",
+    note = "implement `Action`: a name, JSON Schemas for input and output, and `call`"
+)]
+pub trait Action: Send + Sync + 'static {
+    /// Unique name (e.g. `send_message`, `kv.get`).
+    fn name(&self) -> &str;
+    /// One line saying what it does (shown to LLMs as the tool description).
+    fn description(&self) -> &str;
+    /// JSON Schema of the input.
+    fn input_schema(&self) -> Value;
+    /// JSON Schema of the output.
+    fn output_schema(&self) -> Value;
+    /// Run with input already validated against the input schema.
+    async fn call(&self, cx: &ActionContext, input: Value) -> Result<Value, BoxError>;
+}
+
+struct Entry {
+    action: Arc<dyn Action>,
+    input: jsonschema::Validator,
+    output: jsonschema::Validator,
+}
+
+/// Registered actions by name, with their compiled schemas.
+#[derive(Default)]
+pub struct ActionRegistry {
+    actions: HashMap<String, Entry>,
+}
+
+impl std::fmt::Debug for ActionRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.actions.keys()).finish()
+    }
+}
+
+/// Describes a registered action (for API listings and LLM tool definitions).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ActionInfo {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Input schema.
+    pub input_schema: Value,
+    /// Output schema.
+    pub output_schema: Value,
+}
+
+fn first_error(validator: &jsonschema::Validator, value: &Value) -> Option<String> {
+    validator.iter_errors(value).next().map(|e| {
+        let path = e.instance_path().to_string();
+        let at = if path.is_empty() {
+            "input".to_owned()
+        } else {
+            format!("at '{path}'")
+        };
+        format!("{at}: {e}")
+    })
+}
+
+impl ActionRegistry {
+    /// A registry holding the built-in actions that need nothing external: `send_message`,
+    /// `kv.get`, `kv.set`.
+    pub fn with_builtins() -> Self {
+        let mut r = ActionRegistry::default();
+        for action in [
+            Arc::new(SendMessage) as Arc<dyn Action>,
+            Arc::new(KvGet) as Arc<dyn Action>,
+            Arc::new(KvSet) as Arc<dyn Action>,
+        ] {
+            // Built-in schemas are fixed and tested; a failure here is a bug in this crate.
+            if let Err(e) = r.register_arc(action) {
+                tracing::error!(error = %e, "built-in action failed to register");
+            }
+        }
+        r
+    }
+
+    /// Register an action; fails if the name is taken or a schema is not a valid JSON Schema.
+    pub fn register(&mut self, action: impl Action) -> Result<()> {
+        self.register_arc(Arc::new(action))
+    }
+
+    /// Register a shared action.
+    pub fn register_arc(&mut self, action: Arc<dyn Action>) -> Result<()> {
+        let name = action.name().to_owned();
+        if name.is_empty() {
+            return Err(Error::Build("action names must not be empty".into()));
+        }
+        if self.actions.contains_key(&name) {
+            return Err(Error::Build(format!("action '{name}' is registered twice")));
+        }
+        let compile = |which: &str, schema: Value| {
+            jsonschema::validator_for(&schema).map_err(|e| {
+                Error::Build(format!(
+                    "action '{name}': {which} schema is not a valid JSON Schema: {e}"
+                ))
+            })
+        };
+        let input = compile("input", action.input_schema())?;
+        let output = compile("output", action.output_schema())?;
+        self.actions.insert(
+            name,
+            Entry {
+                action,
+                input,
+                output,
+            },
+        );
+        Ok(())
+    }
+
+    /// Whether an action is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.actions.contains_key(name)
+    }
+
+    /// Every registered action, sorted by name.
+    pub fn list(&self) -> Vec<ActionInfo> {
+        let mut list: Vec<ActionInfo> = self
+            .actions
+            .values()
+            .map(|e| ActionInfo {
+                name: e.action.name().to_owned(),
+                description: e.action.description().to_owned(),
+                input_schema: e.action.input_schema(),
+                output_schema: e.action.output_schema(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Check `input` against the action's input schema without running it.
+    pub fn check_input(&self, name: &str, input: &Value) -> Result<()> {
+        let entry = self
+            .actions
+            .get(name)
+            .ok_or_else(|| Error::UnknownAction(name.to_owned()))?;
+        match first_error(&entry.input, input) {
+            Some(detail) => Err(Error::ActionInput {
+                action: name.to_owned(),
+                detail,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Validate `input`, run the action, and validate its output.
+    pub async fn call(&self, name: &str, cx: &ActionContext, input: Value) -> Result<Value> {
+        self.check_input(name, &input)?;
+        let entry = self
+            .actions
+            .get(name)
+            .ok_or_else(|| Error::UnknownAction(name.to_owned()))?;
+        let output = entry
+            .action
+            .call(cx, input)
+            .await
+            .map_err(|source| Error::Action {
+                action: name.to_owned(),
+                source,
+            })?;
+        if let Some(detail) = first_error(&entry.output, &output) {
+            return Err(Error::Action {
+                action: name.to_owned(),
+                source: format!("output does not match its schema: {detail}").into(),
+            });
+        }
+        Ok(output)
+    }
+}
+
+/// Built-in `send_message`: send text to a conversation (the caller's, unless named).
+struct SendMessage;
+
+#[async_trait]
+impl Action for SendMessage {
+    fn name(&self) -> &str {
+        "send_message"
+    }
+    fn description(&self) -> &str {
+        "Send a text message to a conversation (the current one unless channel and conversation are given)."
+    }
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "text": {"type": "string", "minLength": 1},
+                "channel": {"type": "string", "minLength": 1},
+                "conversation": {"type": "string", "minLength": 1},
+                "thread": {"type": "string"},
+                "markdown": {"type": "boolean"}
+            },
+            "required": ["text"],
+            "dependentRequired": {"channel": ["conversation"], "conversation": ["channel"]},
+            "additionalProperties": false
+        })
+    }
+    fn output_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": {"message_id": {"type": "string"}},
+            "required": ["message_id"]
+        })
+    }
+    async fn call(&self, cx: &ActionContext, input: Value) -> Result<Value, BoxError> {
+        let text = input["text"].as_str().unwrap_or_default().to_owned();
+        let target = match (input["channel"].as_str(), input["conversation"].as_str()) {
+            (Some(channel), Some(conversation)) => Target {
+                channel: ChannelName::from(channel),
+                conversation: ConversationId::from(conversation),
+                thread: input["thread"].as_str().map(str::to_owned),
+            },
+            _ => cx
+                .source
+                .clone()
+                .ok_or("no channel and conversation given, and no current conversation")?,
+        };
+        let format = if input["markdown"].as_bool() == Some(true) {
+            Format::Markdown
+        } else {
+            Format::Plain
+        };
+        let message = Outbound {
+            target: Some(target),
+            text,
+            format,
+            ..Outbound::default()
+        };
+        let id = cx.senders.send(&message).await?;
+        if let Some(store) = &cx.store {
+            store.save_outbound(&message).await?;
+        }
+        Ok(json!({ "message_id": id.0 }))
+    }
+}
+
+fn kv_store(cx: &ActionContext) -> Result<&Arc<dyn Store>, BoxError> {
+    cx.store
+        .as_ref()
+        .ok_or_else(|| "this bot has no store, so kv actions are unavailable".into())
+}
+
+const KV_NAMESPACE: &str = "default";
+
+/// Built-in `kv.get`.
+struct KvGet;
+
+#[async_trait]
+impl Action for KvGet {
+    fn name(&self) -> &str {
+        "kv.get"
+    }
+    fn description(&self) -> &str {
+        "Read a value from the key-value store (null when absent)."
+    }
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "namespace": {"type": "string", "minLength": 1, "maxLength": 200},
+                "key": {"type": "string", "minLength": 1, "maxLength": 500}
+            },
+            "required": ["key"],
+            "additionalProperties": false
+        })
+    }
+    fn output_schema(&self) -> Value {
+        json!({"type": "object", "properties": {"value": {}}, "required": ["value"]})
+    }
+    async fn call(&self, cx: &ActionContext, input: Value) -> Result<Value, BoxError> {
+        let ns = input["namespace"].as_str().unwrap_or(KV_NAMESPACE);
+        let key = input["key"].as_str().unwrap_or_default();
+        let value = kv_store(cx)?.kv_get(ns, key).await?;
+        Ok(json!({ "value": value.unwrap_or(Value::Null) }))
+    }
+}
+
+/// Built-in `kv.set`.
+struct KvSet;
+
+#[async_trait]
+impl Action for KvSet {
+    fn name(&self) -> &str {
+        "kv.set"
+    }
+    fn description(&self) -> &str {
+        "Write a JSON value to the key-value store."
+    }
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "namespace": {"type": "string", "minLength": 1, "maxLength": 200},
+                "key": {"type": "string", "minLength": 1, "maxLength": 500},
+                "value": {}
+            },
+            "required": ["key", "value"],
+            "additionalProperties": false
+        })
+    }
+    fn output_schema(&self) -> Value {
+        json!({"type": "object"})
+    }
+    async fn call(&self, cx: &ActionContext, input: Value) -> Result<Value, BoxError> {
+        let ns = input["namespace"].as_str().unwrap_or(KV_NAMESPACE);
+        let key = input["key"].as_str().unwrap_or_default();
+        kv_store(cx)?.kv_set(ns, key, &input["value"]).await?;
+        Ok(json!({}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::in_process::InProcess;
+
+    fn cx() -> (ActionContext, crate::in_process::InProcessHandle) {
+        let (channel, handle) = InProcess::channel("local", 8);
+        let mut senders = Senders::default();
+        senders
+            .insert(channel.name().clone(), channel.sender().clone())
+            .expect("one channel");
+        let source = Target {
+            channel: "local".into(),
+            conversation: "c1".into(),
+            thread: None,
+        };
+        (
+            ActionContext {
+                store: None,
+                senders: Arc::new(senders),
+                source: Some(source),
+            },
+            handle,
+        )
+    }
+
+    #[tokio::test]
+    async fn send_message_reaches_the_current_conversation() {
+        let registry = ActionRegistry::with_builtins();
+        let (cx, mut handle) = cx();
+        let out = registry
+            .call("send_message", &cx, json!({"text": "hi"}))
+            .await
+            .expect("sent");
+        assert!(out["message_id"].is_string());
+        let reply = handle.try_reply().expect("delivered");
+        assert_eq!(reply.text, "hi");
+        assert_eq!(reply.target.expect("target").conversation.as_str(), "c1");
+    }
+
+    #[tokio::test]
+    async fn bad_input_names_the_problem() {
+        let registry = ActionRegistry::with_builtins();
+        let (cx, _handle) = cx();
+        let e = registry
+            .call("send_message", &cx, json!({"txt": "hi"}))
+            .await
+            .expect_err("bad");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("action 'send_message': invalid input"),
+            "{msg}"
+        );
+        let e = registry
+            .call("send_message", &cx, json!({"text": 5}))
+            .await
+            .expect_err("wrong type");
+        assert!(e.to_string().contains("at '/text'"), "{e}");
+        let e = registry
+            .call("sned", &cx, json!({}))
+            .await
+            .expect_err("unknown");
+        assert_eq!(e.to_string(), "unknown action 'sned'");
+        let e = registry
+            .call("kv.get", &cx, json!({"key": "a"}))
+            .await
+            .expect_err("no store");
+        assert!(e.to_string().contains("no store"), "{e}");
+    }
+
+    struct BadSchema;
+
+    #[async_trait]
+    impl Action for BadSchema {
+        fn name(&self) -> &str {
+            "bad"
+        }
+        fn description(&self) -> &str {
+            "bad"
+        }
+        fn input_schema(&self) -> Value {
+            json!({"type": "no-such-type"})
+        }
+        fn output_schema(&self) -> Value {
+            json!({})
+        }
+        async fn call(&self, _: &ActionContext, _: Value) -> Result<Value, BoxError> {
+            Ok(Value::Null)
+        }
+    }
+
+    #[test]
+    fn invalid_schemas_and_duplicates_are_rejected() {
+        let mut registry = ActionRegistry::with_builtins();
+        let e = registry.register(BadSchema).expect_err("bad schema");
+        assert!(
+            e.to_string()
+                .contains("action 'bad': input schema is not a valid JSON Schema"),
+            "{e}"
+        );
+        let e = registry.register(KvGet).expect_err("duplicate");
+        assert!(
+            e.to_string().contains("'kv.get' is registered twice"),
+            "{e}"
+        );
+        assert_eq!(registry.list().len(), 3);
+    }
+}

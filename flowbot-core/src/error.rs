@@ -1,0 +1,207 @@
+//! Error types of `flowbot-core`.
+
+use std::time::Duration;
+
+/// A boxed error from user code or a backend, carried inside [`Error`] and [`StoreError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result alias using [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors raised by `flowbot-core`.
+///
+/// Each message names what failed and with which input, so it can be shown to the person who
+/// wrote that input (a config file, a cron expression, a task payload).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The [`Bot`](crate::Bot) builder was given missing or inconsistent parts.
+    #[error("bot configuration: {0}")]
+    Build(String),
+    /// A cron expression or time zone could not be parsed.
+    #[error("invalid cron schedule '{expr}': {reason}")]
+    InvalidCron {
+        /// The expression as given.
+        expr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A retry policy setting is out of range.
+    #[error("invalid retry policy: {0}")]
+    InvalidRetry(String),
+    /// A task was rejected before it reached the queue.
+    #[error("invalid task '{kind}': {reason}")]
+    InvalidTask {
+        /// The task kind.
+        kind: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A task payload is larger than the configured limit.
+    #[error("task '{kind}' payload is {size} bytes, over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The task kind.
+        kind: String,
+        /// Size of the serialised payload.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// No handler is registered for a task kind.
+    #[error("unknown task kind '{0}': no handler is registered for it")]
+    UnknownTaskKind(String),
+    /// No action with this name is registered.
+    #[error("unknown action '{0}'")]
+    UnknownAction(String),
+    /// An action was called with input that does not match its input schema.
+    #[error("action '{action}': invalid input: {detail}")]
+    ActionInput {
+        /// The action's name.
+        action: String,
+        /// What is wrong, with the JSON path of the offending value.
+        detail: String,
+    },
+    /// An action failed while running.
+    #[error("action '{action}' failed: {source}")]
+    Action {
+        /// The action's name.
+        action: String,
+        /// The action's own error.
+        #[source]
+        source: BoxError,
+    },
+    /// A channel is not registered, or refused an outbound message.
+    #[error("channel '{channel}': {detail}")]
+    Channel {
+        /// The channel's name.
+        channel: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A router or handler failed while handling an event.
+    #[error("handler failed: {0}")]
+    Handler(#[source] BoxError),
+    /// A storage backend failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A value could not be serialised or deserialised.
+    #[error("JSON error in {context}: {source}")]
+    Json {
+        /// What was being (de)serialised.
+        context: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn json(context: impl Into<String>, source: serde_json::Error) -> Self {
+        Error::Json {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Errors raised by storage backends through the core storage traits.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be reached (connection refused, pool timed out, I/O error).
+    /// Workers back off and try again.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// A concurrent writer changed the record first (optimistic version check failed).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The input was rejected by the store (a value out of range, a malformed cursor).
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// Data read from the store could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// Any other backend error.
+    #[error("database error: {0}")]
+    Backend(#[source] BoxError),
+}
+
+impl StoreError {
+    /// True when the error is transient and the operation may succeed if retried later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Conflict(_))
+    }
+}
+
+/// Error returned by task handlers.
+///
+/// A retryable error sends the task back to the queue according to its retry policy; a
+/// permanent error dead-letters it at once.
+#[derive(Debug)]
+pub struct TaskError {
+    message: String,
+    permanent: bool,
+    retry_after: Option<Duration>,
+}
+
+impl TaskError {
+    /// A failure worth retrying (network error, busy service).
+    pub fn retryable(message: impl std::fmt::Display) -> Self {
+        TaskError {
+            message: message.to_string(),
+            permanent: false,
+            retry_after: None,
+        }
+    }
+
+    /// A failure that will not go away by retrying (bad payload): the task is dead-lettered.
+    pub fn permanent(message: impl std::fmt::Display) -> Self {
+        TaskError {
+            message: message.to_string(),
+            permanent: true,
+            retry_after: None,
+        }
+    }
+
+    /// Ask for the next attempt no earlier than `delay` from now (e.g. a `Retry-After` header),
+    /// overriding the backoff of the retry policy for this attempt.
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    /// The error message recorded in the task's error history.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the task should be dead-lettered without further attempts.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// The delay requested by [`TaskError::retry_after`], if any.
+    pub fn requested_delay(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+impl From<Error> for TaskError {
+    fn from(err: Error) -> Self {
+        match &err {
+            Error::Store(e) if e.is_transient() => TaskError::retryable(err),
+            Error::Store(_) | Error::Channel { .. } | Error::Action { .. } | Error::Handler(_) => {
+                TaskError::retryable(err)
+            }
+            _ => TaskError::permanent(err),
+        }
+    }
+}

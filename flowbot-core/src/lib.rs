@@ -1,0 +1,59 @@
+//! # flowbot-core
+//!
+//! The types and traits every FlowBot crate meets through, and the parts that need nothing
+//! external:
+//!
+//! - platform-neutral [`Message`], [`Event`] and [`Outbound`];
+//! - channels: [`ChannelListener`] (inbound, onto the [`Inbox`]) and [`ChannelSender`]
+//!   (outbound), and the [`InProcess`] channel for tests and embedding;
+//! - the [`Pipeline`]: middleware ([`Dedupe`], [`RateLimit`]), inbound persistence, the
+//!   session, the [`Router`] (Rust [`Handlers`] with typed state, or a rules engine), delivery,
+//!   and an `on_error` hook;
+//! - the [`ActionRegistry`] with JSON-Schema-checked input and output;
+//! - the durable task scheduler's executor side in [`task`]: handlers, the [`WorkerPool`](task::WorkerPool)
+//!   with leases and heartbeats, retries, dead letters, concurrency limits and cron;
+//! - the [`Bot`] builder that puts it together.
+//!
+//! Storage backends live in `flowbot-store`.
+//!
+//! ## Task delivery guarantees
+//!
+//! At least once: a claimed task is leased to one worker, which extends the lease while the
+//! handler runs. If the worker dies, the lease expires and any worker's recovery returns the
+//! task to the queue (counting the attempt). Completion is fenced by the lease, so a task is
+//! recorded done once. Handlers get the attempt number and an idempotency key.
+
+mod action;
+mod bot;
+mod channel;
+mod error;
+mod in_process;
+mod message;
+pub mod metrics;
+mod middleware;
+mod pipeline;
+mod router;
+mod session;
+pub mod store;
+pub mod task;
+
+pub use action::{Action, ActionContext, ActionInfo, ActionRegistry};
+pub use bot::{Bot, BotBuilder};
+pub use channel::{Capabilities, Channel, ChannelListener, ChannelSender, Inbox, Senders, SentId};
+pub use error::{BoxError, Error, Result, StoreError, TaskError};
+pub use in_process::{InProcess, InProcessHandle};
+pub use message::{
+    Attachment, Button, ChannelName, ConversationId, Event, Format, Interaction, Message,
+    MessageId, Outbound, Role, Sender, Target, UserId,
+};
+pub use middleware::{Dedupe, Flow, Middleware, RateLimit};
+pub use pipeline::{
+    DELIVER_TASK, ErrorHook, INBOUND_TASK, Pipeline, PipelineError, PipelineStats, Stage,
+};
+pub use router::{HandlerCx, Handlers, Reply, Router, Services, Turn};
+pub use session::{DialogState, Session, SessionHandle, SessionKey};
+pub use store::{Bus, BusMessage, Store};
+
+/// Re-exported so users name the same versions FlowBot uses.
+pub use async_trait::async_trait;
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,322 @@
+//! The message pipeline: middleware, persistence, session, router, delivery.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::error::Error;
+use crate::message::{Event, Outbound, Target, UserId};
+use crate::middleware::{Flow, Middleware};
+use crate::router::{Reply, Router, Services, Turn};
+use crate::session::{Session, SessionHandle, SessionKey};
+use crate::task::NewTask;
+
+/// The task kind that (re)delivers an outbound message through the queue.
+pub const DELIVER_TASK: &str = "flowbot.deliver";
+
+/// The task kind that takes an inbound event (stored durably before it was acknowledged, e.g.
+/// by a webhook) through the pipeline. Its payload is the [`Event`] as JSON.
+pub const INBOUND_TASK: &str = "flowbot.inbound";
+
+/// Where in the pipeline an error happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// Middleware.
+    Middleware,
+    /// Storing the inbound message.
+    Persist,
+    /// Loading the session.
+    Session,
+    /// The router or a handler.
+    Route,
+    /// Delivering a reply.
+    Deliver,
+    /// Saving the session.
+    SaveSession,
+}
+
+/// What the `on_error` hook is told.
+#[derive(Debug)]
+pub struct PipelineError<'a> {
+    /// The event being handled.
+    pub event: &'a Event,
+    /// Where it failed.
+    pub stage: Stage,
+    /// The error.
+    pub error: &'a Error,
+}
+
+/// The `on_error` hook.
+pub type ErrorHook = Arc<dyn Fn(&PipelineError<'_>) + Send + Sync>;
+
+/// Counters of the pipeline.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Events received.
+    pub events_in: AtomicU64,
+    /// Messages delivered.
+    pub messages_out: AtomicU64,
+    /// Events stopped by middleware or found to be duplicates.
+    pub dropped: AtomicU64,
+    /// Errors reported to `on_error`.
+    pub errors: AtomicU64,
+    /// Total handling time in microseconds (divide by `events_in` for the mean).
+    pub busy_micros: AtomicU64,
+    /// Events received, per channel.
+    pub in_by_channel: crate::metrics::LabeledCounter,
+    /// Messages delivered, per channel.
+    pub out_by_channel: crate::metrics::LabeledCounter,
+    /// Time to handle one event, from receipt to the last reply sent.
+    pub latency: crate::metrics::Histogram,
+}
+
+/// Handles events one at a time (see [`Pipeline::handle`]); [`Pipeline::run`] feeds it from
+/// an inbox, in order per conversation and concurrently across conversations.
+pub struct Pipeline {
+    pub(crate) router: Arc<dyn Router>,
+    pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+    pub(crate) services: Services,
+    pub(crate) on_error: ErrorHook,
+    pub(crate) stats: Arc<PipelineStats>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("middleware", &self.middleware.len())
+            .field("services", &self.services)
+            .finish_non_exhaustive()
+    }
+}
+
+fn session_key(event: &Event) -> Option<SessionKey> {
+    let conversation = event.conversation()?.clone();
+    let user = event
+        .sender()
+        .map(|s| s.id.clone())
+        .unwrap_or_else(|| UserId::from(""));
+    Some(SessionKey {
+        channel: event.channel().clone(),
+        conversation,
+        user,
+    })
+}
+
+impl Pipeline {
+    /// Counters.
+    pub fn stats(&self) -> &Arc<PipelineStats> {
+        &self.stats
+    }
+
+    /// The services handlers get.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    fn report(&self, event: &Event, stage: Stage, error: &Error) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        (self.on_error)(&PipelineError {
+            event,
+            stage,
+            error,
+        });
+    }
+
+    /// Take one event through middleware, inbound persistence, session, router and delivery.
+    /// Errors go to the `on_error` hook; the returned replies are those delivered or queued
+    /// for delivery.
+    pub async fn handle(&self, event: Event) -> Vec<Outbound> {
+        self.handle_with(event, false).await
+    }
+
+    /// Like [`Pipeline::handle`], for an event taken from the durable queue
+    /// ([`INBOUND_TASK`]): a message already in the history is a retry after a crash, not a
+    /// redelivery, so it is handled again instead of dropped.
+    pub async fn handle_queued(&self, event: Event) -> Vec<Outbound> {
+        self.handle_with(event, true).await
+    }
+
+    async fn handle_with(&self, event: Event, from_queue: bool) -> Vec<Outbound> {
+        use tracing::Instrument as _;
+        let started = Instant::now();
+        self.stats.events_in.fetch_add(1, Ordering::Relaxed);
+        self.stats.in_by_channel.inc(event.channel().as_str());
+        let span = tracing::info_span!(
+            "message",
+            channel = %event.channel(),
+            conversation = event.conversation().map(|c| c.as_str()).unwrap_or(""),
+        );
+        let delivered = self.handle_inner(event, from_queue).instrument(span).await;
+        let elapsed = started.elapsed();
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
+        self.stats.latency.observe(elapsed);
+        delivered
+    }
+
+    async fn handle_inner(&self, event: Event, from_queue: bool) -> Vec<Outbound> {
+        let event = Arc::new(event);
+        let mut early_reply = None;
+        for m in &self.middleware {
+            match m.before(&event).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop(reply)) => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    early_reply = Some(reply);
+                    break;
+                }
+                Err(e) => {
+                    self.report(&event, Stage::Middleware, &e);
+                    return Vec::new();
+                }
+            }
+        }
+        let key = session_key(&event);
+        if let Some(reply) = early_reply {
+            let source = event.reply_target();
+            return self
+                .deliver(&event, source, Reply(reply.into_iter().collect()))
+                .await;
+        }
+
+        let store = self.services.store.clone();
+        if let (Some(store), Event::Message(message)) = (&store, event.as_ref()) {
+            match store.save_inbound(message).await {
+                Ok(true) => {}
+                Ok(false) if from_queue => {}
+                Ok(false) => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return Vec::new();
+                }
+                Err(e) => {
+                    self.report(&event, Stage::Persist, &e.into());
+                    return Vec::new();
+                }
+            }
+        }
+
+        let loaded = match (&store, &key) {
+            (Some(store), Some(key)) => match store.load_session(key).await {
+                Ok(s) => s.unwrap_or_else(|| Session::new(key.clone())),
+                Err(e) => {
+                    self.report(&event, Stage::Session, &e.into());
+                    return Vec::new();
+                }
+            },
+            (_, Some(key)) => Session::new(key.clone()),
+            (_, None) => Session::new(SessionKey {
+                channel: event.channel().clone(),
+                conversation: "".into(),
+                user: "".into(),
+            }),
+        };
+        let session = SessionHandle::new(loaded.clone());
+        let turn = Turn {
+            event: event.clone(),
+            session: session.clone(),
+            services: self.services.clone(),
+        };
+        let reply = match self.router.route(&turn).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.report(&event, Stage::Route, &e);
+                Reply::none()
+            }
+        };
+        let delivered = self.deliver(&event, turn.source(), reply).await;
+
+        if let (Some(store), Some(_)) = (&store, &key) {
+            let after = session.snapshot();
+            if (after.vars != loaded.vars || after.dialog != loaded.dialog)
+                && let Err(e) = store.save_session(&after).await
+            {
+                self.report(&event, Stage::SaveSession, &e.into());
+            }
+        }
+        delivered
+    }
+
+    async fn deliver(&self, event: &Event, source: Option<Target>, reply: Reply) -> Vec<Outbound> {
+        let mut delivered = Vec::with_capacity(reply.0.len());
+        for mut out in reply.0 {
+            if out.target.is_none() {
+                out.target = source.clone();
+                if out.reply_to.is_none() {
+                    out.reply_to = event.dedupe_id().cloned();
+                }
+            }
+            if out.target.is_none() {
+                let e = Error::Channel {
+                    channel: event.channel().to_string(),
+                    detail: "reply has no target and the event has no conversation".into(),
+                };
+                self.report(event, Stage::Deliver, &e);
+                continue;
+            }
+            match self.services.senders.send(&out).await {
+                Ok(_) => {
+                    self.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+                    if let Some(t) = &out.target {
+                        self.stats.out_by_channel.inc(t.channel.as_str());
+                    }
+                    if let Some(store) = &self.services.store
+                        && let Err(e) = store.save_outbound(&out).await
+                    {
+                        self.report(event, Stage::Persist, &e.into());
+                    }
+                    delivered.push(out);
+                }
+                Err(send_err) => {
+                    // Hand the message to the durable queue, which retries with backoff.
+                    let queued = match &self.services.tasks {
+                        Some(tasks) => match NewTask::new(DELIVER_TASK, &out) {
+                            Ok(task) => tasks.enqueue(task).await.map(|_| ()),
+                            Err(e) => Err(e),
+                        },
+                        None => Err(send_err),
+                    };
+                    match queued {
+                        Ok(()) => delivered.push(out),
+                        Err(e) => self.report(event, Stage::Deliver, &e),
+                    }
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Handle events from `inbox` until it closes and every accepted event is handled. Events
+    /// of one conversation are handled in order; up to `shards` conversations at once.
+    pub async fn run(self: Arc<Self>, mut inbox: mpsc::Receiver<Event>, shards: usize) {
+        let shards = shards.max(1);
+        let mut lanes = Vec::with_capacity(shards);
+        let mut workers = JoinSet::new();
+        for _ in 0..shards {
+            let (tx, mut rx) = mpsc::channel::<Event>(256);
+            lanes.push(tx);
+            let pipeline = self.clone();
+            workers.spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    pipeline.handle(event).await;
+                }
+            });
+        }
+        let hasher = std::collections::hash_map::RandomState::new();
+        while let Some(event) = inbox.recv().await {
+            let mut h = hasher.build_hasher();
+            event.channel().hash(&mut h);
+            event.conversation().hash(&mut h);
+            let lane = (h.finish() % shards as u64) as usize;
+            if lanes[lane].send(event).await.is_err() {
+                tracing::error!("pipeline lane stopped unexpectedly");
+            }
+        }
+        drop(lanes);
+        while workers.join_next().await.is_some() {}
+    }
+}

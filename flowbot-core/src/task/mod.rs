@@ -1,0 +1,22 @@
+//! The durable task scheduler: task values, storage traits, the worker pool and cron
+//! schedules. See the crate docs for the delivery guarantees.
+
+mod queue;
+mod schedule;
+mod types;
+mod worker;
+
+pub use queue::{ScheduleStore, TaskAdmin, TaskQueue};
+pub use schedule::{
+    CronConfig, CronSpec, FireOutcome, FirePlan, MAX_CATCH_UP_FIRES, MisfirePolicy, ScheduleDef,
+    ScheduleState, fire_due, plan_fires, register_schedule, run_cron,
+};
+pub use types::{
+    AttemptError, Backoff, ClaimRequest, ClaimedTask, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_QUEUE,
+    DeadLetter, Enqueued, FailOutcome, Failure, NewTask, RetryPolicy, TaskFilter, TaskId,
+    TaskRecord, TaskState,
+};
+pub use worker::{
+    KindOptions, QueueConfig, TaskClient, TaskContext, TaskHandler, TaskRegistry, WorkerConfig,
+    WorkerPool, WorkerStats, handler_fn, typed_handler,
+};

@@ -1,0 +1,861 @@
+//! The executor side of the task scheduler: handlers, the worker pool, leases, retries and
+//! graceful shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use futures_util::FutureExt;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::queue::TaskQueue;
+use super::types::{
+    ClaimRequest, ClaimedTask, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_QUEUE, Enqueued, FailOutcome,
+    Failure, NewTask, RetryPolicy, TaskId,
+};
+use crate::error::{Error, Result, StoreError, TaskError};
+
+/// What a task handler gets: the task, its attempt number, and tokens that tell it to stop.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    task: Arc<ClaimedTask>,
+    lease_lost: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+impl TaskContext {
+    /// The claimed task.
+    pub fn task(&self) -> &ClaimedTask {
+        &self.task
+    }
+
+    /// This attempt's number, 1 for the first.
+    pub fn attempt(&self) -> u32 {
+        self.task.attempt
+    }
+
+    /// Same for every attempt of the task; use it to make side effects idempotent.
+    pub fn idempotency_key(&self) -> String {
+        self.task.idempotency_key()
+    }
+
+    /// Cancelled when the worker lost the task's lease (another worker may run it now) or
+    /// when the pool is shutting down and its deadline passed. Long handlers should stop.
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.lease_lost
+    }
+
+    /// Cancelled when the pool starts shutting down.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+}
+
+/// Runs tasks of one kind.
+#[async_trait]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a FlowBot task handler",
+    note = "implement `TaskHandler`, or wrap an async closure with `handler_fn` or `typed_handler`"
+)]
+pub trait TaskHandler: Send + Sync + 'static {
+    /// Run one attempt of the task.
+    async fn run(&self, cx: TaskContext) -> Result<(), TaskError>;
+}
+
+struct FnHandler<F>(F);
+
+#[async_trait]
+impl<F, Fut> TaskHandler for FnHandler<F>
+where
+    F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
+{
+    async fn run(&self, cx: TaskContext) -> Result<(), TaskError> {
+        (self.0)(cx).await
+    }
+}
+
+/// A handler from an async closure taking the [`TaskContext`].
+pub fn handler_fn<F, Fut>(f: F) -> impl TaskHandler
+where
+    F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
+{
+    FnHandler(f)
+}
+
+struct TypedHandler<T, F>(F, std::marker::PhantomData<fn() -> T>);
+
+#[async_trait]
+impl<T, F, Fut> TaskHandler for TypedHandler<T, F>
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(T, TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
+{
+    async fn run(&self, cx: TaskContext) -> Result<(), TaskError> {
+        // A payload that does not fit the type will never fit: dead-letter at once.
+        let payload: T = cx.task().payload().map_err(TaskError::permanent)?;
+        (self.0)(payload, cx).await
+    }
+}
+
+/// A handler from an async closure taking the deserialised payload; a payload that does not
+/// deserialise into `T` dead-letters the task with the serde error.
+pub fn typed_handler<T, F, Fut>(f: F) -> impl TaskHandler
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(T, TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
+{
+    TypedHandler(f, std::marker::PhantomData)
+}
+
+struct Registered {
+    handler: Arc<dyn TaskHandler>,
+    retry: RetryPolicy,
+    timeout: Option<Duration>,
+}
+
+/// Task kinds and their handlers, retry policies and timeouts.
+#[derive(Default)]
+pub struct TaskRegistry {
+    kinds: HashMap<String, Registered>,
+}
+
+impl std::fmt::Debug for TaskRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskRegistry")
+            .field("kinds", &self.kinds.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Options for one registered task kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KindOptions {
+    /// Retry policy for tasks of this kind without their own.
+    pub retry: RetryPolicy,
+    /// Per-attempt time limit; an attempt running longer fails (and may be retried).
+    pub timeout: Option<Duration>,
+}
+
+impl TaskRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Register `handler` for `kind` with the default retry policy and no timeout.
+    pub fn register(&mut self, kind: impl Into<String>, handler: impl TaskHandler) -> Result<()> {
+        self.register_with(kind, KindOptions::default(), handler)
+    }
+
+    /// Register `handler` for `kind` with options. A kind can be registered once.
+    pub fn register_with(
+        &mut self,
+        kind: impl Into<String>,
+        options: KindOptions,
+        handler: impl TaskHandler,
+    ) -> Result<()> {
+        let kind = kind.into();
+        options.retry.validate()?;
+        if kind.is_empty() {
+            return Err(Error::Build("task kind names must not be empty".into()));
+        }
+        if options.timeout == Some(Duration::ZERO) {
+            return Err(Error::Build(format!(
+                "task kind '{kind}': timeout must be greater than zero"
+            )));
+        }
+        if self.kinds.contains_key(&kind) {
+            return Err(Error::Build(format!(
+                "task kind '{kind}' is registered twice"
+            )));
+        }
+        let registered = Registered {
+            handler: Arc::new(handler),
+            retry: options.retry,
+            timeout: options.timeout,
+        };
+        self.kinds.insert(kind, registered);
+        Ok(())
+    }
+
+    /// Registered kinds.
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.kinds.keys().map(String::as_str)
+    }
+
+    /// Whether `kind` is registered.
+    pub fn contains(&self, kind: &str) -> bool {
+        self.kinds.contains_key(kind)
+    }
+
+    /// Whether nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.kinds.is_empty()
+    }
+}
+
+/// A queue a pool claims from, and how many of its tasks may run at once in this pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Queue name.
+    pub name: String,
+    /// Most tasks of this queue running at once in this pool (`None`: only the global limit).
+    pub limit: Option<usize>,
+}
+
+/// Settings of a [`WorkerPool`].
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Worker id recorded as lease owner; unique per process.
+    pub id: String,
+    /// Most tasks running at once in this pool (the global worker count).
+    pub concurrency: usize,
+    /// Queues to claim from.
+    pub queues: Vec<QueueConfig>,
+    /// Lease length; a task whose worker stops heartbeating for this long runs elsewhere.
+    pub lease: Duration,
+    /// How often leases of running tasks are extended.
+    pub heartbeat: Duration,
+    /// How often an idle pool polls when no wake-up signal arrives.
+    pub poll_interval: Duration,
+    /// Most tasks claimed in one round trip.
+    pub batch_size: u32,
+    /// Tasks claimed ahead of free workers (leased and heartbeated while they wait), so one
+    /// round trip can fetch a whole batch. Queues with a limit prefetch nothing.
+    pub prefetch: usize,
+    /// How often expired leases are looked for.
+    pub recover_interval: Duration,
+    /// Attempts allowed to tasks that lose their lease repeatedly and have no policy of their own.
+    pub default_max_attempts: u32,
+    /// How long shutdown waits for running tasks before releasing them to the queue.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: format!(
+                "worker-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
+            concurrency: 16,
+            queues: vec![QueueConfig {
+                name: DEFAULT_QUEUE.into(),
+                limit: None,
+            }],
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(1),
+            batch_size: 100,
+            prefetch: 64,
+            recover_interval: Duration::from_secs(5),
+            default_max_attempts: RetryPolicy::default().max_attempts,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Check the settings fit together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Build(format!("worker config: {m}")));
+        if self.concurrency == 0 {
+            return bad("concurrency must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1".into());
+        }
+        if self.default_max_attempts == 0 {
+            return bad("default_max_attempts must be at least 1".into());
+        }
+        if self.queues.is_empty() {
+            return bad("at least one queue is needed".into());
+        }
+        let mut seen = HashSet::new();
+        for q in &self.queues {
+            if !seen.insert(&q.name) {
+                return bad(format!("queue '{}' is listed twice", q.name));
+            }
+            if q.limit == Some(0) {
+                return bad(format!("queue '{}': limit must be at least 1", q.name));
+            }
+        }
+        for (name, d) in [
+            ("lease", self.lease),
+            ("heartbeat", self.heartbeat),
+            ("poll_interval", self.poll_interval),
+            ("recover_interval", self.recover_interval),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{name} must be greater than zero"));
+            }
+        }
+        if self.heartbeat >= self.lease {
+            return bad(format!(
+                "heartbeat ({:?}) must be shorter than the lease ({:?})",
+                self.heartbeat, self.lease
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Counters of a running pool.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Tasks claimed.
+    pub claimed: AtomicU64,
+    /// Tasks completed and acknowledged.
+    pub completed: AtomicU64,
+    /// Failed attempts sent back for retry.
+    pub retried: AtomicU64,
+    /// Tasks dead-lettered.
+    pub dead: AtomicU64,
+    /// Tasks whose lease was lost while running.
+    pub lease_lost: AtomicU64,
+    /// Store errors seen by the pool (each followed by a backoff).
+    pub store_errors: AtomicU64,
+    /// Time from a task being due to its handler starting.
+    pub start_delay: crate::metrics::Histogram,
+    /// Handler run time.
+    pub run_time: crate::metrics::Histogram,
+}
+
+impl WorkerStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The delay after `failures` consecutive store errors: 100 ms doubling up to 5 s, jittered.
+pub(crate) fn error_backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    let ms = (100u64 << exp).min(5_000);
+    Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
+}
+
+/// A pool of workers claiming tasks from a [`TaskQueue`] and running their handlers.
+pub struct WorkerPool {
+    queue: Arc<dyn TaskQueue>,
+    registry: Arc<TaskRegistry>,
+    config: WorkerConfig,
+    stats: Arc<WorkerStats>,
+}
+
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    queue: Arc<dyn TaskQueue>,
+    registry: Arc<TaskRegistry>,
+    config: WorkerConfig,
+    stats: Arc<WorkerStats>,
+    inflight: Mutex<HashMap<TaskId, CancellationToken>>,
+    freed: Notify,
+    acks: mpsc::UnboundedSender<TaskId>,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, CancellationToken>> {
+        // The map holds plain data; a panic elsewhere cannot leave it inconsistent.
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl WorkerPool {
+    /// A pool running `registry`'s handlers on tasks from `queue`.
+    pub fn new(
+        queue: Arc<dyn TaskQueue>,
+        registry: Arc<TaskRegistry>,
+        config: WorkerConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        if registry.is_empty() {
+            return Err(Error::Build(
+                "worker pool: no task handlers are registered".into(),
+            ));
+        }
+        Ok(WorkerPool {
+            queue,
+            registry,
+            config,
+            stats: Arc::new(WorkerStats::default()),
+        })
+    }
+
+    /// Use `stats` (shared with the caller) for this pool's counters.
+    pub fn with_stats(mut self, stats: Arc<WorkerStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// Counters, shared with the running pool.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Run until `shutdown` is cancelled; then stop claiming, let running tasks finish within
+    /// the shutdown timeout, release the rest to the queue, and flush acknowledgements.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            queue: self.queue,
+            registry: self.registry,
+            config: self.config,
+            stats: self.stats,
+            inflight: Mutex::new(HashMap::new()),
+            freed: Notify::new(),
+            acks: ack_tx,
+            shutdown: shutdown.clone(),
+        });
+        let background = CancellationToken::new();
+        let acker = tokio::spawn(ack_loop(shared.clone(), ack_rx));
+        let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), background.clone()));
+        let recovery = tokio::spawn(recovery_loop(shared.clone(), background.clone()));
+
+        let mut running = JoinSet::new();
+        fetch_loop(&shared, &mut running).await;
+
+        // Shutdown: wait for running tasks up to the deadline, then release whatever is left
+        // (tasks cut off at the deadline, and prefetched tasks that never started).
+        let deadline = tokio::time::sleep(shared.config.shutdown_timeout);
+        tokio::pin!(deadline);
+        let timed_out = loop {
+            tokio::select! {
+                next = running.join_next() => if next.is_none() { break false },
+                () = &mut deadline => break true,
+            }
+        };
+        if timed_out {
+            for token in shared.inflight().values() {
+                token.cancel();
+            }
+            running.abort_all();
+            while running.join_next().await.is_some() {}
+        }
+        let left: Vec<TaskId> = shared.inflight().keys().copied().collect();
+        if !left.is_empty() {
+            match shared.queue.release(&shared.config.id, &left).await {
+                Ok(n) => tracing::info!(
+                    released = n,
+                    "shutdown: released unfinished tasks to the queue"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "shutdown: releasing tasks failed; their leases will expire")
+                }
+            }
+        }
+        background.cancel();
+        let _ = heartbeats.await;
+        let _ = recovery.await;
+        drop(shared);
+        let _ = acker.await;
+    }
+}
+
+async fn fetch_loop(shared: &Arc<Shared>, running: &mut JoinSet<()>) {
+    let global = Arc::new(Semaphore::new(shared.config.concurrency));
+    let queues: Vec<(String, Option<Arc<Semaphore>>)> = shared
+        .config
+        .queues
+        .iter()
+        .map(|q| (q.name.clone(), q.limit.map(|l| Arc::new(Semaphore::new(l)))))
+        .collect();
+    let kinds: Vec<String> = shared.registry.kinds().map(str::to_owned).collect();
+    let capacity = shared.config.concurrency + shared.config.prefetch;
+    let mut wake = shared.queue.wake_signal();
+    let mut failures = 0u32;
+    while !shared.shutdown.is_cancelled() {
+        while running.try_join_next().is_some() {}
+        let mut more_work = false;
+        let mut full = false;
+        let mut errored = false;
+        for (name, limit) in &queues {
+            // Room for running tasks plus prefetched ones; a limited queue prefetches nothing.
+            let mut room = capacity.saturating_sub(shared.inflight().len());
+            if let Some(sem) = limit {
+                room = room.min(sem.available_permits());
+            }
+            let room = u32::try_from(room)
+                .unwrap_or(u32::MAX)
+                .min(shared.config.batch_size);
+            if room == 0 {
+                full = true;
+                continue;
+            }
+            let req = ClaimRequest {
+                worker: &shared.config.id,
+                queue: name,
+                kinds: &kinds,
+                limit: room,
+                lease: shared.config.lease,
+            };
+            let tasks = match shared.queue.claim(&req).await {
+                Ok(tasks) => tasks,
+                Err(e) => {
+                    failures += 1;
+                    errored = true;
+                    WorkerStats::bump(&shared.stats.store_errors);
+                    tracing::warn!(queue = %name, error = %e, "claiming tasks failed; backing off");
+                    break;
+                }
+            };
+            failures = 0;
+            more_work |= tasks.len() as u32 == room;
+            // Leased tasks are heartbeated (and released at shutdown) from here on, also
+            // while they wait for a free worker.
+            let tokens: Vec<CancellationToken> = {
+                let mut inflight = shared.inflight();
+                tasks
+                    .iter()
+                    .map(|t| {
+                        let token = CancellationToken::new();
+                        inflight.insert(t.id, token.clone());
+                        token
+                    })
+                    .collect()
+            };
+            for (task, token) in tasks.into_iter().zip(tokens) {
+                let permits = tokio::select! {
+                    permits = acquire(&global, limit.as_ref()) => permits,
+                    () = shared.shutdown.cancelled() => return,
+                };
+                WorkerStats::bump(&shared.stats.claimed);
+                running.spawn(run_task(shared.clone(), task, token, permits));
+            }
+        }
+        if errored {
+            tokio::select! {
+                () = shared.shutdown.cancelled() => {}
+                () = tokio::time::sleep(error_backoff(failures)) => {}
+            }
+            continue;
+        }
+        if more_work {
+            continue;
+        }
+        tokio::select! {
+            () = shared.shutdown.cancelled() => {}
+            changed = wake.changed() => if changed.is_err() {
+                // The store dropped its signal; fall back to polling.
+                tokio::time::sleep(shared.config.poll_interval).await;
+            },
+            () = shared.freed.notified(), if full => {}
+            () = tokio::time::sleep(shared.config.poll_interval) => {}
+        }
+    }
+}
+
+async fn acquire(
+    global: &Arc<Semaphore>,
+    queue: Option<&Arc<Semaphore>>,
+) -> Vec<OwnedSemaphorePermit> {
+    // The semaphores are never closed, so acquiring only waits, never fails.
+    let mut permits = Vec::with_capacity(2);
+    if let Some(sem) = queue {
+        permits.extend(sem.clone().acquire_owned().await.ok());
+    }
+    permits.extend(global.clone().acquire_owned().await.ok());
+    permits
+}
+
+async fn run_task(
+    shared: Arc<Shared>,
+    task: ClaimedTask,
+    lease_lost: CancellationToken,
+    permits: Vec<OwnedSemaphorePermit>,
+) {
+    let id = task.id;
+    let waited = (Utc::now() - task.run_at).to_std().unwrap_or_default();
+    shared.stats.start_delay.observe(waited);
+    let started = std::time::Instant::now();
+    let task = Arc::new(task);
+    let registered = shared.registry.kinds.get(&task.kind);
+    let result = match registered {
+        None => Err(TaskError::permanent(Error::UnknownTaskKind(
+            task.kind.clone(),
+        ))),
+        Some(reg) => {
+            let cx = TaskContext {
+                task: task.clone(),
+                lease_lost: lease_lost.clone(),
+                shutdown: shared.shutdown.clone(),
+            };
+            let fut = AssertUnwindSafe(reg.handler.run(cx)).catch_unwind();
+            let outcome = match reg.timeout {
+                Some(limit) => match tokio::time::timeout(limit, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(Err(TaskError::retryable(format!(
+                        "timed out after {limit:?}"
+                    )))),
+                },
+                None => fut.await,
+            };
+            outcome.unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(TaskError::retryable(format!("handler panicked: {msg}")))
+            })
+        }
+    };
+    shared.stats.run_time.observe(started.elapsed());
+    shared.inflight().remove(&id);
+    if lease_lost.is_cancelled() {
+        WorkerStats::bump(&shared.stats.lease_lost);
+        tracing::warn!(task = %id, kind = %task.kind, "lease lost while running; result discarded");
+    } else {
+        match result {
+            Ok(()) => {
+                // The acknowledgement loop owns the receiver until every sender is gone.
+                let _ = shared.acks.send(id);
+            }
+            Err(err) => record_failure(&shared, &task, registered.map(|r| r.retry), err).await,
+        }
+    }
+    drop(permits);
+    shared.freed.notify_one();
+}
+
+async fn record_failure(
+    shared: &Shared,
+    task: &ClaimedTask,
+    kind_policy: Option<RetryPolicy>,
+    err: TaskError,
+) {
+    let policy = task.retry.or(kind_policy).unwrap_or_default();
+    let retry_at = (!err.is_permanent() && task.attempt < policy.max_attempts).then(|| {
+        let delay = err
+            .requested_delay()
+            .unwrap_or_else(|| policy.delay(task.attempt));
+        Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
+    });
+    let failure = Failure {
+        id: task.id,
+        attempt: task.attempt,
+        error: err.message().to_owned(),
+        retry_at,
+    };
+    let mut failures = 0;
+    loop {
+        match shared.queue.fail(&shared.config.id, &failure).await {
+            Ok(FailOutcome::Retrying(at)) => {
+                WorkerStats::bump(&shared.stats.retried);
+                tracing::info!(task = %task.id, kind = %task.kind, attempt = task.attempt, retry_at = %at, error = %failure.error, "task failed; will retry");
+                return;
+            }
+            Ok(FailOutcome::DeadLettered) => {
+                WorkerStats::bump(&shared.stats.dead);
+                tracing::warn!(task = %task.id, kind = %task.kind, attempt = task.attempt, error = %failure.error, "task dead-lettered");
+                return;
+            }
+            Ok(FailOutcome::LeaseLost) => {
+                WorkerStats::bump(&shared.stats.lease_lost);
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                WorkerStats::bump(&shared.stats.store_errors);
+                tracing::warn!(task = %task.id, error = %e, "recording a task failure failed; retrying");
+                if shared.shutdown.is_cancelled() && failures > 3 {
+                    // The lease will expire and recovery will count the attempt.
+                    return;
+                }
+                tokio::time::sleep(error_backoff(failures)).await;
+            }
+        }
+    }
+}
+
+async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<TaskId>) {
+    let worker = shared.config.id.clone();
+    let queue = shared.queue.clone();
+    let stats = shared.stats.clone();
+    let shutdown = shared.shutdown.clone();
+    // Holding `shared` would keep our own sender alive and the loop would never end.
+    drop(shared);
+    let mut batch = Vec::with_capacity(512);
+    let mut failures = 0u32;
+    loop {
+        if batch.is_empty() && rx.recv_many(&mut batch, 512).await == 0 {
+            return;
+        }
+        while batch.len() < 4096 && !rx.is_empty() {
+            let room = 4096 - batch.len();
+            rx.recv_many(&mut batch, room).await;
+        }
+        match queue.complete(&worker, &batch).await {
+            Ok(n) => {
+                failures = 0;
+                stats.completed.fetch_add(n, Ordering::Relaxed);
+                batch.clear();
+            }
+            Err(e) => {
+                failures += 1;
+                WorkerStats::bump(&stats.store_errors);
+                tracing::warn!(tasks = batch.len(), error = %e, "acknowledging completed tasks failed; retrying");
+                if shutdown.is_cancelled() && failures > 5 {
+                    tracing::warn!(
+                        tasks = batch.len(),
+                        "giving up acknowledgements at shutdown; the tasks will run again after their leases expire"
+                    );
+                    return;
+                }
+                tokio::time::sleep(error_backoff(failures)).await;
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(shared.config.heartbeat) => {}
+        }
+        let ids: Vec<TaskId> = shared.inflight().keys().copied().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        match shared
+            .queue
+            .heartbeat(&shared.config.id, &ids, shared.config.lease)
+            .await
+        {
+            Ok(kept) => {
+                let kept: HashSet<TaskId> = kept.into_iter().collect();
+                let inflight = shared.inflight();
+                for id in ids.iter().filter(|id| !kept.contains(id)) {
+                    if let Some(token) = inflight.get(id) {
+                        token.cancel();
+                    }
+                }
+            }
+            Err(e) => {
+                WorkerStats::bump(&shared.stats.store_errors);
+                tracing::warn!(tasks = ids.len(), error = %e, "heartbeat failed");
+            }
+        }
+    }
+}
+
+async fn recovery_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        match shared
+            .queue
+            .recover_expired(Utc::now(), shared.config.default_max_attempts)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                recovered = n,
+                "returned tasks with expired leases to the queue"
+            ),
+            Err(e) => {
+                WorkerStats::bump(&shared.stats.store_errors);
+                tracing::warn!(error = %e, "recovering expired leases failed");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(shared.config.recover_interval) => {}
+        }
+    }
+}
+
+/// Enqueues tasks after checking them: payload size, retry policy, and (when the client knows
+/// the registered kinds) that a handler exists for the kind.
+#[derive(Clone)]
+pub struct TaskClient {
+    queue: Arc<dyn TaskQueue>,
+    known_kinds: Option<Arc<HashSet<String>>>,
+    max_payload_bytes: usize,
+}
+
+impl std::fmt::Debug for TaskClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskClient")
+            .field("known_kinds", &self.known_kinds)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskClient {
+    /// A client for `queue` that accepts any kind (agents elsewhere may handle it).
+    pub fn new(queue: Arc<dyn TaskQueue>) -> Self {
+        TaskClient {
+            queue,
+            known_kinds: None,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+
+    /// Reject kinds that `registry` does not handle with [`Error::UnknownTaskKind`].
+    pub fn only_kinds_of(mut self, registry: &TaskRegistry) -> Self {
+        self.known_kinds = Some(Arc::new(registry.kinds().map(str::to_owned).collect()));
+        self
+    }
+
+    /// Reject payloads larger than `bytes` (default [`DEFAULT_MAX_PAYLOAD_BYTES`]).
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    fn check(&self, task: &NewTask) -> Result<()> {
+        task.validate(self.max_payload_bytes)?;
+        if let Some(known) = &self.known_kinds
+            && !known.contains(&task.kind)
+        {
+            return Err(Error::UnknownTaskKind(task.kind.clone()));
+        }
+        Ok(())
+    }
+
+    /// Check and enqueue one task.
+    pub async fn enqueue(&self, task: NewTask) -> Result<Enqueued> {
+        self.check(&task)?;
+        Ok(self.queue.enqueue(&task).await?)
+    }
+
+    /// Check every task, then enqueue them all in one transaction.
+    pub async fn enqueue_batch(&self, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
+        for task in tasks {
+            self.check(task)?;
+        }
+        Ok(self.queue.enqueue_batch(tasks).await?)
+    }
+
+    /// The underlying queue.
+    pub fn queue(&self) -> &Arc<dyn TaskQueue> {
+        &self.queue
+    }
+}
+
+impl From<StoreError> for TaskError {
+    fn from(e: StoreError) -> Self {
+        TaskError::retryable(e)
+    }
+}

@@ -1,0 +1,181 @@
+//! # flowbot-store
+//!
+//! Storage backends for FlowBot, each implementing every storage trait of `flowbot-core`
+//! (conversations, sessions, key-value data, the durable task queue, schedules), with its own
+//! migrations applied on open:
+//!
+//! - [`SqliteStore`] (feature `sqlite`, default): the embedded single-node store — one file
+//!   under a data directory, WAL journal, one writer connection and batched transactions;
+//! - `PostgresStore` (feature `postgres`): many servers and agents sharing one database —
+//!   batched claims with `FOR UPDATE SKIP LOCKED`, `LISTEN/NOTIFY` to wake idle workers (with
+//!   polling as the fallback).
+//!
+//! [`connect`] picks the backend from a URL.
+
+use std::sync::Arc;
+
+use flowbot_core::store::{Conversation, Direction, StoredMessage};
+use flowbot_core::{ChannelName, ConversationId, Session, Store, StoreError};
+use serde_json::Value;
+
+mod common;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// Errors opening a store. Errors of running operations are core's [`StoreError`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL names no backend this build supports, or is malformed.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+    /// The database could not be opened or reached.
+    #[error("cannot open database: {0}")]
+    Open(String),
+    /// A migration failed.
+    #[error("migration {version} failed: {detail}")]
+    Migration {
+        /// The migration's version.
+        version: i64,
+        /// The database's error.
+        detail: String,
+    },
+}
+
+/// Open the store a URL names: `sqlite://path/to/file.db` or `postgres://…`
+/// (`postgresql://` too). Migrations are applied.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, Error> {
+    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
+    match scheme {
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Arc::new(SqliteStore::open_url(url).await?)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(PostgresStore::connect(url).await?)),
+        "" => Err(Error::InvalidUrl(format!(
+            "'{url}' has no scheme (expected sqlite:// or postgres://)"
+        ))),
+        other => Err(Error::InvalidUrl(format!(
+            "scheme '{other}' is not supported by this build (enabled: {})",
+            enabled_backends()
+        ))),
+    }
+}
+
+fn enabled_backends() -> &'static str {
+    match (cfg!(feature = "sqlite"), cfg!(feature = "postgres")) {
+        (true, true) => "sqlite, postgres",
+        (true, false) => "sqlite",
+        (false, true) => "postgres",
+        (false, false) => "none",
+    }
+}
+
+/// A database URL fit for logs and error messages: the password (everything between `://`
+/// and the last `@`) is replaced with `***`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+pub(crate) fn check_bus_payload(payload: &str) -> Result<(), StoreError> {
+    if payload.len() > flowbot_core::store::MAX_BUS_PAYLOAD {
+        return Err(StoreError::Invalid(format!(
+            "bus payload is {} bytes, over the limit of {}",
+            payload.len(),
+            flowbot_core::store::MAX_BUS_PAYLOAD
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn new_message_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub(crate) fn session_conflict(s: &Session) -> StoreError {
+    StoreError::Conflict(format!(
+        "session {}/{}/{} was saved by someone else (expected version {})",
+        s.key.channel, s.key.conversation, s.key.user, s.version
+    ))
+}
+
+#[allow(clippy::too_many_arguments)] // one row's columns, in one place
+pub(crate) fn stored_message(
+    channel: &ChannelName,
+    conversation: &ConversationId,
+    seq: i64,
+    direction: &str,
+    sender: Option<String>,
+    message_id: String,
+    text: String,
+    body: &str,
+    at: i64,
+) -> Result<StoredMessage, StoreError> {
+    let direction = match direction {
+        "inbound" => Direction::Inbound,
+        "outbound" => Direction::Outbound,
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "unknown message direction '{other}'"
+            )));
+        }
+    };
+    Ok(StoredMessage {
+        seq,
+        channel: channel.clone(),
+        conversation: conversation.clone(),
+        direction,
+        message_id,
+        sender,
+        text,
+        body: common::parse_json(body, "message body")?,
+        at: common::from_ms(at),
+    })
+}
+
+type ConversationCursor = (Option<i64>, Option<String>, Option<String>);
+
+pub(crate) fn conversation_cursor(cursor: Option<&str>) -> Result<ConversationCursor, StoreError> {
+    let Some(c) = cursor else {
+        return Ok((None, None, None));
+    };
+    let v = common::decode_cursor(c)?;
+    match (
+        v.get(0).and_then(Value::as_i64),
+        v.get(1).and_then(Value::as_str),
+        v.get(2).and_then(Value::as_str),
+    ) {
+        (Some(at), Some(ch), Some(conv)) => {
+            Ok((Some(at), Some(ch.to_owned()), Some(conv.to_owned())))
+        }
+        _ => Err(StoreError::Invalid(format!("malformed cursor '{c}'"))),
+    }
+}
+
+pub(crate) fn conversation_of(row: (String, String, i64, i64, i64)) -> Conversation {
+    let (channel, conversation, started, last, count) = row;
+    Conversation {
+        channel: channel.into(),
+        conversation: conversation.into(),
+        started_at: common::from_ms(started),
+        last_message_at: common::from_ms(last),
+        message_count: count,
+    }
+}
+
+pub(crate) fn conversation_cursor_of(c: &Conversation) -> Value {
+    serde_json::json!([
+        c.last_message_at.timestamp_millis(),
+        c.channel.as_str(),
+        c.conversation.as_str()
+    ])
+}

@@ -1,0 +1,213 @@
+//! SqliteStore: conversations, messages, sessions and key-value data.
+
+use super::*;
+
+pub(super) async fn touch_conversation(
+    tx: &mut Transaction<'static, Sqlite>,
+    channel: &str,
+    conversation: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO flowbot_conversations (channel, conversation, started_at, last_message_at, message_count) VALUES (?, ?, ?, ?, 1) \
+         ON CONFLICT (channel, conversation) DO UPDATE SET last_message_at = MAX(last_message_at, excluded.last_message_at), \
+         message_count = message_count + 1",
+    )
+    .bind(channel)
+    .bind(conversation)
+    .bind(at)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+#[async_trait]
+impl ConversationStore for SqliteStore {
+    async fn save_inbound(&self, m: &Message) -> Result<bool, StoreError> {
+        self.write(|done| Write::Inbound(Box::new(m.clone()), done))
+            .await
+    }
+
+    async fn save_outbound(&self, o: &Outbound) -> Result<(), StoreError> {
+        if o.target.is_none() {
+            return Err(StoreError::Invalid("outbound message has no target".into()));
+        }
+        self.write(|done| Write::Outbound(Box::new(o.clone()), done))
+            .await
+    }
+
+    async fn list_messages(
+        &self,
+        channel: &ChannelName,
+        conversation: &ConversationId,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<StoredMessage>, StoreError> {
+        let limit = page_limit(limit);
+        let after = common::int_cursor(cursor)?.unwrap_or(0);
+        let rows: Vec<(i64, String, Option<String>, String, String, String, i64)> = sqlx::query_as(
+            "SELECT seq, direction, sender, message_id, text, body, at FROM flowbot_messages \
+             WHERE channel = ? AND conversation = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(channel.as_str())
+        .bind(conversation.as_str())
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(self.r())
+        .await
+        .map_err(map_err)?;
+        let items = rows
+            .into_iter()
+            .map(|(seq, direction, sender, message_id, text, body, at)| {
+                crate::stored_message(
+                    channel,
+                    conversation,
+                    seq,
+                    &direction,
+                    sender,
+                    message_id,
+                    text,
+                    &body,
+                    at,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(paginate(items, limit, |m| Value::from(m.seq)))
+    }
+
+    async fn list_conversations(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Conversation>, StoreError> {
+        let limit = page_limit(limit);
+        let (before_at, before_channel, before_conv) = crate::conversation_cursor(cursor)?;
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT channel, conversation, started_at, last_message_at, message_count FROM flowbot_conversations \
+             WHERE (?1 IS NULL OR (last_message_at, channel, conversation) < (?1, ?2, ?3)) \
+             ORDER BY last_message_at DESC, channel DESC, conversation DESC LIMIT ?4",
+        )
+        .bind(before_at)
+        .bind(before_channel)
+        .bind(before_conv)
+        .bind(limit + 1)
+        .fetch_all(self.r())
+        .await
+        .map_err(map_err)?;
+        Ok(paginate(
+            rows.into_iter().map(crate::conversation_of).collect(),
+            limit,
+            crate::conversation_cursor_of,
+        ))
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn load_session(&self, key: &SessionKey) -> Result<Option<Session>, StoreError> {
+        let row: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT data, version, updated_at FROM flowbot_sessions WHERE channel = ? AND conversation = ? AND user_id = ?",
+        )
+        .bind(key.channel.as_str())
+        .bind(key.conversation.as_str())
+        .bind(key.user.as_str())
+        .fetch_optional(self.r())
+        .await
+        .map_err(map_err)?;
+        row.map(|(data, version, at)| common::session_from(key, &data, version, at))
+            .transpose()
+    }
+
+    async fn save_session(&self, s: &Session) -> Result<i64, StoreError> {
+        let data = common::session_data(s)?;
+        let now = now_ms();
+        let n = if s.version == 0 {
+            sqlx::query(
+                "INSERT INTO flowbot_sessions (channel, conversation, user_id, data, version, updated_at) VALUES (?, ?, ?, ?, 1, ?) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(s.key.channel.as_str())
+            .bind(s.key.conversation.as_str())
+            .bind(s.key.user.as_str())
+            .bind(data)
+            .bind(now)
+            .execute(self.w())
+            .await
+        } else {
+            sqlx::query(
+                "UPDATE flowbot_sessions SET data = ?, version = version + 1, updated_at = ? \
+                 WHERE channel = ? AND conversation = ? AND user_id = ? AND version = ?",
+            )
+            .bind(data)
+            .bind(now)
+            .bind(s.key.channel.as_str())
+            .bind(s.key.conversation.as_str())
+            .bind(s.key.user.as_str())
+            .bind(s.version)
+            .execute(self.w())
+            .await
+        }
+        .map_err(map_err)?
+        .rows_affected();
+        if n == 0 {
+            return Err(crate::session_conflict(s));
+        }
+        Ok(s.version + 1)
+    }
+
+    async fn delete_session(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "DELETE FROM flowbot_sessions WHERE channel = ? AND conversation = ? AND user_id = ?",
+        )
+        .bind(key.channel.as_str())
+        .bind(key.conversation.as_str())
+        .bind(key.user.as_str())
+        .execute(self.w())
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+}
+
+#[async_trait]
+impl KvStore for SqliteStore {
+    async fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Value>, StoreError> {
+        let v: Option<String> =
+            sqlx::query_scalar("SELECT value FROM flowbot_kv WHERE namespace = ? AND key = ?")
+                .bind(namespace)
+                .bind(key)
+                .fetch_optional(self.r())
+                .await
+                .map_err(map_err)?;
+        v.map(|v| common::parse_json(&v, "kv value")).transpose()
+    }
+
+    async fn kv_set(&self, namespace: &str, key: &str, value: &Value) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO flowbot_kv (namespace, key, value, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(namespace)
+        .bind(key)
+        .bind(value.to_string())
+        .bind(now_ms())
+        .execute(self.w())
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn kv_delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query("DELETE FROM flowbot_kv WHERE namespace = ? AND key = ?")
+            .bind(namespace)
+            .bind(key)
+            .execute(self.w())
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        Ok(n == 1)
+    }
+}

@@ -1,0 +1,133 @@
+//! Test harness: fresh SQLite files and fresh PostgreSQL schemas, one per test.
+#![allow(dead_code, unreachable_pub, clippy::print_stderr)] // the skip notice is meant for the terminal
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use flowbot_core::Store;
+use flowbot_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("flowbot-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub enum Harness {
+    Sqlite {
+        store: SqliteStore,
+        _dir: TempDir,
+    },
+    Postgres {
+        store: PostgresStore,
+        url: String,
+        schema: String,
+    },
+}
+
+impl Harness {
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Harness::Sqlite { store, .. } => Arc::new(store.clone()),
+            Harness::Postgres { store, .. } => Arc::new(store.clone()),
+        }
+    }
+
+    /// A second, independent connection to the same database (another server or agent).
+    pub async fn second_store(&self) -> Arc<dyn Store> {
+        match self {
+            Harness::Sqlite { store, .. } => Arc::new(store.clone()),
+            Harness::Postgres { url, schema, .. } => Arc::new(
+                PostgresStore::connect_with(
+                    PostgresOptions::new(url.clone())
+                        .schema(schema.clone())
+                        .application_name(schema.clone()),
+                )
+                .await
+                .expect("second PostgreSQL connection"),
+            ),
+        }
+    }
+
+    /// Kill every server connection of this test's stores (the database "goes away").
+    pub async fn kill_connections(&self) -> i64 {
+        let Harness::Postgres { url, schema, .. } = self else {
+            return 0;
+        };
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .expect("admin connection");
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1) t",
+        )
+        .bind(schema)
+        .fetch_one(&mut admin)
+        .await
+        .expect("terminate backends")
+    }
+
+    pub async fn cleanup(self) {
+        if let Harness::Postgres { store, schema, .. } = self {
+            let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(store.pool())
+                .await;
+        }
+    }
+}
+
+pub async fn sqlite() -> Harness {
+    sqlite_with(|o| o).await
+}
+
+pub async fn sqlite_with(f: impl FnOnce(SqliteOptions) -> SqliteOptions) -> Harness {
+    let dir = TempDir::new();
+    let store = SqliteStore::open_with(f(SqliteOptions::new(dir.0.join("flowbot.db"))))
+        .await
+        .expect("open SQLite store");
+    Harness::Sqlite { store, _dir: dir }
+}
+
+/// The PostgreSQL URL for tests. In CI (`CI=true`) it must be set; elsewhere a missing URL
+/// skips the PostgreSQL half of the suite, loudly.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("FLOWBOT_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            panic!(
+                "CI=true but FLOWBOT_TEST_POSTGRES_URL is not set: the PostgreSQL conformance suite must run in CI"
+            )
+        }
+        _ => {
+            eprintln!("SKIPPED: PostgreSQL test (set FLOWBOT_TEST_POSTGRES_URL to run it)");
+            None
+        }
+    }
+}
+
+pub async fn postgres() -> Option<Harness> {
+    let url = postgres_url()?;
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let store = PostgresStore::connect_with(
+        PostgresOptions::new(url.clone())
+            .schema(schema.clone())
+            .application_name(schema.clone()),
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!("FLOWBOT_TEST_POSTGRES_URL is set but PostgreSQL is not usable: {e}")
+    });
+    Some(Harness::Postgres { store, url, schema })
+}
