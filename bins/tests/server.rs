@@ -382,28 +382,35 @@ async fn web_chat_round_trip_history_errors_and_reminders() {
     );
     ws.close(None).await.expect("close");
 
-    // A reconnect sees the conversation so far.
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .expect("reconnect");
-    next_frame(&mut ws, "welcome").await;
-    let history = next_frame(&mut ws, "history").await;
-    let texts: Vec<&str> = history["messages"]
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|m| m["text"].as_str())
-        .collect();
-    assert_eq!(
-        texts,
-        vec![
-            "/echo hi there",
-            "hi there",
-            "/remind 1s stand up",
-            "OK, I'll remind you in 1s.",
-            "⏰ Reminder: stand up"
-        ]
-    );
+    // A reconnect sees the conversation so far. A message enters the history once it has
+    // been delivered, so the reminder the socket just received may land a moment later.
+    let want = vec![
+        "/echo hi there",
+        "hi there",
+        "/remind 1s stand up",
+        "OK, I'll remind you in 1s.",
+        "⏰ Reminder: stand up",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut ws = loop {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("reconnect");
+        next_frame(&mut ws, "welcome").await;
+        let history = next_frame(&mut ws, "history").await;
+        let texts: Vec<String> = history["messages"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|m| m["text"].as_str().map(str::to_owned))
+            .collect();
+        if texts == want || tokio::time::Instant::now() > deadline {
+            assert_eq!(texts, want);
+            break ws;
+        }
+        ws.close(None).await.expect("close");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
 
     // Bad ids are refused before the upgrade.
     let bad = format!("{}/ws/chat?user=a%20b", s.ws);
