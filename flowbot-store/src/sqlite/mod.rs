@@ -29,8 +29,8 @@ use flowbot_core::{
 };
 use serde_json::Value;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -145,13 +145,18 @@ impl SqliteStore {
             .synchronous(sync)
             .busy_timeout(options.busy_timeout)
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-8000");
+            .pragma("cache_size", "-8000")
+            // A WAL that grew under a burst is cut back to this size when it restarts.
+            .pragma("journal_size_limit", "67108864");
         let open_err = |e: sqlx::Error| Error::Open(format!("{}: {e}", options.path.display()));
         // The writer never checkpoints inside a commit (that fsyncs, and would land on one
         // unlucky request's latency); a background connection checkpoints instead.
+        // No ping before each acquire: the pools never leave this process, and a ping is one
+        // more round trip to SQLite's worker thread on every write.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(connect.clone().pragma("wal_autocheckpoint", "0"))
             .await
@@ -167,6 +172,7 @@ impl SqliteStore {
         tokio::spawn(checkpoints(checkpointer, stop_checkpoints.clone()));
         let reader = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(connect.read_only(true))
             .await
@@ -322,26 +328,59 @@ async fn insert_tasks<'a>(
         }
         return Ok(out);
     }
+    insert_bulk(tx, tasks, now).await
+}
+
+/// One task row as `insert_bulk` hands it to SQLite's `json_each`.
+#[derive(serde::Serialize)]
+struct BulkRow<'a> {
+    q: &'a str,
+    k: &'a str,
+    p: &'a str,
+    pr: i16,
+    r: i64,
+    m: Option<u32>,
+    rt: Option<String>,
+    c: Option<&'a str>,
+}
+
+/// Insert tasks without dedupe keys in one statement. One statement is atomic on its own, so
+/// this needs no transaction; group commit calls it directly for a batch of plain enqueues.
+pub(super) async fn insert_bulk<'a>(
+    conn: &mut SqliteConnection,
+    tasks: impl ExactSizeIterator<Item = &'a NewTask>,
+    now: i64,
+) -> Result<Vec<Enqueued>, StoreError> {
     let n = tasks.len();
     let mut rows = Vec::with_capacity(n);
     for t in tasks {
-        rows.push(serde_json::json!({
-            "q": t.queue, "k": t.kind, "p": t.payload, "pr": t.priority,
-            "r": t.run_at.map(ms).unwrap_or(now),
-            "m": t.retry.map(|r| r.max_attempts),
-            "rt": common::retry_json(t.retry.as_ref())?,
-            "c": t.concurrency_key,
-        }));
+        if t.dedupe_key.is_some() {
+            return Err(StoreError::Invalid(
+                "a task with a dedupe key cannot be bulk-inserted".into(),
+            ));
+        }
+        rows.push(BulkRow {
+            q: &t.queue,
+            k: &t.kind,
+            p: &t.payload,
+            pr: t.priority,
+            r: t.run_at.map(ms).unwrap_or(now),
+            m: t.retry.map(|r| r.max_attempts),
+            rt: common::retry_json(t.retry.as_ref())?,
+            c: t.concurrency_key.as_deref(),
+        });
     }
+    let rows =
+        serde_json::to_string(&rows).map_err(|e| StoreError::Invalid(format!("tasks: {e}")))?;
     let mut ids: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, concurrency_key, created_at) \
          SELECT value ->> '$.q', value ->> '$.k', value ->> '$.p', 'queued', value ->> '$.pr', value ->> '$.r', \
                 value ->> '$.m', value ->> '$.rt', value ->> '$.c', ?2 \
          FROM json_each(?1) ORDER BY key RETURNING id",
     )
-    .bind(serde_json::Value::Array(rows).to_string())
+    .bind(rows)
     .bind(now)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *conn)
     .await
     .map_err(map_err)?;
     if ids.len() != n {
