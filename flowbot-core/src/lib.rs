@@ -24,6 +24,7 @@
 //! recorded done once. Handlers get the attempt number and an idempotency key.
 
 mod action;
+mod ai;
 mod bot;
 mod channel;
 mod error;
@@ -38,6 +39,7 @@ pub mod store;
 pub mod task;
 
 pub use action::{Action, ActionContext, ActionInfo, ActionRegistry};
+pub use ai::{Classifier, Label};
 pub use bot::{Bot, BotBuilder};
 pub use channel::{Capabilities, Channel, ChannelListener, ChannelSender, Inbox, Senders, SentId};
 pub use error::{BoxError, Error, Result, StoreError, TaskError};

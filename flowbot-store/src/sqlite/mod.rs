@@ -147,7 +147,7 @@ impl SqliteStore {
             .pragma("temp_store", "memory")
             .pragma("cache_size", "-8000")
             // A WAL that grew under a burst is cut back to this size when it restarts.
-            .pragma("journal_size_limit", "67108864");
+            .pragma("journal_size_limit", "134217728");
         let open_err = |e: sqlx::Error| Error::Open(format!("{}: {e}", options.path.display()));
         // The writer never checkpoints inside a commit (that fsyncs, and would land on one
         // unlucky request's latency); a background connection checkpoints instead.

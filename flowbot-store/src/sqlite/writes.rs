@@ -38,8 +38,8 @@ pub(super) async fn checkpoints(pool: SqlitePool, stop: CancellationToken) {
     pool.close().await;
 }
 
-/// WAL size, in pages, past which the checkpointer starts the WAL over (16 MiB of 4 KiB pages).
-const WAL_RESTART_PAGES: i64 = 4096;
+/// WAL size, in pages, past which the checkpointer starts the WAL over (64 MiB of 4 KiB pages).
+const WAL_RESTART_PAGES: i64 = 16_384;
 
 /// A write waiting for the group commit, with where to send its result.
 pub(super) enum Write {

@@ -1,0 +1,579 @@
+//! Routing an event through a [`RuleSet`]: the [`RulesRouter`].
+
+use std::cell::OnceCell;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use chrono::{Datelike, Utc};
+use flowbot_core::{Classifier, Error as CoreError, Event, Label, Outbound, Reply, Router, Turn};
+use rhai::{Dynamic, Scope};
+use serde_json::{Map, Value, json};
+
+use crate::compile::{Act, Cond, EventKind, Gate, Rule, RuleSet, TemplatedValue, words};
+use crate::script::ScriptHost;
+
+/// What conditions look at: the event and what has been worked out about it (computed once,
+/// when first needed).
+pub struct Facts<'a> {
+    /// The event.
+    pub event: &'a Event,
+    /// Its text (empty for events without one).
+    pub text: &'a str,
+    /// The sender's session variables.
+    pub session: &'a Map<String, Value>,
+    lower: OnceCell<String>,
+    words: OnceCell<HashSet<String>>,
+    regex_hits: OnceCell<Vec<bool>>,
+    intents: Option<Vec<Label>>,
+    scope: OnceCell<Scope<'static>>,
+    set: &'a RuleSet,
+}
+
+impl Facts<'_> {
+    fn lower(&self) -> &str {
+        self.lower.get_or_init(|| self.text.to_lowercase())
+    }
+
+    fn has_words(&self, phrase: &[String]) -> bool {
+        let words = self
+            .words
+            .get_or_init(|| words(self.lower()).map(str::to_owned).collect());
+        match phrase {
+            [one] => words.contains(one),
+            many => {
+                // A phrase: its words in order, whole words.
+                let tokens: Vec<&str> = crate::compile::words(self.lower()).collect();
+                tokens
+                    .windows(many.len())
+                    .any(|w| w.iter().zip(many).all(|(a, b)| *a == b))
+            }
+        }
+    }
+
+    fn regex_hit(&self, i: usize) -> bool {
+        self.regex_hits
+            .get_or_init(|| {
+                let mut hits = vec![false; self.set.regexes.len()];
+                for m in self.set.regex_set.matches(self.text).iter() {
+                    hits[m] = true;
+                }
+                hits
+            })
+            .get(i)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    fn kind(&self) -> Option<EventKind> {
+        Some(match self.event {
+            Event::Message(_) => EventKind::Message,
+            Event::Interaction(_) => EventKind::Button,
+            Event::MemberJoined { .. } => EventKind::MemberJoined,
+            Event::Reaction { .. } => EventKind::Reaction,
+            Event::Custom { .. } => EventKind::Custom,
+            _ => return None,
+        })
+    }
+
+    /// The variables scripts see, built once per event.
+    fn scope(&self) -> Result<&Scope<'static>, String> {
+        if let Some(s) = self.scope.get() {
+            return Ok(s);
+        }
+        let mut scope = Scope::new();
+        let message = message_json(self.event, self.text);
+        let to = |v: &Value| rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
+        scope.push_constant_dynamic("text", Dynamic::from(self.text.to_owned()));
+        scope.push_constant_dynamic(
+            "user",
+            Dynamic::from(message["user"].as_str().unwrap_or_default().to_owned()),
+        );
+        scope.push_constant_dynamic(
+            "channel",
+            Dynamic::from(self.event.channel().as_str().to_owned()),
+        );
+        scope.push_constant_dynamic("message", to(&message)?);
+        scope.push_constant_dynamic("session", to(&Value::Object(self.session.clone()))?);
+        scope.push_constant_dynamic("vars", to(&self.set.vars)?);
+        Ok(self.scope.get_or_init(|| scope))
+    }
+}
+
+/// The message as templates and scripts see it.
+fn message_json(event: &Event, text: &str) -> Value {
+    let sender = event.sender();
+    let kind = match event {
+        Event::Message(_) => "message",
+        Event::Interaction(_) => "button",
+        Event::MemberJoined { .. } => "member_joined",
+        Event::Reaction { .. } => "reaction",
+        Event::Custom { .. } => "custom",
+        _ => "other",
+    };
+    let mut m = json!({
+        "kind": kind,
+        "text": text,
+        "channel": event.channel().as_str(),
+        "conversation": event.conversation().map(|c| c.as_str()),
+        "user": sender.map(|s| s.id.as_str()),
+        "user_name": sender.and_then(|s| s.name.as_deref()),
+    });
+    match event {
+        Event::Interaction(i) => m["value"] = json!(i.value),
+        Event::Reaction { emoji, message, .. } => {
+            m["emoji"] = json!(emoji);
+            m["message_id"] = json!(message.as_str());
+        }
+        Event::Custom { name, payload, .. } => {
+            m["name"] = json!(name);
+            m["payload"] = payload.clone();
+        }
+        Event::Message(msg) => m["id"] = json!(msg.id.as_str()),
+        _ => {}
+    }
+    m
+}
+
+/// The outcome of a condition.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    No,
+    Yes,
+    /// The command name matched but its arguments did not parse: reply with this.
+    Usage(String),
+}
+
+/// What a matching rule learned: command arguments and regex captures.
+#[derive(Default)]
+struct Bindings {
+    args: Map<String, Value>,
+    captures: Map<String, Value>,
+}
+
+fn eval(c: &Cond, f: &Facts<'_>, b: &mut Bindings) -> Result<Outcome, String> {
+    use Outcome::{No, Usage, Yes};
+    let yes = |x: bool| if x { Yes } else { No };
+    Ok(match c {
+        Cond::All(parts) => {
+            let mut usage = None;
+            for p in parts {
+                match eval(p, f, b)? {
+                    No => return Ok(No),
+                    Usage(u) => usage = Some(u),
+                    Yes => {}
+                }
+            }
+            usage.map_or(Yes, Usage)
+        }
+        Cond::Any(parts) => {
+            let mut usage = None;
+            for p in parts {
+                match eval(p, f, b)? {
+                    Yes => return Ok(Yes),
+                    Usage(u) => usage = usage.or(Some(u)),
+                    No => {}
+                }
+            }
+            usage.map_or(No, Usage)
+        }
+        Cond::Not(inner) => yes(eval(inner, f, &mut Bindings::default())? == No),
+        Cond::Command(pattern) => match f.event.as_message().and_then(|m| m.command()) {
+            Some((name, args)) if name.eq_ignore_ascii_case(&pattern.name) => {
+                match pattern.parse_args(args) {
+                    Ok(parsed) => {
+                        b.args = parsed;
+                        Yes
+                    }
+                    Err(e) => Usage(format!("{e}. Usage: {}", pattern.usage())),
+                }
+            }
+            _ => No,
+        },
+        Cond::Text(t) => yes(f.lower().trim() == t),
+        Cond::Contains(t) => yes(f.lower().contains(t.as_str())),
+        Cond::Keywords(kws) => yes(kws.iter().any(|k| f.has_words(k))),
+        Cond::Regex(i) => {
+            if !f.regex_hit(*i) {
+                return Ok(No);
+            }
+            let re = &f.set.regexes[*i];
+            if let Some(caps) = re.captures(f.text) {
+                for (n, name) in re.capture_names().enumerate() {
+                    let value = caps
+                        .get(n)
+                        .map_or(Value::Null, |m| Value::String(m.as_str().to_owned()));
+                    b.captures.insert(n.to_string(), value.clone());
+                    if let Some(name) = name {
+                        b.captures.insert(name.to_owned(), value);
+                    }
+                }
+            }
+            Yes
+        }
+        Cond::Channel(v) => yes(v.iter().any(|c| c == f.event.channel().as_str())),
+        Cond::Conversation(v) => yes(f
+            .event
+            .conversation()
+            .is_some_and(|c| v.iter().any(|x| x == c.as_str()))),
+        Cond::User(v) => yes(f
+            .event
+            .sender()
+            .is_some_and(|s| v.iter().any(|x| x == s.id.as_str()))),
+        Cond::Role(v) => yes(f
+            .event
+            .sender()
+            .is_some_and(|s| v.iter().any(|r| s.has_role(r)))),
+        Cond::Event(kinds) => yes(f.kind().is_some_and(|k| kinds.contains(&k))),
+        Cond::Time(w) => {
+            let now = Utc::now().with_timezone(&w.tz);
+            let t = now.time();
+            let day_ok = w.days.is_empty() || w.days.contains(&now.weekday());
+            let time_ok = match (w.from, w.to) {
+                (Some(a), Some(b)) if a <= b => a <= t && t < b,
+                (Some(a), Some(b)) => t >= a || t < b, // past midnight
+                (Some(a), None) => t >= a,
+                (None, Some(b)) => t < b,
+                (None, None) => true,
+            };
+            yes(day_ok && time_ok)
+        }
+        Cond::Intent(label, min) => yes(f
+            .intents
+            .as_ref()
+            .is_some_and(|ls| ls.iter().any(|l| &l.label == label && l.confidence >= *min))),
+        Cond::Script(ast) => {
+            let mut scope = f.scope()?.clone();
+            let value = f.set.scripting.eval(&mut scope, ast)?;
+            match value.as_bool() {
+                Ok(v) => yes(v),
+                Err(kind) => {
+                    return Err(format!(
+                        "condition script returned {value:?} ({kind}), not true or false"
+                    ));
+                }
+            }
+        }
+        Cond::Custom(c) => yes(c.matches(f)),
+    })
+}
+
+/// A [`Router`] that routes with a [`RuleSet`], which can be replaced while the bot runs: a
+/// message is routed wholly by the set that was current when it arrived.
+pub struct RulesRouter {
+    set: RwLock<Arc<RuleSet>>,
+    classifier: Option<Arc<dyn Classifier>>,
+}
+
+impl std::fmt::Debug for RulesRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RulesRouter")
+            .field("rules", &self.current().len())
+            .field("classifier", &self.classifier.is_some())
+            .finish()
+    }
+}
+
+/// A rule failed while running its actions.
+#[derive(Debug, thiserror::Error)]
+#[error("rule '{rule}' ({origin}): {message}")]
+struct RuleFailed {
+    rule: String,
+    origin: String,
+    message: String,
+}
+
+impl RulesRouter {
+    /// A router using `set`.
+    pub fn new(set: RuleSet) -> Self {
+        RulesRouter {
+            set: RwLock::new(Arc::new(set)),
+            classifier: None,
+        }
+    }
+
+    /// Use `classifier` for `intent` conditions.
+    pub fn with_classifier(mut self, classifier: Arc<dyn Classifier>) -> Self {
+        self.classifier = Some(classifier);
+        self
+    }
+
+    /// The rule set in force.
+    pub fn current(&self) -> Arc<RuleSet> {
+        self.set
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Swap in a new rule set at once; messages being routed finish with the old one.
+    pub fn replace(&self, set: RuleSet) {
+        *self
+            .set
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
+    }
+
+    /// The names of the rules that match `event` with `session` variables, in the order they
+    /// would run (for tests, the API's dry runs and benchmarks). Command usage errors count as
+    /// a match.
+    pub fn matching(
+        &self,
+        event: &Event,
+        session: &Map<String, Value>,
+        intents: Option<Vec<Label>>,
+    ) -> Result<Vec<String>, String> {
+        let set = self.current();
+        let facts = facts(&set, event, session, intents);
+        let mut out = Vec::new();
+        for rule in &set.rules {
+            if let Some((o, _)) = check(rule, &facts)? {
+                out.push(rule.name.clone());
+                if matches!(o, Outcome::Usage(_)) || !rule.keep_going {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn event_text(event: &Event) -> &str {
+    match event {
+        Event::Message(m) => &m.text,
+        Event::Interaction(i) => &i.value,
+        _ => "",
+    }
+}
+
+fn facts<'a>(
+    set: &'a RuleSet,
+    event: &'a Event,
+    session: &'a Map<String, Value>,
+    intents: Option<Vec<Label>>,
+) -> Facts<'a> {
+    Facts {
+        event,
+        text: event_text(event),
+        session,
+        lower: OnceCell::new(),
+        words: OnceCell::new(),
+        regex_hits: OnceCell::new(),
+        intents,
+        scope: OnceCell::new(),
+        set,
+    }
+}
+
+/// Whether `rule` matches, with what it bound.
+fn check(rule: &Rule, facts: &Facts<'_>) -> Result<Option<(Outcome, Bindings)>, String> {
+    if !rule.enabled {
+        return Ok(None);
+    }
+    match &rule.gate {
+        Gate::Command(name) => {
+            let hit = facts
+                .event
+                .as_message()
+                .and_then(|m| m.command())
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name));
+            if !hit {
+                return Ok(None);
+            }
+        }
+        Gate::Regex(i) => {
+            if !facts.regex_hit(*i) {
+                return Ok(None);
+            }
+        }
+        Gate::None => {}
+    }
+    let mut b = Bindings::default();
+    let outcome = match &rule.cond {
+        None => Outcome::Yes,
+        Some(c) => eval(c, facts, &mut b)
+            .map_err(|e| format!("rule '{}' ({}): {e}", rule.name, rule.origin))?,
+    };
+    Ok((outcome != Outcome::No).then_some((outcome, b)))
+}
+
+fn render(set: &RuleSet, name: &str, ctx: &minijinja::Value) -> Result<String, String> {
+    set.templates
+        .get_template(name)
+        .and_then(|t| t.render(ctx))
+        .map_err(|e| format!("template: {e}"))
+}
+
+fn render_value(
+    set: &RuleSet,
+    v: &TemplatedValue,
+    ctx: &minijinja::Value,
+) -> Result<Value, String> {
+    Ok(match v {
+        TemplatedValue::Plain(v) => v.clone(),
+        TemplatedValue::Template(name) => Value::String(render(set, name, ctx)?),
+        TemplatedValue::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| render_value(set, i, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        TemplatedValue::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), render_value(set, v, ctx)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+    })
+}
+
+#[async_trait]
+impl Router for RulesRouter {
+    async fn route(&self, turn: &Turn) -> flowbot_core::Result<Reply> {
+        let set = self.current();
+        let intents = match (&self.classifier, set.uses_intents) {
+            (Some(c), true) if !event_text(&turn.event).is_empty() => {
+                Some(c.classify(event_text(&turn.event)).await?)
+            }
+            _ => None,
+        };
+        let session_vars = turn.session.lock().vars.clone();
+        // Decide which rules run, with what bindings, before any action runs (conditions are
+        // synchronous; actions may await).
+        let mut matched = Vec::new();
+        {
+            let facts = facts(&set, &turn.event, &session_vars, intents);
+            for rule in &set.rules {
+                let hit = check(rule, &facts).map_err(|e| CoreError::Handler(e.into()))?;
+                if let Some((outcome, b)) = hit {
+                    let stop = matches!(outcome, Outcome::Usage(_)) || !rule.keep_going;
+                    matched.push((rule, outcome, b));
+                    if stop {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut reply = Vec::new();
+        for (rule, outcome, b) in matched {
+            if let Outcome::Usage(text) = outcome {
+                reply.push(Outbound::text(text));
+                break;
+            }
+            run_actions(&set, rule, b, turn, &mut reply)
+                .await
+                .map_err(|message| {
+                    CoreError::Handler(
+                        RuleFailed {
+                            rule: rule.name.clone(),
+                            origin: rule.origin.to_string(),
+                            message,
+                        }
+                        .into(),
+                    )
+                })?;
+        }
+        Ok(Reply(reply))
+    }
+}
+
+async fn run_actions(
+    set: &Arc<RuleSet>,
+    rule: &Rule,
+    b: Bindings,
+    turn: &Turn,
+    reply: &mut Vec<Outbound>,
+) -> Result<(), String> {
+    let message = message_json(&turn.event, event_text(&turn.event));
+    let args = Value::Object(b.args);
+    let captures = Value::Object(b.captures);
+    for act in &rule.actions {
+        let ctx = minijinja::Value::from_serialize(json!({
+            "message": message,
+            "args": args,
+            "captures": captures,
+            "session": turn.session.lock().vars,
+            "vars": set.vars,
+        }));
+        match act {
+            Act::Reply(t) => reply.push(Outbound::text(render(set, t, &ctx)?)),
+            Act::Call {
+                action,
+                input,
+                save_as,
+            } => {
+                let input = render_value(set, input, &ctx)?;
+                let out = turn
+                    .call_action(action, input)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(var) = save_as {
+                    turn.session.set_var(var.clone(), out);
+                }
+            }
+            Act::Set(var, value) => {
+                let v = render_value(set, value, &ctx)?;
+                turn.session.set_var(var.clone(), v);
+            }
+            Act::Clear(vars) => {
+                let mut s = turn.session.lock();
+                for v in vars {
+                    s.vars.remove(v);
+                }
+            }
+            Act::Script(ast) => {
+                let texts = run_script(set, ast.clone(), &message, &args, &captures, turn).await?;
+                reply.extend(texts.into_iter().map(Outbound::text));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run an action script on a blocking thread (scripts are synchronous and may call actions,
+/// which are async), then apply its session changes; its replies are returned.
+async fn run_script(
+    set: &Arc<RuleSet>,
+    ast: Arc<rhai::AST>,
+    message: &Value,
+    args: &Value,
+    captures: &Value,
+    turn: &Turn,
+) -> Result<Vec<String>, String> {
+    let set = set.clone();
+    let session = turn.session.lock().vars.clone();
+    let inputs = json!({ "message": message, "args": args, "captures": captures });
+    let turn2 = turn.clone();
+    let handle = tokio::runtime::Handle::current();
+    let joined = tokio::task::spawn_blocking(move || {
+        let to = |v: &Value| rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
+        let mut scope = Scope::new();
+        scope.push_constant_dynamic("message", to(&inputs["message"])?);
+        scope.push_constant_dynamic("args", to(&inputs["args"])?);
+        scope.push_constant_dynamic("captures", to(&inputs["captures"])?);
+        scope.push_constant_dynamic("vars", to(&set.vars)?);
+        let field =
+            |k: &str| Dynamic::from(inputs["message"][k].as_str().unwrap_or_default().to_owned());
+        scope.push_constant_dynamic("text", field("text"));
+        scope.push_constant_dynamic("user", field("user"));
+        scope.push_constant_dynamic("channel", field("channel"));
+        scope.push_constant_dynamic("session", to(&Value::Object(session.clone()))?);
+        let host = ScriptHost {
+            replies: Vec::new(),
+            session,
+            call: Box::new(move |name, input| {
+                handle
+                    .block_on(turn2.call_action(name, input))
+                    .map_err(|e| e.to_string())
+            }),
+        };
+        let (host, result) = set.scripting.run_action(&mut scope, &ast, host);
+        Ok::<_, String>((host.replies, host.session, result))
+    })
+    .await
+    .map_err(|e| format!("script thread failed: {e}"))?;
+    let (replies, session, result) = joined?;
+    // Session changes made before an error are kept, like those of earlier actions.
+    turn.session.lock().vars = session;
+    result.map(|()| replies)
+}

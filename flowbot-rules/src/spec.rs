@@ -1,0 +1,199 @@
+//! The rule file format, as written by people: TOML deserialised into these types, then
+//! compiled by [`crate::RuleSet::compile`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One rule file: global variables and rules.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    /// Variables visible to every template and script of the rule set as `vars`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, Value>,
+    /// The rules.
+    #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleSpec>,
+}
+
+/// One rule: when its conditions hold, its actions run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Unique name within the rule set (letters, digits, `_`, `-`, `.`).
+    pub name: String,
+    /// What it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Higher runs first; equal priorities keep file order.
+    #[serde(default)]
+    pub priority: i32,
+    /// Whether later rules are still tried after this one matched (default: stop).
+    #[serde(default, rename = "continue")]
+    pub keep_going: bool,
+    /// A disabled rule is compiled and checked, but never matches.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Conditions; all of those given must hold. No conditions: always matches.
+    #[serde(default)]
+    pub when: When,
+    /// Actions, run in order.
+    #[serde(default)]
+    pub then: Vec<ActionSpec>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Conditions. Every condition given must hold (`all`, `any` and `not` nest).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    /// A slash command with typed arguments: `"remind <delay:duration> <text...>"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The whole text, ignoring case and surrounding space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// A substring of the text, ignoring case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
+    /// Any of these words or phrases, as whole words, ignoring case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keywords: Option<Vec<String>>,
+    /// A regular expression over the text; its groups become `captures`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// Channel names (any of).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<OneOrMany>,
+    /// Conversation ids (any of).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<OneOrMany>,
+    /// User ids (any of).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<OneOrMany>,
+    /// Sender roles (any of): `user`, `moderator`, `admin`, `bot` or a platform role name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<OneOrMany>,
+    /// Event kinds (any of): `message`, `button`, `member_joined`, `reaction`, `custom`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<OneOrMany>,
+    /// A time window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<TimeSpec>,
+    /// An intent label from the bot's classifier, with a minimum confidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<IntentSpec>,
+    /// A rhai expression that must evaluate to `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// All of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<Vec<When>>,
+    /// At least one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any: Option<Vec<When>>,
+    /// Not this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not: Option<Box<When>>,
+    /// A condition kind registered by the application: `{ name = "...", ...arguments }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<CustomSpec>,
+}
+
+/// A single value or a list of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One value.
+    One(String),
+    /// Several values.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values as a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// A time window: `from`–`to` (local `HH:MM`, may wrap past midnight) on `days`, in `tz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeSpec {
+    /// Start, `HH:MM`, inclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// End, `HH:MM`, exclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Weekdays (`mon` … `sun`); none given: every day.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<String>,
+    /// IANA time zone (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
+}
+
+/// An intent condition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntentSpec {
+    /// The label.
+    pub label: String,
+    /// Lowest confidence that counts (default 0.5).
+    #[serde(default = "half")]
+    pub min: f32,
+}
+
+fn half() -> f32 {
+    0.5
+}
+
+/// A custom condition: its registered kind and its arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomSpec {
+    /// The registered kind.
+    pub kind: String,
+    /// Arguments, handed to the kind's compiler.
+    #[serde(flatten)]
+    pub args: serde_json::Map<String, Value>,
+}
+
+/// One action. Written as a table with one key naming the action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionSpec {
+    /// Reply with a template (minijinja).
+    Reply(String),
+    /// Call a registered action with templated input.
+    Call {
+        /// The action's name.
+        action: String,
+        /// Its input; every string in it is a template.
+        #[serde(default)]
+        input: Value,
+        /// Session variable that receives the action's output.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        save_as: Option<String>,
+    },
+    /// Set a session variable; string values are templates.
+    Set {
+        /// Variable name.
+        var: String,
+        /// Its value.
+        value: Value,
+    },
+    /// Remove session variables.
+    Clear(OneOrMany),
+    /// Run a rhai script.
+    Script(String),
+}

@@ -1,0 +1,559 @@
+//! The rules engine inside a real bot: in-process channel, SQLite store, the pipeline, the
+//! action registry and the rhai sandbox.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flowbot_core::{
+    Bot, CancellationToken, Classifier, Event, InProcess, InProcessHandle, Label, Message, Role,
+    Sender, Stage, Store, async_trait,
+};
+use flowbot_rules::{
+    CustomCondition, Error, Facts, Plugins, RuleSet, RulesRouter, ScriptLimits, Scripting, Source,
+};
+use flowbot_store::SqliteStore;
+
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!("flowbot-rules-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A deterministic classifier: "greeting" when the text says hello, with a confidence
+/// that depends on how many times.
+struct Hellos;
+
+#[async_trait]
+impl Classifier for Hellos {
+    async fn classify(&self, text: &str) -> flowbot_core::Result<Vec<Label>> {
+        let n = text.to_lowercase().matches("hello").count();
+        Ok(vec![Label {
+            label: "greeting".into(),
+            confidence: (n as f32 * 0.4).min(1.0),
+        }])
+    }
+}
+
+/// A custom condition kind: the text is at least `min` characters long.
+struct LongText(usize);
+
+impl CustomCondition for LongText {
+    fn matches(&self, facts: &Facts<'_>) -> bool {
+        facts.text.chars().count() >= self.0
+    }
+}
+
+fn plugins() -> Plugins {
+    Plugins::default().condition("long_text", |args| {
+        args.get("min")
+            .and_then(serde_json::Value::as_u64)
+            .map(|n| LongText(n as usize))
+            .ok_or_else(|| "needs `min`, a whole number".to_owned())
+    })
+}
+
+type Errors = Arc<Mutex<Vec<String>>>;
+
+struct Running {
+    handle: InProcessHandle,
+    errors: Errors,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<flowbot_core::Result<()>>,
+    router: Arc<RulesRouter>,
+    _dir: TempDir,
+}
+
+async fn start(rules: &str, plugins: &Plugins) -> Running {
+    let set = RuleSet::compile(&[Source::inline(rules)], plugins).expect("rules compile");
+    let router = Arc::new(RulesRouter::new(set).with_classifier(Arc::new(Hellos)));
+    let dir = TempDir::new();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_dir(&dir.0).await.expect("store"));
+    let (channel, handle) = InProcess::channel("local", 64);
+    let errors: Errors = Arc::default();
+    let seen = errors.clone();
+    let bot = Bot::builder()
+        .channel(channel)
+        .store(store)
+        .router_arc(router.clone())
+        .on_error(move |e| {
+            assert_eq!(e.stage, Stage::Route, "{}", e.error);
+            seen.lock().expect("errors").push(e.error.to_string());
+        })
+        .build()
+        .expect("bot");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(bot.run(stop.clone()));
+    Running {
+        handle,
+        errors,
+        stop,
+        task,
+        router,
+        _dir: dir,
+    }
+}
+
+impl Running {
+    async fn ask(&mut self, user: &str, text: &str) -> String {
+        self.handle.say(user, "room", text).await.expect("say");
+        self.reply().await
+    }
+
+    async fn reply(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(10), self.handle.next_reply())
+            .await
+            .expect("a reply in time")
+            .expect("bot running")
+            .text
+    }
+
+    async fn no_reply(&mut self) {
+        if let Ok(Some(r)) =
+            tokio::time::timeout(Duration::from_millis(300), self.handle.next_reply()).await
+        {
+            panic!("unexpected reply: {}", r.text);
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("join").expect("bot stopped cleanly");
+    }
+}
+
+const RULES: &str = r#"
+[vars]
+bot = "Flo"
+
+[[rule]]
+name = "help"
+priority = 100
+when = { command = "help" }
+then = [{ reply = "I am {{ vars.bot }}. Try /echo, /add, /remember." }]
+
+[[rule]]
+name = "echo"
+when = { command = "echo <text...>" }
+then = [{ reply = "{{ args.text }}" }]
+
+[[rule]]
+name = "add"
+when = { command = "add <a:int> <b:int>" }
+then = [{ reply = "{{ args.a + args.b }}" }]
+
+[[rule]]
+name = "remember"
+when = { command = "remember <key> <value...>" }
+then = [
+  { call = { action = "kv.set", input = { key = "{{ args.key }}", value = "{{ args.value }}" } } },
+  { call = { action = "kv.get", input = { key = "{{ args.key }}" }, save_as = "last" } },
+  { set = { var = "remembered", value = "{{ args.key }}" } },
+  { reply = "Stored {{ session.last.value }} under {{ session.remembered }}." },
+]
+
+[[rule]]
+name = "forget"
+when = { command = "forget" }
+then = [{ clear = "remembered" }, { reply = "{% if session.remembered is undefined %}forgotten{% endif %}" }]
+
+[[rule]]
+name = "order"
+when = { regex = '(?i)order\s+#(?P<number>\d+)' }
+then = [{ reply = "Looking up order {{ captures.number }} (matched '{{ captures[\"0\"] }}')." }]
+
+[[rule]]
+name = "admins-only"
+priority = 50
+when = { all = [{ text = "shutdown" }, { not = { role = "admin" } }] }
+then = [{ reply = "Only admins can do that." }]
+
+[[rule]]
+name = "shutdown"
+when = { text = "shutdown", role = "admin" }
+then = [{ reply = "Shutting down (not really)." }]
+
+[[rule]]
+name = "audit"
+priority = 90
+continue = true
+when = { keywords = ["refund", "money back"] }
+then = [{ set = { var = "asked_refund", value = true } }]
+
+[[rule]]
+name = "refund"
+priority = 80
+when = { keywords = ["refund", "money back"] }
+then = [{ reply = "Refunds take 5 days{% if session.asked_refund %} (noted){% endif %}." }]
+
+[[rule]]
+name = "greeting"
+when = { intent = { label = "greeting", min = 0.7 } }
+then = [{ reply = "Hello to you too!" }]
+
+[[rule]]
+name = "vip"
+when = { contains = "status", script = 'user == "vip" || session.level > 2' }
+then = [{ reply = "VIP status confirmed." }]
+
+[[rule]]
+name = "level-up"
+when = { command = "levelup" }
+then = [{ script = '''
+let level = session_get("level");
+if level == () { level = 0; }
+level += 1;
+session_set("level", level);
+kv_set("level:" + user_of(message), level);
+reply(`Level ${level}.`);
+''' }]
+
+[[rule]]
+name = "essay"
+when = { custom = { kind = "long_text", min = 40 } }
+then = [{ reply = "That is a long message." }]
+
+[[rule]]
+name = "night"
+when = { text = "time?", time = { from = "10:00", to = "10:00", tz = "Europe/Berlin" } }
+then = [{ reply = "never" }]
+
+[[rule]]
+name = "any-time"
+when = { text = "time?", time = { days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], tz = "America/New_York" } }
+then = [{ reply = "always" }]
+
+[[rule]]
+name = "clicks"
+when = { event = "button" }
+then = [{ reply = "clicked {{ message.value }}" }]
+
+[[rule]]
+name = "fallback"
+priority = -100
+then = [{ reply = "Sorry, I did not get that. Try /help." }]
+"#;
+
+fn plugins_with_user_of() -> Plugins {
+    let mut scripting = Scripting::new(ScriptLimits::default());
+    scripting
+        .engine_mut()
+        .register_fn("user_of", |m: rhai::Map| {
+            m.get("user").map(ToString::to_string).unwrap_or_default()
+        });
+    plugins().scripting(scripting)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_route_commands_keywords_regexes_filters_and_scripts() {
+    let mut bot = start(RULES, &plugins_with_user_of()).await;
+    assert_eq!(
+        bot.ask("ada", "/help").await,
+        "I am Flo. Try /echo, /add, /remember."
+    );
+    assert_eq!(bot.ask("ada", "/echo hi   there").await, "hi   there");
+    assert_eq!(bot.ask("ada", "/add 2 40").await, "42");
+    assert_eq!(
+        bot.ask("ada", "/add 2 forty").await,
+        "'forty' is not a whole number (for <b>). Usage: /add <a:int> <b:int>"
+    );
+    assert_eq!(
+        bot.ask("ada", "/remember colour blue green").await,
+        "Stored blue green under colour."
+    );
+    assert_eq!(bot.ask("ada", "/forget").await, "forgotten");
+    assert_eq!(
+        bot.ask("ada", "where is ORDER #123?").await,
+        "Looking up order 123 (matched 'ORDER #123')."
+    );
+    assert_eq!(bot.ask("ada", "shutdown").await, "Only admins can do that.");
+    assert_eq!(
+        bot.ask("ada", "I want my money back").await,
+        "Refunds take 5 days (noted)."
+    );
+    assert_eq!(
+        bot.ask("bob", "refunds?").await,
+        "Sorry, I did not get that. Try /help."
+    );
+    assert_eq!(
+        bot.ask("bob", "a refund please").await,
+        "Refunds take 5 days (noted)."
+    );
+    assert_eq!(bot.ask("ada", "hello hello").await, "Hello to you too!");
+    assert_eq!(
+        bot.ask("ada", "hello").await,
+        "Sorry, I did not get that. Try /help.",
+        "one hello is below the minimum confidence"
+    );
+    assert_eq!(bot.ask("vip", "my status").await, "VIP status confirmed.");
+    assert_eq!(
+        bot.ask("ada", "my status").await,
+        "Sorry, I did not get that. Try /help."
+    );
+    for want in ["Level 1.", "Level 2.", "Level 3."] {
+        assert_eq!(bot.ask("ada", "/levelup").await, want);
+    }
+    assert_eq!(bot.ask("ada", "my status").await, "VIP status confirmed.");
+    assert_eq!(
+        bot.ask("ada", "this is a rather long message without any keyword")
+            .await,
+        "That is a long message."
+    );
+    assert_eq!(bot.ask("ada", "time?").await, "always");
+
+    // Events other than messages.
+    let admin = Sender {
+        id: "root".into(),
+        name: None,
+        roles: vec![Role::Admin],
+    };
+    bot.handle
+        .send(Event::Message(Message::text(
+            "local", "room", admin, "shutdown",
+        )))
+        .await
+        .expect("send");
+    assert_eq!(bot.reply().await, "Shutting down (not really).");
+    bot.handle
+        .send(Event::Interaction(flowbot_core::Interaction {
+            channel: "local".into(),
+            conversation: "room".into(),
+            sender: Sender::user("ada"),
+            value: "yes".into(),
+            id: "click-1".into(),
+        }))
+        .await
+        .expect("send");
+    assert_eq!(bot.reply().await, "clicked yes");
+
+    // The names the router would pick, without running anything.
+    let matched = bot
+        .router
+        .matching(
+            &Event::Message(Message::text("local", "room", Sender::user("x"), "refund")),
+            &serde_json::Map::new(),
+            None,
+        )
+        .expect("matching");
+    assert_eq!(matched, ["audit", "refund"]);
+    assert!(bot.errors.lock().expect("errors").is_empty());
+    bot.stop().await;
+}
+
+fn compile_err(rules: &str) -> String {
+    RuleSet::compile(&[Source::inline(rules)], &plugins())
+        .expect_err("must be rejected")
+        .to_string()
+}
+
+#[test]
+fn bad_rules_are_rejected_with_the_rule_and_where() {
+    let cases = [
+        (
+            "[[rule]]\nname = \"a\"\nthen = [{ call = { action = \"sned\" } }]",
+            "(api): rule 'a': action 1: unknown action 'sned' (known: kv.get, kv.set, send_message)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nwhen = { regex = \"(unclosed\" }",
+            "rule 'a': regex: regex parse error",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nthen = [{ reply = \"{{ oops \" }]",
+            "rule 'a': action 1: template:",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nwhen = { script = \"1 +\" }",
+            "rule 'a': script:",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\n\n[[rule]]\nname = \"a\"",
+            "(api): rule 'a': duplicate rule name; first defined at (api)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nwhen = { comand = \"x\" }",
+            "unknown field `comand`",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nwhen = { command = \"x <n:date>\" }",
+            "rule 'a': command: argument 'n' has unknown type 'date'",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nwhen = { time = { tz = \"Mars/Olympus\" } }",
+            "rule 'a': time: unknown time zone 'Mars/Olympus'",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nwhen = { custom = { kind = \"nope\" } }",
+            "custom: no condition kind 'nope' is registered",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nwhen = { custom = { kind = \"long_text\" } }",
+            "custom 'long_text': needs `min`",
+        ),
+        ("[[rule]]\nname = \"bad name!\"", "rule names are 1 to 100"),
+        (
+            "[[rule]]\nname = \"a\"\nthen = [{ reply = \"x\", set = { var = \"v\", value = 1 } }]",
+            "an action is a table with one key",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nwhen = { event = \"typing\" }",
+            "event kind 'typing' is not one of",
+        ),
+    ];
+    for (rules, want) in cases {
+        let e = compile_err(rules);
+        assert!(e.contains(want), "{rules}\n  gave: {e}\n  want: {want}");
+    }
+}
+
+#[test]
+fn errors_in_files_name_the_file_and_line() {
+    let dir = TempDir::new();
+    std::fs::write(
+        dir.0.join("a.toml"),
+        "[[rule]]\nname = \"one\"\nthen = [{ reply = \"1\" }]\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.0.join("b.toml"),
+        "# second file\n\n[[rule]]\nname = \"two\"\n\n[[rule]]\nname = \"one\"\nwhen = { regex = \"[\" }\n",
+    )
+    .expect("write");
+    let e = RuleSet::load_dir(&dir.0, &plugins()).expect_err("duplicate");
+    let file_b = dir.0.join("b.toml");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:6: rule 'one': duplicate rule name; first defined at {}:1",
+            file_b.display(),
+            dir.0.join("a.toml").display()
+        )
+    );
+    std::fs::write(&file_b, "[[rule]]\nname = \"two\"\npriority = \"high\"\n").expect("write");
+    let e = RuleSet::load_dir(&dir.0, &plugins()).expect_err("bad type");
+    assert!(matches!(e, Error::Parse { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}:3: invalid type", file_b.display())),
+        "{e}"
+    );
+    let e = RuleSet::load_dir(&dir.0.join("missing"), &plugins()).expect_err("no dir");
+    assert!(matches!(e, Error::Io { .. }), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_cuts_off_runaway_scripts_and_the_bot_carries_on() {
+    let rules = r#"
+[[rule]]
+name = "spin"
+when = { command = "spin" }
+then = [{ script = "loop { }" }]
+
+[[rule]]
+name = "huge"
+when = { command = "huge" }
+then = [{ script = 'let s = "x"; while true { s += s; }' }]
+
+[[rule]]
+name = "deep"
+when = { command = "deep" }
+then = [{ script = "fn f(n) { f(n + 1) } f(0)" }]
+
+[[rule]]
+name = "typo"
+when = { command = "typo" }
+then = [{ script = 'let n = 1 + "a" * 2;' }]
+
+[[rule]]
+name = "not-bool"
+when = { text = "cond", script = '"yes"' }
+then = [{ reply = "never" }]
+
+[[rule]]
+name = "fs"
+when = { command = "fs" }
+then = [{ script = 'import "os" as os;' }]
+
+[[rule]]
+name = "ping"
+when = { command = "ping" }
+then = [{ reply = "pong" }]
+"#;
+    // `import` is not even parsed: the engine has no modules.
+    let e = RuleSet::compile(&[Source::inline(rules)], &plugins()).expect_err("import");
+    assert!(
+        e.to_string().contains("rule 'fs': action 1: script:"),
+        "{e}"
+    );
+    let rules = rules.replace("import \"os\" as os;", "reply(\"no files here\");");
+
+    let mut bot = start(&rules, &plugins()).await;
+    for (cmd, want) in [
+        ("/spin", "operations limit exceeded"),
+        ("/huge", "exceeds the size limit"),
+        ("/deep", "call depth limit exceeded"),
+        ("/typo", "Function not found: *"),
+        ("cond", "condition script returned"),
+    ] {
+        bot.handle.say("ada", "room", cmd).await.expect("say");
+        // Each failure is reported, and the next message is answered as usual.
+        assert_eq!(bot.ask("ada", "/ping").await, "pong", "after {cmd}");
+        let errors = bot.errors.lock().expect("errors").clone();
+        let last = errors.last().expect("an error was reported");
+        assert!(last.contains(want), "{cmd}: {last}");
+        assert!(last.contains("rule '"), "{cmd} names its rule: {last}");
+    }
+    assert_eq!(bot.ask("ada", "/fs").await, "no files here");
+    bot.no_reply().await;
+    bot.stop().await;
+
+    // Wall time: a generous operation budget, a short clock.
+    let limits = ScriptLimits {
+        max_operations: u64::MAX,
+        wall_time: Duration::from_millis(50),
+        ..ScriptLimits::default()
+    };
+    let mut bot = start(&rules, &plugins().scripting(Scripting::new(limits))).await;
+    bot.handle.say("ada", "room", "/spin").await.expect("say");
+    assert_eq!(bot.ask("ada", "/ping").await, "pong");
+    let errors = bot.errors.lock().expect("errors").clone();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("wall time limit exceeded")),
+        "{errors:?}"
+    );
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_rule_set_takes_over_at_once() {
+    let mut bot = start(
+        "[[rule]]\nname = \"v\"\nthen = [{ reply = \"one\" }]",
+        &plugins(),
+    )
+    .await;
+    assert_eq!(bot.ask("ada", "x").await, "one");
+    let two = RuleSet::compile(
+        &[Source::inline(
+            "[[rule]]\nname = \"v\"\nthen = [{ reply = \"two\" }]",
+        )],
+        &plugins(),
+    )
+    .expect("compile");
+    bot.router.replace(two);
+    assert_eq!(bot.ask("ada", "x").await, "two");
+    bot.stop().await;
+}
