@@ -32,6 +32,8 @@ pub struct Config {
     pub webhooks: BTreeMap<String, WebhookEntry>,
     /// The demo bot.
     pub demo: DemoConfig,
+    /// Rule files.
+    pub rules: RulesConfig,
 }
 
 /// `[server]`
@@ -180,6 +182,29 @@ impl Default for DemoConfig {
     }
 }
 
+/// `[rules]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// A directory of `*.toml` rule files. Unset: the demo bot's rules (built in), when
+    /// `demo.enabled`, else no rules.
+    pub dir: Option<std::path::PathBuf>,
+    /// Reload the rules when a file in `dir` changes.
+    pub watch: bool,
+    /// How often `dir` is checked for changes, in milliseconds.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            dir: None,
+            watch: true,
+            poll_interval_ms: 1000,
+        }
+    }
+}
+
 /// A configuration error: the key path (or file) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {path}: {message}")]
@@ -261,6 +286,9 @@ impl Config {
         if self.server.request_timeout_secs == 0 {
             return Err(err("server.request_timeout_secs", "must be at least 1"));
         }
+        if self.rules.poll_interval_ms < 50 {
+            return Err(err("rules.poll_interval_ms", "must be at least 50"));
+        }
         if self.workers.concurrency == 0 {
             return Err(err("workers.concurrency", "must be at least 1"));
         }
@@ -315,7 +343,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
     // Deserialise section by section, so an error names its section, then check the
     // whole (which catches unknown sections).
     let known = [
-        "server", "database", "log", "workers", "web", "webhooks", "demo",
+        "server", "database", "log", "workers", "web", "webhooks", "demo", "rules",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
@@ -365,6 +393,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
         web: section(table, "web")?,
         webhooks,
         demo: section(table, "demo")?,
+        rules: section(table, "rules")?,
     })
 }
 

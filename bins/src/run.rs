@@ -7,7 +7,8 @@ use axum::routing::get;
 use flowbot_channels::web::WebChat;
 use flowbot_channels::webhook::{WebhookConfig, Webhooks};
 use flowbot_core::task::WorkerConfig;
-use flowbot_core::{Bot, CancellationToken, Handlers, Reply, Store};
+use flowbot_core::{Bot, CancellationToken, Store};
+use flowbot_rules::{Plugins, Reload, RuleSet, RulesRouter, Source, watch_dir};
 use flowbot_store::{PostgresOptions, PostgresStore, SqliteStore};
 
 use flowbot_store::redact_url as redact;
@@ -49,6 +50,9 @@ pub enum RunError {
     /// Serving HTTP failed.
     #[error("HTTP server: {0}")]
     Serve(#[source] std::io::Error),
+    /// The rule files could not be loaded.
+    #[error("rules: {0}")]
+    Rules(#[from] flowbot_rules::Error),
 }
 
 /// Open the configured store (applying migrations).
@@ -90,12 +94,47 @@ fn worker_config(config: &Config, role: &str) -> WorkerConfig {
     }
 }
 
-fn router(config: &Config) -> Handlers<()> {
-    if config.demo.enabled {
-        crate::demo::demo_router()
-    } else {
-        Handlers::new(()).fallback(|_cx| async { Ok(Reply::none()) })
+/// The demo bot's rules, built into the binary (the file ships in `bins/rules/`).
+pub const DEMO_RULES: &str = include_str!("../rules/demo.toml");
+
+/// The rules router of `config`: the rule files of `rules.dir`, or the demo rules, or none.
+/// With a directory and `rules.watch`, a task reloads the rules when a file changes until
+/// `stop`; an invalid change is logged and the previous rules stay in force.
+pub fn rules_router(
+    config: &Config,
+    stop: &CancellationToken,
+) -> Result<Arc<RulesRouter>, RunError> {
+    let plugins = Plugins::default();
+    let set = match &config.rules.dir {
+        Some(dir) => RuleSet::load_dir(dir, &plugins)?,
+        None if config.demo.enabled => RuleSet::compile(
+            &[Source {
+                file: Some("bins/rules/demo.toml (built in)".into()),
+                text: DEMO_RULES.to_owned(),
+            }],
+            &plugins,
+        )?,
+        None => RuleSet::compile(&[], &plugins)?,
+    };
+    tracing::info!(rules = set.len(), dir = ?config.rules.dir, "rules loaded");
+    let router = Arc::new(RulesRouter::new(set));
+    if let (Some(dir), true) = (&config.rules.dir, config.rules.watch) {
+        tokio::spawn(watch_dir(
+            router.clone(),
+            dir.clone(),
+            plugins,
+            Duration::from_millis(config.rules.poll_interval_ms),
+            stop.clone(),
+            |outcome| match outcome {
+                Reload::Applied(n) => tracing::info!(rules = n, "rules reloaded"),
+                Reload::Rejected(e) => {
+                    tracing::warn!(error = %e, "rule change rejected; the previous rules stay in force");
+                }
+                _ => {}
+            },
+        ));
     }
+    Ok(router)
 }
 
 fn webhook_configs(config: &Config) -> Vec<WebhookConfig> {
@@ -135,7 +174,8 @@ pub async fn run_server_with(
     ready: Option<tokio::sync::oneshot::Sender<Running>>,
 ) -> Result<(), RunError> {
     let store = open_store(&config).await?;
-    let mut builder = Bot::builder().store(store.clone()).router(router(&config));
+    let rules = rules_router(&config, &shutdown)?;
+    let mut builder = Bot::builder().store(store.clone()).router_arc(rules);
     if console {
         builder = builder.channel(flowbot_channels::console::channel("console"));
     }
@@ -234,9 +274,10 @@ pub async fn run_server_with(
 /// Run an agent (workers and schedules only) until `shutdown` is cancelled.
 pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let store = open_store(&config).await?;
+    let rules = rules_router(&config, &shutdown)?;
     let mut builder = Bot::builder()
         .store(store.clone())
-        .router(router(&config))
+        .router_arc(rules)
         .workers(worker_config(&config, "agent"));
     // Agents hold no sockets: web replies go over the bus to the servers.
     builder = builder.channel(WebChat::new("web", Some(store.clone())).sender_only());

@@ -97,11 +97,12 @@ fn first_error(validator: &jsonschema::Validator, value: &Value) -> Option<Strin
 
 impl ActionRegistry {
     /// A registry holding the built-in actions that need nothing external: `send_message`,
-    /// `kv.get`, `kv.set`.
+    /// `send_later`, `kv.get`, `kv.set`.
     pub fn with_builtins() -> Self {
         let mut r = ActionRegistry::default();
         for action in [
             Arc::new(SendMessage) as Arc<dyn Action>,
+            Arc::new(SendLater) as Arc<dyn Action>,
             Arc::new(KvGet) as Arc<dyn Action>,
             Arc::new(KvSet) as Arc<dyn Action>,
         ] {
@@ -270,6 +271,82 @@ impl Action for SendMessage {
             store.save_outbound(&message).await?;
         }
         Ok(json!({ "message_id": id.0 }))
+    }
+}
+
+/// Longest delay `send_later` accepts.
+const MAX_SEND_LATER: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
+/// Built-in `send_later`: a message delivered after a delay, through the durable task queue
+/// (so it survives restarts and is delivered by whichever agent is running then).
+struct SendLater;
+
+#[async_trait]
+impl Action for SendLater {
+    fn name(&self) -> &str {
+        "send_later"
+    }
+    fn description(&self) -> &str {
+        "Send a text message after a delay (seconds, or a duration such as \"10m\" or \"1h 30m\"), to the current conversation unless channel and conversation are given."
+    }
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "text": {"type": "string", "minLength": 1},
+                "delay": {"oneOf": [
+                    {"type": "number", "exclusiveMinimum": 0},
+                    {"type": "string", "minLength": 1}
+                ]},
+                "channel": {"type": "string", "minLength": 1},
+                "conversation": {"type": "string", "minLength": 1}
+            },
+            "required": ["text", "delay"],
+            "dependentRequired": {"channel": ["conversation"], "conversation": ["channel"]},
+            "additionalProperties": false
+        })
+    }
+    fn output_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": {"task_id": {"type": "integer"}, "delay_secs": {"type": "number"}},
+            "required": ["task_id", "delay_secs"]
+        })
+    }
+    async fn call(&self, cx: &ActionContext, input: Value) -> Result<Value, BoxError> {
+        let store = cx
+            .store
+            .as_ref()
+            .ok_or("this bot has no store, so nothing can be sent later")?;
+        let delay = match &input["delay"] {
+            Value::String(s) => humantime::parse_duration(s)
+                .map_err(|e| format!("'{s}' is not a duration ({e}); try 10s, 5m or 1h 30m"))?,
+            v => std::time::Duration::try_from_secs_f64(v.as_f64().unwrap_or(0.0))
+                .map_err(|e| format!("delay {v}: {e}"))?,
+        };
+        if delay.is_zero() || delay > MAX_SEND_LATER {
+            return Err(format!(
+                "the delay must be more than zero and at most {}",
+                humantime::format_duration(MAX_SEND_LATER)
+            )
+            .into());
+        }
+        let target = match (input["channel"].as_str(), input["conversation"].as_str()) {
+            (Some(channel), Some(conversation)) => Target {
+                channel: ChannelName::from(channel),
+                conversation: ConversationId::from(conversation),
+                thread: None,
+            },
+            _ => cx
+                .source
+                .clone()
+                .ok_or("no channel and conversation given, and no current conversation")?,
+        };
+        let text = input["text"].as_str().unwrap_or_default();
+        let message = Outbound::text(text).to(target);
+        let task = crate::task::NewTask::new(crate::pipeline::DELIVER_TASK, &message)?.delay(delay);
+        let id = store.enqueue(&task).await?.id();
+        Ok(json!({ "task_id": id.0, "delay_secs": delay.as_secs_f64() }))
     }
 }
 
@@ -453,6 +530,6 @@ mod tests {
             e.to_string().contains("'kv.get' is registered twice"),
             "{e}"
         );
-        assert_eq!(registry.list().len(), 3);
+        assert_eq!(registry.list().len(), 4);
     }
 }

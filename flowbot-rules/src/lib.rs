@@ -35,6 +35,7 @@ mod compile;
 mod route;
 mod script;
 pub mod spec;
+mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -45,6 +46,7 @@ use serde_json::Value;
 pub use compile::{Origin, RuleSet, Source, parse_file, read_dir};
 pub use route::{Facts, RulesRouter};
 pub use script::{ScriptLimits, Scripting};
+pub use watch::{Reload, watch_dir};
 
 /// Re-exported so applications register rhai functions with the same version.
 pub use rhai;

@@ -158,6 +158,11 @@ fn eval(c: &Cond, f: &Facts<'_>, b: &mut Bindings) -> Result<Outcome, String> {
         Cond::All(parts) => {
             let mut usage = None;
             for p in parts {
+                if usage.is_some() && matches!(p, Cond::Script(_) | Cond::Custom(_)) {
+                    // Scripts may read the arguments that failed to parse: the usage answer
+                    // wins over them.
+                    continue;
+                }
                 match eval(p, f, b)? {
                     No => return Ok(No),
                     Usage(u) => usage = Some(u),
@@ -244,6 +249,16 @@ fn eval(c: &Cond, f: &Facts<'_>, b: &mut Bindings) -> Result<Outcome, String> {
             .is_some_and(|ls| ls.iter().any(|l| &l.label == label && l.confidence >= *min))),
         Cond::Script(ast) => {
             let mut scope = f.scope()?.clone();
+            // What earlier conditions of the rule bound: command arguments, regex captures.
+            let bound = |m: &Map<String, Value>| {
+                if m.is_empty() {
+                    Ok(Dynamic::from_map(rhai::Map::new()))
+                } else {
+                    rhai::serde::to_dynamic(m).map_err(|e| e.to_string())
+                }
+            };
+            scope.push_constant_dynamic("args", bound(&b.args)?);
+            scope.push_constant_dynamic("captures", bound(&b.captures)?);
             let value = f.set.scripting.eval(&mut scope, ast)?;
             match value.as_bool() {
                 Ok(v) => yes(v),

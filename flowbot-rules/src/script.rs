@@ -10,12 +10,9 @@ use std::time::{Duration, Instant};
 use rhai::{AST, Dynamic, Engine, EvalAltResult, ImmutableString, Map as RhaiMap, Position};
 use serde_json::Value;
 
-/// Variables a condition script sees.
-pub(crate) const CONDITION_VARIABLES: [&str; 6] =
-    ["text", "user", "channel", "message", "session", "vars"];
-
-/// Variables an action script sees.
-pub(crate) const ACTION_VARIABLES: [&str; 8] = [
+/// Variables a script sees (in conditions, `args` and `captures` hold what the rule's
+/// command and regex conditions bound).
+pub(crate) const SCRIPT_VARIABLES: [&str; 8] = [
     "text", "user", "channel", "message", "session", "vars", "args", "captures",
 ];
 
@@ -210,14 +207,9 @@ impl Scripting {
     pub(crate) fn compile(&self, source: &str, expression: bool) -> Result<Arc<AST>, String> {
         // Strict variables: a name that is not one of these is an error when rules load.
         let mut scope = rhai::Scope::new();
-        let names: &[&str] = if expression {
-            &CONDITION_VARIABLES
-        } else {
-            &ACTION_VARIABLES
-        };
-        for name in names {
+        for name in SCRIPT_VARIABLES {
             // Not constants: the optimiser would fold a constant into the script.
-            scope.push_dynamic(*name, Dynamic::UNIT);
+            scope.push_dynamic(name, Dynamic::UNIT);
         }
         let ast = if expression {
             self.engine.compile_expression_with_scope(&scope, source)

@@ -242,6 +242,14 @@ when = { event = "button" }
 then = [{ reply = "clicked {{ message.value }}" }]
 
 [[rule]]
+name = "later"
+when = { command = "later <delay> <text...>" }
+then = [
+  { call = { action = "send_later", input = { delay = "{{ args.delay }}", text = "⏰ {{ args.text }}" } } },
+  { reply = "scheduled" },
+]
+
+[[rule]]
 name = "fallback"
 priority = -100
 then = [{ reply = "Sorry, I did not get that. Try /help." }]
@@ -314,6 +322,25 @@ async fn rules_route_commands_keywords_regexes_filters_and_scripts() {
     );
     assert_eq!(bot.ask("ada", "time?").await, "always");
 
+    // send_later goes through the durable queue; a bad delay is the action's error.
+    let asked = std::time::Instant::now();
+    assert_eq!(bot.ask("ada", "/later 1s stretch").await, "scheduled");
+    assert_eq!(bot.reply().await, "⏰ stretch");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "sent after its delay"
+    );
+    bot.handle
+        .say("ada", "room", "/later soon stretch")
+        .await
+        .expect("say");
+    assert_eq!(bot.ask("ada", "/echo next").await, "next");
+    let e = bot.errors.lock().expect("errors").pop().expect("reported");
+    assert!(
+        e.contains("rule 'later'") && e.contains("'soon' is not a duration"),
+        "{e}"
+    );
+
     // Events other than messages.
     let admin = Sender {
         id: "root".into(),
@@ -364,7 +391,7 @@ fn bad_rules_are_rejected_with_the_rule_and_where() {
     let cases = [
         (
             "[[rule]]\nname = \"a\"\nthen = [{ call = { action = \"sned\" } }]",
-            "(api): rule 'a': action 1: unknown action 'sned' (known: kv.get, kv.set, send_message)",
+            "(api): rule 'a': action 1: unknown action 'sned' (known: kv.get, kv.set, send_later, send_message)",
         ),
         (
             "[[rule]]\nname = \"a\"\nwhen = { regex = \"(unclosed\" }",
