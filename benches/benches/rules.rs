@@ -33,7 +33,7 @@ fn thousand_rules() -> String {
     }
     for i in 0..99 {
         s += &format!(
-            "[[rule]]\nname = \"rhai{i}\"\nwhen = {{ contains = \"topic{i}\", script = 'text.len() > 10 && user != \"blocked\"' }}\nthen = [{{ reply = \"topic {i}\" }}]\n\n"
+            "[[rule]]\nname = \"rhai{i}\"\nwhen = {{ keywords = [\"topic{i}\"], script = 'text.len() > 10 && user != \"blocked\"' }}\nthen = [{{ reply = \"topic {i}\" }}]\n\n"
         );
     }
     s += "[[rule]]\nname = \"fallback\"\npriority = -1\nthen = [{ reply = \"?\" }]\n";

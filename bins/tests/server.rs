@@ -832,3 +832,74 @@ async fn failed_callbacks_are_retried_through_the_queue() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_files_reload_while_running_and_bad_changes_are_refused() {
+    let rules = TempDir::new("flowbot-rules-dir");
+    let file = rules.0.join("bot.toml");
+    let version = |reply: &str| {
+        format!("[[rule]]\nname = \"ask\"\nwhen = {{ text = \"version?\" }}\nthen = [{{ reply = \"{reply}\" }}]\n")
+    };
+    std::fs::write(&file, version("v1")).expect("write");
+
+    // A directory that does not compile stops the server at start, naming file and line.
+    std::fs::write(rules.0.join("broken.toml"), "\n[[rule]]\nname = \"b\"\nwhen = { regex = \"(\" }\n")
+        .expect("write");
+    let mut config = Config::default();
+    config.rules.dir = Some(rules.0.clone());
+    config.database.url = format!("sqlite://{}/x.db", rules.0.display());
+    let e = run_server(config, CancellationToken::new(), None)
+        .await
+        .expect_err("broken rules");
+    let broken = rules.0.join("broken.toml");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("rules: {}:2: rule 'b': regex:", broken.display())),
+        "{e}"
+    );
+    std::fs::remove_file(&broken).expect("remove");
+
+    let dir = rules.0.clone();
+    let s = start_with(move |c| {
+        c.rules.dir = Some(dir);
+        c.rules.poll_interval_ms = 50;
+    })
+    .await;
+    let url = format!("{}/ws/chat?user=ada&conversation=rules", s.ws);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    next_frame(&mut ws, "history").await;
+    let mut ask = async move || {
+        ws.send(Ws::text(
+            json!({"type": "message", "text": "version?"}).to_string(),
+        ))
+        .await
+        .expect("send");
+        next_frame(&mut ws, "message").await["text"]
+            .as_str()
+            .expect("text")
+            .to_owned()
+    };
+    assert_eq!(ask().await, "v1");
+
+    std::fs::write(&file, version("v2")).expect("write");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = ask().await;
+        if text == "v2" {
+            break;
+        }
+        assert_eq!(text, "v1", "only whole rule sets are ever seen");
+        assert!(tokio::time::Instant::now() < deadline, "the change was applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // An invalid change is refused; the rules in force stay.
+    std::fs::write(&file, "[[rule]]\nname = \"ask\"\nthen = [{ call = { action = \"nope\" } }]\n")
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ask().await, "v2");
+    s.stop.cancel();
+    s.task.await.expect("server");
+}
