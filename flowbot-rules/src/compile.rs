@@ -73,8 +73,21 @@ pub(crate) enum Cond {
     Event(Vec<EventKind>),
     Time(Box<TimeWindow>),
     Intent(String, f32),
-    Script(Arc<AST>),
+    /// The script, and which of [`SCRIPT_VARIABLES`](crate::script::SCRIPT_VARIABLES) it
+    /// names (a bit each), so only those are handed to it.
+    Script(Arc<AST>, u16),
     Custom(Arc<dyn CustomCondition>),
+}
+
+/// Which of the script variables `source` mentions, one bit each.
+fn variables_used(source: &str) -> u16 {
+    let mut used = 0;
+    for word in source.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+        if let Some(i) = crate::script::SCRIPT_VARIABLES.iter().position(|v| *v == word) {
+            used |= 1 << i;
+        }
+    }
+    used
 }
 
 impl Cond {
@@ -86,7 +99,7 @@ impl Cond {
             Cond::Contains(_) | Cond::Keywords(_) | Cond::Time(_) => 2,
             Cond::All(_) | Cond::Any(_) | Cond::Not(_) | Cond::Intent(..) => 3,
             Cond::Custom(_) => 4,
-            Cond::Script(_) => 5,
+            Cond::Script(..) => 5,
         }
     }
 
@@ -130,6 +143,8 @@ pub(crate) enum Gate {
     None,
     Command(String),
     Regex(usize),
+    /// The first word of each keyword.
+    Words(Vec<String>),
 }
 
 /// One compiled rule.
@@ -155,6 +170,14 @@ pub struct RuleSet {
     pub(crate) vars: Value,
     pub(crate) uses_intents: bool,
     pub(crate) scripting: Arc<Scripting>,
+    /// Rules without a gate: always candidates.
+    pub(crate) always: Vec<usize>,
+    /// Rules gated by a command, by its lower-case name.
+    pub(crate) by_command: HashMap<String, Vec<usize>>,
+    /// Rules gated by each regex.
+    pub(crate) by_regex: Vec<Vec<usize>>,
+    /// Rules gated by keywords, by each keyword's first word.
+    pub(crate) by_word: HashMap<String, Vec<usize>>,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -299,12 +322,11 @@ impl RuleSet {
             }
             seen.insert(spec.name.clone(), origin.clone());
             let cond = c.when(&spec.when).map_err(&err)?;
-            let gate = match (&spec.when.command, &spec.when.regex, &cond) {
-                (Some(_), _, Some(Cond::All(parts))) | (None, Some(_), Some(Cond::All(parts))) => {
-                    gate_of(parts)
-                }
-                (_, _, Some(single)) => gate_of(std::slice::from_ref(single)),
-                _ => Gate::None,
+            // A gate is a condition every match needs, checked through an index.
+            let gate = match &cond {
+                Some(Cond::All(parts)) => gate_of(parts),
+                Some(single) => gate_of(std::slice::from_ref(single)),
+                None => Gate::None,
             };
             let mut actions = Vec::with_capacity(spec.then.len());
             for (i, a) in spec.then.iter().enumerate() {
@@ -332,6 +354,29 @@ impl RuleSet {
         let uses_intents = rules
             .iter()
             .any(|r| r.cond.as_ref().is_some_and(Cond::uses_intent));
+        // Index the gates, so routing looks only at rules that can match.
+        let mut always = Vec::new();
+        let mut by_command: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_regex = vec![Vec::new(); c.regexes.len()];
+        let mut by_word: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, r) in rules.iter().enumerate() {
+            if !r.enabled {
+                continue;
+            }
+            match &r.gate {
+                Gate::None => always.push(i),
+                Gate::Command(name) => by_command.entry(name.to_ascii_lowercase()).or_default().push(i),
+                Gate::Regex(re) => by_regex[*re].push(i),
+                Gate::Words(words) => {
+                    for w in words {
+                        let list = by_word.entry(w.clone()).or_default();
+                        if list.last() != Some(&i) {
+                            list.push(i);
+                        }
+                    }
+                }
+            }
+        }
         Ok(RuleSet {
             rules,
             regexes: c.regexes,
@@ -340,6 +385,10 @@ impl RuleSet {
             vars,
             uses_intents,
             scripting,
+            always,
+            by_command,
+            by_regex,
+            by_word,
         })
     }
 
@@ -400,6 +449,11 @@ fn gate_of(parts: &[Cond]) -> Gate {
     for p in parts {
         if let Cond::Regex(i) = p {
             return Gate::Regex(*i);
+        }
+    }
+    for p in parts {
+        if let Cond::Keywords(kws) = p {
+            return Gate::Words(kws.iter().filter_map(|k| k.first().cloned()).collect());
         }
     }
     Gate::None
@@ -532,6 +586,7 @@ impl Compiler<'_> {
                 self.scripting
                     .compile(s, true)
                     .map_err(|e| format!("script: {e}"))?,
+                variables_used(s),
             ));
         }
         if let Some(list) = &w.all {

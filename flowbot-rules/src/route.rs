@@ -10,7 +10,7 @@ use flowbot_core::{Classifier, Error as CoreError, Event, Label, Outbound, Reply
 use rhai::{Dynamic, Scope};
 use serde_json::{Map, Value, json};
 
-use crate::compile::{Act, Cond, EventKind, Gate, Rule, RuleSet, TemplatedValue, words};
+use crate::compile::{Act, Cond, EventKind, Rule, RuleSet, TemplatedValue, words};
 use crate::script::ScriptHost;
 
 /// What conditions look at: the event and what has been worked out about it (computed once,
@@ -26,7 +26,8 @@ pub struct Facts<'a> {
     words: OnceCell<HashSet<String>>,
     regex_hits: OnceCell<Vec<bool>>,
     intents: Option<Vec<Label>>,
-    scope: OnceCell<Scope<'static>>,
+    /// Script variables, each built once per event when a script first needs it.
+    script_vars: [OnceCell<Dynamic>; 6],
     set: &'a RuleSet,
 }
 
@@ -36,9 +37,7 @@ impl Facts<'_> {
     }
 
     fn has_words(&self, phrase: &[String]) -> bool {
-        let words = self
-            .words
-            .get_or_init(|| words(self.lower()).map(str::to_owned).collect());
+        let words = self.words();
         match phrase {
             [one] => words.contains(one),
             many => {
@@ -51,18 +50,23 @@ impl Facts<'_> {
         }
     }
 
+    fn regex_hits(&self) -> &[bool] {
+        self.regex_hits.get_or_init(|| {
+            let mut hits = vec![false; self.set.regexes.len()];
+            for m in self.set.regex_set.matches(self.text).iter() {
+                hits[m] = true;
+            }
+            hits
+        })
+    }
+
     fn regex_hit(&self, i: usize) -> bool {
-        self.regex_hits
-            .get_or_init(|| {
-                let mut hits = vec![false; self.set.regexes.len()];
-                for m in self.set.regex_set.matches(self.text).iter() {
-                    hits[m] = true;
-                }
-                hits
-            })
-            .get(i)
-            .copied()
-            .unwrap_or(false)
+        self.regex_hits().get(i).copied().unwrap_or(false)
+    }
+
+    fn words(&self) -> &HashSet<String> {
+        self.words
+            .get_or_init(|| words(self.lower()).map(str::to_owned).collect())
     }
 
     fn kind(&self) -> Option<EventKind> {
@@ -76,27 +80,51 @@ impl Facts<'_> {
         })
     }
 
-    /// The variables scripts see, built once per event.
-    fn scope(&self) -> Result<&Scope<'static>, String> {
-        if let Some(s) = self.scope.get() {
-            return Ok(s);
-        }
-        let mut scope = Scope::new();
-        let message = message_json(self.event, self.text);
+    /// The script variables `used` names (bits in the order of `SCRIPT_VARIABLES`), with
+    /// `args` and `captures` from `b`. Each variable is built once per event.
+    fn script_scope(&self, used: u16, b: &Bindings) -> Result<Scope<'static>, String> {
         let to = |v: &Value| rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
-        scope.push_constant_dynamic("text", Dynamic::from(self.text.to_owned()));
-        scope.push_constant_dynamic(
-            "user",
-            Dynamic::from(message["user"].as_str().unwrap_or_default().to_owned()),
-        );
-        scope.push_constant_dynamic(
-            "channel",
-            Dynamic::from(self.event.channel().as_str().to_owned()),
-        );
-        scope.push_constant_dynamic("message", to(&message)?);
-        scope.push_constant_dynamic("session", to(&Value::Object(self.session.clone()))?);
-        scope.push_constant_dynamic("vars", to(&self.set.vars)?);
-        Ok(self.scope.get_or_init(|| scope))
+        let mut scope = Scope::new();
+        for (i, name) in crate::script::SCRIPT_VARIABLES.iter().enumerate() {
+            if used & (1 << i) == 0 {
+                continue;
+            }
+            let value = match i {
+                6 => bound(&b.args)?,
+                7 => bound(&b.captures)?,
+                _ => {
+                    let cell = &self.script_vars[i];
+                    if let Some(v) = cell.get() {
+                        v.clone()
+                    } else {
+                        let v = match i {
+                            0 => Dynamic::from(rhai::ImmutableString::from(self.text)),
+                            1 => Dynamic::from(rhai::ImmutableString::from(
+                                self.event.sender().map(|s| s.id.as_str()).unwrap_or_default(),
+                            )),
+                            2 => Dynamic::from(rhai::ImmutableString::from(
+                                self.event.channel().as_str(),
+                            )),
+                            3 => to(&message_json(self.event, self.text))?,
+                            4 => to(&Value::Object(self.session.clone()))?,
+                            _ => to(&self.set.vars)?,
+                        };
+                        cell.get_or_init(|| v).clone()
+                    }
+                }
+            };
+            scope.push_constant_dynamic(*name, value);
+        }
+        Ok(scope)
+    }
+}
+
+/// What earlier conditions of a rule bound (command arguments, regex captures), for scripts.
+fn bound(m: &Map<String, Value>) -> Result<Dynamic, String> {
+    if m.is_empty() {
+        Ok(Dynamic::from_map(rhai::Map::new()))
+    } else {
+        rhai::serde::to_dynamic(m).map_err(|e| e.to_string())
     }
 }
 
@@ -158,7 +186,7 @@ fn eval(c: &Cond, f: &Facts<'_>, b: &mut Bindings) -> Result<Outcome, String> {
         Cond::All(parts) => {
             let mut usage = None;
             for p in parts {
-                if usage.is_some() && matches!(p, Cond::Script(_) | Cond::Custom(_)) {
+                if usage.is_some() && matches!(p, Cond::Script(..) | Cond::Custom(_)) {
                     // Scripts may read the arguments that failed to parse: the usage answer
                     // wins over them.
                     continue;
@@ -247,18 +275,8 @@ fn eval(c: &Cond, f: &Facts<'_>, b: &mut Bindings) -> Result<Outcome, String> {
             .intents
             .as_ref()
             .is_some_and(|ls| ls.iter().any(|l| &l.label == label && l.confidence >= *min))),
-        Cond::Script(ast) => {
-            let mut scope = f.scope()?.clone();
-            // What earlier conditions of the rule bound: command arguments, regex captures.
-            let bound = |m: &Map<String, Value>| {
-                if m.is_empty() {
-                    Ok(Dynamic::from_map(rhai::Map::new()))
-                } else {
-                    rhai::serde::to_dynamic(m).map_err(|e| e.to_string())
-                }
-            };
-            scope.push_constant_dynamic("args", bound(&b.args)?);
-            scope.push_constant_dynamic("captures", bound(&b.captures)?);
+        Cond::Script(ast, used) => {
+            let mut scope = f.script_scope(*used, b)?;
             let value = f.set.scripting.eval(&mut scope, ast)?;
             match value.as_bool() {
                 Ok(v) => yes(v),
@@ -341,7 +359,8 @@ impl RulesRouter {
         let set = self.current();
         let facts = facts(&set, event, session, intents);
         let mut out = Vec::new();
-        for rule in &set.rules {
+        for i in candidates(&set, &facts) {
+            let rule = &set.rules[i];
             if let Some((o, _)) = check(rule, &facts)? {
                 out.push(rule.name.clone());
                 if matches!(o, Outcome::Usage(_)) || !rule.keep_going {
@@ -375,34 +394,43 @@ fn facts<'a>(
         words: OnceCell::new(),
         regex_hits: OnceCell::new(),
         intents,
-        scope: OnceCell::new(),
+        script_vars: Default::default(),
         set,
     }
 }
 
 /// Whether `rule` matches, with what it bound.
+/// The rules whose gate passes, in the order they are tried: rules without a gate, and
+/// those the command, the regexes that match and the words of the text point to.
+fn candidates(set: &RuleSet, facts: &Facts<'_>) -> Vec<usize> {
+    let mut out = set.always.clone();
+    if !set.by_command.is_empty()
+        && let Some((name, _)) = facts.event.as_message().and_then(|m| m.command())
+        && let Some(rules) = set.by_command.get(&name.to_ascii_lowercase())
+    {
+        out.extend_from_slice(rules);
+    }
+    if !set.regexes.is_empty() && !facts.text.is_empty() {
+        for (i, hit) in facts.regex_hits().iter().enumerate() {
+            if *hit {
+                out.extend_from_slice(&set.by_regex[i]);
+            }
+        }
+    }
+    if !set.by_word.is_empty() {
+        for w in facts.words() {
+            if let Some(rules) = set.by_word.get(w) {
+                out.extend_from_slice(rules);
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Whether `rule` (whose gate passed) matches, with what it bound.
 fn check(rule: &Rule, facts: &Facts<'_>) -> Result<Option<(Outcome, Bindings)>, String> {
-    if !rule.enabled {
-        return Ok(None);
-    }
-    match &rule.gate {
-        Gate::Command(name) => {
-            let hit = facts
-                .event
-                .as_message()
-                .and_then(|m| m.command())
-                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name));
-            if !hit {
-                return Ok(None);
-            }
-        }
-        Gate::Regex(i) => {
-            if !facts.regex_hit(*i) {
-                return Ok(None);
-            }
-        }
-        Gate::None => {}
-    }
     let mut b = Bindings::default();
     let outcome = match &rule.cond {
         None => Outcome::Yes,
@@ -458,7 +486,8 @@ impl Router for RulesRouter {
         let mut matched = Vec::new();
         {
             let facts = facts(&set, &turn.event, &session_vars, intents);
-            for rule in &set.rules {
+            for i in candidates(&set, &facts) {
+                let rule = &set.rules[i];
                 let hit = check(rule, &facts).map_err(|e| CoreError::Handler(e.into()))?;
                 if let Some((outcome, b)) = hit {
                     let stop = matches!(outcome, Outcome::Usage(_)) || !rule.keep_going;
