@@ -838,13 +838,18 @@ async fn rule_files_reload_while_running_and_bad_changes_are_refused() {
     let rules = TempDir::new("flowbot-rules-dir");
     let file = rules.0.join("bot.toml");
     let version = |reply: &str| {
-        format!("[[rule]]\nname = \"ask\"\nwhen = {{ text = \"version?\" }}\nthen = [{{ reply = \"{reply}\" }}]\n")
+        format!(
+            "[[rule]]\nname = \"ask\"\nwhen = {{ text = \"version?\" }}\nthen = [{{ reply = \"{reply}\" }}]\n"
+        )
     };
     std::fs::write(&file, version("v1")).expect("write");
 
     // A directory that does not compile stops the server at start, naming file and line.
-    std::fs::write(rules.0.join("broken.toml"), "\n[[rule]]\nname = \"b\"\nwhen = { regex = \"(\" }\n")
-        .expect("write");
+    std::fs::write(
+        rules.0.join("broken.toml"),
+        "\n[[rule]]\nname = \"b\"\nwhen = { regex = \"(\" }\n",
+    )
+    .expect("write");
     let mut config = Config::default();
     config.rules.dir = Some(rules.0.clone());
     config.database.url = format!("sqlite://{}/x.db", rules.0.display());
@@ -891,13 +896,19 @@ async fn rule_files_reload_while_running_and_bad_changes_are_refused() {
             break;
         }
         assert_eq!(text, "v1", "only whole rule sets are ever seen");
-        assert!(tokio::time::Instant::now() < deadline, "the change was applied");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change was applied"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // An invalid change is refused; the rules in force stay.
-    std::fs::write(&file, "[[rule]]\nname = \"ask\"\nthen = [{ call = { action = \"nope\" } }]\n")
-        .expect("write");
+    std::fs::write(
+        &file,
+        "[[rule]]\nname = \"ask\"\nthen = [{ call = { action = \"nope\" } }]\n",
+    )
+    .expect("write");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ask().await, "v2");
     s.stop.cancel();

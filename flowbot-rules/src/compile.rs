@@ -83,7 +83,10 @@ pub(crate) enum Cond {
 fn variables_used(source: &str) -> u16 {
     let mut used = 0;
     for word in source.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
-        if let Some(i) = crate::script::SCRIPT_VARIABLES.iter().position(|v| *v == word) {
+        if let Some(i) = crate::script::SCRIPT_VARIABLES
+            .iter()
+            .position(|v| *v == word)
+        {
             used |= 1 << i;
         }
     }
@@ -365,7 +368,10 @@ impl RuleSet {
             }
             match &r.gate {
                 Gate::None => always.push(i),
-                Gate::Command(name) => by_command.entry(name.to_ascii_lowercase()).or_default().push(i),
+                Gate::Command(name) => by_command
+                    .entry(name.to_ascii_lowercase())
+                    .or_default()
+                    .push(i),
                 Gate::Regex(re) => by_regex[*re].push(i),
                 Gate::Words(words) => {
                     for w in words {

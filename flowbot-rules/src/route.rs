@@ -100,7 +100,10 @@ impl Facts<'_> {
                         let v = match i {
                             0 => Dynamic::from(rhai::ImmutableString::from(self.text)),
                             1 => Dynamic::from(rhai::ImmutableString::from(
-                                self.event.sender().map(|s| s.id.as_str()).unwrap_or_default(),
+                                self.event
+                                    .sender()
+                                    .map(|s| s.id.as_str())
+                                    .unwrap_or_default(),
                             )),
                             2 => Dynamic::from(rhai::ImmutableString::from(
                                 self.event.channel().as_str(),
