@@ -914,3 +914,54 @@ async fn rule_files_reload_while_running_and_bad_changes_are_refused() {
     s.stop.cancel();
     s.task.await.expect("server");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_dialog_continues_after_a_server_restart() {
+    let data = TempDir::new("flowbot-dialog-restart");
+    let url = format!("sqlite://{}/flowbot.db", data.0.display());
+    let chat = async |s: &Server| {
+        let url = format!("{}/ws/chat?user=ada&conversation=fb", s.ws);
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        next_frame(&mut ws, "history").await;
+        ws
+    };
+    let say = async |ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+                     text: &str| {
+        ws.send(Ws::text(
+            json!({"type": "message", "text": text}).to_string(),
+        ))
+        .await
+        .expect("send");
+        next_frame(ws, "message").await
+    };
+
+    let u = url.clone();
+    let s = start_with(move |c| c.database.url = u).await;
+    let mut ws = chat(&s).await;
+    let q = say(&mut ws, "/feedback").await;
+    assert_eq!(q["text"], "How would you rate this demo, from 1 to 5?");
+    assert_eq!(q["buttons"].as_array().map(Vec::len), Some(5));
+    assert_eq!(
+        say(&mut ws, "4").await["text"],
+        "Glad you like it! Anything to add?"
+    );
+    s.stop.cancel();
+    s.task.await.expect("server");
+
+    let s = start_with(move |c| c.database.url = url).await;
+    let mut ws = chat(&s).await;
+    assert_eq!(
+        say(&mut ws, "nice demo").await["text"],
+        "Send rating 4 with \"nice demo\"?"
+    );
+    assert_eq!(
+        say(&mut ws, "yes").await["text"],
+        "Thank you! Your feedback (4/5) is saved."
+    );
+    s.stop.cancel();
+    s.task.await.expect("server");
+}

@@ -12,8 +12,9 @@ use rhai::AST;
 use serde_json::Value;
 
 use crate::command::CommandPattern;
+use crate::dialog::Dialog;
 use crate::script::Scripting;
-use crate::spec::{ActionSpec, RuleFile, RuleSpec, When};
+use crate::spec::{ActionSpec, DialogSpec, RuleFile, RuleSpec, When};
 use crate::{CustomCondition, Error, Plugins};
 
 /// Where a rule came from, for error messages.
@@ -129,6 +130,8 @@ pub(crate) enum Act {
     Set(String, TemplatedValue),
     Clear(Vec<String>),
     Script(Arc<AST>),
+    /// Start the dialog of this name.
+    Dialog(String),
 }
 
 /// A JSON value whose strings are templates (by name in the set's environment).
@@ -181,6 +184,8 @@ pub struct RuleSet {
     pub(crate) by_regex: Vec<Vec<usize>>,
     /// Rules gated by keywords, by each keyword's first word.
     pub(crate) by_word: HashMap<String, Vec<usize>>,
+    /// Dialogs by name.
+    pub(crate) dialogs: HashMap<String, Dialog>,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -217,13 +222,14 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// Lines of each `[[rule]]` header, in order (rules are tables of the `rule` array).
-fn rule_lines(text: &str) -> Vec<usize> {
+/// Lines of each `[[<table>]]` header, in order (rules and dialogs are arrays of tables).
+fn header_lines(text: &str, table: &str) -> Vec<usize> {
+    let (a, b) = (format!("[[{table}]]"), format!("[[ {table} ]]"));
     text.lines()
         .enumerate()
         .filter(|(_, l)| {
             let t = l.trim_start();
-            t.starts_with("[[rule]]") || t.starts_with("[[ rule ]]")
+            t.starts_with(&a) || t.starts_with(&b)
         })
         .map(|(i, _)| i + 1)
         .collect()
@@ -250,9 +256,9 @@ pub fn parse_file(source: &Source) -> Result<RuleFile, Error> {
     })
 }
 
-struct Compiler<'a> {
+pub(crate) struct Compiler<'a> {
     plugins: &'a Plugins,
-    scripting: &'a Scripting,
+    pub(crate) scripting: &'a Scripting,
     regexes: Vec<Regex>,
     templates: minijinja::Environment<'static>,
 }
@@ -268,11 +274,12 @@ impl RuleSet {
         }
         let mut vars = serde_json::Map::new();
         let mut specs = Vec::new();
+        let mut dialogs = Vec::new();
         for (source, file) in files {
             for (k, v) in file.vars {
                 vars.insert(k, v);
             }
-            let lines = rule_lines(&source.text);
+            let lines = header_lines(&source.text, "rule");
             for (i, rule) in file.rules.into_iter().enumerate() {
                 let origin = Origin {
                     file: source.file.clone(),
@@ -280,13 +287,30 @@ impl RuleSet {
                 };
                 specs.push((rule, origin));
             }
+            let lines = header_lines(&source.text, "dialog");
+            for (i, dialog) in file.dialogs.into_iter().enumerate() {
+                let origin = Origin {
+                    file: source.file.clone(),
+                    line: lines.get(i).copied(),
+                };
+                dialogs.push((dialog, origin));
+            }
         }
-        Self::compile_specs(specs, Value::Object(vars), plugins)
+        Self::compile_all(specs, &dialogs, Value::Object(vars), plugins)
     }
 
     /// Compile rules given as values (from the database or the API).
     pub fn compile_specs(
         specs: Vec<(RuleSpec, Origin)>,
+        vars: Value,
+        plugins: &Plugins,
+    ) -> Result<RuleSet, Error> {
+        Self::compile_all(specs, &[], vars, plugins)
+    }
+
+    fn compile_all(
+        specs: Vec<(RuleSpec, Origin)>,
+        dialog_specs: &[(DialogSpec, Origin)],
         vars: Value,
         plugins: &Plugins,
     ) -> Result<RuleSet, Error> {
@@ -350,6 +374,48 @@ impl RuleSet {
                 spec,
             });
         }
+        let mut dialogs: HashMap<String, Dialog> = HashMap::new();
+        let mut dialog_origins: HashMap<String, Origin> = HashMap::new();
+        for (d, origin) in dialog_specs {
+            let err = |message: String| Error::Dialog {
+                dialog: d.name.clone(),
+                origin: origin.clone(),
+                message,
+            };
+            if let Some(first) = dialog_origins.get(&d.name) {
+                return Err(err(format!(
+                    "duplicate dialog name; first defined at {first}"
+                )));
+            }
+            let compiled = crate::dialog::compile(&mut c, d).map_err(err)?;
+            dialog_origins.insert(d.name.clone(), origin.clone());
+            dialogs.insert(d.name.clone(), compiled);
+        }
+        let unknown = |acts: &[Act]| {
+            acts.iter().find_map(|a| match a {
+                Act::Dialog(n) if !dialogs.contains_key(n) => Some(n.clone()),
+                _ => None,
+            })
+        };
+        for r in &rules {
+            if let Some(n) = unknown(&r.actions) {
+                return Err(Error::Rule {
+                    rule: r.name.clone(),
+                    origin: r.origin.clone(),
+                    message: format!("starts dialog '{n}', which is not defined"),
+                });
+            }
+        }
+        for (d, origin) in dialog_specs {
+            if let Some(n) = dialogs.get(&d.name).and_then(|x| unknown(&x.then)) {
+                return Err(Error::Dialog {
+                    dialog: d.name.clone(),
+                    origin: origin.clone(),
+                    message: format!("starts dialog '{n}', which is not defined"),
+                });
+            }
+        }
+        crate::dialog::check_cycles(&dialogs).map_err(Error::Invalid)?;
         // Higher priority first; the sort is stable, so equal priorities keep file order.
         rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
         let regex_set = RegexSet::new(c.regexes.iter().map(Regex::as_str))
@@ -395,6 +461,7 @@ impl RuleSet {
             by_command,
             by_regex,
             by_word,
+            dialogs,
         })
     }
 
@@ -641,7 +708,7 @@ impl Compiler<'_> {
         })
     }
 
-    fn template(&mut self, name: String, source: &str) -> Result<String, String> {
+    pub(crate) fn template(&mut self, name: String, source: &str) -> Result<String, String> {
         self.templates
             .add_template_owned(name.clone(), source.to_owned())
             .map_err(|e| format!("template: {}", e.detail().unwrap_or(&e.to_string())))?;
@@ -669,7 +736,7 @@ impl Compiler<'_> {
         })
     }
 
-    fn action(&mut self, rule: &str, i: usize, a: &ActionSpec) -> Result<Act, String> {
+    pub(crate) fn action(&mut self, rule: &str, i: usize, a: &ActionSpec) -> Result<Act, String> {
         let base = format!("{rule}#{i}");
         Ok(match a {
             ActionSpec::Reply(t) => Act::Reply(self.template(base, t)?),
@@ -700,6 +767,8 @@ impl Compiler<'_> {
                     .compile(s, false)
                     .map_err(|e| format!("script: {e}"))?,
             ),
+            // Checked once every dialog is compiled.
+            ActionSpec::Dialog(name) => Act::Dialog(name.clone()),
         })
     }
 }

@@ -32,6 +32,7 @@
 
 mod command;
 mod compile;
+mod dialog;
 mod route;
 mod script;
 pub mod spec;
@@ -68,6 +69,16 @@ pub enum Error {
     Rule {
         /// The rule's name.
         rule: String,
+        /// Where it is defined.
+        origin: Origin,
+        /// What is wrong.
+        message: String,
+    },
+    /// A dialog cannot be compiled.
+    #[error("{origin}: dialog '{dialog}': {message}")]
+    Dialog {
+        /// The dialog's name.
+        dialog: String,
         /// Where it is defined.
         origin: Origin,
         /// What is wrong.

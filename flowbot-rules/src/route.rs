@@ -92,6 +92,8 @@ impl Facts<'_> {
             let value = match i {
                 6 => bound(&b.args)?,
                 7 => bound(&b.captures)?,
+                8 => Dynamic::from_map(rhai::Map::new()),
+                9 => Dynamic::UNIT,
                 _ => {
                     let cell = &self.script_vars[i];
                     if let Some(v) = cell.get() {
@@ -443,7 +445,7 @@ fn check(rule: &Rule, facts: &Facts<'_>) -> Result<Option<(Outcome, Bindings)>, 
     Ok((outcome != Outcome::No).then_some((outcome, b)))
 }
 
-fn render(set: &RuleSet, name: &str, ctx: &minijinja::Value) -> Result<String, String> {
+pub(crate) fn render(set: &RuleSet, name: &str, ctx: &minijinja::Value) -> Result<String, String> {
     set.templates
         .get_template(name)
         .and_then(|t| t.render(ctx))
@@ -483,6 +485,44 @@ impl Router for RulesRouter {
             }
             _ => None,
         };
+        // A dialog in progress takes the message first.
+        let text = event_text(&turn.event);
+        let answer = match &*turn.event {
+            Event::Message(_) | Event::Interaction(_) => Some(text),
+            _ => None,
+        };
+        let base = json!({
+            "message": message_json(&turn.event, text),
+            "session": turn.session.lock().vars,
+            "vars": set.vars,
+        });
+        let dialog_failed = |message: String| {
+            let name = turn
+                .session
+                .lock()
+                .dialog
+                .as_ref()
+                .map_or_else(String::new, |d| d.name.clone());
+            CoreError::Handler(format!("dialog '{name}': {message}").into())
+        };
+        let dialog_name = turn.session.lock().dialog.as_ref().map(|d| d.name.clone());
+        match crate::dialog::take(&set, turn, answer, &base).map_err(dialog_failed)? {
+            crate::dialog::Turned::Handled(mut reply, finished) => {
+                if let (Some(slots), Some(name)) = (finished, dialog_name)
+                    && let Some(d) = set.dialogs.get(&name)
+                {
+                    let ctx = Ctx {
+                        bindings: Bindings::default(),
+                        slots: Value::Object(slots),
+                    };
+                    run_actions(&set, &d.then, ctx, turn, &mut reply)
+                        .await
+                        .map_err(|e| CoreError::Handler(format!("dialog '{name}': {e}").into()))?;
+                }
+                return Ok(Reply(reply));
+            }
+            crate::dialog::Turned::NotMine => {}
+        }
         let session_vars = turn.session.lock().vars.clone();
         // Decide which rules run, with what bindings, before any action runs (conditions are
         // synchronous; actions may await).
@@ -507,7 +547,11 @@ impl Router for RulesRouter {
                 reply.push(Outbound::text(text));
                 break;
             }
-            run_actions(&set, rule, b, turn, &mut reply)
+            let ctx = Ctx {
+                bindings: b,
+                slots: json!({}),
+            };
+            run_actions(&set, &rule.actions, ctx, turn, &mut reply)
                 .await
                 .map_err(|message| {
                     CoreError::Handler(
@@ -524,25 +568,36 @@ impl Router for RulesRouter {
     }
 }
 
+/// What actions see besides the event and the session.
+struct Ctx {
+    bindings: Bindings,
+    /// A finished dialog's slots (empty for rules).
+    slots: Value,
+}
+
 async fn run_actions(
     set: &Arc<RuleSet>,
-    rule: &Rule,
-    b: Bindings,
+    actions: &[Act],
+    cx: Ctx,
     turn: &Turn,
     reply: &mut Vec<Outbound>,
 ) -> Result<(), String> {
     let message = message_json(&turn.event, event_text(&turn.event));
-    let args = Value::Object(b.args);
-    let captures = Value::Object(b.captures);
-    for act in &rule.actions {
-        let ctx = minijinja::Value::from_serialize(json!({
+    let args = Value::Object(cx.bindings.args);
+    let captures = Value::Object(cx.bindings.captures);
+    let slots = cx.slots;
+    for act in actions {
+        let json_ctx = json!({
             "message": message,
             "args": args,
             "captures": captures,
+            "slots": slots,
             "session": turn.session.lock().vars,
             "vars": set.vars,
-        }));
+        });
+        let ctx = minijinja::Value::from_serialize(&json_ctx);
         match act {
+            Act::Dialog(name) => reply.push(crate::dialog::start(set, turn, name, &json_ctx)?),
             Act::Reply(t) => reply.push(Outbound::text(render(set, t, &ctx)?)),
             Act::Call {
                 action,
@@ -569,7 +624,8 @@ async fn run_actions(
                 }
             }
             Act::Script(ast) => {
-                let texts = run_script(set, ast.clone(), &message, &args, &captures, turn).await?;
+                let texts =
+                    run_script(set, ast.clone(), &message, &args, &captures, &slots, turn).await?;
                 reply.extend(texts.into_iter().map(Outbound::text));
             }
         }
@@ -585,11 +641,12 @@ async fn run_script(
     message: &Value,
     args: &Value,
     captures: &Value,
+    slots: &Value,
     turn: &Turn,
 ) -> Result<Vec<String>, String> {
     let set = set.clone();
     let session = turn.session.lock().vars.clone();
-    let inputs = json!({ "message": message, "args": args, "captures": captures });
+    let inputs = json!({ "message": message, "args": args, "captures": captures, "slots": slots });
     let turn2 = turn.clone();
     let handle = tokio::runtime::Handle::current();
     let joined = tokio::task::spawn_blocking(move || {
@@ -598,6 +655,8 @@ async fn run_script(
         scope.push_constant_dynamic("message", to(&inputs["message"])?);
         scope.push_constant_dynamic("args", to(&inputs["args"])?);
         scope.push_constant_dynamic("captures", to(&inputs["captures"])?);
+        scope.push_constant_dynamic("slots", to(&inputs["slots"])?);
+        scope.push_constant_dynamic("answer", Dynamic::UNIT);
         scope.push_constant_dynamic("vars", to(&set.vars)?);
         let field =
             |k: &str| Dynamic::from(inputs["message"][k].as_str().unwrap_or_default().to_owned());

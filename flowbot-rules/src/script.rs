@@ -12,8 +12,8 @@ use serde_json::Value;
 
 /// Variables a script sees (in conditions, `args` and `captures` hold what the rule's
 /// command and regex conditions bound).
-pub(crate) const SCRIPT_VARIABLES: [&str; 8] = [
-    "text", "user", "channel", "message", "session", "vars", "args", "captures",
+pub(crate) const SCRIPT_VARIABLES: [&str; 10] = [
+    "text", "user", "channel", "message", "session", "vars", "args", "captures", "slots", "answer",
 ];
 
 /// Sandbox limits for rhai scripts.

@@ -16,6 +16,107 @@ pub struct RuleFile {
     /// The rules.
     #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RuleSpec>,
+    /// Multi-turn dialogs, started by the `dialog` action.
+    #[serde(default, rename = "dialog", skip_serializing_if = "Vec::is_empty")]
+    pub dialogs: Vec<DialogSpec>,
+}
+
+/// A multi-turn dialog: steps that ask and collect answers into slots, then actions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialogSpec {
+    /// Unique name, used by `{ dialog = "<name>" }`.
+    pub name: String,
+    /// A dialog left unanswered this long ends by itself (default 30 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Answers that end the dialog at any step (default: `cancel`), ignoring case.
+    #[serde(default = "cancel_words")]
+    pub cancel: Vec<String>,
+    /// Reply when the dialog is cancelled.
+    #[serde(default = "cancelled")]
+    pub on_cancel: String,
+    /// Answers that repeat the current question with its hint (default: `help`).
+    #[serde(default = "help_words")]
+    pub help: Vec<String>,
+    /// The steps, asked in order unless a step says otherwise.
+    #[serde(rename = "step")]
+    pub steps: Vec<StepSpec>,
+    /// Actions run when the last step is answered; templates see `slots`.
+    #[serde(default)]
+    pub then: Vec<ActionSpec>,
+}
+
+fn cancel_words() -> Vec<String> {
+    vec!["cancel".into()]
+}
+
+fn help_words() -> Vec<String> {
+    vec!["help".into()]
+}
+
+fn cancelled() -> String {
+    "Cancelled.".into()
+}
+
+/// One question of a dialog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Unique within the dialog.
+    pub name: String,
+    /// The question (a template; sees `slots`).
+    pub ask: String,
+    /// What counts as an answer (default: any text).
+    #[serde(default)]
+    pub expect: ExpectSpec,
+    /// Said before asking again after an answer that does not fit (a template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
+    /// Slot the answer is stored in (default: the step's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// Conditional jumps, tried in order after the answer is stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branch: Vec<BranchSpec>,
+    /// The step after this one (default: the next in the list; `end` finishes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// What a step accepts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectSpec {
+    /// `text` (default), `int`, `float`, `bool` (yes/no), `duration`, or `confirm` (yes
+    /// goes on, no cancels the dialog).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Smallest number accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Largest number accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// Accepted answers (ignoring case); shown as buttons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
+    /// A regex the whole answer must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// A rhai expression over `answer` and `slots` that must be `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+}
+
+/// A conditional jump.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchSpec {
+    /// A rhai expression over `slots` (and `answer`).
+    pub when: String,
+    /// The step to go to, or `end`.
+    pub goto: String,
 }
 
 /// One rule: when its conditions hold, its actions run.
@@ -196,4 +297,6 @@ pub enum ActionSpec {
     Clear(OneOrMany),
     /// Run a rhai script.
     Script(String),
+    /// Start a dialog (its first question is the reply).
+    Dialog(String),
 }

@@ -78,9 +78,13 @@ struct Running {
 }
 
 async fn start(rules: &str, plugins: &Plugins) -> Running {
+    start_in(TempDir::new(), rules, plugins).await
+}
+
+/// Start a bot whose SQLite store lives in `dir` (reused across restarts).
+async fn start_in(dir: TempDir, rules: &str, plugins: &Plugins) -> Running {
     let set = RuleSet::compile(&[Source::inline(rules)], plugins).expect("rules compile");
     let router = Arc::new(RulesRouter::new(set).with_classifier(Arc::new(Hellos)));
-    let dir = TempDir::new();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_dir(&dir.0).await.expect("store"));
     let (channel, handle) = InProcess::channel("local", 64);
     let errors: Errors = Arc::default();
@@ -129,9 +133,18 @@ impl Running {
         }
     }
 
-    async fn stop(self) {
+    async fn stop(self) -> TempDir {
         self.stop.cancel();
         self.task.await.expect("join").expect("bot stopped cleanly");
+        self._dir
+    }
+
+    async fn ask_full(&mut self, user: &str, text: &str) -> flowbot_core::Outbound {
+        self.handle.say(user, "room", text).await.expect("say");
+        tokio::time::timeout(Duration::from_secs(10), self.handle.next_reply())
+            .await
+            .expect("a reply in time")
+            .expect("bot running")
     }
 }
 
@@ -583,4 +596,184 @@ async fn a_replaced_rule_set_takes_over_at_once() {
     bot.router.replace(two);
     assert_eq!(bot.ask("ada", "x").await, "two");
     bot.stop().await;
+}
+
+const DIALOGS: &str = r#"
+[[rule]]
+name = "feedback"
+when = { command = "feedback" }
+then = [{ dialog = "feedback" }]
+
+[[rule]]
+name = "stored"
+when = { command = "stored" }
+then = [
+  { call = { action = "kv.get", input = { key = "feedback:{{ message.user }}" }, save_as = "fb" } },
+  { reply = "{{ session.fb.value or 'nothing' }}" },
+]
+
+[[rule]]
+name = "fallback"
+priority = -100
+then = [{ reply = "no dialog here" }]
+
+[[dialog]]
+name = "feedback"
+timeout = "1s"
+then = [
+  { call = { action = "kv.set", input = { key = "feedback:{{ message.user }}", value = "{{ slots.rating }}|{{ slots.problem or slots.comment }}" } } },
+  { reply = "Feedback sent." },
+]
+
+[[dialog.step]]
+name = "rating"
+ask = "How would you rate us, 1 to 5?"
+expect = { type = "int", min = 1, max = 5 }
+branch = [{ when = "slots.rating <= 2", goto = "problem" }]
+next = "comment"
+
+[[dialog.step]]
+name = "problem"
+ask = "Sorry to hear that. What went wrong?"
+next = "confirm"
+
+[[dialog.step]]
+name = "comment"
+ask = "Thanks! Anything to add?"
+retry = "Just a few words, please."
+
+[[dialog.step]]
+name = "confirm"
+ask = "Send rating {{ slots.rating }}{% if slots.problem %} ({{ slots.problem }}){% endif %}?"
+expect = { type = "confirm" }
+
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialogs_ask_validate_branch_confirm_and_finish_with_an_action() {
+    let mut bot = start(DIALOGS, &plugins()).await;
+    assert_eq!(
+        bot.ask("ada", "/feedback").await,
+        "How would you rate us, 1 to 5?"
+    );
+    assert_eq!(
+        bot.ask("ada", "seven").await,
+        "Please answer with a whole number from 1 to 5.\nHow would you rate us, 1 to 5?"
+    );
+    assert_eq!(
+        bot.ask("ada", "help").await,
+        "(Answer the question, or say cancel to stop.)\nHow would you rate us, 1 to 5?"
+    );
+    assert_eq!(
+        bot.ask("ada", "2").await,
+        "Sorry to hear that. What went wrong?"
+    );
+    let confirm = bot.ask_full("ada", "slow replies").await;
+    assert_eq!(confirm.text, "Send rating 2 (slow replies)?");
+    let labels: Vec<&str> = confirm.buttons.iter().map(|b| b.label.as_str()).collect();
+    assert_eq!(labels, ["yes", "no"]);
+    assert_eq!(bot.ask("ada", "yes").await, "Feedback sent.");
+    assert_eq!(bot.ask("ada", "/stored").await, "2|slow replies");
+    assert_eq!(
+        bot.ask("ada", "yes").await,
+        "no dialog here",
+        "the dialog ended"
+    );
+
+    // The other branch, and cancelling at the confirmation.
+    assert_eq!(
+        bot.ask("bob", "/feedback").await,
+        "How would you rate us, 1 to 5?"
+    );
+    assert_eq!(bot.ask("bob", "5").await, "Thanks! Anything to add?");
+    assert_eq!(bot.ask("bob", "great").await, "Send rating 5?");
+    assert_eq!(bot.ask("bob", "no").await, "Cancelled.");
+    assert_eq!(bot.ask("bob", "/stored").await, "nothing");
+
+    // Cancel at any step; other users' dialogs are their own.
+    assert_eq!(
+        bot.ask("cy", "/feedback").await,
+        "How would you rate us, 1 to 5?"
+    );
+    assert_eq!(bot.ask("ada", "4").await, "no dialog here");
+    assert_eq!(bot.ask("cy", "CANCEL").await, "Cancelled.");
+    assert_eq!(bot.ask("cy", "4").await, "no dialog here");
+
+    // A dialog left unanswered past its timeout ends; the message goes to the rules.
+    assert_eq!(
+        bot.ask("dee", "/feedback").await,
+        "How would you rate us, 1 to 5?"
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(bot.ask("dee", "3").await, "no dialog here");
+    assert!(bot.errors.lock().expect("errors").is_empty());
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialog_continues_after_a_restart() {
+    let rules = DIALOGS.replace("timeout = \"1s\"", "timeout = \"10m\"");
+    let mut bot = start(&rules, &plugins()).await;
+    assert_eq!(
+        bot.ask("ada", "/feedback").await,
+        "How would you rate us, 1 to 5?"
+    );
+    assert_eq!(bot.ask("ada", "4").await, "Thanks! Anything to add?");
+    let dir = bot.stop().await;
+
+    // A new bot on the same database: the session holds the dialog and its slots.
+    let mut bot = start_in(dir, &rules, &plugins()).await;
+    assert_eq!(bot.ask("ada", "lovely").await, "Send rating 4?");
+    assert_eq!(bot.ask("ada", "yes").await, "Feedback sent.");
+    assert_eq!(bot.ask("ada", "/stored").await, "4|lovely");
+    bot.stop().await;
+}
+
+#[test]
+fn bad_dialogs_are_rejected_with_the_dialog_and_where() {
+    let step = "[[dialog.step]]\nname = \"s\"\nask = \"?\"\n";
+    let cases = [
+        (
+            format!("[[dialog]]\nname = \"d\"\n{step}next = \"nowhere\"\n"),
+            "(api): dialog 'd': step 's': no step named 'nowhere'".to_owned(),
+        ),
+        (
+            format!("[[dialog]]\nname = \"d\"\n{step}expect = {{ type = \"date\" }}\n"),
+            "dialog 'd': step 's': expect: unknown type 'date'".to_owned(),
+        ),
+        (
+            format!(
+                "[[dialog]]\nname = \"d\"\n{step}expect = {{ type = \"int\", choices = [\"a\"] }}\n"
+            ),
+            "expect: give one of type, choices, regex or script".to_owned(),
+        ),
+        (
+            "[[rule]]\nname = \"r\"\nthen = [{ dialog = \"ghost\" }]\n".to_owned(),
+            "rule 'r': starts dialog 'ghost', which is not defined".to_owned(),
+        ),
+        (
+            format!(
+                "[[dialog]]\nname = \"a\"\nthen = [{{ dialog = \"b\" }}]\n{step}\n[[dialog]]\nname = \"b\"\nthen = [{{ dialog = \"a\" }}]\n{step}"
+            ),
+            "dialogs start each other in a cycle: a → b → a".to_owned(),
+        ),
+        (
+            format!("[[dialog]]\nname = \"a\"\n{step}\n[[dialog]]\nname = \"a\"\n{step}"),
+            "dialog 'a': duplicate dialog name".to_owned(),
+        ),
+        (
+            "[[dialog]]\nname = \"a\"\nstep = []\n".to_owned(),
+            "a dialog needs at least one".to_owned(),
+        ),
+        (
+            format!(
+                "[[dialog]]\nname = \"d\"\n{step}branch = [{{ when = \"slots.x >\", goto = \"end\" }}]\n"
+            ),
+            "step 's': branch: Script is incomplete".to_owned(),
+        ),
+    ];
+    for (rules, want) in cases {
+        let e = compile_err(&rules);
+        assert!(e.contains(&want), "{rules}\n  gave: {e}\n  want: {want}");
+    }
 }
