@@ -34,6 +34,8 @@ pub struct AppState {
     pub pipeline: Arc<PipelineStats>,
     /// Worker counters (zero without an embedded agent).
     pub workers: Arc<WorkerStats>,
+    /// The rules in force, and the database's rules.
+    pub rules: Arc<flowbot_rules::RuleLibrary>,
 }
 
 type ApiResult<T> = Result<Json<T>, Problem>;
@@ -613,10 +615,115 @@ async fn delete_schedule(
         (name = "sessions", description = "Per-user conversation state"),
         (name = "tasks", description = "The durable task queue and its dead letters"),
         (name = "schedules", description = "Cron schedules"),
+        (name = "rules", description = "Rules in force; rules stored through the API"),
         (name = "channels", description = "Chat channels' HTTP endpoints"),
     )
 )]
 struct ApiDoc;
+
+fn rules_err(e: flowbot_rules::Error) -> Problem {
+    use flowbot_rules::Error as E;
+    match e {
+        E::NotFound(m) => Problem::not_found(m),
+        E::Conflict(m) => Problem::new(StatusCode::CONFLICT, m),
+        E::Store(m) => Problem::unavailable(format!("the database is unavailable: {m}")),
+        E::Io { .. } => Problem::unavailable(e.to_string()),
+        other => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
+    }
+}
+
+fn rule_body(
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<flowbot_rules::spec::RuleSpec, Problem> {
+    let Json(v) = body.map_err(|e| Problem::new(e.status(), e.body_text()))?;
+    flowbot_rules::rule_from_json(v).map_err(rules_err)
+}
+
+/// Every rule in force (from files and stored through the API), highest priority first.
+#[utoipa::path(get, path = "/api/v1/rules", tag = "rules",
+    responses((status = 200, body = Object, description = "{\"items\": [{\"rule\": …, \"source\": \"file\"|\"api\", \"location\": \"path:line\"}]}")))]
+async fn list_rules(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({ "items": s.rules.list() }))
+}
+
+/// Store a new rule (the format of docs/rules.md, as JSON). It takes effect at once, here and
+/// on every process sharing the database.
+#[utoipa::path(post, path = "/api/v1/rules", tag = "rules", request_body = Object,
+    responses((status = 201, body = Object), (status = 400, body = ProblemDoc),
+        (status = 409, body = ProblemDoc, description = "a rule of that name exists"),
+        (status = 422, body = ProblemDoc, description = "the rule does not compile")))]
+async fn create_rule(
+    State(s): State<AppState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let rule = rule_body(body)?;
+    let name = rule.name.clone();
+    s.rules.create(rule).await.map_err(rules_err)?;
+    Ok((StatusCode::CREATED, Json(json!(s.rules.get(&name)))))
+}
+
+/// Check a rule against every other rule without storing it.
+#[utoipa::path(post, path = "/api/v1/rules/validate", tag = "rules", request_body = Object,
+    responses((status = 200, body = Status), (status = 400, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
+async fn validate_rule(
+    State(s): State<AppState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult<Status> {
+    let rule = rule_body(body)?;
+    s.rules.validate(&rule).await.map_err(rules_err)?;
+    Ok(Json(Status {
+        status: "valid".into(),
+    }))
+}
+
+fn rule_name(p: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+    p.map(|Path(n)| n)
+        .map_err(|e| Problem::bad_request(e.body_text()))
+}
+
+/// One rule in force.
+#[utoipa::path(get, path = "/api/v1/rules/{name}", tag = "rules", params(("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ProblemDoc)))]
+async fn get_rule(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Value> {
+    let name = rule_name(p)?;
+    s.rules
+        .get(&name)
+        .map(|e| Json(json!(e)))
+        .ok_or_else(|| Problem::not_found(format!("no rule named '{name}'")))
+}
+
+/// Replace a stored rule (rules from files are edited in their files).
+#[utoipa::path(put, path = "/api/v1/rules/{name}", tag = "rules", params(("name" = String, Path)), request_body = Object,
+    responses((status = 200, body = Object), (status = 404, body = ProblemDoc),
+        (status = 409, body = ProblemDoc, description = "the rule is defined in a file"),
+        (status = 422, body = ProblemDoc)))]
+async fn update_rule(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult<Value> {
+    let name = rule_name(p)?;
+    let rule = rule_body(body)?;
+    s.rules.update(&name, rule).await.map_err(rules_err)?;
+    Ok(Json(json!(s.rules.get(&name))))
+}
+
+/// Delete a stored rule.
+#[utoipa::path(delete, path = "/api/v1/rules/{name}", tag = "rules", params(("name" = String, Path)),
+    responses((status = 200, body = Status), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc)))]
+async fn delete_rule(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Status> {
+    let name = rule_name(p)?;
+    s.rules.delete(&name).await.map_err(rules_err)?;
+    Ok(Json(Status {
+        status: "deleted".into(),
+    }))
+}
 
 /// The API routes and their OpenAPI document (channel routes are added by the caller and
 /// documented through [`channel_docs`]).
@@ -637,6 +744,9 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(get_schedule, delete_schedule))
         .routes(routes!(pause_schedule))
         .routes(routes!(resume_schedule))
+        .routes(routes!(list_rules, create_rule))
+        .routes(routes!(validate_rule))
+        .routes(routes!(get_rule, update_rule, delete_rule))
         .with_state(state)
         .split_for_parts();
     (router, doc)

@@ -8,7 +8,7 @@ use flowbot_channels::web::WebChat;
 use flowbot_channels::webhook::{WebhookConfig, Webhooks};
 use flowbot_core::task::WorkerConfig;
 use flowbot_core::{Bot, CancellationToken, Store};
-use flowbot_rules::{Plugins, Reload, RuleSet, RulesRouter, Source, watch_dir};
+use flowbot_rules::{Plugins, Reload, RuleFiles, RuleLibrary, Source};
 use flowbot_store::{PostgresOptions, PostgresStore, SqliteStore};
 
 use flowbot_store::redact_url as redact;
@@ -97,44 +97,41 @@ fn worker_config(config: &Config, role: &str) -> WorkerConfig {
 /// The demo bot's rules, built into the binary (the file ships in `bins/rules/`).
 pub const DEMO_RULES: &str = include_str!("../rules/demo.toml");
 
-/// The rules router of `config`: the rule files of `rules.dir`, or the demo rules, or none.
-/// With a directory and `rules.watch`, a task reloads the rules when a file changes until
-/// `stop`; an invalid change is logged and the previous rules stay in force.
-pub fn rules_router(
+/// The rules of `config`: the rule files of `rules.dir` (or the demo rules, built in, or
+/// none) together with the rules stored in the database through the API. A task reloads them
+/// until `stop` when a file changes (with `rules.watch`), when the stored rules change, or
+/// when another process announces a change; an invalid change is logged and the previous
+/// rules stay in force.
+pub async fn rule_library(
     config: &Config,
+    store: &Arc<dyn Store>,
     stop: &CancellationToken,
-) -> Result<Arc<RulesRouter>, RunError> {
-    let plugins = Plugins::default();
-    let set = match &config.rules.dir {
-        Some(dir) => RuleSet::load_dir(dir, &plugins)?,
-        None if config.demo.enabled => RuleSet::compile(
-            &[Source {
-                file: Some("bins/rules/demo.toml (built in)".into()),
-                text: DEMO_RULES.to_owned(),
-            }],
-            &plugins,
-        )?,
-        None => RuleSet::compile(&[], &plugins)?,
+) -> Result<Arc<RuleLibrary>, RunError> {
+    let files = match &config.rules.dir {
+        Some(dir) => RuleFiles::Dir(dir.clone()),
+        None if config.demo.enabled => RuleFiles::Fixed(vec![Source {
+            file: Some("bins/rules/demo.toml (built in)".into()),
+            text: DEMO_RULES.to_owned(),
+        }]),
+        None => RuleFiles::Fixed(Vec::new()),
     };
-    tracing::info!(rules = set.len(), dir = ?config.rules.dir, "rules loaded");
-    let router = Arc::new(RulesRouter::new(set));
-    if let (Some(dir), true) = (&config.rules.dir, config.rules.watch) {
-        tokio::spawn(watch_dir(
-            router.clone(),
-            dir.clone(),
-            plugins,
-            Duration::from_millis(config.rules.poll_interval_ms),
-            stop.clone(),
-            |outcome| match outcome {
-                Reload::Applied(n) => tracing::info!(rules = n, "rules reloaded"),
-                Reload::Rejected(e) => {
-                    tracing::warn!(error = %e, "rule change rejected; the previous rules stay in force");
-                }
-                _ => {}
-            },
-        ));
-    }
-    Ok(router)
+    let library =
+        Arc::new(RuleLibrary::open(files, Some(store.clone()), Plugins::default()).await?);
+    tracing::info!(rules = library.list().len(), dir = ?config.rules.dir, "rules loaded");
+    let interval = if config.rules.dir.is_some() && !config.rules.watch {
+        // Files are not watched; stored rules still are, less often.
+        Duration::from_secs(30)
+    } else {
+        Duration::from_millis(config.rules.poll_interval_ms)
+    };
+    tokio::spawn(library.clone().watch(interval, stop.clone(), |outcome| match outcome {
+        Reload::Applied(n) => tracing::info!(rules = n, "rules reloaded"),
+        Reload::Rejected(e) => {
+            tracing::warn!(error = %e, "rule change rejected; the previous rules stay in force");
+        }
+        _ => {}
+    }));
+    Ok(library)
 }
 
 fn webhook_configs(config: &Config) -> Vec<WebhookConfig> {
@@ -174,8 +171,10 @@ pub async fn run_server_with(
     ready: Option<tokio::sync::oneshot::Sender<Running>>,
 ) -> Result<(), RunError> {
     let store = open_store(&config).await?;
-    let rules = rules_router(&config, &shutdown)?;
-    let mut builder = Bot::builder().store(store.clone()).router_arc(rules);
+    let rules = rule_library(&config, &store, &shutdown).await?;
+    let mut builder = Bot::builder()
+        .store(store.clone())
+        .router_arc(rules.router());
     if console {
         builder = builder.channel(flowbot_channels::console::channel("console"));
     }
@@ -202,6 +201,7 @@ pub async fn run_server_with(
         store: store.clone(),
         pipeline: bot.pipeline().stats().clone(),
         workers: bot.worker_stats().clone(),
+        rules: rules.clone(),
     };
     let (api, mut doc) = http::api(state);
     http::channel_docs(&mut doc, web.is_some(), true);
@@ -274,10 +274,10 @@ pub async fn run_server_with(
 /// Run an agent (workers and schedules only) until `shutdown` is cancelled.
 pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let store = open_store(&config).await?;
-    let rules = rules_router(&config, &shutdown)?;
+    let rules = rule_library(&config, &store, &shutdown).await?;
     let mut builder = Bot::builder()
         .store(store.clone())
-        .router_arc(rules)
+        .router_arc(rules.router())
         .workers(worker_config(&config, "agent"));
     // Agents hold no sockets: web replies go over the bus to the servers.
     builder = builder.channel(WebChat::new("web", Some(store.clone())).sender_only());

@@ -732,6 +732,9 @@ async fn rest_api_health_metrics_openapi_and_errors() {
         "/api/v1/schedules/{name}",
         "/api/v1/schedules/{name}/pause",
         "/api/v1/schedules/{name}/resume",
+        "/api/v1/rules",
+        "/api/v1/rules/validate",
+        "/api/v1/rules/{name}",
         "/chat",
         "/ws/chat",
         "/hooks/webhook/{channel}",
@@ -743,7 +746,7 @@ async fn rest_api_health_metrics_openapi_and_errors() {
     }
     assert_eq!(
         paths.len(),
-        19,
+        22,
         "no undocumented extras: {:?}",
         paths.keys().collect::<Vec<_>>()
     );
@@ -961,6 +964,209 @@ async fn the_demo_dialog_continues_after_a_server_restart() {
     assert_eq!(
         say(&mut ws, "yes").await["text"],
         "Thank you! Your feedback (4/5) is saved."
+    );
+    s.stop.cancel();
+    s.task.await.expect("server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_are_listed_created_validated_updated_and_deleted_through_the_api() {
+    let s = start().await;
+    let http = reqwest::Client::new();
+    let api = |path: &str| format!("{}/api/v1/rules{path}", s.base);
+    let url = format!("{}/ws/chat?user=ada&conversation=api-rules", s.ws);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    next_frame(&mut ws, "history").await;
+    let mut say = async move |text: &str| {
+        ws.send(Ws::text(
+            json!({"type": "message", "text": text}).to_string(),
+        ))
+        .await
+        .expect("send");
+        next_frame(&mut ws, "message").await["text"]
+            .as_str()
+            .expect("text")
+            .to_owned()
+    };
+
+    let list: Value = http
+        .get(api(""))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let echo = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|e| e["rule"]["name"] == "echo")
+        .expect("the demo's echo rule");
+    assert_eq!(echo["source"], "file");
+    assert!(
+        echo["location"]
+            .as_str()
+            .expect("location")
+            .starts_with("bins/rules/demo.toml (built in):"),
+        "{echo}"
+    );
+
+    let ping = json!({"name": "ping", "priority": 5, "when": {"text": "ping"}, "then": [{"reply": "pong"}]});
+    let res = http.post(api("")).json(&ping).send().await.expect("create");
+    assert_eq!(res.status().as_u16(), 201);
+    let created: Value = res.json().await.expect("json");
+    assert_eq!(
+        (created["source"].as_str(), created["rule"]["name"].as_str()),
+        (Some("api"), Some("ping"))
+    );
+    assert_eq!(say("ping").await, "pong");
+    let again = http.post(api("")).json(&ping).send().await.expect("create");
+    assert!(
+        problem(again, 409).await["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("'ping' exists")
+    );
+    let clash = json!({"name": "echo", "when": {"text": "x"}});
+    assert!(
+        problem(
+            http.post(api(""))
+                .json(&clash)
+                .send()
+                .await
+                .expect("create"),
+            409
+        )
+        .await["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("bins/rules/demo.toml")
+    );
+
+    // Bad rules: named, never stored.
+    let bad = json!({"name": "bad", "then": [{"call": {"action": "sned"}}]});
+    let detail = problem(
+        http.post(api("")).json(&bad).send().await.expect("create"),
+        422,
+    )
+    .await["detail"]
+        .as_str()
+        .expect("detail")
+        .to_owned();
+    assert!(
+        detail.contains("rule 'bad'") && detail.contains("unknown action 'sned'"),
+        "{detail}"
+    );
+    let unknown = json!({"name": "u", "wen": {}});
+    assert!(
+        problem(
+            http.post(api(""))
+                .json(&unknown)
+                .send()
+                .await
+                .expect("create"),
+            422
+        )
+        .await["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("unknown field `wen`")
+    );
+    let malformed = http
+        .post(api(""))
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(malformed.status().as_u16(), 400);
+    assert_eq!(
+        http.get(api("/bad"))
+            .send()
+            .await
+            .expect("get")
+            .status()
+            .as_u16(),
+        404
+    );
+
+    // Validation without storing.
+    let res = http
+        .post(api("/validate"))
+        .json(&ping)
+        .send()
+        .await
+        .expect("validate");
+    assert_eq!(res.status().as_u16(), 200);
+    let bad_regex = json!({"name": "r", "when": {"regex": "("}});
+    assert!(
+        problem(
+            http.post(api("/validate"))
+                .json(&bad_regex)
+                .send()
+                .await
+                .expect("v"),
+            422
+        )
+        .await["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("regex")
+    );
+
+    // Update, then delete.
+    let loud = json!({"name": "ping", "priority": 5, "when": {"text": "ping"}, "then": [{"reply": "PONG"}]});
+    let res = http
+        .put(api("/ping"))
+        .json(&loud)
+        .send()
+        .await
+        .expect("update");
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(say("ping").await, "PONG");
+    assert_eq!(
+        http.get(api("/ping"))
+            .send()
+            .await
+            .expect("get")
+            .json::<Value>()
+            .await
+            .expect("json")["rule"]["then"][0]["reply"],
+        "PONG"
+    );
+    let renamed = http
+        .put(api("/ping"))
+        .json(&clash)
+        .send()
+        .await
+        .expect("update");
+    assert!(
+        problem(renamed, 422).await["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("not renamed")
+    );
+    let file_rule = http
+        .put(api("/echo"))
+        .json(&json!({"name": "echo"}))
+        .send()
+        .await
+        .expect("update");
+    assert!(
+        problem(file_rule, 409).await["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("edit the file")
+    );
+    let res = http.delete(api("/ping")).send().await.expect("delete");
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(say("ping").await, "I didn't understand that. Try /help.");
+    assert_eq!(
+        problem(http.delete(api("/ping")).send().await.expect("delete"), 404).await["status"],
+        404
     );
     s.stop.cancel();
     s.task.await.expect("server");

@@ -138,6 +138,8 @@ pub trait KvStore: Send + Sync + 'static {
     async fn kv_set(&self, namespace: &str, key: &str, value: &Value) -> Result<(), StoreError>;
     /// Delete a value; returns whether it existed.
     async fn kv_delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError>;
+    /// Every key of `namespace` with its value, ordered by key.
+    async fn kv_list(&self, namespace: &str) -> Result<Vec<(String, Value)>, StoreError>;
 }
 
 /// One message on the [`Bus`].

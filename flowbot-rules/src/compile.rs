@@ -268,6 +268,15 @@ impl RuleSet {
     /// script must compile; every action called must be known to `plugins` (which lists the
     /// bot's actions).
     pub fn compile(sources: &[Source], plugins: &Plugins) -> Result<RuleSet, Error> {
+        Self::compile_with(sources, Vec::new(), plugins)
+    }
+
+    /// Compile rule files together with rules given as values (e.g. from the database).
+    pub fn compile_with(
+        sources: &[Source],
+        extra: Vec<(RuleSpec, Origin)>,
+        plugins: &Plugins,
+    ) -> Result<RuleSet, Error> {
         let mut files = Vec::with_capacity(sources.len());
         for s in sources {
             files.push((s, parse_file(s)?));
@@ -296,6 +305,7 @@ impl RuleSet {
                 dialogs.push((dialog, origin));
             }
         }
+        specs.extend(extra);
         Self::compile_all(specs, &dialogs, Value::Object(vars), plugins)
     }
 

@@ -33,6 +33,7 @@
 mod command;
 mod compile;
 mod dialog;
+mod library;
 mod route;
 mod script;
 pub mod spec;
@@ -45,6 +46,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 pub use compile::{Origin, RuleSet, Source, parse_file, read_dir};
+pub use library::{
+    RULES_NAMESPACE, RULES_TOPIC, RuleEntry, RuleFiles, RuleLibrary, rule_from_json,
+};
 pub use route::{Facts, RulesRouter};
 pub use script::{ScriptLimits, Scripting};
 pub use watch::{Reload, watch_dir};
@@ -95,6 +99,15 @@ pub enum Error {
     /// Something else is inconsistent.
     #[error("{0}")]
     Invalid(String),
+    /// No such rule.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change conflicts with what exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Store(String),
 }
 
 /// A condition kind registered by the application, after compiling: it checks one event.

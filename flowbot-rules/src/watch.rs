@@ -19,7 +19,7 @@ pub enum Reload {
 }
 
 /// The `*.toml` files of `dir` with their modification times and sizes.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+pub(crate) fn snapshot(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()

@@ -234,6 +234,18 @@ impl KvStore for PostgresStore {
         Ok(())
     }
 
+    async fn kv_list(&self, namespace: &str) -> Result<Vec<(String, Value)>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT key, value FROM flowbot_kv WHERE namespace = $1 ORDER BY key")
+                .bind(namespace)
+                .fetch_all(self.p())
+                .await
+                .map_err(map_err)?;
+        rows.into_iter()
+            .map(|(k, v)| Ok((k, common::parse_json(&v, "kv value")?)))
+            .collect()
+    }
+
     async fn kv_delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
         let n = sqlx::query("DELETE FROM flowbot_kv WHERE namespace = $1 AND key = $2")
             .bind(namespace)

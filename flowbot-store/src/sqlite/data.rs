@@ -200,6 +200,18 @@ impl KvStore for SqliteStore {
         Ok(())
     }
 
+    async fn kv_list(&self, namespace: &str) -> Result<Vec<(String, Value)>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT key, value FROM flowbot_kv WHERE namespace = ? ORDER BY key")
+                .bind(namespace)
+                .fetch_all(self.r())
+                .await
+                .map_err(map_err)?;
+        rows.into_iter()
+            .map(|(k, v)| Ok((k, common::parse_json(&v, "kv value")?)))
+            .collect()
+    }
+
     async fn kv_delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
         let n = sqlx::query("DELETE FROM flowbot_kv WHERE namespace = ? AND key = ?")
             .bind(namespace)

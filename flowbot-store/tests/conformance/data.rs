@@ -141,6 +141,17 @@ pub(super) async fn kv_round_trip(store: Arc<dyn Store>) {
         store.kv_get("ns", "k").await.expect("get"),
         Some(json!("replaced"))
     );
+    store.kv_set("ns", "b", &json!(2)).await.expect("set");
+    store.kv_set("ns", "a", &json!(1)).await.expect("set");
+    assert_eq!(
+        store.kv_list("ns").await.expect("list"),
+        [
+            ("a".to_owned(), json!(1)),
+            ("b".to_owned(), json!(2)),
+            ("k".to_owned(), json!("replaced"))
+        ]
+    );
+    assert!(store.kv_list("empty").await.expect("list").is_empty());
     assert!(store.kv_delete("ns", "k").await.expect("delete"));
     assert!(!store.kv_delete("ns", "k").await.expect("delete"));
     assert_eq!(
