@@ -277,6 +277,34 @@ async fn distributed_servers_and_agents_on_postgres() {
         assert_eq!(next_message(ws).await, format!("⏰ Reminder: ping-{tag}"));
         no_more_messages(ws).await;
     }
+
+    // A rule stored through one server's API answers on the other server (every process
+    // reloads when the change is announced on the bus).
+    let rule = json!({"name": "shared", "when": {"text": "shibboleth"}, "then": [{"reply": "stored through s1"}]});
+    let res = reqwest::Client::new()
+        .post(format!("{b1}/api/v1/rules"))
+        .json(&rule)
+        .send()
+        .await
+        .expect("create rule");
+    assert_eq!(res.status().as_u16(), 201);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        ws2.send(Ws::text(
+            json!({"type": "message", "text": "shibboleth"}).to_string(),
+        ))
+        .await
+        .expect("send");
+        let got = next_message(&mut ws2).await;
+        if got == "stored through s1" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server 2 never used the new rule: {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     eventually("20 webhook replies", Duration::from_secs(30), || {
         seen.lock().expect("lock").len() >= 20
     })

@@ -61,7 +61,7 @@ impl std::fmt::Debug for RuleLibrary {
     }
 }
 
-fn store_err(e: flowbot_core::StoreError) -> Error {
+fn store_err(e: &flowbot_core::StoreError) -> Error {
     Error::Store(e.to_string())
 }
 
@@ -96,7 +96,7 @@ impl RuleLibrary {
         store
             .kv_list(RULES_NAMESPACE)
             .await
-            .map_err(store_err)?
+            .map_err(|e| store_err(&e))?
             .into_iter()
             .map(|(name, v)| {
                 serde_json::from_value::<RuleSpec>(v).map_err(|e| Error::Rule {
@@ -238,7 +238,7 @@ impl RuleLibrary {
         store
             .kv_set(RULES_NAMESPACE, &rule.name, &value)
             .await
-            .map_err(store_err)?;
+            .map_err(|e| store_err(&e))?;
         self.router.replace(set);
         self.announce().await;
         Ok(())
@@ -259,7 +259,7 @@ impl RuleLibrary {
         store
             .kv_delete(RULES_NAMESPACE, name)
             .await
-            .map_err(store_err)?;
+            .map_err(|e| store_err(&e))?;
         self.router.replace(set);
         self.announce().await;
         Ok(())
