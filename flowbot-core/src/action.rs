@@ -97,7 +97,7 @@ fn first_error(validator: &jsonschema::Validator, value: &Value) -> Option<Strin
 
 impl ActionRegistry {
     /// A registry holding the built-in actions that need nothing external: `send_message`,
-    /// `send_later`, `kv.get`, `kv.set`.
+    /// `send_later`, `kv.get`, `kv.set`, `kv.delete`.
     pub fn with_builtins() -> Self {
         let mut r = ActionRegistry::default();
         for action in [
@@ -105,6 +105,7 @@ impl ActionRegistry {
             Arc::new(SendLater) as Arc<dyn Action>,
             Arc::new(KvGet) as Arc<dyn Action>,
             Arc::new(KvSet) as Arc<dyn Action>,
+            Arc::new(KvDelete) as Arc<dyn Action>,
         ] {
             // Built-in schemas are fixed and tested; a failure here is a bug in this crate.
             if let Err(e) = r.register_arc(action) {
@@ -358,6 +359,16 @@ fn kv_store(cx: &ActionContext) -> Result<&Arc<dyn Store>, BoxError> {
 
 const KV_NAMESPACE: &str = "default";
 
+/// The namespace of a kv action's input; those starting with `flowbot.` hold FlowBot's own
+/// data (stored rules, for one) and are refused.
+fn kv_namespace(input: &Value) -> Result<&str, BoxError> {
+    let ns = input["namespace"].as_str().unwrap_or(KV_NAMESPACE);
+    if ns.starts_with("flowbot.") {
+        return Err(format!("namespace '{ns}' is reserved for FlowBot's own data").into());
+    }
+    Ok(ns)
+}
+
 /// Built-in `kv.get`.
 struct KvGet;
 
@@ -384,7 +395,7 @@ impl Action for KvGet {
         json!({"type": "object", "properties": {"value": {}}, "required": ["value"]})
     }
     async fn call(&self, cx: &ActionContext, input: Value) -> Result<Value, BoxError> {
-        let ns = input["namespace"].as_str().unwrap_or(KV_NAMESPACE);
+        let ns = kv_namespace(&input)?;
         let key = input["key"].as_str().unwrap_or_default();
         let value = kv_store(cx)?.kv_get(ns, key).await?;
         Ok(json!({ "value": value.unwrap_or(Value::Null) }))
@@ -418,10 +429,47 @@ impl Action for KvSet {
         json!({"type": "object"})
     }
     async fn call(&self, cx: &ActionContext, input: Value) -> Result<Value, BoxError> {
-        let ns = input["namespace"].as_str().unwrap_or(KV_NAMESPACE);
+        let ns = kv_namespace(&input)?;
         let key = input["key"].as_str().unwrap_or_default();
         kv_store(cx)?.kv_set(ns, key, &input["value"]).await?;
         Ok(json!({}))
+    }
+}
+
+/// Built-in `kv.delete`.
+struct KvDelete;
+
+#[async_trait]
+impl Action for KvDelete {
+    fn name(&self) -> &str {
+        "kv.delete"
+    }
+    fn description(&self) -> &str {
+        "Delete a value from the key-value store."
+    }
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "namespace": {"type": "string", "minLength": 1, "maxLength": 200},
+                "key": {"type": "string", "minLength": 1, "maxLength": 500}
+            },
+            "required": ["key"],
+            "additionalProperties": false
+        })
+    }
+    fn output_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": {"existed": {"type": "boolean"}},
+            "required": ["existed"]
+        })
+    }
+    async fn call(&self, cx: &ActionContext, input: Value) -> Result<Value, BoxError> {
+        let ns = kv_namespace(&input)?;
+        let key = input["key"].as_str().unwrap_or_default();
+        let existed = kv_store(cx)?.kv_delete(ns, key).await?;
+        Ok(json!({ "existed": existed }))
     }
 }
 
@@ -530,6 +578,6 @@ mod tests {
             e.to_string().contains("'kv.get' is registered twice"),
             "{e}"
         );
-        assert_eq!(registry.list().len(), 4);
+        assert_eq!(registry.list().len(), 5);
     }
 }

@@ -179,6 +179,19 @@ then = [
 ]
 
 [[rule]]
+name = "unremember"
+when = { command = "unremember <key>" }
+then = [
+  { call = { action = "kv.delete", input = { key = "{{ args.key }}" }, save_as = "del" } },
+  { reply = "{% if session.del.existed %}deleted{% else %}absent{% endif %}" },
+]
+
+[[rule]]
+name = "sneaky"
+when = { command = "sneaky" }
+then = [{ call = { action = "kv.set", input = { namespace = "flowbot.rules", key = "x", value = 1 } } }]
+
+[[rule]]
 name = "forget"
 when = { command = "forget" }
 then = [{ clear = "remembered" }, { reply = "{% if session.remembered is undefined %}forgotten{% endif %}" }]
@@ -296,6 +309,12 @@ async fn rules_route_commands_keywords_regexes_filters_and_scripts() {
         "Stored blue green under colour."
     );
     assert_eq!(bot.ask("ada", "/forget").await, "forgotten");
+    assert_eq!(bot.ask("ada", "/unremember colour").await, "deleted");
+    assert_eq!(bot.ask("ada", "/unremember colour").await, "absent");
+    bot.handle.say("ada", "room", "/sneaky").await.expect("say");
+    assert_eq!(bot.ask("ada", "/echo after").await, "after");
+    let e = bot.errors.lock().expect("errors").pop().expect("reported");
+    assert!(e.contains("namespace 'flowbot.rules' is reserved"), "{e}");
     assert_eq!(
         bot.ask("ada", "where is ORDER #123?").await,
         "Looking up order 123 (matched 'ORDER #123')."
@@ -404,7 +423,7 @@ fn bad_rules_are_rejected_with_the_rule_and_where() {
     let cases = [
         (
             "[[rule]]\nname = \"a\"\nthen = [{ call = { action = \"sned\" } }]",
-            "(api): rule 'a': action 1: unknown action 'sned' (known: kv.get, kv.set, send_later, send_message)",
+            "(api): rule 'a': action 1: unknown action 'sned' (known: kv.delete, kv.get, kv.set, send_later, send_message)",
         ),
         (
             "[[rule]]\nname = \"a\"\nwhen = { regex = \"(unclosed\" }",
