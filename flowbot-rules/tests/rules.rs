@@ -638,7 +638,7 @@ then = [{ reply = "no dialog here" }]
 
 [[dialog]]
 name = "feedback"
-timeout = "1s"
+timeout = "3s"
 then = [
   { call = { action = "kv.set", input = { key = "feedback:{{ message.user }}", value = "{{ slots.rating }}|{{ slots.problem or slots.comment }}" } } },
   { reply = "Feedback sent." },
@@ -723,7 +723,7 @@ async fn dialogs_ask_validate_branch_confirm_and_finish_with_an_action() {
         bot.ask("dee", "/feedback").await,
         "How would you rate us, 1 to 5?"
     );
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(3300)).await;
     assert_eq!(bot.ask("dee", "3").await, "no dialog here");
     assert!(bot.errors.lock().expect("errors").is_empty());
     bot.stop().await;
@@ -731,7 +731,7 @@ async fn dialogs_ask_validate_branch_confirm_and_finish_with_an_action() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dialog_continues_after_a_restart() {
-    let rules = DIALOGS.replace("timeout = \"1s\"", "timeout = \"10m\"");
+    let rules = DIALOGS.replace("timeout = \"3s\"", "timeout = \"10m\"");
     let mut bot = start(&rules, &plugins()).await;
     assert_eq!(
         bot.ask("ada", "/feedback").await,
