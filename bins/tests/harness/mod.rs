@@ -1,0 +1,132 @@
+//! The server in-process on 127.0.0.1 with SQLite, for the integration tests.
+#![allow(dead_code, unreachable_pub)] // each test file uses some of these
+
+use std::time::Duration;
+
+use flowbot_core::CancellationToken;
+use flowbot_server::config::{Config, WebhookEntry};
+use flowbot_server::run::{Running, run_server};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as Ws;
+
+use crate::common::{Received, TempDir, callback_receiver};
+
+pub const SECRET: &str = "test-secret-0123456789";
+
+pub struct Server {
+    pub base: String,
+    pub ws: String,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+    pub callbacks: Received,
+    _dir: TempDir,
+}
+
+impl Server {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("graceful shutdown in time")
+            .expect("server task");
+    }
+}
+
+pub async fn start() -> Server {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
+    let dir = TempDir::new("flowbot-server-test");
+    let (callback_url, callbacks, _) = callback_receiver(Some(SECRET)).await;
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.server.body_limit_bytes = 4096;
+    config.server.shutdown_timeout_secs = 5;
+    config.database.url = format!("sqlite://{}/flowbot.db", dir.0.display());
+    config.workers.poll_interval_ms = 100;
+    config.webhooks.insert(
+        "crm".into(),
+        WebhookEntry {
+            callback_url: Some(callback_url),
+            secret: Some(SECRET.into()),
+            replay_window_secs: Some(60),
+        },
+    );
+    config
+        .webhooks
+        .insert("open".into(), WebhookEntry::default());
+    tweak(&mut config);
+    let stop = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel::<Running>();
+    let s = stop.clone();
+    let task =
+        tokio::spawn(async move { run_server(config, s, Some(tx)).await.expect("server ran") });
+    let running = rx.await.expect("server started");
+    Server {
+        base: format!("http://{}", running.addr),
+        ws: format!("ws://{}", running.addr),
+        stop,
+        task,
+        callbacks,
+        _dir: dir,
+    }
+}
+
+pub async fn problem(res: reqwest::Response, status: u16) -> Value {
+    assert_eq!(res.status().as_u16(), status);
+    assert_eq!(
+        res.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let v: Value = res.json().await.expect("problem JSON");
+    assert_eq!(v["status"], status);
+    assert!(v["title"].is_string() && v["type"].is_string());
+    v
+}
+
+pub async fn next_frame(
+    ws: &mut (impl StreamExt<Item = Result<Ws, tokio_tungstenite::tungstenite::Error>> + Unpin),
+    kind: &str,
+) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("frame in time")
+            .expect("open")
+            .expect("frame");
+        if let Ws::Text(t) = msg {
+            let v: Value = serde_json::from_str(t.as_str()).expect("JSON frame");
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+}
+
+/// A web chat socket.
+pub type Chat =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Open web chat on `s` as `user` in `conversation`, past the welcome and history frames.
+pub async fn chat(s: &Server, user: &str, conversation: &str) -> Chat {
+    let url = format!("{}/ws/chat?user={user}&conversation={conversation}", s.ws);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    next_frame(&mut ws, "history").await;
+    ws
+}
+
+/// Say `text` on `ws`; the next message frame.
+pub async fn say(ws: &mut Chat, text: &str) -> Value {
+    ws.send(Ws::text(
+        json!({"type": "message", "text": text}).to_string(),
+    ))
+    .await
+    .expect("send");
+    next_frame(ws, "message").await
+}
