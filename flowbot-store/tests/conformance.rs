@@ -160,13 +160,17 @@ async fn enqueue_claim_complete(store: Arc<dyn Store>) {
 }
 
 async fn batch_enqueue_keeps_order(store: Arc<dyn Store>) {
-    let tasks: Vec<NewTask> = (0..50).map(|n| task("noop", n)).collect();
-    let out = store.enqueue_batch(&tasks).await.expect("batch");
-    assert_eq!(out.len(), 50);
-    let ids: Vec<TaskId> = out.iter().map(|e| e.id()).collect();
-    for (i, id) in ids.iter().enumerate() {
-        let rec = store.get_task(*id).await.expect("get").expect("exists");
-        assert_eq!(rec.payload["n"], i as u64, "batch ids map to input order");
+    // Small and large batches (SQLite inserts up to 64 rows with bound values, more as one
+    // JSON array).
+    for size in [50u64, 150] {
+        let tasks: Vec<NewTask> = (0..size).map(|n| task("noop", n)).collect();
+        let out = store.enqueue_batch(&tasks).await.expect("batch");
+        assert_eq!(out.len(), size as usize);
+        let ids: Vec<TaskId> = out.iter().map(|e| e.id()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let rec = store.get_task(*id).await.expect("get").expect("exists");
+            assert_eq!(rec.payload["n"], i as u64, "batch ids map to input order");
+        }
     }
     let mixed = vec![
         task("noop", 100).dedupe_key("d1"),

@@ -348,17 +348,20 @@ struct BulkRow<'a> {
 /// this needs no transaction; group commit calls it directly for a batch of plain enqueues.
 pub(super) async fn insert_bulk<'a>(
     conn: &mut SqliteConnection,
-    tasks: impl ExactSizeIterator<Item = &'a NewTask>,
+    tasks: impl ExactSizeIterator<Item = &'a NewTask> + Clone,
     now: i64,
 ) -> Result<Vec<Enqueued>, StoreError> {
     let n = tasks.len();
+    if tasks.clone().any(|t| t.dedupe_key.is_some()) {
+        return Err(StoreError::Invalid(
+            "a task with a dedupe key cannot be bulk-inserted".into(),
+        ));
+    }
+    if n <= VALUES_MAX {
+        return insert_values(conn, tasks, now).await;
+    }
     let mut rows = Vec::with_capacity(n);
     for t in tasks {
-        if t.dedupe_key.is_some() {
-            return Err(StoreError::Invalid(
-                "a task with a dedupe key cannot be bulk-inserted".into(),
-            ));
-        }
         rows.push(BulkRow {
             q: &t.queue,
             k: &t.kind,
@@ -390,6 +393,62 @@ pub(super) async fn insert_bulk<'a>(
         )));
     }
     // Row ids are assigned in insertion order, which follows the array.
+    ids.sort_unstable();
+    Ok(ids
+        .into_iter()
+        .map(|id| Enqueued::New(TaskId(id)))
+        .collect())
+}
+
+/// Most rows in one multi-row `VALUES` insert; larger groups travel as one JSON array.
+const VALUES_MAX: usize = 64;
+
+/// `INSERT … VALUES (…), (…) RETURNING id` for 1 to [`VALUES_MAX`] rows, built once each (so
+/// the prepared statements are cached, one per size).
+fn values_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (1..=VALUES_MAX)
+            .map(|n| {
+                let row = "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)";
+                format!(
+                    "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, concurrency_key, created_at) VALUES {} RETURNING id",
+                    vec![row; n].join(", ")
+                )
+            })
+            .collect()
+    });
+    &all[n.clamp(1, VALUES_MAX) - 1]
+}
+
+/// Insert up to [`VALUES_MAX`] tasks with bound values: no JSON to build and take apart.
+async fn insert_values<'a>(
+    conn: &mut SqliteConnection,
+    tasks: impl ExactSizeIterator<Item = &'a NewTask>,
+    now: i64,
+) -> Result<Vec<Enqueued>, StoreError> {
+    let n = tasks.len();
+    let mut q = sqlx::query_scalar::<_, i64>(values_sql(n));
+    for t in tasks {
+        q = q
+            .bind(&t.queue)
+            .bind(&t.kind)
+            .bind(&t.payload)
+            .bind(i64::from(t.priority))
+            .bind(t.run_at.map(ms).unwrap_or(now))
+            .bind(t.retry.map(|r| i64::from(r.max_attempts)))
+            .bind(common::retry_json(t.retry.as_ref())?)
+            .bind(&t.concurrency_key)
+            .bind(now);
+    }
+    let mut ids = q.fetch_all(&mut *conn).await.map_err(map_err)?;
+    if ids.len() != n {
+        return Err(StoreError::Corrupt(format!(
+            "inserted {} of {n} tasks",
+            ids.len()
+        )));
+    }
+    // Row ids are assigned in the order of the rows.
     ids.sort_unstable();
     Ok(ids
         .into_iter()
