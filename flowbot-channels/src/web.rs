@@ -6,7 +6,7 @@
 //! (`{"type":"message","text":"…","conversation":"…","format":…,"buttons":[…]}`) and
 //! `error` (`{"type":"error","detail":"…"}`).
 //!
-//! Replies reach the browser through the store's [`Bus`]: whichever process sends a message
+//! Replies reach the browser through the store's [`Bus`](flowbot_core::Bus): whichever process sends a message
 //! to a web conversation (a server's pipeline, an agent delivering a reminder) publishes it,
 //! and every server forwards it to its own sockets of that conversation. Without a store the
 //! channel delivers to this process's sockets directly.
