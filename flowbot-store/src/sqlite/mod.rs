@@ -375,7 +375,7 @@ pub(super) async fn insert_bulk<'a>(
     }
     let rows =
         serde_json::to_string(&rows).map_err(|e| StoreError::Invalid(format!("tasks: {e}")))?;
-    let mut ids: Vec<i64> = sqlx::query_scalar(
+    let ids: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, concurrency_key, created_at) \
          SELECT value ->> '$.q', value ->> '$.k', value ->> '$.p', 'queued', value ->> '$.pr', value ->> '$.r', \
                 value ->> '$.m', value ->> '$.rt', value ->> '$.c', ?2 \
@@ -386,13 +386,18 @@ pub(super) async fn insert_bulk<'a>(
     .fetch_all(&mut *conn)
     .await
     .map_err(map_err)?;
+    new_ids(ids, n)
+}
+
+/// The results of a bulk insert of `n` tasks, in input order: row ids are assigned in the
+/// order the rows are inserted, so the sorted ids follow the input.
+fn new_ids(mut ids: Vec<i64>, n: usize) -> Result<Vec<Enqueued>, StoreError> {
     if ids.len() != n {
         return Err(StoreError::Corrupt(format!(
             "inserted {} of {n} tasks",
             ids.len()
         )));
     }
-    // Row ids are assigned in insertion order, which follows the array.
     ids.sort_unstable();
     Ok(ids
         .into_iter()
@@ -441,19 +446,8 @@ async fn insert_values<'a>(
             .bind(&t.concurrency_key)
             .bind(now);
     }
-    let mut ids = q.fetch_all(&mut *conn).await.map_err(map_err)?;
-    if ids.len() != n {
-        return Err(StoreError::Corrupt(format!(
-            "inserted {} of {n} tasks",
-            ids.len()
-        )));
-    }
-    // Row ids are assigned in the order of the rows.
-    ids.sort_unstable();
-    Ok(ids
-        .into_iter()
-        .map(|id| Enqueued::New(TaskId(id)))
-        .collect())
+    let ids = q.fetch_all(&mut *conn).await.map_err(map_err)?;
+    new_ids(ids, n)
 }
 
 async fn inbound_in(
