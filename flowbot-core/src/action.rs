@@ -97,7 +97,8 @@ fn first_error(validator: &jsonschema::Validator, value: &Value) -> Option<Strin
 
 impl ActionRegistry {
     /// A registry holding the built-in actions that need nothing external: `send_message`,
-    /// `send_later`, `kv.get`, `kv.set`, `kv.delete`.
+    /// `send_later`, `kv.get`, `kv.set`, `kv.delete` (also as `kv_get` and `kv_set`, the
+    /// names workflows use) and `log`.
     pub fn with_builtins() -> Self {
         let mut r = ActionRegistry::default();
         for action in [
@@ -106,6 +107,9 @@ impl ActionRegistry {
             Arc::new(KvGet) as Arc<dyn Action>,
             Arc::new(KvSet) as Arc<dyn Action>,
             Arc::new(KvDelete) as Arc<dyn Action>,
+            Arc::new(Alias("kv_get", Arc::new(KvGet))) as Arc<dyn Action>,
+            Arc::new(Alias("kv_set", Arc::new(KvSet))) as Arc<dyn Action>,
+            Arc::new(Log) as Arc<dyn Action>,
         ] {
             // Built-in schemas are fixed and tested; a failure here is a bug in this crate.
             if let Err(e) = r.register_arc(action) {
@@ -207,6 +211,68 @@ impl ActionRegistry {
             });
         }
         Ok(output)
+    }
+}
+
+/// Another name for an action (same schemas, same behaviour).
+struct Alias(&'static str, Arc<dyn Action>);
+
+#[async_trait]
+impl Action for Alias {
+    fn name(&self) -> &str {
+        self.0
+    }
+    fn description(&self) -> &str {
+        self.1.description()
+    }
+    fn input_schema(&self) -> Value {
+        self.1.input_schema()
+    }
+    fn output_schema(&self) -> Value {
+        self.1.output_schema()
+    }
+    async fn call(&self, cx: &ActionContext, input: Value) -> Result<Value, BoxError> {
+        self.1.call(cx, input).await
+    }
+}
+
+/// Built-in `log`: write a line to the structured log (target `flowbot::log`).
+struct Log;
+
+#[async_trait]
+impl Action for Log {
+    fn name(&self) -> &str {
+        "log"
+    }
+    fn description(&self) -> &str {
+        "Write a message (and optional fields) to the log at a level"
+    }
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "level": {"enum": ["error", "warn", "info", "debug", "trace"], "default": "info"},
+                "fields": {"type": "object"}
+            },
+            "required": ["message"],
+            "additionalProperties": false
+        })
+    }
+    fn output_schema(&self) -> Value {
+        json!({"type": "object", "properties": {"logged": {"type": "boolean"}}})
+    }
+    async fn call(&self, _cx: &ActionContext, input: Value) -> Result<Value, BoxError> {
+        let message = input["message"].as_str().unwrap_or_default();
+        let fields = input.get("fields").map(Value::to_string).unwrap_or_default();
+        match input["level"].as_str().unwrap_or("info") {
+            "error" => tracing::error!(target: "flowbot::log", fields, "{message}"),
+            "warn" => tracing::warn!(target: "flowbot::log", fields, "{message}"),
+            "debug" => tracing::debug!(target: "flowbot::log", fields, "{message}"),
+            "trace" => tracing::trace!(target: "flowbot::log", fields, "{message}"),
+            _ => tracing::info!(target: "flowbot::log", fields, "{message}"),
+        }
+        Ok(json!({"logged": true}))
     }
 }
 

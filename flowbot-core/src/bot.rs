@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::action::{Action, ActionRegistry};
+use crate::workflow::Workflows;
 use crate::channel::{Channel, Inbox, Senders};
 use crate::error::{Error, Result, TaskError};
 use crate::message::{Event, Outbound};
@@ -36,6 +37,7 @@ pub struct BotBuilder {
     cron: CronConfig,
     shards: usize,
     inbox_capacity: usize,
+    workflows: Option<Arc<Workflows>>,
 }
 
 impl std::fmt::Debug for BotBuilder {
@@ -77,6 +79,7 @@ pub struct Bot {
     cron: CronConfig,
     shards: usize,
     inbox_capacity: usize,
+    workflows: Option<Arc<Workflows>>,
 }
 
 impl std::fmt::Debug for Bot {
@@ -107,6 +110,7 @@ impl Default for BotBuilder {
             cron: CronConfig::default(),
             shards: 64,
             inbox_capacity: 1024,
+            workflows: None,
         }
     }
 }
@@ -163,6 +167,13 @@ impl BotBuilder {
     /// Fire `schedule` (registered in the store when the bot starts).
     pub fn schedule(mut self, schedule: ScheduleDef) -> Self {
         self.schedules.push(schedule);
+        self
+    }
+
+    /// Run workflows with `engine`: its task handlers join the workers, and the actions
+    /// `workflow.run` and `publish_event` join the registry. Needs a store.
+    pub fn workflows(mut self, engine: Arc<Workflows>) -> Self {
+        self.workflows = Some(engine);
         self
     }
 
@@ -233,6 +244,16 @@ impl BotBuilder {
         let mut actions = ActionRegistry::with_builtins();
         for a in self.actions {
             actions.register_arc(a)?;
+        }
+        if let Some(engine) = &self.workflows {
+            if self.store.is_none() {
+                return Err(Error::Build(
+                    "workflows need a store: runs and their nodes live in it; add .store(..)".into(),
+                ));
+            }
+            actions.register(crate::workflow::RunWorkflow(engine.clone()))?;
+            actions.register(crate::workflow::PublishEvent)?;
+            engine.register_tasks(&mut self.tasks)?;
         }
 
         if self.store.is_none() {
@@ -317,14 +338,18 @@ impl BotBuilder {
                 tracing::error!(channel = %e.event.channel(), stage = ?e.stage, error = %e.error, "pipeline error");
             })
         });
+        let actions = Arc::new(actions);
+        if let Some(engine) = &self.workflows {
+            engine.attach(actions.clone(), senders.clone());
+        }
         let pipeline = Pipeline {
             router,
             middleware,
             services: Services {
                 store: self.store.clone(),
                 tasks: tasks.clone(),
-                actions: Arc::new(actions),
-                senders,
+                actions: actions.clone(),
+                senders: senders.clone(),
             },
             on_error,
             stats: Arc::default(),
@@ -344,6 +369,7 @@ impl BotBuilder {
             cron: self.cron,
             shards: self.shards,
             inbox_capacity: self.inbox_capacity,
+            workflows: self.workflows,
         })
     }
 }
@@ -352,6 +378,11 @@ impl Bot {
     /// Start building a bot.
     pub fn builder() -> BotBuilder {
         BotBuilder::default()
+    }
+
+    /// The workflow engine, when the bot has one.
+    pub fn workflows(&self) -> Option<&Arc<Workflows>> {
+        self.workflows.as_ref()
     }
 
     /// The pipeline (to handle events directly, or read its counters).

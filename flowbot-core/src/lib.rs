@@ -37,6 +37,7 @@ mod router;
 mod session;
 pub mod store;
 pub mod task;
+pub mod workflow;
 
 pub use action::{Action, ActionContext, ActionInfo, ActionRegistry};
 pub use ai::{Classifier, Label};

@@ -170,7 +170,14 @@ pub trait Bus: Send + Sync + 'static {
 /// `Arc<dyn Store>`. Each backend of `flowbot-store` implements it.
 #[async_trait]
 pub trait Store:
-    ConversationStore + SessionStore + KvStore + TaskQueue + TaskAdmin + ScheduleStore + Bus
+    ConversationStore
+    + SessionStore
+    + KvStore
+    + TaskQueue
+    + TaskAdmin
+    + ScheduleStore
+    + Bus
+    + crate::workflow::WorkflowStore
 {
     /// A short name of the backend (`sqlite`, `postgres`), for logs and metrics.
     fn backend(&self) -> &'static str;

@@ -38,6 +38,7 @@ mod route;
 mod script;
 pub mod spec;
 mod watch;
+mod workflow;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -52,6 +53,7 @@ pub use library::{
 pub use route::{Facts, RulesRouter};
 pub use script::{ScriptLimits, Scripting};
 pub use watch::{Reload, watch_dir};
+pub use workflow::WorkflowScripts;
 
 /// Re-exported so applications register rhai functions with the same version.
 pub use rhai;

@@ -203,13 +203,23 @@ impl Scripting {
         &mut self.engine
     }
 
-    /// Compile a script (or an expression, when `expression`), with `name` for error messages.
+    /// Compile a script (or an expression, when `expression`) for a rule.
     pub(crate) fn compile(&self, source: &str, expression: bool) -> Result<Arc<AST>, String> {
-        // Strict variables: a name that is not one of these is an error when rules load.
+        self.compile_with(source, expression, &SCRIPT_VARIABLES)
+    }
+
+    /// Compile with `variables` as the only free names (strict variables: any other name is
+    /// an error now, not when the script runs).
+    pub(crate) fn compile_with(
+        &self,
+        source: &str,
+        expression: bool,
+        variables: &[&str],
+    ) -> Result<Arc<AST>, String> {
         let mut scope = rhai::Scope::new();
-        for name in SCRIPT_VARIABLES {
+        for name in variables {
             // Not constants: the optimiser would fold a constant into the script.
-            scope.push_dynamic(name, Dynamic::UNIT);
+            scope.push_dynamic(*name, Dynamic::UNIT);
         }
         let ast = if expression {
             self.engine.compile_expression_with_scope(&scope, source)

@@ -1,0 +1,1197 @@
+//! The engine: applies definitions, starts runs, executes each node as a task on the durable
+//! queue, decides what runs next inside the store's transaction, and answers for runs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::compile::{CheckContext, Kind, Problem, Workflow};
+use super::script::ScriptEngine;
+use super::spec::{Join, TriggerSpec, WorkflowSpec};
+use super::store::{
+    BeginOutcome, FinishOutcome, NewRun, NodeRecord, NodeResult, NodeStatus, ParentRef, Plan,
+    RunEnd, RunFilter, RunRecord, RunStatus, StartNode, WORKFLOW_NODE_TASK, WORKFLOW_RESUME_TASK,
+    WORKFLOW_START_TASK, WorkflowRecord,
+};
+use super::template;
+use crate::action::{ActionContext, ActionRegistry};
+use crate::channel::Senders;
+use crate::error::{StoreError, TaskError};
+use crate::message::Target;
+use crate::store::{Page, Store};
+use crate::task::{
+    KindOptions, NewTask, RetryPolicy, ScheduleDef, TaskContext, TaskRegistry, typed_handler,
+};
+
+/// Task kind a cron trigger's schedule enqueues. Payload: `{"workflow": name, "input": {..}}`.
+pub const WORKFLOW_CRON_TASK: &str = "flowbot.workflow.cron";
+/// Task kind `publish_event` enqueues. Payload: `{"name": event, "payload": {..}}`.
+pub const WORKFLOW_EVENT_TASK: &str = "flowbot.workflow.event";
+
+/// Prefix of the schedules cron triggers register (`workflow:<name>:<trigger index>`).
+const SCHEDULE_PREFIX: &str = "workflow:";
+
+/// Errors of the workflow engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkflowError {
+    /// The definition could not be parsed.
+    #[error("the workflow definition could not be read: {0}")]
+    Parse(String),
+    /// The definition has problems; each names the node and the field.
+    #[error("the workflow is invalid: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<Problem>),
+    /// No such workflow or run.
+    #[error("{0}")]
+    NotFound(String),
+    /// A run's inputs do not match the workflow's inputs.
+    #[error("invalid inputs for workflow '{workflow}': {detail}")]
+    Inputs {
+        /// The workflow.
+        workflow: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The operation does not apply to the run in its current status.
+    #[error("{0}")]
+    State(String),
+    /// The engine is not attached to a running bot yet.
+    #[error("the workflow engine is not running: add it to a Bot with .workflows(..)")]
+    NotRunning,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Named secrets for templates (`{{ secrets.NAME }}`) and hook triggers. Values never appear
+/// in run records, logs or `Debug` output.
+#[derive(Clone, Default)]
+pub struct Secrets(BTreeMap<String, String>);
+
+impl Secrets {
+    /// Secrets from name → value.
+    pub fn new(map: BTreeMap<String, String>) -> Self {
+        Secrets(map)
+    }
+
+    /// The value of a secret.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    fn names(&self) -> BTreeSet<String> {
+        self.0.keys().cloned().collect()
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+/// What applying a definition did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    /// The workflow.
+    pub name: String,
+    /// Its version now.
+    pub version: u32,
+    /// False when the definition was the same as the latest version.
+    pub created: bool,
+}
+
+/// A run with its node timeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunDetail {
+    /// The run.
+    #[serde(flatten)]
+    pub run: RunRecord,
+    /// Its nodes, in the order they were queued.
+    pub nodes: Vec<NodeRecord>,
+}
+
+/// Counts and durations over a time window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    /// How many, by status.
+    pub counts: BTreeMap<String, u64>,
+    /// Completed / (completed + failed), when any finished that way.
+    pub success_rate: Option<f64>,
+    /// Median duration of the finished ones, in milliseconds.
+    pub p50_ms: Option<f64>,
+    /// 95th percentile duration of the finished ones, in milliseconds.
+    pub p95_ms: Option<f64>,
+}
+
+/// Analytics of one workflow over a window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Analytics {
+    /// The workflow.
+    pub workflow: String,
+    /// Window start (runs created at or after).
+    pub since: DateTime<Utc>,
+    /// Window end (runs created before).
+    pub until: DateTime<Utc>,
+    /// Over runs.
+    pub runs: Stats,
+    /// Over node executions, by node id.
+    pub nodes: BTreeMap<String, Stats>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NodeTask {
+    run: String,
+    node: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RunTask {
+    run: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ResumeTask {
+    run: String,
+    node: String,
+    child: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CronTask {
+    workflow: String,
+    #[serde(default)]
+    input: Value,
+    #[serde(default)]
+    cron: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EventTask {
+    name: String,
+    #[serde(default)]
+    payload: Value,
+}
+
+/// The workflow engine. Create it with [`Workflows::new`], give it to the bot builder with
+/// `.workflows(..)`, and keep the `Arc` the bot hands back to apply definitions and start runs.
+pub struct Workflows {
+    store: Arc<dyn Store>,
+    scripts: Option<Arc<dyn ScriptEngine>>,
+    secrets: Secrets,
+    attached: OnceLock<(Arc<ActionRegistry>, Arc<Senders>)>,
+    cache: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
+}
+
+impl std::fmt::Debug for Workflows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workflows")
+            .field("store", &self.store.backend())
+            .field("scripts", &self.scripts.is_some())
+            .field("secrets", &self.secrets)
+            .finish()
+    }
+}
+
+fn redacted(mut v: Value, secrets: &Secrets) -> Value {
+    template::redact(&mut v, &secrets.0.iter());
+    v
+}
+
+/// A run id derived from a trigger's task, so a task delivered twice starts one run.
+fn derived_run_id(key: &str, workflow: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{key}/{workflow}").as_bytes())
+        .to_string()
+}
+
+fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * (sorted.len() - 1) as f64).round() as usize;
+    sorted.get(rank.min(sorted.len() - 1)).copied()
+}
+
+fn stats<'a>(items: impl Iterator<Item = (&'a str, Option<f64>)>) -> Stats {
+    let mut counts = BTreeMap::new();
+    let mut durations = Vec::new();
+    for (status, d) in items {
+        *counts.entry(status.to_owned()).or_insert(0u64) += 1;
+        if let Some(d) = d {
+            durations.push(d);
+        }
+    }
+    durations.sort_by(f64::total_cmp);
+    let (ok, failed) = (
+        counts.get("completed").copied().unwrap_or(0),
+        counts.get("failed").copied().unwrap_or(0),
+    );
+    Stats {
+        success_rate: (ok + failed > 0).then(|| ok as f64 / (ok + failed) as f64),
+        p50_ms: percentile(&durations, 0.5),
+        p95_ms: percentile(&durations, 0.95),
+        counts,
+    }
+}
+
+fn millis(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<f64> {
+    Some((b? - a?).num_microseconds()? as f64 / 1000.0)
+}
+
+impl Workflows {
+    /// An engine on `store`, without scripts or secrets.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Workflows {
+            store,
+            scripts: None,
+            secrets: Secrets::default(),
+            attached: OnceLock::new(),
+            cache: Mutex::default(),
+        }
+    }
+
+    /// Run condition and script nodes with `engine` (e.g. `flowbot-rules`' rhai engine).
+    pub fn with_scripts(mut self, engine: Arc<dyn ScriptEngine>) -> Self {
+        self.scripts = Some(engine);
+        self
+    }
+
+    /// Named secrets for templates and hook triggers.
+    pub fn with_secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The secrets.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Called by the bot builder once the action registry exists.
+    pub(crate) fn attach(&self, actions: Arc<ActionRegistry>, senders: Arc<Senders>) {
+        let _ = self.attached.set((actions, senders));
+    }
+
+    fn actions(&self) -> Result<&(Arc<ActionRegistry>, Arc<Senders>), WorkflowError> {
+        self.attached.get().ok_or(WorkflowError::NotRunning)
+    }
+
+    /// Check a definition fully against the registered actions, the script engine and the
+    /// secrets, and (with the store) its sub-workflows.
+    pub async fn check(&self, spec: WorkflowSpec) -> Result<Workflow, WorkflowError> {
+        let (actions, _) = self.actions()?;
+        let names = self.secrets.names();
+        let cx = CheckContext {
+            actions,
+            scripts: self.scripts.as_deref(),
+            secrets: &names,
+        };
+        let wf = Workflow::check(spec, cx).map_err(WorkflowError::Invalid)?;
+        let mut problems = Vec::new();
+        for (node, sub) in wf.sub_workflows() {
+            if let Some(message) = self.sub_workflow_problem(wf.name(), sub).await? {
+                problems.push(Problem {
+                    node: Some(node.to_owned()),
+                    field: "workflow".into(),
+                    message,
+                });
+            }
+        }
+        if problems.is_empty() {
+            Ok(wf)
+        } else {
+            Err(WorkflowError::Invalid(problems))
+        }
+    }
+
+    /// Why `sub` cannot be a sub-workflow of `root`: unknown, or it leads back to `root`.
+    async fn sub_workflow_problem(
+        &self,
+        root: &str,
+        sub: &str,
+    ) -> Result<Option<String>, WorkflowError> {
+        if sub == root {
+            return Ok(Some(format!("workflow `{root}` cannot run itself")));
+        }
+        let mut stack = vec![(sub.to_owned(), vec![root.to_owned(), sub.to_owned()])];
+        let mut seen = BTreeSet::new();
+        let mut first = true;
+        while let Some((name, trail)) = stack.pop() {
+            let Some(rec) = self.store.get_workflow(&name, None).await? else {
+                return Ok(Some(if first {
+                    format!("there is no workflow `{name}`; apply it first")
+                } else {
+                    format!("workflow `{name}` (reached through {}) does not exist", trail.join(" -> "))
+                }));
+            };
+            first = false;
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let Ok(spec) = WorkflowSpec::from_value(rec.definition) else {
+                continue;
+            };
+            let Ok(wf) = Workflow::load(spec) else {
+                continue;
+            };
+            for (_, next) in wf.sub_workflows() {
+                let mut t = trail.clone();
+                t.push(next.to_owned());
+                if next == root {
+                    return Ok(Some(format!("sub-workflows make a cycle: {}", t.join(" -> "))));
+                }
+                stack.push((next.to_owned(), t));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Check and store a definition (a new version when it changed), and register its cron
+    /// triggers as schedules.
+    pub async fn apply(&self, spec: WorkflowSpec) -> Result<Applied, WorkflowError> {
+        let wf = self.check(spec).await?;
+        let (version, created) = self
+            .store
+            .put_workflow(wf.name(), &wf.spec().to_value())
+            .await?;
+        self.sync_schedules(wf.name(), &wf.spec().triggers).await?;
+        Ok(Applied {
+            name: wf.name().to_owned(),
+            version,
+            created,
+        })
+    }
+
+    /// Delete a workflow and its schedules; its runs stay (with their version).
+    pub async fn delete(&self, name: &str) -> Result<bool, WorkflowError> {
+        let deleted = self.store.delete_workflow(name).await?;
+        self.sync_schedules(name, &[]).await?;
+        Ok(deleted)
+    }
+
+    async fn sync_schedules(&self, name: &str, triggers: &[TriggerSpec]) -> Result<(), WorkflowError> {
+        let prefix = format!("{SCHEDULE_PREFIX}{name}:");
+        let mut wanted = BTreeSet::new();
+        for (i, t) in triggers.iter().enumerate() {
+            let Some(cron) = &t.cron else { continue };
+            let schedule_name = format!("{prefix}{i}");
+            let payload = CronTask {
+                workflow: name.to_owned(),
+                input: t.input.clone().unwrap_or(Value::Null),
+                cron: cron.clone(),
+            };
+            let def = ScheduleDef::new(&schedule_name, cron, WORKFLOW_CRON_TASK, &payload)
+                .map_err(|e| WorkflowError::State(e.to_string()))?
+                .timezone(t.timezone.clone().unwrap_or_else(|| "UTC".into()));
+            crate::task::register_schedule(self.store.as_ref(), &def)
+                .await
+                .map_err(|e| WorkflowError::State(e.to_string()))?;
+            wanted.insert(schedule_name);
+        }
+        let mut cursor = None;
+        loop {
+            let page = self.store.list_schedules(cursor.as_deref(), 200).await?;
+            for s in &page.items {
+                if s.def.name.starts_with(&prefix) && !wanted.contains(&s.def.name) {
+                    self.store.delete_schedule(&s.def.name).await?;
+                }
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// The latest version of a workflow, or a given one.
+    pub async fn get(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<WorkflowRecord>, WorkflowError> {
+        Ok(self.store.get_workflow(name, version).await?)
+    }
+
+    /// Workflows by name.
+    pub async fn list(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<WorkflowRecord>, WorkflowError> {
+        Ok(self.store.list_workflows(cursor, limit).await?)
+    }
+
+    /// A compiled version, from the cache or the store.
+    async fn workflow(&self, name: &str, version: u32) -> Result<Arc<Workflow>, WorkflowError> {
+        let key = (name.to_owned(), version);
+        if let Some(wf) = self.cache.lock().map_err(|_| WorkflowError::NotRunning)?.get(&key) {
+            return Ok(wf.clone());
+        }
+        let rec = self
+            .store
+            .get_workflow(name, Some(version))
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(format!("workflow '{name}' version {version} does not exist")))?;
+        let spec = WorkflowSpec::from_value(rec.definition).map_err(WorkflowError::Parse)?;
+        let wf = Arc::new(Workflow::load(spec).map_err(WorkflowError::Invalid)?);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(key, wf.clone());
+        }
+        Ok(wf)
+    }
+
+    /// Start a run of the latest version of `name`. `trigger` says what started it
+    /// (`{"kind": "manual"}`, …).
+    pub async fn start(
+        &self,
+        name: &str,
+        inputs: Value,
+        trigger: Value,
+    ) -> Result<RunRecord, WorkflowError> {
+        self.start_run(uuid::Uuid::now_v7().to_string(), name, inputs, trigger, None)
+            .await
+    }
+
+    async fn start_run(
+        &self,
+        id: String,
+        name: &str,
+        inputs: Value,
+        trigger: Value,
+        parent: Option<ParentRef>,
+    ) -> Result<RunRecord, WorkflowError> {
+        if let Some(existing) = self.store.get_run(&id).await? {
+            return Ok(existing);
+        }
+        let rec = self
+            .store
+            .get_workflow(name, None)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(format!("there is no workflow '{name}'")))?;
+        let wf = self.workflow(name, rec.version).await?;
+        let inputs = wf
+            .prepare_inputs(inputs)
+            .map_err(|detail| WorkflowError::Inputs {
+                workflow: name.to_owned(),
+                detail,
+            })?;
+        let run = NewRun {
+            id: id.clone(),
+            workflow: name.to_owned(),
+            version: rec.version,
+            inputs,
+            trigger,
+            parent,
+            max_concurrency: wf.spec().max_concurrency,
+        };
+        let start = vec![start_node(&wf, &id, 0, Utc::now())];
+        let record = self.store.create_run(&run, &start).await?;
+        tracing::info!(run = %record.id, workflow = name, version = rec.version, status = record.status.as_str(), "workflow run created");
+        Ok(record)
+    }
+
+    /// A run with its node timeline.
+    pub async fn run(&self, id: &str) -> Result<Option<RunDetail>, WorkflowError> {
+        let Some(run) = self.store.get_run(id).await? else {
+            return Ok(None);
+        };
+        let nodes = self.store.run_nodes(id).await?;
+        Ok(Some(RunDetail { run, nodes }))
+    }
+
+    /// Runs, newest first.
+    pub async fn runs(&self, filter: &RunFilter) -> Result<Page<RunRecord>, WorkflowError> {
+        Ok(self.store.list_runs(filter).await?)
+    }
+
+    /// Cancel a run (and the sub-workflow runs it waits for).
+    pub async fn cancel(&self, id: &str) -> Result<RunStatus, WorkflowError> {
+        let status = self
+            .store
+            .cancel_run(id)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(format!("there is no run '{id}'")))?;
+        // Children: sub-workflow nodes record their child run in their input.
+        for n in self.store.run_nodes(id).await? {
+            if let Some(child) = n.input.as_ref().and_then(|i| i.get("child")).and_then(Value::as_str)
+                && let Some(c) = self.store.get_run(child).await?
+                && !c.status.is_final()
+            {
+                Box::pin(self.cancel(child)).await?;
+            }
+        }
+        Ok(status)
+    }
+
+    /// Retry a failed run from its failed nodes.
+    pub async fn retry(&self, id: &str) -> Result<RunRecord, WorkflowError> {
+        let run = self
+            .store
+            .get_run(id)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(format!("there is no run '{id}'")))?;
+        if run.status != RunStatus::Failed {
+            return Err(WorkflowError::State(format!(
+                "run '{id}' is {}; only a failed run can be retried",
+                run.status.as_str()
+            )));
+        }
+        let wf = self.workflow(&run.workflow, run.version).await?;
+        let now = Utc::now();
+        let restart: Vec<StartNode> = self
+            .store
+            .run_nodes(id)
+            .await?
+            .iter()
+            .filter(|n| n.status == NodeStatus::Failed)
+            .filter_map(|n| wf.index.get(&n.node))
+            .map(|&i| start_node(&wf, id, i, now))
+            .collect();
+        if !self.store.retry_run(id, &restart).await? {
+            return Err(WorkflowError::State(format!("run '{id}' is no longer failed")));
+        }
+        self.store
+            .get_run(id)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(format!("there is no run '{id}'")))
+    }
+
+    /// Counts, success rate and duration percentiles of a workflow's runs and nodes, for
+    /// runs created in `[since, until)`.
+    pub async fn analytics(
+        &self,
+        name: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Analytics, WorkflowError> {
+        let (runs, nodes) = self.store.run_timings(name, since, until).await?;
+        let run_stats = stats(
+            runs.iter()
+                .map(|r| (r.status.as_str(), millis(r.started_at, r.finished_at))),
+        );
+        let mut by_node: BTreeMap<&str, Vec<(&str, Option<f64>)>> = BTreeMap::new();
+        for n in &nodes {
+            by_node
+                .entry(n.node.as_str())
+                .or_default()
+                .push((n.status.as_str(), millis(n.started_at, n.finished_at)));
+        }
+        Ok(Analytics {
+            workflow: name.to_owned(),
+            since,
+            until,
+            runs: run_stats,
+            nodes: by_node
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), stats(v.into_iter())))
+                .collect(),
+        })
+    }
+
+    /// Start a run of every workflow with an `event` trigger named `name`, with `payload` as
+    /// inputs. `key` makes it idempotent (the same key starts each run once).
+    pub async fn dispatch_event(
+        &self,
+        key: &str,
+        name: &str,
+        payload: &Value,
+    ) -> Result<Vec<RunRecord>, WorkflowError> {
+        let mut started = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.store.list_workflows(cursor.as_deref(), 200).await?;
+            for rec in &page.items {
+                let Ok(spec) = WorkflowSpec::from_value(rec.definition.clone()) else {
+                    continue;
+                };
+                if !spec.triggers.iter().any(|t| t.event.as_deref() == Some(name)) {
+                    continue;
+                }
+                let trigger = json!({"kind": "event", "event": name});
+                match self
+                    .start_run(derived_run_id(key, &rec.name), &rec.name, payload.clone(), trigger, None)
+                    .await
+                {
+                    Ok(r) => started.push(r),
+                    Err(WorkflowError::Inputs { workflow, detail }) => {
+                        tracing::warn!(event = name, workflow, detail, "event payload does not fit the workflow's inputs; no run started");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        Ok(started)
+    }
+
+    /// The workflow and trigger a hook path belongs to.
+    pub async fn find_hook(
+        &self,
+        path: &str,
+    ) -> Result<Option<(String, TriggerSpec)>, WorkflowError> {
+        let mut cursor = None;
+        loop {
+            let page = self.store.list_workflows(cursor.as_deref(), 200).await?;
+            for rec in &page.items {
+                let Ok(spec) = WorkflowSpec::from_value(rec.definition.clone()) else {
+                    continue;
+                };
+                if let Some(t) = spec.triggers.iter().find(|t| t.hook.as_deref() == Some(path)) {
+                    return Ok(Some((rec.name.clone(), t.clone())));
+                }
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Register the engine's task handlers.
+    pub(crate) fn register_tasks(self: &Arc<Self>, tasks: &mut TaskRegistry) -> crate::Result<()> {
+        // Node tasks carry their own retry policy and time out by themselves.
+        let options = KindOptions {
+            retry: RetryPolicy::default(),
+            timeout: None,
+        };
+        let me = self.clone();
+        tasks.register_with(
+            WORKFLOW_NODE_TASK,
+            options.clone(),
+            typed_handler(move |t: NodeTask, cx| {
+                let me = me.clone();
+                async move { me.execute_node(&t, &cx).await }
+            }),
+        )?;
+        let me = self.clone();
+        tasks.register_with(
+            WORKFLOW_START_TASK,
+            options.clone(),
+            typed_handler(move |t: RunTask, _cx| {
+                let me = me.clone();
+                async move { me.start_queued(&t.run).await.map_err(task_error) }
+            }),
+        )?;
+        let me = self.clone();
+        tasks.register_with(
+            WORKFLOW_RESUME_TASK,
+            options.clone(),
+            typed_handler(move |t: ResumeTask, _cx| {
+                let me = me.clone();
+                async move { me.resume(&t).await.map_err(task_error) }
+            }),
+        )?;
+        let me = self.clone();
+        tasks.register_with(
+            WORKFLOW_CRON_TASK,
+            options.clone(),
+            typed_handler(move |t: CronTask, cx| {
+                let me = me.clone();
+                async move {
+                    let id = derived_run_id(&cx.idempotency_key(), &t.workflow);
+                    let trigger = json!({"kind": "cron", "cron": t.cron});
+                    match me.start_run(id, &t.workflow, t.input, trigger, None).await {
+                        Ok(_) => Ok(()),
+                        Err(WorkflowError::NotFound(m)) => {
+                            tracing::warn!(workflow = t.workflow, "cron trigger for a missing workflow: {m}");
+                            Ok(())
+                        }
+                        Err(e) => Err(task_error(e)),
+                    }
+                }
+            }),
+        )?;
+        let me = self.clone();
+        tasks.register_with(
+            WORKFLOW_EVENT_TASK,
+            options,
+            typed_handler(move |t: EventTask, cx| {
+                let me = me.clone();
+                async move {
+                    me.dispatch_event(&cx.idempotency_key(), &t.name, &t.payload)
+                        .await
+                        .map(|_| ())
+                        .map_err(task_error)
+                }
+            }),
+        )?;
+        Ok(())
+    }
+
+    async fn start_queued(&self, id: &str) -> Result<(), WorkflowError> {
+        let Some(run) = self.store.get_run(id).await? else {
+            return Ok(());
+        };
+        if run.status != RunStatus::Queued {
+            return Ok(());
+        }
+        let wf = self.workflow(&run.workflow, run.version).await?;
+        let start = vec![start_node(&wf, id, 0, Utc::now())];
+        self.store.start_queued_run(id, &start).await?;
+        Ok(())
+    }
+
+    async fn resume(&self, t: &ResumeTask) -> Result<(), WorkflowError> {
+        let Some(child) = self.store.get_run(&t.child).await? else {
+            return Ok(());
+        };
+        let Some(parent) = self.store.get_run(&t.run).await? else {
+            return Ok(());
+        };
+        let nodes = self.store.run_nodes(&t.run).await?;
+        let Some(row) = nodes.iter().find(|n| n.node == t.node) else {
+            return Ok(());
+        };
+        // Only the child the node waits for (a retried node may have started another).
+        if row.status != NodeStatus::Running
+            || row.input.as_ref().and_then(|i| i.get("child")).and_then(Value::as_str)
+                != Some(t.child.as_str())
+        {
+            return Ok(());
+        }
+        let input = row.input.clone().unwrap_or(Value::Null);
+        let result = match child.status {
+            RunStatus::Completed => NodeResult::Completed {
+                input,
+                output: child.output.unwrap_or(Value::Null),
+            },
+            RunStatus::Failed | RunStatus::Cancelled => NodeResult::Failed {
+                input: Some(input),
+                error: format!(
+                    "sub-workflow run {} ({}) {}: {}",
+                    child.id,
+                    child.workflow,
+                    child.status.as_str(),
+                    child.error.unwrap_or_else(|| "cancelled".into())
+                ),
+                last: true,
+            },
+            _ => return Ok(()),
+        };
+        let wf = self.workflow(&parent.workflow, parent.version).await?;
+        let planner = self.planner(&wf);
+        self.store
+            .finish_node(&t.run, &t.node, row.attempt, &result, &planner)
+            .await?;
+        Ok(())
+    }
+
+    /// The plan callback for `finish_node`.
+    fn planner<'a>(
+        &'a self,
+        wf: &'a Workflow,
+    ) -> impl Fn(&RunRecord, &[NodeRecord]) -> Plan + Send + Sync + 'a {
+        move |run, rows| {
+            let mut plan = plan(wf, run, rows, &self.secrets);
+            if let Some(end) = &mut plan.end
+                && let Some(out) = end.output.take()
+            {
+                end.output = Some(redacted(out, &self.secrets));
+            }
+            plan
+        }
+    }
+
+    async fn execute_node(&self, t: &NodeTask, cx: &TaskContext) -> Result<(), TaskError> {
+        let attempt = cx.attempt();
+        let (run, rows) = match self
+            .store
+            .begin_node(&t.run, &t.node, attempt)
+            .await
+            .map_err(TaskError::from)?
+        {
+            BeginOutcome::Proceed { run, nodes } => (run, nodes),
+            BeginOutcome::RunNotActive(_) | BeginOutcome::AlreadyFinished(_) => return Ok(()),
+        };
+        let wf = self
+            .workflow(&run.workflow, run.version)
+            .await
+            .map_err(task_error)?;
+        let Some(&i) = wf.index.get(&t.node) else {
+            return Err(TaskError::permanent(format!(
+                "workflow '{}' version {} has no node '{}'",
+                run.workflow, run.version, t.node
+            )));
+        };
+        let node = &wf.nodes[i];
+        let max_attempts = cx.task().retry.map_or(node.retry.max_attempts, |r| r.max_attempts);
+        let started = std::time::Instant::now();
+        let key = cx.idempotency_key();
+        let outcome = match tokio::time::timeout(node.timeout, self.run_node(&wf, i, &run, &rows, &key)).await {
+            Ok(r) => r,
+            Err(_) => Err((None, format!("timed out after {}", humantime::format_duration(node.timeout)))),
+        };
+        let result = match outcome {
+            Ok(Step::Done { input, output }) => NodeResult::Completed {
+                input: redacted(input, &self.secrets),
+                output: redacted(output, &self.secrets),
+            },
+            Ok(Step::Wait { input }) => NodeResult::Waiting {
+                input: redacted(input, &self.secrets),
+            },
+            Err((input, error)) => NodeResult::Failed {
+                input: input.map(|i| redacted(i, &self.secrets)),
+                error: redacted(Value::String(error), &self.secrets)
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                last: attempt >= max_attempts,
+            },
+        };
+        tracing::debug!(run = %run.id, node = %t.node, attempt, elapsed_ms = started.elapsed().as_millis() as u64, "workflow node executed");
+        let planner = self.planner(&wf);
+        let outcome = self
+            .store
+            .finish_node(&t.run, &t.node, attempt, &result, &planner)
+            .await
+            .map_err(TaskError::from)?;
+        match (&result, outcome) {
+            (NodeResult::Failed { error, last: false, .. }, FinishOutcome::Recorded { .. }) => {
+                Err(TaskError::retryable(format!("node '{}': {error}", t.node)))
+            }
+            (NodeResult::Failed { error, last: true, .. }, _) => {
+                tracing::warn!(run = %run.id, node = %t.node, attempt, error, "workflow node failed; the run fails");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Execute one node: its rendered input and output, or its input (if rendering got that
+    /// far) and error.
+    async fn run_node(
+        &self,
+        wf: &Workflow,
+        i: usize,
+        run: &RunRecord,
+        rows: &[NodeRecord],
+        task_key: &str,
+    ) -> Result<Step, (Option<Value>, String)> {
+        let node = &wf.nodes[i];
+        let cx = context(run, rows, Some(&self.secrets));
+        match &node.kind {
+            Kind::Action { name, with } => {
+                let input = template::render(with, &cx).map_err(|e| (None, format!("with: {e}")))?;
+                let (actions, senders) = self.actions().map_err(|e| (Some(input.clone()), e.to_string()))?;
+                let acx = ActionContext {
+                    store: Some(self.store.clone()),
+                    senders: senders.clone(),
+                    source: trigger_target(&run.trigger),
+                };
+                match actions.call(name, &acx, input.clone()).await {
+                    Ok(output) => Ok(Step::Done { input, output }),
+                    Err(e) => Err((Some(input), e.to_string())),
+                }
+            }
+            Kind::Condition { source, script } => {
+                let result = match script {
+                    false => template::truth(source, &cx).map_err(|e| (None, e))?,
+                    true => {
+                        let v = self.script(source, true, run, rows).map_err(|e| (None, e))?;
+                        v.as_bool().ok_or_else(|| {
+                            (None, format!("the condition script gave {v}, not true or false"))
+                        })?
+                    }
+                };
+                Ok(Step::Done {
+                    input: Value::Null,
+                    output: json!({ "result": result }),
+                })
+            }
+            Kind::Script(s) => {
+                let output = self.script(s, false, run, rows).map_err(|e| (None, e))?;
+                Ok(Step::Done {
+                    input: Value::Null,
+                    output,
+                })
+            }
+            Kind::Delay(d) => Ok(Step::Done {
+                input: Value::Null,
+                output: json!({ "waited_ms": d.as_millis() as u64 }),
+            }),
+            Kind::Until(u) => {
+                let at = until(u, &cx).map_err(|e| (None, e))?;
+                if at > Utc::now() + chrono::Duration::milliseconds(50) {
+                    // Delivered early (a retried task): come back at the time.
+                    return Err((None, format!("not yet: waits until {}", at.to_rfc3339())));
+                }
+                Ok(Step::Done {
+                    input: Value::Null,
+                    output: json!({ "until": at.to_rfc3339() }),
+                })
+            }
+            Kind::Join => {
+                let mut out = Map::new();
+                for &e in &wf.incoming[i] {
+                    let from = &wf.nodes[wf.edges[e].from].id;
+                    if let Some(r) = rows.iter().find(|r| &r.node == from && r.status == NodeStatus::Completed) {
+                        out.insert(from.clone(), r.output.clone().unwrap_or(Value::Null));
+                    }
+                }
+                Ok(Step::Done {
+                    input: Value::Null,
+                    output: Value::Object(out),
+                })
+            }
+            Kind::Workflow { name, with } => {
+                let input = template::render(with, &cx).map_err(|e| (None, format!("with: {e}")))?;
+                // A redelivered task finds the child it already started.
+                let row = rows.iter().find(|r| r.node == node.id);
+                if let Some(child) = row
+                    .and_then(|r| r.input.as_ref())
+                    .and_then(|i| i.get("child"))
+                    .and_then(Value::as_str)
+                    && let Ok(Some(c)) = self.store.get_run(child).await
+                    && !matches!(c.status, RunStatus::Failed | RunStatus::Cancelled)
+                {
+                    if c.status == RunStatus::Completed {
+                        return Ok(Step::Done {
+                            input: json!({ "with": input, "child": child }),
+                            output: c.output.unwrap_or(Value::Null),
+                        });
+                    }
+                    return Ok(Step::Wait {
+                        input: json!({ "with": input, "child": child }),
+                    });
+                }
+                // The child's id comes from this task, so a redelivery finds the same child.
+                let id = derived_run_id(task_key, name);
+                let trigger = json!({"kind": "workflow", "run": run.id, "node": node.id});
+                let parent = ParentRef {
+                    run: run.id.clone(),
+                    node: node.id.clone(),
+                };
+                let wrapped = json!({ "with": input, "child": id });
+                match Box::pin(self.start_run(id, name, input, trigger, Some(parent))).await {
+                    Ok(_) => Ok(Step::Wait { input: wrapped }),
+                    Err(e) => Err((Some(wrapped), e.to_string())),
+                }
+            }
+        }
+    }
+
+    fn script(
+        &self,
+        source: &str,
+        expression: bool,
+        run: &RunRecord,
+        rows: &[NodeRecord],
+    ) -> Result<Value, String> {
+        let engine = self
+            .scripts
+            .as_ref()
+            .ok_or("scripts are not available: the engine has no script engine")?;
+        let Value::Object(vars) = context_json(run, rows, None) else {
+            return Err("internal: the script context is not an object".into());
+        };
+        engine.eval(source, expression, &vars)
+    }
+}
+
+enum Step {
+    Done { input: Value, output: Value },
+    Wait { input: Value },
+}
+
+fn task_error(e: WorkflowError) -> TaskError {
+    match e {
+        WorkflowError::Store(s) => TaskError::from(s),
+        other => TaskError::permanent(other.to_string()),
+    }
+}
+
+/// The conversation a run was started from (a rule's message), for `send_message`.
+fn trigger_target(trigger: &Value) -> Option<Target> {
+    let channel = trigger.get("channel")?.as_str()?;
+    let conversation = trigger.get("conversation")?.as_str()?;
+    Some(Target {
+        channel: channel.into(),
+        conversation: conversation.into(),
+        thread: None,
+    })
+}
+
+fn context_json(run: &RunRecord, rows: &[NodeRecord], secrets: Option<&Secrets>) -> Value {
+    let nodes: Map<String, Value> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.node.clone(),
+                json!({ "status": r.status.as_str(), "output": r.output.clone().unwrap_or(Value::Null) }),
+            )
+        })
+        .collect();
+    let mut cx = json!({
+        "inputs": run.inputs,
+        "nodes": nodes,
+        "run": { "id": run.id, "workflow": run.workflow, "version": run.version, "trigger": run.trigger },
+    });
+    if let Some(s) = secrets {
+        cx["secrets"] = json!(s.0);
+    }
+    cx
+}
+
+fn context(run: &RunRecord, rows: &[NodeRecord], secrets: Option<&Secrets>) -> minijinja::Value {
+    minijinja::Value::from_serialize(context_json(run, rows, secrets))
+}
+
+fn until(template_src: &str, cx: &minijinja::Value) -> Result<DateTime<Utc>, String> {
+    let v = template::render(&Value::String(template_src.to_owned()), cx)?;
+    let s = v.as_str().ok_or_else(|| format!("until: gave {v}, not a time"))?;
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("until: '{s}' is not an RFC 3339 time ({e})"))
+}
+
+/// The task for node `i` of run `run`, due now (or when a delay node's wait ends).
+fn start_node(wf: &Workflow, run: &str, i: usize, now: DateTime<Utc>) -> StartNode {
+    let node = &wf.nodes[i];
+    let mut task = NewTask {
+        queue: crate::task::DEFAULT_QUEUE.into(),
+        kind: WORKFLOW_NODE_TASK.into(),
+        payload: json!({ "run": run, "node": node.id }).to_string(),
+        run_at: None,
+        priority: 0,
+        retry: Some(node.retry),
+        dedupe_key: Some(format!("wf:{run}:{}", node.id)),
+        concurrency_key: None,
+    };
+    if let Kind::Delay(d) = node.kind {
+        task.run_at = Some(now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+    }
+    StartNode {
+        node: node.id.clone(),
+        task,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EdgeState {
+    Taken,
+    Dead,
+    Waiting,
+}
+
+/// What to do after a node finished: start the nodes that became ready, skip those no taken
+/// edge can reach, end the run when nothing is left.
+pub(crate) fn plan(wf: &Workflow, run: &RunRecord, rows: &[NodeRecord], secrets: &Secrets) -> Plan {
+    let now = Utc::now();
+    let mut plan = Plan::default();
+    if let Some(failed) = rows.iter().find(|r| r.status == NodeStatus::Failed) {
+        plan.end = Some(RunEnd {
+            status: RunStatus::Failed,
+            output: None,
+            error: Some(format!(
+                "node `{}` failed: {}",
+                failed.node,
+                failed.error.as_deref().unwrap_or("no error recorded")
+            )),
+        });
+        return plan;
+    }
+    // Status of every node as known now, including this plan's decisions.
+    let mut status: Vec<Option<NodeStatus>> = vec![None; wf.nodes.len()];
+    for r in rows {
+        if let Some(&i) = wf.index.get(&r.node) {
+            status[i] = Some(r.status);
+        }
+    }
+    let output_of = |i: usize| {
+        rows.iter()
+            .find(|r| r.node == wf.nodes[i].id)
+            .and_then(|r| r.output.as_ref())
+    };
+    let edge_state = |e: usize, status: &[Option<NodeStatus>]| {
+        let edge = &wf.edges[e];
+        match status[edge.from] {
+            Some(NodeStatus::Completed) => match edge.when {
+                None => EdgeState::Taken,
+                Some(want) => {
+                    let got = output_of(edge.from)
+                        .and_then(|o| o.get("result"))
+                        .and_then(Value::as_bool);
+                    if got == Some(want) {
+                        EdgeState::Taken
+                    } else {
+                        EdgeState::Dead
+                    }
+                }
+            },
+            Some(NodeStatus::Skipped | NodeStatus::Cancelled | NodeStatus::Failed) => EdgeState::Dead,
+            _ => EdgeState::Waiting,
+        }
+    };
+    let cx = context(run, rows, Some(secrets));
+    loop {
+        let mut changed = false;
+        for i in 1..wf.nodes.len() {
+            if status[i].is_some() {
+                continue;
+            }
+            let states: Vec<EdgeState> = wf.incoming[i].iter().map(|&e| edge_state(e, &status)).collect();
+            let any_taken = states.contains(&EdgeState::Taken);
+            let any_waiting = states.contains(&EdgeState::Waiting);
+            let decision = match wf.nodes[i].join {
+                Join::First if any_taken => Some(true),
+                Join::All if !any_waiting && any_taken => Some(true),
+                _ if !any_waiting && !any_taken => Some(false),
+                _ => None,
+            };
+            match decision {
+                Some(true) => {
+                    let mut s = start_node(wf, &run.id, i, now);
+                    if let Kind::Until(u) = &wf.nodes[i].kind
+                        && let Ok(at) = until(u, &cx)
+                    {
+                        s.task.run_at = Some(at);
+                    }
+                    plan.start.push(s);
+                    status[i] = Some(NodeStatus::Pending);
+                    changed = true;
+                }
+                Some(false) => {
+                    plan.skip.push(wf.nodes[i].id.clone());
+                    status[i] = Some(NodeStatus::Skipped);
+                    changed = true;
+                }
+                None => {}
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let busy = status
+        .iter()
+        .any(|s| matches!(s, None | Some(NodeStatus::Pending | NodeStatus::Running)));
+    if !busy {
+        let output = match &wf.spec.output {
+            Some(t) => template::render(t, &cx).unwrap_or_else(|e| json!({ "error": format!("output: {e}") })),
+            None => rows
+                .iter()
+                .filter(|r| r.status == NodeStatus::Completed)
+                .max_by_key(|r| r.finished_at)
+                .and_then(|r| r.output.clone())
+                .unwrap_or(Value::Null),
+        };
+        plan.end = Some(RunEnd {
+            status: RunStatus::Completed,
+            output: Some(output),
+            error: None,
+        });
+    }
+    plan
+}
