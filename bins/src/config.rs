@@ -34,6 +34,19 @@ pub struct Config {
     pub demo: DemoConfig,
     /// Rule files.
     pub rules: RulesConfig,
+    /// Named secrets for workflows (`{{ secrets.name }}`, hook triggers), by name.
+    pub secrets: SecretValues,
+}
+
+/// `[secrets]`: name = value. Values never appear in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(transparent)]
+pub struct SecretValues(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 /// `[server]`
@@ -343,7 +356,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
     // Deserialise section by section, so an error names its section, then check the
     // whole (which catches unknown sections).
     let known = [
-        "server", "database", "log", "workers", "web", "webhooks", "demo", "rules",
+        "server", "database", "log", "workers", "web", "webhooks", "demo", "rules", "secrets",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
@@ -394,6 +407,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
         webhooks,
         demo: section(table, "demo")?,
         rules: section(table, "rules")?,
+        secrets: section(table, "secrets")?,
     })
 }
 

@@ -25,6 +25,8 @@ use utoipa_axum::routes;
 
 use crate::config::ServerConfig;
 
+mod workflows;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -36,6 +38,8 @@ pub struct AppState {
     pub workers: Arc<WorkerStats>,
     /// The rules in force, and the database's rules.
     pub rules: Arc<flowbot_rules::RuleLibrary>,
+    /// The workflow engine.
+    pub workflows: Arc<flowbot_core::workflow::Workflows>,
 }
 
 type ApiResult<T> = Result<Json<T>, Problem>;
@@ -616,6 +620,7 @@ async fn delete_schedule(
         (name = "tasks", description = "The durable task queue and its dead letters"),
         (name = "schedules", description = "Cron schedules"),
         (name = "rules", description = "Rules in force; rules stored through the API"),
+        (name = "workflows", description = "Workflow definitions, runs, analytics and trigger hooks"),
         (name = "channels", description = "Chat channels' HTTP endpoints"),
     )
 )]
@@ -747,6 +752,16 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(list_rules, create_rule))
         .routes(routes!(validate_rule))
         .routes(routes!(get_rule, update_rule, delete_rule))
+        .routes(routes!(workflows::list_workflows, workflows::apply_workflow))
+        .routes(routes!(workflows::validate_workflow))
+        .routes(routes!(workflows::get_workflow, workflows::delete_workflow))
+        .routes(routes!(workflows::start_run))
+        .routes(routes!(workflows::analytics))
+        .routes(routes!(workflows::list_runs))
+        .routes(routes!(workflows::get_run))
+        .routes(routes!(workflows::cancel_run))
+        .routes(routes!(workflows::retry_run))
+        .routes(routes!(workflows::trigger_hook))
         .with_state(state)
         .split_for_parts();
     (router, doc)

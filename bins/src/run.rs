@@ -8,7 +8,8 @@ use flowbot_channels::web::WebChat;
 use flowbot_channels::webhook::{WebhookConfig, Webhooks};
 use flowbot_core::task::WorkerConfig;
 use flowbot_core::{Bot, CancellationToken, Store};
-use flowbot_rules::{Plugins, Reload, RuleFiles, RuleLibrary, Source};
+use flowbot_core::workflow::{Secrets, Workflows};
+use flowbot_rules::{Plugins, Reload, RuleFiles, RuleLibrary, Source, WorkflowScripts};
 use flowbot_store::{PostgresOptions, PostgresStore, SqliteStore};
 
 use flowbot_store::redact_url as redact;
@@ -115,8 +116,11 @@ pub async fn rule_library(
         }]),
         None => RuleFiles::Fixed(Vec::new()),
     };
-    let library =
-        Arc::new(RuleLibrary::open(files, Some(store.clone()), Plugins::default()).await?);
+    // The bot adds the workflow engine's actions to the built-in ones.
+    let plugins = Plugins::default()
+        .action_name("workflow.run")
+        .action_name("publish_event");
+    let library = Arc::new(RuleLibrary::open(files, Some(store.clone()), plugins).await?);
     tracing::info!(rules = library.list().len(), dir = ?config.rules.dir, "rules loaded");
     let interval = if config.rules.dir.is_some() && !config.rules.watch {
         // Files are not watched; stored rules still are, less often.
@@ -132,6 +136,16 @@ pub async fn rule_library(
         _ => {}
     }));
     Ok(library)
+}
+
+/// The workflow engine of `config`: rhai scripts with the rules engine's sandbox, and the
+/// configured secrets.
+pub fn workflow_engine(config: &Config, store: &Arc<dyn Store>) -> Arc<Workflows> {
+    Arc::new(
+        Workflows::new(store.clone())
+            .with_scripts(Arc::new(WorkflowScripts::default()))
+            .with_secrets(Secrets::new(config.secrets.0.clone())),
+    )
 }
 
 fn webhook_configs(config: &Config) -> Vec<WebhookConfig> {
@@ -172,9 +186,11 @@ pub async fn run_server_with(
 ) -> Result<(), RunError> {
     let store = open_store(&config).await?;
     let rules = rule_library(&config, &store, &shutdown).await?;
+    let workflows = workflow_engine(&config, &store);
     let mut builder = Bot::builder()
         .store(store.clone())
-        .router_arc(rules.router());
+        .router_arc(rules.router())
+        .workflows(workflows.clone());
     if console {
         builder = builder.channel(flowbot_channels::console::channel("console"));
     }
@@ -202,6 +218,7 @@ pub async fn run_server_with(
         pipeline: bot.pipeline().stats().clone(),
         workers: bot.worker_stats().clone(),
         rules: rules.clone(),
+        workflows,
     };
     let (api, mut doc) = http::api(state);
     http::channel_docs(&mut doc, web.is_some(), true);
@@ -278,6 +295,7 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
     let mut builder = Bot::builder()
         .store(store.clone())
         .router_arc(rules.router())
+        .workflows(workflow_engine(&config, &store))
         .workers(worker_config(&config, "agent"));
     // Agents hold no sockets: web replies go over the bus to the servers.
     builder = builder.channel(WebChat::new("web", Some(store.clone())).sender_only());

@@ -16,6 +16,10 @@ pub struct Problem {
     pub status: u16,
     /// What exactly was wrong with this request.
     pub detail: String,
+    /// Each problem found, for requests with several (e.g. every error of a workflow
+    /// definition, with its node and field).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<serde_json::Value>,
 }
 
 impl Problem {
@@ -26,7 +30,14 @@ impl Problem {
             title: status.canonical_reason().unwrap_or("Error").into(),
             status: status.as_u16(),
             detail: detail.into(),
+            errors: Vec::new(),
         }
+    }
+
+    /// The same problem with a list of the individual errors.
+    pub fn with_errors(mut self, errors: Vec<serde_json::Value>) -> Self {
+        self.errors = errors;
+        self
     }
 
     /// 400 Bad Request.

@@ -779,6 +779,27 @@ impl Compiler<'_> {
             ),
             // Checked once every dialog is compiled.
             ActionSpec::Dialog(name) => Act::Dialog(name.clone()),
+            ActionSpec::Workflow {
+                name,
+                input,
+                save_as,
+            } => {
+                if !self.plugins.actions.contains("workflow.run") {
+                    return Err(format!(
+                        "workflow '{name}': running workflows needs the workflow engine (the action 'workflow.run' is not registered)"
+                    ));
+                }
+                let input = if input.is_null() {
+                    serde_json::json!({})
+                } else {
+                    input.clone()
+                };
+                Act::Call {
+                    action: "workflow.run".into(),
+                    input: self.templated(&base, &serde_json::json!({"workflow": name, "input": input}))?,
+                    save_as: save_as.clone(),
+                }
+            }
         })
     }
 }

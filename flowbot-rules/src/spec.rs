@@ -299,4 +299,16 @@ pub enum ActionSpec {
     Script(String),
     /// Start a dialog (its first question is the reply).
     Dialog(String),
+    /// Start a run of a workflow (through the `workflow.run` action) with templated inputs;
+    /// the run knows the conversation, so its `send_message` nodes answer there.
+    Workflow {
+        /// The workflow's name.
+        name: String,
+        /// Its inputs; every string in it is a template.
+        #[serde(default)]
+        input: Value,
+        /// Session variable that receives `{"run_id": …, "status": …}`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        save_as: Option<String>,
+    },
 }
