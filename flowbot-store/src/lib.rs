@@ -1,8 +1,8 @@
 //! # flowbot-store
 //!
 //! Storage backends for FlowBot, each implementing every storage trait of `flowbot-core`
-//! (conversations, sessions, key-value data, the durable task queue, schedules), with its own
-//! migrations applied on open:
+//! (conversations, sessions, key-value data, the durable task queue, schedules, workflow
+//! definitions and runs), with its own migrations applied on open:
 //!
 //! - [`SqliteStore`] (feature `sqlite`, default): the embedded single-node store — one file
 //!   under a data directory, WAL journal, one writer connection and batched transactions;
@@ -23,6 +23,7 @@ mod common;
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod workflow;
 
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};

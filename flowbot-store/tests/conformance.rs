@@ -6,9 +6,12 @@ mod data;
 mod support;
 #[path = "conformance/workers.rs"]
 mod workers;
+#[path = "conformance/workflows.rs"]
+mod workflows;
 
 use data::*;
 use workers::*;
+use workflows::*;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -829,11 +832,17 @@ conformance!(
         cron_loop_enqueues_and_workers_run,
         queue_limits_hold,
         task_counts,
+        workflow_versions,
+        runs_and_max_concurrency,
+        node_steps_are_exactly_once,
+        run_ends_free_slots_and_wake_parents,
+        run_listing_and_timings,
     ],
     pair: [
         concurrent_claims_hand_out_each_task_once,
         schedules_fire_once_with_concurrent_workers,
         crashed_worker_tasks_finish_elsewhere,
         bus_reaches_every_subscriber,
+        concurrent_finishes_start_a_join_once,
     ]
 );

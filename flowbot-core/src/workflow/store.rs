@@ -416,7 +416,7 @@ pub trait WorkflowStore: Send + Sync + 'static {
         node: &str,
         attempt: u32,
         result: &NodeResult,
-        plan: &(dyn Fn(&RunRecord, &[NodeRecord]) -> Plan + Send + Sync),
+        plan: &(dyn for<'r> Fn(&'r RunRecord, &'r [NodeRecord]) -> Plan + Send + Sync),
     ) -> Result<FinishOutcome, StoreError>;
 
     /// Cancel a queued or running run: unfinished nodes become `cancelled`, the slot is freed

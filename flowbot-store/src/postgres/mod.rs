@@ -7,6 +7,7 @@
 
 mod admin;
 mod data;
+mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,11 +37,18 @@ use crate::common::{
     ms, now_ms, page_limit, paginate, schedule_row, task_record,
 };
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/postgres/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "workflows",
+        sql: include_str!("../../migrations/postgres/0002_workflows.sql"),
+    },
+];
 
 /// Advisory lock key held while migrating, so servers starting together migrate once.
 const MIGRATION_LOCK: i64 = 0x666c_6f77_626f_7401;

@@ -4,6 +4,7 @@
 
 mod admin;
 mod data;
+mod workflow;
 mod writes;
 
 use data::touch_conversation;
@@ -42,11 +43,18 @@ use crate::common::{
     ms, now_ms, page_limit, paginate, schedule_row, task_id_json, task_record,
 };
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/sqlite/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "workflows",
+        sql: include_str!("../../migrations/sqlite/0002_workflows.sql"),
+    },
+];
 
 /// Options for [`SqliteStore::open_with`].
 #[derive(Debug, Clone)]
