@@ -1,6 +1,7 @@
 //! The workflow engine end to end on real stores: every behaviour runs on SQLite and on
 //! PostgreSQL (when `FLOWBOT_TEST_POSTGRES_URL` is set; required in CI), with real workers
 //! claiming each node as a task.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 
 #[path = "../flowbot-store/tests/support/mod.rs"]
 mod support;
@@ -16,7 +17,7 @@ use flowbot_core::workflow::{
     Workflows,
 };
 use flowbot_core::{
-    Action, ActionContext, BoxError, Bot, CancellationToken, Handlers, InProcess, Reply, Store,
+    Action, ActionContext, Bot, BoxError, CancellationToken, Handlers, InProcess, Reply, Store,
     async_trait,
 };
 use flowbot_rules::WorkflowScripts;
@@ -144,7 +145,12 @@ async fn apply(engine: &Workflows, yaml: &str) -> u32 {
 async fn wait_final(engine: &Workflows, id: &str) -> RunRecord {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let run = engine.run(id).await.expect("get run").expect("run exists").run;
+        let run = engine
+            .run(id)
+            .await
+            .expect("get run")
+            .expect("run exists")
+            .run;
         if run.status.is_final() {
             return run;
         }
@@ -205,7 +211,10 @@ async fn linear_runs_in_order_with_templates(store: Arc<dyn Store>) {
     for n in &detail.nodes {
         assert_eq!(n.status, NodeStatus::Completed, "{n:#?}");
         assert_eq!(n.attempt, 1);
-        assert!(n.started_at.is_some() && n.finished_at >= n.started_at, "{n:#?}");
+        assert!(
+            n.started_at.is_some() && n.finished_at >= n.started_at,
+            "{n:#?}"
+        );
     }
     assert_eq!(
         detail.nodes[1].input,
@@ -242,15 +251,30 @@ output: "{{ nodes.merge.output }}"
 async fn conditions_branch_and_skip(store: Arc<dyn Store>) {
     let env = start(store, Arc::default());
     apply(&env.engine, BRANCHES).await;
-    let big = env.engine.start("branches", json!({"n": 11}), json!({})).await.unwrap();
-    let small = env.engine.start("branches", json!({"n": 4}), json!({})).await.unwrap();
+    let big = env
+        .engine
+        .start("branches", json!({"n": 11}), json!({}))
+        .await
+        .unwrap();
+    let small = env
+        .engine
+        .start("branches", json!({"n": 4}), json!({}))
+        .await
+        .unwrap();
     let big_run = wait_final(&env.engine, &big.id).await;
     assert_eq!(big_run.status, RunStatus::Completed);
-    assert_eq!(big_run.output, Some(json!({"yes": {"call": 1, "value": "big"}})));
+    assert_eq!(
+        big_run.output,
+        Some(json!({"yes": {"call": 1, "value": "big"}}))
+    );
     let s = node_status(&env.engine.run(&big.id).await.unwrap().unwrap());
     assert_eq!(s["yes"], NodeStatus::Completed);
     assert_eq!(s["no"], NodeStatus::Skipped);
-    assert_eq!(s["after_no"], NodeStatus::Skipped, "a skip reaches the nodes after it");
+    assert_eq!(
+        s["after_no"],
+        NodeStatus::Skipped,
+        "a skip reaches the nodes after it"
+    );
     assert_eq!(s["odd_yes"], NodeStatus::Completed);
 
     let small_run = wait_final(&env.engine, &small.id).await;
@@ -290,13 +314,19 @@ async fn fan_out_and_joins(store: Arc<dyn Store>) {
     let run = env.engine.start("fan", json!({}), json!({})).await.unwrap();
     let done = wait_final(&env.engine, &run.id).await;
     assert_eq!(done.status, RunStatus::Completed, "{done:#?}");
-    assert_eq!(done.output, Some(json!({"all": 3, "first_done": "completed"})));
+    assert_eq!(
+        done.output,
+        Some(json!({"all": 3, "first_done": "completed"}))
+    );
     let detail = env.engine.run(&run.id).await.unwrap().unwrap();
     let at = |id: &str| detail.nodes.iter().find(|n| n.node == id).unwrap().clone();
     // `first` ran as soon as `a` finished, before the slow `c`.
     assert!(at("first").finished_at < at("c").finished_at, "{detail:#?}");
     assert!(at("all").started_at >= at("c").finished_at, "{detail:#?}");
-    assert!(env.probe.max_running.load(Ordering::SeqCst) >= 2, "branches ran in parallel");
+    assert!(
+        env.probe.max_running.load(Ordering::SeqCst) >= 2,
+        "branches ran in parallel"
+    );
     env.stop().await;
 }
 
@@ -313,17 +343,28 @@ async fn failures_retry_then_fail_the_run_and_retry_resumes(store: Arc<dyn Store
     let env = start(store, Arc::default());
     apply(&env.engine, FLAKY).await;
     // Fails twice, succeeds on the third attempt.
-    let ok = env.engine.start("flaky", json!({"fails": 2}), json!({})).await.unwrap();
+    let ok = env
+        .engine
+        .start("flaky", json!({"fails": 2}), json!({}))
+        .await
+        .unwrap();
     let done = wait_final(&env.engine, &ok.id).await;
     assert_eq!(done.status, RunStatus::Completed, "{done:#?}");
     let node = &env.engine.run(&ok.id).await.unwrap().unwrap().nodes[0];
     assert_eq!(node.attempt, 3);
     // Fails three times: the run fails with the node's error.
-    let bad = env.engine.start("flaky", json!({"fails": 3}), json!({})).await.unwrap();
+    let bad = env
+        .engine
+        .start("flaky", json!({"fails": 3}), json!({}))
+        .await
+        .unwrap();
     let failed = wait_final(&env.engine, &bad.id).await;
     assert_eq!(failed.status, RunStatus::Failed);
     let error = failed.error.clone().unwrap();
-    assert!(error.contains("node `try` failed") && error.contains("fails on call 3"), "{error}");
+    assert!(
+        error.contains("node `try` failed") && error.contains("fails on call 3"),
+        "{error}"
+    );
     let node = &env.engine.run(&bad.id).await.unwrap().unwrap().nodes[0];
     assert_eq!((node.status, node.attempt), (NodeStatus::Failed, 3));
     // Retrying the failed run starts the failed node again; the 4th call succeeds.
@@ -332,9 +373,33 @@ async fn failures_retry_then_fail_the_run_and_retry_resumes(store: Arc<dyn Store
     let done = wait_final(&env.engine, &bad.id).await;
     assert_eq!(done.status, RunStatus::Completed, "{done:#?}");
     // Only failed runs can be retried.
-    assert!(matches!(env.engine.retry(&bad.id).await, Err(WorkflowError::State(_))));
+    assert!(matches!(
+        env.engine.retry(&bad.id).await,
+        Err(WorkflowError::State(_))
+    ));
+    // A failure ends the run at once: a branch still running is cancelled, and its late
+    // result changes nothing.
+    apply(&env.engine, RACE).await;
+    let race = env.engine.start("race", json!({}), json!({})).await.unwrap();
+    let failed = wait_final(&env.engine, &race.id).await;
+    assert_eq!(failed.status, RunStatus::Failed);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let s = node_status(&env.engine.run(&race.id).await.unwrap().unwrap());
+    assert_eq!(s["fast_fail"], NodeStatus::Failed);
+    assert_eq!(s["slow"], NodeStatus::Cancelled, "{s:?}");
+    assert!(!s.contains_key("after"), "{s:?}");
     env.stop().await;
 }
+
+const RACE: &str = r#"
+name: race
+nodes:
+  - { id: go, join: all }
+  - { id: fast_fail, action: probe, with: { key: "ff-{{ run.id }}", fail_first: 9 }, retry: { max_attempts: 1 } }
+  - { id: slow, action: probe, with: { key: "slow-{{ run.id }}", sleep_ms: 200 } }
+  - { id: after, action: log, with: { message: never } }
+edges: [ { from: go, to: fast_fail }, { from: go, to: slow }, { from: slow, to: after } ]
+"#;
 
 const CHILD: &str = r#"
 name: child
@@ -365,9 +430,17 @@ async fn sub_workflows_pass_outputs_and_failures(store: Arc<dyn Store>) {
     let env = start(store, Arc::default());
     apply(&env.engine, CHILD).await;
     apply(&env.engine, PARENT).await;
-    let run = env.engine.start("parent", json!({"x": 21}), json!({})).await.unwrap();
+    let run = env
+        .engine
+        .start("parent", json!({"x": 21}), json!({}))
+        .await
+        .unwrap();
     let done = wait_final(&env.engine, &run.id).await;
-    assert_eq!((done.status, done.output.clone()), (RunStatus::Completed, Some(json!(42))), "{done:#?}");
+    assert_eq!(
+        (done.status, done.output.clone()),
+        (RunStatus::Completed, Some(json!(42))),
+        "{done:#?}"
+    );
     let children = env
         .engine
         .runs(&RunFilter {
@@ -379,13 +452,23 @@ async fn sub_workflows_pass_outputs_and_failures(store: Arc<dyn Store>) {
         .unwrap()
         .items;
     assert_eq!(children.len(), 1);
-    assert_eq!(children[0].parent.as_ref().map(|p| p.run.as_str()), Some(run.id.as_str()));
+    assert_eq!(
+        children[0].parent.as_ref().map(|p| p.run.as_str()),
+        Some(run.id.as_str())
+    );
 
-    let bad = env.engine.start("parent", json!({"x": 60}), json!({})).await.unwrap();
+    let bad = env
+        .engine
+        .start("parent", json!({"x": 60}), json!({}))
+        .await
+        .unwrap();
     let failed = wait_final(&env.engine, &bad.id).await;
     assert_eq!(failed.status, RunStatus::Failed);
     let error = failed.error.unwrap();
-    assert!(error.contains("node `sub` failed") && error.contains("node `boom` failed"), "{error}");
+    assert!(
+        error.contains("node `sub` failed") && error.contains("node `boom` failed"),
+        "{error}"
+    );
 
     // A workflow cannot run itself, directly or through another.
     let own = WorkflowSpec::parse(
@@ -395,7 +478,10 @@ async fn sub_workflows_pass_outputs_and_failures(store: Arc<dyn Store>) {
     .unwrap();
     match env.engine.apply(own).await {
         Err(WorkflowError::Invalid(p)) => {
-            assert!(p[0].to_string().contains("cycle: child -> parent -> child"), "{p:?}")
+            assert!(
+                p[0].to_string().contains("cycle: child -> parent -> child"),
+                "{p:?}"
+            )
         }
         other => panic!("expected a cycle error, got {other:?}"),
     }
@@ -414,15 +500,27 @@ async fn max_concurrency_queues_runs(store: Arc<dyn Store>) {
     apply(&env.engine, LIMITED).await;
     let mut runs = Vec::new();
     for _ in 0..3 {
-        runs.push(env.engine.start("limited", json!({}), json!({})).await.unwrap());
+        runs.push(
+            env.engine
+                .start("limited", json!({}), json!({}))
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(runs[0].status, RunStatus::Running);
     assert_eq!(runs[1].status, RunStatus::Queued);
     assert_eq!(runs[2].status, RunStatus::Queued);
     for r in &runs {
-        assert_eq!(wait_final(&env.engine, &r.id).await.status, RunStatus::Completed);
+        assert_eq!(
+            wait_final(&env.engine, &r.id).await.status,
+            RunStatus::Completed
+        );
     }
-    assert_eq!(env.probe.max_running.load(Ordering::SeqCst), 1, "never two runs at once");
+    assert_eq!(
+        env.probe.max_running.load(Ordering::SeqCst),
+        1,
+        "never two runs at once"
+    );
     env.stop().await;
 }
 
@@ -437,7 +535,11 @@ edges: [ { from: wait, to: never } ]
 async fn cancel_stops_a_waiting_run(store: Arc<dyn Store>) {
     let env = start(store.clone(), Arc::default());
     apply(&env.engine, SLOW).await;
-    let run = env.engine.start("slow", json!({}), json!({})).await.unwrap();
+    let run = env
+        .engine
+        .start("slow", json!({}), json!({}))
+        .await
+        .unwrap();
     // The delay is a task due in an hour, not something held in memory.
     let tasks = store
         .list_tasks(&TaskFilter {
@@ -450,13 +552,22 @@ async fn cancel_stops_a_waiting_run(store: Arc<dyn Store>) {
         .items;
     assert_eq!(tasks.len(), 1);
     assert!(tasks[0].run_at > chrono::Utc::now() + chrono::Duration::minutes(59));
-    assert_eq!(env.engine.cancel(&run.id).await.unwrap(), RunStatus::Cancelled);
+    assert_eq!(
+        env.engine.cancel(&run.id).await.unwrap(),
+        RunStatus::Cancelled
+    );
     let detail = env.engine.run(&run.id).await.unwrap().unwrap();
     assert_eq!(detail.run.status, RunStatus::Cancelled);
     assert_eq!(detail.nodes[0].status, NodeStatus::Cancelled);
     // Cancelling again answers the status; an unknown run is not found.
-    assert_eq!(env.engine.cancel(&run.id).await.unwrap(), RunStatus::Cancelled);
-    assert!(matches!(env.engine.cancel("nope").await, Err(WorkflowError::NotFound(_))));
+    assert_eq!(
+        env.engine.cancel(&run.id).await.unwrap(),
+        RunStatus::Cancelled
+    );
+    assert!(matches!(
+        env.engine.cancel("nope").await,
+        Err(WorkflowError::NotFound(_))
+    ));
     env.stop().await;
 }
 
@@ -482,14 +593,22 @@ async fn cron_and_event_triggers_start_runs(store: Arc<dyn Store>) {
         "name: publisher\nnodes:\n  - { id: pub, action: publish_event, with: { name: user.joined, payload: { who: ada } } }\n",
     )
     .await;
-    env.engine.start("publisher", json!({}), json!({})).await.unwrap();
+    env.engine
+        .start("publisher", json!({}), json!({}))
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let calls = probe.calls.lock().unwrap().clone();
-        if calls.get("triggered-ada") == Some(&1) && calls.get("triggered-cron").is_some_and(|c| *c >= 2) {
+        if calls.get("triggered-ada") == Some(&1)
+            && calls.get("triggered-cron").is_some_and(|c| *c >= 2)
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "triggers did not fire: {calls:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "triggers did not fire: {calls:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let runs = env
@@ -507,7 +626,12 @@ async fn cron_and_event_triggers_start_runs(store: Arc<dyn Store>) {
     // Deleting the workflow removes its schedule.
     assert!(env.engine.delete("triggered").await.unwrap());
     let schedules = store.list_schedules(None, 100).await.unwrap().items;
-    assert!(schedules.iter().all(|s| !s.def.name.starts_with("workflow:triggered:")), "{schedules:?}");
+    assert!(
+        schedules
+            .iter()
+            .all(|s| !s.def.name.starts_with("workflow:triggered:")),
+        "{schedules:?}"
+    );
     env.stop().await;
 }
 
@@ -522,8 +646,15 @@ edges: [ { from: save, to: load } ]
 async fn secrets_are_used_but_never_recorded(store: Arc<dyn Store>) {
     let env = start(store.clone(), Arc::default());
     apply(&env.engine, SECRET).await;
-    let run = env.engine.start("secret", json!({}), json!({})).await.unwrap();
-    assert_eq!(wait_final(&env.engine, &run.id).await.status, RunStatus::Completed);
+    let run = env
+        .engine
+        .start("secret", json!({}), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_final(&env.engine, &run.id).await.status,
+        RunStatus::Completed
+    );
     // The action got the real value…
     assert_eq!(
         store.kv_get("default", "token").await.unwrap(),
@@ -540,19 +671,42 @@ async fn secrets_are_used_but_never_recorded(store: Arc<dyn Store>) {
 async fn versions_analytics_and_bad_inputs(store: Arc<dyn Store>) {
     let env = start(store, Arc::default());
     assert_eq!(apply(&env.engine, FLAKY).await, 1);
-    assert_eq!(apply(&env.engine, FLAKY).await, 1, "same definition, same version");
-    let ok = env.engine.start("flaky", json!({"fails": 0}), json!({})).await.unwrap();
+    assert_eq!(
+        apply(&env.engine, FLAKY).await,
+        1,
+        "same definition, same version"
+    );
+    let ok = env
+        .engine
+        .start("flaky", json!({"fails": 0}), json!({}))
+        .await
+        .unwrap();
     let changed = FLAKY.replace("max_attempts: 3", "max_attempts: 1");
     assert_eq!(apply(&env.engine, &changed).await, 2);
-    let bad = env.engine.start("flaky", json!({"fails": 1}), json!({})).await.unwrap();
-    assert_eq!((ok.version, bad.version), (1, 2), "a run keeps the version it started with");
+    let bad = env
+        .engine
+        .start("flaky", json!({"fails": 1}), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ok.version, bad.version),
+        (1, 2),
+        "a run keeps the version it started with"
+    );
     wait_final(&env.engine, &ok.id).await;
-    assert_eq!(wait_final(&env.engine, &bad.id).await.status, RunStatus::Failed);
+    assert_eq!(
+        wait_final(&env.engine, &bad.id).await.status,
+        RunStatus::Failed
+    );
 
     let now = chrono::Utc::now();
     let a = env
         .engine
-        .analytics("flaky", now - chrono::Duration::minutes(5), now + chrono::Duration::minutes(1))
+        .analytics(
+            "flaky",
+            now - chrono::Duration::minutes(5),
+            now + chrono::Duration::minutes(1),
+        )
         .await
         .unwrap();
     assert_eq!(a.runs.counts.get("completed"), Some(&1));
@@ -561,8 +715,14 @@ async fn versions_analytics_and_bad_inputs(store: Arc<dyn Store>) {
     assert!(a.runs.p50_ms.is_some() && a.runs.p95_ms >= a.runs.p50_ms);
     assert_eq!(a.nodes["try"].counts.values().sum::<u64>(), 2);
 
-    match env.engine.start("flaky", json!({"fails": "many"}), json!({})).await {
-        Err(WorkflowError::Inputs { detail, .. }) => assert!(detail.contains("inputs.fails"), "{detail}"),
+    match env
+        .engine
+        .start("flaky", json!({"fails": "many"}), json!({}))
+        .await
+    {
+        Err(WorkflowError::Inputs { detail, .. }) => {
+            assert!(detail.contains("inputs.fails"), "{detail}")
+        }
         other => panic!("expected an inputs error, got {other:?}"),
     }
     assert!(matches!(
@@ -593,14 +753,26 @@ async fn two_agents_execute_each_node_once(store: Arc<dyn Store>, second: Arc<dy
     let mut ids = Vec::new();
     for i in 0..60 {
         let engine = if i % 2 == 0 { &one.engine } else { &two.engine };
-        ids.push(engine.start("spread", json!({}), json!({})).await.unwrap().id);
+        ids.push(
+            engine
+                .start("spread", json!({}), json!({}))
+                .await
+                .unwrap()
+                .id,
+        );
     }
     for id in &ids {
-        assert_eq!(wait_final(&one.engine, id).await.status, RunStatus::Completed);
+        assert_eq!(
+            wait_final(&one.engine, id).await.status,
+            RunStatus::Completed
+        );
     }
     let calls = probe.calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 60 * 4);
-    assert!(calls.values().all(|c| *c == 1), "a node ran twice: {calls:?}");
+    assert!(
+        calls.values().all(|c| *c == 1),
+        "a node ran twice: {calls:?}"
+    );
     one.stop().await;
     two.stop().await;
 }

@@ -752,7 +752,10 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(list_rules, create_rule))
         .routes(routes!(validate_rule))
         .routes(routes!(get_rule, update_rule, delete_rule))
-        .routes(routes!(workflows::list_workflows, workflows::apply_workflow))
+        .routes(routes!(
+            workflows::list_workflows,
+            workflows::apply_workflow
+        ))
         .routes(routes!(workflows::validate_workflow))
         .routes(routes!(workflows::get_workflow, workflows::delete_workflow))
         .routes(routes!(workflows::start_run))

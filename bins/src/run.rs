@@ -7,8 +7,8 @@ use axum::routing::get;
 use flowbot_channels::web::WebChat;
 use flowbot_channels::webhook::{WebhookConfig, Webhooks};
 use flowbot_core::task::WorkerConfig;
-use flowbot_core::{Bot, CancellationToken, Store};
 use flowbot_core::workflow::{Secrets, Workflows};
+use flowbot_core::{Bot, CancellationToken, Store};
 use flowbot_rules::{Plugins, Reload, RuleFiles, RuleLibrary, Source, WorkflowScripts};
 use flowbot_store::{PostgresOptions, PostgresStore, SqliteStore};
 

@@ -264,7 +264,10 @@ impl Action for Log {
     }
     async fn call(&self, _cx: &ActionContext, input: Value) -> Result<Value, BoxError> {
         let message = input["message"].as_str().unwrap_or_default();
-        let fields = input.get("fields").map(Value::to_string).unwrap_or_default();
+        let fields = input
+            .get("fields")
+            .map(Value::to_string)
+            .unwrap_or_default();
         match input["level"].as_str().unwrap_or("info") {
             "error" => tracing::error!(target: "flowbot::log", fields, "{message}"),
             "warn" => tracing::warn!(target: "flowbot::log", fields, "{message}"),
@@ -644,6 +647,6 @@ mod tests {
             e.to_string().contains("'kv.get' is registered twice"),
             "{e}"
         );
-        assert_eq!(registry.list().len(), 5);
+        assert_eq!(registry.list().len(), 8, "the built-ins, no more");
     }
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::action::{Action, ActionRegistry};
-use crate::workflow::Workflows;
 use crate::channel::{Channel, Inbox, Senders};
 use crate::error::{Error, Result, TaskError};
 use crate::message::{Event, Outbound};
@@ -19,6 +18,7 @@ use crate::task::{
     CronConfig, KindOptions, RetryPolicy, ScheduleDef, TaskClient, TaskHandler, TaskRegistry,
     WorkerConfig, WorkerPool, WorkerStats, register_schedule, run_cron, typed_handler,
 };
+use crate::workflow::Workflows;
 
 /// Builds a [`Bot`]; see [`Bot::builder`].
 pub struct BotBuilder {
@@ -248,7 +248,8 @@ impl BotBuilder {
         if let Some(engine) = &self.workflows {
             if self.store.is_none() {
                 return Err(Error::Build(
-                    "workflows need a store: runs and their nodes live in it; add .store(..)".into(),
+                    "workflows need a store: runs and their nodes live in it; add .store(..)"
+                        .into(),
                 ));
             }
             actions.register(crate::workflow::RunWorkflow(engine.clone()))?;
@@ -348,8 +349,8 @@ impl BotBuilder {
             services: Services {
                 store: self.store.clone(),
                 tasks: tasks.clone(),
-                actions: actions.clone(),
-                senders: senders.clone(),
+                actions,
+                senders,
             },
             on_error,
             stats: Arc::default(),

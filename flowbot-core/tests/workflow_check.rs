@@ -1,4 +1,5 @@
 //! Workflow definitions: parsing and validation, with every problem naming its node and field.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 
 use std::collections::BTreeSet;
 
@@ -99,7 +100,9 @@ fn inputs_get_defaults_and_are_type_checked() {
     assert!(missing.contains("who"), "{missing}");
     let wrong = wf.prepare_inputs(json!({"who": 5})).unwrap_err();
     assert!(wrong.contains("inputs.who"), "{wrong}");
-    let unknown = wf.prepare_inputs(json!({"who": "a", "extra": 1})).unwrap_err();
+    let unknown = wf
+        .prepare_inputs(json!({"who": "a", "extra": 1}))
+        .unwrap_err();
     assert!(unknown.contains("extra"), "{unknown}");
     let not_object = wf.prepare_inputs(json!([1])).unwrap_err();
     assert!(not_object.contains("JSON object"), "{not_object}");
@@ -174,8 +177,14 @@ nodes:
     with: { message: "{{ inputs.count }}" }
 edges: [ { from: missing, to: unknown }, { from: unknown, to: literal }, { from: literal, to: typed } ]
 "#;
-    assert_problem(yaml, "node `missing`, field `with.message`: `log` needs `message`");
-    assert_problem(yaml, "node `unknown`, field `with.colour`: `log` has no input `colour`");
+    assert_problem(
+        yaml,
+        "node `missing`, field `with.message`: `log` needs `message`",
+    );
+    assert_problem(
+        yaml,
+        "node `unknown`, field `with.colour`: `log` has no input `colour`",
+    );
     assert_problem(yaml, "node `literal`, field `with.level`: `log` rejects it");
     assert_problem(
         yaml,
@@ -211,7 +220,10 @@ edges: [ { from: a, to: b }, { from: b, to: c }, { from: c, to: d } ]
         yaml,
         "node `c`, field `with.message`: `secrets.NOPE`: no secret named `NOPE` is configured",
     );
-    assert_problem(yaml, "node `d`, field `with.message`: `inputs.ghost`: the workflow has no input `ghost`");
+    assert_problem(
+        yaml,
+        "node `d`, field `with.message`: `inputs.ghost`: the workflow has no input `ghost`",
+    );
     assert_problem(
         r#"
 name: x
@@ -237,7 +249,10 @@ edges:
   - { from: b, to: b }
 "#;
     assert_problem(yaml, "field `edges[0].when`: `a` is a condition node");
-    assert_problem(yaml, "field `edges[1].when`: only edges out of a condition node");
+    assert_problem(
+        yaml,
+        "field `edges[1].when`: only edges out of a condition node",
+    );
     assert_problem(yaml, "field `edges[2].to`: there is no node `ghost`");
     assert_problem(yaml, "field `edges[3]`: node `b` cannot lead to itself");
 }
@@ -257,15 +272,27 @@ nodes:
   - { id: timed, action: log, with: { message: t }, timeout: forever }
 edges: [ { from: a, to: nothing }, { from: a, to: slow }, { from: a, to: retrying }, { from: a, to: script }, { from: a, to: timed } ]
 "#;
-    assert_problem(yaml, "field `name`: 'bad name!' is not a valid workflow name");
+    assert_problem(
+        yaml,
+        "field `name`: 'bad name!' is not a valid workflow name",
+    );
     assert_problem(yaml, "field `max_concurrency`: must be at least 1");
     assert_problem(yaml, "node `a`, field `delay`: a node does one thing");
     assert_problem(yaml, "node `a`, field `id`: two nodes have this id");
-    assert_problem(yaml, "node `nothing`, field `action`: the node does nothing");
+    assert_problem(
+        yaml,
+        "node `nothing`, field `action`: the node does nothing",
+    );
     assert_problem(yaml, "node `slow`, field `delay`: 'soon' is not a duration");
     assert_problem(yaml, "node `retrying`, field `retry`");
-    assert_problem(yaml, "node `script`, field `script`: scripts are not available");
-    assert_problem(yaml, "node `timed`, field `timeout`: 'forever' is not a duration");
+    assert_problem(
+        yaml,
+        "node `script`, field `script`: scripts are not available",
+    );
+    assert_problem(
+        yaml,
+        "node `timed`, field `timeout`: 'forever' is not a duration",
+    );
 }
 
 #[test]
@@ -291,8 +318,14 @@ triggers:
     assert_problem(yaml, "field `triggers[0].cron`");
     assert_problem(yaml, "field `triggers[1].cron`");
     assert_problem(yaml, "field `triggers[2].input`");
-    assert_problem(yaml, "field `triggers[3].hook`: a hook needs `token_secret`");
-    assert_problem(yaml, "field `triggers[4].token_secret`: no secret named `MISSING`");
+    assert_problem(
+        yaml,
+        "field `triggers[3].hook`: a hook needs `token_secret`",
+    );
+    assert_problem(
+        yaml,
+        "field `triggers[4].token_secret`: no secret named `MISSING`",
+    );
     assert_problem(yaml, "field `triggers[5]`: a trigger has exactly one of");
 }
 

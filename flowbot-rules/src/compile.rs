@@ -796,7 +796,10 @@ impl Compiler<'_> {
                 };
                 Act::Call {
                     action: "workflow.run".into(),
-                    input: self.templated(&base, &serde_json::json!({"workflow": name, "input": input}))?,
+                    input: self.templated(
+                        &base,
+                        &serde_json::json!({"workflow": name, "input": input}),
+                    )?,
                     save_as: save_as.clone(),
                 }
             }

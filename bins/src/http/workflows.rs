@@ -54,7 +54,9 @@ fn definition(headers: &HeaderMap, body: &[u8]) -> Result<WorkflowSpec, Problem>
     } else {
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type '{content_type}' is not supported; send application/json or application/yaml"),
+            format!(
+                "content type '{content_type}' is not supported; send application/json or application/yaml"
+            ),
         ));
     };
     let text = std::str::from_utf8(body)
@@ -140,7 +142,12 @@ pub(super) async fn get_workflow(
 ) -> ApiResult<Value> {
     let name = path(p)?;
     let q = query(q)?;
-    match s.workflows.get(&name, q.version).await.map_err(workflow_err)? {
+    match s
+        .workflows
+        .get(&name, q.version)
+        .await
+        .map_err(workflow_err)?
+    {
         Some(w) => Ok(Json(json!(w))),
         None => Err(Problem::not_found(match q.version {
             Some(v) => format!("workflow '{name}' has no version {v}"),
@@ -169,9 +176,8 @@ fn inputs_of(body: &[u8]) -> Result<Value, Problem> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(body).map_err(|e| {
-        Problem::bad_request(format!("the body is not valid JSON: {e}"))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))
 }
 
 /// Start a run of the latest version. Body: `{"inputs": {...}}` (or nothing).
@@ -224,7 +230,9 @@ fn time(field: &str, v: Option<&str>, default: DateTime<Utc>) -> Result<DateTime
         None => Ok(default),
         Some(s) => DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| Problem::bad_request(format!("{field}: '{s}' is not an RFC 3339 time ({e})"))),
+            .map_err(|e| {
+                Problem::bad_request(format!("{field}: '{s}' is not an RFC 3339 time ({e})"))
+            }),
     }
 }
 
@@ -242,7 +250,11 @@ pub(super) async fn analytics(
     let q = query(q)?;
     let now = Utc::now();
     let until = time("until", q.until.as_deref(), now)?;
-    let since = time("since", q.since.as_deref(), until - chrono::Duration::hours(24))?;
+    let since = time(
+        "since",
+        q.since.as_deref(),
+        until - chrono::Duration::hours(24),
+    )?;
     if since >= until {
         return Err(Problem::bad_request("since must be before until"));
     }
@@ -355,9 +367,9 @@ pub(super) async fn trigger_hook(
     let secrets = s.workflows.secrets();
     let unauthorized = |m: String| Problem::new(StatusCode::UNAUTHORIZED, m);
     if let Some(name) = &trigger.token_secret {
-        let expected = secrets
-            .get(name)
-            .ok_or_else(|| Problem::unavailable(format!("the hook's secret '{name}' is not configured")))?;
+        let expected = secrets.get(name).ok_or_else(|| {
+            Problem::unavailable(format!("the hook's secret '{name}' is not configured"))
+        })?;
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -367,14 +379,20 @@ pub(super) async fn trigger_hook(
             return Err(unauthorized("the bearer token does not match".into()));
         }
     } else if let Some(name) = &trigger.hmac_secret {
-        let secret = secrets
-            .get(name)
-            .ok_or_else(|| Problem::unavailable(format!("the hook's secret '{name}' is not configured")))?;
+        let secret = secrets.get(name).ok_or_else(|| {
+            Problem::unavailable(format!("the hook's secret '{name}' is not configured"))
+        })?;
         let header = headers
             .get(flowbot_channels::webhook::SIGNATURE_HEADER)
             .and_then(|v| v.to_str().ok());
-        flowbot_channels::webhook::verify(secret, header, &body, Utc::now().timestamp(), REPLAY_WINDOW)
-            .map_err(|e| unauthorized(e.to_string()))?;
+        flowbot_channels::webhook::verify(
+            secret,
+            header,
+            &body,
+            Utc::now().timestamp(),
+            REPLAY_WINDOW,
+        )
+        .map_err(|e| unauthorized(e.to_string()))?;
     } else {
         return Err(unauthorized("the hook has no secret configured".into()));
     }

@@ -49,7 +49,11 @@ impl Action for RunWorkflow {
         }
         let run = self
             .0
-            .start(name, input.get("input").cloned().unwrap_or(Value::Null), trigger)
+            .start(
+                name,
+                input.get("input").cloned().unwrap_or(Value::Null),
+                trigger,
+            )
             .await?;
         Ok(json!({"run_id": run.id, "status": run.status.as_str()}))
     }

@@ -37,13 +37,22 @@ impl std::fmt::Display for Problem {
 /// What a node does, parsed.
 #[derive(Debug, Clone)]
 pub(crate) enum Kind {
-    Action { name: String, with: Value },
+    Action {
+        name: String,
+        with: Value,
+    },
     /// A minijinja expression, or (`true`) a rhai expression.
-    Condition { source: String, script: bool },
+    Condition {
+        source: String,
+        script: bool,
+    },
     Script(String),
     Delay(Duration),
     Until(String),
-    Workflow { name: String, with: Value },
+    Workflow {
+        name: String,
+        with: Value,
+    },
     Join,
 }
 
@@ -227,7 +236,8 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 30s, 5m or 1h"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 30s, 5m or 1h"))
 }
 
 pub(crate) fn retry_policy(r: &RetrySpec) -> Result<RetryPolicy, String> {
@@ -273,7 +283,10 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
         return None;
     }
     if spec.max_concurrency == Some(0) {
-        p.top("max_concurrency", "must be at least 1 (leave it out for no limit)");
+        p.top(
+            "max_concurrency",
+            "must be at least 1 (leave it out for no limit)",
+        );
     }
     let wf_retry = match spec.retry.as_ref().map(retry_policy) {
         Some(Ok(r)) => r,
@@ -295,7 +308,10 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
     let mut required = Vec::new();
     for (name, input) in &spec.inputs {
         if !valid_name(name) {
-            p.top(format!("inputs.{name}"), "input names use letters, digits, '_', '-' or '.'");
+            p.top(
+                format!("inputs.{name}"),
+                "input names use letters, digits, '_', '-' or '.'",
+            );
         }
         let mut schema = serde_json::Map::new();
         if let Some(t) = input.ty.schema_type() {
@@ -308,7 +324,11 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
             if !type_fits(input.ty, d) {
                 p.top(
                     format!("inputs.{name}.default"),
-                    format!("the default is {}, not {}", json_type(d), type_label(input.ty)),
+                    format!(
+                        "the default is {}, not {}",
+                        json_type(d),
+                        type_label(input.ty)
+                    ),
                 );
             }
         } else if input.required {
@@ -359,11 +379,18 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
             p.node(
                 &n.id,
                 kinds[1],
-                format!("a node does one thing, and this one has both `{}` and `{}`", kinds[0], kinds[1]),
+                format!(
+                    "a node does one thing, and this one has both `{}` and `{}`",
+                    kinds[0], kinds[1]
+                ),
             );
         }
         if n.with.is_some() && n.action.is_none() && n.workflow.is_none() {
-            p.node(&n.id, "with", "`with` is the input of an `action` or a `workflow` node");
+            p.node(
+                &n.id,
+                "with",
+                "`with` is the input of an `action` or a `workflow` node",
+            );
         }
         let kind = if let Some(a) = &n.action {
             Kind::Action {
@@ -372,10 +399,20 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
             }
         } else if let Some(c) = &n.condition {
             match (&c.expr, &c.script) {
-                (Some(e), None) => Kind::Condition { source: e.clone(), script: false },
-                (None, Some(s)) => Kind::Condition { source: s.clone(), script: true },
+                (Some(e), None) => Kind::Condition {
+                    source: e.clone(),
+                    script: false,
+                },
+                (None, Some(s)) => Kind::Condition {
+                    source: s.clone(),
+                    script: true,
+                },
                 _ => {
-                    p.node(&n.id, "condition", "give exactly one of `expr` (a template expression) and `script` (rhai)");
+                    p.node(
+                        &n.id,
+                        "condition",
+                        "give exactly one of `expr` (a template expression) and `script` (rhai)",
+                    );
                     Kind::Join
                 }
             }
@@ -393,7 +430,11 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
             Kind::Until(u.clone())
         } else if let Some(w) = &n.workflow {
             if !valid_name(w) {
-                p.node(&n.id, "workflow", format!("'{w}' is not a valid workflow name"));
+                p.node(
+                    &n.id,
+                    "workflow",
+                    format!("'{w}' is not a valid workflow name"),
+                );
             }
             Kind::Workflow {
                 name: w.clone(),
@@ -442,17 +483,26 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
         let (Some(&from), Some(&to)) = (index.get(&e.from), index.get(&e.to)) else {
             for (end, id) in [("from", &e.from), ("to", &e.to)] {
                 if !index.contains_key(id) {
-                    p.top(format!("edges[{i}].{end}"), format!("there is no node `{id}`"));
+                    p.top(
+                        format!("edges[{i}].{end}"),
+                        format!("there is no node `{id}`"),
+                    );
                 }
             }
             continue;
         };
         if from == to {
-            p.top(format!("edges[{i}]"), format!("node `{}` cannot lead to itself", e.from));
+            p.top(
+                format!("edges[{i}]"),
+                format!("node `{}` cannot lead to itself", e.from),
+            );
             continue;
         }
         if !seen.insert((from, to, e.when)) {
-            p.top(format!("edges[{i}]"), format!("the edge {} -> {} is given twice", e.from, e.to));
+            p.top(
+                format!("edges[{i}]"),
+                format!("the edge {} -> {} is given twice", e.from, e.to),
+            );
             continue;
         }
         let is_condition = matches!(nodes[from].kind, Kind::Condition { .. });
@@ -581,7 +631,9 @@ impl Scope<'_> {
                     if let Some(name) = second
                         && !self.wf.spec.inputs.contains_key(name)
                     {
-                        return Err(format!("`inputs.{name}`: the workflow has no input `{name}`"));
+                        return Err(format!(
+                            "`inputs.{name}`: the workflow has no input `{name}`"
+                        ));
                     }
                 }
                 "nodes" => {
@@ -602,7 +654,9 @@ impl Scope<'_> {
                     if let Some(name) = second
                         && !self.secrets.contains(name)
                     {
-                        return Err(format!("`secrets.{name}`: no secret named `{name}` is configured"));
+                        return Err(format!(
+                            "`secrets.{name}`: no secret named `{name}` is configured"
+                        ));
                     }
                 }
                 "run" => {}
@@ -664,14 +718,21 @@ fn check_nodes(wf: &Workflow, cx: CheckContext<'_>, p: &mut Problems) {
                 scope.check_value(&n.id, "with", with, p);
             }
             Kind::Workflow { with, .. } => scope.check_value(&n.id, "with", with, p),
-            Kind::Condition { source, script: false } => {
+            Kind::Condition {
+                source,
+                script: false,
+            } => {
                 if let Err(e) =
                     template::expression_variables(source).and_then(|v| scope.check_vars(v))
                 {
                     p.node(&n.id, "condition.expr", e);
                 }
             }
-            Kind::Condition { source: s, script: true } | Kind::Script(s) => {
+            Kind::Condition {
+                source: s,
+                script: true,
+            }
+            | Kind::Script(s) => {
                 let (field, expression) = match &n.kind {
                     Kind::Script(_) => ("script", false),
                     _ => ("condition.script", true),
@@ -725,7 +786,14 @@ fn check_action_input(
     let schema = &info.input_schema;
     let Value::Object(given) = with else {
         if !template::is_template(with) {
-            p.node(node, "with", format!("the input of `{action}` is a JSON object, not {}", json_type(with)));
+            p.node(
+                node,
+                "with",
+                format!(
+                    "the input of `{action}` is a JSON object, not {}",
+                    json_type(with)
+                ),
+            );
         }
         return;
     };
@@ -742,18 +810,27 @@ fn check_action_input(
         let field = format!("with.{key}");
         let Some(prop) = props.and_then(|ps| ps.get(key)) else {
             if closed {
-                let mut known: Vec<&str> =
-                    props.map(|ps| ps.keys().map(String::as_str).collect()).unwrap_or_default();
+                let mut known: Vec<&str> = props
+                    .map(|ps| ps.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
                 known.sort_unstable();
-                p.node(node, field, format!("`{action}` has no input `{key}` (it takes: {})", known.join(", ")));
+                p.node(
+                    node,
+                    field,
+                    format!(
+                        "`{action}` has no input `{key}` (it takes: {})",
+                        known.join(", ")
+                    ),
+                );
             }
             continue;
         };
         if template::contains_template(value) {
             // `{{ inputs.x }}` alone: the input's declared type must suit the field.
-            if let (Some(name), Some(want)) =
-                (template::sole_input(value), prop.get("type").and_then(Value::as_str))
-                && let Some(input) = wf.spec.inputs.get(name)
+            if let (Some(name), Some(want)) = (
+                template::sole_input(value),
+                prop.get("type").and_then(Value::as_str),
+            ) && let Some(input) = wf.spec.inputs.get(name)
                 && let Some(have) = input.ty.schema_type()
                 && !(have == want || (have == "integer" && want == "number"))
             {
@@ -771,7 +848,9 @@ fn check_action_input(
                     p.node(node, field, format!("`{action}` rejects it: {e}"));
                 }
             }
-            Err(e) => tracing::debug!(action, key, error = %e, "input property schema did not compile; not checked"),
+            Err(e) => {
+                tracing::debug!(action, key, error = %e, "input property schema did not compile; not checked")
+            }
         }
     }
 }
@@ -784,18 +863,29 @@ fn check_triggers(wf: &Workflow, cx: CheckContext<'_>, p: &mut Problems) {
             .filter(|x| **x)
             .count();
         if count != 1 {
-            p.top(format!("triggers[{i}]"), "a trigger has exactly one of `hook`, `cron` and `event`");
+            p.top(
+                format!("triggers[{i}]"),
+                "a trigger has exactly one of `hook`, `cron` and `event`",
+            );
             continue;
         }
         if t.hook.is_none() && (t.token_secret.is_some() || t.hmac_secret.is_some()) {
-            p.top(at("token_secret"), "`token_secret` and `hmac_secret` belong to a `hook` trigger");
+            p.top(
+                at("token_secret"),
+                "`token_secret` and `hmac_secret` belong to a `hook` trigger",
+            );
         }
         if t.cron.is_none() && t.timezone.is_some() {
             p.top(at("timezone"), "`timezone` belongs to a `cron` trigger");
         }
         if let Some(path) = &t.hook {
             if !valid_name(path) {
-                p.top(at("hook"), format!("'{path}' is not a valid hook path: use letters, digits, '_', '-' or '.'"));
+                p.top(
+                    at("hook"),
+                    format!(
+                        "'{path}' is not a valid hook path: use letters, digits, '_', '-' or '.'"
+                    ),
+                );
             }
             match (&t.token_secret, &t.hmac_secret) {
                 (None, None) => p.top(
@@ -813,7 +903,10 @@ fn check_triggers(wf: &Workflow, cx: CheckContext<'_>, p: &mut Problems) {
                 }
             }
             if t.input.is_some() {
-                p.top(at("input"), "a hook's inputs are the request body; `input` belongs to cron triggers");
+                p.top(
+                    at("input"),
+                    "a hook's inputs are the request body; `input` belongs to cron triggers",
+                );
             }
         }
         if let Some(expr) = &t.cron {
@@ -827,10 +920,18 @@ fn check_triggers(wf: &Workflow, cx: CheckContext<'_>, p: &mut Problems) {
         }
         if let Some(name) = &t.event {
             if !valid_name(name) {
-                p.top(at("event"), format!("'{name}' is not a valid event name: use letters, digits, '_', '-' or '.'"));
+                p.top(
+                    at("event"),
+                    format!(
+                        "'{name}' is not a valid event name: use letters, digits, '_', '-' or '.'"
+                    ),
+                );
             }
             if t.input.is_some() {
-                p.top(at("input"), "an event's inputs are its payload; `input` belongs to cron triggers");
+                p.top(
+                    at("input"),
+                    "an event's inputs are its payload; `input` belongs to cron triggers",
+                );
             }
         }
     }

@@ -203,8 +203,11 @@ fn redacted(mut v: Value, secrets: &Secrets) -> Value {
 
 /// A run id derived from a trigger's task, so a task delivered twice starts one run.
 fn derived_run_id(key: &str, workflow: &str) -> String {
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{key}/{workflow}").as_bytes())
-        .to_string()
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("{key}/{workflow}").as_bytes(),
+    )
+    .to_string()
 }
 
 fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
@@ -329,7 +332,10 @@ impl Workflows {
                 return Ok(Some(if first {
                     format!("there is no workflow `{name}`; apply it first")
                 } else {
-                    format!("workflow `{name}` (reached through {}) does not exist", trail.join(" -> "))
+                    format!(
+                        "workflow `{name}` (reached through {}) does not exist",
+                        trail.join(" -> ")
+                    )
                 }));
             };
             first = false;
@@ -346,7 +352,10 @@ impl Workflows {
                 let mut t = trail.clone();
                 t.push(next.to_owned());
                 if next == root {
-                    return Ok(Some(format!("sub-workflows make a cycle: {}", t.join(" -> "))));
+                    return Ok(Some(format!(
+                        "sub-workflows make a cycle: {}",
+                        t.join(" -> ")
+                    )));
                 }
                 stack.push((next.to_owned(), t));
             }
@@ -377,7 +386,11 @@ impl Workflows {
         Ok(deleted)
     }
 
-    async fn sync_schedules(&self, name: &str, triggers: &[TriggerSpec]) -> Result<(), WorkflowError> {
+    async fn sync_schedules(
+        &self,
+        name: &str,
+        triggers: &[TriggerSpec],
+    ) -> Result<(), WorkflowError> {
         let prefix = format!("{SCHEDULE_PREFIX}{name}:");
         let mut wanted = BTreeSet::new();
         for (i, t) in triggers.iter().enumerate() {
@@ -433,14 +446,23 @@ impl Workflows {
     /// A compiled version, from the cache or the store.
     async fn workflow(&self, name: &str, version: u32) -> Result<Arc<Workflow>, WorkflowError> {
         let key = (name.to_owned(), version);
-        if let Some(wf) = self.cache.lock().map_err(|_| WorkflowError::NotRunning)?.get(&key) {
+        if let Some(wf) = self
+            .cache
+            .lock()
+            .map_err(|_| WorkflowError::NotRunning)?
+            .get(&key)
+        {
             return Ok(wf.clone());
         }
         let rec = self
             .store
             .get_workflow(name, Some(version))
             .await?
-            .ok_or_else(|| WorkflowError::NotFound(format!("workflow '{name}' version {version} does not exist")))?;
+            .ok_or_else(|| {
+                WorkflowError::NotFound(format!(
+                    "workflow '{name}' version {version} does not exist"
+                ))
+            })?;
         let spec = WorkflowSpec::from_value(rec.definition).map_err(WorkflowError::Parse)?;
         let wf = Arc::new(Workflow::load(spec).map_err(WorkflowError::Invalid)?);
         if let Ok(mut cache) = self.cache.lock() {
@@ -457,8 +479,14 @@ impl Workflows {
         inputs: Value,
         trigger: Value,
     ) -> Result<RunRecord, WorkflowError> {
-        self.start_run(uuid::Uuid::now_v7().to_string(), name, inputs, trigger, None)
-            .await
+        self.start_run(
+            uuid::Uuid::now_v7().to_string(),
+            name,
+            inputs,
+            trigger,
+            None,
+        )
+        .await
     }
 
     async fn start_run(
@@ -522,7 +550,11 @@ impl Workflows {
             .ok_or_else(|| WorkflowError::NotFound(format!("there is no run '{id}'")))?;
         // Children: sub-workflow nodes record their child run in their input.
         for n in self.store.run_nodes(id).await? {
-            if let Some(child) = n.input.as_ref().and_then(|i| i.get("child")).and_then(Value::as_str)
+            if let Some(child) = n
+                .input
+                .as_ref()
+                .and_then(|i| i.get("child"))
+                .and_then(Value::as_str)
                 && let Some(c) = self.store.get_run(child).await?
                 && !c.status.is_final()
             {
@@ -557,7 +589,9 @@ impl Workflows {
             .map(|&i| start_node(&wf, id, i, now))
             .collect();
         if !self.store.retry_run(id, &restart).await? {
-            return Err(WorkflowError::State(format!("run '{id}' is no longer failed")));
+            return Err(WorkflowError::State(format!(
+                "run '{id}' is no longer failed"
+            )));
         }
         self.store
             .get_run(id)
@@ -613,17 +647,32 @@ impl Workflows {
                 let Ok(spec) = WorkflowSpec::from_value(rec.definition.clone()) else {
                     continue;
                 };
-                if !spec.triggers.iter().any(|t| t.event.as_deref() == Some(name)) {
+                if !spec
+                    .triggers
+                    .iter()
+                    .any(|t| t.event.as_deref() == Some(name))
+                {
                     continue;
                 }
                 let trigger = json!({"kind": "event", "event": name});
                 match self
-                    .start_run(derived_run_id(key, &rec.name), &rec.name, payload.clone(), trigger, None)
+                    .start_run(
+                        derived_run_id(key, &rec.name),
+                        &rec.name,
+                        payload.clone(),
+                        trigger,
+                        None,
+                    )
                     .await
                 {
                     Ok(r) => started.push(r),
                     Err(WorkflowError::Inputs { workflow, detail }) => {
-                        tracing::warn!(event = name, workflow, detail, "event payload does not fit the workflow's inputs; no run started");
+                        tracing::warn!(
+                            event = name,
+                            workflow,
+                            detail,
+                            "event payload does not fit the workflow's inputs; no run started"
+                        );
                     }
                     Err(e) => return Err(e),
                 }
@@ -648,7 +697,11 @@ impl Workflows {
                 let Ok(spec) = WorkflowSpec::from_value(rec.definition.clone()) else {
                     continue;
                 };
-                if let Some(t) = spec.triggers.iter().find(|t| t.hook.as_deref() == Some(path)) {
+                if let Some(t) = spec
+                    .triggers
+                    .iter()
+                    .find(|t| t.hook.as_deref() == Some(path))
+                {
                     return Ok(Some((rec.name.clone(), t.clone())));
                 }
             }
@@ -669,7 +722,7 @@ impl Workflows {
         let me = self.clone();
         tasks.register_with(
             WORKFLOW_NODE_TASK,
-            options.clone(),
+            options,
             typed_handler(move |t: NodeTask, cx| {
                 let me = me.clone();
                 async move { me.execute_node(&t, &cx).await }
@@ -678,7 +731,7 @@ impl Workflows {
         let me = self.clone();
         tasks.register_with(
             WORKFLOW_START_TASK,
-            options.clone(),
+            options,
             typed_handler(move |t: RunTask, _cx| {
                 let me = me.clone();
                 async move { me.start_queued(&t.run).await.map_err(task_error) }
@@ -687,7 +740,7 @@ impl Workflows {
         let me = self.clone();
         tasks.register_with(
             WORKFLOW_RESUME_TASK,
-            options.clone(),
+            options,
             typed_handler(move |t: ResumeTask, _cx| {
                 let me = me.clone();
                 async move { me.resume(&t).await.map_err(task_error) }
@@ -696,7 +749,7 @@ impl Workflows {
         let me = self.clone();
         tasks.register_with(
             WORKFLOW_CRON_TASK,
-            options.clone(),
+            options,
             typed_handler(move |t: CronTask, cx| {
                 let me = me.clone();
                 async move {
@@ -705,7 +758,10 @@ impl Workflows {
                     match me.start_run(id, &t.workflow, t.input, trigger, None).await {
                         Ok(_) => Ok(()),
                         Err(WorkflowError::NotFound(m)) => {
-                            tracing::warn!(workflow = t.workflow, "cron trigger for a missing workflow: {m}");
+                            tracing::warn!(
+                                workflow = t.workflow,
+                                "cron trigger for a missing workflow: {m}"
+                            );
                             Ok(())
                         }
                         Err(e) => Err(task_error(e)),
@@ -756,7 +812,11 @@ impl Workflows {
         };
         // Only the child the node waits for (a retried node may have started another).
         if row.status != NodeStatus::Running
-            || row.input.as_ref().and_then(|i| i.get("child")).and_then(Value::as_str)
+            || row
+                .input
+                .as_ref()
+                .and_then(|i| i.get("child"))
+                .and_then(Value::as_str)
                 != Some(t.child.as_str())
         {
             return Ok(());
@@ -826,12 +886,26 @@ impl Workflows {
             )));
         };
         let node = &wf.nodes[i];
-        let max_attempts = cx.task().retry.map_or(node.retry.max_attempts, |r| r.max_attempts);
+        let max_attempts = cx
+            .task()
+            .retry
+            .map_or(node.retry.max_attempts, |r| r.max_attempts);
         let started = std::time::Instant::now();
         let key = cx.idempotency_key();
-        let outcome = match tokio::time::timeout(node.timeout, self.run_node(&wf, i, &run, &rows, &key)).await {
+        let outcome = match tokio::time::timeout(
+            node.timeout,
+            self.run_node(&wf, i, &run, &rows, &key),
+        )
+        .await
+        {
             Ok(r) => r,
-            Err(_) => Err((None, format!("timed out after {}", humantime::format_duration(node.timeout)))),
+            Err(_) => Err((
+                None,
+                format!(
+                    "timed out after {}",
+                    humantime::format_duration(node.timeout)
+                ),
+            )),
         };
         let result = match outcome {
             Ok(Step::Done { input, output }) => NodeResult::Completed {
@@ -858,10 +932,18 @@ impl Workflows {
             .await
             .map_err(TaskError::from)?;
         match (&result, outcome) {
-            (NodeResult::Failed { error, last: false, .. }, FinishOutcome::Recorded { .. }) => {
-                Err(TaskError::retryable(format!("node '{}': {error}", t.node)))
-            }
-            (NodeResult::Failed { error, last: true, .. }, _) => {
+            (
+                NodeResult::Failed {
+                    error, last: false, ..
+                },
+                FinishOutcome::Recorded { .. },
+            ) => Err(TaskError::retryable(format!("node '{}': {error}", t.node))),
+            (
+                NodeResult::Failed {
+                    error, last: true, ..
+                },
+                _,
+            ) => {
                 tracing::warn!(run = %run.id, node = %t.node, attempt, error, "workflow node failed; the run fails");
                 Ok(())
             }
@@ -883,8 +965,11 @@ impl Workflows {
         let cx = context(run, rows, Some(&self.secrets));
         match &node.kind {
             Kind::Action { name, with } => {
-                let input = template::render(with, &cx).map_err(|e| (None, format!("with: {e}")))?;
-                let (actions, senders) = self.actions().map_err(|e| (Some(input.clone()), e.to_string()))?;
+                let input =
+                    template::render(with, &cx).map_err(|e| (None, format!("with: {e}")))?;
+                let (actions, senders) = self
+                    .actions()
+                    .map_err(|e| (Some(input.clone()), e.to_string()))?;
                 let acx = ActionContext {
                     store: Some(self.store.clone()),
                     senders: senders.clone(),
@@ -899,9 +984,14 @@ impl Workflows {
                 let result = match script {
                     false => template::truth(source, &cx).map_err(|e| (None, e))?,
                     true => {
-                        let v = self.script(source, true, run, rows).map_err(|e| (None, e))?;
+                        let v = self
+                            .script(source, true, run, rows)
+                            .map_err(|e| (None, e))?;
                         v.as_bool().ok_or_else(|| {
-                            (None, format!("the condition script gave {v}, not true or false"))
+                            (
+                                None,
+                                format!("the condition script gave {v}, not true or false"),
+                            )
                         })?
                     }
                 };
@@ -936,7 +1026,10 @@ impl Workflows {
                 let mut out = Map::new();
                 for &e in &wf.incoming[i] {
                     let from = &wf.nodes[wf.edges[e].from].id;
-                    if let Some(r) = rows.iter().find(|r| &r.node == from && r.status == NodeStatus::Completed) {
+                    if let Some(r) = rows
+                        .iter()
+                        .find(|r| &r.node == from && r.status == NodeStatus::Completed)
+                    {
                         out.insert(from.clone(), r.output.clone().unwrap_or(Value::Null));
                     }
                 }
@@ -946,7 +1039,8 @@ impl Workflows {
                 })
             }
             Kind::Workflow { name, with } => {
-                let input = template::render(with, &cx).map_err(|e| (None, format!("with: {e}")))?;
+                let input =
+                    template::render(with, &cx).map_err(|e| (None, format!("with: {e}")))?;
                 // A redelivered task finds the child it already started.
                 let row = rows.iter().find(|r| r.node == node.id);
                 if let Some(child) = row
@@ -1050,7 +1144,9 @@ fn context(run: &RunRecord, rows: &[NodeRecord], secrets: Option<&Secrets>) -> m
 
 fn until(template_src: &str, cx: &minijinja::Value) -> Result<DateTime<Utc>, String> {
     let v = template::render(&Value::String(template_src.to_owned()), cx)?;
-    let s = v.as_str().ok_or_else(|| format!("until: gave {v}, not a time"))?;
+    let s = v
+        .as_str()
+        .ok_or_else(|| format!("until: gave {v}, not a time"))?;
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| format!("until: '{s}' is not an RFC 3339 time ({e})"))
@@ -1130,7 +1226,9 @@ pub(crate) fn plan(wf: &Workflow, run: &RunRecord, rows: &[NodeRecord], secrets:
                     }
                 }
             },
-            Some(NodeStatus::Skipped | NodeStatus::Cancelled | NodeStatus::Failed) => EdgeState::Dead,
+            Some(NodeStatus::Skipped | NodeStatus::Cancelled | NodeStatus::Failed) => {
+                EdgeState::Dead
+            }
             _ => EdgeState::Waiting,
         }
     };
@@ -1141,7 +1239,10 @@ pub(crate) fn plan(wf: &Workflow, run: &RunRecord, rows: &[NodeRecord], secrets:
             if status[i].is_some() {
                 continue;
             }
-            let states: Vec<EdgeState> = wf.incoming[i].iter().map(|&e| edge_state(e, &status)).collect();
+            let states: Vec<EdgeState> = wf.incoming[i]
+                .iter()
+                .map(|&e| edge_state(e, &status))
+                .collect();
             let any_taken = states.contains(&EdgeState::Taken);
             let any_waiting = states.contains(&EdgeState::Waiting);
             let decision = match wf.nodes[i].join {
@@ -1179,7 +1280,8 @@ pub(crate) fn plan(wf: &Workflow, run: &RunRecord, rows: &[NodeRecord], secrets:
         .any(|s| matches!(s, None | Some(NodeStatus::Pending | NodeStatus::Running)));
     if !busy {
         let output = match &wf.spec.output {
-            Some(t) => template::render(t, &cx).unwrap_or_else(|e| json!({ "error": format!("output: {e}") })),
+            Some(t) => template::render(t, &cx)
+                .unwrap_or_else(|e| json!({ "error": format!("output: {e}") })),
             None => rows
                 .iter()
                 .filter(|r| r.status == NodeStatus::Completed)

@@ -18,12 +18,11 @@ pub use engine::{
 };
 pub use script::{SCRIPT_VARIABLES, ScriptEngine};
 pub use spec::{
-    BackoffKind, ConditionSpec, EdgeSpec, Format, InputSpec, InputType, Join, NodeSpec,
-    RetrySpec, TriggerSpec, WorkflowSpec,
+    BackoffKind, ConditionSpec, EdgeSpec, Format, InputSpec, InputType, Join, NodeSpec, RetrySpec,
+    TriggerSpec, WorkflowSpec,
 };
 pub use store::{
-    BeginOutcome, FinishOutcome, NewRun, NodeRecord, NodeResult, NodeStatus, NodeTiming,
-    ParentRef, Plan, RunEnd, RunFilter, RunRecord, RunStatus, RunTiming, StartNode,
-    WORKFLOW_NODE_TASK, WORKFLOW_RESUME_TASK, WORKFLOW_START_TASK, WorkflowRecord,
-    WorkflowStore,
+    BeginOutcome, FinishOutcome, NewRun, NodeRecord, NodeResult, NodeStatus, NodeTiming, ParentRef,
+    Plan, RunEnd, RunFilter, RunRecord, RunStatus, RunTiming, StartNode, WORKFLOW_NODE_TASK,
+    WORKFLOW_RESUME_TASK, WORKFLOW_START_TASK, WorkflowRecord, WorkflowStore,
 };

@@ -232,6 +232,7 @@ pub struct StartNode {
 
 /// What [`WorkflowStore::begin_node`] found.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // made once per node execution and matched at once
 pub enum BeginOutcome {
     /// The node is now running (attempt counted); here are the run and its nodes so far.
     Proceed {
@@ -383,8 +384,7 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// Create a run. When the workflow already has `max_concurrency` runs running, the run
     /// is `queued` and nothing is enqueued; otherwise it is `running`, and the `start` nodes
     /// get pending rows and their tasks, all in one transaction.
-    async fn create_run(&self, run: &NewRun, start: &[StartNode])
-    -> Result<RunRecord, StoreError>;
+    async fn create_run(&self, run: &NewRun, start: &[StartNode]) -> Result<RunRecord, StoreError>;
 
     /// Promote a queued run: when it is still queued and a slot is free, mark it running and
     /// create the `start` nodes (rows and tasks). Returns the run as it is after the step.

@@ -35,7 +35,8 @@ pub(crate) fn has_syntax(s: &str) -> bool {
 /// The expression inside a string that is exactly `{{ expression }}`.
 fn sole_expression(s: &str) -> Option<&str> {
     let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?;
-    (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%")).then_some(inner.trim())
+    (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%"))
+        .then_some(inner.trim())
 }
 
 /// True when `v` is a string with template syntax.

@@ -153,6 +153,14 @@ async fn apply_plan(
     .execute(&mut **tx)
     .await
     .map_err(map_err)?;
+    // A failed run leaves nothing in flight: branches still pending or running are cancelled
+    // (their late results are stale).
+    sqlx::query("UPDATE flowbot_workflow_nodes SET status = 'cancelled', finished_at = ?1 WHERE run_id = ?2 AND status IN ('pending', 'running')")
+        .bind(now)
+        .bind(&run.id)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
     enqueued |= end_effects(tx, run, now).await?;
     Ok((end.status, enqueued))
 }
