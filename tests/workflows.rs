@@ -380,7 +380,11 @@ async fn failures_retry_then_fail_the_run_and_retry_resumes(store: Arc<dyn Store
     // A failure ends the run at once: a branch still running is cancelled, and its late
     // result changes nothing.
     apply(&env.engine, RACE).await;
-    let race = env.engine.start("race", json!({}), json!({})).await.unwrap();
+    let race = env
+        .engine
+        .start("race", json!({}), json!({}))
+        .await
+        .unwrap();
     let failed = wait_final(&env.engine, &race.id).await;
     assert_eq!(failed.status, RunStatus::Failed);
     tokio::time::sleep(Duration::from_millis(400)).await;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
+use flowbot_channels::http_action::HttpRequest;
 use flowbot_channels::web::WebChat;
 use flowbot_channels::webhook::{WebhookConfig, Webhooks};
 use flowbot_core::task::WorkerConfig;
@@ -190,6 +191,7 @@ pub async fn run_server_with(
     let mut builder = Bot::builder()
         .store(store.clone())
         .router_arc(rules.router())
+        .action(HttpRequest::new())
         .workflows(workflows.clone());
     if console {
         builder = builder.channel(flowbot_channels::console::channel("console"));
@@ -295,6 +297,7 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
     let mut builder = Bot::builder()
         .store(store.clone())
         .router_arc(rules.router())
+        .action(HttpRequest::new())
         .workflows(workflow_engine(&config, &store))
         .workers(worker_config(&config, "agent"));
     // Agents hold no sockets: web replies go over the bus to the servers.

@@ -13,6 +13,8 @@
 #[cfg(feature = "console")]
 pub mod console;
 #[cfg(any(feature = "web", feature = "webhook"))]
+#[cfg(feature = "http")]
+pub mod http_action;
 pub mod problem;
 #[cfg(feature = "web")]
 pub mod web;
