@@ -429,3 +429,152 @@ async fn distributed_servers_and_agents_on_postgres() {
         .await;
     }
 }
+
+/// A slow HTTP endpoint that counts its calls (the node the agent is killed in).
+async fn slow_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(move || {
+            let c = c.clone();
+            async move {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                axum::Json(json!({"call": n}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/slow"), calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_run_finishes_on_another_agent_after_sigkill() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let dir = TempDir::new("flowbot-wf-sigkill");
+    let schema = format!("wf_{}", uuid::Uuid::new_v4().simple());
+    let (slow, calls) = slow_endpoint().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let env = |listen: bool| {
+        let mut e = vec![
+            kv("FLOWBOT_DATABASE__URL", url.clone()),
+            kv("FLOWBOT_DATABASE__SCHEMA", schema.clone()),
+            kv("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "200"),
+            kv("FLOWBOT_WORKERS__LEASE_SECS", "2"),
+        ];
+        if listen {
+            e.push(kv("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")));
+        }
+        e
+    };
+    let _server = spawn(SERVER, &["--no-agent"], &env(true), &dir.0.join("s.log"));
+    wait_ready(&base, &dir.0.join("s.log")).await;
+    let mut agents = HashMap::new();
+    for name in ["a1", "a2"] {
+        let child = spawn(AGENT, &[], &env(false), &dir.0.join(format!("{name}.log")));
+        agents.insert(child.id().expect("pid"), child);
+    }
+    let http = reqwest::Client::new();
+    let definition = format!(
+        "name: killed\nnodes:\n  - {{ id: before, action: log, with: {{ message: start }} }}\n  - {{ id: slow, action: http_request, with: {{ url: \"{slow}\" }}, retry: {{ max_attempts: 3, delay: 100ms }} }}\n  - {{ id: after, script: 'nodes.slow.output.body[\"call\"]' }}\nedges: [ {{ from: before, to: slow }}, {{ from: slow, to: after }} ]\n"
+    );
+    let res = http
+        .post(format!("{base}/api/v1/workflows"))
+        .header("content-type", "application/yaml")
+        .body(definition)
+        .send()
+        .await
+        .expect("apply");
+    let status = res.status().as_u16();
+    assert_eq!(status, 201, "{}", res.text().await.unwrap_or_default());
+    let run: Value = http
+        .post(format!("{base}/api/v1/workflows/killed/runs"))
+        .send()
+        .await
+        .expect("start")
+        .json()
+        .await
+        .expect("json");
+    let id = run["id"].as_str().expect("run id").to_owned();
+
+    // Find the agent executing the slow node and kill it mid-request.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let owner_pid = loop {
+        let running: Value = http
+            .get(format!(
+                "{base}/api/v1/tasks?state=running&kind=flowbot.workflow.node"
+            ))
+            .send()
+            .await
+            .expect("tasks")
+            .json()
+            .await
+            .expect("json");
+        let pid = running["items"].as_array().and_then(|items| {
+            items.iter().find_map(|t| {
+                let owner = t["lease_owner"].as_str()?;
+                owner.strip_prefix("agent-")?.split('-').next()?.parse::<u32>().ok()
+            })
+        });
+        if let Some(pid) = pid
+            && calls.load(Ordering::SeqCst) == 1
+        {
+            break pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no agent took the slow node: {running}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut victim = agents.remove(&owner_pid).expect("the owner is one of ours");
+    victim.start_kill().expect("SIGKILL");
+    victim.wait().await.expect("reaped");
+
+    // The other agent takes the node over once the lease expires; the run completes and the
+    // node's completion is recorded once, on its second attempt.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let done = loop {
+        let r: Value = http
+            .get(format!("{base}/api/v1/runs/{id}"))
+            .send()
+            .await
+            .expect("run")
+            .json()
+            .await
+            .expect("json");
+        if r["status"] != "running" {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "run never finished: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"], json!(2), "the second call's answer: {done}");
+    let slow_node = done["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["node"] == "slow")
+        .expect("slow node")
+        .clone();
+    assert_eq!(slow_node["status"], "completed");
+    assert_eq!(slow_node["attempt"], 2, "{slow_node}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&mut c)
+        .await;
+    }
+}
