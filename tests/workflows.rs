@@ -781,6 +781,107 @@ async fn two_agents_execute_each_node_once(store: Arc<dyn Store>, second: Arc<dy
     two.stop().await;
 }
 
+const APPROVAL: &str = r#"
+name: approval
+inputs:
+  amount: { type: number, required: true }
+nodes:
+  - { id: ask, action: probe, with: { key: "ask-{{ run.id }}" } }
+  - { id: settle, delay: 300ms }
+  - { id: decision, wait: { event: expense.decided, key: "{{ run.id }}", timeout: 2s } }
+  - { id: approved, condition: { expr: "nodes.decision.output.payload.decision == 'approve'" } }
+  - { id: pay, action: probe, with: { key: "pay-{{ run.id }}", value: "{{ inputs.amount }}" } }
+edges:
+  - { from: ask, to: settle }
+  - { from: settle, to: decision }
+  - { from: decision, to: approved }
+  - { from: approved, to: pay, when: true }
+output: "{{ nodes.decision.output }}"
+"#;
+
+/// Publish a keyed event the way a rule or workflow does: through `publish_event`.
+async fn publish(engine: &Workflows, key: &str, decision: &str) {
+    let def = format!(
+        "name: decide\ninputs:\n  key: {{ type: string, required: true }}\n  decision: {{ type: string, required: true }}\nnodes:\n  - {{ id: p, action: publish_event, with: {{ name: expense.decided, key: \"{{{{ inputs.key }}}}\", payload: {{ decision: \"{{{{ inputs.decision }}}}\" }} }} }}\n"
+    );
+    apply(engine, &def).await;
+    let run = engine
+        .start(
+            "decide",
+            json!({"key": key, "decision": decision}),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_final(engine, &run.id).await.status,
+        RunStatus::Completed
+    );
+}
+
+async fn wait_nodes_continue_on_their_event_or_time_out(store: Arc<dyn Store>) {
+    let env = start(store, Arc::default());
+    apply(&env.engine, APPROVAL).await;
+    // The event comes while the run waits.
+    let run = env
+        .engine
+        .start("approval", json!({"amount": 12.5}), json!({}))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while node_status(&env.engine.run(&run.id).await.unwrap().unwrap()).get("decision")
+        != Some(&NodeStatus::Running)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publish(&env.engine, &run.id, "approve").await;
+    let done = wait_final(&env.engine, &run.id).await;
+    assert_eq!(done.status, RunStatus::Completed, "{done:#?}");
+    assert_eq!(
+        done.output.as_ref().unwrap()["payload"],
+        json!({"decision": "approve"})
+    );
+    assert_eq!(
+        env.probe
+            .calls
+            .lock()
+            .unwrap()
+            .get(&format!("pay-{}", run.id)),
+        Some(&1)
+    );
+
+    // The event comes before the run reaches its wait node: it is kept for it.
+    let early = env
+        .engine
+        .start("approval", json!({"amount": 3}), json!({}))
+        .await
+        .unwrap();
+    publish(&env.engine, &early.id, "reject").await;
+    let done = wait_final(&env.engine, &early.id).await;
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(
+        done.output.as_ref().unwrap()["payload"]["decision"],
+        "reject"
+    );
+    let s = node_status(&env.engine.run(&early.id).await.unwrap().unwrap());
+    assert_eq!(s["pay"], NodeStatus::Skipped);
+
+    // No event: the wait times out and says so.
+    let late = env
+        .engine
+        .start("approval", json!({"amount": 1}), json!({}))
+        .await
+        .unwrap();
+    let done = wait_final(&env.engine, &late.id).await;
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(done.output.as_ref().unwrap()["timed_out"], true);
+    env.stop().await;
+}
+
 macro_rules! on_every_store {
     (single: [$($one:ident),* $(,)?], pair: [$($two:ident),* $(,)?]) => {
         mod sqlite {
@@ -832,6 +933,7 @@ on_every_store!(
         cron_and_event_triggers_start_runs,
         secrets_are_used_but_never_recorded,
         versions_analytics_and_bad_inputs,
+        wait_nodes_continue_on_their_event_or_time_out,
     ],
     pair: [two_agents_execute_each_node_once]
 );

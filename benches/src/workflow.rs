@@ -47,7 +47,13 @@ impl Action for NoopAction {
     }
     async fn call(&self, _cx: &ActionContext, input: Value) -> Result<Value, BoxError> {
         if let Some(k) = input["key"].as_str() {
-            *self.0.0.lock().map_err(|_| "poisoned")?.entry(k.to_owned()).or_default() += 1;
+            *self
+                .0
+                .0
+                .lock()
+                .map_err(|_| "poisoned")?
+                .entry(k.to_owned())
+                .or_default() += 1;
         }
         Ok(json!({}))
     }
@@ -146,9 +152,11 @@ fn bot(store: Arc<dyn Store>) -> Running {
             handler_fn(move |cx| {
                 let (store, done) = (hop_store.clone(), done.clone());
                 async move {
-                    let (chain, step): (u64, u32) = cx.task().payload().map_err(TaskError::permanent)?;
+                    let (chain, step): (u64, u32) =
+                        cx.task().payload().map_err(TaskError::permanent)?;
                     if step < 9 {
-                        let next = NewTask::new("hop", &(chain, step + 1)).map_err(TaskError::permanent)?;
+                        let next = NewTask::new("hop", &(chain, step + 1))
+                            .map_err(TaskError::permanent)?;
                         store.enqueue(&next).await.map_err(TaskError::from)?;
                     } else if let Ok(mut d) = done.lock() {
                         d.insert(chain, Instant::now());
@@ -180,7 +188,12 @@ fn bot(store: Arc<dyn Store>) -> Running {
 
 async fn wait_run(engine: &Workflows, id: &str) -> RunStatus {
     loop {
-        let r = engine.store().get_run(id).await.expect("get run").expect("run");
+        let r = engine
+            .store()
+            .get_run(id)
+            .await
+            .expect("get run")
+            .expect("run");
         if r.status.is_final() {
             return r.status;
         }
@@ -295,7 +308,10 @@ async fn main() {
         match a.as_str() {
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(runs),
             "--concurrent" => {
-                concurrent = args.next().and_then(|v| v.parse().ok()).unwrap_or(concurrent);
+                concurrent = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(concurrent);
             }
             other => eprintln!("ignoring unknown argument '{other}'"),
         }
@@ -314,7 +330,9 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("### Workflow engine ({runs} sequential runs; {concurrent} concurrent runs)\n");
-    println!("| Store | queue hop p50 / p95 (baseline) | workflow node p50 / p95 | node p50 ÷ hop p50 | {concurrent} concurrent 5-node runs | runs/s | nodes/s | lost | duplicated |");
+    println!(
+        "| Store | queue hop p50 / p95 (baseline) | workflow node p50 / p95 | node p50 ÷ hop p50 | {concurrent} concurrent 5-node runs | runs/s | nodes/s | lost | duplicated |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in &reports {
         println!(

@@ -521,7 +521,12 @@ async fn a_workflow_run_finishes_on_another_agent_after_sigkill() {
         let pid = running["items"].as_array().and_then(|items| {
             items.iter().find_map(|t| {
                 let owner = t["lease_owner"].as_str()?;
-                owner.strip_prefix("agent-")?.split('-').next()?.parse::<u32>().ok()
+                owner
+                    .strip_prefix("agent-")?
+                    .split('-')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
             })
         });
         if let Some(pid) = pid
@@ -554,7 +559,10 @@ async fn a_workflow_run_finishes_on_another_agent_after_sigkill() {
         if r["status"] != "running" {
             break r;
         }
-        assert!(tokio::time::Instant::now() < deadline, "run never finished: {r}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run never finished: {r}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(done["status"], "completed", "{done}");

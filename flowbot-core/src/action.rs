@@ -288,7 +288,7 @@ impl Action for SendMessage {
         "send_message"
     }
     fn description(&self) -> &str {
-        "Send a text message to a conversation (the current one unless channel and conversation are given)."
+        "Send a text message, optionally with buttons, to a conversation (the current one unless channel and conversation are given)."
     }
     fn input_schema(&self) -> Value {
         json!({
@@ -298,7 +298,20 @@ impl Action for SendMessage {
                 "channel": {"type": "string", "minLength": 1},
                 "conversation": {"type": "string", "minLength": 1},
                 "thread": {"type": "string"},
-                "markdown": {"type": "boolean"}
+                "markdown": {"type": "boolean"},
+                "buttons": {
+                    "type": "array",
+                    "maxItems": 25,
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "label": {"type": "string", "minLength": 1},
+                            "value": {"type": "string", "minLength": 1}
+                        },
+                        "required": ["label", "value"],
+                        "additionalProperties": false
+                    }
+                }
             },
             "required": ["text"],
             "dependentRequired": {"channel": ["conversation"], "conversation": ["channel"]},
@@ -330,10 +343,12 @@ impl Action for SendMessage {
         } else {
             Format::Plain
         };
+        let buttons = serde_json::from_value(input.get("buttons").cloned().unwrap_or(json!([])))?;
         let message = Outbound {
             target: Some(target),
             text,
             format,
+            buttons,
             ..Outbound::default()
         };
         let id = cx.senders.send(&message).await?;

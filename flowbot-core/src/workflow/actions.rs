@@ -60,7 +60,8 @@ impl Action for RunWorkflow {
 }
 
 /// `publish_event`: queue an event; every workflow with an `event` trigger of that name gets
-/// a run with the payload as inputs.
+/// a run with the payload as inputs, and with a `key` the wait node waiting for that name and
+/// key continues with the payload.
 pub(crate) struct PublishEvent;
 
 #[async_trait]
@@ -76,6 +77,7 @@ impl Action for PublishEvent {
             "type": "object",
             "properties": {
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,100}$"},
+                "key": {"type": "string", "minLength": 1, "description": "wakes the wait node waiting for this name and key"},
                 "payload": {"type": "object"}
             },
             "required": ["name"],
@@ -92,7 +94,11 @@ impl Action for PublishEvent {
             .ok_or("publish_event needs a store: events travel on the task queue")?;
         let task = NewTask::new(
             WORKFLOW_EVENT_TASK,
-            &json!({"name": input["name"], "payload": input.get("payload").cloned().unwrap_or(json!({}))}),
+            &json!({
+                "name": input["name"],
+                "key": input.get("key"),
+                "payload": input.get("payload").cloned().unwrap_or(json!({})),
+            }),
         )?;
         let id = store.enqueue(&task).await?.id();
         Ok(json!({"task": id.0}))

@@ -53,6 +53,11 @@ pub(crate) enum Kind {
         name: String,
         with: Value,
     },
+    Wait {
+        event: String,
+        key: String,
+        timeout: Option<Duration>,
+    },
     Join,
 }
 
@@ -375,6 +380,9 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
         if n.workflow.is_some() {
             kinds.push("workflow");
         }
+        if n.wait.is_some() {
+            kinds.push("wait");
+        }
         if kinds.len() > 1 {
             p.node(
                 &n.id,
@@ -440,13 +448,37 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
                 name: w.clone(),
                 with: n.with.clone().unwrap_or_else(|| json!({})),
             }
+        } else if let Some(w) = &n.wait {
+            if !valid_name(&w.event) {
+                p.node(
+                    &n.id,
+                    "wait.event",
+                    format!(
+                        "'{}' is not a valid event name: use letters, digits, '_', '-' or '.'",
+                        w.event
+                    ),
+                );
+            }
+            let timeout = match w.timeout.as_deref().map(duration) {
+                Some(Ok(d)) => Some(d),
+                Some(Err(e)) => {
+                    p.node(&n.id, "wait.timeout", e);
+                    None
+                }
+                None => None,
+            };
+            Kind::Wait {
+                event: w.event.clone(),
+                key: w.key.clone(),
+                timeout,
+            }
         } else if n.join.is_some() {
             Kind::Join
         } else {
             p.node(
                 &n.id,
                 "action",
-                "the node does nothing: give one of action, condition, script, delay, until, workflow or join",
+                "the node does nothing: give one of action, condition, script, delay, until, workflow, wait or join",
             );
             Kind::Join
         };
@@ -751,6 +783,9 @@ fn check_nodes(wf: &Workflow, cx: CheckContext<'_>, p: &mut Problems) {
                 }
             }
             Kind::Until(u) => scope.check_value(&n.id, "until", &Value::String(u.clone()), p),
+            Kind::Wait { key, .. } => {
+                scope.check_value(&n.id, "wait.key", &Value::String(key.clone()), p);
+            }
             Kind::Delay(_) | Kind::Join => {}
         }
     }

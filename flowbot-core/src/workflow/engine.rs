@@ -31,6 +31,15 @@ pub const WORKFLOW_CRON_TASK: &str = "flowbot.workflow.cron";
 /// Task kind `publish_event` enqueues. Payload: `{"name": event, "payload": {..}}`.
 pub const WORKFLOW_EVENT_TASK: &str = "flowbot.workflow.event";
 
+/// Task kind that ends a wait node whose event did not come in time. Payload:
+/// `{"run": id, "node": id, "event": name, "key": key}`.
+pub const WORKFLOW_WAIT_TIMEOUT_TASK: &str = "flowbot.workflow.wait_timeout";
+
+/// kv namespace of wait nodes waiting for an event (`<event>:<key>` → run and node).
+const WAITS: &str = "flowbot.workflow.waits";
+/// kv namespace of keyed events that came before their wait node (`<event>:<key>` → payload).
+const EARLY_EVENTS: &str = "flowbot.workflow.events";
+
 /// Prefix of the schedules cron triggers register (`workflow:<name>:<trigger index>`).
 const SCHEDULE_PREFIX: &str = "workflow:";
 
@@ -173,7 +182,17 @@ struct CronTask {
 struct EventTask {
     name: String,
     #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
     payload: Value,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct WaitTimeoutTask {
+    run: String,
+    node: String,
+    event: String,
+    key: String,
 }
 
 /// The workflow engine. Create it with [`Workflows::new`], give it to the bot builder with
@@ -712,6 +731,58 @@ impl Workflows {
         }
     }
 
+    /// Hand a keyed event to the wait node waiting for it; an event with no waiter yet is kept
+    /// until its wait node runs. Returns true when a waiting node got it.
+    pub async fn deliver_event(
+        &self,
+        name: &str,
+        key: &str,
+        payload: &Value,
+    ) -> Result<bool, WorkflowError> {
+        let slot = format!("{name}:{key}");
+        let Some(waiter) = self.store.kv_get(WAITS, &slot).await? else {
+            self.store.kv_set(EARLY_EVENTS, &slot, payload).await?;
+            return Ok(false);
+        };
+        let (Some(run), Some(node)) = (waiter["run"].as_str(), waiter["node"].as_str()) else {
+            return Ok(false);
+        };
+        let output = json!({"event": name, "key": key, "payload": payload, "timed_out": false});
+        self.finish_wait(run, node, output).await?;
+        self.store.kv_delete(WAITS, &slot).await?;
+        Ok(true)
+    }
+
+    /// Complete a wait node that is still running with `output`.
+    async fn finish_wait(
+        &self,
+        run_id: &str,
+        node: &str,
+        output: Value,
+    ) -> Result<(), WorkflowError> {
+        let Some(run) = self.store.get_run(run_id).await? else {
+            return Ok(());
+        };
+        let nodes = self.store.run_nodes(run_id).await?;
+        let Some(row) = nodes.iter().find(|n| n.node == node) else {
+            return Ok(());
+        };
+        if row.status != NodeStatus::Running {
+            return Ok(());
+        }
+        let input = row.input.clone().unwrap_or(Value::Null);
+        let wf = self.workflow(&run.workflow, run.version).await?;
+        let planner = self.planner(&wf);
+        let result = NodeResult::Completed {
+            input,
+            output: redacted(output, &self.secrets),
+        };
+        self.store
+            .finish_node(run_id, node, row.attempt, &result, &planner)
+            .await?;
+        Ok(())
+    }
+
     /// Register the engine's task handlers.
     pub(crate) fn register_tasks(self: &Arc<Self>, tasks: &mut TaskRegistry) -> crate::Result<()> {
         // Node tasks carry their own retry policy and time out by themselves.
@@ -776,10 +847,35 @@ impl Workflows {
             typed_handler(move |t: EventTask, cx| {
                 let me = me.clone();
                 async move {
+                    if let Some(key) = &t.key {
+                        me.deliver_event(&t.name, key, &t.payload)
+                            .await
+                            .map_err(task_error)?;
+                    }
                     me.dispatch_event(&cx.idempotency_key(), &t.name, &t.payload)
                         .await
                         .map(|_| ())
                         .map_err(task_error)
+                }
+            }),
+        )?;
+        let me = self.clone();
+        tasks.register_with(
+            WORKFLOW_WAIT_TIMEOUT_TASK,
+            options,
+            typed_handler(move |t: WaitTimeoutTask, _cx| {
+                let me = me.clone();
+                async move {
+                    let output =
+                        json!({"event": t.event, "key": t.key, "payload": null, "timed_out": true});
+                    me.finish_wait(&t.run, &t.node, output)
+                        .await
+                        .map_err(task_error)?;
+                    me.store
+                        .kv_delete(WAITS, &format!("{}:{}", t.event, t.key))
+                        .await
+                        .map_err(TaskError::from)?;
+                    Ok(())
                 }
             }),
         )?;
@@ -1037,6 +1133,65 @@ impl Workflows {
                     input: Value::Null,
                     output: Value::Object(out),
                 })
+            }
+            Kind::Wait {
+                event,
+                key,
+                timeout,
+            } => {
+                let key = match template::render(&Value::String(key.clone()), &cx) {
+                    Ok(Value::String(k)) if !k.is_empty() => k,
+                    Ok(other) => {
+                        return Err((
+                            None,
+                            format!("wait.key: gave {other}, not a non-empty string"),
+                        ));
+                    }
+                    Err(e) => return Err((None, format!("wait.key: {e}"))),
+                };
+                let input = json!({"event": event, "key": key});
+                let slot = format!("{event}:{key}");
+                let fail = |e: StoreError| (Some(input.clone()), e.to_string());
+                let early = |payload: Value| Step::Done {
+                    input: input.clone(),
+                    output: json!({"event": event, "key": key, "payload": payload, "timed_out": false}),
+                };
+                if let Some(payload) = self.store.kv_get(EARLY_EVENTS, &slot).await.map_err(fail)? {
+                    self.store
+                        .kv_delete(EARLY_EVENTS, &slot)
+                        .await
+                        .map_err(fail)?;
+                    return Ok(early(payload));
+                }
+                self.store
+                    .kv_set(WAITS, &slot, &json!({"run": run.id, "node": node.id}))
+                    .await
+                    .map_err(fail)?;
+                // An event published between the two looks waits in EARLY_EVENTS.
+                if let Some(payload) = self.store.kv_get(EARLY_EVENTS, &slot).await.map_err(fail)? {
+                    self.store
+                        .kv_delete(EARLY_EVENTS, &slot)
+                        .await
+                        .map_err(fail)?;
+                    self.store.kv_delete(WAITS, &slot).await.map_err(fail)?;
+                    return Ok(early(payload));
+                }
+                if let Some(t) = timeout {
+                    let task = NewTask::new(
+                        WORKFLOW_WAIT_TIMEOUT_TASK,
+                        &WaitTimeoutTask {
+                            run: run.id.clone(),
+                            node: node.id.clone(),
+                            event: event.clone(),
+                            key: key.clone(),
+                        },
+                    )
+                    .map_err(|e| (Some(input.clone()), e.to_string()))?
+                    .delay(*t)
+                    .dedupe_key(format!("wf-wait:{}:{}", run.id, node.id));
+                    self.store.enqueue(&task).await.map_err(fail)?;
+                }
+                Ok(Step::Wait { input })
             }
             Kind::Workflow { name, with } => {
                 let input =

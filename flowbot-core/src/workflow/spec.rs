@@ -94,8 +94,8 @@ impl InputType {
     }
 }
 
-/// One node. Exactly one of `action`, `condition`, `script`, `delay`, `until`, `workflow`
-/// says what it does; a node with only `join` is a join point that does nothing.
+/// One node. Exactly one of `action`, `condition`, `script`, `delay`, `until`, `workflow`,
+/// `wait` says what it does; a node with only `join` is a join point that does nothing.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
@@ -126,6 +126,10 @@ pub struct NodeSpec {
     /// node's output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
+    /// Wait for an event published with a key (e.g. a button click turned into an event by a
+    /// rule); the event's payload is the node's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitSpec>,
     /// How incoming edges combine: `all` (the default) waits for every one, `first` runs on
     /// the first that arrives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,6 +138,19 @@ pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
     /// Timeout of one attempt (default: the workflow's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// What a wait node waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitSpec {
+    /// The event's name.
+    pub event: String,
+    /// The key that singles out this run's event (a template, e.g. `{{ run.id }}`).
+    pub key: String,
+    /// Give up after this long (e.g. `1h`): the node completes with `timed_out: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
 }
