@@ -642,6 +642,16 @@ async fn rest_api_health_metrics_openapi_and_errors() {
         "/chat",
         "/ws/chat",
         "/hooks/webhook/{channel}",
+        "/api/v1/workflows",
+        "/api/v1/workflows/validate",
+        "/api/v1/workflows/{name}",
+        "/api/v1/workflows/{name}/runs",
+        "/api/v1/workflows/{name}/analytics",
+        "/api/v1/runs",
+        "/api/v1/runs/{id}",
+        "/api/v1/runs/{id}/cancel",
+        "/api/v1/runs/{id}/retry",
+        "/hooks/trigger/{path}",
     ] {
         assert!(
             paths.contains_key(p),
@@ -650,7 +660,7 @@ async fn rest_api_health_metrics_openapi_and_errors() {
     }
     assert_eq!(
         paths.len(),
-        22,
+        32,
         "no undocumented extras: {:?}",
         paths.keys().collect::<Vec<_>>()
     );

@@ -139,6 +139,9 @@ pub(crate) enum Act {
 pub(crate) enum TemplatedValue {
     Plain(Value),
     Template(String),
+    /// A string that is exactly `{{ expression }}`: the expression's value, with its JSON
+    /// type (as in workflows).
+    Expr(String),
     Array(Vec<TemplatedValue>),
     Object(Vec<(String, TemplatedValue)>),
 }
@@ -727,9 +730,15 @@ impl Compiler<'_> {
 
     fn templated(&mut self, base: &str, v: &Value) -> Result<TemplatedValue, String> {
         Ok(match v {
-            Value::String(s) if s.contains("{{") || s.contains("{%") => {
-                TemplatedValue::Template(self.template(base.to_owned(), s)?)
-            }
+            Value::String(s) if s.contains("{{") || s.contains("{%") => match sole_expression(s) {
+                Some(e) => {
+                    self.templates.compile_expression(e).map_err(|err| {
+                        format!("template: {}", err.detail().unwrap_or(&err.to_string()))
+                    })?;
+                    TemplatedValue::Expr(e.to_owned())
+                }
+                None => TemplatedValue::Template(self.template(base.to_owned(), s)?),
+            },
             Value::Array(items) => TemplatedValue::Array(
                 items
                     .iter()
@@ -805,6 +814,13 @@ impl Compiler<'_> {
             }
         })
     }
+}
+
+/// The expression inside a string that is exactly `{{ expression }}`.
+fn sole_expression(s: &str) -> Option<&str> {
+    let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%"))
+        .then_some(inner.trim())
 }
 
 /// The lower-case words of `text` (runs of letters and digits).

@@ -460,6 +460,18 @@ fn render_value(
     Ok(match v {
         TemplatedValue::Plain(v) => v.clone(),
         TemplatedValue::Template(name) => Value::String(render(set, name, ctx)?),
+        TemplatedValue::Expr(src) => {
+            let v = set
+                .templates
+                .compile_expression(src)
+                .and_then(|e| e.eval(ctx))
+                .map_err(|e| format!("template: {e}"))?;
+            if v.is_undefined() {
+                Value::Null
+            } else {
+                serde_json::to_value(&v).map_err(|e| format!("template: {e}"))?
+            }
+        }
         TemplatedValue::Array(items) => Value::Array(
             items
                 .iter()

@@ -423,7 +423,7 @@ fn bad_rules_are_rejected_with_the_rule_and_where() {
     let cases = [
         (
             "[[rule]]\nname = \"a\"\nthen = [{ call = { action = \"sned\" } }]",
-            "(api): rule 'a': action 1: unknown action 'sned' (known: kv.delete, kv.get, kv.set, send_later, send_message)",
+            "(api): rule 'a': action 1: unknown action 'sned' (known: kv.delete, kv.get, kv.set, kv_get, kv_set, log, send_later, send_message)",
         ),
         (
             "[[rule]]\nname = \"a\"\nwhen = { regex = \"(unclosed\" }",
