@@ -396,46 +396,43 @@ impl WorkflowStore for PostgresStore {
         node: &str,
         attempt: u32,
     ) -> Result<BeginOutcome, StoreError> {
-        let now = now_ms();
-        let mut tx = self.begin().await?;
-        let record = match run_in(&mut tx, run).await? {
-            Some(r) if r.status == RunStatus::Running => r,
-            other => {
-                tx.commit().await.map_err(map_err)?;
-                return Ok(BeginOutcome::RunNotActive(other.map(|r| r.status)));
-            }
-        };
-        let status: Option<String> = sqlx::query_scalar(
-            "SELECT status FROM flowbot_workflow_nodes WHERE run_id = $1 AND node = $2",
-        )
-        .bind(run)
-        .bind(node)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if let Some(status) = status {
-            let status = wf::node_status(&status)?;
-            if status.is_final() {
-                tx.commit().await.map_err(map_err)?;
-                return Ok(BeginOutcome::AlreadyFinished(status));
-            }
-        }
-        sqlx::query(
-            "INSERT INTO flowbot_workflow_nodes AS n (run_id, node, status, attempt, queued_at, started_at) \
-             VALUES ($1, $2, 'running', $3, $4, $4) \
+        // One statement marks the node running when its run is running and the node has not
+        // finished (a row updated under ON CONFLICT is re-checked against its latest version,
+        // so a concurrent cancel or finish wins). The reads that follow need no transaction.
+        let began: Option<i64> = sqlx::query_scalar(
+            "WITH r AS (SELECT id FROM flowbot_workflow_runs WHERE id = $1 AND status = 'running') \
+             INSERT INTO flowbot_workflow_nodes AS n (run_id, node, status, attempt, queued_at, started_at) \
+             SELECT $1, $2, 'running', $3, $4, $4 FROM r \
              ON CONFLICT (run_id, node) DO UPDATE SET status = 'running', attempt = EXCLUDED.attempt, \
-             started_at = COALESCE(n.started_at, EXCLUDED.started_at)",
+             started_at = COALESCE(n.started_at, EXCLUDED.started_at) \
+             WHERE n.status IN ('pending', 'running') RETURNING n.seq",
         )
         .bind(run)
         .bind(node)
         .bind(i64::from(attempt))
-        .bind(now)
-        .execute(&mut *tx)
+        .bind(now_ms())
+        .fetch_optional(self.p())
         .await
         .map_err(map_err)?;
-        let nodes = nodes_in(&mut tx, run).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(BeginOutcome::Proceed { run: record, nodes })
+        let (record, nodes) = tokio::try_join!(self.get_run(run), self.run_nodes(run))?;
+        let record = match record {
+            Some(r) if began.is_some() => r,
+            Some(r) if r.status != RunStatus::Running => {
+                return Ok(BeginOutcome::RunNotActive(Some(r.status)));
+            }
+            None => return Ok(BeginOutcome::RunNotActive(None)),
+            Some(r) => {
+                // Not begun while the run runs: the node has finished.
+                return Ok(match nodes.iter().find(|n| n.node == node) {
+                    Some(n) => BeginOutcome::AlreadyFinished(n.status),
+                    None => BeginOutcome::RunNotActive(Some(r.status)),
+                });
+            }
+        };
+        Ok(BeginOutcome::Proceed {
+            run: record,
+            nodes,
+        })
     }
 
     async fn finish_node(
@@ -455,43 +452,32 @@ impl WorkflowStore for PostgresStore {
                 return Ok(FinishOutcome::Stale);
             }
         };
-        let row: Option<(String, i64)> = sqlx::query_as(
-            "SELECT status, attempt FROM flowbot_workflow_nodes WHERE run_id = $1 AND node = $2",
-        )
-        .bind(run)
-        .bind(node)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let fresh = match &row {
-            Some((status, stored)) => !wf::stale_attempt(status, *stored, attempt)?,
-            None => false,
-        };
-        if !fresh {
-            tx.commit().await.map_err(map_err)?;
-            return Ok(FinishOutcome::Stale);
-        }
         let finished = match result {
             NodeResult::Completed { input, output } => {
-                sqlx::query(
+                let done = sqlx::query(
                     "UPDATE flowbot_workflow_nodes SET status = 'completed', input = $1, output = $2, finished_at = $3 \
-                     WHERE run_id = $4 AND node = $5",
+                     WHERE run_id = $4 AND node = $5 AND status = 'running' AND attempt = $6",
                 )
                 .bind(json_text(input)?)
                 .bind(json_text(output)?)
                 .bind(now)
                 .bind(run)
                 .bind(node)
+                .bind(i64::from(attempt))
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    tx.commit().await.map_err(map_err)?;
+                    return Ok(FinishOutcome::Stale);
+                }
                 true
             }
             NodeResult::Failed { input, error, last } => {
-                sqlx::query(
+                let done = sqlx::query(
                     "UPDATE flowbot_workflow_nodes SET status = CASE WHEN $1::boolean THEN 'failed' ELSE status END, \
                      input = $2, error = $3, finished_at = CASE WHEN $1::boolean THEN $4::bigint ELSE finished_at END \
-                     WHERE run_id = $5 AND node = $6",
+                     WHERE run_id = $5 AND node = $6 AND status = 'running' AND attempt = $7",
                 )
                 .bind(*last)
                 .bind(opt_json_text(input.as_ref())?)
@@ -499,21 +485,32 @@ impl WorkflowStore for PostgresStore {
                 .bind(now)
                 .bind(run)
                 .bind(node)
+                .bind(i64::from(attempt))
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    tx.commit().await.map_err(map_err)?;
+                    return Ok(FinishOutcome::Stale);
+                }
                 *last
             }
             NodeResult::Waiting { input } => {
-                sqlx::query(
-                    "UPDATE flowbot_workflow_nodes SET input = $1 WHERE run_id = $2 AND node = $3",
+                let done = sqlx::query(
+                    "UPDATE flowbot_workflow_nodes SET input = $1 \
+                     WHERE run_id = $2 AND node = $3 AND status = 'running' AND attempt = $4",
                 )
                 .bind(json_text(input)?)
                 .bind(run)
                 .bind(node)
+                .bind(i64::from(attempt))
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    tx.commit().await.map_err(map_err)?;
+                    return Ok(FinishOutcome::Stale);
+                }
                 false
             }
         };
