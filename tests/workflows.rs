@@ -801,10 +801,8 @@ output: "{{ nodes.decision.output }}"
 
 /// Publish a keyed event the way a rule or workflow does: through `publish_event`.
 async fn publish(engine: &Workflows, key: &str, decision: &str) {
-    let def = format!(
-        "name: decide\ninputs:\n  key: {{ type: string, required: true }}\n  decision: {{ type: string, required: true }}\nnodes:\n  - {{ id: p, action: publish_event, with: {{ name: expense.decided, key: \"{{{{ inputs.key }}}}\", payload: {{ decision: \"{{{{ inputs.decision }}}}\" }} }} }}\n"
-    );
-    apply(engine, &def).await;
+    let def = "name: decide\ninputs:\n  key: { type: string, required: true }\n  decision: { type: string, required: true }\nnodes:\n  - { id: p, action: publish_event, with: { name: expense.decided, key: \"{{ inputs.key }}\", payload: { decision: \"{{ inputs.decision }}\" } } }\n";
+    apply(engine, def).await;
     let run = engine
         .start(
             "decide",
