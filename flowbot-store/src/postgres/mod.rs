@@ -438,6 +438,9 @@ impl TaskQueue for PostgresStore {
         Ok(out)
     }
 
+    /// A claim commits without waiting for the WAL flush: a claim lost to a database crash
+    /// only puts the task back to `queued` (it runs again, as after any crash), and the
+    /// task's completion, a synchronous commit, flushes the claim with it.
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Vec<ClaimedTask>, StoreError> {
         let cols = CLAIM_COLUMNS
             .split(", ")
@@ -458,9 +461,9 @@ impl TaskQueue for PostgresStore {
                SELECT DISTINCT ON (concurrency_key) concurrency_key, id FROM cand WHERE concurrency_key IS NOT NULL \
                ORDER BY concurrency_key, id \
                ON CONFLICT (key) DO NOTHING RETURNING task_id \
-             ) \
+             ), quick AS (SELECT set_config('synchronous_commit', 'off', true)) \
              UPDATE flowbot_tasks t SET state = 'running', attempts = t.attempts + 1, lease_owner = $5, lease_until = $6 \
-             FROM (SELECT id FROM cand WHERE concurrency_key IS NULL UNION ALL SELECT task_id FROM keyed) c \
+             FROM (SELECT id FROM cand WHERE concurrency_key IS NULL UNION ALL SELECT task_id FROM keyed) c, quick \
              WHERE t.id = c.id RETURNING {cols}"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))

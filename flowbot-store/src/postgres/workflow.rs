@@ -12,7 +12,7 @@ use flowbot_core::workflow::{
     BeginOutcome, FinishOutcome, NewRun, NodeRecord, NodeResult, Plan, RunFilter, RunRecord,
     RunStatus, StartNode, WorkflowRecord, WorkflowStore,
 };
-use flowbot_core::workflow::{NodeTiming, RunTiming};
+use flowbot_core::workflow::{NodeStatus, NodeTiming, RunTiming};
 
 use super::*;
 use crate::workflow::{
@@ -406,9 +406,9 @@ impl WorkflowStore for PostgresStore {
     ) -> Result<BeginOutcome, StoreError> {
         // One statement marks the node running when its run is running and the node has not
         // finished (a row updated under ON CONFLICT is re-checked against its latest version,
-        // so a concurrent cancel or finish wins). The reads that follow need no transaction.
+        // so a concurrent cancel or finish wins).
         // Its commit does not wait for the WAL flush: see `finish_node`.
-        let began: Option<i64> = sqlx::query_scalar(
+        let begin = sqlx::query_scalar::<_, i64>(
             "WITH r AS (SELECT id FROM flowbot_workflow_runs WHERE id = $1 AND status = 'running'), \
              c AS (SELECT set_config('synchronous_commit', 'off', true)) \
              INSERT INTO flowbot_workflow_nodes AS n (run_id, node, status, attempt, queued_at, started_at) \
@@ -421,10 +421,14 @@ impl WorkflowStore for PostgresStore {
         .bind(node)
         .bind(i64::from(attempt))
         .bind(now_ms())
-        .fetch_optional(self.p())
-        .await
-        .map_err(map_err)?;
-        let (record, nodes) = tokio::try_join!(self.get_run(run), self.run_nodes(run))?;
+        .fetch_optional(self.p());
+        // The reads go in parallel with the update: they need none of its effects (the run's
+        // status and the other nodes' outputs).
+        let (began, record, nodes) = tokio::try_join!(
+            async { begin.await.map_err(map_err) },
+            self.get_run(run),
+            self.run_nodes(run)
+        )?;
         let record = match record {
             Some(r) if began.is_some() => r,
             Some(r) if r.status != RunStatus::Running => {
@@ -439,6 +443,28 @@ impl WorkflowStore for PostgresStore {
                 });
             }
         };
+        // The reads ran beside the update: show this node as the update left it.
+        let mut nodes = nodes;
+        let now = chrono::Utc::now();
+        match nodes.iter_mut().find(|n| n.node == node) {
+            Some(n) => {
+                n.status = NodeStatus::Running;
+                n.attempt = attempt;
+                n.started_at.get_or_insert(now);
+            }
+            None => nodes.push(NodeRecord {
+                run_id: run.to_owned(),
+                node: node.to_owned(),
+                status: NodeStatus::Running,
+                attempt,
+                input: None,
+                output: None,
+                error: None,
+                queued_at: now,
+                started_at: Some(now),
+                finished_at: None,
+            }),
+        }
         Ok(BeginOutcome::Proceed { run: record, nodes })
     }
 
