@@ -282,7 +282,7 @@ fn eval(c: &Cond, f: &Facts<'_>, b: &mut Bindings) -> Result<Outcome, String> {
             .is_some_and(|ls| ls.iter().any(|l| &l.label == label && l.confidence >= *min))),
         Cond::Script(ast, used) => {
             let mut scope = f.script_scope(*used, b)?;
-            let value = f.set.scripting.eval(&mut scope, ast)?;
+            let value = f.set.scripting.eval_condition(&mut scope, ast)?;
             match value.as_bool() {
                 Ok(v) => yes(v),
                 Err(kind) => {

@@ -61,6 +61,10 @@ pub(crate) struct ScriptHost {
 }
 
 thread_local! {
+    /// rhai's function-resolution caches, kept from one condition to the next on this thread
+    /// (rhai starts empty caches on every evaluation otherwise), with the id of the engine
+    /// they belong to.
+    static CACHES: RefCell<(u64, rhai::Caches)> = const { RefCell::new((0, rhai::Caches::new())) };
     static DEADLINE: RefCell<Option<Instant>> = const { RefCell::new(None) };
     static HOST: RefCell<Option<ScriptHost>> = const { RefCell::new(None) };
 }
@@ -89,7 +93,11 @@ fn to_json(d: &Dynamic) -> Result<Value, Box<EvalAltResult>> {
 pub struct Scripting {
     engine: Engine,
     limits: ScriptLimits,
+    /// Tells this engine's function-resolution caches from another's (see `CACHES`).
+    id: u64,
 }
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl std::fmt::Debug for Scripting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -190,7 +198,11 @@ impl Scripting {
                 })
             },
         );
-        Scripting { engine, limits }
+        Scripting {
+            engine,
+            limits,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// The limits in force.
@@ -239,6 +251,34 @@ impl Scripting {
         let deadline = Instant::now() + self.limits.wall_time;
         let previous = DEADLINE.with(|d| d.replace(Some(deadline)));
         let out = self.engine.eval_ast_with_scope::<Dynamic>(scope, ast);
+        DEADLINE.with(|d| *d.borrow_mut() = previous);
+        out.map_err(|e| describe_runtime(&e))
+    }
+
+    /// Evaluate a condition: an expression, so it defines no functions of its own, and the
+    /// functions it calls resolve the same way every time. rhai's function-resolution caches
+    /// are kept per thread for that (a fresh evaluation would rebuild them on every call).
+    pub(crate) fn eval_condition(
+        &self,
+        scope: &mut rhai::Scope<'static>,
+        ast: &AST,
+    ) -> Result<Dynamic, String> {
+        let deadline = Instant::now() + self.limits.wall_time;
+        let previous = DEADLINE.with(|d| d.replace(Some(deadline)));
+        let out = CACHES.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut c) => {
+                if c.0 != self.id {
+                    *c = (self.id, rhai::Caches::new());
+                }
+                let mut global = self.engine.new_global_runtime_state();
+                #[allow(deprecated)] // the one way to pass caches in; rhai keeps it in 1.x
+                self.engine
+                    .eval_statements_raw(&mut global, &mut c.1, scope, ast.statements())
+            }
+            // A condition evaluated from inside another (a registered function that routes):
+            // fresh caches.
+            Err(_) => self.engine.eval_ast_with_scope::<Dynamic>(scope, ast),
+        });
         DEADLINE.with(|d| *d.borrow_mut() = previous);
         out.map_err(|e| describe_runtime(&e))
     }
