@@ -36,6 +36,82 @@ pub struct Config {
     pub rules: RulesConfig,
     /// Named secrets for workflows (`{{ secrets.name }}`, hook triggers), by name.
     pub secrets: SecretValues,
+    /// Notifiers for the `notify` action, by name.
+    pub notifiers: BTreeMap<String, NotifierEntry>,
+}
+
+/// `[notifiers.<name>]`: a send-only channel for the `notify` action, by `kind`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NotifierEntry {
+    /// ntfy: `base_url` (default `https://ntfy.sh`), `topic`, optional `token`.
+    Ntfy {
+        /// The server.
+        #[serde(default = "ntfy_url")]
+        base_url: String,
+        /// The topic.
+        topic: String,
+        /// Access token for a protected topic.
+        token: Option<String>,
+    },
+    /// A Slack incoming webhook: `url`.
+    SlackWebhook {
+        /// The webhook URL Slack gave.
+        url: String,
+    },
+    /// Pushover: `token` (application), `user` (user or group key), `base_url` (default
+    /// `https://api.pushover.net`).
+    Pushover {
+        /// The API.
+        #[serde(default = "pushover_url")]
+        base_url: String,
+        /// Application token.
+        token: String,
+        /// User or group key.
+        user: String,
+    },
+    /// A JSON `POST` to `url`, signed with `secret` when given.
+    Webhook {
+        /// Where.
+        url: String,
+        /// HMAC secret.
+        secret: Option<String>,
+    },
+}
+
+fn ntfy_url() -> String {
+    "https://ntfy.sh".into()
+}
+
+fn pushover_url() -> String {
+    "https://api.pushover.net".into()
+}
+
+impl NotifierEntry {
+    /// The URL it posts to (checked at start).
+    pub fn url(&self) -> &str {
+        match self {
+            NotifierEntry::Ntfy { base_url, .. } | NotifierEntry::Pushover { base_url, .. } => {
+                base_url
+            }
+            NotifierEntry::SlackWebhook { url } | NotifierEntry::Webhook { url, .. } => url,
+        }
+    }
+}
+
+impl std::fmt::Debug for NotifierEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Tokens and webhook URLs are secrets: only the kind is shown.
+        let kind = match self {
+            NotifierEntry::Ntfy { .. } => "ntfy",
+            NotifierEntry::SlackWebhook { .. } => "slack_webhook",
+            NotifierEntry::Pushover { .. } => "pushover",
+            NotifierEntry::Webhook { .. } => "webhook",
+        };
+        f.debug_struct("NotifierEntry")
+            .field("kind", &kind)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[secrets]`: name = value. Values never appear in `Debug` output or logs.
@@ -324,6 +400,15 @@ impl Config {
                 ));
             }
         }
+        for (name, n) in &self.notifiers {
+            let url = n.url();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(err(
+                    format!("notifiers.{name}"),
+                    format!("'{url}' is not an http(s) URL"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -356,7 +441,16 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
     // Deserialise section by section, so an error names its section, then check the
     // whole (which catches unknown sections).
     let known = [
-        "server", "database", "log", "workers", "web", "webhooks", "demo", "rules", "secrets",
+        "server",
+        "database",
+        "log",
+        "workers",
+        "web",
+        "webhooks",
+        "demo",
+        "rules",
+        "secrets",
+        "notifiers",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
@@ -408,7 +502,31 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
         demo: section(table, "demo")?,
         rules: section(table, "rules")?,
         secrets: section(table, "secrets")?,
+        notifiers: named_sections(table, "notifiers")?,
     })
+}
+
+/// A table of `[<section>.<name>]` tables, each deserialised on its own so an error names it.
+fn named_sections<T: for<'de> Deserialize<'de>>(
+    table: &toml::Table,
+    section: &str,
+) -> Result<BTreeMap<String, T>, ConfigError> {
+    match table.get(section) {
+        None => Ok(BTreeMap::new()),
+        Some(toml::Value::Table(t)) => t
+            .iter()
+            .map(|(name, v)| {
+                let at = format!("{section}.{name}");
+                T::deserialize(v.clone())
+                    .map(|e| (name.clone(), e))
+                    .map_err(|e| err(field_path(&at, &e.to_string()), clean(&e.to_string())))
+            })
+            .collect(),
+        Some(_) => Err(err(
+            section,
+            format!("must be a table of [{section}.<name>] sections"),
+        )),
+    }
 }
 
 /// `section.field` when the serde message names a field (unknown field `x` / invalid value
@@ -491,6 +609,29 @@ mod tests {
         let e = load("", &[("FLOWBOT_DATABASE__URL", "mysql://u:pw@h/db")]).expect_err("scheme");
         assert_eq!(e.path, "database.url");
         assert!(!e.message.contains("pw"), "password redacted: {e}");
+        let e = load("[notifiers.ops]\nkind = \"carrier_pigeon\"\n", &[]).expect_err("kind");
+        assert!(e.path.starts_with("notifiers.ops"), "{e}");
+        assert!(e.message.contains("carrier_pigeon"), "{e}");
+        let e = load("[notifiers.ops]\nkind = \"ntfy\"\n", &[]).expect_err("topic");
+        assert!(
+            e.path.starts_with("notifiers.ops") && e.message.contains("topic"),
+            "{e}"
+        );
+        let e = load(
+            "[notifiers.ops]\nkind = \"slack_webhook\"\nurl = \"ftp://x\"\n",
+            &[],
+        )
+        .expect_err("url");
+        assert_eq!(e.path, "notifiers.ops");
+        let ok = load(
+            "[notifiers.ops]\nkind = \"pushover\"\ntoken = \"t0ken\"\nuser = \"u\"\n",
+            &[],
+        )
+        .expect("pushover");
+        assert!(
+            !format!("{ok:?}").contains("t0ken"),
+            "tokens stay out of Debug"
+        );
         let e = load("", &[("FLOWBOT_LOG__LEVEL", "info,=[")]).expect_err("filter");
         assert_eq!(e.path, "log.level");
         let e = load("[webhooks.crm]\ncallbak_url = \"x\"\n", &[]).expect_err("typo in webhook");

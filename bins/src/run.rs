@@ -9,13 +9,13 @@ use flowbot_channels::web::WebChat;
 use flowbot_channels::webhook::{WebhookConfig, Webhooks};
 use flowbot_core::task::WorkerConfig;
 use flowbot_core::workflow::{Secrets, Workflows};
-use flowbot_core::{Bot, CancellationToken, Store};
+use flowbot_core::{Bot, BotBuilder, CancellationToken, Store};
 use flowbot_rules::{Plugins, Reload, RuleFiles, RuleLibrary, Source, WorkflowScripts};
 use flowbot_store::{PostgresOptions, PostgresStore, SqliteStore};
 
 use flowbot_store::redact_url as redact;
 
-use crate::config::Config;
+use crate::config::{Config, NotifierEntry};
 use crate::http::{self, AppState};
 
 /// Errors that stop a server or agent.
@@ -118,9 +118,13 @@ pub async fn rule_library(
         None => RuleFiles::Fixed(Vec::new()),
     };
     // The bot adds the workflow engine's actions to the built-in ones.
-    let plugins = Plugins::default()
+    let mut plugins = Plugins::default()
         .action_name("workflow.run")
-        .action_name("publish_event");
+        .action_name("publish_event")
+        .action_name("http_request");
+    if !config.notifiers.is_empty() {
+        plugins = plugins.action_name("notify");
+    }
     let library = Arc::new(RuleLibrary::open(files, Some(store.clone()), plugins).await?);
     tracing::info!(rules = library.list().len(), dir = ?config.rules.dir, "rules loaded");
     let interval = if config.rules.dir.is_some() && !config.rules.watch {
@@ -147,6 +151,30 @@ pub fn workflow_engine(config: &Config, store: &Arc<dyn Store>) -> Arc<Workflows
             .with_scripts(Arc::new(WorkflowScripts::default()))
             .with_secrets(Secrets::new(config.secrets.0.clone())),
     )
+}
+
+/// Add the configured notifiers to `builder`.
+fn with_notifiers(mut builder: BotBuilder, config: &Config) -> BotBuilder {
+    use flowbot_channels::notifiers::{JsonWebhook, Ntfy, Pushover, SlackWebhook};
+    for (name, n) in &config.notifiers {
+        builder = match n {
+            NotifierEntry::Ntfy {
+                base_url,
+                topic,
+                token,
+            } => builder.notifier(name, Ntfy::new(base_url, topic, token.clone())),
+            NotifierEntry::SlackWebhook { url } => builder.notifier(name, SlackWebhook::new(url)),
+            NotifierEntry::Pushover {
+                base_url,
+                token,
+                user,
+            } => builder.notifier(name, Pushover::new(base_url, token, user)),
+            NotifierEntry::Webhook { url, secret } => {
+                builder.notifier(name, JsonWebhook::new(url, secret.clone()))
+            }
+        };
+    }
+    builder
 }
 
 fn webhook_configs(config: &Config) -> Vec<WebhookConfig> {
@@ -193,6 +221,7 @@ pub async fn run_server_with(
         .router_arc(rules.router())
         .action(HttpRequest::new())
         .workflows(workflows.clone());
+    builder = with_notifiers(builder, &config);
     if console {
         builder = builder.channel(flowbot_channels::console::channel("console"));
     }
@@ -300,6 +329,7 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
         .action(HttpRequest::new())
         .workflows(workflow_engine(&config, &store))
         .workers(worker_config(&config, "agent"));
+    builder = with_notifiers(builder, &config);
     // Agents hold no sockets: web replies go over the bus to the servers.
     builder = builder.channel(WebChat::new("web", Some(store.clone())).sender_only());
     let (_, hook_channels) = Webhooks::new(store.clone(), &webhook_configs(&config))

@@ -502,3 +502,108 @@ edges: [ {{ from: check, to: tell }} ]
     assert_eq!(answer["text"], "the budget approved (health 200)");
     s.stop().await;
 }
+
+/// A local ntfy server: what it received, as (topic, title header, body).
+async fn fake_ntfy() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+) {
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>> =
+        std::sync::Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/{topic}",
+        axum::routing::post(
+            move |axum::extract::Path(topic): axum::extract::Path<String>,
+                  headers: axum::http::HeaderMap,
+                  body: String| {
+                let s = s.clone();
+                async move {
+                    let title = headers
+                        .get("title")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    s.lock().expect("lock").push((topic, title, body));
+                    axum::Json(json!({"id": "n1"}))
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_node_reaches_the_configured_notifier() {
+    let (ntfy, seen) = fake_ntfy().await;
+    let s = start_with(|c| {
+        c.notifiers.insert(
+            "ops".into(),
+            flowbot_server::config::NotifierEntry::Ntfy {
+                base_url: ntfy.clone(),
+                topic: "alerts".into(),
+                token: None,
+            },
+        );
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let def = r#"
+name: alert
+inputs:
+  text: { type: string, required: true }
+nodes:
+  - { id: tell, action: notify, with: { notifier: ops, title: "FlowBot", message: "{{ inputs.text }}", priority: high } }
+"#;
+    json_of(
+        http.post(format!("{}/api/v1/workflows", s.base))
+            .header("content-type", "application/yaml")
+            .body(def)
+            .send()
+            .await
+            .expect("apply"),
+        201,
+    )
+    .await;
+    // An unknown notifier is caught when the workflow is applied.
+    let p = problem(
+        http.post(format!("{}/api/v1/workflows", s.base))
+            .header("content-type", "application/yaml")
+            .body(def.replace("notifier: ops", "notifier: pager"))
+            .send()
+            .await
+            .expect("apply"),
+        422,
+    )
+    .await;
+    assert!(
+        p["errors"][0]["field"] == "with.notifier",
+        "the field is named: {p}"
+    );
+    let run = json_of(
+        http.post(format!("{}/api/v1/workflows/alert/runs", s.base))
+            .json(&json!({"inputs": {"text": "disk almost full"}}))
+            .send()
+            .await
+            .expect("start"),
+        202,
+    )
+    .await;
+    let done = finished(&http, &s.base, run["id"].as_str().expect("id")).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"]["response"], json!({"id": "n1"}));
+    assert_eq!(
+        seen.lock().expect("lock").clone(),
+        vec![(
+            "alerts".to_owned(),
+            "FlowBot".to_owned(),
+            "disk almost full".to_owned()
+        )]
+    );
+    s.stop().await;
+}

@@ -15,6 +15,8 @@ pub mod console;
 #[cfg(any(feature = "web", feature = "webhook"))]
 #[cfg(feature = "http")]
 pub mod http_action;
+#[cfg(feature = "notifiers")]
+pub mod notifiers;
 pub mod problem;
 #[cfg(feature = "web")]
 pub mod web;

@@ -38,6 +38,7 @@ pub struct BotBuilder {
     shards: usize,
     inbox_capacity: usize,
     workflows: Option<Arc<Workflows>>,
+    notifiers: std::collections::BTreeMap<String, Arc<dyn crate::notify::Notifier>>,
 }
 
 impl std::fmt::Debug for BotBuilder {
@@ -111,6 +112,7 @@ impl Default for BotBuilder {
             shards: 64,
             inbox_capacity: 1024,
             workflows: None,
+            notifiers: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -167,6 +169,17 @@ impl BotBuilder {
     /// Fire `schedule` (registered in the store when the bot starts).
     pub fn schedule(mut self, schedule: ScheduleDef) -> Self {
         self.schedules.push(schedule);
+        self
+    }
+
+    /// Add a notifier under `name`; the `notify` action (registered once there is one)
+    /// sends through it.
+    pub fn notifier(
+        mut self,
+        name: impl Into<String>,
+        notifier: impl crate::notify::Notifier,
+    ) -> Self {
+        self.notifiers.insert(name.into(), Arc::new(notifier));
         self
     }
 
@@ -244,6 +257,9 @@ impl BotBuilder {
         let mut actions = ActionRegistry::with_builtins();
         for a in self.actions {
             actions.register_arc(a)?;
+        }
+        if !self.notifiers.is_empty() {
+            actions.register(crate::notify::Notify(std::mem::take(&mut self.notifiers)))?;
         }
         if let Some(engine) = &self.workflows {
             if self.store.is_none() {

@@ -32,6 +32,7 @@ mod in_process;
 mod message;
 pub mod metrics;
 mod middleware;
+mod notify;
 mod pipeline;
 mod router;
 mod session;
@@ -50,6 +51,7 @@ pub use message::{
     MessageId, Outbound, Role, Sender, Target, UserId,
 };
 pub use middleware::{Dedupe, Flow, Middleware, RateLimit};
+pub use notify::{Notification, Notifier, Priority};
 pub use pipeline::{
     DELIVER_TASK, ErrorHook, INBOUND_TASK, Pipeline, PipelineError, PipelineStats, Stage,
 };

@@ -1,0 +1,278 @@
+//! Notifiers (send-only channels) for the `notify` action: ntfy, Slack incoming webhooks,
+//! Pushover, and a generic signed JSON webhook. Each takes its base URL from configuration,
+//! so tests (and self-hosted services) point it anywhere.
+//!
+//! Errors name the service's answer: the HTTP status and what the service said, and for a
+//! 429 the `Retry-After` it asked for. A workflow node retries them under its retry policy.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flowbot_core::{BoxError, Notification, Notifier, Priority};
+use serde_json::{Value, json};
+
+/// Longest a notifier waits for the service.
+pub const TIMEOUT: Duration = Duration::from_secs(15);
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .user_agent(concat!("flowbot/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Send `req`; the body of a 2xx answer, or an error naming the status and the service's
+/// words.
+async fn send(service: &str, req: reqwest::RequestBuilder) -> Result<String, BoxError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("{service} unreachable: {e}"))?;
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        return Ok(body);
+    }
+    let said: String = body.chars().take(300).collect();
+    Err(match (status.as_u16(), retry_after) {
+        (429, Some(after)) => {
+            format!("{service} rate limit (HTTP 429): retry after {after} s: {said}")
+        }
+        (code, _) => format!("{service} refused the notification (HTTP {code}): {said}"),
+    }
+    .into())
+}
+
+/// [ntfy](https://docs.ntfy.sh/publish/): `POST <base_url>/<topic>` with the message as the
+/// body and the title, priority, tags and click URL as headers.
+#[derive(Debug, Clone)]
+pub struct Ntfy {
+    base_url: String,
+    topic: String,
+    token: Option<String>,
+    client: reqwest::Client,
+}
+
+impl Ntfy {
+    /// Publish to `topic` on the server at `base_url` (e.g. `https://ntfy.sh`), with an access
+    /// token when the topic is protected.
+    pub fn new(base_url: &str, topic: &str, token: Option<String>) -> Self {
+        Ntfy {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            topic: topic.to_owned(),
+            token,
+            client: client(),
+        }
+    }
+}
+
+#[async_trait]
+impl Notifier for Ntfy {
+    fn kind(&self) -> &str {
+        "ntfy"
+    }
+
+    async fn notify(&self, n: &Notification) -> Result<Value, BoxError> {
+        let priority = match n.priority {
+            Priority::Low => "2",
+            Priority::Normal => "3",
+            Priority::High => "4",
+            Priority::Urgent => "5",
+        };
+        let mut req = self
+            .client
+            .post(format!("{}/{}", self.base_url, self.topic))
+            .header("Priority", priority)
+            .body(n.message.clone());
+        if let Some(t) = &n.title {
+            req = req.header("Title", t);
+        }
+        if !n.tags.is_empty() {
+            req = req.header("Tags", n.tags.join(","));
+        }
+        if let Some(u) = &n.url {
+            req = req.header("Click", u);
+        }
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let body = send("ntfy", req).await?;
+        let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        Ok(json!({"id": answer.get("id")}))
+    }
+}
+
+/// A Slack [incoming webhook](https://api.slack.com/messaging/webhooks): `POST` of
+/// `{"text": …}` to the webhook URL, which answers `ok`.
+#[derive(Debug, Clone)]
+pub struct SlackWebhook {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl SlackWebhook {
+    /// Post to the incoming webhook at `url`.
+    pub fn new(url: &str) -> Self {
+        SlackWebhook {
+            url: url.to_owned(),
+            client: client(),
+        }
+    }
+}
+
+#[async_trait]
+impl Notifier for SlackWebhook {
+    fn kind(&self) -> &str {
+        "slack_webhook"
+    }
+
+    async fn notify(&self, n: &Notification) -> Result<Value, BoxError> {
+        // Slack's mrkdwn: a bold title line, the message, a link; urgency as an emoji prefix,
+        // since an incoming webhook has no priority.
+        let mark = match n.priority {
+            Priority::High => ":warning: ",
+            Priority::Urgent => ":rotating_light: ",
+            _ => "",
+        };
+        let mut text = match &n.title {
+            Some(t) => format!("{mark}*{t}*\n{}", n.message),
+            None => format!("{mark}{}", n.message),
+        };
+        if let Some(u) = &n.url {
+            text.push_str(&format!("\n<{u}>"));
+        }
+        let body = send(
+            "Slack",
+            self.client.post(&self.url).json(&json!({"text": text})),
+        )
+        .await?;
+        if body.trim() != "ok" {
+            return Err(format!("Slack answered '{body}' instead of 'ok'").into());
+        }
+        Ok(json!({"ok": true}))
+    }
+}
+
+/// [Pushover](https://pushover.net/api): `POST <base_url>/1/messages.json` with the
+/// application token and the user key.
+#[derive(Debug, Clone)]
+pub struct Pushover {
+    base_url: String,
+    token: String,
+    user: String,
+    client: reqwest::Client,
+}
+
+impl Pushover {
+    /// The API at `base_url` (`https://api.pushover.net`) with an application `token` and a
+    /// user or group key.
+    pub fn new(base_url: &str, token: &str, user: &str) -> Self {
+        Pushover {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            user: user.to_owned(),
+            client: client(),
+        }
+    }
+}
+
+#[async_trait]
+impl Notifier for Pushover {
+    fn kind(&self) -> &str {
+        "pushover"
+    }
+
+    async fn notify(&self, n: &Notification) -> Result<Value, BoxError> {
+        let mut form: Vec<(&str, String)> = vec![
+            ("token", self.token.clone()),
+            ("user", self.user.clone()),
+            ("message", n.message.clone()),
+        ];
+        // Pushover's emergency priority (2) repeats until acknowledged: every 60 s for an hour.
+        let priority = match n.priority {
+            Priority::Low => "-1",
+            Priority::Normal => "0",
+            Priority::High => "1",
+            Priority::Urgent => "2",
+        };
+        form.push(("priority", priority.into()));
+        if n.priority == Priority::Urgent {
+            form.push(("retry", "60".into()));
+            form.push(("expire", "3600".into()));
+        }
+        if let Some(t) = &n.title {
+            form.push(("title", t.clone()));
+        }
+        if let Some(u) = &n.url {
+            form.push(("url", u.clone()));
+        }
+        let req = self
+            .client
+            .post(format!("{}/1/messages.json", self.base_url))
+            .form(&form);
+        let body = send("Pushover", req).await.map_err(|e| {
+            // Pushover explains refusals in `errors`; keep the token out of the message.
+            e.to_string().replace(&self.token, "[token]")
+        })?;
+        let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if answer["status"] != 1 {
+            return Err(format!("Pushover answered {answer}").into());
+        }
+        Ok(json!({"request": answer["request"], "receipt": answer.get("receipt")}))
+    }
+}
+
+/// A generic JSON webhook: `POST` of the notification as JSON, signed with
+/// `X-FlowBot-Signature` (as the webhook channel's callbacks) when a secret is set.
+#[derive(Debug, Clone)]
+pub struct JsonWebhook {
+    url: String,
+    secret: Option<String>,
+    client: reqwest::Client,
+}
+
+impl JsonWebhook {
+    /// Post to `url`, signing with `secret` when given.
+    pub fn new(url: &str, secret: Option<String>) -> Self {
+        JsonWebhook {
+            url: url.to_owned(),
+            secret,
+            client: client(),
+        }
+    }
+}
+
+#[async_trait]
+impl Notifier for JsonWebhook {
+    fn kind(&self) -> &str {
+        "webhook"
+    }
+
+    async fn notify(&self, n: &Notification) -> Result<Value, BoxError> {
+        let body = serde_json::to_vec(n)?;
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        #[cfg(feature = "webhook")]
+        if let Some(secret) = &self.secret {
+            req = req.header(
+                crate::webhook::SIGNATURE_HEADER,
+                crate::webhook::sign(secret, chrono::Utc::now().timestamp(), &body),
+            );
+        }
+        #[cfg(not(feature = "webhook"))]
+        if self.secret.is_some() {
+            return Err("signing needs the `webhook` feature of flowbot-channels".into());
+        }
+        req = req.body(body);
+        send("webhook", req).await?;
+        Ok(json!({"ok": true}))
+    }
+}

@@ -1,0 +1,253 @@
+//! Notifiers against a local server on 127.0.0.1 that speaks each service's wire format
+//! (ntfy, Slack incoming webhooks, Pushover, a signed JSON webhook), refusals included.
+#![cfg(all(feature = "notifiers", feature = "web", feature = "webhook"))]
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use flowbot_channels::notifiers::{JsonWebhook, Ntfy, Pushover, SlackWebhook};
+use flowbot_core::{Notification, Notifier, Priority};
+use serde_json::{Value, json};
+
+/// What the fake services received: (route, headers, body).
+type Seen = Arc<Mutex<Vec<(String, HeaderMap, String)>>>;
+
+async fn ntfy(
+    State(seen): State<Seen>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> impl IntoResponse {
+    if topic == "locked"
+        && headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer tk_good")
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({"code": 40301, "http": 403, "error": "forbidden"})),
+        )
+            .into_response();
+    }
+    seen.lock()
+        .unwrap()
+        .push((format!("ntfy/{topic}"), headers, body));
+    axum::Json(json!({"id": "msg123", "event": "message", "topic": topic})).into_response()
+}
+
+async fn slack(
+    State(seen): State<Seen>,
+    Path(hook): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> impl IntoResponse {
+    match hook.as_str() {
+        "gone" => (StatusCode::NOT_FOUND, "no_service").into_response(),
+        "busy" => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "30")],
+            "rate_limited",
+        )
+            .into_response(),
+        _ => {
+            seen.lock()
+                .unwrap()
+                .push((format!("slack/{hook}"), headers, body));
+            "ok".into_response()
+        }
+    }
+}
+
+/// `application/x-www-form-urlencoded`, decoded.
+fn form_of(body: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let s = s.replace('+', " ");
+        let mut out = Vec::new();
+        let b = s.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' && i + 2 < b.len() {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    body.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+async fn pushover(State(seen): State<Seen>, headers: HeaderMap, body: String) -> impl IntoResponse {
+    let form = form_of(&body);
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if get("token").as_deref() != Some("app_token") {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"token": "invalid", "errors": ["application token is invalid"], "status": 0, "request": "r0"})),
+        )
+            .into_response();
+    }
+    seen.lock().unwrap().push((
+        "pushover".into(),
+        headers,
+        serde_json::to_string(&form).unwrap(),
+    ));
+    axum::Json(json!({"status": 1, "request": "req-1"})).into_response()
+}
+
+async fn hook(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    seen.lock().unwrap().push((
+        "hook".into(),
+        headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    ));
+    StatusCode::NO_CONTENT
+}
+
+async fn server() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let app = Router::new()
+        .route("/ntfy/{topic}", post(ntfy))
+        .route("/slack/{hook}", post(slack))
+        .route("/1/messages.json", post(pushover))
+        .route("/hook", post(hook))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+fn note(priority: Priority) -> Notification {
+    Notification {
+        message: "disk almost full".into(),
+        title: Some("db-1".into()),
+        priority,
+        url: Some("https://status.example.com".into()),
+        tags: vec!["warning".into(), "disk".into()],
+    }
+}
+
+#[tokio::test]
+async fn ntfy_gets_headers_and_body_and_refusals_are_named() {
+    let (base, seen) = server().await;
+    let out = Ntfy::new(&format!("{base}/ntfy/"), "alerts", None)
+        .notify(&note(Priority::High))
+        .await
+        .unwrap();
+    assert_eq!(out, json!({"id": "msg123"}));
+    let (route, headers, body) = seen.lock().unwrap()[0].clone();
+    assert_eq!(route, "ntfy/alerts");
+    assert_eq!(body, "disk almost full");
+    let h = |k: &str| headers.get(k).unwrap().to_str().unwrap().to_owned();
+    assert_eq!(
+        (h("title"), h("priority"), h("tags"), h("click")),
+        (
+            "db-1".into(),
+            "4".into(),
+            "warning,disk".into(),
+            "https://status.example.com".into()
+        )
+    );
+    let e = Ntfy::new(&format!("{base}/ntfy"), "locked", Some("tk_bad".into()))
+        .notify(&note(Priority::Low))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("HTTP 403") && e.contains("forbidden"), "{e}");
+    Ntfy::new(&format!("{base}/ntfy"), "locked", Some("tk_good".into()))
+        .notify(&note(Priority::Low))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn slack_webhooks_post_mrkdwn_and_report_slack_errors() {
+    let (base, seen) = server().await;
+    SlackWebhook::new(&format!("{base}/slack/T1"))
+        .notify(&note(Priority::Urgent))
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_str(&seen.lock().unwrap()[0].2).unwrap();
+    assert_eq!(
+        body["text"],
+        ":rotating_light: *db-1*\ndisk almost full\n<https://status.example.com>"
+    );
+    let e = SlackWebhook::new(&format!("{base}/slack/gone"))
+        .notify(&note(Priority::Normal))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("HTTP 404") && e.contains("no_service"), "{e}");
+    let e = SlackWebhook::new(&format!("{base}/slack/busy"))
+        .notify(&note(Priority::Normal))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("HTTP 429") && e.contains("retry after 30 s"),
+        "{e}"
+    );
+    let e = SlackWebhook::new("http://127.0.0.1:1/closed")
+        .notify(&note(Priority::Normal))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Slack unreachable"), "{e}");
+}
+
+#[tokio::test]
+async fn pushover_sends_its_form_and_keeps_the_token_out_of_errors() {
+    let (base, seen) = server().await;
+    let out = Pushover::new(&base, "app_token", "user_key")
+        .notify(&note(Priority::Urgent))
+        .await
+        .unwrap();
+    assert_eq!(out["request"], "req-1");
+    let form: Vec<(String, String)> = serde_json::from_str(&seen.lock().unwrap()[0].2).unwrap();
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("user"), Some("user_key"));
+    assert_eq!(get("message"), Some("disk almost full"));
+    assert_eq!(get("priority"), Some("2"));
+    assert_eq!((get("retry"), get("expire")), (Some("60"), Some("3600")));
+    let e = Pushover::new(&base, "wrong_token_value", "user_key")
+        .notify(&note(Priority::Normal))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("application token is invalid"), "{e}");
+    assert!(!e.contains("wrong_token_value"), "{e}");
+}
+
+#[tokio::test]
+async fn json_webhooks_are_signed() {
+    let (base, seen) = server().await;
+    JsonWebhook::new(&format!("{base}/hook"), Some("hook-secret".into()))
+        .notify(&note(Priority::Normal))
+        .await
+        .unwrap();
+    let (_, headers, body) = seen.lock().unwrap()[0].clone();
+    let sig = headers
+        .get(flowbot_channels::webhook::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    flowbot_channels::webhook::verify(
+        "hook-secret",
+        sig,
+        body.as_bytes(),
+        chrono::Utc::now().timestamp(),
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["message"], "disk almost full");
+    assert_eq!(v["priority"], "normal");
+}
