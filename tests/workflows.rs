@@ -377,6 +377,20 @@ async fn failures_retry_then_fail_the_run_and_retry_resumes(store: Arc<dyn Store
         env.engine.retry(&bad.id).await,
         Err(WorkflowError::State(_))
     ));
+    apply(&env.engine, CHAINED_RETRY).await;
+    let chained = env
+        .engine
+        .start("chained", json!({}), json!({}))
+        .await
+        .unwrap();
+    let done = wait_final(&env.engine, &chained.id).await;
+    assert_eq!(done.status, RunStatus::Completed, "{done:#?}");
+    let second = env.engine.run(&chained.id).await.unwrap().unwrap().nodes[1].clone();
+    assert_eq!(
+        (second.node.as_str(), second.attempt),
+        ("second", 2),
+        "{second:#?}"
+    );
     // A failure ends the run at once: a branch still running is cancelled, and its late
     // result changes nothing.
     apply(&env.engine, RACE).await;
@@ -394,6 +408,17 @@ async fn failures_retry_then_fail_the_run_and_retry_resumes(store: Arc<dyn Store
     assert!(!s.contains_key("after"), "{s:?}");
     env.stop().await;
 }
+
+/// The second node runs on the first's worker without a round through the queue; when it
+/// fails, its task goes back to the queue like any other and the retry finishes the run.
+const CHAINED_RETRY: &str = r#"
+name: chained
+retry: { max_attempts: 2, backoff: fixed, delay: 20ms, jitter: 0 }
+nodes:
+  - { id: first, action: log, with: { message: first } }
+  - { id: second, action: probe, with: { key: "chained-{{ run.id }}", fail_first: 1 } }
+edges: [ { from: first, to: second } ]
+"#;
 
 const RACE: &str = r#"
 name: race

@@ -835,6 +835,7 @@ conformance!(
         workflow_versions,
         runs_and_max_concurrency,
         node_steps_are_exactly_once,
+        a_plan_can_claim_the_next_node,
         run_ends_free_slots_and_wake_parents,
         run_listing_and_timings,
     ],

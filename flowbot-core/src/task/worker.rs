@@ -29,6 +29,8 @@ pub struct TaskContext {
     task: Arc<ClaimedTask>,
     lease_lost: CancellationToken,
     shutdown: CancellationToken,
+    worker: Arc<str>,
+    lease: Duration,
 }
 
 impl TaskContext {
@@ -56,6 +58,16 @@ impl TaskContext {
     /// Cancelled when the pool starts shutting down.
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shutdown
+    }
+
+    /// The id of the worker pool running the task (the owner of its lease).
+    pub fn worker_id(&self) -> &str {
+        &self.worker
+    }
+
+    /// How long a lease of this pool lasts without a heartbeat.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 }
 
@@ -599,6 +611,8 @@ async fn run_task(
                 task: task.clone(),
                 lease_lost: lease_lost.clone(),
                 shutdown: shared.shutdown.clone(),
+                worker: Arc::from(shared.config.id.as_str()),
+                lease: shared.config.lease,
             };
             let fut = AssertUnwindSafe(reg.handler.run(cx)).catch_unwind();
             let outcome = match reg.timeout {

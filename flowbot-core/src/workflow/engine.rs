@@ -12,9 +12,9 @@ use super::compile::{CheckContext, Kind, Problem, Workflow};
 use super::script::ScriptEngine;
 use super::spec::{Join, TriggerSpec, WorkflowSpec};
 use super::store::{
-    BeginOutcome, FinishOutcome, NewRun, NodeRecord, NodeResult, NodeStatus, ParentRef, Plan,
-    RunEnd, RunFilter, RunRecord, RunStatus, StartNode, WORKFLOW_NODE_TASK, WORKFLOW_RESUME_TASK,
-    WORKFLOW_START_TASK, WorkflowRecord,
+    BeginOutcome, Claim, FinishOutcome, NewRun, NodeRecord, NodeResult, NodeStatus, ParentRef,
+    Plan, RunEnd, RunFilter, RunRecord, RunStatus, StartNode, WORKFLOW_NODE_TASK,
+    WORKFLOW_RESUME_TASK, WORKFLOW_START_TASK, WorkflowRecord,
 };
 use super::template;
 use crate::action::{ActionContext, ActionRegistry};
@@ -23,7 +23,8 @@ use crate::error::{StoreError, TaskError};
 use crate::message::Target;
 use crate::store::{Page, Store};
 use crate::task::{
-    KindOptions, NewTask, RetryPolicy, ScheduleDef, TaskContext, TaskRegistry, typed_handler,
+    KindOptions, NewTask, RetryPolicy, ScheduleDef, TaskContext, TaskId, TaskRegistry,
+    typed_handler,
 };
 
 /// Task kind a cron trigger's schedule enqueues. Payload: `{"workflow": name, "input": {..}}`.
@@ -975,34 +976,138 @@ impl Workflows {
             .workflow(&run.workflow, run.version)
             .await
             .map_err(task_error)?;
-        let Some(&i) = wf.index.get(&t.node) else {
+        let max_attempts = cx.task().retry.map(|r| r.max_attempts);
+        let mut current = Current {
+            node: t.node.clone(),
+            attempt,
+            max_attempts,
+            task: cx.task().id,
+            chained: false,
+        };
+        let mut rows = rows;
+        for depth in 0..=MAX_CHAIN {
+            let claim = (depth < MAX_CHAIN && !cx.shutdown().is_cancelled()).then(|| Claim {
+                node: String::new(),
+                worker: cx.worker_id().to_owned(),
+                lease: cx.lease(),
+            });
+            let heartbeat = current.chained.then(|| self.heartbeat(cx, current.task));
+            let stepped = self.step(&wf, &run, &rows, &current, claim).await;
+            if let Some(h) = heartbeat {
+                h.abort();
+            }
+            let (next, seen) = match stepped {
+                Ok(Stepped::Done { next, rows }) => (next, rows),
+                Ok(Stepped::Retry(error)) if !current.chained => {
+                    return Err(TaskError::retryable(error));
+                }
+                Ok(Stepped::Retry(error)) => {
+                    // A chained task fails the way the pool would fail it: back to the queue,
+                    // due after its backoff.
+                    let policy = wf.index.get(&current.node).map(|&i| wf.nodes[i].retry);
+                    let retry_at = policy.map(|p| {
+                        Utc::now()
+                            + chrono::Duration::from_std(p.delay(current.attempt))
+                                .unwrap_or_default()
+                    });
+                    let failure = crate::task::Failure {
+                        id: current.task,
+                        attempt: current.attempt,
+                        error,
+                        retry_at,
+                    };
+                    self.store
+                        .fail(cx.worker_id(), &failure)
+                        .await
+                        .map_err(TaskError::from)?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    if current.chained {
+                        // Give the claimed task back; its lease would expire anyway.
+                        let _ = self.store.release(cx.worker_id(), &[current.task]).await;
+                    }
+                    return Err(e);
+                }
+            };
+            if current.chained {
+                self.acknowledge(cx.worker_id(), current.task);
+            }
+            let Some((node, task)) = next else {
+                return Ok(());
+            };
+            if cx.shutdown().is_cancelled() {
+                let _ = self.store.release(cx.worker_id(), &[task]).await;
+                return Ok(());
+            }
+            let policy = wf.index.get(&node).map(|&i| wf.nodes[i].retry);
+            current = Current {
+                node,
+                attempt: 1,
+                max_attempts: policy.map(|p| p.max_attempts),
+                task,
+                chained: true,
+            };
+            rows = seen;
+        }
+        Ok(())
+    }
+
+    /// Keep the lease of a task this handler claimed for itself.
+    fn heartbeat(&self, cx: &TaskContext, task: TaskId) -> tokio::task::JoinHandle<()> {
+        let (store, worker, lease) = (self.store.clone(), cx.worker_id().to_owned(), cx.lease());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                if let Err(e) = store.heartbeat(&worker, &[task], lease).await {
+                    tracing::warn!(task = %task, error = %e, "heartbeat of a chained workflow node failed");
+                }
+            }
+        })
+    }
+
+    /// Complete a task this handler claimed for itself, off the node's path.
+    fn acknowledge(&self, worker: &str, task: TaskId) {
+        let (store, worker) = (self.store.clone(), worker.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = store.complete(&worker, &[task]).await {
+                // The lease expires and the node's task runs again, finding the node finished.
+                tracing::warn!(task = %task, error = %e, "completing a chained workflow node's task failed");
+            }
+        });
+    }
+
+    /// Execute one node and record how it ended; the next node this worker claimed (with its
+    /// task) and the run's nodes as they were when the plan was made.
+    async fn step(
+        &self,
+        wf: &Workflow,
+        run: &RunRecord,
+        rows: &[NodeRecord],
+        current: &Current,
+        claim: Option<Claim>,
+    ) -> Result<Stepped, TaskError> {
+        let Some(&i) = wf.index.get(&current.node) else {
             return Err(TaskError::permanent(format!(
                 "workflow '{}' version {} has no node '{}'",
-                run.workflow, run.version, t.node
+                run.workflow, run.version, current.node
             )));
         };
         let node = &wf.nodes[i];
-        let max_attempts = cx
-            .task()
-            .retry
-            .map_or(node.retry.max_attempts, |r| r.max_attempts);
+        let max_attempts = current.max_attempts.unwrap_or(node.retry.max_attempts);
         let started = std::time::Instant::now();
-        let key = cx.idempotency_key();
-        let outcome = match tokio::time::timeout(
-            node.timeout,
-            self.run_node(&wf, i, &run, &rows, &key),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err((
-                None,
-                format!(
-                    "timed out after {}",
-                    humantime::format_duration(node.timeout)
-                ),
-            )),
-        };
+        let key = format!("task-{}", current.task);
+        let outcome =
+            match tokio::time::timeout(node.timeout, self.run_node(wf, i, run, rows, &key)).await {
+                Ok(r) => r,
+                Err(_) => Err((
+                    None,
+                    format!(
+                        "timed out after {}",
+                        humantime::format_duration(node.timeout)
+                    ),
+                )),
+            };
         let result = match outcome {
             Ok(Step::Done { input, output }) => NodeResult::Completed {
                 input: redacted(input, &self.secrets),
@@ -1017,33 +1122,77 @@ impl Workflows {
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
-                last: attempt >= max_attempts,
+                last: current.attempt >= max_attempts,
             },
         };
-        tracing::debug!(run = %run.id, node = %t.node, attempt, elapsed_ms = started.elapsed().as_millis() as u64, "workflow node executed");
-        let planner = self.planner(&wf);
+        tracing::debug!(run = %run.id, node = %current.node, attempt = current.attempt, elapsed_ms = started.elapsed().as_millis() as u64, "workflow node executed");
+        // The plan, and the rows it saw (the context of the node run next on this worker).
+        let seen: Mutex<Vec<NodeRecord>> = Mutex::default();
+        let claimed_node: Mutex<Option<String>> = Mutex::default();
+        let planner = |r: &RunRecord, nodes: &[NodeRecord]| {
+            let mut plan = plan(wf, r, nodes, &self.secrets);
+            if let Some(end) = &mut plan.end
+                && let Some(out) = end.output.take()
+            {
+                end.output = Some(redacted(out, &self.secrets));
+            }
+            // Run next here the first started node that is due now.
+            if let Some(c) = &claim
+                && let Some(s) = plan.start.iter().find(|s| s.task.run_at.is_none())
+            {
+                plan.claim = Some(Claim {
+                    node: s.node.clone(),
+                    ..c.clone()
+                });
+                if let Ok(mut seen) = seen.lock() {
+                    *seen = nodes.to_vec();
+                }
+                if let Ok(mut n) = claimed_node.lock() {
+                    *n = Some(s.node.clone());
+                }
+            }
+            plan
+        };
         let outcome = self
             .store
-            .finish_node(&t.run, &t.node, attempt, &result, &planner)
+            .finish_node(&run.id, &current.node, current.attempt, &result, &planner)
             .await
             .map_err(TaskError::from)?;
+        let seen = seen.into_inner().unwrap_or_default();
+        let claimed_node = claimed_node.into_inner().unwrap_or_default();
         match (&result, outcome) {
             (
                 NodeResult::Failed {
                     error, last: false, ..
                 },
                 FinishOutcome::Recorded { .. },
-            ) => Err(TaskError::retryable(format!("node '{}': {error}", t.node))),
+            ) => Ok(Stepped::Retry(format!("node '{}': {error}", current.node))),
             (
                 NodeResult::Failed {
                     error, last: true, ..
                 },
                 _,
             ) => {
-                tracing::warn!(run = %run.id, node = %t.node, attempt, error, "workflow node failed; the run fails");
-                Ok(())
+                tracing::warn!(run = %run.id, node = %current.node, attempt = current.attempt, error, "workflow node failed; the run fails");
+                Ok(Stepped::Done {
+                    next: None,
+                    rows: seen,
+                })
             }
-            _ => Ok(()),
+            (
+                _,
+                FinishOutcome::Recorded {
+                    claimed: Some(task),
+                    ..
+                },
+            ) => Ok(Stepped::Done {
+                next: claimed_node.map(|n| (n, task)),
+                rows: seen,
+            }),
+            _ => Ok(Stepped::Done {
+                next: None,
+                rows: seen,
+            }),
         }
     }
 
@@ -1252,6 +1401,32 @@ impl Workflows {
 enum Step {
     Done { input: Value, output: Value },
     Wait { input: Value },
+}
+
+/// Most nodes one handler runs in a row on its own claims (then the next goes through the
+/// queue, and another worker may take it).
+const MAX_CHAIN: usize = 100;
+
+/// The node a handler is executing: the one its task named, or one it claimed after it.
+struct Current {
+    node: String,
+    attempt: u32,
+    /// From the task's retry policy (the node's policy when absent).
+    max_attempts: Option<u32>,
+    task: TaskId,
+    /// Claimed by this handler (heartbeated, completed and failed by it), not by the pool.
+    chained: bool,
+}
+
+/// How a step ended.
+enum Stepped {
+    /// Recorded; maybe with the next node and its task, claimed for this handler.
+    Done {
+        next: Option<(String, TaskId)>,
+        rows: Vec<NodeRecord>,
+    },
+    /// The attempt failed and another is due.
+    Retry(String),
 }
 
 fn task_error(e: WorkflowError) -> TaskError {

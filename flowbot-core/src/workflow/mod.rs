@@ -22,7 +22,7 @@ pub use spec::{
     TriggerSpec, WorkflowSpec,
 };
 pub use store::{
-    BeginOutcome, FinishOutcome, NewRun, NodeRecord, NodeResult, NodeStatus, NodeTiming, ParentRef,
-    Plan, RunEnd, RunFilter, RunRecord, RunStatus, RunTiming, StartNode, WORKFLOW_NODE_TASK,
-    WORKFLOW_RESUME_TASK, WORKFLOW_START_TASK, WorkflowRecord, WorkflowStore,
+    BeginOutcome, Claim, FinishOutcome, NewRun, NodeRecord, NodeResult, NodeStatus, NodeTiming,
+    ParentRef, Plan, RunEnd, RunFilter, RunRecord, RunStatus, RunTiming, StartNode,
+    WORKFLOW_NODE_TASK, WORKFLOW_RESUME_TASK, WORKFLOW_START_TASK, WorkflowRecord, WorkflowStore,
 };

@@ -283,6 +283,22 @@ pub struct Plan {
     pub skip: Vec<String>,
     /// The run's end, when nothing is left to do.
     pub end: Option<RunEnd>,
+    /// Insert the task of this started node already claimed by this worker (`running`, its
+    /// lease held), and the node's row as `running` at attempt 1: the finishing worker runs
+    /// it next without a round through the queue. The task is an ordinary leased task: if
+    /// the worker dies, the lease expires and any agent runs it.
+    pub claim: Option<Claim>,
+}
+
+/// See [`Plan::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The started node.
+    pub node: String,
+    /// The worker that takes it.
+    pub worker: String,
+    /// Its lease.
+    pub lease: std::time::Duration,
 }
 
 /// How a run ended.
@@ -303,6 +319,8 @@ pub enum FinishOutcome {
     Recorded {
         /// The run's status after the step.
         run_status: RunStatus,
+        /// The task of [`Plan::claim`]'s node, when it was inserted claimed.
+        claimed: Option<crate::task::TaskId>,
     },
     /// The node was not `running` at that attempt (a duplicate or late delivery): nothing
     /// changed.

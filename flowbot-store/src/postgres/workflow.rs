@@ -9,7 +9,7 @@
 //! at the same time cannot miss each other.
 
 use flowbot_core::workflow::{
-    BeginOutcome, FinishOutcome, NewRun, NodeRecord, NodeResult, Plan, RunFilter, RunRecord,
+    BeginOutcome, Claim, FinishOutcome, NewRun, NodeRecord, NodeResult, Plan, RunFilter, RunRecord,
     RunStatus, StartNode, WorkflowRecord, WorkflowStore,
 };
 use flowbot_core::workflow::{NodeStatus, NodeTiming, RunTiming};
@@ -80,14 +80,23 @@ async fn start_nodes(
     tx: &mut Tx,
     run: &str,
     start: &[StartNode],
+    claim: Option<&Claim>,
     now: i64,
-) -> Result<bool, StoreError> {
+) -> Result<(bool, Option<TaskId>), StoreError> {
     let mut enqueued = false;
+    let mut claimed = None;
     for s in start {
         let task = &s.task;
+        let taken = claim.filter(|c| c.node == s.node);
         // The pending row and its task in one statement; the task only when the row is new,
-        // so a node is never started twice.
-        let id: Option<i64> = sqlx::query_scalar(START_NODE)
+        // so a node is never started twice. A claimed node is inserted running, its task
+        // leased to the claiming worker.
+        let sql = if taken.is_some() {
+            START_CLAIMED
+        } else {
+            START_NODE
+        };
+        let mut q = sqlx::query_scalar::<_, i64>(sql)
             .bind(&task.queue)
             .bind(&task.kind)
             .bind(&task.payload)
@@ -99,14 +108,28 @@ async fn start_nodes(
             .bind(&task.concurrency_key)
             .bind(now)
             .bind(run)
-            .bind(&s.node)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(map_err)?;
-        enqueued |= id.is_some();
+            .bind(&s.node);
+        if let Some(c) = taken {
+            q = q.bind(&c.worker).bind(common::lease_deadline(c.lease));
+        }
+        let id = q.fetch_optional(&mut **tx).await.map_err(map_err)?;
+        match (id, taken) {
+            (Some(id), Some(_)) => claimed = Some(TaskId(id)),
+            (Some(_), None) => enqueued = true,
+            (None, _) => {}
+        }
     }
-    Ok(enqueued)
+    Ok((enqueued, claimed))
 }
+
+/// [`START_NODE`] for a claimed node: the row running at attempt 1, the task running with
+/// `$13` as its lease owner until `$14`.
+const START_CLAIMED: &str = "WITH n AS ( \
+       INSERT INTO flowbot_workflow_nodes (run_id, node, status, attempt, queued_at, started_at) \
+       VALUES ($11, $12, 'running', 1, $10, $10) ON CONFLICT (run_id, node) DO NOTHING RETURNING 1) \
+     INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, dedupe_key, concurrency_key, created_at, attempts, lease_owner, lease_until) \
+     SELECT $1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10, 1, $13, $14 FROM n \
+     ON CONFLICT (dedupe_key) WHERE state IN ('queued', 'running') DO NOTHING RETURNING id";
 
 /// [`INSERT_TASK`] behind the insert of the node's pending row: `$11` run, `$12` node.
 const START_NODE: &str = "WITH n AS ( \
@@ -149,11 +172,12 @@ async fn apply_plan(
     run: &RunRecord,
     plan: &Plan,
     now: i64,
-) -> Result<(RunStatus, bool), StoreError> {
+) -> Result<(RunStatus, bool, Option<TaskId>), StoreError> {
     if let Some(end) = &plan.end {
         wf::check_end(end)?;
     }
-    let mut enqueued = start_nodes(tx, &run.id, &plan.start, now).await?;
+    let (mut enqueued, claimed) =
+        start_nodes(tx, &run.id, &plan.start, plan.claim.as_ref(), now).await?;
     for node in &plan.skip {
         sqlx::query(
             "INSERT INTO flowbot_workflow_nodes (run_id, node, status, attempt, queued_at, finished_at) \
@@ -167,7 +191,7 @@ async fn apply_plan(
         .map_err(map_err)?;
     }
     let Some(end) = &plan.end else {
-        return Ok((run.status, enqueued));
+        return Ok((run.status, enqueued, claimed));
     };
     sqlx::query(
         "UPDATE flowbot_workflow_runs SET status = $1, output = $2, error = $3, finished_at = $4 WHERE id = $5",
@@ -182,14 +206,16 @@ async fn apply_plan(
     .map_err(map_err)?;
     // A failed run leaves nothing in flight: branches still pending or running are cancelled
     // (their late results are stale).
-    sqlx::query("UPDATE flowbot_workflow_nodes SET status = 'cancelled', finished_at = $1 WHERE run_id = $2 AND status IN ('pending', 'running')")
-        .bind(now)
-        .bind(&run.id)
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?;
+    if end.status == RunStatus::Failed {
+        sqlx::query("UPDATE flowbot_workflow_nodes SET status = 'cancelled', finished_at = $1 WHERE run_id = $2 AND status IN ('pending', 'running')")
+            .bind(now)
+            .bind(&run.id)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+    }
     enqueued |= end_effects(tx, run, now).await?;
-    Ok((end.status, enqueued))
+    Ok((end.status, enqueued, claimed))
 }
 
 impl PostgresStore {
@@ -347,7 +373,7 @@ impl WorkflowStore for PostgresStore {
         let enqueued = if queued {
             false
         } else {
-            start_nodes(&mut tx, &run.id, start, now).await?
+            start_nodes(&mut tx, &run.id, start, None, now).await?.0
         };
         self.commit_waking(tx, enqueued).await?;
         Ok(RunRecord {
@@ -390,7 +416,7 @@ impl WorkflowStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-            enqueued = start_nodes(&mut tx, id, start, now).await?;
+            enqueued = start_nodes(&mut tx, id, start, None, now).await?.0;
             run.status = RunStatus::Running;
             run.started_at = Some(from_ms(now));
         }
@@ -551,13 +577,17 @@ impl WorkflowStore for PostgresStore {
             tx.commit().await.map_err(map_err)?;
             return Ok(FinishOutcome::Recorded {
                 run_status: record.status,
+                claimed: None,
             });
         }
         let nodes = wf::nodes_of(rows)?;
         let plan = plan(&record, &nodes);
-        let (run_status, enqueued) = apply_plan(&mut tx, &record, &plan, now).await?;
+        let (run_status, enqueued, claimed) = apply_plan(&mut tx, &record, &plan, now).await?;
         self.commit_waking(tx, enqueued).await?;
-        Ok(FinishOutcome::Recorded { run_status })
+        Ok(FinishOutcome::Recorded {
+            run_status,
+            claimed,
+        })
     }
 
     async fn cancel_run(&self, id: &str) -> Result<Option<RunStatus>, StoreError> {

@@ -5,7 +5,7 @@
 //! enqueues are inserted in the same transaction.
 
 use flowbot_core::workflow::{
-    BeginOutcome, FinishOutcome, NewRun, NodeRecord, NodeResult, Plan, RunFilter, RunRecord,
+    BeginOutcome, Claim, FinishOutcome, NewRun, NodeRecord, NodeResult, Plan, RunFilter, RunRecord,
     RunStatus, StartNode, WorkflowRecord, WorkflowStore,
 };
 use flowbot_core::workflow::{NodeTiming, RunTiming};
@@ -68,26 +68,49 @@ async fn start_nodes(
     tx: &mut Tx,
     run: &str,
     start: &[StartNode],
+    claim: Option<&Claim>,
     now: i64,
-) -> Result<bool, StoreError> {
+) -> Result<(bool, Option<TaskId>), StoreError> {
     let mut enqueued = false;
+    let mut claimed = None;
     for s in start {
+        let taken = claim.filter(|c| c.node == s.node);
+        // A claimed node starts running at attempt 1, its task leased to the claiming worker.
         let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO flowbot_workflow_nodes (run_id, node, status, attempt, queued_at) VALUES (?, ?, 'pending', 0, ?) \
-             ON CONFLICT (run_id, node) DO NOTHING RETURNING seq",
+            "INSERT INTO flowbot_workflow_nodes (run_id, node, status, attempt, queued_at, started_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (run_id, node) DO NOTHING RETURNING seq",
         )
         .bind(run)
         .bind(&s.node)
+        .bind(if taken.is_some() { "running" } else { "pending" })
+        .bind(i64::from(taken.is_some()))
         .bind(now)
+        .bind(taken.map(|_| now))
         .fetch_optional(&mut **tx)
         .await
         .map_err(map_err)?;
-        if inserted.is_some() {
-            insert_task(tx, &s.task, now).await?;
-            enqueued = true;
+        if inserted.is_none() {
+            continue;
+        }
+        let id = insert_task(tx, &s.task, now).await?.id();
+        match taken {
+            Some(c) => {
+                sqlx::query(
+                    "UPDATE flowbot_tasks SET state = 'running', attempts = 1, lease_owner = ?, lease_until = ? \
+                     WHERE id = ? AND state = 'queued'",
+                )
+                .bind(&c.worker)
+                .bind(common::lease_deadline(c.lease))
+                .bind(id.0)
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?;
+                claimed = Some(id);
+            }
+            None => enqueued = true,
         }
     }
-    Ok(enqueued)
+    Ok((enqueued, claimed))
 }
 
 /// What every end of a run does: free its slot for the oldest queued run of the workflow and
@@ -122,11 +145,12 @@ async fn apply_plan(
     run: &RunRecord,
     plan: &Plan,
     now: i64,
-) -> Result<(RunStatus, bool), StoreError> {
+) -> Result<(RunStatus, bool, Option<TaskId>), StoreError> {
     if let Some(end) = &plan.end {
         wf::check_end(end)?;
     }
-    let mut enqueued = start_nodes(tx, &run.id, &plan.start, now).await?;
+    let (mut enqueued, claimed) =
+        start_nodes(tx, &run.id, &plan.start, plan.claim.as_ref(), now).await?;
     for node in &plan.skip {
         sqlx::query(
             "INSERT INTO flowbot_workflow_nodes (run_id, node, status, attempt, queued_at, finished_at) \
@@ -140,7 +164,7 @@ async fn apply_plan(
         .map_err(map_err)?;
     }
     let Some(end) = &plan.end else {
-        return Ok((run.status, enqueued));
+        return Ok((run.status, enqueued, claimed));
     };
     sqlx::query(
         "UPDATE flowbot_workflow_runs SET status = ?, output = ?, error = ?, finished_at = ? WHERE id = ?",
@@ -155,14 +179,16 @@ async fn apply_plan(
     .map_err(map_err)?;
     // A failed run leaves nothing in flight: branches still pending or running are cancelled
     // (their late results are stale).
-    sqlx::query("UPDATE flowbot_workflow_nodes SET status = 'cancelled', finished_at = ?1 WHERE run_id = ?2 AND status IN ('pending', 'running')")
-        .bind(now)
-        .bind(&run.id)
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?;
+    if end.status == RunStatus::Failed {
+        sqlx::query("UPDATE flowbot_workflow_nodes SET status = 'cancelled', finished_at = ?1 WHERE run_id = ?2 AND status IN ('pending', 'running')")
+            .bind(now)
+            .bind(&run.id)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+    }
     enqueued |= end_effects(tx, run, now).await?;
-    Ok((end.status, enqueued))
+    Ok((end.status, enqueued, claimed))
 }
 
 impl SqliteStore {
@@ -311,7 +337,7 @@ impl WorkflowStore for SqliteStore {
         let enqueued = if queued {
             false
         } else {
-            start_nodes(&mut tx, &run.id, start, now).await?
+            start_nodes(&mut tx, &run.id, start, None, now).await?.0
         };
         self.commit_waking(tx, enqueued).await?;
         Ok(RunRecord {
@@ -354,7 +380,7 @@ impl WorkflowStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-            enqueued = start_nodes(&mut tx, id, start, now).await?;
+            enqueued = start_nodes(&mut tx, id, start, None, now).await?.0;
             run.status = RunStatus::Running;
             run.started_at = Some(from_ms(now));
         }
@@ -493,13 +519,17 @@ impl WorkflowStore for SqliteStore {
             tx.commit().await.map_err(map_err)?;
             return Ok(FinishOutcome::Recorded {
                 run_status: record.status,
+                claimed: None,
             });
         }
         let nodes = nodes_in(&mut tx, run).await?;
         let plan = plan(&record, &nodes);
-        let (run_status, enqueued) = apply_plan(&mut tx, &record, &plan, now).await?;
+        let (run_status, enqueued, claimed) = apply_plan(&mut tx, &record, &plan, now).await?;
         self.commit_waking(tx, enqueued).await?;
-        Ok(FinishOutcome::Recorded { run_status })
+        Ok(FinishOutcome::Recorded {
+            run_status,
+            claimed,
+        })
     }
 
     async fn cancel_run(&self, id: &str) -> Result<Option<RunStatus>, StoreError> {

@@ -4,9 +4,9 @@ use super::*;
 
 use flowbot_core::task::TaskRecord;
 use flowbot_core::workflow::{
-    BeginOutcome, FinishOutcome, NewRun, NodeRecord, NodeResult, NodeStatus, ParentRef, Plan,
-    RunEnd, RunFilter, RunRecord, RunStatus, StartNode, WORKFLOW_NODE_TASK, WORKFLOW_RESUME_TASK,
-    WORKFLOW_START_TASK,
+    BeginOutcome, Claim, FinishOutcome, NewRun, NodeRecord, NodeResult, NodeStatus, ParentRef,
+    Plan, RunEnd, RunFilter, RunRecord, RunStatus, StartNode, WORKFLOW_NODE_TASK,
+    WORKFLOW_RESUME_TASK, WORKFLOW_START_TASK,
 };
 
 fn run_id() -> String {
@@ -342,7 +342,8 @@ pub(super) async fn runs_and_max_concurrency(store: Arc<dyn Store>) {
     assert_eq!(
         outcome,
         FinishOutcome::Recorded {
-            run_status: RunStatus::Completed
+            run_status: RunStatus::Completed,
+            claimed: None
         }
     );
     let ended = run_of(s, &r1).await;
@@ -470,7 +471,8 @@ pub(super) async fn node_steps_are_exactly_once(store: Arc<dyn Store>) {
             .await
             .expect("finish"),
         FinishOutcome::Recorded {
-            run_status: RunStatus::Running
+            run_status: RunStatus::Running,
+            claimed: None
         }
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -498,7 +500,8 @@ pub(super) async fn node_steps_are_exactly_once(store: Arc<dyn Store>) {
     assert_eq!(
         run_node(s, &r, "b", &completed(json!("b")), &start_c).await,
         FinishOutcome::Recorded {
-            run_status: RunStatus::Running
+            run_status: RunStatus::Running,
+            claimed: None
         }
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -520,7 +523,8 @@ pub(super) async fn node_steps_are_exactly_once(store: Arc<dyn Store>) {
             .await
             .expect("fail"),
         FinishOutcome::Recorded {
-            run_status: RunStatus::Running
+            run_status: RunStatus::Running,
+            claimed: None
         }
     );
     assert_eq!(
@@ -578,7 +582,8 @@ pub(super) async fn node_steps_are_exactly_once(store: Arc<dyn Store>) {
     assert_eq!(
         outcome,
         FinishOutcome::Recorded {
-            run_status: RunStatus::Failed
+            run_status: RunStatus::Failed,
+            claimed: None
         }
     );
     let c = node(s, &r, "c").await;
@@ -665,7 +670,8 @@ pub(super) async fn node_steps_are_exactly_once(store: Arc<dyn Store>) {
             .await
             .expect("waiting"),
         FinishOutcome::Recorded {
-            run_status: RunStatus::Running
+            run_status: RunStatus::Running,
+            claimed: None
         }
     );
     let c = node(s, &r, "c").await;
@@ -681,7 +687,8 @@ pub(super) async fn node_steps_are_exactly_once(store: Arc<dyn Store>) {
             .await
             .expect("resumed"),
         FinishOutcome::Recorded {
-            run_status: RunStatus::Completed
+            run_status: RunStatus::Completed,
+            claimed: None
         }
     );
     assert_eq!(run_of(s, &r).await.status, RunStatus::Completed);
@@ -722,7 +729,8 @@ pub(super) async fn concurrent_finishes_start_a_join_once(
             assert_eq!(
                 j.await.expect("join"),
                 FinishOutcome::Recorded {
-                    run_status: RunStatus::Running
+                    run_status: RunStatus::Running,
+                    claimed: None
                 },
                 "round {round}"
             );
@@ -1017,4 +1025,63 @@ pub(super) async fn run_listing_and_timings(store: Arc<dyn Store>) {
         .await
         .expect("timings");
     assert!(runs.is_empty() && node_times.is_empty());
+}
+
+pub(super) async fn a_plan_can_claim_the_next_node(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    s.create_run(&new_run("claim1", "wf", None), &starts("claim1", &["a"]))
+        .await
+        .expect("create run");
+    let claim = |_: &RunRecord, _: &[NodeRecord]| Plan {
+        start: starts("claim1", &["b", "c"]),
+        claim: Some(Claim {
+            node: "b".into(),
+            worker: "w-claim".into(),
+            lease: Duration::from_secs(30),
+        }),
+        ..Plan::default()
+    };
+    let done = NodeResult::Completed {
+        input: json!({}),
+        output: json!({}),
+    };
+    let outcome = run_node(s, "claim1", "a", &done, &claim).await;
+    let FinishOutcome::Recorded {
+        run_status: RunStatus::Running,
+        claimed: Some(task),
+    } = outcome
+    else {
+        panic!("expected a claimed task, got {outcome:?}");
+    };
+    // The claimed node runs at attempt 1 and its task is leased to the worker; the other
+    // started node is queued as usual.
+    let b = node(s, "claim1", "b").await;
+    assert_eq!((b.status, b.attempt), (NodeStatus::Running, 1));
+    assert!(b.started_at.is_some());
+    assert_eq!(node(s, "claim1", "c").await.status, NodeStatus::Pending);
+    let t = s.get_task(task).await.expect("get").expect("task");
+    assert_eq!(t.state, TaskState::Running);
+    assert_eq!(t.lease_owner.as_deref(), Some("w-claim"));
+    assert_eq!(t.attempts, 1);
+    let queued: Vec<String> = tasks_of(s, WORKFLOW_NODE_TASK)
+        .await
+        .into_iter()
+        .filter(|t| t.state == TaskState::Queued)
+        .map(|t| t.payload["node"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    // (`a`'s own task was never claimed here: the test drove its node directly.)
+    assert_eq!(queued, ["a", "c"]);
+    // The claimed node finishes at attempt 1 without a begin; the worker completes its task.
+    let finished = s
+        .finish_node(
+            "claim1",
+            "b",
+            1,
+            &done,
+            &|_: &RunRecord, _: &[NodeRecord]| Plan::default(),
+        )
+        .await
+        .expect("finish b");
+    assert!(matches!(finished, FinishOutcome::Recorded { .. }));
+    assert_eq!(s.complete("w-claim", &[task]).await.expect("complete"), 1);
 }
