@@ -341,3 +341,26 @@ nodes: [ { id: a, action: log, with: { message: a } } ]
         "field `inputs.n.default`: the default is string, not integer",
     );
 }
+
+#[test]
+fn references_to_outputs_are_checked_against_their_shape() {
+    let yaml = r#"
+name: x
+nodes:
+  - { id: read, action: kv_get, with: { key: k } }
+  - { id: big, condition: { expr: "nodes.read.output.value > 3" } }
+  - { id: typo, action: log, with: { message: "{{ nodes.read.output.valeu }}" } }
+  - { id: branch, action: log, with: { message: "{{ nodes.big.output.reslt }}" } }
+edges: [ { from: read, to: big }, { from: big, to: typo, when: true }, { from: big, to: branch, when: false } ]
+"#;
+    assert_problem(
+        yaml,
+        "node `typo`, field `with.message`: `nodes.read.output.valeu`: action `kv_get` has no output field `valeu` (it has: value)",
+    );
+    assert_problem(
+        yaml,
+        "node `branch`, field `with.message`: `nodes.big.output.reslt`: a condition has no output field `reslt` (it has: result)",
+    );
+    let found = problems(yaml);
+    assert_eq!(found.len(), 2, "the right references pass: {found:#?}");
+}

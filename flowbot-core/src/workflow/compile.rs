@@ -649,6 +649,8 @@ struct Scope<'a> {
     wf: &'a Workflow,
     nodes: Option<BTreeSet<usize>>,
     secrets: &'a BTreeSet<String>,
+    /// The output fields each node is known to have (by node index; absent: any).
+    outputs: &'a HashMap<usize, (String, BTreeSet<String>)>,
 }
 
 impl Scope<'_> {
@@ -678,6 +680,17 @@ impl Scope<'_> {
                         {
                             return Err(format!(
                                 "`nodes.{id}`: node `{id}` does not always run before this one (no path of edges leads from it here)"
+                            ));
+                        }
+                        let mut rest = parts.clone();
+                        if let (Some("output"), Some(field)) = (rest.next(), rest.next())
+                            && let Some((what, fields)) = self.outputs.get(&i)
+                            && !fields.contains(field)
+                        {
+                            let known: Vec<&str> = fields.iter().map(String::as_str).collect();
+                            return Err(format!(
+                                "`nodes.{id}.output.{field}`: {what} has no output field `{field}` (it has: {})",
+                                known.join(", ")
                             ));
                         }
                     }
@@ -726,12 +739,57 @@ impl Scope<'_> {
     }
 }
 
+/// The output fields of the nodes whose output has a fixed shape: actions whose output
+/// schema lists its properties (and does not allow others), and the built-in node kinds.
+fn output_fields(
+    wf: &Workflow,
+    actions: &ActionRegistry,
+) -> HashMap<usize, (String, BTreeSet<String>)> {
+    let infos: HashMap<String, Value> = actions
+        .list()
+        .into_iter()
+        .map(|a| (a.name, a.output_schema))
+        .collect();
+    let set = |fields: &[&str]| {
+        fields
+            .iter()
+            .map(|f| (*f).to_owned())
+            .collect::<BTreeSet<_>>()
+    };
+    let mut out = HashMap::new();
+    for (i, n) in wf.nodes.iter().enumerate() {
+        let known = match &n.kind {
+            Kind::Action { name, .. } => infos.get(name).and_then(|schema| {
+                let props = schema.get("properties")?.as_object()?;
+                let open = schema
+                    .get("additionalProperties")
+                    .is_some_and(|a| a != &Value::Bool(false));
+                (!open).then(|| (format!("action `{name}`"), props.keys().cloned().collect()))
+            }),
+            Kind::Condition { .. } => Some(("a condition".to_owned(), set(&["result"]))),
+            Kind::Delay(_) => Some(("a delay".to_owned(), set(&["waited_ms"]))),
+            Kind::Until(_) => Some(("a delay".to_owned(), set(&["until"]))),
+            Kind::Wait { .. } => Some((
+                "a wait".to_owned(),
+                set(&["event", "key", "payload", "timed_out"]),
+            )),
+            Kind::Script(_) | Kind::Workflow { .. } | Kind::Join => None,
+        };
+        if let Some(k) = known {
+            out.insert(i, k);
+        }
+    }
+    out
+}
+
 fn check_nodes(wf: &Workflow, cx: CheckContext<'_>, p: &mut Problems) {
+    let outputs = output_fields(wf, cx.actions);
     for (i, n) in wf.nodes.iter().enumerate() {
         let scope = Scope {
             wf,
             nodes: Some(wf.ancestors(i)),
             secrets: cx.secrets,
+            outputs: &outputs,
         };
         match &n.kind {
             Kind::Action { name, with } => {
@@ -794,6 +852,7 @@ fn check_nodes(wf: &Workflow, cx: CheckContext<'_>, p: &mut Problems) {
             wf,
             nodes: None,
             secrets: cx.secrets,
+            outputs: &outputs,
         };
         let mut q = Problems::default();
         scope.check_value("", "output", out, &mut q);
