@@ -950,15 +950,18 @@ impl Workflows {
         &'a self,
         wf: &'a Workflow,
     ) -> impl Fn(&RunRecord, &[NodeRecord]) -> Plan + Send + Sync + 'a {
-        move |run, rows| {
-            let mut plan = plan(wf, run, rows, &self.secrets);
-            if let Some(end) = &mut plan.end
-                && let Some(out) = end.output.take()
-            {
-                end.output = Some(redacted(out, &self.secrets));
-            }
-            plan
+        move |run, rows| self.plan_redacted(wf, run, rows)
+    }
+
+    /// [`plan`], with secrets taken out of the run's output.
+    fn plan_redacted(&self, wf: &Workflow, run: &RunRecord, rows: &[NodeRecord]) -> Plan {
+        let mut plan = plan(wf, run, rows, &self.secrets);
+        if let Some(end) = &mut plan.end
+            && let Some(out) = end.output.take()
+        {
+            end.output = Some(redacted(out, &self.secrets));
         }
+        plan
     }
 
     async fn execute_node(&self, t: &NodeTask, cx: &TaskContext) -> Result<(), TaskError> {
@@ -1130,12 +1133,7 @@ impl Workflows {
         let seen: Mutex<Vec<NodeRecord>> = Mutex::default();
         let claimed_node: Mutex<Option<String>> = Mutex::default();
         let planner = |r: &RunRecord, nodes: &[NodeRecord]| {
-            let mut plan = plan(wf, r, nodes, &self.secrets);
-            if let Some(end) = &mut plan.end
-                && let Some(out) = end.output.take()
-            {
-                end.output = Some(redacted(out, &self.secrets));
-            }
+            let mut plan = self.plan_redacted(wf, r, nodes);
             // Run next here the first started node that is due now.
             if let Some(c) = &claim
                 && let Some(s) = plan.start.iter().find(|s| s.task.run_at.is_none())
