@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 
 #[path = "../flowbot-store/tests/support/mod.rs"]
+#[macro_use]
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
@@ -905,46 +906,7 @@ async fn wait_nodes_continue_on_their_event_or_time_out(store: Arc<dyn Store>) {
     env.stop().await;
 }
 
-macro_rules! on_every_store {
-    (single: [$($one:ident),* $(,)?], pair: [$($two:ident),* $(,)?]) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $one() {
-                    let h = crate::support::sqlite().await;
-                    crate::$one(h.store()).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $two() {
-                    let h = crate::support::sqlite().await;
-                    crate::$two(h.store(), h.second_store().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $one() {
-                    let Some(h) = crate::support::postgres().await else { return };
-                    crate::$one(h.store()).await;
-                    h.cleanup().await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $two() {
-                    let Some(h) = crate::support::postgres().await else { return };
-                    crate::$two(h.store(), h.second_store().await).await;
-                    h.cleanup().await;
-                }
-            )*
-        }
-    };
-}
-
-on_every_store!(
+conformance!(
     single: [
         linear_runs_in_order_with_templates,
         conditions_branch_and_skip,

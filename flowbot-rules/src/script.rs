@@ -248,9 +248,17 @@ impl Scripting {
         scope: &mut rhai::Scope<'static>,
         ast: &AST,
     ) -> Result<Dynamic, String> {
+        self.within_wall_time(|| self.engine.eval_ast_with_scope::<Dynamic>(scope, ast))
+    }
+
+    /// Run `f` with this engine's wall-time limit armed for `on_progress`.
+    fn within_wall_time(
+        &self,
+        f: impl FnOnce() -> Result<Dynamic, Box<EvalAltResult>>,
+    ) -> Result<Dynamic, String> {
         let deadline = Instant::now() + self.limits.wall_time;
         let previous = DEADLINE.with(|d| d.replace(Some(deadline)));
-        let out = self.engine.eval_ast_with_scope::<Dynamic>(scope, ast);
+        let out = f();
         DEADLINE.with(|d| *d.borrow_mut() = previous);
         out.map_err(|e| describe_runtime(&e))
     }
@@ -263,24 +271,22 @@ impl Scripting {
         scope: &mut rhai::Scope<'static>,
         ast: &AST,
     ) -> Result<Dynamic, String> {
-        let deadline = Instant::now() + self.limits.wall_time;
-        let previous = DEADLINE.with(|d| d.replace(Some(deadline)));
-        let out = CACHES.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut c) => {
-                if c.0 != self.id {
-                    *c = (self.id, rhai::Caches::new());
+        self.within_wall_time(|| {
+            CACHES.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut c) => {
+                    if c.0 != self.id {
+                        *c = (self.id, rhai::Caches::new());
+                    }
+                    let mut global = self.engine.new_global_runtime_state();
+                    #[allow(deprecated)] // the one way to pass caches in; rhai keeps it in 1.x
+                    self.engine
+                        .eval_statements_raw(&mut global, &mut c.1, scope, ast.statements())
                 }
-                let mut global = self.engine.new_global_runtime_state();
-                #[allow(deprecated)] // the one way to pass caches in; rhai keeps it in 1.x
-                self.engine
-                    .eval_statements_raw(&mut global, &mut c.1, scope, ast.statements())
-            }
-            // A condition evaluated from inside another (a registered function that routes):
-            // fresh caches.
-            Err(_) => self.engine.eval_ast_with_scope::<Dynamic>(scope, ast),
-        });
-        DEADLINE.with(|d| *d.borrow_mut() = previous);
-        out.map_err(|e| describe_runtime(&e))
+                // A condition evaluated from inside another (a registered function that routes):
+                // fresh caches.
+                Err(_) => self.engine.eval_ast_with_scope::<Dynamic>(scope, ast),
+            })
+        })
     }
 
     /// Run an action script with `host` available to its API functions; returns the host

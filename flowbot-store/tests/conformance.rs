@@ -3,6 +3,7 @@
 
 #[path = "conformance/data.rs"]
 mod data;
+#[macro_use]
 mod support;
 #[path = "conformance/workers.rs"]
 mod workers;
@@ -772,45 +773,6 @@ async fn task_counts(store: Arc<dyn Store>) {
     let mut counts = store.count_tasks().await.expect("counts");
     counts.sort_by_key(|(s, _)| s.as_str());
     assert_eq!(counts, vec![(TaskState::Done, 1), (TaskState::Queued, 2)]);
-}
-
-macro_rules! conformance {
-    (single: [$($one:ident),* $(,)?], pair: [$($two:ident),* $(,)?]) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $one() {
-                    let h = crate::support::sqlite().await;
-                    crate::$one(h.store()).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $two() {
-                    let h = crate::support::sqlite().await;
-                    crate::$two(h.store(), h.second_store().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $one() {
-                    let Some(h) = crate::support::postgres().await else { return };
-                    crate::$one(h.store()).await;
-                    h.cleanup().await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $two() {
-                    let Some(h) = crate::support::postgres().await else { return };
-                    crate::$two(h.store(), h.second_store().await).await;
-                    h.cleanup().await;
-                }
-            )*
-        }
-    };
 }
 
 conformance!(

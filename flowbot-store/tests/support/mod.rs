@@ -131,3 +131,46 @@ pub async fn postgres() -> Option<Harness> {
     });
     Some(Harness::Postgres { store, url, schema })
 }
+
+/// One test per store for each listed behaviour: `single` ones get a store, `pair` ones two
+/// independent connections to the same database (another server or agent). PostgreSQL tests
+/// skip, loudly, without `FLOWBOT_TEST_POSTGRES_URL` (and fail in CI).
+#[allow(unused_macros)] // not every test file runs behaviours per store
+macro_rules! conformance {
+    (single: [$($one:ident),* $(,)?], pair: [$($two:ident),* $(,)?]) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $one() {
+                    let h = crate::support::sqlite().await;
+                    crate::$one(h.store()).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $two() {
+                    let h = crate::support::sqlite().await;
+                    crate::$two(h.store(), h.second_store().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $one() {
+                    let Some(h) = crate::support::postgres().await else { return };
+                    crate::$one(h.store()).await;
+                    h.cleanup().await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $two() {
+                    let Some(h) = crate::support::postgres().await else { return };
+                    crate::$two(h.store(), h.second_store().await).await;
+                    h.cleanup().await;
+                }
+            )*
+        }
+    };
+}
