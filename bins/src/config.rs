@@ -70,6 +70,25 @@ pub enum NotifierEntry {
         /// User or group key.
         user: String,
     },
+    /// E-mail over SMTP: `host`, `port`, `tls` (`starttls`, `tls` or `none`), `username`,
+    /// `password`, `from`, `to` (a list).
+    Email {
+        /// SMTP server.
+        host: String,
+        /// Port (default: 587 for starttls, 465 for tls, 25 for none).
+        port: Option<u16>,
+        /// Connection security.
+        #[serde(default)]
+        tls: flowbot_channels::notifiers::SmtpTls,
+        /// Login.
+        username: Option<String>,
+        /// Password.
+        password: Option<String>,
+        /// Sender address.
+        from: String,
+        /// Recipients.
+        to: Vec<String>,
+    },
     /// A JSON `POST` to `url`, signed with `secret` when given.
     Webhook {
         /// Where.
@@ -88,13 +107,14 @@ fn pushover_url() -> String {
 }
 
 impl NotifierEntry {
-    /// The URL it posts to (checked at start).
+    /// The URL it posts to (checked at start; empty for e-mail).
     pub fn url(&self) -> &str {
         match self {
             NotifierEntry::Ntfy { base_url, .. } | NotifierEntry::Pushover { base_url, .. } => {
                 base_url
             }
             NotifierEntry::SlackWebhook { url } | NotifierEntry::Webhook { url, .. } => url,
+            NotifierEntry::Email { .. } => "",
         }
     }
 }
@@ -107,6 +127,7 @@ impl std::fmt::Debug for NotifierEntry {
             NotifierEntry::SlackWebhook { .. } => "slack_webhook",
             NotifierEntry::Pushover { .. } => "pushover",
             NotifierEntry::Webhook { .. } => "webhook",
+            NotifierEntry::Email { .. } => "email",
         };
         f.debug_struct("NotifierEntry")
             .field("kind", &kind)
@@ -401,6 +422,12 @@ impl Config {
             }
         }
         for (name, n) in &self.notifiers {
+            if let NotifierEntry::Email { .. } = n {
+                crate::run::email_settings(n)
+                    .and_then(|s| flowbot_channels::notifiers::Email::new(&s))
+                    .map_err(|e| err(format!("notifiers.{name}"), e))?;
+                continue;
+            }
             let url = n.url();
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(err(

@@ -153,9 +153,35 @@ pub fn workflow_engine(config: &Config, store: &Arc<dyn Store>) -> Arc<Workflows
     )
 }
 
-/// Add the configured notifiers to `builder`.
-fn with_notifiers(mut builder: BotBuilder, config: &Config) -> BotBuilder {
-    use flowbot_channels::notifiers::{JsonWebhook, Ntfy, Pushover, SlackWebhook};
+/// The SMTP settings of an e-mail notifier entry.
+pub(crate) fn email_settings(
+    n: &NotifierEntry,
+) -> Result<flowbot_channels::notifiers::EmailSettings, String> {
+    match n {
+        NotifierEntry::Email {
+            host,
+            port,
+            tls,
+            username,
+            password,
+            from,
+            to,
+        } => Ok(flowbot_channels::notifiers::EmailSettings {
+            host: host.clone(),
+            port: *port,
+            tls: *tls,
+            username: username.clone(),
+            password: password.clone(),
+            from: from.clone(),
+            to: to.clone(),
+        }),
+        _ => Err("not an e-mail notifier".into()),
+    }
+}
+
+/// Add the configured notifiers to `builder` (their settings were checked with the config).
+fn with_notifiers(mut builder: BotBuilder, config: &Config) -> Result<BotBuilder, RunError> {
+    use flowbot_channels::notifiers::{Email, JsonWebhook, Ntfy, Pushover, SlackWebhook};
     for (name, n) in &config.notifiers {
         builder = match n {
             NotifierEntry::Ntfy {
@@ -172,9 +198,15 @@ fn with_notifiers(mut builder: BotBuilder, config: &Config) -> BotBuilder {
             NotifierEntry::Webhook { url, secret } => {
                 builder.notifier(name, JsonWebhook::new(url, secret.clone()))
             }
+            NotifierEntry::Email { .. } => {
+                let email = email_settings(n)
+                    .and_then(|s| Email::new(&s))
+                    .map_err(|e| RunError::Channel(format!("notifiers.{name}: {e}")))?;
+                builder.notifier(name, email)
+            }
         };
     }
-    builder
+    Ok(builder)
 }
 
 fn webhook_configs(config: &Config) -> Vec<WebhookConfig> {
@@ -221,7 +253,7 @@ pub async fn run_server_with(
         .router_arc(rules.router())
         .action(HttpRequest::new())
         .workflows(workflows.clone());
-    builder = with_notifiers(builder, &config);
+    builder = with_notifiers(builder, &config)?;
     if console {
         builder = builder.channel(flowbot_channels::console::channel("console"));
     }
@@ -329,7 +361,7 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
         .action(HttpRequest::new())
         .workflows(workflow_engine(&config, &store))
         .workers(worker_config(&config, "agent"));
-    builder = with_notifiers(builder, &config);
+    builder = with_notifiers(builder, &config)?;
     // Agents hold no sockets: web replies go over the bus to the servers.
     builder = builder.channel(WebChat::new("web", Some(store.clone())).sender_only());
     let (_, hook_channels) = Webhooks::new(store.clone(), &webhook_configs(&config))

@@ -276,3 +276,163 @@ impl Notifier for JsonWebhook {
         Ok(json!({"ok": true}))
     }
 }
+
+/// How an [`Email`] notifier secures its SMTP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain SMTP, upgraded with STARTTLS (required): port 587.
+    #[default]
+    Starttls,
+    /// TLS from the first byte ("SMTPS"): port 465.
+    Tls,
+    /// No TLS at all: for a relay on the same host or network only.
+    None,
+}
+
+/// E-mail over SMTP ([lettre](https://docs.rs/lettre)): the title is the subject, the message
+/// the plain-text body; high and urgent notifications are marked important.
+#[derive(Clone)]
+pub struct Email {
+    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    from: lettre::message::Mailbox,
+    to: Vec<lettre::message::Mailbox>,
+}
+
+impl std::fmt::Debug for Email {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Email")
+            .field("from", &self.from.to_string())
+            .field("to", &self.to.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an [`Email`] notifier connects to and sends as.
+#[derive(Debug, Clone, Default)]
+pub struct EmailSettings {
+    /// SMTP server.
+    pub host: String,
+    /// Its port (default by `tls`: 587, 465 or 25).
+    pub port: Option<u16>,
+    /// Connection security.
+    pub tls: SmtpTls,
+    /// Login, when the server needs one.
+    pub username: Option<String>,
+    /// Password for `username`.
+    pub password: Option<String>,
+    /// Sender, e.g. `FlowBot <bot@example.com>`.
+    pub from: String,
+    /// Recipients.
+    pub to: Vec<String>,
+}
+
+impl Email {
+    /// An e-mail notifier; an error names the setting that is wrong.
+    pub fn new(s: &EmailSettings) -> Result<Self, String> {
+        use lettre::transport::smtp::authentication::Credentials;
+        let mailbox = |what: &str, a: &str| {
+            a.parse::<lettre::message::Mailbox>()
+                .map_err(|e| format!("{what}: '{a}' is not an e-mail address ({e})"))
+        };
+        let from = mailbox("from", &s.from)?;
+        if s.to.is_empty() {
+            return Err("to: give at least one recipient".into());
+        }
+        let to =
+            s.to.iter()
+                .map(|a| mailbox("to", a))
+                .collect::<Result<Vec<_>, _>>()?;
+        type Transport = lettre::AsyncSmtpTransport<lettre::Tokio1Executor>;
+        let builder = match s.tls {
+            SmtpTls::Starttls => Transport::starttls_relay(&s.host),
+            SmtpTls::Tls => Transport::relay(&s.host),
+            SmtpTls::None => Ok(Transport::builder_dangerous(&s.host)),
+        }
+        .map_err(|e| format!("host: {e}"))?;
+        let mut builder = builder.timeout(Some(TIMEOUT));
+        if let Some(port) = s.port {
+            builder = builder.port(port);
+        }
+        match (&s.username, &s.password) {
+            (Some(u), Some(p)) => {
+                builder = builder.credentials(Credentials::new(u.clone(), p.clone()))
+            }
+            (None, None) => {}
+            _ => return Err("username and password: give both or neither".into()),
+        }
+        Ok(Email {
+            transport: builder.build(),
+            from,
+            to,
+        })
+    }
+}
+
+#[async_trait]
+impl Notifier for Email {
+    fn kind(&self) -> &str {
+        "email"
+    }
+
+    async fn notify(&self, n: &Notification) -> Result<Value, BoxError> {
+        use lettre::AsyncTransport;
+        use lettre::message::header::ContentType;
+        let subject = n.title.clone().unwrap_or_else(|| {
+            n.message
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(80)
+                .collect()
+        });
+        let mut body = n.message.clone();
+        if let Some(u) = &n.url {
+            body.push_str(&format!("\n\n{u}"));
+        }
+        let mut message = lettre::Message::builder()
+            .from(self.from.clone())
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN);
+        for to in &self.to {
+            message = message.to(to.clone());
+        }
+        if n.priority >= Priority::High {
+            message = message.header(Importance);
+        }
+        let message = message
+            .body(body)
+            .map_err(|e| format!("building the e-mail: {e}"))?;
+        let response = self
+            .transport
+            .send(message)
+            .await
+            .map_err(|e| match e.status() {
+                Some(code) => format!("the SMTP server refused the e-mail ({code}): {e}"),
+                None => format!("SMTP: {e}"),
+            })?;
+        Ok(json!({
+            "code": response.code().to_string(),
+            "message": response.message().collect::<Vec<_>>().join(" "),
+        }))
+    }
+}
+
+/// `Importance: high` (RFC 2156), which mail clients show as a flag.
+#[derive(Debug, Clone, Copy)]
+struct Importance;
+
+impl lettre::message::header::Header for Importance {
+    fn name() -> lettre::message::header::HeaderName {
+        lettre::message::header::HeaderName::new_from_ascii_str("Importance")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Importance)
+    }
+
+    fn display(&self) -> lettre::message::header::HeaderValue {
+        lettre::message::header::HeaderValue::new(Self::name(), "high".to_owned())
+    }
+}

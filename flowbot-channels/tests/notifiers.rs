@@ -11,9 +11,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
-use flowbot_channels::notifiers::{JsonWebhook, Ntfy, Pushover, SlackWebhook};
+use flowbot_channels::notifiers::{
+    Email, EmailSettings, JsonWebhook, Ntfy, Pushover, SlackWebhook, SmtpTls,
+};
 use flowbot_core::{Notification, Notifier, Priority};
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// What the fake services received: (route, headers, body).
 type Seen = Arc<Mutex<Vec<(String, HeaderMap, String)>>>;
@@ -250,4 +253,105 @@ async fn json_webhooks_are_signed() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["message"], "disk almost full");
     assert_eq!(v["priority"], "normal");
+}
+
+/// A small SMTP server (RFC 5321: greeting, EHLO, MAIL, RCPT, DATA, QUIT) that keeps each
+/// message's data and refuses the recipient `refused@example.com` with 550.
+async fn smtp_server() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let mails: Arc<Mutex<Vec<String>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let kept = mails.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write.write_all(b"220 test.local ESMTP\r\n").await.unwrap();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let upper = line.to_ascii_uppercase();
+                    let answer: &[u8] = if upper.starts_with("EHLO") {
+                        b"250-test.local\r\n250 8BITMIME\r\n"
+                    } else if upper.starts_with("MAIL FROM") {
+                        b"250 2.1.0 OK\r\n"
+                    } else if upper.starts_with("RCPT TO") {
+                        if line.contains("refused@example.com") {
+                            b"550 5.1.1 mailbox unavailable\r\n"
+                        } else {
+                            b"250 2.1.5 OK\r\n"
+                        }
+                    } else if upper == "DATA" {
+                        write.write_all(b"354 end with .\r\n").await.unwrap();
+                        let mut data = String::new();
+                        while let Ok(Some(l)) = lines.next_line().await {
+                            if l == "." {
+                                break;
+                            }
+                            data.push_str(&l);
+                            data.push('\n');
+                        }
+                        kept.lock().unwrap().push(data);
+                        b"250 2.0.0 queued as 42\r\n"
+                    } else if upper == "QUIT" {
+                        write.write_all(b"221 2.0.0 bye\r\n").await.unwrap();
+                        break;
+                    } else {
+                        b"250 OK\r\n"
+                    };
+                    write.write_all(answer).await.unwrap();
+                }
+            });
+        }
+    });
+    (port, mails)
+}
+
+#[tokio::test]
+async fn email_goes_out_over_smtp_and_refusals_name_the_code() {
+    let (port, mails) = smtp_server().await;
+    let settings = |to: &str| EmailSettings {
+        host: "127.0.0.1".into(),
+        port: Some(port),
+        tls: SmtpTls::None,
+        from: "FlowBot <bot@example.com>".into(),
+        to: vec![to.into()],
+        ..EmailSettings::default()
+    };
+    let out = Email::new(&settings("ops@example.com"))
+        .unwrap()
+        .notify(&note(Priority::Urgent))
+        .await
+        .unwrap();
+    assert_eq!(out["code"], "250");
+    let mail = mails.lock().unwrap()[0].clone();
+    assert!(mail.contains("Subject: db-1"), "{mail}");
+    assert!(mail.contains("From: FlowBot <bot@example.com>"), "{mail}");
+    assert!(mail.contains("To: ops@example.com"), "{mail}");
+    assert!(mail.contains("Importance: high"), "{mail}");
+    assert!(mail.contains("disk almost full"), "{mail}");
+    let e = Email::new(&settings("refused@example.com"))
+        .unwrap()
+        .notify(&note(Priority::Normal))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refused the e-mail (550)"), "{e}");
+    // Bad settings are refused when the notifier is made.
+    let mut bad = settings("ops@example.com");
+    bad.from = "not an address".into();
+    assert!(Email::new(&bad).unwrap_err().starts_with("from:"));
+    bad = settings("ops@example.com");
+    bad.username = Some("u".into());
+    assert!(Email::new(&bad).unwrap_err().contains("both or neither"));
+    // Nobody listening: a clear error.
+    let mut gone = settings("ops@example.com");
+    gone.port = Some(1);
+    let e = Email::new(&gone)
+        .unwrap()
+        .notify(&note(Priority::Low))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("SMTP"), "{e}");
 }
