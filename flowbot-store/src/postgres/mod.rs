@@ -333,11 +333,14 @@ const INSERT_TASK: &str = "INSERT INTO flowbot_tasks (queue, kind, payload, stat
      VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10) \
      ON CONFLICT (dedupe_key) WHERE state IN ('queued', 'running') DO NOTHING RETURNING id";
 
-async fn insert_task<'e, E>(ex: E, task: &NewTask, now: i64) -> Result<Option<i64>, StoreError>
-where
-    E: sqlx::PgExecutor<'e>,
-{
-    sqlx::query_scalar(INSERT_TASK)
+/// `sql` with a task's columns bound as `$1`–`$10` in [`INSERT_TASK`]'s order (statements
+/// that insert a task and more bind the rest after).
+fn task_query<'q>(
+    sql: &'static str,
+    task: &'q NewTask,
+    now: i64,
+) -> Result<sqlx::query::QueryScalar<'q, Postgres, i64, sqlx::postgres::PgArguments>, StoreError> {
+    Ok(sqlx::query_scalar(sql)
         .bind(&task.queue)
         .bind(&task.kind)
         .bind(&task.payload)
@@ -347,7 +350,14 @@ where
         .bind(common::retry_json(task.retry.as_ref())?)
         .bind(&task.dedupe_key)
         .bind(&task.concurrency_key)
-        .bind(now)
+        .bind(now))
+}
+
+async fn insert_task<'e, E>(ex: E, task: &NewTask, now: i64) -> Result<Option<i64>, StoreError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    task_query(INSERT_TASK, task, now)?
         .fetch_optional(ex)
         .await
         .map_err(map_err)

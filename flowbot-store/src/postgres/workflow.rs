@@ -96,19 +96,7 @@ async fn start_nodes(
         } else {
             START_NODE
         };
-        let mut q = sqlx::query_scalar::<_, i64>(sql)
-            .bind(&task.queue)
-            .bind(&task.kind)
-            .bind(&task.payload)
-            .bind(i64::from(task.priority))
-            .bind(task.run_at.map(ms).unwrap_or(now))
-            .bind(task.retry.map(|r| i64::from(r.max_attempts)))
-            .bind(common::retry_json(task.retry.as_ref())?)
-            .bind(&task.dedupe_key)
-            .bind(&task.concurrency_key)
-            .bind(now)
-            .bind(run)
-            .bind(&s.node);
+        let mut q = task_query(sql, task, now)?.bind(run).bind(&s.node);
         if let Some(c) = taken {
             q = q.bind(&c.worker).bind(common::lease_deadline(c.lease));
         }
