@@ -66,7 +66,11 @@ impl CustomCondition for Native {
 }
 
 fn one_rule(when: &str) -> RulesRouter {
-    let plugins = Plugins::default().condition("native", |_| Ok(Native));
+    one_rule_with(when, Plugins::default())
+}
+
+fn one_rule_with(when: &str, plugins: Plugins) -> RulesRouter {
+    let plugins = plugins.condition("native", |_| Ok(Native));
     let text = format!("[[rule]]\nname = \"r\"\nwhen = {when}\nthen = [{{ reply = \"x\" }}]\n");
     RulesRouter::new(RuleSet::compile(&[Source::inline(text)], &plugins).unwrap())
 }
@@ -104,11 +108,25 @@ fn bench(c: &mut Criterion) {
 
     let rhai = one_rule("{ script = 'text.len() > 10 && user == \"ada\"' }");
     let native = one_rule("{ custom = { kind = \"native\" } }");
+    // The same condition always interpreted: an engine the application extended keeps every
+    // condition in rhai (the path of conditions outside the native subset).
+    let interpreted = {
+        let mut scripting = flowbot_rules::Scripting::default();
+        scripting.engine_mut().register_fn("unused", || 0_i64);
+        one_rule_with(
+            "{ script = 'text.len() > 10 && user == \"ada\"' }",
+            Plugins::default().scripting(scripting),
+        )
+    };
     let msg = event("ada", "a message long enough");
     assert_eq!(rhai.matching(&msg, &session, None).unwrap(), ["r"]);
     assert_eq!(native.matching(&msg, &session, None).unwrap(), ["r"]);
+    assert_eq!(interpreted.matching(&msg, &session, None).unwrap(), ["r"]);
     c.bench_function("condition: rhai", |b| {
         b.iter(|| black_box(rhai.matching(&msg, &session, None).unwrap()))
+    });
+    c.bench_function("condition: rhai, interpreted", |b| {
+        b.iter(|| black_box(interpreted.matching(&msg, &session, None).unwrap()))
     });
     c.bench_function("condition: native closure", |b| {
         b.iter(|| black_box(native.matching(&msg, &session, None).unwrap()))
@@ -137,7 +155,7 @@ fn bench(c: &mut Criterion) {
         }
         t.elapsed() / n
     };
-    let (rhai_t, native_t) = (per(&rhai), per(&native));
+    let (rhai_t, native_t, interpreted_t) = (per(&rhai), per(&native), per(&interpreted));
     // The floor: the same expression in a bare rhai engine, with its two variables pushed
     // into a fresh scope, as any embedder evaluates it (no routing, no FlowBot).
     let bare = {
@@ -178,6 +196,11 @@ fn bench(c: &mut Criterion) {
         rhai_t,
         native_t,
         rhai_t.as_secs_f64() / native_t.as_secs_f64()
+    );
+    println!(
+        "the same condition always interpreted {:?}: {:.2}x native",
+        interpreted_t,
+        interpreted_t.as_secs_f64() / native_t.as_secs_f64()
     );
     println!(
         "the same expression in a bare rhai engine (no routing): {bare:?}, {:.2}x native routing",

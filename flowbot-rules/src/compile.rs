@@ -75,8 +75,9 @@ pub(crate) enum Cond {
     Time(Box<TimeWindow>),
     Intent(String, f32),
     /// The script, and which of [`SCRIPT_VARIABLES`](crate::script::SCRIPT_VARIABLES) it
-    /// names (a bit each), so only those are handed to it.
-    Script(Arc<AST>, u16),
+    /// names (a bit each), so only those are handed to it, and its native form when it has
+    /// one (see [`crate::fast`]).
+    Script(Arc<AST>, u16, Option<Arc<crate::fast::Fast>>),
     Custom(Arc<dyn CustomCondition>),
 }
 
@@ -103,6 +104,7 @@ impl Cond {
             Cond::Contains(_) | Cond::Keywords(_) | Cond::Time(_) => 2,
             Cond::All(_) | Cond::Any(_) | Cond::Not(_) | Cond::Intent(..) => 3,
             Cond::Custom(_) => 4,
+            Cond::Script(_, _, Some(_)) => 2,
             Cond::Script(..) => 5,
         }
     }
@@ -668,12 +670,16 @@ impl Compiler<'_> {
             parts.push(Cond::Intent(i.label.clone(), i.min));
         }
         if let Some(s) = &w.script {
-            parts.push(Cond::Script(
-                self.scripting
-                    .compile(s, true)
-                    .map_err(|e| format!("script: {e}"))?,
-                variables_used(s),
-            ));
+            let ast = self
+                .scripting
+                .compile(s, true)
+                .map_err(|e| format!("script: {e}"))?;
+            let fast = if self.scripting.is_extended() {
+                None
+            } else {
+                crate::fast::Fast::compile(&ast).map(Arc::new)
+            };
+            parts.push(Cond::Script(ast, variables_used(s), fast));
         }
         if let Some(list) = &w.all {
             let mut v = Vec::new();

@@ -33,6 +33,7 @@
 mod command;
 mod compile;
 mod dialog;
+mod fast;
 mod library;
 mod route;
 mod script;

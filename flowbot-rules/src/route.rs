@@ -80,6 +80,23 @@ impl Facts<'_> {
         })
     }
 
+    /// What a condition on the fast path reads.
+    fn fast_env<'b>(&'b self, b: &'b Bindings) -> crate::fast::Env<'b> {
+        crate::fast::Env {
+            text: self.text,
+            user: self
+                .event
+                .sender()
+                .map(|s| s.id.as_str())
+                .unwrap_or_default(),
+            channel: self.event.channel().as_str(),
+            session: self.session,
+            vars: &self.set.vars,
+            args: &b.args,
+            captures: &b.captures,
+        }
+    }
+
     /// The script variables `used` names (bits in the order of `SCRIPT_VARIABLES`), with
     /// `args` and `captures` from `b`. Each variable is built once per event.
     fn script_scope(&self, used: u16, b: &Bindings) -> Result<Scope<'static>, String> {
@@ -280,7 +297,10 @@ fn eval(c: &Cond, f: &Facts<'_>, b: &mut Bindings) -> Result<Outcome, String> {
             .intents
             .as_ref()
             .is_some_and(|ls| ls.iter().any(|l| &l.label == label && l.confidence >= *min))),
-        Cond::Script(ast, used) => {
+        Cond::Script(ast, used, fast) => {
+            if let Some(answer) = fast.as_ref().and_then(|fast| fast.decide(&f.fast_env(b))) {
+                return Ok(yes(answer));
+            }
             let mut scope = f.script_scope(*used, b)?;
             let value = f.set.scripting.eval_condition(&mut scope, ast)?;
             match value.as_bool() {

@@ -95,6 +95,10 @@ pub struct Scripting {
     limits: ScriptLimits,
     /// Tells this engine's function-resolution caches from another's (see `CACHES`).
     id: u64,
+    /// The application reached the engine through [`Scripting::engine_mut`], so it may have
+    /// registered functions that change what an expression means: conditions then always
+    /// run in rhai (see [`crate::fast`]).
+    extended: bool,
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -202,6 +206,7 @@ impl Scripting {
             engine,
             limits,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            extended: false,
         }
     }
 
@@ -212,7 +217,13 @@ impl Scripting {
 
     /// The engine, to register more functions before rules are compiled.
     pub fn engine_mut(&mut self) -> &mut Engine {
+        self.extended = true;
         &mut self.engine
+    }
+
+    /// Whether the application has had the engine to itself ([`Scripting::engine_mut`]).
+    pub(crate) fn is_extended(&self) -> bool {
+        self.extended
     }
 
     /// Compile a script (or an expression, when `expression`) for a rule.
