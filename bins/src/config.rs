@@ -38,6 +38,96 @@ pub struct Config {
     pub secrets: SecretValues,
     /// Notifiers for the `notify` action, by name.
     pub notifiers: BTreeMap<String, NotifierEntry>,
+    /// Telegram bots, by channel name.
+    pub telegram: BTreeMap<String, TelegramEntry>,
+}
+
+/// How a Telegram bot receives updates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TelegramMode {
+    /// `getUpdates` long polling (one server at a time in distributed mode).
+    #[default]
+    Polling,
+    /// Telegram POSTs to `/hooks/telegram/<name>`.
+    Webhook,
+}
+
+/// `[telegram.<name>]`: a Telegram bot, the channel `<name>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramEntry {
+    /// The bot token from @BotFather.
+    pub token: String,
+    /// `polling` (default) or `webhook`.
+    #[serde(default)]
+    pub mode: TelegramMode,
+    /// Bot API base URL (default `https://api.telegram.org`).
+    #[serde(default = "telegram_api")]
+    pub api_base: String,
+    /// Seconds one `getUpdates` call waits (polling; default 30, at most 50).
+    #[serde(default = "telegram_poll_timeout")]
+    pub poll_timeout_secs: u64,
+    /// The webhook's secret token (webhook mode; required there).
+    pub secret_token: Option<String>,
+    /// The server's public base URL: the webhook is registered at start when given.
+    pub public_url: Option<String>,
+    /// Most messages sent per second (default 25).
+    #[serde(default = "telegram_sends")]
+    pub sends_per_second: u32,
+}
+
+fn telegram_api() -> String {
+    flowbot_channels::telegram::DEFAULT_API_BASE.into()
+}
+
+fn telegram_poll_timeout() -> u64 {
+    30
+}
+
+fn telegram_sends() -> u32 {
+    25
+}
+
+impl std::fmt::Debug for TelegramEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token and the secret token are secrets.
+        f.debug_struct("TelegramEntry")
+            .field("mode", &self.mode)
+            .field("api_base", &self.api_base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TelegramEntry {
+    /// The channel's settings, checked; the error names the offending field.
+    pub fn channel_config(
+        &self,
+        name: &str,
+    ) -> Result<flowbot_channels::telegram::TelegramConfig, String> {
+        use flowbot_channels::telegram::{Mode, TelegramConfig};
+        let mode = match self.mode {
+            TelegramMode::Polling => Mode::Polling {
+                timeout: std::time::Duration::from_secs(self.poll_timeout_secs),
+            },
+            TelegramMode::Webhook => Mode::Webhook {
+                secret_token: self
+                    .secret_token
+                    .clone()
+                    .ok_or("secret_token is required in webhook mode")?,
+                public_url: self.public_url.clone(),
+            },
+        };
+        let config = TelegramConfig {
+            name: name.to_owned(),
+            token: self.token.clone(),
+            api_base: self.api_base.clone(),
+            mode,
+            sends_per_second: self.sends_per_second,
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 /// `[notifiers.<name>]`: a send-only channel for the `notify` action, by `kind`.
@@ -421,6 +511,10 @@ impl Config {
                 ));
             }
         }
+        for (name, t) in &self.telegram {
+            t.channel_config(name)
+                .map_err(|e| err(format!("telegram.{name}"), e))?;
+        }
         for (name, n) in &self.notifiers {
             if let NotifierEntry::Email { .. } = n {
                 crate::run::email_settings(n)
@@ -478,6 +572,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
         "rules",
         "secrets",
         "notifiers",
+        "telegram",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
@@ -530,6 +625,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
         rules: section(table, "rules")?,
         secrets: section(table, "secrets")?,
         notifiers: named_sections(table, "notifiers")?,
+        telegram: named_sections(table, "telegram")?,
     })
 }
 
@@ -665,5 +761,42 @@ mod tests {
         assert_eq!(e.path, "webhooks.crm.callbak_url");
         let e = load("this is not toml", &[]).expect_err("syntax");
         assert!(e.path.ends_with(".toml"), "{e}");
+    }
+
+    #[test]
+    fn telegram_sections() {
+        let token = "123456:secret-token_abcdef";
+        let ok = load(
+            "[telegram.support]\nmode = \"webhook\"\nsecret_token = \"s3cret\"\n",
+            &[("FLOWBOT_TELEGRAM__SUPPORT__TOKEN", token)],
+        )
+        .expect("token from the environment");
+        let t = &ok.telegram["support"];
+        assert_eq!((t.mode, t.token.as_str()), (TelegramMode::Webhook, token));
+        assert_eq!(t.api_base, "https://api.telegram.org");
+        assert!(!format!("{ok:?}").contains("secret-token"), "{ok:?}");
+        let e = load("[telegram.support]\nmode = \"polling\"\n", &[]).expect_err("no token");
+        assert!(
+            e.path.starts_with("telegram.support") && e.message.contains("token"),
+            "{e}"
+        );
+        let e = load(
+            "[telegram.support]\nmode = \"webhook\"\n",
+            &[("FLOWBOT_TELEGRAM__SUPPORT__TOKEN", token)],
+        )
+        .expect_err("webhook without secret");
+        assert_eq!(e.path, "telegram.support");
+        assert!(e.message.contains("secret_token"), "{e}");
+        let e = load("[telegram.support]\ntoken = \"nonsense\"\n", &[]).expect_err("token");
+        assert!(e.message.contains("not a bot token"), "{e}");
+        let e = load(
+            "[telegram.support]\nmode = \"carrier\"\n",
+            &[("FLOWBOT_TELEGRAM__SUPPORT__TOKEN", token)],
+        )
+        .expect_err("mode");
+        assert!(
+            e.path.starts_with("telegram.support") && e.message.contains("carrier"),
+            "{e}"
+        );
     }
 }

@@ -40,6 +40,8 @@ pub struct AppState {
     pub rules: Arc<flowbot_rules::RuleLibrary>,
     /// The workflow engine.
     pub workflows: Arc<flowbot_core::workflow::Workflows>,
+    /// Telegram bots served by this process.
+    pub telegram: Vec<flowbot_channels::telegram::Telegram>,
 }
 
 type ApiResult<T> = Result<Json<T>, Problem>;
@@ -218,6 +220,32 @@ async fn metrics(State(s): State<AppState>) -> Response {
         "# HELP flowbot_pipeline_errors_total Errors reported by the pipeline.\n# TYPE flowbot_pipeline_errors_total counter\nflowbot_pipeline_errors_total {}",
         s.pipeline.errors.load(Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# HELP flowbot_channel_ignored_total Platform updates ignored, by channel and reason.\n# TYPE flowbot_channel_ignored_total counter"
+    );
+    for tg in &s.telegram {
+        for (reason, n) in tg.stats().ignored.snapshot() {
+            let _ = writeln!(
+                out,
+                "flowbot_channel_ignored_total{{channel=\"{}\",reason=\"{}\"}} {n}",
+                escape_label(tg.name()),
+                escape_label(&reason)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP flowbot_channel_api_errors_total Failed platform API calls, by channel.\n# TYPE flowbot_channel_api_errors_total counter"
+    );
+    for tg in &s.telegram {
+        let _ = writeln!(
+            out,
+            "flowbot_channel_api_errors_total{{channel=\"{}\"}} {}",
+            escape_label(tg.name()),
+            tg.stats().api_errors.load(Relaxed)
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP flowbot_tasks Tasks in the store, by state.\n# TYPE flowbot_tasks gauge"
@@ -771,7 +799,7 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
 }
 
 /// Document the channel routes (mounted from `flowbot-channels`) in `doc`.
-pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, web: bool, webhooks: bool) {
+pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, web: bool, webhooks: bool, telegram: bool) {
     let mut extra: Value = json!({});
     extra["/api/v1/openapi.json"] = json!({"get": {"tags": ["health"], "summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1 document", "content": {"application/json": {}}}}}});
     if web {
@@ -791,6 +819,14 @@ pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, web: bool, webhooks: boo
             "responses": {"202": {"description": "Stored", "content": {"application/json": {"schema": {"type": "object", "properties": {"id": {"type": "string"}}}}}},
                           "400": {"description": "Malformed JSON"}, "401": {"description": "Bad signature"}, "404": {"description": "Unknown channel"},
                           "413": {"description": "Body too large"}, "415": {"description": "Not JSON"}, "422": {"description": "Missing or invalid fields"}, "503": {"description": "Database unavailable"}}}});
+    }
+    if telegram {
+        extra["/hooks/telegram/{channel}"] = json!({"post": {"tags": ["channels"], "summary": "Telegram webhook: one Bot API update; 200 once durably stored",
+            "parameters": [{"name": "channel", "in": "path", "required": true, "schema": {"type": "string"}},
+                           {"name": "X-Telegram-Bot-Api-Secret-Token", "in": "header", "required": true, "schema": {"type": "string"}, "description": "The channel's secret_token, as given to setWebhook"}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["update_id"], "properties": {"update_id": {"type": "integer"}}}}}},
+            "responses": {"200": {"description": "Stored (or ignored and counted)"}, "400": {"description": "Malformed JSON"}, "401": {"description": "Missing or wrong secret token"},
+                          "404": {"description": "Unknown channel, or a channel that polls"}, "413": {"description": "Body too large"}, "422": {"description": "Not a Bot API update"}, "503": {"description": "Database unavailable"}}}});
     }
     let mut doc_json = serde_json::to_value(&*doc).unwrap_or_default();
     if let (Some(paths), Some(extra)) = (

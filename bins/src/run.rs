@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use flowbot_channels::http_action::HttpRequest;
+use flowbot_channels::telegram::Telegram;
 use flowbot_channels::web::WebChat;
 use flowbot_channels::webhook::{WebhookConfig, Webhooks};
 use flowbot_core::task::WorkerConfig;
@@ -269,6 +270,16 @@ pub async fn run_server_with(
     for c in hook_channels {
         builder = builder.channel(c);
     }
+    let mut telegram = Vec::new();
+    for (name, entry) in &config.telegram {
+        let settings = entry.channel_config(name).map_err(RunError::Channel)?;
+        let (tg, channel) = Telegram::connect(store.clone(), settings)
+            .await
+            .map_err(|e| RunError::Channel(e.to_string()))?;
+        tracing::info!(channel = %name, username = %tg.username(), "telegram bot connected");
+        builder = builder.channel(channel);
+        telegram.push(tg);
+    }
     builder = if config.server.agent {
         builder.workers(worker_config(&config, "server"))
     } else {
@@ -282,9 +293,10 @@ pub async fn run_server_with(
         workers: bot.worker_stats().clone(),
         rules: rules.clone(),
         workflows,
+        telegram: telegram.clone(),
     };
     let (api, mut doc) = http::api(state);
-    http::channel_docs(&mut doc, web.is_some(), true);
+    http::channel_docs(&mut doc, web.is_some(), true, !telegram.is_empty());
     let doc = Arc::new(doc);
     let mut app = api
         .route(
@@ -295,6 +307,9 @@ pub async fn run_server_with(
             }),
         )
         .merge(webhooks.router());
+    for tg in &telegram {
+        app = app.merge(tg.router());
+    }
     if let Some(web) = &web {
         app = app.merge(web.router());
     }
@@ -368,6 +383,14 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
         .map_err(|e| RunError::Channel(e.to_string()))?;
     for c in hook_channels {
         builder = builder.channel(c);
+    }
+    // Agents deliver replies; the servers receive.
+    for (name, entry) in &config.telegram {
+        let settings = entry.channel_config(name).map_err(RunError::Channel)?;
+        builder = builder.channel(
+            Telegram::sender_only(store.clone(), settings)
+                .map_err(|e| RunError::Channel(e.to_string()))?,
+        );
     }
     let bot = builder.build()?;
     tracing::info!(database = %redact(&config.database.url), concurrency = config.workers.concurrency, "flowbot-agent running");

@@ -6,7 +6,8 @@
 //! - [`webhook`] (feature `webhook`): the generic webhook channel —
 //!   `POST /hooks/webhook/{channel}`, acknowledged once durably stored, replies POSTed to a
 //!   callback URL through the task queue, optional HMAC-SHA256 signatures both ways;
-//! - [`console`] (feature `console`): stdin and stdout, for trying a bot in a terminal.
+//! - [`console`] (feature `console`): stdin and stdout, for trying a bot in a terminal;
+//! - [`telegram`] (feature `telegram`): Telegram's Bot API, by long polling or webhook.
 //!
 //! Adapters that receive HTTP traffic contribute an axum `Router` that the server mounts.
 
@@ -18,6 +19,8 @@ pub mod http_action;
 #[cfg(feature = "notifiers")]
 pub mod notifiers;
 pub mod problem;
+#[cfg(feature = "telegram")]
+pub mod telegram;
 #[cfg(feature = "web")]
 pub mod web;
 #[cfg(feature = "webhook")]

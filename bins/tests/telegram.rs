@@ -1,0 +1,264 @@
+//! The Telegram channel through the server, against a local Bot API server: long polling and
+//! webhook delivery, commands, inline keyboard clicks, 429s and a Bot API that drops out,
+//! ignored update kinds in the metrics, secret-token checks, and a wrong token at start.
+
+mod common;
+#[path = "telegram/fake.rs"]
+mod fake;
+mod harness;
+
+use std::time::Duration;
+
+use fake::{FakeTelegram, Fault, TOKEN, USERNAME, click, text};
+use flowbot_server::config::{TelegramEntry, TelegramMode};
+use harness::{problem, start_with};
+use serde_json::{Value, json};
+
+const SECRET_TOKEN: &str = "hook-secret_0123456789";
+
+fn entry(fake: &FakeTelegram, mode: TelegramMode) -> TelegramEntry {
+    TelegramEntry {
+        token: TOKEN.into(),
+        mode,
+        api_base: fake.base.clone(),
+        poll_timeout_secs: 1,
+        secret_token: (mode == TelegramMode::Webhook).then(|| SECRET_TOKEN.into()),
+        public_url: (mode == TelegramMode::Webhook).then(|| "https://bot.example.com".into()),
+        sends_per_second: 25,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_answers_commands_and_clicks_and_rides_out_faults() {
+    let tg = FakeTelegram::start().await;
+    let f = tg.clone();
+    let server = start_with(move |c| {
+        c.telegram
+            .insert("tg".into(), entry(&f, TelegramMode::Polling));
+    })
+    .await;
+    assert_eq!(tg.calls("getMe").len(), 1);
+    assert_eq!(
+        tg.calls("deleteWebhook").len(),
+        1,
+        "polling needs no webhook"
+    );
+
+    // A command addressed to this bot by name, in a private chat.
+    tg.push(text(1001, &format!("/echo@{USERNAME} hello from Telegram")));
+    let sent = tg.wait_for_text(1001, "hello from Telegram").await;
+    assert!(sent.get("parse_mode").is_none(), "plain text: {sent}");
+    let poll = tg.calls("getUpdates").last().cloned().expect("polled");
+    assert_eq!(
+        poll["allowed_updates"],
+        json!([
+            "message",
+            "callback_query",
+            "message_reaction",
+            "chat_member"
+        ])
+    );
+
+    // A command for another bot in the same group is not ours.
+    tg.push(text(-2002, "/echo@other_bot not for us"));
+
+    // Buttons: the feedback dialog offers its choices as an inline keyboard; a click answers.
+    tg.push(text(1001, "/feedback"));
+    let ask = tg
+        .wait_for_text(1001, "How would you rate this demo, from 1 to 5?")
+        .await;
+    let keys: Vec<&str> = ask["reply_markup"]["inline_keyboard"]
+        .as_array()
+        .expect("keyboard")
+        .iter()
+        .flat_map(|row| row.as_array().expect("row").iter())
+        .map(|b| b["callback_data"].as_str().expect("data"))
+        .collect();
+    assert_eq!(keys, ["1", "2", "3", "4", "5"]);
+    tg.push(click(1001, "cbq-1", "4"));
+    tg.wait_for_text(1001, "Glad you like it! Anything to add?")
+        .await;
+    tg.push(text(1001, "great demo"));
+    tg.wait_for_text(1001, "Send rating 4 with \"great demo\"?")
+        .await;
+    tg.push(click(1001, "cbq-2", "yes"));
+    tg.wait_for_text(1001, "Thank you! Your feedback (4/5) is saved.")
+        .await;
+    common::eventually("the click answered", Duration::from_secs(10), || {
+        tg.calls("answerCallbackQuery")
+            .iter()
+            .any(|b| b["callback_query_id"] == "cbq-1")
+    })
+    .await;
+
+    // Telegram answers 429 with retry_after: the send waits and goes through.
+    tg.fault("sendMessage", Fault::TooMany(1));
+    tg.push(text(1001, "/echo after a rate limit"));
+    tg.wait_for_text(1001, "after a rate limit").await;
+    let tries = tg
+        .sent_to(1001)
+        .iter()
+        .filter(|b| b["text"] == "after a rate limit")
+        .count();
+    assert_eq!(tries, 2, "one refused with 429, one accepted");
+
+    // The Bot API drops out for two polls (a proxy's 502): polling backs off and resumes.
+    tg.fault("getUpdates", Fault::BadGateway);
+    tg.fault("getUpdates", Fault::BadGateway);
+    tg.push(text(1001, "/echo after an outage"));
+    tg.wait_for_text(1001, "after an outage").await;
+
+    // Update kinds the bot does not handle are ignored and counted.
+    tg.push(json!({"edited_message": {"message_id": 1, "date": 0, "chat": {"id": 1001, "type": "private"}, "text": "x"}}));
+    tg.push(text(1001, "/echo last"));
+    tg.wait_for_text(1001, "last").await;
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .contains("flowbot_channel_ignored_total{channel=\"tg\",reason=\"edited_message\"} 1")
+            && metrics.contains(
+                "flowbot_channel_ignored_total{channel=\"tg\",reason=\"command for @other_bot\"} 1"
+            ),
+        "{metrics}"
+    );
+    assert!(tg.sent_to(-2002).is_empty(), "{:?}", tg.sent_to(-2002));
+    // Every update was confirmed once, and each reply sent once.
+    assert_eq!(
+        tg.sent_to(1001)
+            .iter()
+            .filter(|b| b["text"] == "hello from Telegram")
+            .count(),
+        1
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_checks_the_secret_token_and_stores_before_answering() {
+    let tg = FakeTelegram::start().await;
+    let f = tg.clone();
+    let server = start_with(move |c| {
+        c.telegram
+            .insert("hook".into(), entry(&f, TelegramMode::Webhook));
+    })
+    .await;
+    let set = tg.calls("setWebhook");
+    assert_eq!(set.len(), 1);
+    assert_eq!(set[0]["url"], "https://bot.example.com/hooks/telegram/hook");
+    assert_eq!(set[0]["secret_token"], SECRET_TOKEN);
+    assert!(
+        tg.calls("getUpdates").is_empty(),
+        "webhook mode does not poll"
+    );
+
+    let http = reqwest::Client::new();
+    let url = format!("{}/hooks/telegram/hook", server.base);
+    let post = |secret: Option<&str>, body: String| {
+        let mut req = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(s) = secret {
+            req = req.header("X-Telegram-Bot-Api-Secret-Token", s);
+        }
+        req.send()
+    };
+    let mut update = text(3003, "/echo via webhook");
+    update["update_id"] = 77.into();
+    let body = update.to_string();
+
+    let p = problem(post(None, body.clone()).await.expect("post"), 401).await;
+    assert!(p["detail"].as_str().unwrap_or("").contains("secret"), "{p}");
+    problem(
+        post(Some("hook-secret_0123456780"), body.clone())
+            .await
+            .expect("post"),
+        401,
+    )
+    .await;
+    problem(
+        post(Some(SECRET_TOKEN), "{not json".into())
+            .await
+            .expect("post"),
+        400,
+    )
+    .await;
+    let p = problem(
+        post(Some(SECRET_TOKEN), json!({"hello": 1}).to_string())
+            .await
+            .expect("post"),
+        422,
+    )
+    .await;
+    assert!(
+        p["detail"].as_str().unwrap_or("").contains("update_id"),
+        "{p}"
+    );
+
+    // Accepted, and delivered twice (Telegram retries when it misses the answer): one reply.
+    for _ in 0..2 {
+        let res = post(Some(SECRET_TOKEN), body.clone()).await.expect("post");
+        assert_eq!(res.status().as_u16(), 200);
+    }
+    tg.wait_for_text(3003, "via webhook").await;
+    let mut next = text(3003, "/echo second");
+    next["update_id"] = 78.into();
+    assert_eq!(
+        post(Some(SECRET_TOKEN), next.to_string())
+            .await
+            .expect("post")
+            .status()
+            .as_u16(),
+        200
+    );
+    tg.wait_for_text(3003, "second").await;
+    assert_eq!(
+        tg.sent_to(3003)
+            .iter()
+            .filter(|b| b["text"] == "via webhook")
+            .count(),
+        1,
+        "a redelivered update is handled once"
+    );
+
+    // The route is in the OpenAPI document.
+    let doc: Value = http
+        .get(format!("{}/api/v1/openapi.json", server.base))
+        .send()
+        .await
+        .expect("doc")
+        .json()
+        .await
+        .expect("json");
+    assert!(doc["paths"]["/hooks/telegram/{channel}"]["post"].is_object());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_stops_the_server_at_start_with_telegrams_answer() {
+    let tg = FakeTelegram::start().await;
+    let dir = common::TempDir::new("flowbot-telegram-token");
+    let mut config = flowbot_server::config::Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.database.url = format!("sqlite://{}/flowbot.db", dir.0.display());
+    let mut e = entry(&tg, TelegramMode::Polling);
+    e.token = "123456:wrong-token_abcdefghij".into();
+    config.telegram.insert("tg".into(), e);
+    let err = flowbot_server::run::run_server(config, flowbot_core::CancellationToken::new(), None)
+        .await
+        .expect_err("a wrong token must not start");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("telegram channel 'tg'") && msg.contains("getMe") && msg.contains("401"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("wrong-token"),
+        "the token must not be shown: {msg}"
+    );
+}

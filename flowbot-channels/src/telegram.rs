@@ -1,0 +1,719 @@
+//! Telegram, over the Bot API.
+//!
+//! Updates arrive by long polling (`getUpdates`) or by webhook (`POST /hooks/telegram/{channel}`
+//! with Telegram's `X-Telegram-Bot-Api-Secret-Token` header). Either way each update is stored
+//! as a task on the durable queue before it is confirmed to Telegram (the next poll's offset, or
+//! the webhook's 200), so a crash loses nothing, and a redelivered update is recognised by its
+//! `update_id`. Messages (text, captions, photos and documents), commands (`/cmd@this_bot` is
+//! `/cmd`; commands for other bots are ignored), inline keyboard clicks (callback queries, which
+//! are answered at once so the button stops spinning), reactions and members joining become
+//! FlowBot events; other updates are ignored and counted.
+//!
+//! Replies go out with `sendMessage`: Markdown rendered to Telegram's HTML, long texts cut into
+//! several messages, buttons as an inline keyboard, threads (forum topics) and replies kept,
+//! attachments sent by URL or file id. Sends are throttled per bot and a 429 is waited out as
+//! Telegram asks (`retry_after`); a send that still fails is retried by the task queue.
+
+mod api;
+mod format;
+mod update;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use flowbot_core::metrics::LabeledCounter;
+use flowbot_core::task::NewTask;
+use flowbot_core::{
+    Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, Error, Format,
+    INBOUND_TASK, Inbox, Outbound, Result, SentId, Store,
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub use api::ApiError;
+
+use crate::problem::Problem;
+
+/// The header Telegram sends the webhook's secret token in.
+pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+
+/// The public Bot API.
+pub const DEFAULT_API_BASE: &str = "https://api.telegram.org";
+
+/// How updates reach the bot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Long polling with `getUpdates`: works behind NAT, one poller per bot (in distributed
+    /// mode, one server at a time holds it).
+    Polling {
+        /// How long one `getUpdates` call waits for updates.
+        timeout: Duration,
+    },
+    /// Telegram POSTs updates to `/hooks/telegram/{channel}`.
+    Webhook {
+        /// Telegram sends it in `X-Telegram-Bot-Api-Secret-Token`; requests without it get 401.
+        secret_token: String,
+        /// The server's public base URL: when given, the webhook is registered with
+        /// `setWebhook` at start (`{public_url}/hooks/telegram/{channel}`).
+        public_url: Option<String>,
+    },
+}
+
+/// One Telegram bot's settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TelegramConfig {
+    /// Channel name.
+    pub name: String,
+    /// The bot token from @BotFather.
+    pub token: String,
+    /// The Bot API's base URL (a local Bot API server, or a test server).
+    pub api_base: String,
+    /// Polling or webhook.
+    pub mode: Mode,
+    /// Most messages sent per second by this bot (Telegram allows about 30).
+    pub sends_per_second: u32,
+}
+
+impl std::fmt::Debug for TelegramConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelegramConfig")
+            .field("name", &self.name)
+            .field("api_base", &self.api_base)
+            .field("sends_per_second", &self.sends_per_second)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TelegramConfig {
+    /// A long-polling bot named `name` on the public Bot API.
+    pub fn polling(name: impl Into<String>, token: impl Into<String>) -> Self {
+        TelegramConfig {
+            name: name.into(),
+            token: token.into(),
+            api_base: DEFAULT_API_BASE.into(),
+            mode: Mode::Polling {
+                timeout: Duration::from_secs(30),
+            },
+            sends_per_second: 25,
+        }
+    }
+
+    /// Check the settings; the message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !crate::valid_id(&self.name, 64) {
+            return Err(format!(
+                "name '{}' must be 1-64 characters of A-Z a-z 0-9 _ - . : @",
+                self.name
+            ));
+        }
+        let (id, secret) = self.token.split_once(':').unwrap_or(("", ""));
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || secret.len() < 10 {
+            return Err("token is not a bot token (<bot id>:<secret> from @BotFather)".into());
+        }
+        if !(self.api_base.starts_with("http://") || self.api_base.starts_with("https://")) {
+            return Err(format!(
+                "api_base '{}' is not an http:// or https:// URL",
+                self.api_base
+            ));
+        }
+        if self.sends_per_second == 0 {
+            return Err("sends_per_second must be at least 1".into());
+        }
+        match &self.mode {
+            Mode::Polling { timeout } if timeout.as_secs() > 50 => {
+                Err("poll_timeout must be at most 50 seconds".into())
+            }
+            Mode::Webhook { secret_token, .. }
+                if secret_token.is_empty()
+                    || secret_token.len() > 256
+                    || !secret_token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+            {
+                Err("secret_token must be 1-256 characters of A-Z a-z 0-9 _ -".into())
+            }
+            Mode::Webhook {
+                public_url: Some(u),
+                ..
+            } if !u.starts_with("https://") && !u.starts_with("http://") => {
+                Err(format!("public_url '{u}' is not an http(s) URL"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a Telegram channel could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelegramError {
+    /// A setting is wrong.
+    #[error("telegram channel '{name}': {detail}")]
+    Config {
+        /// Channel.
+        name: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A Bot API call at start failed (a wrong token gives 401 here).
+    #[error("telegram channel '{name}': {method}: {source}")]
+    Api {
+        /// Channel.
+        name: String,
+        /// The method called.
+        method: &'static str,
+        /// The failure.
+        #[source]
+        source: ApiError,
+    },
+}
+
+/// What a Telegram channel has seen, for metrics.
+#[derive(Debug, Default)]
+pub struct TelegramStats {
+    /// Updates stored for the pipeline.
+    pub accepted: AtomicU64,
+    /// Updates ignored, by reason (update kind, command for another bot, …).
+    pub ignored: LabeledCounter,
+    /// Failed Bot API calls (polls and sends).
+    pub api_errors: AtomicU64,
+}
+
+/// A Telegram bot: its sender, its poller or webhook route, its statistics.
+#[derive(Clone)]
+pub struct Telegram {
+    state: Arc<TgState>,
+}
+
+impl std::fmt::Debug for Telegram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telegram")
+            .field("name", &self.state.config.name)
+            .field("username", &self.state.username)
+            .finish_non_exhaustive()
+    }
+}
+
+type Limiter = governor::DefaultDirectRateLimiter;
+
+struct TgState {
+    config: TelegramConfig,
+    channel: ChannelName,
+    api: api::Api,
+    store: Arc<dyn Store>,
+    /// The bot's username (from `getMe`).
+    username: String,
+    stats: TelegramStats,
+    limiter: Limiter,
+}
+
+impl Telegram {
+    /// Check `config`, ask Telegram who the bot is (`getMe`: a wrong token fails here), and in
+    /// polling mode remove any webhook (Telegram refuses `getUpdates` while one is set), in
+    /// webhook mode register it when `public_url` is given. Returns the bot and the channel to
+    /// register with the bot builder.
+    pub async fn connect(
+        store: Arc<dyn Store>,
+        config: TelegramConfig,
+    ) -> std::result::Result<(Telegram, Channel), TelegramError> {
+        let name = config.name.clone();
+        config.validate().map_err(|detail| TelegramError::Config {
+            name: name.clone(),
+            detail,
+        })?;
+        let api_err = |method: &'static str| {
+            let name = name.clone();
+            move |source| TelegramError::Api {
+                name,
+                method,
+                source,
+            }
+        };
+        let api = api::Api::new(&config.api_base, &config.token, Duration::from_secs(15)).map_err(
+            |detail| TelegramError::Config {
+                name: name.clone(),
+                detail,
+            },
+        )?;
+        let me = api
+            .call("getMe", &json!({}))
+            .await
+            .map_err(api_err("getMe"))?;
+        let username = me
+            .get("username")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        match &config.mode {
+            Mode::Polling { .. } => {
+                api.call("deleteWebhook", &json!({ "drop_pending_updates": false }))
+                    .await
+                    .map_err(api_err("deleteWebhook"))?;
+            }
+            Mode::Webhook {
+                secret_token,
+                public_url: Some(base),
+            } => {
+                let url = format!("{}/hooks/telegram/{}", base.trim_end_matches('/'), name);
+                api.call(
+                    "setWebhook",
+                    &json!({
+                        "url": url,
+                        "secret_token": secret_token,
+                        "allowed_updates": update::ALLOWED_UPDATES,
+                    }),
+                )
+                .await
+                .map_err(api_err("setWebhook"))?;
+            }
+            Mode::Webhook { .. } => {}
+        }
+        let tg = Telegram::build(store, config, api, username);
+        let mut channel = Channel::new(tg.state.config.name.as_str(), TgSender(tg.state.clone()));
+        if matches!(tg.state.config.mode, Mode::Polling { .. }) {
+            channel = channel.with_listener(Poller(tg.state.clone()));
+        }
+        Ok((tg, channel))
+    }
+
+    /// The channel for a process that only sends (an agent delivering replies): no calls to
+    /// Telegram at start, no poller, no route.
+    pub fn sender_only(
+        store: Arc<dyn Store>,
+        config: TelegramConfig,
+    ) -> std::result::Result<Channel, TelegramError> {
+        let name = config.name.clone();
+        let fail = |detail| TelegramError::Config {
+            name: name.clone(),
+            detail,
+        };
+        config.validate().map_err(fail)?;
+        let api = api::Api::new(&config.api_base, &config.token, Duration::from_secs(15))
+            .map_err(fail)?;
+        let tg = Telegram::build(store, config, api, String::new());
+        Ok(Channel::new(
+            tg.state.config.name.as_str(),
+            TgSender(tg.state.clone()),
+        ))
+    }
+
+    fn build(
+        store: Arc<dyn Store>,
+        config: TelegramConfig,
+        api: api::Api,
+        username: String,
+    ) -> Telegram {
+        let per_second = NonZeroU32::new(config.sends_per_second).unwrap_or(NonZeroU32::MIN);
+        Telegram {
+            state: Arc::new(TgState {
+                channel: ChannelName::from(config.name.as_str()),
+                config,
+                api,
+                store,
+                username,
+                stats: TelegramStats::default(),
+                limiter: governor::RateLimiter::direct(governor::Quota::per_second(per_second)),
+            }),
+        }
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        &self.state.config.name
+    }
+
+    /// The bot's username, as Telegram reported it.
+    pub fn username(&self) -> &str {
+        &self.state.username
+    }
+
+    /// What the channel has seen.
+    pub fn stats(&self) -> &TelegramStats {
+        &self.state.stats
+    }
+
+    /// The webhook route, `POST /hooks/telegram/{channel}` (answers 404 in polling mode).
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(
+                &format!("/hooks/telegram/{}", self.state.config.name),
+                post(receive),
+            )
+            .with_state(self.state.clone())
+    }
+
+    /// Poll for updates until `shutdown` (what the channel's listener does; exposed so an
+    /// application can hold the poll under its own lease).
+    pub async fn poll(&self, shutdown: CancellationToken) {
+        poll(&self.state, shutdown).await;
+    }
+}
+
+/// Compare in constant time (for the secret token).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn receive(
+    State(state): State<Arc<TgState>>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let Mode::Webhook { secret_token, .. } = &state.config.mode else {
+        return Problem::not_found(format!(
+            "telegram channel '{}' uses long polling, not a webhook",
+            state.config.name
+        ))
+        .into_response();
+    };
+    let given = headers.get(SECRET_HEADER).map(|v| v.as_bytes());
+    if !given.is_some_and(|g| same_secret(g, secret_token.as_bytes())) {
+        return Problem::new(
+            StatusCode::UNAUTHORIZED,
+            format!("missing or wrong {SECRET_HEADER} header"),
+        )
+        .into_response();
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return Problem::new(e.status(), e.body_text()).into_response(),
+    };
+    let raw: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Problem::bad_request(format!("invalid update: {e}")).into_response();
+        }
+    };
+    match accept(&state, raw).await {
+        Ok(()) => (StatusCode::OK, axum::Json(json!({}))).into_response(),
+        Err(Rejected::Malformed(e)) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid update: {e}"),
+        )
+        .into_response(),
+        Err(Rejected::Store(e)) => Problem::from_store(&e).into_response(),
+    }
+}
+
+enum Rejected {
+    Malformed(String),
+    Store(flowbot_core::StoreError),
+}
+
+/// Store the events of one update (its JSON is `raw`) as inbound tasks.
+async fn accept(state: &TgState, raw: Value) -> std::result::Result<(), Rejected> {
+    let parsed: update::Update = match serde_json::from_value(raw.clone()) {
+        Ok(u) => u,
+        Err(e) => {
+            state.stats.ignored.inc("malformed");
+            return Err(Rejected::Malformed(e.to_string()));
+        }
+    };
+    let update_id = parsed.update_id;
+    let converted = update::convert(&state.channel, &state.username, parsed, &raw);
+    if let Some(query) = converted.callback_query {
+        // Answered at once and off the request path: the click is stored either way.
+        let api = state.api.clone();
+        tokio::spawn(async move {
+            if let Err(e) = api
+                .call(
+                    "answerCallbackQuery",
+                    &json!({ "callback_query_id": query }),
+                )
+                .await
+            {
+                tracing::debug!(error = %e, "answerCallbackQuery failed");
+            }
+        });
+    }
+    if let Some(why) = &converted.ignored {
+        tracing::debug!(channel = %state.channel, update_id, reason = %why, "telegram update ignored");
+        state.stats.ignored.inc(why);
+    }
+    for (i, event) in converted.events.iter().enumerate() {
+        let conversation = event
+            .conversation()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let task = NewTask::new(INBOUND_TASK, event)
+            .map_err(|e| Rejected::Malformed(e.to_string()))?
+            .concurrency_key(format!("inbound:{}:{conversation}", state.channel))
+            .dedupe_key(format!("inbound:{}:update:{update_id}:{i}", state.channel));
+        state.store.enqueue(&task).await.map_err(Rejected::Store)?;
+        state.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// The long-polling loop: each batch is stored before the next call confirms it.
+async fn poll(state: &TgState, shutdown: CancellationToken) {
+    let Mode::Polling { timeout } = state.config.mode else {
+        return;
+    };
+    let mut offset: i64 = 0;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let request = json!({
+            "offset": offset,
+            "timeout": timeout.as_secs(),
+            "allowed_updates": update::ALLOWED_UPDATES,
+        });
+        let call = state.api.call_with_timeout(
+            "getUpdates",
+            &request,
+            Some(timeout + Duration::from_secs(10)),
+        );
+        let got = tokio::select! {
+            () = shutdown.cancelled() => return,
+            got = call => got,
+        };
+        let wait = match got {
+            Ok(Value::Array(updates)) => {
+                let mut stored_all = true;
+                for raw in updates {
+                    let Some(id) = raw.get("update_id").and_then(Value::as_i64) else {
+                        state.stats.ignored.inc("malformed");
+                        tracing::warn!(channel = %state.channel, "telegram update without update_id skipped");
+                        continue;
+                    };
+                    match accept(state, raw).await {
+                        Ok(()) => offset = id + 1,
+                        Err(Rejected::Malformed(e)) => {
+                            tracing::warn!(channel = %state.channel, update_id = id, error = %e, "malformed telegram update skipped");
+                            offset = id + 1;
+                        }
+                        Err(Rejected::Store(e)) => {
+                            // Not confirmed: Telegram sends it again on the next poll.
+                            tracing::warn!(channel = %state.channel, update_id = id, error = %e, "could not store telegram update; will fetch it again");
+                            stored_all = false;
+                            break;
+                        }
+                    }
+                }
+                if stored_all {
+                    backoff = Duration::from_secs(1);
+                    continue;
+                }
+                backoff
+            }
+            Ok(other) => {
+                state.stats.api_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(channel = %state.channel, answer = %other, "getUpdates answered something other than a list");
+                backoff
+            }
+            Err(e) => {
+                state.stats.api_errors.fetch_add(1, Ordering::Relaxed);
+                // 409: another poller, or a webhook, holds this bot.
+                tracing::warn!(channel = %state.channel, error = %e, "getUpdates failed; retrying");
+                e.retry_after().unwrap_or(backoff)
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+struct Poller(Arc<TgState>);
+
+#[async_trait]
+impl ChannelListener for Poller {
+    async fn listen(&self, _inbox: Inbox, shutdown: CancellationToken) -> Result<()> {
+        // Updates go to the durable queue, not the in-memory inbox.
+        poll(&self.0, shutdown).await;
+        Ok(())
+    }
+}
+
+struct TgSender(Arc<TgState>);
+
+/// Telegram's limit on `callback_data`, in bytes.
+const MAX_CALLBACK_DATA: usize = 64;
+
+impl TgSender {
+    fn err(&self, detail: impl Into<String>) -> Error {
+        Error::Channel {
+            channel: self.0.config.name.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Call `method`, waiting out short 429s as Telegram asks.
+    async fn call(&self, method: &str, body: &Value) -> Result<Value> {
+        let mut tries = 0;
+        loop {
+            self.0.limiter.until_ready().await;
+            match self.0.api.call(method, body).await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    self.0.stats.api_errors.fetch_add(1, Ordering::Relaxed);
+                    match e.retry_after() {
+                        Some(wait) if tries < 2 && wait <= Duration::from_secs(10) => {
+                            tracing::info!(channel = %self.0.channel, method, ?wait, "telegram rate limit; waiting");
+                            tokio::time::sleep(wait).await;
+                            tries += 1;
+                        }
+                        _ => return Err(self.err(format!("{method}: {e}"))),
+                    }
+                }
+            }
+        }
+    }
+
+    fn keyboard(&self, message: &Outbound) -> Result<Option<Value>> {
+        if message.buttons.is_empty() {
+            return Ok(None);
+        }
+        let mut rows = Vec::new();
+        for chunk in message.buttons.chunks(3) {
+            let mut row = Vec::new();
+            for b in chunk {
+                if b.value.is_empty() || b.value.len() > MAX_CALLBACK_DATA {
+                    return Err(self.err(format!(
+                        "button '{}': its value must be 1-{MAX_CALLBACK_DATA} bytes for Telegram, got {}",
+                        b.label,
+                        b.value.len()
+                    )));
+                }
+                row.push(json!({ "text": b.label, "callback_data": b.value }));
+            }
+            rows.push(Value::Array(row));
+        }
+        Ok(Some(json!({ "inline_keyboard": rows })))
+    }
+}
+
+/// A chat id as Telegram takes it: a number, or `@channelusername`.
+fn chat_id(conversation: &str) -> Value {
+    conversation
+        .parse::<i64>()
+        .map_or_else(|_| Value::from(conversation), Value::from)
+}
+
+/// The sent message's id, `<chat>:<message>`.
+fn sent_id(chat: &str, result: &Value) -> Option<SentId> {
+    let id = result.get("message_id")?.as_i64()?;
+    Some(SentId(format!("{chat}:{id}")))
+}
+
+/// The Telegram message id in a FlowBot message id (`<chat>:<message>`).
+fn telegram_message_id(id: &str) -> Option<i64> {
+    id.rsplit_once(':').map_or(id, |(_, m)| m).parse().ok()
+}
+
+#[async_trait]
+impl ChannelSender for TgSender {
+    async fn send(&self, message: &Outbound) -> Result<SentId> {
+        let target = message
+            .target
+            .as_ref()
+            .ok_or_else(|| self.err("outbound message has no target"))?;
+        let chat = target.conversation.to_string();
+        let mut base = serde_json::Map::new();
+        base.insert("chat_id".into(), chat_id(&chat));
+        if let Some(thread) = target.thread.as_deref().and_then(|t| t.parse::<i64>().ok()) {
+            base.insert("message_thread_id".into(), thread.into());
+        }
+        let keyboard = self.keyboard(message)?;
+        let mut reply_to = message
+            .reply_to
+            .as_ref()
+            .and_then(|r| telegram_message_id(&r.0))
+            .map(|id| json!({ "message_id": id, "allow_sending_without_reply": true }));
+        let mut last = None;
+        let pieces = if message.text.trim().is_empty() {
+            Vec::new()
+        } else {
+            format::split(&message.text, format::MAX_MESSAGE)
+        };
+        let count = pieces.len();
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let mut body = base.clone();
+            match message.format {
+                Format::Markdown => {
+                    body.insert("text".into(), format::markdown_to_html(piece).into());
+                    body.insert("parse_mode".into(), "HTML".into());
+                }
+                Format::Plain => {
+                    body.insert("text".into(), piece.into());
+                }
+            }
+            if let Some(r) = reply_to.take() {
+                body.insert("reply_parameters".into(), r);
+            }
+            if i + 1 == count
+                && let Some(k) = &keyboard
+            {
+                body.insert("reply_markup".into(), k.clone());
+            }
+            let result = self.call("sendMessage", &Value::Object(body)).await?;
+            last = sent_id(&chat, &result);
+        }
+        for a in &message.attachments {
+            let file = a.url.strip_prefix("telegram-file:").unwrap_or(&a.url);
+            let (method, field) = if a.mime.as_deref().is_some_and(|m| m.starts_with("image/")) {
+                ("sendPhoto", "photo")
+            } else {
+                ("sendDocument", "document")
+            };
+            let mut body = base.clone();
+            body.insert(field.into(), file.into());
+            if let Some(r) = reply_to.take() {
+                body.insert("reply_parameters".into(), r);
+            }
+            if count == 0
+                && let Some(k) = &keyboard
+            {
+                body.insert("reply_markup".into(), k.clone());
+            }
+            let result = self.call(method, &Value::Object(body)).await?;
+            last = sent_id(&chat, &result);
+        }
+        last.ok_or_else(|| self.err("nothing to send: the message has no text and no attachments"))
+    }
+
+    async fn edit(&self, id: &SentId, message: &Outbound) -> Result<()> {
+        let (chat, message_id) =
+            id.0.rsplit_once(':')
+                .and_then(|(c, m)| Some((c, m.parse::<i64>().ok()?)))
+                .ok_or_else(|| self.err(format!("'{}' is not a Telegram message id", id.0)))?;
+        let text = format::split(&message.text, format::MAX_MESSAGE)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let mut body = json!({ "chat_id": chat_id(chat), "message_id": message_id });
+        match message.format {
+            Format::Markdown => {
+                body["text"] = format::markdown_to_html(text).into();
+                body["parse_mode"] = "HTML".into();
+            }
+            Format::Plain => body["text"] = text.into(),
+        }
+        if let Some(k) = self.keyboard(message)? {
+            body["reply_markup"] = k;
+        }
+        self.call("editMessageText", &body).await.map(|_| ())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            markdown: true,
+            buttons: true,
+            edit: true,
+            threads: true,
+            ephemeral: false,
+        }
+    }
+}
