@@ -75,6 +75,10 @@ pub struct TelegramEntry {
     /// Most messages sent per second (default 25).
     #[serde(default = "telegram_sends")]
     pub sends_per_second: u32,
+    /// Polling: seconds a dead server keeps the polling lease before another takes over
+    /// (default 15; renewed every third of it).
+    #[serde(default = "telegram_lease")]
+    pub lease_ttl_secs: u64,
 }
 
 fn telegram_api() -> String {
@@ -87,6 +91,10 @@ fn telegram_poll_timeout() -> u64 {
 
 fn telegram_sends() -> u32 {
     25
+}
+
+fn telegram_lease() -> u64 {
+    15
 }
 
 impl std::fmt::Debug for TelegramEntry {
@@ -124,7 +132,14 @@ impl TelegramEntry {
             api_base: self.api_base.clone(),
             mode,
             sends_per_second: self.sends_per_second,
+            lease: flowbot_core::lease::LeaseTiming {
+                ttl: std::time::Duration::from_secs(self.lease_ttl_secs),
+                every: std::time::Duration::from_millis(self.lease_ttl_secs * 1000 / 3),
+            },
         };
+        if self.lease_ttl_secs < 3 {
+            return Err("lease_ttl_secs must be at least 3".into());
+        }
         config.validate()?;
         Ok(config)
     }

@@ -25,6 +25,7 @@ fn entry(fake: &FakeTelegram, mode: TelegramMode) -> TelegramEntry {
         secret_token: (mode == TelegramMode::Webhook).then(|| SECRET_TOKEN.into()),
         public_url: (mode == TelegramMode::Webhook).then(|| "https://bot.example.com".into()),
         sends_per_second: 25,
+        lease_ttl_secs: 15,
     }
 }
 
@@ -94,13 +95,19 @@ async fn polling_answers_commands_and_clicks_and_rides_out_faults() {
     // Telegram answers 429 with retry_after: the send waits and goes through.
     tg.fault("sendMessage", Fault::TooMany(1));
     tg.push(text(1001, "/echo after a rate limit"));
-    tg.wait_for_text(1001, "after a rate limit").await;
-    let tries = tg
-        .sent_to(1001)
-        .iter()
-        .filter(|b| b["text"] == "after a rate limit")
-        .count();
-    assert_eq!(tries, 2, "one refused with 429, one accepted");
+    // The refused call is recorded too: wait for the accepted one, a second later.
+    common::eventually(
+        "one send refused with 429, then one accepted",
+        Duration::from_secs(10),
+        || {
+            tg.sent_to(1001)
+                .iter()
+                .filter(|b| b["text"] == "after a rate limit")
+                .count()
+                == 2
+        },
+    )
+    .await;
 
     // The Bot API drops out for two polls (a proxy's 502): polling backs off and resumes.
     tg.fault("getUpdates", Fault::BadGateway);
@@ -261,4 +268,96 @@ async fn a_wrong_token_stops_the_server_at_start_with_telegrams_answer() {
         !msg.contains("wrong-token"),
         "the token must not be shown: {msg}"
     );
+}
+
+/// The lease holder's pid, from `flowbot_leases` (owners are `<pid>-<random>`).
+async fn poller_pid(url: &str, schema: &str) -> Option<(u32, i64)> {
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .ok()?;
+    let row: Option<(String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT owner, token, expires_at FROM {schema}.flowbot_leases WHERE name = 'telegram:poll:tg'"
+    )))
+    .fetch_optional(&mut c)
+    .await
+    .ok()?;
+    let (owner, token, expires_at) = row?;
+    if expires_at < chrono::Utc::now().timestamp_millis() {
+        return None;
+    }
+    Some((owner.split('-').next()?.parse().ok()?, token))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_moves_to_another_server_when_its_holder_is_killed() {
+    const SERVER: &str = env!("CARGO_BIN_EXE_flowbot-server");
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let tg = FakeTelegram::start().await;
+    let dir = common::TempDir::new("flowbot-telegram-lease");
+    let schema = format!("tg_{}", uuid::Uuid::new_v4().simple());
+    let env = |port: u16| {
+        [
+            ("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
+            ("FLOWBOT_DATABASE__URL", url.clone()),
+            ("FLOWBOT_DATABASE__SCHEMA", schema.clone()),
+            ("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "100".into()),
+            ("FLOWBOT_WORKERS__LEASE_SECS", "2".into()),
+            ("FLOWBOT_TELEGRAM__TG__TOKEN", TOKEN.into()),
+            ("FLOWBOT_TELEGRAM__TG__API_BASE", format!("\"{}\"", tg.base)),
+            ("FLOWBOT_TELEGRAM__TG__POLL_TIMEOUT_SECS", "1".into()),
+            ("FLOWBOT_TELEGRAM__TG__LEASE_TTL_SECS", "3".into()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+    };
+    let mut servers = std::collections::HashMap::new();
+    for (i, name) in ["s1", "s2"].into_iter().enumerate() {
+        let port = common::free_port();
+        let log = dir.0.join(format!("{name}.log"));
+        let child = common::spawn(SERVER, &[], &env(port), &log);
+        common::wait_ready(&format!("http://127.0.0.1:{port}"), &log).await;
+        servers.insert(child.id().expect("pid"), (name, child));
+        if i == 0 {
+            // The first server migrated the schema; the second joins it.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // One of them holds the polling lease and answers.
+    tg.push(text(5005, "/echo before"));
+    tg.wait_for_text(5005, "before").await;
+    let (holder, token) = poller_pid(&url, &schema).await.expect("a holder");
+    assert!(servers.contains_key(&holder), "the holder is one of ours");
+
+    // Kill the holder: no release. The other server takes the lease over and polls.
+    let (_, mut victim) = servers.remove(&holder).expect("holder");
+    victim.start_kill().expect("SIGKILL");
+    victim.wait().await.expect("reaped");
+    let killed = tokio::time::Instant::now();
+    tg.push(text(5005, "/echo after"));
+    tg.wait_for_text(5005, "after").await;
+    let took = killed.elapsed();
+    let (new_holder, new_token) = poller_pid(&url, &schema).await.expect("a holder");
+    assert_ne!(new_holder, holder);
+    assert!(new_token > token, "a new holder gets a larger token");
+    // ttl 3 s, renewed every second: taken over within about 4 s (plus a poll and a reply).
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    for text in ["before", "after"] {
+        assert_eq!(
+            tg.sent_to(5005)
+                .iter()
+                .filter(|b| b["text"] == text)
+                .count(),
+            1,
+            "{text} answered once"
+        );
+    }
+    drop(servers);
+    if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&mut c)
+        .await;
+    }
 }

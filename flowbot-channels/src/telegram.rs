@@ -31,6 +31,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use flowbot_core::lease::{LeaseTiming, hold};
 use flowbot_core::metrics::LabeledCounter;
 use flowbot_core::task::NewTask;
 use flowbot_core::{
@@ -82,6 +83,9 @@ pub struct TelegramConfig {
     pub mode: Mode,
     /// Most messages sent per second by this bot (Telegram allows about 30).
     pub sends_per_second: u32,
+    /// The polling lease: among processes sharing a database, one polls at a time; when it
+    /// dies another takes over within `ttl + every`.
+    pub lease: LeaseTiming,
 }
 
 impl std::fmt::Debug for TelegramConfig {
@@ -105,6 +109,7 @@ impl TelegramConfig {
                 timeout: Duration::from_secs(30),
             },
             sends_per_second: 25,
+            lease: LeaseTiming::default(),
         }
     }
 
@@ -125,6 +130,9 @@ impl TelegramConfig {
                 "api_base '{}' is not an http:// or https:// URL",
                 self.api_base
             ));
+        }
+        if self.lease.every.is_zero() || self.lease.ttl < self.lease.every * 2 {
+            return Err("the polling lease's ttl must be at least twice its renewal period".into());
         }
         if self.sends_per_second == 0 {
             return Err("sends_per_second must be at least 1".into());
@@ -355,7 +363,12 @@ impl Telegram {
     /// Poll for updates until `shutdown` (what the channel's listener does; exposed so an
     /// application can hold the poll under its own lease).
     pub async fn poll(&self, shutdown: CancellationToken) {
-        poll(&self.state, shutdown).await;
+        poll(self.state.clone(), shutdown).await;
+    }
+
+    /// The lease that long polling runs under.
+    pub fn lease_name(&self) -> String {
+        lease_name(&self.state.config.name)
     }
 }
 
@@ -456,7 +469,8 @@ async fn accept(state: &TgState, raw: Value) -> std::result::Result<(), Rejected
 }
 
 /// The long-polling loop: each batch is stored before the next call confirms it.
-async fn poll(state: &TgState, shutdown: CancellationToken) {
+async fn poll(state: Arc<TgState>, shutdown: CancellationToken) {
+    let state = &*state;
     let Mode::Polling { timeout } = state.config.mode else {
         return;
     };
@@ -526,13 +540,28 @@ async fn poll(state: &TgState, shutdown: CancellationToken) {
     }
 }
 
+fn lease_name(channel: &str) -> String {
+    format!("telegram:poll:{channel}")
+}
+
 struct Poller(Arc<TgState>);
 
 #[async_trait]
 impl ChannelListener for Poller {
     async fn listen(&self, _inbox: Inbox, shutdown: CancellationToken) -> Result<()> {
-        // Updates go to the durable queue, not the in-memory inbox.
-        poll(&self.0, shutdown).await;
+        // Updates go to the durable queue, not the in-memory inbox. Telegram allows one
+        // poller per bot: the process holding the lease polls.
+        let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let state = self.0.clone();
+        hold(
+            &*self.0.store,
+            &lease_name(&self.0.config.name),
+            &owner,
+            self.0.config.lease,
+            shutdown,
+            move |stop| poll(state.clone(), stop),
+        )
+        .await;
         Ok(())
     }
 }

@@ -29,6 +29,7 @@ mod bot;
 mod channel;
 mod error;
 mod in_process;
+pub mod lease;
 mod message;
 pub mod metrics;
 mod middleware;

@@ -178,6 +178,7 @@ pub trait Store:
     + ScheduleStore
     + Bus
     + crate::workflow::WorkflowStore
+    + crate::lease::LeaseStore
 {
     /// A short name of the backend (`sqlite`, `postgres`), for logs and metrics.
     fn backend(&self) -> &'static str;

@@ -3,6 +3,8 @@
 
 #[path = "conformance/data.rs"]
 mod data;
+#[path = "conformance/leases.rs"]
+mod leases;
 #[macro_use]
 mod support;
 #[path = "conformance/workers.rs"]
@@ -11,6 +13,7 @@ mod workers;
 mod workflows;
 
 use data::*;
+use leases::*;
 use workers::*;
 use workflows::*;
 
@@ -800,6 +803,7 @@ conformance!(
         a_plan_can_claim_the_next_node,
         run_ends_free_slots_and_wake_parents,
         run_listing_and_timings,
+        leases_hold_fence_and_expire,
     ],
     pair: [
         concurrent_claims_hand_out_each_task_once,
@@ -807,5 +811,6 @@ conformance!(
         crashed_worker_tasks_finish_elsewhere,
         bus_reaches_every_subscriber,
         concurrent_finishes_start_a_join_once,
+        a_lease_moves_when_its_holder_dies,
     ]
 );

@@ -1,6 +1,8 @@
 //! PostgresStore: conversations, messages, sessions and key-value data.
 
 use super::*;
+use crate::common::ttl_ms;
+use flowbot_core::lease::{Lease, LeaseStore};
 
 const TOUCH_CONVERSATION: &str = "INSERT INTO flowbot_conversations AS c (channel, conversation, started_at, last_message_at, message_count) \
      VALUES ($1, $2, $3, $3, 1) ON CONFLICT (channel, conversation) DO UPDATE SET \
@@ -255,5 +257,70 @@ impl KvStore for PostgresStore {
             .map_err(map_err)?
             .rows_affected();
         Ok(n == 1)
+    }
+}
+
+#[async_trait]
+impl LeaseStore for PostgresStore {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let now = now_ms();
+        // A new holder (or the old one after expiry) gets the next fencing token.
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO flowbot_leases AS l (name, owner, token, expires_at) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (name) DO UPDATE SET \
+             token = CASE WHEN l.owner = EXCLUDED.owner AND l.expires_at > $4 THEN l.token ELSE l.token + 1 END, \
+             owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at \
+             WHERE l.owner = EXCLUDED.owner OR l.expires_at <= $4 \
+             RETURNING token",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(now.saturating_add(ttl_ms(ttl)))
+        .bind(now)
+        .fetch_optional(self.p())
+        .await
+        .map_err(map_err)?;
+        Ok(token.map(|token| Lease {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            token,
+        }))
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let n = sqlx::query(
+            "UPDATE flowbot_leases SET expires_at = $1 \
+             WHERE name = $2 AND owner = $3 AND token = $4 AND expires_at > $5",
+        )
+        .bind(now.saturating_add(ttl_ms(ttl)))
+        .bind(&lease.name)
+        .bind(&lease.owner)
+        .bind(lease.token)
+        .bind(now)
+        .execute(self.p())
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        // Expired rather than deleted, so the next holder's token is still larger.
+        sqlx::query(
+            "UPDATE flowbot_leases SET expires_at = 0 WHERE name = $1 AND owner = $2 AND token = $3",
+        )
+        .bind(&lease.name)
+        .bind(&lease.owner)
+        .bind(lease.token)
+        .execute(self.p())
+        .await
+        .map_err(map_err)?;
+        Ok(())
     }
 }

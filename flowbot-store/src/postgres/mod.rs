@@ -48,6 +48,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "workflows",
         sql: include_str!("../../migrations/postgres/0002_workflows.sql"),
     },
+    Migration {
+        version: 3,
+        name: "leases",
+        sql: include_str!("../../migrations/postgres/0003_leases.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating, so servers starting together migrate once.

@@ -1,6 +1,8 @@
 //! SqliteStore: conversations, messages, sessions and key-value data.
 
 use super::*;
+use crate::common::ttl_ms;
+use flowbot_core::lease::{Lease, LeaseStore};
 
 pub(super) async fn touch_conversation(
     tx: &mut Transaction<'static, Sqlite>,
@@ -221,5 +223,72 @@ impl KvStore for SqliteStore {
             .map_err(map_err)?
             .rows_affected();
         Ok(n == 1)
+    }
+}
+
+#[async_trait]
+impl LeaseStore for SqliteStore {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let now = now_ms();
+        // A new holder (or the old one after expiry) gets the next fencing token.
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO flowbot_leases (name, owner, token, expires_at) VALUES (?, ?, 1, ?) \
+             ON CONFLICT (name) DO UPDATE SET \
+             token = CASE WHEN flowbot_leases.owner = excluded.owner AND flowbot_leases.expires_at > ? \
+             THEN flowbot_leases.token ELSE flowbot_leases.token + 1 END, \
+             owner = excluded.owner, expires_at = excluded.expires_at \
+             WHERE flowbot_leases.owner = excluded.owner OR flowbot_leases.expires_at <= ? \
+             RETURNING token",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(now.saturating_add(ttl_ms(ttl)))
+        .bind(now)
+        .bind(now)
+        .fetch_optional(self.w())
+        .await
+        .map_err(map_err)?;
+        Ok(token.map(|token| Lease {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            token,
+        }))
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let n = sqlx::query(
+            "UPDATE flowbot_leases SET expires_at = ? \
+             WHERE name = ? AND owner = ? AND token = ? AND expires_at > ?",
+        )
+        .bind(now.saturating_add(ttl_ms(ttl)))
+        .bind(&lease.name)
+        .bind(&lease.owner)
+        .bind(lease.token)
+        .bind(now)
+        .execute(self.w())
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        // Expired rather than deleted, so the next holder's token is still larger.
+        sqlx::query(
+            "UPDATE flowbot_leases SET expires_at = 0 WHERE name = ? AND owner = ? AND token = ?",
+        )
+        .bind(&lease.name)
+        .bind(&lease.owner)
+        .bind(lease.token)
+        .execute(self.w())
+        .await
+        .map_err(map_err)?;
+        Ok(())
     }
 }

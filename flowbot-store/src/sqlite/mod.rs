@@ -54,6 +54,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "workflows",
         sql: include_str!("../../migrations/sqlite/0002_workflows.sql"),
     },
+    Migration {
+        version: 3,
+        name: "leases",
+        sql: include_str!("../../migrations/sqlite/0003_leases.sql"),
+    },
 ];
 
 /// Options for [`SqliteStore::open_with`].
