@@ -814,8 +814,9 @@ pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, web: bool, webhooks: boo
         extra["/hooks/webhook/{channel}"] = json!({"post": {"tags": ["channels"], "summary": "Generic webhook: a message in; 202 once durably stored",
             "parameters": [{"name": "channel", "in": "path", "required": true, "schema": {"type": "string"}},
                            {"name": "X-FlowBot-Signature", "in": "header", "required": false, "schema": {"type": "string"}, "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\"> (required when the channel has a secret)"}],
-            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["user", "conversation", "text"],
-                "properties": {"user": {"type": "string"}, "conversation": {"type": "string"}, "text": {"type": "string"}, "id": {"type": "string"}, "name": {"type": "string"}}}}}},
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["user", "conversation"],
+                "description": "Exactly one of text (a message) and button (a clicked button's value).",
+                "properties": {"user": {"type": "string"}, "conversation": {"type": "string"}, "text": {"type": "string"}, "button": {"type": "string"}, "id": {"type": "string"}, "name": {"type": "string"}}}}}},
             "responses": {"202": {"description": "Stored", "content": {"application/json": {"schema": {"type": "object", "properties": {"id": {"type": "string"}}}}}},
                           "400": {"description": "Malformed JSON"}, "401": {"description": "Bad signature"}, "404": {"description": "Unknown channel"},
                           "413": {"description": "Body too large"}, "415": {"description": "Not JSON"}, "422": {"description": "Missing or invalid fields"}, "503": {"description": "Database unavailable"}}}});

@@ -140,7 +140,7 @@ async fn webhooks_accept_durably_verify_signatures_and_call_back() {
         v["detail"]
             .as_str()
             .expect("detail")
-            .contains("missing field `text`"),
+            .contains("exactly one of 'text'"),
         "{v}"
     );
     let v = problem(

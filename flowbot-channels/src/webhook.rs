@@ -2,7 +2,8 @@
 //!
 //! `POST /hooks/webhook/{channel}` with `{"user": "…", "conversation": "…", "text": "…"}`
 //! (optionally `"id"`, the sender's own message id, which makes redelivery idempotent, and
-//! `"name"`, the user's display name) answers `202 {"id": "…"}` once the message is durably
+//! `"name"`, the user's display name; a button click sends `"button": "<value>"` instead of
+//! `"text"`) answers `202 {"id": "…"}` once the message is durably
 //! stored as a task on the queue; a crash right after the 202 loses nothing. Replies are
 //! POSTed to the channel's callback URL; a failed POST is retried through the task queue and
 //! dead-lettered after the last attempt.
@@ -26,8 +27,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use flowbot_core::task::{Enqueued, NewTask};
 use flowbot_core::{
-    Channel, ChannelSender, Error, Event, INBOUND_TASK, Message, MessageId, Outbound, Result, Role,
-    Sender, SentId, Store, UserId,
+    Channel, ChannelSender, Error, Event, INBOUND_TASK, Interaction, Message, MessageId, Outbound,
+    Result, Role, Sender, SentId, Store, UserId,
 };
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -117,7 +118,12 @@ struct HookState {
 struct Incoming {
     user: String,
     conversation: String,
-    text: String,
+    /// A message's text…
+    #[serde(default)]
+    text: Option<String>,
+    /// …or the value of a clicked button.
+    #[serde(default)]
+    button: Option<String>,
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
@@ -351,25 +357,50 @@ async fn accept(
     })?;
     check_field("user", &incoming.user, 200)?;
     check_field("conversation", &incoming.conversation, 200)?;
-    check_field("text", &incoming.text, MAX_TEXT_BYTES)?;
     if let Some(id) = &incoming.id {
         check_field("id", id, 200)?;
     }
-    let mut message = Message::text(
-        channel,
-        incoming.conversation.as_str(),
-        Sender {
-            id: UserId(incoming.user),
-            name: incoming.name,
-            roles: vec![Role::User],
-        },
-        incoming.text,
-    );
-    if let Some(id) = &incoming.id {
-        message.id = MessageId(id.clone());
-    }
-    let id = message.id.to_string();
-    let mut task = NewTask::new(INBOUND_TASK, &Event::Message(message))
+    let sender = Sender {
+        id: UserId(incoming.user),
+        name: incoming.name,
+        roles: vec![Role::User],
+    };
+    let event = match (incoming.text, incoming.button) {
+        (Some(text), None) => {
+            check_field("text", &text, MAX_TEXT_BYTES)?;
+            let mut message = Message::text(channel, incoming.conversation.as_str(), sender, text);
+            if let Some(id) = &incoming.id {
+                message.id = MessageId(id.clone());
+            }
+            Event::Message(message)
+        }
+        (None, Some(value)) => {
+            check_field("button", &value, MAX_TEXT_BYTES)?;
+            Event::Interaction(Interaction {
+                channel: channel.into(),
+                conversation: incoming.conversation.as_str().into(),
+                sender,
+                value,
+                id: MessageId(
+                    incoming
+                        .id
+                        .clone()
+                        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                ),
+            })
+        }
+        _ => {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "give exactly one of 'text' (a message) and 'button' (a clicked button's value)",
+            ));
+        }
+    };
+    let id = event
+        .dedupe_id()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let mut task = NewTask::new(INBOUND_TASK, &event)
         .map_err(|e| Problem::bad_request(e.to_string()))?
         .concurrency_key(format!("inbound:{channel}:{}", incoming.conversation));
     if incoming.id.is_some() {

@@ -3,7 +3,7 @@
 //! with `{"ok": true, "result": …}` or `{"ok": false, "error_code": …, "description": …}`.
 //! `getUpdates` holds the request up to `timeout` seconds and forgets updates below `offset`.
 //! Faults can be queued per method: a 429 with `retry_after`, or a 502 from a proxy in front.
-#![allow(unreachable_pub)] // a test helper module
+#![allow(dead_code, unreachable_pub)] // a helper module; each test file uses some of it
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,406 @@
+//! One conformance suite for every channel with users on the other side: web chat, the
+//! generic webhook and Telegram (against its local Bot API server), all served by one server
+//! with the demo bot. For each:
+//!
+//! - a message in is stored as an event with the platform's identities (user, conversation)
+//!   and text, and the reply comes back in the platform's own form;
+//! - a reply's buttons arrive as the platform's buttons, and a click on one reaches the bot
+//!   (the demo's feedback dialog takes it as the answer);
+//! - after a dropped connection (a closed socket, a delivery retried after its answer was
+//!   lost, a Bot API that fails two polls) the channel carries on and nothing is handled twice.
+
+mod common;
+#[path = "telegram/fake.rs"]
+mod fake;
+mod harness;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fake::{FakeTelegram, Fault};
+use flowbot_core::async_trait;
+use flowbot_server::config::{TelegramEntry, TelegramMode};
+use futures_util::SinkExt;
+use harness::{Chat, SECRET, Server, next_frame, start_with};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as Ws;
+
+/// A reply as the user sees it: its text and its buttons' values.
+#[derive(Debug, PartialEq)]
+struct Reply {
+    text: String,
+    buttons: Vec<String>,
+}
+
+/// A user on one platform.
+#[async_trait]
+trait Platform: Send {
+    /// The FlowBot channel.
+    fn channel(&self) -> &str;
+    /// The user's id as the platform gives it.
+    fn user(&self) -> &str;
+    /// The platform's id for conversation `name`.
+    fn conversation(&self, name: &str) -> String;
+    /// The user writes `text` in conversation `name`.
+    async fn say(&mut self, name: &str, text: &str);
+    /// The user clicks the button with `value` in conversation `name`.
+    async fn click(&mut self, name: &str, value: &str);
+    /// The next reply the bot sends to conversation `name`.
+    async fn reply(&mut self, name: &str) -> Reply;
+    /// The connection drops and the platform recovers in its own way.
+    async fn drop_connection(&mut self, name: &str);
+}
+
+struct Web {
+    ws_base: String,
+    sockets: HashMap<String, Chat>,
+}
+
+impl Web {
+    async fn socket(&mut self, name: &str) -> &mut Chat {
+        if !self.sockets.contains_key(name) {
+            let url = format!("{}/ws/chat?user=ada&conversation={name}", self.ws_base);
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+                .await
+                .expect("connect");
+            next_frame(&mut ws, "history").await;
+            self.sockets.insert(name.to_owned(), ws);
+        }
+        self.sockets.get_mut(name).expect("just opened")
+    }
+}
+
+#[async_trait]
+impl Platform for Web {
+    fn channel(&self) -> &str {
+        "web"
+    }
+    fn user(&self) -> &str {
+        "ada"
+    }
+    fn conversation(&self, name: &str) -> String {
+        name.to_owned()
+    }
+    async fn say(&mut self, name: &str, text: &str) {
+        let frame = json!({"type": "message", "text": text}).to_string();
+        self.socket(name)
+            .await
+            .send(Ws::text(frame))
+            .await
+            .expect("send");
+    }
+    async fn click(&mut self, name: &str, value: &str) {
+        let frame = json!({"type": "button", "value": value}).to_string();
+        self.socket(name)
+            .await
+            .send(Ws::text(frame))
+            .await
+            .expect("send");
+    }
+    async fn reply(&mut self, name: &str) -> Reply {
+        let frame = next_frame(self.socket(name).await, "message").await;
+        Reply {
+            text: frame["text"].as_str().unwrap_or_default().to_owned(),
+            buttons: frame["buttons"]
+                .as_array()
+                .map(|b| {
+                    b.iter()
+                        .map(|b| b["value"].as_str().unwrap_or_default().to_owned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+    async fn drop_connection(&mut self, name: &str) {
+        // The browser loses its socket; the next message reconnects.
+        if let Some(mut ws) = self.sockets.remove(name) {
+            let _ = ws.close(None).await;
+        }
+    }
+}
+
+struct Webhook {
+    base: String,
+    callbacks: common::Received,
+    seen: HashMap<String, usize>,
+    http: reqwest::Client,
+}
+
+impl Webhook {
+    async fn post(&self, body: &Value) {
+        let bytes = body.to_string();
+        let signature = flowbot_channels::webhook::sign(
+            SECRET,
+            chrono::Utc::now().timestamp(),
+            bytes.as_bytes(),
+        );
+        let res = self
+            .http
+            .post(format!("{}/hooks/webhook/crm", self.base))
+            .header("content-type", "application/json")
+            .header(flowbot_channels::webhook::SIGNATURE_HEADER, signature)
+            .body(bytes)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(res.status().as_u16(), 202, "{:?}", res.text().await);
+    }
+}
+
+#[async_trait]
+impl Platform for Webhook {
+    fn channel(&self) -> &str {
+        "crm"
+    }
+    fn user(&self) -> &str {
+        "u-17"
+    }
+    fn conversation(&self, name: &str) -> String {
+        format!("ticket-{name}")
+    }
+    async fn say(&mut self, name: &str, text: &str) {
+        let body = json!({"user": "u-17", "conversation": self.conversation(name), "text": text,
+                          "id": uuid::Uuid::new_v4().to_string()});
+        self.post(&body).await;
+    }
+    async fn click(&mut self, name: &str, value: &str) {
+        let body =
+            json!({"user": "u-17", "conversation": self.conversation(name), "button": value});
+        self.post(&body).await;
+    }
+    async fn reply(&mut self, name: &str) -> Reply {
+        let conversation = self.conversation(name);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen = self.seen.get(&conversation).copied().unwrap_or(0);
+            let next = {
+                let all = self.callbacks.lock().expect("lock");
+                all.iter()
+                    .filter(|(c, _)| c.conversation == conversation)
+                    .nth(seen)
+                    .cloned()
+            };
+            if let Some((callback, signed)) = next {
+                assert!(signed, "the reply carries a valid signature");
+                self.seen.insert(conversation, seen + 1);
+                return Reply {
+                    text: callback.text,
+                    buttons: callback.buttons.into_iter().map(|b| b.value).collect(),
+                };
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no reply in {conversation}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    async fn drop_connection(&mut self, name: &str) {
+        // The connection drops before the sender sees its 202: it delivers the message again
+        // with the same id.
+        let body = json!({"user": "u-17", "conversation": self.conversation(name),
+                          "text": "/echo delivered twice", "id": "drop-1"});
+        self.post(&body).await;
+        self.post(&body).await;
+        assert_eq!(self.reply(name).await.text, "delivered twice");
+    }
+}
+
+struct Telegram {
+    fake: FakeTelegram,
+    seen: HashMap<i64, usize>,
+    clicks: u32,
+}
+
+impl Telegram {
+    fn chat(name: &str) -> i64 {
+        7_000 + name.bytes().map(i64::from).sum::<i64>()
+    }
+}
+
+#[async_trait]
+impl Platform for Telegram {
+    fn channel(&self) -> &str {
+        "tg"
+    }
+    fn user(&self) -> &str {
+        "42"
+    }
+    fn conversation(&self, name: &str) -> String {
+        Telegram::chat(name).to_string()
+    }
+    async fn say(&mut self, name: &str, text: &str) {
+        self.fake.push(fake::text(Telegram::chat(name), text));
+    }
+    async fn click(&mut self, name: &str, value: &str) {
+        self.clicks += 1;
+        let id = format!("cbq-{}", self.clicks);
+        self.fake
+            .push(fake::click(Telegram::chat(name), &id, value));
+    }
+    async fn reply(&mut self, name: &str) -> Reply {
+        let chat = Telegram::chat(name);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen = self.seen.get(&chat).copied().unwrap_or(0);
+            if let Some(m) = self.fake.sent_to(chat).into_iter().nth(seen) {
+                self.seen.insert(chat, seen + 1);
+                let buttons = m["reply_markup"]["inline_keyboard"]
+                    .as_array()
+                    .map(|rows| {
+                        rows.iter()
+                            .flat_map(|r| r.as_array().cloned().unwrap_or_default())
+                            .map(|b| b["callback_data"].as_str().unwrap_or_default().to_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                return Reply {
+                    text: m["text"].as_str().unwrap_or_default().to_owned(),
+                    buttons,
+                };
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no reply in {chat}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    async fn drop_connection(&mut self, _name: &str) {
+        // The Bot API fails the next two polls (a proxy's 502s).
+        self.fake.fault("getUpdates", Fault::BadGateway);
+        self.fake.fault("getUpdates", Fault::BadGateway);
+    }
+}
+
+async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
+    let tg = FakeTelegram::start().await;
+    let fake = tg.clone();
+    let server = start_with(move |c| {
+        c.telegram.insert(
+            "tg".into(),
+            TelegramEntry {
+                token: fake::TOKEN.into(),
+                mode: TelegramMode::Polling,
+                api_base: fake.base,
+                poll_timeout_secs: 1,
+                secret_token: None,
+                public_url: None,
+                sends_per_second: 25,
+                lease_ttl_secs: 15,
+            },
+        );
+    })
+    .await;
+    let p: Box<dyn Platform> = match platform {
+        "web" => Box::new(Web {
+            ws_base: server.ws.clone(),
+            sockets: HashMap::new(),
+        }),
+        "webhook" => Box::new(Webhook {
+            base: server.base.clone(),
+            callbacks: server.callbacks.clone(),
+            seen: HashMap::new(),
+            http: reqwest::Client::new(),
+        }),
+        "telegram" => Box::new(Telegram {
+            fake: tg,
+            seen: HashMap::new(),
+            clicks: 0,
+        }),
+        other => panic!("no platform {other}"),
+    };
+    (server, p)
+}
+
+/// The stored inbound messages of a conversation: (sender, text).
+async fn stored(server: &Server, channel: &str, conversation: &str) -> Vec<(String, String)> {
+    let page: Value = reqwest::get(format!(
+        "{}/api/v1/conversations/{channel}/{conversation}/messages",
+        server.base
+    ))
+    .await
+    .expect("messages")
+    .json()
+    .await
+    .expect("json");
+    page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|m| m["direction"] == "inbound")
+        .map(|m| {
+            (
+                m["sender"].as_str().unwrap_or_default().to_owned(),
+                m["text"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn a_message_in_becomes_an_event_and_the_reply_comes_out(platform: &str) {
+    let (server, mut p) = server_and(platform).await;
+    p.say("one", "/echo hello, conformance").await;
+    assert_eq!(
+        p.reply("one").await,
+        Reply {
+            text: "hello, conformance".into(),
+            buttons: vec![]
+        }
+    );
+    let conversation = p.conversation("one");
+    let inbound = stored(&server, p.channel(), &conversation).await;
+    assert_eq!(
+        inbound,
+        [(p.user().to_owned(), "/echo hello, conformance".to_owned())],
+        "stored under the platform's user and conversation"
+    );
+    server.stop().await;
+}
+
+async fn a_button_click_round_trips(platform: &str) {
+    let (server, mut p) = server_and(platform).await;
+    p.say("two", "/feedback").await;
+    let ask = p.reply("two").await;
+    assert_eq!(ask.text, "How would you rate this demo, from 1 to 5?");
+    assert_eq!(ask.buttons, ["1", "2", "3", "4", "5"]);
+    p.click("two", "2").await;
+    assert_eq!(
+        p.reply("two").await.text,
+        "Sorry to hear that. What should we improve?"
+    );
+    server.stop().await;
+}
+
+async fn a_dropped_connection_recovers(platform: &str) {
+    let (server, mut p) = server_and(platform).await;
+    p.say("three", "/echo before").await;
+    assert_eq!(p.reply("three").await.text, "before");
+    p.drop_connection("three").await;
+    p.say("three", "/echo after").await;
+    assert_eq!(p.reply("three").await.text, "after");
+    // Nothing was handled twice: the next reply is the next message's.
+    p.say("three", "/echo last").await;
+    assert_eq!(p.reply("three").await.text, "last");
+    server.stop().await;
+}
+
+macro_rules! conformance {
+    ($($platform:ident),* $(,)?) => {
+        $(
+            mod $platform {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn a_message_in_becomes_an_event_and_the_reply_comes_out() {
+                    super::a_message_in_becomes_an_event_and_the_reply_comes_out(stringify!($platform)).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn a_button_click_round_trips() {
+                    super::a_button_click_round_trips(stringify!($platform)).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn a_dropped_connection_recovers() {
+                    super::a_dropped_connection_recovers(stringify!($platform)).await;
+                }
+            }
+        )*
+    };
+}
+
+conformance!(web, webhook, telegram);
