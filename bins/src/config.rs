@@ -40,6 +40,53 @@ pub struct Config {
     pub notifiers: BTreeMap<String, NotifierEntry>,
     /// Telegram bots, by channel name.
     pub telegram: BTreeMap<String, TelegramEntry>,
+    /// Tailchat bots, by channel name.
+    pub tailchat: BTreeMap<String, TailchatEntry>,
+}
+
+/// `[tailchat.<name>]`: a Tailchat open-platform bot, the channel `<name>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailchatEntry {
+    /// The Tailchat server.
+    pub api_base: String,
+    /// The open app's id.
+    pub app_id: String,
+    /// The open app's secret.
+    pub app_secret: String,
+    /// The `token` query parameter of the callback URL given to Tailchat.
+    pub callback_token: String,
+    /// Most messages sent per second (default 10).
+    #[serde(default = "tailchat_sends")]
+    pub sends_per_second: u32,
+}
+
+fn tailchat_sends() -> u32 {
+    10
+}
+
+impl std::fmt::Debug for TailchatEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret and the callback token are secrets.
+        f.debug_struct("TailchatEntry")
+            .field("api_base", &self.api_base)
+            .field("app_id", &self.app_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TailchatEntry {
+    /// The channel's settings.
+    pub fn channel_config(&self, name: &str) -> flowbot_channels::tailchat::TailchatConfig {
+        flowbot_channels::tailchat::TailchatConfig {
+            name: name.to_owned(),
+            api_base: self.api_base.clone(),
+            app_id: self.app_id.clone(),
+            app_secret: self.app_secret.clone(),
+            callback_token: self.callback_token.clone(),
+            sends_per_second: self.sends_per_second,
+        }
+    }
 }
 
 /// How a Telegram bot receives updates.
@@ -526,6 +573,11 @@ impl Config {
                 ));
             }
         }
+        for (name, t) in &self.tailchat {
+            t.channel_config(name)
+                .validate()
+                .map_err(|e| err(format!("tailchat.{name}"), e))?;
+        }
         for (name, t) in &self.telegram {
             t.channel_config(name)
                 .map_err(|e| err(format!("telegram.{name}"), e))?;
@@ -588,6 +640,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
         "secrets",
         "notifiers",
         "telegram",
+        "tailchat",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
@@ -641,6 +694,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
         secrets: section(table, "secrets")?,
         notifiers: named_sections(table, "notifiers")?,
         telegram: named_sections(table, "telegram")?,
+        tailchat: named_sections(table, "tailchat")?,
     })
 }
 

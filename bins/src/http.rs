@@ -40,8 +40,8 @@ pub struct AppState {
     pub rules: Arc<flowbot_rules::RuleLibrary>,
     /// The workflow engine.
     pub workflows: Arc<flowbot_core::workflow::Workflows>,
-    /// Telegram bots served by this process.
-    pub telegram: Vec<flowbot_channels::telegram::Telegram>,
+    /// The platform adapters served by this process (Telegram, Tailchat), for metrics.
+    pub adapters: Vec<Arc<dyn flowbot_channels::AdapterStats>>,
 }
 
 type ApiResult<T> = Result<Json<T>, Problem>;
@@ -224,12 +224,12 @@ async fn metrics(State(s): State<AppState>) -> Response {
         out,
         "# HELP flowbot_channel_ignored_total Platform updates ignored, by channel and reason.\n# TYPE flowbot_channel_ignored_total counter"
     );
-    for tg in &s.telegram {
-        for (reason, n) in tg.stats().ignored.snapshot() {
+    for a in &s.adapters {
+        for (reason, n) in a.ignored() {
             let _ = writeln!(
                 out,
                 "flowbot_channel_ignored_total{{channel=\"{}\",reason=\"{}\"}} {n}",
-                escape_label(tg.name()),
+                escape_label(a.channel()),
                 escape_label(&reason)
             );
         }
@@ -238,12 +238,12 @@ async fn metrics(State(s): State<AppState>) -> Response {
         out,
         "# HELP flowbot_channel_api_errors_total Failed platform API calls, by channel.\n# TYPE flowbot_channel_api_errors_total counter"
     );
-    for tg in &s.telegram {
+    for a in &s.adapters {
         let _ = writeln!(
             out,
             "flowbot_channel_api_errors_total{{channel=\"{}\"}} {}",
-            escape_label(tg.name()),
-            tg.stats().api_errors.load(Relaxed)
+            escape_label(a.channel()),
+            a.api_errors()
         );
     }
     let _ = writeln!(
@@ -798,8 +798,27 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
+/// Which channel routes a server mounts, for [`channel_docs`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChannelRoutes {
+    /// `/chat` and `/ws/chat`.
+    pub web: bool,
+    /// `/hooks/webhook/{channel}`.
+    pub webhooks: bool,
+    /// `/hooks/telegram/{channel}`.
+    pub telegram: bool,
+    /// `/hooks/tailchat/{channel}`.
+    pub tailchat: bool,
+}
+
 /// Document the channel routes (mounted from `flowbot-channels`) in `doc`.
-pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, web: bool, webhooks: bool, telegram: bool) {
+pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, routes: ChannelRoutes) {
+    let ChannelRoutes {
+        web,
+        webhooks,
+        telegram,
+        tailchat,
+    } = routes;
     let mut extra: Value = json!({});
     extra["/api/v1/openapi.json"] = json!({"get": {"tags": ["health"], "summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1 document", "content": {"application/json": {}}}}}});
     if web {
@@ -828,6 +847,17 @@ pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, web: bool, webhooks: boo
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["update_id"], "properties": {"update_id": {"type": "integer"}}}}}},
             "responses": {"200": {"description": "Stored (or ignored and counted)"}, "400": {"description": "Malformed JSON"}, "401": {"description": "Missing or wrong secret token"},
                           "404": {"description": "Unknown channel, or a channel that polls"}, "413": {"description": "Body too large"}, "422": {"description": "Not a Bot API update"}, "503": {"description": "Database unavailable"}}}});
+    }
+    if tailchat {
+        extra["/hooks/tailchat/{channel}"] = json!({"post": {"tags": ["channels"], "summary": "Tailchat bot callback (a mention of the bot); 200 once durably stored",
+            "parameters": [{"name": "channel", "in": "path", "required": true, "schema": {"type": "string"}},
+                           {"name": "token", "in": "query", "required": true, "schema": {"type": "string"}, "description": "The channel's callback_token"}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["type"],
+                "properties": {"type": {"type": "string"}, "payload": {"type": "object", "required": ["converseId", "messageId", "messageAuthor"],
+                    "properties": {"groupId": {"type": "string"}, "converseId": {"type": "string"}, "messageId": {"type": "string"}, "messageAuthor": {"type": "string"},
+                                   "messageSnippet": {"type": "string"}, "messagePlainContent": {"type": "string"}}}}}}}},
+            "responses": {"200": {"description": "Stored (or ignored and counted)"}, "400": {"description": "Malformed JSON"}, "401": {"description": "Missing or wrong token"},
+                          "404": {"description": "Unknown channel"}, "413": {"description": "Body too large"}, "422": {"description": "Not a Tailchat callback"}, "503": {"description": "Database unavailable"}}}});
     }
     let mut doc_json = serde_json::to_value(&*doc).unwrap_or_default();
     if let (Some(paths), Some(extra)) = (

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use flowbot_channels::http_action::HttpRequest;
+use flowbot_channels::tailchat::Tailchat;
 use flowbot_channels::telegram::Telegram;
 use flowbot_channels::web::WebChat;
 use flowbot_channels::webhook::{WebhookConfig, Webhooks};
@@ -270,7 +271,15 @@ pub async fn run_server_with(
     for c in hook_channels {
         builder = builder.channel(c);
     }
-    let mut telegram = Vec::new();
+    let mut adapters: Vec<Arc<dyn flowbot_channels::AdapterStats>> = Vec::new();
+    let mut routes = axum::Router::new();
+    for (name, entry) in &config.tailchat {
+        let (tc, channel) =
+            Tailchat::new(store.clone(), entry.channel_config(name)).map_err(RunError::Channel)?;
+        builder = builder.channel(channel);
+        routes = routes.merge(tc.router());
+        adapters.push(Arc::new(tc));
+    }
     for (name, entry) in &config.telegram {
         let settings = entry.channel_config(name).map_err(RunError::Channel)?;
         let (tg, channel) = Telegram::connect(store.clone(), settings)
@@ -278,7 +287,8 @@ pub async fn run_server_with(
             .map_err(|e| RunError::Channel(e.to_string()))?;
         tracing::info!(channel = %name, username = %tg.username(), "telegram bot connected");
         builder = builder.channel(channel);
-        telegram.push(tg);
+        routes = routes.merge(tg.router());
+        adapters.push(Arc::new(tg));
     }
     builder = if config.server.agent {
         builder.workers(worker_config(&config, "server"))
@@ -293,10 +303,18 @@ pub async fn run_server_with(
         workers: bot.worker_stats().clone(),
         rules: rules.clone(),
         workflows,
-        telegram: telegram.clone(),
+        adapters,
     };
     let (api, mut doc) = http::api(state);
-    http::channel_docs(&mut doc, web.is_some(), true, !telegram.is_empty());
+    http::channel_docs(
+        &mut doc,
+        http::ChannelRoutes {
+            web: web.is_some(),
+            webhooks: true,
+            telegram: !config.telegram.is_empty(),
+            tailchat: !config.tailchat.is_empty(),
+        },
+    );
     let doc = Arc::new(doc);
     let mut app = api
         .route(
@@ -307,9 +325,7 @@ pub async fn run_server_with(
             }),
         )
         .merge(webhooks.router());
-    for tg in &telegram {
-        app = app.merge(tg.router());
-    }
+    app = app.merge(routes);
     if let Some(web) = &web {
         app = app.merge(web.router());
     }
@@ -385,6 +401,11 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
         builder = builder.channel(c);
     }
     // Agents deliver replies; the servers receive.
+    for (name, entry) in &config.tailchat {
+        let (_, channel) =
+            Tailchat::new(store.clone(), entry.channel_config(name)).map_err(RunError::Channel)?;
+        builder = builder.channel(channel);
+    }
     for (name, entry) in &config.telegram {
         let settings = entry.channel_config(name).map_err(RunError::Channel)?;
         builder = builder.channel(

@@ -1,28 +1,33 @@
 //! One conformance suite for every channel with users on the other side: web chat, the
-//! generic webhook and Telegram (against its local Bot API server), all served by one server
-//! with the demo bot. For each:
+//! generic webhook, Telegram (against its local Bot API server) and Tailchat (against its local
+//! API), all served by one server with the demo bot. For each:
 //!
 //! - a message in is stored as an event with the platform's identities (user, conversation)
 //!   and text, and the reply comes back in the platform's own form;
 //! - a reply's buttons arrive as the platform's buttons, and a click on one reaches the bot
-//!   (the demo's feedback dialog takes it as the answer);
+//!   (the demo's feedback dialog takes it as the answer); Tailchat has no buttons, so they are
+//!   listed under the text and the user answers with one;
 //! - after a dropped connection (a closed socket, a delivery retried after its answer was
-//!   lost, a Bot API that fails two polls) the channel carries on and nothing is handled twice.
+//!   lost, a Bot API that fails two polls, a Tailchat session that expired) the channel
+//!   carries on and nothing is handled twice.
 
 mod common;
 #[path = "telegram/fake.rs"]
 mod fake;
 mod harness;
+#[path = "tailchat/fake.rs"]
+mod tailchat_fake;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use fake::{FakeTelegram, Fault};
 use flowbot_core::async_trait;
-use flowbot_server::config::{TelegramEntry, TelegramMode};
+use flowbot_server::config::{TailchatEntry, TelegramEntry, TelegramMode};
 use futures_util::SinkExt;
 use harness::{Chat, SECRET, Server, next_frame, start_with};
 use serde_json::{Value, json};
+use tailchat_fake::FakeTailchat;
 use tokio_tungstenite::tungstenite::Message as Ws;
 
 /// A reply as the user sees it: its text and its buttons' values.
@@ -270,10 +275,105 @@ impl Platform for Telegram {
     }
 }
 
+struct Tailchat {
+    fake: FakeTailchat,
+    base: String,
+    seen: HashMap<String, usize>,
+    messages: u32,
+}
+
+#[async_trait]
+impl Platform for Tailchat {
+    fn channel(&self) -> &str {
+        "tc"
+    }
+    fn user(&self) -> &str {
+        "user-ada"
+    }
+    fn conversation(&self, name: &str) -> String {
+        format!("g1:c-{name}")
+    }
+    async fn say(&mut self, name: &str, text: &str) {
+        self.messages += 1;
+        let body = tailchat_fake::mention(
+            Some("g1"),
+            &format!("c-{name}"),
+            &format!("m-{}", self.messages),
+            text,
+        );
+        let res = reqwest::Client::new()
+            .post(format!(
+                "{}/hooks/tailchat/tc?token={}",
+                self.base,
+                tailchat_fake::CALLBACK_TOKEN
+            ))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(res.status().as_u16(), 200);
+    }
+    async fn click(&mut self, name: &str, value: &str) {
+        // No buttons on Tailchat: the user answers with the listed value.
+        self.say(name, value).await;
+    }
+    async fn reply(&mut self, name: &str) -> Reply {
+        let converse = format!("c-{name}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen = self.seen.get(&converse).copied().unwrap_or(0);
+            if let Some(m) = self.fake.sent_to(&converse).into_iter().nth(seen) {
+                self.seen.insert(converse, seen + 1);
+                assert_eq!(m["groupId"], "g1");
+                let content = m["content"].as_str().unwrap_or_default();
+                let (text, options) = content
+                    .split_once("\nReply with: ")
+                    .unwrap_or((content, ""));
+                let buttons = options
+                    .split(" · ")
+                    .filter(|o| !o.is_empty())
+                    .map(|o| {
+                        o.rsplit_once("[b]")
+                            .map_or(o, |(_, v)| v)
+                            .trim_end_matches(')')
+                            .trim_end_matches("[/b]")
+                            .to_owned()
+                    })
+                    .collect();
+                return Reply {
+                    text: text.to_owned(),
+                    buttons,
+                };
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no reply in {converse}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    async fn drop_connection(&mut self, _name: &str) {
+        // The bot's session ends on Tailchat's side: its token is refused from now on.
+        self.fake.revoke_tokens();
+    }
+}
+
 async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
     let tg = FakeTelegram::start().await;
     let fake = tg.clone();
+    let tc = FakeTailchat::start().await;
+    let tc_base = tc.base.clone();
     let server = start_with(move |c| {
+        c.tailchat.insert(
+            "tc".into(),
+            TailchatEntry {
+                api_base: tc_base,
+                app_id: tailchat_fake::APP_ID.into(),
+                app_secret: tailchat_fake::APP_SECRET.into(),
+                callback_token: tailchat_fake::CALLBACK_TOKEN.into(),
+                sends_per_second: 10,
+            },
+        );
         c.telegram.insert(
             "tg".into(),
             TelegramEntry {
@@ -304,6 +404,12 @@ async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
             fake: tg,
             seen: HashMap::new(),
             clicks: 0,
+        }),
+        "tailchat" => Box::new(Tailchat {
+            fake: tc,
+            base: server.base.clone(),
+            seen: HashMap::new(),
+            messages: 0,
         }),
         other => panic!("no platform {other}"),
     };
@@ -403,4 +509,4 @@ macro_rules! conformance {
     };
 }
 
-conformance!(web, webhook, telegram);
+conformance!(web, webhook, telegram, tailchat);

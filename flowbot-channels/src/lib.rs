@@ -7,7 +7,8 @@
 //!   `POST /hooks/webhook/{channel}`, acknowledged once durably stored, replies POSTed to a
 //!   callback URL through the task queue, optional HMAC-SHA256 signatures both ways;
 //! - [`console`] (feature `console`): stdin and stdout, for trying a bot in a terminal;
-//! - [`telegram`] (feature `telegram`): Telegram's Bot API, by long polling or webhook.
+//! - [`telegram`] (feature `telegram`): Telegram's Bot API, by long polling or webhook;
+//! - [`tailchat`] (feature `tailchat`): Tailchat's open platform bots.
 //!
 //! Adapters that receive HTTP traffic contribute an axum `Router` that the server mounts.
 
@@ -19,12 +20,24 @@ pub mod http_action;
 #[cfg(feature = "notifiers")]
 pub mod notifiers;
 pub mod problem;
+#[cfg(feature = "tailchat")]
+pub mod tailchat;
 #[cfg(feature = "telegram")]
 pub mod telegram;
 #[cfg(feature = "web")]
 pub mod web;
 #[cfg(feature = "webhook")]
 pub mod webhook;
+
+/// What a platform adapter counts, for the server's metrics.
+pub trait AdapterStats: Send + Sync {
+    /// The channel's name.
+    fn channel(&self) -> &str;
+    /// Inbound traffic ignored, by reason (update kind, …).
+    fn ignored(&self) -> Vec<(String, u64)>;
+    /// Failed calls to the platform's API.
+    fn api_errors(&self) -> u64;
+}
 
 /// Checks an identifier that arrives from outside (a user or conversation id): 1 to `max`
 /// characters of `A-Z a-z 0-9 _ - . : @`.

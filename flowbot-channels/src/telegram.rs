@@ -372,6 +372,18 @@ impl Telegram {
     }
 }
 
+impl crate::AdapterStats for Telegram {
+    fn channel(&self) -> &str {
+        &self.state.config.name
+    }
+    fn ignored(&self) -> Vec<(String, u64)> {
+        self.state.stats.ignored.snapshot()
+    }
+    fn api_errors(&self) -> u64 {
+        self.state.stats.api_errors.load(Ordering::Relaxed)
+    }
+}
+
 /// Compare in constant time (for the secret token).
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
