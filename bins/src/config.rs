@@ -42,6 +42,46 @@ pub struct Config {
     pub telegram: BTreeMap<String, TelegramEntry>,
     /// Tailchat bots, by channel name.
     pub tailchat: BTreeMap<String, TailchatEntry>,
+    /// Slack apps, by channel name.
+    pub slack: BTreeMap<String, SlackEntry>,
+}
+
+/// `[slack.<name>]`: a Slack app, the channel `<name>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackEntry {
+    /// The bot token (`xoxb-…`).
+    pub bot_token: String,
+    /// The app's signing secret.
+    pub signing_secret: String,
+    /// Web API base URL (default `https://slack.com/api`).
+    #[serde(default = "slack_api")]
+    pub api_base: String,
+}
+
+fn slack_api() -> String {
+    flowbot_channels::slack::DEFAULT_API_BASE.into()
+}
+
+impl std::fmt::Debug for SlackEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token and the signing secret are secrets.
+        f.debug_struct("SlackEntry")
+            .field("api_base", &self.api_base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SlackEntry {
+    /// The channel's settings.
+    pub fn channel_config(&self, name: &str) -> flowbot_channels::slack::SlackConfig {
+        flowbot_channels::slack::SlackConfig {
+            name: name.to_owned(),
+            bot_token: self.bot_token.clone(),
+            signing_secret: self.signing_secret.clone(),
+            api_base: self.api_base.clone(),
+        }
+    }
 }
 
 /// `[tailchat.<name>]`: a Tailchat open-platform bot, the channel `<name>`.
@@ -573,6 +613,11 @@ impl Config {
                 ));
             }
         }
+        for (name, s) in &self.slack {
+            s.channel_config(name)
+                .validate()
+                .map_err(|e| err(format!("slack.{name}"), e))?;
+        }
         for (name, t) in &self.tailchat {
             t.channel_config(name)
                 .validate()
@@ -641,6 +686,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
         "notifiers",
         "telegram",
         "tailchat",
+        "slack",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
@@ -695,6 +741,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
         notifiers: named_sections(table, "notifiers")?,
         telegram: named_sections(table, "telegram")?,
         tailchat: named_sections(table, "tailchat")?,
+        slack: named_sections(table, "slack")?,
     })
 }
 

@@ -809,6 +809,8 @@ pub struct ChannelRoutes {
     pub telegram: bool,
     /// `/hooks/tailchat/{channel}`.
     pub tailchat: bool,
+    /// `/hooks/slack/{channel}/events`, `/interactions`, `/commands`.
+    pub slack: bool,
 }
 
 /// Document the channel routes (mounted from `flowbot-channels`) in `doc`.
@@ -818,6 +820,7 @@ pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, routes: ChannelRoutes) {
         webhooks,
         telegram,
         tailchat,
+        slack,
     } = routes;
     let mut extra: Value = json!({});
     extra["/api/v1/openapi.json"] = json!({"get": {"tags": ["health"], "summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1 document", "content": {"application/json": {}}}}}});
@@ -858,6 +861,33 @@ pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, routes: ChannelRoutes) {
                                    "messageSnippet": {"type": "string"}, "messagePlainContent": {"type": "string"}}}}}}}},
             "responses": {"200": {"description": "Stored (or ignored and counted)"}, "400": {"description": "Malformed JSON"}, "401": {"description": "Missing or wrong token"},
                           "404": {"description": "Unknown channel"}, "413": {"description": "Body too large"}, "422": {"description": "Not a Tailchat callback"}, "503": {"description": "Database unavailable"}}}});
+    }
+    if slack {
+        let signed = json!([{"name": "channel", "in": "path", "required": true, "schema": {"type": "string"}},
+            {"name": "X-Slack-Signature", "in": "header", "required": true, "schema": {"type": "string"}, "description": "v0=<hex HMAC-SHA256 of \"v0:<timestamp>:<body>\"> with the signing secret"},
+            {"name": "X-Slack-Request-Timestamp", "in": "header", "required": true, "schema": {"type": "integer"}, "description": "Unix seconds; at most 5 minutes from now"}]);
+        let answers = json!({"200": {"description": "Stored (or ignored and counted)"}, "400": {"description": "Malformed body"}, "401": {"description": "Missing, wrong or expired signature"},
+            "404": {"description": "Unknown channel"}, "413": {"description": "Body too large"}, "422": {"description": "Not a Slack payload"}, "503": {"description": "Database unavailable"}});
+        for (path, summary, content) in [
+            (
+                "events",
+                "Slack Events API: url_verification, or an event callback; 200 once durably stored",
+                "application/json",
+            ),
+            (
+                "interactions",
+                "Slack interactivity: block actions (form field payload)",
+                "application/x-www-form-urlencoded",
+            ),
+            (
+                "commands",
+                "Slack slash commands (form fields command, text, user_id, channel_id, …)",
+                "application/x-www-form-urlencoded",
+            ),
+        ] {
+            extra[format!("/hooks/slack/{{channel}}/{path}")] = json!({"post": {"tags": ["channels"], "summary": summary, "parameters": signed,
+                "requestBody": {"required": true, "content": {content: {}}}, "responses": answers}});
+        }
     }
     let mut doc_json = serde_json::to_value(&*doc).unwrap_or_default();
     if let (Some(paths), Some(extra)) = (

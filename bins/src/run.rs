@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use flowbot_channels::http_action::HttpRequest;
+use flowbot_channels::slack::Slack;
 use flowbot_channels::tailchat::Tailchat;
 use flowbot_channels::telegram::Telegram;
 use flowbot_channels::web::WebChat;
@@ -280,6 +281,13 @@ pub async fn run_server_with(
         routes = routes.merge(tc.router());
         adapters.push(Arc::new(tc));
     }
+    for (name, entry) in &config.slack {
+        let (slack, channel) =
+            Slack::new(store.clone(), entry.channel_config(name)).map_err(RunError::Channel)?;
+        builder = builder.channel(channel);
+        routes = routes.merge(slack.router());
+        adapters.push(Arc::new(slack));
+    }
     for (name, entry) in &config.telegram {
         let settings = entry.channel_config(name).map_err(RunError::Channel)?;
         let (tg, channel) = Telegram::connect(store.clone(), settings)
@@ -313,6 +321,7 @@ pub async fn run_server_with(
             webhooks: true,
             telegram: !config.telegram.is_empty(),
             tailchat: !config.tailchat.is_empty(),
+            slack: !config.slack.is_empty(),
         },
     );
     let doc = Arc::new(doc);
@@ -401,6 +410,11 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
         builder = builder.channel(c);
     }
     // Agents deliver replies; the servers receive.
+    for (name, entry) in &config.slack {
+        let (_, channel) =
+            Slack::new(store.clone(), entry.channel_config(name)).map_err(RunError::Channel)?;
+        builder = builder.channel(channel);
+    }
     for (name, entry) in &config.tailchat {
         let (_, channel) =
             Tailchat::new(store.clone(), entry.channel_config(name)).map_err(RunError::Channel)?;

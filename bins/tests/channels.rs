@@ -1,6 +1,6 @@
 //! One conformance suite for every channel with users on the other side: web chat, the
-//! generic webhook, Telegram (against its local Bot API server) and Tailchat (against its local
-//! API), all served by one server with the demo bot. For each:
+//! generic webhook, Telegram (against its local Bot API server), Tailchat and Slack (against
+//! their local APIs), all served by one server with the demo bot. For each:
 //!
 //! - a message in is stored as an event with the platform's identities (user, conversation)
 //!   and text, and the reply comes back in the platform's own form;
@@ -8,13 +8,15 @@
 //!   (the demo's feedback dialog takes it as the answer); Tailchat has no buttons, so they are
 //!   listed under the text and the user answers with one;
 //! - after a dropped connection (a closed socket, a delivery retried after its answer was
-//!   lost, a Bot API that fails two polls, a Tailchat session that expired) the channel
-//!   carries on and nothing is handled twice.
+//!   lost, a Bot API that fails two polls, a Tailchat session that expired, Slack redelivering
+//!   an event whose 200 it missed) the channel carries on and nothing is handled twice.
 
 mod common;
 #[path = "telegram/fake.rs"]
 mod fake;
 mod harness;
+#[path = "slack/fake.rs"]
+mod slack_fake;
 #[path = "tailchat/fake.rs"]
 mod tailchat_fake;
 
@@ -23,10 +25,11 @@ use std::time::Duration;
 
 use fake::{FakeTelegram, Fault};
 use flowbot_core::async_trait;
-use flowbot_server::config::{TailchatEntry, TelegramEntry, TelegramMode};
+use flowbot_server::config::{SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
 use futures_util::SinkExt;
 use harness::{Chat, SECRET, Server, next_frame, start_with};
 use serde_json::{Value, json};
+use slack_fake::FakeSlack;
 use tailchat_fake::FakeTailchat;
 use tokio_tungstenite::tungstenite::Message as Ws;
 
@@ -358,12 +361,131 @@ impl Platform for Tailchat {
     }
 }
 
+struct SlackUser {
+    fake: FakeSlack,
+    base: String,
+    seen: HashMap<String, usize>,
+    events: u32,
+    last: Option<String>,
+}
+
+impl SlackUser {
+    async fn post(&self, path: &str, body: &str, content_type: &str, extra: &[(&str, &str)]) {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/hooks/slack/sl/{path}", self.base))
+            .header("content-type", content_type)
+            .body(body.to_owned());
+        for (k, v) in slack_fake::sign(body, chrono::Utc::now().timestamp()) {
+            req = req.header(k, v);
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.expect("post");
+        assert_eq!(res.status().as_u16(), 200);
+    }
+}
+
+#[async_trait]
+impl Platform for SlackUser {
+    fn channel(&self) -> &str {
+        "sl"
+    }
+    fn user(&self) -> &str {
+        "U42"
+    }
+    fn conversation(&self, name: &str) -> String {
+        format!("C{}", name.to_uppercase())
+    }
+    async fn say(&mut self, name: &str, text: &str) {
+        self.events += 1;
+        let body = slack_fake::message_event(
+            &format!("Ev{}", self.events),
+            &self.conversation(name),
+            &format!("1700000100.{:06}", self.events),
+            text,
+        )
+        .to_string();
+        self.post("events", &body, "application/json", &[]).await;
+        self.last = Some(body);
+    }
+    async fn click(&mut self, name: &str, value: &str) {
+        self.events += 1;
+        let form = slack_fake::block_action(
+            &self.conversation(name),
+            &format!("trig-{}", self.events),
+            value,
+        );
+        self.post(
+            "interactions",
+            &form,
+            "application/x-www-form-urlencoded",
+            &[],
+        )
+        .await;
+    }
+    async fn reply(&mut self, name: &str) -> Reply {
+        let channel = self.conversation(name);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen = self.seen.get(&channel).copied().unwrap_or(0);
+            if let Some(m) = self.fake.posted(&channel).into_iter().nth(seen) {
+                self.seen.insert(channel, seen + 1);
+                let buttons = m["blocks"]
+                    .as_array()
+                    .and_then(|b| b.iter().find(|b| b["type"] == "actions"))
+                    .and_then(|a| a["elements"].as_array())
+                    .map(|e| {
+                        e.iter()
+                            .map(|b| b["value"].as_str().unwrap_or_default().to_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                return Reply {
+                    text: m["text"].as_str().unwrap_or_default().to_owned(),
+                    buttons,
+                };
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no reply in {channel}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    async fn drop_connection(&mut self, _name: &str) {
+        // Slack missed the 200 for the last event and delivers it again.
+        if let Some(body) = self.last.clone() {
+            self.post(
+                "events",
+                &body,
+                "application/json",
+                &[
+                    ("x-slack-retry-num", "1"),
+                    ("x-slack-retry-reason", "http_timeout"),
+                ],
+            )
+            .await;
+        }
+    }
+}
+
 async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
+    let slack = FakeSlack::start().await;
+    let slack_api = slack.api();
     let tg = FakeTelegram::start().await;
     let fake = tg.clone();
     let tc = FakeTailchat::start().await;
     let tc_base = tc.base.clone();
     let server = start_with(move |c| {
+        c.slack.insert(
+            "sl".into(),
+            SlackEntry {
+                bot_token: slack_fake::BOT_TOKEN.into(),
+                signing_secret: slack_fake::SIGNING_SECRET.into(),
+                api_base: slack_api,
+            },
+        );
         c.tailchat.insert(
             "tc".into(),
             TailchatEntry {
@@ -410,6 +532,13 @@ async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
             base: server.base.clone(),
             seen: HashMap::new(),
             messages: 0,
+        }),
+        "slack" => Box::new(SlackUser {
+            fake: slack,
+            base: server.base.clone(),
+            seen: HashMap::new(),
+            events: 0,
+            last: None,
         }),
         other => panic!("no platform {other}"),
     };
@@ -509,4 +638,4 @@ macro_rules! conformance {
     };
 }
 
-conformance!(web, webhook, telegram, tailchat);
+conformance!(web, webhook, telegram, tailchat, slack);

@@ -8,7 +8,8 @@
 //!   callback URL through the task queue, optional HMAC-SHA256 signatures both ways;
 //! - [`console`] (feature `console`): stdin and stdout, for trying a bot in a terminal;
 //! - [`telegram`] (feature `telegram`): Telegram's Bot API, by long polling or webhook;
-//! - [`tailchat`] (feature `tailchat`): Tailchat's open platform bots.
+//! - [`tailchat`] (feature `tailchat`): Tailchat's open platform bots;
+//! - [`slack`] (feature `slack`): Slack's Events API, interactivity and slash commands.
 //!
 //! Adapters that receive HTTP traffic contribute an axum `Router` that the server mounts.
 
@@ -20,6 +21,8 @@ pub mod http_action;
 #[cfg(feature = "notifiers")]
 pub mod notifiers;
 pub mod problem;
+#[cfg(feature = "slack")]
+pub mod slack;
 #[cfg(feature = "tailchat")]
 pub mod tailchat;
 #[cfg(feature = "telegram")]

@@ -353,6 +353,10 @@ pub struct Outbound {
     /// The inbound message this answers, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<MessageId>,
+    /// The user this answers (the pipeline sets it on replies): who sees an ephemeral message,
+    /// on platforms that address those to one user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<UserId>,
 }
 
 impl Outbound {

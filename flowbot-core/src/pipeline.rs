@@ -249,6 +249,9 @@ impl Pipeline {
                 if out.reply_to.is_none() {
                     out.reply_to = event.dedupe_id().cloned();
                 }
+                if out.recipient.is_none() {
+                    out.recipient = event.sender().map(|s| s.id.clone());
+                }
             }
             if out.target.is_none() {
                 let e = Error::Channel {

@@ -1,0 +1,220 @@
+//! Slack on 127.0.0.1, written from Slack's API documentation: the Web API methods the adapter
+//! calls (`POST /api/<method>` with `Authorization: Bearer <bot token>`, answered
+//! `{"ok": true, …}` or `{"ok": false, "error": …}`, 429 with `Retry-After` when rate
+//! limited), the external file upload flow, and signed requests to the app (`X-Slack-Signature:
+//! v0=<hex HMAC-SHA256 of "v0:<timestamp>:<body>">`, `X-Slack-Request-Timestamp`).
+#![allow(dead_code, unreachable_pub)] // a helper module; each test file uses some of it
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+pub const BOT_TOKEN: &str = "xoxb-1-fake-bot-token";
+pub const SIGNING_SECRET: &str = "slack-signing-secret-0123456789";
+
+#[derive(Default)]
+struct Inner {
+    calls: Vec<(String, Value)>,
+    uploads: Vec<(String, Vec<u8>)>,
+    ts: u64,
+    limited: VecDeque<u64>,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeSlack {
+    inner: Arc<Mutex<Inner>>,
+    pub base: String,
+}
+
+impl FakeSlack {
+    pub async fn start() -> FakeSlack {
+        let mut fake = FakeSlack::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        fake.base = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = axum::Router::new()
+            .route("/api/{method}", axum::routing::post(method))
+            .route("/upload/{id}", axum::routing::post(upload))
+            .route(
+                "/files/{name}",
+                axum::routing::get(|Path(name): Path<String>| async move {
+                    format!("contents of {name}")
+                }),
+            )
+            .with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("fake slack") });
+        fake
+    }
+
+    /// The Web API base URL (`…/api`).
+    pub fn api(&self) -> String {
+        format!("{}/api", self.base)
+    }
+
+    /// The next `chat.postMessage` answers 429 with `Retry-After: secs`.
+    pub fn rate_limit_once(&self, secs: u64) {
+        self.inner.lock().expect("lock").limited.push_back(secs);
+    }
+
+    pub fn calls(&self, method: &str) -> Vec<Value> {
+        self.inner
+            .lock()
+            .expect("lock")
+            .calls
+            .iter()
+            .filter(|(m, _)| m == method)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    pub fn uploads(&self) -> Vec<(String, Vec<u8>)> {
+        self.inner.lock().expect("lock").uploads.clone()
+    }
+
+    /// Messages posted to `channel`.
+    pub fn posted(&self, channel: &str) -> Vec<Value> {
+        self.calls("chat.postMessage")
+            .into_iter()
+            .filter(|b| b["channel"] == channel)
+            .collect()
+    }
+
+    /// Wait for a message to `channel` whose text is `text`.
+    pub async fn wait_for(&self, channel: &str, text: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(m) = self.posted(channel).into_iter().find(|b| b["text"] == text) {
+                return m;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no message {text:?} in {channel}; posted: {:?}",
+                self.posted(channel)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn method(
+    State(fake): State<FakeSlack>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {BOT_TOKEN}"));
+    if !authorized {
+        return Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
+    }
+    let is_form = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    let body: Value = if is_form {
+        let fields: Vec<(String, String)> = serde_urlencoded_from(&String::from_utf8_lossy(&body));
+        Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect(),
+        )
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(_) => return Json(json!({"ok": false, "error": "invalid_json"})).into_response(),
+        }
+    };
+    let mut i = fake.inner.lock().expect("lock");
+    i.calls.push((method.clone(), body.clone()));
+    if method == "chat.postMessage"
+        && let Some(secs) = i.limited.pop_front()
+    {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", secs.to_string())],
+            Json(json!({"ok": false, "error": "ratelimited"})),
+        )
+            .into_response();
+    }
+    i.ts += 1;
+    let ts = format!("1700000000.{:06}", i.ts);
+    let channel = body["channel"].clone();
+    let answer = match method.as_str() {
+        "chat.postMessage" | "chat.update" => {
+            if !channel.is_string() {
+                json!({"ok": false, "error": "channel_not_found"})
+            } else {
+                json!({"ok": true, "channel": channel, "ts": body.get("ts").cloned().unwrap_or(json!(ts)),
+                       "message": {"ts": ts, "text": body["text"]}})
+            }
+        }
+        "chat.postEphemeral" => json!({"ok": true, "message_ts": ts}),
+        "files.getUploadURLExternal" => {
+            json!({"ok": true, "upload_url": format!("{}/upload/F{}", fake.base, i.ts), "file_id": format!("F{}", i.ts)})
+        }
+        "files.completeUploadExternal" => json!({"ok": true, "files": body["files"]}),
+        _ => json!({"ok": false, "error": "unknown_method"}),
+    };
+    Json(answer).into_response()
+}
+
+fn serde_urlencoded_from(s: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(s.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+async fn upload(State(fake): State<FakeSlack>, Path(id): Path<String>, body: Bytes) -> Response {
+    fake.inner
+        .lock()
+        .expect("lock")
+        .uploads
+        .push((id, body.to_vec()));
+    (StatusCode::OK, "OK - uploaded").into_response()
+}
+
+/// The signature headers for `body` sent at `ts` (unix seconds).
+pub fn sign(body: &str, ts: i64) -> [(String, String); 2] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SIGNING_SECRET.as_bytes()).expect("key");
+    mac.update(format!("v0:{ts}:{body}").as_bytes());
+    [
+        (
+            "x-slack-signature".into(),
+            format!("v0={}", hex::encode(mac.finalize().into_bytes())),
+        ),
+        ("x-slack-request-timestamp".into(), ts.to_string()),
+    ]
+}
+
+/// An `event_callback` with a user's message.
+pub fn message_event(event_id: &str, channel: &str, ts: &str, text: &str) -> Value {
+    json!({"token": "x", "team_id": "T1", "api_app_id": "A1", "type": "event_callback",
+        "event_id": event_id, "event_time": 1_700_000_000,
+        "event": {"type": "message", "channel": channel, "channel_type": "channel", "user": "U42",
+                  "text": text, "ts": ts, "event_ts": ts}})
+}
+
+/// A `block_actions` interaction: user U42 clicks the button with `value` in `channel`.
+pub fn block_action(channel: &str, trigger: &str, value: &str) -> String {
+    let payload = json!({"type": "block_actions", "team": {"id": "T1", "domain": "acme"},
+        "user": {"id": "U42", "username": "ada", "team_id": "T1"}, "api_app_id": "A1",
+        "trigger_id": trigger, "container": {"type": "message", "message_ts": "1700000000.000001", "channel_id": channel, "is_ephemeral": false},
+        "channel": {"id": channel, "name": "general"},
+        "actions": [{"type": "button", "action_id": "flowbot-0", "block_id": "b1", "value": value,
+                     "text": {"type": "plain_text", "text": value}, "action_ts": "1700000001.000001"}]});
+    format!(
+        "payload={}",
+        url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
+    )
+}
