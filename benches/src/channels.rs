@@ -144,7 +144,13 @@ struct Run {
     rate: f64,
 }
 
-async fn measure(base: &str, adapter: Adapter, requests: u64, concurrency: u64, first: &AtomicU64) -> Run {
+async fn measure(
+    base: &str,
+    adapter: Adapter,
+    requests: u64,
+    concurrency: u64,
+    first: &AtomicU64,
+) -> Run {
     let next = Arc::new(AtomicU64::new(first.fetch_add(requests, Ordering::Relaxed)));
     let end = next.load(Ordering::Relaxed) + requests;
     let started = Instant::now();
@@ -228,16 +234,28 @@ async fn main() -> ExitCode {
     let env: Vec<(&str, String)> = vec![
         ("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
         ("FLOWBOT_SERVER__AGENT", "false".into()),
-        ("FLOWBOT_DATABASE__URL", format!("sqlite://{}/bench.db", dir.display())),
+        (
+            "FLOWBOT_DATABASE__URL",
+            format!("sqlite://{}/bench.db", dir.display()),
+        ),
         ("FLOWBOT_LOG__LEVEL", "warn".into()),
         ("FLOWBOT_WEBHOOKS__BENCH__SECRET", HOOK_SECRET.into()),
         ("FLOWBOT_SLACK__SL__BOT_TOKEN", "xoxb-bench".into()),
         ("FLOWBOT_SLACK__SL__SIGNING_SECRET", SLACK_SECRET.into()),
-        ("FLOWBOT_TELEGRAM__TG__TOKEN", "123456:bench-token-abcdefghij".into()),
+        (
+            "FLOWBOT_TELEGRAM__TG__TOKEN",
+            "123456:bench-token-abcdefghij".into(),
+        ),
         ("FLOWBOT_TELEGRAM__TG__MODE", "webhook".into()),
         ("FLOWBOT_TELEGRAM__TG__SECRET_TOKEN", TG_SECRET.into()),
-        ("FLOWBOT_TELEGRAM__TG__API_BASE", format!("\"http://127.0.0.1:{tg_port}\"")),
-        ("FLOWBOT_TAILCHAT__TC__API_BASE", "\"http://127.0.0.1:9\"".into()),
+        (
+            "FLOWBOT_TELEGRAM__TG__API_BASE",
+            format!("\"http://127.0.0.1:{tg_port}\""),
+        ),
+        (
+            "FLOWBOT_TAILCHAT__TC__API_BASE",
+            "\"http://127.0.0.1:9\"".into(),
+        ),
         ("FLOWBOT_TAILCHAT__TC__APP_ID", "bench".into()),
         ("FLOWBOT_TAILCHAT__TC__APP_SECRET", "bench-secret".into()),
         ("FLOWBOT_TAILCHAT__TC__CALLBACK_TOKEN", TC_TOKEN.into()),
@@ -252,7 +270,10 @@ async fn main() -> ExitCode {
     {
         Ok(c) => Killed(c),
         Err(e) => {
-            eprintln!("starting {}: {e} (build it with --release first)", bin.display());
+            eprintln!(
+                "starting {}: {e} (build it with --release first)",
+                bin.display()
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -276,7 +297,12 @@ async fn main() -> ExitCode {
     }
     let ids = AtomicU64::new(1);
     // Warm-up: every route, a few hundred requests each.
-    for a in [Adapter::Webhook, Adapter::Slack, Adapter::Telegram, Adapter::Tailchat] {
+    for a in [
+        Adapter::Webhook,
+        Adapter::Slack,
+        Adapter::Telegram,
+        Adapter::Tailchat,
+    ] {
         measure(&base, a, 300, concurrency, &ids).await;
     }
     let mut runs = Vec::new();
@@ -293,7 +319,10 @@ async fn main() -> ExitCode {
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
 
-    let webhook: Vec<&Run> = runs.iter().filter(|r| r.adapter == Adapter::Webhook).collect();
+    let webhook: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.adapter == Adapter::Webhook)
+        .collect();
     let mean = |f: fn(&Run) -> Duration| {
         webhook.iter().map(|r| f(r).as_secs_f64()).sum::<f64>() / webhook.len() as f64
     };
@@ -311,6 +340,8 @@ async fn main() -> ExitCode {
             r.p99.as_secs_f64() / base99
         );
     }
-    println!("\n{requests} requests per run, {concurrency} keep-alive clients, SQLite, embedded agent off.");
+    println!(
+        "\n{requests} requests per run, {concurrency} keep-alive clients, SQLite, embedded agent off."
+    );
     ExitCode::SUCCESS
 }

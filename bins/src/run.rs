@@ -294,6 +294,17 @@ pub async fn run_server_with(
             .await
             .map_err(|e| RunError::Channel(e.to_string()))?;
         tracing::info!(channel = %name, username = %tg.username(), "telegram bot connected");
+        // The rules' commands in Telegram's command menu (as loaded at start).
+        let commands: Vec<(String, Option<String>)> = rules
+            .router()
+            .current()
+            .commands()
+            .into_iter()
+            .map(|c| (c.name, c.description))
+            .collect();
+        if let Err(e) = tg.set_commands(&commands).await {
+            tracing::warn!(channel = %name, error = %e, "could not declare the bot's commands");
+        }
         builder = builder.channel(channel);
         routes = routes.merge(tg.router());
         adapters.push(Arc::new(tg));

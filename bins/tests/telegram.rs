@@ -44,6 +44,21 @@ async fn polling_answers_commands_and_clicks_and_rides_out_faults() {
         1,
         "polling needs no webhook"
     );
+    // The demo rules' commands are in the bot's command menu.
+    let menu = tg.calls("setMyCommands");
+    let listed = menu[0]["commands"].as_array().expect("commands").clone();
+    let names: Vec<&str> = listed
+        .iter()
+        .map(|c| c["command"].as_str().expect("name"))
+        .collect();
+    for want in ["help", "echo", "remind", "feedback"] {
+        assert!(names.contains(&want), "{want} in {names:?}");
+    }
+    assert!(
+        listed
+            .iter()
+            .all(|c| c["description"].as_str().is_some_and(|d| !d.is_empty()))
+    );
 
     // A command addressed to this bot by name, in a private chat.
     tg.push(text(1001, &format!("/echo@{USERNAME} hello from Telegram")));

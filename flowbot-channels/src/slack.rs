@@ -38,6 +38,7 @@ use flowbot_core::{
     Capabilities, Channel, ChannelName, ChannelSender, Error, Event, Format, INBOUND_TASK,
     Interaction, Message, MessageId, Outbound, Result, Role, Sender, SentId, Store, UserId,
 };
+use serde::Deserialize;
 use serde_json::{Value, json};
 use slack_morphism::prelude::{
     SlackCommandEvent, SlackEventCallbackBody, SlackInteractionEvent, SlackPushEvent,
@@ -298,10 +299,8 @@ async fn on_event(
     let text = verified(state, headers, body)?;
     let raw: Value = serde_json::from_str(&text)
         .map_err(|e| Problem::bad_request(format!("invalid event: {e}")))?;
-    let push: SlackPushEvent = serde_json::from_value(raw.clone()).map_err(|e| {
-        // A well-formed request of a kind the models do not know: ignored, not refused.
-        invalid("event", &e)
-    })?;
+    // From the parsed value by reference: one parse, no copy of the document.
+    let push = SlackPushEvent::deserialize(&raw).map_err(|e| invalid("event", &e))?;
     let callback = match push {
         SlackPushEvent::UrlVerification(v) => return Ok(json!({ "challenge": v.challenge })),
         SlackPushEvent::AppRateLimited(r) => {
@@ -343,7 +342,6 @@ async fn on_event(
             );
             message.id = message_id(&channel.0, &m.origin.ts.0);
             message.thread = m.origin.thread_ts.as_ref().map(|t| t.0.clone());
-            message.raw = Some(raw.clone());
             let dedupe = message.id.to_string();
             (Event::Message(message), dedupe)
         }
@@ -357,7 +355,6 @@ async fn on_event(
             );
             message.id = message_id(&m.channel.0, &m.origin.ts.0);
             message.thread = m.origin.thread_ts.as_ref().map(|t| t.0.clone());
-            message.raw = Some(raw.clone());
             // The same key as the `message` event of this message: handled once.
             let dedupe = message.id.to_string();
             (Event::Message(message), dedupe)
@@ -397,6 +394,10 @@ async fn on_event(
             return Ok(json!({}));
         }
     };
+    let mut event = event;
+    if let Event::Message(m) = &mut event {
+        m.raw = Some(raw);
+    }
     store_event(state, &event, &dedupe).await?;
     Ok(json!({}))
 }

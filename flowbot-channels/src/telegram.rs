@@ -340,6 +340,41 @@ impl Telegram {
         &self.state.config.name
     }
 
+    /// Declare the bot's commands (`setMyCommands`), shown in Telegram's command menu:
+    /// `(name, description)` pairs. Names Telegram does not accept (1-32 of `a-z 0-9 _`) are
+    /// left out; a missing description becomes the name. Returns how many were declared.
+    pub async fn set_commands(
+        &self,
+        commands: &[(String, Option<String>)],
+    ) -> std::result::Result<usize, ApiError> {
+        let list: Vec<Value> = commands
+            .iter()
+            .filter(|(name, _)| {
+                (1..=32).contains(&name.len())
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            })
+            .take(100)
+            .map(|(name, description)| {
+                let d: String = description
+                    .as_deref()
+                    .filter(|d| !d.trim().is_empty())
+                    .unwrap_or(name)
+                    .chars()
+                    .take(256)
+                    .collect();
+                json!({ "command": name, "description": d })
+            })
+            .collect();
+        let n = list.len();
+        self.state
+            .api
+            .call("setMyCommands", &json!({ "commands": list }))
+            .await?;
+        Ok(n)
+    }
+
     /// The bot's username, as Telegram reported it.
     pub fn username(&self) -> &str {
         &self.state.username

@@ -47,6 +47,45 @@ struct Param {
 }
 
 /// A compiled command pattern.
+/// One argument of a rule's command, for platforms that declare commands (Telegram's menu,
+/// Discord's slash commands).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandParam {
+    /// Its name.
+    pub name: String,
+    /// `word`, `int`, `float`, `bool` or `duration`.
+    pub kind: &'static str,
+    /// Whether it may be left out.
+    pub optional: bool,
+    /// Whether it takes the rest of the text.
+    pub rest: bool,
+}
+
+/// A command the rules answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandInfo {
+    /// The name, without the slash.
+    pub name: String,
+    /// The rule's description, if it has one.
+    pub description: Option<String>,
+    /// `/name <arg> …`.
+    pub usage: String,
+    /// Its arguments, in order.
+    pub params: Vec<CommandParam>,
+}
+
+impl ArgType {
+    fn name(self) -> &'static str {
+        match self {
+            ArgType::Word => "word",
+            ArgType::Int => "int",
+            ArgType::Float => "float",
+            ArgType::Bool => "bool",
+            ArgType::Duration => "duration",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct CommandPattern {
     pub(crate) name: String,
@@ -142,6 +181,25 @@ impl CommandPattern {
     }
 
     /// How the command is written, for error replies.
+    /// What a platform needs to declare this command.
+    pub(crate) fn info(&self, description: Option<String>) -> CommandInfo {
+        CommandInfo {
+            name: self.name.clone(),
+            description,
+            usage: self.usage.clone(),
+            params: self
+                .params
+                .iter()
+                .map(|p| CommandParam {
+                    name: p.name.clone(),
+                    kind: p.ty.name(),
+                    optional: p.optional,
+                    rest: p.rest,
+                })
+                .collect(),
+        }
+    }
+
     pub(crate) fn usage(&self) -> &str {
         &self.usage
     }
@@ -268,5 +326,62 @@ mod tests {
                 .contains("unexpected '9'")
         );
         assert!(p.parse_args("x").expect_err("int").contains("whole number"));
+    }
+}
+
+#[cfg(test)]
+mod listing {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::{CommandParam, Plugins, RuleSet, Source};
+
+    #[test]
+    fn the_rules_commands_are_listed_once_with_their_arguments() {
+        let rules = r#"
+[[rule]]
+name = "remind"
+description = "Remind me later."
+priority = 5
+when = { command = "remind <delay:duration> <text...>" }
+then = [{ reply = "ok" }]
+
+[[rule]]
+name = "remind-too-far"
+when = { command = "remind <delay:duration> <text...>", script = "false" }
+then = [{ reply = "too far" }]
+
+[[rule]]
+name = "off"
+enabled = false
+when = { command = "secret" }
+then = [{ reply = "x" }]
+
+[[rule]]
+name = "help"
+when = { command = "help [topic]" }
+then = [{ reply = "help" }]
+
+[[rule]]
+name = "hi"
+when = { text = "hi" }
+then = [{ reply = "hello" }]
+"#;
+        let set = RuleSet::compile(&[Source::inline(rules)], &Plugins::default()).unwrap();
+        let commands = set.commands();
+        let names: Vec<&str> = commands.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["remind", "help"]);
+        assert_eq!(commands[0].description.as_deref(), Some("Remind me later."));
+        assert_eq!(commands[0].usage, "/remind <delay:duration> <text...>");
+        assert_eq!(
+            commands[0].params[1],
+            CommandParam {
+                name: "text".into(),
+                kind: "word",
+                optional: false,
+                rest: true
+            }
+        );
+        assert_eq!(commands[0].params[0].kind, "duration");
+        assert!(commands[1].params[0].optional);
     }
 }

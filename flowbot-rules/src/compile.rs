@@ -495,6 +495,31 @@ impl RuleSet {
         self.rules.is_empty()
     }
 
+    /// The commands the enabled rules answer (`when.command`), once each, in priority order.
+    pub fn commands(&self) -> Vec<crate::command::CommandInfo> {
+        let mut specs: Vec<&RuleSpec> = self
+            .specs()
+            .map(|(s, _)| s)
+            .filter(|s| s.enabled && s.when.command.is_some())
+            .collect();
+        specs.sort_by_key(|s| std::cmp::Reverse(s.priority));
+        let mut out: Vec<crate::command::CommandInfo> = Vec::new();
+        for spec in specs {
+            let Some(Ok(pattern)) = spec
+                .when
+                .command
+                .as_deref()
+                .map(crate::command::CommandPattern::parse)
+            else {
+                continue;
+            };
+            if !out.iter().any(|c| c.name == pattern.name) {
+                out.push(pattern.info(spec.description.clone()));
+            }
+        }
+        out
+    }
+
     /// The rules as written, highest priority first, with where each came from.
     pub fn specs(&self) -> impl Iterator<Item = (&RuleSpec, &Origin)> {
         self.rules.iter().map(|r| (&r.spec, &r.origin))

@@ -47,6 +47,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+pub use command::{CommandInfo, CommandParam};
 pub use compile::{Origin, RuleSet, Source, parse_file, read_dir};
 pub use library::{
     RULES_NAMESPACE, RULES_TOPIC, RuleEntry, RuleFiles, RuleLibrary, rule_from_json,

@@ -155,7 +155,7 @@ async fn handle(
         "getMe" => {
             ok(json!({"id": 123456, "is_bot": true, "first_name": "FlowBot", "username": USERNAME}))
         }
-        "deleteWebhook" | "setWebhook" | "answerCallbackQuery" => ok(json!(true)),
+        "deleteWebhook" | "setWebhook" | "answerCallbackQuery" | "setMyCommands" => ok(json!(true)),
         "getUpdates" => {
             let offset = body["offset"].as_i64().unwrap_or(0);
             let timeout = body["timeout"].as_u64().unwrap_or(0);
