@@ -44,6 +44,50 @@ pub struct Config {
     pub tailchat: BTreeMap<String, TailchatEntry>,
     /// Slack apps, by channel name.
     pub slack: BTreeMap<String, SlackEntry>,
+    /// Discord applications, by channel name.
+    pub discord: BTreeMap<String, DiscordEntry>,
+}
+
+/// `[discord.<name>]`: a Discord application (HTTP interactions), the channel `<name>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordEntry {
+    /// The bot token.
+    pub bot_token: String,
+    /// The application id.
+    pub application_id: String,
+    /// The application's public key (hex).
+    pub public_key: String,
+    /// API base URL (default `https://discord.com/api/v10`).
+    #[serde(default = "discord_api")]
+    pub api_base: String,
+}
+
+fn discord_api() -> String {
+    flowbot_channels::discord::DEFAULT_API_BASE.into()
+}
+
+impl std::fmt::Debug for DiscordEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret.
+        f.debug_struct("DiscordEntry")
+            .field("application_id", &self.application_id)
+            .field("api_base", &self.api_base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiscordEntry {
+    /// The channel's settings.
+    pub fn channel_config(&self, name: &str) -> flowbot_channels::discord::DiscordConfig {
+        flowbot_channels::discord::DiscordConfig {
+            name: name.to_owned(),
+            bot_token: self.bot_token.clone(),
+            application_id: self.application_id.clone(),
+            public_key: self.public_key.clone(),
+            api_base: self.api_base.clone(),
+        }
+    }
 }
 
 /// `[slack.<name>]`: a Slack app, the channel `<name>`.
@@ -613,6 +657,11 @@ impl Config {
                 ));
             }
         }
+        for (name, d) in &self.discord {
+            d.channel_config(name)
+                .validate()
+                .map_err(|e| err(format!("discord.{name}"), e))?;
+        }
         for (name, s) in &self.slack {
             s.channel_config(name)
                 .validate()
@@ -687,6 +736,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
         "telegram",
         "tailchat",
         "slack",
+        "discord",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
@@ -742,6 +792,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
         telegram: named_sections(table, "telegram")?,
         tailchat: named_sections(table, "tailchat")?,
         slack: named_sections(table, "slack")?,
+        discord: named_sections(table, "discord")?,
     })
 }
 

@@ -811,6 +811,8 @@ pub struct ChannelRoutes {
     pub tailchat: bool,
     /// `/hooks/slack/{channel}/events`, `/interactions`, `/commands`.
     pub slack: bool,
+    /// `/hooks/discord/{channel}/interactions`.
+    pub discord: bool,
 }
 
 /// Document the channel routes (mounted from `flowbot-channels`) in `doc`.
@@ -821,6 +823,7 @@ pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, routes: ChannelRoutes) {
         telegram,
         tailchat,
         slack,
+        discord,
     } = routes;
     let mut extra: Value = json!({});
     extra["/api/v1/openapi.json"] = json!({"get": {"tags": ["health"], "summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1 document", "content": {"application/json": {}}}}}});
@@ -888,6 +891,16 @@ pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, routes: ChannelRoutes) {
             extra[format!("/hooks/slack/{{channel}}/{path}")] = json!({"post": {"tags": ["channels"], "summary": summary, "parameters": signed,
                 "requestBody": {"required": true, "content": {content: {}}}, "responses": answers}});
         }
+    }
+    if discord {
+        extra["/hooks/discord/{channel}/interactions"] = json!({"post": {"tags": ["channels"], "summary": "Discord interactions (slash commands, button clicks): PING answered, the rest stored and acknowledged with a deferred response",
+            "parameters": [{"name": "channel", "in": "path", "required": true, "schema": {"type": "string"}},
+                           {"name": "X-Signature-Ed25519", "in": "header", "required": true, "schema": {"type": "string"}, "description": "Ed25519 signature of timestamp + body, hex"},
+                           {"name": "X-Signature-Timestamp", "in": "header", "required": true, "schema": {"type": "string"}, "description": "Unix seconds; at most 5 minutes from now"}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["type"], "properties": {"type": {"type": "integer"}}}}}},
+            "responses": {"200": {"description": "Interaction response (PONG, deferred message, deferred update)", "content": {"application/json": {}}},
+                          "400": {"description": "Malformed JSON"}, "401": {"description": "Missing, wrong or expired signature"},
+                          "404": {"description": "Unknown channel"}, "413": {"description": "Body too large"}, "422": {"description": "Not an interaction"}, "503": {"description": "Database unavailable"}}}});
     }
     let mut doc_json = serde_json::to_value(&*doc).unwrap_or_default();
     if let (Some(paths), Some(extra)) = (

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
+use flowbot_channels::discord::Discord;
 use flowbot_channels::http_action::HttpRequest;
 use flowbot_channels::slack::Slack;
 use flowbot_channels::tailchat::Tailchat;
@@ -288,6 +289,25 @@ pub async fn run_server_with(
         routes = routes.merge(slack.router());
         adapters.push(Arc::new(slack));
     }
+    for (name, entry) in &config.discord {
+        let (discord, channel) =
+            Discord::new(store.clone(), entry.channel_config(name)).map_err(RunError::Channel)?;
+        // The rules' commands as the application's slash commands (as loaded at start).
+        match discord
+            .register_commands(&rules.router().current().commands())
+            .await
+        {
+            Ok(n) => {
+                tracing::info!(channel = %name, commands = n, "discord slash commands registered")
+            }
+            Err(e) => {
+                tracing::warn!(channel = %name, error = %e, "could not register the slash commands")
+            }
+        }
+        builder = builder.channel(channel);
+        routes = routes.merge(discord.router());
+        adapters.push(Arc::new(discord));
+    }
     for (name, entry) in &config.telegram {
         let settings = entry.channel_config(name).map_err(RunError::Channel)?;
         let (tg, channel) = Telegram::connect(store.clone(), settings)
@@ -295,14 +315,7 @@ pub async fn run_server_with(
             .map_err(|e| RunError::Channel(e.to_string()))?;
         tracing::info!(channel = %name, username = %tg.username(), "telegram bot connected");
         // The rules' commands in Telegram's command menu (as loaded at start).
-        let commands: Vec<(String, Option<String>)> = rules
-            .router()
-            .current()
-            .commands()
-            .into_iter()
-            .map(|c| (c.name, c.description))
-            .collect();
-        if let Err(e) = tg.set_commands(&commands).await {
+        if let Err(e) = tg.set_commands(&rules.router().current().commands()).await {
             tracing::warn!(channel = %name, error = %e, "could not declare the bot's commands");
         }
         builder = builder.channel(channel);
@@ -333,6 +346,7 @@ pub async fn run_server_with(
             telegram: !config.telegram.is_empty(),
             tailchat: !config.tailchat.is_empty(),
             slack: !config.slack.is_empty(),
+            discord: !config.discord.is_empty(),
         },
     );
     let doc = Arc::new(doc);
@@ -421,6 +435,11 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
         builder = builder.channel(c);
     }
     // Agents deliver replies; the servers receive.
+    for (name, entry) in &config.discord {
+        let (_, channel) =
+            Discord::new(store.clone(), entry.channel_config(name)).map_err(RunError::Channel)?;
+        builder = builder.channel(channel);
+    }
     for (name, entry) in &config.slack {
         let (_, channel) =
             Slack::new(store.clone(), entry.channel_config(name)).map_err(RunError::Channel)?;

@@ -1,6 +1,6 @@
 //! One conformance suite for every channel with users on the other side: web chat, the
-//! generic webhook, Telegram (against its local Bot API server), Tailchat and Slack (against
-//! their local APIs), all served by one server with the demo bot. For each:
+//! generic webhook, Telegram (against its local Bot API server), Tailchat, Slack and Discord
+//! (against their local APIs), all served by one server with the demo bot. For each:
 //!
 //! - a message in is stored as an event with the platform's identities (user, conversation)
 //!   and text, and the reply comes back in the platform's own form;
@@ -9,9 +9,12 @@
 //!   listed under the text and the user answers with one;
 //! - after a dropped connection (a closed socket, a delivery retried after its answer was
 //!   lost, a Bot API that fails two polls, a Tailchat session that expired, Slack redelivering
-//!   an event whose 200 it missed) the channel carries on and nothing is handled twice.
+//!   an event whose 200 it missed, Discord's webhook failing a reply) the channel carries on
+//!   and nothing is handled twice.
 
 mod common;
+#[path = "discord/fake.rs"]
+mod discord_fake;
 #[path = "telegram/fake.rs"]
 mod fake;
 mod harness;
@@ -23,9 +26,12 @@ mod tailchat_fake;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use discord_fake::FakeDiscord;
 use fake::{FakeTelegram, Fault};
 use flowbot_core::async_trait;
-use flowbot_server::config::{SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
+use flowbot_server::config::{
+    DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode,
+};
 use futures_util::SinkExt;
 use harness::{Chat, SECRET, Server, next_frame, start_with};
 use serde_json::{Value, json};
@@ -470,7 +476,97 @@ impl Platform for SlackUser {
     }
 }
 
+struct DiscordUser {
+    fake: FakeDiscord,
+    base: String,
+    seen: HashMap<String, usize>,
+}
+
+impl DiscordUser {
+    async fn post(&self, body: &Value) {
+        let text = body.to_string();
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/hooks/discord/dc/interactions", self.base))
+            .header("content-type", "application/json")
+            .body(text.clone());
+        for (k, v) in discord_fake::sign(&text, chrono::Utc::now().timestamp()) {
+            req = req.header(k, v);
+        }
+        let res = req.send().await.expect("post");
+        assert_eq!(res.status().as_u16(), 200);
+    }
+}
+
+#[async_trait]
+impl Platform for DiscordUser {
+    fn channel(&self) -> &str {
+        "dc"
+    }
+    fn user(&self) -> &str {
+        "42"
+    }
+    fn conversation(&self, name: &str) -> String {
+        format!("D-{name}")
+    }
+    async fn say(&mut self, name: &str, text: &str) {
+        // Users reach a bot without a gateway through its slash commands.
+        let channel = self.conversation(name);
+        let (command, rest) = text
+            .trim_start_matches('/')
+            .split_once(' ')
+            .unwrap_or((text.trim_start_matches('/'), ""));
+        let options: Vec<(&str, &str)> = if rest.is_empty() {
+            vec![]
+        } else {
+            vec![("text", rest)]
+        };
+        let (id, token) = self.fake.interaction(&channel);
+        self.post(&discord_fake::command(
+            &id, &token, &channel, command, &options,
+        ))
+        .await;
+    }
+    async fn click(&mut self, name: &str, value: &str) {
+        let channel = self.conversation(name);
+        let (id, token) = self.fake.interaction(&channel);
+        self.post(&discord_fake::click(&id, &token, &channel, value))
+            .await;
+    }
+    async fn reply(&mut self, name: &str) -> Reply {
+        let channel = self.conversation(name);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen = self.seen.get(&channel).copied().unwrap_or(0);
+            if let Some(m) = self.fake.sent_to(&channel).into_iter().nth(seen) {
+                self.seen.insert(channel, seen + 1);
+                let buttons = m.body["components"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
+                    .map(|b| b["custom_id"].as_str().unwrap_or_default().to_owned())
+                    .collect();
+                return Reply {
+                    text: m.body["content"].as_str().unwrap_or_default().to_owned(),
+                    buttons,
+                };
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no reply in {channel}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    async fn drop_connection(&mut self, _name: &str) {
+        // Discord's side fails the next reply (a 502): the task queue delivers it again.
+        self.fake.fail_once();
+    }
+}
+
 async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
+    let discord = FakeDiscord::start().await;
+    let discord_api = discord.api();
     let slack = FakeSlack::start().await;
     let slack_api = slack.api();
     let tg = FakeTelegram::start().await;
@@ -478,6 +574,15 @@ async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
     let tc = FakeTailchat::start().await;
     let tc_base = tc.base.clone();
     let server = start_with(move |c| {
+        c.discord.insert(
+            "dc".into(),
+            DiscordEntry {
+                bot_token: discord_fake::BOT_TOKEN.into(),
+                application_id: discord_fake::APP_ID.into(),
+                public_key: discord_fake::public_key(),
+                api_base: discord_api,
+            },
+        );
         c.slack.insert(
             "sl".into(),
             SlackEntry {
@@ -539,6 +644,11 @@ async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
             seen: HashMap::new(),
             events: 0,
             last: None,
+        }),
+        "discord" => Box::new(DiscordUser {
+            fake: discord,
+            base: server.base.clone(),
+            seen: HashMap::new(),
         }),
         other => panic!("no platform {other}"),
     };
@@ -638,4 +748,4 @@ macro_rules! conformance {
     };
 }
 
-conformance!(web, webhook, telegram, tailchat, slack);
+conformance!(web, webhook, telegram, tailchat, slack, discord);

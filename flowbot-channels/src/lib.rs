@@ -9,12 +9,15 @@
 //! - [`console`] (feature `console`): stdin and stdout, for trying a bot in a terminal;
 //! - [`telegram`] (feature `telegram`): Telegram's Bot API, by long polling or webhook;
 //! - [`tailchat`] (feature `tailchat`): Tailchat's open platform bots;
-//! - [`slack`] (feature `slack`): Slack's Events API, interactivity and slash commands.
+//! - [`slack`] (feature `slack`): Slack's Events API, interactivity and slash commands;
+//! - [`discord`] (feature `discord`): Discord's HTTP interactions (slash commands, buttons).
 //!
 //! Adapters that receive HTTP traffic contribute an axum `Router` that the server mounts.
 
 #[cfg(feature = "console")]
 pub mod console;
+#[cfg(feature = "discord")]
+pub mod discord;
 #[cfg(any(feature = "web", feature = "webhook"))]
 #[cfg(feature = "http")]
 pub mod http_action;

@@ -340,15 +340,16 @@ impl Telegram {
         &self.state.config.name
     }
 
-    /// Declare the bot's commands (`setMyCommands`), shown in Telegram's command menu:
-    /// `(name, description)` pairs. Names Telegram does not accept (1-32 of `a-z 0-9 _`) are
-    /// left out; a missing description becomes the name. Returns how many were declared.
+    /// Declare the bot's commands (`setMyCommands`), shown in Telegram's command menu. Names
+    /// Telegram does not accept (1-32 of `a-z 0-9 _`) are left out; a missing description
+    /// becomes the usage. Returns how many were declared.
     pub async fn set_commands(
         &self,
-        commands: &[(String, Option<String>)],
+        commands: &[flowbot_core::CommandInfo],
     ) -> std::result::Result<usize, ApiError> {
         let list: Vec<Value> = commands
             .iter()
+            .map(|c| (&c.name, c.description.as_ref().unwrap_or(&c.usage)))
             .filter(|(name, _)| {
                 (1..=32).contains(&name.len())
                     && name
@@ -357,13 +358,11 @@ impl Telegram {
             })
             .take(100)
             .map(|(name, description)| {
-                let d: String = description
-                    .as_deref()
-                    .filter(|d| !d.trim().is_empty())
-                    .unwrap_or(name)
-                    .chars()
-                    .take(256)
-                    .collect();
+                let d: String = if description.trim().is_empty() {
+                    name.clone()
+                } else {
+                    description.chars().take(256).collect()
+                };
                 json!({ "command": name, "description": d })
             })
             .collect();

@@ -27,6 +27,7 @@ mod action;
 mod ai;
 mod bot;
 mod channel;
+mod commands;
 mod error;
 mod in_process;
 pub mod lease;
@@ -45,6 +46,7 @@ pub use action::{Action, ActionContext, ActionInfo, ActionRegistry};
 pub use ai::{Classifier, Label};
 pub use bot::{Bot, BotBuilder};
 pub use channel::{Capabilities, Channel, ChannelListener, ChannelSender, Inbox, Senders, SentId};
+pub use commands::{CommandInfo, CommandParam};
 pub use error::{BoxError, Error, Result, StoreError, TaskError};
 pub use in_process::{InProcess, InProcessHandle};
 pub use message::{

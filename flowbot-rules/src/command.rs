@@ -47,32 +47,7 @@ struct Param {
 }
 
 /// A compiled command pattern.
-/// One argument of a rule's command, for platforms that declare commands (Telegram's menu,
-/// Discord's slash commands).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandParam {
-    /// Its name.
-    pub name: String,
-    /// `word`, `int`, `float`, `bool` or `duration`.
-    pub kind: &'static str,
-    /// Whether it may be left out.
-    pub optional: bool,
-    /// Whether it takes the rest of the text.
-    pub rest: bool,
-}
-
-/// A command the rules answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandInfo {
-    /// The name, without the slash.
-    pub name: String,
-    /// The rule's description, if it has one.
-    pub description: Option<String>,
-    /// `/name <arg> …`.
-    pub usage: String,
-    /// Its arguments, in order.
-    pub params: Vec<CommandParam>,
-}
+pub use flowbot_core::{CommandInfo, CommandParam};
 
 impl ArgType {
     fn name(self) -> &'static str {

@@ -1,0 +1,200 @@
+//! The Discord channel (HTTP interactions) through the server, against a local Discord API:
+//! the rules' commands registered as slash commands, PING, signatures and the replay window,
+//! a command answered by replacing its deferred response, a button click answered with a
+//! follow-up, a redelivered interaction handled once, and a 429 waited out.
+
+mod common;
+#[path = "discord/fake.rs"]
+mod fake;
+mod harness;
+
+use fake::{APP_ID, BOT_TOKEN, FakeDiscord, click, command, public_key, sign};
+use flowbot_server::config::DiscordEntry;
+use harness::{Server, problem, start_with};
+use serde_json::{Value, json};
+
+fn entry(fake: &FakeDiscord) -> DiscordEntry {
+    DiscordEntry {
+        bot_token: BOT_TOKEN.into(),
+        application_id: APP_ID.into(),
+        public_key: public_key(),
+        api_base: fake.api(),
+    }
+}
+
+async fn post(server: &Server, body: &str, ts: i64) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/hooks/discord/dc/interactions", server.base))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    for (k, v) in sign(body, ts) {
+        req = req.header(k, v);
+    }
+    req.send().await.expect("post")
+}
+
+async fn interact(server: &Server, body: &Value) -> Value {
+    let res = post(server, &body.to_string(), chrono::Utc::now().timestamp()).await;
+    assert_eq!(res.status().as_u16(), 200);
+    res.json().await.expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_and_clicks_are_verified_and_answered() {
+    let discord = FakeDiscord::start().await;
+    let f = discord.clone();
+    let server = start_with(move |c| {
+        c.discord.insert("dc".into(), entry(&f));
+    })
+    .await;
+
+    // The demo rules' commands, registered as global slash commands with typed options.
+    let registered = discord.commands();
+    let remind = registered
+        .iter()
+        .find(|c| c["name"] == "remind")
+        .expect("remind registered");
+    let options: Vec<(&str, bool)> = remind["options"]
+        .as_array()
+        .expect("options")
+        .iter()
+        .map(|o| (o["name"].as_str().expect("name"), o["required"] == true))
+        .collect();
+    assert_eq!(options, [("delay", true), ("text", true)]);
+    assert!(registered.iter().any(|c| c["name"] == "feedback"));
+    assert!(
+        registered
+            .iter()
+            .all(|c| c["description"].as_str().is_some_and(|d| !d.is_empty()))
+    );
+
+    // PING, and what must be refused.
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(
+        interact(&server, &json!({"type": 1})).await,
+        json!({"type": 1})
+    );
+    let body = json!({"type": 1}).to_string();
+    let mut forged = reqwest::Client::new()
+        .post(format!("{}/hooks/discord/dc/interactions", server.base))
+        .header("content-type", "application/json")
+        .body(body.clone());
+    for (k, v) in sign("{\"type\":2}", now) {
+        forged = forged.header(k, v);
+    }
+    problem(forged.send().await.expect("post"), 401).await;
+    problem(post(&server, &body, now - 3600).await, 401).await;
+    let unsigned = reqwest::Client::new()
+        .post(format!("{}/hooks/discord/dc/interactions", server.base))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("post");
+    problem(unsigned, 401).await;
+    problem(post(&server, "{oops", now).await, 400).await;
+    problem(
+        post(&server, &json!({"kind": 2}).to_string(), now).await,
+        422,
+    )
+    .await;
+
+    // A command: acknowledged at once, the reply replaces the deferred response. Discord
+    // delivering it again changes nothing.
+    let (id, token) = discord.interaction("C1");
+    let echo = command(&id, &token, "C1", "echo", &[("text", "hello Discord")]);
+    assert_eq!(interact(&server, &echo).await, json!({"type": 5}));
+    assert_eq!(interact(&server, &echo).await, json!({"type": 5}));
+    let sent = discord.wait_for("C1", "hello Discord").await;
+    assert_eq!(sent.via, "original");
+    assert_eq!(sent.body["allowed_mentions"], json!({"parse": []}));
+
+    // Buttons: the dialog's choices as an action row; a click is acknowledged and answered
+    // with a follow-up (after a 429, waited out).
+    let (id, token) = discord.interaction("C1");
+    interact(&server, &command(&id, &token, "C1", "feedback", &[])).await;
+    let ask = discord
+        .wait_for("C1", "How would you rate this demo, from 1 to 5?")
+        .await;
+    let ids: Vec<&str> = ask.body["components"][0]["components"]
+        .as_array()
+        .expect("buttons")
+        .iter()
+        .map(|b| b["custom_id"].as_str().expect("custom_id"))
+        .collect();
+    assert_eq!(ids, ["1", "2", "3", "4", "5"]);
+    discord.rate_limit_once();
+    let (id, token) = discord.interaction("C1");
+    assert_eq!(
+        interact(&server, &click(&id, &token, "C1", "5")).await,
+        json!({"type": 6})
+    );
+    let answer = discord
+        .wait_for("C1", "Glad you like it! Anything to add?")
+        .await;
+    assert_eq!(answer.via, "followup");
+
+    assert_eq!(
+        discord
+            .sent_to("C1")
+            .iter()
+            .filter(|s| s.body["content"] == "hello Discord")
+            .count(),
+        1
+    );
+    let doc: Value = reqwest::get(format!("{}/api/v1/openapi.json", server.base))
+        .await
+        .expect("doc")
+        .json()
+        .await
+        .expect("json");
+    assert!(doc["paths"]["/hooks/discord/{channel}/interactions"]["post"].is_object());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_posts_to_channels_and_edits() {
+    use flowbot_core::{Outbound, Target};
+    let discord = FakeDiscord::start().await;
+    let dir = common::TempDir::new("flowbot-discord-sender");
+    let store: std::sync::Arc<dyn flowbot_core::Store> = std::sync::Arc::new(
+        flowbot_store::SqliteStore::open_in_dir(&dir.0)
+            .await
+            .expect("store"),
+    );
+    let (_, channel) =
+        flowbot_channels::discord::Discord::new(store, entry(&discord).channel_config("dc"))
+            .expect("discord");
+    let target = Target {
+        channel: "dc".into(),
+        conversation: "C7".into(),
+        thread: None,
+    };
+    let long = "line\n".repeat(500); // 2,500 characters: two messages
+    let id = channel
+        .sender()
+        .send(
+            &Outbound::markdown(long)
+                .button("OK", "ok")
+                .to(target.clone()),
+        )
+        .await
+        .expect("send");
+    let sent = discord.sent_to("C7");
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().all(|s| s.via == "channel"));
+    assert!(
+        sent[0].body.get("components").is_none(),
+        "buttons go with the last part"
+    );
+    assert_eq!(
+        sent[1].body["components"][0]["components"][0]["custom_id"],
+        "ok"
+    );
+    channel
+        .sender()
+        .edit(&id, &Outbound::text("edited").to(target))
+        .await
+        .expect("edit");
+    assert_eq!(discord.edits()[0].1["content"], "edited");
+}

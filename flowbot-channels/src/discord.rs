@@ -1,0 +1,700 @@
+//! Discord, in HTTP interactions mode: the bot runs without a gateway connection. Discord
+//! POSTs slash commands and component clicks to the application's *Interactions Endpoint URL*,
+//! `POST /hooks/discord/{channel}/interactions`, signed with Ed25519 (`X-Signature-Ed25519` over
+//! `X-Signature-Timestamp` + body, checked against the application's public key; timestamps
+//! older than five minutes are refused). Each interaction is stored on the task queue and
+//! acknowledged at once (a deferred response), as Discord wants an answer within three
+//! seconds; the bot's replies then go through the interaction's webhook: the first reply to a
+//! command replaces the "thinking…" response, later ones are follow-ups. Messages the bot
+//! starts itself go to `POST /channels/{id}/messages`.
+//!
+//! The rules' commands are registered as the application's global slash commands at start
+//! ([`Discord::register_commands`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use ed25519_dalek::{Signature, VerifyingKey};
+use flowbot_core::metrics::LabeledCounter;
+use flowbot_core::task::NewTask;
+use flowbot_core::{
+    Capabilities, Channel, ChannelName, ChannelSender, CommandInfo, Error, Event, INBOUND_TASK,
+    Interaction, Message, MessageId, Outbound, Result, Role, Sender, SentId, Store, UserId,
+};
+use serde_json::{Value, json};
+
+use crate::problem::Problem;
+
+/// Discord's API, version 10.
+pub const DEFAULT_API_BASE: &str = "https://discord.com/api/v10";
+
+/// How far an interaction's timestamp may be from now.
+const REPLAY_WINDOW_SECS: u64 = 300;
+
+/// Discord's limit on a message's content, in characters.
+const MAX_CONTENT: usize = 2000;
+
+/// The `EPHEMERAL` message flag.
+const EPHEMERAL: u64 = 1 << 6;
+
+/// One Discord application's settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DiscordConfig {
+    /// Channel name.
+    pub name: String,
+    /// The bot token.
+    pub bot_token: String,
+    /// The application id.
+    pub application_id: String,
+    /// The application's public key (64 hex digits), for request signatures.
+    pub public_key: String,
+    /// The API's base URL.
+    pub api_base: String,
+}
+
+impl std::fmt::Debug for DiscordConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscordConfig")
+            .field("name", &self.name)
+            .field("application_id", &self.application_id)
+            .field("api_base", &self.api_base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiscordConfig {
+    /// Check the settings; the message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !crate::valid_id(&self.name, 64) {
+            return Err(format!(
+                "name '{}' must be 1-64 characters of A-Z a-z 0-9 _ - . : @",
+                self.name
+            ));
+        }
+        if self.bot_token.trim().len() < 20 {
+            return Err("bot_token is not a bot token".into());
+        }
+        if self.application_id.is_empty()
+            || !self.application_id.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err("application_id must be the application's numeric id".into());
+        }
+        public_key(&self.public_key)?;
+        if !(self.api_base.starts_with("http://") || self.api_base.starts_with("https://")) {
+            return Err(format!(
+                "api_base '{}' is not an http:// or https:// URL",
+                self.api_base
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn public_key(hex_key: &str) -> std::result::Result<VerifyingKey, String> {
+    let bytes: [u8; 32] = hex::decode(hex_key.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("public_key must be the application's public key: 64 hex digits")?;
+    VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| "public_key is not a valid Ed25519 public key".to_owned())
+}
+
+/// What a Discord channel has seen, for metrics.
+#[derive(Debug, Default)]
+pub struct DiscordStats {
+    /// Interactions stored for the pipeline.
+    pub accepted: AtomicU64,
+    /// Interactions ignored, by reason.
+    pub ignored: LabeledCounter,
+    /// Failed API calls.
+    pub api_errors: AtomicU64,
+}
+
+/// A Discord application: its interactions route, its sender, its statistics.
+#[derive(Clone)]
+pub struct Discord {
+    state: Arc<DiscordState>,
+}
+
+impl std::fmt::Debug for Discord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discord")
+            .field("name", &self.state.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+struct DiscordState {
+    config: DiscordConfig,
+    channel: ChannelName,
+    store: Arc<dyn Store>,
+    key: VerifyingKey,
+    client: reqwest::Client,
+    stats: DiscordStats,
+    /// Interaction tokens whose deferred response was already replaced by a reply.
+    answered: std::sync::Mutex<HashSet<String>>,
+}
+
+impl Discord {
+    /// A Discord application with `config` (checked here; no call to Discord until used), and
+    /// the channel to register with the bot builder.
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: DiscordConfig,
+    ) -> std::result::Result<(Discord, Channel), String> {
+        let fail = |e: String| format!("discord channel '{}': {e}", config.name);
+        config.validate().map_err(fail)?;
+        let key = public_key(&config.public_key).map_err(fail)?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let discord = Discord {
+            state: Arc::new(DiscordState {
+                channel: ChannelName::from(config.name.as_str()),
+                config,
+                store,
+                key,
+                client,
+                stats: DiscordStats::default(),
+                answered: std::sync::Mutex::new(HashSet::new()),
+            }),
+        };
+        let channel = Channel::new(
+            discord.state.config.name.as_str(),
+            DiscordSender(discord.state.clone()),
+        );
+        Ok((discord, channel))
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        &self.state.config.name
+    }
+
+    /// `POST /hooks/discord/{channel}/interactions`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(
+                &format!("/hooks/discord/{}/interactions", self.state.config.name),
+                post(interactions),
+            )
+            .with_state(self.state.clone())
+    }
+
+    /// Register `commands` as the application's global slash commands (replacing the ones it
+    /// had). Arguments become options (`int` an integer, `float` a number, `bool` a boolean,
+    /// anything else a string); names Discord does not accept are left out. Returns how many
+    /// were registered.
+    pub async fn register_commands(
+        &self,
+        commands: &[CommandInfo],
+    ) -> std::result::Result<usize, String> {
+        let list: Vec<Value> = commands
+            .iter()
+            .filter(|c| valid_command_name(&c.name))
+            .take(100)
+            .map(|c| {
+                let options: Vec<Value> = c
+                    .params
+                    .iter()
+                    .filter(|p| valid_command_name(&p.name))
+                    .take(25)
+                    .map(|p| {
+                        let kind = match p.kind {
+                            "int" => 4,
+                            "float" => 10,
+                            "bool" => 5,
+                            _ => 3,
+                        };
+                        json!({ "type": kind, "name": p.name, "description": p.name, "required": !p.optional })
+                    })
+                    .collect();
+                let description: String = c
+                    .description
+                    .as_deref()
+                    .filter(|d| !d.trim().is_empty())
+                    .unwrap_or(&c.usage)
+                    .chars()
+                    .take(100)
+                    .collect();
+                json!({ "name": c.name, "type": 1, "description": description, "options": options })
+            })
+            .collect();
+        let n = list.len();
+        let url = format!(
+            "{}/applications/{}/commands",
+            self.state.api(),
+            self.state.config.application_id
+        );
+        DiscordSender(self.state.clone())
+            .request(reqwest::Method::PUT, &url, true, &Value::Array(list))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(n)
+    }
+}
+
+fn valid_command_name(name: &str) -> bool {
+    (1..=32).contains(&name.chars().count())
+        && name
+            .chars()
+            .all(|c| c.is_lowercase() || c.is_numeric() || c == '-' || c == '_')
+}
+
+impl crate::AdapterStats for Discord {
+    fn channel(&self) -> &str {
+        &self.state.config.name
+    }
+    fn ignored(&self) -> Vec<(String, u64)> {
+        self.state.stats.ignored.snapshot()
+    }
+    fn api_errors(&self) -> u64 {
+        self.state.stats.api_errors.load(Ordering::Relaxed)
+    }
+}
+
+impl DiscordState {
+    fn api(&self) -> &str {
+        self.config.api_base.trim_end_matches('/')
+    }
+}
+
+/// Check an interaction's signature and timestamp.
+fn verify(
+    state: &DiscordState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> std::result::Result<(), Problem> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let unauthorized = |d: &str| Problem::new(StatusCode::UNAUTHORIZED, d.to_owned());
+    let (Some(sig), Some(ts)) = (
+        header("x-signature-ed25519"),
+        header("x-signature-timestamp"),
+    ) else {
+        return Err(unauthorized(
+            "missing X-Signature-Ed25519 or X-Signature-Timestamp header",
+        ));
+    };
+    let sig: [u8; 64] = hex::decode(sig)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| unauthorized("X-Signature-Ed25519 is not 64 hex-encoded bytes"))?;
+    let at: i64 = ts
+        .parse()
+        .map_err(|_| unauthorized("X-Signature-Timestamp is not a unix time"))?;
+    if chrono::Utc::now().timestamp().abs_diff(at) > REPLAY_WINDOW_SECS {
+        return Err(unauthorized(
+            "X-Signature-Timestamp is outside the replay window of 300 seconds",
+        ));
+    }
+    let mut signed = Vec::with_capacity(ts.len() + body.len());
+    signed.extend_from_slice(ts.as_bytes());
+    signed.extend_from_slice(body);
+    state
+        .key
+        .verify_strict(&signed, &Signature::from_bytes(&sig))
+        .map_err(|_| unauthorized("signature does not match"))
+}
+
+async fn interactions(
+    State(state): State<Arc<DiscordState>>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    match on_interaction(&state, &headers, body).await {
+        Ok(answer) => (StatusCode::OK, axum::Json(answer)).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// The user of an interaction (`member.user` in a server, `user` in a DM), with `Admin` when
+/// their permissions include ADMINISTRATOR.
+fn sender_of(i: &Value) -> Option<Sender> {
+    let user = i["member"]["user"].as_object().or(i["user"].as_object())?;
+    let id = user.get("id")?.as_str()?.to_owned();
+    let name = user
+        .get("global_name")
+        .and_then(Value::as_str)
+        .or(user.get("username").and_then(Value::as_str))
+        .map(str::to_owned);
+    let admin = i["member"]["permissions"]
+        .as_str()
+        .and_then(|p| p.parse::<u64>().ok())
+        .is_some_and(|p| p & 0x8 != 0);
+    let mut roles = vec![Role::User];
+    if admin {
+        roles.push(Role::Admin);
+    }
+    Some(Sender {
+        id: UserId(id),
+        name,
+        roles,
+    })
+}
+
+/// `/name value value…` from a command's options (sub-commands become words).
+fn command_line(data: &Value) -> String {
+    fn walk(options: &Value, out: &mut Vec<String>) {
+        for o in options.as_array().into_iter().flatten() {
+            match o["type"].as_u64() {
+                // Sub-command or group: its name, then its own options.
+                Some(1 | 2) => {
+                    out.push(o["name"].as_str().unwrap_or_default().to_owned());
+                    walk(&o["options"], out);
+                }
+                _ => match &o["value"] {
+                    Value::String(s) => out.push(s.clone()),
+                    Value::Null => {}
+                    v => out.push(v.to_string()),
+                },
+            }
+        }
+    }
+    let mut words = vec![format!("/{}", data["name"].as_str().unwrap_or_default())];
+    walk(&data["options"], &mut words);
+    words.join(" ")
+}
+
+async fn on_interaction(
+    state: &DiscordState,
+    headers: &HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> std::result::Result<Value, Problem> {
+    let body = body.map_err(|e| Problem::new(e.status(), e.body_text()))?;
+    verify(state, headers, &body)?;
+    let i: Value = serde_json::from_slice(&body)
+        .map_err(|e| Problem::bad_request(format!("invalid interaction: {e}")))?;
+    let kind = i["type"].as_u64().ok_or_else(|| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid interaction: no numeric 'type'",
+        )
+    })?;
+    if kind == 1 {
+        return Ok(json!({ "type": 1 })); // PING → PONG
+    }
+    let field = |name: &str| {
+        i[name].as_str().map(str::to_owned).ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("invalid interaction: no '{name}'"),
+            )
+        })
+    };
+    let (id, token) = (field("id")?, field("token")?);
+    let channel_id = i["channel_id"]
+        .as_str()
+        .or(i["channel"]["id"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid interaction: no channel",
+            )
+        })?;
+    let sender = sender_of(&i).ok_or_else(|| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid interaction: no user",
+        )
+    })?;
+    let (event, answer) = match kind {
+        2 => {
+            let mut message = Message::text(
+                state.channel.clone(),
+                channel_id.as_str(),
+                sender,
+                command_line(&i["data"]),
+            );
+            message.id = MessageId(format!("command:{id}:{token}"));
+            message.raw = Some(i.clone());
+            // DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE: "thinking…" until the reply replaces it.
+            (Event::Message(message), json!({ "type": 5 }))
+        }
+        3 => {
+            let value = i["data"]["custom_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let event = Event::Interaction(Interaction {
+                channel: state.channel.clone(),
+                conversation: channel_id.as_str().into(),
+                sender,
+                value,
+                id: MessageId(format!("component:{id}:{token}")),
+            });
+            // DEFERRED_UPDATE_MESSAGE: the click is acknowledged; replies are follow-ups.
+            (event, json!({ "type": 6 }))
+        }
+        4 => {
+            state.stats.ignored.inc("autocomplete");
+            return Ok(json!({ "type": 8, "data": { "choices": [] } }));
+        }
+        other => {
+            state
+                .stats
+                .ignored
+                .inc(&format!("interaction type {other}"));
+            return Ok(json!({ "type": 6 }));
+        }
+    };
+    let task = NewTask::new(INBOUND_TASK, &event)
+        .map_err(|e| Problem::bad_request(e.to_string()))?
+        .concurrency_key(format!("inbound:{}:{channel_id}", state.channel))
+        .dedupe_key(format!("inbound:{}:interaction:{id}", state.channel));
+    state
+        .store
+        .enqueue(&task)
+        .await
+        .map_err(|e| Problem::from_store(&e))?;
+    state.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    Ok(answer)
+}
+
+struct DiscordSender(Arc<DiscordState>);
+
+impl DiscordSender {
+    fn err(&self, detail: impl Into<String>) -> Error {
+        Error::Channel {
+            channel: self.0.config.name.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    /// A request to Discord, waiting out short 429s as Discord asks (`retry_after`).
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        bot_auth: bool,
+        body: &Value,
+    ) -> Result<Value> {
+        for attempt in 0..3 {
+            let mut req = self.0.client.request(method.clone(), url).json(body);
+            if bot_auth {
+                req = req.header("authorization", format!("Bot {}", self.0.config.bot_token));
+            }
+            let res = req.send().await.map_err(|e| {
+                self.0.stats.api_errors.fetch_add(1, Ordering::Relaxed);
+                self.err(format!("{method} {}: {}", redact(url), e.without_url()))
+            })?;
+            let status = res.status();
+            let answer: Value = res.json().await.unwrap_or(Value::Null);
+            if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                let wait = answer["retry_after"].as_f64().unwrap_or(1.0);
+                if attempt < 2 && wait <= 10.0 {
+                    tracing::info!(channel = %self.0.channel, wait, "Discord rate limit; waiting");
+                    tokio::time::sleep(Duration::from_secs_f64(wait.max(0.0))).await;
+                    continue;
+                }
+            }
+            if !status.is_success() {
+                self.0.stats.api_errors.fetch_add(1, Ordering::Relaxed);
+                let why = answer["message"].as_str().unwrap_or("no message");
+                return Err(self.err(format!(
+                    "{method} {}: Discord answered {status}: {why}",
+                    redact(url)
+                )));
+            }
+            return Ok(answer);
+        }
+        Err(self.err(format!("{method} {}: still rate limited", redact(url))))
+    }
+}
+
+/// A URL without the interaction token in it (for error messages).
+fn redact(url: &str) -> String {
+    match url.find("/webhooks/") {
+        Some(i) => format!("{}/webhooks/…", &url[..i]),
+        None => url.to_owned(),
+    }
+}
+
+/// The message body: content (Markdown is Discord's own), buttons as action rows of five,
+/// and no pings from what the bot echoes.
+fn body(message: &Outbound, content: &str) -> Value {
+    let rows: Vec<Value> = message
+        .buttons
+        .chunks(5)
+        .take(5)
+        .map(|chunk| {
+            let buttons: Vec<Value> = chunk
+                .iter()
+                .map(|b| {
+                    let label: String = b.label.chars().take(80).collect();
+                    json!({ "type": 2, "style": 1, "label": label, "custom_id": b.value })
+                })
+                .collect();
+            json!({ "type": 1, "components": buttons })
+        })
+        .collect();
+    let mut out = json!({ "content": content, "allowed_mentions": { "parse": [] } });
+    if !rows.is_empty() {
+        out["components"] = Value::Array(rows);
+    }
+    out
+}
+
+/// Cut `text` into pieces of at most [`MAX_CONTENT`] characters, at line breaks when it can.
+fn pieces(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.split_inclusive('\n') {
+        if current.chars().count() + line.chars().count() > MAX_CONTENT && !current.is_empty() {
+            out.push(std::mem::take(&mut current));
+        }
+        let mut line = line;
+        while line.chars().count() > MAX_CONTENT {
+            let cut = line
+                .char_indices()
+                .nth(MAX_CONTENT)
+                .map_or(line.len(), |(i, _)| i);
+            out.push(line[..cut].to_owned());
+            line = &line[cut..];
+        }
+        current.push_str(line);
+    }
+    if !current.is_empty() || out.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+#[async_trait]
+impl ChannelSender for DiscordSender {
+    async fn send(&self, message: &Outbound) -> Result<SentId> {
+        let target = message
+            .target
+            .as_ref()
+            .ok_or_else(|| self.err("outbound message has no target"))?;
+        for b in &message.buttons {
+            if b.value.is_empty() || b.value.len() > 100 {
+                return Err(self.err(format!(
+                    "button '{}': its value must be 1-100 characters for Discord",
+                    b.label
+                )));
+            }
+        }
+        // A reply to an interaction goes through its webhook.
+        let interaction = message.reply_to.as_ref().and_then(|r| {
+            let (kind, rest) = r.as_str().split_once(':')?;
+            let (_, token) = rest.split_once(':')?;
+            matches!(kind, "command" | "component").then(|| (kind == "command", token.to_owned()))
+        });
+        let api = self.0.api().to_owned();
+        let app = &self.0.config.application_id;
+        let mut text = message.text.clone();
+        for a in &message.attachments {
+            // Discord shows a link to an image or file as its preview.
+            text.push('\n');
+            text.push_str(&a.url);
+        }
+        let parts = pieces(&text);
+        let last = parts.len() - 1;
+        let mut sent = None;
+        for (n, part) in parts.iter().enumerate() {
+            let mut b = if n == last {
+                body(message, part)
+            } else {
+                body(&Outbound::default(), part)
+            };
+            let answer = match &interaction {
+                Some((is_command, token)) => {
+                    let first = *is_command
+                        && self
+                            .0
+                            .answered
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(token.clone());
+                    if first {
+                        let url = format!("{api}/webhooks/{app}/{token}/messages/@original");
+                        self.request(reqwest::Method::PATCH, &url, false, &b)
+                            .await?
+                    } else {
+                        if message.ephemeral {
+                            b["flags"] = EPHEMERAL.into();
+                        }
+                        let url = format!("{api}/webhooks/{app}/{token}?wait=true");
+                        self.request(reqwest::Method::POST, &url, false, &b).await?
+                    }
+                }
+                None => {
+                    let channel = target
+                        .thread
+                        .as_deref()
+                        .unwrap_or(target.conversation.as_str());
+                    let url = format!("{api}/channels/{channel}/messages");
+                    self.request(reqwest::Method::POST, &url, true, &b).await?
+                }
+            };
+            let id = answer["id"].as_str().unwrap_or_default();
+            let channel = answer["channel_id"]
+                .as_str()
+                .unwrap_or(target.conversation.as_str());
+            sent = Some(SentId(format!("{channel}:{id}")));
+        }
+        sent.ok_or_else(|| self.err("nothing was sent"))
+    }
+
+    async fn edit(&self, id: &SentId, message: &Outbound) -> Result<()> {
+        let (channel, message_id) =
+            id.0.split_once(':')
+                .ok_or_else(|| self.err(format!("'{}' is not a Discord message id", id.0)))?;
+        let url = format!("{}/channels/{channel}/messages/{message_id}", self.0.api());
+        let text = pieces(&message.text).swap_remove(0);
+        self.request(reqwest::Method::PATCH, &url, true, &body(message, &text))
+            .await
+            .map(|_| ())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            markdown: true,
+            buttons: true,
+            edit: true,
+            threads: true,
+            ephemeral: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_pieces_and_names() {
+        let data = json!({"name": "remind", "options": [
+            {"name": "delay", "type": 3, "value": "10m"}, {"name": "text", "type": 3, "value": "tea time"}]});
+        assert_eq!(command_line(&data), "/remind 10m tea time");
+        let sub = json!({"name": "admin", "options": [{"name": "ban", "type": 1, "options": [{"name": "n", "type": 4, "value": 3}]}]});
+        assert_eq!(command_line(&sub), "/admin ban 3");
+        let long = "x".repeat(4500);
+        let p = pieces(&long);
+        assert_eq!(
+            p.iter().map(|s| s.len()).collect::<Vec<_>>(),
+            [2000, 2000, 500]
+        );
+        assert!(
+            valid_command_name("remind")
+                && !valid_command_name("Remind")
+                && !valid_command_name("")
+        );
+        assert_eq!(
+            redact("https://discord.com/api/v10/webhooks/1/secret-token"),
+            "https://discord.com/api/v10/webhooks/…"
+        );
+    }
+}
