@@ -225,7 +225,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         "# HELP flowbot_channel_ignored_total Platform updates ignored, by channel and reason.\n# TYPE flowbot_channel_ignored_total counter"
     );
     for a in &s.adapters {
-        for (reason, n) in a.ignored() {
+        for (reason, n) in a.counters().ignored.snapshot() {
             let _ = writeln!(
                 out,
                 "flowbot_channel_ignored_total{{channel=\"{}\",reason=\"{}\"}} {n}",
@@ -243,7 +243,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
             out,
             "flowbot_channel_api_errors_total{{channel=\"{}\"}} {}",
             escape_label(a.channel()),
-            a.api_errors()
+            a.counters().api_errors.load(Relaxed)
         );
     }
     let _ = writeln!(

@@ -65,6 +65,25 @@ trait Platform: Send {
     async fn drop_connection(&mut self, name: &str);
 }
 
+/// The first message for `key` not returned before, from what `sent` lists (waiting up to
+/// 20 s for it).
+async fn next_unseen<T>(
+    seen: &mut HashMap<String, usize>,
+    key: &str,
+    mut sent: impl FnMut() -> Vec<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = seen.get(key).copied().unwrap_or(0);
+        if let Some(m) = sent().into_iter().nth(n) {
+            seen.insert(key.to_owned(), n + 1);
+            return m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no reply in {key}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 struct Web {
     ws_base: String,
     sockets: HashMap<String, Chat>,
@@ -184,29 +203,19 @@ impl Platform for Webhook {
     }
     async fn reply(&mut self, name: &str) -> Reply {
         let conversation = self.conversation(name);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let seen = self.seen.get(&conversation).copied().unwrap_or(0);
-            let next = {
-                let all = self.callbacks.lock().expect("lock");
-                all.iter()
-                    .filter(|(c, _)| c.conversation == conversation)
-                    .nth(seen)
-                    .cloned()
-            };
-            if let Some((callback, signed)) = next {
-                assert!(signed, "the reply carries a valid signature");
-                self.seen.insert(conversation, seen + 1);
-                return Reply {
-                    text: callback.text,
-                    buttons: callback.buttons.into_iter().map(|b| b.value).collect(),
-                };
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no reply in {conversation}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let callbacks = self.callbacks.clone();
+        let (callback, signed) = next_unseen(&mut self.seen, &conversation, || {
+            let all = callbacks.lock().expect("lock");
+            all.iter()
+                .filter(|(c, _)| c.conversation == conversation)
+                .cloned()
+                .collect()
+        })
+        .await;
+        assert!(signed, "the reply carries a valid signature");
+        Reply {
+            text: callback.text,
+            buttons: callback.buttons.into_iter().map(|b| b.value).collect(),
         }
     }
     async fn drop_connection(&mut self, name: &str) {
@@ -222,7 +231,7 @@ impl Platform for Webhook {
 
 struct Telegram {
     fake: FakeTelegram,
-    seen: HashMap<i64, usize>,
+    seen: HashMap<String, usize>,
     clicks: u32,
 }
 
@@ -254,27 +263,20 @@ impl Platform for Telegram {
     }
     async fn reply(&mut self, name: &str) -> Reply {
         let chat = Telegram::chat(name);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let seen = self.seen.get(&chat).copied().unwrap_or(0);
-            if let Some(m) = self.fake.sent_to(chat).into_iter().nth(seen) {
-                self.seen.insert(chat, seen + 1);
-                let buttons = m["reply_markup"]["inline_keyboard"]
-                    .as_array()
-                    .map(|rows| {
-                        rows.iter()
-                            .flat_map(|r| r.as_array().cloned().unwrap_or_default())
-                            .map(|b| b["callback_data"].as_str().unwrap_or_default().to_owned())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                return Reply {
-                    text: m["text"].as_str().unwrap_or_default().to_owned(),
-                    buttons,
-                };
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no reply in {chat}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let fake = self.fake.clone();
+        let m = next_unseen(&mut self.seen, &chat.to_string(), || fake.sent_to(chat)).await;
+        let buttons = m["reply_markup"]["inline_keyboard"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .flat_map(|r| r.as_array().cloned().unwrap_or_default())
+                    .map(|b| b["callback_data"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Reply {
+            text: m["text"].as_str().unwrap_or_default().to_owned(),
+            buttons,
         }
     }
     async fn drop_connection(&mut self, _name: &str) {
@@ -328,37 +330,27 @@ impl Platform for Tailchat {
     }
     async fn reply(&mut self, name: &str) -> Reply {
         let converse = format!("c-{name}");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let seen = self.seen.get(&converse).copied().unwrap_or(0);
-            if let Some(m) = self.fake.sent_to(&converse).into_iter().nth(seen) {
-                self.seen.insert(converse, seen + 1);
-                assert_eq!(m["groupId"], "g1");
-                let content = m["content"].as_str().unwrap_or_default();
-                let (text, options) = content
-                    .split_once("\nReply with: ")
-                    .unwrap_or((content, ""));
-                let buttons = options
-                    .split(" · ")
-                    .filter(|o| !o.is_empty())
-                    .map(|o| {
-                        o.rsplit_once("[b]")
-                            .map_or(o, |(_, v)| v)
-                            .trim_end_matches(')')
-                            .trim_end_matches("[/b]")
-                            .to_owned()
-                    })
-                    .collect();
-                return Reply {
-                    text: text.to_owned(),
-                    buttons,
-                };
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no reply in {converse}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let fake = self.fake.clone();
+        let m = next_unseen(&mut self.seen, &converse, || fake.sent_to(&converse)).await;
+        assert_eq!(m["groupId"], "g1");
+        let content = m["content"].as_str().unwrap_or_default();
+        let (text, options) = content
+            .split_once("\nReply with: ")
+            .unwrap_or((content, ""));
+        let buttons = options
+            .split(" · ")
+            .filter(|o| !o.is_empty())
+            .map(|o| {
+                o.rsplit_once("[b]")
+                    .map_or(o, |(_, v)| v)
+                    .trim_end_matches(')')
+                    .trim_end_matches("[/b]")
+                    .to_owned()
+            })
+            .collect();
+        Reply {
+            text: text.to_owned(),
+            buttons,
         }
     }
     async fn drop_connection(&mut self, _name: &str) {
@@ -432,31 +424,21 @@ impl Platform for SlackUser {
     }
     async fn reply(&mut self, name: &str) -> Reply {
         let channel = self.conversation(name);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let seen = self.seen.get(&channel).copied().unwrap_or(0);
-            if let Some(m) = self.fake.posted(&channel).into_iter().nth(seen) {
-                self.seen.insert(channel, seen + 1);
-                let buttons = m["blocks"]
-                    .as_array()
-                    .and_then(|b| b.iter().find(|b| b["type"] == "actions"))
-                    .and_then(|a| a["elements"].as_array())
-                    .map(|e| {
-                        e.iter()
-                            .map(|b| b["value"].as_str().unwrap_or_default().to_owned())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                return Reply {
-                    text: m["text"].as_str().unwrap_or_default().to_owned(),
-                    buttons,
-                };
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no reply in {channel}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let fake = self.fake.clone();
+        let m = next_unseen(&mut self.seen, &channel, || fake.posted(&channel)).await;
+        let buttons = m["blocks"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["type"] == "actions"))
+            .and_then(|a| a["elements"].as_array())
+            .map(|e| {
+                e.iter()
+                    .map(|b| b["value"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Reply {
+            text: m["text"].as_str().unwrap_or_default().to_owned(),
+            buttons,
         }
     }
     async fn drop_connection(&mut self, _name: &str) {
@@ -534,28 +516,18 @@ impl Platform for DiscordUser {
     }
     async fn reply(&mut self, name: &str) -> Reply {
         let channel = self.conversation(name);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let seen = self.seen.get(&channel).copied().unwrap_or(0);
-            if let Some(m) = self.fake.sent_to(&channel).into_iter().nth(seen) {
-                self.seen.insert(channel, seen + 1);
-                let buttons = m.body["components"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
-                    .map(|b| b["custom_id"].as_str().unwrap_or_default().to_owned())
-                    .collect();
-                return Reply {
-                    text: m.body["content"].as_str().unwrap_or_default().to_owned(),
-                    buttons,
-                };
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no reply in {channel}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let fake = self.fake.clone();
+        let m = next_unseen(&mut self.seen, &channel, || fake.sent_to(&channel)).await;
+        let buttons = m.body["components"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
+            .map(|b| b["custom_id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        Reply {
+            text: m.body["content"].as_str().unwrap_or_default().to_owned(),
+            buttons,
         }
     }
     async fn drop_connection(&mut self, _name: &str) {

@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,14 +25,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use ed25519_dalek::{Signature, VerifyingKey};
-use flowbot_core::metrics::LabeledCounter;
-use flowbot_core::task::NewTask;
 use flowbot_core::{
-    Capabilities, Channel, ChannelName, ChannelSender, CommandInfo, Error, Event, INBOUND_TASK,
-    Interaction, Message, MessageId, Outbound, Result, Role, Sender, SentId, Store, UserId,
+    Capabilities, Channel, ChannelName, ChannelSender, CommandInfo, Error, Event, Interaction,
+    Message, MessageId, Outbound, Result, Role, Sender, SentId, Store, UserId,
 };
 use serde_json::{Value, json};
 
+use crate::AdapterCounters;
+use crate::adapter::{check_name, check_url, enqueue_inbound};
 use crate::problem::Problem;
 
 /// Discord's API, version 10.
@@ -75,12 +75,7 @@ impl std::fmt::Debug for DiscordConfig {
 impl DiscordConfig {
     /// Check the settings; the message names the field.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if !crate::valid_id(&self.name, 64) {
-            return Err(format!(
-                "name '{}' must be 1-64 characters of A-Z a-z 0-9 _ - . : @",
-                self.name
-            ));
-        }
+        check_name(&self.name)?;
         if self.bot_token.trim().len() < 20 {
             return Err("bot_token is not a bot token".into());
         }
@@ -90,13 +85,7 @@ impl DiscordConfig {
             return Err("application_id must be the application's numeric id".into());
         }
         public_key(&self.public_key)?;
-        if !(self.api_base.starts_with("http://") || self.api_base.starts_with("https://")) {
-            return Err(format!(
-                "api_base '{}' is not an http:// or https:// URL",
-                self.api_base
-            ));
-        }
-        Ok(())
+        check_url("api_base", &self.api_base)
     }
 }
 
@@ -107,17 +96,6 @@ fn public_key(hex_key: &str) -> std::result::Result<VerifyingKey, String> {
         .ok_or("public_key must be the application's public key: 64 hex digits")?;
     VerifyingKey::from_bytes(&bytes)
         .map_err(|_| "public_key is not a valid Ed25519 public key".to_owned())
-}
-
-/// What a Discord channel has seen, for metrics.
-#[derive(Debug, Default)]
-pub struct DiscordStats {
-    /// Interactions stored for the pipeline.
-    pub accepted: AtomicU64,
-    /// Interactions ignored, by reason.
-    pub ignored: LabeledCounter,
-    /// Failed API calls.
-    pub api_errors: AtomicU64,
 }
 
 /// A Discord application: its interactions route, its sender, its statistics.
@@ -140,7 +118,7 @@ struct DiscordState {
     store: Arc<dyn Store>,
     key: VerifyingKey,
     client: reqwest::Client,
-    stats: DiscordStats,
+    stats: AdapterCounters,
     /// Interaction tokens whose deferred response was already replaced by a reply.
     answered: std::sync::Mutex<HashSet<String>>,
 }
@@ -166,7 +144,7 @@ impl Discord {
                 store,
                 key,
                 client,
-                stats: DiscordStats::default(),
+                stats: AdapterCounters::default(),
                 answered: std::sync::Mutex::new(HashSet::new()),
             }),
         };
@@ -256,11 +234,8 @@ impl crate::AdapterStats for Discord {
     fn channel(&self) -> &str {
         &self.state.config.name
     }
-    fn ignored(&self) -> Vec<(String, u64)> {
-        self.state.stats.ignored.snapshot()
-    }
-    fn api_errors(&self) -> u64 {
-        self.state.stats.api_errors.load(Ordering::Relaxed)
+    fn counters(&self) -> &AdapterCounters {
+        &self.state.stats
     }
 }
 
@@ -449,16 +424,14 @@ async fn on_interaction(
             return Ok(json!({ "type": 6 }));
         }
     };
-    let task = NewTask::new(INBOUND_TASK, &event)
-        .map_err(|e| Problem::bad_request(e.to_string()))?
-        .concurrency_key(format!("inbound:{}:{channel_id}", state.channel))
-        .dedupe_key(format!("inbound:{}:interaction:{id}", state.channel));
-    state
-        .store
-        .enqueue(&task)
-        .await
-        .map_err(|e| Problem::from_store(&e))?;
-    state.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    enqueue_inbound(
+        &*state.store,
+        &state.channel,
+        &state.stats,
+        &event,
+        &format!("interaction:{id}"),
+    )
+    .await?;
     Ok(answer)
 }
 

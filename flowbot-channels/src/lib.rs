@@ -14,6 +14,13 @@
 //!
 //! Adapters that receive HTTP traffic contribute an axum `Router` that the server mounts.
 
+#[cfg(any(
+    feature = "telegram",
+    feature = "tailchat",
+    feature = "slack",
+    feature = "discord"
+))]
+mod adapter;
 #[cfg(feature = "console")]
 pub mod console;
 #[cfg(feature = "discord")]
@@ -35,14 +42,23 @@ pub mod web;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 
-/// What a platform adapter counts, for the server's metrics.
+/// What a platform adapter counts.
+#[derive(Debug, Default)]
+pub struct AdapterCounters {
+    /// Inbound events stored for the pipeline.
+    pub accepted: std::sync::atomic::AtomicU64,
+    /// Inbound traffic ignored, by reason (update kind, event type, …).
+    pub ignored: flowbot_core::metrics::LabeledCounter,
+    /// Failed calls to the platform's API.
+    pub api_errors: std::sync::atomic::AtomicU64,
+}
+
+/// A platform adapter's counters, for the server's metrics.
 pub trait AdapterStats: Send + Sync {
     /// The channel's name.
     fn channel(&self) -> &str;
-    /// Inbound traffic ignored, by reason (update kind, …).
-    fn ignored(&self) -> Vec<(String, u64)>;
-    /// Failed calls to the platform's API.
-    fn api_errors(&self) -> u64;
+    /// What it counted.
+    fn counters(&self) -> &AdapterCounters;
 }
 
 /// Checks an identifier that arrives from outside (a user or conversation id): 1 to `max`

@@ -22,7 +22,7 @@
 mod api;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use axum::Router;
@@ -32,11 +32,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use flowbot_core::metrics::LabeledCounter;
-use flowbot_core::task::NewTask;
 use flowbot_core::{
-    Capabilities, Channel, ChannelName, ChannelSender, Error, Event, Format, INBOUND_TASK,
-    Interaction, Message, MessageId, Outbound, Result, Role, Sender, SentId, Store, UserId,
+    Capabilities, Channel, ChannelName, ChannelSender, Error, Event, Format, Interaction, Message,
+    MessageId, Outbound, Result, Role, Sender, SentId, Store, UserId,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -48,6 +46,8 @@ use slack_morphism::signature_verifier::SlackEventSignatureVerifier;
 
 pub use api::SlackApiError;
 
+use crate::AdapterCounters;
+use crate::adapter::{check_name, check_url, enqueue_inbound};
 use crate::problem::Problem;
 
 /// The public Web API.
@@ -78,12 +78,7 @@ impl std::fmt::Debug for SlackConfig {
 impl SlackConfig {
     /// Check the settings; the message names the field.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if !crate::valid_id(&self.name, 64) {
-            return Err(format!(
-                "name '{}' must be 1-64 characters of A-Z a-z 0-9 _ - . : @",
-                self.name
-            ));
-        }
+        check_name(&self.name)?;
         if !self.bot_token.starts_with("xoxb-") {
             return Err("bot_token must be a bot token (xoxb-…)".into());
         }
@@ -92,23 +87,8 @@ impl SlackConfig {
                 "signing_secret must be the app's signing secret (at least 16 characters)".into(),
             );
         }
-        if !(self.api_base.starts_with("http://") || self.api_base.starts_with("https://")) {
-            return Err(format!(
-                "api_base '{}' is not an http:// or https:// URL",
-                self.api_base
-            ));
-        }
-        Ok(())
+        check_url("api_base", &self.api_base)
     }
-}
-
-/// What a Slack channel has seen, for metrics.
-#[derive(Debug, Default)]
-pub struct SlackStats {
-    /// Events stored for the pipeline.
-    pub accepted: AtomicU64,
-    /// Requests or events ignored, by reason (event type, …).
-    pub ignored: LabeledCounter,
 }
 
 /// A Slack app: its routes, its sender, its statistics.
@@ -131,7 +111,7 @@ struct SlackState {
     store: Arc<dyn Store>,
     api: api::Api,
     verifier: SlackEventSignatureVerifier,
-    stats: SlackStats,
+    stats: AdapterCounters,
 }
 
 impl Slack {
@@ -152,7 +132,7 @@ impl Slack {
                 store,
                 api,
                 verifier,
-                stats: SlackStats::default(),
+                stats: AdapterCounters::default(),
             }),
         };
         let channel = Channel::new(
@@ -168,7 +148,7 @@ impl Slack {
     }
 
     /// What the channel has seen.
-    pub fn stats(&self) -> &SlackStats {
+    pub fn stats(&self) -> &AdapterCounters {
         &self.state.stats
     }
 
@@ -187,11 +167,8 @@ impl crate::AdapterStats for Slack {
     fn channel(&self) -> &str {
         &self.state.config.name
     }
-    fn ignored(&self) -> Vec<(String, u64)> {
-        self.state.stats.ignored.snapshot()
-    }
-    fn api_errors(&self) -> u64 {
-        self.state.api.errors.load(Ordering::Relaxed)
+    fn counters(&self) -> &AdapterCounters {
+        &self.state.stats
     }
 }
 
@@ -234,21 +211,9 @@ async fn store_event(
     event: &Event,
     dedupe: &str,
 ) -> std::result::Result<(), Problem> {
-    let conversation = event
-        .conversation()
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    let task = NewTask::new(INBOUND_TASK, event)
-        .map_err(|e| Problem::bad_request(e.to_string()))?
-        .concurrency_key(format!("inbound:{}:{conversation}", state.channel))
-        .dedupe_key(format!("inbound:{}:{dedupe}", state.channel));
-    state
-        .store
-        .enqueue(&task)
+    enqueue_inbound(&*state.store, &state.channel, &state.stats, event, dedupe)
         .await
-        .map_err(|e| Problem::from_store(&e))?;
-    state.stats.accepted.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+        .map_err(Problem::from)
 }
 
 fn user(id: &str) -> Sender {
@@ -508,12 +473,18 @@ impl SlackSender {
         }
     }
 
+    /// A Slack error as the channel's, counted.
+    fn failed(&self, e: impl std::fmt::Display) -> Error {
+        self.0.stats.api_errors.fetch_add(1, Ordering::Relaxed);
+        self.err(e.to_string())
+    }
+
     async fn call(&self, method: &str, body: &Value) -> Result<Value> {
         self.0
             .api
             .call(method, body)
             .await
-            .map_err(|e| self.err(e.to_string()))
+            .map_err(|e| self.failed(e))
     }
 
     /// Upload an attachment (fetched from its URL) into `channel`.
@@ -523,7 +494,12 @@ impl SlackSender {
         thread: Option<&str>,
         a: &flowbot_core::Attachment,
     ) -> Result<()> {
-        let bytes = self.0.api.download(&a.url).await.map_err(|e| self.err(e))?;
+        let bytes = self
+            .0
+            .api
+            .download(&a.url)
+            .await
+            .map_err(|e| self.failed(e))?;
         let name = a
             .name
             .clone()
@@ -541,7 +517,7 @@ impl SlackSender {
                 ],
             )
             .await
-            .map_err(|e| self.err(e.to_string()))?;
+            .map_err(|e| self.failed(e))?;
         let (Some(url), Some(id)) = (slot["upload_url"].as_str(), slot["file_id"].as_str()) else {
             return Err(self.err("files.getUploadURLExternal: no upload_url or file_id"));
         };

@@ -15,7 +15,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -26,17 +26,17 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use flowbot_core::metrics::LabeledCounter;
-use flowbot_core::task::NewTask;
 use flowbot_core::{
-    Capabilities, Channel, ChannelName, ChannelSender, Error, Event, Format, INBOUND_TASK, Message,
-    MessageId, Outbound, Result, Role, Sender, SentId, Store, UserId,
+    Capabilities, Channel, ChannelName, ChannelSender, Error, Event, Format, Message, MessageId,
+    Outbound, Result, Role, Sender, SentId, Store, UserId,
 };
 use md5::{Digest, Md5};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use crate::AdapterCounters;
+use crate::adapter::{check_name, check_url, enqueue_inbound, same_secret};
 use crate::problem::Problem;
 
 /// One Tailchat bot's settings.
@@ -70,18 +70,8 @@ impl std::fmt::Debug for TailchatConfig {
 impl TailchatConfig {
     /// Check the settings; the message names the field.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if !crate::valid_id(&self.name, 64) {
-            return Err(format!(
-                "name '{}' must be 1-64 characters of A-Z a-z 0-9 _ - . : @",
-                self.name
-            ));
-        }
-        if !(self.api_base.starts_with("http://") || self.api_base.starts_with("https://")) {
-            return Err(format!(
-                "api_base '{}' is not an http:// or https:// URL",
-                self.api_base
-            ));
-        }
+        check_name(&self.name)?;
+        check_url("api_base", &self.api_base)?;
         if self.app_id.trim().is_empty() {
             return Err("app_id must not be empty".into());
         }
@@ -101,19 +91,6 @@ impl TailchatConfig {
         }
         Ok(())
     }
-}
-
-/// What a Tailchat channel has seen, for metrics.
-#[derive(Debug, Default)]
-pub struct TailchatStats {
-    /// Callbacks stored for the pipeline.
-    pub accepted: AtomicU64,
-    /// Callbacks ignored, by reason.
-    pub ignored: LabeledCounter,
-    /// Failed API calls.
-    pub api_errors: AtomicU64,
-    /// Logins (the first, and each renewal).
-    pub logins: AtomicU64,
 }
 
 /// A Tailchat bot: its callback route, its sender, its statistics.
@@ -140,7 +117,7 @@ struct TcState {
     client: reqwest::Client,
     /// The bot's JWT and when it was issued.
     jwt: Mutex<Option<(String, Instant)>>,
-    stats: TailchatStats,
+    stats: AdapterCounters,
     limiter: governor::DefaultDirectRateLimiter,
 }
 
@@ -166,7 +143,7 @@ impl Tailchat {
                 store,
                 client,
                 jwt: Mutex::new(None),
-                stats: TailchatStats::default(),
+                stats: AdapterCounters::default(),
                 limiter: governor::RateLimiter::direct(governor::Quota::per_second(per_second)),
             }),
         };
@@ -180,7 +157,7 @@ impl Tailchat {
     }
 
     /// What the channel has seen.
-    pub fn stats(&self) -> &TailchatStats {
+    pub fn stats(&self) -> &AdapterCounters {
         &self.state.stats
     }
 
@@ -199,11 +176,8 @@ impl crate::AdapterStats for Tailchat {
     fn channel(&self) -> &str {
         &self.state.config.name
     }
-    fn ignored(&self) -> Vec<(String, u64)> {
-        self.state.stats.ignored.snapshot()
-    }
-    fn api_errors(&self) -> u64 {
-        self.state.stats.api_errors.load(Ordering::Relaxed)
+    fn counters(&self) -> &AdapterCounters {
+        &self.state.stats
     }
 }
 
@@ -258,10 +232,6 @@ fn strip_mention(text: &str) -> &str {
             .map_or("", |(_, after)| after.trim_start());
     }
     t
-}
-
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn receive(
@@ -331,17 +301,15 @@ async fn accept(
     );
     message.id = MessageId(m.message_id.clone());
     message.raw = serde_json::from_slice(&body).ok();
-    let task = NewTask::new(INBOUND_TASK, &Event::Message(message))
-        .map_err(|e| Problem::bad_request(e.to_string()))?
-        .concurrency_key(format!("inbound:{}:{conversation}", state.channel))
-        .dedupe_key(format!("inbound:{}:{}", state.channel, m.message_id));
-    state
-        .store
-        .enqueue(&task)
-        .await
-        .map_err(|e| Problem::from_store(&e))?;
-    state.stats.accepted.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+    enqueue_inbound(
+        &*state.store,
+        &state.channel,
+        &state.stats,
+        &Event::Message(message),
+        &m.message_id,
+    )
+    .await
+    .map_err(Problem::from)
 }
 
 struct TcSender(Arc<TcState>);
@@ -421,7 +389,6 @@ impl TcSender {
             .as_str()
             .ok_or_else(|| self.err("login answer has no data.jwt"))?
             .to_owned();
-        self.0.stats.logins.fetch_add(1, Ordering::Relaxed);
         *slot = Some((jwt.clone(), Instant::now()));
         Ok(jwt)
     }

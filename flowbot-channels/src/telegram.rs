@@ -20,7 +20,7 @@ mod update;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,17 +32,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use flowbot_core::lease::{LeaseTiming, hold};
-use flowbot_core::metrics::LabeledCounter;
-use flowbot_core::task::NewTask;
 use flowbot_core::{
-    Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, Error, Format,
-    INBOUND_TASK, Inbox, Outbound, Result, SentId, Store,
+    Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, Error, Format, Inbox,
+    Outbound, Result, SentId, Store,
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub use api::ApiError;
 
+use crate::AdapterCounters;
+use crate::adapter::{Unstored, check_name, check_url, enqueue_inbound, same_secret};
 use crate::problem::Problem;
 
 /// The header Telegram sends the webhook's secret token in.
@@ -115,22 +115,12 @@ impl TelegramConfig {
 
     /// Check the settings; the message names the field.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if !crate::valid_id(&self.name, 64) {
-            return Err(format!(
-                "name '{}' must be 1-64 characters of A-Z a-z 0-9 _ - . : @",
-                self.name
-            ));
-        }
+        check_name(&self.name)?;
         let (id, secret) = self.token.split_once(':').unwrap_or(("", ""));
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || secret.len() < 10 {
             return Err("token is not a bot token (<bot id>:<secret> from @BotFather)".into());
         }
-        if !(self.api_base.starts_with("http://") || self.api_base.starts_with("https://")) {
-            return Err(format!(
-                "api_base '{}' is not an http:// or https:// URL",
-                self.api_base
-            ));
-        }
+        check_url("api_base", &self.api_base)?;
         if self.lease.every.is_zero() || self.lease.ttl < self.lease.every * 2 {
             return Err("the polling lease's ttl must be at least twice its renewal period".into());
         }
@@ -186,17 +176,6 @@ pub enum TelegramError {
     },
 }
 
-/// What a Telegram channel has seen, for metrics.
-#[derive(Debug, Default)]
-pub struct TelegramStats {
-    /// Updates stored for the pipeline.
-    pub accepted: AtomicU64,
-    /// Updates ignored, by reason (update kind, command for another bot, …).
-    pub ignored: LabeledCounter,
-    /// Failed Bot API calls (polls and sends).
-    pub api_errors: AtomicU64,
-}
-
 /// A Telegram bot: its sender, its poller or webhook route, its statistics.
 #[derive(Clone)]
 pub struct Telegram {
@@ -221,7 +200,7 @@ struct TgState {
     store: Arc<dyn Store>,
     /// The bot's username (from `getMe`).
     username: String,
-    stats: TelegramStats,
+    stats: AdapterCounters,
     limiter: Limiter,
 }
 
@@ -329,7 +308,7 @@ impl Telegram {
                 api,
                 store,
                 username,
-                stats: TelegramStats::default(),
+                stats: AdapterCounters::default(),
                 limiter: governor::RateLimiter::direct(governor::Quota::per_second(per_second)),
             }),
         }
@@ -380,7 +359,7 @@ impl Telegram {
     }
 
     /// What the channel has seen.
-    pub fn stats(&self) -> &TelegramStats {
+    pub fn stats(&self) -> &AdapterCounters {
         &self.state.stats
     }
 
@@ -410,17 +389,9 @@ impl crate::AdapterStats for Telegram {
     fn channel(&self) -> &str {
         &self.state.config.name
     }
-    fn ignored(&self) -> Vec<(String, u64)> {
-        self.state.stats.ignored.snapshot()
+    fn counters(&self) -> &AdapterCounters {
+        &self.state.stats
     }
-    fn api_errors(&self) -> u64 {
-        self.state.stats.api_errors.load(Ordering::Relaxed)
-    }
-}
-
-/// Compare in constant time (for the secret token).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn receive(
@@ -460,13 +431,13 @@ async fn receive(
             format!("invalid update: {e}"),
         )
         .into_response(),
-        Err(Rejected::Store(e)) => Problem::from_store(&e).into_response(),
+        Err(Rejected::Unstored(e)) => Problem::from(e).into_response(),
     }
 }
 
 enum Rejected {
     Malformed(String),
-    Store(flowbot_core::StoreError),
+    Unstored(Unstored),
 }
 
 /// Store the events of one update (its JSON is `raw`) as inbound tasks.
@@ -500,16 +471,10 @@ async fn accept(state: &TgState, raw: Value) -> std::result::Result<(), Rejected
         state.stats.ignored.inc(why);
     }
     for (i, event) in converted.events.iter().enumerate() {
-        let conversation = event
-            .conversation()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        let task = NewTask::new(INBOUND_TASK, event)
-            .map_err(|e| Rejected::Malformed(e.to_string()))?
-            .concurrency_key(format!("inbound:{}:{conversation}", state.channel))
-            .dedupe_key(format!("inbound:{}:update:{update_id}:{i}", state.channel));
-        state.store.enqueue(&task).await.map_err(Rejected::Store)?;
-        state.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let dedupe = format!("update:{update_id}:{i}");
+        enqueue_inbound(&*state.store, &state.channel, &state.stats, event, &dedupe)
+            .await
+            .map_err(Rejected::Unstored)?;
     }
     Ok(())
 }
@@ -552,9 +517,9 @@ async fn poll(state: Arc<TgState>, shutdown: CancellationToken) {
                             tracing::warn!(channel = %state.channel, update_id = id, error = %e, "malformed telegram update skipped");
                             offset = id + 1;
                         }
-                        Err(Rejected::Store(e)) => {
+                        Err(Rejected::Unstored(e)) => {
                             // Not confirmed: Telegram sends it again on the next poll.
-                            tracing::warn!(channel = %state.channel, update_id = id, error = %e, "could not store telegram update; will fetch it again");
+                            tracing::warn!(channel = %state.channel, update_id = id, error = ?e, "could not store telegram update; will fetch it again");
                             stored_all = false;
                             break;
                         }

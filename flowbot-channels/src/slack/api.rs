@@ -5,7 +5,6 @@
 //! long as its `Retry-After` asks.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -59,7 +58,6 @@ pub(crate) struct Api {
     per_channel: DefaultKeyedRateLimiter<String>,
     /// Tier 3 (50+ a minute) for the other methods this adapter calls.
     tier3: DefaultDirectRateLimiter,
-    pub(crate) errors: AtomicU64,
 }
 
 impl Api {
@@ -78,7 +76,6 @@ impl Api {
             auth: format!("Bearer {bot_token}"),
             per_channel: RateLimiter::keyed(second),
             tier3: RateLimiter::direct(tier3),
-            errors: AtomicU64::new(0),
         })
     }
 
@@ -90,11 +87,7 @@ impl Api {
             }
             _ => self.tier3.until_ready().await,
         }
-        let out = self.call_unpaced(method, Body::Json(body)).await;
-        if out.is_err() {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        out
+        self.call_unpaced(method, Body::Json(body)).await
     }
 
     /// Call `method` with form fields (for the methods that take no JSON, such as
@@ -105,11 +98,7 @@ impl Api {
         fields: &[(&str, String)],
     ) -> Result<Value, SlackApiError> {
         self.tier3.until_ready().await;
-        let out = self.call_unpaced(method, Body::Form(fields)).await;
-        if out.is_err() {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        out
+        self.call_unpaced(method, Body::Form(fields)).await
     }
 
     async fn call_unpaced(&self, method: &str, body: Body<'_>) -> Result<Value, SlackApiError> {

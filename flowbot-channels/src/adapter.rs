@@ -1,0 +1,77 @@
+//! What the platform adapters (Telegram, Tailchat, Slack, Discord) share: checks of their
+//! settings, constant-time token comparison, and storing an inbound event on the task queue
+//! before the platform is answered.
+
+use std::sync::atomic::Ordering;
+
+use flowbot_core::task::NewTask;
+use flowbot_core::{ChannelName, Event, INBOUND_TASK, Store, StoreError};
+
+use crate::AdapterCounters;
+use crate::problem::Problem;
+
+/// A channel name usable in URLs.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if crate::valid_id(name, 64) {
+        Ok(())
+    } else {
+        Err(format!(
+            "name '{name}' must be 1-64 characters of A-Z a-z 0-9 _ - . : @"
+        ))
+    }
+}
+
+/// An http(s) URL setting.
+pub(crate) fn check_url(field: &str, url: &str) -> Result<(), String> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(format!("{field} '{url}' is not an http:// or https:// URL"))
+    }
+}
+
+/// Compare two secrets in constant time.
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Why an inbound event was not stored.
+#[derive(Debug)]
+pub(crate) enum Unstored {
+    /// The event cannot be a task (too large, …).
+    Invalid(String),
+    /// The store failed: the platform should deliver it again.
+    Store(StoreError),
+}
+
+impl From<Unstored> for Problem {
+    fn from(u: Unstored) -> Problem {
+        match u {
+            Unstored::Invalid(e) => Problem::bad_request(e),
+            Unstored::Store(e) => Problem::from_store(&e),
+        }
+    }
+}
+
+/// Store `event` as an inbound task for `channel`, in its conversation's order, under
+/// `dedupe` (the same key for every delivery of one platform event, so redeliveries are
+/// handled once), and count it.
+pub(crate) async fn enqueue_inbound(
+    store: &dyn Store,
+    channel: &ChannelName,
+    counters: &AdapterCounters,
+    event: &Event,
+    dedupe: &str,
+) -> Result<(), Unstored> {
+    let conversation = event
+        .conversation()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let task = NewTask::new(INBOUND_TASK, event)
+        .map_err(|e| Unstored::Invalid(e.to_string()))?
+        .concurrency_key(format!("inbound:{channel}:{conversation}"))
+        .dedupe_key(format!("inbound:{channel}:{dedupe}"));
+    store.enqueue(&task).await.map_err(Unstored::Store)?;
+    counters.accepted.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
