@@ -193,8 +193,27 @@ async fn the_sender_posts_to_channels_and_edits() {
     );
     channel
         .sender()
-        .edit(&id, &Outbound::text("edited").to(target))
+        .edit(&id, &Outbound::text("edited").to(target.clone()))
         .await
         .expect("edit");
     assert_eq!(discord.edits()[0].1["content"], "edited");
+
+    // Discord reports the route's bucket empty for 0.4 s: the next send waits for it.
+    discord.empty_bucket(0.4);
+    let short = |t: &str| {
+        Outbound::text(t).to(Target {
+            channel: "dc".into(),
+            conversation: "C8".into(),
+            thread: None,
+        })
+    };
+    channel.sender().send(&short("one")).await.expect("one");
+    let started = std::time::Instant::now();
+    channel.sender().send(&short("two")).await.expect("two");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(350),
+        "waited {:?} for the bucket",
+        started.elapsed()
+    );
+    assert_eq!(discord.sent_to("C8").len(), 2);
 }

@@ -121,6 +121,9 @@ struct DiscordState {
     stats: AdapterCounters,
     /// Interaction tokens whose deferred response was already replaced by a reply.
     answered: std::sync::Mutex<HashSet<String>>,
+    /// Per route (method and path): when its rate-limit bucket has room again, from
+    /// `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset-After`.
+    exhausted: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
 }
 
 impl Discord {
@@ -146,6 +149,7 @@ impl Discord {
                 client,
                 stats: AdapterCounters::default(),
                 answered: std::sync::Mutex::new(HashSet::new()),
+                exhausted: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         };
         let channel = Channel::new(
@@ -453,7 +457,19 @@ impl DiscordSender {
         bot_auth: bool,
         body: &Value,
     ) -> Result<Value> {
+        let route = format!("{method} {}", url.split('?').next().unwrap_or(url));
         for attempt in 0..3 {
+            // Wait while the route's bucket is empty (Discord's headers said so).
+            let until = self
+                .0
+                .exhausted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&route)
+                .copied();
+            if let Some(until) = until {
+                tokio::time::sleep_until(until).await;
+            }
             let mut req = self.0.client.request(method.clone(), url).json(body);
             if bot_auth {
                 req = req.header("authorization", format!("Bot {}", self.0.config.bot_token));
@@ -463,6 +479,29 @@ impl DiscordSender {
                 self.err(format!("{method} {}: {}", redact(url), e.without_url()))
             })?;
             let status = res.status();
+            let header = |name: &str| {
+                res.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            {
+                let mut exhausted = self.0.exhausted.lock().unwrap_or_else(|p| p.into_inner());
+                match (
+                    header("x-ratelimit-remaining"),
+                    header("x-ratelimit-reset-after"),
+                ) {
+                    (Some(r), Some(after)) if r < 1.0 && (0.0..=60.0).contains(&after) => {
+                        exhausted.insert(
+                            route.clone(),
+                            tokio::time::Instant::now() + Duration::from_secs_f64(after),
+                        );
+                    }
+                    _ => {
+                        exhausted.remove(&route);
+                    }
+                }
+            }
             let answer: Value = res.json().await.unwrap_or(Value::Null);
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
                 let wait = answer["retry_after"].as_f64().unwrap_or(1.0);

@@ -56,6 +56,8 @@ struct Inner {
     next: u64,
     limited: u32,
     down: u32,
+    /// Channel messages answer `X-RateLimit-Remaining: 0` with this reset (seconds).
+    bucket_reset: Option<f64>,
 }
 
 #[derive(Clone, Default)]
@@ -113,6 +115,11 @@ impl FakeDiscord {
     /// The next webhook call answers 429 (`retry_after` 0.2 s).
     pub fn rate_limit_once(&self) {
         self.inner.lock().expect("lock").limited += 1;
+    }
+
+    /// From now on, channel messages report their bucket empty for `secs`.
+    pub fn empty_bucket(&self, secs: f64) {
+        self.inner.lock().expect("lock").bucket_reset = Some(secs);
     }
 
     /// The next webhook call fails with 502.
@@ -223,7 +230,20 @@ async fn channel_message(
     if !bot(&headers) {
         return unauthorized();
     }
-    Json(fake.record(channel, "channel", body)).into_response()
+    let reset = fake.inner.lock().expect("lock").bucket_reset;
+    let answer = Json(fake.record(channel, "channel", body));
+    match reset {
+        Some(secs) => (
+            [
+                ("x-ratelimit-limit", "5".to_owned()),
+                ("x-ratelimit-remaining", "0".to_owned()),
+                ("x-ratelimit-reset-after", format!("{secs:.3}")),
+            ],
+            answer,
+        )
+            .into_response(),
+        None => answer.into_response(),
+    }
 }
 
 async fn edit_message(
