@@ -193,7 +193,7 @@ async fn the_sender_posts_to_channels_and_edits() {
     );
     channel
         .sender()
-        .edit(&id, &Outbound::text("edited").to(target.clone()))
+        .edit(&id, &Outbound::text("edited").to(target))
         .await
         .expect("edit");
     assert_eq!(discord.edits()[0].1["content"], "edited");
