@@ -101,6 +101,9 @@ pub struct SlackEntry {
     /// Web API base URL (default `https://slack.com/api`).
     #[serde(default = "slack_api")]
     pub api_base: String,
+    /// The app-level token (`xapp-…`): the app also receives over Socket Mode.
+    #[serde(default)]
+    pub app_token: Option<String>,
 }
 
 fn slack_api() -> String {
@@ -124,6 +127,7 @@ impl SlackEntry {
             bot_token: self.bot_token.clone(),
             signing_secret: self.signing_secret.clone(),
             api_base: self.api_base.clone(),
+            app_token: self.app_token.clone(),
         }
     }
 }

@@ -441,8 +441,12 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
         builder = builder.channel(channel);
     }
     for (name, entry) in &config.slack {
-        let (_, channel) =
-            Slack::new(store.clone(), entry.channel_config(name)).map_err(RunError::Channel)?;
+        // No Socket Mode here: the servers receive.
+        let settings = flowbot_channels::slack::SlackConfig {
+            app_token: None,
+            ..entry.channel_config(name)
+        };
+        let (_, channel) = Slack::new(store.clone(), settings).map_err(RunError::Channel)?;
         builder = builder.channel(channel);
     }
     for (name, entry) in &config.tailchat {

@@ -561,6 +561,7 @@ async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
                 bot_token: slack_fake::BOT_TOKEN.into(),
                 signing_secret: slack_fake::SIGNING_SECRET.into(),
                 api_base: slack_api,
+                app_token: None,
             },
         );
         c.tailchat.insert(

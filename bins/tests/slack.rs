@@ -17,6 +17,7 @@ fn entry(fake: &FakeSlack) -> SlackEntry {
         bot_token: BOT_TOKEN.into(),
         signing_secret: SIGNING_SECRET.into(),
         api_base: fake.api(),
+        app_token: None,
     }
 }
 
@@ -388,4 +389,63 @@ async fn the_sender_posts_ephemeral_markdown_edits_and_files() {
         .await
         .expect_err("a wrong token");
     assert!(err.to_string().contains("invalid_auth"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_mode_receives_acknowledges_and_reconnects() {
+    let slack = FakeSlack::start().await;
+    let f = slack.clone();
+    let server = start_with(move |c| {
+        let mut e = entry(&f);
+        e.app_token = Some(fake::APP_TOKEN.into());
+        c.slack.insert("sl".into(), e);
+    })
+    .await;
+    common::eventually(
+        "the socket opened",
+        std::time::Duration::from_secs(10),
+        || slack.sockets_opened() == 1,
+    )
+    .await;
+    // The socket needs a moment after `hello` to be subscribed on the fake's side.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // An event over the socket: stored, acknowledged, answered.
+    let event = message_event("EvS1", "C5", "1700000050.000100", "/echo via the socket");
+    let id = slack.envelope("events_api", &event);
+    slack.wait_for("C5", "via the socket").await;
+    common::eventually("acknowledged", std::time::Duration::from_secs(10), || {
+        slack.acks().contains(&id)
+    })
+    .await;
+
+    // Slack asks for a new connection: the app reconnects and carries on.
+    slack.disconnect();
+    common::eventually("reconnected", std::time::Duration::from_secs(10), || {
+        slack.sockets_opened() == 2
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let command = json!({"token": "x", "team_id": "T1", "team_domain": "acme", "channel_id": "C5",
+        "channel_name": "ops", "user_id": "U42", "user_name": "ada", "command": "/echo",
+        "text": "a socket command", "response_url": "https://hooks.slack.com/x", "trigger_id": "trig-s2"});
+    let id = slack.envelope("slash_commands", &command);
+    slack.wait_for("C5", "a socket command").await;
+    common::eventually("acknowledged", std::time::Duration::from_secs(10), || {
+        slack.acks().contains(&id)
+    })
+    .await;
+
+    // No connection failed along the way.
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("flowbot_channel_api_errors_total{channel=\"sl\"} 0"),
+        "{metrics}"
+    );
+    server.stop().await;
 }

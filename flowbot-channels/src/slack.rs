@@ -20,6 +20,7 @@
 //! separately, and this one paces each method's tier and waits out `Retry-After`).
 
 mod api;
+mod socket;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,9 +33,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use flowbot_core::lease::{LeaseTiming, hold};
 use flowbot_core::{
-    Capabilities, Channel, ChannelName, ChannelSender, Error, Event, Format, Interaction, Message,
-    MessageId, Outbound, Result, Role, Sender, SentId, Store, UserId,
+    Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, Error, Event, Format,
+    Inbox, Interaction, Message, MessageId, Outbound, Result, Role, Sender, SentId, Store, UserId,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -43,6 +45,7 @@ use slack_morphism::prelude::{
     SlackReactionsItem,
 };
 use slack_morphism::signature_verifier::SlackEventSignatureVerifier;
+use tokio_util::sync::CancellationToken;
 
 pub use api::SlackApiError;
 
@@ -64,6 +67,9 @@ pub struct SlackConfig {
     pub signing_secret: String,
     /// The Web API's base URL.
     pub api_base: String,
+    /// The app-level token (`xapp-…`, scope `connections:write`): with it the app also
+    /// receives over Socket Mode.
+    pub app_token: Option<String>,
 }
 
 impl std::fmt::Debug for SlackConfig {
@@ -86,6 +92,13 @@ impl SlackConfig {
             return Err(
                 "signing_secret must be the app's signing secret (at least 16 characters)".into(),
             );
+        }
+        if self
+            .app_token
+            .as_ref()
+            .is_some_and(|t| !t.starts_with("xapp-"))
+        {
+            return Err("app_token must be an app-level token (xapp-…)".into());
         }
         check_url("api_base", &self.api_base)
     }
@@ -135,10 +148,16 @@ impl Slack {
                 stats: AdapterCounters::default(),
             }),
         };
-        let channel = Channel::new(
+        let mut channel = Channel::new(
             slack.state.config.name.as_str(),
             SlackSender(slack.state.clone()),
         );
+        if let Some(token) = &slack.state.config.app_token {
+            channel = channel.with_listener(SocketListener {
+                state: slack.state.clone(),
+                app_token: token.clone(),
+            });
+        }
         Ok((slack, channel))
     }
 
@@ -264,6 +283,12 @@ async fn on_event(
     let text = verified(state, headers, body)?;
     let raw: Value = serde_json::from_str(&text)
         .map_err(|e| Problem::bad_request(format!("invalid event: {e}")))?;
+    process_event(state, raw).await
+}
+
+/// An Events API payload (over HTTP, or in a Socket Mode envelope): stored, or ignored and
+/// counted; the answer for Slack.
+async fn process_event(state: &SlackState, raw: Value) -> std::result::Result<Value, Problem> {
     // From the parsed value by reference: one parse, no copy of the document.
     let push = SlackPushEvent::deserialize(&raw).map_err(|e| invalid("event", &e))?;
     let callback = match push {
@@ -396,7 +421,14 @@ async fn on_interaction(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> std::result::Result<(), Problem> {
     let text = verified(state, headers, body)?;
-    let payload = form_payload(&text)?;
+    process_interaction(state, form_payload(&text)?).await
+}
+
+/// An interaction payload (over HTTP, or in a Socket Mode envelope).
+async fn process_interaction(
+    state: &SlackState,
+    payload: Value,
+) -> std::result::Result<(), Problem> {
     let kind = payload["type"].as_str().unwrap_or("unknown").to_owned();
     let event: SlackInteractionEvent =
         serde_json::from_value(payload).map_err(|e| invalid("interaction", &e))?;
@@ -446,6 +478,14 @@ async fn on_command(
     let text = verified(state, headers, body)?;
     let command: SlackCommandEvent =
         serde_urlencoded::from_str(&text).map_err(|e| invalid("slash command", &e))?;
+    process_command(state, &command).await
+}
+
+/// A slash command (over HTTP, or in a Socket Mode envelope), as the message `/command text`.
+async fn process_command(
+    state: &SlackState,
+    command: &SlackCommandEvent,
+) -> std::result::Result<(), Problem> {
     let args = command.text.as_deref().unwrap_or("").trim();
     let line = if args.is_empty() {
         command.command.0.clone()
@@ -461,6 +501,32 @@ async fn on_command(
     let id = format!("command:{}", command.trigger_id.0);
     message.id = MessageId(id.clone());
     store_event(state, &Event::Message(message), &id).await
+}
+
+/// Socket Mode, under the lease `slack:socket:<channel>` (one connection per app among the
+/// servers sharing a database).
+struct SocketListener {
+    state: Arc<SlackState>,
+    app_token: String,
+}
+
+#[async_trait]
+impl ChannelListener for SocketListener {
+    async fn listen(&self, _inbox: Inbox, shutdown: CancellationToken) -> Result<()> {
+        // Payloads go to the durable queue, not the in-memory inbox.
+        let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let (state, token) = (self.state.clone(), self.app_token.clone());
+        hold(
+            &*self.state.store,
+            &format!("slack:socket:{}", self.state.config.name),
+            &owner,
+            LeaseTiming::default(),
+            shutdown,
+            move |stop| socket::run(state.clone(), token.clone(), stop),
+        )
+        .await;
+        Ok(())
+    }
 }
 
 struct SlackSender(Arc<SlackState>);

@@ -20,6 +20,7 @@ use sha2::Sha256;
 
 pub const BOT_TOKEN: &str = "xoxb-1-fake-bot-token";
 pub const SIGNING_SECRET: &str = "slack-signing-secret-0123456789";
+pub const APP_TOKEN: &str = "xapp-1-fake-app-token";
 
 #[derive(Default)]
 struct Inner {
@@ -29,15 +30,26 @@ struct Inner {
     limited: VecDeque<u64>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FakeSlack {
     inner: Arc<Mutex<Inner>>,
     pub base: String,
+    /// Socket Mode envelopes to send to every connected app.
+    envelopes: tokio::sync::broadcast::Sender<String>,
+    /// Envelope ids the app acknowledged, and how many sockets it opened.
+    acks: Arc<Mutex<Vec<String>>>,
+    opened: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl FakeSlack {
     pub async fn start() -> FakeSlack {
-        let mut fake = FakeSlack::default();
+        let mut fake = FakeSlack {
+            inner: Arc::default(),
+            base: String::new(),
+            envelopes: tokio::sync::broadcast::channel(64).0,
+            acks: Arc::default(),
+            opened: Arc::default(),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -45,6 +57,11 @@ impl FakeSlack {
         let app = axum::Router::new()
             .route("/api/{method}", axum::routing::post(method))
             .route("/upload/{id}", axum::routing::post(upload))
+            .route(
+                "/api/apps.connections.open",
+                axum::routing::post(open_connection),
+            )
+            .route("/socket", axum::routing::get(socket))
             .route(
                 "/files/{name}",
                 axum::routing::get(|Path(name): Path<String>| async move {
@@ -54,6 +71,32 @@ impl FakeSlack {
             .with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.expect("fake slack") });
         fake
+    }
+
+    /// Send a Socket Mode envelope of `kind` with `payload` to the connected app; its id.
+    pub fn envelope(&self, kind: &str, payload: &Value) -> String {
+        let id = format!("env-{}", uuid::Uuid::new_v4().simple());
+        let frame = json!({"envelope_id": id, "type": kind, "payload": payload,
+                           "accepts_response_payload": false});
+        let _ = self.envelopes.send(frame.to_string());
+        id
+    }
+
+    /// Ask the connected app to reconnect.
+    pub fn disconnect(&self) {
+        let _ = self.envelopes.send(
+            json!({"type": "disconnect", "reason": "refresh_requested",
+                   "debug_info": {"host": "fake"}})
+            .to_string(),
+        );
+    }
+
+    pub fn acks(&self) -> Vec<String> {
+        self.acks.lock().expect("lock").clone()
+    }
+
+    pub fn sockets_opened(&self) -> u32 {
+        self.opened.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The Web API base URL (`…/api`).
@@ -217,4 +260,56 @@ pub fn block_action(channel: &str, trigger: &str, value: &str) -> String {
         "payload={}",
         url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
     )
+}
+
+async fn open_connection(State(fake): State<FakeSlack>, headers: HeaderMap) -> Response {
+    if headers.get("authorization").and_then(|v| v.to_str().ok())
+        != Some(&format!("Bearer {APP_TOKEN}"))
+    {
+        return Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
+    }
+    let url = format!("{}/socket", fake.base.replacen("http://", "ws://", 1));
+    Json(json!({"ok": true, "url": url})).into_response()
+}
+
+async fn socket(
+    State(fake): State<FakeSlack>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    use axum::extract::ws::Message;
+    use futures_util::{SinkExt, StreamExt};
+    ws.on_upgrade(move |socket| async move {
+        fake.opened
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (mut tx, mut rx) = socket.split();
+        let mut envelopes = fake.envelopes.subscribe();
+        let hello = json!({"type": "hello", "num_connections": 1,
+            "connection_info": {"app_id": "A1"}, "debug_info": {"host": "fake"}});
+        if tx.send(Message::text(hello.to_string())).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                out = envelopes.recv() => {
+                    let Ok(frame) = out else { return };
+                    let disconnect = frame.contains("\"disconnect\"");
+                    if tx.send(Message::text(frame)).await.is_err() || disconnect {
+                        let _ = tx.send(Message::Close(None)).await;
+                        return;
+                    }
+                }
+                incoming = rx.next() => match incoming {
+                    Some(Ok(Message::Text(t))) => {
+                        if let Ok(v) = serde_json::from_str::<Value>(t.as_str())
+                            && let Some(id) = v["envelope_id"].as_str()
+                        {
+                            fake.acks.lock().expect("lock").push(id.to_owned());
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+        }
+    })
 }

@@ -155,6 +155,35 @@ impl Api {
         }
     }
 
+    /// A Socket Mode URL (`apps.connections.open`, with the app-level token).
+    pub(crate) async fn open_connection(&self, app_token: &str) -> Result<String, SlackApiError> {
+        let method = "apps.connections.open";
+        let res = self
+            .client
+            .post(format!("{}/{method}", self.base))
+            .header(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {app_token}"),
+            )
+            .send()
+            .await
+            .map_err(|e| SlackApiError::Transport {
+                method: method.to_owned(),
+                detail: e.without_url().to_string(),
+            })?;
+        let answer: Value = res.json().await.map_err(|e| SlackApiError::Transport {
+            method: method.to_owned(),
+            detail: format!("not the Web API's JSON: {e}"),
+        })?;
+        match (answer["ok"].as_bool(), answer["url"].as_str()) {
+            (Some(true), Some(url)) => Ok(url.to_owned()),
+            _ => Err(SlackApiError::Refused {
+                method: method.to_owned(),
+                error: answer["error"].as_str().unwrap_or("no url").to_owned(),
+            }),
+        }
+    }
+
     /// `GET` a file for an upload (attachments are given by URL).
     pub(crate) async fn download(&self, url: &str) -> Result<Vec<u8>, String> {
         let res = self
