@@ -1,0 +1,237 @@
+//! `[telegram.<name>]`, `[slack.<name>]`, `[discord.<name>]` and `[tailchat.<name>]`: the
+//! platform channels' settings, each turned into its adapter's configuration (and checked
+//! there, so an error names the section).
+
+use serde::Deserialize;
+
+/// `[discord.<name>]`: a Discord application (HTTP interactions), the channel `<name>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordEntry {
+    /// The bot token.
+    pub bot_token: String,
+    /// The application id.
+    pub application_id: String,
+    /// The application's public key (hex).
+    pub public_key: String,
+    /// API base URL (default `https://discord.com/api/v10`).
+    #[serde(default = "discord_api")]
+    pub api_base: String,
+}
+
+fn discord_api() -> String {
+    flowbot_channels::discord::DEFAULT_API_BASE.into()
+}
+
+impl std::fmt::Debug for DiscordEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret.
+        f.debug_struct("DiscordEntry")
+            .field("application_id", &self.application_id)
+            .field("api_base", &self.api_base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiscordEntry {
+    /// The channel's settings.
+    pub fn channel_config(&self, name: &str) -> flowbot_channels::discord::DiscordConfig {
+        flowbot_channels::discord::DiscordConfig {
+            name: name.to_owned(),
+            bot_token: self.bot_token.clone(),
+            application_id: self.application_id.clone(),
+            public_key: self.public_key.clone(),
+            api_base: self.api_base.clone(),
+        }
+    }
+}
+
+/// `[slack.<name>]`: a Slack app, the channel `<name>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackEntry {
+    /// The bot token (`xoxb-…`).
+    pub bot_token: String,
+    /// The app's signing secret.
+    pub signing_secret: String,
+    /// Web API base URL (default `https://slack.com/api`).
+    #[serde(default = "slack_api")]
+    pub api_base: String,
+    /// The app-level token (`xapp-…`): the app also receives over Socket Mode.
+    #[serde(default)]
+    pub app_token: Option<String>,
+}
+
+fn slack_api() -> String {
+    flowbot_channels::slack::DEFAULT_API_BASE.into()
+}
+
+impl std::fmt::Debug for SlackEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token and the signing secret are secrets.
+        f.debug_struct("SlackEntry")
+            .field("api_base", &self.api_base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SlackEntry {
+    /// The channel's settings.
+    pub fn channel_config(&self, name: &str) -> flowbot_channels::slack::SlackConfig {
+        flowbot_channels::slack::SlackConfig {
+            name: name.to_owned(),
+            bot_token: self.bot_token.clone(),
+            signing_secret: self.signing_secret.clone(),
+            api_base: self.api_base.clone(),
+            app_token: self.app_token.clone(),
+        }
+    }
+}
+
+/// `[tailchat.<name>]`: a Tailchat open-platform bot, the channel `<name>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailchatEntry {
+    /// The Tailchat server.
+    pub api_base: String,
+    /// The open app's id.
+    pub app_id: String,
+    /// The open app's secret.
+    pub app_secret: String,
+    /// The `token` query parameter of the callback URL given to Tailchat.
+    pub callback_token: String,
+    /// Most messages sent per second (default 10).
+    #[serde(default = "tailchat_sends")]
+    pub sends_per_second: u32,
+}
+
+fn tailchat_sends() -> u32 {
+    10
+}
+
+impl std::fmt::Debug for TailchatEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret and the callback token are secrets.
+        f.debug_struct("TailchatEntry")
+            .field("api_base", &self.api_base)
+            .field("app_id", &self.app_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TailchatEntry {
+    /// The channel's settings.
+    pub fn channel_config(&self, name: &str) -> flowbot_channels::tailchat::TailchatConfig {
+        flowbot_channels::tailchat::TailchatConfig {
+            name: name.to_owned(),
+            api_base: self.api_base.clone(),
+            app_id: self.app_id.clone(),
+            app_secret: self.app_secret.clone(),
+            callback_token: self.callback_token.clone(),
+            sends_per_second: self.sends_per_second,
+        }
+    }
+}
+
+/// How a Telegram bot receives updates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TelegramMode {
+    /// `getUpdates` long polling (one server at a time in distributed mode).
+    #[default]
+    Polling,
+    /// Telegram POSTs to `/hooks/telegram/<name>`.
+    Webhook,
+}
+
+/// `[telegram.<name>]`: a Telegram bot, the channel `<name>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramEntry {
+    /// The bot token from @BotFather.
+    pub token: String,
+    /// `polling` (default) or `webhook`.
+    #[serde(default)]
+    pub mode: TelegramMode,
+    /// Bot API base URL (default `https://api.telegram.org`).
+    #[serde(default = "telegram_api")]
+    pub api_base: String,
+    /// Seconds one `getUpdates` call waits (polling; default 30, at most 50).
+    #[serde(default = "telegram_poll_timeout")]
+    pub poll_timeout_secs: u64,
+    /// The webhook's secret token (webhook mode; required there).
+    pub secret_token: Option<String>,
+    /// The server's public base URL: the webhook is registered at start when given.
+    pub public_url: Option<String>,
+    /// Most messages sent per second (default 25).
+    #[serde(default = "telegram_sends")]
+    pub sends_per_second: u32,
+    /// Polling: seconds a dead server keeps the polling lease before another takes over
+    /// (default 15; renewed every third of it).
+    #[serde(default = "telegram_lease")]
+    pub lease_ttl_secs: u64,
+}
+
+fn telegram_api() -> String {
+    flowbot_channels::telegram::DEFAULT_API_BASE.into()
+}
+
+fn telegram_poll_timeout() -> u64 {
+    30
+}
+
+fn telegram_sends() -> u32 {
+    25
+}
+
+fn telegram_lease() -> u64 {
+    15
+}
+
+impl std::fmt::Debug for TelegramEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token and the secret token are secrets.
+        f.debug_struct("TelegramEntry")
+            .field("mode", &self.mode)
+            .field("api_base", &self.api_base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TelegramEntry {
+    /// The channel's settings, checked; the error names the offending field.
+    pub fn channel_config(
+        &self,
+        name: &str,
+    ) -> Result<flowbot_channels::telegram::TelegramConfig, String> {
+        use flowbot_channels::telegram::{Mode, TelegramConfig};
+        let mode = match self.mode {
+            TelegramMode::Polling => Mode::Polling {
+                timeout: std::time::Duration::from_secs(self.poll_timeout_secs),
+            },
+            TelegramMode::Webhook => Mode::Webhook {
+                secret_token: self
+                    .secret_token
+                    .clone()
+                    .ok_or("secret_token is required in webhook mode")?,
+                public_url: self.public_url.clone(),
+            },
+        };
+        let config = TelegramConfig {
+            name: name.to_owned(),
+            token: self.token.clone(),
+            api_base: self.api_base.clone(),
+            mode,
+            sends_per_second: self.sends_per_second,
+            lease: flowbot_core::lease::LeaseTiming {
+                ttl: std::time::Duration::from_secs(self.lease_ttl_secs),
+                every: std::time::Duration::from_millis(self.lease_ttl_secs * 1000 / 3),
+            },
+        };
+        if self.lease_ttl_secs < 3 {
+            return Err("lease_ttl_secs must be at least 3".into());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
