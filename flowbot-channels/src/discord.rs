@@ -11,7 +11,6 @@
 //! The rules' commands are registered as the application's global slash commands at start
 //! ([`Discord::register_commands`]).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -120,7 +119,8 @@ struct DiscordState {
     client: reqwest::Client,
     stats: AdapterCounters,
     /// Interaction tokens whose deferred response was already replaced by a reply.
-    answered: std::sync::Mutex<HashSet<String>>,
+    /// (Kept for the 15 minutes a token lives, then forgotten.)
+    answered: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
     /// Per route (method and path): when its rate-limit bucket has room again, from
     /// `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset-After`.
     exhausted: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
@@ -148,7 +148,7 @@ impl Discord {
                 key,
                 client,
                 stats: AdapterCounters::default(),
-                answered: std::sync::Mutex::new(HashSet::new()),
+                answered: std::sync::Mutex::new(std::collections::HashMap::new()),
                 exhausted: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         };
@@ -246,6 +246,16 @@ impl crate::AdapterStats for Discord {
 impl DiscordState {
     fn api(&self) -> &str {
         self.config.api_base.trim_end_matches('/')
+    }
+
+    /// Whether this is the first reply to the command whose interaction token is `token`
+    /// (it replaces the deferred response; later ones are follow-ups).
+    fn first_answer(&self, token: &str) -> bool {
+        const TOKEN_LIFE: Duration = Duration::from_secs(15 * 60);
+        let now = tokio::time::Instant::now();
+        let mut answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        answered.retain(|_, at| now.duration_since(*at) < TOKEN_LIFE);
+        answered.insert(token.to_owned(), now).is_none()
     }
 }
 
@@ -623,13 +633,7 @@ impl ChannelSender for DiscordSender {
             };
             let answer = match &interaction {
                 Some((is_command, token)) => {
-                    let first = *is_command
-                        && self
-                            .0
-                            .answered
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(token.clone());
+                    let first = *is_command && self.0.first_answer(token);
                     if first {
                         let url = format!("{api}/webhooks/{app}/{token}/messages/@original");
                         self.request(reqwest::Method::PATCH, &url, false, &b)
