@@ -7,6 +7,9 @@
 //! gets a larger `token` (a fencing token), so work can tell a stale holder from the current
 //! one. [`hold`] runs work under a lease: it waits to acquire it, runs the work, renews the
 //! lease, and stops the work as soon as the lease is lost.
+//!
+//! Expiry times are written with each process's own clock, so the processes sharing a store
+//! must keep their clocks in step (NTP) to well within the lease's ttl.
 
 use std::future::Future;
 use std::time::Duration;
