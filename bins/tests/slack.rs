@@ -190,12 +190,7 @@ async fn events_are_verified_stored_once_and_answered() {
         slack.posted("C1")
     );
     assert!(slack.posted("C1").iter().all(|b| b["text"] != "loop?"));
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = common::metrics(&server.base).await;
     for reason in ["message from a bot", "message:message_changed", "pin_added"] {
         assert!(
             metrics.contains(&format!(
@@ -280,12 +275,7 @@ async fn buttons_round_trip_and_slash_commands_answer() {
         },
     )
     .await;
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = common::metrics(&server.base).await;
     assert!(
         metrics.contains("flowbot_channel_api_errors_total{channel=\"sl\"} 0"),
         "a 429 waited out is not a failure: {metrics}"
@@ -437,12 +427,7 @@ async fn socket_mode_receives_acknowledges_and_reconnects() {
     .await;
 
     // No connection failed along the way.
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = common::metrics(&server.base).await;
     assert!(
         metrics.contains("flowbot_channel_api_errors_total{channel=\"sl\"} 0"),
         "{metrics}"

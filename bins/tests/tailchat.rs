@@ -183,12 +183,7 @@ async fn callbacks_need_the_token_and_bad_ones_are_refused() {
             .count(),
         1
     );
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = common::metrics(&server.base).await;
     assert!(
         metrics
             .contains("flowbot_channel_ignored_total{channel=\"tc\",reason=\"plugin:notice\"} 1"),
@@ -215,12 +210,7 @@ async fn a_wrong_app_secret_is_reported_and_nothing_is_sent() {
     // The send fails at login; the failure is counted and the reply waits in the queue.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let metrics = reqwest::get(format!("{}/metrics", server.base))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = common::metrics(&server.base).await;
         let errors = metrics
             .lines()
             .find_map(|l| l.strip_prefix("flowbot_channel_api_errors_total{channel=\"tc\"} "))

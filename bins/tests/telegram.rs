@@ -134,12 +134,7 @@ async fn polling_answers_commands_and_clicks_and_rides_out_faults() {
     tg.push(json!({"edited_message": {"message_id": 1, "date": 0, "chat": {"id": 1001, "type": "private"}, "text": "x"}}));
     tg.push(text(1001, "/echo last"));
     tg.wait_for_text(1001, "last").await;
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = common::metrics(&server.base).await;
     assert!(
         metrics
             .contains("flowbot_channel_ignored_total{channel=\"tg\",reason=\"edited_message\"} 1")

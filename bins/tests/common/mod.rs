@@ -115,6 +115,37 @@ pub async fn wait_ready(base: &str, log: &std::path::Path) {
     }
 }
 
+/// Wait up to 20 s until `find` gives something; else fail, saying `what` and what `seen`
+/// shows by then.
+pub async fn found<T, S: std::fmt::Debug>(
+    what: &str,
+    mut find: impl FnMut() -> Option<T>,
+    seen: impl Fn() -> S,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(t) = find() {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}; seen: {:?}",
+            seen()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The server's `/metrics` text.
+pub async fn metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// Wait until `check` holds, or fail with `what`.
 pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;

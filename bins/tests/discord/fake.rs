@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -148,22 +147,16 @@ impl FakeDiscord {
 
     /// Wait for a message to `channel` whose content is `text`.
     pub async fn wait_for(&self, channel: &str, text: &str) -> Sent {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = self
-                .sent_to(channel)
-                .into_iter()
-                .find(|s| s.body["content"] == text)
-            {
-                return s;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no message {text:?} in {channel}; sent: {:?}",
+        crate::common::found(
+            &format!("no message {text:?} in {channel}"),
+            || {
                 self.sent_to(channel)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                    .into_iter()
+                    .find(|s| s.body["content"] == text)
+            },
+            || self.sent_to(channel),
+        )
+        .await
     }
 
     fn record(&self, channel: String, via: &'static str, body: Value) -> Value {

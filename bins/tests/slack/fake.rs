@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -134,18 +133,12 @@ impl FakeSlack {
 
     /// Wait for a message to `channel` whose text is `text`.
     pub async fn wait_for(&self, channel: &str, text: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(m) = self.posted(channel).into_iter().find(|b| b["text"] == text) {
-                return m;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no message {text:?} in {channel}; posted: {:?}",
-                self.posted(channel)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::common::found(
+            &format!("no message {text:?} in {channel}"),
+            || self.posted(channel).into_iter().find(|b| b["text"] == text),
+            || self.posted(channel),
+        )
+        .await
     }
 }
 

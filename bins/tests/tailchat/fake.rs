@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -76,22 +75,16 @@ impl FakeTailchat {
 
     /// Wait for a message to `converse` whose `plain` text is `text`.
     pub async fn wait_for(&self, converse: &str, text: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(m) = self
-                .sent_to(converse)
-                .into_iter()
-                .find(|m| m["plain"] == text)
-            {
-                return m;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no message {text:?} to {converse}; sent: {:?}",
+        crate::common::found(
+            &format!("no message {text:?} to {converse}"),
+            || {
                 self.sent_to(converse)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                    .into_iter()
+                    .find(|m| m["plain"] == text)
+            },
+            || self.sent_to(converse),
+        )
+        .await
     }
 }
 

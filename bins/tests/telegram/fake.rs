@@ -100,18 +100,12 @@ impl FakeTelegram {
 
     /// Wait for a message to `chat` whose text is `text`.
     pub async fn wait_for_text(&self, chat: i64, text: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(m) = self.sent_to(chat).into_iter().find(|b| b["text"] == text) {
-                return m;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no message {text:?} to chat {chat}; sent: {:?}",
-                self.sent_to(chat)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::common::found(
+            &format!("no message {text:?} to chat {chat}"),
+            || self.sent_to(chat).into_iter().find(|b| b["text"] == text),
+            || self.sent_to(chat),
+        )
+        .await
     }
 }
 
