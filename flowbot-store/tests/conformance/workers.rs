@@ -226,8 +226,9 @@ pub(super) async fn graceful_shutdown_releases_unfinished_tasks(store: Arc<dyn S
             }),
         )
         .expect("register");
+    // The quick task needs 300 ms: the deadline leaves it ample room on a loaded machine.
     let config = WorkerConfig {
-        shutdown_timeout: Duration::from_millis(800),
+        shutdown_timeout: Duration::from_millis(2000),
         ..fast_workers("shutdown-test", 4)
     };
     let pool = WorkerPool::new(store.clone(), Arc::new(registry), config).expect("pool");
