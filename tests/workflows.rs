@@ -371,7 +371,11 @@ async fn failures_retry_then_fail_the_run_and_retry_resumes(store: Arc<dyn Store
     assert_eq!((node.status, node.attempt), (NodeStatus::Failed, 3));
     // Retrying the failed run starts the failed node again; the 4th call succeeds.
     let again = env.engine.retry(&bad.id).await.unwrap();
-    assert_eq!(again.status, RunStatus::Running);
+    // Read back after the node was queued again: a fast worker may have finished it already.
+    assert!(
+        matches!(again.status, RunStatus::Running | RunStatus::Completed),
+        "{again:#?}"
+    );
     let done = wait_final(&env.engine, &bad.id).await;
     assert_eq!(done.status, RunStatus::Completed, "{done:#?}");
     // Only failed runs can be retried.
