@@ -434,7 +434,7 @@ impl Config {
         }
         for (name, d) in &self.discord {
             d.channel_config(name)
-                .validate()
+                .and_then(|c| c.validate())
                 .map_err(|e| err(format!("discord.{name}"), e))?;
         }
         for (name, s) in &self.slack {

@@ -290,8 +290,9 @@ pub async fn run_server_with(
         adapters.push(Arc::new(slack));
     }
     for (name, entry) in &config.discord {
+        let settings = entry.channel_config(name).map_err(RunError::Channel)?;
         let (discord, channel) =
-            Discord::new(store.clone(), entry.channel_config(name)).map_err(RunError::Channel)?;
+            Discord::new(store.clone(), settings).map_err(RunError::Channel)?;
         // The rules' commands as the application's slash commands (as loaded at start).
         match discord
             .register_commands(&rules.router().current().commands())
@@ -346,7 +347,7 @@ pub async fn run_server_with(
             telegram: !config.telegram.is_empty(),
             tailchat: !config.tailchat.is_empty(),
             slack: !config.slack.is_empty(),
-            discord: !config.discord.is_empty(),
+            discord: config.discord.values().any(|d| d.public_key.is_some()),
         },
     );
     let doc = Arc::new(doc);
@@ -436,8 +437,10 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
     }
     // Agents deliver replies; the servers receive.
     for (name, entry) in &config.discord {
-        let (_, channel) =
-            Discord::new(store.clone(), entry.channel_config(name)).map_err(RunError::Channel)?;
+        // No gateway here: the servers receive.
+        let mut settings = entry.channel_config(name).map_err(RunError::Channel)?;
+        settings.gateway = None;
+        let (_, channel) = Discord::new(store.clone(), settings).map_err(RunError::Channel)?;
         builder = builder.channel(channel);
     }
     for (name, entry) in &config.slack {

@@ -9,8 +9,11 @@
 //!   listed under the text and the user answers with one;
 //! - after a dropped connection (a closed socket, a delivery retried after its answer was
 //!   lost, a Bot API that fails two polls, a Tailchat session that expired, Slack redelivering
-//!   an event whose 200 it missed, Discord's webhook failing a reply) the channel carries on
-//!   and nothing is handled twice.
+//!   an event whose 200 it missed, Discord's webhook failing a reply, Discord's gateway
+//!   closing the socket) the channel carries on and nothing is handled twice.
+//!
+//! Discord runs twice: `discord` over the HTTP interactions endpoint (users reach the bot
+//! through slash commands), `discord_gateway` over the gateway (plain messages).
 
 mod common;
 #[path = "discord/fake.rs"]
@@ -462,6 +465,9 @@ struct DiscordUser {
     fake: FakeDiscord,
     base: String,
     seen: HashMap<String, usize>,
+    /// Over the gateway (channel `dg`), not the interactions endpoint (`dc`).
+    gateway: bool,
+    messages: u64,
 }
 
 impl DiscordUser {
@@ -482,17 +488,31 @@ impl DiscordUser {
 #[async_trait]
 impl Platform for DiscordUser {
     fn channel(&self) -> &str {
-        "dc"
+        if self.gateway { "dg" } else { "dc" }
     }
     fn user(&self) -> &str {
         "42"
     }
     fn conversation(&self, name: &str) -> String {
-        format!("D-{name}")
+        if self.gateway {
+            format!("G-{name}")
+        } else {
+            format!("D-{name}")
+        }
     }
     async fn say(&mut self, name: &str, text: &str) {
-        // Users reach a bot without a gateway through its slash commands.
         let channel = self.conversation(name);
+        if self.gateway {
+            self.messages += 1;
+            let id = format!("{}", 880_000 + self.messages);
+            self.fake.dispatch(
+                0,
+                "MESSAGE_CREATE",
+                discord_fake::message(&id, &channel, text),
+            );
+            return;
+        }
+        // Users reach a bot without a gateway through its slash commands.
         let (command, rest) = text
             .trim_start_matches('/')
             .split_once(' ')
@@ -511,8 +531,12 @@ impl Platform for DiscordUser {
     async fn click(&mut self, name: &str, value: &str) {
         let channel = self.conversation(name);
         let (id, token) = self.fake.interaction(&channel);
-        self.post(&discord_fake::click(&id, &token, &channel, value))
-            .await;
+        let click = discord_fake::click(&id, &token, &channel, value);
+        if self.gateway {
+            self.fake.dispatch(0, "INTERACTION_CREATE", click);
+        } else {
+            self.post(&click).await;
+        }
     }
     async fn reply(&mut self, name: &str) -> Reply {
         let channel = self.conversation(name);
@@ -531,6 +555,12 @@ impl Platform for DiscordUser {
         }
     }
     async fn drop_connection(&mut self, _name: &str) {
+        if self.gateway {
+            // Discord closes the socket (4000, unknown error): the bot resumes the session, and
+            // what was dispatched meanwhile is replayed.
+            self.fake.close(0, 4000);
+            return;
+        }
         // Discord's side fails the next reply (a 502): the task queue delivers it again.
         self.fake.fail_once();
     }
@@ -548,13 +578,22 @@ async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
     let server = start_with(move |c| {
         c.discord.insert(
             "dc".into(),
-            DiscordEntry {
-                bot_token: discord_fake::BOT_TOKEN.into(),
-                application_id: discord_fake::APP_ID.into(),
-                public_key: discord_fake::public_key(),
-                api_base: discord_api,
-            },
+            DiscordEntry::interactions_only(
+                discord_fake::BOT_TOKEN.into(),
+                discord_fake::APP_ID.into(),
+                discord_fake::public_key(),
+                discord_api.clone(),
+            ),
         );
+        let mut gateway = DiscordEntry::interactions_only(
+            discord_fake::BOT_TOKEN.into(),
+            discord_fake::APP_ID.into(),
+            String::new(),
+            discord_api,
+        );
+        gateway.public_key = None;
+        gateway.gateway = true;
+        c.discord.insert("dg".into(), gateway);
         c.slack.insert(
             "sl".into(),
             SlackEntry {
@@ -618,11 +657,19 @@ async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
             events: 0,
             last: None,
         }),
-        "discord" => Box::new(DiscordUser {
-            fake: discord,
-            base: server.base.clone(),
-            seen: HashMap::new(),
-        }),
+        "discord" | "discord_gateway" => {
+            let gateway = platform == "discord_gateway";
+            if gateway {
+                discord.wait_connected(0).await;
+            }
+            Box::new(DiscordUser {
+                fake: discord,
+                base: server.base.clone(),
+                seen: HashMap::new(),
+                gateway,
+                messages: 0,
+            })
+        }
         other => panic!("no platform {other}"),
     };
     (server, p)
@@ -721,4 +768,12 @@ macro_rules! conformance {
     };
 }
 
-conformance!(web, webhook, telegram, tailchat, slack, discord);
+conformance!(
+    web,
+    webhook,
+    telegram,
+    tailchat,
+    slack,
+    discord,
+    discord_gateway
+);

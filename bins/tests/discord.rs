@@ -14,12 +14,7 @@ use harness::{Server, problem, start_with};
 use serde_json::{Value, json};
 
 fn entry(fake: &FakeDiscord) -> DiscordEntry {
-    DiscordEntry {
-        bot_token: BOT_TOKEN.into(),
-        application_id: APP_ID.into(),
-        public_key: public_key(),
-        api_base: fake.api(),
-    }
+    DiscordEntry::interactions_only(BOT_TOKEN.into(), APP_ID.into(), public_key(), fake.api())
 }
 
 async fn post(server: &Server, body: &str, ts: i64) -> reqwest::Response {
@@ -162,9 +157,11 @@ async fn the_sender_posts_to_channels_and_edits() {
             .await
             .expect("store"),
     );
-    let (_, channel) =
-        flowbot_channels::discord::Discord::new(store, entry(&discord).channel_config("dc"))
-            .expect("discord");
+    let (_, channel) = flowbot_channels::discord::Discord::new(
+        store,
+        entry(&discord).channel_config("dc").expect("settings"),
+    )
+    .expect("discord");
     let target = Target {
         channel: "dc".into(),
         conversation: "C7".into(),

@@ -1,5 +1,8 @@
-//! Discord, in HTTP interactions mode: the bot runs without a gateway connection. Discord
-//! POSTs slash commands and component clicks to the application's *Interactions Endpoint URL*,
+//! Discord: the gateway for messages, member joins, reactions and interactions
+//! ([`gateway`]), and the HTTP interactions endpoint for bots that run without one. Either or
+//! both may be configured.
+//!
+//! In HTTP interactions mode Discord POSTs slash commands and component clicks to the application's *Interactions Endpoint URL*,
 //! `POST /hooks/discord/{channel}/interactions`, signed with Ed25519 (`X-Signature-Ed25519` over
 //! `X-Signature-Timestamp` + body, checked against the application's public key; timestamps
 //! older than five minutes are refused). Each interaction is stored on the task queue and
@@ -34,6 +37,10 @@ use crate::AdapterCounters;
 use crate::adapter::{check_name, check_url, enqueue_inbound};
 use crate::problem::Problem;
 
+pub mod gateway;
+
+pub use gateway::GatewayConfig;
+
 /// Discord's API, version 10.
 pub const DEFAULT_API_BASE: &str = "https://discord.com/api/v10";
 
@@ -55,10 +62,14 @@ pub struct DiscordConfig {
     pub bot_token: String,
     /// The application id.
     pub application_id: String,
-    /// The application's public key (64 hex digits), for request signatures.
-    pub public_key: String,
+    /// The application's public key (64 hex digits), for request signatures: with it, the
+    /// interactions endpoint is served.
+    pub public_key: Option<String>,
     /// The API's base URL.
     pub api_base: String,
+    /// With it, the bot connects to the gateway. (With neither this nor `public_key`, the
+    /// channel only sends.)
+    pub gateway: Option<GatewayConfig>,
 }
 
 impl std::fmt::Debug for DiscordConfig {
@@ -67,6 +78,7 @@ impl std::fmt::Debug for DiscordConfig {
             .field("name", &self.name)
             .field("application_id", &self.application_id)
             .field("api_base", &self.api_base)
+            .field("gateway", &self.gateway)
             .finish_non_exhaustive()
     }
 }
@@ -83,7 +95,12 @@ impl DiscordConfig {
         {
             return Err("application_id must be the application's numeric id".into());
         }
-        public_key(&self.public_key)?;
+        if let Some(key) = &self.public_key {
+            public_key(key)?;
+        }
+        if let Some(g) = &self.gateway {
+            g.validate()?;
+        }
         check_url("api_base", &self.api_base)
     }
 }
@@ -115,7 +132,7 @@ struct DiscordState {
     config: DiscordConfig,
     channel: ChannelName,
     store: Arc<dyn Store>,
-    key: VerifyingKey,
+    key: Option<VerifyingKey>,
     client: reqwest::Client,
     stats: AdapterCounters,
     /// Interaction tokens whose deferred response was already replaced by a reply.
@@ -124,6 +141,12 @@ struct DiscordState {
     /// Per route (method and path): when its rate-limit bucket has room again, from
     /// `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset-After`.
     exhausted: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+    /// The bot's own user id, from the gateway's READY (its own messages are not events).
+    bot_user: std::sync::Mutex<Option<String>>,
+    /// Per server, its system channel (where member joins are answered), from GUILD_CREATE.
+    system_channels: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Per identify bucket, when a shard of this process last identified.
+    identified: tokio::sync::Mutex<std::collections::HashMap<u32, tokio::time::Instant>>,
 }
 
 impl Discord {
@@ -135,7 +158,12 @@ impl Discord {
     ) -> std::result::Result<(Discord, Channel), String> {
         let fail = |e: String| format!("discord channel '{}': {e}", config.name);
         config.validate().map_err(fail)?;
-        let key = public_key(&config.public_key).map_err(fail)?;
+        let key = config
+            .public_key
+            .as_deref()
+            .map(public_key)
+            .transpose()
+            .map_err(fail)?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()
@@ -150,12 +178,18 @@ impl Discord {
                 stats: AdapterCounters::default(),
                 answered: std::sync::Mutex::new(std::collections::HashMap::new()),
                 exhausted: std::sync::Mutex::new(std::collections::HashMap::new()),
+                bot_user: std::sync::Mutex::new(None),
+                system_channels: std::sync::Mutex::new(std::collections::HashMap::new()),
+                identified: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         };
-        let channel = Channel::new(
+        let mut channel = Channel::new(
             discord.state.config.name.as_str(),
             DiscordSender(discord.state.clone()),
         );
+        if discord.state.config.gateway.is_some() {
+            channel = channel.with_listener(gateway::GatewayListener(discord.state.clone()));
+        }
         Ok((discord, channel))
     }
 
@@ -164,8 +198,12 @@ impl Discord {
         &self.state.config.name
     }
 
-    /// `POST /hooks/discord/{channel}/interactions`.
+    /// `POST /hooks/discord/{channel}/interactions`, when the application's public key is
+    /// set (otherwise no route).
     pub fn router(&self) -> Router {
+        if self.state.key.is_none() {
+            return Router::new();
+        }
         Router::new()
             .route(
                 &format!("/hooks/discord/{}/interactions", self.state.config.name),
@@ -290,9 +328,12 @@ fn verify(
     let mut signed = Vec::with_capacity(ts.len() + body.len());
     signed.extend_from_slice(ts.as_bytes());
     signed.extend_from_slice(body);
-    state
-        .key
-        .verify_strict(&signed, &Signature::from_bytes(&sig))
+    let Some(key) = &state.key else {
+        return Err(unauthorized(
+            "this application has no public key configured",
+        ));
+    };
+    key.verify_strict(&signed, &Signature::from_bytes(&sig))
         .map_err(|_| unauthorized("signature does not match"))
 }
 
@@ -364,14 +405,36 @@ async fn on_interaction(
     verify(state, headers, &body)?;
     let i: Value = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("invalid interaction: {e}")))?;
+    let handled = interaction_event(state, &i)?;
+    if let Some((event, key)) = &handled.event {
+        enqueue_inbound(&*state.store, &state.channel, &state.stats, event, key).await?;
+    }
+    Ok(handled.answer)
+}
+
+/// An interaction, as the event to store (with its deduplication key) and the answer that
+/// acknowledges it.
+struct Handled {
+    event: Option<(Event, String)>,
+    answer: Value,
+}
+
+/// What interaction `i` (from the endpoint or the gateway) means.
+fn interaction_event(state: &DiscordState, i: &Value) -> std::result::Result<Handled, Problem> {
     let kind = i["type"].as_u64().ok_or_else(|| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid interaction: no numeric 'type'",
         )
     })?;
+    let answer_only = |answer: Value| {
+        Ok(Handled {
+            event: None,
+            answer,
+        })
+    };
     if kind == 1 {
-        return Ok(json!({ "type": 1 })); // PING → PONG
+        return answer_only(json!({ "type": 1 })); // PING → PONG
     }
     let field = |name: &str| {
         i[name].as_str().map(str::to_owned).ok_or_else(|| {
@@ -392,7 +455,7 @@ async fn on_interaction(
                 "invalid interaction: no channel",
             )
         })?;
-    let sender = sender_of(&i).ok_or_else(|| {
+    let sender = sender_of(i).ok_or_else(|| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid interaction: no user",
@@ -428,25 +491,20 @@ async fn on_interaction(
         }
         4 => {
             state.stats.ignored.inc("autocomplete");
-            return Ok(json!({ "type": 8, "data": { "choices": [] } }));
+            return answer_only(json!({ "type": 8, "data": { "choices": [] } }));
         }
         other => {
             state
                 .stats
                 .ignored
                 .inc(&format!("interaction type {other}"));
-            return Ok(json!({ "type": 6 }));
+            return answer_only(json!({ "type": 6 }));
         }
     };
-    enqueue_inbound(
-        &*state.store,
-        &state.channel,
-        &state.stats,
-        &event,
-        &format!("interaction:{id}"),
-    )
-    .await?;
-    Ok(answer)
+    Ok(Handled {
+        event: Some((event, format!("interaction:{id}"))),
+        answer,
+    })
 }
 
 struct DiscordSender(Arc<DiscordState>);
@@ -568,6 +626,20 @@ fn body(message: &Outbound, content: &str) -> Value {
     out
 }
 
+/// Whether Discord can show `a` as an embed's image.
+fn is_image(a: &flowbot_core::Attachment) -> bool {
+    match &a.mime {
+        Some(mime) => mime.starts_with("image/"),
+        None => {
+            let path = a.url.split(['?', '#']).next().unwrap_or_default();
+            let ext = path.rsplit('.').next().unwrap_or_default();
+            ["png", "jpg", "jpeg", "gif", "webp"]
+                .iter()
+                .any(|e| ext.eq_ignore_ascii_case(e))
+        }
+    }
+}
+
 /// Cut `text` into pieces of at most [`MAX_CONTENT`] characters, at line breaks when it can.
 fn pieces(text: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -616,12 +688,27 @@ impl ChannelSender for DiscordSender {
         });
         let api = self.0.api().to_owned();
         let app = &self.0.config.application_id;
+        // Images become embeds (up to Discord's ten); other files are linked, and Discord
+        // shows their preview.
         let mut text = message.text.clone();
+        let mut embeds = Vec::new();
         for a in &message.attachments {
-            // Discord shows a link to an image or file as its preview.
-            text.push('\n');
-            text.push_str(&a.url);
+            if is_image(a) && embeds.len() < 10 {
+                let mut embed = json!({ "image": { "url": a.url } });
+                if let Some(name) = &a.name {
+                    embed["title"] = name.chars().take(256).collect::<String>().into();
+                }
+                embeds.push(embed);
+            } else {
+                text.push('\n');
+                text.push_str(&a.url);
+            }
         }
+        // A reply to a message read from the gateway is shown as a reply to it.
+        let reference = message
+            .reply_to
+            .as_ref()
+            .and_then(|r| r.as_str().strip_prefix("msg:"));
         let parts = pieces(&text);
         let last = parts.len() - 1;
         let mut sent = None;
@@ -631,6 +718,12 @@ impl ChannelSender for DiscordSender {
             } else {
                 body(&Outbound::default(), part)
             };
+            if n == last && !embeds.is_empty() {
+                b["embeds"] = Value::Array(std::mem::take(&mut embeds));
+            }
+            if let (0, Some(id)) = (n, reference) {
+                b["message_reference"] = json!({ "message_id": id, "fail_if_not_exists": false });
+            }
             let answer = match &interaction {
                 Some((is_command, token)) => {
                     let first = *is_command && self.0.first_answer(token);

@@ -4,7 +4,8 @@
 
 use serde::Deserialize;
 
-/// `[discord.<name>]`: a Discord application (HTTP interactions), the channel `<name>`.
+/// `[discord.<name>]`: a Discord application, the channel `<name>`: over the gateway, the
+/// HTTP interactions endpoint, or both.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscordEntry {
@@ -12,15 +13,41 @@ pub struct DiscordEntry {
     pub bot_token: String,
     /// The application id.
     pub application_id: String,
-    /// The application's public key (hex).
-    pub public_key: String,
-    /// API base URL (default `https://discord.com/api/v10`).
+    /// The application's public key (hex): with it, `/hooks/discord/<name>/interactions` is
+    /// served.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// API base URL (default `https://discord.com/api/v10`); the gateway's URL comes from its
+    /// `GET /gateway/bot`.
     #[serde(default = "discord_api")]
     pub api_base: String,
+    /// Connect to the gateway (default true).
+    #[serde(default = "yes")]
+    pub gateway: bool,
+    /// How many shards the bot runs in all (default 1).
+    #[serde(default = "one")]
+    pub gateway_shards: u32,
+    /// The gateway intents, by Discord's names in lower case (default: guilds,
+    /// guild_members, guild_messages, guild_message_reactions, direct_messages,
+    /// direct_message_reactions, message_content).
+    #[serde(default)]
+    pub gateway_intents: Option<Vec<String>>,
+    /// Seconds a dead server keeps a shard's lease before another takes over (default 15;
+    /// renewed every third of it).
+    #[serde(default = "lease_ttl")]
+    pub lease_ttl_secs: u64,
 }
 
 fn discord_api() -> String {
     flowbot_channels::discord::DEFAULT_API_BASE.into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl std::fmt::Debug for DiscordEntry {
@@ -29,20 +56,70 @@ impl std::fmt::Debug for DiscordEntry {
         f.debug_struct("DiscordEntry")
             .field("application_id", &self.application_id)
             .field("api_base", &self.api_base)
+            .field("gateway", &self.gateway)
+            .field("gateway_shards", &self.gateway_shards)
             .finish_non_exhaustive()
     }
 }
 
 impl DiscordEntry {
-    /// The channel's settings.
-    pub fn channel_config(&self, name: &str) -> flowbot_channels::discord::DiscordConfig {
-        flowbot_channels::discord::DiscordConfig {
+    /// Settings for an application served over the interactions endpoint only.
+    pub fn interactions_only(
+        bot_token: String,
+        application_id: String,
+        public_key: String,
+        api_base: String,
+    ) -> DiscordEntry {
+        DiscordEntry {
+            bot_token,
+            application_id,
+            public_key: Some(public_key),
+            api_base,
+            gateway: false,
+            gateway_shards: 1,
+            gateway_intents: None,
+            lease_ttl_secs: lease_ttl(),
+        }
+    }
+
+    /// The channel's settings; the error names the key that is wrong.
+    pub fn channel_config(
+        &self,
+        name: &str,
+    ) -> Result<flowbot_channels::discord::DiscordConfig, String> {
+        use flowbot_channels::discord::gateway;
+        let gateway = if self.gateway {
+            if self.lease_ttl_secs < 3 {
+                return Err("lease_ttl_secs must be at least 3".into());
+            }
+            let intents = match &self.gateway_intents {
+                Some(names) => gateway::intents(names),
+                None => gateway::intents(gateway::DEFAULT_INTENTS),
+            }
+            .map_err(|e| format!("gateway_intents: {e}"))?;
+            Some(gateway::GatewayConfig {
+                shards: self.gateway_shards,
+                intents,
+                lease: flowbot_core::lease::LeaseTiming {
+                    ttl: std::time::Duration::from_secs(self.lease_ttl_secs),
+                    every: std::time::Duration::from_millis(self.lease_ttl_secs * 1000 / 3),
+                },
+            })
+        } else if self.public_key.is_none() {
+            return Err(
+                "the bot would receive nothing: set gateway = true, public_key, or both".into(),
+            );
+        } else {
+            None
+        };
+        Ok(flowbot_channels::discord::DiscordConfig {
             name: name.to_owned(),
             bot_token: self.bot_token.clone(),
             application_id: self.application_id.clone(),
             public_key: self.public_key.clone(),
             api_base: self.api_base.clone(),
-        }
+            gateway,
+        })
     }
 }
 
@@ -168,7 +245,7 @@ pub struct TelegramEntry {
     pub sends_per_second: u32,
     /// Polling: seconds a dead server keeps the polling lease before another takes over
     /// (default 15; renewed every third of it).
-    #[serde(default = "telegram_lease")]
+    #[serde(default = "lease_ttl")]
     pub lease_ttl_secs: u64,
 }
 
@@ -184,7 +261,7 @@ fn telegram_sends() -> u32 {
     25
 }
 
-fn telegram_lease() -> u64 {
+fn lease_ttl() -> u64 {
     15
 }
 

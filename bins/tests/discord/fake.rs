@@ -1,15 +1,25 @@
-//! Discord's HTTP API on 127.0.0.1, written from Discord's developer documentation (API v10):
-//! bot-authenticated routes (`Authorization: Bot <token>`) to register global application
-//! commands and to post and edit channel messages, the interaction webhook routes (editing the
-//! original response, follow-ups), and 429 answers with `retry_after` in the JSON body. Its
-//! signing key stands in for Discord's: interactions sent to the app are signed with it
-//! (Ed25519 over timestamp + body).
+//! Discord's HTTP API and gateway on 127.0.0.1, written from Discord's developer
+//! documentation (API v10): bot-authenticated routes (`Authorization: Bot <token>`) to
+//! register global application commands, to post and edit channel messages and to find the
+//! gateway (`GET /gateway/bot`); the interaction routes (the initial response callback,
+//! editing the original response, follow-ups); 429 answers with `retry_after` in the JSON
+//! body. Its signing key stands in for Discord's: interactions sent to the app are signed with
+//! it (Ed25519 over timestamp + body).
+//!
+//! The gateway (at `/`, as Discord's is, JSON encoding) speaks the documented session lifecycle: Hello with
+//! the heartbeat interval, Identify (token checked, else close 4004) answered by READY with a
+//! session id and `resume_gateway_url`, then GUILD_CREATE; heartbeats answered with ACKs;
+//! numbered dispatches kept per session, so a Resume (op 6) replays those after the
+//! client's sequence number and then sends RESUMED, and an unknown session gets Invalid
+//! Session (op 9, not resumable). Tests can ask the client to reconnect (op 7), close the
+//! socket with a code, stop acknowledging heartbeats, and send frames of their own.
 #![allow(dead_code, unreachable_pub)] // a helper module; each test file uses some of it
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
+use axum::extract::ws::{CloseFrame, Message as Ws, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +28,11 @@ use serde_json::{Value, json};
 
 pub const BOT_TOKEN: &str = "discord-bot-token-0123456789abcdef";
 pub const APP_ID: &str = "4242";
+/// The bot's own user id.
+pub const BOT_USER: &str = "4243";
+/// The server (guild) the bot is in, and its system channel.
+pub const GUILD: &str = "777";
+pub const SYSTEM_CHANNEL: &str = "778";
 
 fn key() -> SigningKey {
     SigningKey::from_bytes(&[7u8; 32])
@@ -57,7 +72,42 @@ struct Inner {
     down: u32,
     /// Channel messages answer `X-RateLimit-Remaining: 0` with this reset (seconds).
     bucket_reset: Option<f64>,
+    /// Interaction callbacks: (interaction id, response type).
+    callbacks: Vec<(String, u64)>,
+    gateway: Gateway,
 }
+
+#[derive(Default)]
+struct Gateway {
+    /// Sessions by id: shard and the dispatches sent in it (with their `s`).
+    sessions: HashMap<String, Session>,
+    /// Per shard, its current session (the latest identified or resumed).
+    current: HashMap<u32, String>,
+    /// Per session, the live connection's outbox.
+    live: HashMap<String, tokio::sync::mpsc::UnboundedSender<Out>>,
+    /// Identify payloads (`d`), in order.
+    identifies: Vec<Value>,
+    /// Resumes: (session id, seq).
+    resumes: Vec<(String, Option<u64>)>,
+    heartbeats: u64,
+    /// Heartbeats are not acknowledged.
+    silent: bool,
+}
+
+struct Session {
+    shard: u32,
+    sent: Vec<Value>,
+}
+
+/// What a test makes the gateway do on a live connection.
+#[derive(Debug)]
+enum Out {
+    Frame(String),
+    Close(u16),
+}
+
+/// The heartbeat interval the gateway asks for.
+pub const HEARTBEAT_MS: u64 = 400;
 
 #[derive(Clone, Default)]
 pub struct FakeDiscord {
@@ -93,6 +143,12 @@ impl FakeDiscord {
                 "/api/v10/webhooks/{app}/{token}",
                 axum::routing::post(followup),
             )
+            .route("/api/v10/gateway/bot", axum::routing::get(gateway_bot))
+            .route(
+                "/api/v10/interactions/{id}/{token}/callback",
+                axum::routing::post(callback),
+            )
+            .route("/", axum::routing::any(gateway))
             .with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.expect("fake discord") });
         fake
@@ -119,6 +175,84 @@ impl FakeDiscord {
     /// From now on, channel messages report their bucket empty for `secs`.
     pub fn empty_bucket(&self, secs: f64) {
         self.inner.lock().expect("lock").bucket_reset = Some(secs);
+    }
+
+    /// Interaction callbacks received: (interaction id, response type).
+    pub fn callbacks(&self) -> Vec<(String, u64)> {
+        self.inner.lock().expect("lock").callbacks.clone()
+    }
+
+    /// Send dispatch `t` with data `d` on shard `shard`'s current session: at once if it is
+    /// connected, else when the session is resumed.
+    pub fn dispatch(&self, shard: u32, t: &str, d: Value) {
+        let mut i = self.inner.lock().expect("lock");
+        let g = &mut i.gateway;
+        let id = g
+            .current
+            .get(&shard)
+            .cloned()
+            .expect("no session on that shard");
+        let session = g.sessions.get_mut(&id).expect("session");
+        let s = session.sent.len() as u64 + 2; // READY was 1
+        let frame = json!({"op": 0, "t": t, "s": s, "d": d});
+        session.sent.push(frame.clone());
+        if let Some(out) = g.live.get(&id) {
+            let _ = out.send(Out::Frame(frame.to_string()));
+        }
+    }
+
+    /// Send `frame` as it is on shard `shard`'s live connection.
+    pub fn send_raw(&self, shard: u32, frame: &str) {
+        self.live_out(shard)
+            .send(Out::Frame(frame.to_owned()))
+            .expect("live");
+    }
+
+    /// Close shard `shard`'s live connection with `code`.
+    pub fn close(&self, shard: u32, code: u16) {
+        self.live_out(shard).send(Out::Close(code)).expect("live");
+    }
+
+    fn live_out(&self, shard: u32) -> tokio::sync::mpsc::UnboundedSender<Out> {
+        let i = self.inner.lock().expect("lock");
+        let id = i.gateway.current.get(&shard).expect("no session");
+        i.gateway.live.get(id).expect("not connected").clone()
+    }
+
+    /// Stop (or resume) acknowledging heartbeats.
+    pub fn silence_heartbeats(&self, silent: bool) {
+        self.inner.lock().expect("lock").gateway.silent = silent;
+    }
+
+    pub fn identifies(&self) -> Vec<Value> {
+        self.inner.lock().expect("lock").gateway.identifies.clone()
+    }
+
+    pub fn resumes(&self) -> Vec<(String, Option<u64>)> {
+        self.inner.lock().expect("lock").gateway.resumes.clone()
+    }
+
+    pub fn heartbeats(&self) -> u64 {
+        self.inner.lock().expect("lock").gateway.heartbeats
+    }
+
+    /// Whether shard `shard` has a live, identified or resumed connection.
+    pub fn connected(&self, shard: u32) -> bool {
+        let i = self.inner.lock().expect("lock");
+        i.gateway
+            .current
+            .get(&shard)
+            .is_some_and(|id| i.gateway.live.contains_key(id))
+    }
+
+    /// Wait until shard `shard` is connected.
+    pub async fn wait_connected(&self, shard: u32) {
+        crate::common::found(
+            &format!("shard {shard} never connected"),
+            || self.connected(shard).then_some(()),
+            || self.identifies(),
+        )
+        .await
     }
 
     /// The next webhook call fails with 502.
@@ -323,4 +457,187 @@ pub fn click(id: &str, token: &str, channel: &str, value: &str) -> Value {
         "member": {"user": {"id": "42", "username": "ada"}, "roles": [], "permissions": "0"},
         "message": {"id": "555", "channel_id": channel, "content": "…"},
         "data": {"custom_id": value, "component_type": 2}})
+}
+
+/// A message by user 42 (`Ada`) in `channel`, as MESSAGE_CREATE's data.
+pub fn message(id: &str, channel: &str, content: &str) -> Value {
+    json!({"id": id, "channel_id": channel, "guild_id": GUILD, "type": 0, "content": content,
+        "author": {"id": "42", "username": "ada", "global_name": "Ada", "discriminator": "0"},
+        "member": {"roles": [], "joined_at": "2026-01-01T00:00:00.000000+00:00"},
+        "timestamp": "2026-11-22T10:00:00.000000+00:00", "edited_timestamp": null, "tts": false,
+        "mention_everyone": false, "mentions": [], "mention_roles": [], "attachments": [],
+        "embeds": [], "pinned": false})
+}
+
+async fn gateway_bot(State(fake): State<FakeDiscord>, headers: HeaderMap) -> Response {
+    if !bot(&headers) {
+        return unauthorized();
+    }
+    let url = fake.base.replacen("http://", "ws://", 1);
+    Json(json!({"url": url, "shards": 1, "session_start_limit":
+        {"total": 1000, "remaining": 999, "reset_after": 14_400_000, "max_concurrency": 1}}))
+    .into_response()
+}
+
+async fn callback(
+    State(fake): State<FakeDiscord>,
+    Path((id, token)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut i = fake.inner.lock().expect("lock");
+    if !i.tokens.contains_key(&token) {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"message": "Unknown interaction", "code": 10062})),
+        )
+            .into_response();
+    }
+    i.callbacks.push((id, body["type"].as_u64().unwrap_or(0)));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn gateway(State(fake): State<FakeDiscord>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| connection(fake, socket))
+}
+
+/// One gateway connection, from Hello to close.
+async fn connection(fake: FakeDiscord, mut ws: WebSocket) {
+    use futures_util::StreamExt;
+    let hello = json!({"op": 10, "d": {"heartbeat_interval": HEARTBEAT_MS}, "s": null, "t": null});
+    if ws.send(Ws::text(hello.to_string())).await.is_err() {
+        return;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
+    let mut session: Option<String> = None;
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(Out::Frame(f)) => if ws.send(Ws::text(f)).await.is_err() { break },
+                Some(Out::Close(code)) => {
+                    let _ = ws.send(Ws::Close(Some(CloseFrame { code, reason: "test".into() }))).await;
+                    break;
+                }
+                None => break,
+            },
+            frame = ws.next() => {
+                let Some(Ok(Ws::Text(text))) = frame else { break };
+                let Ok(p) = serde_json::from_str::<Value>(text.as_str()) else {
+                    let _ = ws.send(Ws::Close(Some(CloseFrame { code: 4002, reason: "decode error".into() }))).await;
+                    break;
+                };
+                let replies = fake.on_frame(&p, &mut session, &tx);
+                let mut closed = false;
+                for r in replies {
+                    match r {
+                        Out::Frame(f) => if ws.send(Ws::text(f)).await.is_err() { closed = true },
+                        Out::Close(code) => {
+                            let _ = ws.send(Ws::Close(Some(CloseFrame { code, reason: "refused".into() }))).await;
+                            closed = true;
+                        }
+                    }
+                }
+                if closed { break }
+            }
+        }
+    }
+    if let Some(id) = session {
+        let mut i = fake.inner.lock().expect("lock");
+        // Only this connection's registration (a resume may have replaced it).
+        if i.gateway.live.get(&id).is_some_and(|o| o.same_channel(&tx)) {
+            i.gateway.live.remove(&id);
+        }
+    }
+}
+
+impl FakeDiscord {
+    /// The gateway's answers to a client frame.
+    fn on_frame(
+        &self,
+        p: &Value,
+        session: &mut Option<String>,
+        tx: &tokio::sync::mpsc::UnboundedSender<Out>,
+    ) -> Vec<Out> {
+        let mut i = self.inner.lock().expect("lock");
+        let g = &mut i.gateway;
+        let frame = |v: Value| Out::Frame(v.to_string());
+        match p["op"].as_u64() {
+            Some(1) => {
+                g.heartbeats += 1;
+                if g.silent {
+                    vec![]
+                } else {
+                    vec![frame(json!({"op": 11}))]
+                }
+            }
+            Some(2) => {
+                let d = &p["d"];
+                g.identifies.push(d.clone());
+                if d["token"] != BOT_TOKEN {
+                    return vec![Out::Close(4004)];
+                }
+                let shard = d["shard"][0].as_u64().unwrap_or(0) as u32;
+                let id = format!("session-{}", g.identifies.len());
+                g.sessions.insert(
+                    id.clone(),
+                    Session {
+                        shard,
+                        sent: vec![],
+                    },
+                );
+                g.current.insert(shard, id.clone());
+                g.live.insert(id.clone(), tx.clone());
+                *session = Some(id.clone());
+                let resume = self.base.replacen("http://", "ws://", 1);
+                vec![
+                    frame(json!({"op": 0, "t": "READY", "s": 1, "d": {
+                        "v": 10, "session_id": id, "resume_gateway_url": resume,
+                        "user": {"id": BOT_USER, "username": "flowbot", "bot": true, "discriminator": "0"},
+                        "guilds": [{"id": GUILD, "unavailable": true}],
+                        "shard": d["shard"], "application": {"id": APP_ID, "flags": 0}}})),
+                ]
+                .into_iter()
+                .chain(Self::dispatch_now(g, &id, "GUILD_CREATE", json!({
+                    "id": GUILD, "name": "Test server", "system_channel_id": SYSTEM_CHANNEL,
+                    "unavailable": false, "member_count": 2, "channels": [], "members": []}))
+                )
+                .collect()
+            }
+            Some(6) => {
+                let d = &p["d"];
+                let id = d["session_id"].as_str().unwrap_or_default().to_owned();
+                let seq = d["seq"].as_u64();
+                g.resumes.push((id.clone(), seq));
+                let Some(s) = g.sessions.get(&id).filter(|_| d["token"] == BOT_TOKEN) else {
+                    return vec![frame(json!({"op": 9, "d": false}))];
+                };
+                let shard = s.shard;
+                let mut out: Vec<Out> = s
+                    .sent
+                    .iter()
+                    .filter(|f| f["s"].as_u64() > seq && f["t"] != "RESUMED")
+                    .map(|f| Out::Frame(f.to_string()))
+                    .collect();
+                let next = s.sent.len() as u64 + 2;
+                out.push(frame(json!({"op": 0, "t": "RESUMED", "s": next, "d": {}})));
+                if let Some(s) = g.sessions.get_mut(&id) {
+                    s.sent
+                        .push(json!({"op": 0, "t": "RESUMED", "s": next, "d": {}}));
+                }
+                g.current.insert(shard, id.clone());
+                g.live.insert(id.clone(), tx.clone());
+                *session = Some(id);
+                out
+            }
+            _ => vec![Out::Close(4001)],
+        }
+    }
+
+    /// Record a dispatch in session `id` and return it to send now.
+    fn dispatch_now(g: &mut Gateway, id: &str, t: &str, d: Value) -> Option<Out> {
+        let session = g.sessions.get_mut(id)?;
+        let s = session.sent.len() as u64 + 2;
+        let f = json!({"op": 0, "t": t, "s": s, "d": d});
+        session.sent.push(f.clone());
+        Some(Out::Frame(f.to_string()))
+    }
 }
