@@ -195,6 +195,49 @@ async fn the_sender_posts_to_channels_and_edits() {
         .expect("edit");
     assert_eq!(discord.edits()[0].1["content"], "edited");
 
+    // A thread reply goes to the thread; images become embeds, other files links; a reply to
+    // a message read from the gateway references it.
+    let mut reply = Outbound::text("see attached").to(Target {
+        channel: "dc".into(),
+        conversation: "C7".into(),
+        thread: Some("T7".into()),
+    });
+    reply.reply_to = Some(flowbot_core::MessageId("msg:5551".into()));
+    for (url, mime) in [
+        ("https://files.example/chart.png?x=1", None),
+        ("https://files.example/photo", Some("image/jpeg")),
+        ("https://files.example/report.pdf", None),
+    ] {
+        reply.attachments.push(flowbot_core::Attachment {
+            url: url.into(),
+            name: Some("file".into()),
+            mime: mime.map(str::to_owned),
+            size: None,
+        });
+    }
+    channel.sender().send(&reply).await.expect("thread reply");
+    let in_thread = discord.sent_to("T7");
+    assert_eq!(in_thread.len(), 1, "sent to the thread");
+    let body = &in_thread[0].body;
+    assert_eq!(
+        body["content"],
+        "see attached\nhttps://files.example/report.pdf"
+    );
+    let images: Vec<&str> = body["embeds"]
+        .as_array()
+        .expect("embeds")
+        .iter()
+        .map(|e| e["image"]["url"].as_str().expect("image url"))
+        .collect();
+    assert_eq!(
+        images,
+        [
+            "https://files.example/chart.png?x=1",
+            "https://files.example/photo"
+        ]
+    );
+    assert_eq!(body["message_reference"]["message_id"], "5551");
+
     // Discord reports the route's bucket empty for 0.4 s: the next send waits for it.
     discord.empty_bucket(0.4);
     let short = |t: &str| {

@@ -1,0 +1,391 @@
+//! The Discord channel over the gateway, through the server, against a local Discord API and
+//! gateway: the identify payload (token, intents, shard), heartbeats, messages, slash commands
+//! and clicks (acknowledged through the callback route), member joins answered in the
+//! server's system channel, reactions, the bot's own messages left alone; then the faults:
+//! frames that are not JSON, malformed and unknown dispatches, unknown opcodes (counted, the
+//! session carries on), a reconnect request, a zombie connection, an invalid session, and a
+//! refused token (the shard stops, with a metric). And on PostgreSQL, two server processes
+//! sharing two shards: killing the holder moves its shards to the other within the lease's
+//! bounds.
+
+mod common;
+#[path = "discord/fake.rs"]
+mod fake;
+mod harness;
+
+use std::time::Duration;
+
+use fake::{APP_ID, BOT_TOKEN, BOT_USER, FakeDiscord, GUILD, SYSTEM_CHANNEL, message};
+use flowbot_server::config::DiscordEntry;
+use harness::{Server, start_with};
+use serde_json::json;
+
+const RULES: &str = r#"
+[[rule]]
+name = "echo"
+when = { command = "echo <text...>" }
+then = [{ reply = "{{ args.text }}" }]
+
+[[rule]]
+name = "welcome"
+when = { event = "member_joined" }
+then = [{ reply = "Welcome, {{ message.user_name }}!" }]
+
+[[rule]]
+name = "thanks"
+when = { event = "reaction" }
+then = [{ reply = "Thanks for the {{ message.emoji }}" }]
+
+[[rule]]
+name = "pick"
+when = { command = "pick" }
+then = [{ reply = "Which?" }]
+
+[[rule]]
+name = "picked"
+when = { event = "button" }
+then = [{ reply = "picked {{ message.value }}" }]
+"#;
+
+async fn server(discord: &FakeDiscord, rules: &common::TempDir) -> Server {
+    std::fs::write(rules.0.join("bot.toml"), RULES).expect("rules");
+    let (api, dir) = (discord.api(), rules.0.clone());
+    let s = start_with(move |c| {
+        c.rules.dir = Some(dir);
+        let mut entry =
+            DiscordEntry::interactions_only(BOT_TOKEN.into(), APP_ID.into(), String::new(), api);
+        entry.public_key = None;
+        entry.gateway = true;
+        c.discord.insert("dg".into(), entry);
+    })
+    .await;
+    discord.wait_connected(0).await;
+    s
+}
+
+/// Wait until `cond` holds (20 s at most).
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    common::found(what, || cond().then_some(()), || ()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_session_carries_messages_commands_joins_and_reactions() {
+    let discord = FakeDiscord::start().await;
+    let rules = common::TempDir::new("flowbot-discord-gateway");
+    let server = server(&discord, &rules).await;
+
+    // Identify: the token, the default intents, one shard of one.
+    let identify = &discord.identifies()[0];
+    assert_eq!(identify["token"], BOT_TOKEN);
+    assert_eq!(
+        identify["intents"],
+        1 | 1 << 1 | 1 << 9 | 1 << 10 | 1 << 12 | 1 << 13 | 1 << 15
+    );
+    assert_eq!(identify["shard"], json!([0, 1]));
+    until("two heartbeats", || discord.heartbeats() >= 2).await;
+
+    // A message, answered as a reply to it.
+    discord.dispatch(0, "MESSAGE_CREATE", message("7001", "C1", "/echo hi there"));
+    let reply = discord.wait_for("C1", "hi there").await;
+    assert_eq!(reply.via, "channel");
+    assert_eq!(reply.body["message_reference"]["message_id"], "7001");
+
+    // The bot's own message is not an event (no echo of an echo).
+    let mut own = message("7002", "C1", "/echo loop");
+    own["author"] = json!({"id": BOT_USER, "username": "flowbot", "bot": true});
+    discord.dispatch(0, "MESSAGE_CREATE", own);
+
+    // A slash command over the gateway: acknowledged with a deferred response (type 5), and
+    // the reply replaces it.
+    let (id, token) = discord.interaction("C2");
+    discord.dispatch(
+        0,
+        "INTERACTION_CREATE",
+        fake::command(&id, &token, "C2", "pick", &[]),
+    );
+    let ask = discord.wait_for("C2", "Which?").await;
+    assert_eq!(ask.via, "original");
+    assert!(discord.callbacks().contains(&(id, 5)));
+    let (id, token) = discord.interaction("C2");
+    discord.dispatch(0, "INTERACTION_CREATE", fake::click(&id, &token, "C2", "a"));
+    assert_eq!(discord.wait_for("C2", "picked a").await.via, "followup");
+    assert!(discord.callbacks().contains(&(id, 6)));
+
+    // A member joins: welcomed in the server's system channel (from GUILD_CREATE).
+    discord.dispatch(
+        0,
+        "GUILD_MEMBER_ADD",
+        json!({"guild_id": GUILD, "user": {"id": "43", "username": "bob"},
+            "roles": [], "joined_at": "2026-11-22T10:00:00.000000+00:00", "deaf": false, "mute": false}),
+    );
+    discord.wait_for(SYSTEM_CHANNEL, "Welcome, bob!").await;
+
+    // A reaction, with the member who reacted.
+    discord.dispatch(
+        0,
+        "MESSAGE_REACTION_ADD",
+        json!({"user_id": "42", "channel_id": "C3", "message_id": "7001", "guild_id": GUILD,
+            "emoji": {"id": null, "name": "👍"}, "member": {"user": {"id": "42", "username": "ada"}}}),
+    );
+    discord.wait_for("C3", "Thanks for the 👍").await;
+
+    assert!(
+        discord
+            .sent_to("C1")
+            .iter()
+            .all(|s| s.body["content"] != "loop"),
+        "{:?}",
+        discord.sent_to("C1")
+    );
+    let metrics = common::metrics(&server.base).await;
+    assert!(
+        metrics.contains("flowbot_channel_ignored_total{channel=\"dg\",reason=\"bot message\"} 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_faults_are_counted_and_survived() {
+    let discord = FakeDiscord::start().await;
+    let rules = common::TempDir::new("flowbot-discord-gateway-faults");
+    let server = server(&discord, &rules).await;
+    let mut n = 0;
+    let mut echo = |text: &str| {
+        n += 1;
+        discord.dispatch(
+            0,
+            "MESSAGE_CREATE",
+            message(&format!("{}", 8000 + n), "F1", &format!("/echo {text}")),
+        );
+    };
+
+    // Bad input on a live session: counted, and the session carries on.
+    discord.send_raw(0, "{not json");
+    discord.dispatch(
+        0,
+        "MESSAGE_CREATE",
+        json!({"id": "8100", "channel_id": "F1", "content": "no author"}),
+    );
+    discord.dispatch(0, "BRAND_NEW_EVENT", json!({"x": 1}));
+    discord.send_raw(0, r#"{"op": 99, "d": null}"#);
+    echo("still here");
+    discord.wait_for("F1", "still here").await;
+    let metrics = common::metrics(&server.base).await;
+    for reason in [
+        "gateway frame not JSON",
+        "malformed MESSAGE_CREATE",
+        "event BRAND_NEW_EVENT",
+        "gateway unknown opcode",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "flowbot_channel_ignored_total{{channel=\"dg\",reason=\"{reason}\"}} 1"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
+    assert_eq!(discord.identifies().len(), 1);
+    assert!(discord.resumes().is_empty());
+
+    // Discord asks for a reconnect (op 7): the session is resumed from the last event, and
+    // what was dispatched meanwhile arrives.
+    discord.send_raw(0, r#"{"op": 7, "d": null}"#);
+    echo("after reconnect");
+    discord.wait_for("F1", "after reconnect").await;
+    until("a resume", || discord.resumes().len() == 1).await;
+    let (session, seq) = discord.resumes()[0].clone();
+    assert_eq!(session, "session-1");
+    // READY 1, GUILD_CREATE 2, the three dispatches above 3-5: the message sent after the
+    // request (6) was not handled on the old connection.
+    assert_eq!(seq, Some(5), "resumed from the last event handled");
+
+    // Heartbeats go unacknowledged: the zombie connection is closed and resumed.
+    discord.silence_heartbeats(true);
+    until("a resume after a missed ACK", || {
+        discord.resumes().len() == 2
+    })
+    .await;
+    discord.silence_heartbeats(false);
+    echo("after zombie");
+    discord.wait_for("F1", "after zombie").await;
+
+    // The session is invalidated (op 9, not resumable): the shard identifies anew.
+    discord.send_raw(0, r#"{"op": 9, "d": false}"#);
+    until("a second identify", || discord.identifies().len() == 2).await;
+    discord.wait_connected(0).await;
+    echo("new session");
+    discord.wait_for("F1", "new session").await;
+
+    // Each message was answered once.
+    for text in [
+        "still here",
+        "after reconnect",
+        "after zombie",
+        "new session",
+    ] {
+        let n = discord
+            .sent_to("F1")
+            .iter()
+            .filter(|s| s.body["content"] == text)
+            .count();
+        assert_eq!(n, 1, "{text} answered {n} times");
+    }
+
+    // Discord refuses the token (4004): the shard stops instead of retrying, with a metric.
+    discord.close(0, 4004);
+    until("the connection closed", || !discord.connected(0)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(discord.identifies().len(), 2, "no new identify");
+    assert_eq!(discord.resumes().len(), 2, "no resume");
+    let metrics = common::metrics(&server.base).await;
+    assert!(
+        metrics.contains("flowbot_channel_api_errors_total{channel=\"dg\"}"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+/// The pid holding lease `name`, from `flowbot_leases` (owners are `<pid>-<random>`).
+async fn holder(url: &str, schema: &str, name: &str) -> Option<u32> {
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .ok()?;
+    let row: Option<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT owner, expires_at FROM {schema}.flowbot_leases WHERE name = '{name}'"
+    )))
+    .fetch_optional(&mut c)
+    .await
+    .ok()?;
+    let (owner, expires_at) = row?;
+    (expires_at >= chrono::Utc::now().timestamp_millis())
+        .then(|| owner.split('-').next()?.parse().ok())
+        .flatten()
+}
+
+/// How many times shard `shard` (of two) identified.
+fn identified(discord: &FakeDiscord, shard: u32) -> usize {
+    discord
+        .identifies()
+        .iter()
+        .filter(|i| i["shard"] == json!([shard, 2]))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_move_to_another_server_when_their_holder_is_killed() {
+    const SERVER: &str = env!("CARGO_BIN_EXE_flowbot-server");
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let discord = FakeDiscord::start().await;
+    let dir = common::TempDir::new("flowbot-discord-lease");
+    let schema = format!("dg_{}", uuid::Uuid::new_v4().simple());
+    let env = |port: u16| {
+        [
+            ("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
+            ("FLOWBOT_DATABASE__URL", url.clone()),
+            ("FLOWBOT_DATABASE__SCHEMA", schema.clone()),
+            ("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "100".into()),
+            ("FLOWBOT_WORKERS__LEASE_SECS", "2".into()),
+            ("FLOWBOT_DISCORD__DG__BOT_TOKEN", BOT_TOKEN.into()),
+            (
+                "FLOWBOT_DISCORD__DG__APPLICATION_ID",
+                format!("\"{APP_ID}\""),
+            ),
+            (
+                "FLOWBOT_DISCORD__DG__API_BASE",
+                format!("\"{}\"", discord.api()),
+            ),
+            ("FLOWBOT_DISCORD__DG__GATEWAY_SHARDS", "2".into()),
+            ("FLOWBOT_DISCORD__DG__LEASE_TTL_SECS", "3".into()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+    };
+    let mut servers = std::collections::HashMap::new();
+    for (i, name) in ["s1", "s2"].into_iter().enumerate() {
+        let port = common::free_port();
+        let log = dir.0.join(format!("{name}.log"));
+        let child = common::spawn(SERVER, &[], &env(port), &log);
+        common::wait_ready(&format!("http://127.0.0.1:{port}"), &log).await;
+        servers.insert(child.id().expect("pid"), (name, child));
+        if i == 0 {
+            // The first server migrated the schema; the second joins it.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Each shard is connected once, by one of them, and answers.
+    for shard in [0, 1] {
+        discord.wait_connected(shard).await;
+        discord.dispatch(
+            shard,
+            "MESSAGE_CREATE",
+            message(
+                &format!("{}", 9100 + shard),
+                "L1",
+                &format!("/echo before {shard}"),
+            ),
+        );
+        discord.wait_for("L1", &format!("before {shard}")).await;
+        assert_eq!(identified(&discord, shard), 1);
+    }
+    let lease = |shard: u32| flowbot_channels::discord::gateway::lease_name("dg", shard);
+    let pid = holder(&url, &schema, &lease(0)).await.expect("a holder");
+    assert!(servers.contains_key(&pid), "the holder is one of ours");
+    let moved: Vec<u32> = {
+        let mut moved = vec![0];
+        if holder(&url, &schema, &lease(1)).await == Some(pid) {
+            moved.push(1);
+        }
+        moved
+    };
+
+    // Kill it: no release, no close frame. The other server takes its shards over.
+    let (_, mut victim) = servers.remove(&pid).expect("holder");
+    victim.start_kill().expect("SIGKILL");
+    victim.wait().await.expect("reaped");
+    let killed = tokio::time::Instant::now();
+    for &shard in &moved {
+        until("the shard identified by the other server", || {
+            identified(&discord, shard) == 2 && discord.connected(shard)
+        })
+        .await;
+    }
+    let took = killed.elapsed();
+    // ttl 3 s, renewed every second: taken over within about 4 s.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let survivor = *servers.keys().next().expect("survivor");
+    for shard in [0, 1] {
+        assert_eq!(
+            holder(&url, &schema, &lease(shard)).await,
+            Some(survivor),
+            "shard {shard}"
+        );
+        discord.dispatch(
+            shard,
+            "MESSAGE_CREATE",
+            message(
+                &format!("{}", 9200 + shard),
+                "L1",
+                &format!("/echo after {shard}"),
+            ),
+        );
+        discord.wait_for("L1", &format!("after {shard}")).await;
+    }
+    for text in ["before 0", "before 1", "after 0", "after 1"] {
+        let n = discord
+            .sent_to("L1")
+            .iter()
+            .filter(|s| s.body["content"] == text)
+            .count();
+        assert_eq!(n, 1, "{text} answered {n} times");
+    }
+    drop(servers);
+    if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&mut c)
+        .await;
+    }
+}
