@@ -194,7 +194,8 @@ impl FakeDiscord {
             .expect("no session on that shard");
         let session = g.sessions.get_mut(&id).expect("session");
         let s = session.sent.len() as u64 + 2; // READY was 1
-        let frame = json!({"op": 0, "t": t, "s": s, "d": d});
+        let mut frame = json!({"op": 0, "t": t, "s": s});
+        frame["d"] = d;
         session.sent.push(frame.clone());
         if let Some(out) = g.live.get(&id) {
             let _ = out.send(Out::Frame(frame.to_string()));
@@ -636,7 +637,8 @@ impl FakeDiscord {
     fn dispatch_now(g: &mut Gateway, id: &str, t: &str, d: Value) -> Option<Out> {
         let session = g.sessions.get_mut(id)?;
         let s = session.sent.len() as u64 + 2;
-        let f = json!({"op": 0, "t": t, "s": s, "d": d});
+        let mut f = json!({"op": 0, "t": t, "s": s});
+        f["d"] = d;
         session.sent.push(f.clone());
         Some(Out::Frame(f.to_string()))
     }
