@@ -225,6 +225,18 @@ async fn metrics(State(s): State<AppState>) -> Response {
     );
     let _ = writeln!(
         out,
+        "# HELP flowbot_channel_accepted_total Platform events stored for the pipeline, by channel.\n# TYPE flowbot_channel_accepted_total counter"
+    );
+    for a in &s.adapters {
+        let _ = writeln!(
+            out,
+            "flowbot_channel_accepted_total{{channel=\"{}\"}} {}",
+            escape_label(a.channel()),
+            a.counters().accepted.load(Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP flowbot_channel_ignored_total Platform updates ignored, by channel and reason.\n# TYPE flowbot_channel_ignored_total counter"
     );
     for a in &s.adapters {

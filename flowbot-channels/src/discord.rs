@@ -2,8 +2,9 @@
 //! ([`gateway`]), and the HTTP interactions endpoint for bots that run without one. Either or
 //! both may be configured.
 //!
-//! In HTTP interactions mode Discord POSTs slash commands and component clicks to the application's *Interactions Endpoint URL*,
-//! `POST /hooks/discord/{channel}/interactions`, signed with Ed25519 (`X-Signature-Ed25519` over
+//! In HTTP interactions mode Discord POSTs slash commands and component clicks to the
+//! application's *Interactions Endpoint URL*, `POST /hooks/discord/{channel}/interactions`,
+//! signed with Ed25519 (`X-Signature-Ed25519` over
 //! `X-Signature-Timestamp` + body, checked against the application's public key; timestamps
 //! older than five minutes are refused). Each interaction is stored on the task queue and
 //! acknowledged at once (a deferred response), as Discord wants an answer within three

@@ -10,7 +10,8 @@
 //! - [`telegram`] (feature `telegram`): Telegram's Bot API, by long polling or webhook;
 //! - [`tailchat`] (feature `tailchat`): Tailchat's open platform bots;
 //! - [`slack`] (feature `slack`): Slack's Events API, interactivity and slash commands;
-//! - [`discord`] (feature `discord`): Discord's HTTP interactions (slash commands, buttons).
+//! - [`discord`] (feature `discord`): Discord over the gateway (sharded, resumable) or HTTP
+//!   interactions: messages, slash commands, buttons, member joins, reactions.
 //!
 //! Adapters that receive HTTP traffic contribute an axum `Router` that the server mounts.
 
