@@ -46,8 +46,9 @@ const TG_SECRET: &str = "bench-telegram-secret";
 const TC_TOKEN: &str = "bench-tailchat-token-0123";
 
 /// Stands in for the Discord application's signing key.
-fn discord_key() -> SigningKey {
-    SigningKey::from_bytes(&[9u8; 32])
+fn discord_key() -> &'static SigningKey {
+    static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| SigningKey::from_bytes(&[9u8; 32]))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -287,21 +288,31 @@ async fn measure(
     concurrency: u64,
     first: &AtomicU64,
 ) -> Run {
-    let next = Arc::new(AtomicU64::new(first.fetch_add(requests, Ordering::Relaxed)));
-    let end = next.load(Ordering::Relaxed) + requests;
+    // Every request is built and signed before the clock starts: the client's signing (an
+    // Ed25519 signature for Discord) would otherwise take CPU from the server it measures.
+    let from = first.fetch_add(requests, Ordering::Relaxed);
+    let prepared: Arc<Vec<_>> = Arc::new(
+        (from..from + requests)
+            .map(|n| adapter.request(n))
+            .collect(),
+    );
+    let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (base, next) = (base.to_owned(), next.clone());
+        let (base, next, prepared) = (base.to_owned(), next.clone(), prepared.clone());
         workers.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let mut lat = Vec::new();
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= end {
+                let Some((path, body, headers)) = usize::try_from(n)
+                    .ok()
+                    .and_then(|n| prepared.get(n))
+                    .cloned()
+                else {
                     break;
-                }
-                let (path, body, headers) = adapter.request(n);
+                };
                 let mut req = http
                     .post(format!("{base}{path}"))
                     .header("content-type", "application/json")

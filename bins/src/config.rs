@@ -99,6 +99,9 @@ pub enum NotifierEntry {
         from: String,
         /// Recipients.
         to: Vec<String>,
+        /// A PEM file of extra root certificates to trust (a private CA).
+        #[serde(default)]
+        ca_file: Option<std::path::PathBuf>,
     },
     /// A JSON `POST` to `url`, signed with `secret` when given.
     Webhook {

@@ -170,6 +170,7 @@ pub(crate) fn email_settings(
             password,
             from,
             to,
+            ca_file,
         } => Ok(flowbot_channels::notifiers::EmailSettings {
             host: host.clone(),
             port: *port,
@@ -178,6 +179,7 @@ pub(crate) fn email_settings(
             password: password.clone(),
             from: from.clone(),
             to: to.clone(),
+            ca_file: ca_file.clone(),
         }),
         _ => Err("not an e-mail notifier".into()),
     }

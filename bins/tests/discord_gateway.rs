@@ -1,12 +1,12 @@
 //! The Discord channel over the gateway, through the server, against a local Discord API and
-//! gateway: the identify payload (token, intents, shard), heartbeats, messages, slash commands
-//! and clicks (acknowledged through the callback route), member joins answered in the
-//! server's system channel, reactions, the bot's own messages left alone; then the faults:
-//! frames that are not JSON, malformed and unknown dispatches, unknown opcodes (counted, the
-//! session carries on), a reconnect request, a zombie connection, an invalid session, and a
-//! refused token (the shard stops, with a metric). And on PostgreSQL, two server processes
-//! sharing two shards: killing the holder moves its shards to the other within the lease's
-//! bounds.
+//! gateway: the identify payload (token, intents, shard), heartbeats, messages, slash
+//! commands, clicks and select menus (acknowledged through the callback route), member joins
+//! answered in the server's system channel, reactions, the bot's own messages and empty ones
+//! left alone; then the faults: frames that are not JSON, malformed and unknown dispatches,
+//! unknown opcodes (counted, the session carries on), a reconnect request, a zombie
+//! connection, an invalid session, and a refused token (the shard stops, with a metric). And
+//! on PostgreSQL, two server processes sharing two shards: killing the holder moves its
+//! shards to the other within the lease's bounds.
 
 mod common;
 #[path = "discord/fake.rs"]
@@ -94,6 +94,8 @@ async fn the_gateway_session_carries_messages_commands_joins_and_reactions() {
     let mut own = message("7002", "C1", "/echo loop");
     own["author"] = json!({"id": BOT_USER, "username": "flowbot", "bot": true});
     discord.dispatch(0, "MESSAGE_CREATE", own);
+    // Without the Message Content intent a server message has no text: nothing to answer.
+    discord.dispatch(0, "MESSAGE_CREATE", message("7003", "C1", ""));
 
     // A slash command over the gateway: acknowledged with a deferred response (type 5), and
     // the reply replaces it.
@@ -110,6 +112,12 @@ async fn the_gateway_session_carries_messages_commands_joins_and_reactions() {
     discord.dispatch(0, "INTERACTION_CREATE", fake::click(&id, &token, "C2", "a"));
     assert_eq!(discord.wait_for("C2", "picked a").await.via, "followup");
     assert!(discord.callbacks().contains(&(id, 6)));
+    // A select menu: the options chosen.
+    let (id, token) = discord.interaction("C2");
+    let mut select = fake::click(&id, &token, "C2", "menu");
+    select["data"] = json!({"custom_id": "menu", "component_type": 3, "values": ["b", "c"]});
+    discord.dispatch(0, "INTERACTION_CREATE", select);
+    discord.wait_for("C2", "picked b,c").await;
 
     // A member joins: welcomed in the server's system channel (from GUILD_CREATE).
     discord.dispatch(
@@ -139,7 +147,10 @@ async fn the_gateway_session_carries_messages_commands_joins_and_reactions() {
     );
     let metrics = common::metrics(&server.base).await;
     assert!(
-        metrics.contains("flowbot_channel_ignored_total{channel=\"dg\",reason=\"bot message\"} 1"),
+        metrics.contains("flowbot_channel_ignored_total{channel=\"dg\",reason=\"bot message\"} 1")
+            && metrics.contains(
+                "flowbot_channel_ignored_total{channel=\"dg\",reason=\"message without content\"} 1"
+            ),
         "{metrics}"
     );
     server.stop().await;

@@ -476,10 +476,19 @@ fn interaction_event(state: &DiscordState, i: &Value) -> std::result::Result<Han
             (Event::Message(message), json!({ "type": 5 }))
         }
         3 => {
-            let value = i["data"]["custom_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+            // A button's value is its custom_id; a select menu's, the options chosen
+            // (comma-separated).
+            let value = match i["data"]["values"].as_array() {
+                Some(values) => values
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                None => i["data"]["custom_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            };
             let event = Event::Interaction(Interaction {
                 channel: state.channel.clone(),
                 conversation: channel_id.as_str().into(),
@@ -539,7 +548,10 @@ impl DiscordSender {
             if let Some(until) = until {
                 tokio::time::sleep_until(until).await;
             }
-            let mut req = self.0.client.request(method.clone(), url).json(body);
+            let mut req = self.0.client.request(method.clone(), url);
+            if !body.is_null() {
+                req = req.json(body);
+            }
             if bot_auth {
                 req = req.header("authorization", format!("Bot {}", self.0.config.bot_token));
             }

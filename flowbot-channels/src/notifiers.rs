@@ -325,6 +325,9 @@ pub struct EmailSettings {
     pub from: String,
     /// Recipients.
     pub to: Vec<String>,
+    /// A PEM file of root certificates to trust besides the public ones (a relay whose
+    /// certificate a private CA signed).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Email {
@@ -343,14 +346,30 @@ impl Email {
             s.to.iter()
                 .map(|a| mailbox("to", a))
                 .collect::<Result<Vec<_>, _>>()?;
+        use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
         type Transport = lettre::AsyncSmtpTransport<lettre::Tokio1Executor>;
-        let builder = match s.tls {
-            SmtpTls::Starttls => Transport::starttls_relay(&s.host),
-            SmtpTls::Tls => Transport::relay(&s.host),
-            SmtpTls::None => Ok(Transport::builder_dangerous(&s.host)),
+        if s.host.trim().is_empty() {
+            return Err("host: give the SMTP server's name".into());
         }
-        .map_err(|e| format!("host: {e}"))?;
-        let mut builder = builder.timeout(Some(TIMEOUT));
+        let tls = || {
+            let mut params = TlsParameters::builder(s.host.clone());
+            if let Some(path) = &s.ca_file {
+                let file = |e: &dyn std::fmt::Display| format!("ca_file: {}: {e}", path.display());
+                let pem = std::fs::read(path).map_err(|e| file(&e))?;
+                let ca = Certificate::from_pem(&pem).map_err(|e| file(&e))?;
+                params = params.add_root_certificate(ca);
+            }
+            params.build().map_err(|e| format!("tls: {e}"))
+        };
+        let (security, port) = match s.tls {
+            SmtpTls::Starttls => (Tls::Required(tls()?), 587),
+            SmtpTls::Tls => (Tls::Wrapper(tls()?), 465),
+            SmtpTls::None => (Tls::None, 25),
+        };
+        let mut builder = Transport::builder_dangerous(&s.host)
+            .tls(security)
+            .port(port)
+            .timeout(Some(TIMEOUT));
         if let Some(port) = s.port {
             builder = builder.port(port);
         }

@@ -1,5 +1,6 @@
 //! Notifiers against a local server on 127.0.0.1 that speaks each service's wire format
-//! (ntfy, Slack incoming webhooks, Pushover, a signed JSON webhook), refusals included.
+//! (ntfy, Slack incoming webhooks, Pushover, a signed JSON webhook, SMTP), refusals included;
+//! and e-mail to aiosmtpd, a real SMTP server, over STARTTLS and TLS.
 #![cfg(all(feature = "notifiers", feature = "web", feature = "webhook"))]
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 
@@ -354,4 +355,172 @@ async fn email_goes_out_over_smtp_and_refusals_name_the_code() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("SMTP"), "{e}");
+}
+
+/// The Python with aiosmtpd that `scripts/test` installs into `.venv` (or
+/// `FLOWBOT_TEST_PYTHON`). Required with CI=true; otherwise a missing one skips, loudly.
+fn python_with_aiosmtpd() -> Option<std::path::PathBuf> {
+    let python = std::env::var_os("FLOWBOT_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
+        });
+    let found = std::process::Command::new(&python)
+        .args(["-c", "import aiosmtpd"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Some(python);
+    }
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+        "CI=true but {} has no aiosmtpd: run ./scripts/test, which installs it",
+        python.display()
+    );
+    #[allow(clippy::print_stderr)] // the skip must be seen
+    {
+        eprintln!(
+            "SKIPPED: aiosmtpd test ({} has no aiosmtpd; ./scripts/test installs it)",
+            python.display()
+        );
+    }
+    None
+}
+
+/// aiosmtpd serving on 127.0.0.1, storing what it receives in a maildir; killed on drop.
+struct Aiosmtpd {
+    child: std::process::Child,
+    port: u16,
+    maildir: std::path::PathBuf,
+}
+
+impl Drop for Aiosmtpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Aiosmtpd {
+    /// `tls`: the certificate and key as `--tlscert/--tlskey` (STARTTLS, required) or
+    /// `--smtpscert/--smtpskey` (TLS from the first byte).
+    async fn start(python: &std::path::Path, dir: &std::path::Path, tls: [&str; 2]) -> Aiosmtpd {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let maildir = dir.join(format!("mail-{port}"));
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let child = std::process::Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .arg(tls[0])
+            .arg(&cert)
+            .arg(tls[1])
+            .arg(&key)
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Aiosmtpd {
+            child,
+            port,
+            maildir,
+        };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "aiosmtpd did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    /// The messages delivered so far.
+    fn mails(&self) -> Vec<String> {
+        std::fs::read_dir(self.maildir.join("new"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_over_starttls_and_tls_to_aiosmtpd() {
+    let Some(python) = python_with_aiosmtpd() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("flowbot-smtp-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A certificate for "localhost", signed by itself: trusted only through ca_file.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let settings = |port: u16, tls: SmtpTls, ca: bool| EmailSettings {
+        host: "localhost".into(),
+        port: Some(port),
+        tls,
+        from: "FlowBot <bot@example.com>".into(),
+        to: vec!["ops@example.com".into()],
+        ca_file: ca.then(|| dir.join("cert.pem")),
+        ..EmailSettings::default()
+    };
+    let send = |s: EmailSettings| async move {
+        Email::new(&s)
+            .unwrap()
+            .notify(&note(Priority::High))
+            .await
+            .map_err(|e| e.to_string())
+    };
+
+    // STARTTLS (required by the server), trusting the relay's CA.
+    let starttls = Aiosmtpd::start(&python, &dir, ["--tlscert", "--tlskey"]).await;
+    let out = send(settings(starttls.port, SmtpTls::Starttls, true))
+        .await
+        .unwrap();
+    assert_eq!(out["code"], "250");
+    let mails = starttls.mails();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(mails[0].contains("Subject: db-1"), "{}", mails[0]);
+    assert!(mails[0].contains("Importance: high"), "{}", mails[0]);
+    assert!(mails[0].contains("disk almost full"), "{}", mails[0]);
+
+    // Without the CA the certificate is not trusted: a clear error, nothing delivered.
+    let e = send(settings(starttls.port, SmtpTls::Starttls, false))
+        .await
+        .unwrap_err();
+    assert!(e.starts_with("SMTP:") && e.contains("certificate"), "{e}");
+    // Plain SMTP to a server that requires STARTTLS: refused, with its code.
+    let e = send(settings(starttls.port, SmtpTls::None, false))
+        .await
+        .unwrap_err();
+    assert!(e.contains("refused the e-mail (530)"), "{e}");
+    assert_eq!(starttls.mails().len(), 1);
+
+    // TLS from the first byte (SMTPS).
+    let smtps = Aiosmtpd::start(&python, &dir, ["--smtpscert", "--smtpskey"]).await;
+    let out = send(settings(smtps.port, SmtpTls::Tls, true))
+        .await
+        .unwrap();
+    assert_eq!(out["code"], "250");
+    assert_eq!(smtps.mails().len(), 1);
+
+    // A CA file that is not there, or not PEM, is named when the notifier is made.
+    let mut bad = settings(smtps.port, SmtpTls::Tls, false);
+    bad.ca_file = Some(dir.join("missing.pem"));
+    assert!(Email::new(&bad).unwrap_err().starts_with("ca_file: "));
+    std::fs::write(dir.join("junk.pem"), "not a certificate").unwrap();
+    bad.ca_file = Some(dir.join("junk.pem"));
+    assert!(Email::new(&bad).unwrap_err().starts_with("ca_file: "));
+    drop((starttls, smtps));
+    let _ = std::fs::remove_dir_all(&dir);
 }

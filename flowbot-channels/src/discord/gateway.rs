@@ -564,6 +564,12 @@ async fn dispatch(
                 .flatten()
                 .filter_map(|u| Some(UserId(u["id"].as_str()?.to_owned())))
                 .collect();
+            if message.text.is_empty() && message.attachments.is_empty() {
+                // A server message's content is empty without the Message Content intent
+                // (or a message of embeds or stickers only): nothing to answer.
+                state.stats.ignored.inc("message without content");
+                return Ok(());
+            }
             message.raw = Some(d.clone());
             (Event::Message(message), format!("message:{id}"))
         }
