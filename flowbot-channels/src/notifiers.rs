@@ -356,6 +356,9 @@ impl Email {
             if let Some(path) = &s.ca_file {
                 let file = |e: &dyn std::fmt::Display| format!("ca_file: {}: {e}", path.display());
                 let pem = std::fs::read(path).map_err(|e| file(&e))?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(file(&"no PEM certificate in it"));
+                }
                 let ca = Certificate::from_pem(&pem).map_err(|e| file(&e))?;
                 params = params.add_root_certificate(ca);
             }
