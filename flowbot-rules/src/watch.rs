@@ -36,7 +36,9 @@ pub(crate) fn snapshot(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
 }
 
 /// Watch `dir` every `interval` until `stop`: when a `*.toml` file is added, removed or
-/// changed, compile the whole directory and swap the new set into `router` at once. A set
+/// changed, and the directory then stays the same for one more interval (so a file being
+/// written is not read half way), compile the whole directory and swap the new set into
+/// `router` at once. A set
 /// that does not compile is rejected (with the file, line and rule in the error) and the
 /// previous set stays in force. `on_reload` hears of every attempt.
 ///
@@ -52,6 +54,7 @@ pub async fn watch_dir(
     on_reload: impl Fn(&Reload) + Send + Sync + 'static,
 ) {
     let mut seen = snapshot(&dir);
+    let mut pending = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -61,8 +64,16 @@ pub async fn watch_dir(
         }
         let now = snapshot(&dir);
         if now == seen {
+            pending = None;
             continue;
         }
+        // A file caught half written (truncated, not yet filled) must not be loaded: wait
+        // until the directory has stayed the same for one interval.
+        if pending.as_ref() != Some(&now) {
+            pending = Some(now);
+            continue;
+        }
+        pending = None;
         seen = now;
         let (dir2, plugins2) = (dir.clone(), plugins.clone());
         // Compiling a large set takes a while: keep it off the async workers.
