@@ -257,21 +257,11 @@ async fn gateway_faults_are_counted_and_survived() {
     server.stop().await;
 }
 
-/// The pid holding lease `name`, from `flowbot_leases` (owners are `<pid>-<random>`).
+/// The pid holding lease `name`.
 async fn holder(url: &str, schema: &str, name: &str) -> Option<u32> {
-    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+    common::lease_holder(url, schema, name)
         .await
-        .ok()?;
-    let row: Option<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT owner, expires_at FROM {schema}.flowbot_leases WHERE name = '{name}'"
-    )))
-    .fetch_optional(&mut c)
-    .await
-    .ok()?;
-    let (owner, expires_at) = row?;
-    (expires_at >= chrono::Utc::now().timestamp_millis())
-        .then(|| owner.split('-').next()?.parse().ok())
-        .flatten()
+        .map(|(pid, _)| pid)
 }
 
 /// How many times shard `shard` (of two) identified.
@@ -285,7 +275,6 @@ fn identified(discord: &FakeDiscord, shard: u32) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_move_to_another_server_when_their_holder_is_killed() {
-    const SERVER: &str = env!("CARGO_BIN_EXE_flowbot-server");
     let Some(url) = common::postgres_url() else {
         return;
     };
@@ -313,18 +302,7 @@ async fn shards_move_to_another_server_when_their_holder_is_killed() {
         ]
         .map(|(k, v)| (k.to_owned(), v))
     };
-    let mut servers = std::collections::HashMap::new();
-    for (i, name) in ["s1", "s2"].into_iter().enumerate() {
-        let port = common::free_port();
-        let log = dir.0.join(format!("{name}.log"));
-        let child = common::spawn(SERVER, &[], &env(port), &log);
-        common::wait_ready(&format!("http://127.0.0.1:{port}"), &log).await;
-        servers.insert(child.id().expect("pid"), (name, child));
-        if i == 0 {
-            // The first server migrated the schema; the second joins it.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    let mut servers = common::start_servers(&["s1", "s2"], &dir.0, |p| env(p).to_vec()).await;
     // Each shard is connected once, by one of them, and answers.
     for shard in [0, 1] {
         discord.wait_connected(shard).await;
@@ -392,11 +370,5 @@ async fn shards_move_to_another_server_when_their_holder_is_killed() {
         assert_eq!(n, 1, "{text} answered {n} times");
     }
     drop(servers);
-    if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE"
-        )))
-        .execute(&mut c)
-        .await;
-    }
+    common::drop_schema(&url, &schema).await;
 }

@@ -420,14 +420,7 @@ async fn distributed_servers_and_agents_on_postgres() {
         .expect("json");
     assert_eq!(dead["items"], json!([]), "nothing dead-lettered");
 
-    // Clean up the schema.
-    if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE"
-        )))
-        .execute(&mut c)
-        .await;
-    }
+    common::drop_schema(&url, &schema).await;
 }
 
 /// A slow HTTP endpoint that counts its calls (the node the agent is killed in).
@@ -578,11 +571,5 @@ async fn a_workflow_run_finishes_on_another_agent_after_sigkill() {
     assert_eq!(slow_node["attempt"], 2, "{slow_node}");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 
-    if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE"
-        )))
-        .execute(&mut c)
-        .await;
-    }
+    common::drop_schema(&url, &schema).await;
 }

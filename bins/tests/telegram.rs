@@ -280,27 +280,13 @@ async fn a_wrong_token_stops_the_server_at_start_with_telegrams_answer() {
     );
 }
 
-/// The lease holder's pid, from `flowbot_leases` (owners are `<pid>-<random>`).
+/// The polling lease's holder: its pid and fencing token.
 async fn poller_pid(url: &str, schema: &str) -> Option<(u32, i64)> {
-    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(url)
-        .await
-        .ok()?;
-    let row: Option<(String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT owner, token, expires_at FROM {schema}.flowbot_leases WHERE name = 'telegram:poll:tg'"
-    )))
-    .fetch_optional(&mut c)
-    .await
-    .ok()?;
-    let (owner, token, expires_at) = row?;
-    if expires_at < chrono::Utc::now().timestamp_millis() {
-        return None;
-    }
-    Some((owner.split('-').next()?.parse().ok()?, token))
+    common::lease_holder(url, schema, "telegram:poll:tg").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_moves_to_another_server_when_its_holder_is_killed() {
-    const SERVER: &str = env!("CARGO_BIN_EXE_flowbot-server");
     let Some(url) = common::postgres_url() else {
         return;
     };
@@ -321,18 +307,7 @@ async fn polling_moves_to_another_server_when_its_holder_is_killed() {
         ]
         .map(|(k, v)| (k.to_owned(), v))
     };
-    let mut servers = std::collections::HashMap::new();
-    for (i, name) in ["s1", "s2"].into_iter().enumerate() {
-        let port = common::free_port();
-        let log = dir.0.join(format!("{name}.log"));
-        let child = common::spawn(SERVER, &[], &env(port), &log);
-        common::wait_ready(&format!("http://127.0.0.1:{port}"), &log).await;
-        servers.insert(child.id().expect("pid"), (name, child));
-        if i == 0 {
-            // The first server migrated the schema; the second joins it.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    let mut servers = common::start_servers(&["s1", "s2"], &dir.0, |p| env(p).to_vec()).await;
     // One of them holds the polling lease and answers.
     tg.push(text(5005, "/echo before"));
     tg.wait_for_text(5005, "before").await;
@@ -363,11 +338,5 @@ async fn polling_moves_to_another_server_when_its_holder_is_killed() {
         );
     }
     drop(servers);
-    if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE"
-        )))
-        .execute(&mut c)
-        .await;
-    }
+    common::drop_schema(&url, &schema).await;
 }

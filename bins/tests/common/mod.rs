@@ -173,3 +173,55 @@ pub fn postgres_url() -> Option<String> {
         }
     }
 }
+
+/// `flowbot-server` processes named `names`, started one after another (the first migrates
+/// the database; the others join it), each with `env(port)`; by pid. Their logs go to `dir`.
+pub async fn start_servers(
+    names: &[&'static str],
+    dir: &std::path::Path,
+    env: impl Fn(u16) -> Vec<(String, String)>,
+) -> std::collections::HashMap<u32, (&'static str, tokio::process::Child)> {
+    let mut servers = std::collections::HashMap::new();
+    for (i, name) in names.iter().enumerate() {
+        let port = free_port();
+        let log = dir.join(format!("{name}.log"));
+        let child = spawn(env!("CARGO_BIN_EXE_flowbot-server"), &[], &env(port), &log);
+        wait_ready(&format!("http://127.0.0.1:{port}"), &log).await;
+        servers.insert(child.id().expect("pid"), (*name, child));
+        if i == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    servers
+}
+
+/// The pid holding lease `name` in `schema` and its fencing token, unless it expired (lease
+/// owners are `<pid>-<random>`).
+pub async fn lease_holder(url: &str, schema: &str, name: &str) -> Option<(u32, i64)> {
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .ok()?;
+    let row: Option<(String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT owner, token, expires_at FROM {schema}.flowbot_leases WHERE name = $1"
+    )))
+    .bind(name)
+    .fetch_optional(&mut c)
+    .await
+    .ok()?;
+    let (owner, token, expires_at) = row?;
+    if expires_at < chrono::Utc::now().timestamp_millis() {
+        return None;
+    }
+    Some((owner.split('-').next()?.parse().ok()?, token))
+}
+
+/// Drop a test's PostgreSQL schema (best effort).
+pub async fn drop_schema(url: &str, schema: &str) {
+    if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(url).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&mut c)
+        .await;
+    }
+}
