@@ -281,28 +281,20 @@ async fn shards_move_to_another_server_when_their_holder_is_killed() {
     let discord = FakeDiscord::start().await;
     let dir = common::TempDir::new("flowbot-discord-lease");
     let schema = format!("dg_{}", uuid::Uuid::new_v4().simple());
-    let env = |port: u16| {
-        [
-            ("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
-            ("FLOWBOT_DATABASE__URL", url.clone()),
-            ("FLOWBOT_DATABASE__SCHEMA", schema.clone()),
-            ("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "100".into()),
-            ("FLOWBOT_WORKERS__LEASE_SECS", "2".into()),
-            ("FLOWBOT_DISCORD__DG__BOT_TOKEN", BOT_TOKEN.into()),
-            (
-                "FLOWBOT_DISCORD__DG__APPLICATION_ID",
-                format!("\"{APP_ID}\""),
-            ),
-            (
-                "FLOWBOT_DISCORD__DG__API_BASE",
-                format!("\"{}\"", discord.api()),
-            ),
-            ("FLOWBOT_DISCORD__DG__GATEWAY_SHARDS", "2".into()),
-            ("FLOWBOT_DISCORD__DG__LEASE_TTL_SECS", "3".into()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v))
-    };
-    let mut servers = common::start_servers(&["s1", "s2"], &dir.0, |p| env(p).to_vec()).await;
+    let extra = [
+        ("FLOWBOT_DISCORD__DG__BOT_TOKEN", BOT_TOKEN.into()),
+        (
+            "FLOWBOT_DISCORD__DG__APPLICATION_ID",
+            format!("\"{APP_ID}\""),
+        ),
+        (
+            "FLOWBOT_DISCORD__DG__API_BASE",
+            format!("\"{}\"", discord.api()),
+        ),
+        ("FLOWBOT_DISCORD__DG__GATEWAY_SHARDS", "2".into()),
+        ("FLOWBOT_DISCORD__DG__LEASE_TTL_SECS", "3".into()),
+    ];
+    let mut servers = common::start_servers(&["s1", "s2"], &dir.0, (&url, &schema), &extra).await;
     // Each shard is connected once, by one of them, and answers.
     for shard in [0, 1] {
         discord.wait_connected(shard).await;

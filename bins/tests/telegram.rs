@@ -293,21 +293,13 @@ async fn polling_moves_to_another_server_when_its_holder_is_killed() {
     let tg = FakeTelegram::start().await;
     let dir = common::TempDir::new("flowbot-telegram-lease");
     let schema = format!("tg_{}", uuid::Uuid::new_v4().simple());
-    let env = |port: u16| {
-        [
-            ("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
-            ("FLOWBOT_DATABASE__URL", url.clone()),
-            ("FLOWBOT_DATABASE__SCHEMA", schema.clone()),
-            ("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "100".into()),
-            ("FLOWBOT_WORKERS__LEASE_SECS", "2".into()),
-            ("FLOWBOT_TELEGRAM__TG__TOKEN", TOKEN.into()),
-            ("FLOWBOT_TELEGRAM__TG__API_BASE", format!("\"{}\"", tg.base)),
-            ("FLOWBOT_TELEGRAM__TG__POLL_TIMEOUT_SECS", "1".into()),
-            ("FLOWBOT_TELEGRAM__TG__LEASE_TTL_SECS", "3".into()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v))
-    };
-    let mut servers = common::start_servers(&["s1", "s2"], &dir.0, |p| env(p).to_vec()).await;
+    let extra = [
+        ("FLOWBOT_TELEGRAM__TG__TOKEN", TOKEN.into()),
+        ("FLOWBOT_TELEGRAM__TG__API_BASE", format!("\"{}\"", tg.base)),
+        ("FLOWBOT_TELEGRAM__TG__POLL_TIMEOUT_SECS", "1".into()),
+        ("FLOWBOT_TELEGRAM__TG__LEASE_TTL_SECS", "3".into()),
+    ];
+    let mut servers = common::start_servers(&["s1", "s2"], &dir.0, (&url, &schema), &extra).await;
     // One of them holds the polling lease and answers.
     tg.push(text(5005, "/echo before"));
     tg.wait_for_text(5005, "before").await;

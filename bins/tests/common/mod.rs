@@ -174,18 +174,31 @@ pub fn postgres_url() -> Option<String> {
     }
 }
 
-/// `flowbot-server` processes named `names`, started one after another (the first migrates
-/// the database; the others join it), each with `env(port)`; by pid. Their logs go to `dir`.
+/// `flowbot-server` processes named `names` on PostgreSQL (`url`, in `schema`), with fast
+/// worker polling and 2 s task leases, and the settings in `extra`; started one after another
+/// (the first migrates the schema; the others join it); by pid. Their logs go to `dir`.
 pub async fn start_servers(
     names: &[&'static str],
     dir: &std::path::Path,
-    env: impl Fn(u16) -> Vec<(String, String)>,
+    (url, schema): (&str, &str),
+    extra: &[(&str, String)],
 ) -> std::collections::HashMap<u32, (&'static str, tokio::process::Child)> {
     let mut servers = std::collections::HashMap::new();
     for (i, name) in names.iter().enumerate() {
         let port = free_port();
+        let env: Vec<(String, String)> = [
+            ("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
+            ("FLOWBOT_DATABASE__URL", url.to_owned()),
+            ("FLOWBOT_DATABASE__SCHEMA", schema.to_owned()),
+            ("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "100".to_owned()),
+            ("FLOWBOT_WORKERS__LEASE_SECS", "2".to_owned()),
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
         let log = dir.join(format!("{name}.log"));
-        let child = spawn(env!("CARGO_BIN_EXE_flowbot-server"), &[], &env(port), &log);
+        let child = spawn(env!("CARGO_BIN_EXE_flowbot-server"), &[], &env, &log);
         wait_ready(&format!("http://127.0.0.1:{port}"), &log).await;
         servers.insert(child.id().expect("pid"), (*name, child));
         if i == 0 {
