@@ -790,6 +790,7 @@ conformance!(
         misfire_policies,
         sessions_round_trip,
         messages_round_trip,
+        messages_saved_concurrently,
         kv_round_trip,
         admin_listing_cancel_and_purge,
         worker_pool_runs_everything_once,

@@ -7,7 +7,6 @@ mod data;
 mod workflow;
 mod writes;
 
-use data::touch_conversation;
 use writes::{GROUP_COMMIT_MAX, Write, checkpoints, group_commit};
 
 use std::path::{Path, PathBuf};
@@ -418,26 +417,53 @@ fn new_ids(mut ids: Vec<i64>, n: usize) -> Result<Vec<Enqueued>, StoreError> {
         .collect())
 }
 
-/// Most rows in one multi-row `VALUES` insert; larger groups travel as one JSON array.
-const VALUES_MAX: usize = 64;
+/// Most rows in one multi-row `VALUES` insert; larger groups of tasks travel as one JSON array,
+/// and larger groups of messages take several statements.
+pub(super) const VALUES_MAX: usize = 64;
 
-/// `INSERT … VALUES (…), (…) RETURNING id` for 1 to [`VALUES_MAX`] rows, built once each (so
-/// the prepared statements are cached, one per size).
-fn values_sql(n: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        (1..=VALUES_MAX)
-            .map(|n| {
-                let row = "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)";
-                format!(
-                    "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, concurrency_key, created_at) VALUES {} RETURNING id",
-                    vec![row; n].join(", ")
-                )
-            })
-            .collect()
-    });
-    &all[n.clamp(1, VALUES_MAX) - 1]
+/// A multi-row `INSERT … VALUES (…), (…) …` statement for 1 to [`VALUES_MAX`] rows, each size
+/// built once, so SQLite's prepared statements are cached, one per size.
+pub(super) struct ValuesSql {
+    head: &'static str,
+    row: &'static str,
+    tail: &'static str,
+    built: std::sync::OnceLock<Vec<String>>,
 }
+
+impl ValuesSql {
+    /// `head VALUES row, row, … tail`.
+    pub(super) const fn new(head: &'static str, row: &'static str, tail: &'static str) -> Self {
+        ValuesSql {
+            head,
+            row,
+            tail,
+            built: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The statement for `n` rows (clamped to 1..=[`VALUES_MAX`]).
+    pub(super) fn rows(&'static self, n: usize) -> &'static str {
+        let all = self.built.get_or_init(|| {
+            (1..=VALUES_MAX)
+                .map(|n| {
+                    format!(
+                        "{} VALUES {} {}",
+                        self.head,
+                        vec![self.row; n].join(", "),
+                        self.tail
+                    )
+                })
+                .collect()
+        });
+        &all[n.clamp(1, VALUES_MAX) - 1]
+    }
+}
+
+static TASK_VALUES: ValuesSql = ValuesSql::new(
+    "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, concurrency_key, created_at)",
+    "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+    "RETURNING id",
+);
 
 /// Insert up to [`VALUES_MAX`] tasks with bound values: no JSON to build and take apart.
 async fn insert_values<'a>(
@@ -446,7 +472,7 @@ async fn insert_values<'a>(
     now: i64,
 ) -> Result<Vec<Enqueued>, StoreError> {
     let n = tasks.len();
-    let mut q = sqlx::query_scalar::<_, i64>(values_sql(n));
+    let mut q = sqlx::query_scalar::<_, i64>(TASK_VALUES.rows(n));
     for t in tasks {
         q = q
             .bind(&t.queue)
@@ -461,68 +487,6 @@ async fn insert_values<'a>(
     }
     let ids = q.fetch_all(&mut *conn).await.map_err(map_err)?;
     new_ids(ids, n)
-}
-
-async fn inbound_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    m: &Message,
-) -> Result<bool, StoreError> {
-    let body =
-        serde_json::to_string(m).map_err(|e| StoreError::Invalid(format!("message: {e}")))?;
-    let at = ms(m.received_at);
-    let n = sqlx::query(
-        "INSERT INTO flowbot_messages (channel, conversation, direction, message_id, sender, text, body, at) \
-         VALUES (?, ?, 'inbound', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-    )
-    .bind(m.channel.as_str())
-    .bind(m.conversation.as_str())
-    .bind(m.id.as_str())
-    .bind(m.sender.id.as_str())
-    .bind(&m.text)
-    .bind(body)
-    .bind(at)
-    .execute(&mut **tx)
-    .await
-    .map_err(map_err)?
-    .rows_affected();
-    if n == 1 {
-        touch_conversation(tx, m.channel.as_str(), m.conversation.as_str(), at).await?;
-    }
-    Ok(n == 1)
-}
-
-async fn outbound_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    o: &Outbound,
-) -> Result<(), StoreError> {
-    let target = o
-        .target
-        .as_ref()
-        .ok_or_else(|| StoreError::Invalid("outbound message has no target".into()))?;
-    let body =
-        serde_json::to_string(o).map_err(|e| StoreError::Invalid(format!("message: {e}")))?;
-    let at = now_ms();
-    sqlx::query(
-        "INSERT INTO flowbot_messages (channel, conversation, direction, message_id, sender, text, body, at) \
-         VALUES (?, ?, 'outbound', ?, NULL, ?, ?, ?)",
-    )
-    .bind(target.channel.as_str())
-    .bind(target.conversation.as_str())
-    .bind(crate::new_message_id())
-    .bind(&o.text)
-    .bind(body)
-    .bind(at)
-    .execute(&mut **tx)
-    .await
-    .map_err(map_err)?;
-    touch_conversation(
-        tx,
-        target.channel.as_str(),
-        target.conversation.as_str(),
-        at,
-    )
-    .await?;
-    Ok(())
 }
 
 /// Mark tasks done; returns how many, and whether concurrency keys were released.
@@ -604,24 +568,30 @@ impl TaskQueue for SqliteStore {
             return Ok(Vec::new());
         }
         let mut ids = Vec::with_capacity(candidates.len());
-        let mut keys = std::collections::HashSet::new();
+        let mut keys = std::collections::HashMap::new();
         for row in &candidates {
             let id: i64 = row.try_get(0).map_err(common::decode_err)?;
             let key: Option<String> = row.try_get(1).map_err(common::decode_err)?;
-            match key {
+            if let Some(key) = key {
                 // Only the first task of a key in this batch may run; the rest wait their turn.
-                Some(key) if !keys.insert(key.clone()) => continue,
-                Some(key) => {
-                    sqlx::query("INSERT INTO flowbot_task_keys (key, task_id) VALUES (?, ?)")
-                        .bind(key)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
+                if keys.contains_key(&key) {
+                    continue;
                 }
-                None => {}
+                keys.insert(key, id);
             }
             ids.push(TaskId(id));
+        }
+        if !keys.is_empty() {
+            // All the keys in one statement: one trip to SQLite's thread, not one per task.
+            let keys =
+                serde_json::to_string(&keys).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO flowbot_task_keys (key, task_id) SELECT key, value FROM json_each(?)",
+            )
+            .bind(keys)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         }
         let sql = format!(
             "UPDATE flowbot_tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?, lease_until = ? \

@@ -122,6 +122,97 @@ pub(super) async fn messages_round_trip(store: Arc<dyn Store>) {
     }
 }
 
+/// Messages saved at the same moment (which a store may write together): a redelivered
+/// message is new exactly once, every other message is stored once and in its conversation's
+/// count, and a conversation's history keeps each writer's order.
+pub(super) async fn messages_saved_concurrently(store: Arc<dyn Store>) {
+    let mut same = Message::text("web", "dup", Sender::user("u"), "again");
+    same.id = MessageId::from("redelivered");
+    let mut saves = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (store, m) = (store.clone(), same.clone());
+        saves.spawn(async move { store.save_inbound(&m).await.expect("save") });
+    }
+    let mut new = 0;
+    while let Some(r) = saves.join_next().await {
+        new += usize::from(r.expect("join"));
+    }
+    assert_eq!(new, 1, "one of 20 concurrent saves of one message is new");
+
+    // Four writers, each with its own conversation plus a shared one, interleaved with
+    // replies: each writer's messages arrive in its order.
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let store = store.clone();
+        writers.spawn(async move {
+            for i in 0..25 {
+                let conv = if i % 2 == 0 {
+                    format!("own{w}")
+                } else {
+                    "shared".into()
+                };
+                let m = Message::text(
+                    "web",
+                    conv.as_str(),
+                    Sender::user(format!("u{w}")),
+                    format!("{w}:{i}"),
+                );
+                assert!(store.save_inbound(&m).await.expect("save"));
+                let reply = Outbound::text(format!("re {w}:{i}")).to(Target {
+                    channel: "web".into(),
+                    conversation: conv.as_str().into(),
+                    thread: None,
+                });
+                store.save_outbound(&reply).await.expect("save outbound");
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.expect("writer");
+    }
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_conversations(cursor.as_deref(), 100)
+            .await
+            .expect("conversations");
+        all.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    for conv in ["own0", "own1", "own2", "own3", "shared", "dup"] {
+        let c = all
+            .iter()
+            .find(|c| c.conversation.as_str() == conv)
+            .unwrap_or_else(|| panic!("conversation {conv} listed"));
+        let expected = match conv {
+            "dup" => 1,
+            "shared" => 4 * 12 * 2,
+            _ => 13 * 2,
+        };
+        assert_eq!(c.message_count, expected, "count of {conv}");
+        let page = store
+            .list_messages(&"web".into(), &conv.into(), None, 200)
+            .await
+            .expect("history");
+        assert_eq!(page.items.len() as i64, expected, "history of {conv}");
+        for w in 0..4 {
+            let mine: Vec<&str> = page
+                .items
+                .iter()
+                .map(|m| m.text.trim_start_matches("re "))
+                .filter(|t| t.starts_with(&format!("{w}:")))
+                .collect();
+            let mut sorted = mine.clone();
+            sorted.sort_by_key(|t| t[2..].parse::<u32>().expect("number"));
+            assert_eq!(mine, sorted, "writer {w}'s order in {conv}");
+        }
+    }
+}
+
 pub(super) async fn kv_round_trip(store: Arc<dyn Store>) {
     assert_eq!(store.kv_get("ns", "k").await.expect("get"), None);
     store
