@@ -7,6 +7,7 @@ mod data;
 mod workflow;
 mod writes;
 
+use data::touch_conversation;
 use writes::{GROUP_COMMIT_MAX, Write, checkpoints, group_commit};
 
 use std::path::{Path, PathBuf};
@@ -387,83 +388,57 @@ pub(super) async fn insert_bulk<'a>(
     }
     let rows =
         serde_json::to_string(&rows).map_err(|e| StoreError::Invalid(format!("tasks: {e}")))?;
-    let ids: Vec<i64> = sqlx::query_scalar(
+    let done = sqlx::query(
         "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, concurrency_key, created_at) \
          SELECT value ->> '$.q', value ->> '$.k', value ->> '$.p', 'queued', value ->> '$.pr', value ->> '$.r', \
                 value ->> '$.m', value ->> '$.rt', value ->> '$.c', ?2 \
-         FROM json_each(?1) ORDER BY key RETURNING id",
+         FROM json_each(?1) ORDER BY key",
     )
     .bind(rows)
     .bind(now)
-    .fetch_all(&mut *conn)
+    .execute(&mut *conn)
     .await
     .map_err(map_err)?;
-    new_ids(ids, n)
+    new_ids(&done, n)
 }
 
-/// The results of a bulk insert of `n` tasks, in input order: row ids are assigned in the
-/// order the rows are inserted, so the sorted ids follow the input.
-fn new_ids(mut ids: Vec<i64>, n: usize) -> Result<Vec<Enqueued>, StoreError> {
-    if ids.len() != n {
+/// The ids of the `n` tasks one statement inserted, in input order. `flowbot_tasks.id` is
+/// `AUTOINCREMENT` and the one writer connection holds the write lock for the whole statement,
+/// so the statement's rows got consecutive ids ending at its last insert rowid. Reading them
+/// from the statement's result, rather than `RETURNING` every id, saves one message per row
+/// from SQLite's worker thread (and a wake-up of the group commit each).
+fn new_ids(done: &sqlx::sqlite::SqliteQueryResult, n: usize) -> Result<Vec<Enqueued>, StoreError> {
+    let inserted = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
+    if inserted != n {
         return Err(StoreError::Corrupt(format!(
-            "inserted {} of {n} tasks",
-            ids.len()
+            "inserted {inserted} of {n} tasks"
         )));
     }
-    ids.sort_unstable();
-    Ok(ids
-        .into_iter()
-        .map(|id| Enqueued::New(TaskId(id)))
-        .collect())
+    let last = done.last_insert_rowid();
+    let first = last - i64::try_from(n).unwrap_or(i64::MAX) + 1;
+    Ok((first..=last).map(|id| Enqueued::New(TaskId(id))).collect())
 }
 
-/// Most rows in one multi-row `VALUES` insert; larger groups of tasks travel as one JSON array,
-/// and larger groups of messages take several statements.
-pub(super) const VALUES_MAX: usize = 64;
+/// Most rows in one multi-row `VALUES` insert; larger groups travel as one JSON array.
+const VALUES_MAX: usize = 64;
 
-/// A multi-row `INSERT … VALUES (…), (…) …` statement for 1 to [`VALUES_MAX`] rows, each size
-/// built once, so SQLite's prepared statements are cached, one per size.
-pub(super) struct ValuesSql {
-    head: &'static str,
-    row: &'static str,
-    tail: &'static str,
-    built: std::sync::OnceLock<Vec<String>>,
+/// `INSERT … VALUES (…), (…)` for 1 to [`VALUES_MAX`] rows, built once each (so
+/// the prepared statements are cached, one per size).
+fn values_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (1..=VALUES_MAX)
+            .map(|n| {
+                let row = "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)";
+                format!(
+                    "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, concurrency_key, created_at) VALUES {}",
+                    vec![row; n].join(", ")
+                )
+            })
+            .collect()
+    });
+    &all[n.clamp(1, VALUES_MAX) - 1]
 }
-
-impl ValuesSql {
-    /// `head VALUES row, row, … tail`.
-    pub(super) const fn new(head: &'static str, row: &'static str, tail: &'static str) -> Self {
-        ValuesSql {
-            head,
-            row,
-            tail,
-            built: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// The statement for `n` rows (clamped to 1..=[`VALUES_MAX`]).
-    pub(super) fn rows(&'static self, n: usize) -> &'static str {
-        let all = self.built.get_or_init(|| {
-            (1..=VALUES_MAX)
-                .map(|n| {
-                    format!(
-                        "{} VALUES {} {}",
-                        self.head,
-                        vec![self.row; n].join(", "),
-                        self.tail
-                    )
-                })
-                .collect()
-        });
-        &all[n.clamp(1, VALUES_MAX) - 1]
-    }
-}
-
-static TASK_VALUES: ValuesSql = ValuesSql::new(
-    "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, concurrency_key, created_at)",
-    "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-    "RETURNING id",
-);
 
 /// Insert up to [`VALUES_MAX`] tasks with bound values: no JSON to build and take apart.
 async fn insert_values<'a>(
@@ -472,7 +447,7 @@ async fn insert_values<'a>(
     now: i64,
 ) -> Result<Vec<Enqueued>, StoreError> {
     let n = tasks.len();
-    let mut q = sqlx::query_scalar::<_, i64>(TASK_VALUES.rows(n));
+    let mut q = sqlx::query(values_sql(n));
     for t in tasks {
         q = q
             .bind(&t.queue)
@@ -485,8 +460,70 @@ async fn insert_values<'a>(
             .bind(&t.concurrency_key)
             .bind(now);
     }
-    let ids = q.fetch_all(&mut *conn).await.map_err(map_err)?;
-    new_ids(ids, n)
+    let done = q.execute(&mut *conn).await.map_err(map_err)?;
+    new_ids(&done, n)
+}
+
+async fn inbound_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    m: &Message,
+) -> Result<bool, StoreError> {
+    let body =
+        serde_json::to_string(m).map_err(|e| StoreError::Invalid(format!("message: {e}")))?;
+    let at = ms(m.received_at);
+    let n = sqlx::query(
+        "INSERT INTO flowbot_messages (channel, conversation, direction, message_id, sender, text, body, at) \
+         VALUES (?, ?, 'inbound', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(m.channel.as_str())
+    .bind(m.conversation.as_str())
+    .bind(m.id.as_str())
+    .bind(m.sender.id.as_str())
+    .bind(&m.text)
+    .bind(body)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?
+    .rows_affected();
+    if n == 1 {
+        touch_conversation(tx, m.channel.as_str(), m.conversation.as_str(), at).await?;
+    }
+    Ok(n == 1)
+}
+
+async fn outbound_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    o: &Outbound,
+) -> Result<(), StoreError> {
+    let target = o
+        .target
+        .as_ref()
+        .ok_or_else(|| StoreError::Invalid("outbound message has no target".into()))?;
+    let body =
+        serde_json::to_string(o).map_err(|e| StoreError::Invalid(format!("message: {e}")))?;
+    let at = now_ms();
+    sqlx::query(
+        "INSERT INTO flowbot_messages (channel, conversation, direction, message_id, sender, text, body, at) \
+         VALUES (?, ?, 'outbound', ?, NULL, ?, ?, ?)",
+    )
+    .bind(target.channel.as_str())
+    .bind(target.conversation.as_str())
+    .bind(crate::new_message_id())
+    .bind(&o.text)
+    .bind(body)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    touch_conversation(
+        tx,
+        target.channel.as_str(),
+        target.conversation.as_str(),
+        at,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Mark tasks done; returns how many, and whether concurrency keys were released.
@@ -582,7 +619,8 @@ impl TaskQueue for SqliteStore {
             ids.push(TaskId(id));
         }
         if !keys.is_empty() {
-            // All the keys in one statement: one trip to SQLite's thread, not one per task.
+            // All the keys in one statement: one trip to SQLite's thread while the write lock
+            // is held, not one per task.
             let keys =
                 serde_json::to_string(&keys).map_err(|e| StoreError::Invalid(e.to_string()))?;
             sqlx::query(

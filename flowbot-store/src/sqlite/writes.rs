@@ -64,9 +64,7 @@ enum Done {
 /// Most writes committed in one transaction.
 pub(super) const GROUP_COMMIT_MAX: usize = 512;
 
-/// Run `writes` in `tx` with a few statements for the whole group: the enqueues in one, the
-/// messages (inbound and outbound, in order) in one per [`VALUES_MAX`] rows, their
-/// conversations' counts in one more, then the acknowledgements in order.
+/// Run `writes` in `tx`: enqueues first, in one statement, then the rest in order.
 async fn apply(
     tx: &mut Transaction<'static, Sqlite>,
     writes: &[Write],
@@ -88,19 +86,17 @@ async fn apply(
         insert_tasks(tx, tasks.into_iter(), now).await?
     }
     .into_iter();
-    let mut stored = insert_messages(tx, writes, now).await?.into_iter();
     let mut out = Vec::with_capacity(writes.len());
-    let missing = || StoreError::Corrupt("missing write result".into());
     for w in writes {
         out.push(match w {
-            Write::Enqueue(..) => Done::Enqueued(enqueued.next().ok_or_else(missing)?),
-            Write::Inbound(..) => Done::Inbound(stored.next().ok_or_else(missing)?),
-            Write::Outbound(..) => {
-                if !stored.next().ok_or_else(missing)? {
-                    return Err(StoreError::Conflict(
-                        "an outbound message with this id is already stored".into(),
-                    ));
-                }
+            Write::Enqueue(..) => Done::Enqueued(
+                enqueued
+                    .next()
+                    .ok_or_else(|| StoreError::Corrupt("missing enqueue result".into()))?,
+            ),
+            Write::Inbound(m, _) => Done::Inbound(inbound_in(tx, m).await?),
+            Write::Outbound(o, _) => {
+                outbound_in(tx, o).await?;
                 Done::Unit
             }
             Write::Complete(worker, ids, _) => {
@@ -110,147 +106,6 @@ async fn apply(
         });
     }
     Ok(out)
-}
-
-/// A row of `flowbot_messages` from an inbound or outbound write.
-struct MessageRow<'a> {
-    channel: &'a str,
-    conversation: &'a str,
-    direction: &'static str,
-    message_id: std::borrow::Cow<'a, str>,
-    sender: Option<&'a str>,
-    text: &'a str,
-    body: String,
-    at: i64,
-}
-
-impl<'a> MessageRow<'a> {
-    fn new(w: &'a Write, now: i64) -> Result<Option<Self>, StoreError> {
-        Ok(Some(match w {
-            Write::Inbound(m, _) => MessageRow {
-                channel: m.channel.as_str(),
-                conversation: m.conversation.as_str(),
-                direction: "inbound",
-                message_id: m.id.as_str().into(),
-                sender: Some(m.sender.id.as_str()),
-                text: &m.text,
-                body: message_json(m.as_ref())?,
-                at: ms(m.received_at),
-            },
-            Write::Outbound(o, _) => {
-                let target = o
-                    .target
-                    .as_ref()
-                    .ok_or_else(|| StoreError::Invalid("outbound message has no target".into()))?;
-                MessageRow {
-                    channel: target.channel.as_str(),
-                    conversation: target.conversation.as_str(),
-                    direction: "outbound",
-                    message_id: crate::new_message_id().into(),
-                    sender: None,
-                    text: &o.text,
-                    body: message_json(o.as_ref())?,
-                    at: now,
-                }
-            }
-            Write::Enqueue(..) | Write::Complete(..) => return Ok(None),
-        }))
-    }
-}
-
-/// A message as stored in `body`.
-fn message_json(m: &impl serde::Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(m).map_err(|e| StoreError::Invalid(format!("message: {e}")))
-}
-
-static MESSAGE_VALUES: ValuesSql = ValuesSql::new(
-    "INSERT INTO flowbot_messages (channel, conversation, direction, message_id, sender, text, body, at)",
-    "(?, ?, ?, ?, ?, ?, ?, ?)",
-    "ON CONFLICT DO NOTHING RETURNING direction, channel, message_id",
-);
-
-static CONVERSATION_VALUES: ValuesSql = ValuesSql::new(
-    "INSERT INTO flowbot_conversations (channel, conversation, started_at, last_message_at, message_count)",
-    "(?, ?, ?, ?, ?)",
-    "ON CONFLICT (channel, conversation) DO UPDATE SET \
-     last_message_at = MAX(last_message_at, excluded.last_message_at), \
-     message_count = message_count + excluded.message_count",
-);
-
-/// Store the inbound and outbound messages of `writes` in their order and count the new ones
-/// in their conversations. Returns, per message, whether it was new (an inbound message
-/// already stored, or repeated within `writes`, is not).
-async fn insert_messages(
-    tx: &mut Transaction<'static, Sqlite>,
-    writes: &[Write],
-    now: i64,
-) -> Result<Vec<bool>, StoreError> {
-    let mut rows = Vec::new();
-    for w in writes {
-        rows.extend(MessageRow::new(w, now)?);
-    }
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Multi-row VALUES insert in order (so `seq` follows the writes); a row that conflicts with
-    // a stored one, or with an earlier row of the same statement, is skipped and not returned.
-    let mut new = std::collections::HashSet::new();
-    for chunk in rows.chunks(VALUES_MAX) {
-        let mut q = sqlx::query_as::<_, (String, String, String)>(MESSAGE_VALUES.rows(chunk.len()));
-        for r in chunk {
-            q = q
-                .bind(r.channel)
-                .bind(r.conversation)
-                .bind(r.direction)
-                .bind(r.message_id.as_ref())
-                .bind(r.sender)
-                .bind(r.text)
-                .bind(&r.body)
-                .bind(r.at);
-        }
-        new.extend(q.fetch_all(&mut **tx).await.map_err(map_err)?);
-    }
-    // The first row with a key is the one inserted; removing its key marks repeats as old.
-    let mut inserted = Vec::with_capacity(rows.len());
-    let mut counts: Vec<(&str, &str, i64, i64, i64)> = Vec::new();
-    let mut index = std::collections::HashMap::new();
-    for r in &rows {
-        let key = (
-            r.direction.to_owned(),
-            r.channel.to_owned(),
-            r.message_id.as_ref().to_owned(),
-        );
-        let was_new = new.remove(&key);
-        inserted.push(was_new);
-        if !was_new {
-            continue;
-        }
-        match index.entry((r.channel, r.conversation)) {
-            std::collections::hash_map::Entry::Occupied(e) => {
-                let c: &mut (&str, &str, i64, i64, i64) = &mut counts[*e.get()];
-                c.2 = c.2.min(r.at);
-                c.3 = c.3.max(r.at);
-                c.4 += 1;
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(counts.len());
-                counts.push((r.channel, r.conversation, r.at, r.at, 1));
-            }
-        }
-    }
-    for chunk in counts.chunks(VALUES_MAX) {
-        let mut q = sqlx::query(CONVERSATION_VALUES.rows(chunk.len()));
-        for (channel, conversation, first, last, n) in chunk {
-            q = q
-                .bind(*channel)
-                .bind(*conversation)
-                .bind(*first)
-                .bind(*last)
-                .bind(*n);
-        }
-        q.execute(&mut **tx).await.map_err(map_err)?;
-    }
-    Ok(inserted)
 }
 
 /// The tasks of `batch` when it holds nothing but enqueues without dedupe keys.
