@@ -167,60 +167,79 @@ fn answer(w: Write, r: Result<Done, &StoreError>) -> bool {
 /// it is committed. Under load this turns hundreds of commits into one; an idle store commits
 /// each write at once. A batch that fails is retried one write per transaction, so one bad
 /// write fails alone.
+///
+/// Plain enqueues (no dedupe key: every webhook and platform event accepted) go first, in one
+/// statement of their own, and their callers are answered before the rest of the group runs:
+/// a request waiting for its acknowledgement never waits for the workers' bookkeeping
+/// (stored replies, completions) that happens to share its group. Each caller has at most one
+/// write in a group, so this changes no caller's order.
 pub(super) async fn group_commit(
     writer: SqlitePool,
     wake: watch::Sender<u64>,
     mut rx: mpsc::Receiver<Write>,
 ) {
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
+    let mut rest = Vec::with_capacity(GROUP_COMMIT_MAX);
     while rx.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
-        let now = now_ms();
-        let all = async {
-            if let Some(tasks) = plain_enqueues(&batch) {
-                // The common case under webhook load: one statement, atomic by itself, so no
-                // BEGIN and COMMIT round trips to SQLite's worker thread.
-                let mut conn = writer.acquire().await.map_err(map_err)?;
-                let done = insert_bulk(&mut conn, tasks.into_iter(), now).await?;
-                return Ok(done.into_iter().map(Done::Enqueued).collect());
+        let (plain, other): (Vec<Write>, Vec<Write>) = batch
+            .drain(..)
+            .partition(|w| matches!(w, Write::Enqueue(t, _) if t.dedupe_key.is_none()));
+        batch = plain;
+        rest.extend(other);
+        for group in [&mut batch, &mut rest] {
+            if !group.is_empty() && commit(&writer, group).await {
+                wake.send_modify(|v| *v = v.wrapping_add(1));
             }
-            let mut tx = writer
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(map_err)?;
-            let out = apply(&mut tx, &batch, now).await?;
-            tx.commit().await.map_err(map_err)?;
-            Ok::<_, StoreError>(out)
-        }
-        .await;
-        let mut woke = false;
-        match all {
-            Ok(out) => {
-                for (w, d) in batch.drain(..).zip(out) {
-                    woke |= answer(w, Ok(d));
-                }
-            }
-            Err(_) => {
-                for w in batch.drain(..) {
-                    let one = async {
-                        let mut tx = writer
-                            .begin_with("BEGIN IMMEDIATE")
-                            .await
-                            .map_err(map_err)?;
-                        let mut out = apply(&mut tx, std::slice::from_ref(&w), now).await?;
-                        tx.commit().await.map_err(map_err)?;
-                        out.pop()
-                            .ok_or_else(|| StoreError::Corrupt("missing write result".into()))
-                    }
-                    .await;
-                    woke |= match one {
-                        Ok(d) => answer(w, Ok(d)),
-                        Err(e) => answer(w, Err(&e)),
-                    };
-                }
-            }
-        }
-        if woke {
-            wake.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
+}
+
+/// Commit `batch` (emptied) and answer its writers. Returns whether new work became claimable.
+async fn commit(writer: &SqlitePool, batch: &mut Vec<Write>) -> bool {
+    let now = now_ms();
+    let all = async {
+        if let Some(tasks) = plain_enqueues(batch) {
+            // The common case under webhook load: one statement, atomic by itself, so no
+            // BEGIN and COMMIT round trips to SQLite's worker thread.
+            let mut conn = writer.acquire().await.map_err(map_err)?;
+            let done = insert_bulk(&mut conn, tasks.into_iter(), now).await?;
+            return Ok(done.into_iter().map(Done::Enqueued).collect());
+        }
+        let mut tx = writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let out = apply(&mut tx, batch, now).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok::<_, StoreError>(out)
+    }
+    .await;
+    let mut woke = false;
+    match all {
+        Ok(out) => {
+            for (w, d) in batch.drain(..).zip(out) {
+                woke |= answer(w, Ok(d));
+            }
+        }
+        Err(_) => {
+            for w in batch.drain(..) {
+                let one = async {
+                    let mut tx = writer
+                        .begin_with("BEGIN IMMEDIATE")
+                        .await
+                        .map_err(map_err)?;
+                    let mut out = apply(&mut tx, std::slice::from_ref(&w), now).await?;
+                    tx.commit().await.map_err(map_err)?;
+                    out.pop()
+                        .ok_or_else(|| StoreError::Corrupt("missing write result".into()))
+                }
+                .await;
+                woke |= match one {
+                    Ok(d) => answer(w, Ok(d)),
+                    Err(e) => answer(w, Err(&e)),
+                };
+            }
+        }
+    }
+    woke
 }
