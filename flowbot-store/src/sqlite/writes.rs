@@ -168,9 +168,9 @@ fn answer(w: Write, r: Result<Done, &StoreError>) -> bool {
 /// each write at once. A batch that fails is retried one write per transaction, so one bad
 /// write fails alone.
 ///
-/// Plain enqueues (no dedupe key, like a webhook message without an id of its own) go first, in one
-/// statement of their own, and their callers are answered before the rest of the group runs:
-/// a request waiting for its acknowledgement never waits for the workers' bookkeeping
+/// Plain enqueues (no dedupe key, like a webhook message without an id of its own) go first,
+/// in one statement of their own, and their callers are answered before the rest of the group
+/// runs: a request waiting for its acknowledgement never waits for the workers' bookkeeping
 /// (stored replies, completions) that happens to share its group. Each caller has at most one
 /// write in a group, so this changes no caller's order.
 pub(super) async fn group_commit(
