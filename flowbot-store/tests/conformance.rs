@@ -473,6 +473,49 @@ async fn per_key_serialisation(store: Arc<dyn Store>) {
         .map(|t| t.id)
         .collect();
     assert_eq!(got, vec![a3]);
+
+    assert_eq!(store.complete("w4", &[a3]).await.expect("complete"), 1);
+
+    // A worker that lost a task (its lease expired and another worker runs it now) and
+    // acknowledges it late, together with a task it does hold, frees only its own task's key.
+    let c1 = store
+        .enqueue(&task("noop", 6).concurrency_key("conv-c"))
+        .await
+        .expect("enqueue")
+        .id();
+    let c2 = store
+        .enqueue(&task("noop", 7).concurrency_key("conv-c"))
+        .await
+        .expect("enqueue")
+        .id();
+    let ids = |got: Vec<flowbot_core::task::ClaimedTask>| -> Vec<TaskId> {
+        got.iter().map(|t| t.id).collect()
+    };
+    let short = Duration::from_millis(1);
+    assert_eq!(ids(claim(store.as_ref(), "w5", &k, 10, short).await), [c1]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        store.recover_expired(Utc::now(), 5).await.expect("recover"),
+        1
+    );
+    assert_eq!(ids(claim(store.as_ref(), "w6", &k, 10, LEASE).await), [c1]);
+    let d1 = store
+        .enqueue(&task("noop", 8).concurrency_key("conv-d"))
+        .await
+        .expect("enqueue")
+        .id();
+    assert_eq!(ids(claim(store.as_ref(), "w5", &k, 10, LEASE).await), [d1]);
+    assert_eq!(
+        store.complete("w5", &[c1, d1]).await.expect("complete"),
+        1,
+        "w5 no longer holds c1"
+    );
+    assert!(
+        claim(store.as_ref(), "w7", &k, 10, LEASE).await.is_empty(),
+        "c1 still holds conv-c for w6, so c2 waits"
+    );
+    assert_eq!(store.complete("w6", &[c1]).await.expect("complete"), 1);
+    assert_eq!(ids(claim(store.as_ref(), "w7", &k, 10, LEASE).await), [c2]);
 }
 
 async fn concurrent_claims_hand_out_each_task_once(store: Arc<dyn Store>, other: Arc<dyn Store>) {

@@ -4,27 +4,6 @@ use super::*;
 use crate::common::ttl_ms;
 use flowbot_core::lease::{Lease, LeaseStore};
 
-pub(super) async fn touch_conversation(
-    tx: &mut Transaction<'static, Sqlite>,
-    channel: &str,
-    conversation: &str,
-    at: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO flowbot_conversations (channel, conversation, started_at, last_message_at, message_count) VALUES (?, ?, ?, ?, 1) \
-         ON CONFLICT (channel, conversation) DO UPDATE SET last_message_at = MAX(last_message_at, excluded.last_message_at), \
-         message_count = message_count + 1",
-    )
-    .bind(channel)
-    .bind(conversation)
-    .bind(at)
-    .bind(at)
-    .execute(&mut **tx)
-    .await
-    .map_err(map_err)?;
-    Ok(())
-}
-
 #[async_trait]
 impl ConversationStore for SqliteStore {
     async fn save_inbound(&self, m: &Message) -> Result<bool, StoreError> {

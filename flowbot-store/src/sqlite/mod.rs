@@ -7,8 +7,7 @@ mod data;
 mod workflow;
 mod writes;
 
-use data::touch_conversation;
-use writes::{GROUP_COMMIT_MAX, Write, checkpoints, group_commit};
+use writes::{GROUP_COMMIT_MAX, Write, checkpoints};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -39,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::common::{
-    self, CLAIM_COLUMNS, Migration, SCHEDULE_COLUMNS, TASK_COLUMNS, claimed_task, from_ms, map_err,
-    ms, now_ms, page_limit, paginate, schedule_row, task_id_json, task_record,
+    self, Migration, SCHEDULE_COLUMNS, TASK_COLUMNS, from_ms, map_err, ms, now_ms, page_limit,
+    paginate, schedule_row, task_id_json, task_record,
 };
 
 const MIGRATIONS: &[Migration] = &[
@@ -193,7 +192,7 @@ impl SqliteStore {
         let (wake, _) = watch::channel(0);
         let (bus, _) = tokio::sync::broadcast::channel(1024);
         let (writes, write_rx) = mpsc::channel(4 * GROUP_COMMIT_MAX);
-        tokio::spawn(group_commit(writer.clone(), wake.clone(), write_rx));
+        writes::spawn_group_commit(writer.clone(), wake.clone(), write_rx)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 stop_checkpoints,
@@ -419,26 +418,53 @@ fn new_ids(done: &sqlx::sqlite::SqliteQueryResult, n: usize) -> Result<Vec<Enque
     Ok((first..=last).map(|id| Enqueued::New(TaskId(id))).collect())
 }
 
-/// Most rows in one multi-row `VALUES` insert; larger groups travel as one JSON array.
-const VALUES_MAX: usize = 64;
+/// Most rows in one multi-row `VALUES` insert; larger groups of tasks travel as one JSON
+/// array, and larger groups of messages take one statement per this many rows.
+pub(super) const VALUES_MAX: usize = 64;
 
-/// `INSERT … VALUES (…), (…)` for 1 to [`VALUES_MAX`] rows, built once each (so
-/// the prepared statements are cached, one per size).
-fn values_sql(n: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        (1..=VALUES_MAX)
-            .map(|n| {
-                let row = "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)";
-                format!(
-                    "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, concurrency_key, created_at) VALUES {}",
-                    vec![row; n].join(", ")
-                )
-            })
-            .collect()
-    });
-    &all[n.clamp(1, VALUES_MAX) - 1]
+/// A multi-row `INSERT … VALUES (…), (…) …` statement for 1 to [`VALUES_MAX`] rows, each size
+/// built once, so SQLite's prepared statements are cached, one per size.
+pub(super) struct ValuesSql {
+    head: &'static str,
+    row: &'static str,
+    tail: &'static str,
+    built: std::sync::OnceLock<Vec<String>>,
 }
+
+impl ValuesSql {
+    /// `head VALUES row, row, … tail`.
+    pub(super) const fn new(head: &'static str, row: &'static str, tail: &'static str) -> Self {
+        ValuesSql {
+            head,
+            row,
+            tail,
+            built: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The statement for `n` rows (clamped to 1..=[`VALUES_MAX`]).
+    pub(super) fn rows(&'static self, n: usize) -> &'static str {
+        let all = self.built.get_or_init(|| {
+            (1..=VALUES_MAX)
+                .map(|n| {
+                    format!(
+                        "{} VALUES {} {}",
+                        self.head,
+                        vec![self.row; n].join(", "),
+                        self.tail
+                    )
+                })
+                .collect()
+        });
+        &all[n.clamp(1, VALUES_MAX) - 1]
+    }
+}
+
+static TASK_VALUES: ValuesSql = ValuesSql::new(
+    "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, concurrency_key, created_at)",
+    "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+    "",
+);
 
 /// Insert up to [`VALUES_MAX`] tasks with bound values: no JSON to build and take apart.
 async fn insert_values<'a>(
@@ -447,7 +473,7 @@ async fn insert_values<'a>(
     now: i64,
 ) -> Result<Vec<Enqueued>, StoreError> {
     let n = tasks.len();
-    let mut q = sqlx::query(values_sql(n));
+    let mut q = sqlx::query(TASK_VALUES.rows(n));
     for t in tasks {
         q = q
             .bind(&t.queue)
@@ -464,91 +490,40 @@ async fn insert_values<'a>(
     new_ids(&done, n)
 }
 
-async fn inbound_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    m: &Message,
-) -> Result<bool, StoreError> {
-    let body =
-        serde_json::to_string(m).map_err(|e| StoreError::Invalid(format!("message: {e}")))?;
-    let at = ms(m.received_at);
-    let n = sqlx::query(
-        "INSERT INTO flowbot_messages (channel, conversation, direction, message_id, sender, text, body, at) \
-         VALUES (?, ?, 'inbound', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-    )
-    .bind(m.channel.as_str())
-    .bind(m.conversation.as_str())
-    .bind(m.id.as_str())
-    .bind(m.sender.id.as_str())
-    .bind(&m.text)
-    .bind(body)
-    .bind(at)
-    .execute(&mut **tx)
-    .await
-    .map_err(map_err)?
-    .rows_affected();
-    if n == 1 {
-        touch_conversation(tx, m.channel.as_str(), m.conversation.as_str(), at).await?;
-    }
-    Ok(n == 1)
-}
-
-async fn outbound_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    o: &Outbound,
-) -> Result<(), StoreError> {
-    let target = o
-        .target
-        .as_ref()
-        .ok_or_else(|| StoreError::Invalid("outbound message has no target".into()))?;
-    let body =
-        serde_json::to_string(o).map_err(|e| StoreError::Invalid(format!("message: {e}")))?;
-    let at = now_ms();
-    sqlx::query(
-        "INSERT INTO flowbot_messages (channel, conversation, direction, message_id, sender, text, body, at) \
-         VALUES (?, ?, 'outbound', ?, NULL, ?, ?, ?)",
-    )
-    .bind(target.channel.as_str())
-    .bind(target.conversation.as_str())
-    .bind(crate::new_message_id())
-    .bind(&o.text)
-    .bind(body)
-    .bind(at)
-    .execute(&mut **tx)
-    .await
-    .map_err(map_err)?;
-    touch_conversation(
-        tx,
-        target.channel.as_str(),
-        target.conversation.as_str(),
-        at,
-    )
-    .await?;
-    Ok(())
-}
-
-/// Mark tasks done; returns how many, and whether concurrency keys were released.
+/// Mark tasks done; returns how many, and whether concurrency keys were released. Neither
+/// statement returns rows (each returned row is one more message from SQLite's thread): the
+/// count is the update's, and a key whose task is now `done` is released, which leaves alone
+/// the key of a task this worker lost and another worker claimed again.
 async fn complete_in(
     tx: &mut Transaction<'static, Sqlite>,
     worker: &str,
     ids: &[TaskId],
 ) -> Result<(u64, bool), StoreError> {
     let ids_json = task_id_json(ids);
-    let keyed: Vec<(i64, Option<String>)> = sqlx::query_as(
+    let n = sqlx::query(
         "UPDATE flowbot_tasks SET state = 'done', finished_at = ?, lease_owner = NULL, lease_until = NULL \
-         WHERE state = 'running' AND lease_owner = ? AND id IN (SELECT value FROM json_each(?)) \
-         RETURNING id, concurrency_key",
+         WHERE state = 'running' AND lease_owner = ? AND id IN (SELECT value FROM json_each(?))",
     )
     .bind(now_ms())
     .bind(worker)
     .bind(&ids_json)
-    .fetch_all(&mut **tx)
+    .execute(&mut **tx)
     .await
-    .map_err(map_err)?;
-    let released = keyed.iter().any(|(_, k)| k.is_some());
-    if released {
-        release_keys(tx, &ids_json).await?;
+    .map_err(map_err)?
+    .rows_affected();
+    if n == 0 {
+        return Ok((0, false));
     }
-    Ok((keyed.len() as u64, released))
+    let released = sqlx::query(
+        "DELETE FROM flowbot_task_keys WHERE task_id IN (SELECT value FROM json_each(?)) \
+         AND (SELECT state FROM flowbot_tasks t WHERE t.id = task_id) = 'done'",
+    )
+    .bind(&ids_json)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?
+    .rows_affected();
+    Ok((n, released > 0))
 }
 
 /// Release the concurrency keys held by `ids` (JSON array).
@@ -562,6 +537,139 @@ async fn release_keys(
         .await
         .map_err(map_err)?;
     Ok(())
+}
+
+/// Claim up to `req.limit` due tasks in `tx`: the first queued task of each free concurrency
+/// key and any task without one, in priority, due time and id order.
+///
+/// Each statement returns at most one row: the candidates and the claimed tasks come back as
+/// one JSON array each. sqlx-sqlite hands every row over from its worker thread as a message of
+/// its own, and a claim of a hundred tasks returning rows cost two hundred of them.
+async fn claim_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    req: &ClaimRequest<'_>,
+    now: i64,
+) -> Result<Vec<ClaimedTask>, StoreError> {
+    let kinds = serde_json::to_string(req.kinds).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("{what}: {e}"));
+    let candidates: Option<String> = sqlx::query_scalar(
+        "SELECT json_group_array(json_array(id, concurrency_key)) FROM ( \
+           SELECT id, concurrency_key FROM flowbot_tasks t \
+           WHERE state = 'queued' AND queue = ? AND run_at <= ? AND kind IN (SELECT value FROM json_each(?)) \
+             AND (concurrency_key IS NULL OR ( \
+               NOT EXISTS (SELECT 1 FROM flowbot_task_keys k WHERE k.key = t.concurrency_key) \
+               AND NOT EXISTS (SELECT 1 FROM flowbot_tasks o WHERE o.concurrency_key = t.concurrency_key \
+                               AND o.state IN ('queued', 'running') AND o.id < t.id))) \
+           ORDER BY priority, run_at, id LIMIT ?)",
+    )
+    .bind(req.queue)
+    .bind(now)
+    .bind(&kinds)
+    .bind(i64::from(req.limit))
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    let candidates: Vec<(i64, Option<String>)> =
+        serde_json::from_str(candidates.as_deref().unwrap_or("[]"))
+            .map_err(|e| corrupt("claim candidates", e))?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids = Vec::with_capacity(candidates.len());
+    let mut keys = std::collections::HashMap::new();
+    for (id, key) in candidates {
+        if let Some(key) = key {
+            // Only the first task of a key in this batch may run; the rest wait their turn.
+            if keys.contains_key(&key) {
+                continue;
+            }
+            keys.insert(key, id);
+        }
+        ids.push(TaskId(id));
+    }
+    if !keys.is_empty() {
+        // All the keys in one statement: one trip to SQLite's thread while the write lock
+        // is held, not one per task.
+        let keys = serde_json::to_string(&keys).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO flowbot_task_keys (key, task_id) SELECT key, value FROM json_each(?)",
+        )
+        .bind(keys)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    }
+    let ids_json = task_id_json(&ids);
+    let n = sqlx::query(
+        "UPDATE flowbot_tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?, lease_until = ? \
+         WHERE id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(req.worker)
+    .bind(common::lease_deadline(req.lease))
+    .bind(&ids_json)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?
+    .rows_affected();
+    if n != ids.len() as u64 {
+        return Err(StoreError::Corrupt(format!(
+            "claimed {n} of {} candidate tasks",
+            ids.len()
+        )));
+    }
+    let claimed: Option<String> = sqlx::query_scalar(
+        "SELECT json_group_array(json_array(id, queue, kind, payload, attempts, retry, dedupe_key, \
+                concurrency_key, created_at, run_at)) \
+         FROM (SELECT * FROM flowbot_tasks WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id)",
+    )
+    .bind(&ids_json)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    type Claimed = (
+        i64,
+        String,
+        String,
+        String,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        i64,
+        i64,
+    );
+    let claimed: Vec<Claimed> = serde_json::from_str(claimed.as_deref().unwrap_or("[]"))
+        .map_err(|e| corrupt("claimed tasks", e))?;
+    claimed
+        .into_iter()
+        .map(
+            |(
+                id,
+                queue,
+                kind,
+                payload,
+                attempts,
+                retry,
+                dedupe_key,
+                concurrency_key,
+                created,
+                run,
+            )| {
+                Ok(ClaimedTask {
+                    id: TaskId(id),
+                    queue,
+                    kind,
+                    payload,
+                    attempt: common::u32_of(attempts),
+                    retry: common::parse_retry(retry)?,
+                    dedupe_key,
+                    concurrency_key,
+                    created_at: from_ms(created),
+                    run_at: from_ms(run),
+                })
+            },
+        )
+        .collect()
 }
 
 #[async_trait]
@@ -580,74 +688,9 @@ impl TaskQueue for SqliteStore {
     }
 
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Vec<ClaimedTask>, StoreError> {
-        let now = now_ms();
-        let kinds =
-            serde_json::to_string(req.kinds).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut tx = self.begin().await?;
-        let candidates = sqlx::query(
-            "SELECT id, concurrency_key FROM flowbot_tasks t \
-             WHERE state = 'queued' AND queue = ? AND run_at <= ? AND kind IN (SELECT value FROM json_each(?)) \
-               AND (concurrency_key IS NULL OR ( \
-                 NOT EXISTS (SELECT 1 FROM flowbot_task_keys k WHERE k.key = t.concurrency_key) \
-                 AND NOT EXISTS (SELECT 1 FROM flowbot_tasks o WHERE o.concurrency_key = t.concurrency_key \
-                                 AND o.state IN ('queued', 'running') AND o.id < t.id))) \
-             ORDER BY priority, run_at, id LIMIT ?",
-        )
-        .bind(req.queue)
-        .bind(now)
-        .bind(&kinds)
-        .bind(i64::from(req.limit))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if candidates.is_empty() {
-            tx.commit().await.map_err(map_err)?;
-            return Ok(Vec::new());
-        }
-        let mut ids = Vec::with_capacity(candidates.len());
-        let mut keys = std::collections::HashMap::new();
-        for row in &candidates {
-            let id: i64 = row.try_get(0).map_err(common::decode_err)?;
-            let key: Option<String> = row.try_get(1).map_err(common::decode_err)?;
-            if let Some(key) = key {
-                // Only the first task of a key in this batch may run; the rest wait their turn.
-                if keys.contains_key(&key) {
-                    continue;
-                }
-                keys.insert(key, id);
-            }
-            ids.push(TaskId(id));
-        }
-        if !keys.is_empty() {
-            // All the keys in one statement: one trip to SQLite's thread while the write lock
-            // is held, not one per task.
-            let keys =
-                serde_json::to_string(&keys).map_err(|e| StoreError::Invalid(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO flowbot_task_keys (key, task_id) SELECT key, value FROM json_each(?)",
-            )
-            .bind(keys)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        }
-        let sql = format!(
-            "UPDATE flowbot_tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?, lease_until = ? \
-             WHERE id IN (SELECT value FROM json_each(?)) RETURNING {CLAIM_COLUMNS}"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(req.worker)
-            .bind(common::lease_deadline(req.lease))
-            .bind(task_id_json(&ids))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let tasks = claim_in(&mut tx, req, now_ms()).await?;
         tx.commit().await.map_err(map_err)?;
-        let mut tasks = rows
-            .iter()
-            .map(|r| claimed_task!(r))
-            .collect::<Result<Vec<_>, _>>()?;
-        tasks.sort_by_key(|t| t.id);
         Ok(tasks)
     }
 

@@ -377,13 +377,16 @@ impl Workflows {
                     .kv_set(WAITS, &slot, &json!({"run": run.id, "node": node.id}))
                     .await
                     .map_err(fail)?;
-                // An event published between the two looks waits in EARLY_EVENTS.
-                if let Some(payload) = self.store.kv_get(EARLY_EVENTS, &slot).await.map_err(fail)? {
+                // An event published between the two looks waits in EARLY_EVENTS. Its
+                // deliverer looks for this wait again after storing it, and whichever side
+                // deletes the wait's row delivers: here, or in `deliver_event`.
+                if let Some(payload) = self.store.kv_get(EARLY_EVENTS, &slot).await.map_err(fail)?
+                    && self.store.kv_delete(WAITS, &slot).await.map_err(fail)?
+                {
                     self.store
                         .kv_delete(EARLY_EVENTS, &slot)
                         .await
                         .map_err(fail)?;
-                    self.store.kv_delete(WAITS, &slot).await.map_err(fail)?;
                     return Ok(early(payload));
                 }
                 if let Some(t) = timeout {

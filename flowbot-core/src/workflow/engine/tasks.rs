@@ -6,6 +6,10 @@ use super::*;
 impl Workflows {
     /// Hand a keyed event to the wait node waiting for it; an event with no waiter yet is kept
     /// until its wait node runs. Returns true when a waiting node got it.
+    ///
+    /// A wait node registers itself and then looks for a kept event; this side keeps the event
+    /// and then looks for the wait again, so at least one side sees the other. Whichever
+    /// deletes the wait's row delivers the event, so it is delivered once.
     pub async fn deliver_event(
         &self,
         name: &str,
@@ -13,16 +17,41 @@ impl Workflows {
         payload: &Value,
     ) -> Result<bool, WorkflowError> {
         let slot = format!("{name}:{key}");
-        let Some(waiter) = self.store.kv_get(WAITS, &slot).await? else {
-            self.store.kv_set(EARLY_EVENTS, &slot, payload).await?;
+        if self.take_wait(&slot, name, key, payload).await? {
+            return Ok(true);
+        }
+        self.store.kv_set(EARLY_EVENTS, &slot, payload).await?;
+        if self.take_wait(&slot, name, key, payload).await? {
+            self.store.kv_delete(EARLY_EVENTS, &slot).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Deliver `payload` to the wait registered under `slot`, if there is one and this call is
+    /// the one that deletes it. A wait whose node could not be finished is put back, so the
+    /// event's retry finds it.
+    async fn take_wait(
+        &self,
+        slot: &str,
+        name: &str,
+        key: &str,
+        payload: &Value,
+    ) -> Result<bool, WorkflowError> {
+        let Some(waiter) = self.store.kv_get(WAITS, slot).await? else {
             return Ok(false);
         };
+        if !self.store.kv_delete(WAITS, slot).await? {
+            return Ok(false);
+        }
         let (Some(run), Some(node)) = (waiter["run"].as_str(), waiter["node"].as_str()) else {
             return Ok(false);
         };
         let output = json!({"event": name, "key": key, "payload": payload, "timed_out": false});
-        self.finish_wait(run, node, output).await?;
-        self.store.kv_delete(WAITS, &slot).await?;
+        if let Err(e) = self.finish_wait(run, node, output).await {
+            self.store.kv_set(WAITS, slot, &waiter).await?;
+            return Err(e);
+        }
         Ok(true)
     }
 
