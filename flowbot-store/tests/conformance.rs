@@ -406,35 +406,38 @@ async fn dead_letter_and_requeue(store: Arc<dyn Store>) {
     assert_eq!(t[0].attempt, 1, "a re-queued task starts counting again");
 }
 
-async fn per_key_serialisation(store: Arc<dyn Store>) {
-    let k = kinds(&["noop"]);
-    let a1 = store
-        .enqueue(&task("noop", 1).concurrency_key("conv-a"))
+/// Enqueue a no-op task numbered `n` under the concurrency key `key`.
+async fn keyed(store: &dyn Store, n: u64, key: &str) -> TaskId {
+    store
+        .enqueue(&task("noop", n).concurrency_key(key))
         .await
         .expect("enqueue")
-        .id();
-    let a2 = store
-        .enqueue(&task("noop", 2).concurrency_key("conv-a"))
-        .await
-        .expect("enqueue")
-        .id();
-    let a3 = store
-        .enqueue(&task("noop", 3).concurrency_key("conv-a"))
-        .await
-        .expect("enqueue")
-        .id();
-    let b1 = store
-        .enqueue(&task("noop", 4).concurrency_key("conv-b"))
-        .await
-        .expect("enqueue")
-        .id();
-    let free = store.enqueue(&task("noop", 5)).await.expect("enqueue").id();
+        .id()
+}
 
-    let got: Vec<TaskId> = claim(store.as_ref(), "w1", &k, 10, LEASE)
+/// The ids of the tasks `worker` claims (up to 10).
+async fn claimed_ids(
+    store: &dyn Store,
+    worker: &str,
+    kinds: &[String],
+    lease: Duration,
+) -> Vec<TaskId> {
+    claim(store, worker, kinds, 10, lease)
         .await
         .iter()
         .map(|t| t.id)
-        .collect();
+        .collect()
+}
+
+async fn per_key_serialisation(store: Arc<dyn Store>) {
+    let k = kinds(&["noop"]);
+    let a1 = keyed(store.as_ref(), 1, "conv-a").await;
+    let a2 = keyed(store.as_ref(), 2, "conv-a").await;
+    let a3 = keyed(store.as_ref(), 3, "conv-a").await;
+    let b1 = keyed(store.as_ref(), 4, "conv-b").await;
+    let free = store.enqueue(&task("noop", 5)).await.expect("enqueue").id();
+
+    let got = claimed_ids(store.as_ref(), "w1", &k, LEASE).await;
     assert_eq!(got.len(), 3, "one per key plus the unkeyed task: {got:?}");
     assert!(got.contains(&a1) && got.contains(&b1) && got.contains(&free));
     assert!(
@@ -442,11 +445,7 @@ async fn per_key_serialisation(store: Arc<dyn Store>) {
         "keys held by running tasks block other workers"
     );
     store.complete("w1", &[a1]).await.expect("complete");
-    let got: Vec<TaskId> = claim(store.as_ref(), "w2", &k, 10, LEASE)
-        .await
-        .iter()
-        .map(|t| t.id)
-        .collect();
+    let got = claimed_ids(store.as_ref(), "w2", &k, LEASE).await;
     assert_eq!(got, vec![a2], "next task of the key, in order");
     // A failure (retry) and a release also free the key.
     let f = Failure {
@@ -456,55 +455,32 @@ async fn per_key_serialisation(store: Arc<dyn Store>) {
         retry_at: Some(Utc::now()),
     };
     store.fail("w2", &f).await.expect("fail");
-    let got: Vec<TaskId> = claim(store.as_ref(), "w3", &k, 10, LEASE)
-        .await
-        .iter()
-        .map(|t| t.id)
-        .collect();
+    let got = claimed_ids(store.as_ref(), "w3", &k, LEASE).await;
     assert_eq!(got, vec![a2], "the retried task keeps its place before a3");
     assert_eq!(store.release("w3", &[a2]).await.expect("release"), 1);
     let got = claim(store.as_ref(), "w4", &k, 10, LEASE).await;
     assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), vec![a2]);
     assert_eq!(got[0].attempt, 2, "release does not count an attempt");
     store.complete("w4", &[a2]).await.expect("complete");
-    let got: Vec<TaskId> = claim(store.as_ref(), "w4", &k, 10, LEASE)
-        .await
-        .iter()
-        .map(|t| t.id)
-        .collect();
+    let got = claimed_ids(store.as_ref(), "w4", &k, LEASE).await;
     assert_eq!(got, vec![a3]);
 
     assert_eq!(store.complete("w4", &[a3]).await.expect("complete"), 1);
 
     // A worker that lost a task (its lease expired and another worker runs it now) and
     // acknowledges it late, together with a task it does hold, frees only its own task's key.
-    let c1 = store
-        .enqueue(&task("noop", 6).concurrency_key("conv-c"))
-        .await
-        .expect("enqueue")
-        .id();
-    let c2 = store
-        .enqueue(&task("noop", 7).concurrency_key("conv-c"))
-        .await
-        .expect("enqueue")
-        .id();
-    let ids = |got: Vec<flowbot_core::task::ClaimedTask>| -> Vec<TaskId> {
-        got.iter().map(|t| t.id).collect()
-    };
+    let c1 = keyed(store.as_ref(), 6, "conv-c").await;
+    let c2 = keyed(store.as_ref(), 7, "conv-c").await;
     let short = Duration::from_millis(1);
-    assert_eq!(ids(claim(store.as_ref(), "w5", &k, 10, short).await), [c1]);
+    assert_eq!(claimed_ids(store.as_ref(), "w5", &k, short).await, [c1]);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
         store.recover_expired(Utc::now(), 5).await.expect("recover"),
         1
     );
-    assert_eq!(ids(claim(store.as_ref(), "w6", &k, 10, LEASE).await), [c1]);
-    let d1 = store
-        .enqueue(&task("noop", 8).concurrency_key("conv-d"))
-        .await
-        .expect("enqueue")
-        .id();
-    assert_eq!(ids(claim(store.as_ref(), "w5", &k, 10, LEASE).await), [d1]);
+    assert_eq!(claimed_ids(store.as_ref(), "w6", &k, LEASE).await, [c1]);
+    let d1 = keyed(store.as_ref(), 8, "conv-d").await;
+    assert_eq!(claimed_ids(store.as_ref(), "w5", &k, LEASE).await, [d1]);
     assert_eq!(
         store.complete("w5", &[c1, d1]).await.expect("complete"),
         1,
@@ -515,7 +491,7 @@ async fn per_key_serialisation(store: Arc<dyn Store>) {
         "c1 still holds conv-c for w6, so c2 waits"
     );
     assert_eq!(store.complete("w6", &[c1]).await.expect("complete"), 1);
-    assert_eq!(ids(claim(store.as_ref(), "w7", &k, 10, LEASE).await), [c2]);
+    assert_eq!(claimed_ids(store.as_ref(), "w7", &k, LEASE).await, [c2]);
 }
 
 async fn concurrent_claims_hand_out_each_task_once(store: Arc<dyn Store>, other: Arc<dyn Store>) {
