@@ -5,7 +5,8 @@
 //! definitions and runs), with its own migrations applied on open:
 //!
 //! - [`SqliteStore`] (feature `sqlite`, default): the embedded single-node store — one file
-//!   under a data directory, WAL journal, one writer connection and batched transactions;
+//!   under a data directory, WAL journal, one writer at a time (a writer thread group-commits
+//!   the hot writes on its own connection) and batched transactions;
 //! - `PostgresStore` (feature `postgres`): many servers and agents sharing one database —
 //!   batched claims with `FOR UPDATE SKIP LOCKED`, `LISTEN/NOTIFY` to wake idle workers (with
 //!   polling as the fallback).

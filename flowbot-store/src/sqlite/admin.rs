@@ -42,7 +42,7 @@ impl TaskAdmin for SqliteStore {
         let n = sqlx::query("UPDATE flowbot_tasks SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'queued'")
             .bind(now_ms())
             .bind(id.0)
-            .execute(self.w())
+            .execute(&mut *self.w().await?)
             .await
             .map_err(map_err)?
             .rows_affected();
@@ -98,7 +98,7 @@ impl TaskAdmin for SqliteStore {
         let mut tx = self.begin().await?;
         let n = sqlx::query("DELETE FROM flowbot_dead_letters WHERE task_id = ?")
             .bind(id.0)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(map_err)?
             .rows_affected();
@@ -111,7 +111,7 @@ impl TaskAdmin for SqliteStore {
         )
         .bind(now_ms())
         .bind(id.0)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
@@ -137,14 +137,14 @@ impl TaskAdmin for SqliteStore {
              (SELECT id FROM flowbot_tasks WHERE state IN ('done', 'cancelled') AND finished_at < ?)",
         )
         .bind(ms(before))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(map_err)?;
         let n = sqlx::query(
             "DELETE FROM flowbot_tasks WHERE state IN ('done', 'cancelled') AND finished_at < ?",
         )
         .bind(ms(before))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(map_err)?
         .rows_affected();
@@ -180,7 +180,7 @@ impl ScheduleStore for SqliteStore {
         .bind(ms(next_fire_at))
         .bind(now)
         .bind(now)
-        .execute(self.w())
+        .execute(&mut *self.w().await?)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -233,7 +233,7 @@ impl ScheduleStore for SqliteStore {
         .bind(ms(next_fire_at))
         .bind(now_ms())
         .bind(name)
-        .execute(self.w())
+        .execute(&mut *self.w().await?)
         .await
         .map_err(map_err)?
         .rows_affected();
@@ -243,7 +243,7 @@ impl ScheduleStore for SqliteStore {
     async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
         let n = sqlx::query("DELETE FROM flowbot_schedules WHERE name = ?")
             .bind(name)
-            .execute(self.w())
+            .execute(&mut *self.w().await?)
             .await
             .map_err(map_err)?
             .rows_affected();
@@ -261,7 +261,7 @@ impl ScheduleStore for SqliteStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(ms(now))
             .bind(page_limit(limit))
-            .fetch_all(self.w())
+            .fetch_all(&mut *self.w().await?)
             .await
             .map_err(map_err)?;
         rows.iter()
@@ -286,7 +286,7 @@ impl ScheduleStore for SqliteStore {
             .bind(name)
             .bind(ms(fire_at))
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(map_err)?
             .rows_affected();
@@ -297,7 +297,7 @@ impl ScheduleStore for SqliteStore {
                     .bind(id.0)
                     .bind(name)
                     .bind(ms(fire_at))
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await
                     .map_err(map_err)?;
                 outcome = FireOutcome::Fired;
@@ -311,7 +311,7 @@ impl ScheduleStore for SqliteStore {
         .bind(outcome == FireOutcome::Fired)
         .bind(ms(fire_at))
         .bind(name)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;

@@ -114,7 +114,7 @@ impl SessionStore for SqliteStore {
             .bind(s.key.user.as_str())
             .bind(data)
             .bind(now)
-            .execute(self.w())
+            .execute(&mut *self.w().await?)
             .await
         } else {
             sqlx::query(
@@ -127,7 +127,7 @@ impl SessionStore for SqliteStore {
             .bind(s.key.conversation.as_str())
             .bind(s.key.user.as_str())
             .bind(s.version)
-            .execute(self.w())
+            .execute(&mut *self.w().await?)
             .await
         }
         .map_err(map_err)?
@@ -145,7 +145,7 @@ impl SessionStore for SqliteStore {
         .bind(key.channel.as_str())
         .bind(key.conversation.as_str())
         .bind(key.user.as_str())
-        .execute(self.w())
+        .execute(&mut *self.w().await?)
         .await
         .map_err(map_err)?
         .rows_affected();
@@ -175,7 +175,7 @@ impl KvStore for SqliteStore {
         .bind(key)
         .bind(value.to_string())
         .bind(now_ms())
-        .execute(self.w())
+        .execute(&mut *self.w().await?)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -197,7 +197,7 @@ impl KvStore for SqliteStore {
         let n = sqlx::query("DELETE FROM flowbot_kv WHERE namespace = ? AND key = ?")
             .bind(namespace)
             .bind(key)
-            .execute(self.w())
+            .execute(&mut *self.w().await?)
             .await
             .map_err(map_err)?
             .rows_affected();
@@ -229,7 +229,7 @@ impl LeaseStore for SqliteStore {
         .bind(now.saturating_add(ttl_ms(ttl)))
         .bind(now)
         .bind(now)
-        .fetch_optional(self.w())
+        .fetch_optional(&mut *self.w().await?)
         .await
         .map_err(map_err)?;
         Ok(token.map(|token| Lease {
@@ -250,7 +250,7 @@ impl LeaseStore for SqliteStore {
         .bind(&lease.owner)
         .bind(lease.token)
         .bind(now)
-        .execute(self.w())
+        .execute(&mut *self.w().await?)
         .await
         .map_err(map_err)?
         .rows_affected();
@@ -265,7 +265,7 @@ impl LeaseStore for SqliteStore {
         .bind(&lease.name)
         .bind(&lease.owner)
         .bind(lease.token)
-        .execute(self.w())
+        .execute(&mut *self.w().await?)
         .await
         .map_err(map_err)?;
         Ok(())

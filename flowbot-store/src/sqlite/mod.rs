@@ -1,7 +1,8 @@
-//! The embedded SQLite backend: one file under a data directory, WAL journal, one writer
-//! connection (SQLite serialises writers anyway; one connection avoids busy retries) and a
-//! pool of readers. Concurrent writes share a group commit on a thread of its own
-//! (`writes`); batches (claims, acknowledgements, enqueue batches) are one transaction.
+//! The embedded SQLite backend: one file under a data directory, WAL journal, a pool of
+//! readers and two writer connections that take turns (SQLite serialises writers anyway; the
+//! turns avoid its busy retries). The hot writes (enqueues, stored messages, claims,
+//! completions) share a group commit on a thread of its own, with its own connection
+//! (`writes`); the rest use a one-connection sqlx pool, each after taking the write token.
 
 mod admin;
 mod data;
@@ -9,8 +10,8 @@ mod tasks;
 mod workflow;
 mod writes;
 
-use tasks::{VALUES_MAX, ValuesSql, complete_in, insert_bulk, insert_task, insert_tasks};
-use writes::{GROUP_COMMIT_MAX, Write, checkpoints};
+use tasks::{claim_in, complete_in, insert_one, insert_plain, insert_task, insert_tasks, map_lite};
+use writes::{ClaimOrder, GROUP_COMMIT_MAX, Write, WriteToken, checkpoints};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -30,7 +31,9 @@ use flowbot_core::task::{
 use flowbot_core::{
     ChannelName, ConversationId, Message, Outbound, Session, SessionKey, Store, StoreError,
 };
+use rusqlite::{Connection, OptionalExtension};
 use serde_json::Value;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -103,6 +106,7 @@ struct Inner {
     wake: watch::Sender<u64>,
     bus: tokio::sync::broadcast::Sender<BusMessage>,
     writes: mpsc::Sender<Write>,
+    token: Arc<WriteToken>,
 }
 
 impl Drop for Inner {
@@ -195,7 +199,8 @@ impl SqliteStore {
         let (wake, _) = watch::channel(0);
         let (bus, _) = tokio::sync::broadcast::channel(1024);
         let (writes, write_rx) = mpsc::channel(4 * GROUP_COMMIT_MAX);
-        writes::spawn_group_commit(writer.clone(), wake.clone(), write_rx)?;
+        let token = WriteToken::new();
+        writes::spawn_group_commit(&options, token.clone(), wake.clone(), write_rx)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 stop_checkpoints,
@@ -204,18 +209,26 @@ impl SqliteStore {
                 wake,
                 bus,
                 writes,
+                token,
             }),
         })
     }
 
-    /// Close both pools.
+    /// Close the store: later writes and reads fail as unavailable.
     pub async fn close(&self) {
+        self.inner.token.close();
         self.inner.writer.close().await;
         self.inner.reader.close().await;
     }
 
-    fn w(&self) -> &SqlitePool {
-        &self.inner.writer
+    /// The sqlx writer pool's connection, with the write token.
+    async fn w(&self) -> Result<WriterConn, StoreError> {
+        let token = self.inner.token.take().await?;
+        let conn = self.inner.writer.acquire().await.map_err(map_err)?;
+        Ok(WriterConn {
+            conn,
+            _token: token,
+        })
     }
 
     fn r(&self) -> &SqlitePool {
@@ -241,11 +254,62 @@ impl SqliteStore {
         answer.await.map_err(|_| closed())?
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.w()
+    /// A `BEGIN IMMEDIATE` transaction on the sqlx writer pool, with the write token.
+    async fn begin(&self) -> Result<WriteTx, StoreError> {
+        let token = self.inner.token.take().await?;
+        let tx = self
+            .inner
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(map_err)
+            .map_err(map_err)?;
+        Ok(WriteTx { tx, _token: token })
+    }
+}
+
+/// A connection of the sqlx writer pool, held with the write token (given back after the
+/// connection, when this drops).
+struct WriterConn {
+    conn: PoolConnection<Sqlite>,
+    _token: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for WriterConn {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriterConn {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+/// A transaction on the sqlx writer pool, held with the write token.
+struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    _token: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl WriteTx {
+    /// Commit, then give the token back.
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = Transaction<'static, Sqlite>;
+    fn deref(&self) -> &Transaction<'static, Sqlite> {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Transaction<'static, Sqlite> {
+        &mut self.tx
     }
 }
 

@@ -1,174 +1,186 @@
-//! SqliteStore's task queue: enqueues (one statement for a whole group), claims with
-//! concurrency keys, acknowledgements, failures, releases and lease recovery.
+//! SqliteStore's task queue: enqueues (multi-row inserts for a whole group), claims with
+//! concurrency keys, acknowledgements (these on the writer thread's connection, see
+//! `writes`), failures, releases and lease recovery.
 
 use super::*;
 
+/// Insert a task, or find the queued or running task with its dedupe key.
+const INSERT_TASK: &str = "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, dedupe_key, concurrency_key, created_at) \
+     VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?) \
+     ON CONFLICT (dedupe_key) WHERE state IN ('queued', 'running') DO NOTHING RETURNING id";
+
+/// The queued or running task with a dedupe key.
+const DUPLICATE_TASK: &str =
+    "SELECT id FROM flowbot_tasks WHERE dedupe_key = ? AND state IN ('queued', 'running')";
+
+/// Enqueue `task` in `tx` (for the writes that go through the sqlx pool: admin re-queues,
+/// schedules, workflow steps).
 pub(super) async fn insert_task(
     tx: &mut Transaction<'static, Sqlite>,
     task: &NewTask,
     now: i64,
 ) -> Result<Enqueued, StoreError> {
     let retry = common::retry_json(task.retry.as_ref())?;
-    let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, dedupe_key, concurrency_key, created_at) \
-         VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (dedupe_key) WHERE state IN ('queued', 'running') DO NOTHING RETURNING id",
-    )
-    .bind(&task.queue)
-    .bind(&task.kind)
-    .bind(&task.payload)
-    .bind(i64::from(task.priority))
-    .bind(task.run_at.map(ms).unwrap_or(now))
-    .bind(task.retry.map(|r| i64::from(r.max_attempts)))
-    .bind(retry)
-    .bind(&task.dedupe_key)
-    .bind(&task.concurrency_key)
-    .bind(now)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(map_err)?;
+    let id: Option<i64> = sqlx::query_scalar(INSERT_TASK)
+        .bind(&task.queue)
+        .bind(&task.kind)
+        .bind(&task.payload)
+        .bind(i64::from(task.priority))
+        .bind(task.run_at.map(ms).unwrap_or(now))
+        .bind(task.retry.map(|r| i64::from(r.max_attempts)))
+        .bind(retry)
+        .bind(&task.dedupe_key)
+        .bind(&task.concurrency_key)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(map_err)?;
     if let Some(id) = id {
         return Ok(Enqueued::New(TaskId(id)));
     }
-    let existing: i64 = sqlx::query_scalar(
-        "SELECT id FROM flowbot_tasks WHERE dedupe_key = ? AND state IN ('queued', 'running')",
-    )
-    .bind(&task.dedupe_key)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(map_err)?;
+    let existing: i64 = sqlx::query_scalar(DUPLICATE_TASK)
+        .bind(&task.dedupe_key)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(map_err)?;
     Ok(Enqueued::Duplicate(TaskId(existing)))
 }
 
-/// Insert many tasks in one statement (the batch travels as one JSON array), or one by one
-/// when some have dedupe keys (those need their own conflict handling). Results are in input
-/// order.
-pub(super) async fn insert_tasks<'a>(
-    tx: &mut Transaction<'static, Sqlite>,
-    tasks: impl ExactSizeIterator<Item = &'a NewTask> + Clone,
+/// [`insert_task`] on the writer thread's connection.
+pub(super) fn insert_one(
+    db: &Connection,
+    task: &NewTask,
+    now: i64,
+) -> Result<Enqueued, StoreError> {
+    let retry = common::retry_json(task.retry.as_ref())?;
+    let id: Option<i64> = db
+        .prepare_cached(INSERT_TASK)
+        .and_then(|mut s| {
+            s.query_row(
+                rusqlite::params![
+                    task.queue,
+                    task.kind,
+                    task.payload,
+                    i64::from(task.priority),
+                    task.run_at.map(ms).unwrap_or(now),
+                    task.retry.map(|r| i64::from(r.max_attempts)),
+                    retry,
+                    task.dedupe_key,
+                    task.concurrency_key,
+                    now
+                ],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .map_err(map_lite)?;
+    if let Some(id) = id {
+        return Ok(Enqueued::New(TaskId(id)));
+    }
+    let existing: i64 = db
+        .prepare_cached(DUPLICATE_TASK)
+        .and_then(|mut s| s.query_row([&task.dedupe_key], |r| r.get(0)))
+        .map_err(map_lite)?;
+    Ok(Enqueued::Duplicate(TaskId(existing)))
+}
+
+/// Insert `tasks` in order: those without a dedupe key in multi-row inserts, the others one
+/// by one (they need their own conflict handling). Results are in input order.
+pub(super) fn insert_tasks(
+    db: &Connection,
+    tasks: &[NewTask],
     now: i64,
 ) -> Result<Vec<Enqueued>, StoreError> {
-    if tasks.clone().any(|t| t.dedupe_key.is_some()) {
-        let mut out = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            out.push(insert_task(tx, t, now).await?);
+    let plain: Vec<&NewTask> = tasks.iter().filter(|t| t.dedupe_key.is_none()).collect();
+    let mut plain = insert_plain(db, &plain, now)?.into_iter();
+    tasks
+        .iter()
+        .map(|t| match t.dedupe_key {
+            None => plain
+                .next()
+                .ok_or_else(|| StoreError::Corrupt("missing enqueue result".into())),
+            Some(_) => insert_one(db, t, now),
+        })
+        .collect()
+}
+
+/// Most rows in one multi-row `VALUES` insert.
+const VALUES_MAX: usize = 64;
+
+/// Insert tasks without dedupe keys, [`VALUES_MAX`] rows a statement. Each statement's rows
+/// get consecutive ids ending at its last insert rowid: `flowbot_tasks.id` is `AUTOINCREMENT`
+/// and this connection holds the write lock for the whole statement.
+pub(super) fn insert_plain(
+    db: &Connection,
+    tasks: &[&NewTask],
+    now: i64,
+) -> Result<Vec<Enqueued>, StoreError> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for chunk in tasks.chunks(VALUES_MAX) {
+        if let Some(t) = chunk.iter().find(|t| t.dedupe_key.is_some()) {
+            return Err(StoreError::Invalid(format!(
+                "task with dedupe key '{}' in a bulk insert",
+                t.dedupe_key.as_deref().unwrap_or_default()
+            )));
         }
-        return Ok(out);
+        let mut s = db
+            .prepare_cached(TASK_VALUES.rows(chunk.len()))
+            .map_err(map_lite)?;
+        let mut i = 0;
+        let mut bind = |v: &dyn rusqlite::ToSql| {
+            i += 1;
+            s.raw_bind_parameter(i, v)
+        };
+        for t in chunk {
+            let retry = common::retry_json(t.retry.as_ref())?;
+            bind(&t.queue)
+                .and_then(|()| bind(&t.kind))
+                .and_then(|()| bind(&t.payload))
+                .and_then(|()| bind(&i64::from(t.priority)))
+                .and_then(|()| bind(&t.run_at.map(ms).unwrap_or(now)))
+                .and_then(|()| bind(&t.retry.map(|r| i64::from(r.max_attempts))))
+                .and_then(|()| bind(&retry))
+                .and_then(|()| bind(&t.concurrency_key))
+                .and_then(|()| bind(&now))
+                .map_err(map_lite)?;
+        }
+        let inserted = s.raw_execute().map_err(map_lite)?;
+        if inserted != chunk.len() {
+            return Err(StoreError::Corrupt(format!(
+                "inserted {inserted} of {} tasks",
+                chunk.len()
+            )));
+        }
+        let last = db.last_insert_rowid();
+        let first = last - i64::try_from(chunk.len()).unwrap_or(i64::MAX) + 1;
+        out.extend((first..=last).map(|id| Enqueued::New(TaskId(id))));
     }
-    insert_bulk(tx, tasks, now).await
+    Ok(out)
 }
-
-/// One task row as `insert_bulk` hands it to SQLite's `json_each`.
-#[derive(serde::Serialize)]
-struct BulkRow<'a> {
-    q: &'a str,
-    k: &'a str,
-    p: &'a str,
-    pr: i16,
-    r: i64,
-    m: Option<u32>,
-    rt: Option<String>,
-    c: Option<&'a str>,
-}
-
-/// Insert tasks without dedupe keys in one statement. One statement is atomic on its own, so
-/// this needs no transaction; group commit calls it directly for a batch of plain enqueues.
-pub(super) async fn insert_bulk<'a>(
-    conn: &mut SqliteConnection,
-    tasks: impl ExactSizeIterator<Item = &'a NewTask> + Clone,
-    now: i64,
-) -> Result<Vec<Enqueued>, StoreError> {
-    let n = tasks.len();
-    if tasks.clone().any(|t| t.dedupe_key.is_some()) {
-        return Err(StoreError::Invalid(
-            "a task with a dedupe key cannot be bulk-inserted".into(),
-        ));
-    }
-    if n <= VALUES_MAX {
-        return insert_values(conn, tasks, now).await;
-    }
-    let mut rows = Vec::with_capacity(n);
-    for t in tasks {
-        rows.push(BulkRow {
-            q: &t.queue,
-            k: &t.kind,
-            p: &t.payload,
-            pr: t.priority,
-            r: t.run_at.map(ms).unwrap_or(now),
-            m: t.retry.map(|r| r.max_attempts),
-            rt: common::retry_json(t.retry.as_ref())?,
-            c: t.concurrency_key.as_deref(),
-        });
-    }
-    let rows =
-        serde_json::to_string(&rows).map_err(|e| StoreError::Invalid(format!("tasks: {e}")))?;
-    let done = sqlx::query(
-        "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, concurrency_key, created_at) \
-         SELECT value ->> '$.q', value ->> '$.k', value ->> '$.p', 'queued', value ->> '$.pr', value ->> '$.r', \
-                value ->> '$.m', value ->> '$.rt', value ->> '$.c', ?2 \
-         FROM json_each(?1) ORDER BY key",
-    )
-    .bind(rows)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(map_err)?;
-    new_ids(&done, n)
-}
-
-/// The ids of the `n` tasks one statement inserted, in input order. `flowbot_tasks.id` is
-/// `AUTOINCREMENT` and the one writer connection holds the write lock for the whole statement,
-/// so the statement's rows got consecutive ids ending at its last insert rowid. Reading them
-/// from the statement's result, rather than `RETURNING` every id, saves one message per row
-/// from SQLite's worker thread (and a wake-up of the group commit each).
-fn new_ids(done: &sqlx::sqlite::SqliteQueryResult, n: usize) -> Result<Vec<Enqueued>, StoreError> {
-    let inserted = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
-    if inserted != n {
-        return Err(StoreError::Corrupt(format!(
-            "inserted {inserted} of {n} tasks"
-        )));
-    }
-    let last = done.last_insert_rowid();
-    let first = last - i64::try_from(n).unwrap_or(i64::MAX) + 1;
-    Ok((first..=last).map(|id| Enqueued::New(TaskId(id))).collect())
-}
-
-/// Most rows in one multi-row `VALUES` insert; larger groups of tasks travel as one JSON
-/// array, and larger groups of messages take one statement per this many rows.
-pub(super) const VALUES_MAX: usize = 64;
 
 /// A multi-row `INSERT … VALUES (…), (…) …` statement for 1 to [`VALUES_MAX`] rows, each size
-/// built once, so SQLite's prepared statements are cached, one per size.
-pub(super) struct ValuesSql {
+/// built once, so that prepared statements are cached, one per size.
+struct ValuesSql {
     head: &'static str,
     row: &'static str,
-    tail: &'static str,
     built: std::sync::OnceLock<Vec<String>>,
 }
 
 impl ValuesSql {
-    /// `head VALUES row, row, … tail`.
-    pub(super) const fn new(head: &'static str, row: &'static str, tail: &'static str) -> Self {
+    /// `head VALUES row, row, …`.
+    const fn new(head: &'static str, row: &'static str) -> Self {
         ValuesSql {
             head,
             row,
-            tail,
             built: std::sync::OnceLock::new(),
         }
     }
 
     /// The statement for `n` rows (clamped to 1..=[`VALUES_MAX`]).
-    pub(super) fn rows(&'static self, n: usize) -> &'static str {
+    fn rows(&'static self, n: usize) -> &'static str {
         let all = self.built.get_or_init(|| {
             (1..=VALUES_MAX)
-                .map(|n| {
-                    format!(
-                        "{} VALUES {} {}",
-                        self.head,
-                        vec![self.row; n].join(", "),
-                        self.tail
-                    )
-                })
+                .map(|n| format!("{} VALUES {}", self.head, vec![self.row; n].join(", ")))
                 .collect()
         });
         &all[n.clamp(1, VALUES_MAX) - 1]
@@ -178,67 +190,35 @@ impl ValuesSql {
 static TASK_VALUES: ValuesSql = ValuesSql::new(
     "INSERT INTO flowbot_tasks (queue, kind, payload, state, priority, run_at, max_attempts, retry, concurrency_key, created_at)",
     "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-    "",
 );
 
-/// Insert up to [`VALUES_MAX`] tasks with bound values: no JSON to build and take apart.
-async fn insert_values<'a>(
-    conn: &mut SqliteConnection,
-    tasks: impl ExactSizeIterator<Item = &'a NewTask>,
-    now: i64,
-) -> Result<Vec<Enqueued>, StoreError> {
-    let n = tasks.len();
-    let mut q = sqlx::query(TASK_VALUES.rows(n));
-    for t in tasks {
-        q = q
-            .bind(&t.queue)
-            .bind(&t.kind)
-            .bind(&t.payload)
-            .bind(i64::from(t.priority))
-            .bind(t.run_at.map(ms).unwrap_or(now))
-            .bind(t.retry.map(|r| i64::from(r.max_attempts)))
-            .bind(common::retry_json(t.retry.as_ref())?)
-            .bind(&t.concurrency_key)
-            .bind(now);
-    }
-    let done = q.execute(&mut *conn).await.map_err(map_err)?;
-    new_ids(&done, n)
-}
-
-/// Mark tasks done; returns how many, and whether concurrency keys were released. Neither
-/// statement returns rows (each returned row is one more message from SQLite's thread): the
-/// count is the update's, and a key whose task is now `done` is released, which leaves alone
-/// the key of a task this worker lost and another worker claimed again.
-pub(super) async fn complete_in(
-    tx: &mut Transaction<'static, Sqlite>,
+/// Mark tasks done; returns how many, and whether concurrency keys were released. A key is
+/// released only if its task is now `done`, which leaves alone the key of a task this worker
+/// lost and another worker claimed again.
+pub(super) fn complete_in(
+    db: &Connection,
     worker: &str,
     ids: &[TaskId],
 ) -> Result<(u64, bool), StoreError> {
     let ids_json = task_id_json(ids);
-    let n = sqlx::query(
-        "UPDATE flowbot_tasks SET state = 'done', finished_at = ?, lease_owner = NULL, lease_until = NULL \
-         WHERE state = 'running' AND lease_owner = ? AND id IN (SELECT value FROM json_each(?))",
-    )
-    .bind(now_ms())
-    .bind(worker)
-    .bind(&ids_json)
-    .execute(&mut **tx)
-    .await
-    .map_err(map_err)?
-    .rows_affected();
+    let n = db
+        .prepare_cached(
+            "UPDATE flowbot_tasks SET state = 'done', finished_at = ?, lease_owner = NULL, lease_until = NULL \
+             WHERE state = 'running' AND lease_owner = ? AND id IN (SELECT value FROM json_each(?))",
+        )
+        .and_then(|mut s| s.execute(rusqlite::params![now_ms(), worker, ids_json]))
+        .map_err(map_lite)?;
     if n == 0 {
         return Ok((0, false));
     }
-    let released = sqlx::query(
-        "DELETE FROM flowbot_task_keys WHERE task_id IN (SELECT value FROM json_each(?)) \
-         AND (SELECT state FROM flowbot_tasks t WHERE t.id = task_id) = 'done'",
-    )
-    .bind(&ids_json)
-    .execute(&mut **tx)
-    .await
-    .map_err(map_err)?
-    .rows_affected();
-    Ok((n, released > 0))
+    let released = db
+        .prepare_cached(
+            "DELETE FROM flowbot_task_keys WHERE task_id IN (SELECT value FROM json_each(?)) \
+             AND (SELECT state FROM flowbot_tasks t WHERE t.id = task_id) = 'done'",
+        )
+        .and_then(|mut s| s.execute([&ids_json]))
+        .map_err(map_lite)?;
+    Ok((n as u64, released > 0))
 }
 
 /// Release the concurrency keys held by `ids` (JSON array).
@@ -254,137 +234,111 @@ async fn release_keys(
     Ok(())
 }
 
-/// Claim up to `req.limit` due tasks in `tx`: the first queued task of each free concurrency
-/// key and any task without one, in priority, due time and id order.
-///
-/// Each statement returns at most one row: the candidates and the claimed tasks come back as
-/// one JSON array each. sqlx-sqlite hands every row over from its worker thread as a message of
-/// its own, and a claim of a hundred tasks returning rows cost two hundred of them.
-async fn claim_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    req: &ClaimRequest<'_>,
+/// Claim up to `order.limit` due tasks: the first queued task of each free concurrency key
+/// and any task without one, in priority, due time and id order.
+pub(super) fn claim_in(
+    db: &Connection,
+    order: &ClaimOrder,
     now: i64,
 ) -> Result<Vec<ClaimedTask>, StoreError> {
-    let kinds = serde_json::to_string(req.kinds).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("{what}: {e}"));
-    let candidates: Option<String> = sqlx::query_scalar(
-        "SELECT json_group_array(json_array(id, concurrency_key)) FROM ( \
-           SELECT id, concurrency_key FROM flowbot_tasks t \
-           WHERE state = 'queued' AND queue = ? AND run_at <= ? AND kind IN (SELECT value FROM json_each(?)) \
-             AND (concurrency_key IS NULL OR ( \
-               NOT EXISTS (SELECT 1 FROM flowbot_task_keys k WHERE k.key = t.concurrency_key) \
-               AND NOT EXISTS (SELECT 1 FROM flowbot_tasks o WHERE o.concurrency_key = t.concurrency_key \
-                               AND o.state IN ('queued', 'running') AND o.id < t.id))) \
-           ORDER BY priority, run_at, id LIMIT ?)",
-    )
-    .bind(req.queue)
-    .bind(now)
-    .bind(&kinds)
-    .bind(i64::from(req.limit))
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(map_err)?;
-    let candidates: Vec<(i64, Option<String>)> =
-        serde_json::from_str(candidates.as_deref().unwrap_or("[]"))
-            .map_err(|e| corrupt("claim candidates", e))?;
+    let candidates: Vec<(i64, Option<String>)> = db
+        .prepare_cached(
+            "SELECT id, concurrency_key FROM flowbot_tasks t \
+             WHERE state = 'queued' AND queue = ? AND run_at <= ? AND kind IN (SELECT value FROM json_each(?)) \
+               AND (concurrency_key IS NULL OR ( \
+                 NOT EXISTS (SELECT 1 FROM flowbot_task_keys k WHERE k.key = t.concurrency_key) \
+                 AND NOT EXISTS (SELECT 1 FROM flowbot_tasks o WHERE o.concurrency_key = t.concurrency_key \
+                                 AND o.state IN ('queued', 'running') AND o.id < t.id))) \
+             ORDER BY priority, run_at, id LIMIT ?",
+        )
+        .and_then(|mut s| {
+            s.query_map(
+                rusqlite::params![order.queue, now, order.kinds, i64::from(order.limit)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .collect()
+        })
+        .map_err(map_lite)?;
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    let mut ids = Vec::with_capacity(candidates.len());
-    let mut keys = std::collections::HashMap::new();
-    for (id, key) in candidates {
-        if let Some(key) = key {
+    let mut key = db
+        .prepare_cached("INSERT INTO flowbot_task_keys (key, task_id) VALUES (?, ?)")
+        .map_err(map_lite)?;
+    let mut claim = db
+        .prepare_cached(
+            "UPDATE flowbot_tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?, lease_until = ? \
+             WHERE id = ? AND state = 'queued' \
+             RETURNING id, queue, kind, payload, attempts, retry, dedupe_key, concurrency_key, created_at, run_at",
+        )
+        .map_err(map_lite)?;
+    let until = common::lease_deadline(order.lease);
+    let mut keys = std::collections::HashSet::new();
+    let mut claimed = Vec::with_capacity(candidates.len());
+    for (id, k) in candidates {
+        if let Some(k) = k {
             // Only the first task of a key in this batch may run; the rest wait their turn.
-            if keys.contains_key(&key) {
+            if !keys.insert(k.clone()) {
                 continue;
             }
-            keys.insert(key, id);
+            key.execute(rusqlite::params![k, id]).map_err(map_lite)?;
         }
-        ids.push(TaskId(id));
+        let row = claim
+            .query_row(rusqlite::params![order.worker, until, id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, i64>(9)?,
+                ))
+            })
+            .map_err(map_lite)?;
+        let (id, queue, kind, payload, attempts, retry, dedupe_key, concurrency_key, created, run) =
+            row;
+        claimed.push(ClaimedTask {
+            id: TaskId(id),
+            queue,
+            kind,
+            payload,
+            attempt: common::u32_of(attempts),
+            retry: common::parse_retry(retry)?,
+            dedupe_key,
+            concurrency_key,
+            created_at: from_ms(created),
+            run_at: from_ms(run),
+        });
     }
-    if !keys.is_empty() {
-        // All the keys in one statement: one trip to SQLite's thread while the write lock
-        // is held, not one per task.
-        let keys = serde_json::to_string(&keys).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO flowbot_task_keys (key, task_id) SELECT key, value FROM json_each(?)",
-        )
-        .bind(keys)
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?;
+    Ok(claimed)
+}
+
+/// A writer-thread error as a [`StoreError`]: busy or locked is transient, a unique key taken
+/// is a conflict, a value of the wrong type is a corrupt record.
+pub(super) fn map_lite(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, message) => match f.code {
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+                StoreError::Unavailable(Box::new(e))
+            }
+            ErrorCode::ConstraintViolation
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+            {
+                StoreError::Conflict(message.clone().unwrap_or_else(|| e.to_string()))
+            }
+            _ => StoreError::Backend(Box::new(e)),
+        },
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::InvalidColumnType(..) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Backend(Box::new(e)),
     }
-    let ids_json = task_id_json(&ids);
-    let n = sqlx::query(
-        "UPDATE flowbot_tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?, lease_until = ? \
-         WHERE id IN (SELECT value FROM json_each(?))",
-    )
-    .bind(req.worker)
-    .bind(common::lease_deadline(req.lease))
-    .bind(&ids_json)
-    .execute(&mut **tx)
-    .await
-    .map_err(map_err)?
-    .rows_affected();
-    if n != ids.len() as u64 {
-        return Err(StoreError::Corrupt(format!(
-            "claimed {n} of {} candidate tasks",
-            ids.len()
-        )));
-    }
-    let claimed: Option<String> = sqlx::query_scalar(
-        "SELECT json_group_array(json_array(id, queue, kind, payload, attempts, retry, dedupe_key, \
-                concurrency_key, created_at, run_at)) \
-         FROM (SELECT * FROM flowbot_tasks WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id)",
-    )
-    .bind(&ids_json)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(map_err)?;
-    type Claimed = (
-        i64,
-        String,
-        String,
-        String,
-        i64,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        i64,
-        i64,
-    );
-    let claimed: Vec<Claimed> = serde_json::from_str(claimed.as_deref().unwrap_or("[]"))
-        .map_err(|e| corrupt("claimed tasks", e))?;
-    claimed
-        .into_iter()
-        .map(
-            |(
-                id,
-                queue,
-                kind,
-                payload,
-                attempts,
-                retry,
-                dedupe_key,
-                concurrency_key,
-                created,
-                run,
-            )| {
-                Ok(ClaimedTask {
-                    id: TaskId(id),
-                    queue,
-                    kind,
-                    payload,
-                    attempt: common::u32_of(attempts),
-                    retry: common::parse_retry(retry)?,
-                    dedupe_key,
-                    concurrency_key,
-                    created_at: from_ms(created),
-                    run_at: from_ms(run),
-                })
-            },
-        )
-        .collect()
 }
 
 #[async_trait]
@@ -394,19 +348,15 @@ impl TaskQueue for SqliteStore {
     }
 
     async fn enqueue_batch(&self, tasks: &[NewTask]) -> Result<Vec<Enqueued>, StoreError> {
-        let now = now_ms();
-        let mut tx = self.begin().await?;
-        let out = insert_tasks(&mut tx, tasks.iter(), now).await?;
-        tx.commit().await.map_err(map_err)?;
-        self.wake();
-        Ok(out)
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|done| Write::Batch(tasks.to_vec(), done)).await
     }
 
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Vec<ClaimedTask>, StoreError> {
-        let mut tx = self.begin().await?;
-        let tasks = claim_in(&mut tx, req, now_ms()).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(tasks)
+        let order = ClaimOrder::of(req)?;
+        self.write(|done| Write::Claim(order, done)).await
     }
 
     async fn heartbeat(
@@ -422,7 +372,7 @@ impl TaskQueue for SqliteStore {
         .bind(common::lease_deadline(lease))
         .bind(worker)
         .bind(task_id_json(ids))
-        .fetch_all(self.w())
+        .fetch_all(&mut *self.w().await?)
         .await
         .map_err(map_err)?;
         Ok(rows.into_iter().map(TaskId).collect())
@@ -456,7 +406,7 @@ impl TaskQueue for SqliteStore {
         .bind(now)
         .bind(f.id.0)
         .bind(worker)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(map_err)?;
         if updated.is_none() {
@@ -470,7 +420,7 @@ impl TaskQueue for SqliteStore {
         .bind(i64::from(f.attempt))
         .bind(&f.error)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(map_err)?;
         release_keys(&mut tx, &task_id_json(&[f.id])).await?;
@@ -482,7 +432,7 @@ impl TaskQueue for SqliteStore {
             .bind(f.id.0)
             .bind(&f.error)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(map_err)?;
         }
@@ -506,7 +456,7 @@ impl TaskQueue for SqliteStore {
         )
         .bind(worker)
         .bind(&ids_json)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(map_err)?
         .rows_affected();
@@ -533,7 +483,7 @@ impl TaskQueue for SqliteStore {
         .bind(i64::from(default_max_attempts))
         .bind(now)
         .bind(common::lease_expired_error())
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await
         .map_err(map_err)?;
         if rows.is_empty() {
@@ -548,7 +498,7 @@ impl TaskQueue for SqliteStore {
             .bind(attempts)
             .bind(common::lease_expired_error())
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(map_err)?;
             if state == "dead" {
@@ -559,7 +509,7 @@ impl TaskQueue for SqliteStore {
                 .bind(id)
                 .bind(common::lease_expired_error())
                 .bind(now)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(map_err)?;
             }

@@ -193,7 +193,7 @@ async fn apply_plan(
 
 impl SqliteStore {
     /// Commit `tx` and wake idle workers when it enqueued tasks.
-    async fn commit_waking(&self, tx: Tx, enqueued: bool) -> Result<(), StoreError> {
+    async fn commit_waking(&self, tx: WriteTx, enqueued: bool) -> Result<(), StoreError> {
         tx.commit().await.map_err(map_err)?;
         if enqueued {
             self.wake();
@@ -216,7 +216,7 @@ impl WorkflowStore for SqliteStore {
              ORDER BY version DESC LIMIT 1",
         )
         .bind(name)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(map_err)?;
         if let Some(version) = wf::unchanged_version(latest.as_ref(), &text) {
@@ -231,7 +231,7 @@ impl WorkflowStore for SqliteStore {
         .bind(version)
         .bind(text)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
@@ -297,7 +297,7 @@ impl WorkflowStore for SqliteStore {
         let n =
             sqlx::query("UPDATE flowbot_workflows SET deleted = 1 WHERE name = ? AND deleted = 0")
                 .bind(name)
-                .execute(self.w())
+                .execute(&mut *self.w().await?)
                 .await
                 .map_err(map_err)?
                 .rows_affected();
@@ -331,7 +331,7 @@ impl WorkflowStore for SqliteStore {
         .bind(run.max_concurrency.map(i64::from))
         .bind(now)
         .bind(started_at)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(map_err)?;
         let enqueued = if queued {
@@ -377,7 +377,7 @@ impl WorkflowStore for SqliteStore {
             )
             .bind(now)
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(map_err)?;
             enqueued = start_nodes(&mut tx, id, start, None, now).await?.0;
@@ -408,7 +408,7 @@ impl WorkflowStore for SqliteStore {
         )
         .bind(run)
         .bind(node)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(map_err)?;
         if let Some(status) = status {
@@ -428,7 +428,7 @@ impl WorkflowStore for SqliteStore {
         .bind(node)
         .bind(i64::from(attempt))
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(map_err)?;
         let nodes = nodes_in(&mut tx, run).await?;
@@ -458,7 +458,7 @@ impl WorkflowStore for SqliteStore {
         )
         .bind(run)
         .bind(node)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(map_err)?;
         let fresh = match &row {
@@ -480,7 +480,7 @@ impl WorkflowStore for SqliteStore {
                 .bind(now)
                 .bind(run)
                 .bind(node)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(map_err)?;
                 true
@@ -497,7 +497,7 @@ impl WorkflowStore for SqliteStore {
                 .bind(now)
                 .bind(run)
                 .bind(node)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(map_err)?;
                 *last
@@ -509,7 +509,7 @@ impl WorkflowStore for SqliteStore {
                 .bind(json_text(input)?)
                 .bind(run)
                 .bind(node)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(map_err)?;
                 false
@@ -547,7 +547,7 @@ impl WorkflowStore for SqliteStore {
         )
         .bind(now)
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(map_err)?;
         sqlx::query(
@@ -556,7 +556,7 @@ impl WorkflowStore for SqliteStore {
         )
         .bind(now)
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(map_err)?;
         let enqueued = end_effects(&mut tx, &run, now).await?;
@@ -578,7 +578,7 @@ impl WorkflowStore for SqliteStore {
             "UPDATE flowbot_workflow_runs SET status = 'running', error = NULL, finished_at = NULL WHERE id = ?",
         )
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(map_err)?;
         for s in restart {
@@ -589,7 +589,7 @@ impl WorkflowStore for SqliteStore {
             .bind(id)
             .bind(&s.node)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(map_err)?;
             insert_task(&mut tx, &s.task, now).await?;

@@ -41,9 +41,14 @@ pub(super) async fn checkpoints(pool: SqlitePool, stop: CancellationToken) {
 /// WAL size, in pages, past which the checkpointer starts the WAL over (64 MiB of 4 KiB pages).
 const WAL_RESTART_PAGES: i64 = 16_384;
 
-/// A write waiting for the group commit, with where to send its result.
+/// A write waiting for the writer thread, with where to send its result.
 pub(super) enum Write {
     Enqueue(NewTask, oneshot::Sender<Result<Enqueued, StoreError>>),
+    /// Tasks enqueued together: all or none.
+    Batch(
+        Vec<NewTask>,
+        oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
+    ),
     Inbound(Box<Message>, oneshot::Sender<Result<bool, StoreError>>),
     Outbound(Box<Outbound>, oneshot::Sender<Result<(), StoreError>>),
     Complete(
@@ -51,58 +56,170 @@ pub(super) enum Write {
         Vec<TaskId>,
         oneshot::Sender<Result<u64, StoreError>>,
     ),
+    Claim(
+        ClaimOrder,
+        oneshot::Sender<Result<Vec<ClaimedTask>, StoreError>>,
+    ),
+}
+
+/// A [`ClaimRequest`] the writer thread can keep.
+pub(super) struct ClaimOrder {
+    pub(super) worker: String,
+    pub(super) queue: String,
+    /// The kinds as a JSON array, for `json_each`.
+    pub(super) kinds: String,
+    pub(super) limit: u32,
+    pub(super) lease: Duration,
+}
+
+impl ClaimOrder {
+    pub(super) fn of(req: &ClaimRequest<'_>) -> Result<Self, StoreError> {
+        Ok(ClaimOrder {
+            worker: req.worker.to_owned(),
+            queue: req.queue.to_owned(),
+            kinds: serde_json::to_string(req.kinds)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?,
+            limit: req.limit,
+            lease: req.lease,
+        })
+    }
 }
 
 /// A write's result, held until its transaction commits.
 enum Done {
     Enqueued(Enqueued),
+    Batch(Vec<Enqueued>),
     Inbound(bool),
     Unit,
     Completed(u64, bool),
+    Claimed(Vec<ClaimedTask>),
 }
 
 /// Most writes committed in one transaction.
 pub(super) const GROUP_COMMIT_MAX: usize = 512;
 
-/// Run `writes` in `tx` with a few statements for the whole group: the enqueues in one, the
-/// messages (inbound and outbound, in their order) in one per [`VALUES_MAX`] rows and their
-/// conversations' counts in one more, then the acknowledgements in order.
-async fn apply(
-    tx: &mut Transaction<'static, Sqlite>,
-    writes: &[Write],
-    now: i64,
-) -> Result<Vec<Done>, StoreError> {
-    let tasks: Vec<&NewTask> = writes
-        .iter()
-        .filter_map(|w| {
-            if let Write::Enqueue(t, _) = w {
-                Some(t)
-            } else {
-                None
+/// The right to write. SQLite lets one connection write at a time, and two write here: the
+/// writer thread's own, for the hot writes (enqueues, messages, claims, completions), and the
+/// sqlx writer pool's, for everything else. Whoever writes holds the token, so the two never
+/// meet in SQLite's lock (whose busy handler sleeps a millisecond or more). The writer thread
+/// keeps the token while it is busy or idle and hands it over when asked, between two groups.
+pub(super) struct WriteToken {
+    permit: Arc<tokio::sync::Semaphore>,
+    wanted: std::sync::atomic::AtomicUsize,
+    asked: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for WriteToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteToken")
+            .field("wanted", &self.wanted)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts a caller waiting for the token, until it has it or gives up.
+struct Wanting<'a>(&'a WriteToken);
+
+impl Drop for Wanting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .wanted
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn closing() -> StoreError {
+    StoreError::Unavailable("the store is closing".into())
+}
+
+impl WriteToken {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(WriteToken {
+            permit: Arc::new(tokio::sync::Semaphore::new(1)),
+            wanted: std::sync::atomic::AtomicUsize::new(0),
+            asked: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Take the token for a write on the sqlx pool: ask the writer thread to hand it over
+    /// and wait for it. Waiting callers get it in turn.
+    pub(super) async fn take(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
+        self.wanted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _wanting = Wanting(self);
+        self.asked.notify_one();
+        self.permit
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closing())
+    }
+
+    fn is_wanted(&self) -> bool {
+        self.wanted.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    /// Refuse the token from now on: every later write fails as the store closing.
+    pub(super) fn close(&self) {
+        self.permit.close();
+        self.asked.notify_one();
+    }
+}
+
+/// Run `f` in a `BEGIN IMMEDIATE` transaction on `db`, committed if it succeeds.
+fn in_tx<T>(
+    db: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let run = |sql: &str| {
+        db.prepare_cached(sql)
+            .and_then(|mut s| s.raw_execute())
+            .map_err(map_lite)
+    };
+    run("BEGIN IMMEDIATE")?;
+    match f(db).and_then(|out| run("COMMIT").map(|_| out)) {
+        Ok(out) => Ok(out),
+        Err(e) => {
+            if !db.is_autocommit() {
+                let _ = run("ROLLBACK");
             }
+            Err(e)
+        }
+    }
+}
+
+/// Run `writes` on `db` (in a transaction) with as few statements as the group allows: the
+/// plain enqueues in multi-row inserts, the messages in their order with their conversations'
+/// counts once per conversation, then the rest in order.
+fn apply(db: &Connection, writes: &[Write], now: i64) -> Result<Vec<Done>, StoreError> {
+    let plain: Vec<&NewTask> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Enqueue(t, _) if t.dedupe_key.is_none() => Some(t),
+            _ => None,
         })
         .collect();
-    let mut enqueued = if tasks.is_empty() {
-        Vec::new()
-    } else {
-        insert_tasks(tx, tasks.into_iter(), now).await?
-    }
-    .into_iter();
-    let mut stored = insert_messages(tx, writes, now).await?.into_iter();
+    let mut enqueued = insert_plain(db, &plain, now)?.into_iter();
+    let mut stored = insert_messages(db, writes, now)?.into_iter();
     let missing = || StoreError::Corrupt("missing write result".into());
     let mut out = Vec::with_capacity(writes.len());
     for w in writes {
         out.push(match w {
-            Write::Enqueue(..) => Done::Enqueued(enqueued.next().ok_or_else(missing)?),
+            Write::Enqueue(t, _) if t.dedupe_key.is_none() => {
+                Done::Enqueued(enqueued.next().ok_or_else(missing)?)
+            }
+            Write::Enqueue(t, _) => Done::Enqueued(insert_one(db, t, now)?),
+            Write::Batch(tasks, _) => Done::Batch(insert_tasks(db, tasks, now)?),
             Write::Inbound(..) => Done::Inbound(stored.next().ok_or_else(missing)?),
             Write::Outbound(..) => {
                 stored.next().ok_or_else(missing)?;
                 Done::Unit
             }
             Write::Complete(worker, ids, _) => {
-                let (n, released) = complete_in(tx, worker, ids).await?;
+                let (n, released) = complete_in(db, worker, ids)?;
                 Done::Completed(n, released)
             }
+            Write::Claim(order, _) => Done::Claimed(claim_in(db, order, now)?),
         });
     }
     Ok(out)
@@ -150,7 +267,7 @@ impl<'a> MessageRow<'a> {
                     at: now,
                 }
             }
-            Write::Enqueue(..) | Write::Complete(..) => return Ok(None),
+            _ => return Ok(None),
         }))
     }
 }
@@ -160,33 +277,10 @@ fn message_json(m: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(m).map_err(|e| StoreError::Invalid(format!("message: {e}")))
 }
 
-static MESSAGE_VALUES: ValuesSql = ValuesSql::new(
-    "INSERT INTO flowbot_messages (channel, conversation, direction, message_id, sender, text, body, at)",
-    "(?, ?, ?, ?, ?, ?, ?, ?)",
-    "",
-);
-
-static CONVERSATION_VALUES: ValuesSql = ValuesSql::new(
-    "INSERT INTO flowbot_conversations (channel, conversation, started_at, last_message_at, message_count)",
-    "(?, ?, ?, ?, ?)",
-    "ON CONFLICT (channel, conversation) DO UPDATE SET \
-     last_message_at = MAX(last_message_at, excluded.last_message_at), \
-     message_count = message_count + excluded.message_count",
-);
-
 /// Store the inbound and outbound messages of `writes` in their order, and count the new ones
 /// in their conversations. Returns, per message, whether it was new: an inbound message already
 /// stored, or repeated earlier in `writes`, is not (and is not stored again).
-///
-/// No statement returns a row per message (each returned row is one more message from SQLite's
-/// worker thread): the stored inbound messages are looked up first, in one statement that
-/// returns only the repeats (almost always none); then the new rows go in with multi-row
-/// inserts, each checked by its count of rows.
-async fn insert_messages(
-    tx: &mut Transaction<'static, Sqlite>,
-    writes: &[Write],
-    now: i64,
-) -> Result<Vec<bool>, StoreError> {
+fn insert_messages(db: &Connection, writes: &[Write], now: i64) -> Result<Vec<bool>, StoreError> {
     let mut rows = Vec::new();
     for w in writes {
         rows.extend(MessageRow::of(w, now)?);
@@ -194,104 +288,69 @@ async fn insert_messages(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut new = vec![true; rows.len()];
     let mut seen = std::collections::HashSet::new();
-    let mut inbound = Vec::new();
-    for (i, r) in rows.iter().enumerate() {
-        if r.direction == "inbound" {
-            if seen.insert((r.channel, r.message_id.as_ref())) {
-                inbound.push((i, [r.channel, r.message_id.as_ref()]));
-            } else {
-                new[i] = false;
-            }
-        }
-    }
-    if !inbound.is_empty() {
-        let keys: Vec<&[&str; 2]> = inbound.iter().map(|(_, k)| k).collect();
-        let keys = serde_json::to_string(&keys).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let stored: Vec<i64> = sqlx::query_scalar(
-            "SELECT j.key FROM json_each(?) j WHERE EXISTS (SELECT 1 FROM flowbot_messages m \
-             WHERE m.channel = j.value ->> '$[0]' AND m.direction = 'inbound' AND m.message_id = j.value ->> '$[1]')",
+    let mut stored = db
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM flowbot_messages \
+             WHERE channel = ? AND direction = 'inbound' AND message_id = ?)",
         )
-        .bind(keys)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(map_err)?;
-        for k in stored {
-            let (i, _) = usize::try_from(k)
-                .ok()
-                .and_then(|k| inbound.get(k))
-                .ok_or_else(|| StoreError::Corrupt(format!("no inbound message {k}")))?;
-            new[*i] = false;
+        .map_err(map_lite)?;
+    let mut insert = db
+        .prepare_cached(
+            "INSERT INTO flowbot_messages (channel, conversation, direction, message_id, sender, text, body, at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .map_err(map_lite)?;
+    // Each conversation once: (first at, last at, new messages).
+    let mut counts: std::collections::HashMap<(&str, &str), (i64, i64, i64)> =
+        std::collections::HashMap::new();
+    let mut new = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let fresh = r.direction != "inbound"
+            || (seen.insert((r.channel, r.message_id.as_ref()))
+                && !stored
+                    .query_row(rusqlite::params![r.channel, r.message_id.as_ref()], |row| {
+                        row.get::<_, bool>(0)
+                    })
+                    .map_err(map_lite)?);
+        new.push(fresh);
+        if !fresh {
+            continue;
         }
+        insert
+            .execute(rusqlite::params![
+                r.channel,
+                r.conversation,
+                r.direction,
+                r.message_id.as_ref(),
+                r.sender,
+                r.text,
+                &r.body,
+                r.at
+            ])
+            .map_err(map_lite)?;
+        let c = counts
+            .entry((r.channel, r.conversation))
+            .or_insert((r.at, r.at, 0));
+        c.0 = c.0.min(r.at);
+        c.1 = c.1.max(r.at);
+        c.2 += 1;
     }
-    let fresh: Vec<&MessageRow<'_>> = rows
-        .iter()
-        .zip(&new)
-        .filter_map(|(r, n)| n.then_some(r))
-        .collect();
-    for chunk in fresh.chunks(VALUES_MAX) {
-        let mut q = sqlx::query(MESSAGE_VALUES.rows(chunk.len()));
-        for r in chunk {
-            q = q
-                .bind(r.channel)
-                .bind(r.conversation)
-                .bind(r.direction)
-                .bind(r.message_id.as_ref())
-                .bind(r.sender)
-                .bind(r.text)
-                .bind(&r.body)
-                .bind(r.at);
-        }
-        let n = q.execute(&mut **tx).await.map_err(map_err)?.rows_affected();
-        if n != chunk.len() as u64 {
-            return Err(StoreError::Corrupt(format!(
-                "stored {n} of {} messages",
-                chunk.len()
-            )));
-        }
-    }
-    // Each conversation once: (channel, conversation, first at, last at, new messages).
-    let mut counts: Vec<(&str, &str, i64, i64, i64)> = Vec::new();
-    let mut index = std::collections::HashMap::new();
-    for r in &fresh {
-        match index.entry((r.channel, r.conversation)) {
-            std::collections::hash_map::Entry::Occupied(e) => {
-                let c: &mut (&str, &str, i64, i64, i64) = &mut counts[*e.get()];
-                c.2 = c.2.min(r.at);
-                c.3 = c.3.max(r.at);
-                c.4 += 1;
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(counts.len());
-                counts.push((r.channel, r.conversation, r.at, r.at, 1));
-            }
-        }
-    }
-    for chunk in counts.chunks(VALUES_MAX) {
-        let mut q = sqlx::query(CONVERSATION_VALUES.rows(chunk.len()));
-        for (channel, conversation, first, last, n) in chunk {
-            q = q
-                .bind(*channel)
-                .bind(*conversation)
-                .bind(*first)
-                .bind(*last)
-                .bind(*n);
-        }
-        q.execute(&mut **tx).await.map_err(map_err)?;
+    let mut upsert = db
+        .prepare_cached(
+            "INSERT INTO flowbot_conversations (channel, conversation, started_at, last_message_at, message_count) \
+             VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (channel, conversation) DO UPDATE SET \
+             last_message_at = MAX(last_message_at, excluded.last_message_at), \
+             message_count = message_count + excluded.message_count",
+        )
+        .map_err(map_lite)?;
+    for ((channel, conversation), (first, last, n)) in counts {
+        upsert
+            .execute(rusqlite::params![channel, conversation, first, last, n])
+            .map_err(map_lite)?;
     }
     Ok(new)
-}
-
-/// The tasks of `batch` when it holds nothing but enqueues without dedupe keys.
-fn plain_enqueues(batch: &[Write]) -> Option<Vec<&NewTask>> {
-    batch
-        .iter()
-        .map(|w| match w {
-            Write::Enqueue(t, _) if t.dedupe_key.is_none() => Some(t),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Send each write its result (or the error that stopped its transaction). Returns whether
@@ -309,6 +368,10 @@ fn answer(w: Write, r: Result<Done, &StoreError>) -> bool {
             let _ = tx.send(Ok(e));
             true
         }
+        (Write::Batch(_, tx), Ok(Done::Batch(e))) => {
+            let _ = tx.send(Ok(e));
+            true
+        }
         (Write::Inbound(_, tx), Ok(Done::Inbound(b))) => {
             let _ = tx.send(Ok(b));
             false
@@ -321,6 +384,10 @@ fn answer(w: Write, r: Result<Done, &StoreError>) -> bool {
             let _ = tx.send(Ok(n));
             released
         }
+        (Write::Claim(_, tx), Ok(Done::Claimed(tasks))) => {
+            let _ = tx.send(Ok(tasks));
+            false
+        }
         (w, r) => {
             let e = match r {
                 Err(e) => err(e),
@@ -328,106 +395,195 @@ fn answer(w: Write, r: Result<Done, &StoreError>) -> bool {
             };
             match w {
                 Write::Enqueue(_, tx) => drop(tx.send(Err(e))),
+                Write::Batch(_, tx) => drop(tx.send(Err(e))),
                 Write::Inbound(_, tx) => drop(tx.send(Err(e))),
                 Write::Outbound(_, tx) => drop(tx.send(Err(e))),
                 Write::Complete(_, _, tx) => drop(tx.send(Err(e))),
+                Write::Claim(_, tx) => drop(tx.send(Err(e))),
             }
             false
         }
     }
 }
 
-/// Run [`group_commit`] on a thread of its own, with a single-threaded runtime. On the shared
-/// runtime the loop waited its turn behind the HTTP handlers and workers that it answers, each
-/// time SQLite's worker thread handed back a result; its own thread picks the result up at
-/// once, and the writer's cycle (and so every write's latency) is no longer stretched by the
-/// runtime's queue. The thread ends when the store, the last sender of writes, is dropped.
+/// Open the writer thread's connection to the migrated database at `options.path`, with the
+/// same settings as the sqlx writer pool's.
+fn open_writer(options: &SqliteOptions) -> Result<Connection, crate::Error> {
+    let err = |e: rusqlite::Error| crate::Error::Open(format!("{}: {e}", options.path.display()));
+    let db = Connection::open_with_flags(
+        &options.path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    db.busy_timeout(options.busy_timeout).map_err(err)?;
+    let synchronous = if options.synchronous_full {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
+    for pragma in [
+        "PRAGMA journal_mode = WAL".to_owned(),
+        format!("PRAGMA synchronous = {synchronous}"),
+        "PRAGMA foreign_keys = ON".to_owned(),
+        "PRAGMA temp_store = memory".to_owned(),
+        format!("PRAGMA cache_size = {WRITER_CACHE_KIB}"),
+        // Checkpoints are the checkpointer's (see `checkpoints`), never inside a commit.
+        "PRAGMA wal_autocheckpoint = 0".to_owned(),
+        "PRAGMA journal_size_limit = 134217728".to_owned(),
+    ] {
+        // Some pragmas answer with a row; read it and go on.
+        let mut statement = db.prepare(&pragma).map_err(err)?;
+        let mut rows = statement.query([]).map_err(err)?;
+        while rows.next().map_err(err)?.is_some() {}
+    }
+    Ok(db)
+}
+
+/// The writer thread's page cache, as `cache_size` takes it (negative: KiB).
+pub(super) const WRITER_CACHE_KIB: i64 = -8000;
+
+/// Start the writer thread: the group commit, on its own connection, with a single-threaded
+/// runtime for its queue. Its statements run on this thread, not sqlx-sqlite's worker thread:
+/// each statement through sqlx is a message to that thread and one back, and a wake-up on
+/// each side. The thread ends when the store, the last sender of writes, is dropped.
 pub(super) fn spawn_group_commit(
-    writer: SqlitePool,
+    options: &SqliteOptions,
+    token: Arc<WriteToken>,
     wake: watch::Sender<u64>,
     rx: mpsc::Receiver<Write>,
 ) -> Result<(), crate::Error> {
+    let db = open_writer(options)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
         .build()
         .map_err(|e| {
             crate::Error::Open(format!("cannot start the SQLite writer's runtime: {e}"))
         })?;
     std::thread::Builder::new()
         .name("flowbot-sqlite-writer".into())
-        .spawn(move || runtime.block_on(group_commit(writer, wake, rx)))
+        .spawn(move || runtime.block_on(group_commit(&db, &token, &wake, rx)))
         .map_err(|e| crate::Error::Open(format!("cannot start the SQLite writer thread: {e}")))?;
     Ok(())
 }
 
 /// Group commit: writes from concurrent callers (webhook enqueues, messages stored by the
-/// pipeline, task acknowledgements) share one transaction, and each caller is answered once
-/// it is committed. Under load this turns hundreds of commits into one; an idle store commits
-/// each write at once. A batch that fails is retried one write per transaction, so one bad
-/// write fails alone.
+/// pipeline, claims and acknowledgements) share one transaction, and each caller is answered
+/// once it is committed. Under load this turns hundreds of commits into one; an idle store
+/// commits each write at once. A group that fails is retried one write per transaction, so one
+/// bad write fails alone.
 ///
 /// Plain enqueues (no dedupe key, like a webhook message without an id of its own) go first,
-/// in one statement of their own, and their callers are answered before the rest of the group
+/// in a transaction of their own, and their callers are answered before the rest of the group
 /// runs: a request waiting for its acknowledgement never waits for the workers' bookkeeping
-/// (stored replies, completions) that happens to share its group. Each caller has at most one
-/// write in a group, so this changes no caller's order.
-async fn group_commit(writer: SqlitePool, wake: watch::Sender<u64>, mut rx: mpsc::Receiver<Write>) {
+/// (stored replies, claims, completions) that happens to share its group, and no more than
+/// [`REST_CHUNK`] of it that came before. Each caller has at most one write in flight, so this
+/// changes no caller's order.
+async fn group_commit(
+    db: &Connection,
+    token: &WriteToken,
+    wake: &watch::Sender<u64>,
+    mut rx: mpsc::Receiver<Write>,
+) {
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut rest = Vec::with_capacity(GROUP_COMMIT_MAX);
-    while rx.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
-        let (plain, other): (Vec<Write>, Vec<Write>) = batch
-            .drain(..)
-            .partition(|w| matches!(w, Write::Enqueue(t, _) if t.dedupe_key.is_none()));
-        batch = plain;
-        rest.extend(other);
-        for group in [&mut batch, &mut rest] {
-            if !group.is_empty() && commit(&writer, group).await {
+    let mut held = None;
+    loop {
+        if batch.is_empty() && rest.is_empty() {
+            let n = if held.is_some() {
+                tokio::select! {
+                    biased;
+                    n = rx.recv_many(&mut batch, GROUP_COMMIT_MAX) => n,
+                    () = token.asked.notified() => {
+                        if token.is_wanted() || token.permit.is_closed() {
+                            held = None;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                rx.recv_many(&mut batch, GROUP_COMMIT_MAX).await
+            };
+            if n == 0 {
+                break;
+            }
+        }
+        if held.is_none() {
+            match token.permit.clone().acquire_owned().await {
+                Ok(p) => held = Some(p),
+                Err(_) => {
+                    for w in batch.drain(..).chain(rest.drain(..)) {
+                        answer(w, Err(&closing()));
+                    }
+                    continue;
+                }
+            }
+            // What came in while the token was away joins this group.
+            receive_ready(&mut rx, &mut batch);
+        }
+        // Plain enqueues first, then the rest a chunk at a time; plain enqueues that come in
+        // meanwhile are committed between two chunks. A caller of the sqlx pool waiting for
+        // the token gets it after the current chunk; the writes left wait for its return.
+        loop {
+            let (plain, other): (Vec<Write>, Vec<Write>) = batch
+                .drain(..)
+                .partition(|w| matches!(w, Write::Enqueue(t, _) if t.dedupe_key.is_none()));
+            batch = plain;
+            rest.extend(other);
+            let mut woke = !batch.is_empty() && commit(db, &mut batch);
+            if !rest.is_empty() {
+                let mut chunk: Vec<Write> = rest.drain(..rest.len().min(REST_CHUNK)).collect();
+                woke |= commit(db, &mut chunk);
+            }
+            if woke {
                 wake.send_modify(|v| *v = v.wrapping_add(1));
             }
+            if rest.is_empty() || token.is_wanted() || token.permit.is_closed() {
+                break;
+            }
+            receive_ready(&mut rx, &mut batch);
+        }
+        if token.is_wanted() || token.permit.is_closed() {
+            held = None;
         }
     }
 }
 
-/// Commit `batch` (emptied) and answer its writers. Returns whether new work became claimable.
-async fn commit(writer: &SqlitePool, batch: &mut Vec<Write>) -> bool {
-    let now = now_ms();
-    let all = async {
-        if let Some(tasks) = plain_enqueues(batch) {
-            // The common case under webhook load: one statement, atomic by itself, so no
-            // BEGIN and COMMIT round trips to SQLite's worker thread.
-            let mut conn = writer.acquire().await.map_err(map_err)?;
-            let done = insert_bulk(&mut conn, tasks.into_iter(), now).await?;
-            return Ok(done.into_iter().map(Done::Enqueued).collect());
+/// Move the writes already waiting in `rx` into `batch`, up to [`GROUP_COMMIT_MAX`].
+fn receive_ready(rx: &mut mpsc::Receiver<Write>, batch: &mut Vec<Write>) {
+    while batch.len() < GROUP_COMMIT_MAX {
+        match rx.try_recv() {
+            Ok(w) => batch.push(w),
+            Err(_) => break,
         }
-        let mut tx = writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)?;
-        let out = apply(&mut tx, batch, now).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok::<_, StoreError>(out)
     }
-    .await;
+}
+
+/// Most writes other than plain enqueues in one transaction: after each such transaction the
+/// writer commits the plain enqueues that came in meanwhile, so a request waiting for its
+/// acknowledgement waits for at most this much of the workers' bookkeeping.
+const REST_CHUNK: usize = 64;
+
+/// Commit `batch` (emptied) and answer its writers. Returns whether new work became claimable.
+fn commit(db: &Connection, batch: &mut Vec<Write>) -> bool {
+    let now = now_ms();
     let mut woke = false;
-    match all {
+    match in_tx(db, |db| apply(db, batch, now)) {
         Ok(out) => {
             for (w, d) in batch.drain(..).zip(out) {
                 woke |= answer(w, Ok(d));
             }
         }
+        Err(e) if batch.len() == 1 => {
+            for w in batch.drain(..) {
+                woke |= answer(w, Err(&e));
+            }
+        }
         Err(_) => {
             for w in batch.drain(..) {
-                let one = async {
-                    let mut tx = writer
-                        .begin_with("BEGIN IMMEDIATE")
-                        .await
-                        .map_err(map_err)?;
-                    let mut out = apply(&mut tx, std::slice::from_ref(&w), now).await?;
-                    tx.commit().await.map_err(map_err)?;
-                    out.pop()
+                let one = in_tx(db, |db| {
+                    apply(db, std::slice::from_ref(&w), now)?
+                        .pop()
                         .ok_or_else(|| StoreError::Corrupt("missing write result".into()))
-                }
-                .await;
+                });
                 woke |= match one {
                     Ok(d) => answer(w, Ok(d)),
                     Err(e) => answer(w, Err(&e)),
@@ -436,4 +592,73 @@ async fn commit(writer: &SqlitePool, batch: &mut Vec<Write>) -> bool {
         }
     }
     woke
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer thread and the sqlx pool's writers take turns: under a steady stream of
+    /// group-committed enqueues, writes that need the token still get it in turn (neither side
+    /// starves, neither meets the other in SQLite's lock), and every write lands.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pool_writers_get_the_token_while_the_writer_thread_is_busy() {
+        let dir = std::env::temp_dir().join(format!("flowbot-token-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // A busy timeout this short fails any write that meets the other connection's lock.
+        let store = SqliteStore::open_with(SqliteOptions {
+            busy_timeout: Duration::from_millis(1),
+            ..SqliteOptions::new(dir.join("flowbot.db"))
+        })
+        .await
+        .expect("open");
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..8 {
+            let store = store.clone();
+            writers.spawn(async move {
+                for i in 0..250u32 {
+                    store
+                        .enqueue(&NewTask::new("job", &(w, i)).expect("payload"))
+                        .await
+                        .expect("enqueue");
+                }
+            });
+        }
+        let kv = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..100u32 {
+                    store
+                        .kv_set("token", &i.to_string(), &serde_json::json!(i))
+                        .await
+                        .expect("kv_set");
+                }
+            })
+        };
+        let all = async {
+            while let Some(r) = writers.join_next().await {
+                r.expect("writer");
+            }
+            kv.await.expect("kv writer");
+        };
+        tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .expect("every writer finishes");
+        let queued: i64 = store
+            .count_tasks()
+            .await
+            .expect("count")
+            .into_iter()
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(queued, 8 * 250);
+        assert_eq!(store.kv_list("token").await.expect("kv_list").len(), 100);
+        store.close().await;
+        let e = store
+            .enqueue(&NewTask::new("job", &0u32).expect("payload"))
+            .await
+            .expect_err("closed");
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
