@@ -3,8 +3,8 @@
 //! Updates arrive by long polling (`getUpdates`) or by webhook (`POST /hooks/telegram/{channel}`
 //! with Telegram's `X-Telegram-Bot-Api-Secret-Token` header). Either way each update is stored
 //! as a task on the durable queue before it is confirmed to Telegram (the next poll's offset, or
-//! the webhook's 200), so a crash loses nothing, and a redelivered update is recognised by its
-//! `update_id`. Messages (text, captions, photos and documents), commands (`/cmd@this_bot` is
+//! the webhook's 200), so a crash loses nothing, and an update delivered again while its first
+//! task is queued or running is recognised by its `update_id`. Messages (text, captions, photos and documents), commands (`/cmd@this_bot` is
 //! `/cmd`; commands for other bots are ignored), inline keyboard clicks (callback queries, which
 //! are answered at once so the button stops spinning), reactions and members joining become
 //! FlowBot events; other updates are ignored and counted.

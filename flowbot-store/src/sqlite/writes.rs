@@ -102,11 +102,11 @@ pub(super) const GROUP_COMMIT_MAX: usize = 512;
 /// writer thread's own, for the hot writes (enqueues, messages, claims, completions), and the
 /// sqlx writer pool's, for everything else. Whoever writes holds the token, so the two never
 /// meet in SQLite's lock (whose busy handler sleeps a millisecond or more). The writer thread
-/// keeps the token while it is busy or idle and hands it over when asked, between two groups.
+/// holds the token while it has writes to do, and hands it over between two transactions when
+/// someone waits for it; idle, it leaves the token free.
 pub(super) struct WriteToken {
     permit: Arc<tokio::sync::Semaphore>,
     wanted: std::sync::atomic::AtomicUsize,
-    asked: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for WriteToken {
@@ -137,17 +137,15 @@ impl WriteToken {
         Arc::new(WriteToken {
             permit: Arc::new(tokio::sync::Semaphore::new(1)),
             wanted: std::sync::atomic::AtomicUsize::new(0),
-            asked: tokio::sync::Notify::new(),
         })
     }
 
-    /// Take the token for a write on the sqlx pool: ask the writer thread to hand it over
-    /// and wait for it. Waiting callers get it in turn.
+    /// Take the token for a write on the sqlx pool, waiting (in turn) for the writer thread
+    /// to finish its current transaction if it is busy.
     pub(super) async fn take(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
         self.wanted
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let _wanting = Wanting(self);
-        self.asked.notify_one();
         self.permit
             .clone()
             .acquire_owned()
@@ -162,7 +160,6 @@ impl WriteToken {
     /// Refuse the token from now on: every later write fails as the store closing.
     pub(super) fn close(&self) {
         self.permit.close();
-        self.asked.notify_one();
     }
 }
 
@@ -416,6 +413,10 @@ fn open_writer(options: &SqliteOptions) -> Result<Connection, crate::Error> {
     )
     .map_err(err)?;
     db.busy_timeout(options.busy_timeout).map_err(err)?;
+    // rusqlite keeps 16 prepared statements by default; the writer uses about a dozen plus
+    // one multi-row task insert per group size (up to 64), and each one evicted is prepared
+    // again on its next use.
+    db.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
     let synchronous = if options.synchronous_full {
         "FULL"
     } else {
@@ -438,6 +439,9 @@ fn open_writer(options: &SqliteOptions) -> Result<Connection, crate::Error> {
     }
     Ok(db)
 }
+
+/// Prepared statements the writer thread keeps.
+const WRITER_STATEMENTS: usize = 128;
 
 /// The writer thread's page cache, as `cache_size` takes it (negative: KiB).
 pub(super) const WRITER_CACHE_KIB: i64 = -8000;
@@ -488,22 +492,13 @@ async fn group_commit(
     let mut held = None;
     loop {
         if batch.is_empty() && rest.is_empty() {
-            let n = if held.is_some() {
-                tokio::select! {
-                    biased;
-                    n = rx.recv_many(&mut batch, GROUP_COMMIT_MAX) => n,
-                    () = token.asked.notified() => {
-                        if token.is_wanted() || token.permit.is_closed() {
-                            held = None;
-                        }
-                        continue;
-                    }
+            receive_ready(&mut rx, &mut batch);
+            if batch.is_empty() {
+                // Idle: the token is free for the sqlx pool's writers until writes come in.
+                held = None;
+                if rx.recv_many(&mut batch, GROUP_COMMIT_MAX).await == 0 {
+                    break;
                 }
-            } else {
-                rx.recv_many(&mut batch, GROUP_COMMIT_MAX).await
-            };
-            if n == 0 {
-                break;
             }
         }
         if held.is_none() {
