@@ -48,7 +48,9 @@ impl Server {
         // Write the previous phases' files out first: their writeback (hundreds of MB after
         // an ingestion run) would otherwise land on this phase as other load on the cores.
         if let Err(e) = Command::new("sync").status() {
-            eprintln!("[flowbot-load] {label}: sync failed ({e}); the previous phase's writeback may overlap this one");
+            eprintln!(
+                "[flowbot-load] {label}: sync failed ({e}); the previous phase's writeback may overlap this one"
+            );
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
