@@ -7,16 +7,14 @@ use flowbot_core::lease::{Lease, LeaseStore};
 #[async_trait]
 impl ConversationStore for SqliteStore {
     async fn save_inbound(&self, m: &Message) -> Result<bool, StoreError> {
-        self.write(|done| Write::Inbound(Box::new(m.clone()), done))
-            .await
+        let row = Box::new(MessageRow::inbound(m)?);
+        self.write(|done| Write::Message(row, done)).await
     }
 
     async fn save_outbound(&self, o: &Outbound) -> Result<(), StoreError> {
-        if o.target.is_none() {
-            return Err(StoreError::Invalid("outbound message has no target".into()));
-        }
-        self.write(|done| Write::Outbound(Box::new(o.clone()), done))
-            .await
+        let row = Box::new(MessageRow::outbound(o)?);
+        self.write(|done| Write::Message(row, done)).await?;
+        Ok(())
     }
 
     async fn list_messages(

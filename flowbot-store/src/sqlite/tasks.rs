@@ -107,9 +107,10 @@ pub(super) fn insert_tasks(
 /// Most rows in one multi-row `VALUES` insert.
 const VALUES_MAX: usize = 64;
 
-/// Insert tasks without dedupe keys, [`VALUES_MAX`] rows a statement. Each statement's rows
-/// get consecutive ids ending at its last insert rowid: `flowbot_tasks.id` is `AUTOINCREMENT`
-/// and this connection holds the write lock for the whole statement.
+/// Insert tasks without dedupe keys (the callers pass only those), [`VALUES_MAX`] rows a
+/// statement. Each statement's rows get consecutive ids ending at its last insert rowid:
+/// `flowbot_tasks.id` is `AUTOINCREMENT` and this connection holds the write lock for the
+/// whole statement.
 pub(super) fn insert_plain(
     db: &Connection,
     tasks: &[&NewTask],
@@ -117,12 +118,6 @@ pub(super) fn insert_plain(
 ) -> Result<Vec<Enqueued>, StoreError> {
     let mut out = Vec::with_capacity(tasks.len());
     for chunk in tasks.chunks(VALUES_MAX) {
-        if let Some(t) = chunk.iter().find(|t| t.dedupe_key.is_some()) {
-            return Err(StoreError::Invalid(format!(
-                "task with dedupe key '{}' in a bulk insert",
-                t.dedupe_key.as_deref().unwrap_or_default()
-            )));
-        }
         let mut s = db
             .prepare_cached(TASK_VALUES.rows(chunk.len()))
             .map_err(map_lite)?;
@@ -199,6 +194,7 @@ pub(super) fn complete_in(
     db: &Connection,
     worker: &str,
     ids: &[TaskId],
+    now: i64,
 ) -> Result<(u64, bool), StoreError> {
     let ids_json = task_id_json(ids);
     let n = db
@@ -206,7 +202,7 @@ pub(super) fn complete_in(
             "UPDATE flowbot_tasks SET state = 'done', finished_at = ?, lease_owner = NULL, lease_until = NULL \
              WHERE state = 'running' AND lease_owner = ? AND id IN (SELECT value FROM json_each(?))",
         )
-        .and_then(|mut s| s.execute(rusqlite::params![now_ms(), worker, ids_json]))
+        .and_then(|mut s| s.execute(rusqlite::params![now, worker, ids_json]))
         .map_err(map_lite)?;
     if n == 0 {
         return Ok((0, false));
@@ -278,10 +274,11 @@ pub(super) fn claim_in(
     for (id, k) in candidates {
         if let Some(k) = k {
             // Only the first task of a key in this batch may run; the rest wait their turn.
-            if !keys.insert(k.clone()) {
+            if keys.contains(&k) {
                 continue;
             }
             key.execute(rusqlite::params![k, id]).map_err(map_lite)?;
+            keys.insert(k);
         }
         let row = claim
             .query_row(rusqlite::params![order.worker, until, id], |r| {

@@ -49,8 +49,8 @@ pub(super) enum Write {
         Vec<NewTask>,
         oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
     ),
-    Inbound(Box<Message>, oneshot::Sender<Result<bool, StoreError>>),
-    Outbound(Box<Outbound>, oneshot::Sender<Result<(), StoreError>>),
+    /// A message for the history; answered with whether it was new.
+    Message(Box<MessageRow>, oneshot::Sender<Result<bool, StoreError>>),
     Complete(
         String,
         Vec<TaskId>,
@@ -89,8 +89,7 @@ impl ClaimOrder {
 enum Done {
     Enqueued(Enqueued),
     Batch(Vec<Enqueued>),
-    Inbound(bool),
-    Unit,
+    Stored(bool),
     Completed(u64, bool),
     Claimed(Vec<ClaimedTask>),
 }
@@ -197,7 +196,7 @@ fn apply(db: &Connection, writes: &[Write], now: i64) -> Result<Vec<Done>, Store
         })
         .collect();
     let mut enqueued = insert_plain(db, &plain, now)?.into_iter();
-    let mut stored = insert_messages(db, writes, now)?.into_iter();
+    let mut stored = insert_messages(db, writes)?.into_iter();
     let missing = || StoreError::Corrupt("missing write result".into());
     let mut out = Vec::with_capacity(writes.len());
     for w in writes {
@@ -207,13 +206,9 @@ fn apply(db: &Connection, writes: &[Write], now: i64) -> Result<Vec<Done>, Store
             }
             Write::Enqueue(t, _) => Done::Enqueued(insert_one(db, t, now)?),
             Write::Batch(tasks, _) => Done::Batch(insert_tasks(db, tasks, now)?),
-            Write::Inbound(..) => Done::Inbound(stored.next().ok_or_else(missing)?),
-            Write::Outbound(..) => {
-                stored.next().ok_or_else(missing)?;
-                Done::Unit
-            }
+            Write::Message(..) => Done::Stored(stored.next().ok_or_else(missing)?),
             Write::Complete(worker, ids, _) => {
-                let (n, released) = complete_in(db, worker, ids)?;
+                let (n, released) = complete_in(db, worker, ids, now)?;
                 Done::Completed(n, released)
             }
             Write::Claim(order, _) => Done::Claimed(claim_in(db, order, now)?),
@@ -222,50 +217,50 @@ fn apply(db: &Connection, writes: &[Write], now: i64) -> Result<Vec<Done>, Store
     Ok(out)
 }
 
-/// A row of `flowbot_messages` from an inbound or outbound write.
-struct MessageRow<'a> {
-    channel: &'a str,
-    conversation: &'a str,
+/// A row of `flowbot_messages`, built by the caller (the JSON body too), so the writer
+/// thread only inserts it.
+pub(super) struct MessageRow {
+    channel: String,
+    conversation: String,
     direction: &'static str,
-    message_id: std::borrow::Cow<'a, str>,
-    sender: Option<&'a str>,
-    text: &'a str,
+    message_id: String,
+    sender: Option<String>,
+    text: String,
     body: String,
     at: i64,
 }
 
-impl<'a> MessageRow<'a> {
-    /// The row `w` stores, if it is a message.
-    fn of(w: &'a Write, now: i64) -> Result<Option<Self>, StoreError> {
-        Ok(Some(match w {
-            Write::Inbound(m, _) => MessageRow {
-                channel: m.channel.as_str(),
-                conversation: m.conversation.as_str(),
-                direction: "inbound",
-                message_id: m.id.as_str().into(),
-                sender: Some(m.sender.id.as_str()),
-                text: &m.text,
-                body: message_json(m.as_ref())?,
-                at: ms(m.received_at),
-            },
-            Write::Outbound(o, _) => {
-                let target = o
-                    .target
-                    .as_ref()
-                    .ok_or_else(|| StoreError::Invalid("outbound message has no target".into()))?;
-                MessageRow {
-                    channel: target.channel.as_str(),
-                    conversation: target.conversation.as_str(),
-                    direction: "outbound",
-                    message_id: crate::new_message_id().into(),
-                    sender: None,
-                    text: &o.text,
-                    body: message_json(o.as_ref())?,
-                    at: now,
-                }
-            }
-            _ => return Ok(None),
-        }))
+impl MessageRow {
+    /// The row of an inbound message.
+    pub(super) fn inbound(m: &Message) -> Result<Self, StoreError> {
+        Ok(MessageRow {
+            channel: m.channel.to_string(),
+            conversation: m.conversation.to_string(),
+            direction: "inbound",
+            message_id: m.id.to_string(),
+            sender: Some(m.sender.id.to_string()),
+            text: m.text.clone(),
+            body: message_json(m)?,
+            at: ms(m.received_at),
+        })
+    }
+
+    /// The row of an outbound message, stored now under a new id.
+    pub(super) fn outbound(o: &Outbound) -> Result<Self, StoreError> {
+        let target = o
+            .target
+            .as_ref()
+            .ok_or_else(|| StoreError::Invalid("outbound message has no target".into()))?;
+        Ok(MessageRow {
+            channel: target.channel.to_string(),
+            conversation: target.conversation.to_string(),
+            direction: "outbound",
+            message_id: crate::new_message_id(),
+            sender: None,
+            text: o.text.clone(),
+            body: message_json(o)?,
+            at: now_ms(),
+        })
     }
 }
 
@@ -277,11 +272,14 @@ fn message_json(m: &impl serde::Serialize) -> Result<String, StoreError> {
 /// Store the inbound and outbound messages of `writes` in their order, and count the new ones
 /// in their conversations. Returns, per message, whether it was new: an inbound message already
 /// stored, or repeated earlier in `writes`, is not (and is not stored again).
-fn insert_messages(db: &Connection, writes: &[Write], now: i64) -> Result<Vec<bool>, StoreError> {
-    let mut rows = Vec::new();
-    for w in writes {
-        rows.extend(MessageRow::of(w, now)?);
-    }
+fn insert_messages(db: &Connection, writes: &[Write]) -> Result<Vec<bool>, StoreError> {
+    let rows: Vec<&MessageRow> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Message(row, _) => Some(row.as_ref()),
+            _ => None,
+        })
+        .collect();
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -302,11 +300,11 @@ fn insert_messages(db: &Connection, writes: &[Write], now: i64) -> Result<Vec<bo
     let mut counts: std::collections::HashMap<(&str, &str), (i64, i64, i64)> =
         std::collections::HashMap::new();
     let mut new = Vec::with_capacity(rows.len());
-    for r in &rows {
+    for r in rows {
         let fresh = r.direction != "inbound"
-            || (seen.insert((r.channel, r.message_id.as_ref()))
+            || (seen.insert((r.channel.as_str(), r.message_id.as_str()))
                 && !stored
-                    .query_row(rusqlite::params![r.channel, r.message_id.as_ref()], |row| {
+                    .query_row(rusqlite::params![r.channel, r.message_id], |row| {
                         row.get::<_, bool>(0)
                     })
                     .map_err(map_lite)?);
@@ -319,15 +317,15 @@ fn insert_messages(db: &Connection, writes: &[Write], now: i64) -> Result<Vec<bo
                 r.channel,
                 r.conversation,
                 r.direction,
-                r.message_id.as_ref(),
+                r.message_id,
                 r.sender,
                 r.text,
-                &r.body,
+                r.body,
                 r.at
             ])
             .map_err(map_lite)?;
         let c = counts
-            .entry((r.channel, r.conversation))
+            .entry((r.channel.as_str(), r.conversation.as_str()))
             .or_insert((r.at, r.at, 0));
         c.0 = c.0.min(r.at);
         c.1 = c.1.max(r.at);
@@ -369,12 +367,8 @@ fn answer(w: Write, r: Result<Done, &StoreError>) -> bool {
             let _ = tx.send(Ok(e));
             true
         }
-        (Write::Inbound(_, tx), Ok(Done::Inbound(b))) => {
+        (Write::Message(_, tx), Ok(Done::Stored(b))) => {
             let _ = tx.send(Ok(b));
-            false
-        }
-        (Write::Outbound(_, tx), Ok(Done::Unit)) => {
-            let _ = tx.send(Ok(()));
             false
         }
         (Write::Complete(_, _, tx), Ok(Done::Completed(n, released))) => {
@@ -393,8 +387,7 @@ fn answer(w: Write, r: Result<Done, &StoreError>) -> bool {
             match w {
                 Write::Enqueue(_, tx) => drop(tx.send(Err(e))),
                 Write::Batch(_, tx) => drop(tx.send(Err(e))),
-                Write::Inbound(_, tx) => drop(tx.send(Err(e))),
-                Write::Outbound(_, tx) => drop(tx.send(Err(e))),
+                Write::Message(_, tx) => drop(tx.send(Err(e))),
                 Write::Complete(_, _, tx) => drop(tx.send(Err(e))),
                 Write::Claim(_, tx) => drop(tx.send(Err(e))),
             }
