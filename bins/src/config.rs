@@ -202,6 +202,9 @@ pub struct DatabaseConfig {
     /// PostgreSQL schema for FlowBot's tables (created if missing); default: the server's
     /// search path, usually `public`.
     pub schema: Option<String>,
+    /// SQLite: while webhooks and API requests flood in, the least share of the database
+    /// writer's time left to processing them (0.01 to 1; 1: no priority for acknowledgements).
+    pub sqlite_work_share: f64,
 }
 
 impl Default for DatabaseConfig {
@@ -210,6 +213,7 @@ impl Default for DatabaseConfig {
             url: "sqlite://./data/flowbot.db".into(),
             max_connections: 10,
             schema: None,
+            sqlite_work_share: flowbot_store::DEFAULT_WORK_SHARE,
         }
     }
 }
@@ -403,6 +407,13 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return Err(err("database.max_connections", "must be at least 1"));
+        }
+        let share = self.database.sqlite_work_share;
+        if !(0.01..=1.0).contains(&share) {
+            return Err(err(
+                "database.sqlite_work_share",
+                format!("must be between 0.01 and 1, got {share}"),
+            ));
         }
         if self.server.body_limit_bytes < 1024 {
             return Err(err("server.body_limit_bytes", "must be at least 1024"));
@@ -677,6 +688,11 @@ mod tests {
         let e = load("", &[("FLOWBOT_DATABASE__URL", "mysql://u:pw@h/db")]).expect_err("scheme");
         assert_eq!(e.path, "database.url");
         assert!(!e.message.contains("pw"), "password redacted: {e}");
+        let e = load("", &[("FLOWBOT_DATABASE__SQLITE_WORK_SHARE", "0")]).expect_err("share");
+        assert_eq!(e.path, "database.sqlite_work_share");
+        assert!(e.message.contains("between 0.01 and 1"), "{e}");
+        let ok = load("[database]\nsqlite_work_share = 1\n", &[]).expect("integer share");
+        assert!((ok.database.sqlite_work_share - 1.0).abs() < f64::EPSILON);
         let e = load("[notifiers.ops]\nkind = \"carrier_pigeon\"\n", &[]).expect_err("kind");
         assert!(e.path.starts_with("notifiers.ops"), "{e}");
         assert!(e.message.contains("carrier_pigeon"), "{e}");

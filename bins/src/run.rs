@@ -15,7 +15,7 @@ use flowbot_core::task::WorkerConfig;
 use flowbot_core::workflow::{Secrets, Workflows};
 use flowbot_core::{Bot, BotBuilder, CancellationToken, Store};
 use flowbot_rules::{Plugins, Reload, RuleFiles, RuleLibrary, Source, WorkflowScripts};
-use flowbot_store::{PostgresOptions, PostgresStore, SqliteStore};
+use flowbot_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 
 use flowbot_store::redact_url as redact;
 
@@ -69,7 +69,9 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
         source,
     };
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open_url(url).await.map_err(wrap)?))
+        let mut options = SqliteOptions::from_url(url).map_err(wrap)?;
+        options.work_share = config.database.sqlite_work_share;
+        Ok(Arc::new(SqliteStore::open_with(options).await.map_err(wrap)?))
     } else {
         let options =
             PostgresOptions::new(url.clone()).max_connections(config.database.max_connections);

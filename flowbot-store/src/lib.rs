@@ -6,7 +6,8 @@
 //!
 //! - [`SqliteStore`] (feature `sqlite`, default): the embedded single-node store — one file
 //!   under a data directory, WAL journal, one writer at a time (a writer thread group-commits
-//!   the hot writes on its own connection) and batched transactions;
+//!   the hot writes on its own connection, enqueues first: while they flood in, processing
+//!   gets [`SqliteOptions::work_share`] of its time) and batched transactions;
 //! - `PostgresStore` (feature `postgres`): many servers and agents sharing one database —
 //!   batched claims with `FOR UPDATE SKIP LOCKED`, `LISTEN/NOTIFY` to wake idle workers (with
 //!   polling as the fallback).
@@ -29,7 +30,7 @@ mod workflow;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{DEFAULT_WORK_SHARE, SqliteOptions, SqliteStore};
 
 /// Errors opening a store. Errors of running operations are core's [`StoreError`].
 #[derive(Debug, thiserror::Error)]

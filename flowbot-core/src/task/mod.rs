@@ -18,5 +18,5 @@ pub use types::{
 };
 pub use worker::{
     KindOptions, QueueConfig, TaskClient, TaskContext, TaskHandler, TaskRegistry, WorkerConfig,
-    WorkerPool, WorkerStats, handler_fn, typed_handler,
+    WorkerPool, WorkerStats, handler_fn, in_task_handler, typed_handler,
 };

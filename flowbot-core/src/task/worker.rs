@@ -227,6 +227,17 @@ pub struct QueueConfig {
     pub limit: Option<usize>,
 }
 
+tokio::task_local! {
+    static IN_HANDLER: ();
+}
+
+/// Whether the caller runs inside a task handler of a [`WorkerPool`] (in the handler's own
+/// future: tasks it spawns do not count). Stores use it to tell the tasks that processing
+/// creates from work arriving from outside, like a webhook waiting for its acknowledgement.
+pub fn in_task_handler() -> bool {
+    IN_HANDLER.try_with(|()| ()).is_ok()
+}
+
 /// Settings of a [`WorkerPool`].
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -614,7 +625,7 @@ async fn run_task(
                 worker: Arc::from(shared.config.id.as_str()),
                 lease: shared.config.lease,
             };
-            let fut = AssertUnwindSafe(reg.handler.run(cx)).catch_unwind();
+            let fut = AssertUnwindSafe(IN_HANDLER.scope((), reg.handler.run(cx))).catch_unwind();
             let outcome = match reg.timeout {
                 Some(limit) => match tokio::time::timeout(limit, fut).await {
                     Ok(r) => r,

@@ -11,7 +11,9 @@ mod workflow;
 mod writes;
 
 use tasks::{claim_in, complete_in, insert_one, insert_plain, insert_task, insert_tasks, map_lite};
-use writes::{ClaimOrder, GROUP_COMMIT_MAX, MessageRow, Write, WriteToken, checkpoints};
+use writes::{
+    ClaimOrder, GROUP_COMMIT_MAX, MessageRow, Origin, Write, WriteToken, checkpoints,
+};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -66,6 +68,9 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// [`SqliteOptions::work_share`] unless set.
+pub const DEFAULT_WORK_SHARE: f64 = 0.1;
+
 /// Options for [`SqliteStore::open_with`].
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -78,6 +83,13 @@ pub struct SqliteOptions {
     /// `synchronous` pragma: `NORMAL` (default; durable across process crashes, and WAL keeps
     /// the database consistent across power loss) or `FULL` (each commit survives power loss).
     pub synchronous_full: bool,
+    /// While enqueues from outside the worker pools flood in (webhooks and API requests
+    /// waiting for their acknowledgement, 1,000 a second or more), the least share of the
+    /// writer's time left to processing: claims, completions, stored messages and the tasks
+    /// handlers enqueue (0.01 to 1; 1 gives intake no priority). Otherwise processing has the
+    /// writer to itself. Default
+    /// [`DEFAULT_WORK_SHARE`].
+    pub work_share: f64,
 }
 
 impl SqliteOptions {
@@ -88,7 +100,29 @@ impl SqliteOptions {
             readers: 4,
             busy_timeout: Duration::from_secs(10),
             synchronous_full: false,
+            work_share: DEFAULT_WORK_SHARE,
         }
+    }
+
+    /// Defaults for the file of a `sqlite://path` URL, creating its directory.
+    pub fn from_url(url: &str) -> Result<Self, Error> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                Error::InvalidUrl(format!("'{url}' is not a sqlite:// URL with a file path"))
+            })?;
+        let path = path.split('?').next().unwrap_or(path);
+        if let Some(parent) = Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Error::Open(format!("cannot create directory {}: {e}", parent.display()))
+            })?;
+        }
+        Ok(SqliteOptions::new(path))
     }
 }
 
@@ -131,23 +165,7 @@ impl SqliteStore {
 
     /// Open a database from a `sqlite://path` URL.
     pub async fn open_url(url: &str) -> Result<Self, Error> {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| {
-                Error::InvalidUrl(format!("'{url}' is not a sqlite:// URL with a file path"))
-            })?;
-        let path = path.split('?').next().unwrap_or(path);
-        if let Some(parent) = Path::new(path)
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                Error::Open(format!("cannot create directory {}: {e}", parent.display()))
-            })?;
-        }
-        Self::open_with(SqliteOptions::new(path)).await
+        Self::open_with(SqliteOptions::from_url(url)?).await
     }
 
     /// Open with explicit options and apply migrations.

@@ -341,14 +341,16 @@ pub(super) fn map_lite(e: rusqlite::Error) -> StoreError {
 #[async_trait]
 impl TaskQueue for SqliteStore {
     async fn enqueue(&self, task: &NewTask) -> Result<Enqueued, StoreError> {
-        self.write(|done| Write::Enqueue(task.clone(), done)).await
+        self.write(|done| Write::Enqueue(task.clone(), Origin::of_caller(), done))
+            .await
     }
 
     async fn enqueue_batch(&self, tasks: &[NewTask]) -> Result<Vec<Enqueued>, StoreError> {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|done| Write::Batch(tasks.to_vec(), done)).await
+        self.write(|done| Write::Batch(tasks.to_vec(), Origin::of_caller(), done))
+            .await
     }
 
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Vec<ClaimedTask>, StoreError> {

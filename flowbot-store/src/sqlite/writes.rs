@@ -2,6 +2,7 @@
 //! concurrent writers, and the background WAL checkpoints.
 
 use super::*;
+use std::time::Instant;
 
 /// Copy the WAL into the database file every 200 ms (a `PASSIVE` checkpoint: it never blocks
 /// readers or the writer). The WAL restarts from its beginning once a checkpoint has caught up.
@@ -43,10 +44,15 @@ const WAL_RESTART_PAGES: i64 = 16_384;
 
 /// A write waiting for the writer thread, with where to send its result.
 pub(super) enum Write {
-    Enqueue(NewTask, oneshot::Sender<Result<Enqueued, StoreError>>),
+    Enqueue(
+        NewTask,
+        Origin,
+        oneshot::Sender<Result<Enqueued, StoreError>>,
+    ),
     /// Tasks enqueued together: all or none.
     Batch(
         Vec<NewTask>,
+        Origin,
         oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
     ),
     /// A message for the history; answered with whether it was new.
@@ -191,7 +197,7 @@ fn apply(db: &Connection, writes: &[Write], now: i64) -> Result<Vec<Done>, Store
     let plain: Vec<&NewTask> = writes
         .iter()
         .filter_map(|w| match w {
-            Write::Enqueue(t, _) if t.dedupe_key.is_none() => Some(t),
+            Write::Enqueue(t, ..) if t.dedupe_key.is_none() => Some(t),
             _ => None,
         })
         .collect();
@@ -201,11 +207,11 @@ fn apply(db: &Connection, writes: &[Write], now: i64) -> Result<Vec<Done>, Store
     let mut out = Vec::with_capacity(writes.len());
     for w in writes {
         out.push(match w {
-            Write::Enqueue(t, _) if t.dedupe_key.is_none() => {
+            Write::Enqueue(t, ..) if t.dedupe_key.is_none() => {
                 Done::Enqueued(enqueued.next().ok_or_else(missing)?)
             }
-            Write::Enqueue(t, _) => Done::Enqueued(insert_one(db, t, now)?),
-            Write::Batch(tasks, _) => Done::Batch(insert_tasks(db, tasks, now)?),
+            Write::Enqueue(t, ..) => Done::Enqueued(insert_one(db, t, now)?),
+            Write::Batch(tasks, ..) => Done::Batch(insert_tasks(db, tasks, now)?),
             Write::Message(..) => Done::Stored(stored.next().ok_or_else(missing)?),
             Write::Complete(worker, ids, _) => {
                 let (n, released) = complete_in(db, worker, ids, now)?;
@@ -359,11 +365,11 @@ fn answer(w: Write, r: Result<Done, &StoreError>) -> bool {
         other => StoreError::Backend(other.to_string().into()),
     };
     match (w, r) {
-        (Write::Enqueue(_, tx), Ok(Done::Enqueued(e))) => {
+        (Write::Enqueue(_, _, tx), Ok(Done::Enqueued(e))) => {
             let _ = tx.send(Ok(e));
             true
         }
-        (Write::Batch(_, tx), Ok(Done::Batch(e))) => {
+        (Write::Batch(_, _, tx), Ok(Done::Batch(e))) => {
             let _ = tx.send(Ok(e));
             true
         }
@@ -385,8 +391,8 @@ fn answer(w: Write, r: Result<Done, &StoreError>) -> bool {
                 Ok(_) => StoreError::Corrupt("mismatched write result".into()),
             };
             match w {
-                Write::Enqueue(_, tx) => drop(tx.send(Err(e))),
-                Write::Batch(_, tx) => drop(tx.send(Err(e))),
+                Write::Enqueue(_, _, tx) => drop(tx.send(Err(e))),
+                Write::Batch(_, _, tx) => drop(tx.send(Err(e))),
                 Write::Message(_, tx) => drop(tx.send(Err(e))),
                 Write::Complete(_, _, tx) => drop(tx.send(Err(e))),
                 Write::Claim(_, tx) => drop(tx.send(Err(e))),
@@ -450,16 +456,132 @@ pub(super) fn spawn_group_commit(
     rx: mpsc::Receiver<Write>,
 ) -> Result<(), crate::Error> {
     let db = open_writer(options)?;
+    let share = WorkShare::new(options.work_share);
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .map_err(|e| {
             crate::Error::Open(format!("cannot start the SQLite writer's runtime: {e}"))
         })?;
     std::thread::Builder::new()
         .name("flowbot-sqlite-writer".into())
-        .spawn(move || runtime.block_on(group_commit(&db, &token, &wake, rx)))
+        .spawn(move || runtime.block_on(group_commit(&db, &token, &wake, share, rx)))
         .map_err(|e| crate::Error::Open(format!("cannot start the SQLite writer thread: {e}")))?;
     Ok(())
+}
+
+/// Where an enqueue comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// From outside the worker pools, like a webhook or API request, which answers only once
+    /// its task is committed.
+    Intake,
+    /// From a task handler: part of processing, like a reply queued for another try.
+    Processing,
+}
+
+impl Origin {
+    /// The origin of an enqueue made by the calling task.
+    pub(super) fn of_caller() -> Self {
+        if flowbot_core::task::in_task_handler() {
+            Origin::Processing
+        } else {
+            Origin::Intake
+        }
+    }
+}
+
+/// Whether a write is an acknowledgement someone waits for at the door: an enqueue from
+/// outside the worker pools. The rest (claims, completions, stored messages, the tasks that
+/// handlers enqueue) is the processing of what was accepted.
+fn is_intake(w: &Write) -> bool {
+    matches!(
+        w,
+        Write::Enqueue(_, Origin::Intake, _) | Write::Batch(_, Origin::Intake, _)
+    )
+}
+
+/// Intake first, while it floods: how much of the writer's time the processing writes may
+/// take while enqueues keep coming fast. Intake floods once [`INTAKE_FLOOD`] enqueues are
+/// committed within [`INTAKE_WINDOW`], and counts as flooding until a window after that; a
+/// trickle of enqueues never holds processing back. While intake floods, processing runs on a
+/// credit that grows by `share` of the time passing (up to [`WORK_BURST`]) and shrinks by the
+/// time its transactions take, and waits while the credit is spent. Otherwise processing has
+/// the writer to itself.
+struct WorkShare {
+    share: f64,
+    credit: f64,
+    last: Instant,
+    window_start: Instant,
+    window_count: usize,
+    flood_until: Option<Instant>,
+}
+
+/// The window over which intake is counted.
+const INTAKE_WINDOW: Duration = Duration::from_millis(20);
+
+/// Enqueues within one window that make intake a flood (1,000 a second).
+const INTAKE_FLOOD: usize = 20;
+
+/// Most writer time, in seconds, that processing may bank while intake floods.
+const WORK_BURST: f64 = 0.002;
+
+impl WorkShare {
+    fn new(share: f64) -> Self {
+        let now = Instant::now();
+        WorkShare {
+            share: share.clamp(0.01, 1.0),
+            credit: WORK_BURST,
+            last: now,
+            window_start: now,
+            window_count: 0,
+            flood_until: None,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let passed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.credit = (self.credit + passed * self.share).min(WORK_BURST);
+        self.last = now;
+    }
+
+    fn flooding(&self, now: Instant) -> bool {
+        self.share < 1.0 && self.flood_until.is_some_and(|t| now < t)
+    }
+
+    /// How long processing must wait before its next transaction; `None`: it may go now.
+    fn wait(&mut self, now: Instant) -> Option<Duration> {
+        self.refill(now);
+        if !self.flooding(now) || self.credit >= 0.0 {
+            return None;
+        }
+        let refilled = Duration::from_secs_f64(-self.credit / self.share);
+        let ebb = self
+            .flood_until
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+        Some(refilled.min(ebb).max(Duration::from_micros(50)))
+    }
+
+    /// `n` enqueues from outside were committed at `at`.
+    fn intake(&mut self, n: usize, at: Instant) {
+        if at.saturating_duration_since(self.window_start) >= INTAKE_WINDOW {
+            self.window_start = at;
+            self.window_count = 0;
+        }
+        self.window_count += n;
+        if self.window_count >= INTAKE_FLOOD {
+            self.flood_until = Some(at + INTAKE_WINDOW);
+        }
+    }
+
+    fn spent(&mut self, took: Duration, now: Instant) {
+        self.refill(now);
+        if self.flooding(now) {
+            self.credit -= took.as_secs_f64();
+        } else {
+            self.credit = WORK_BURST;
+        }
+    }
 }
 
 /// Group commit: writes from concurrent callers (webhook enqueues, messages stored by the
@@ -468,30 +590,50 @@ pub(super) fn spawn_group_commit(
 /// commits each write at once. A group that fails is retried one write per transaction, so one
 /// bad write fails alone.
 ///
-/// Plain enqueues (no dedupe key, like a webhook message without an id of its own) go first,
-/// in a transaction of their own, and their callers are answered before the rest of the group
-/// runs: a request waiting for its acknowledgement never waits for the workers' bookkeeping
-/// (stored replies, claims, completions) that happens to share its group, and no more than
-/// [`REST_CHUNK`] of it that came before. Each caller has at most one write in flight, so this
-/// changes no caller's order.
+/// Intake (enqueues) goes first, in a transaction of its own, and its callers are answered
+/// before the rest of the group runs: a request waiting for its acknowledgement never waits for
+/// the workers' bookkeeping (stored replies, claims, completions) that happens to share its
+/// group, and no more than [`REST_CHUNK`] of it that came before. While intake floods, the
+/// bookkeeping gets its [`WorkShare`] of the writer's time and waits for the rest. Each
+/// caller has at most one write in flight, so this changes no caller's order.
 async fn group_commit(
     db: &Connection,
     token: &WriteToken,
     wake: &watch::Sender<u64>,
+    mut share: WorkShare,
     mut rx: mpsc::Receiver<Write>,
 ) {
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut rest = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut held = None;
+    let mut open = true;
     loop {
-        if batch.is_empty() && rest.is_empty() {
+        if batch.is_empty() {
             receive_ready(&mut rx, &mut batch);
-            if batch.is_empty() {
+        }
+        if batch.is_empty() {
+            let deferred = if rest.is_empty() || !open {
+                None
+            } else {
+                share.wait(Instant::now())
+            };
+            if rest.is_empty() {
+                if !open {
+                    break;
+                }
                 // Idle: the token is free for the sqlx pool's writers until writes come in.
                 held = None;
                 if rx.recv_many(&mut batch, GROUP_COMMIT_MAX).await == 0 {
                     break;
                 }
+            } else if let Some(pause) = deferred {
+                // Processing waits for its share; new intake (or the pause's end) wakes it.
+                held = None;
+                tokio::select! {
+                    n = rx.recv_many(&mut batch, GROUP_COMMIT_MAX) => open = n > 0,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                continue;
             }
         }
         if held.is_none() {
@@ -507,27 +649,34 @@ async fn group_commit(
             // What came in while the token was away joins this group.
             receive_ready(&mut rx, &mut batch);
         }
-        // Plain enqueues first, then the rest a chunk at a time; plain enqueues that come in
-        // meanwhile are committed between two chunks. A caller of the sqlx pool waiting for
-        // the token gets it after the current chunk; the writes left wait for its return.
-        loop {
-            let (plain, other): (Vec<Write>, Vec<Write>) = batch
-                .drain(..)
-                .partition(|w| matches!(w, Write::Enqueue(t, _) if t.dedupe_key.is_none()));
-            batch = plain;
-            rest.extend(other);
-            let mut woke = !batch.is_empty() && commit(db, &mut batch);
-            if !rest.is_empty() {
-                let mut chunk: Vec<Write> = rest.drain(..rest.len().min(REST_CHUNK)).collect();
-                woke |= commit(db, &mut chunk);
-            }
-            if woke {
-                wake.send_modify(|v| *v = v.wrapping_add(1));
-            }
-            if rest.is_empty() || token.is_wanted() || token.permit.is_closed() {
-                break;
-            }
-            receive_ready(&mut rx, &mut batch);
+        // Intake first; then the rest a chunk at a time, as its share allows. Intake that
+        // comes in meanwhile is committed between two chunks. A caller of the sqlx pool
+        // waiting for the token gets it after the current chunk; the writes left wait for
+        // its return.
+        let (intake, other): (Vec<Write>, Vec<Write>) = batch.drain(..).partition(is_intake);
+        batch = intake;
+        rest.extend(other);
+        let mut woke = false;
+        if !batch.is_empty() {
+            let n = batch
+                .iter()
+                .map(|w| match w {
+                    Write::Batch(tasks, ..) => tasks.len(),
+                    _ => 1,
+                })
+                .sum();
+            woke |= commit(db, &mut batch);
+            share.intake(n, Instant::now());
+        }
+        if !rest.is_empty() && (!open || share.wait(Instant::now()).is_none()) {
+            let mut chunk: Vec<Write> = rest.drain(..rest.len().min(REST_CHUNK)).collect();
+            let started = Instant::now();
+            woke |= commit(db, &mut chunk);
+            let now = Instant::now();
+            share.spent(now - started, now);
+        }
+        if woke {
+            wake.send_modify(|v| *v = v.wrapping_add(1));
         }
         if token.is_wanted() || token.permit.is_closed() {
             held = None;
@@ -647,6 +796,110 @@ mod tests {
             .await
             .expect_err("closed");
         assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Processing waits only while intake floods and its credit is spent, never longer than
+    /// until the credit is back or the flood has ebbed; a trickle of intake or a share of 1
+    /// never holds it back.
+    #[test]
+    fn work_share_defers_processing_only_while_intake_floods() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut share = WorkShare::new(0.1);
+        assert_eq!(share.wait(t0), None, "no intake: processing goes at once");
+        share.spent(ms(5), t0);
+        assert_eq!(share.wait(t0), None, "time spent without intake is not counted");
+        share.intake(INTAKE_FLOOD - 1, t0);
+        share.spent(ms(5), t0);
+        assert_eq!(share.wait(t0), None, "a trickle of intake does not count");
+        share.intake(1, t0);
+        share.spent(ms(5), t0);
+        // Credit 2 ms - 5 ms = -3 ms, back at 0.1 s per s in 30 ms; the flood ebbs in 20 ms.
+        assert_eq!(share.wait(t0), Some(ms(20)));
+        // 10 ms on: credit -2 ms (20 ms to refill), the flood ebbs in 10 ms.
+        assert_eq!(share.wait(t0 + ms(10)), Some(ms(10)));
+        // The next window floods again.
+        share.intake(INTAKE_FLOOD, t0 + ms(25));
+        // Credit -2 ms + 1.5 ms = -0.5 ms: 5 ms to refill.
+        let near = |d: Option<Duration>, want: Duration| {
+            d.is_some_and(|d| d.abs_diff(want) < Duration::from_micros(1))
+        };
+        assert!(near(share.wait(t0 + ms(25)), ms(5)));
+        // The flood ebbed: processing goes.
+        assert_eq!(share.wait(t0 + ms(46)), None);
+        // A small overdraft waits for its refill alone.
+        let mut share = WorkShare::new(0.5);
+        share.intake(INTAKE_FLOOD, t0);
+        share.spent(ms(3), t0);
+        assert!(near(share.wait(t0), ms(2)));
+        let mut share = WorkShare::new(1.0);
+        share.intake(INTAKE_FLOOD, t0);
+        share.spent(ms(100), t0);
+        assert_eq!(share.wait(t0), None, "share 1: intake has no priority");
+    }
+
+    /// Under a steady stream of enqueues, claims and completions still get their share: the
+    /// stream does not starve processing, and every task claimed is completed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn processing_keeps_its_share_under_steady_intake() {
+        let dir = std::env::temp_dir().join(format!("flowbot-share-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let store = SqliteStore::open_with(SqliteOptions {
+            work_share: 0.05,
+            ..SqliteOptions::new(dir.join("flowbot.db"))
+        })
+        .await
+        .expect("open");
+        let stop = CancellationToken::new();
+        let mut intake = tokio::task::JoinSet::new();
+        for w in 0..8 {
+            let (store, stop) = (store.clone(), stop.clone());
+            intake.spawn(async move {
+                let mut n = 0u64;
+                while !stop.is_cancelled() {
+                    store
+                        .enqueue(&NewTask::new("job", &(w, n)).expect("payload"))
+                        .await
+                        .expect("enqueue");
+                    n += 1;
+                }
+                n
+            });
+        }
+        let kinds = vec!["job".to_owned()];
+        let mut done = 0u64;
+        let processing = async {
+            while done < 500 {
+                let claimed = store
+                    .claim(&ClaimRequest {
+                        worker: "w",
+                        queue: flowbot_core::task::DEFAULT_QUEUE,
+                        kinds: &kinds,
+                        limit: 10,
+                        lease: Duration::from_secs(30),
+                    })
+                    .await
+                    .expect("claim");
+                let ids: Vec<TaskId> = claimed.iter().map(|t| t.id).collect();
+                done += store.complete("w", &ids).await.expect("complete");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), processing)
+            .await
+            .expect("500 tasks processed while the intake never stopped");
+        stop.cancel();
+        let mut enqueued = 0;
+        while let Some(n) = intake.join_next().await {
+            enqueued += n.expect("enqueuer");
+        }
+        let counts = store.count_tasks().await.expect("count");
+        let of = |s: TaskState| counts.iter().find(|(k, _)| *k == s).map_or(0, |(_, n)| *n);
+        assert_eq!(of(TaskState::Done), 500);
+        assert_eq!(
+            i64::try_from(enqueued).expect("count"),
+            of(TaskState::Done) + of(TaskState::Queued)
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
