@@ -71,7 +71,9 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
     if url.starts_with("sqlite:") {
         let mut options = SqliteOptions::from_url(url).map_err(wrap)?;
         options.work_share = config.database.sqlite_work_share;
-        Ok(Arc::new(SqliteStore::open_with(options).await.map_err(wrap)?))
+        Ok(Arc::new(
+            SqliteStore::open_with(options).await.map_err(wrap)?,
+        ))
     } else {
         let options =
             PostgresOptions::new(url.clone()).max_connections(config.database.max_connections);

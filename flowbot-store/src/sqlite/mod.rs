@@ -11,9 +11,7 @@ mod workflow;
 mod writes;
 
 use tasks::{claim_in, complete_in, insert_one, insert_plain, insert_task, insert_tasks, map_lite};
-use writes::{
-    ClaimOrder, GROUP_COMMIT_MAX, MessageRow, Origin, Write, WriteToken, checkpoints,
-};
+use writes::{ClaimOrder, GROUP_COMMIT_MAX, MessageRow, Origin, Write, WriteToken, checkpoints};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -809,7 +809,11 @@ mod tests {
         let mut share = WorkShare::new(0.1);
         assert_eq!(share.wait(t0), None, "no intake: processing goes at once");
         share.spent(ms(5), t0);
-        assert_eq!(share.wait(t0), None, "time spent without intake is not counted");
+        assert_eq!(
+            share.wait(t0),
+            None,
+            "time spent without intake is not counted"
+        );
         share.intake(INTAKE_FLOOD - 1, t0);
         share.spent(ms(5), t0);
         assert_eq!(share.wait(t0), None, "a trickle of intake does not count");
