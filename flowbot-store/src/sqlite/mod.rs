@@ -2,16 +2,21 @@
 //! readers and two writer connections that take turns (SQLite serialises writers anyway; the
 //! turns avoid its busy retries). The hot writes (enqueues, stored messages, claims,
 //! completions) share a group commit on a thread of its own, with its own connection
-//! (`writes`); the rest use a one-connection sqlx pool, each after taking the write token.
+//! (`writes`), which puts enqueues from outside first (`share`); the rest use a
+//! one-connection sqlx pool, each after taking the write token (`token`).
 
 mod admin;
 mod data;
+mod share;
 mod tasks;
+mod token;
 mod workflow;
 mod writes;
 
+use share::{Origin, WorkShare};
 use tasks::{claim_in, complete_in, insert_one, insert_plain, insert_task, insert_tasks, map_lite};
-use writes::{ClaimOrder, GROUP_COMMIT_MAX, MessageRow, Origin, Write, WriteToken, checkpoints};
+use token::{WriteToken, closing};
+use writes::{ClaimOrder, GROUP_COMMIT_MAX, MessageRow, Write, checkpoints};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
