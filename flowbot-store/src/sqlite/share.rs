@@ -27,8 +27,11 @@ impl Origin {
 
 /// Intake first, while it floods: how much of the writer's time the processing writes may
 /// take while enqueues keep coming fast. Intake floods once [`INTAKE_FLOOD`] enqueues are
-/// committed within [`INTAKE_WINDOW`], and counts as flooding until a window after that; a
-/// trickle of enqueues never holds processing back. While intake floods, processing runs on a
+/// committed within [`INTAKE_WINDOW`], queued up behind each other (at least
+/// [`INTAKE_QUEUED`] in a commit on average, so the writer is what the requests wait for),
+/// and counts as flooding until a window after that. A trickle of enqueues, or a steady
+/// stream the writer keeps up with one or two at a time, never holds processing back: the
+/// writer has time for both, and capping processing would only grow the backlog. While intake floods, processing runs on a
 /// credit that grows by `share` of the time passing (up to [`WORK_BURST`]) and shrinks by the
 /// time its transactions take, and waits while the credit is spent. Otherwise processing has
 /// the writer to itself.
@@ -38,6 +41,7 @@ pub(super) struct WorkShare {
     last: Instant,
     window_start: Instant,
     window_count: usize,
+    window_commits: usize,
     flood_until: Option<Instant>,
 }
 
@@ -46,6 +50,10 @@ const INTAKE_WINDOW: Duration = Duration::from_millis(20);
 
 /// Enqueues within one window that make intake a flood (1,000 a second).
 const INTAKE_FLOOD: usize = 20;
+
+/// Enqueues a commit takes on average, within one window, that make intake a flood: that many
+/// callers waited for the writer together.
+const INTAKE_QUEUED: usize = 4;
 
 /// Most writer time, in seconds, that processing may bank while intake floods.
 const WORK_BURST: f64 = 0.002;
@@ -59,6 +67,7 @@ impl WorkShare {
             last: now,
             window_start: now,
             window_count: 0,
+            window_commits: 0,
             flood_until: None,
         }
     }
@@ -86,14 +95,18 @@ impl WorkShare {
         Some(refilled.min(ebb).max(Duration::from_micros(50)))
     }
 
-    /// `n` enqueues from outside were committed at `at`.
+    /// `n` enqueues from outside were committed together at `at`.
     pub(super) fn intake(&mut self, n: usize, at: Instant) {
         if at.saturating_duration_since(self.window_start) >= INTAKE_WINDOW {
             self.window_start = at;
             self.window_count = 0;
+            self.window_commits = 0;
         }
         self.window_count += n;
-        if self.window_count >= INTAKE_FLOOD {
+        self.window_commits += 1;
+        if self.window_count >= INTAKE_FLOOD
+            && self.window_count >= INTAKE_QUEUED * self.window_commits
+        {
             self.flood_until = Some(at + INTAKE_WINDOW);
         }
     }
@@ -154,6 +167,41 @@ mod tests {
         share.intake(INTAKE_FLOOD, t0);
         share.spent(ms(100), t0);
         assert_eq!(share.wait(t0), None, "share 1: intake has no priority");
+    }
+
+    /// A fast stream the writer commits one or two at a time is not a flood, however fast:
+    /// processing keeps the writer's spare time, so the backlog does not grow while the
+    /// writer idles. Once the enqueues queue up behind each other, it is.
+    #[test]
+    fn a_stream_the_writer_keeps_up_with_is_no_flood() {
+        let t0 = Instant::now();
+        let us = Duration::from_micros;
+        let mut share = WorkShare::new(0.1);
+        // 10,000 enqueues a second, each committed alone, for a second.
+        for i in 0..10_000 {
+            let at = t0 + us(i * 100);
+            share.intake(1, at);
+            share.spent(us(90), at);
+            assert_eq!(share.wait(at), None, "one at a time, at {i}");
+        }
+        // Two in a commit on average (one, then three): still kept up with.
+        let t1 = t0 + Duration::from_secs(1);
+        for i in 0..100 {
+            let at = t1 + us(i * 200);
+            share.intake(if i % 2 == 0 { 1 } else { 3 }, at);
+            share.spent(us(190), at);
+            assert_eq!(share.wait(at), None, "two at a time, at {i}");
+        }
+        // Callers queued up: eight in each commit.
+        let t2 = t1 + Duration::from_millis(100);
+        for i in 0..10 {
+            share.intake(8, t2 + us(i * 100));
+        }
+        share.spent(Duration::from_millis(5), t2 + us(1_000));
+        assert!(
+            share.wait(t2 + us(1_000)).is_some(),
+            "queued intake floods and defers processing"
+        );
     }
 
     /// Under a steady stream of enqueues, claims and completions still get their share: the
