@@ -88,11 +88,9 @@ pub struct SqliteOptions {
     pub synchronous_full: bool,
     /// While enqueues from outside the worker pools flood in (webhooks and API requests
     /// waiting for their acknowledgement, 1,000 a second or more, queued up behind the
-    /// writer), the least share of the
-    /// writer's time left to processing: claims, completions, stored messages and the tasks
-    /// handlers enqueue (0.01 to 1; 1 gives intake no priority). Otherwise processing has the
-    /// writer to itself. Default
-    /// [`DEFAULT_WORK_SHARE`].
+    /// writer), the least share of the writer's time left to processing: claims, completions,
+    /// stored messages and the tasks handlers enqueue (0.01 to 1; 1 gives intake no priority).
+    /// Otherwise processing has the writer to itself. Default [`DEFAULT_WORK_SHARE`].
     pub work_share: f64,
 }
 

@@ -31,10 +31,10 @@ impl Origin {
 /// [`INTAKE_QUEUED`] in a commit on average, so the writer is what the requests wait for),
 /// and counts as flooding until a window after that. A trickle of enqueues, or a steady
 /// stream the writer keeps up with one or two at a time, never holds processing back: the
-/// writer has time for both, and capping processing would only grow the backlog. While intake floods, processing runs on a
-/// credit that grows by `share` of the time passing (up to [`WORK_BURST`]) and shrinks by the
-/// time its transactions take, and waits while the credit is spent. Otherwise processing has
-/// the writer to itself.
+/// writer has time for both, and capping processing would only grow the backlog. While intake
+/// floods, processing runs on a credit that grows by `share` of the time passing (up to
+/// [`WORK_BURST`]) and shrinks by the time its transactions take, and waits while the credit
+/// is spent. Otherwise processing has the writer to itself.
 pub(super) struct WorkShare {
     share: f64,
     credit: f64,
