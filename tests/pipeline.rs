@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use flowbot_core::task::{KindOptions, ScheduleDef, WorkerConfig, handler_fn};
 use flowbot_core::{
-    Bot, CancellationToken, Channel, ChannelSender, Event, Handlers, InProcess, InProcessHandle,
-    Message, MessageId, Outbound, RateLimit, Reply, Sender, SentId, Stage, Store, async_trait,
+    Bot, CancellationToken, Channel, ChannelSender, Event, FailureReply, Handlers, InProcess,
+    InProcessHandle, Message, MessageId, Outbound, RateLimit, Reply, Sender, SentId, Stage, Store,
+    async_trait,
 };
 use flowbot_store::SqliteStore;
 use serde_json::json;
@@ -221,6 +222,11 @@ async fn middleware_rate_limits_and_errors_reach_on_error() {
     let running = tokio::spawn(bot.run(stop.clone()));
 
     handle.say("u1", "c", "/fail").await.expect("say");
+    assert_eq!(
+        reply(&mut handle).await.text,
+        FailureReply::default().text.expect("an apology"),
+        "a failed message is answered, not met with silence"
+    );
     handle.say("u1", "c", "a").await.expect("say");
     assert_eq!(
         reply(&mut handle).await.text,

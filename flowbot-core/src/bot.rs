@@ -11,7 +11,9 @@ use crate::channel::{Channel, Inbox, Senders};
 use crate::error::{Error, Result, TaskError};
 use crate::message::{Event, Outbound};
 use crate::middleware::{Dedupe, Middleware};
-use crate::pipeline::{DELIVER_TASK, ErrorHook, INBOUND_TASK, Pipeline, PipelineError};
+use crate::pipeline::{
+    DELIVER_TASK, ErrorHook, FailureReply, INBOUND_TASK, Pipeline, PipelineError,
+};
 use crate::router::{Router, Services};
 use crate::store::Store;
 use crate::task::{
@@ -32,6 +34,7 @@ pub struct BotBuilder {
     middleware: Vec<Arc<dyn Middleware>>,
     dedupe: bool,
     on_error: Option<ErrorHook>,
+    failure_reply: FailureReply,
     workers: Option<WorkerConfig>,
     run_workers: bool,
     cron: CronConfig,
@@ -106,6 +109,7 @@ impl Default for BotBuilder {
             middleware: Vec::new(),
             dedupe: true,
             on_error: None,
+            failure_reply: FailureReply::default(),
             workers: None,
             run_workers: true,
             cron: CronConfig::default(),
@@ -208,6 +212,14 @@ impl BotBuilder {
         self
     }
 
+    /// What a person hears when handling their message fails (default:
+    /// [`FailureReply::default`], a short apology, or the words of a
+    /// [`Refusal`](crate::Refusal) such as "the delay must be more than zero").
+    pub fn failure_reply(mut self, reply: FailureReply) -> Self {
+        self.failure_reply = reply;
+        self
+    }
+
     /// Worker pool settings (defaults: [`WorkerConfig::default`]).
     pub fn workers(mut self, config: WorkerConfig) -> Self {
         self.workers = Some(config);
@@ -305,18 +317,36 @@ impl BotBuilder {
             };
             self.tasks.register_with(DELIVER_TASK, options, deliver)?;
             let cell = pipeline_cell.clone();
-            let inbound = typed_handler(move |event: Event, _cx| {
+            let inbound_retry = RetryPolicy::default();
+            let max_attempts = inbound_retry.max_attempts;
+            let inbound = typed_handler(move |event: Event, cx| {
                 let cell = cell.clone();
                 async move {
                     let pipeline = cell
                         .get()
                         .cloned()
                         .ok_or_else(|| TaskError::retryable("the pipeline is not running yet"))?;
-                    pipeline.handle_queued(event).await;
-                    Ok(())
+                    let allowed = cx
+                        .task()
+                        .retry
+                        .as_ref()
+                        .map_or(max_attempts, |r| r.max_attempts);
+                    // A failed stage fails the task: the queue retries a transient failure
+                    // and dead-letters any other with its error, so no message is lost silently.
+                    match pipeline.handle_queued(event, cx.attempt() >= allowed).await {
+                        Ok(_) => Ok(()),
+                        Err(failure) if failure.is_transient() => {
+                            Err(TaskError::retryable(failure))
+                        }
+                        Err(failure) => Err(TaskError::permanent(failure)),
+                    }
                 }
             });
-            self.tasks.register(INBOUND_TASK, inbound)?;
+            let options = KindOptions {
+                retry: inbound_retry,
+                timeout: None,
+            };
+            self.tasks.register_with(INBOUND_TASK, options, inbound)?;
         }
         for s in &self.schedules {
             s.spec()?;
@@ -369,6 +399,7 @@ impl BotBuilder {
                 senders,
             },
             on_error,
+            failure_reply: self.failure_reply,
             stats: Arc::default(),
         };
         let pipeline = Arc::new(pipeline);

@@ -102,6 +102,58 @@ impl Error {
             source,
         }
     }
+
+    /// The error and its sources, outermost first. A transparent [`Error::Store`] forwards
+    /// its `source()` past the [`StoreError`], so that one is yielded by hand.
+    fn chain(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+        let store: Option<&(dyn std::error::Error + 'static)> = match self {
+            Error::Store(e) => Some(e),
+            _ => None,
+        };
+        let first: &(dyn std::error::Error + 'static) = self;
+        std::iter::once(first)
+            .chain(store)
+            .chain(std::iter::successors(
+                std::error::Error::source(self),
+                |e| e.source(),
+            ))
+    }
+
+    /// True when the same work may succeed if tried again later: somewhere in the error's
+    /// chain is a transient [`StoreError`] (the database unavailable, a concurrent writer).
+    /// The pipeline fails a queued event's task on such an error, so the queue retries it.
+    pub fn is_transient(&self) -> bool {
+        self.chain().any(|e| {
+            e.downcast_ref::<StoreError>()
+                .is_some_and(StoreError::is_transient)
+                || e.downcast_ref::<Error>()
+                    .is_some_and(|inner| matches!(inner, Error::Store(s) if s.is_transient()))
+        })
+    }
+
+    /// The words meant for the person whose input caused this error, if it carries a
+    /// [`Refusal`] anywhere in its chain.
+    pub fn refusal(&self) -> Option<&str> {
+        self.chain()
+            .find_map(|e| e.downcast_ref::<Refusal>())
+            .map(|r| r.0.as_str())
+    }
+}
+
+/// An error meant for the person whose input caused it, in words safe to show them ("the
+/// delay must be more than zero and at most 1year"). Actions and handlers return it (boxed)
+/// for input they refuse; when the pipeline answers a failed message it shows these words
+/// instead of its generic apology (see [`FailureReply`](crate::FailureReply)). Keep secrets,
+/// addresses and internal details out of it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+impl Refusal {
+    /// A refusal with these words.
+    pub fn new(words: impl Into<String>) -> Self {
+        Refusal(words.into())
+    }
 }
 
 /// Errors raised by storage backends through the core storage traits.
@@ -164,9 +216,10 @@ impl TaskError {
     }
 
     /// Ask for the next attempt no earlier than `delay` from now (e.g. a `Retry-After` header),
-    /// overriding the backoff of the retry policy for this attempt.
+    /// overriding the backoff of the retry policy for this attempt. A delay over
+    /// [`MAX_DELAY`](crate::task::MAX_DELAY) counts as that.
     pub fn retry_after(mut self, delay: Duration) -> Self {
-        self.retry_after = Some(delay);
+        self.retry_after = Some(delay.min(crate::task::MAX_DELAY));
         self
     }
 

@@ -47,7 +47,7 @@ pub use ai::{Classifier, Label};
 pub use bot::{Bot, BotBuilder};
 pub use channel::{Capabilities, Channel, ChannelListener, ChannelSender, Inbox, Senders, SentId};
 pub use commands::{CommandInfo, CommandParam};
-pub use error::{BoxError, Error, Result, StoreError, TaskError};
+pub use error::{BoxError, Error, Refusal, Result, StoreError, TaskError};
 pub use in_process::{InProcess, InProcessHandle};
 pub use message::{
     Attachment, Button, ChannelName, ConversationId, Event, Format, Interaction, Message,
@@ -56,7 +56,8 @@ pub use message::{
 pub use middleware::{Dedupe, Flow, Middleware, RateLimit};
 pub use notify::{Notification, Notifier, Priority};
 pub use pipeline::{
-    DELIVER_TASK, ErrorHook, INBOUND_TASK, Pipeline, PipelineError, PipelineStats, Stage,
+    DELIVER_TASK, ErrorHook, FailureReply, HandleFailure, INBOUND_TASK, Pipeline, PipelineError,
+    PipelineStats, Stage,
 };
 pub use router::{HandlerCx, Handlers, Reply, Router, Services, Turn};
 pub use session::{DialogState, Session, SessionHandle, SessionKey};

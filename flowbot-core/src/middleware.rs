@@ -30,6 +30,11 @@ pub enum Flow {
 pub trait Middleware: Send + Sync + 'static {
     /// Inspect the event and decide whether it goes on.
     async fn before(&self, event: &Event) -> Result<Flow>;
+
+    /// Handling `event`, which this middleware let through, failed; the queue may bring it
+    /// again. Middleware that remembers events (deduplication) forgets this one, so the
+    /// retry is not taken for a redelivery. The default does nothing.
+    async fn failed(&self, _event: &Event) {}
 }
 
 /// Drops events whose platform id was seen recently (platforms redeliver on timeouts).
@@ -82,6 +87,12 @@ impl Dedupe {
         s.order.push_back((key, now));
         false
     }
+
+    /// Forget `(channel, id)`, so it passes once more (its handling failed and is retried).
+    pub fn forget(&self, channel: &ChannelName, id: &MessageId) {
+        let mut s = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        s.at.remove(&(channel.clone(), id.clone()));
+    }
 }
 
 impl Default for Dedupe {
@@ -102,6 +113,12 @@ impl Middleware for Dedupe {
             _ => Ok(Flow::Continue),
         }
     }
+
+    async fn failed(&self, event: &Event) {
+        if let Some(id) = event.dedupe_id() {
+            self.forget(event.channel(), id);
+        }
+    }
 }
 
 /// Per-user rate limit (token bucket, via the `governor` crate): `burst` events at once, then
@@ -120,10 +137,21 @@ impl std::fmt::Debug for RateLimit {
 }
 
 impl RateLimit {
-    /// Allow `burst` events per `period` per user.
+    /// The longest `period` [`RateLimit::per_user`] takes.
+    pub const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 3600);
+
+    /// Allow `burst` events per `period` per user; `period` is at most
+    /// [`RateLimit::MAX_PERIOD`] (365 days).
     pub fn per_user(burst: u32, period: Duration) -> Result<Self> {
         let burst = NonZeroU32::new(burst)
             .ok_or_else(|| Error::Build("rate limit: burst must be at least 1".into()))?;
+        if period > Self::MAX_PERIOD {
+            // governor keeps the period in nanoseconds (u64) and panics past 584 years.
+            return Err(Error::Build(format!(
+                "rate limit: period must be at most 365 days, got {}",
+                humantime::format_duration(period)
+            )));
+        }
         let replenish = period / burst.get();
         let quota = Quota::with_period(replenish)
             .ok_or_else(|| Error::Build("rate limit: period must be greater than zero".into()))?

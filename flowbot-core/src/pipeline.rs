@@ -54,6 +54,96 @@ pub struct PipelineError<'a> {
 /// The `on_error` hook.
 pub type ErrorHook = Arc<dyn Fn(&PipelineError<'_>) + Send + Sync>;
 
+impl Stage {
+    /// The stage's name in logs and metrics (`persist`, `route`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Middleware => "middleware",
+            Stage::Persist => "persist",
+            Stage::Session => "session",
+            Stage::Route => "route",
+            Stage::Deliver => "deliver",
+            Stage::SaveSession => "save_session",
+        }
+    }
+}
+
+/// Why handling an event failed: the stage and its error. A queued event's task fails with
+/// it, so the queue retries it when [`HandleFailure::is_transient`], and dead-letters it
+/// otherwise.
+#[derive(Debug, thiserror::Error)]
+#[error("{} failed: {error}", stage.as_str())]
+pub struct HandleFailure {
+    /// Where it failed.
+    pub stage: Stage,
+    /// The error.
+    pub error: Error,
+}
+
+impl HandleFailure {
+    /// True when handling the event again later may succeed (see [`Error::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        self.error.is_transient()
+    }
+}
+
+/// What a person hears when handling their message fails, so a failure is never silence
+/// (set with [`BotBuilder::failure_reply`](crate::BotBuilder::failure_reply)).
+///
+/// The answer is the error's own words when it carries a [`Refusal`](crate::Refusal) (input
+/// the bot refused, such as a delay out of range) and `show_refusals` is on; otherwise
+/// `text`. A queued message that failed for a transient reason (the database away) is retried
+/// by the queue first, and answered only when its last attempt fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailureReply {
+    /// The answer when the error is not one to show (an outage, a bug); `None` says nothing.
+    pub text: Option<String>,
+    /// Answer with a [`Refusal`](crate::Refusal)'s own words.
+    pub show_refusals: bool,
+}
+
+impl Default for FailureReply {
+    fn default() -> Self {
+        FailureReply {
+            text: Some("Sorry, something went wrong while handling your message. Please try again in a moment.".into()),
+            show_refusals: true,
+        }
+    }
+}
+
+impl FailureReply {
+    /// Answer with `text` (and with refusals' own words).
+    pub fn text(text: impl Into<String>) -> Self {
+        FailureReply {
+            text: Some(text.into()),
+            show_refusals: true,
+        }
+    }
+
+    /// Never answer a failure (it is still reported to `on_error` and counted).
+    pub fn silent() -> Self {
+        FailureReply {
+            text: None,
+            show_refusals: false,
+        }
+    }
+
+    /// The same, showing refusals' own words or not.
+    pub fn show_refusals(mut self, show: bool) -> Self {
+        self.show_refusals = show;
+        self
+    }
+
+    /// The answer to a failure with `error`, if any.
+    pub fn answer(&self, error: &Error) -> Option<String> {
+        match error.refusal() {
+            Some(words) if self.show_refusals => Some(words.to_owned()),
+            _ => self.text.clone(),
+        }
+    }
+}
+
 /// Counters of the pipeline.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
@@ -65,6 +155,10 @@ pub struct PipelineStats {
     pub dropped: AtomicU64,
     /// Errors reported to `on_error`.
     pub errors: AtomicU64,
+    /// Events whose handling failed, per stage (`persist`, `route`, …).
+    pub failures: crate::metrics::LabeledCounter,
+    /// Failures answered with a [`FailureReply`].
+    pub failures_answered: AtomicU64,
     /// Total handling time in microseconds (divide by `events_in` for the mean).
     pub busy_micros: AtomicU64,
     /// Events received, per channel.
@@ -82,6 +176,7 @@ pub struct Pipeline {
     pub(crate) middleware: Vec<Arc<dyn Middleware>>,
     pub(crate) services: Services,
     pub(crate) on_error: ErrorHook,
+    pub(crate) failure_reply: FailureReply,
     pub(crate) stats: Arc<PipelineStats>,
 }
 
@@ -128,20 +223,47 @@ impl Pipeline {
     }
 
     /// Take one event through middleware, inbound persistence, session, router and delivery.
-    /// Errors go to the `on_error` hook; the returned replies are those delivered or queued
-    /// for delivery.
+    /// Errors go to the `on_error` hook, and the sender hears the bot's [`FailureReply`]; the
+    /// returned replies are those delivered or queued for delivery.
     pub async fn handle(&self, event: Event) -> Vec<Outbound> {
-        self.handle_with(event, false).await
+        let event = Arc::new(event);
+        match self.handle_with(&event, false).await {
+            Ok(delivered) => delivered,
+            Err(failure) => {
+                self.answer_failure(&event, &failure).await;
+                Vec::new()
+            }
+        }
     }
 
     /// Like [`Pipeline::handle`], for an event taken from the durable queue
     /// ([`INBOUND_TASK`]): a message already in the history is a retry after a crash, not a
     /// redelivery, so it is handled again instead of dropped.
-    pub async fn handle_queued(&self, event: Event) -> Vec<Outbound> {
-        self.handle_with(event, true).await
+    ///
+    /// A failure is reported to `on_error` and returned, so the task fails: the queue retries
+    /// a [transient](HandleFailure::is_transient) one and dead-letters any other. The sender
+    /// hears the [`FailureReply`] when the failure is not transient, or when `last_attempt`
+    /// says the queue will not try again.
+    pub async fn handle_queued(
+        &self,
+        event: Event,
+        last_attempt: bool,
+    ) -> Result<Vec<Outbound>, HandleFailure> {
+        let event = Arc::new(event);
+        let result = self.handle_with(&event, true).await;
+        if let Err(failure) = &result
+            && (last_attempt || !failure.is_transient())
+        {
+            self.answer_failure(&event, failure).await;
+        }
+        result
     }
 
-    async fn handle_with(&self, event: Event, from_queue: bool) -> Vec<Outbound> {
+    async fn handle_with(
+        &self,
+        event: &Arc<Event>,
+        from_queue: bool,
+    ) -> Result<Vec<Outbound>, HandleFailure> {
         use tracing::Instrument as _;
         let started = Instant::now();
         self.stats.events_in.fetch_add(1, Ordering::Relaxed);
@@ -151,63 +273,83 @@ impl Pipeline {
             channel = %event.channel(),
             conversation = event.conversation().map(|c| c.as_str()).unwrap_or(""),
         );
-        let delivered = self.handle_inner(event, from_queue).instrument(span).await;
+        let result = self.handle_inner(event, from_queue).instrument(span).await;
+        if let Err(failure) = &result {
+            self.report(event, failure.stage, &failure.error);
+            self.stats.failures.inc(failure.stage.as_str());
+            // The middleware let it through; let the next attempt through as well.
+            for m in &self.middleware {
+                m.failed(event).await;
+            }
+        }
         let elapsed = started.elapsed();
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
         self.stats.latency.observe(elapsed);
-        delivered
+        result
     }
 
-    async fn handle_inner(&self, event: Event, from_queue: bool) -> Vec<Outbound> {
-        let event = Arc::new(event);
+    /// Tell the sender that handling their message failed (best effort: a failure to answer
+    /// is reported, not retried).
+    async fn answer_failure(&self, event: &Event, failure: &HandleFailure) {
+        let Some(text) = self.failure_reply.answer(&failure.error) else {
+            return;
+        };
+        let Some(source) = event.reply_target() else {
+            return;
+        };
+        match self.deliver(event, Some(source), Reply::text(text)).await {
+            Ok(sent) if !sent.is_empty() => {
+                self.stats.failures_answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => self.report(event, e.stage, &e.error),
+        }
+    }
+
+    async fn handle_inner(
+        &self,
+        event: &Arc<Event>,
+        from_queue: bool,
+    ) -> Result<Vec<Outbound>, HandleFailure> {
+        let fail = |stage: Stage| move |error: Error| HandleFailure { stage, error };
         let mut early_reply = None;
         for m in &self.middleware {
-            match m.before(&event).await {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Stop(reply)) => {
+            match m.before(event).await.map_err(fail(Stage::Middleware))? {
+                Flow::Continue => {}
+                Flow::Stop(reply) => {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     early_reply = Some(reply);
                     break;
                 }
-                Err(e) => {
-                    self.report(&event, Stage::Middleware, &e);
-                    return Vec::new();
-                }
             }
         }
-        let key = session_key(&event);
+        let key = session_key(event);
         if let Some(reply) = early_reply {
             let source = event.reply_target();
             return self
-                .deliver(&event, source, Reply(reply.into_iter().collect()))
+                .deliver(event, source, Reply(reply.into_iter().collect()))
                 .await;
         }
 
         let store = self.services.store.clone();
         if let (Some(store), Event::Message(message)) = (&store, event.as_ref()) {
-            match store.save_inbound(message).await {
-                Ok(true) => {}
-                Ok(false) if from_queue => {}
-                Ok(false) => {
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    return Vec::new();
-                }
-                Err(e) => {
-                    self.report(&event, Stage::Persist, &e.into());
-                    return Vec::new();
-                }
+            let fresh = store
+                .save_inbound(message)
+                .await
+                .map_err(|e| fail(Stage::Persist)(e.into()))?;
+            if !fresh && !from_queue {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return Ok(Vec::new());
             }
         }
 
         let loaded = match (&store, &key) {
-            (Some(store), Some(key)) => match store.load_session(key).await {
-                Ok(s) => s.unwrap_or_else(|| Session::new(key.clone())),
-                Err(e) => {
-                    self.report(&event, Stage::Session, &e.into());
-                    return Vec::new();
-                }
-            },
+            (Some(store), Some(key)) => store
+                .load_session(key)
+                .await
+                .map_err(|e| fail(Stage::Session)(e.into()))?
+                .unwrap_or_else(|| Session::new(key.clone())),
             (_, Some(key)) => Session::new(key.clone()),
             (_, None) => Session::new(SessionKey {
                 channel: event.channel().clone(),
@@ -221,27 +363,31 @@ impl Pipeline {
             session: session.clone(),
             services: self.services.clone(),
         };
-        let reply = match self.router.route(&turn).await {
-            Ok(reply) => reply,
-            Err(e) => {
-                self.report(&event, Stage::Route, &e);
-                Reply::none()
-            }
-        };
-        let delivered = self.deliver(&event, turn.source(), reply).await;
+        let reply = self.router.route(&turn).await.map_err(fail(Stage::Route))?;
+        let delivered = self.deliver(event, turn.source(), reply).await?;
 
         if let (Some(store), Some(_)) = (&store, &key) {
             let after = session.snapshot();
-            if (after.vars != loaded.vars || after.dialog != loaded.dialog)
-                && let Err(e) = store.save_session(&after).await
-            {
-                self.report(&event, Stage::SaveSession, &e.into());
+            if after.vars != loaded.vars || after.dialog != loaded.dialog {
+                store
+                    .save_session(&after)
+                    .await
+                    .map_err(|e| fail(Stage::SaveSession)(e.into()))?;
             }
         }
-        delivered
+        Ok(delivered)
     }
 
-    async fn deliver(&self, event: &Event, source: Option<Target>, reply: Reply) -> Vec<Outbound> {
+    /// Send each reply, or hand it to the durable queue when sending fails. A reply that can
+    /// be neither sent nor queued fails the event (the queue tries the whole event again);
+    /// a reply with no target, or a failure to record a sent reply in the history, is
+    /// reported and the rest go on.
+    async fn deliver(
+        &self,
+        event: &Event,
+        source: Option<Target>,
+        reply: Reply,
+    ) -> Result<Vec<Outbound>, HandleFailure> {
         let mut delivered = Vec::with_capacity(reply.0.len());
         for mut out in reply.0 {
             if out.target.is_none() {
@@ -285,12 +431,17 @@ impl Pipeline {
                     };
                     match queued {
                         Ok(()) => delivered.push(out),
-                        Err(e) => self.report(event, Stage::Deliver, &e),
+                        Err(error) => {
+                            return Err(HandleFailure {
+                                stage: Stage::Deliver,
+                                error,
+                            });
+                        }
                     }
                 }
             }
         }
-        delivered
+        Ok(delivered)
     }
 
     /// Handle events from `inbox` until it closes and every accepted event is handled. Events

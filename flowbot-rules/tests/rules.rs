@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowbot_core::{
-    Bot, CancellationToken, Classifier, Event, InProcess, InProcessHandle, Label, Message, Role,
-    Sender, Stage, Store, async_trait,
+    Bot, CancellationToken, Classifier, Event, FailureReply, InProcess, InProcessHandle, Label,
+    Message, Role, Sender, Stage, Store, async_trait,
 };
 use flowbot_rules::{
     CustomCondition, Error, Facts, Plugins, RuleSet, RulesRouter, ScriptLimits, Scripting, Source,
@@ -112,6 +112,12 @@ async fn start_in(dir: TempDir, rules: &str, plugins: &Plugins) -> Running {
 }
 
 impl Running {
+    /// Say `text`, whose handling fails: the sender hears the bot's failure reply.
+    async fn fails(&mut self, text: &str) {
+        let apology = FailureReply::default().text.expect("an apology by default");
+        assert_eq!(self.ask("ada", text).await, apology, "after {text}");
+    }
+
     async fn ask(&mut self, user: &str, text: &str) -> String {
         self.handle.say(user, "room", text).await.expect("say");
         self.reply().await
@@ -311,7 +317,7 @@ async fn rules_route_commands_keywords_regexes_filters_and_scripts() {
     assert_eq!(bot.ask("ada", "/forget").await, "forgotten");
     assert_eq!(bot.ask("ada", "/unremember colour").await, "deleted");
     assert_eq!(bot.ask("ada", "/unremember colour").await, "absent");
-    bot.handle.say("ada", "room", "/sneaky").await.expect("say");
+    bot.fails("/sneaky").await;
     assert_eq!(bot.ask("ada", "/echo after").await, "after");
     let e = bot.errors.lock().expect("errors").pop().expect("reported");
     assert!(e.contains("namespace 'flowbot.rules' is reserved"), "{e}");
@@ -566,7 +572,7 @@ then = [{ reply = "pong" }]
         ("/typo", "Function not found: *"),
         ("cond", "condition script returned"),
     ] {
-        bot.handle.say("ada", "room", cmd).await.expect("say");
+        bot.fails(cmd).await;
         // Each failure is reported, and the next message is answered as usual.
         assert_eq!(bot.ask("ada", "/ping").await, "pong", "after {cmd}");
         let errors = bot.errors.lock().expect("errors").clone();
@@ -585,7 +591,7 @@ then = [{ reply = "pong" }]
         ..ScriptLimits::default()
     };
     let mut bot = start(&rules, &plugins().scripting(Scripting::new(limits))).await;
-    bot.handle.say("ada", "room", "/spin").await.expect("say");
+    bot.fails("/spin").await;
     assert_eq!(bot.ask("ada", "/ping").await, "pong");
     let errors = bot.errors.lock().expect("errors").clone();
     assert!(
