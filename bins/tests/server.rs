@@ -207,6 +207,64 @@ async fn webhooks_accept_durably_verify_signatures_and_call_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_message_is_answered_never_met_with_silence() {
+    // The refusal's own words: send_later refuses a zero delay.
+    let s = start().await;
+    let mut ws = harness::chat(&s, "ada", "refused").await;
+    let answer = harness::say(&mut ws, "/remind 0s now").await;
+    assert_eq!(answer["text"], "the delay must be more than zero", "{answer}");
+    assert_eq!(
+        harness::say(&mut ws, "/echo still here").await["text"],
+        "still here"
+    );
+    let metrics = common::metrics(&s.base).await;
+    assert!(
+        metrics.contains("flowbot_pipeline_failures_total{stage=\"route\"} 1")
+            && metrics.contains("flowbot_pipeline_failures_answered_total 1"),
+        "{metrics}"
+    );
+    s.stop().await;
+
+    // The bot's own words for it, or its general apology when refusals are not shown.
+    let s = start_with(|c| {
+        c.bot.failure_reply = "That did not work, sorry.".into();
+        c.bot.failure_reply_refusals = false;
+    })
+    .await;
+    let mut ws = harness::chat(&s, "ada", "apology").await;
+    assert_eq!(
+        harness::say(&mut ws, "/remind 0s now").await["text"],
+        "That did not work, sorry."
+    );
+    s.stop().await;
+
+    // Silence only when asked for; the failure is still counted.
+    let s = start_with(|c| {
+        c.bot.failure_reply = String::new();
+        c.bot.failure_reply_refusals = false;
+    })
+    .await;
+    let mut ws = harness::chat(&s, "ada", "silent").await;
+    ws.send(Ws::text(
+        json!({"type": "message", "text": "/remind 0s now"}).to_string(),
+    ))
+    .await
+    .expect("send");
+    assert_eq!(
+        harness::say(&mut ws, "/echo next").await["text"],
+        "next",
+        "no answer to the failed message"
+    );
+    let metrics = common::metrics(&s.base).await;
+    assert!(
+        metrics.contains("flowbot_pipeline_failures_total{stage=\"route\"} 1")
+            && metrics.contains("flowbot_pipeline_failures_answered_total 0"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_chat_round_trip_history_errors_and_reminders() {
     let s = start().await;
     let url = format!("{}/ws/chat?user=ada&conversation=room1", s.ws);

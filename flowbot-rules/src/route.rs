@@ -332,13 +332,44 @@ impl std::fmt::Debug for RulesRouter {
     }
 }
 
-/// A rule failed while running its actions.
+/// A rule (or a finished dialog, `rule` naming it) failed while running its actions.
 #[derive(Debug, thiserror::Error)]
-#[error("rule '{rule}' ({origin}): {message}")]
+#[error("{what}: {}", failure.message)]
 struct RuleFailed {
-    rule: String,
-    origin: String,
+    /// `rule 'name' (file:line)` or `dialog 'name'`.
+    what: String,
+    #[source]
+    failure: ActFailure,
+}
+
+/// Why an action of a rule failed: the words, and the action's own error when an action
+/// failed, kept as the source so the pipeline still sees what it was (a refusal to show the
+/// sender, a database away for a moment).
+#[derive(Debug)]
+struct ActFailure {
     message: String,
+    source: Option<CoreError>,
+}
+
+impl std::fmt::Display for ActFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ActFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
+}
+
+impl From<String> for ActFailure {
+    fn from(message: String) -> Self {
+        ActFailure {
+            message,
+            source: None,
+        }
+    }
 }
 
 impl RulesRouter {
@@ -549,7 +580,15 @@ impl Router for RulesRouter {
                     };
                     run_actions(&set, &d.then, ctx, turn, &mut reply)
                         .await
-                        .map_err(|e| CoreError::Handler(format!("dialog '{name}': {e}").into()))?;
+                        .map_err(|failure| {
+                            CoreError::Handler(
+                                RuleFailed {
+                                    what: format!("dialog '{name}'"),
+                                    failure,
+                                }
+                                .into(),
+                            )
+                        })?;
                 }
                 return Ok(Reply(reply));
             }
@@ -585,12 +624,11 @@ impl Router for RulesRouter {
             };
             run_actions(&set, &rule.actions, ctx, turn, &mut reply)
                 .await
-                .map_err(|message| {
+                .map_err(|failure| {
                     CoreError::Handler(
                         RuleFailed {
-                            rule: rule.name.clone(),
-                            origin: rule.origin.to_string(),
-                            message,
+                            what: format!("rule '{}' ({})", rule.name, rule.origin),
+                            failure,
                         }
                         .into(),
                     )
@@ -613,7 +651,7 @@ async fn run_actions(
     cx: Ctx,
     turn: &Turn,
     reply: &mut Vec<Outbound>,
-) -> Result<(), String> {
+) -> Result<(), ActFailure> {
     let message = message_json(&turn.event, event_text(&turn.event));
     let args = Value::Object(cx.bindings.args);
     let captures = Value::Object(cx.bindings.captures);
@@ -640,7 +678,10 @@ async fn run_actions(
                 let out = turn
                     .call_action(action, input)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| ActFailure {
+                        message: e.to_string(),
+                        source: Some(e),
+                    })?;
                 if let Some(var) = save_as {
                     turn.session.set_var(var.clone(), out);
                 }

@@ -368,10 +368,9 @@ async fn rules_route_commands_keywords_regexes_filters_and_scripts() {
         asked.elapsed() >= Duration::from_millis(900),
         "sent after its delay"
     );
-    bot.handle
-        .say("ada", "room", "/later soon stretch")
-        .await
-        .expect("say");
+    // The action's refusal reaches the sender in its own words.
+    let refused = bot.ask("ada", "/later soon stretch").await;
+    assert!(refused.starts_with("'soon' is not a duration"), "{refused}");
     assert_eq!(bot.ask("ada", "/echo next").await, "next");
     let e = bot.errors.lock().expect("errors").pop().expect("reported");
     assert!(
