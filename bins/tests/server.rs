@@ -212,7 +212,10 @@ async fn a_failed_message_is_answered_never_met_with_silence() {
     let s = start().await;
     let mut ws = harness::chat(&s, "ada", "refused").await;
     let answer = harness::say(&mut ws, "/remind 0s now").await;
-    assert_eq!(answer["text"], "the delay must be more than zero", "{answer}");
+    assert_eq!(
+        answer["text"], "the delay must be more than zero",
+        "{answer}"
+    );
     assert_eq!(
         harness::say(&mut ws, "/echo still here").await["text"],
         "still here"
