@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use crate::channel::Senders;
-use crate::error::{BoxError, Error, Result};
+use crate::error::{BoxError, Error, Refusal, Result};
 use crate::message::{ChannelName, ConversationId, Format, Outbound, Target};
 use crate::store::Store;
 
@@ -359,8 +359,46 @@ impl Action for SendMessage {
     }
 }
 
-/// Longest delay `send_later` accepts.
+/// Longest delay `send_later` accepts: 366 days.
 const MAX_SEND_LATER: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
+/// The `delay` of a `send_later` input: a number of seconds or a duration such as "1h 30m",
+/// more than zero and at most [`MAX_SEND_LATER`]. The error is in words for the person who
+/// asked, and names the limit.
+fn send_later_delay(v: &Value) -> std::result::Result<std::time::Duration, String> {
+    let limit = format!(
+        "the delay must be at most {} days",
+        MAX_SEND_LATER.as_secs() / (24 * 3600)
+    );
+    let zero = || "the delay must be more than zero".to_owned();
+    let delay = match v {
+        Value::String(s) => humantime::parse_duration(s).map_err(|e| match e {
+            humantime::DurationError::NumberOverflow => format!("{limit}; '{s}' is out of range"),
+            e => format!("'{s}' is not a duration ({e}); try 10s, 5m or 1h 30m"),
+        })?,
+        v => match v.as_f64() {
+            // Compared as numbers first: a float past what a Duration holds never converts.
+            Some(secs) if secs > MAX_SEND_LATER.as_secs_f64() => {
+                return Err(format!("{limit}, got {v} seconds"));
+            }
+            Some(secs) if secs > 0.0 => {
+                std::time::Duration::try_from_secs_f64(secs).map_err(|_| zero())?
+            }
+            Some(_) => return Err(zero()),
+            None => return Err(format!("delay {v} is neither seconds nor a duration")),
+        },
+    };
+    if delay.is_zero() {
+        return Err(zero());
+    }
+    if delay > MAX_SEND_LATER {
+        return Err(format!(
+            "{limit}, got {}",
+            humantime::format_duration(delay)
+        ));
+    }
+    Ok(delay)
+}
 
 /// Built-in `send_later`: a message delivered after a delay, through the durable task queue
 /// (so it survives restarts and is delivered by whichever agent is running then).
@@ -403,19 +441,8 @@ impl Action for SendLater {
             .store
             .as_ref()
             .ok_or("this bot has no store, so nothing can be sent later")?;
-        let delay = match &input["delay"] {
-            Value::String(s) => humantime::parse_duration(s)
-                .map_err(|e| format!("'{s}' is not a duration ({e}); try 10s, 5m or 1h 30m"))?,
-            v => std::time::Duration::try_from_secs_f64(v.as_f64().unwrap_or(0.0))
-                .map_err(|e| format!("delay {v}: {e}"))?,
-        };
-        if delay.is_zero() || delay > MAX_SEND_LATER {
-            return Err(format!(
-                "the delay must be more than zero and at most {}",
-                humantime::format_duration(MAX_SEND_LATER)
-            )
-            .into());
-        }
+        // Refusals: the delay comes from the person asking, who hears these words.
+        let delay = send_later_delay(&input["delay"]).map_err(Refusal)?;
         let target = match (input["channel"].as_str(), input["conversation"].as_str()) {
             (Some(channel), Some(conversation)) => Target {
                 channel: ChannelName::from(channel),
@@ -561,6 +588,72 @@ impl Action for KvDelete {
 mod tests {
     use super::*;
     use crate::in_process::InProcess;
+
+    mod send_later_delays {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[test]
+        fn refusals_name_the_limit() {
+            for (input, want) in [
+                (json!("0s"), "the delay must be more than zero"),
+                (json!(0), "the delay must be more than zero"),
+                (json!(-5), "the delay must be more than zero"),
+                (
+                    json!("367d"),
+                    "the delay must be at most 366 days, got 1year",
+                ),
+                (json!("300000y"), "the delay must be at most 366 days"),
+                (
+                    json!("99999999999999999999999y"),
+                    "the delay must be at most 366 days",
+                ),
+                (
+                    json!(1e300),
+                    "the delay must be at most 366 days, got 1e+300 seconds",
+                ),
+                (json!(u64::MAX), "the delay must be at most 366 days"),
+                (json!("soon"), "'soon' is not a duration"),
+                (json!(true), "neither seconds nor a duration"),
+            ] {
+                let e = send_later_delay(&input).expect_err("refused");
+                assert!(e.contains(want), "{input}: {e}");
+            }
+            assert_eq!(
+                send_later_delay(&json!("1h 30m")),
+                Ok(std::time::Duration::from_secs(5400))
+            );
+            assert_eq!(
+                send_later_delay(&json!(1.5)),
+                Ok(std::time::Duration::from_millis(1500))
+            );
+            assert_eq!(send_later_delay(&json!("366d")), Ok(MAX_SEND_LATER));
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Any delay a person can type or a rule can pass: a delay within the limit, or
+            /// words that say what is wrong.
+            #[test]
+            fn any_delay_is_within_the_limit_or_refused(
+                input in prop_oneof![
+                    any::<f64>().prop_map(|f| json!(f)),
+                    any::<i64>().prop_map(|n| json!(n)),
+                    any::<u64>().prop_map(|n| json!(n)),
+                    (any::<u64>(), prop::sample::select(vec!["s", "m", "h", "d", "w", "M", "y", "ms", "ns", ""]))
+                        .prop_map(|(n, u)| json!(format!("{n}{u}"))),
+                    "[0-9]{1,40}[a-z]{0,3}".prop_map(|s| json!(s)),
+                    "[ -~]{0,20}".prop_map(|s| json!(s)),
+                ],
+            ) {
+                match send_later_delay(&input) {
+                    Ok(d) => prop_assert!(!d.is_zero() && d <= MAX_SEND_LATER, "{input}: {d:?}"),
+                    Err(e) => prop_assert!(!e.is_empty()),
+                }
+            }
+        }
+    }
 
     fn cx() -> (ActionContext, crate::in_process::InProcessHandle) {
         let (channel, handle) = InProcess::channel("local", 8);

@@ -284,7 +284,7 @@ edges: [ { from: a, to: nothing }, { from: a, to: slow }, { from: a, to: retryin
         "node `nothing`, field `action`: the node does nothing",
     );
     assert_problem(yaml, "node `slow`, field `delay`: 'soon' is not a duration");
-    assert_problem(yaml, "node `retrying`, field `retry`");
+    assert_problem(yaml, "node `retrying`, field `retry.max_attempts`");
     assert_problem(
         yaml,
         "node `script`, field `script`: scripts are not available",

@@ -13,9 +13,10 @@ pub use schedule::{
 };
 pub use types::{
     AttemptError, Backoff, ClaimRequest, ClaimedTask, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_QUEUE,
-    DeadLetter, Enqueued, FailOutcome, Failure, NewTask, RetryPolicy, TaskFilter, TaskId,
-    TaskRecord, TaskState,
+    DeadLetter, Enqueued, FailOutcome, Failure, MAX_DELAY, NewTask, RetryPolicy, TaskFilter,
+    TaskId, TaskRecord, TaskState,
 };
+pub(crate) use types::{after, days};
 pub use worker::{
     KindOptions, QueueConfig, TaskClient, TaskContext, TaskHandler, TaskRegistry, WorkerConfig,
     WorkerPool, WorkerStats, handler_fn, in_task_handler, typed_handler,

@@ -257,7 +257,10 @@ pub fn plan_fires(
             state.def.misfire == MisfirePolicy::CatchUp && fires.len() < MAX_CATCH_UP_FIRES;
         if t < cutoff && !catching_up {
             // Jump straight past the missed stretch instead of walking it fire by fire.
-            t = spec.next_after(cutoff - chrono::Duration::milliseconds(1))?;
+            let before_cutoff = cutoff
+                .checked_sub_signed(chrono::Duration::milliseconds(1))
+                .unwrap_or(cutoff);
+            t = spec.next_after(before_cutoff)?;
         }
     }
     Ok(FirePlan { fires, next: t })

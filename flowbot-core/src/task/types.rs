@@ -14,6 +14,28 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
 /// The queue used when none is named.
 pub const DEFAULT_QUEUE: &str = "default";
 
+/// The furthest ahead anything is scheduled: 3650 days (about 10 years).
+///
+/// Longer delays are refused where they enter (a workflow's `delay`, `until`, `wait.timeout`
+/// and `timeout`; a retry policy's `delay` and `max_delay`, see [`RetryPolicy::validate`]);
+/// where a delay comes from a computation rather than from input ([`RetryPolicy::delay`],
+/// [`NewTask::delay`], [`TaskError::retry_after`](crate::TaskError::retry_after)) it is cut
+/// down to this, so no date arithmetic on it can overflow.
+pub const MAX_DELAY: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// `now + delay`, with `delay` cut down to [`MAX_DELAY`] and the sum to the latest time
+/// chrono can hold: never panics.
+pub(crate) fn after(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    let delay = chrono::Duration::from_std(delay.min(MAX_DELAY)).unwrap_or(chrono::Duration::MAX);
+    now.checked_add_signed(delay)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `d` as "N days", for messages about limits.
+pub(crate) fn days(d: Duration) -> String {
+    format!("{} days", d.as_secs() / (24 * 3600))
+}
+
 /// Store-assigned task id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -246,8 +268,28 @@ impl RetryPolicy {
             }
             _ => {}
         }
+        let delay_ms = match self.backoff {
+            Backoff::Fixed { delay_ms }
+            | Backoff::Linear { delay_ms }
+            | Backoff::Exponential { delay_ms, .. } => delay_ms,
+        };
+        let most = millis(MAX_DELAY);
+        if delay_ms > most {
+            return bad(format!(
+                "backoff delay must be at most {} (about 10 years), got {}",
+                days(MAX_DELAY),
+                humantime::format_duration(Duration::from_millis(delay_ms))
+            ));
+        }
         if self.max_delay_ms == 0 {
             return bad("max_delay must be greater than zero".into());
+        }
+        if self.max_delay_ms > most {
+            return bad(format!(
+                "max_delay must be at most {} (about 10 years), got {}",
+                days(MAX_DELAY),
+                humantime::format_duration(Duration::from_millis(self.max_delay_ms))
+            ));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return bad(format!(
@@ -258,7 +300,9 @@ impl RetryPolicy {
         Ok(())
     }
 
-    /// The delay before the attempt after `failed_attempt` (1-based), before jitter.
+    /// The delay before the attempt after `failed_attempt` (1-based), before jitter: at most
+    /// `max_delay`, and never more than [`MAX_DELAY`], whatever the fields hold (they are
+    /// public, so a policy built without [`RetryPolicy::validate`] is cut down, not trusted).
     pub fn base_delay(&self, failed_attempt: u32) -> Duration {
         let n = failed_attempt.max(1);
         let ms = match self.backoff {
@@ -268,16 +312,25 @@ impl RetryPolicy {
                 delay_ms as f64 * factor.powi(i32::try_from(n - 1).unwrap_or(i32::MAX))
             }
         };
-        Duration::from_millis(ms.min(self.max_delay_ms as f64) as u64)
+        let cap = self.max_delay_ms.min(millis(MAX_DELAY));
+        // `f64::min` ignores a NaN (a NaN factor), and `as` saturates: no overflow either way.
+        Duration::from_millis(ms.min(cap as f64) as u64)
     }
 
-    /// The delay before the attempt after `failed_attempt`, with jitter applied.
+    /// The delay before the attempt after `failed_attempt`, with jitter applied (a jitter
+    /// outside 0..=1, or not a number, counts as the nearest valid one, or none).
     pub fn delay(&self, failed_attempt: u32) -> Duration {
         let base = self.base_delay(failed_attempt);
-        if self.jitter == 0.0 {
+        let jitter = if self.jitter.is_nan() {
+            0.0
+        } else {
+            self.jitter.clamp(0.0, 1.0)
+        };
+        if jitter == 0.0 {
             return base;
         }
-        base.mul_f64(1.0 - self.jitter * fastrand::f64())
+        // A factor in 0..=1 of a delay of at most MAX_DELAY: `mul_f64` cannot panic.
+        base.mul_f64((1.0 - jitter * fastrand::f64()).clamp(0.0, 1.0))
     }
 }
 
@@ -338,14 +391,10 @@ impl NewTask {
         self
     }
 
-    /// Start no earlier than `delay` from now.
+    /// Start no earlier than `delay` from now (a delay over [`MAX_DELAY`] counts as
+    /// [`MAX_DELAY`]).
     pub fn delay(mut self, delay: Duration) -> Self {
-        let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-        self.run_at = Some(
-            Utc::now()
-                .checked_add_signed(delay)
-                .unwrap_or(DateTime::<Utc>::MAX_UTC),
-        );
+        self.run_at = Some(after(Utc::now(), delay));
         self
     }
 

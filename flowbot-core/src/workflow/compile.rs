@@ -15,7 +15,7 @@ mod nodes;
 mod triggers;
 
 use crate::action::ActionRegistry;
-use crate::task::{CronSpec, RetryPolicy};
+use crate::task::{CronSpec, MAX_DELAY, RetryPolicy, days};
 use nodes::check_nodes;
 use triggers::check_triggers;
 
@@ -246,26 +246,75 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// A duration of a definition: humantime text of at most [`MAX_DELAY`] (about 10 years), so
+/// that adding it to the present always gives a time.
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 30s, 5m or 1h"))
+    let d = humantime::parse_duration(s).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => format!(
+            "'{s}' is out of range ({e}): at most {} (about 10 years)",
+            days(MAX_DELAY)
+        ),
+        e => format!("'{s}' is not a duration ({e}); write e.g. 30s, 5m or 1h"),
+    })?;
+    if d > MAX_DELAY {
+        return Err(format!(
+            "'{s}' is too long: at most {} (about 10 years)",
+            days(MAX_DELAY)
+        ));
+    }
+    Ok(d)
 }
 
-pub(crate) fn retry_policy(r: &RetrySpec) -> Result<RetryPolicy, String> {
-    let delay = duration(r.delay.as_deref().unwrap_or("1s"))?;
-    let policy = RetryPolicy::new(r.max_attempts).map_err(|e| e.to_string())?;
+/// A literal `until` (no template in it) must be an RFC 3339 time at most [`MAX_DELAY`] from
+/// now; one with a template is checked when it is rendered.
+fn literal_until(s: &str) -> Result<(), String> {
+    if template::has_syntax(s) {
+        return Ok(());
+    }
+    let at = chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map_err(|e| format!("'{s}' is not an RFC 3339 time ({e})"))?;
+    let latest = crate::task::after(chrono::Utc::now(), MAX_DELAY);
+    if at > latest {
+        return Err(format!(
+            "'{s}' is too far ahead: at most {} (about 10 years) from now",
+            days(MAX_DELAY)
+        ));
+    }
+    Ok(())
+}
+
+/// The retry policy of `r`; an error names the field of `retry` that is wrong.
+pub(crate) fn retry_policy(r: &RetrySpec) -> Result<RetryPolicy, (&'static str, String)> {
+    let delay = duration(r.delay.as_deref().unwrap_or("1s")).map_err(|e| ("retry.delay", e))?;
+    let policy =
+        RetryPolicy::new(r.max_attempts).map_err(|e| ("retry.max_attempts", e.to_string()))?;
+    if delay < Duration::from_millis(1) {
+        return Err((
+            "retry.delay",
+            format!(
+                "must be at least 1ms, got {}",
+                humantime::format_duration(delay)
+            ),
+        ));
+    }
+    // With the delay in range, the backoff can only be refused for its factor.
+    let field = "retry.factor";
     let policy = match r.backoff.unwrap_or(BackoffKind::Exponential) {
         BackoffKind::Fixed => policy.fixed(delay),
         BackoffKind::Linear => policy.linear(delay),
         BackoffKind::Exponential => policy.exponential(delay, r.factor.unwrap_or(2.0)),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| (field, e.to_string()))?;
     let policy = match &r.max_delay {
-        Some(m) => policy.max_delay(duration(m)?).map_err(|e| e.to_string())?,
+        Some(m) => policy
+            .max_delay(duration(m).map_err(|e| ("retry.max_delay", e))?)
+            .map_err(|e| ("retry.max_delay", e.to_string()))?,
         None => policy,
     };
     match r.jitter {
-        Some(j) => policy.jitter(j).map_err(|e| e.to_string()),
+        Some(j) => policy
+            .jitter(j)
+            .map_err(|e| ("retry.jitter", e.to_string())),
         None => Ok(policy),
     }
 }
@@ -301,8 +350,8 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
     }
     let wf_retry = match spec.retry.as_ref().map(retry_policy) {
         Some(Ok(r)) => r,
-        Some(Err(e)) => {
-            p.top("retry", e);
+        Some(Err((field, e))) => {
+            p.top(field, e);
             default_retry()
         }
         None => default_retry(),
@@ -441,6 +490,9 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
                 }
             }
         } else if let Some(u) = &n.until {
+            if let Err(e) = literal_until(u) {
+                p.node(&n.id, "until", e);
+            }
             Kind::Until(u.clone())
         } else if let Some(w) = &n.workflow {
             if !valid_name(w) {
@@ -490,8 +542,8 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
         };
         let retry = match n.retry.as_ref().map(retry_policy) {
             Some(Ok(r)) => r,
-            Some(Err(e)) => {
-                p.node(&n.id, "retry", e);
+            Some(Err((field, e))) => {
+                p.node(&n.id, field, e);
                 wf_retry
             }
             None => wf_retry,

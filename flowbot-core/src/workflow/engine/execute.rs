@@ -71,11 +71,8 @@ impl Workflows {
                     // A chained task fails the way the pool would fail it: back to the queue,
                     // due after its backoff.
                     let policy = wf.index.get(&current.node).map(|&i| wf.nodes[i].retry);
-                    let retry_at = policy.map(|p| {
-                        Utc::now()
-                            + chrono::Duration::from_std(p.delay(current.attempt))
-                                .unwrap_or_default()
-                    });
+                    let retry_at =
+                        policy.map(|p| crate::task::after(Utc::now(), p.delay(current.attempt)));
                     let failure = crate::task::Failure {
                         id: current.task,
                         attempt: current.attempt,
@@ -318,8 +315,9 @@ impl Workflows {
                 output: json!({ "waited_ms": d.as_millis() as u64 }),
             }),
             Kind::Until(u) => {
-                let at = until(u, &cx).map_err(|e| (None, e))?;
-                if at > Utc::now() + chrono::Duration::milliseconds(50) {
+                let now = Utc::now();
+                let at = until(u, &cx, now).map_err(|e| (None, e))?;
+                if at > crate::task::after(now, std::time::Duration::from_millis(50)) {
                     // Delivered early (a retried task): come back at the time.
                     return Err((None, format!("not yet: waits until {}", at.to_rfc3339())));
                 }

@@ -2,14 +2,28 @@
 
 use super::*;
 
-pub(super) fn until(template_src: &str, cx: &minijinja::Value) -> Result<DateTime<Utc>, String> {
-    let v = template::render(&Value::String(template_src.to_owned()), cx)?;
+/// The time an `until` node waits for: its template rendered, an RFC 3339 time at most
+/// [`MAX_DELAY`](crate::task::MAX_DELAY) after `now`.
+pub(super) fn until(
+    template_src: &str,
+    cx: &minijinja::Value,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, String> {
+    let v = template::render(&Value::String(template_src.to_owned()), cx)
+        .map_err(|e| format!("until: {e}"))?;
     let s = v
         .as_str()
         .ok_or_else(|| format!("until: gave {v}, not a time"))?;
-    DateTime::parse_from_rfc3339(s)
+    let at = DateTime::parse_from_rfc3339(s.trim())
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("until: '{s}' is not an RFC 3339 time ({e})"))
+        .map_err(|e| format!("until: '{s}' is not an RFC 3339 time ({e})"))?;
+    if at > crate::task::after(now, crate::task::MAX_DELAY) {
+        return Err(format!(
+            "until: '{s}' is too far ahead: at most {} (about 10 years) from now",
+            crate::task::days(crate::task::MAX_DELAY)
+        ));
+    }
+    Ok(at)
 }
 
 /// The task for node `i` of run `run`, due now (or when a delay node's wait ends).
@@ -26,7 +40,7 @@ pub(super) fn start_node(wf: &Workflow, run: &str, i: usize, now: DateTime<Utc>)
         concurrency_key: None,
     };
     if let Kind::Delay(d) = node.kind {
-        task.run_at = Some(now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+        task.run_at = Some(crate::task::after(now, d));
     }
     StartNode {
         node: node.id.clone(),
@@ -115,7 +129,7 @@ pub(super) fn plan(wf: &Workflow, run: &RunRecord, rows: &[NodeRecord], secrets:
                 Some(true) => {
                     let mut s = start_node(wf, &run.id, i, now);
                     if let Kind::Until(u) = &wf.nodes[i].kind
-                        && let Ok(at) = until(u, &cx)
+                        && let Ok(at) = until(u, &cx, now)
                     {
                         s.task.run_at = Some(at);
                     }
@@ -156,4 +170,66 @@ pub(super) fn plan(wf: &Workflow, run: &RunRecord, rows: &[NodeRecord], secrets:
         });
     }
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::{Format, WorkflowSpec};
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn workflow(yaml: &str) -> Option<Workflow> {
+        Workflow::load(WorkflowSpec::parse(yaml, Format::Yaml).ok()?).ok()
+    }
+
+    fn any_time() -> impl Strategy<Value = DateTime<Utc>> {
+        let min = DateTime::<Utc>::MIN_UTC.timestamp();
+        let max = DateTime::<Utc>::MAX_UTC.timestamp();
+        prop_oneof![
+            (min..=max).prop_map(|s| Utc.timestamp_opt(s, 0).single().unwrap_or_default()),
+            Just(DateTime::<Utc>::MIN_UTC),
+            Just(DateTime::<Utc>::MAX_UTC),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// A delay node that compiled starts at a time, whenever "now" is; one that did not
+        /// compile was refused on its field.
+        #[test]
+        fn delay_nodes_start_at_a_time(
+            n in prop_oneof![any::<u64>(), 0u64..10_000],
+            unit in prop::sample::select(vec!["ms", "s", "h", "d", "y"]),
+            now in any_time(),
+        ) {
+            let yaml = format!("name: far\nnodes:\n  - id: later\n    delay: {n}{unit}\n");
+            if let Some(wf) = workflow(&yaml) {
+                let s = start_node(&wf, "run", 0, now);
+                let at = s.task.run_at.expect("a delay node starts later");
+                prop_assert!(at >= now);
+            }
+        }
+
+        /// An `until` renders to a time within the limit or to an error naming the field.
+        #[test]
+        fn until_is_a_time_or_an_error(
+            year in -300_000i64..=300_000,
+            text in "[ -~]{0,40}",
+            pick in 0u8..3,
+            now in any_time(),
+        ) {
+            let src = match pick {
+                0 => format!("{year:+07}-01-01T00:00:00Z"),
+                1 => format!("{:04}-06-01T12:00:00Z", year.rem_euclid(10_000)),
+                _ => text,
+            };
+            let cx = minijinja::Value::from_serialize(json!({"inputs": {}}));
+            match until(&src, &cx, now) {
+                Ok(at) => prop_assert!(at <= crate::task::after(now, crate::task::MAX_DELAY)),
+                Err(e) => prop_assert!(e.starts_with("until"), "{e}"),
+            }
+        }
+    }
 }
