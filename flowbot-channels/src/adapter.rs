@@ -21,6 +21,33 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// The longest ttl of a platform lease (Telegram's poller, a Discord shard): 1 hour.
+#[cfg(any(feature = "telegram", feature = "discord"))]
+pub(crate) const MAX_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A platform lease's timing: renewed at least twice within its ttl, and a ttl of at most
+/// [`MAX_LEASE_TTL`] (the holder adds its renewal period to times; this keeps that in range).
+#[cfg(any(feature = "telegram", feature = "discord"))]
+pub(crate) fn check_lease(
+    what: &str,
+    lease: &flowbot_core::lease::LeaseTiming,
+) -> Result<(), String> {
+    if lease.ttl > MAX_LEASE_TTL {
+        return Err(format!("the {what} lease's ttl must be at most 1 hour"));
+    }
+    if lease.every.is_zero()
+        || lease
+            .every
+            .checked_mul(2)
+            .is_none_or(|twice| lease.ttl < twice)
+    {
+        return Err(format!(
+            "the {what} lease's ttl must be at least twice its renewal period"
+        ));
+    }
+    Ok(())
+}
+
 /// An http(s) URL setting.
 pub(crate) fn check_url(field: &str, url: &str) -> Result<(), String> {
     if url.starts_with("http://") || url.starts_with("https://") {
@@ -74,4 +101,29 @@ pub(crate) async fn enqueue_inbound(
     store.enqueue(&task).await.map_err(Unstored::Store)?;
     counters.accepted.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+#[cfg(all(test, any(feature = "telegram", feature = "discord")))]
+mod tests {
+    use super::*;
+    use flowbot_core::lease::LeaseTiming;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any lease timing (a Rust caller's, not only the configuration's) is accepted only
+        /// when the holder's arithmetic on it stays in range, and checking never overflows.
+        #[test]
+        fn lease_timings_are_checked_without_overflow(
+            ttl in prop_oneof![any::<u64>().prop_map(Duration::from_secs), (0u64..7_200_000).prop_map(Duration::from_millis), Just(Duration::MAX)],
+            every in prop_oneof![any::<u64>().prop_map(Duration::from_secs), (0u64..7_200_000).prop_map(Duration::from_millis), Just(Duration::MAX)],
+        ) {
+            match check_lease("test", &LeaseTiming { ttl, every }) {
+                Ok(()) => prop_assert!(ttl <= MAX_LEASE_TTL && !every.is_zero() && every * 2 <= ttl),
+                Err(e) => prop_assert!(e.starts_with("the test lease's ttl must be"), "{e}"),
+            }
+        }
+    }
 }

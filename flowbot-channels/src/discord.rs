@@ -575,7 +575,7 @@ impl DiscordSender {
                     (Some(r), Some(after)) if r < 1.0 && (0.0..=60.0).contains(&after) => {
                         exhausted.insert(
                             route.clone(),
-                            tokio::time::Instant::now() + Duration::from_secs_f64(after),
+                            tokio::time::Instant::now() + crate::retry_after::from_secs_f64(after),
                         );
                     }
                     _ => {
@@ -585,10 +585,12 @@ impl DiscordSender {
             }
             let answer: Value = res.json().await.unwrap_or(Value::Null);
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                let wait = answer["retry_after"].as_f64().unwrap_or(1.0);
-                if attempt < 2 && wait <= 10.0 {
-                    tracing::info!(channel = %self.0.channel, wait, "Discord rate limit; waiting");
-                    tokio::time::sleep(Duration::from_secs_f64(wait.max(0.0))).await;
+                // At most an hour (`crate::retry_after`); one second when Discord says none.
+                let wait = crate::retry_after::from_json(&answer["retry_after"])
+                    .unwrap_or(Duration::from_secs(1));
+                if attempt < 2 && wait <= Duration::from_secs(10) {
+                    tracing::info!(channel = %self.0.channel, ?wait, "Discord rate limit; waiting");
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             }

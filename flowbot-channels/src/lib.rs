@@ -43,6 +43,8 @@ pub mod web;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 
+pub mod retry_after;
+
 /// What a platform adapter counts.
 #[derive(Debug, Default)]
 pub struct AdapterCounters {

@@ -40,9 +40,15 @@ async fn send(service: &str, req: reqwest::RequestBuilder) -> Result<String, Box
         return Ok(body);
     }
     let said: String = body.chars().take(300).collect();
+    // The service's Retry-After, at most an hour (`crate::retry_after`).
+    let retry_after =
+        retry_after.and_then(|v| crate::retry_after::parse_header(&v, chrono::Utc::now()));
     Err(match (status.as_u16(), retry_after) {
         (429, Some(after)) => {
-            format!("{service} rate limit (HTTP 429): retry after {after} s: {said}")
+            format!(
+                "{service} rate limit (HTTP 429): retry after {} s: {said}",
+                after.as_secs()
+            )
         }
         (code, _) => format!("{service} refused the notification (HTTP {code}): {said}"),
     }

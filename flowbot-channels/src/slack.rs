@@ -191,6 +191,9 @@ impl crate::AdapterStats for Slack {
     }
 }
 
+/// How far a request's timestamp may be from now, in seconds (Slack's 5 minutes).
+const REPLAY_WINDOW_SECS: u64 = 300;
+
 /// The verified body of a Slack request, as text.
 fn verified(
     state: &SlackState,
@@ -208,6 +211,15 @@ fn verified(
             "missing X-Slack-Signature or X-Slack-Request-Timestamp header".into(),
         ));
     };
+    // The replay window first, in arithmetic that cannot overflow: the verifier subtracts
+    // the timestamp from the clock in plain i64 (an overflow on a timestamp near i64::MIN).
+    if let Ok(at) = ts.parse::<i64>()
+        && chrono::Utc::now().timestamp().abs_diff(at) > REPLAY_WINDOW_SECS
+    {
+        return Err(unauthorized(format!(
+            "signature refused: the timestamp {at} is outside the 5-minute replay window"
+        )));
+    }
     let text = String::from_utf8(body.to_vec())
         .map_err(|_| Problem::bad_request("the body is not UTF-8"))?;
     state

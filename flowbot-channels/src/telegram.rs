@@ -121,9 +121,7 @@ impl TelegramConfig {
             return Err("token is not a bot token (<bot id>:<secret> from @BotFather)".into());
         }
         check_url("api_base", &self.api_base)?;
-        if self.lease.every.is_zero() || self.lease.ttl < self.lease.every * 2 {
-            return Err("the polling lease's ttl must be at least twice its renewal period".into());
-        }
+        crate::adapter::check_lease("polling", &self.lease)?;
         if self.sends_per_second == 0 {
             return Err("sends_per_second must be at least 1".into());
         }

@@ -267,8 +267,9 @@ impl Scripting {
         &self,
         f: impl FnOnce() -> Result<Dynamic, Box<EvalAltResult>>,
     ) -> Result<Dynamic, String> {
-        let deadline = Instant::now() + self.limits.wall_time;
-        let previous = DEADLINE.with(|d| d.replace(Some(deadline)));
+        // A wall time too long to add to the clock is no limit at all, not a panic.
+        let deadline = Instant::now().checked_add(self.limits.wall_time);
+        let previous = DEADLINE.with(|d| d.replace(deadline));
         let out = f();
         DEADLINE.with(|d| *d.borrow_mut() = previous);
         out.map_err(|e| describe_runtime(&e))
@@ -344,5 +345,34 @@ fn describe_runtime(e: &EvalAltResult) -> String {
             format!("{msg} (script line {l}, column {c})")
         }
         _ => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wall time too long to add to the clock runs the script without a deadline.
+    #[test]
+    fn an_endless_wall_time_is_no_limit_not_a_panic() {
+        for wall_time in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX / 2),
+            Duration::ZERO,
+        ] {
+            let scripting = Scripting::new(ScriptLimits {
+                wall_time,
+                ..ScriptLimits::default()
+            });
+            let ast = scripting.compile("40 + 2", true).expect("compiles");
+            let mut scope = rhai::Scope::new();
+            for name in SCRIPT_VARIABLES {
+                scope.push_dynamic(name, Dynamic::UNIT);
+            }
+            let out = scripting.eval(&mut scope, &ast);
+            if !wall_time.is_zero() {
+                assert_eq!(out.expect("runs").as_int().expect("an int"), 42);
+            }
+        }
     }
 }

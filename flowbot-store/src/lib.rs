@@ -13,6 +13,13 @@
 //!   polling as the fallback).
 //!
 //! [`connect`] picks the backend from a URL.
+//!
+//! With neither feature the crate builds, and [`connect`] says that no backend is enabled;
+//! the code the backends share is then unused.
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(dead_code, unused_imports, unused_macros)
+)]
 
 use std::sync::Arc;
 
@@ -42,6 +49,9 @@ pub enum Error {
     /// The database could not be opened or reached.
     #[error("cannot open database: {0}")]
     Open(String),
+    /// An option is out of range (e.g. the SQLite `work_share` not from 0.01 to 1).
+    #[error("invalid store option: {0}")]
+    InvalidOption(String),
     /// A migration failed.
     #[error("migration {version} failed: {detail}")]
     Migration {

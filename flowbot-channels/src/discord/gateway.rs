@@ -121,9 +121,7 @@ impl GatewayConfig {
         if !(1..=1024).contains(&self.shards) {
             return Err("gateway shards must be 1 to 1024".into());
         }
-        if self.lease.every.is_zero() || self.lease.ttl < self.lease.every * 2 {
-            return Err("the gateway lease's ttl must be at least twice its renewal period".into());
-        }
+        crate::adapter::check_lease("gateway", &self.lease)?;
         Ok(())
     }
 }

@@ -121,12 +121,13 @@ impl Api {
                 .await
                 .map_err(|e| transport(e.without_url().to_string()))?;
             if res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                // At most an hour; one second when Slack sends none we understand.
                 let retry_after = res
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map_or(Duration::from_secs(1), Duration::from_secs);
+                    .and_then(|v| crate::retry_after::parse_header(v, chrono::Utc::now()))
+                    .unwrap_or(Duration::from_secs(1));
                 if waited < 2 && retry_after <= MAX_WAIT {
                     tracing::info!(method, ?retry_after, "Slack rate limit; waiting");
                     tokio::time::sleep(retry_after).await;

@@ -31,7 +31,8 @@ pub enum ApiError {
         code: u16,
         /// `description`.
         description: String,
-        /// `parameters.retry_after`, on 429.
+        /// `parameters.retry_after`, on 429, at most
+        /// [`MAX_RETRY_AFTER`](crate::retry_after::MAX_RETRY_AFTER).
         retry_after: Option<Duration>,
     },
     /// No answer, or one that is not the Bot API's.
@@ -64,8 +65,10 @@ struct Answer {
 
 #[derive(Deserialize)]
 struct Parameters {
+    /// Seconds; read as any JSON value, so a negative, fractional, huge or non-numeric one
+    /// does not make the whole answer unreadable (see `crate::retry_after`).
     #[serde(default)]
-    retry_after: Option<u64>,
+    retry_after: Option<Value>,
 }
 
 impl Api {
@@ -125,7 +128,7 @@ impl Api {
             retry_after: answer
                 .parameters
                 .and_then(|p| p.retry_after)
-                .map(Duration::from_secs),
+                .and_then(|v| crate::retry_after::from_json(&v)),
         })
     }
 }

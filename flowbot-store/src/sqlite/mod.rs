@@ -74,6 +74,9 @@ const MIGRATIONS: &[Migration] = &[
 /// [`SqliteOptions::work_share`] unless set.
 pub const DEFAULT_WORK_SHARE: f64 = 0.1;
 
+/// The smallest [`SqliteOptions::work_share`].
+const MIN_WORK_SHARE: f64 = 0.01;
+
 /// Options for [`SqliteStore::open_with`].
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -91,10 +94,22 @@ pub struct SqliteOptions {
     /// writer), the least share of the writer's time left to processing: claims, completions,
     /// stored messages and the tasks handlers enqueue (0.01 to 1; 1 gives intake no priority).
     /// Otherwise processing has the writer to itself. Default [`DEFAULT_WORK_SHARE`].
+    /// [`SqliteStore::open_with`] refuses a value outside 0.01 to 1, or not a number.
     pub work_share: f64,
 }
 
 impl SqliteOptions {
+    /// Check the options are in range: [`SqliteOptions::work_share`] from 0.01 to 1.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(MIN_WORK_SHARE..=1.0).contains(&self.work_share) {
+            return Err(Error::InvalidOption(format!(
+                "work_share must be a number from 0.01 to 1, got {}",
+                self.work_share
+            )));
+        }
+        Ok(())
+    }
+
     /// Defaults for the file at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         SqliteOptions {
@@ -170,8 +185,10 @@ impl SqliteStore {
         Self::open_with(SqliteOptions::from_url(url)?).await
     }
 
-    /// Open with explicit options and apply migrations.
+    /// Open with explicit options and apply migrations. Options out of range are refused
+    /// with [`Error::InvalidOption`].
     pub async fn open_with(options: SqliteOptions) -> Result<Self, Error> {
+        options.validate()?;
         let sync = if options.synchronous_full {
             SqliteSynchronous::Full
         } else {

@@ -59,10 +59,17 @@ const INTAKE_QUEUED: usize = 4;
 const WORK_BURST: f64 = 0.002;
 
 impl WorkShare {
+    /// A share of `share` (0.01 to 1; out of range, the nearest, and not a number, the
+    /// default: [`SqliteStore::open_with`] refuses both before this is reached).
     pub(super) fn new(share: f64) -> Self {
         let now = Instant::now();
+        let share = if share.is_nan() {
+            DEFAULT_WORK_SHARE
+        } else {
+            share.clamp(MIN_WORK_SHARE, 1.0)
+        };
         WorkShare {
-            share: share.clamp(0.01, 1.0),
+            share,
             credit: WORK_BURST,
             last: now,
             window_start: now,
@@ -88,10 +95,12 @@ impl WorkShare {
         if !self.flooding(now) || self.credit >= 0.0 {
             return None;
         }
-        let refilled = Duration::from_secs_f64(-self.credit / self.share);
         let ebb = self
             .flood_until
             .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+        // The share is at least 0.01 and the credit finite, but a conversion that cannot
+        // panic costs nothing: past what a Duration holds, wait for the flood to ebb.
+        let refilled = Duration::try_from_secs_f64(-self.credit / self.share).unwrap_or(ebb);
         Some(refilled.min(ebb).max(Duration::from_micros(50)))
     }
 
@@ -310,5 +319,89 @@ mod tests {
         stop.cancel();
         running.await.expect("pool stopped");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Any share, NaN and infinities included, and any sequence of intake and time spent:
+    /// `wait` never panics and never asks for more than the flood's remaining window.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Intake(usize, u64),
+            Spent(Duration, u64),
+            Wait(u64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let took = prop_oneof![
+                (0u64..10_000_000).prop_map(Duration::from_nanos),
+                any::<u64>().prop_map(Duration::from_secs),
+                Just(Duration::MAX),
+            ];
+            prop_oneof![
+                (0usize..100, 0u64..50_000).prop_map(|(n, at)| Op::Intake(n, at)),
+                (took, 0u64..50_000).prop_map(|(d, at)| Op::Spent(d, at)),
+                (0u64..50_000).prop_map(Op::Wait),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn wait_never_panics(
+                share in prop_oneof![
+                    any::<f64>(),
+                    Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY),
+                    Just(0.0), Just(-0.0), Just(f64::MIN_POSITIVE), Just(1e-300),
+                    0.0f64..=1.0,
+                ],
+                ops in prop::collection::vec(op(), 0..64),
+            ) {
+                // Each op happens the given number of microseconds after the one before.
+                let mut now = Instant::now();
+                let mut ws = WorkShare::new(share);
+                prop_assert!((MIN_WORK_SHARE..=1.0).contains(&ws.share));
+                for op in ops {
+                    match op {
+                        Op::Intake(n, later) => {
+                            now += Duration::from_micros(later);
+                            ws.intake(n, now);
+                        }
+                        Op::Spent(d, later) => {
+                            now += Duration::from_micros(later);
+                            ws.spent(d, now);
+                        }
+                        Op::Wait(later) => {
+                            now += Duration::from_micros(later);
+                            if let Some(d) = ws.wait(now) {
+                                prop_assert!(d <= INTAKE_WINDOW);
+                            }
+                        }
+                    }
+                }
+                let options = SqliteOptions { work_share: share, ..SqliteOptions::new("unused.db") };
+                match options.validate() {
+                    Ok(()) => prop_assert!((0.01..=1.0).contains(&share)),
+                    Err(e) => prop_assert!(e.to_string().contains("work_share must be a number from 0.01 to 1"), "{e}"),
+                }
+            }
+        }
+    }
+
+    /// A NaN share is refused when the store opens, before anything is created.
+    #[tokio::test]
+    async fn open_refuses_a_share_that_is_not_a_number() {
+        let dir = std::env::temp_dir().join(format!("flowbot-share-{}", uuid::Uuid::new_v4()));
+        let e = SqliteStore::open_with(SqliteOptions {
+            work_share: f64::NAN,
+            ..SqliteOptions::new(dir.join("flowbot.db"))
+        })
+        .await
+        .expect_err("NaN is refused");
+        assert!(matches!(e, Error::InvalidOption(_)), "{e}");
+        assert!(!dir.exists(), "nothing was created");
     }
 }

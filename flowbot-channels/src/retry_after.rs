@@ -1,0 +1,137 @@
+//! How long a platform asks us to wait before trying again (an HTTP `Retry-After` header,
+//! Telegram's `parameters.retry_after`, Discord's `retry_after`), read defensively: the value
+//! comes from outside, so a huge one is cut down to [`MAX_RETRY_AFTER`], a negative one
+//! counts as no wait, and one that is not a number or a date is not understood (`None`), so
+//! the caller's own backoff applies. Nothing here can panic.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+/// The longest wait a platform's `Retry-After` is taken for: 1 hour. Longer values are cut
+/// down to it.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Seconds from a platform (a JSON number or a header's number), cut into `0..=`
+/// [`MAX_RETRY_AFTER`]: not a number or negative is no wait, too large (infinity included)
+/// is the maximum.
+pub fn from_secs_f64(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        Duration::ZERO
+    } else if secs >= MAX_RETRY_AFTER.as_secs_f64() {
+        MAX_RETRY_AFTER
+    } else {
+        Duration::try_from_secs_f64(secs).unwrap_or(MAX_RETRY_AFTER)
+    }
+}
+
+/// An HTTP `Retry-After` value, relative to `now`: delay-seconds (an integer, or a decimal as
+/// some platforms send) or an HTTP date. `None` when it is neither.
+pub fn parse_header(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (!secs.is_nan()).then(|| from_secs_f64(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = at.with_timezone(&Utc).signed_duration_since(now);
+    // A date in the past is no wait; `to_std` fails only on a negative difference.
+    Some(
+        wait.to_std()
+            .map_or(Duration::ZERO, |d| d.min(MAX_RETRY_AFTER)),
+    )
+}
+
+/// A wait in a JSON body: a number of seconds, or a string holding one.
+pub fn from_json(value: &Value) -> Option<Duration> {
+    match value {
+        Value::Number(n) => n.as_f64().map(from_secs_f64),
+        Value::String(s) => parse_header(s, Utc::now()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    #[test]
+    fn values_platforms_send() {
+        let now = Utc
+            .with_ymd_and_hms(2015, 10, 21, 7, 0, 0)
+            .single()
+            .expect("a time");
+        assert_eq!(parse_header("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_header(" 1.5 ", now),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_header("-5", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_header("99999999999999999999999", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_header("inf", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_header("NaN", now), None);
+        assert_eq!(parse_header("soon", now), None);
+        assert_eq!(
+            parse_header("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(28 * 60))
+        );
+        assert_eq!(
+            parse_header("Wed, 21 Oct 2015 06:28:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_header("Fri, 31 Dec 9999 23:59:59 GMT", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            from_json(&serde_json::json!(3)),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(from_json(&serde_json::json!(1e300)), Some(MAX_RETRY_AFTER));
+        assert_eq!(from_json(&serde_json::json!(-1)), Some(Duration::ZERO));
+        assert_eq!(
+            from_json(&serde_json::json!("7")),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(from_json(&serde_json::json!(null)), None);
+        assert_eq!(from_json(&serde_json::json!([1])), None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever a platform sends, the wait is within `0..=MAX_RETRY_AFTER` or not
+        /// understood.
+        #[test]
+        fn any_value_is_a_bounded_wait(
+            header in prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<u64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|f| f.to_string()),
+                "[0-9]{15,40}",
+                "-?[0-9]{1,30}(\\.[0-9]{1,30})?(e-?[0-9]{1,4})?",
+                "[A-Z][a-z]{2}, [0-9]{1,2} [A-Z][a-z]{2} [0-9]{1,6} [0-9]{2}:[0-9]{2}:[0-9]{2} (GMT|[+-][0-9]{4})",
+                "[ -~]{0,40}",
+            ],
+            secs in prop_oneof![any::<f64>(), Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY)],
+            now_secs in -8_000_000_000_000i64..8_000_000_000_000,
+        ) {
+            let now = Utc.timestamp_opt(now_secs, 0).single().unwrap_or_default();
+            if let Some(d) = parse_header(&header, now) {
+                prop_assert!(d <= MAX_RETRY_AFTER);
+            }
+            prop_assert!(from_secs_f64(secs) <= MAX_RETRY_AFTER);
+            if let Some(d) = from_json(&serde_json::json!(secs)) {
+                prop_assert!(d <= MAX_RETRY_AFTER);
+            }
+            if let Some(d) = from_json(&Value::String(header)) {
+                prop_assert!(d <= MAX_RETRY_AFTER);
+            }
+        }
+    }
+}
