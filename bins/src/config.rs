@@ -350,6 +350,21 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+const HOUR_SECS: u64 = 3600;
+const DAY_SECS: u64 = 24 * HOUR_SECS;
+
+/// `value` of the key at `path` within `min..=max` (`most` says `max` in words).
+fn in_range(path: &str, value: u64, min: u64, max: u64, most: &str) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!("must be from {min} to {max} ({most}), got {value}"),
+        ))
+    }
+}
+
 impl Config {
     /// Load from an optional file and the given environment (name, value) pairs.
     pub fn load(
@@ -418,17 +433,49 @@ impl Config {
         if self.server.body_limit_bytes < 1024 {
             return Err(err("server.body_limit_bytes", "must be at least 1024"));
         }
-        if self.server.request_timeout_secs == 0 {
-            return Err(err("server.request_timeout_secs", "must be at least 1"));
-        }
-        if self.rules.poll_interval_ms < 50 {
-            return Err(err("rules.poll_interval_ms", "must be at least 50"));
-        }
+        // Durations: each within a range that says what it is for, so that none turns into
+        // a time past what the clocks hold.
+        in_range(
+            "server.request_timeout_secs",
+            self.server.request_timeout_secs,
+            1,
+            DAY_SECS,
+            "1 day",
+        )?;
+        in_range(
+            "server.shutdown_timeout_secs",
+            self.server.shutdown_timeout_secs,
+            0,
+            HOUR_SECS,
+            "1 hour",
+        )?;
+        in_range(
+            "rules.poll_interval_ms",
+            self.rules.poll_interval_ms,
+            50,
+            HOUR_SECS * 1000,
+            "1 hour",
+        )?;
         if self.workers.concurrency == 0 {
             return Err(err("workers.concurrency", "must be at least 1"));
         }
-        if self.workers.poll_interval_ms == 0 {
-            return Err(err("workers.poll_interval_ms", "must be at least 1"));
+        in_range(
+            "workers.poll_interval_ms",
+            self.workers.poll_interval_ms,
+            1,
+            HOUR_SECS * 1000,
+            "1 hour",
+        )?;
+        for (name, w) in &self.webhooks {
+            if let Some(secs) = w.replay_window_secs {
+                in_range(
+                    &format!("webhooks.{name}.replay_window_secs"),
+                    secs,
+                    1,
+                    DAY_SECS,
+                    "1 day",
+                )?;
+            }
         }
         if self.workers.lease_secs < 2 {
             return Err(err("workers.lease_secs", "must be at least 2"));
@@ -759,5 +806,189 @@ mod tests {
             e.path.starts_with("telegram.support") && e.message.contains("carrier"),
             "{e}"
         );
+    }
+
+    /// Environment only, no file.
+    fn env_only(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load(
+            None,
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+    }
+
+    /// A file of its own (`load` names files by their length, shared between tests).
+    fn load_unique(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let path =
+            std::env::temp_dir().join(format!("flowbot-config-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, toml_text).expect("write");
+        let r = Config::load(
+            Some(&path),
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    /// Every duration key, given any number (or something else) through the environment:
+    /// the configuration loads with the value in its range, or fails naming the key, never
+    /// panics. (bins has no property-test dependency; the values sweep the edges and a
+    /// pseudo-random spread.)
+    #[test]
+    fn durations_are_in_range_or_name_their_key() {
+        let keys: &[(&str, &str, u64, u64)] = &[
+            (
+                "FLOWBOT_SERVER__REQUEST_TIMEOUT_SECS",
+                "server.request_timeout_secs",
+                1,
+                86_400,
+            ),
+            (
+                "FLOWBOT_SERVER__SHUTDOWN_TIMEOUT_SECS",
+                "server.shutdown_timeout_secs",
+                0,
+                3600,
+            ),
+            (
+                "FLOWBOT_WORKERS__POLL_INTERVAL_MS",
+                "workers.poll_interval_ms",
+                1,
+                3_600_000,
+            ),
+            (
+                "FLOWBOT_RULES__POLL_INTERVAL_MS",
+                "rules.poll_interval_ms",
+                50,
+                3_600_000,
+            ),
+            (
+                "FLOWBOT_WEBHOOKS__CRM__REPLAY_WINDOW_SECS",
+                "webhooks.crm.replay_window_secs",
+                1,
+                86_400,
+            ),
+        ];
+        let mut values: Vec<String> = [
+            "0",
+            "1",
+            "49",
+            "50",
+            "3600",
+            "3601",
+            "86400",
+            "86401",
+            "3600000",
+            "3600001",
+            "18446744073709551",
+            "9223372036854775807",
+            "18446744073709551615",
+            "99999999999999999999999",
+            "-1",
+            "-9223372036854775808",
+            "1.5",
+            "nan",
+            "inf",
+            "-inf",
+            "\"30s\"",
+            "soon",
+            "",
+        ]
+        .iter()
+        .map(|v| (*v).to_owned())
+        .collect();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..64 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            values.push((x >> (x % 64)).to_string());
+        }
+        for (var, key, min, max) in keys {
+            for v in &values {
+                match env_only(&[(*var, v.as_str())]) {
+                    Ok(c) => {
+                        let got = match *key {
+                            "server.request_timeout_secs" => c.server.request_timeout_secs,
+                            "server.shutdown_timeout_secs" => c.server.shutdown_timeout_secs,
+                            "workers.poll_interval_ms" => c.workers.poll_interval_ms,
+                            "rules.poll_interval_ms" => c.rules.poll_interval_ms,
+                            _ => c.webhooks["crm"].replay_window_secs.unwrap_or_default(),
+                        };
+                        assert!(
+                            (*min..=*max).contains(&got),
+                            "{key} = {v} accepted as {got}"
+                        );
+                    }
+                    Err(e) => assert!(
+                        key.starts_with(e.path.as_str()) && !e.message.is_empty(),
+                        "{key} = {v}: {e}"
+                    ),
+                }
+            }
+        }
+        let e = env_only(&[(
+            "FLOWBOT_SERVER__REQUEST_TIMEOUT_SECS",
+            "9223372036854775807",
+        )])
+        .expect_err("too long");
+        assert_eq!(e.path, "server.request_timeout_secs");
+        assert!(e.message.contains("must be from 1 to 86400 (1 day)"), "{e}");
+        // The SQLite writer's share: NaN and the infinities are refused by name too.
+        for v in [
+            "nan",
+            "inf",
+            "-inf",
+            "-0.0",
+            "0",
+            "0.009",
+            "1.0000001",
+            "1e308",
+            "-1e308",
+        ] {
+            let e =
+                env_only(&[("FLOWBOT_DATABASE__SQLITE_WORK_SHARE", v)]).expect_err("out of range");
+            assert_eq!(e.path, "database.sqlite_work_share", "{v}: {e}");
+        }
+        for v in ["0.01", "0.5", "1"] {
+            env_only(&[("FLOWBOT_DATABASE__SQLITE_WORK_SHARE", v)]).expect("in range");
+        }
+    }
+
+    /// A platform lease's ttl is 3 to 3600 seconds; past it the section is refused with the
+    /// key named, never a multiplication that overflows.
+    #[test]
+    fn platform_lease_ttls_are_in_range() {
+        let token = "123456:secret-token_abcdef";
+        for (v, ok) in [
+            ("2", false),
+            ("3", true),
+            ("3600", true),
+            ("3601", false),
+            ("18446744073709552", false),
+            ("9223372036854775807", false),
+        ] {
+            let telegram = load_unique(
+                &format!("[telegram.support]\nlease_ttl_secs = {v}\n"),
+                &[("FLOWBOT_TELEGRAM__SUPPORT__TOKEN", token)],
+            );
+            let discord = load_unique(
+                &format!(
+                    "[discord.d]\nbot_token = \"bot-token-0123456789abcdef\"\napplication_id = \"1\"\nlease_ttl_secs = {v}\n"
+                ),
+                &[],
+            );
+            for (what, r) in [("telegram.support", telegram), ("discord.d", discord)] {
+                match r {
+                    Ok(_) => assert!(ok, "{what} lease_ttl_secs = {v} accepted"),
+                    Err(e) => {
+                        assert!(!ok, "{what} lease_ttl_secs = {v}: {e}");
+                        assert_eq!(e.path, what, "{e}");
+                        assert!(
+                            e.message.contains("lease_ttl_secs must be from 3 to 3600"),
+                            "{e}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -376,6 +376,69 @@ edges: [ { from: a, to: b }, { from: b, to: a } ]
     s.stop().await;
 }
 
+/// The example: a delay of 300000 years is refused when the workflow is applied,
+/// naming the node and the field, instead of reaching date arithmetic when it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_past_the_limit_is_refused_at_apply() {
+    let s = server().await;
+    let http = reqwest::Client::new();
+    let api = |p: &str| format!("{}/api/v1{p}", s.base);
+    let far = "name: far\nnodes:\n  - id: later\n    delay: 300000y\n";
+    let p = problem(
+        http.post(api("/workflows"))
+            .header("content-type", "application/yaml")
+            .body(far)
+            .send()
+            .await
+            .expect("apply"),
+        422,
+    )
+    .await;
+    let detail = p["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("node `later`, field `delay`") && detail.contains("3650 days"),
+        "{p}"
+    );
+    let errors = p["errors"].as_array().expect("errors");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["node"] == "later" && e["field"] == "delay"),
+        "{p}"
+    );
+    // Nothing was stored, so nothing can be started.
+    problem(
+        http.post(api("/workflows/far/runs"))
+            .send()
+            .await
+            .expect("start"),
+        404,
+    )
+    .await;
+    // Within the limit it is applied, and a run starts and waits.
+    let near = far.replace("300000y", "3650d");
+    json_of(
+        http.post(api("/workflows"))
+            .header("content-type", "application/yaml")
+            .body(near)
+            .send()
+            .await
+            .expect("apply near"),
+        201,
+    )
+    .await;
+    let run = json_of(
+        http.post(api("/workflows/far/runs"))
+            .send()
+            .await
+            .expect("start near"),
+        202,
+    )
+    .await;
+    assert!(run["id"].is_string(), "{run}");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_hooks_need_the_token_or_a_valid_signature() {
     let s = server().await;

@@ -32,8 +32,8 @@ pub struct DiscordEntry {
     /// direct_message_reactions, message_content).
     #[serde(default)]
     pub gateway_intents: Option<Vec<String>>,
-    /// Seconds a dead server keeps a shard's lease before another takes over (default 15;
-    /// renewed every third of it).
+    /// Seconds a dead server keeps a shard's lease before another takes over (default 15,
+    /// 3 to 3600; renewed every third of it).
     #[serde(default = "lease_ttl")]
     pub lease_ttl_secs: u64,
 }
@@ -89,9 +89,7 @@ impl DiscordEntry {
     ) -> Result<flowbot_channels::discord::DiscordConfig, String> {
         use flowbot_channels::discord::gateway;
         let gateway = if self.gateway {
-            if self.lease_ttl_secs < 3 {
-                return Err("lease_ttl_secs must be at least 3".into());
-            }
+            let lease = lease_timing(self.lease_ttl_secs)?;
             let intents = match &self.gateway_intents {
                 Some(names) => gateway::intents(names),
                 None => gateway::intents(gateway::DEFAULT_INTENTS),
@@ -100,10 +98,7 @@ impl DiscordEntry {
             Some(gateway::GatewayConfig {
                 shards: self.gateway_shards,
                 intents,
-                lease: flowbot_core::lease::LeaseTiming {
-                    ttl: std::time::Duration::from_secs(self.lease_ttl_secs),
-                    every: std::time::Duration::from_millis(self.lease_ttl_secs * 1000 / 3),
-                },
+                lease,
             })
         } else if self.public_key.is_none() {
             return Err(
@@ -244,7 +239,7 @@ pub struct TelegramEntry {
     #[serde(default = "telegram_sends")]
     pub sends_per_second: u32,
     /// Polling: seconds a dead server keeps the polling lease before another takes over
-    /// (default 15; renewed every third of it).
+    /// (default 15, 3 to 3600; renewed every third of it).
     #[serde(default = "lease_ttl")]
     pub lease_ttl_secs: u64,
 }
@@ -263,6 +258,23 @@ fn telegram_sends() -> u32 {
 
 fn lease_ttl() -> u64 {
     15
+}
+
+/// The longest `lease_ttl_secs`: 1 hour.
+const MAX_LEASE_TTL_SECS: u64 = 3600;
+
+/// A platform lease of `ttl_secs` (3 to 3600), renewed every third of it.
+fn lease_timing(ttl_secs: u64) -> Result<flowbot_core::lease::LeaseTiming, String> {
+    if !(3..=MAX_LEASE_TTL_SECS).contains(&ttl_secs) {
+        return Err(format!(
+            "lease_ttl_secs must be from 3 to {MAX_LEASE_TTL_SECS} (1 hour), got {ttl_secs}"
+        ));
+    }
+    let ttl = std::time::Duration::from_secs(ttl_secs);
+    Ok(flowbot_core::lease::LeaseTiming {
+        ttl,
+        every: ttl / 3,
+    })
 }
 
 impl std::fmt::Debug for TelegramEntry {
@@ -300,14 +312,8 @@ impl TelegramEntry {
             api_base: self.api_base.clone(),
             mode,
             sends_per_second: self.sends_per_second,
-            lease: flowbot_core::lease::LeaseTiming {
-                ttl: std::time::Duration::from_secs(self.lease_ttl_secs),
-                every: std::time::Duration::from_millis(self.lease_ttl_secs * 1000 / 3),
-            },
+            lease: lease_timing(self.lease_ttl_secs)?,
         };
-        if self.lease_ttl_secs < 3 {
-            return Err("lease_ttl_secs must be at least 3".into());
-        }
         config.validate()?;
         Ok(config)
     }

@@ -250,11 +250,10 @@ pub(super) async fn analytics(
     let q = query(q)?;
     let now = Utc::now();
     let until = time("until", q.until.as_deref(), now)?;
-    let since = time(
-        "since",
-        q.since.as_deref(),
-        until - chrono::Duration::hours(24),
-    )?;
+    let day_before = until
+        .checked_sub_signed(chrono::Duration::hours(24))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let since = time("since", q.since.as_deref(), day_before)?;
     if since >= until {
         return Err(Problem::bad_request("since must be before until"));
     }
