@@ -225,6 +225,22 @@ async fn metrics(State(s): State<AppState>) -> Response {
     );
     let _ = writeln!(
         out,
+        "# HELP flowbot_pipeline_failures_total Events whose handling failed, by stage.\n# TYPE flowbot_pipeline_failures_total counter"
+    );
+    for (stage, n) in s.pipeline.failures.snapshot() {
+        let _ = writeln!(
+            out,
+            "flowbot_pipeline_failures_total{{stage=\"{}\"}} {n}",
+            escape_label(&stage)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP flowbot_pipeline_failures_answered_total Failures answered to the sender with the bot's failure reply.\n# TYPE flowbot_pipeline_failures_answered_total counter\nflowbot_pipeline_failures_answered_total {}",
+        s.pipeline.failures_answered.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
         "# HELP flowbot_channel_accepted_total Platform events stored for the pipeline, by channel.\n# TYPE flowbot_channel_accepted_total counter"
     );
     for a in &s.adapters {

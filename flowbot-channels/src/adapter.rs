@@ -58,6 +58,7 @@ pub(crate) fn check_url(field: &str, url: &str) -> Result<(), String> {
 }
 
 /// Compare two secrets in constant time.
+#[cfg(any(feature = "telegram", feature = "tailchat"))]
 pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -11,7 +11,12 @@
 //! - [`tailchat`] (feature `tailchat`): Tailchat's open platform bots;
 //! - [`slack`] (feature `slack`): Slack's Events API, interactivity and slash commands;
 //! - [`discord`] (feature `discord`): Discord over the gateway (sharded, resumable) or HTTP
-//!   interactions: messages, slash commands, buttons, member joins, reactions.
+//!   interactions: messages, slash commands, buttons, member joins, reactions;
+//! - [`http_action`] (feature `http`): the `http_request` action for rules and workflows;
+//! - [`notifiers`] (feature `notifiers`): send-only notifiers (ntfy, Slack incoming webhooks,
+//!   Pushover, e-mail, signed webhooks) for the `notify` action.
+//!
+//! Every feature builds alone; the default enables all of them.
 //!
 //! Adapters that receive HTTP traffic contribute an axum `Router` that the server mounts.
 
@@ -26,11 +31,18 @@ mod adapter;
 pub mod console;
 #[cfg(feature = "discord")]
 pub mod discord;
-#[cfg(any(feature = "web", feature = "webhook"))]
 #[cfg(feature = "http")]
 pub mod http_action;
 #[cfg(feature = "notifiers")]
 pub mod notifiers;
+#[cfg(any(
+    feature = "web",
+    feature = "webhook",
+    feature = "telegram",
+    feature = "tailchat",
+    feature = "slack",
+    feature = "discord"
+))]
 pub mod problem;
 #[cfg(feature = "slack")]
 pub mod slack;

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use flowbot_core::StoreError;
-use flowbot_core::task::{RetryPolicy, TaskId, TaskRecord, TaskState};
+use flowbot_core::task::{RetryPolicy, TaskRecord, TaskState};
 use serde_json::Value;
 
 /// Largest page any listing returns.
@@ -137,7 +137,9 @@ pub(crate) fn u32_of(v: i64) -> u32 {
 pub(crate) const TASK_COLUMNS: &str = "id, queue, kind, state, payload, attempts, priority, run_at, created_at, \
      finished_at, last_error, dedupe_key, concurrency_key, lease_owner";
 
-/// Columns of a claimed task, in the order [`claimed_task!`] reads them.
+/// Columns of a claimed task, in the order [`claimed_task!`] reads them. (SQLite claims on
+/// its writer thread, which reads its rows itself.)
+#[cfg(feature = "postgres")]
 pub(crate) const CLAIM_COLUMNS: &str =
     "id, queue, kind, payload, attempts, retry, dedupe_key, concurrency_key, created_at, run_at";
 
@@ -173,6 +175,7 @@ macro_rules! task_record {
 pub(crate) use task_record;
 
 /// Decode a row selected with [`CLAIM_COLUMNS`] into a [`ClaimedTask`](flowbot_core::task::ClaimedTask).
+#[cfg(feature = "postgres")]
 macro_rules! claimed_task {
     ($row:expr) => {{
         use sqlx::Row as _;
@@ -191,6 +194,7 @@ macro_rules! claimed_task {
         })
     }};
 }
+#[cfg(feature = "postgres")]
 pub(crate) use claimed_task;
 
 /// Decode a schedule row (`name, cron, timezone, queue, kind, payload, retry, misfire,
@@ -313,7 +317,8 @@ pub(crate) fn attempt_error(
     }
 }
 
-pub(crate) fn task_id_json(ids: &[TaskId]) -> String {
+#[cfg(feature = "sqlite")]
+pub(crate) fn task_id_json(ids: &[flowbot_core::task::TaskId]) -> String {
     let mut s = String::with_capacity(ids.len() * 8 + 2);
     s.push('[');
     for (i, id) in ids.iter().enumerate() {
@@ -324,6 +329,12 @@ pub(crate) fn task_id_json(ids: &[TaskId]) -> String {
     }
     s.push(']');
     s
+}
+
+/// The error recorded for an attempt cut off because its worker's process ended (its
+/// liveness lock was free).
+pub(crate) fn worker_ended_error() -> &'static str {
+    "worker ended: the process holding the task's lease ended (crashed or killed), as its free liveness lock showed"
 }
 
 pub(crate) fn lease_expired_error() -> &'static str {

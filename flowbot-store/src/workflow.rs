@@ -233,6 +233,7 @@ pub(crate) fn resume_task(parent: &ParentRef, child: &str) -> Result<NewTask, St
 
 /// True when a node row (status, attempt) is not running at `attempt`: a result for it is a
 /// duplicate or late delivery.
+#[cfg(feature = "sqlite")]
 pub(crate) fn stale_attempt(status: &str, stored: i64, attempt: u32) -> Result<bool, StoreError> {
     Ok(node_status(status)? != NodeStatus::Running || stored != i64::from(attempt))
 }
