@@ -256,8 +256,19 @@ pub struct WorkersConfig {
     pub concurrency: usize,
     /// Polling interval when no wake-up arrives, in milliseconds.
     pub poll_interval_ms: u64,
-    /// Lease length in seconds.
+    /// Lease length in seconds (2 to 86400); leases are extended every third of it.
     pub lease_secs: u64,
+    /// How often expired leases and processes that ended are looked for, in milliseconds
+    /// (50 to 3600000).
+    pub recover_interval_ms: u64,
+    /// Liveness locks: the tasks of a process on this host that ended (crashed, killed) go
+    /// back to the queue at once, not when their leases expire.
+    pub liveness: bool,
+    /// Where the liveness locks are kept; default: next to the SQLite database file
+    /// (`<file>.workers`), or for PostgreSQL a directory per database and schema under the
+    /// system's temporary directory. Every process of one database on one host must use the
+    /// same directory to see each other.
+    pub liveness_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkersConfig {
@@ -265,8 +276,76 @@ impl Default for WorkersConfig {
         WorkersConfig {
             concurrency: 16,
             poll_interval_ms: 1000,
-            lease_secs: 30,
+            lease_secs: 10,
+            recover_interval_ms: 1000,
+            liveness: true,
+            liveness_dir: None,
         }
+    }
+}
+
+impl WorkersConfig {
+    /// The worker pool settings these give, with `id` as the worker id.
+    pub fn worker_config(&self, id: String) -> flowbot_core::task::WorkerConfig {
+        use flowbot_core::task::{Liveness, WorkerConfig};
+        let lease = std::time::Duration::from_secs(self.lease_secs);
+        WorkerConfig {
+            id,
+            concurrency: self.concurrency,
+            poll_interval: std::time::Duration::from_millis(self.poll_interval_ms),
+            lease,
+            heartbeat: lease / 3,
+            recover_interval: std::time::Duration::from_millis(self.recover_interval_ms),
+            liveness: match (&self.liveness, &self.liveness_dir) {
+                (false, _) => Liveness::Off,
+                (true, Some(dir)) => Liveness::Dir(dir.clone()),
+                (true, None) => Liveness::Auto,
+            },
+            ..WorkerConfig::default()
+        }
+    }
+
+    /// Check the `[workers]` keys, naming the one out of range.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let range = |key: &str, value: u64, min: u64, max: u64, most: &str| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(err(
+                    format!("workers.{key}"),
+                    format!("must be from {min} to {max} ({most}), got {value}"),
+                ))
+            }
+        };
+        let most = flowbot_core::task::MAX_WORKERS;
+        if self.concurrency > most {
+            return Err(err(
+                "workers.concurrency",
+                format!("must be at most {most}, got {}", self.concurrency),
+            ));
+        }
+        range("lease_secs", self.lease_secs, 2, 86_400, "1 day")?;
+        range(
+            "recover_interval_ms",
+            self.recover_interval_ms,
+            50,
+            3_600_000,
+            "1 hour",
+        )?;
+        if self
+            .liveness_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(err(
+                "workers.liveness_dir",
+                "must be a directory path, not empty",
+            ));
+        }
+        // The settings fit together as the worker pool sees them.
+        self.worker_config("check".into())
+            .validate()
+            .map_err(|e| err("workers", e.to_string()))
     }
 }
 
@@ -477,9 +556,7 @@ impl Config {
                 )?;
             }
         }
-        if self.workers.lease_secs < 2 {
-            return Err(err("workers.lease_secs", "must be at least 2"));
-        }
+        self.workers.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(err("log.level", format!("'{}': {e}", self.log.level)));
         }
@@ -696,6 +773,79 @@ mod tests {
         assert!(c.server.agent && c.web.enabled && c.demo.enabled);
         assert_eq!(c.database.url, "sqlite://./data/flowbot.db");
         assert!(c.server.cors_origins.is_empty(), "CORS off by default");
+    }
+
+    #[test]
+    fn worker_settings_are_checked_by_key() {
+        let c = Config::load(None, Vec::new()).expect("defaults");
+        assert_eq!(
+            (c.workers.lease_secs, c.workers.recover_interval_ms),
+            (10, 1000)
+        );
+        let w = c.workers.worker_config("server-1".into());
+        assert_eq!(w.lease, std::time::Duration::from_secs(10));
+        assert!(
+            w.heartbeat < w.lease
+                && w.heartbeat * 3 >= w.lease - std::time::Duration::from_millis(1)
+        );
+        assert_eq!(w.liveness, flowbot_core::task::Liveness::Auto);
+        w.validate().expect("the defaults fit together");
+        let env = |pairs: &[(&str, &str)]| {
+            Config::load(
+                None,
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            )
+        };
+        for (var, value, key) in [
+            ("FLOWBOT_WORKERS__LEASE_SECS", "1", "workers.lease_secs"),
+            ("FLOWBOT_WORKERS__LEASE_SECS", "86401", "workers.lease_secs"),
+            (
+                "FLOWBOT_WORKERS__LEASE_SECS",
+                "9223372036854775807",
+                "workers.lease_secs",
+            ),
+            (
+                "FLOWBOT_WORKERS__RECOVER_INTERVAL_MS",
+                "0",
+                "workers.recover_interval_ms",
+            ),
+            (
+                "FLOWBOT_WORKERS__RECOVER_INTERVAL_MS",
+                "3600001",
+                "workers.recover_interval_ms",
+            ),
+            (
+                "FLOWBOT_WORKERS__CONCURRENCY",
+                "100001",
+                "workers.concurrency",
+            ),
+            (
+                "FLOWBOT_WORKERS__LIVENESS_DIR",
+                "\"\"",
+                "workers.liveness_dir",
+            ),
+        ] {
+            let e = env(&[(var, value)]).expect_err(value);
+            assert_eq!(e.path, key, "{var}={value}: {e}");
+            assert!(!e.message.is_empty());
+        }
+        let e = env(&[("FLOWBOT_WORKERS__LIVENESS", "maybe")]).expect_err("not a bool");
+        assert!(e.path.starts_with("workers"), "{e}");
+        let c = env(&[
+            ("FLOWBOT_WORKERS__LEASE_SECS", "86400"),
+            ("FLOWBOT_WORKERS__LIVENESS", "false"),
+        ])
+        .expect("in range");
+        let w = c.workers.worker_config("agent-1".into());
+        assert_eq!(w.liveness, flowbot_core::task::Liveness::Off);
+        w.validate().expect("a day's lease is allowed");
+        let c = env(&[("FLOWBOT_WORKERS__LIVENESS_DIR", "/run/flowbot")]).expect("a dir");
+        assert_eq!(
+            c.workers.worker_config("a".into()).liveness,
+            flowbot_core::task::Liveness::Dir("/run/flowbot".into())
+        );
     }
 
     #[test]

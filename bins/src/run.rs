@@ -88,19 +88,14 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
 }
 
 fn worker_config(config: &Config, role: &str) -> WorkerConfig {
-    let lease = Duration::from_secs(config.workers.lease_secs);
+    let id = format!(
+        "{role}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
     WorkerConfig {
-        id: format!(
-            "{role}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ),
-        concurrency: config.workers.concurrency,
-        poll_interval: Duration::from_millis(config.workers.poll_interval_ms),
-        lease,
-        heartbeat: lease / 3,
         shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout_secs),
-        ..WorkerConfig::default()
+        ..config.workers.worker_config(id)
     }
 }
 

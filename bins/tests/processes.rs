@@ -573,3 +573,89 @@ async fn a_workflow_run_finishes_on_another_agent_after_sigkill() {
 
     common::drop_schema(&url, &schema).await;
 }
+
+/// A server SIGKILLed in the middle of a message: the restarted server finds the liveness
+/// lock of the killed process free as it starts and handles the message again at once. The
+/// lease is an hour long, so nothing but the lock can explain the second delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_takes_over_its_in_flight_message_at_once() {
+    let dir = TempDir::new("flowbot-liveness");
+    let (cb, seen, delay) = callback_receiver(None).await;
+    // The first delivery hangs: the message is in flight when the server is killed.
+    delay.store(600_000, Ordering::Relaxed);
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let env = vec![
+        kv("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
+        kv(
+            "FLOWBOT_DATABASE__URL",
+            format!("sqlite://{}/flowbot.db", dir.0.display()),
+        ),
+        kv("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "100"),
+        kv("FLOWBOT_WORKERS__LEASE_SECS", "3600"),
+        kv("FLOWBOT_WEBHOOKS__HOOK__CALLBACK_URL", cb),
+    ];
+    let log = dir.0.join("first.log");
+    let mut first = spawn(SERVER, &[], &env, &log);
+    wait_ready(&base, &log).await;
+    let status = post_hook(
+        &base,
+        "hook",
+        json!({"user": "u", "conversation": "c", "text": "/echo in flight"}),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 202);
+    eventually("the reply on its way", Duration::from_secs(20), || {
+        !seen.lock().expect("lock").is_empty()
+    })
+    .await;
+    first.start_kill().expect("SIGKILL");
+    first.wait().await.expect("reaped");
+    delay.store(0, Ordering::Relaxed);
+
+    let log = dir.0.join("second.log");
+    let _second = spawn(SERVER, &[], &env, &log);
+    wait_ready(&base, &log).await;
+    eventually(
+        "the reply delivered by the restarted server",
+        Duration::from_secs(30),
+        || seen.lock().expect("lock").len() >= 2,
+    )
+    .await;
+    let texts: Vec<String> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(c, _)| c.text.clone())
+        .collect();
+    assert_eq!(
+        texts,
+        ["in flight", "in flight"],
+        "at least once, here twice"
+    );
+    // The message's task: done on its second attempt; the first was cut off by the end of
+    // the process holding it, not by an expired lease.
+    let tasks: Value = reqwest::get(format!("{base}/api/v1/tasks?kind=flowbot.inbound"))
+        .await
+        .expect("tasks")
+        .json()
+        .await
+        .expect("json");
+    let items = tasks["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{tasks}");
+    let task = &items[0];
+    assert_eq!(task["state"], "done", "{task}");
+    assert_eq!(task["attempts"], 2, "{task}");
+    assert!(
+        task["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("worker ended")),
+        "{task}"
+    );
+    // The killed process's lock file goes; the running server's own stays.
+    let locks = dir.0.join("flowbot.db.workers");
+    eventually("one lock file left", Duration::from_secs(20), || {
+        std::fs::read_dir(&locks).map_or(0, |d| d.flatten().count()) == 1
+    })
+    .await;
+}

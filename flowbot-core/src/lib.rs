@@ -20,7 +20,9 @@
 //!
 //! At least once: a claimed task is leased to one worker, which extends the lease while the
 //! handler runs. If the worker dies, the lease expires and any worker's recovery returns the
-//! task to the queue (counting the attempt). Completion is fenced by the lease, so a task is
+//! task to the queue (counting the attempt); a worker whose process ends where other pools
+//! see its liveness lock (the same host) has its tasks returned at once (see
+//! [`WorkerConfig::liveness`](task::WorkerConfig::liveness)). Completion is fenced by the lease, so a task is
 //! recorded done once. Handlers get the attempt number and an idempotency key.
 
 mod action;

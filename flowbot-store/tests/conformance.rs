@@ -5,6 +5,8 @@
 mod data;
 #[path = "conformance/leases.rs"]
 mod leases;
+#[path = "conformance/liveness.rs"]
+mod liveness;
 #[macro_use]
 mod support;
 #[path = "conformance/workers.rs"]
@@ -14,6 +16,7 @@ mod workflows;
 
 use data::*;
 use leases::*;
+use liveness::*;
 use workers::*;
 use workflows::*;
 
@@ -803,6 +806,7 @@ conformance!(
         batch_enqueue_keeps_order,
         dedupe_keys,
         lease_expiry_and_recovery,
+        dead_workers_tasks_return_at_once,
         retries_and_backoff,
         dead_letter_and_requeue,
         per_key_serialisation,
@@ -829,6 +833,7 @@ conformance!(
         concurrent_claims_hand_out_each_task_once,
         schedules_fire_once_with_concurrent_workers,
         crashed_worker_tasks_finish_elsewhere,
+        a_pool_that_ends_has_its_tasks_recovered_at_once,
         bus_reaches_every_subscriber,
         concurrent_finishes_start_a_join_once,
         a_lease_moves_when_its_holder_dies,

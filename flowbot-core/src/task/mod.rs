@@ -1,6 +1,7 @@
 //! The durable task scheduler: task values, storage traits, the worker pool and cron
 //! schedules. See the crate docs for the delivery guarantees.
 
+mod liveness;
 mod queue;
 mod schedule;
 mod types;
@@ -18,6 +19,7 @@ pub use types::{
 };
 pub(crate) use types::{after, days};
 pub use worker::{
-    KindOptions, QueueConfig, TaskClient, TaskContext, TaskHandler, TaskRegistry, WorkerConfig,
-    WorkerPool, WorkerStats, handler_fn, in_task_handler, typed_handler,
+    KindOptions, Liveness, MAX_LEASE, MAX_WORKERS, QueueConfig, TaskClient, TaskContext,
+    TaskHandler, TaskRegistry, WorkerConfig, WorkerPool, WorkerStats, handler_fn, in_task_handler,
+    typed_handler,
 };

@@ -22,7 +22,8 @@ use crate::store::Page;
 ///   hands out a task whose concurrency key another running task holds;
 /// - `heartbeat`, `complete`, `fail` and `release` only act on tasks whose lease the worker
 ///   still owns (a worker whose lease expired cannot complete a task another worker now runs);
-/// - `recover_expired` returns tasks with expired leases to the queue.
+/// - `recover_expired` returns tasks with expired leases to the queue, and
+///   `recover_dead_workers` the tasks of workers known to be gone, whatever their leases.
 #[async_trait]
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a FlowBot task queue",
@@ -65,6 +66,31 @@ pub trait TaskQueue: Send + Sync + 'static {
         now: DateTime<Utc>,
         default_max_attempts: u32,
     ) -> Result<u64, StoreError>;
+
+    /// Return the running tasks leased to `workers` to the queue at once, whatever their
+    /// leases say: the caller knows those workers are gone (their liveness locks were free, see
+    /// [`WorkerConfig::liveness`](super::WorkerConfig::liveness)). Each lost attempt counts
+    /// as a failure recorded in the task's error history, and a task that has used
+    /// `max_attempts` attempts (its own policy's, else this default) is dead-lettered, as in
+    /// `recover_expired`; concurrency keys are released. Returns how many tasks were recovered.
+    ///
+    /// The default recovers nothing: the tasks wait for their leases to expire.
+    async fn recover_dead_workers(
+        &self,
+        workers: &[String],
+        default_max_attempts: u32,
+    ) -> Result<u64, StoreError> {
+        let _ = (workers, default_max_attempts);
+        Ok(0)
+    }
+
+    /// The directory where worker pools of this database on this host keep their liveness
+    /// locks, when a pool's [`Liveness`](super::Liveness) is `Auto`: one directory per
+    /// database, so that pools of one database find each other and pools of another never
+    /// meet them. `None` (the default): no liveness locks, leases only.
+    fn liveness_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 
     /// A signal that changes when new work may be available (enqueue in this process, or a
     /// notification from the database). Idle workers wait on it, with polling as fallback.

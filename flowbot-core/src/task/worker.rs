@@ -4,7 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::liveness::{DeadWorker, LivenessLock, dead_workers};
 use super::queue::TaskQueue;
 use super::types::{
     ClaimRequest, ClaimedTask, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_QUEUE, Enqueued, FailOutcome,
@@ -238,18 +240,43 @@ pub fn in_task_handler() -> bool {
     IN_HANDLER.try_with(|()| ()).is_ok()
 }
 
+/// Where a [`WorkerPool`] keeps its liveness lock (see [`WorkerConfig::liveness`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Liveness {
+    /// In the directory the store names for its database ([`TaskQueue::liveness_dir`]):
+    /// next to a SQLite database file, or under the system's temporary directory for a
+    /// PostgreSQL database and schema. None if the store names none.
+    #[default]
+    Auto,
+    /// In this directory (created if missing). Pools share a directory when they use the same
+    /// database on the same host.
+    Dir(PathBuf),
+    /// No liveness lock: the tasks of a pool that ended wait for their leases to expire.
+    Off,
+}
+
+/// The longest [`WorkerConfig::lease`]: a day.
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
+/// The most [`WorkerConfig::concurrency`], [`WorkerConfig::prefetch`] and
+/// [`QueueConfig::limit`] allow.
+pub const MAX_WORKERS: usize = 100_000;
+
 /// Settings of a [`WorkerPool`].
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Worker id recorded as lease owner; unique per process.
+    /// Worker id recorded as lease owner; unique per process. With a liveness lock the lease
+    /// owner is this id followed by `@` and the lock's random name, unique to this run of the
+    /// pool ([`TaskContext::worker_id`] gives it).
     pub id: String,
     /// Most tasks running at once in this pool (the global worker count).
     pub concurrency: usize,
     /// Queues to claim from.
     pub queues: Vec<QueueConfig>,
-    /// Lease length; a task whose worker stops heartbeating for this long runs elsewhere.
+    /// Lease length; a task whose worker stops heartbeating for this long runs elsewhere (at
+    /// most [`MAX_LEASE`]). Default 10 s.
     pub lease: Duration,
-    /// How often leases of running tasks are extended.
+    /// How often leases of running tasks are extended (shorter than the lease). Default 3 s.
     pub heartbeat: Duration,
     /// How often an idle pool polls when no wake-up signal arrives.
     pub poll_interval: Duration,
@@ -258,8 +285,17 @@ pub struct WorkerConfig {
     /// Tasks claimed ahead of free workers (leased and heartbeated while they wait), so one
     /// round trip can fetch a whole batch. Queues with a limit prefetch nothing.
     pub prefetch: usize,
-    /// How often expired leases are looked for.
+    /// How often expired leases, and pools that ended, are looked for. Default 1 s.
     pub recover_interval: Duration,
+    /// The liveness lock: while the pool runs it holds a lock on a file of its own in a
+    /// directory shared with the other pools of its database on this host, and looks there
+    /// (every `recover_interval`, and at once when it starts) for pools whose lock is free.
+    /// The operating system frees a lock only when its process ends (or the pool is dropped
+    /// without finishing), so the tasks such a pool held go back to the queue at once rather
+    /// than when their leases expire: a server restarted after a crash picks up what it was
+    /// doing as it starts. Pools on other hosts, which cannot see the lock, still wait for
+    /// the leases. Default [`Liveness::Auto`].
+    pub liveness: Liveness,
     /// Attempts allowed to tasks that lose their lease repeatedly and have no policy of their own.
     pub default_max_attempts: u32,
     /// How long shutdown waits for running tasks before releasing them to the queue.
@@ -279,12 +315,13 @@ impl Default for WorkerConfig {
                 name: DEFAULT_QUEUE.into(),
                 limit: None,
             }],
-            lease: Duration::from_secs(30),
-            heartbeat: Duration::from_secs(10),
+            lease: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(3),
             poll_interval: Duration::from_secs(1),
             batch_size: 100,
             prefetch: 64,
-            recover_interval: Duration::from_secs(5),
+            recover_interval: Duration::from_secs(1),
+            liveness: Liveness::Auto,
             default_max_attempts: RetryPolicy::default().max_attempts,
             shutdown_timeout: Duration::from_secs(30),
         }
@@ -297,6 +334,18 @@ impl WorkerConfig {
         let bad = |m: String| Err(Error::Build(format!("worker config: {m}")));
         if self.concurrency == 0 {
             return bad("concurrency must be at least 1".into());
+        }
+        if self.concurrency > MAX_WORKERS {
+            return bad(format!(
+                "concurrency must be at most {MAX_WORKERS}, got {}",
+                self.concurrency
+            ));
+        }
+        if self.prefetch > MAX_WORKERS {
+            return bad(format!(
+                "prefetch must be at most {MAX_WORKERS}, got {}",
+                self.prefetch
+            ));
         }
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1".into());
@@ -315,6 +364,12 @@ impl WorkerConfig {
             if q.limit == Some(0) {
                 return bad(format!("queue '{}': limit must be at least 1", q.name));
             }
+            if q.limit.is_some_and(|l| l > MAX_WORKERS) {
+                return bad(format!(
+                    "queue '{}': limit must be at most {MAX_WORKERS}",
+                    q.name
+                ));
+            }
         }
         for (name, d) in [
             ("lease", self.lease),
@@ -326,11 +381,20 @@ impl WorkerConfig {
                 return bad(format!("{name} must be greater than zero"));
             }
         }
+        if self.lease > MAX_LEASE {
+            return bad(format!(
+                "lease must be at most {:?} (a day), got {:?}",
+                MAX_LEASE, self.lease
+            ));
+        }
         if self.heartbeat >= self.lease {
             return bad(format!(
                 "heartbeat ({:?}) must be shorter than the lease ({:?})",
                 self.heartbeat, self.lease
             ));
+        }
+        if self.liveness == Liveness::Dir(PathBuf::new()) {
+            return bad("liveness directory must not be empty".into());
         }
         Ok(())
     }
@@ -349,6 +413,9 @@ pub struct WorkerStats {
     pub dead: AtomicU64,
     /// Tasks whose lease was lost while running.
     pub lease_lost: AtomicU64,
+    /// Tasks this pool returned to the queue for workers that were gone: pools that ended
+    /// (their liveness lock was free) and leases that expired.
+    pub recovered: AtomicU64,
     /// Store errors seen by the pool (each followed by a backoff).
     pub store_errors: AtomicU64,
     /// Time from a task being due to its handler starting.
@@ -395,6 +462,11 @@ struct Shared {
     freed: Notify,
     acks: mpsc::UnboundedSender<TaskId>,
     shutdown: CancellationToken,
+    /// Where pools of this database on this host keep their liveness locks.
+    liveness_dir: Option<PathBuf>,
+    /// Set when a task may still be leased to this pool after it stopped (an acknowledgement
+    /// or failure given up at shutdown, a release that failed).
+    unfinished: AtomicBool,
 }
 
 impl Shared {
@@ -439,18 +511,37 @@ impl WorkerPool {
     /// Run until `shutdown` is cancelled; then stop claiming, let running tasks finish within
     /// the shutdown timeout, release the rest to the queue, and flush acknowledgements.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut config = self.config;
+        let liveness_dir = match &config.liveness {
+            Liveness::Auto => self.queue.liveness_dir(),
+            Liveness::Dir(dir) => Some(dir.clone()),
+            Liveness::Off => None,
+        };
+        // The lock comes first: every task this pool claims is leased to its owner.
+        let lock = match &liveness_dir {
+            Some(dir) => register(dir.clone(), config.id.clone()).await,
+            None => None,
+        };
+        if let Some(lock) = &lock {
+            config.id = lock.owner().to_owned();
+        }
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             queue: self.queue,
             registry: self.registry,
-            config: self.config,
+            config,
             stats: self.stats,
             inflight: Mutex::new(HashMap::new()),
             freed: Notify::new(),
             acks: ack_tx,
             shutdown: shutdown.clone(),
+            liveness_dir,
+            unfinished: AtomicBool::new(false),
         });
         let background = CancellationToken::new();
+        // Dropped unfinished (its future dropped), the pool stops its heartbeats too, so the
+        // leases of the handlers it dropped expire.
+        let _stop_background = background.clone().drop_guard();
         let acker = tokio::spawn(ack_loop(shared.clone(), ack_rx));
         let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), background.clone()));
         let recovery = tokio::spawn(recovery_loop(shared.clone(), background.clone()));
@@ -483,6 +574,7 @@ impl WorkerPool {
                     "shutdown: released unfinished tasks to the queue"
                 ),
                 Err(e) => {
+                    shared.unfinished.store(true, Ordering::Relaxed);
                     tracing::warn!(error = %e, "shutdown: releasing tasks failed; their leases will expire")
                 }
             }
@@ -490,8 +582,40 @@ impl WorkerPool {
         background.cancel();
         let _ = heartbeats.await;
         let _ = recovery.await;
+        // Every handler has stopped: nothing sets the flag any more.
+        let unfinished = shared.unfinished.load(Ordering::Relaxed);
         drop(shared);
-        let _ = acker.await;
+        let acked = acker.await.unwrap_or(false);
+        let clean = acked && !unfinished;
+        if let Some(lock) = lock {
+            if clean {
+                // Nothing is leased to this pool any more: no one needs to look for it.
+                let _ = tokio::task::spawn_blocking(move || lock.close()).await;
+            } else {
+                // Let the lock go and leave the file: the next pool to look returns what is
+                // still leased to this one to the queue at once.
+                drop(lock);
+            }
+        }
+    }
+}
+
+/// Take a liveness lock in `dir` for `id`; on failure the pool runs on leases alone.
+async fn register(dir: PathBuf, id: String) -> Option<LivenessLock> {
+    let shown = dir.clone();
+    match tokio::task::spawn_blocking(move || LivenessLock::acquire(&dir, &id)).await {
+        Ok(Ok(lock)) => {
+            tracing::debug!(lock = %lock.path().display(), owner = %lock.owner(), "liveness lock taken");
+            Some(lock)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(dir = %shown.display(), error = %e, "cannot take a liveness lock; tasks of this process will wait for their leases after a crash");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "taking a liveness lock failed");
+            None
+        }
     }
 }
 
@@ -504,7 +628,10 @@ async fn fetch_loop(shared: &Arc<Shared>, running: &mut JoinSet<()>) {
         .map(|q| (q.name.clone(), q.limit.map(|l| Arc::new(Semaphore::new(l)))))
         .collect();
     let kinds: Vec<String> = shared.registry.kinds().map(str::to_owned).collect();
-    let capacity = shared.config.concurrency + shared.config.prefetch;
+    let capacity = shared
+        .config
+        .concurrency
+        .saturating_add(shared.config.prefetch);
     let mut wake = shared.queue.wake_signal();
     let mut failures = 0u32;
     while !shared.shutdown.is_cancelled() {
@@ -674,7 +801,8 @@ async fn record_failure(
         let delay = err
             .requested_delay()
             .unwrap_or_else(|| policy.delay(task.attempt));
-        Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
+        // Cut down to MAX_DELAY and saturating: no delay a handler asks for can panic here.
+        super::after(Utc::now(), delay)
     });
     let failure = Failure {
         id: task.id,
@@ -704,7 +832,9 @@ async fn record_failure(
                 WorkerStats::bump(&shared.stats.store_errors);
                 tracing::warn!(task = %task.id, error = %e, "recording a task failure failed; retrying");
                 if shared.shutdown.is_cancelled() && failures > 3 {
-                    // The lease will expire and recovery will count the attempt.
+                    // The lease will expire (or the liveness lock will be found free) and
+                    // recovery will count the attempt.
+                    shared.unfinished.store(true, Ordering::Relaxed);
                     return;
                 }
                 tokio::time::sleep(error_backoff(failures)).await;
@@ -713,7 +843,9 @@ async fn record_failure(
     }
 }
 
-async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<TaskId>) {
+/// Acknowledge completed tasks in batches until every sender is gone; returns whether every
+/// completion was acknowledged (false when it gave up at shutdown).
+async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<TaskId>) -> bool {
     let worker = shared.config.id.clone();
     let queue = shared.queue.clone();
     let stats = shared.stats.clone();
@@ -724,7 +856,7 @@ async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<TaskId>) 
     let mut failures = 0u32;
     loop {
         if batch.is_empty() && rx.recv_many(&mut batch, 512).await == 0 {
-            return;
+            return true;
         }
         while batch.len() < 4096 && !rx.is_empty() {
             let room = 4096 - batch.len();
@@ -743,9 +875,9 @@ async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<TaskId>) 
                 if shutdown.is_cancelled() && failures > 5 {
                     tracing::warn!(
                         tasks = batch.len(),
-                        "giving up acknowledgements at shutdown; the tasks will run again after their leases expire"
+                        "giving up acknowledgements at shutdown; the tasks will run again"
                     );
-                    return;
+                    return false;
                 }
                 tokio::time::sleep(error_backoff(failures)).await;
             }
@@ -787,16 +919,22 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
 
 async fn recovery_loop(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
+        if let Some(dir) = &shared.liveness_dir {
+            recover_dead_workers(&shared, dir.clone()).await;
+        }
         match shared
             .queue
             .recover_expired(Utc::now(), shared.config.default_max_attempts)
             .await
         {
             Ok(0) => {}
-            Ok(n) => tracing::info!(
-                recovered = n,
-                "returned tasks with expired leases to the queue"
-            ),
+            Ok(n) => {
+                shared.stats.recovered.fetch_add(n, Ordering::Relaxed);
+                tracing::info!(
+                    recovered = n,
+                    "returned tasks with expired leases to the queue"
+                );
+            }
             Err(e) => {
                 WorkerStats::bump(&shared.stats.store_errors);
                 tracing::warn!(error = %e, "recovering expired leases failed");
@@ -805,6 +943,44 @@ async fn recovery_loop(shared: Arc<Shared>, stop: CancellationToken) {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(shared.config.recover_interval) => {}
+        }
+    }
+}
+
+/// Return to the queue what pools that ended (their liveness locks in `dir` are free) held,
+/// and remove their lock files; on a store error they are left for the next round.
+async fn recover_dead_workers(shared: &Shared, dir: PathBuf) {
+    let shown = dir.clone();
+    let dead: Vec<DeadWorker> = match tokio::task::spawn_blocking(move || dead_workers(&dir)).await
+    {
+        Ok(Ok(dead)) => dead,
+        Ok(Err(e)) => {
+            tracing::warn!(dir = %shown.display(), error = %e, "cannot look for pools that ended");
+            return;
+        }
+        Err(_) => return,
+    };
+    if dead.is_empty() {
+        return;
+    }
+    let owners: Vec<String> = dead.iter().map(|d| d.owner.clone()).collect();
+    match shared
+        .queue
+        .recover_dead_workers(&owners, shared.config.default_max_attempts)
+        .await
+    {
+        Ok(n) => {
+            shared.stats.recovered.fetch_add(n, Ordering::Relaxed);
+            if n > 0 {
+                tracing::info!(recovered = n, workers = ?owners, "returned the tasks of pools that ended to the queue");
+            }
+            let _ =
+                tokio::task::spawn_blocking(move || dead.into_iter().for_each(DeadWorker::forget))
+                    .await;
+        }
+        Err(e) => {
+            WorkerStats::bump(&shared.stats.store_errors);
+            tracing::warn!(workers = ?owners, error = %e, "recovering the tasks of pools that ended failed");
         }
     }
 }
@@ -882,5 +1058,93 @@ impl TaskClient {
 impl From<StoreError> for TaskError {
     fn from(e: StoreError) -> Self {
         TaskError::retryable(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+
+    fn refused(config: &WorkerConfig) -> String {
+        config.validate().expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_by_name() {
+        WorkerConfig::default().validate().expect("the defaults");
+        let d = WorkerConfig::default;
+        let e = refused(&WorkerConfig {
+            lease: MAX_LEASE + Duration::from_secs(1),
+            ..d()
+        });
+        assert!(e.contains("lease must be at most"), "{e}");
+        let e = refused(&WorkerConfig {
+            lease: Duration::MAX,
+            heartbeat: Duration::from_secs(1),
+            ..d()
+        });
+        assert!(e.contains("lease must be at most"), "{e}");
+        let e = refused(&WorkerConfig {
+            heartbeat: Duration::from_secs(10),
+            ..d()
+        });
+        assert!(
+            e.contains("heartbeat") && e.contains("shorter than the lease"),
+            "{e}"
+        );
+        let e = refused(&WorkerConfig {
+            concurrency: usize::MAX,
+            ..d()
+        });
+        assert!(e.contains("concurrency must be at most 100000"), "{e}");
+        let e = refused(&WorkerConfig {
+            prefetch: usize::MAX,
+            ..d()
+        });
+        assert!(e.contains("prefetch must be at most"), "{e}");
+        let e = refused(&WorkerConfig {
+            queues: vec![QueueConfig {
+                name: "q".into(),
+                limit: Some(usize::MAX),
+            }],
+            ..d()
+        });
+        assert!(e.contains("queue 'q': limit must be at most"), "{e}");
+        let e = refused(&WorkerConfig {
+            liveness: Liveness::Dir(PathBuf::new()),
+            ..d()
+        });
+        assert!(e.contains("liveness directory"), "{e}");
+        // The longest lease, and durations tokio clamps (timeouts, polling), are fine.
+        WorkerConfig {
+            lease: MAX_LEASE,
+            poll_interval: Duration::MAX,
+            recover_interval: Duration::MAX,
+            shutdown_timeout: Duration::MAX,
+            ..d()
+        }
+        .validate()
+        .expect("in range");
+    }
+
+    /// The retry time of a failed attempt, whatever delay it asks for: at most
+    /// `MAX_DELAY` ahead, never a panic (the old `now + TimeDelta::MAX` overflowed).
+    #[test]
+    fn retry_times_never_overflow() {
+        let now = Utc::now();
+        let most = now + chrono::Duration::from_std(super::super::MAX_DELAY).expect("fits");
+        for delay in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX / 2),
+            super::super::MAX_DELAY,
+        ] {
+            assert_eq!(super::super::after(now, delay), most);
+        }
+        let late = DateTime::<Utc>::MAX_UTC - chrono::Duration::seconds(1);
+        assert_eq!(
+            super::super::after(late, Duration::from_secs(3600)),
+            DateTime::<Utc>::MAX_UTC
+        );
     }
 }

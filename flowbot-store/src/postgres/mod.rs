@@ -119,6 +119,8 @@ struct Inner {
     bus: tokio::sync::broadcast::Sender<BusMessage>,
     wake: Arc<watch::Sender<u64>>,
     stop_listener: CancellationToken,
+    /// Where worker pools keep their liveness locks (see [`liveness_dir`]).
+    liveness_dir: std::path::PathBuf,
 }
 
 impl Drop for Inner {
@@ -147,6 +149,12 @@ impl PostgresStore {
             Error::InvalidUrl(format!("'{}': {e}", crate::redact_url(&options.url)))
         })?;
         connect = connect.application_name(&options.application_name);
+        let database = format!(
+            "{}:{}/{}",
+            connect.get_host(),
+            connect.get_port(),
+            connect.get_database().unwrap_or_default()
+        );
         if let Some(schema) = &options.schema {
             if !valid_schema(schema) {
                 return Err(Error::InvalidUrl(format!(
@@ -173,6 +181,7 @@ impl PostgresStore {
             .fetch_one(&pool)
             .await
             .map_err(|e| Error::Open(e.to_string()))?;
+        let liveness_dir = liveness_dir(&database, &schema);
         let channel = format!("flowbot_tasks_{schema}");
         let bus_channel = format!("flowbot_bus_{schema}");
         let (wake, _) = watch::channel(0);
@@ -198,6 +207,7 @@ impl PostgresStore {
                 bus,
                 wake,
                 stop_listener,
+                liveness_dir,
             }),
         })
     }
@@ -380,6 +390,44 @@ where
     .await
     .map_err(map_err)?;
     Ok(Enqueued::Duplicate(TaskId(id)))
+}
+
+/// The statement returning running tasks that match `$cond` to the queue (or to the dead
+/// letters when out of attempts), recording an error each and releasing their concurrency
+/// keys; returns how many. `$1` the default most attempts, `$2` now, `$3` the error, and
+/// whatever `$cond` binds after them.
+macro_rules! recover_sql {
+    ($cond:literal) => {
+        concat!(
+            "WITH r AS ( \
+               UPDATE flowbot_tasks SET \
+                 state = CASE WHEN attempts >= COALESCE(max_attempts, $1) THEN 'dead' ELSE 'queued' END, \
+                 finished_at = CASE WHEN attempts >= COALESCE(max_attempts, $1) THEN $2 END, \
+                 run_at = $2, lease_owner = NULL, lease_until = NULL, last_error = $3 \
+               WHERE state = 'running' AND ",
+            $cond,
+            " RETURNING id, attempts, state \
+             ), e AS ( \
+               INSERT INTO flowbot_task_errors (task_id, attempt, error, at) SELECT id, attempts, $3, $2 FROM r \
+             ), d AS ( \
+               INSERT INTO flowbot_dead_letters (task_id, reason, died_at) SELECT id, $3, $2 FROM r WHERE state = 'dead' \
+               ON CONFLICT (task_id) DO UPDATE SET reason = EXCLUDED.reason, died_at = EXCLUDED.died_at \
+             ), k AS (DELETE FROM flowbot_task_keys WHERE task_id IN (SELECT id FROM r)) \
+             SELECT count(*) FROM r"
+        )
+    };
+}
+
+/// Where worker pools of `database` (`host:port/name`), in `schema`, on this host keep their
+/// liveness locks: a directory under the system's temporary directory named by a hash of the
+/// server, database and schema (the same for every process and build).
+fn liveness_dir(database: &str, schema: &str) -> std::path::PathBuf {
+    let scope = format!("{database}/{schema}");
+    // FNV-1a: stable across Rust versions, unlike the standard library's hasher.
+    let hash = scope.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    std::env::temp_dir().join(format!("flowbot-workers-{hash:016x}"))
 }
 
 fn ids_of(ids: &[TaskId]) -> Vec<i64> {
@@ -606,31 +654,43 @@ impl TaskQueue for PostgresStore {
         now: DateTime<Utc>,
         default_max_attempts: u32,
     ) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "WITH r AS ( \
-               UPDATE flowbot_tasks SET \
-                 state = CASE WHEN attempts >= COALESCE(max_attempts, $1) THEN 'dead' ELSE 'queued' END, \
-                 finished_at = CASE WHEN attempts >= COALESCE(max_attempts, $1) THEN $2 END, \
-                 run_at = $2, lease_owner = NULL, lease_until = NULL, last_error = $3 \
-               WHERE state = 'running' AND lease_until < $2 RETURNING id, attempts, state \
-             ), e AS ( \
-               INSERT INTO flowbot_task_errors (task_id, attempt, error, at) SELECT id, attempts, $3, $2 FROM r \
-             ), d AS ( \
-               INSERT INTO flowbot_dead_letters (task_id, reason, died_at) SELECT id, $3, $2 FROM r WHERE state = 'dead' \
-               ON CONFLICT (task_id) DO UPDATE SET reason = EXCLUDED.reason, died_at = EXCLUDED.died_at \
-             ), k AS (DELETE FROM flowbot_task_keys WHERE task_id IN (SELECT id FROM r)) \
-             SELECT count(*) FROM r",
-        )
-        .bind(i64::from(default_max_attempts))
-        .bind(ms(now))
-        .bind(common::lease_expired_error())
-        .fetch_one(self.p())
-        .await
-        .map_err(map_err)?;
+        let n: i64 = sqlx::query_scalar(recover_sql!("lease_until < $2"))
+            .bind(i64::from(default_max_attempts))
+            .bind(ms(now))
+            .bind(common::lease_expired_error())
+            .fetch_one(self.p())
+            .await
+            .map_err(map_err)?;
         if n > 0 {
             self.notify().await?;
         }
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn recover_dead_workers(
+        &self,
+        workers: &[String],
+        default_max_attempts: u32,
+    ) -> Result<u64, StoreError> {
+        if workers.is_empty() {
+            return Ok(0);
+        }
+        let n: i64 = sqlx::query_scalar(recover_sql!("lease_owner = ANY($4)"))
+            .bind(i64::from(default_max_attempts))
+            .bind(now_ms())
+            .bind(common::worker_ended_error())
+            .bind(workers)
+            .fetch_one(self.p())
+            .await
+            .map_err(map_err)?;
+        if n > 0 {
+            self.notify().await?;
+        }
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn liveness_dir(&self) -> Option<std::path::PathBuf> {
+        Some(self.inner.liveness_dir.clone())
     }
 
     fn wake_signal(&self) -> watch::Receiver<u64> {

@@ -158,6 +158,8 @@ struct Inner {
     bus: tokio::sync::broadcast::Sender<BusMessage>,
     writes: mpsc::Sender<Write>,
     token: Arc<WriteToken>,
+    /// Where worker pools keep their liveness locks: `<database file>.workers`.
+    liveness_dir: Option<PathBuf>,
 }
 
 impl Drop for Inner {
@@ -247,6 +249,7 @@ impl SqliteStore {
                 bus,
                 writes,
                 token,
+                liveness_dir: tasks::liveness_dir(&options.path),
             }),
         })
     }

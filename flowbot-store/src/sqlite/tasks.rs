@@ -314,6 +314,91 @@ pub(super) fn claim_in(
     Ok(claimed)
 }
 
+/// The statement returning running tasks that match `$cond` to the queue (or to the dead
+/// letters when out of attempts): `?1` the default most attempts, `?2` now, `?3` the error,
+/// and whatever `$cond` binds after them.
+macro_rules! recover_sql {
+    ($cond:literal) => {
+        concat!(
+            "UPDATE flowbot_tasks SET \
+               state = CASE WHEN attempts >= COALESCE(max_attempts, ?1) THEN 'dead' ELSE 'queued' END, \
+               finished_at = CASE WHEN attempts >= COALESCE(max_attempts, ?1) THEN ?2 END, \
+               run_at = ?2, lease_owner = NULL, lease_until = NULL, last_error = ?3 \
+             WHERE state = 'running' AND ",
+            $cond,
+            " RETURNING id, attempts, state"
+        )
+    };
+}
+
+/// `<database file>.workers`, absolute, where worker pools of this database keep their
+/// liveness locks; none for an in-memory database.
+pub(super) fn liveness_dir(path: &Path) -> Option<PathBuf> {
+    let shown = path.to_str().unwrap_or_default();
+    if path.as_os_str().is_empty() || shown.starts_with(':') || shown.starts_with("file:") {
+        return None;
+    }
+    let mut dir = std::path::absolute(path).ok()?.into_os_string();
+    dir.push(".workers");
+    Some(PathBuf::from(dir))
+}
+
+impl SqliteStore {
+    /// Run a [`recover_sql!`] statement and record what it recovered: an error history entry
+    /// each, dead letters, and the concurrency keys released.
+    async fn recover(
+        &self,
+        sql: &'static str,
+        now: i64,
+        default_max_attempts: u32,
+        error: &'static str,
+        owners: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut query = sqlx::query_as(sql)
+            .bind(i64::from(default_max_attempts))
+            .bind(now)
+            .bind(error);
+        if let Some(owners) = owners {
+            query = query.bind(owners);
+        }
+        let rows: Vec<(i64, i64, String)> = query.fetch_all(&mut **tx).await.map_err(map_err)?;
+        if rows.is_empty() {
+            tx.commit().await.map_err(map_err)?;
+            return Ok(0);
+        }
+        for (id, attempts, state) in &rows {
+            sqlx::query(
+                "INSERT INTO flowbot_task_errors (task_id, attempt, error, at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(attempts)
+            .bind(error)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+            if state == "dead" {
+                sqlx::query(
+                    "INSERT INTO flowbot_dead_letters (task_id, reason, died_at) VALUES (?, ?, ?) \
+                     ON CONFLICT (task_id) DO UPDATE SET reason = excluded.reason, died_at = excluded.died_at",
+                )
+                .bind(id)
+                .bind(error)
+                .bind(now)
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?;
+            }
+        }
+        let ids: Vec<TaskId> = rows.iter().map(|r| TaskId(r.0)).collect();
+        release_keys(&mut tx, &task_id_json(&ids)).await?;
+        tx.commit().await.map_err(map_err)?;
+        self.wake();
+        Ok(rows.len() as u64)
+    }
+}
+
 /// A writer-thread error as a [`StoreError`]: busy or locked is transient, a unique key taken
 /// is a conflict, a value of the wrong type is a corrupt record.
 pub(super) fn map_lite(e: rusqlite::Error) -> StoreError {
@@ -471,53 +556,49 @@ impl TaskQueue for SqliteStore {
         default_max_attempts: u32,
     ) -> Result<u64, StoreError> {
         let now = ms(now);
-        let mut tx = self.begin().await?;
-        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
-            "UPDATE flowbot_tasks SET \
-               state = CASE WHEN attempts >= COALESCE(max_attempts, ?1) THEN 'dead' ELSE 'queued' END, \
-               finished_at = CASE WHEN attempts >= COALESCE(max_attempts, ?1) THEN ?2 END, \
-               run_at = ?2, lease_owner = NULL, lease_until = NULL, last_error = ?3 \
-             WHERE state = 'running' AND lease_until < ?2 RETURNING id, attempts, state",
+        // Every pool looks every second or so; a look that finds nothing takes no write lock.
+        let expired: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM flowbot_tasks WHERE state = 'running' AND lease_until < ?)",
         )
-        .bind(i64::from(default_max_attempts))
         .bind(now)
-        .bind(common::lease_expired_error())
-        .fetch_all(&mut **tx)
+        .fetch_one(self.r())
         .await
         .map_err(map_err)?;
-        if rows.is_empty() {
-            tx.commit().await.map_err(map_err)?;
+        if !expired {
             return Ok(0);
         }
-        for (id, attempts, state) in &rows {
-            sqlx::query(
-                "INSERT INTO flowbot_task_errors (task_id, attempt, error, at) VALUES (?, ?, ?, ?)",
-            )
-            .bind(id)
-            .bind(attempts)
-            .bind(common::lease_expired_error())
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .map_err(map_err)?;
-            if state == "dead" {
-                sqlx::query(
-                    "INSERT INTO flowbot_dead_letters (task_id, reason, died_at) VALUES (?, ?, ?) \
-                     ON CONFLICT (task_id) DO UPDATE SET reason = excluded.reason, died_at = excluded.died_at",
-                )
-                .bind(id)
-                .bind(common::lease_expired_error())
-                .bind(now)
-                .execute(&mut **tx)
-                .await
-                .map_err(map_err)?;
-            }
+        self.recover(
+            recover_sql!("lease_until < ?2"),
+            now,
+            default_max_attempts,
+            common::lease_expired_error(),
+            None,
+        )
+        .await
+    }
+
+    async fn recover_dead_workers(
+        &self,
+        workers: &[String],
+        default_max_attempts: u32,
+    ) -> Result<u64, StoreError> {
+        if workers.is_empty() {
+            return Ok(0);
         }
-        let ids: Vec<TaskId> = rows.iter().map(|r| TaskId(r.0)).collect();
-        release_keys(&mut tx, &task_id_json(&ids)).await?;
-        tx.commit().await.map_err(map_err)?;
-        self.wake();
-        Ok(rows.len() as u64)
+        let owners =
+            serde_json::to_string(workers).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.recover(
+            recover_sql!("lease_owner IN (SELECT value FROM json_each(?4))"),
+            now_ms(),
+            default_max_attempts,
+            common::worker_ended_error(),
+            Some(&owners),
+        )
+        .await
+    }
+
+    fn liveness_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.liveness_dir.clone()
     }
 
     fn wake_signal(&self) -> watch::Receiver<u64> {
