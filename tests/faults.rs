@@ -20,7 +20,6 @@ use flowbot_core::task::{NewTask, TaskFilter, TaskState, WorkerConfig};
 use flowbot_core::{
     Bot, CancellationToken, Event, Handlers, INBOUND_TASK, InProcess, Message, Reply, Sender, Store,
 };
-use sqlx::Connection as _;
 
 /// Messages in the stream: at least `MESSAGES`, more until the fault has struck, never more
 /// than `MAX_MESSAGES`; sent this many at a time.
@@ -157,27 +156,14 @@ async fn sqlite_locked_mid_stream_loses_no_message() {
         ..o
     })
     .await;
-    let path = match &h {
-        support::Harness::Sqlite { _dir, .. } => _dir.0.join("flowbot.db"),
-        support::Harness::Postgres { .. } => unreachable!("a SQLite harness"),
-    };
-    let url = format!("sqlite://{}", path.display());
+    let path = h.sqlite_file().expect("a SQLite harness");
     no_message_lost(h.store(), move || {
-        let url = url.clone();
+        let path = path.clone();
         async move {
             // Another process holds the write lock past the store's busy timeout.
-            let mut other = sqlx::SqliteConnection::connect(&url)
-                .await
-                .expect("connect");
-            sqlx::raw_sql("BEGIN EXCLUSIVE")
-                .execute(&mut other)
-                .await
-                .expect("lock");
+            let lock = support::SqliteLock::take(&path).await;
             tokio::time::sleep(Duration::from_millis(250)).await;
-            sqlx::raw_sql("COMMIT")
-                .execute(&mut other)
-                .await
-                .expect("unlock");
+            lock.release().await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })

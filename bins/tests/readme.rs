@@ -8,13 +8,14 @@
 //! other tests for the machine).
 
 mod common;
+mod harness;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{free_port, wait_ready};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use futures_util::SinkExt;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as Ws;
 
 /// The workspace root, where the README lives and where its commands are meant to be run.
@@ -179,20 +180,7 @@ async fn the_readme_run_command_serves_the_demo_bot_and_stops_on_sigterm() {
     ))
     .await
     .expect("send");
-    let answer = loop {
-        let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .expect("an answer in time")
-            .expect("socket open")
-            .expect("frame");
-        if let Ws::Text(t) = frame {
-            let v: Value = serde_json::from_str(t.as_str()).expect("JSON frame");
-            if v["type"] == "message" {
-                break v;
-            }
-            assert_ne!(v["type"], "error", "{v}");
-        }
-    };
+    let answer = harness::next_frame(&mut ws, "message").await;
     assert_eq!(answer["text"], "hello from the README", "{answer}");
     drop(ws);
 

@@ -206,6 +206,19 @@ async fn webhooks_accept_durably_verify_signatures_and_call_back() {
     s.stop().await;
 }
 
+/// `/metrics` counts `failed` failures at the route stage, `answered` of them answered.
+async fn assert_failures(base: &str, failed: u64, answered: u64) {
+    let metrics = common::metrics(base).await;
+    assert!(
+        metrics.contains(&format!(
+            "flowbot_pipeline_failures_total{{stage=\"route\"}} {failed}\n"
+        )) && metrics.contains(&format!(
+            "flowbot_pipeline_failures_answered_total {answered}\n"
+        )),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_message_is_answered_never_met_with_silence() {
     // The refusal's own words: send_later refuses a zero delay.
@@ -220,12 +233,7 @@ async fn a_failed_message_is_answered_never_met_with_silence() {
         harness::say(&mut ws, "/echo still here").await["text"],
         "still here"
     );
-    let metrics = common::metrics(&s.base).await;
-    assert!(
-        metrics.contains("flowbot_pipeline_failures_total{stage=\"route\"} 1")
-            && metrics.contains("flowbot_pipeline_failures_answered_total 1"),
-        "{metrics}"
-    );
+    assert_failures(&s.base, 1, 1).await;
     s.stop().await;
 
     // The bot's own words for it, or its general apology when refusals are not shown.
@@ -258,12 +266,7 @@ async fn a_failed_message_is_answered_never_met_with_silence() {
         "next",
         "no answer to the failed message"
     );
-    let metrics = common::metrics(&s.base).await;
-    assert!(
-        metrics.contains("flowbot_pipeline_failures_total{stage=\"route\"} 1")
-            && metrics.contains("flowbot_pipeline_failures_answered_total 0"),
-        "{metrics}"
-    );
+    assert_failures(&s.base, 1, 0).await;
     s.stop().await;
 }
 

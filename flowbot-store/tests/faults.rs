@@ -12,7 +12,6 @@ use flowbot_core::task::{
     NewTask, TaskFilter, TaskRegistry, TaskState, WorkerConfig, WorkerPool, handler_fn,
 };
 use flowbot_core::{CancellationToken, Store, StoreError};
-use sqlx::Connection;
 
 fn config(id: &str) -> WorkerConfig {
     WorkerConfig {
@@ -154,24 +153,14 @@ async fn sqlite_locked_by_another_process() {
         ..o
     })
     .await;
-    let path = match &h {
-        support::Harness::Sqlite { _dir, .. } => _dir.0.join("flowbot.db"),
-        support::Harness::Postgres { .. } => unreachable!("sqlite harness"),
-    };
+    let path = h.sqlite_file().expect("a SQLite harness");
     let store = h.store();
     let s2 = store.clone();
     survive(
         store,
         || async move {
             // Another process takes an exclusive lock on the file for 1.5 s.
-            let mut other =
-                sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-                    .await
-                    .expect("connect");
-            sqlx::raw_sql("BEGIN EXCLUSIVE")
-                .execute(&mut other)
-                .await
-                .expect("lock");
+            let lock = support::SqliteLock::take(&path).await;
             let e = s2
                 .enqueue(&NewTask::new("job", &0u64).expect("payload"))
                 .await
@@ -181,10 +170,7 @@ async fn sqlite_locked_by_another_process() {
                 "a locked database is 'unavailable': {e}"
             );
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            sqlx::raw_sql("COMMIT")
-                .execute(&mut other)
-                .await
-                .expect("unlock");
+            lock.release().await;
         },
         true,
     )

@@ -25,6 +25,31 @@ impl Drop for TempDir {
     }
 }
 
+/// Another process's write lock on a SQLite file: `BEGIN EXCLUSIVE` on a connection of its
+/// own, held until [`SqliteLock::release`].
+pub struct SqliteLock(sqlx::SqliteConnection);
+
+impl SqliteLock {
+    pub async fn take(file: &std::path::Path) -> Self {
+        use sqlx::Connection as _;
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .expect("connect");
+        sqlx::raw_sql("BEGIN EXCLUSIVE")
+            .execute(&mut other)
+            .await
+            .expect("lock");
+        SqliteLock(other)
+    }
+
+    pub async fn release(mut self) {
+        sqlx::raw_sql("COMMIT")
+            .execute(&mut self.0)
+            .await
+            .expect("unlock");
+    }
+}
+
 pub enum Harness {
     Sqlite {
         store: SqliteStore,
@@ -58,6 +83,14 @@ impl Harness {
                 .await
                 .expect("second PostgreSQL connection"),
             ),
+        }
+    }
+
+    /// The database file of a SQLite harness.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        match self {
+            Harness::Sqlite { _dir, .. } => Some(_dir.0.join("flowbot.db")),
+            Harness::Postgres { .. } => None,
         }
     }
 
