@@ -33,6 +33,8 @@ pub struct Config {
     pub web: WebConfig,
     /// Generic webhook channels, by name.
     pub webhooks: BTreeMap<String, WebhookEntry>,
+    /// How the bot answers the people it talks to.
+    pub bot: BotConfig,
     /// The demo bot.
     pub demo: DemoConfig,
     /// Rule files.
@@ -375,6 +377,40 @@ pub struct WebhookEntry {
     pub replay_window_secs: Option<u64>,
 }
 
+/// `[bot]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BotConfig {
+    /// What a person hears when handling their message fails (an outage, a failed action);
+    /// empty: nothing (refusals are still answered, see `failure_reply_refusals`).
+    pub failure_reply: String,
+    /// Answer input the bot refused with the refusal's own words ("the delay must be more
+    /// than zero and at most 1year") instead of `failure_reply`.
+    pub failure_reply_refusals: bool,
+}
+
+impl Default for BotConfig {
+    fn default() -> Self {
+        let reply = flowbot_core::FailureReply::default();
+        BotConfig {
+            failure_reply: reply.text.unwrap_or_default(),
+            failure_reply_refusals: reply.show_refusals,
+        }
+    }
+}
+
+impl BotConfig {
+    /// The pipeline's [`FailureReply`](flowbot_core::FailureReply) for these settings.
+    pub fn failure_reply(&self) -> flowbot_core::FailureReply {
+        let reply = if self.failure_reply.trim().is_empty() {
+            flowbot_core::FailureReply::silent()
+        } else {
+            flowbot_core::FailureReply::text(self.failure_reply.clone())
+        };
+        reply.show_refusals(self.failure_reply_refusals)
+    }
+}
+
 /// `[demo]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -642,6 +678,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
         "workers",
         "web",
         "webhooks",
+        "bot",
         "demo",
         "rules",
         "secrets",
@@ -698,6 +735,7 @@ fn deserialize_with_path(table: &toml::Table) -> Result<Config, ConfigError> {
         workers: section(table, "workers")?,
         web: section(table, "web")?,
         webhooks,
+        bot: section(table, "bot")?,
         demo: section(table, "demo")?,
         rules: section(table, "rules")?,
         secrets: section(table, "secrets")?,

@@ -257,7 +257,8 @@ pub async fn run_server_with(
         .store(store.clone())
         .router_arc(rules.router())
         .action(HttpRequest::new())
-        .workflows(workflows.clone());
+        .workflows(workflows.clone())
+        .failure_reply(config.bot.failure_reply());
     builder = with_notifiers(builder, &config)?;
     if console {
         builder = builder.channel(flowbot_channels::console::channel("console"));
@@ -427,6 +428,7 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
         .router_arc(rules.router())
         .action(HttpRequest::new())
         .workflows(workflow_engine(&config, &store))
+        .failure_reply(config.bot.failure_reply())
         .workers(worker_config(&config, "agent"));
     builder = with_notifiers(builder, &config)?;
     // Agents hold no sockets: web replies go over the bus to the servers.
