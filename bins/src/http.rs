@@ -332,6 +332,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
         "# HELP flowbot_store_errors_total Store errors seen by workers.\n# TYPE flowbot_store_errors_total counter\nflowbot_store_errors_total {}",
         s.workers.store_errors.load(Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# HELP flowbot_tasks_recovered_total Tasks this process returned to the queue for workers that were gone (ended processes, expired leases).\n# TYPE flowbot_tasks_recovered_total counter\nflowbot_tasks_recovered_total {}",
+        s.workers.recovered.load(Relaxed)
+    );
     (
         [(
             header::CONTENT_TYPE,
