@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flowbot_core::task::{KindOptions, ScheduleDef, WorkerConfig, handler_fn};
+use flowbot_core::task::{
+    KindOptions, NewTask, ScheduleDef, TaskFilter, TaskState, WorkerConfig, handler_fn,
+};
 use flowbot_core::{
-    Bot, CancellationToken, Channel, ChannelSender, Event, FailureReply, Handlers, InProcess,
-    InProcessHandle, Message, MessageId, Outbound, RateLimit, Reply, Sender, SentId, Stage, Store,
-    async_trait,
+    Bot, CancellationToken, Channel, ChannelSender, Event, FailureReply, Handlers, INBOUND_TASK,
+    InProcess, InProcessHandle, Message, MessageId, Outbound, RateLimit, Refusal, Reply, Sender,
+    SentId, Stage, Store, StoreError, async_trait,
 };
 use flowbot_store::SqliteStore;
 use serde_json::json;
@@ -318,6 +320,110 @@ async fn failed_deliveries_are_retried_through_the_queue() {
         .expect("delivered in time")
         .expect("open");
     assert_eq!(out.text, "pong");
+    stop.cancel();
+    running.await.expect("join").expect("stopped");
+}
+
+/// A queued message whose handling fails: a transient error is retried (and then answered
+/// as usual), a refusal is answered in its own words and ends the task, any other error is
+/// answered with the apology and dead-letters the task with its error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_failures_are_retried_refused_or_dead_lettered() {
+    let dir = TempDir::new();
+    let store = sqlite(&dir).await;
+    let (channel, mut handle) = InProcess::channel("local", 64);
+    let router = Handlers::new(AtomicU32::new(0))
+        .command("flaky", |cx| async move {
+            if cx.state.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(flowbot_core::Error::Store(StoreError::Unavailable(
+                    "the database is away".into(),
+                )));
+            }
+            Ok(Reply::text("flaky ok"))
+        })
+        .command("refuse", |_cx| async move {
+            Err(flowbot_core::Error::Handler(Box::new(Refusal::new(
+                "no, not like that",
+            ))))
+        })
+        .command("broken", |_cx| async move {
+            Err(flowbot_core::Error::Handler("a bug".into()))
+        });
+    let bot = Bot::builder()
+        .channel(channel)
+        .store(store.clone())
+        .router(router)
+        .workers(fast_workers())
+        .build()
+        .expect("bot");
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(bot.run(stop.clone()));
+    for (n, text) in ["/flaky", "/refuse", "/broken"].into_iter().enumerate() {
+        let event = Event::Message(Message::text(
+            "local",
+            format!("c{n}"),
+            Sender::user("u"),
+            text,
+        ));
+        store
+            .enqueue(&NewTask::new(INBOUND_TASK, &event).expect("task"))
+            .await
+            .expect("enqueue");
+    }
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(reply(&mut handle).await.text);
+    }
+    answers.sort();
+    let apology = FailureReply::default().text.expect("an apology");
+    let mut want = vec![
+        apology,
+        "flaky ok".to_owned(),
+        "no, not like that".to_owned(),
+    ];
+    want.sort();
+    assert_eq!(answers, want);
+    no_reply(&mut handle).await;
+
+    let tasks = store
+        .list_tasks(&TaskFilter {
+            kind: Some(INBOUND_TASK.into()),
+            limit: 10,
+            ..TaskFilter::default()
+        })
+        .await
+        .expect("tasks");
+    let text_of = |t: &flowbot_core::task::TaskRecord| {
+        t.payload["text"].as_str().unwrap_or_default().to_owned()
+    };
+    let mut outcomes: Vec<(String, TaskState, u32)> = tasks
+        .items
+        .iter()
+        .map(|t| (text_of(t), t.state, t.attempts))
+        .collect();
+    outcomes.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        outcomes,
+        vec![
+            ("/broken".to_owned(), TaskState::Dead, 1),
+            ("/flaky".to_owned(), TaskState::Done, 2),
+            ("/refuse".to_owned(), TaskState::Done, 1),
+        ],
+        "{:?}",
+        tasks.items
+    );
+    let dead = tasks
+        .items
+        .iter()
+        .find(|t| t.state == TaskState::Dead)
+        .expect("dead letter");
+    assert!(
+        dead.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("route failed: handler failed: a bug")),
+        "{:?}",
+        dead.last_error
+    );
     stop.cancel();
     running.await.expect("join").expect("stopped");
 }

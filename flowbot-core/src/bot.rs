@@ -332,12 +332,14 @@ impl BotBuilder {
                         .as_ref()
                         .map_or(max_attempts, |r| r.max_attempts);
                     // A failed stage fails the task: the queue retries a transient failure
-                    // and dead-letters any other with its error, so no message is lost silently.
+                    // and dead-letters any other with its error, so no message is lost
+                    // silently. Input the bot refused was answered: that is its handling.
                     match pipeline.handle_queued(event, cx.attempt() >= allowed).await {
                         Ok(_) => Ok(()),
                         Err(failure) if failure.is_transient() => {
                             Err(TaskError::retryable(failure))
                         }
+                        Err(failure) if failure.error.refusal().is_some() => Ok(()),
                         Err(failure) => Err(TaskError::permanent(failure)),
                     }
                 }

@@ -240,10 +240,11 @@ impl Pipeline {
     /// ([`INBOUND_TASK`]): a message already in the history is a retry after a crash, not a
     /// redelivery, so it is handled again instead of dropped.
     ///
-    /// A failure is reported to `on_error` and returned, so the task fails: the queue retries
-    /// a [transient](HandleFailure::is_transient) one and dead-letters any other. The sender
-    /// hears the [`FailureReply`] when the failure is not transient, or when `last_attempt`
-    /// says the queue will not try again.
+    /// A failure is reported to `on_error` and returned; the bot's [`INBOUND_TASK`] handler
+    /// fails the task with it, so the queue retries a [transient](HandleFailure::is_transient)
+    /// one and dead-letters any other, except a [`Refusal`](crate::Refusal), whose answer is
+    /// the message's handling. The sender hears the [`FailureReply`] when the failure is not
+    /// transient, or when `last_attempt` says the queue will not try again.
     pub async fn handle_queued(
         &self,
         event: Event,
