@@ -13,9 +13,10 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{free_port, wait_ready};
+use common::free_port;
 use futures_util::SinkExt;
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
 /// The workspace root, where the README lives and where its commands are meant to be run.
@@ -72,10 +73,10 @@ fn the_readme_names_one_run_command_and_one_test_command() {
     );
 }
 
-/// Run `command` (a line of shell) from `cwd` in a process group of its own, with `env`.
+/// Run `command` (a line of shell) from `cwd` in a process group of its own, with `env`;
+/// its stdout goes to `log`, its stderr (cargo's output, the server's log) is piped.
 fn shell(command: &str, cwd: &Path, env: &[(&str, String)], log: &Path) -> tokio::process::Child {
     let out = std::fs::File::create(log).expect("log file");
-    let err = out.try_clone().expect("log file");
     tokio::process::Command::new("sh")
         .arg("-c")
         // `exec`: the shell becomes cargo, and `cargo run` in turn becomes the server, so
@@ -86,7 +87,7 @@ fn shell(command: &str, cwd: &Path, env: &[(&str, String)], log: &Path) -> tokio
         .env_remove("FLOWBOT_CONFIG")
         .stdin(std::process::Stdio::null())
         .stdout(out)
-        .stderr(err)
+        .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
@@ -119,7 +120,7 @@ async fn the_readme_run_command_serves_the_demo_bot_and_stops_on_sigterm() {
     assert!(
         help.status.success(),
         "{command} -- --help: {}",
-        log_of(&log)
+        String::from_utf8_lossy(&help.stderr)
     );
     assert!(
         log_of(&log).contains("usage: flowbot-server"),
@@ -134,28 +135,39 @@ async fn the_readme_run_command_serves_the_demo_bot_and_stops_on_sigterm() {
     let env = [("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}"))];
     let mut server = shell(&command, &cwd, &env, &log);
 
-    // The first run may build the server: allow for a cold build before it listens.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1200);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await
-            && r.status().is_success()
-        {
-            break;
+    // The first run may build the server: allow for a cold build, then wait for the line the
+    // server logs once it listens (cargo's output and the server's log share stderr).
+    let mut lines = BufReader::new(server.stderr.take().expect("stderr piped")).lines();
+    let mut output = String::new();
+    let listening = tokio::time::timeout(Duration::from_secs(1200), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            output.push_str(&line);
+            output.push('\n');
+            if line.contains("flowbot-server listening") {
+                return true;
+            }
         }
-        if let Ok(Some(status)) = server.try_wait() {
-            panic!(
-                "`{command}` exited with {status} before serving; its output:\n{}",
-                log_of(&log)
-            );
+        false
+    })
+    .await;
+    assert!(
+        matches!(listening, Ok(true)),
+        "`{command}` did not start listening ({}); its output:\n{output}",
+        if listening.is_ok() {
+            "it exited"
+        } else {
+            "timed out"
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "`{command}` did not serve /healthz; its output:\n{}",
-            log_of(&log)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    );
+    // Keep reading, so the server never blocks on a full pipe.
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    for path in ["/healthz", "/readyz"] {
+        let status = reqwest::get(format!("{base}{path}"))
+            .await
+            .expect(path)
+            .status();
+        assert_eq!(status.as_u16(), 200, "GET {path}");
     }
-    wait_ready(&base, &log).await;
     assert!(
         cwd.join("data").is_dir(),
         "the server keeps its data under ./data"
@@ -195,10 +207,7 @@ async fn the_readme_run_command_serves_the_demo_bot_and_stops_on_sigterm() {
         .await
         .expect("exit within a minute of SIGTERM")
         .expect("wait");
-    assert!(
-        status.success(),
-        "exit after SIGTERM: {status}; output:\n{}",
-        log_of(&log)
-    );
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    drain.await.expect("stderr read to its end");
     let _ = std::fs::remove_dir_all(&cwd);
 }
