@@ -1,12 +1,16 @@
 //! The durable task scheduler: task values, storage traits, the worker pool and cron
 //! schedules. See the crate docs for the delivery guarantees.
 
+mod client;
+mod config;
 mod liveness;
 mod queue;
 mod schedule;
 mod types;
 mod worker;
 
+pub use client::TaskClient;
+pub use config::{Liveness, MAX_LEASE, MAX_WORKERS, QueueConfig, WorkerConfig};
 pub use queue::{ScheduleStore, TaskAdmin, TaskQueue};
 pub use schedule::{
     CronConfig, CronSpec, FireOutcome, FirePlan, MAX_CATCH_UP_FIRES, MisfirePolicy, ScheduleDef,
@@ -19,7 +23,6 @@ pub use types::{
 };
 pub(crate) use types::{after, days};
 pub use worker::{
-    KindOptions, Liveness, MAX_LEASE, MAX_WORKERS, QueueConfig, TaskClient, TaskContext,
-    TaskHandler, TaskRegistry, WorkerConfig, WorkerPool, WorkerStats, handler_fn, in_task_handler,
-    typed_handler,
+    KindOptions, TaskContext, TaskHandler, TaskRegistry, WorkerPool, WorkerStats, handler_fn,
+    in_task_handler, typed_handler,
 };

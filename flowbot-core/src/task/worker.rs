@@ -17,12 +17,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::config::{Liveness, WorkerConfig};
 use super::liveness::{DeadWorker, LivenessLock, dead_workers};
 use super::queue::TaskQueue;
-use super::types::{
-    ClaimRequest, ClaimedTask, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_QUEUE, Enqueued, FailOutcome,
-    Failure, NewTask, RetryPolicy, TaskId,
-};
+use super::types::{ClaimRequest, ClaimedTask, FailOutcome, Failure, RetryPolicy, TaskId};
 use crate::error::{Error, Result, StoreError, TaskError};
 
 /// What a task handler gets: the task, its attempt number, and tokens that tell it to stop.
@@ -220,15 +218,6 @@ impl TaskRegistry {
     }
 }
 
-/// A queue a pool claims from, and how many of its tasks may run at once in this pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueConfig {
-    /// Queue name.
-    pub name: String,
-    /// Most tasks of this queue running at once in this pool (`None`: only the global limit).
-    pub limit: Option<usize>,
-}
-
 tokio::task_local! {
     static IN_HANDLER: ();
 }
@@ -238,166 +227,6 @@ tokio::task_local! {
 /// creates from work arriving from outside, like a webhook waiting for its acknowledgement.
 pub fn in_task_handler() -> bool {
     IN_HANDLER.try_with(|()| ()).is_ok()
-}
-
-/// Where a [`WorkerPool`] keeps its liveness lock (see [`WorkerConfig::liveness`]).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Liveness {
-    /// In the directory the store names for its database ([`TaskQueue::liveness_dir`]):
-    /// next to a SQLite database file, or under the system's temporary directory for a
-    /// PostgreSQL database and schema. None if the store names none.
-    #[default]
-    Auto,
-    /// In this directory (created if missing). Pools share a directory when they use the same
-    /// database on the same host.
-    Dir(PathBuf),
-    /// No liveness lock: the tasks of a pool that ended wait for their leases to expire.
-    Off,
-}
-
-/// The longest [`WorkerConfig::lease`]: a day.
-pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
-
-/// The most [`WorkerConfig::concurrency`], [`WorkerConfig::prefetch`] and
-/// [`QueueConfig::limit`] allow.
-pub const MAX_WORKERS: usize = 100_000;
-
-/// Settings of a [`WorkerPool`].
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    /// Worker id recorded as lease owner; unique per process. With a liveness lock the lease
-    /// owner is this id followed by `@` and the lock's random name, unique to this run of the
-    /// pool ([`TaskContext::worker_id`] gives it).
-    pub id: String,
-    /// Most tasks running at once in this pool (the global worker count).
-    pub concurrency: usize,
-    /// Queues to claim from.
-    pub queues: Vec<QueueConfig>,
-    /// Lease length; a task whose worker stops heartbeating for this long runs elsewhere (at
-    /// most [`MAX_LEASE`]). Default 10 s.
-    pub lease: Duration,
-    /// How often leases of running tasks are extended (shorter than the lease). Default 3 s.
-    pub heartbeat: Duration,
-    /// How often an idle pool polls when no wake-up signal arrives.
-    pub poll_interval: Duration,
-    /// Most tasks claimed in one round trip.
-    pub batch_size: u32,
-    /// Tasks claimed ahead of free workers (leased and heartbeated while they wait), so one
-    /// round trip can fetch a whole batch. Queues with a limit prefetch nothing.
-    pub prefetch: usize,
-    /// How often expired leases, and pools that ended, are looked for. Default 1 s.
-    pub recover_interval: Duration,
-    /// The liveness lock: while the pool runs it holds a lock on a file of its own in a
-    /// directory shared with the other pools of its database on this host, and looks there
-    /// (every `recover_interval`, and at once when it starts) for pools whose lock is free.
-    /// The operating system frees a lock only when its process ends (or the pool is dropped
-    /// without finishing), so the tasks such a pool held go back to the queue at once rather
-    /// than when their leases expire: a server restarted after a crash picks up what it was
-    /// doing as it starts. Pools on other hosts, which cannot see the lock, still wait for
-    /// the leases. Default [`Liveness::Auto`].
-    pub liveness: Liveness,
-    /// Attempts allowed to tasks that lose their lease repeatedly and have no policy of their own.
-    pub default_max_attempts: u32,
-    /// How long shutdown waits for running tasks before releasing them to the queue.
-    pub shutdown_timeout: Duration,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            id: format!(
-                "worker-{}-{}",
-                std::process::id(),
-                uuid::Uuid::new_v4().simple()
-            ),
-            concurrency: 16,
-            queues: vec![QueueConfig {
-                name: DEFAULT_QUEUE.into(),
-                limit: None,
-            }],
-            lease: Duration::from_secs(10),
-            heartbeat: Duration::from_secs(3),
-            poll_interval: Duration::from_secs(1),
-            batch_size: 100,
-            prefetch: 64,
-            recover_interval: Duration::from_secs(1),
-            liveness: Liveness::Auto,
-            default_max_attempts: RetryPolicy::default().max_attempts,
-            shutdown_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-impl WorkerConfig {
-    /// Check the settings fit together.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Build(format!("worker config: {m}")));
-        if self.concurrency == 0 {
-            return bad("concurrency must be at least 1".into());
-        }
-        if self.concurrency > MAX_WORKERS {
-            return bad(format!(
-                "concurrency must be at most {MAX_WORKERS}, got {}",
-                self.concurrency
-            ));
-        }
-        if self.prefetch > MAX_WORKERS {
-            return bad(format!(
-                "prefetch must be at most {MAX_WORKERS}, got {}",
-                self.prefetch
-            ));
-        }
-        if self.batch_size == 0 {
-            return bad("batch_size must be at least 1".into());
-        }
-        if self.default_max_attempts == 0 {
-            return bad("default_max_attempts must be at least 1".into());
-        }
-        if self.queues.is_empty() {
-            return bad("at least one queue is needed".into());
-        }
-        let mut seen = HashSet::new();
-        for q in &self.queues {
-            if !seen.insert(&q.name) {
-                return bad(format!("queue '{}' is listed twice", q.name));
-            }
-            if q.limit == Some(0) {
-                return bad(format!("queue '{}': limit must be at least 1", q.name));
-            }
-            if q.limit.is_some_and(|l| l > MAX_WORKERS) {
-                return bad(format!(
-                    "queue '{}': limit must be at most {MAX_WORKERS}",
-                    q.name
-                ));
-            }
-        }
-        for (name, d) in [
-            ("lease", self.lease),
-            ("heartbeat", self.heartbeat),
-            ("poll_interval", self.poll_interval),
-            ("recover_interval", self.recover_interval),
-        ] {
-            if d.is_zero() {
-                return bad(format!("{name} must be greater than zero"));
-            }
-        }
-        if self.lease > MAX_LEASE {
-            return bad(format!(
-                "lease must be at most {:?} (a day), got {:?}",
-                MAX_LEASE, self.lease
-            ));
-        }
-        if self.heartbeat >= self.lease {
-            return bad(format!(
-                "heartbeat ({:?}) must be shorter than the lease ({:?})",
-                self.heartbeat, self.lease
-            ));
-        }
-        if self.liveness == Liveness::Dir(PathBuf::new()) {
-            return bad("liveness directory must not be empty".into());
-        }
-        Ok(())
-    }
 }
 
 /// Counters of a running pool.
@@ -985,76 +814,6 @@ async fn recover_dead_workers(shared: &Shared, dir: PathBuf) {
     }
 }
 
-/// Enqueues tasks after checking them: payload size, retry policy, and (when the client knows
-/// the registered kinds) that a handler exists for the kind.
-#[derive(Clone)]
-pub struct TaskClient {
-    queue: Arc<dyn TaskQueue>,
-    known_kinds: Option<Arc<HashSet<String>>>,
-    max_payload_bytes: usize,
-}
-
-impl std::fmt::Debug for TaskClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskClient")
-            .field("known_kinds", &self.known_kinds)
-            .field("max_payload_bytes", &self.max_payload_bytes)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TaskClient {
-    /// A client for `queue` that accepts any kind (agents elsewhere may handle it).
-    pub fn new(queue: Arc<dyn TaskQueue>) -> Self {
-        TaskClient {
-            queue,
-            known_kinds: None,
-            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
-        }
-    }
-
-    /// Reject kinds that `registry` does not handle with [`Error::UnknownTaskKind`].
-    pub fn only_kinds_of(mut self, registry: &TaskRegistry) -> Self {
-        self.known_kinds = Some(Arc::new(registry.kinds().map(str::to_owned).collect()));
-        self
-    }
-
-    /// Reject payloads larger than `bytes` (default [`DEFAULT_MAX_PAYLOAD_BYTES`]).
-    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
-        self.max_payload_bytes = bytes;
-        self
-    }
-
-    fn check(&self, task: &NewTask) -> Result<()> {
-        task.validate(self.max_payload_bytes)?;
-        if let Some(known) = &self.known_kinds
-            && !known.contains(&task.kind)
-        {
-            return Err(Error::UnknownTaskKind(task.kind.clone()));
-        }
-        Ok(())
-    }
-
-    /// Check and enqueue one task.
-    pub async fn enqueue(&self, task: NewTask) -> Result<Enqueued> {
-        self.check(&task)?;
-        Ok(self.queue.enqueue(&task).await?)
-    }
-
-    /// Check every task, then enqueue them all in one transaction.
-    pub async fn enqueue_batch(&self, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
-        for task in tasks {
-            self.check(task)?;
-        }
-        Ok(self.queue.enqueue_batch(tasks).await?)
-    }
-
-    /// The underlying queue.
-    pub fn queue(&self) -> &Arc<dyn TaskQueue> {
-        &self.queue
-    }
-}
-
 impl From<StoreError> for TaskError {
     fn from(e: StoreError) -> Self {
         TaskError::retryable(e)
@@ -1064,6 +823,7 @@ impl From<StoreError> for TaskError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::{MAX_LEASE, QueueConfig};
     use chrono::DateTime;
 
     fn refused(config: &WorkerConfig) -> String {
