@@ -21,10 +21,10 @@ pub struct QueueConfig {
     pub limit: Option<usize>,
 }
 
-/// Where a [`WorkerPool`] keeps its liveness lock (see [`WorkerConfig::liveness`]).
+/// Where a [`WorkerPool`](super::WorkerPool) keeps its liveness lock (see [`WorkerConfig::liveness`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Liveness {
-    /// In the directory the store names for its database ([`TaskQueue::liveness_dir`]):
+    /// In the directory the store names for its database ([`TaskQueue::liveness_dir`](super::TaskQueue::liveness_dir)):
     /// next to a SQLite database file, or under the system's temporary directory for a
     /// PostgreSQL database and schema. None if the store names none.
     #[default]
@@ -43,12 +43,12 @@ pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 /// [`QueueConfig::limit`] allow.
 pub const MAX_WORKERS: usize = 100_000;
 
-/// Settings of a [`WorkerPool`].
+/// Settings of a [`WorkerPool`](super::WorkerPool).
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Worker id recorded as lease owner; unique per process. With a liveness lock the lease
     /// owner is this id followed by `@` and the lock's random name, unique to this run of the
-    /// pool ([`TaskContext::worker_id`] gives it).
+    /// pool ([`TaskContext::worker_id`](super::TaskContext::worker_id) gives it).
     pub id: String,
     /// Most tasks running at once in this pool (the global worker count).
     pub concurrency: usize,
