@@ -174,6 +174,26 @@ impl ActionRegistry {
         list
     }
 
+    /// The tool specs a model is offered for these actions, in the order given. Fails on a
+    /// name that is not registered.
+    pub fn tool_specs<S: AsRef<str>>(&self, names: &[S]) -> Result<Vec<crate::llm::ToolSpec>> {
+        names
+            .iter()
+            .map(|name| {
+                let name = name.as_ref();
+                let entry = self
+                    .actions
+                    .get(name)
+                    .ok_or_else(|| Error::UnknownAction(name.to_owned()))?;
+                Ok(crate::llm::ToolSpec {
+                    name: name.to_owned(),
+                    description: entry.action.description().to_owned(),
+                    parameters: entry.action.input_schema(),
+                })
+            })
+            .collect()
+    }
+
     /// Check `input` against the action's input schema without running it.
     pub fn check_input(&self, name: &str, input: &Value) -> Result<()> {
         let entry = self

@@ -84,6 +84,9 @@ pub enum Error {
     /// A storage backend failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A language model call failed.
+    #[error(transparent)]
+    Model(#[from] crate::llm::ModelError),
     /// A value could not be serialised or deserialised.
     #[error("JSON error in {context}: {source}")]
     Json {
@@ -120,12 +123,15 @@ impl Error {
     }
 
     /// True when the same work may succeed if tried again later: somewhere in the error's
-    /// chain is a transient [`StoreError`] (the database unavailable, a concurrent writer).
+    /// chain is a transient [`StoreError`] (the database unavailable, a concurrent writer) or
+    /// a transient [`ModelError`](crate::llm::ModelError) (rate limited, overloaded).
     /// The pipeline fails a queued event's task on such an error, so the queue retries it.
     pub fn is_transient(&self) -> bool {
         self.chain().any(|e| {
             e.downcast_ref::<StoreError>()
                 .is_some_and(StoreError::is_transient)
+                || e.downcast_ref::<crate::llm::ModelError>()
+                    .is_some_and(crate::llm::ModelError::is_transient)
                 || e.downcast_ref::<Error>()
                     .is_some_and(|inner| matches!(inner, Error::Store(s) if s.is_transient()))
         })

@@ -12,7 +12,9 @@
 //! - the [`ActionRegistry`] with JSON-Schema-checked input and output;
 //! - the durable task scheduler's executor side in [`task`]: handlers, the [`WorkerPool`](task::WorkerPool)
 //!   with leases and heartbeats, retries, dead letters, concurrency limits and cron;
-//! - the [`Bot`] builder that puts it together.
+//! - the [`Bot`] builder that puts it together;
+//! - the AI traits other crates implement: [`ChatModel`] and [`Embedder`] (in [`llm`]) and
+//!   [`Classifier`].
 //!
 //! Storage backends live in `flowbot-store`.
 //!
@@ -33,6 +35,7 @@ mod commands;
 mod error;
 mod in_process;
 pub mod lease;
+pub mod llm;
 mod message;
 pub mod metrics;
 mod middleware;
@@ -51,6 +54,7 @@ pub use channel::{Capabilities, Channel, ChannelListener, ChannelSender, Inbox, 
 pub use commands::{CommandInfo, CommandParam};
 pub use error::{BoxError, Error, Refusal, Result, StoreError, TaskError};
 pub use in_process::{InProcess, InProcessHandle};
+pub use llm::{ChatModel, Embedder, ModelError};
 pub use message::{
     Attachment, Button, ChannelName, ConversationId, Event, Format, Interaction, Message,
     MessageId, Outbound, Role, Sender, Target, UserId,

@@ -1,0 +1,101 @@
+//! # flowbot-llm
+//!
+//! Language models for FlowBot, over reqwest and an SSE parser, one feature per dialect:
+//!
+//! - `openai`: OpenAI Chat Completions, and every server that speaks it (Ollama, vLLM,
+//!   llama.cpp's server, OpenRouter, LiteLLM; Azure OpenAI through `base_url`, the
+//!   `api-version` query and the `azure` key header), the OpenAI Responses API, and OpenAI
+//!   embeddings;
+//! - `anthropic`: Anthropic Messages;
+//! - `gemini`: Google Gemini, with its embeddings;
+//! - `test-util`: [`fake::FakeProvider`], a local server that speaks all four dialects from
+//!   scripted turns, for testing bots without the internet.
+//!
+//! Each implements core's [`ChatModel`] (and [`Embedder`] where the provider has one):
+//! streamed typed events, parallel tool calls, usage with cached and reasoning tokens,
+//! structured output against a JSON Schema, errors classified by
+//! [`ModelErrorKind`](flowbot_core::llm::ModelErrorKind), and deadlines for connecting, the
+//! first token, silence between tokens and the whole call.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), flowbot_core::ModelError> {
+//! use flowbot_core::llm::{ChatMessage, ChatRequest};
+//! use flowbot_llm::{Dialect, ProviderConfig};
+//! let mut config = ProviderConfig::new(Dialect::Openai, "gpt-4o-mini");
+//! config.api_key_env = Some("OPENAI_API_KEY".into());
+//! let model = flowbot_llm::connect(&config)?;
+//! let answer = model.complete(&ChatRequest::new(vec![ChatMessage::user("Hi!")])).await?;
+//! println!("{}", answer.text);
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod transport;
+
+#[cfg(feature = "anthropic")]
+mod anthropic;
+#[cfg(feature = "gemini")]
+mod gemini;
+#[cfg(feature = "openai")]
+mod openai;
+
+#[cfg(feature = "test-util")]
+pub mod fake;
+
+#[cfg(test)]
+mod recorded;
+
+use std::sync::Arc;
+
+use flowbot_core::llm::{ChatModel, Embedder, ModelError, ModelErrorKind};
+
+pub use config::{Dialect, ProviderConfig};
+pub use transport::{DEFAULT_MAX_RESPONSE_BYTES, Timeouts};
+
+#[cfg(feature = "anthropic")]
+pub use anthropic::Anthropic;
+#[cfg(feature = "gemini")]
+pub use gemini::{Gemini, GeminiEmbedder};
+#[cfg(feature = "openai")]
+pub use openai::{OpenAiChat, OpenAiEmbedder, OpenAiResponses};
+
+fn not_built(config: &ProviderConfig, feature: &str) -> ModelError {
+    ModelError::new(
+        ModelErrorKind::Config,
+        config.name(),
+        format!("flowbot-llm was built without its '{feature}' feature"),
+    )
+}
+
+/// The chat model `config` describes.
+pub fn connect(config: &ProviderConfig) -> Result<Arc<dyn ChatModel>, ModelError> {
+    match config.dialect {
+        #[cfg(feature = "openai")]
+        Dialect::Openai => Ok(Arc::new(OpenAiChat::new(config)?)),
+        #[cfg(feature = "openai")]
+        Dialect::OpenaiResponses => Ok(Arc::new(OpenAiResponses::new(config)?)),
+        #[cfg(feature = "anthropic")]
+        Dialect::Anthropic => Ok(Arc::new(Anthropic::new(config)?)),
+        #[cfg(feature = "gemini")]
+        Dialect::Gemini => Ok(Arc::new(Gemini::new(config)?)),
+        #[allow(unreachable_patterns)]
+        other => Err(not_built(config, other.as_str())),
+    }
+}
+
+/// The embedder `config` describes (its `embedding_model`). Anthropic has none.
+pub fn connect_embedder(config: &ProviderConfig) -> Result<Arc<dyn Embedder>, ModelError> {
+    match config.dialect {
+        #[cfg(feature = "openai")]
+        Dialect::Openai | Dialect::OpenaiResponses => Ok(Arc::new(OpenAiEmbedder::new(config)?)),
+        #[cfg(feature = "gemini")]
+        Dialect::Gemini => Ok(Arc::new(GeminiEmbedder::new(config)?)),
+        Dialect::Anthropic => Err(ModelError::new(
+            ModelErrorKind::Config,
+            config.name(),
+            "Anthropic has no embeddings API: use another provider or flowbot-gpu",
+        )),
+        #[allow(unreachable_patterns)]
+        other => Err(not_built(config, other.as_str())),
+    }
+}
