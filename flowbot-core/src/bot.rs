@@ -41,6 +41,7 @@ pub struct BotBuilder {
     shards: usize,
     inbox_capacity: usize,
     workflows: Option<Arc<Workflows>>,
+    assistant: Option<Arc<dyn crate::llm::Assistant>>,
     notifiers: std::collections::BTreeMap<String, Arc<dyn crate::notify::Notifier>>,
 }
 
@@ -116,6 +117,7 @@ impl Default for BotBuilder {
             shards: 64,
             inbox_capacity: 1024,
             workflows: None,
+            assistant: None,
             notifiers: std::collections::BTreeMap::new(),
         }
     }
@@ -191,6 +193,14 @@ impl BotBuilder {
     /// `workflow.run` and `publish_event` join the registry. Needs a store.
     pub fn workflows(mut self, engine: Arc<Workflows>) -> Self {
         self.workflows = Some(engine);
+        self
+    }
+
+    /// Answer with a language model: the `llm` rule action and routers reach `assistant`
+    /// through [`Services::assistant`](crate::Services::assistant). `flowbot-llm`'s `Agent`
+    /// is one.
+    pub fn assistant(mut self, assistant: Arc<dyn crate::llm::Assistant>) -> Self {
+        self.assistant = Some(assistant);
         self
     }
 
@@ -399,6 +409,7 @@ impl BotBuilder {
                 tasks: tasks.clone(),
                 actions,
                 senders,
+                assistant: self.assistant.clone(),
             },
             on_error,
             failure_reply: self.failure_reply,

@@ -54,7 +54,7 @@ pub use channel::{Capabilities, Channel, ChannelListener, ChannelSender, Inbox, 
 pub use commands::{CommandInfo, CommandParam};
 pub use error::{BoxError, Error, Refusal, Result, StoreError, TaskError};
 pub use in_process::{InProcess, InProcessHandle};
-pub use llm::{ChatModel, Embedder, ModelError};
+pub use llm::{Assistant, ChatModel, Embedder, ModelError};
 pub use message::{
     Attachment, Button, ChannelName, ConversationId, Event, Format, Interaction, Message,
     MessageId, Outbound, Role, Sender, Target, UserId,

@@ -25,6 +25,7 @@ pub struct Services {
     pub(crate) tasks: Option<TaskClient>,
     pub(crate) actions: Arc<ActionRegistry>,
     pub(crate) senders: Arc<Senders>,
+    pub(crate) assistant: Option<Arc<dyn crate::llm::Assistant>>,
 }
 
 impl std::fmt::Debug for Services {
@@ -34,6 +35,7 @@ impl std::fmt::Debug for Services {
             .field("tasks", &self.tasks.is_some())
             .field("actions", &self.actions)
             .field("senders", &self.senders)
+            .field("assistant", &self.assistant.is_some())
             .finish()
     }
 }
@@ -59,6 +61,26 @@ impl Services {
     /// Every channel's sender.
     pub fn senders(&self) -> &Senders {
         &self.senders
+    }
+
+    /// Every channel's sender, shared (for work that outlives the call, such as a reply
+    /// streamed while it is written).
+    pub fn senders_arc(&self) -> &Arc<Senders> {
+        &self.senders
+    }
+
+    /// The assistant (a language model with tools), if the bot has one.
+    pub fn assistant(&self) -> Option<&Arc<dyn crate::llm::Assistant>> {
+        self.assistant.as_ref()
+    }
+
+    /// The context an action called for this turn gets.
+    pub fn action_context(&self, source: Option<Target>) -> ActionContext {
+        ActionContext {
+            store: self.store.clone(),
+            senders: self.senders.clone(),
+            source,
+        }
     }
 }
 
@@ -86,11 +108,7 @@ impl Turn {
 
     /// Call an action with this turn's conversation as its source.
     pub async fn call_action(&self, name: &str, input: Value) -> Result<Value> {
-        let cx = ActionContext {
-            store: self.services.store.clone(),
-            senders: self.services.senders.clone(),
-            source: self.source(),
-        };
+        let cx = self.services.action_context(self.source());
         self.services.actions.call(name, &cx, input).await
     }
 }

@@ -364,3 +364,66 @@ pub trait Embedder: Send + Sync + 'static {
     /// One vector per text, in the same order.
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError>;
 }
+
+/// What the `llm` rule action, a bot's fallback and applications ask an [`Assistant`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Ask {
+    /// A prompt: the name of a prompt template, or the system text itself. `None`: the
+    /// assistant's default prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The model (a name from the assistant's configuration). `None`: its default chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The actions the model may call. `None`: the assistant's default tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    /// The user's words. `None`: the text of the turn's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Identifies this run across retries of the same event (e.g. the rule and the action's
+    /// position): a run interrupted by a crash resumes under the same key instead of
+    /// starting again. The event's id is added by the assistant.
+    #[serde(default)]
+    pub key: String,
+}
+
+impl Ask {
+    /// An ask with the defaults and this run key.
+    pub fn new(key: impl Into<String>) -> Self {
+        Ask {
+            key: key.into(),
+            ..Ask::default()
+        }
+    }
+}
+
+/// An [`Assistant`]'s answer to a turn.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Answer {
+    /// The final text ("" while the run waits for an approval).
+    pub text: String,
+    /// What to send: the answer (completing any draft shown while it was written), or the
+    /// question asking a person to approve a tool call.
+    pub reply: Vec<crate::Outbound>,
+    /// The run's id (its checkpoints, turns and tool calls are stored under it).
+    pub run: String,
+    /// Tokens used by the run so far.
+    pub usage: Usage,
+}
+
+/// Answers a turn with a language model, calling actions as tools: the agent loop of
+/// `flowbot-llm`, reached by the rules engine and the pipeline through this trait. Set one
+/// with [`BotBuilder::assistant`](crate::BotBuilder::assistant).
+#[async_trait]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a FlowBot assistant",
+    note = "flowbot-llm's `Agent` implements `Assistant`"
+)]
+pub trait Assistant: Send + Sync + 'static {
+    /// Answer `turn` as `ask` says.
+    async fn answer(&self, turn: &crate::Turn, ask: &Ask) -> crate::Result<Answer>;
+}
