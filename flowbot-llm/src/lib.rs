@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agent;
 mod config;
 mod transport;
 
@@ -49,6 +50,7 @@ use std::sync::Arc;
 
 use flowbot_core::llm::{ChatModel, Embedder, ModelError, ModelErrorKind};
 
+pub use agent::{Agent, AgentBuilder, Limits};
 pub use config::{Dialect, ProviderConfig};
 pub use transport::{DEFAULT_MAX_RESPONSE_BYTES, Timeouts};
 

@@ -134,6 +134,17 @@ pub(crate) enum Act {
     Script(Arc<AST>),
     /// Start the dialog of this name.
     Dialog(String),
+    /// Ask the assistant.
+    Llm {
+        /// Run key: the rule and the action's position.
+        key: String,
+        prompt: Option<String>,
+        text: Option<String>,
+        model: Option<String>,
+        tools: Option<Vec<String>>,
+        save_as: Option<String>,
+        otherwise: Option<String>,
+    },
 }
 
 /// A JSON value whose strings are templates (by name in the set's environment).
@@ -841,6 +852,29 @@ impl Compiler<'_> {
                         &serde_json::json!({"workflow": name, "input": input}),
                     )?,
                     save_as: save_as.clone(),
+                }
+            }
+            ActionSpec::Llm(spec) => {
+                if let Some(tools) = &spec.tools {
+                    for t in tools {
+                        if !self.plugins.actions.contains(t.as_str()) {
+                            return Err(format!("llm: unknown tool '{t}' (no such action)"));
+                        }
+                    }
+                }
+                let mut template = |what: &str, t: &Option<String>| -> Result<Option<String>, String> {
+                    t.as_ref()
+                        .map(|t| self.template(format!("{base}.{what}"), t))
+                        .transpose()
+                };
+                Act::Llm {
+                    key: base.clone(),
+                    prompt: template("prompt", &spec.prompt)?,
+                    text: template("text", &spec.text)?,
+                    otherwise: template("otherwise", &spec.otherwise)?,
+                    model: spec.model.clone(),
+                    tools: spec.tools.clone(),
+                    save_as: spec.save_as.clone(),
                 }
             }
         })

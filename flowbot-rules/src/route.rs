@@ -321,6 +321,7 @@ fn eval(c: &Cond, f: &Facts<'_>, b: &mut Bindings) -> Result<Outcome, String> {
 pub struct RulesRouter {
     set: RwLock<Arc<RuleSet>>,
     classifier: Option<Arc<dyn Classifier>>,
+    unmatched_to_assistant: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RulesRouter {
@@ -378,6 +379,7 @@ impl RulesRouter {
         RulesRouter {
             set: RwLock::new(Arc::new(set)),
             classifier: None,
+            unmatched_to_assistant: Default::default(),
         }
     }
 
@@ -385,6 +387,13 @@ impl RulesRouter {
     pub fn with_classifier(mut self, classifier: Arc<dyn Classifier>) -> Self {
         self.classifier = Some(classifier);
         self
+    }
+
+    /// Send messages that no rule matched to the bot's assistant (its language model), when
+    /// it has one. Button clicks answering an assistant's approval question always go to it.
+    pub fn set_unmatched_to_assistant(&self, on: bool) {
+        self.unmatched_to_assistant
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The rule set in force.
@@ -612,6 +621,21 @@ impl Router for RulesRouter {
                 }
             }
         }
+        if matched.is_empty()
+            && let Some(assistant) = turn.services.assistant()
+        {
+            let click = matches!(&*turn.event, Event::Interaction(i) if i.value.starts_with("llm:"));
+            let unmatched = matches!(&*turn.event, Event::Message(m) if !m.text.trim().is_empty())
+                && self
+                    .unmatched_to_assistant
+                    .load(std::sync::atomic::Ordering::Relaxed);
+            if click || unmatched {
+                let answer = assistant
+                    .answer(turn, &flowbot_core::llm::Ask::new("unmatched"))
+                    .await?;
+                return Ok(Reply(answer.reply));
+            }
+        }
         let mut reply = Vec::new();
         for (rule, outcome, b) in matched {
             if let Outcome::Usage(text) = outcome {
@@ -684,6 +708,49 @@ async fn run_actions(
                     })?;
                 if let Some(var) = save_as {
                     turn.session.set_var(var.clone(), out);
+                }
+            }
+            Act::Llm {
+                key,
+                prompt,
+                text,
+                model,
+                tools,
+                save_as,
+                otherwise,
+            } => {
+                let Some(assistant) = turn.services.assistant() else {
+                    match otherwise {
+                        Some(t) => {
+                            reply.push(Outbound::text(render(set, t, &ctx)?));
+                            continue;
+                        }
+                        None => {
+                            return Err(ActFailure {
+                                message: "llm: this bot has no language model configured ([llm] in the server's config)".into(),
+                                source: None,
+                            });
+                        }
+                    }
+                };
+                let rendered = |t: &Option<String>| -> Result<Option<String>, ActFailure> {
+                    t.as_ref().map(|t| render(set, t, &ctx)).transpose().map_err(Into::into)
+                };
+                let mut ask = flowbot_core::llm::Ask::new(key.clone());
+                ask.prompt = rendered(prompt)?;
+                ask.text = rendered(text)?;
+                ask.model = model.clone();
+                ask.tools = tools.clone();
+                let answer = assistant.answer(turn, &ask).await.map_err(|e| ActFailure {
+                    message: e.to_string(),
+                    source: Some(e),
+                })?;
+                match save_as {
+                    Some(var) if !answer.text.is_empty() => turn.session.set_var(
+                        var.clone(),
+                        json!({"text": answer.text, "run": answer.run}),
+                    ),
+                    _ => reply.extend(answer.reply),
                 }
             }
             Act::Set(var, value) => {

@@ -311,4 +311,32 @@ pub enum ActionSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         save_as: Option<String>,
     },
+    /// Ask the bot's language model (its assistant), which may call `tools`; the answer is
+    /// the reply, or goes into `save_as`.
+    Llm(LlmSpec),
+}
+
+/// The `llm` action: `{ llm = { prompt = "…", tools = ["send_later"] } }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSpec {
+    /// The system prompt (a template); none: the assistant's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// What to ask (a template); none: the message's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// A model configured under `[llm.models]`; none: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Actions the model may call; none: the assistant's default tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    /// Session variable that receives `{"text": …, "run": …}` instead of replying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_as: Option<String>,
+    /// The reply (a template) when the bot has no language model configured; without it,
+    /// such a rule fails with an error saying so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otherwise: Option<String>,
 }

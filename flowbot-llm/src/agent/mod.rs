@@ -1,0 +1,881 @@
+//! The agent loop: a model answers a turn, calling registered actions as tools, within
+//! budgets, checkpointing every step so that a crash resumes where it stopped.
+//!
+//! - **Tools are actions.** A use (the agent's defaults, a rule's `tools`) allows a set of
+//!   actions; the model sees their JSON Schemas. Arguments are parsed and validated against
+//!   the action's schema before the call; an unknown or not allowed tool, arguments that are
+//!   not JSON or do not match the schema, and an action's own error all go back to the model
+//!   as the call's result, so it can correct itself — at most
+//!   [`Limits::max_failed_calls`] times in a row.
+//! - **Parallel calls** run concurrently; each result is checkpointed as it completes.
+//! - **Budgets**: turns, tokens and wall time per run, and tokens per user per day. Each ends
+//!   the run with a message saying which was spent.
+//! - **Durable runs**: the run's id is the event's id plus the ask's key, so when the queue
+//!   hands an interrupted event to another agent, the run resumes from its last checkpoint;
+//!   a call whose result was checkpointed is never made again (its id is the idempotency
+//!   key).
+//! - **Approvals**: a tool listed in [`AgentBuilder::approval`] pauses the run and asks the
+//!   user with two buttons. The run waits in the store, not in memory: the click can reach
+//!   any server, even after a restart, and resumes it.
+//! - **Cancellation**: with [`AgentBuilder::cancel_on_new_message`], a new message from the
+//!   same user in the same conversation cancels an answer still being written (in this
+//!   process).
+
+mod run;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use flowbot_core::llm::{
+    Answer, Ask, Assistant, ChatMessage, ChatModel, ChatRequest, CompletionBuilder, StreamEvent,
+    ToolCall, ToolResult, Usage,
+};
+use flowbot_core::{CancellationToken, Error, Event, Outbound, Refusal, Turn};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::time::Instant;
+
+pub use run::{CallRecord, HISTORIES, History, RUNS, RunState, RunStatus, Runs, USAGE};
+
+/// Button values start with this; the rest is `approve:<run>:<call>` or `deny:<run>:<call>`.
+pub const APPROVAL_PREFIX: &str = "llm:";
+
+/// The default system prompt.
+pub const DEFAULT_PROMPT: &str = "You are a helpful assistant in a chat. Answer briefly. \
+Use the tools you are given when they help; never invent their results.";
+
+/// Limits of one run.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Model turns per run (each tool round is a turn).
+    pub max_turns: u32,
+    /// Tokens (in + out) per run.
+    pub max_run_tokens: u64,
+    /// Seconds per run, tools included.
+    pub max_run_secs: u64,
+    /// Tool calls in a row that may fail before the run stops.
+    pub max_failed_calls: u32,
+    /// Tokens per user per day (UTC); 0: no limit.
+    pub max_user_daily_tokens: u64,
+    /// Tokens per conversation per day (UTC); 0: no limit.
+    pub max_conversation_daily_tokens: u64,
+    /// Latest history messages kept per user and conversation.
+    pub history_messages: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_turns: 8,
+            max_run_tokens: 200_000,
+            max_run_secs: 300,
+            max_failed_calls: 3,
+            max_user_daily_tokens: 0,
+            max_conversation_daily_tokens: 0,
+            history_messages: 20,
+        }
+    }
+}
+
+impl Limits {
+    /// Check the ranges; the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_turns == 0 || self.max_turns > 100 {
+            return Err(format!("max_turns = {}: must be 1 to 100", self.max_turns));
+        }
+        if self.max_run_secs == 0 || self.max_run_secs > 86_400 {
+            return Err(format!(
+                "max_run_secs = {}: must be 1 to 86400",
+                self.max_run_secs
+            ));
+        }
+        if self.max_run_tokens == 0 {
+            return Err("max_run_tokens must be more than 0".into());
+        }
+        if self.history_messages > 1000 {
+            return Err(format!(
+                "history_messages = {}: at most 1000",
+                self.history_messages
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Streams a run's text as it is written (e.g. into a chat that shows the answer growing).
+pub trait TextSink: Send {
+    /// The answer so far.
+    fn text(&mut self, so_far: &str);
+}
+
+/// An answerer of turns: a model (or chain), a system prompt, tools and limits.
+pub struct Agent {
+    model: Arc<dyn ChatModel>,
+    models: HashMap<String, Arc<dyn ChatModel>>,
+    prompt: String,
+    tools: Vec<String>,
+    approval: HashSet<String>,
+    limits: Limits,
+    cancel_on_new_message: bool,
+    active: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("model", &self.model.name())
+            .field("models", &self.models.keys().collect::<Vec<_>>())
+            .field("tools", &self.tools)
+            .field("approval", &self.approval)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`Agent`].
+pub struct AgentBuilder {
+    agent: Agent,
+}
+
+impl std::fmt::Debug for AgentBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.agent.fmt(f)
+    }
+}
+
+impl AgentBuilder {
+    /// The system prompt.
+    pub fn prompt(mut self, prompt: impl Into<String>) -> Self {
+        self.agent.prompt = prompt.into();
+        self
+    }
+
+    /// Actions the model may call unless an ask names its own.
+    pub fn tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
+        self.agent.tools = tools.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Actions that need a person's approval before each call.
+    pub fn approval<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
+        self.agent.approval = tools.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Another model an ask can name.
+    pub fn model(mut self, name: impl Into<String>, model: Arc<dyn ChatModel>) -> Self {
+        self.agent.models.insert(name.into(), model);
+        self
+    }
+
+    /// The limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.agent.limits = limits;
+        self
+    }
+
+    /// Cancel an answer being written when the same user says something new.
+    pub fn cancel_on_new_message(mut self, yes: bool) -> Self {
+        self.agent.cancel_on_new_message = yes;
+        self
+    }
+
+    /// The agent, or what is wrong with its limits.
+    pub fn build(self) -> Result<Agent, Error> {
+        self.agent
+            .limits
+            .check()
+            .map_err(|e| Error::Build(format!("llm limits: {e}")))?;
+        Ok(self.agent)
+    }
+}
+
+/// How a run step ended.
+enum Step {
+    /// The final text.
+    Answer(String),
+    /// Waiting for approval of this call.
+    Approval(ToolCall),
+    /// Stopped, with the words for the user.
+    Stopped(String),
+}
+
+fn today() -> String {
+    Utc::now().format("%Y-%m-%d").to_string()
+}
+
+/// The answer to an approval click: `(approve?, run, call)`.
+fn parse_click(value: &str) -> Option<(bool, &str, &str)> {
+    let rest = value.strip_prefix(APPROVAL_PREFIX)?;
+    let (verb, rest) = rest.split_once(':')?;
+    let approve = match verb {
+        "approve" => true,
+        "deny" => false,
+        _ => return None,
+    };
+    let (run, call) = rest.rsplit_once(':')?;
+    Some((approve, run, call))
+}
+
+impl Agent {
+    /// An agent answering with `model`.
+    pub fn builder(model: Arc<dyn ChatModel>) -> AgentBuilder {
+        AgentBuilder {
+            agent: Agent {
+                model,
+                models: HashMap::new(),
+                prompt: DEFAULT_PROMPT.to_owned(),
+                tools: Vec::new(),
+                approval: HashSet::new(),
+                limits: Limits::default(),
+                cancel_on_new_message: true,
+                active: Mutex::new(HashMap::new()),
+            },
+        }
+    }
+
+    fn model_for(&self, ask: &Ask) -> Result<Arc<dyn ChatModel>, Error> {
+        match &ask.model {
+            None => Ok(self.model.clone()),
+            Some(name) if name == self.model.name() => Ok(self.model.clone()),
+            Some(name) => self.models.get(name).cloned().ok_or_else(|| {
+                let mut known: Vec<&str> = self.models.keys().map(String::as_str).collect();
+                known.push(self.model.name());
+                known.sort_unstable();
+                Error::Handler(
+                    format!(
+                        "llm: unknown model '{name}' (configured: {})",
+                        known.join(", ")
+                    )
+                    .into(),
+                )
+            }),
+        }
+    }
+
+    /// Answer `turn`, streaming the text into `sink` as it is written.
+    pub async fn answer_with(
+        &self,
+        turn: &Turn,
+        ask: &Ask,
+        sink: &mut dyn TextSink,
+    ) -> Result<Answer, Error> {
+        let runs = Runs::new(turn.services.store().cloned());
+        if let Event::Interaction(click) = &*turn.event
+            && let Some((approve, run, call)) = parse_click(&click.value)
+        {
+            return self.decide(turn, &runs, run, call, approve, sink).await;
+        }
+        let event_id = turn
+            .event
+            .dedupe_id()
+            .map(|id| id.to_string())
+            .unwrap_or_else(|| uuid_like());
+        let id = if ask.key.is_empty() {
+            event_id
+        } else {
+            format!("{event_id}:{}", ask.key)
+        };
+        let model = self.model_for(ask)?;
+        let mut run = match runs.load(&id).await? {
+            Some(run) => {
+                tracing::info!(run = %id, status = ?run.status, "resuming an llm run");
+                run
+            }
+            None => self.start(turn, ask, &runs, &id, &*model).await?,
+        };
+        match &run.status {
+            RunStatus::Done => return Ok(self.answer(&run, run.answer.clone())),
+            RunStatus::Stopped { reason } => {
+                let reason = reason.clone();
+                return Ok(self.answer(&run, reason));
+            }
+            RunStatus::WaitingApproval { call } => {
+                let call = run.calls.get(call).map(|c| c.call.clone());
+                if let Some(call) = call {
+                    return Ok(self.ask_approval(&run, &call));
+                }
+            }
+            RunStatus::Running => {}
+        }
+        self.drive(turn, &runs, &mut run, &*model, sink).await
+    }
+
+    /// A new run: the prompt, the history and the user's words.
+    async fn start(
+        &self,
+        turn: &Turn,
+        ask: &Ask,
+        runs: &Runs,
+        id: &str,
+        model: &dyn ChatModel,
+    ) -> Result<RunState, Error> {
+        let text = match &ask.text {
+            Some(t) => t.clone(),
+            None => turn.text().unwrap_or_default().to_owned(),
+        };
+        if text.trim().is_empty() {
+            return Err(Error::Handler(
+                Refusal::new("There is nothing to answer: the message has no text.").into(),
+            ));
+        }
+        let (channel, conversation) = turn
+            .source()
+            .map(|t| (t.channel.to_string(), t.conversation.to_string()))
+            .unwrap_or_default();
+        let user = turn
+            .event
+            .sender()
+            .map(|s| s.id.to_string())
+            .unwrap_or_default();
+        let history = runs.history(&history_key(&channel, &conversation, &user)).await?;
+        let mut system = match &ask.prompt {
+            Some(p) => p.clone(),
+            None => self.prompt.clone(),
+        };
+        if let Some(summary) = &history.summary {
+            system.push_str("\n\nEarlier in this conversation: ");
+            system.push_str(summary);
+        }
+        let mut messages = vec![ChatMessage::system(system)];
+        messages.extend(history.messages.iter().cloned());
+        messages.push(ChatMessage::user(text));
+        let now = Utc::now();
+        let mut run = RunState {
+            id: id.to_owned(),
+            status: RunStatus::Running,
+            model: model.name().to_owned(),
+            channel,
+            conversation,
+            user,
+            messages,
+            calls: Default::default(),
+            turns: 0,
+            failed_calls: 0,
+            usage: Usage::default(),
+            cost_micros: 0,
+            answer: String::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        // Tools of the ask, remembered with the run so a resumed run offers the same.
+        let tools = ask.tools.clone().unwrap_or_else(|| self.tools.clone());
+        run.calls.insert(
+            TOOLS_KEY.to_owned(),
+            CallRecord {
+                call: ToolCall {
+                    id: TOOLS_KEY.to_owned(),
+                    name: TOOLS_KEY.to_owned(),
+                    arguments: serde_json::to_string(&tools).unwrap_or_default(),
+                },
+                result: None,
+                approved: None,
+                finished_at: None,
+            },
+        );
+        runs.save(&mut run).await?;
+        Ok(run)
+    }
+
+    fn answer(&self, run: &RunState, text: String) -> Answer {
+        let mut a = Answer::default();
+        a.reply = vec![Outbound::text(text.clone())];
+        a.text = text;
+        a.run = run.id.clone();
+        a.usage = run.usage;
+        a
+    }
+
+    fn ask_approval(&self, run: &RunState, call: &ToolCall) -> Answer {
+        let args = if call.arguments.len() > 500 {
+            let mut end = 500;
+            while !call.arguments.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}…", &call.arguments[..end])
+        } else {
+            call.arguments.clone()
+        };
+        let question = Outbound::text(format!(
+            "I would like to run '{}' with {args}. Do you approve?",
+            call.name
+        ))
+        .button(
+            "Approve",
+            format!("{APPROVAL_PREFIX}approve:{}:{}", run.id, call.id),
+        )
+        .button("Deny", format!("{APPROVAL_PREFIX}deny:{}:{}", run.id, call.id));
+        let mut a = Answer::default();
+        a.reply = vec![question];
+        a.run = run.id.clone();
+        a.usage = run.usage;
+        a
+    }
+
+    /// A person approved or denied a call: record it and carry on.
+    async fn decide(
+        &self,
+        turn: &Turn,
+        runs: &Runs,
+        id: &str,
+        call_id: &str,
+        approve: bool,
+        sink: &mut dyn TextSink,
+    ) -> Result<Answer, Error> {
+        let Some(mut run) = runs.load(id).await? else {
+            return Err(Error::Handler(
+                Refusal::new("That request has expired or is unknown.").into(),
+            ));
+        };
+        let clicker = turn.event.sender().map(|s| s.id.to_string());
+        if clicker.as_deref() != Some(run.user.as_str()) {
+            return Err(Error::Handler(
+                Refusal::new("Only the person who asked can approve this.").into(),
+            ));
+        }
+        match &run.status {
+            RunStatus::WaitingApproval { call } if call == call_id => {}
+            // A second click, or a click on an old question: say where the run stands.
+            RunStatus::Done => return Ok(self.answer(&run, run.answer.clone())),
+            RunStatus::Stopped { reason } => {
+                let reason = reason.clone();
+                return Ok(self.answer(&run, reason));
+            }
+            _ => {
+                return Err(Error::Handler(
+                    Refusal::new("That request was already answered.").into(),
+                ));
+            }
+        }
+        if let Some(record) = run.calls.get_mut(call_id) {
+            record.approved = Some(approve);
+        }
+        run.status = RunStatus::Running;
+        runs.save(&mut run).await?;
+        let model = match self.models.get(&run.model) {
+            Some(m) => m.clone(),
+            None => self.model.clone(),
+        };
+        self.drive(turn, runs, &mut run, &*model, sink).await
+    }
+
+    /// Run until the answer, a pause or a stop.
+    async fn drive(
+        &self,
+        turn: &Turn,
+        runs: &Runs,
+        run: &mut RunState,
+        model: &dyn ChatModel,
+        sink: &mut dyn TextSink,
+    ) -> Result<Answer, Error> {
+        let key = history_key(&run.channel, &run.conversation, &run.user);
+        let cancel = CancellationToken::new();
+        if self.cancel_on_new_message {
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(previous) = active.insert(key.clone(), cancel.clone()) {
+                previous.cancel();
+            }
+        }
+        let step = self.steps(turn, runs, run, model, sink, &cancel).await;
+        if self.cancel_on_new_message {
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            if active.get(&key).is_some_and(|c| c.is_cancelled() || !cancel.is_cancelled()) {
+                active.remove(&key);
+            }
+        }
+        let step = match step {
+            Ok(step) => step,
+            Err(e) => {
+                // Transient failures leave the run as it is, to resume when the event is
+                // tried again; others stop it with the error's words.
+                if !e.is_transient() {
+                    run.status = RunStatus::Stopped {
+                        reason: e.to_string(),
+                    };
+                    if let Err(save) = runs.save(run).await {
+                        tracing::warn!(run = %run.id, error = %save, "could not record the failed run");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        match step {
+            Step::Answer(text) => {
+                run.status = RunStatus::Done;
+                run.answer = text.clone();
+                runs.save(run).await?;
+                self.remember(runs, run, &key).await;
+                Ok(self.answer(run, text))
+            }
+            Step::Approval(call) => {
+                run.status = RunStatus::WaitingApproval {
+                    call: call.id.clone(),
+                };
+                runs.save(run).await?;
+                Ok(self.ask_approval(run, &call))
+            }
+            Step::Stopped(reason) => {
+                run.status = RunStatus::Stopped {
+                    reason: reason.clone(),
+                };
+                runs.save(run).await?;
+                Ok(self.answer(run, reason))
+            }
+        }
+    }
+
+    /// Keep the user's words and the answer in the conversation's history.
+    async fn remember(&self, runs: &Runs, run: &RunState, key: &str) {
+        let mut history = match runs.history(key).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "llm history unreadable; starting a new one");
+                History::default()
+            }
+        };
+        if let Some(user) = run
+            .messages
+            .iter()
+            .rev()
+            .find(|m| matches!(m, ChatMessage::User { .. }))
+        {
+            history.messages.push(user.clone());
+        }
+        history.messages.push(ChatMessage::assistant(run.answer.clone()));
+        let keep = self.limits.history_messages;
+        if history.messages.len() > keep {
+            let drop = history.messages.len() - keep;
+            history.messages.drain(..drop);
+        }
+        if let Err(e) = runs.save_history(key, &history).await {
+            tracing::warn!(error = %e, "llm history not saved");
+        }
+        self.count_daily(runs, run).await;
+    }
+
+    /// Add the run's tokens to the day's counters of its user and conversation.
+    async fn count_daily(&self, runs: &Runs, run: &RunState) {
+        let tokens = run.usage.input_tokens.saturating_add(run.usage.output_tokens);
+        for key in daily_keys(run) {
+            if let Err(e) = runs.add_tokens(&key, tokens).await {
+                tracing::warn!(error = %e, "daily token count not saved");
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn steps(
+        &self,
+        turn: &Turn,
+        runs: &Runs,
+        run: &mut RunState,
+        model: &dyn ChatModel,
+        sink: &mut dyn TextSink,
+        cancel: &CancellationToken,
+    ) -> Result<Step, Error> {
+        let started = Instant::now();
+        let limits = &self.limits;
+        let [user_key, conversation_key] = daily_keys(run);
+        if limits.max_user_daily_tokens > 0
+            && runs.tokens(&user_key).await? >= limits.max_user_daily_tokens
+        {
+            return Ok(Step::Stopped(
+                "You have used today's allowance of the assistant. Please try again tomorrow."
+                    .into(),
+            ));
+        }
+        if limits.max_conversation_daily_tokens > 0
+            && runs.tokens(&conversation_key).await?
+                >= limits.max_conversation_daily_tokens
+        {
+            return Ok(Step::Stopped(
+                "This conversation has used today's allowance of the assistant. Please try again tomorrow."
+                    .into(),
+            ));
+        }
+        let tools: Vec<String> = run
+            .calls
+            .get(TOOLS_KEY)
+            .and_then(|c| serde_json::from_str(&c.call.arguments).ok())
+            .unwrap_or_default();
+        let registry = turn.services.actions();
+        let specs = registry.tool_specs(&tools)?;
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(Step::Stopped("(cancelled: a newer message arrived)".into()));
+            }
+            // Tool calls of the last turn that have no result yet.
+            if let Some(ChatMessage::Assistant { tool_calls, .. }) = run.messages.last().cloned()
+                && !tool_calls.is_empty()
+            {
+                if let Some(step) = self.call_tools(turn, runs, run, &tools, &tool_calls).await? {
+                    return Ok(step);
+                }
+                if run.failed_calls >= limits.max_failed_calls {
+                    return Ok(Step::Stopped(format!(
+                        "I could not complete this: {} tool calls in a row failed.",
+                        run.failed_calls
+                    )));
+                }
+            }
+            if run.turns >= limits.max_turns {
+                return Ok(Step::Stopped(format!(
+                    "I stopped after {} steps without reaching an answer.",
+                    run.turns
+                )));
+            }
+            let used = run.usage.input_tokens.saturating_add(run.usage.output_tokens);
+            if used >= limits.max_run_tokens {
+                return Ok(Step::Stopped(format!(
+                    "I stopped: this answer used its budget of {} tokens.",
+                    limits.max_run_tokens
+                )));
+            }
+            let left = Duration::from_secs(limits.max_run_secs).saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Ok(Step::Stopped(format!(
+                    "I stopped: this answer took longer than {} seconds.",
+                    limits.max_run_secs
+                )));
+            }
+            let request = ChatRequest::new(run.messages.clone()).with_tools(specs.clone());
+            let completion = tokio::select! {
+                c = tokio::time::timeout(left, self.call_model(model, &request, sink)) => match c {
+                    Ok(c) => c?,
+                    Err(_) => return Ok(Step::Stopped(format!(
+                        "I stopped: this answer took longer than {} seconds.",
+                        limits.max_run_secs
+                    ))),
+                },
+                _ = cancel.cancelled() => {
+                    return Ok(Step::Stopped("(cancelled: a newer message arrived)".into()));
+                }
+            };
+            run.turns = run.turns.saturating_add(1);
+            if let Some(u) = completion.usage {
+                add_usage(&mut run.usage, &u);
+            }
+            if let Some(refusal) = completion.refusal.filter(|r| !r.is_empty())
+                && completion.tool_calls.is_empty()
+            {
+                run.messages.push(ChatMessage::assistant(refusal.clone()));
+                runs.save(run).await?;
+                return Ok(Step::Answer(refusal));
+            }
+            let calls = completion.tool_calls;
+            run.messages.push(ChatMessage::Assistant {
+                content: completion.text.clone(),
+                tool_calls: calls.clone(),
+            });
+            for call in &calls {
+                run.calls.insert(
+                    call.id.clone(),
+                    CallRecord {
+                        call: call.clone(),
+                        result: None,
+                        approved: None,
+                        finished_at: None,
+                    },
+                );
+            }
+            // Checkpoint the model's turn.
+            runs.save(run).await?;
+            if calls.is_empty() {
+                return Ok(Step::Answer(completion.text));
+            }
+        }
+    }
+
+    /// One model call, streamed into `sink`.
+    async fn call_model(
+        &self,
+        model: &dyn ChatModel,
+        request: &ChatRequest,
+        sink: &mut dyn TextSink,
+    ) -> Result<flowbot_core::llm::Completion, Error> {
+        let mut stream = model.stream(request).await?;
+        let mut builder = CompletionBuilder::default();
+        while let Some(event) = stream.next().await {
+            let event = event?;
+            let text = matches!(event, StreamEvent::TextDelta { .. });
+            builder.push(&event);
+            if text {
+                sink.text(builder.text());
+            }
+        }
+        Ok(builder.finish())
+    }
+
+    /// Run the calls that have no result yet; `Some(step)` when one needs approval first.
+    async fn call_tools(
+        &self,
+        turn: &Turn,
+        runs: &Runs,
+        run: &mut RunState,
+        allowed: &[String],
+        calls: &[ToolCall],
+    ) -> Result<Option<Step>, Error> {
+        let registry = turn.services.actions();
+        let cx = turn.services.action_context(turn.source());
+        let mut ready = Vec::new();
+        for call in calls {
+            if run.result(&call.id).is_some() {
+                continue; // checkpointed: never again
+            }
+            let approved = run.calls.get(&call.id).and_then(|c| c.approved);
+            if self.approval.contains(&call.name) && allowed.contains(&call.name) {
+                match approved {
+                    None => return Ok(Some(Step::Approval(call.clone()))),
+                    Some(false) => {
+                        let refused = ToolResult {
+                            call_id: call.id.clone(),
+                            name: call.name.clone(),
+                            content: "The user denied this call.".into(),
+                            is_error: true,
+                        };
+                        self.record(runs, run, refused, false).await?;
+                        continue;
+                    }
+                    Some(true) => {}
+                }
+            }
+            ready.push(call.clone());
+        }
+        let mut pending: FuturesUnordered<_> = ready
+            .into_iter()
+            .map(|call| {
+                let cx = cx.clone();
+                async move {
+                    let result = run_tool(registry, &cx, allowed, &call).await;
+                    (call, result)
+                }
+            })
+            .collect();
+        while let Some((call, result)) = pending.next().await {
+            let failed = result.is_err();
+            let content = match result {
+                Ok(v) => v,
+                Err(e) => e,
+            };
+            tracing::debug!(tool = %call.name, call = %call.id, failed, "tool call finished");
+            let result = ToolResult {
+                call_id: call.id.clone(),
+                name: call.name.clone(),
+                content,
+                is_error: failed,
+            };
+            self.record(runs, run, result, failed).await?;
+        }
+        Ok(None)
+    }
+
+    /// Checkpoint one call's result and add it to the conversation.
+    async fn record(
+        &self,
+        runs: &Runs,
+        run: &mut RunState,
+        result: ToolResult,
+        failed: bool,
+    ) -> Result<(), Error> {
+        run.failed_calls = if failed {
+            run.failed_calls.saturating_add(1)
+        } else {
+            0
+        };
+        if let Some(record) = run.calls.get_mut(&result.call_id) {
+            record.result = Some(result.clone());
+            record.finished_at = Some(Utc::now());
+        }
+        run.messages.push(ChatMessage::Tool(result));
+        runs.save(run).await?;
+        Ok(())
+    }
+}
+
+/// The key under which a run remembers the tools it may call.
+const TOOLS_KEY: &str = "$tools";
+
+fn history_key(channel: &str, conversation: &str, user: &str) -> String {
+    format!("{channel}:{conversation}:{user}")
+}
+
+fn daily_keys(run: &RunState) -> [String; 2] {
+    let day = today();
+    [
+        format!("tokens:user:{}:{}:{day}", run.channel, run.user),
+        format!("tokens:conversation:{}:{}:{day}", run.channel, run.conversation),
+    ]
+}
+
+fn add_usage(total: &mut Usage, u: &Usage) {
+    total.input_tokens = total.input_tokens.saturating_add(u.input_tokens);
+    total.output_tokens = total.output_tokens.saturating_add(u.output_tokens);
+    let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+    };
+    total.cached_input_tokens = add(total.cached_input_tokens, u.cached_input_tokens);
+    total.reasoning_tokens = add(total.reasoning_tokens, u.reasoning_tokens);
+    total.cache_creation_input_tokens =
+        add(total.cache_creation_input_tokens, u.cache_creation_input_tokens);
+    total.total_tokens = add(total.total_tokens, u.total_tokens);
+}
+
+/// Check and run one call: `Ok(output JSON)` or `Err(words for the model)`.
+async fn run_tool(
+    registry: &flowbot_core::ActionRegistry,
+    cx: &flowbot_core::ActionContext,
+    allowed: &[String],
+    call: &ToolCall,
+) -> Result<String, String> {
+    if !allowed.iter().any(|a| a == &call.name) {
+        tracing::warn!(tool = %call.name, "the model called a tool it was not offered");
+        return Err(format!(
+            "There is no tool named '{}' here. Available tools: {}.",
+            call.name,
+            if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            }
+        ));
+    }
+    let input = call.parsed_arguments().map_err(|e| {
+        tracing::warn!(tool = %call.name, error = %e, "tool arguments are not JSON");
+        format!("The arguments are not valid JSON ({e}). Send a JSON object.")
+    })?;
+    registry.check_input(&call.name, &input).map_err(|e| {
+        tracing::warn!(tool = %call.name, error = %e, "tool arguments do not match the schema");
+        format!("{e}")
+    })?;
+    match registry.call(&call.name, cx, input).await {
+        Ok(output) => Ok(output.to_string()),
+        Err(e) => {
+            let words = e
+                .refusal()
+                .map(str::to_owned)
+                .unwrap_or_else(|| e.to_string());
+            Err(words)
+        }
+    }
+}
+
+fn uuid_like() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+struct NoSink;
+
+impl TextSink for NoSink {
+    fn text(&mut self, _: &str) {}
+}
+
+#[flowbot_core::async_trait]
+impl Assistant for Agent {
+    async fn answer(&self, turn: &Turn, ask: &Ask) -> Result<Answer, Error> {
+        self.answer_with(turn, ask, &mut NoSink).await
+    }
+}
