@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::draft::{DEFAULT_EDIT_INTERVAL, Streaming};
 use crate::error::{Error, Result};
 use crate::message::{ChannelName, Event, Outbound};
 
@@ -93,6 +94,43 @@ pub trait ChannelSender: Send + Sync + 'static {
     /// What the platform supports.
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
+    }
+
+    /// How an answer is shown while it is written (see [`Draft`](crate::Draft)). The
+    /// default edits a message every [`DEFAULT_EDIT_INTERVAL`] on a channel with
+    /// [`Capabilities::edit`], and shows only the final message on any other; a channel
+    /// says its platform's own rate limit here.
+    fn streaming(&self) -> Streaming {
+        if self.capabilities().edit {
+            Streaming::Edit {
+                interval: DEFAULT_EDIT_INTERVAL,
+            }
+        } else {
+            Streaming::Final
+        }
+    }
+
+    /// Show the text so far of an answer still being written: `partial` carries the target,
+    /// the text so far, its format and [`Outbound::draft`] (the draft's id). Channels with
+    /// [`Streaming::Partial`] implement it; the default refuses.
+    async fn send_partial(&self, partial: &Outbound) -> Result<()> {
+        Err(Error::Channel {
+            channel: partial
+                .target
+                .as_ref()
+                .map(|t| t.channel.to_string())
+                .unwrap_or_default(),
+            detail: "this channel does not show partial answers".into(),
+        })
+    }
+
+    /// Turn the draft message `shown` into the final `message` (which completes the draft);
+    /// the id of the last message it leaves. The default [edits](ChannelSender::edit) it; a
+    /// channel whose edit cannot carry a whole message (text longer than one message,
+    /// attachments) sends the rest as new messages.
+    async fn finish_draft(&self, shown: &SentId, message: &Outbound) -> Result<SentId> {
+        self.edit(shown, message).await?;
+        Ok(shown.clone())
     }
 }
 
@@ -188,7 +226,9 @@ impl Senders {
         self.by_name.get(name)
     }
 
-    /// Deliver `message` through the channel its target names.
+    /// Deliver `message` through the channel its target names. A message completing a
+    /// [`Draft`](crate::Draft) that the channel shows as a message replaces it
+    /// ([`ChannelSender::finish_draft`]); when that fails, the message is sent as a new one.
     pub async fn send(&self, message: &Outbound) -> Result<SentId> {
         let target = message.target.as_ref().ok_or_else(|| Error::Channel {
             channel: String::new(),
@@ -198,6 +238,16 @@ impl Senders {
             channel: target.channel.to_string(),
             detail: "no channel with this name is registered".into(),
         })?;
+        if let Some(shown) = message.draft.as_ref().and_then(|d| d.shown.as_ref()) {
+            match sender.finish_draft(shown, message).await {
+                Ok(id) => return Ok(id),
+                Err(e) => tracing::warn!(
+                    channel = %target.channel,
+                    error = %e,
+                    "the draft could not be replaced by the final message; sending it as a new one"
+                ),
+            }
+        }
         sender.send(message).await
     }
 }

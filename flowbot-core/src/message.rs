@@ -357,6 +357,10 @@ pub struct Outbound {
     /// on platforms that address those to one user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<UserId>,
+    /// The [`Draft`](crate::Draft) this message completes: where the channel showed the
+    /// answer while it was written, delivery replaces the draft with this message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft: Option<crate::draft::DraftRef>,
 }
 
 impl Outbound {

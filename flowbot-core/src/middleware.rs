@@ -14,6 +14,7 @@ use crate::message::{ChannelName, Event, MessageId, Outbound, UserId};
 
 /// What middleware decides about an event.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per event and middleware: boxing would gain nothing
 pub enum Flow {
     /// Go on to the next middleware and the router.
     Continue,
