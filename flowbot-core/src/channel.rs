@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::draft::{DEFAULT_EDIT_INTERVAL, Streaming};
 use crate::error::{Error, Result};
-use crate::message::{ChannelName, Event, Outbound};
+use crate::message::{ChannelName, Event, Outbound, Target};
 
 /// Where listeners put inbound events. Cloneable; sending waits when the pipeline is busy.
 #[derive(Debug, Clone)]
@@ -96,11 +96,13 @@ pub trait ChannelSender: Send + Sync + 'static {
         Capabilities::default()
     }
 
-    /// How an answer is shown while it is written (see [`Draft`](crate::Draft)). The
-    /// default edits a message every [`DEFAULT_EDIT_INTERVAL`] on a channel with
-    /// [`Capabilities::edit`], and shows only the final message on any other; a channel
-    /// says its platform's own rate limit here.
-    fn streaming(&self) -> Streaming {
+    /// How an answer to `target` is shown while it is written (see
+    /// [`Draft`](crate::Draft)). The default edits a message every
+    /// [`DEFAULT_EDIT_INTERVAL`] on a channel with [`Capabilities::edit`], and shows only the
+    /// final message on any other; a channel says its platform's own rate limit for the
+    /// conversation here.
+    fn streaming(&self, target: &Target) -> Streaming {
+        let _ = target;
         if self.capabilities().edit {
             Streaming::Edit {
                 interval: DEFAULT_EDIT_INTERVAL,

@@ -131,7 +131,9 @@ impl Draft {
     /// that is not registered shows nothing).
     pub fn new(senders: &Senders, target: Target) -> Draft {
         let sender = senders.get(&target.channel).cloned();
-        let streaming = sender.as_ref().map_or(Streaming::Final, |s| s.streaming());
+        let streaming = sender
+            .as_ref()
+            .map_or(Streaming::Final, |s| s.streaming(&target));
         let id = uuid::Uuid::now_v7().to_string();
         Draft {
             template: Outbound {
@@ -478,7 +480,8 @@ mod tests {
             }
         }
 
-        fn streaming(&self) -> Streaming {
+        fn streaming(&self, target: &Target) -> Streaming {
+            assert_eq!(target.conversation.as_str(), "c1");
             self.streaming
         }
     }
