@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -161,6 +161,11 @@ pub struct FakeRequest {
     pub model: String,
     /// The request body.
     pub body: Value,
+    /// The query parameters, decoded, in order (Azure's `api-version`, Gemini's `alt`).
+    pub query: Vec<(String, String)>,
+    /// The headers, names in lower case; the key headers (`authorization`, `api-key`,
+    /// `x-api-key`, `x-goog-api-key`) are present with the value `[redacted]`.
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 type Responder = Arc<dyn Fn(&FakeRequest) -> Turn + Send + Sync>;
@@ -287,28 +292,28 @@ pub(crate) trait Wire {
 
 type Sh = State<Arc<Mutex<Shared>>>;
 
-async fn openai_chat(State(s): Sh, headers: HeaderMap, body: Bytes) -> Response {
+async fn openai_chat(State(s): Sh, RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     #[cfg(feature = "openai")]
     {
-        serve(&s, &headers, body, Dialect::Openai, "/v1/chat/completions", None, &openai::Chat).await
+        serve(&s, &headers, q.as_deref(), body, Dialect::Openai, "/v1/chat/completions", None, &openai::Chat).await
     }
     #[cfg(not(feature = "openai"))]
-    not_built(&s, &headers, body, "openai")
+    not_built(&s, &headers, q.as_deref(), body, "openai")
 }
 
-async fn openai_responses(State(s): Sh, headers: HeaderMap, body: Bytes) -> Response {
+async fn openai_responses(State(s): Sh, RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     #[cfg(feature = "openai")]
     {
-        serve(&s, &headers, body, Dialect::OpenaiResponses, "/v1/responses", None, &openai::Responses).await
+        serve(&s, &headers, q.as_deref(), body, Dialect::OpenaiResponses, "/v1/responses", None, &openai::Responses).await
     }
     #[cfg(not(feature = "openai"))]
-    not_built(&s, &headers, body, "openai")
+    not_built(&s, &headers, q.as_deref(), body, "openai")
 }
 
-async fn openai_embeddings(State(s): Sh, headers: HeaderMap, body: Bytes) -> Response {
+async fn openai_embeddings(State(s): Sh, RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     #[cfg(feature = "openai")]
     {
-        let body = match start(&s, &headers, &body, Dialect::Openai, "/v1/embeddings", None, &openai::Chat) {
+        let body = match start(&s, &headers, q.as_deref(), &body, Dialect::Openai, "/v1/embeddings", None, &openai::Chat) {
             Ok((_, body)) => body,
             Err(r) => return r,
         };
@@ -318,19 +323,19 @@ async fn openai_embeddings(State(s): Sh, headers: HeaderMap, body: Bytes) -> Res
         }
     }
     #[cfg(not(feature = "openai"))]
-    not_built(&s, &headers, body, "openai")
+    not_built(&s, &headers, q.as_deref(), body, "openai")
 }
 
-async fn anthropic_messages(State(s): Sh, headers: HeaderMap, body: Bytes) -> Response {
+async fn anthropic_messages(State(s): Sh, RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     #[cfg(feature = "anthropic")]
     {
-        serve(&s, &headers, body, Dialect::Anthropic, "/v1/messages", None, &anthropic::Messages).await
+        serve(&s, &headers, q.as_deref(), body, Dialect::Anthropic, "/v1/messages", None, &anthropic::Messages).await
     }
     #[cfg(not(feature = "anthropic"))]
-    not_built(&s, &headers, body, "anthropic")
+    not_built(&s, &headers, q.as_deref(), body, "anthropic")
 }
 
-async fn gemini_call(State(s): Sh, Path(call): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn gemini_call(State(s): Sh, Path(call): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     #[cfg(feature = "gemini")]
     {
         let path = format!("/v1beta/models/{call}");
@@ -339,10 +344,10 @@ async fn gemini_call(State(s): Sh, Path(call): Path<String>, headers: HeaderMap,
         };
         match method {
             "streamGenerateContent" => {
-                serve(&s, &headers, body, Dialect::Gemini, &path, Some(model), &gemini::Gemini).await
+                serve(&s, &headers, q.as_deref(), body, Dialect::Gemini, &path, Some(model), &gemini::Gemini).await
             }
             "batchEmbedContents" => {
-                let body = match start(&s, &headers, &body, Dialect::Gemini, &path, Some(model), &gemini::Gemini) {
+                let body = match start(&s, &headers, q.as_deref(), &body, Dialect::Gemini, &path, Some(model), &gemini::Gemini) {
                     Ok((_, body)) => body,
                     Err(r) => return r,
                 };
@@ -357,12 +362,12 @@ async fn gemini_call(State(s): Sh, Path(call): Path<String>, headers: HeaderMap,
     #[cfg(not(feature = "gemini"))]
     {
         let _ = call;
-        not_built(&s, &headers, body, "gemini")
+        not_built(&s, &headers, q.as_deref(), body, "gemini")
     }
 }
 
 #[allow(dead_code)]
-fn not_built(_: &Arc<Mutex<Shared>>, _: &HeaderMap, _: Bytes, feature: &str) -> Response {
+fn not_built(_: &Arc<Mutex<Shared>>, _: &HeaderMap, _: Option<&str>, _: Bytes, feature: &str) -> Response {
     (
         StatusCode::NOT_FOUND,
         format!("the fake provider was built without the '{feature}' feature"),
@@ -384,6 +389,7 @@ fn error(wire: &dyn Wire, status: u16, message: &str, retry_after: Option<&str>)
 fn start(
     shared: &Arc<Mutex<Shared>>,
     headers: &HeaderMap,
+    query: Option<&str>,
     body: &Bytes,
     dialect: Dialect,
     path: &str,
@@ -421,6 +427,24 @@ fn start(
         path: path.to_owned(),
         model,
         body: json.clone(),
+        query: query
+            .map(|q| {
+                reqwest::Url::parse(&format!("http://fake/?{q}"))
+                    .map(|u| u.query_pairs().into_owned().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default(),
+        headers: headers
+            .iter()
+            .map(|(name, value)| {
+                let name = name.as_str().to_ascii_lowercase();
+                let value = match name.as_str() {
+                    "authorization" | "api-key" | "x-api-key" | "x-goog-api-key" => "[redacted]".to_owned(),
+                    _ => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                };
+                (name, value)
+            })
+            .collect(),
     };
     shared
         .lock()
@@ -434,13 +458,14 @@ fn start(
 async fn serve(
     shared: &Arc<Mutex<Shared>>,
     headers: &HeaderMap,
+    query: Option<&str>,
     body: Bytes,
     dialect: Dialect,
     path: &str,
     path_model: Option<&str>,
     wire: &dyn Wire,
 ) -> Response {
-    let (request, json) = match start(shared, headers, &body, dialect, path, path_model, wire) {
+    let (request, json) = match start(shared, headers, query, &body, dialect, path, path_model, wire) {
         Ok(r) => r,
         Err(r) => return r,
     };
