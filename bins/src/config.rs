@@ -14,8 +14,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+mod llm;
 mod load;
 mod platforms;
+pub use llm::LlmConfig;
 pub use platforms::{DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
 
 /// The whole configuration.
@@ -52,6 +54,8 @@ pub struct Config {
     pub slack: BTreeMap<String, SlackEntry>,
     /// Discord applications, by channel name.
     pub discord: BTreeMap<String, DiscordEntry>,
+    /// The language model.
+    pub llm: LlmConfig,
 }
 
 /// `[notifiers.<name>]`: a send-only channel for the `notify` action, by `kind`.
@@ -496,7 +500,11 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let mut openai = BTreeMap::new();
         for (name, value) in env {
+            if name.starts_with("OPENAI_") {
+                openai.insert(name.clone(), value.clone());
+            }
             let Some(rest) = name.strip_prefix("FLOWBOT_") else {
                 continue;
             };
@@ -510,7 +518,8 @@ impl Config {
             load::set_path(&mut table, &keys, load::parse_env_value(&value))
                 .map_err(|m| err(name.clone(), m))?;
         }
-        let config: Config = load::deserialize_with_path(&table)?;
+        let mut config: Config = load::deserialize_with_path(&table)?;
+        config.llm.from_openai_env(&openai);
         config.validate()?;
         Ok(config)
     }
@@ -539,6 +548,7 @@ impl Config {
         if self.database.max_connections == 0 {
             return Err(err("database.max_connections", "must be at least 1"));
         }
+        self.llm.validate()?;
         let share = self.database.sqlite_work_share;
         if !(0.01..=1.0).contains(&share) {
             return Err(err(

@@ -26,6 +26,7 @@ use utoipa_axum::routes;
 use crate::config::ServerConfig;
 
 mod channels;
+mod llm;
 mod workflows;
 
 pub use channels::{ChannelRoutes, channel_docs};
@@ -74,11 +75,11 @@ struct Status {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct PageQuery {
+pub(crate) struct PageQuery {
     /// Cursor from the previous page's `next_cursor`.
-    cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
     /// Page size, 1 to 1000 (default 50).
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -91,9 +92,9 @@ struct TaskQuery {
     /// Queue.
     queue: Option<String>,
     /// Cursor from the previous page.
-    cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
     /// Page size, 1 to 1000 (default 50).
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 /// A schedule to create.
@@ -686,6 +687,7 @@ async fn delete_schedule(
         (name = "rules", description = "Rules in force; rules stored through the API"),
         (name = "workflows", description = "Workflow definitions, runs, analytics and trigger hooks"),
         (name = "channels", description = "Chat channels' HTTP endpoints"),
+        (name = "llm", description = "The assistant's runs: turns, tool calls, approvals, usage"),
     )
 )]
 struct ApiDoc;
@@ -829,6 +831,8 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(workflows::cancel_run))
         .routes(routes!(workflows::retry_run))
         .routes(routes!(workflows::trigger_hook))
+        .routes(routes!(llm::list_runs))
+        .routes(routes!(llm::get_run))
         .with_state(state)
         .split_for_parts();
     (router, doc)

@@ -11,4 +11,5 @@
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod llm;
 pub mod run;

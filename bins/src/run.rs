@@ -59,6 +59,9 @@ pub enum RunError {
     /// The rule files could not be loaded.
     #[error("rules: {0}")]
     Rules(#[from] flowbot_rules::Error),
+    /// The language model is misconfigured or unreachable.
+    #[error("{0}")]
+    Llm(String),
 }
 
 /// Open the configured store (applying migrations).
@@ -260,6 +263,11 @@ pub async fn run_server_with(
         .workflows(workflows.clone())
         .failure_reply(config.bot.failure_reply());
     builder = with_notifiers(builder, &config)?;
+    let assistant = crate::llm::assistant(&config.llm).await?;
+    if let Some(a) = &assistant {
+        builder = builder.assistant(a.clone());
+        rules.router().set_unmatched_to_assistant(config.llm.unmatched);
+    }
     if console {
         builder = builder.channel(flowbot_channels::console::channel("console"));
     }
@@ -331,6 +339,9 @@ pub async fn run_server_with(
         builder.without_workers()
     };
     let bot = builder.build()?;
+    if assistant.is_some() {
+        crate::llm::check_tools(&config.llm, bot.pipeline().services().actions())?;
+    }
 
     let state = AppState {
         store: store.clone(),
@@ -431,6 +442,11 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
         .failure_reply(config.bot.failure_reply())
         .workers(worker_config(&config, "agent"));
     builder = with_notifiers(builder, &config)?;
+    let assistant = crate::llm::assistant(&config.llm).await?;
+    if let Some(a) = &assistant {
+        builder = builder.assistant(a.clone());
+        rules.router().set_unmatched_to_assistant(config.llm.unmatched);
+    }
     // Agents hold no sockets: web replies go over the bus to the servers.
     builder = builder.channel(WebChat::new("web", Some(store.clone())).sender_only());
     let (_, hook_channels) = Webhooks::new(store.clone(), &webhook_configs(&config))
@@ -468,6 +484,9 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
         );
     }
     let bot = builder.build()?;
+    if assistant.is_some() {
+        crate::llm::check_tools(&config.llm, bot.pipeline().services().actions())?;
+    }
     tracing::info!(database = %redact(&config.database.url), concurrency = config.workers.concurrency, "flowbot-agent running");
     bot.run(shutdown).await?;
     Ok(())

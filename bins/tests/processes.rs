@@ -7,27 +7,16 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{TempDir, callback_receiver, eventually, free_port, spawn, wait_ready};
+use common::{
+    TempDir, callback_receiver, eventually, free_port, kv, post_hook, slow_endpoint, spawn,
+    wait_ready,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_flowbot-server");
 const AGENT: &str = env!("CARGO_BIN_EXE_flowbot-agent");
-
-fn kv(k: &str, v: impl Into<String>) -> (String, String) {
-    (k.to_owned(), v.into())
-}
-
-async fn post_hook(base: &str, channel: &str, body: Value) -> reqwest::StatusCode {
-    reqwest::Client::new()
-        .post(format!("{base}/hooks/webhook/{channel}"))
-        .json(&body)
-        .send()
-        .await
-        .expect("post")
-        .status()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_survives_sigkill_right_after_its_202() {
@@ -421,29 +410,6 @@ async fn distributed_servers_and_agents_on_postgres() {
     assert_eq!(dead["items"], json!([]), "nothing dead-lettered");
 
     common::drop_schema(&url, &schema).await;
-}
-
-/// A slow HTTP endpoint that counts its calls (the node the agent is killed in).
-async fn slow_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let c = calls.clone();
-    let app = axum::Router::new().route(
-        "/slow",
-        axum::routing::get(move || {
-            let c = c.clone();
-            async move {
-                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-                axum::Json(json!({"call": n}))
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/slow"), calls)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,7 +57,7 @@ impl Dialect {
 /// "#).unwrap();
 /// assert_eq!(config.model, "llama3.2");
 /// ```
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// The wire dialect.

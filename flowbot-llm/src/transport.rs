@@ -46,7 +46,7 @@ const MAX_ERROR_BODY: usize = 64 << 10;
 /// Where and how a provider is reached. Every provider has one; its fields are set through
 /// the provider's builder.
 #[derive(Clone)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     pub(crate) client: reqwest::Client,
     pub(crate) base_url: String,
     pub(crate) headers: HeaderMap,
@@ -188,6 +188,36 @@ impl Endpoint {
             .error(kind, message)
             .with_status(status.as_u16())
             .with_retry_after(retry_after))
+    }
+
+    /// GET `path` and read the JSON answer (model lists).
+    pub(crate) async fn get_json(&self, path: &str) -> Result<Value, ModelError> {
+        let url = format!("{}{}", self.base_url, path);
+        let request = self
+            .client
+            .get(&url)
+            .headers(self.headers.clone())
+            .query(&self.query)
+            .timeout(self.timeouts.total);
+        let response = request.send().await.map_err(|e| {
+            let kind = if e.is_timeout() {
+                ModelErrorKind::Timeout(TimeoutKind::Total)
+            } else {
+                ModelErrorKind::Connection
+            };
+            self.error(kind, e.without_url().to_string())
+        })?;
+        let status = response.status();
+        let text = read_capped(response, self.max_response_bytes).await;
+        if !status.is_success() {
+            let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let message = error_message(&json).unwrap_or_else(|| text.trim().to_owned());
+            return Err(self
+                .error(classify_status(status.as_u16(), &message), message)
+                .with_status(status.as_u16()));
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| self.error(ModelErrorKind::Protocol, format!("the answer is not JSON: {e}")))
     }
 
     /// POST and read the whole JSON answer (embeddings, non-streaming calls).

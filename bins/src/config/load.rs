@@ -111,6 +111,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         tailchat: named_sections(table, "tailchat")?,
         slack: named_sections(table, "slack")?,
         discord: named_sections(table, "discord")?,
+        llm: section(table, "llm")?,
     })
 }
 

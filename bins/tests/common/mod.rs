@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use flowbot_channels::webhook::{Callback, SIGNATURE_HEADER, verify};
+use serde_json::{Value, json};
 
 /// A directory removed when dropped.
 pub struct TempDir(pub std::path::PathBuf);
@@ -237,4 +238,43 @@ pub async fn drop_schema(url: &str, schema: &str) {
         .execute(&mut c)
         .await;
     }
+}
+
+/// An environment variable for a spawned binary.
+pub fn kv(k: &str, v: impl Into<String>) -> (String, String) {
+    (k.to_owned(), v.into())
+}
+
+/// POST a message to the generic webhook channel `channel`.
+pub async fn post_hook(base: &str, channel: &str, body: Value) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .post(format!("{base}/hooks/webhook/{channel}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("post")
+        .status()
+}
+
+/// A slow HTTP endpoint that counts its calls (the node the agent is killed in).
+pub async fn slow_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(move || {
+            let c = c.clone();
+            async move {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                axum::Json(json!({"call": n}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/slow"), calls)
 }

@@ -32,7 +32,7 @@ use flowbot_core::llm::{
     Answer, Ask, Assistant, ChatMessage, ChatModel, ChatRequest, CompletionBuilder, StreamEvent,
     ToolCall, ToolResult, Usage,
 };
-use flowbot_core::{CancellationToken, Error, Event, Outbound, Refusal, Turn};
+use flowbot_core::{CancellationToken, Draft, Error, Event, Outbound, Refusal, Turn};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
@@ -873,9 +873,26 @@ impl TextSink for NoSink {
     fn text(&mut self, _: &str) {}
 }
 
+impl TextSink for Draft {
+    fn text(&mut self, so_far: &str) {
+        self.update(so_far);
+    }
+}
+
 #[flowbot_core::async_trait]
 impl Assistant for Agent {
+    /// Answer `turn`; on a channel that can show an answer while it is written, the text
+    /// grows there (a [`Draft`]) and the final reply completes it.
     async fn answer(&self, turn: &Turn, ask: &Ask) -> Result<Answer, Error> {
-        self.answer_with(turn, ask, &mut NoSink).await
+        let Some(mut draft) = Draft::for_turn(turn) else {
+            return self.answer_with(turn, ask, &mut NoSink).await;
+        };
+        let mut answer = self.answer_with(turn, ask, &mut draft).await?;
+        let plain = answer.reply.len() == 1 && answer.reply[0].buttons.is_empty();
+        if plain && !answer.text.is_empty() {
+            let last = answer.reply.remove(0);
+            answer.reply.push(draft.complete(last).await);
+        }
+        Ok(answer)
     }
 }

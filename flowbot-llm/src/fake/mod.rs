@@ -207,6 +207,7 @@ impl FakeProvider {
             ..Shared::default()
         }));
         let app = axum::Router::new()
+            .route("/v1/models", axum::routing::get(models))
             .route("/v1/chat/completions", post(openai_chat))
             .route("/v1/responses", post(openai_responses))
             .route("/v1/embeddings", post(openai_embeddings))
@@ -281,7 +282,7 @@ impl FakeProvider {
 }
 
 /// What one dialect's wire looks like, for the fake.
-pub(crate) trait Wire {
+pub(crate) trait Wire: Sync {
     /// Check a request body as the provider would; `Err` is the 400's message.
     fn check(&self, body: &Value) -> Result<(), String>;
     /// The SSE body that streams `reply` for `model`.
@@ -291,6 +292,15 @@ pub(crate) trait Wire {
 }
 
 type Sh = State<Arc<Mutex<Shared>>>;
+
+/// The models this fake serves (`GET /v1/models`, OpenAI's list shape): `fake-model` only.
+async fn models() -> Response {
+    axum::Json(serde_json::json!({
+        "object": "list",
+        "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "flowbot"}]
+    }))
+    .into_response()
+}
 
 async fn openai_chat(State(s): Sh, RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     #[cfg(feature = "openai")]

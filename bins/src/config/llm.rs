@@ -1,0 +1,122 @@
+//! `[llm]`: the language model that answers free text and calls actions as tools.
+
+use std::collections::BTreeMap;
+
+use flowbot_llm::{Dialect, Limits, ProviderConfig};
+use serde::Deserialize;
+
+use super::{ConfigError, err};
+
+/// `[llm]`. Without any `[llm.models.*]` the bot has no model, unless the environment names
+/// an OpenAI-compatible endpoint (see [`LlmConfig::from_openai_env`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    /// The models, by name: each a provider, a model and its settings.
+    pub models: BTreeMap<String, ProviderConfig>,
+    /// The model used when a rule names none. Default: the only one, or `default`.
+    pub default: Option<String>,
+    /// The system prompt.
+    pub prompt: Option<String>,
+    /// Actions the model may call unless a rule names its own.
+    pub tools: Vec<String>,
+    /// Actions that need a person's approval before each call.
+    pub approval: Vec<String>,
+    /// Messages no rule matched go to the model.
+    pub unmatched: bool,
+    /// A new message from the same user cancels an answer still being written.
+    pub cancel_on_new_message: bool,
+    /// Budgets of a run and per day.
+    pub limits: Limits,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            models: BTreeMap::new(),
+            default: None,
+            prompt: None,
+            tools: vec!["send_later".into()],
+            approval: Vec::new(),
+            unmatched: true,
+            cancel_on_new_message: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl LlmConfig {
+    /// Whether a model is configured.
+    pub fn enabled(&self) -> bool {
+        !self.models.is_empty()
+    }
+
+    /// The name of the default model.
+    pub fn default_name(&self) -> Option<&str> {
+        match &self.default {
+            Some(d) => Some(d.as_str()),
+            None if self.models.len() == 1 => self.models.keys().next().map(String::as_str),
+            None => self.models.contains_key("default").then_some("default"),
+        }
+    }
+
+    /// The quick start: with no model configured, `OPENAI_BASE_URL` (any OpenAI-compatible
+    /// server: Ollama, vLLM, llama.cpp, LiteLLM…) or `OPENAI_API_KEY` (OpenAI itself) adds a
+    /// model named `default`; `OPENAI_MODEL` names the model (default: the server's first
+    /// model for a base URL, `gpt-4o-mini` for OpenAI).
+    pub fn from_openai_env(&mut self, env: &BTreeMap<String, String>) {
+        if !self.models.is_empty() {
+            return;
+        }
+        let get = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let (base, key) = (get("OPENAI_BASE_URL"), get("OPENAI_API_KEY"));
+        if base.is_none() && key.is_none() {
+            return;
+        }
+        let model = get("OPENAI_MODEL").unwrap_or(if base.is_some() { "" } else { "gpt-4o-mini" });
+        let mut p = ProviderConfig::new(Dialect::Openai, model);
+        p.base_url = base.map(str::to_owned);
+        if key.is_some() {
+            p.api_key_env = Some("OPENAI_API_KEY".into());
+        }
+        self.models.insert("default".into(), p);
+    }
+
+    /// Check the section, naming the key at fault.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.models.is_empty() {
+            return Ok(());
+        }
+        for (name, m) in &self.models {
+            let at = format!("llm.models.{name}");
+            m.timeouts().map_err(|e| err(&at, e.message))?;
+            if let Some(var) = &m.api_key_env
+                && m.api_key.is_some()
+            {
+                return Err(err(
+                    format!("{at}.api_key"),
+                    format!("set api_key or api_key_env ({var}), not both"),
+                ));
+            }
+        }
+        match self.default_name() {
+            Some(d) if self.models.contains_key(d) => {}
+            Some(d) => {
+                return Err(err(
+                    "llm.default",
+                    format!("no model named '{d}' under [llm.models]"),
+                ));
+            }
+            None => {
+                return Err(err(
+                    "llm.default",
+                    "several models are configured: name the default one",
+                ));
+            }
+        }
+        self.limits
+            .check()
+            .map_err(|e| err("llm.limits", e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,141 @@
+//! The server with a language model: the quick start (one environment variable naming an
+//! OpenAI-compatible server), free text answered by the model, a tool call that sets a real
+//! reminder on the durable queue, and the errors a user sees when the model fails. The model
+//! is `flowbot_llm::fake::FakeProvider`, a local server speaking OpenAI's wire protocol.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
+
+mod common;
+mod harness;
+
+use std::collections::BTreeMap;
+
+use flowbot_llm::fake::{FakeProvider, Reply, Turn};
+use serde_json::{Value, json};
+
+/// A server whose `[llm]` comes from `OPENAI_BASE_URL` alone, as in the README.
+async fn server_with(fake: &FakeProvider) -> harness::Server {
+    let base = format!("http://{}/v1", fake.addr());
+    harness::start_with(move |c| {
+        let env = BTreeMap::from([("OPENAI_BASE_URL".to_owned(), base)]);
+        c.llm.from_openai_env(&env);
+    })
+    .await
+}
+
+fn chat_requests(fake: &FakeProvider) -> Vec<Value> {
+    fake.requests().into_iter().map(|r| r.body).collect()
+}
+
+#[tokio::test]
+async fn a_base_url_alone_gives_a_model_that_answers_free_text_and_sets_reminders() {
+    let fake = FakeProvider::start().await.unwrap();
+    fake.expect_key(None);
+    fake.chunked(5);
+    fake.push(Turn::Reply(Reply::calls([(
+        "send_later",
+        json!({"delay": "10m", "text": "⏰ Time to stretch"}),
+    )])));
+    fake.push(Turn::Reply(Reply::text(
+        "Done: I'll remind you to stretch in 10 minutes.",
+    )));
+    let s = server_with(&fake).await;
+    let mut ws = harness::chat(&s, "ann", "c1").await;
+
+    // Commands still go to their rules.
+    assert!(harness::say(&mut ws, "/echo hi").await["text"] == "hi");
+    let answer = harness::say(&mut ws, "remind me in 10 minutes to stretch").await;
+    assert_eq!(answer["text"], "Done: I'll remind you to stretch in 10 minutes.");
+
+    let sent = chat_requests(&fake);
+    assert_eq!(sent.len(), 2, "one turn to call the tool, one to answer");
+    // The model found by listing the server's models, the tool offered with its schema.
+    assert_eq!(sent[0]["model"], "fake-model");
+    let tools = sent[0]["tools"].as_array().unwrap();
+    assert_eq!(tools.len(), 1);
+    assert_eq!(tools[0]["function"]["name"], "send_later");
+    assert_eq!(tools[0]["function"]["parameters"]["required"], json!(["text", "delay"]));
+    let messages = sent[0]["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["role"], "system");
+    assert_eq!(
+        messages.last().unwrap()["content"],
+        "remind me in 10 minutes to stretch"
+    );
+    // The second turn carries the call and its real result: a task on the queue, 600 s out.
+    let second = sent[1]["messages"].as_array().unwrap();
+    let result = second.last().unwrap();
+    assert_eq!(result["role"], "tool");
+    assert_eq!(result["tool_call_id"], "call_1");
+    let output: Value = serde_json::from_str(result["content"].as_str().unwrap()).unwrap();
+    assert_eq!(output["delay_secs"], 600.0);
+    assert!(output["task_id"].as_i64().unwrap() > 0);
+
+    // The next message carries the history: the earlier question and answer.
+    fake.push(Turn::Reply(Reply::text("You asked me to remind you.")));
+    let again = harness::say(&mut ws, "what did I ask?").await;
+    assert_eq!(again["text"], "You asked me to remind you.");
+    let third = &chat_requests(&fake)[2]["messages"];
+    let texts: Vec<&str> = third
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert!(texts.contains(&"remind me in 10 minutes to stretch"), "{texts:?}");
+    assert!(texts.contains(&"Done: I'll remind you to stretch in 10 minutes."));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_model_free_text_gets_the_hint_and_no_request_leaves() {
+    let s = harness::start().await;
+    let mut ws = harness::chat(&s, "bob", "c2").await;
+    let answer = harness::say(&mut ws, "hello there").await;
+    assert_eq!(answer["text"], "I didn't understand that. Try /help.");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_tool_calls_go_back_to_the_model_and_the_user_still_gets_an_answer() {
+    let fake = FakeProvider::start().await.unwrap();
+    fake.expect_key(None);
+    // Not JSON, a tool that is not offered, and arguments against the schema.
+    let mut bad = Reply::calls([("send_later", json!({}))]);
+    bad.calls[0].arguments = "{\"delay\": \"10m\", ".into();
+    fake.push(Turn::Reply(bad));
+    fake.push(Turn::Reply(Reply::calls([("kv.delete", json!({"namespace": "x", "key": "y"}))])));
+    fake.push(Turn::Reply(Reply::calls([("send_later", json!({"delay": -5, "text": ""}))])));
+    fake.push(Turn::Reply(Reply::text("Sorry, I could not set that.")));
+    let s = server_with(&fake).await;
+    let mut ws = harness::chat(&s, "cy", "c3").await;
+    let answer = harness::say(&mut ws, "remind me").await;
+    assert_eq!(answer["text"], "I could not complete this: 3 tool calls in a row failed.");
+    let sent = chat_requests(&fake);
+    assert_eq!(sent.len(), 3, "the run stops after three failed calls in a row");
+    let result = |i: usize| {
+        let m = sent[i]["messages"].as_array().unwrap();
+        m.last().unwrap()["content"].as_str().unwrap().to_owned()
+    };
+    assert!(result(1).contains("not valid JSON"), "{}", result(1));
+    assert!(result(2).contains("no tool named 'kv.delete'"), "{}", result(2));
+    assert_eq!(fake.pending(), 1, "the fourth turn was never asked for");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_model_that_keeps_failing_is_answered_with_an_apology_not_silence() {
+    let fake = FakeProvider::start().await.unwrap();
+    fake.expect_key(None);
+    fake.respond_with(|_| Turn::Status {
+        status: 401,
+        message: "invalid key".into(),
+        retry_after: None,
+    });
+    let s = server_with(&fake).await;
+    let mut ws = harness::chat(&s, "di", "c4").await;
+    let answer = harness::say(&mut ws, "hello?").await;
+    let text = answer["text"].as_str().unwrap();
+    assert!(!text.is_empty());
+    assert!(!text.contains("invalid key"), "provider details stay in the log: {text}");
+    s.stop().await;
+}
