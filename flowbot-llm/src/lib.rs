@@ -43,6 +43,9 @@ mod openai;
 #[cfg(feature = "test-util")]
 pub mod fake;
 
+pub mod context;
+pub mod prompt;
+
 #[cfg(test)]
 mod recorded;
 
