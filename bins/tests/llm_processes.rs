@@ -73,7 +73,8 @@ async fn a_run_killed_mid_way_finishes_after_a_restart_and_no_tool_call_runs_twi
         fake.requests().len() == 2
     })
     .await;
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let tool = fake.requests()[1].body["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the tool ran once: {tool}");
     first.start_kill().expect("SIGKILL");
     first.wait().await.expect("reaped");
 

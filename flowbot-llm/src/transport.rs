@@ -221,6 +221,10 @@ impl Endpoint {
     }
 
     /// POST and read the whole JSON answer (embeddings, non-streaming calls).
+    #[cfg_attr(
+        not(any(feature = "openai", feature = "gemini")),
+        allow(dead_code)
+    )]
     pub(crate) async fn post_json(
         &self,
         path: &str,

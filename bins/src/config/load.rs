@@ -54,6 +54,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         "tailchat",
         "slack",
         "discord",
+        "llm",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {

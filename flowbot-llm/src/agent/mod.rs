@@ -273,7 +273,7 @@ impl Agent {
             .event
             .dedupe_id()
             .map(|id| id.to_string())
-            .unwrap_or_else(|| uuid_like());
+            .unwrap_or_else(uuid_like);
         let id = if ask.key.is_empty() {
             event_id
         } else {

@@ -114,6 +114,7 @@ impl std::fmt::Debug for Runs {
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(|e| corrupt(.., e))`
 fn corrupt(what: &str, key: &str, e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(format!("{what} '{key}': {e}"))
 }
@@ -164,7 +165,7 @@ impl Runs {
                 Err(e) => tracing::warn!(run = %key, error = %e, "unreadable run skipped"),
             }
         }
-        runs.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        runs.sort_by_key(|r| std::cmp::Reverse(r.created_at));
         Ok(runs)
     }
 

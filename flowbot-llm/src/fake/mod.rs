@@ -394,8 +394,8 @@ fn error(wire: &dyn Wire, status: u16, message: &str, retry_after: Option<&str>)
     r
 }
 
-/// Check the key and the body, and record the request.
-#[allow(clippy::too_many_arguments)]
+/// Check the key and the body, and record the request. The error is the answer to send.
+#[allow(clippy::too_many_arguments, clippy::result_large_err)]
 fn start(
     shared: &Arc<Mutex<Shared>>,
     headers: &HeaderMap,
@@ -514,13 +514,13 @@ async fn serve(
             Some((after_bytes, pause)),
         ),
     };
-    sse_response(body.into_bytes(), chunk, cut, stall)
+    sse_response(body.as_bytes(), chunk, cut, stall)
 }
 
 /// Stream `body` in pieces: random sizes up to `chunk` (0: whole), cut off after `cut`
 /// bytes (the connection drops), or paused after `stall.0` bytes.
 fn sse_response(
-    body: Vec<u8>,
+    body: &[u8],
     chunk: usize,
     cut: Option<usize>,
     stall: Option<(usize, Duration)>,
