@@ -15,20 +15,107 @@ use flowbot_llm::fake::{FakeProvider, Reply, Turn};
 use serde_json::{Value, json};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_flowbot-server");
+const AGENT: &str = env!("CARGO_BIN_EXE_flowbot-agent");
 
-fn env(port: u16, dir: &TempDir, fake: &FakeProvider, callback: &str) -> Vec<(String, String)> {
-    vec![
-        kv("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
-        kv(
-            "FLOWBOT_DATABASE__URL",
-            format!("sqlite://{}/flowbot.db", dir.0.display()),
-        ),
-        kv("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "100"),
-        kv("FLOWBOT_WEBHOOKS__HOOK__CALLBACK_URL", callback),
-        kv("OPENAI_BASE_URL", format!("http://{}/v1", fake.addr())),
-        kv("OPENAI_MODEL", "fake-model"),
-        kv("FLOWBOT_LLM__TOOLS", "[\"http_request\", \"send_later\"]"),
-    ]
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    /// One server with its embedded agent; "another agent" is the restarted server.
+    Sqlite,
+    /// A server without an agent and separate agent processes; another agent takes over.
+    Postgres,
+}
+
+/// The processes of one test: the worker that runs the assistant can be killed and replaced.
+struct Cluster {
+    dir: TempDir,
+    base: String,
+    env: Vec<(String, String)>,
+    backend: Backend,
+    server: Option<tokio::process::Child>,
+    worker: Option<tokio::process::Child>,
+    lives: usize,
+    pg: Option<(String, String)>,
+}
+
+impl Cluster {
+    /// `None` when the backend is PostgreSQL and no server is configured (outside CI).
+    async fn start(
+        backend: Backend,
+        fake: &FakeProvider,
+        callback: &str,
+        extra: &[(String, String)],
+    ) -> Option<Cluster> {
+        let dir = TempDir::new("flowbot-llm-processes");
+        let port = free_port();
+        let mut env = vec![
+            kv("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
+            kv("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "100"),
+            kv("FLOWBOT_WEBHOOKS__HOOK__CALLBACK_URL", callback),
+            kv("OPENAI_BASE_URL", format!("http://{}/v1", fake.addr())),
+            kv("OPENAI_MODEL", "fake-model"),
+            kv("FLOWBOT_LLM__TOOLS", "[\"http_request\", \"send_later\"]"),
+        ];
+        env.extend(extra.iter().cloned());
+        let mut pg = None;
+        match backend {
+            Backend::Sqlite => env.push(kv(
+                "FLOWBOT_DATABASE__URL",
+                format!("sqlite://{}/flowbot.db", dir.0.display()),
+            )),
+            Backend::Postgres => {
+                let url = common::postgres_url()?;
+                let schema = format!("llm_{}", uuid::Uuid::new_v4().simple());
+                env.push(kv("FLOWBOT_DATABASE__URL", url.clone()));
+                env.push(kv("FLOWBOT_DATABASE__SCHEMA", schema.clone()));
+                pg = Some((url, schema));
+            }
+        }
+        let mut c = Cluster {
+            dir,
+            base: format!("http://127.0.0.1:{port}"),
+            env,
+            backend,
+            server: None,
+            worker: None,
+            lives: 0,
+            pg,
+        };
+        if backend == Backend::Postgres {
+            let log = c.dir.0.join("server.log");
+            c.server = Some(spawn(SERVER, &["--no-agent"], &c.env, &log));
+            wait_ready(&c.base, &log).await;
+        }
+        c.new_worker().await;
+        Some(c)
+    }
+
+    /// Start the process that runs the assistant (the server itself on SQLite).
+    async fn new_worker(&mut self) {
+        self.lives += 1;
+        let log = self.dir.0.join(format!("worker-{}.log", self.lives));
+        match self.backend {
+            Backend::Sqlite => {
+                self.worker = Some(spawn(SERVER, &[], &self.env, &log));
+                wait_ready(&self.base, &log).await;
+            }
+            Backend::Postgres => self.worker = Some(spawn(AGENT, &[], &self.env, &log)),
+        }
+    }
+
+    async fn kill_worker(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            w.start_kill().expect("SIGKILL");
+            w.wait().await.expect("reaped");
+        }
+    }
+
+    async fn end(self) {
+        if let Some((url, schema)) = &self.pg {
+            drop(self.worker);
+            drop(self.server);
+            common::drop_schema(url, schema).await;
+        }
+    }
 }
 
 async fn runs(base: &str) -> Vec<Value> {
@@ -41,29 +128,24 @@ async fn runs(base: &str) -> Vec<Value> {
     page["items"].as_array().unwrap().clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_killed_mid_way_finishes_after_a_restart_and_no_tool_call_runs_twice() {
-    let dir = TempDir::new("flowbot-llm-kill");
+async fn a_run_killed_mid_way_finishes_on_another_agent(backend: Backend) {
     let (cb, seen, _) = callback_receiver(None).await;
     let (slow, calls) = slow_endpoint().await;
     let fake = FakeProvider::start().await.unwrap();
     fake.expect_key(None);
     fake.push(Turn::Reply(Reply::calls([("http_request", json!({"url": slow}))])));
-    // The second model turn hangs: the process is killed while the run waits for it, after
+    // The second model turn hangs: the worker is killed while the run waits for it, after
     // the tool call's result was checkpointed.
     fake.push(Turn::Stall {
         reply: Reply::text("never sent"),
         after_bytes: 0,
         pause: Duration::from_secs(600),
     });
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let env = env(port, &dir, &fake, &cb);
-    let log = dir.0.join("first.log");
-    let mut first = spawn(SERVER, &[], &env, &log);
-    wait_ready(&base, &log).await;
+    let Some(mut c) = Cluster::start(backend, &fake, &cb, &[]).await else {
+        return;
+    };
     let status = post_hook(
-        &base,
+        &c.base,
         "hook",
         json!({"user": "u", "conversation": "c", "text": "call the slow endpoint"}),
     )
@@ -75,14 +157,11 @@ async fn a_run_killed_mid_way_finishes_after_a_restart_and_no_tool_call_runs_twi
     .await;
     let tool = fake.requests()[1].body["messages"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(calls.load(Ordering::SeqCst), 1, "the tool ran once: {tool}");
-    first.start_kill().expect("SIGKILL");
-    first.wait().await.expect("reaped");
+    c.kill_worker().await;
 
     fake.push(Turn::Reply(Reply::text("The endpoint answered.")));
-    let log = dir.0.join("second.log");
-    let _second = spawn(SERVER, &[], &env, &log);
-    wait_ready(&base, &log).await;
-    eventually("the answer from the restarted server", Duration::from_secs(30), || {
+    c.new_worker().await;
+    eventually("the answer from another agent", Duration::from_secs(30), || {
         !seen.lock().unwrap().is_empty()
     })
     .await;
@@ -97,18 +176,27 @@ async fn a_run_killed_mid_way_finishes_after_a_restart_and_no_tool_call_runs_twi
     assert_eq!(last["role"], "tool");
     assert!(last["content"].as_str().unwrap().contains("\"call\":1"), "{last}");
 
-    let runs = runs(&base).await;
+    let runs = runs(&c.base).await;
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0]["status"]["state"], "done");
     assert_eq!(runs[0]["turns"], 2, "one turn before the kill, one after: {}", runs[0]);
     let call = &runs[0]["calls"]["call_1"];
     assert_eq!(call["call"]["name"], "http_request");
     assert!(call["result"]["content"].is_string());
+    c.end().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_approval_question_survives_a_restart_and_the_click_resumes_the_run() {
-    let dir = TempDir::new("flowbot-llm-approval");
+async fn a_run_killed_mid_way_finishes_after_a_restart_on_sqlite() {
+    a_run_killed_mid_way_finishes_on_another_agent(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_mid_way_finishes_on_another_agent_on_postgres() {
+    a_run_killed_mid_way_finishes_on_another_agent(Backend::Postgres).await;
+}
+
+async fn an_approval_survives_the_agent(backend: Backend) {
     let (cb, seen, _) = callback_receiver(None).await;
     let fake = FakeProvider::start().await.unwrap();
     fake.expect_key(None);
@@ -116,15 +204,12 @@ async fn an_approval_question_survives_a_restart_and_the_click_resumes_the_run()
         "send_later",
         json!({"delay": "1h", "text": "stand up"}),
     )])));
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut env = env(port, &dir, &fake, &cb);
-    env.push(kv("FLOWBOT_LLM__APPROVAL", "[\"send_later\"]"));
-    let log = dir.0.join("first.log");
-    let mut first = spawn(SERVER, &[], &env, &log);
-    wait_ready(&base, &log).await;
+    let approval = [kv("FLOWBOT_LLM__APPROVAL", "[\"send_later\"]")];
+    let Some(mut c) = Cluster::start(backend, &fake, &cb, &approval).await else {
+        return;
+    };
     let status = post_hook(
-        &base,
+        &c.base,
         "hook",
         json!({"user": "u", "conversation": "c", "text": "remind me in an hour to stand up"}),
     )
@@ -139,19 +224,15 @@ async fn an_approval_question_survives_a_restart_and_the_click_resumes_the_run()
     assert_eq!(question.buttons.len(), 2);
     assert_eq!(question.buttons[0].label, "Approve");
     let approve = question.buttons[0].value.clone();
-    // Nothing was scheduled yet.
-    assert_eq!(runs(&base).await[0]["status"]["state"], "waiting_approval");
-    first.start_kill().expect("SIGKILL");
-    first.wait().await.expect("reaped");
+    assert_eq!(runs(&c.base).await[0]["status"]["state"], "waiting_approval");
+    c.kill_worker().await;
 
     fake.push(Turn::Reply(Reply::text("Reminder set for an hour from now.")));
-    let log = dir.0.join("second.log");
-    let _second = spawn(SERVER, &[], &env, &log);
-    wait_ready(&base, &log).await;
+    c.new_worker().await;
     // Someone else's click is refused; the asker's resumes the run.
-    let status = post_hook(&base, "hook", json!({"user": "mallory", "conversation": "c", "button": approve})).await;
+    let status = post_hook(&c.base, "hook", json!({"user": "mallory", "conversation": "c", "button": approve})).await;
     assert_eq!(status.as_u16(), 202);
-    let status = post_hook(&base, "hook", json!({"user": "u", "conversation": "c", "button": approve})).await;
+    let status = post_hook(&c.base, "hook", json!({"user": "u", "conversation": "c", "button": approve})).await;
     assert_eq!(status.as_u16(), 202);
     eventually("the answer after the approval", Duration::from_secs(30), || {
         seen.lock()
@@ -165,14 +246,25 @@ async fn an_approval_question_survives_a_restart_and_the_click_resumes_the_run()
         texts.iter().any(|t| t == "Only the person who asked can approve this."),
         "{texts:?}"
     );
-    let runs = runs(&base).await;
+    let runs = runs(&c.base).await;
     assert_eq!(runs[0]["status"]["state"], "done");
     assert_eq!(runs[0]["calls"]["call_1"]["approved"], true);
-    let tasks: Value = reqwest::get(format!("{base}/api/v1/tasks?kind=flowbot.deliver&state=queued"))
+    let tasks: Value = reqwest::get(format!("{}/api/v1/tasks?kind=flowbot.deliver&state=queued", c.base))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(tasks["items"].as_array().unwrap().len(), 1, "the reminder, once: {tasks}");
+    c.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_question_survives_a_restart_on_sqlite() {
+    an_approval_survives_the_agent(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_click_is_taken_by_another_agent_on_postgres() {
+    an_approval_survives_the_agent(Backend::Postgres).await;
 }
