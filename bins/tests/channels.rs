@@ -777,3 +777,543 @@ conformance!(
     discord,
     discord_gateway
 );
+
+/// Answers written piece by piece (a [`flowbot_core::Draft`], as a language model writes
+/// them) are shown as they grow: web chat gets `partial` frames and then the final `message`
+/// naming the draft; Telegram, Slack and Discord see one message, edited no more often than
+/// each platform's interval, ending with the final text; a channel that cannot edit
+/// (Tailchat) gets only the final message. The history holds the final text only. A test
+/// writes the answer step by step through [`drafts::Writer`] and waits for what the platform
+/// shows after each step.
+mod drafts {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use flowbot_core::store::Direction;
+    use flowbot_core::task::WorkerConfig;
+    use flowbot_core::{
+        Bot, CancellationToken, Channel, ChannelName, Draft, Event, Handlers, Message, Outbound,
+        Reply, Sender, Store,
+    };
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio::sync::{mpsc, oneshot};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+
+    use super::{FakeDiscord, FakeSlack, FakeTailchat, FakeTelegram, Fault};
+    use super::{common, discord_fake, fake, slack_fake, tailchat_fake};
+
+    /// What the answer's writer does next.
+    enum Step {
+        /// Add a piece to the draft; answer once it is there.
+        Write(&'static str, oneshot::Sender<()>),
+        /// Answer with this final text.
+        Finish(&'static str),
+    }
+
+    /// The test's end of the bot's writer.
+    struct Writer(mpsc::UnboundedSender<Step>);
+
+    impl Writer {
+        async fn write(&self, piece: &'static str) {
+            let (done, written) = oneshot::channel();
+            self.0.send(Step::Write(piece, done)).expect("writer");
+            written.await.expect("written");
+        }
+
+        fn finish(&self, text: &'static str) {
+            self.0.send(Step::Finish(text)).expect("writer");
+        }
+    }
+
+    const FINAL: &str = "Once upon a time, a bot wrote this answer piece by piece.";
+
+    /// What the platform should show, in order: the first piece, then three pieces written
+    /// within one interval (shown together), then one more, then the final text.
+    const SHOWN: [&str; 4] = ["Once", "Once upon a time", "Once upon a time,", FINAL];
+
+    /// A router answering every message with a draft the test writes.
+    fn writing_router() -> (
+        Handlers<tokio::sync::Mutex<mpsc::UnboundedReceiver<Step>>>,
+        Writer,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let router = Handlers::new(tokio::sync::Mutex::new(rx)).fallback(|cx| async move {
+            let mut draft = Draft::for_turn(&cx.turn).expect("a conversation");
+            let mut steps = cx.state.lock().await;
+            let text = loop {
+                match steps.recv().await {
+                    Some(Step::Write(piece, done)) => {
+                        draft.push(piece);
+                        let _ = done.send(());
+                    }
+                    Some(Step::Finish(text)) => break text,
+                    None => break "",
+                }
+            };
+            Ok(Reply::from(draft.complete(Outbound::text(text)).await))
+        });
+        (router, Writer(tx))
+    }
+
+    async fn store(dir: &common::TempDir) -> Arc<dyn Store> {
+        Arc::new(
+            flowbot_store::SqliteStore::open_in_dir(&dir.0)
+                .await
+                .expect("store"),
+        )
+    }
+
+    /// A bot with the writer's router and `channel`, without workers.
+    fn bot(store: &Arc<dyn Store>, channel: Channel) -> (Arc<Bot>, Writer) {
+        let (router, writer) = writing_router();
+        let bot = Bot::builder()
+            .store(store.clone())
+            .router(router)
+            .channel(channel)
+            .without_workers()
+            .build()
+            .expect("bot");
+        (Arc::new(bot), writer)
+    }
+
+    /// User 42 writes to the bot in `conversation` of `channel`; the pipeline handles it in
+    /// the background, and the task ends with the replies delivered (or queued).
+    fn ask(
+        bot: &Arc<Bot>,
+        channel: &str,
+        conversation: &str,
+    ) -> tokio::task::JoinHandle<Vec<Outbound>> {
+        let event = Event::Message(Message::text(
+            channel,
+            conversation,
+            Sender::user("42"),
+            "tell me a story",
+        ));
+        let bot = bot.clone();
+        tokio::spawn(async move { bot.handle(event).await })
+    }
+
+    /// The stored history of a conversation: (inbound?, text).
+    async fn history(
+        store: &Arc<dyn Store>,
+        channel: &str,
+        conversation: &str,
+    ) -> Vec<(bool, String)> {
+        store
+            .list_messages(&ChannelName::from(channel), &conversation.into(), None, 100)
+            .await
+            .expect("history")
+            .items
+            .into_iter()
+            .map(|m| (m.direction == Direction::Inbound, m.text))
+            .collect()
+    }
+
+    fn only_the_final_text_is_stored(history: &[(bool, String)]) {
+        assert_eq!(
+            history,
+            [
+                (true, "tell me a story".to_owned()),
+                (false, FINAL.to_owned())
+            ],
+            "the question and the final answer, no draft"
+        );
+    }
+
+    /// One platform's view of a conversation: each message created or edited, in order, as
+    /// (when it arrived, created?, text).
+    type Shown = Box<dyn Fn() -> Vec<(Instant, bool, String)> + Send>;
+
+    /// Wait until the last text `shown` is `want`.
+    async fn until_last(shown: &Shown, want: &str) {
+        let texts = || -> Vec<String> { shown().into_iter().map(|(_, _, t)| t).collect() };
+        common::found(
+            &format!("the platform never showed {want:?}"),
+            || (texts().last().map(String::as_str) == Some(want)).then_some(()),
+            texts,
+        )
+        .await
+    }
+
+    /// Write the story, waiting after each step for the platform to show it; then check that
+    /// it saw one message created and then edited, each request at least `interval` after the
+    /// one before, showing [`SHOWN`].
+    async fn write_and_watch(
+        writer: &Writer,
+        answered: tokio::task::JoinHandle<Vec<Outbound>>,
+        shown: Shown,
+        interval: Duration,
+    ) {
+        writer.write("Once").await;
+        until_last(&shown, SHOWN[0]).await;
+        for piece in [" upon", " a", " time"] {
+            writer.write(piece).await;
+        }
+        until_last(&shown, SHOWN[1]).await;
+        writer.write(",").await;
+        until_last(&shown, SHOWN[2]).await;
+        writer.finish(FINAL);
+        let delivered = answered.await.expect("handled");
+        assert_eq!(delivered.len(), 1);
+        let draft = delivered[0]
+            .draft
+            .as_ref()
+            .expect("the answer completes its draft");
+        assert!(draft.shown.is_some(), "{draft:?}");
+
+        let seen = shown();
+        let texts: Vec<&str> = seen.iter().map(|(_, _, t)| t.as_str()).collect();
+        assert_eq!(texts, SHOWN, "one message, growing, then the final text");
+        let created: Vec<bool> = seen.iter().map(|(_, c, _)| *c).collect();
+        assert_eq!(
+            created,
+            [true, false, false, false],
+            "sent once, then edited"
+        );
+        for pair in seen.windows(2) {
+            let gap = pair[1].0.duration_since(pair[0].0);
+            assert!(
+                gap >= interval,
+                "{:?} came {gap:?} after {:?}, sooner than {interval:?}",
+                pair[1].2,
+                pair[0].2
+            );
+        }
+    }
+
+    fn telegram_channel(store: &Arc<dyn Store>, tg: &FakeTelegram) -> Channel {
+        flowbot_channels::telegram::Telegram::sender_only(
+            store.clone(),
+            flowbot_channels::telegram::TelegramConfig {
+                api_base: tg.base.clone(),
+                ..flowbot_channels::telegram::TelegramConfig::polling("tg", fake::TOKEN)
+            },
+        )
+        .expect("telegram")
+    }
+
+    fn telegram_view(tg: &FakeTelegram, chat: i64) -> Shown {
+        let tg = tg.clone();
+        Box::new(move || {
+            tg.texts_to(chat)
+                .into_iter()
+                .map(|(at, method, body)| {
+                    let text = body["text"].as_str().unwrap_or_default().to_owned();
+                    (at, method == "sendMessage", text)
+                })
+                .collect()
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn telegram_edits_one_message_once_a_second_in_a_private_chat() {
+        let tg = FakeTelegram::start().await;
+        let dir = common::TempDir::new("flowbot-draft-telegram");
+        let store = store(&dir).await;
+        let (bot, writer) = bot(&store, telegram_channel(&store, &tg));
+        let answered = ask(&bot, "tg", "7001");
+        write_and_watch(
+            &writer,
+            answered,
+            telegram_view(&tg, 7001),
+            Duration::from_secs(1),
+        )
+        .await;
+        only_the_final_text_is_stored(&history(&store, "tg", "7001").await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slack_updates_one_message_within_tier_3() {
+        let slack = FakeSlack::start().await;
+        let dir = common::TempDir::new("flowbot-draft-slack");
+        let store = store(&dir).await;
+        let (_, channel) = flowbot_channels::slack::Slack::new(
+            store.clone(),
+            flowbot_channels::slack::SlackConfig {
+                name: "sl".into(),
+                bot_token: slack_fake::BOT_TOKEN.into(),
+                signing_secret: slack_fake::SIGNING_SECRET.into(),
+                api_base: slack.api(),
+                app_token: None,
+            },
+        )
+        .expect("slack");
+        let (bot, writer) = bot(&store, channel);
+        let answered = ask(&bot, "sl", "CSTORY");
+        let view = slack.clone();
+        let shown: Shown = Box::new(move || {
+            view.messages_in("CSTORY")
+                .into_iter()
+                .map(|(at, method, body)| {
+                    let text = body["text"].as_str().unwrap_or_default().to_owned();
+                    (at, method == "chat.postMessage", text)
+                })
+                .collect()
+        });
+        write_and_watch(&writer, answered, shown, Duration::from_millis(1200)).await;
+        // One message posted (the answer did not fall back to a new one), and every update
+        // is of it.
+        assert_eq!(slack.posted("CSTORY").len(), 1);
+        let updates = slack.calls("chat.update");
+        assert!(
+            updates.windows(2).all(|w| w[0]["ts"] == w[1]["ts"]),
+            "{updates:?}"
+        );
+        only_the_final_text_is_stored(&history(&store, "sl", "CSTORY").await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn discord_edits_one_message_within_its_channel_bucket() {
+        let discord = FakeDiscord::start().await;
+        let dir = common::TempDir::new("flowbot-draft-discord");
+        let store = store(&dir).await;
+        let settings = flowbot_server::config::DiscordEntry::interactions_only(
+            discord_fake::BOT_TOKEN.into(),
+            discord_fake::APP_ID.into(),
+            discord_fake::public_key(),
+            discord.api(),
+        )
+        .channel_config("dc")
+        .expect("settings");
+        let (_, channel) =
+            flowbot_channels::discord::Discord::new(store.clone(), settings).expect("discord");
+        let (bot, writer) = bot(&store, channel);
+        let answered = ask(&bot, "dc", "D-story");
+        let view = discord.clone();
+        let shown: Shown = Box::new(move || {
+            view.timeline("D-story")
+                .into_iter()
+                .map(|(at, what, body)| {
+                    let text = body["content"].as_str().unwrap_or_default().to_owned();
+                    (at, what == "create", text)
+                })
+                .collect()
+        });
+        write_and_watch(&writer, answered, shown, Duration::from_secs(1)).await;
+        let sent = discord.sent_to("D-story");
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        only_the_final_text_is_stored(&history(&store, "dc", "D-story").await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_channel_that_cannot_edit_gets_the_final_message_only() {
+        let tc = FakeTailchat::start().await;
+        let dir = common::TempDir::new("flowbot-draft-tailchat");
+        let store = store(&dir).await;
+        let (_, channel) = flowbot_channels::tailchat::Tailchat::new(
+            store.clone(),
+            flowbot_channels::tailchat::TailchatConfig {
+                name: "tc".into(),
+                api_base: tc.base.clone(),
+                app_id: tailchat_fake::APP_ID.into(),
+                app_secret: tailchat_fake::APP_SECRET.into(),
+                callback_token: tailchat_fake::CALLBACK_TOKEN.into(),
+                sends_per_second: 10,
+            },
+        )
+        .expect("tailchat");
+        let (bot, writer) = bot(&store, channel);
+        let answered = ask(&bot, "tc", "g1:c-story");
+        for piece in ["Once", " upon", " a", " time", ","] {
+            writer.write(piece).await;
+        }
+        writer.finish(FINAL);
+        let delivered = answered.await.expect("handled");
+        assert_eq!(delivered.len(), 1);
+        let sent = tc.sent_to("c-story");
+        assert_eq!(sent.len(), 1, "exactly one message: {sent:?}");
+        assert_eq!(sent[0]["content"], FINAL);
+        only_the_final_text_is_stored(&history(&store, "tc", "g1:c-story").await);
+    }
+
+    /// The final edit fails and so does sending it anew (the Bot API is down): the answer is
+    /// queued with its draft's reference, and another process, started later on the same
+    /// database, turns the draft into the answer instead of sending a second message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_answer_completes_its_draft_after_a_restart() {
+        let tg = FakeTelegram::start().await;
+        let dir = common::TempDir::new("flowbot-draft-restart");
+        let store = store(&dir).await;
+        let (first, writer) = bot(&store, telegram_channel(&store, &tg));
+        let answered = ask(&first, "tg", "7002");
+        writer.write("Once").await;
+        let view = telegram_view(&tg, 7002);
+        common::found(
+            "the draft shown",
+            || (!view().is_empty()).then_some(()),
+            &view,
+        )
+        .await;
+        tg.fault("editMessageText", Fault::BadGateway);
+        tg.fault("sendMessage", Fault::BadGateway);
+        writer.finish(FINAL);
+        let queued = answered.await.expect("handled");
+        assert_eq!(queued.len(), 1, "queued for delivery");
+        let draft_message = tg.sent_to(7002)[0].clone();
+        assert_eq!(draft_message["text"], "Once");
+        assert_eq!(
+            history(&store, "tg", "7002").await.len(),
+            1,
+            "not delivered yet"
+        );
+        drop(first);
+
+        // A new process on the same database, with workers.
+        let (router, _writer) = writing_router();
+        let second = Bot::builder()
+            .store(store.clone())
+            .router(router)
+            .channel(telegram_channel(&store, &tg))
+            .workers(WorkerConfig {
+                poll_interval: Duration::from_millis(50),
+                ..WorkerConfig::default()
+            })
+            .build()
+            .expect("bot");
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(second.run(stop.clone()));
+        let edited = common::found(
+            "the draft edited into the answer",
+            || {
+                tg.calls("editMessageText")
+                    .into_iter()
+                    .find(|b| b["text"] == FINAL)
+            },
+            || tg.calls("editMessageText"),
+        )
+        .await;
+        assert_eq!(edited["message_id"], 1, "the draft's message");
+        let sends: Vec<String> = view()
+            .into_iter()
+            .filter(|(_, created, _)| *created)
+            .map(|(_, _, text)| text)
+            .collect();
+        assert_eq!(
+            sends,
+            ["Once", FINAL],
+            "the draft, and the refused attempt to send the answer anew; nothing since"
+        );
+        // Delivered, then stored.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while history(&store, "tg", "7002").await.len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "never stored");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        running.await.expect("joined").expect("ran");
+        only_the_final_text_is_stored(&history(&store, "tg", "7002").await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn web_chat_shows_partial_frames_then_the_message_naming_the_draft() {
+        let dir = common::TempDir::new("flowbot-draft-web");
+        let store = store(&dir).await;
+        let web = flowbot_channels::web::WebChat::new("web", Some(store.clone()));
+        let (router, writer) = writing_router();
+        let bot = Bot::builder()
+            .store(store.clone())
+            .router(router)
+            .channel(web.channel())
+            .without_workers()
+            .build()
+            .expect("bot");
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(bot.run(stop.clone()));
+        web.listening().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = web.router();
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        let url = format!("ws://{addr}/ws/chat?user=ada&conversation=story");
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        super::next_frame(&mut ws, "history").await;
+        ws.send(Ws::text(
+            json!({"type": "message", "text": "tell me a story"}).to_string(),
+        ))
+        .await
+        .expect("send");
+
+        // Every frame after the question, until the final message.
+        let mut partials: Vec<Value> = Vec::new();
+        let mut until = async |ws: &mut super::Chat, want: &str| loop {
+            let frame = next(ws).await;
+            match frame["type"].as_str() {
+                Some("partial") => {
+                    let done = frame["text"] == want;
+                    partials.push(frame);
+                    if done {
+                        return None;
+                    }
+                }
+                Some("message") => return Some(frame),
+                _ => {}
+            }
+        };
+        writer.write("Once").await;
+        assert!(until(&mut ws, SHOWN[0]).await.is_none());
+        for piece in [" upon", " a", " time"] {
+            writer.write(piece).await;
+        }
+        assert!(until(&mut ws, SHOWN[1]).await.is_none());
+        writer.write(",").await;
+        assert!(until(&mut ws, SHOWN[2]).await.is_none());
+        writer.finish(FINAL);
+        let message = until(&mut ws, "").await.expect("the final message");
+
+        let draft = partials[0]["draft"].as_str().expect("draft id").to_owned();
+        assert!(!draft.is_empty());
+        let mut so_far = "";
+        for p in &partials {
+            assert_eq!(p["draft"], draft, "{p}");
+            assert_eq!(p["conversation"], "story");
+            assert_eq!(p["format"], "plain");
+            let text = p["text"].as_str().expect("text");
+            assert!(
+                text.starts_with(so_far) && text.len() > so_far.len(),
+                "grows: {partials:?}"
+            );
+            so_far = text;
+        }
+        assert_eq!(message["text"], FINAL);
+        assert_eq!(
+            message["draft"], draft,
+            "the message names the draft it completes"
+        );
+        assert_eq!(message["conversation"], "story");
+
+        // The history has the final text only, and so does a new connection's.
+        only_the_final_text_is_stored(&history(&store, "web", "story").await);
+        let (mut again, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        let shown = super::next_frame(&mut again, "history").await;
+        let texts: Vec<&str> = shown["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["text"].as_str().expect("text"))
+            .collect();
+        assert_eq!(texts, ["tell me a story", FINAL]);
+        stop.cancel();
+        running.await.expect("joined").expect("ran");
+    }
+
+    /// The next frame, as JSON.
+    async fn next(ws: &mut super::Chat) -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("frame in time")
+                .expect("open")
+                .expect("frame");
+            if let Ws::Text(t) = msg {
+                return serde_json::from_str(t.as_str()).expect("JSON frame");
+            }
+        }
+    }
+}

@@ -257,3 +257,92 @@ async fn the_sender_posts_to_channels_and_edits() {
     );
     assert_eq!(discord.sent_to("C8").len(), 2);
 }
+
+/// The final answer completing a draft ([`flowbot_core::Draft`]) edits the draft's message,
+/// once a second at most: a text longer than one message edits its first part into the draft
+/// and sends the rest, the buttons with the last; a draft message Discord no longer knows gets
+/// the answer as a new message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_becomes_the_answer() {
+    use flowbot_core::{Draft, DraftRef, Outbound, Senders, SentId, Streaming, Target};
+
+    let discord = FakeDiscord::start().await;
+    let dir = common::TempDir::new("flowbot-discord-draft");
+    let store: std::sync::Arc<dyn flowbot_core::Store> = std::sync::Arc::new(
+        flowbot_store::SqliteStore::open_in_dir(&dir.0)
+            .await
+            .expect("store"),
+    );
+    let (_, channel) = flowbot_channels::discord::Discord::new(
+        store,
+        entry(&discord).channel_config("dc").expect("settings"),
+    )
+    .expect("discord");
+    let mut senders = Senders::default();
+    senders
+        .insert("dc".into(), channel.sender().clone())
+        .expect("one channel");
+    let target = Target {
+        channel: "dc".into(),
+        conversation: "C-draft".into(),
+        thread: None,
+    };
+    assert_eq!(
+        channel.sender().streaming(&target),
+        Streaming::Edit {
+            interval: std::time::Duration::from_secs(1)
+        }
+    );
+
+    let mut draft = Draft::new(&senders, target.clone());
+    draft.update("line");
+    common::found(
+        "the draft shown",
+        || discord.sent_to("C-draft").first().cloned(),
+        || (),
+    )
+    .await;
+    let reference = draft.finish().await;
+    let shown = reference.shown.clone().expect("shown");
+    let long = "line\n".repeat(500); // 2,500 characters: two messages
+    let answer = Outbound {
+        draft: Some(reference),
+        ..Outbound::markdown(long)
+            .button("OK", "ok")
+            .to(target.clone())
+    };
+    let id = senders.send(&answer).await.expect("answer");
+    let timeline = discord.timeline("C-draft");
+    let what: Vec<&str> = timeline.iter().map(|(_, w, _)| *w).collect();
+    assert_eq!(what, ["create", "edit", "create"]);
+    let (edit, rest) = (&timeline[1].2, &timeline[2].2);
+    assert_eq!(edit["content"].as_str().map(str::len), Some(2000));
+    assert!(
+        edit.get("components").is_none(),
+        "buttons go with the last part"
+    );
+    assert_eq!(rest["content"].as_str().map(str::len), Some(500));
+    assert_eq!(rest["components"][0]["components"][0]["custom_id"], "ok");
+    assert_eq!(
+        discord.edits()[0].0,
+        shown.0,
+        "the draft's message was edited"
+    );
+    assert_ne!(id, shown, "the id of the last part");
+
+    // A draft message Discord does not know (deleted): the answer is sent anew.
+    let answer = Outbound {
+        draft: Some(DraftRef {
+            id: "d-gone".into(),
+            shown: Some(SentId("C-gone:1".into())),
+        }),
+        ..Outbound::text("Here it is.").to(Target {
+            conversation: "C-gone".into(),
+            ..target
+        })
+    };
+    senders.send(&answer).await.expect("answer");
+    let sent = discord.sent_to("C-gone");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body["content"], "Here it is.");
+}

@@ -434,3 +434,92 @@ async fn socket_mode_receives_acknowledges_and_reconnects() {
     );
     server.stop().await;
 }
+
+/// The final answer completing a draft ([`flowbot_core::Draft`]) updates the draft's message
+/// with `chat.update` (every 1.2 s at most: Tier 3) and uploads its files after it; a draft
+/// message Slack does not know gets the answer as a new message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_becomes_the_answer() {
+    use flowbot_core::{Attachment, Draft, DraftRef, Outbound, Senders, SentId, Streaming, Target};
+
+    let slack = FakeSlack::start().await;
+    let dir = common::TempDir::new("flowbot-slack-draft");
+    let store: std::sync::Arc<dyn flowbot_core::Store> = std::sync::Arc::new(
+        flowbot_store::SqliteStore::open_in_dir(&dir.0)
+            .await
+            .expect("store"),
+    );
+    let (_, channel) =
+        flowbot_channels::slack::Slack::new(store, entry(&slack).channel_config("sl"))
+            .expect("slack");
+    let mut senders = Senders::default();
+    senders
+        .insert("sl".into(), channel.sender().clone())
+        .expect("one channel");
+    let target = Target {
+        channel: "sl".into(),
+        conversation: "CDRAFT".into(),
+        thread: None,
+    };
+    assert_eq!(
+        channel.sender().streaming(&target),
+        Streaming::Edit {
+            interval: std::time::Duration::from_millis(1200)
+        }
+    );
+
+    let mut draft = Draft::new(&senders, target.clone()).format(flowbot_core::Format::Markdown);
+    draft.update("The **report**");
+    common::found(
+        "the draft shown",
+        || slack.posted("CDRAFT").first().cloned(),
+        || (),
+    )
+    .await;
+    let reference = draft.finish().await;
+    let shown = reference.shown.clone().expect("shown");
+    let mut answer = Outbound {
+        draft: Some(reference),
+        ..Outbound::markdown("The **report** is attached.").to(target.clone())
+    };
+    answer.attachments.push(Attachment {
+        url: format!("{}/files/report.txt", slack.base),
+        name: Some("report.txt".into()),
+        mime: Some("text/plain".into()),
+        size: None,
+    });
+    assert_eq!(senders.send(&answer).await.expect("answer"), shown);
+    let methods: Vec<String> = slack
+        .messages_in("CDRAFT")
+        .into_iter()
+        .map(|(_, m, _)| m)
+        .collect();
+    assert_eq!(methods, ["chat.postMessage", "chat.update"]);
+    let update = &slack.calls("chat.update")[0];
+    assert_eq!(update["markdown_text"], "The **report** is attached.");
+    assert_eq!(
+        Some(format!("CDRAFT:{}", update["ts"].as_str().expect("ts"))),
+        Some(shown.0)
+    );
+    assert_eq!(slack.uploads()[0].1, b"contents of report.txt");
+    assert_eq!(
+        slack.calls("files.completeUploadExternal")[0]["channel_id"],
+        "CDRAFT"
+    );
+
+    // A draft message Slack does not know: the answer is posted anew.
+    let answer = Outbound {
+        draft: Some(DraftRef {
+            id: "d-gone".into(),
+            shown: Some(SentId("CGONE:1700000000.999999".into())),
+        }),
+        ..Outbound::text("Here it is.").to(Target {
+            conversation: "CGONE".into(),
+            ..target
+        })
+    };
+    senders.send(&answer).await.expect("answer");
+    let posted = slack.posted("CGONE");
+    assert_eq!(posted.len(), 1);
+    assert_eq!(posted[0]["text"], "Here it is.");
+}

@@ -347,3 +347,130 @@ async fn polling_moves_to_another_server_when_its_holder_is_killed() {
     drop(servers);
     common::drop_schema(&url, &schema).await;
 }
+
+/// The final answer completing a draft ([`flowbot_core::Draft`]) edits the draft's message:
+/// a text longer than one message edits its first piece into the draft and sends the rest
+/// (the buttons with the last), an edit that changes nothing is no error, and a draft message
+/// that is gone gets the answer as a new message. Private chats are edited once a second,
+/// groups every three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_becomes_the_answer() {
+    use flowbot_core::{Draft, DraftRef, Outbound, Senders, SentId, Streaming, Target};
+
+    let tg = FakeTelegram::start().await;
+    let dir = common::TempDir::new("flowbot-telegram-draft");
+    let store: std::sync::Arc<dyn flowbot_core::Store> = std::sync::Arc::new(
+        flowbot_store::SqliteStore::open_in_dir(&dir.0)
+            .await
+            .expect("store"),
+    );
+    let channel = flowbot_channels::telegram::Telegram::sender_only(
+        store,
+        flowbot_channels::telegram::TelegramConfig {
+            api_base: tg.base.clone(),
+            ..flowbot_channels::telegram::TelegramConfig::polling("tg", TOKEN)
+        },
+    )
+    .expect("telegram");
+    let mut senders = Senders::default();
+    senders
+        .insert("tg".into(), channel.sender().clone())
+        .expect("one channel");
+    let target = |chat: &str| Target {
+        channel: "tg".into(),
+        conversation: chat.into(),
+        thread: None,
+    };
+    for (chat, secs) in [("9009", 1), ("-1001234", 3), ("@news", 3)] {
+        assert_eq!(
+            channel.sender().streaming(&target(chat)),
+            Streaming::Edit {
+                interval: Duration::from_secs(secs)
+            },
+            "{chat}"
+        );
+    }
+
+    // A draft, then an answer of two messages with a button.
+    let mut draft = Draft::new(&senders, target("9009"));
+    draft.update("Chapter one");
+    common::found(
+        "the draft shown",
+        || tg.sent_to(9009).first().cloned(),
+        || (),
+    )
+    .await;
+    let reference = draft.finish().await;
+    assert_eq!(reference.shown, Some(SentId("9009:1".into())));
+    let long = format!("Chapter one {}", "word ".repeat(1000).trim_end());
+    let answer = Outbound {
+        draft: Some(reference),
+        ..Outbound::text(long.clone())
+            .button("More", "more")
+            .to(target("9009"))
+    };
+    let id = senders.send(&answer).await.expect("answer");
+    let calls: Vec<(String, Value)> = tg
+        .texts_to(9009)
+        .into_iter()
+        .map(|(_, method, body)| (method, body))
+        .collect();
+    let methods: Vec<&str> = calls.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(methods, ["sendMessage", "editMessageText", "sendMessage"]);
+    let (edit, rest) = (&calls[1].1, &calls[2].1);
+    assert_eq!(edit["message_id"], 1);
+    let (first, second) = (
+        edit["text"].as_str().expect("text"),
+        rest["text"].as_str().expect("text"),
+    );
+    assert!(first.starts_with("Chapter one") && first.chars().count() <= 4096);
+    assert_eq!(
+        format!("{first} {second}"),
+        long,
+        "the whole answer, in two pieces"
+    );
+    assert!(
+        edit.get("reply_markup").is_none(),
+        "buttons go with the last piece"
+    );
+    assert_eq!(
+        rest["reply_markup"]["inline_keyboard"][0][0]["callback_data"],
+        "more"
+    );
+    assert_eq!(id, SentId("9009:2".into()), "the last message's id");
+
+    // The draft shows the answer already: Telegram's "message is not modified" is no error.
+    let mut draft = Draft::new(&senders, target("9010"));
+    draft.update("Short answer.");
+    common::found(
+        "the draft shown",
+        || tg.sent_to(9010).first().cloned(),
+        || (),
+    )
+    .await;
+    let answer = Outbound {
+        draft: Some(draft.finish().await),
+        ..Outbound::text("Short answer.").to(target("9010"))
+    };
+    senders.send(&answer).await.expect("answer");
+    let methods: Vec<String> = tg
+        .texts_to(9010)
+        .into_iter()
+        .map(|(_, method, _)| method)
+        .collect();
+    assert_eq!(methods, ["sendMessage", "editMessageText"]);
+
+    // The draft's message is gone (deleted by the user): the answer is sent anew.
+    let answer = Outbound {
+        draft: Some(DraftRef {
+            id: "d-gone".into(),
+            shown: Some(SentId("9011:999".into())),
+        }),
+        ..Outbound::text("Here it is.").to(target("9011"))
+    };
+    senders.send(&answer).await.expect("answer");
+    let calls = tg.texts_to(9011);
+    let methods: Vec<&str> = calls.iter().map(|(_, m, _)| m.as_str()).collect();
+    assert_eq!(methods, ["editMessageText", "sendMessage"]);
+    assert_eq!(calls[1].2["text"], "Here it is.");
+}

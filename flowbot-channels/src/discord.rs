@@ -30,7 +30,7 @@ use axum::routing::post;
 use ed25519_dalek::{Signature, VerifyingKey};
 use flowbot_core::{
     Capabilities, Channel, ChannelName, ChannelSender, CommandInfo, Error, Event, Interaction,
-    Message, MessageId, Outbound, Result, Role, Sender, SentId, Store, UserId,
+    Message, MessageId, Outbound, Result, Role, Sender, SentId, Store, Streaming, Target, UserId,
 };
 use serde_json::{Value, json};
 
@@ -680,9 +680,10 @@ fn pieces(text: &str) -> Vec<String> {
     out
 }
 
-#[async_trait]
-impl ChannelSender for DiscordSender {
-    async fn send(&self, message: &Outbound) -> Result<SentId> {
+impl DiscordSender {
+    /// Send `message`. With `draft` (the channel and id of a message showing a draft of it),
+    /// the first part edits that message, and the rest is sent after it.
+    async fn deliver(&self, message: &Outbound, draft: Option<(&str, &str)>) -> Result<SentId> {
         let target = message
             .target
             .as_ref()
@@ -736,6 +737,12 @@ impl ChannelSender for DiscordSender {
             if n == last && !embeds.is_empty() {
                 b["embeds"] = Value::Array(std::mem::take(&mut embeds));
             }
+            if let (0, Some((channel, id))) = (n, draft) {
+                let url = format!("{api}/channels/{channel}/messages/{id}");
+                self.request(reqwest::Method::PATCH, &url, true, &b).await?;
+                sent = Some(SentId(format!("{channel}:{id}")));
+                continue;
+            }
             if let (0, Some(id)) = (n, reference) {
                 b["message_reference"] = json!({ "message_id": id, "fail_if_not_exists": false });
             }
@@ -772,15 +779,43 @@ impl ChannelSender for DiscordSender {
         sent.ok_or_else(|| self.err("nothing was sent"))
     }
 
+    /// The channel and message of one of our message ids (`<channel>:<message>`).
+    fn parse_id<'a>(&self, id: &'a SentId) -> Result<(&'a str, &'a str)> {
+        id.0.split_once(':')
+            .ok_or_else(|| self.err(format!("'{}' is not a Discord message id", id.0)))
+    }
+}
+
+#[async_trait]
+impl ChannelSender for DiscordSender {
+    async fn send(&self, message: &Outbound) -> Result<SentId> {
+        self.deliver(message, None).await
+    }
+
     async fn edit(&self, id: &SentId, message: &Outbound) -> Result<()> {
-        let (channel, message_id) =
-            id.0.split_once(':')
-                .ok_or_else(|| self.err(format!("'{}' is not a Discord message id", id.0)))?;
+        let (channel, message_id) = self.parse_id(id)?;
         let url = format!("{}/channels/{channel}/messages/{message_id}", self.0.api());
         let text = pieces(&message.text).swap_remove(0);
         self.request(reqwest::Method::PATCH, &url, true, &body(message, &text))
             .await
             .map(|_| ())
+    }
+
+    /// The first part edits the draft's message; a longer text's other parts are sent after
+    /// it, the last with the buttons and image embeds.
+    async fn finish_draft(&self, shown: &SentId, message: &Outbound) -> Result<SentId> {
+        let draft = self.parse_id(shown)?;
+        self.deliver(message, Some(draft)).await
+    }
+
+    /// One message edited as the answer grows, once a second: Discord allows 5 message
+    /// creations or edits per 5 seconds in a channel (the route's bucket, reported in its
+    /// `X-RateLimit-*` headers, which sends also follow;
+    /// <https://discord.com/developers/docs/topics/rate-limits>).
+    fn streaming(&self, _target: &Target) -> Streaming {
+        Streaming::Edit {
+            interval: Duration::from_secs(1),
+        }
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -36,7 +36,8 @@ use axum::routing::post;
 use flowbot_core::lease::{LeaseTiming, hold};
 use flowbot_core::{
     Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, Error, Event, Format,
-    Inbox, Interaction, Message, MessageId, Outbound, Result, Role, Sender, SentId, Store, UserId,
+    Inbox, Interaction, Message, MessageId, Outbound, Result, Role, Sender, SentId, Store,
+    Streaming, Target, UserId,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -711,6 +712,28 @@ impl ChannelSender for SlackSender {
         body["channel"] = channel.into();
         body["ts"] = ts.into();
         self.call("chat.update", &body).await.map(|_| ())
+    }
+
+    /// `chat.update` the draft into the message, then upload its attachments.
+    async fn finish_draft(&self, shown: &SentId, message: &Outbound) -> Result<SentId> {
+        self.edit(shown, message).await?;
+        if let Some((channel, _)) = shown.0.split_once(':') {
+            let thread = message.target.as_ref().and_then(|t| t.thread.as_deref());
+            for a in &message.attachments {
+                self.upload(channel, thread, a).await?;
+            }
+        }
+        Ok(shown.clone())
+    }
+
+    /// One message edited as the answer grows: `chat.update` is a Tier 3 method, "50+ per
+    /// minute" per workspace (<https://docs.slack.dev/reference/methods/chat.update>,
+    /// <https://docs.slack.dev/apis/web-api/rate-limits>), so one draft alone stays within it
+    /// at an edit every 1.2 s; the adapter paces all its Tier 3 calls together as well.
+    fn streaming(&self, _target: &Target) -> Streaming {
+        Streaming::Edit {
+            interval: std::time::Duration::from_millis(1200),
+        }
     }
 
     fn capabilities(&self) -> Capabilities {

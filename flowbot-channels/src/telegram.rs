@@ -34,7 +34,7 @@ use axum::routing::post;
 use flowbot_core::lease::{LeaseTiming, hold};
 use flowbot_core::{
     Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, Error, Format, Inbox,
-    Outbound, Result, SentId, Store,
+    Outbound, Result, SentId, Store, Streaming, Target,
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -590,11 +590,19 @@ impl TgSender {
 
     /// Call `method`, waiting out short 429s as Telegram asks.
     async fn call(&self, method: &str, body: &Value) -> Result<Value> {
+        self.call_api(method, body)
+            .await
+            .map_err(|e| self.err(format!("{method}: {e}")))
+    }
+
+    /// [`TgSender::call`] with Telegram's own error.
+    async fn call_api(&self, method: &str, body: &Value) -> std::result::Result<Value, ApiError> {
         let mut tries = 0;
         loop {
             self.0.limiter.until_ready().await;
             match self.0.api.call(method, body).await {
                 Ok(v) => return Ok(v),
+                Err(e) if e.is_not_modified() => return Err(e),
                 Err(e) => {
                     self.0.stats.api_errors.fetch_add(1, Ordering::Relaxed);
                     match e.retry_after() {
@@ -603,11 +611,118 @@ impl TgSender {
                             tokio::time::sleep(wait).await;
                             tries += 1;
                         }
-                        _ => return Err(self.err(format!("{method}: {e}"))),
+                        _ => return Err(e),
                     }
                 }
             }
         }
+    }
+
+    /// `editMessageText` with `body`; an edit that would change nothing (the message shows
+    /// that text already) is done.
+    async fn edit_text(&self, body: &Value) -> Result<()> {
+        match self.call_api("editMessageText", body).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_modified() => Ok(()),
+            Err(e) => Err(self.err(format!("editMessageText: {e}"))),
+        }
+    }
+
+    /// The text of one piece of `message`, in its format, into `body`.
+    fn put_text(body: &mut serde_json::Map<String, Value>, message: &Outbound, piece: &str) {
+        match message.format {
+            Format::Markdown => {
+                body.insert("text".into(), format::markdown_to_html(piece).into());
+                body.insert("parse_mode".into(), "HTML".into());
+            }
+            Format::Plain => {
+                body.insert("text".into(), piece.into());
+            }
+        }
+    }
+
+    /// Send `message`. With `draft` (the chat and id of a message showing a draft of it),
+    /// the first piece of text edits that message, and the rest is sent after it.
+    async fn deliver(&self, message: &Outbound, draft: Option<(&str, i64)>) -> Result<SentId> {
+        let target = message
+            .target
+            .as_ref()
+            .ok_or_else(|| self.err("outbound message has no target"))?;
+        let chat = target.conversation.to_string();
+        let mut base = serde_json::Map::new();
+        base.insert("chat_id".into(), chat_id(&chat));
+        if let Some(thread) = target.thread.as_deref().and_then(|t| t.parse::<i64>().ok()) {
+            base.insert("message_thread_id".into(), thread.into());
+        }
+        let keyboard = self.keyboard(message)?;
+        let mut reply_to = message
+            .reply_to
+            .as_ref()
+            .and_then(|r| telegram_message_id(&r.0))
+            .map(|id| json!({ "message_id": id, "allow_sending_without_reply": true }));
+        let mut last = None;
+        let pieces = if message.text.trim().is_empty() {
+            Vec::new()
+        } else {
+            format::split(&message.text, format::MAX_MESSAGE)
+        };
+        let count = pieces.len();
+        for (i, piece) in pieces.into_iter().enumerate() {
+            if let (0, Some((draft_chat, draft_id))) = (i, draft) {
+                let mut body = serde_json::Map::new();
+                body.insert("chat_id".into(), chat_id(draft_chat));
+                body.insert("message_id".into(), draft_id.into());
+                Self::put_text(&mut body, message, piece);
+                if let (1, Some(k)) = (count, &keyboard) {
+                    body.insert("reply_markup".into(), k.clone());
+                }
+                self.edit_text(&Value::Object(body)).await?;
+                // The draft replied to the message already.
+                reply_to = None;
+                last = Some(SentId(format!("{draft_chat}:{draft_id}")));
+                continue;
+            }
+            let mut body = base.clone();
+            Self::put_text(&mut body, message, piece);
+            if let Some(r) = reply_to.take() {
+                body.insert("reply_parameters".into(), r);
+            }
+            if i + 1 == count
+                && let Some(k) = &keyboard
+            {
+                body.insert("reply_markup".into(), k.clone());
+            }
+            let result = self.call("sendMessage", &Value::Object(body)).await?;
+            last = sent_id(&chat, &result);
+        }
+        for a in &message.attachments {
+            let file = a.url.strip_prefix("telegram-file:").unwrap_or(&a.url);
+            let (method, field) = if a.mime.as_deref().is_some_and(|m| m.starts_with("image/")) {
+                ("sendPhoto", "photo")
+            } else {
+                ("sendDocument", "document")
+            };
+            let mut body = base.clone();
+            body.insert(field.into(), file.into());
+            if let Some(r) = reply_to.take() {
+                body.insert("reply_parameters".into(), r);
+            }
+            if count == 0
+                && let Some(k) = &keyboard
+            {
+                body.insert("reply_markup".into(), k.clone());
+            }
+            let result = self.call(method, &Value::Object(body)).await?;
+            last = sent_id(&chat, &result);
+        }
+        last.ok_or_else(|| self.err("nothing to send: the message has no text and no attachments"))
+    }
+
+    /// The chat and message of one of our message ids (`<chat>:<message>`).
+    fn parse_id<'a>(&self, id: &'a SentId) -> Result<(&'a str, i64)> {
+        id.0.rsplit_once(':')
+            .and_then(|(c, m)| Some((c, m.parse::<i64>().ok()?)))
+            .ok_or_else(|| self.err(format!("'{}' is not a Telegram message id", id.0)))
     }
 
     fn keyboard(&self, message: &Outbound) -> Result<Option<Value>> {
@@ -654,79 +769,11 @@ fn telegram_message_id(id: &str) -> Option<i64> {
 #[async_trait]
 impl ChannelSender for TgSender {
     async fn send(&self, message: &Outbound) -> Result<SentId> {
-        let target = message
-            .target
-            .as_ref()
-            .ok_or_else(|| self.err("outbound message has no target"))?;
-        let chat = target.conversation.to_string();
-        let mut base = serde_json::Map::new();
-        base.insert("chat_id".into(), chat_id(&chat));
-        if let Some(thread) = target.thread.as_deref().and_then(|t| t.parse::<i64>().ok()) {
-            base.insert("message_thread_id".into(), thread.into());
-        }
-        let keyboard = self.keyboard(message)?;
-        let mut reply_to = message
-            .reply_to
-            .as_ref()
-            .and_then(|r| telegram_message_id(&r.0))
-            .map(|id| json!({ "message_id": id, "allow_sending_without_reply": true }));
-        let mut last = None;
-        let pieces = if message.text.trim().is_empty() {
-            Vec::new()
-        } else {
-            format::split(&message.text, format::MAX_MESSAGE)
-        };
-        let count = pieces.len();
-        for (i, piece) in pieces.into_iter().enumerate() {
-            let mut body = base.clone();
-            match message.format {
-                Format::Markdown => {
-                    body.insert("text".into(), format::markdown_to_html(piece).into());
-                    body.insert("parse_mode".into(), "HTML".into());
-                }
-                Format::Plain => {
-                    body.insert("text".into(), piece.into());
-                }
-            }
-            if let Some(r) = reply_to.take() {
-                body.insert("reply_parameters".into(), r);
-            }
-            if i + 1 == count
-                && let Some(k) = &keyboard
-            {
-                body.insert("reply_markup".into(), k.clone());
-            }
-            let result = self.call("sendMessage", &Value::Object(body)).await?;
-            last = sent_id(&chat, &result);
-        }
-        for a in &message.attachments {
-            let file = a.url.strip_prefix("telegram-file:").unwrap_or(&a.url);
-            let (method, field) = if a.mime.as_deref().is_some_and(|m| m.starts_with("image/")) {
-                ("sendPhoto", "photo")
-            } else {
-                ("sendDocument", "document")
-            };
-            let mut body = base.clone();
-            body.insert(field.into(), file.into());
-            if let Some(r) = reply_to.take() {
-                body.insert("reply_parameters".into(), r);
-            }
-            if count == 0
-                && let Some(k) = &keyboard
-            {
-                body.insert("reply_markup".into(), k.clone());
-            }
-            let result = self.call(method, &Value::Object(body)).await?;
-            last = sent_id(&chat, &result);
-        }
-        last.ok_or_else(|| self.err("nothing to send: the message has no text and no attachments"))
+        self.deliver(message, None).await
     }
 
     async fn edit(&self, id: &SentId, message: &Outbound) -> Result<()> {
-        let (chat, message_id) =
-            id.0.rsplit_once(':')
-                .and_then(|(c, m)| Some((c, m.parse::<i64>().ok()?)))
-                .ok_or_else(|| self.err(format!("'{}' is not a Telegram message id", id.0)))?;
+        let (chat, message_id) = self.parse_id(id)?;
         let text = format::split(&message.text, format::MAX_MESSAGE)
             .into_iter()
             .next()
@@ -742,7 +789,33 @@ impl ChannelSender for TgSender {
         if let Some(k) = self.keyboard(message)? {
             body["reply_markup"] = k;
         }
-        self.call("editMessageText", &body).await.map(|_| ())
+        self.edit_text(&body).await
+    }
+
+    /// The first piece of text edits the draft's message; a longer text's other pieces and
+    /// the attachments are sent after it.
+    async fn finish_draft(&self, shown: &SentId, message: &Outbound) -> Result<SentId> {
+        let draft = self.parse_id(shown)?;
+        self.deliver(message, Some(draft)).await
+    }
+
+    /// One message edited as the answer grows: Telegram asks bots to "avoid sending more than
+    /// one message per second" in one chat, and lets them send "no more than 20 messages per
+    /// minute" to a group (<https://core.telegram.org/bots/faq#my-bot-is-hitting-limits-how-do-i-avoid-this>).
+    /// Private chats have positive ids; groups and channels negative ones or `@names`.
+    fn streaming(&self, target: &Target) -> Streaming {
+        let private = target
+            .conversation
+            .as_str()
+            .parse::<i64>()
+            .is_ok_and(|id| id > 0);
+        Streaming::Edit {
+            interval: if private {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(3)
+            },
+        }
     }
 
     fn capabilities(&self) -> Capabilities {

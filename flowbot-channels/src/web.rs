@@ -2,9 +2,16 @@
 //!
 //! Frames are JSON text. Client → server: `{"type":"message","text":"…"}` and
 //! `{"type":"button","value":"…"}`. Server → client: `welcome` (conversation and user),
-//! `history` (the conversation so far), `typing`, `message`
-//! (`{"type":"message","text":"…","conversation":"…","format":…,"buttons":[…]}`) and
-//! `error` (`{"type":"error","detail":"…"}`).
+//! `history` (the conversation so far), `typing`, `partial`
+//! (`{"type":"partial","draft":"…","text":"…","conversation":"…","format":…}`: the text so
+//! far of an answer still being written), `message`
+//! (`{"type":"message","text":"…","conversation":"…","format":…,"buttons":[…],"draft":"…"}`,
+//! `draft` naming the partial answer it completes, if any) and `error`
+//! (`{"type":"error","detail":"…"}`).
+//!
+//! An answer shown while it is written ([`Draft`](flowbot_core::Draft)) reaches the browser as
+//! `partial` frames, each with the whole text so far (a socket that falls behind gets only the
+//! newest), then as the final `message` naming the same draft; only the final text is stored.
 //!
 //! Replies reach the browser through the store's [`Bus`](flowbot_core::Bus): whichever process sends a message
 //! to a web conversation (a server's pipeline, an agent delivering a reminder) publishes it,
@@ -27,7 +34,7 @@ use flowbot_core::store::Direction;
 use flowbot_core::{
     Button, Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, ConversationId,
     Error, Event, Format, Inbox, Interaction, Message, MessageId, Outbound, Result, Role, Sender,
-    SentId, Store, UserId,
+    SentId, Store, Streaming, Target, UserId,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -48,6 +55,10 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// How many earlier messages a new connection is shown.
 pub const HISTORY_LIMIT: usize = 50;
 
+/// The shortest time between two `partial` frames of one answer: smooth to read, and a few
+/// bus messages a second rather than one per generated token.
+pub const PARTIAL_INTERVAL: Duration = Duration::from_millis(50);
+
 /// The web chat channel; see the [module docs](self).
 #[derive(Clone)]
 pub struct WebChat {
@@ -62,12 +73,35 @@ impl std::fmt::Debug for WebChat {
     }
 }
 
-/// Open sockets by conversation: (socket id, its outgoing frames).
-type Sockets = HashMap<ConversationId, Vec<(u64, mpsc::Sender<ServerFrame>)>>;
+/// Open sockets by conversation.
+type Sockets = HashMap<ConversationId, Vec<SocketTx>>;
+
+/// The way to one open socket: its frames in order, and the newest partial answer, which
+/// replaces one the socket has not sent yet.
+#[derive(Clone)]
+struct SocketTx {
+    id: u64,
+    frames: mpsc::Sender<ServerFrame>,
+    partial: Arc<PartialSlot>,
+}
+
+#[derive(Default)]
+struct PartialSlot {
+    newest: Mutex<Option<ServerFrame>>,
+    ready: tokio::sync::Notify,
+}
+
+impl PartialSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ServerFrame>> {
+        self.newest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 struct WebState {
     name: ChannelName,
     topic: String,
+    /// The bus topic of partial answers.
+    partial_topic: String,
     store: Option<Arc<dyn Store>>,
     inbox: RwLock<Option<Inbox>>,
     sockets: Mutex<Sockets>,
@@ -95,6 +129,17 @@ pub enum ServerFrame {
     },
     /// The bot is working on an answer.
     Typing,
+    /// The text so far of an answer still being written.
+    Partial {
+        /// The draft's id; the final [`ServerFrame::Message`] names it.
+        draft: String,
+        /// The whole text so far.
+        text: String,
+        /// Conversation id.
+        conversation: String,
+        /// Text format.
+        format: Format,
+    },
     /// A bot message.
     Message {
         /// Text.
@@ -106,6 +151,9 @@ pub enum ServerFrame {
         /// Buttons.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         buttons: Vec<Button>,
+        /// The draft (shown with `partial` frames) this message completes.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        draft: Option<String>,
     },
     /// Something the client sent was refused.
     Error {
@@ -150,6 +198,7 @@ impl WebChat {
             state: Arc::new(WebState {
                 name: ChannelName::from(name),
                 topic: format!("web:{name}"),
+                partial_topic: format!("web:{name}:partial"),
                 store,
                 inbox: RwLock::new(None),
                 sockets: Mutex::new(HashMap::new()),
@@ -209,16 +258,25 @@ impl WebState {
     /// Push an outbound message to this process's sockets of its conversation.
     fn deliver_local(&self, out: &Outbound) -> usize {
         let Some(target) = &out.target else { return 0 };
+        let draft = out.draft.as_ref().map(|d| d.id.clone());
         let frame = ServerFrame::Message {
             text: out.text.clone(),
             conversation: target.conversation.to_string(),
             format: out.format,
             buttons: out.buttons.clone(),
+            draft: draft.clone(),
         };
         let sockets = self.lock_sockets();
         let mut n = 0;
-        for (_, tx) in sockets.get(&target.conversation).into_iter().flatten() {
-            match tx.try_send(frame.clone()) {
+        for tx in sockets.get(&target.conversation).into_iter().flatten() {
+            if let Some(id) = &draft {
+                // The final text replaces the draft: a partial not sent yet is stale.
+                let mut newest = tx.partial.lock();
+                if matches!(&*newest, Some(ServerFrame::Partial { draft, .. }) if draft == id) {
+                    *newest = None;
+                }
+            }
+            match tx.frames.try_send(frame.clone()) {
                 Ok(()) => n += 1,
                 Err(e) => {
                     tracing::warn!(conversation = %target.conversation, error = %e, "web chat socket is not keeping up; message dropped for it")
@@ -226,6 +284,25 @@ impl WebState {
             }
         }
         n
+    }
+
+    /// Show a partial answer on this process's sockets of its conversation, replacing one
+    /// they have not sent yet.
+    fn deliver_partial_local(&self, partial: &Outbound) {
+        let (Some(target), Some(draft)) = (&partial.target, &partial.draft) else {
+            return;
+        };
+        let frame = ServerFrame::Partial {
+            draft: draft.id.clone(),
+            text: partial.text.clone(),
+            conversation: target.conversation.to_string(),
+            format: partial.format,
+        };
+        let sockets = self.lock_sockets();
+        for tx in sockets.get(&target.conversation).into_iter().flatten() {
+            *tx.partial.lock() = Some(frame.clone());
+            tx.partial.ready.notify_one();
+        }
     }
 }
 
@@ -344,11 +421,16 @@ async fn session(
 ) {
     let id = state.next_socket.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<ServerFrame>(256);
+    let partial = Arc::new(PartialSlot::default());
     state
         .lock_sockets()
         .entry(conversation.clone())
         .or_default()
-        .push((id, tx.clone()));
+        .push(SocketTx {
+            id,
+            frames: tx.clone(),
+            partial: partial.clone(),
+        });
     state.open.fetch_add(1, Ordering::Relaxed);
     let (mut sink, mut stream) = socket.split();
 
@@ -372,6 +454,12 @@ async fn session(
                 Some(frame) => ok = sink.send(frame_text(&frame)).await.is_ok(),
                 None => break,
             },
+            () = partial.ready.notified() => {
+                let newest = partial.lock().take();
+                if let Some(frame) = newest {
+                    ok = sink.send(frame_text(&frame)).await.is_ok();
+                }
+            }
             incoming = stream.next() => match incoming {
                 Some(Ok(WsMessage::Text(text))) => {
                     if let Some(reply) = on_client_frame(&state, &user, &conversation, text.as_str()).await {
@@ -393,7 +481,7 @@ async fn session(
     }
     let mut sockets = state.lock_sockets();
     if let Some(list) = sockets.get_mut(&conversation) {
-        list.retain(|(sid, _)| *sid != id);
+        list.retain(|tx| tx.id != id);
         if list.is_empty() {
             sockets.remove(&conversation);
         }
@@ -502,6 +590,40 @@ impl ChannelSender for WebSender {
             ephemeral: false,
         }
     }
+
+    fn streaming(&self, _target: &Target) -> Streaming {
+        Streaming::Partial {
+            interval: PARTIAL_INTERVAL,
+        }
+    }
+
+    async fn send_partial(&self, partial: &Outbound) -> Result<()> {
+        let state = &self.0;
+        if partial.draft.is_none() || partial.target.is_none() {
+            return Err(Error::Channel {
+                channel: state.name.to_string(),
+                detail: "a partial answer needs a target and a draft".into(),
+            });
+        }
+        let Some(store) = &state.store else {
+            state.deliver_partial_local(partial);
+            return Ok(());
+        };
+        let payload = serde_json::to_string(partial).map_err(|e| Error::Channel {
+            channel: state.name.to_string(),
+            detail: e.to_string(),
+        })?;
+        if payload.len() > flowbot_core::store::MAX_BUS_PAYLOAD {
+            // Too long for the bus: this process's browsers still see it grow, the others
+            // see the final message.
+            state.deliver_partial_local(partial);
+            return Ok(());
+        }
+        store
+            .publish(&state.partial_topic, &payload)
+            .await
+            .map_err(Error::from)
+    }
 }
 
 struct WebListener(Arc<WebState>);
@@ -526,6 +648,10 @@ impl ChannelListener for WebListener {
                     Ok(m) if *m.topic == state.topic => match serde_json::from_str::<Outbound>(&m.payload) {
                         Ok(out) => { state.deliver_local(&out); }
                         Err(e) => tracing::warn!(error = %e, "malformed web chat delivery on the bus"),
+                    },
+                    Ok(m) if *m.topic == state.partial_topic => match serde_json::from_str::<Outbound>(&m.payload) {
+                        Ok(partial) => state.deliver_partial_local(&partial),
+                        Err(e) => tracing::warn!(error = %e, "malformed web chat partial answer on the bus"),
                     },
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "web chat fell behind the bus"),

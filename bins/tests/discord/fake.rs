@@ -4,7 +4,9 @@
 //! gateway (`GET /gateway/bot`); the interaction routes (the initial response callback,
 //! editing the original response, follow-ups); 429 answers with `retry_after` in the JSON
 //! body. Its signing key stands in for Discord's: interactions sent to the app are signed with
-//! it (Ed25519 over timestamp + body).
+//! it (Ed25519 over timestamp + body). Editing a message it did not create answers 404
+//! `Unknown Message` (code 10008); messages created and edited are recorded with the time
+//! they arrived.
 //!
 //! The gateway (at `/`, as Discord's is, JSON encoding) speaks the documented session lifecycle: Hello with
 //! the heartbeat interval, Identify (token checked, else close 4004) answered by READY with a
@@ -15,8 +17,9 @@
 //! socket with a code, stop acknowledging heartbeats, and send frames of their own.
 #![allow(dead_code, unreachable_pub)] // a helper module; each test file uses some of it
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::Json;
 use axum::extract::ws::{CloseFrame, Message as Ws, WebSocket, WebSocketUpgrade};
@@ -66,6 +69,10 @@ struct Inner {
     commands: Vec<Value>,
     sent: Vec<Sent>,
     edits: Vec<(String, Value)>,
+    /// Messages created (`<channel>:<id>`).
+    created: HashSet<String>,
+    /// Creations and edits: when, `create` or `edit`, channel, body.
+    timeline: Vec<(Instant, &'static str, String, Value)>,
     tokens: HashMap<String, String>,
     next: u64,
     limited: u32,
@@ -280,6 +287,19 @@ impl FakeDiscord {
         self.inner.lock().expect("lock").edits.clone()
     }
 
+    /// Messages created or edited in `channel`, in order: when each request arrived,
+    /// `create` or `edit`, its body.
+    pub fn timeline(&self, channel: &str) -> Vec<(Instant, &'static str, Value)> {
+        self.inner
+            .lock()
+            .expect("lock")
+            .timeline
+            .iter()
+            .filter(|(_, _, c, _)| c == channel)
+            .map(|(at, what, _, body)| (*at, *what, body.clone()))
+            .collect()
+    }
+
     /// Wait for a message to `channel` whose content is `text`.
     pub async fn wait_for(&self, channel: &str, text: &str) -> Sent {
         crate::common::found(
@@ -299,6 +319,9 @@ impl FakeDiscord {
         i.next += 1;
         let id = format!("{}", 100_000 + i.next);
         let answer = json!({"id": id, "channel_id": channel, "content": body["content"], "components": body["components"]});
+        i.created.insert(format!("{channel}:{id}"));
+        i.timeline
+            .push((Instant::now(), "create", channel.clone(), body.clone()));
         i.sent.push(Sent { channel, via, body });
         answer
     }
@@ -383,11 +406,18 @@ async fn edit_message(
     if !bot(&headers) {
         return unauthorized();
     }
-    fake.inner
-        .lock()
-        .expect("lock")
-        .edits
-        .push((format!("{channel}:{id}"), body.clone()));
+    let mut i = fake.inner.lock().expect("lock");
+    let key = format!("{channel}:{id}");
+    if !i.created.contains(&key) {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"message": "Unknown Message", "code": 10008})),
+        )
+            .into_response();
+    }
+    i.edits.push((key, body.clone()));
+    i.timeline
+        .push((Instant::now(), "edit", channel.clone(), body.clone()));
     Json(json!({"id": id, "channel_id": channel, "content": body["content"]})).into_response()
 }
 

@@ -3,10 +3,13 @@
 //! `{"ok": true, …}` or `{"ok": false, "error": …}`, 429 with `Retry-After` when rate
 //! limited), the external file upload flow, and signed requests to the app (`X-Slack-Signature:
 //! v0=<hex HMAC-SHA256 of "v0:<timestamp>:<body>">`, `X-Slack-Request-Timestamp`).
+//! `chat.update` of a message it does not know answers `message_not_found`; every call is
+//! recorded with the time it arrived.
 #![allow(dead_code, unreachable_pub)] // a helper module; each test file uses some of it
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -24,6 +27,10 @@ pub const APP_TOKEN: &str = "xapp-1-fake-app-token";
 #[derive(Default)]
 struct Inner {
     calls: Vec<(String, Value)>,
+    /// When each of `calls` arrived.
+    arrived_at: Vec<Instant>,
+    /// Messages posted: (channel, ts).
+    messages: HashSet<(String, String)>,
     uploads: Vec<(String, Vec<u8>)>,
     ts: u64,
     limited: VecDeque<u64>,
@@ -123,6 +130,20 @@ impl FakeSlack {
         self.inner.lock().expect("lock").uploads.clone()
     }
 
+    /// Every `chat.postMessage` and `chat.update` in `channel`, in order: when it arrived,
+    /// the method, its body.
+    pub fn messages_in(&self, channel: &str) -> Vec<(Instant, String, Value)> {
+        let i = self.inner.lock().expect("lock");
+        i.calls
+            .iter()
+            .zip(&i.arrived_at)
+            .filter(|((m, b), _)| {
+                (m == "chat.postMessage" || m == "chat.update") && b["channel"] == channel
+            })
+            .map(|((m, b), at)| (*at, m.clone(), b.clone()))
+            .collect()
+    }
+
     /// Messages posted to `channel`.
     pub fn posted(&self, channel: &str) -> Vec<Value> {
         self.calls("chat.postMessage")
@@ -173,6 +194,7 @@ async fn method(
     };
     let mut i = fake.inner.lock().expect("lock");
     i.calls.push((method.clone(), body.clone()));
+    i.arrived_at.push(Instant::now());
     if method == "chat.postMessage"
         && let Some(secs) = i.limited.pop_front()
     {
@@ -188,9 +210,18 @@ async fn method(
     let channel = body["channel"].clone();
     let answer = match method.as_str() {
         "chat.postMessage" | "chat.update" => {
+            let key = (
+                channel.as_str().unwrap_or_default().to_owned(),
+                body["ts"].as_str().unwrap_or_default().to_owned(),
+            );
             if !channel.is_string() {
                 json!({"ok": false, "error": "channel_not_found"})
+            } else if method == "chat.update" && !i.messages.contains(&key) {
+                json!({"ok": false, "error": "message_not_found"})
             } else {
+                if method == "chat.postMessage" {
+                    i.messages.insert((key.0, ts.clone()));
+                }
                 json!({"ok": true, "channel": channel, "ts": body.get("ts").cloned().unwrap_or(json!(ts)),
                        "message": {"ts": ts, "text": body["text"]}})
             }

@@ -3,11 +3,14 @@
 //! with `{"ok": true, "result": …}` or `{"ok": false, "error_code": …, "description": …}`.
 //! `getUpdates` holds the request up to `timeout` seconds and forgets updates below `offset`.
 //! Faults can be queued per method: a 429 with `retry_after`, or a 502 from a proxy in front.
+//! Sent messages are kept, so `editMessageText` answers as Telegram does for a message it
+//! does not know ("message to edit not found") and for an edit that changes nothing ("message
+//! is not modified"). Every call is recorded with the time it arrived.
 #![allow(dead_code, unreachable_pub)] // a helper module; each test file uses some of it
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -31,7 +34,11 @@ struct Inner {
     updates: VecDeque<Value>,
     next_update: i64,
     calls: Vec<(String, Value)>,
+    /// When each of `calls` arrived.
+    arrived_at: Vec<Instant>,
     next_message: i64,
+    /// Text messages by (chat, message id): their text and reply markup.
+    messages: HashMap<(String, i64), (Value, Value)>,
     faults: HashMap<String, VecDeque<Fault>>,
 }
 
@@ -90,6 +97,20 @@ impl FakeTelegram {
             .collect()
     }
 
+    /// Every sent or edited text message to `chat`, in order: when it arrived, the method,
+    /// its body (failed calls included).
+    pub fn texts_to(&self, chat: i64) -> Vec<(Instant, String, Value)> {
+        let i = self.inner.lock().expect("lock");
+        i.calls
+            .iter()
+            .zip(&i.arrived_at)
+            .filter(|((m, b), _)| {
+                (m == "sendMessage" || m == "editMessageText") && b["chat_id"] == chat
+            })
+            .map(|((m, b), at)| (*at, m.clone(), b.clone()))
+            .collect()
+    }
+
     /// The texts sent to `chat`.
     pub fn sent_to(&self, chat: i64) -> Vec<Value> {
         self.calls("sendMessage")
@@ -129,6 +150,7 @@ async fn handle(
     let fault = {
         let mut i = fake.inner.lock().expect("lock");
         i.calls.push((method.clone(), body.clone()));
+        i.arrived_at.push(Instant::now());
         i.faults.get_mut(&method).and_then(VecDeque::pop_front)
     };
     match fault {
@@ -169,7 +191,32 @@ async fn handle(
                 }
             }
         }
-        "sendMessage" | "sendPhoto" | "sendDocument" | "editMessageText" => {
+        "editMessageText" => {
+            let chat = body["chat_id"].to_string();
+            let id = body["message_id"].as_i64().unwrap_or(0);
+            let new = (body["text"].clone(), body["reply_markup"].clone());
+            let mut i = fake.inner.lock().expect("lock");
+            match i.messages.get_mut(&(chat, id)) {
+                None => refuse(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: message to edit not found",
+                    &Value::Null,
+                ),
+                Some(old) if *old == new => refuse(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
+                    &Value::Null,
+                ),
+                Some(old) => {
+                    *old = new;
+                    ok(
+                        json!({"message_id": id, "date": 0, "edit_date": 1, "chat": {"id": body["chat_id"], "type": "private"},
+                              "text": body["text"]}),
+                    )
+                }
+            }
+        }
+        "sendMessage" | "sendPhoto" | "sendDocument" => {
             if body["chat_id"].is_null() {
                 return refuse(
                     StatusCode::BAD_REQUEST,
@@ -180,7 +227,13 @@ async fn handle(
             let id = {
                 let mut i = fake.inner.lock().expect("lock");
                 i.next_message += 1;
-                body["message_id"].as_i64().unwrap_or(i.next_message)
+                let id = i.next_message;
+                if method == "sendMessage" {
+                    let key = (body["chat_id"].to_string(), id);
+                    i.messages
+                        .insert(key, (body["text"].clone(), body["reply_markup"].clone()));
+                }
+                id
             };
             ok(
                 json!({"message_id": id, "date": 0, "chat": {"id": body["chat_id"], "type": "private"},

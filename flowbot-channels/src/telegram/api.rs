@@ -41,6 +41,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Whether Telegram refused an edit because it would change nothing (`Bad Request:
+    /// message is not modified`): the message already shows what was asked.
+    pub fn is_not_modified(&self) -> bool {
+        matches!(self, ApiError::Refused { code: 400, description, .. }
+            if description.contains("message is not modified"))
+    }
+
     /// How long Telegram asked us to wait (429), if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
