@@ -30,7 +30,10 @@
 //! ```
 
 pub mod agent;
+mod chain;
 mod config;
+mod observe;
+mod price;
 mod transport;
 
 #[cfg(feature = "anthropic")]
@@ -54,7 +57,16 @@ use std::sync::Arc;
 use flowbot_core::llm::{ChatModel, Embedder, ModelError, ModelErrorKind};
 
 pub use agent::{Agent, AgentBuilder, Limits};
+pub use chain::{
+    BreakerConfig, BreakerPolicy, BreakerState, ChainConfig, ChainEntry, ChainModelConfig,
+    ModelChain, RetryConfig, RetryPolicy,
+};
 pub use config::{Dialect, ProviderConfig};
+pub use observe::{LlmMetrics, LlmMetricsSnapshot, ModelMetrics, Observed};
+pub use price::{
+    Cost, Counting, DEFAULT_PRICES_AS_OF, MAX_PRICE_USD, ModelPrice, PriceConfig,
+    PriceConfigError, PriceTable, PricesConfig,
+};
 pub use transport::{DEFAULT_MAX_RESPONSE_BYTES, Timeouts};
 
 #[cfg(feature = "anthropic")]
