@@ -670,3 +670,69 @@ impl ChannelListener for WebListener {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use flowbot_core::{DraftRef, Target};
+
+    use super::*;
+
+    fn partial(draft: &str, text: &str) -> Outbound {
+        Outbound {
+            draft: Some(DraftRef {
+                id: draft.into(),
+                shown: None,
+            }),
+            ..Outbound::text(text).to(Target {
+                channel: "web".into(),
+                conversation: "c1".into(),
+                thread: None,
+            })
+        }
+    }
+
+    /// A socket that has not sent the partial answers yet gets only the newest; the final
+    /// message of that draft drops a partial still waiting, and keeps another draft's.
+    #[test]
+    fn a_slow_socket_gets_the_newest_partial_and_never_one_after_the_message() {
+        let chat = WebChat::new("web", None);
+        let state = &chat.state;
+        let (frames, mut queued) = mpsc::channel(8);
+        let slot = Arc::new(PartialSlot::default());
+        state.lock_sockets().insert(
+            ConversationId::from("c1"),
+            vec![SocketTx {
+                id: 1,
+                frames,
+                partial: slot.clone(),
+            }],
+        );
+        for text in ["Once", "Once upon", "Once upon a time"] {
+            state.deliver_partial_local(&partial("d1", text));
+        }
+        let newest = slot.lock().take();
+        assert_eq!(
+            newest,
+            Some(ServerFrame::Partial {
+                draft: "d1".into(),
+                text: "Once upon a time".into(),
+                conversation: "c1".into(),
+                format: Format::Plain,
+            })
+        );
+
+        state.deliver_partial_local(&partial("d1", "Once upon a time,"));
+        assert_eq!(state.deliver_local(&partial("d1", "The end.")), 1);
+        assert!(slot.lock().is_none(), "the stale partial is dropped");
+        match queued.try_recv() {
+            Ok(ServerFrame::Message { text, draft, .. }) => {
+                assert_eq!((text.as_str(), draft.as_deref()), ("The end.", Some("d1")));
+            }
+            other => panic!("expected the message, got {other:?}"),
+        }
+
+        state.deliver_partial_local(&partial("d2", "Another"));
+        state.deliver_local(&partial("d1", "The end."));
+        assert!(slot.lock().is_some(), "another draft's partial stays");
+    }
+}
