@@ -1,33 +1,4 @@
-//! Answers shown while they are written: a [`Draft`] shows the text of an answer that is
-//! generated piece by piece (by a language model), and the final [`Outbound`] completes it.
-//!
-//! How a draft is shown depends on the channel ([`ChannelSender::streaming`]):
-//!
-//! - [`Streaming::Partial`] (web chat): each new text so far goes to
-//!   [`ChannelSender::send_partial`] (web chat's `partial` frames), and the final message names
-//!   the draft it completes;
-//! - [`Streaming::Edit`] (Telegram, Slack, Discord): the first text is sent as a message, which
-//!   is edited as the text grows, never more often than the channel's interval; the final
-//!   message replaces it ([`ChannelSender::finish_draft`]) instead of being sent again;
-//! - [`Streaming::Final`]: nothing is shown until the final message.
-//!
-//! Showing a draft is best effort: a failed update is logged and never fails the answer, and
-//! only the final message is stored in the history (the pipeline stores what it delivers).
-//!
-//! ```no_run
-//! # async fn answer(turn: &flowbot_core::Turn) -> flowbot_core::Result<flowbot_core::Reply> {
-//! use flowbot_core::{Draft, Outbound, Reply};
-//!
-//! let Some(mut draft) = Draft::for_turn(turn) else {
-//!     return Ok(Reply::none());
-//! };
-//! for piece in ["Hello", ", ", "world"] {
-//!     draft.push(piece); // returns at once; the draft is shown in the background
-//! }
-//! let text = draft.text().to_owned();
-//! Ok(Reply::from(draft.complete(Outbound::text(text)).await))
-//! # }
-//! ```
+//! Answers shown while they are written: [`Draft`] and what channels do with one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,7 +54,36 @@ pub struct DraftRef {
     pub shown: Option<SentId>,
 }
 
-/// An answer shown while it is written; see the [module docs](self).
+/// An answer shown while it is written: a draft shows the text of an answer that is
+/// generated piece by piece (by a language model), and the final [`Outbound`] completes it.
+///
+/// How a draft is shown depends on the channel ([`ChannelSender::streaming`]):
+///
+/// - [`Streaming::Partial`] (web chat): each new text so far goes to
+///   [`ChannelSender::send_partial`] (web chat's `partial` frames), and the final message names
+///   the draft it completes;
+/// - [`Streaming::Edit`] (Telegram, Slack, Discord): the first text is sent as a message, which
+///   is edited as the text grows, never more often than the channel's interval; the final
+///   message replaces it ([`ChannelSender::finish_draft`]) instead of being sent again;
+/// - [`Streaming::Final`]: nothing is shown until the final message.
+///
+/// Showing a draft is best effort: a failed update is logged and never fails the answer, and
+/// only the final message is stored in the history (the pipeline stores what it delivers).
+///
+/// ```no_run
+/// # async fn answer(turn: &flowbot_core::Turn) -> flowbot_core::Result<flowbot_core::Reply> {
+/// use flowbot_core::{Draft, Outbound, Reply};
+///
+/// let Some(mut draft) = Draft::for_turn(turn) else {
+///     return Ok(Reply::none());
+/// };
+/// for piece in ["Hello", ", ", "world"] {
+///     draft.push(piece); // returns at once; the draft is shown in the background
+/// }
+/// let text = draft.text().to_owned();
+/// Ok(Reply::from(draft.complete(Outbound::text(text)).await))
+/// # }
+/// ```
 ///
 /// [`update`](Draft::update) and [`push`](Draft::push) return at once: the text is shown by a
 /// background task, which keeps only the newest text, so a slow platform never slows the
