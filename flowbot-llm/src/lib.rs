@@ -29,6 +29,12 @@
 //! # Ok(()) }
 //! ```
 
+// Built without any provider, the HTTP transport and the provider config have no user.
+#![cfg_attr(
+    not(any(feature = "openai", feature = "anthropic", feature = "gemini")),
+    allow(dead_code)
+)]
+
 pub mod agent;
 mod chain;
 mod config;
@@ -82,6 +88,32 @@ fn not_built(config: &ProviderConfig, feature: &str) -> ModelError {
         config.name(),
         format!("flowbot-llm was built without its '{feature}' feature"),
     )
+}
+
+/// The models an OpenAI-compatible server offers (`GET {base_url}/models`), in its order:
+/// how a server started with only a base URL finds a model to use.
+pub async fn list_models(config: &ProviderConfig) -> Result<Vec<String>, ModelError> {
+    let mut endpoint = config.endpoint()?;
+    if let Some(key) = config.key()? {
+        if config.azure {
+            endpoint.header("api-key", &key, true)?;
+        } else {
+            endpoint.header("authorization", &format!("Bearer {key}"), true)?;
+        }
+    }
+    let list = endpoint.get_json("/models").await?;
+    let ids = list
+        .get("data")
+        .and_then(serde_json::Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|m| m.get("id").and_then(serde_json::Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ids)
 }
 
 /// The chat model `config` describes.

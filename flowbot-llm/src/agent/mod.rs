@@ -29,12 +29,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 use flowbot_core::llm::{
-    Answer, Ask, Assistant, ChatMessage, ChatModel, ChatRequest, CompletionBuilder, StreamEvent,
-    ToolCall, ToolResult, Usage,
+    Answer, Ask, Assistant, ChatMessage, ChatModel, ChatRequest, CompletionBuilder, ModelErrorKind,
+    StreamEvent, ToolCall, ToolResult, ToolSpec, Usage,
 };
 use flowbot_core::{CancellationToken, Draft, Error, Event, Outbound, Refusal, Turn};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+
+use crate::context::{ContextError, ContextManager, summarize};
 use tokio::time::Instant;
 
 pub use run::{CallRecord, HISTORIES, History, RUNS, RunState, RunStatus, Runs, USAGE};
@@ -62,8 +64,14 @@ pub struct Limits {
     pub max_user_daily_tokens: u64,
     /// Tokens per conversation per day (UTC); 0: no limit.
     pub max_conversation_daily_tokens: u64,
-    /// Latest history messages kept per user and conversation.
+    /// Latest history messages kept per user and conversation (older ones are folded into
+    /// the running summary when they no longer fit the context window).
     pub history_messages: usize,
+    /// The model's context window in tokens: the prompt (system, summary, history, tools)
+    /// is trimmed to it, less `answer_tokens`.
+    pub context_tokens: usize,
+    /// Tokens kept free for the answer.
+    pub answer_tokens: usize,
 }
 
 impl Default for Limits {
@@ -76,6 +84,8 @@ impl Default for Limits {
             max_user_daily_tokens: 0,
             max_conversation_daily_tokens: 0,
             history_messages: 20,
+            context_tokens: 128_000,
+            answer_tokens: 4_096,
         }
     }
 }
@@ -94,6 +104,12 @@ impl Limits {
         }
         if self.max_run_tokens == 0 {
             return Err("max_run_tokens must be more than 0".into());
+        }
+        if self.context_tokens <= self.answer_tokens || self.context_tokens > 10_000_000 {
+            return Err(format!(
+                "context_tokens = {}: must be more than answer_tokens ({}) and at most 10000000",
+                self.context_tokens, self.answer_tokens
+            ));
         }
         if self.history_messages > 1000 {
             return Err(format!(
@@ -331,18 +347,37 @@ impl Agent {
             .sender()
             .map(|s| s.id.to_string())
             .unwrap_or_default();
-        let history = runs.history(&history_key(&channel, &conversation, &user)).await?;
-        let mut system = match &ask.prompt {
+        let key = history_key(&channel, &conversation, &user);
+        let mut history = runs.history(&key).await?;
+        let system = match &ask.prompt {
             Some(p) => p.clone(),
             None => self.prompt.clone(),
         };
-        if let Some(summary) = &history.summary {
-            system.push_str("\n\nEarlier in this conversation: ");
-            system.push_str(summary);
+        let tools = ask.tools.clone().unwrap_or_else(|| self.tools.clone());
+        let specs = turn.services.actions().tool_specs(&tools)?;
+        let mut all = vec![ChatMessage::system(system)];
+        all.extend(history.messages.iter().cloned());
+        all.push(ChatMessage::user(text));
+        let window = self.context(model, &specs);
+        let prepared = window
+            .prepare(&all, history.summary.as_deref())
+            .await
+            .map_err(|e| Error::Handler(Refusal::new(format!("This message is too long for the assistant: {e}")).into()))?;
+        if prepared.summary_needed {
+            // Older turns no longer fit: fold them into the running summary, once.
+            match summarize(model, history.summary.as_deref(), &prepared.to_summarize()).await {
+                Ok(summary) => {
+                    let kept = prepared.remaining_history(&all);
+                    history.summary = Some(summary);
+                    history.messages = kept[1..kept.len().saturating_sub(1)].to_vec();
+                    if let Err(e) = runs.save_history(&key, &history).await {
+                        tracing::warn!(error = %e, "llm history summary not saved");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "llm history could not be summarised; older turns are left out"),
+            }
         }
-        let mut messages = vec![ChatMessage::system(system)];
-        messages.extend(history.messages.iter().cloned());
-        messages.push(ChatMessage::user(text));
+        let messages = prepared.messages;
         let now = Utc::now();
         let mut run = RunState {
             id: id.to_owned(),
@@ -362,7 +397,6 @@ impl Agent {
             updated_at: now,
         };
         // Tools of the ask, remembered with the run so a resumed run offers the same.
-        let tools = ask.tools.clone().unwrap_or_else(|| self.tools.clone());
         run.calls.insert(
             TOOLS_KEY.to_owned(),
             CallRecord {
@@ -378,6 +412,16 @@ impl Agent {
         );
         runs.save(&mut run).await?;
         Ok(run)
+    }
+
+    /// The context window for `model` with `tools`.
+    fn context(&self, model: &dyn ChatModel, tools: &[ToolSpec]) -> ContextManager {
+        ContextManager::for_model(
+            model.name(),
+            self.limits.context_tokens,
+            self.limits.answer_tokens,
+        )
+        .with_tools(tools)
     }
 
     fn answer(&self, run: &RunState, text: String) -> Answer {
@@ -603,6 +647,8 @@ impl Agent {
             .unwrap_or_default();
         let registry = turn.services.actions();
         let specs = registry.tool_specs(&tools)?;
+        let mut window = self.context(model, &specs);
+        let mut shrinks = 0u32;
         loop {
             if cancel.is_cancelled() {
                 return Ok(Step::Stopped("(cancelled: a newer message arrived)".into()));
@@ -644,6 +690,19 @@ impl Agent {
             let request = ChatRequest::new(run.messages.clone()).with_tools(specs.clone());
             let completion = tokio::select! {
                 c = tokio::time::timeout(left, self.call_model(model, &request, sink)) => match c {
+                    Ok(Err(Error::Model(e))) if e.kind == ModelErrorKind::ContextTooLong => {
+                        // The window is smaller than configured (or the count was off):
+                        // trim harder and try again, a bounded number of times.
+                        let sent = window.trim(&run.messages, None).map_err(context_refusal)?;
+                        shrinks += 1;
+                        if shrinks > 3 || !window.shrink_after(&e, &sent) {
+                            return Err(Error::Model(e));
+                        }
+                        tracing::info!(run = %run.id, budget = window.budget(), "context too long for the model; trimming");
+                        run.messages = window.trim(&run.messages, None).map_err(context_refusal)?.messages;
+                        runs.save(run).await?;
+                        continue;
+                    }
                     Ok(c) => c?,
                     Err(_) => return Ok(Step::Stopped(format!(
                         "I stopped: this answer took longer than {} seconds.",
@@ -797,6 +856,10 @@ impl Agent {
 
 /// The key under which a run remembers the tools it may call.
 const TOOLS_KEY: &str = "$tools";
+
+fn context_refusal(e: ContextError) -> Error {
+    Error::Handler(Refusal::new(format!("This conversation is too long for the assistant: {e}")).into())
+}
 
 fn history_key(channel: &str, conversation: &str, user: &str) -> String {
     format!("{channel}:{conversation}:{user}")
