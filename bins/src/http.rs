@@ -46,6 +46,8 @@ pub struct AppState {
     pub workflows: Arc<flowbot_core::workflow::Workflows>,
     /// The platform adapters served by this process (Telegram, Tailchat), for metrics.
     pub adapters: Vec<Arc<dyn flowbot_channels::AdapterStats>>,
+    /// The language model calls of this process, when `[llm]` is configured.
+    pub llm: Option<Arc<flowbot_llm::LlmMetrics>>,
 }
 
 type ApiResult<T> = Result<Json<T>, Problem>;
@@ -338,6 +340,9 @@ async fn metrics(State(s): State<AppState>) -> Response {
         "# HELP flowbot_tasks_recovered_total Tasks this process returned to the queue for workers that were gone (ended processes, expired leases).\n# TYPE flowbot_tasks_recovered_total counter\nflowbot_tasks_recovered_total {}",
         s.workers.recovered.load(Relaxed)
     );
+    if let Some(llm) = &s.llm {
+        llm.snapshot().render_prometheus(&mut out);
+    }
     (
         [(
             header::CONTENT_TYPE,

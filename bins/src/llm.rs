@@ -1,22 +1,38 @@
 //! The assistant of `[llm]`: its models, prompt, tools and limits, as an [`Agent`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use flowbot_llm::Agent;
+use flowbot_core::ChatModel;
+use flowbot_llm::{
+    Agent, BreakerConfig, ChainConfig, ChainModelConfig, LlmMetrics, ModelChain, PriceTable,
+    RetryConfig,
+};
 
 use crate::config::LlmConfig;
 use crate::run::RunError;
 
-/// The agent `[llm]` describes, or `None` when no model is configured. A model configured
-/// with only a base URL (the quick start) gets the server's first model.
-pub async fn assistant(config: &LlmConfig) -> Result<Option<Arc<Agent>>, RunError> {
+/// The assistant of `[llm]` and the metrics of its model calls.
+#[derive(Clone)]
+pub struct Assistant {
+    /// The agent.
+    pub agent: Arc<Agent>,
+    /// Calls, tokens, costs, latencies and errors per model (rendered at `/metrics`).
+    pub metrics: Arc<LlmMetrics>,
+}
+
+/// The agent `[llm]` describes, or `None` when no model is configured. Each model is a
+/// chain: the model, then `llm.fallbacks`, each with retries and a circuit breaker, every
+/// call measured. A model configured with only a base URL (the quick start) gets the
+/// server's first model.
+pub async fn assistant(config: &LlmConfig) -> Result<Option<Assistant>, RunError> {
     let Some(default) = config.default_name() else {
         return Ok(None);
     };
     let failed = |name: &str, e: flowbot_core::ModelError| {
         RunError::Llm(format!("llm.models.{name}: {e}"))
     };
-    let mut models = Vec::new();
+    let mut providers = BTreeMap::new();
     for (name, provider) in &config.models {
         let mut provider = provider.clone();
         if provider.model.trim().is_empty() {
@@ -32,11 +48,32 @@ pub async fn assistant(config: &LlmConfig) -> Result<Option<Arc<Agent>>, RunErro
             tracing::info!(model = %first, "llm: using the server's first model");
             provider.model = first;
         }
-        let model = flowbot_llm::connect(&provider).map_err(|e| failed(name, e))?;
-        tracing::info!(name = %name, model = %model.name(), "llm model configured");
-        models.push((name.clone(), model));
+        providers.insert(name.clone(), provider);
     }
-    let Some((_, main)) = models.iter().find(|(n, _)| n == default) else {
+    let prices = PriceTable::from_config(&config.prices)
+        .map_err(|e| RunError::Llm(format!("llm.prices.{}: {}", e.key, e.message)))?;
+    let metrics = LlmMetrics::new(prices);
+    let mut chains: Vec<(String, Arc<dyn ChatModel>)> = Vec::new();
+    for name in providers.keys() {
+        let order = std::iter::once(name).chain(config.fallbacks.iter().filter(|f| *f != name));
+        let chain = ChainConfig {
+            name: Some(name.clone()),
+            retry: config.retry.clone(),
+            breaker: config.breaker.clone(),
+            models: order
+                .filter_map(|n| providers.get(n))
+                .map(|p| ChainModelConfig {
+                    provider: p.clone(),
+                    retry: RetryConfig::default(),
+                    breaker: BreakerConfig::default(),
+                })
+                .collect(),
+        };
+        let model = ModelChain::from_config(&chain, Some(&metrics)).map_err(|e| failed(name, e))?;
+        tracing::info!(name = %name, models = ?chain.models.iter().map(|m| m.provider.name()).collect::<Vec<_>>(), "llm model configured");
+        chains.push((name.clone(), Arc::new(model)));
+    }
+    let Some((_, main)) = chains.iter().find(|(n, _)| n == default) else {
         return Err(RunError::Llm(format!("llm.default: no model named '{default}'")));
     };
     let mut builder = Agent::builder(main.clone())
@@ -47,10 +84,13 @@ pub async fn assistant(config: &LlmConfig) -> Result<Option<Arc<Agent>>, RunErro
     if let Some(prompt) = &config.prompt {
         builder = builder.prompt(prompt.clone());
     }
-    for (name, model) in models {
+    for (name, model) in chains {
         builder = builder.model(name, model);
     }
-    Ok(Some(Arc::new(builder.build()?)))
+    Ok(Some(Assistant {
+        agent: Arc::new(builder.build()?),
+        metrics,
+    }))
 }
 
 /// Fail at start when `[llm]` names a tool the bot does not have.

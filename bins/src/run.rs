@@ -265,7 +265,7 @@ pub async fn run_server_with(
     builder = with_notifiers(builder, &config)?;
     let assistant = crate::llm::assistant(&config.llm).await?;
     if let Some(a) = &assistant {
-        builder = builder.assistant(a.clone());
+        builder = builder.assistant(a.agent.clone());
         rules.router().set_unmatched_to_assistant(config.llm.unmatched);
     }
     if console {
@@ -350,6 +350,7 @@ pub async fn run_server_with(
         rules: rules.clone(),
         workflows,
         adapters,
+        llm: assistant.as_ref().map(|a| a.metrics.clone()),
     };
     let (api, mut doc) = http::api(state);
     http::channel_docs(
@@ -444,7 +445,7 @@ pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<()
     builder = with_notifiers(builder, &config)?;
     let assistant = crate::llm::assistant(&config.llm).await?;
     if let Some(a) = &assistant {
-        builder = builder.assistant(a.clone());
+        builder = builder.assistant(a.agent.clone());
         rules.router().set_unmatched_to_assistant(config.llm.unmatched);
     }
     // Agents hold no sockets: web replies go over the bus to the servers.

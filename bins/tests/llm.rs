@@ -139,3 +139,112 @@ async fn a_model_that_keeps_failing_is_answered_with_an_apology_not_silence() {
     assert!(!text.contains("invalid key"), "provider details stay in the log: {text}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_failing_model_falls_back_to_the_next_and_metrics_count_both() {
+    let fake = FakeProvider::start().await.unwrap();
+    // The main model's key is wrong (OpenAI dialect); the fallback speaks Anthropic's.
+    fake.push(Turn::Status {
+        status: 401,
+        message: "Incorrect API key provided".into(),
+        retry_after: None,
+    });
+    fake.push(Turn::Reply(Reply::text("Hello from the fallback.")));
+    let main = {
+        let mut p = fake.config(flowbot_llm::Dialect::Openai, "gpt-4o-mini");
+        p.api_key = Some("wrong-key-123".into());
+        p
+    };
+    let backup = fake.config(flowbot_llm::Dialect::Anthropic, "claude-haiku-4-5");
+    fake.expect_key(None);
+    let s = harness::start_with(move |c| {
+        c.llm.models.insert("main".into(), main);
+        c.llm.models.insert("backup".into(), backup);
+        c.llm.default = Some("main".into());
+        c.llm.fallbacks = vec!["backup".into()];
+    })
+    .await;
+    let mut ws = harness::chat(&s, "eve", "c5").await;
+    let answer = harness::say(&mut ws, "hi").await;
+    assert_eq!(answer["text"], "Hello from the fallback.");
+    let paths: Vec<String> = fake.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/v1/chat/completions", "/v1/messages"]);
+
+    let metrics = common::metrics(&s.base).await;
+    assert!(
+        metrics.contains("flowbot_llm_errors_total{model=\"openai/gpt-4o-mini\",kind=\"auth\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flowbot_llm_calls_total{model=\"anthropic/claude-haiku-4-5\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("wrong-key-123"));
+    // The run is visible through the API, with its usage.
+    let runs: Value = reqwest::get(format!("{}/api/v1/llm/runs", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run = &runs["items"][0];
+    assert_eq!(run["status"]["state"], "done");
+    assert_eq!(run["answer"], "Hello from the fallback.");
+    let one: Value = reqwest::get(format!("{}/api/v1/llm/runs/{}", s.base, run["id"].as_str().unwrap()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["id"], run["id"]);
+    let missing = reqwest::get(format!("{}/api/v1/llm/runs/nope", s.base)).await.unwrap();
+    harness::problem(missing, 404).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_answer_streams_into_web_chat_as_partial_frames_before_the_message() {
+    let fake = FakeProvider::start().await.unwrap();
+    fake.expect_key(None);
+    let mut reply = Reply::text("one two three four five six seven eight nine ten");
+    reply.delta_chars = 3;
+    fake.push(Turn::Stall {
+        reply,
+        after_bytes: 600,
+        pause: std::time::Duration::from_millis(300),
+    });
+    let s = server_with(&fake).await;
+    let mut ws = harness::chat(&s, "fay", "c6").await;
+    futures_util::SinkExt::send(
+        &mut ws,
+        tokio_tungstenite::tungstenite::Message::text(
+            json!({"type": "message", "text": "count"}).to_string(),
+        ),
+    )
+    .await
+    .unwrap();
+    let partial = harness::next_frame(&mut ws, "partial").await;
+    let shown = partial["text"].as_str().unwrap().to_owned();
+    assert!(
+        "one two three four five six seven eight nine ten".starts_with(&shown) && !shown.is_empty(),
+        "{shown}"
+    );
+    let done = harness::next_frame(&mut ws, "message").await;
+    assert_eq!(done["text"], "one two three four five six seven eight nine ten");
+    assert_eq!(done["draft"], partial["draft"]);
+    // Only the final text is in the history.
+    let page: Value = reqwest::get(format!("{}/api/v1/conversations/web/c6/messages", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let texts: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["count", "one two three four five six seven eight nine ten"]);
+    s.stop().await;
+}

@@ -275,6 +275,10 @@ fn kind_of(error: &Value) -> Option<ModelErrorKind> {
 
 /// Classify a failed HTTP answer by the body's `error.status`, else by status code.
 fn classify(status: u16, body: &Value, message: &str) -> Option<ModelErrorKind> {
+    // Overload is the status's to say, whatever the body calls it.
+    if matches!(status, 503 | 529) {
+        return Some(ModelErrorKind::Overloaded);
+    }
     body.get("error")
         .and_then(kind_of)
         .or_else(|| Some(classify_status(status, message)))
@@ -295,6 +299,8 @@ struct GeminiDecoder {
     calls: usize,
     finish: Option<String>,
     usage: Option<Usage>,
+    /// Chunks seen, for error messages.
+    chunks: usize,
 }
 
 impl GeminiDecoder {
@@ -306,6 +312,7 @@ impl GeminiDecoder {
             calls: 0,
             finish: None,
             usage: None,
+            chunks: 0,
         }
     }
 
@@ -350,8 +357,11 @@ impl Decoder for GeminiDecoder {
         data: &str,
         out: &mut Vec<StreamEvent>,
     ) -> Result<(), DecodeError> {
-        let chunk: Value = serde_json::from_str(data)
-            .map_err(|e| DecodeError::protocol(format!("a chunk is not JSON: {e}")))?;
+        self.chunks = self.chunks.saturating_add(1);
+        let chunk: Value = serde_json::from_str(data).map_err(|e| {
+            let snippet: String = data.chars().take(80).collect();
+            DecodeError::protocol(format!("chunk {} is not JSON ({e}): {snippet}", self.chunks))
+        })?;
         if let Some(error) = chunk.get("error") {
             let message = error
                 .get("message")

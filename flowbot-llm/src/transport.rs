@@ -431,10 +431,15 @@ impl<D: Decoder> State<D> {
             }
             Some(Err(e)) => {
                 let text = e.to_string();
-                let kind = if text.contains(TOO_LARGE) {
-                    ModelErrorKind::TooLarge
-                } else {
-                    ModelErrorKind::Connection
+                let kind = match e {
+                    // The body itself failed: the size cap, or the connection.
+                    sse_stream::Error::Body(_) if text.contains(TOO_LARGE) => {
+                        ModelErrorKind::TooLarge
+                    }
+                    sse_stream::Error::Body(_) => ModelErrorKind::Connection,
+                    // The body is not server-sent events (an HTML page, a JSON answer):
+                    // asking again gets the same.
+                    _ => ModelErrorKind::Protocol,
                 };
                 return Err(self.endpoint.error(kind, format!("reading the answer: {text}")));
             }

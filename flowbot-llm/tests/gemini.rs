@@ -358,7 +358,7 @@ async fn malformed_chunk_json_is_a_protocol_error() {
         .unwrap_err();
     assert_eq!(e.kind, ModelErrorKind::Protocol);
     assert!(
-        e.message.starts_with("a chunk is not JSON"),
+        e.message.starts_with("chunk 1 is not JSON"),
         "{}",
         e.message
     );

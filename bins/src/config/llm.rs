@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use flowbot_llm::{Dialect, Limits, ProviderConfig};
+use flowbot_llm::{BreakerConfig, Dialect, Limits, PricesConfig, ProviderConfig, RetryConfig};
 use serde::Deserialize;
 
 use super::{ConfigError, err};
@@ -28,6 +28,14 @@ pub struct LlmConfig {
     pub cancel_on_new_message: bool,
     /// Budgets of a run and per day.
     pub limits: Limits,
+    /// Models tried, in order, when a model fails (names under `[llm.models]`).
+    pub fallbacks: Vec<String>,
+    /// Retries of each model (attempts, backoff, the longest `Retry-After` waited).
+    pub retry: RetryConfig,
+    /// The circuit breaker of each model.
+    pub breaker: BreakerConfig,
+    /// Prices per model, over the built-in ones (`[llm.prices.models."openai/gpt-4o"]`).
+    pub prices: PricesConfig,
 }
 
 impl Default for LlmConfig {
@@ -41,6 +49,10 @@ impl Default for LlmConfig {
             unmatched: true,
             cancel_on_new_message: true,
             limits: Limits::default(),
+            fallbacks: Vec::new(),
+            retry: RetryConfig::default(),
+            breaker: BreakerConfig::default(),
+            prices: PricesConfig::default(),
         }
     }
 }
@@ -117,6 +129,22 @@ impl LlmConfig {
         self.limits
             .check()
             .map_err(|e| err("llm.limits", e))?;
+        for f in &self.fallbacks {
+            if !self.models.contains_key(f) {
+                return Err(err(
+                    "llm.fallbacks",
+                    format!("no model named '{f}' under [llm.models]"),
+                ));
+            }
+        }
+        self.retry
+            .policy("retry")
+            .map_err(|e| err("llm.retry", e))?;
+        self.breaker
+            .policy("breaker")
+            .map_err(|e| err("llm.breaker", e))?;
+        flowbot_llm::PriceTable::from_config(&self.prices)
+            .map_err(|e| err(format!("llm.prices.{}", e.key), e.message))?;
         Ok(())
     }
 }

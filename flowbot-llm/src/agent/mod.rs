@@ -295,6 +295,11 @@ impl Agent {
         } else {
             format!("{event_id}:{}", ask.key)
         };
+        // Run ids go into URLs (the REST API) and button values: keep them plain.
+        let id: String = id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-_.:".contains(c) { c } else { '_' })
+            .collect();
         let model = self.model_for(ask)?;
         let mut run = match runs.load(&id).await? {
             Some(run) => {
@@ -857,6 +862,7 @@ impl Agent {
 /// The key under which a run remembers the tools it may call.
 const TOOLS_KEY: &str = "$tools";
 
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(context_refusal)`
 fn context_refusal(e: ContextError) -> Error {
     Error::Handler(Refusal::new(format!("This conversation is too long for the assistant: {e}")).into())
 }

@@ -384,7 +384,9 @@ impl Wire for Messages {
                 "error",
                 json!({"type": "error", "error": {"type": kind, "message": message}}),
             ));
-        } else {
+        } else if reply.finish.is_some() {
+            // Without a finish reason the stream ends after the content, before its
+            // terminal events: what a cut-off answer looks like.
             let mut usage = json!({
                 "input_tokens": u.input_tokens,
                 "cache_creation_input_tokens": u.cache_creation_input_tokens.unwrap_or(0),
