@@ -558,6 +558,58 @@ async fn on_client_frame(
 
 struct WebSender(Arc<WebState>);
 
+/// `message` as bus payloads of at most [`MAX_BUS_PAYLOAD`](flowbot_core::store::MAX_BUS_PAYLOAD)
+/// bytes: itself, or its text cut at character boundaries into several messages (the first
+/// completes the draft, the last has the buttons and attachments), so a long answer reaches
+/// every server's browsers instead of failing its delivery.
+fn bus_payloads(message: &Outbound) -> std::result::Result<Vec<String>, String> {
+    let max = flowbot_core::store::MAX_BUS_PAYLOAD;
+    let whole = serde_json::to_string(message).map_err(|e| e.to_string())?;
+    if whole.len() <= max {
+        return Ok(vec![whole]);
+    }
+    // The text's share of the budget; JSON escapes can make a piece longer than its text,
+    // so a piece that still does not fit is cut again, smaller.
+    let mut budget = max.saturating_sub(whole.len().saturating_sub(message.text.len())) / 2;
+    while budget >= 16 {
+        let mut pieces = Vec::new();
+        let mut rest = message.text.as_str();
+        while !rest.is_empty() {
+            let mut end = budget.min(rest.len());
+            while !rest.is_char_boundary(end) {
+                end -= 1;
+            }
+            pieces.push(&rest[..end]);
+            rest = &rest[end..];
+        }
+        let last = pieces.len().saturating_sub(1);
+        let payloads: Vec<String> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let mut part = message.clone();
+                part.text = (*text).to_owned();
+                if i > 0 {
+                    part.draft = None;
+                }
+                if i < last {
+                    part.buttons.clear();
+                    part.attachments.clear();
+                }
+                serde_json::to_string(&part).map_err(|e| e.to_string())
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        if payloads.iter().all(|p| p.len() <= max) {
+            return Ok(payloads);
+        }
+        budget /= 2;
+    }
+    Err(format!(
+        "the message cannot be cut to fit the bus ({} bytes of JSON besides its text)",
+        whole.len().saturating_sub(message.text.len())
+    ))
+}
+
 #[async_trait]
 impl ChannelSender for WebSender {
     async fn send(&self, message: &Outbound) -> Result<SentId> {
@@ -565,14 +617,16 @@ impl ChannelSender for WebSender {
         let id = SentId(uuid::Uuid::now_v7().to_string());
         match &state.store {
             Some(store) => {
-                let payload = serde_json::to_string(message).map_err(|e| Error::Channel {
+                // A message too long for one bus payload goes as several, in order.
+                for payload in bus_payloads(message).map_err(|detail| Error::Channel {
                     channel: state.name.to_string(),
-                    detail: e.to_string(),
-                })?;
-                store
-                    .publish(&state.topic, &payload)
-                    .await
-                    .map_err(Error::from)?;
+                    detail,
+                })? {
+                    store
+                        .publish(&state.topic, &payload)
+                        .await
+                        .map_err(Error::from)?;
+                }
             }
             None => {
                 state.deliver_local(message);
@@ -676,6 +730,34 @@ mod tests {
     use flowbot_core::{DraftRef, Target};
 
     use super::*;
+
+    #[test]
+    fn a_long_message_is_cut_into_bus_payloads_that_fit_and_keep_its_text() {
+        let max = flowbot_core::store::MAX_BUS_PAYLOAD;
+        // Multi-byte characters and characters JSON escapes six-fold.
+        let text: String = "héllo \u{1}\"wörld\" 🦀 ".repeat(900);
+        let message = partial("d1", &text).button("OK", "ok");
+        let payloads = bus_payloads(&message).expect("cut");
+        assert!(payloads.len() > 1, "{}", payloads.len());
+        let parts: Vec<Outbound> = payloads
+            .iter()
+            .map(|p| {
+                assert!(p.len() <= max, "{} > {max}", p.len());
+                serde_json::from_str(p).expect("an outbound")
+            })
+            .collect();
+        let joined: String = parts.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(joined, text);
+        assert!(parts[0].draft.is_some() && parts[1..].iter().all(|p| p.draft.is_none()));
+        let last = parts.len() - 1;
+        assert!(parts[..last].iter().all(|p| p.buttons.is_empty()));
+        assert_eq!(parts[last].buttons.len(), 1);
+        // A short message is one payload, as it is.
+        assert_eq!(
+            bus_payloads(&Outbound::text("hi")).expect("one"),
+            [serde_json::to_string(&Outbound::text("hi")).expect("json")]
+        );
+    }
 
     fn partial(draft: &str, text: &str) -> Outbound {
         Outbound {
