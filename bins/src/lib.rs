@@ -13,3 +13,8 @@ pub mod demo;
 pub mod http;
 pub mod llm;
 pub mod run;
+
+/// The Rust examples of docs/llm.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/llm.md")]
+pub struct LlmGuide;
