@@ -230,6 +230,32 @@ fn webhook_configs(config: &Config) -> Vec<WebhookConfig> {
         .collect()
 }
 
+/// What the server and the agent build alike: the store, the rules, the actions, the
+/// workflow engine, the failure reply, the notifiers, and the assistant of `[llm]` (with its
+/// `llm` action), which also answers the messages no rule matched when `llm.unmatched`.
+async fn bot_builder(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    rules: &RuleLibrary,
+    workflows: Arc<Workflows>,
+) -> Result<(BotBuilder, Option<crate::llm::Assistant>), RunError> {
+    let builder = Bot::builder()
+        .store(store.clone())
+        .router_arc(rules.router())
+        .action(HttpRequest::new())
+        .workflows(workflows)
+        .failure_reply(config.bot.failure_reply());
+    let mut builder = with_notifiers(builder, config)?;
+    let assistant = crate::llm::assistant(&config.llm).await?;
+    if let Some(a) = &assistant {
+        builder = builder
+            .assistant(a.agent.clone())
+            .action(flowbot_llm::LlmAction::new(a.agent.clone()));
+        rules.router().set_unmatched_to_assistant(config.llm.unmatched);
+    }
+    Ok((builder, assistant))
+}
+
 /// A running server's handles, for tests and embedding.
 #[derive(Debug, Clone)]
 pub struct Running {
@@ -256,18 +282,7 @@ pub async fn run_server_with(
     let store = open_store(&config).await?;
     let rules = rule_library(&config, &store, &shutdown).await?;
     let workflows = workflow_engine(&config, &store);
-    let mut builder = Bot::builder()
-        .store(store.clone())
-        .router_arc(rules.router())
-        .action(HttpRequest::new())
-        .workflows(workflows.clone())
-        .failure_reply(config.bot.failure_reply());
-    builder = with_notifiers(builder, &config)?;
-    let assistant = crate::llm::assistant(&config.llm).await?;
-    if let Some(a) = &assistant {
-        builder = builder.assistant(a.agent.clone());
-        rules.router().set_unmatched_to_assistant(config.llm.unmatched);
-    }
+    let (mut builder, assistant) = bot_builder(&config, &store, &rules, workflows.clone()).await?;
     if console {
         builder = builder.channel(flowbot_channels::console::channel("console"));
     }
@@ -435,19 +450,9 @@ pub async fn run_server_with(
 pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let store = open_store(&config).await?;
     let rules = rule_library(&config, &store, &shutdown).await?;
-    let mut builder = Bot::builder()
-        .store(store.clone())
-        .router_arc(rules.router())
-        .action(HttpRequest::new())
-        .workflows(workflow_engine(&config, &store))
-        .failure_reply(config.bot.failure_reply())
-        .workers(worker_config(&config, "agent"));
-    builder = with_notifiers(builder, &config)?;
-    let assistant = crate::llm::assistant(&config.llm).await?;
-    if let Some(a) = &assistant {
-        builder = builder.assistant(a.agent.clone());
-        rules.router().set_unmatched_to_assistant(config.llm.unmatched);
-    }
+    let workflows = workflow_engine(&config, &store);
+    let (builder, assistant) = bot_builder(&config, &store, &rules, workflows).await?;
+    let mut builder = builder.workers(worker_config(&config, "agent"));
     // Agents hold no sockets: web replies go over the bus to the servers.
     builder = builder.channel(WebChat::new("web", Some(store.clone())).sender_only());
     let (_, hook_channels) = Webhooks::new(store.clone(), &webhook_configs(&config))

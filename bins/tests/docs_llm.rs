@@ -95,3 +95,17 @@ fn the_quick_start_is_the_readme_run_command_with_one_variable() {
         Some("http://127.0.0.1:11434/v1")
     );
 }
+
+#[test]
+fn the_workflow_example_follows_the_workflow_schema() {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/workflow.schema.json")).expect("JSON");
+    let schema = jsonschema::validator_for(&schema).expect("a JSON Schema");
+    let yaml = blocks("yaml");
+    assert_eq!(yaml.len(), 1);
+    let value: serde_json::Value = serde_norway::from_str(&yaml[0].1).expect("YAML");
+    if let Some(e) = schema.iter_errors(&value).next() {
+        panic!("docs/llm.md:{}: {e} at {}", yaml[0].0, e.instance_path());
+    }
+    // It runs in bins/tests/llm.rs (a_workflow_llm_node_gives_structured_output…).
+}

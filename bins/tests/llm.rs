@@ -248,3 +248,82 @@ async fn the_answer_streams_into_web_chat_as_partial_frames_before_the_message()
     assert_eq!(texts, ["count", "one two three four five six seven eight nine ten"]);
     s.stop().await;
 }
+
+/// Poll a workflow run until it is final.
+async fn finished_run(base: &str, id: &str) -> Value {
+    for _ in 0..400 {
+        let run: Value = reqwest::get(format!("{base}/api/v1/runs/{id}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ["completed", "failed", "cancelled"].contains(&run["status"].as_str().unwrap_or("")) {
+            return run;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("run {id} did not finish");
+}
+
+#[tokio::test]
+async fn a_workflow_llm_node_gives_structured_output_checked_against_its_schema() {
+    let fake = FakeProvider::start().await.unwrap();
+    fake.expect_key(None);
+    // The first answer misses a required field: the node asks once more, saying why.
+    fake.push(Turn::Reply(Reply::text(r#"{"sentiment": "positive"}"#)));
+    fake.push(Turn::Reply(Reply::text(r#"{"sentiment": "positive", "score": 0.9}"#)));
+    let s = server_with(&fake).await;
+    // The example of docs/llm.md, as written there.
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/llm.md")).unwrap();
+    let start = guide.find("```yaml\n").unwrap() + 8;
+    let workflow = &guide[start..start + guide[start..].find("```").unwrap()];
+    let http = reqwest::Client::new();
+    let applied = http
+        .post(format!("{}/api/v1/workflows", s.base))
+        .header("content-type", "application/yaml")
+        .body(workflow.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(applied.status().as_u16(), 201, "{}", applied.text().await.unwrap());
+    let run: Value = http
+        .post(format!("{}/api/v1/workflows/triage/runs", s.base))
+        .json(&json!({"inputs": {"review": "Lovely service!"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let done = finished_run(&s.base, run["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"], "thank", "{done}");
+    let sent = chat_requests(&fake);
+    assert_eq!(sent.len(), 2);
+    // Structured output was asked for with the schema, and the retry said what was wrong.
+    assert_eq!(sent[0]["response_format"]["type"], "json_schema");
+    assert_eq!(sent[0]["response_format"]["json_schema"]["schema"]["required"], json!(["sentiment", "score"]));
+    let retry = sent[1]["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(retry.contains("score"), "{retry}");
+    assert_eq!(sent[0]["messages"][1]["content"], "Rate this review: Lovely service!");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_workflow_llm_node_without_a_model_is_refused_when_applied() {
+    let s = harness::start().await;
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/v1/workflows", s.base))
+        .header("content-type", "application/yaml")
+        .body("name: ask\nnodes:\n  - { id: q, llm: { text: hi } }\n")
+        .send()
+        .await
+        .unwrap();
+    let p = harness::problem(res, 422).await;
+    assert!(p.to_string().contains("needs a language model"), "{p}");
+    s.stop().await;
+}

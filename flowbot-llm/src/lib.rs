@@ -35,6 +35,7 @@
     allow(dead_code)
 )]
 
+mod action;
 pub mod agent;
 mod chain;
 mod config;
@@ -62,6 +63,7 @@ use std::sync::Arc;
 
 use flowbot_core::llm::{ChatModel, Embedder, ModelError, ModelErrorKind};
 
+pub use action::LlmAction;
 pub use agent::{Agent, AgentBuilder, Limits};
 pub use chain::{
     BreakerConfig, BreakerPolicy, BreakerState, ChainConfig, ChainEntry, ChainModelConfig,

@@ -227,6 +227,9 @@ impl Problems {
     }
 }
 
+/// The action an `llm` node calls.
+pub(crate) const LLM_ACTION: &str = "llm";
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 100
@@ -426,6 +429,9 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
         if n.script.is_some() {
             kinds.push("script");
         }
+        if n.llm.is_some() {
+            kinds.push("llm");
+        }
         if n.delay.is_some() {
             kinds.push("delay");
         }
@@ -478,6 +484,12 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
                     );
                     Kind::Join
                 }
+            }
+        } else if let Some(ask) = &n.llm {
+            // The `llm` action does the asking (registered when a model is configured).
+            Kind::Action {
+                name: LLM_ACTION.to_owned(),
+                with: ask.clone(),
             }
         } else if let Some(s) = &n.script {
             Kind::Script(s.clone())
@@ -536,7 +548,7 @@ fn build(spec: WorkflowSpec, p: &mut Problems) -> Option<Workflow> {
             p.node(
                 &n.id,
                 "action",
-                "the node does nothing: give one of action, condition, script, delay, until, workflow, wait or join",
+                "the node does nothing: give one of action, llm, condition, script, delay, until, workflow, wait or join",
             );
             Kind::Join
         };

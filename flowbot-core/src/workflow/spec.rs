@@ -116,6 +116,11 @@ pub struct NodeSpec {
     /// Run this rhai script; its value is the node's output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<String>,
+    /// Ask the language model (the `llm` action): `{text, prompt, model, schema}`, whose
+    /// strings are templates. The output is `{text, data, usage}`; with a JSON Schema,
+    /// `data` is the answer parsed and checked against it, for the nodes after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<Value>,
     /// Wait this long (e.g. `10m`) before the next nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<String>,

@@ -20,6 +20,12 @@
 //! - **Cancellation**: with [`AgentBuilder::cancel_on_new_message`], a new message from the
 //!   same user in the same conversation cancels an answer still being written (in this
 //!   process).
+//! - **Prompts**: with [`AgentBuilder::prompts`], a prompt (the agent's own or an ask's) that
+//!   names a prompt of the library is rendered for the run — the active version, or the
+//!   user's arm of an A/B split, its variant for the model — with the message, the session's
+//!   variables and [`AgentBuilder::prompt_vars`]; anything else is the system text itself.
+//!   The run remembers the version, and its outcome (tokens, cost, time) is added to that
+//!   version's statistics when it ends.
 
 mod run;
 
@@ -37,9 +43,13 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use crate::context::{ContextError, ContextManager, summarize};
+use crate::prompt::{MessageVars, Outcome, PromptContext, PromptError, SharedPrompts};
+use crate::PriceTable;
+use flowbot_core::store::KvStore;
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-pub use run::{CallRecord, HISTORIES, History, RUNS, RunState, RunStatus, Runs, USAGE};
+pub use run::{CallRecord, HISTORIES, History, PromptUse, RUNS, RunState, RunStatus, Runs, USAGE};
 
 /// Button values start with this; the rest is `approve:<run>:<call>` or `deny:<run>:<call>`.
 pub const APPROVAL_PREFIX: &str = "llm:";
@@ -137,6 +147,10 @@ pub struct Agent {
     limits: Limits,
     cancel_on_new_message: bool,
     active: Mutex<HashMap<String, CancellationToken>>,
+    prompts: Option<Arc<SharedPrompts>>,
+    prompt_vars: Map<String, Value>,
+    prices: Option<PriceTable>,
+    model_ids: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -147,6 +161,8 @@ impl std::fmt::Debug for Agent {
             .field("tools", &self.tools)
             .field("approval", &self.approval)
             .field("limits", &self.limits)
+            .field("prompts", &self.prompts.is_some())
+            .field("model_ids", &self.model_ids)
             .finish_non_exhaustive()
     }
 }
@@ -163,9 +179,36 @@ impl std::fmt::Debug for AgentBuilder {
 }
 
 impl AgentBuilder {
-    /// The system prompt.
+    /// The system prompt: the name of a prompt in the library ([`AgentBuilder::prompts`]),
+    /// or the system text itself.
     pub fn prompt(mut self, prompt: impl Into<String>) -> Self {
         self.agent.prompt = prompt.into();
+        self
+    }
+
+    /// The prompt library: prompts named by the agent or an ask are rendered from it.
+    pub fn prompts(mut self, prompts: Arc<SharedPrompts>) -> Self {
+        self.agent.prompts = Some(prompts);
+        self
+    }
+
+    /// Values the prompts see as `vars` (the bot's name, settings).
+    pub fn prompt_vars(mut self, vars: Map<String, Value>) -> Self {
+        self.agent.prompt_vars = vars;
+        self
+    }
+
+    /// Prices, for each run's cost (in its record and its prompt's statistics).
+    pub fn prices(mut self, prices: PriceTable) -> Self {
+        self.agent.prices = Some(prices);
+        self
+    }
+
+    /// The provider model (`dialect/model`) behind the model named `name` (a chain's first
+    /// model): prompt variants are picked and prices looked up by it. Without one, the
+    /// model's own [`name`](ChatModel::name) is used.
+    pub fn model_id(mut self, name: impl Into<String>, id: impl Into<String>) -> Self {
+        self.agent.model_ids.insert(name.into(), id.into());
         self
     }
 
@@ -209,6 +252,37 @@ impl AgentBuilder {
     }
 }
 
+/// The system text (and user message) a run starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResolvedPrompt {
+    /// The system message.
+    pub system: String,
+    /// The user message, when the library prompt has a user template; `None`: the user's
+    /// own words.
+    pub user: Option<String>,
+    /// The library prompt and version rendered; `None` for literal system text.
+    pub used: Option<PromptUse>,
+}
+
+/// Whether `s` can be a prompt's name (letters, digits, `_`, `-`, `.`; at most 100 bytes),
+/// and so is looked up in the library before it is taken as system text.
+fn looks_like_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(prompt_error)`
+fn prompt_error(e: PromptError) -> Error {
+    match e {
+        PromptError::Store(s) => Error::Store(s),
+        other => Error::Handler(format!("llm prompt: {other}").into()),
+    }
+}
+
 /// How a run step ended.
 enum Step {
     /// The final text.
@@ -249,8 +323,20 @@ impl Agent {
                 limits: Limits::default(),
                 cancel_on_new_message: true,
                 active: Mutex::new(HashMap::new()),
+                prompts: None,
+                prompt_vars: Map::new(),
+                prices: None,
+                model_ids: HashMap::new(),
             },
         }
+    }
+
+    /// The model named `name` (a name given to [`AgentBuilder::model`]), or the default
+    /// one for `None`; an error listing the names for an unknown one.
+    pub fn chat_model(&self, name: Option<&str>) -> Result<Arc<dyn ChatModel>, Error> {
+        let mut ask = Ask::default();
+        ask.model = name.map(str::to_owned);
+        self.model_for(&ask)
     }
 
     fn model_for(&self, ask: &Ask) -> Result<Arc<dyn ChatModel>, Error> {
@@ -269,6 +355,98 @@ impl Agent {
                     .into(),
                 )
             }),
+        }
+    }
+
+    /// The prompt library, when the agent has one.
+    pub fn prompts(&self) -> Option<&Arc<SharedPrompts>> {
+        self.prompts.as_ref()
+    }
+
+    /// The provider model behind `model` (see [`AgentBuilder::model_id`]).
+    pub fn model_id<'a>(&'a self, model: &'a dyn ChatModel) -> &'a str {
+        self.model_ids
+            .get(model.name())
+            .map_or(model.name(), String::as_str)
+    }
+
+    /// What `usage` cost on `model`, in whole micro-dollars, when its price is known.
+    pub fn cost_micros(&self, model: &dyn ChatModel, usage: &Usage) -> Option<u64> {
+        let cost = self.prices.as_ref()?.cost(self.model_id(model), usage)?;
+        Some(u64::try_from(cost.micro_usd()).unwrap_or(u64::MAX))
+    }
+
+    /// The system text for answering `text` in `turn` with `model`: `prompt` (else the
+    /// agent's own), rendered from the library when it names a library prompt — the version
+    /// the sender is assigned (the active one without a split), its variant for the model,
+    /// over the message, the session's variables and the agent's `vars` — else taken as it
+    /// is.
+    pub async fn resolve_prompt(
+        &self,
+        turn: &Turn,
+        prompt: Option<&str>,
+        model: &dyn ChatModel,
+        text: &str,
+    ) -> Result<ResolvedPrompt, Error> {
+        let source = prompt.unwrap_or(&self.prompt);
+        let literal = || ResolvedPrompt {
+            system: source.to_owned(),
+            user: None,
+            used: None,
+        };
+        let Some(shared) = &self.prompts else {
+            return Ok(literal());
+        };
+        if !looks_like_name(source) {
+            return Ok(literal());
+        }
+        let kv = turn.services.store().map(|s| &**s as &dyn KvStore);
+        let library = shared.library(kv).await.map_err(prompt_error)?;
+        if library.get(source).is_none() {
+            tracing::warn!(prompt = %source, "no prompt of that name in the library: it is sent as the system text itself");
+            return Ok(literal());
+        }
+        let user = turn.event.sender().map(|s| s.id.to_string());
+        let mut cx = PromptContext::new();
+        cx.message = MessageVars {
+            text: text.to_owned(),
+            user: user.clone(),
+            channel: turn.source().map(|t| t.channel.to_string()),
+        };
+        cx.session = turn.session.lock().vars.clone();
+        cx.vars = self.prompt_vars.clone();
+        let rendered = library
+            .render(source, self.model_id(model), user.as_deref(), &cx)
+            .map_err(prompt_error)?;
+        tracing::debug!(prompt = %rendered.name, version = rendered.version, variant = ?rendered.variant, "prompt rendered");
+        Ok(ResolvedPrompt {
+            system: rendered.system,
+            user: rendered.user,
+            used: Some(PromptUse {
+                name: rendered.name,
+                version: rendered.version,
+                variant: rendered.variant,
+            }),
+        })
+    }
+
+    /// Add a finished run's tokens, cost and time to its prompt version's statistics.
+    async fn record_outcome(&self, turn: &Turn, run: &RunState) {
+        let (Some(used), Some(shared), Some(store)) =
+            (&run.prompt, &self.prompts, turn.services.store())
+        else {
+            return;
+        };
+        let outcome = Outcome::call(
+            &run.usage,
+            run.cost_micros,
+            Duration::from_millis(run.busy_ms),
+        );
+        if let Err(e) = shared
+            .record(&**store, &used.name, used.version, &outcome)
+            .await
+        {
+            tracing::warn!(run = %run.id, prompt = %used.name, version = used.version, error = %e, "prompt outcome not recorded");
         }
     }
 
@@ -354,15 +532,14 @@ impl Agent {
             .unwrap_or_default();
         let key = history_key(&channel, &conversation, &user);
         let mut history = runs.history(&key).await?;
-        let system = match &ask.prompt {
-            Some(p) => p.clone(),
-            None => self.prompt.clone(),
-        };
+        let prompt = self
+            .resolve_prompt(turn, ask.prompt.as_deref(), model, &text)
+            .await?;
         let tools = ask.tools.clone().unwrap_or_else(|| self.tools.clone());
         let specs = turn.services.actions().tool_specs(&tools)?;
-        let mut all = vec![ChatMessage::system(system)];
+        let mut all = vec![ChatMessage::system(prompt.system)];
         all.extend(history.messages.iter().cloned());
-        all.push(ChatMessage::user(text));
+        all.push(ChatMessage::user(prompt.user.unwrap_or(text)));
         let window = self.context(model, &specs);
         let prepared = window
             .prepare(&all, history.summary.as_deref())
@@ -398,6 +575,8 @@ impl Agent {
             usage: Usage::default(),
             cost_micros: 0,
             answer: String::new(),
+            prompt: prompt.used,
+            busy_ms: 0,
             created_at: now,
             updated_at: now,
         };
@@ -528,7 +707,10 @@ impl Agent {
                 previous.cancel();
             }
         }
+        let began = Instant::now();
         let step = self.steps(turn, runs, run, model, sink, &cancel).await;
+        let busy = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+        run.busy_ms = run.busy_ms.saturating_add(busy);
         if self.cancel_on_new_message {
             let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
             if active.get(&key).is_some_and(|c| c.is_cancelled() || !cancel.is_cancelled()) {
@@ -547,6 +729,7 @@ impl Agent {
                     if let Err(save) = runs.save(run).await {
                         tracing::warn!(run = %run.id, error = %save, "could not record the failed run");
                     }
+                    self.record_outcome(turn, run).await;
                 }
                 return Err(e);
             }
@@ -557,6 +740,7 @@ impl Agent {
                 run.answer = text.clone();
                 runs.save(run).await?;
                 self.remember(runs, run, &key).await;
+                self.record_outcome(turn, run).await;
                 Ok(self.answer(run, text))
             }
             Step::Approval(call) => {
@@ -571,6 +755,7 @@ impl Agent {
                     reason: reason.clone(),
                 };
                 runs.save(run).await?;
+                self.record_outcome(turn, run).await;
                 Ok(self.answer(run, reason))
             }
         }
@@ -721,6 +906,9 @@ impl Agent {
             run.turns = run.turns.saturating_add(1);
             if let Some(u) = completion.usage {
                 add_usage(&mut run.usage, &u);
+                if let Some(cost) = self.cost_micros(model, &run.usage) {
+                    run.cost_micros = cost;
+                }
             }
             if let Some(refusal) = completion.refusal.filter(|r| !r.is_empty())
                 && completion.tool_calls.is_empty()

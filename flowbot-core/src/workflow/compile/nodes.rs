@@ -152,7 +152,13 @@ pub(super) fn check_nodes(wf: &Workflow, cx: CheckContext<'_>, p: &mut Problems)
         };
         match &n.kind {
             Kind::Action { name, with } => {
-                if !cx.actions.contains(name) {
+                if name == super::LLM_ACTION && !cx.actions.contains(name) {
+                    p.node(
+                        &n.id,
+                        "llm",
+                        "an `llm` node needs a language model: configure one ([llm] in the server's config, or register an `llm` action)",
+                    );
+                } else if !cx.actions.contains(name) {
                     let mut known: Vec<String> =
                         cx.actions.list().into_iter().map(|a| a.name).collect();
                     known.sort();
