@@ -48,6 +48,9 @@ pub struct AppState {
     pub adapters: Vec<Arc<dyn flowbot_channels::AdapterStats>>,
     /// The language model calls of this process, when `[llm]` is configured.
     pub llm: Option<Arc<flowbot_llm::LlmMetrics>>,
+    /// The assistant's prompt library (`None` without `[llm]` models: the API then manages
+    /// the database's prompts alone).
+    pub prompts: Option<Arc<flowbot_llm::prompt::SharedPrompts>>,
 }
 
 type ApiResult<T> = Result<Json<T>, Problem>;
@@ -692,7 +695,7 @@ async fn delete_schedule(
         (name = "rules", description = "Rules in force; rules stored through the API"),
         (name = "workflows", description = "Workflow definitions, runs, analytics and trigger hooks"),
         (name = "channels", description = "Chat channels' HTTP endpoints"),
-        (name = "llm", description = "The assistant's runs: turns, tool calls, approvals, usage"),
+        (name = "llm", description = "The assistant's runs (turns, tool calls, approvals, usage) and its prompt library (versions, activation, rollback, diffs, A/B splits, statistics)"),
     )
 )]
 struct ApiDoc;
@@ -838,6 +841,13 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(workflows::trigger_hook))
         .routes(routes!(llm::list_runs))
         .routes(routes!(llm::get_run))
+        .routes(routes!(llm::list_prompts))
+        .routes(routes!(llm::get_prompt, llm::put_prompt))
+        .routes(routes!(llm::activate_prompt))
+        .routes(routes!(llm::rollback_prompt))
+        .routes(routes!(llm::diff_prompt))
+        .routes(routes!(llm::split_prompt))
+        .routes(routes!(llm::prompt_stats))
         .with_state(state)
         .split_for_parts();
     (router, doc)

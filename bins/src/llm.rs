@@ -1,9 +1,10 @@
-//! The assistant of `[llm]`: its models, prompt, tools and limits, as an [`Agent`].
+//! The assistant of `[llm]`: its models, prompt library, tools and limits, as an [`Agent`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use flowbot_core::ChatModel;
+use flowbot_llm::prompt::SharedPrompts;
 use flowbot_llm::{
     Agent, BreakerConfig, ChainConfig, ChainModelConfig, LlmMetrics, ModelChain, PriceTable,
     RetryConfig,
@@ -19,6 +20,24 @@ pub struct Assistant {
     pub agent: Arc<Agent>,
     /// Calls, tokens, costs, latencies and errors per model (rendered at `/metrics`).
     pub metrics: Arc<LlmMetrics>,
+    /// The prompt library the agent renders from (and the REST API manages).
+    pub prompts: Arc<SharedPrompts>,
+}
+
+/// The prompt library of `[llm]`: the files of `prompts_dir` (read now, so a bad file stops
+/// the start with its path), merged into the database's prompts at the first use.
+pub async fn prompts(config: &LlmConfig) -> Result<Arc<SharedPrompts>, RunError> {
+    let Some(dir) = config.prompts_dir.clone() else {
+        return Ok(Arc::new(SharedPrompts::default()));
+    };
+    let shown = dir.display().to_string();
+    let shared = tokio::task::spawn_blocking(move || SharedPrompts::from_dir(&dir))
+        .await
+        .map_err(|e| RunError::Llm(format!("llm.prompts_dir: {e}")))?
+        .map_err(|e| RunError::Llm(format!("llm.prompts_dir ({shown}): {e}")))?;
+    let names: Vec<&str> = shared.files().names().collect();
+    tracing::info!(dir = %shown, prompts = ?names, "prompt files loaded");
+    Ok(Arc::new(shared))
 }
 
 /// The agent `[llm]` describes, or `None` when no model is configured. Each model is a
@@ -76,7 +95,11 @@ pub async fn assistant(config: &LlmConfig) -> Result<Option<Assistant>, RunError
     let Some((_, main)) = chains.iter().find(|(n, _)| n == default) else {
         return Err(RunError::Llm(format!("llm.default: no model named '{default}'")));
     };
+    let prompts = prompts(config).await?;
     let mut builder = Agent::builder(main.clone())
+        .prompts(prompts.clone())
+        .prompt_vars(config.vars.clone().into_iter().collect())
+        .prices(metrics.prices().clone())
         .tools(config.tools.iter().cloned())
         .approval(config.approval.iter().cloned())
         .limits(config.limits.clone())
@@ -85,11 +108,16 @@ pub async fn assistant(config: &LlmConfig) -> Result<Option<Assistant>, RunError
         builder = builder.prompt(prompt.clone());
     }
     for (name, model) in chains {
+        // Prompt variants and prices go by the chain's first model, `dialect/model`.
+        if let Some(p) = providers.get(&name) {
+            builder = builder.model_id(name.clone(), p.name());
+        }
         builder = builder.model(name, model);
     }
     Ok(Some(Assistant {
         agent: Arc::new(builder.build()?),
         metrics,
+        prompts,
     }))
 }
 

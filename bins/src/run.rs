@@ -366,6 +366,7 @@ pub async fn run_server_with(
         workflows,
         adapters,
         llm: assistant.as_ref().map(|a| a.metrics.clone()),
+        prompts: assistant.as_ref().map(|a| a.prompts.clone()),
     };
     let (api, mut doc) = http::api(state);
     http::channel_docs(

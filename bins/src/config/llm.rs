@@ -1,6 +1,7 @@
 //! `[llm]`: the language model that answers free text and calls actions as tools.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use flowbot_llm::{BreakerConfig, Dialect, Limits, PricesConfig, ProviderConfig, RetryConfig};
 use serde::Deserialize;
@@ -16,8 +17,14 @@ pub struct LlmConfig {
     pub models: BTreeMap<String, ProviderConfig>,
     /// The model used when a rule names none. Default: the only one, or `default`.
     pub default: Option<String>,
-    /// The system prompt.
+    /// The system prompt: the name of a prompt in the library, or the text itself.
     pub prompt: Option<String>,
+    /// A folder of prompt files (`<name>.toml`), merged into the prompts stored in the
+    /// database at start: a file that is new or changed since it was last applied becomes
+    /// its prompt's active version.
+    pub prompts_dir: Option<PathBuf>,
+    /// Values every prompt template sees as `vars` (`{{ vars.bot }}`).
+    pub vars: BTreeMap<String, serde_json::Value>,
     /// Actions the model may call unless a rule names its own.
     pub tools: Vec<String>,
     /// Actions that need a person's approval before each call.
@@ -44,6 +51,8 @@ impl Default for LlmConfig {
             models: BTreeMap::new(),
             default: None,
             prompt: None,
+            prompts_dir: None,
+            vars: BTreeMap::new(),
             tools: vec!["send_later".into()],
             approval: Vec::new(),
             unmatched: true,
@@ -96,6 +105,14 @@ impl LlmConfig {
 
     /// Check the section, naming the key at fault.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(dir) = &self.prompts_dir
+            && dir.as_os_str().is_empty()
+        {
+            return Err(err(
+                "llm.prompts_dir",
+                "must be a directory path, not empty",
+            ));
+        }
         if self.models.is_empty() {
             return Ok(());
         }

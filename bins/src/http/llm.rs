@@ -1,15 +1,28 @@
 //! `/api/v1/llm/…`: the assistant's runs — their conversation with the model, each tool call
-//! with its result and approval, the tokens used.
+//! with its result and approval, the tokens used — and its prompt library: versions,
+//! activation, rollback, diffs, A/B splits and statistics per version.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use flowbot_channels::problem::Problem;
-use flowbot_core::store::Page;
+use flowbot_core::store::{KvStore, Page};
 use flowbot_llm::agent::{RunState, Runs};
-use serde_json::Value;
+use flowbot_llm::prompt::{
+    Prompt, PromptContent, PromptError, PromptLibrary, SharedPrompts, Variant, VersionMeta,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiResult, AppState, PageDoc, PageQuery, ProblemDoc, limit, page, path, query, store_err};
+use super::{
+    ApiResult, AppState, PageDoc, PageQuery, ProblemDoc, limit, page, path, query, store_err,
+};
 
 /// The assistant's runs, newest first. The cursor is the number of runs to skip.
 #[utoipa::path(get, path = "/api/v1/llm/runs", tag = "llm", params(PageQuery),
@@ -22,9 +35,9 @@ pub(super) async fn list_runs(
     let limit = limit(q.limit)? as usize;
     let skip = match q.cursor.as_deref() {
         None => 0,
-        Some(c) => c
-            .parse::<usize>()
-            .map_err(|_| Problem::bad_request(format!("cursor '{c}' is not a cursor of this list")))?,
+        Some(c) => c.parse::<usize>().map_err(|_| {
+            Problem::bad_request(format!("cursor '{c}' is not a cursor of this list"))
+        })?,
     };
     let runs = Runs::new(Some(s.store.clone()))
         .list()
@@ -55,4 +68,302 @@ pub(super) async fn get_run(
     serde_json::to_value(run)
         .map(Json)
         .map_err(|e| Problem::bad_request(e.to_string()))
+}
+
+/// The prompt library: the assistant's, or (without `[llm]` models) the database's alone.
+fn library(s: &AppState) -> Arc<SharedPrompts> {
+    s.prompts
+        .clone()
+        .unwrap_or_else(|| Arc::new(SharedPrompts::default()))
+}
+
+fn kv(s: &AppState) -> Option<&dyn KvStore> {
+    Some(&*s.store)
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(prompt_err)`
+fn prompt_err(e: PromptError) -> Problem {
+    let unprocessable =
+        |e: &PromptError| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+    match &e {
+        PromptError::NotFound(_) | PromptError::NoVersion { .. } => {
+            Problem::not_found(e.to_string())
+        }
+        PromptError::InvalidName { .. } => Problem::bad_request(e.to_string()),
+        PromptError::Syntax { template, line, .. } | PromptError::Render { template, line, .. } => {
+            unprocessable(&e).with_errors(vec![json!({ "template": template, "line": line })])
+        }
+        PromptError::InvalidVariant { .. } | PromptError::InvalidSplit { .. } => unprocessable(&e),
+        PromptError::NoPrevious(_) => Problem::new(StatusCode::CONFLICT, e.to_string()),
+        PromptError::Store(s) => Problem::from_store(s),
+        _ => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A JSON body, or a 400 naming what is wrong with it (413 when it is too large, 415
+/// without a JSON content type).
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
+    b.map(|Json(v)| v).map_err(|e| {
+        let status = match e.status() {
+            s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Problem::new(status, format!("invalid body: {}", e.body_text()))
+    })
+}
+
+fn prompt_json(library: &PromptLibrary, name: &str) -> Result<Value, Problem> {
+    let p = library
+        .get(name)
+        .ok_or_else(|| prompt_err(PromptError::NotFound(name.to_owned())))?;
+    Ok(json!(p))
+}
+
+fn summary(p: &Prompt) -> Value {
+    let latest = p.latest();
+    json!({
+        "name": p.name(),
+        "active": p.active(),
+        "latest": latest.map(|v| v.version),
+        "versions": p.versions().len(),
+        "updated_at": latest.map(|v| v.created_at),
+        "split": p.split(),
+    })
+}
+
+/// Every prompt of the library, by name: active and latest version, number of versions,
+/// the A/B split.
+#[utoipa::path(get, path = "/api/v1/llm/prompts", tag = "llm",
+    responses((status = 200, body = Object, description = "{\"items\": [{\"name\", \"active\", \"latest\", \"versions\", \"updated_at\", \"split\"}]}")))]
+pub(super) async fn list_prompts(State(s): State<AppState>) -> ApiResult<Value> {
+    let library = library(&s).library(kv(&s)).await.map_err(prompt_err)?;
+    let items: Vec<Value> = library
+        .names()
+        .filter_map(|n| library.get(n))
+        .map(summary)
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+/// One prompt: every version (number, time, author, comment, hash, templates), the active
+/// one, the activation history and the A/B split.
+#[utoipa::path(get, path = "/api/v1/llm/prompts/{name}", tag = "llm", params(("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ProblemDoc)))]
+pub(super) async fn get_prompt(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Value> {
+    let name = path(p)?;
+    let library = library(&s).library(kv(&s)).await.map_err(prompt_err)?;
+    prompt_json(&library, &name).map(Json)
+}
+
+/// A new version of a prompt.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewVersion {
+    /// The system message's template (minijinja; `message`, `session`, `slots`, `vars`,
+    /// `context`, `now`).
+    system: String,
+    /// The user message's template, when the prompt writes the user's turn.
+    user: Option<String>,
+    /// Overrides for some models, by `dialect/model` or a prefix ending in `*`:
+    /// `{"anthropic/*": {"system": "…"}}`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    variants: BTreeMap<String, Variant>,
+    /// Who made it.
+    author: Option<String>,
+    /// Why.
+    comment: Option<String>,
+    /// Activate the new version at once (a new prompt's first version always is).
+    #[serde(default)]
+    activate: bool,
+}
+
+/// Add a version to a prompt (creating the prompt), unless the content is the latest
+/// version's already: 201 with the new version, 200 when nothing changed. Every template must
+/// compile: 422 names the template and the line. It applies at once here and in every
+/// process sharing the database.
+#[utoipa::path(put, path = "/api/v1/llm/prompts/{name}", tag = "llm", params(("name" = String, Path)),
+    request_body = NewVersion,
+    responses((status = 201, body = Object), (status = 200, body = Object), (status = 400, body = ProblemDoc),
+        (status = 422, body = ProblemDoc, description = "a template does not compile, or a variant is invalid")))]
+pub(super) async fn put_prompt(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    b: Result<Json<NewVersion>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let name = path(p)?;
+    let v = body(b)?;
+    let content = PromptContent {
+        system: v.system,
+        user: v.user,
+        variants: v.variants,
+    };
+    let meta = VersionMeta {
+        author: v.author,
+        comment: v.comment,
+    };
+    let activate = v.activate;
+    let shared = library(&s);
+    let put = shared
+        .update(kv(&s), &name, |l| {
+            let put = l.put(&name, content, meta)?;
+            if activate {
+                l.activate(&name, put.version)?;
+            }
+            Ok(put)
+        })
+        .await
+        .map_err(prompt_err)?;
+    let library = shared.library(kv(&s)).await.map_err(prompt_err)?;
+    let status = if put.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({
+            "version": put.version,
+            "created": put.created,
+            "prompt": prompt_json(&library, &name)?,
+        })),
+    ))
+}
+
+/// The version to activate.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Activate {
+    /// The version's number.
+    version: u32,
+}
+
+/// Make a version the active one (the one before is remembered for rollback).
+#[utoipa::path(post, path = "/api/v1/llm/prompts/{name}/activate", tag = "llm", params(("name" = String, Path)),
+    request_body = Activate,
+    responses((status = 200, body = Object), (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc)))]
+pub(super) async fn activate_prompt(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    b: Result<Json<Activate>, JsonRejection>,
+) -> ApiResult<Value> {
+    let name = path(p)?;
+    let a = body(b)?;
+    let shared = library(&s);
+    shared
+        .update(kv(&s), &name, |l| l.activate(&name, a.version))
+        .await
+        .map_err(prompt_err)?;
+    let library = shared.library(kv(&s)).await.map_err(prompt_err)?;
+    prompt_json(&library, &name).map(Json)
+}
+
+/// Make the previously active version active again (repeated rollbacks walk further back);
+/// 409 when there is none.
+#[utoipa::path(post, path = "/api/v1/llm/prompts/{name}/rollback", tag = "llm", params(("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc)))]
+pub(super) async fn rollback_prompt(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Value> {
+    let name = path(p)?;
+    let shared = library(&s);
+    shared
+        .update(kv(&s), &name, |l| l.rollback(&name))
+        .await
+        .map_err(prompt_err)?;
+    let library = shared.library(kv(&s)).await.map_err(prompt_err)?;
+    prompt_json(&library, &name).map(Json)
+}
+
+/// The two versions to compare.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct DiffQuery {
+    /// The older version.
+    from: u32,
+    /// The newer version.
+    to: u32,
+}
+
+/// A unified diff between two versions (every template, one section each); empty when they
+/// say the same.
+#[utoipa::path(get, path = "/api/v1/llm/prompts/{name}/diff", tag = "llm", params(("name" = String, Path), DiffQuery),
+    responses((status = 200, description = "unified diff", content_type = "text/plain"),
+        (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc)))]
+pub(super) async fn diff_prompt(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<DiffQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let name = path(p)?;
+    let q = query(q)?;
+    let library = library(&s).library(kv(&s)).await.map_err(prompt_err)?;
+    let diff = library.diff(&name, q.from, q.to).map_err(prompt_err)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], diff).into_response())
+}
+
+/// An A/B split.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Split {
+    /// Weight per version: `{"1": 90, "2": 10}`. Each user is assigned a version by a hash
+    /// of the prompt's name and the user's id, so the same user always gets the same one.
+    /// Empty: the split ends, everyone gets the active version.
+    #[schema(value_type = Object)]
+    weights: BTreeMap<u32, u32>,
+}
+
+/// Split a prompt's traffic between versions by weight.
+#[utoipa::path(put, path = "/api/v1/llm/prompts/{name}/split", tag = "llm", params(("name" = String, Path)),
+    request_body = Split,
+    responses((status = 200, body = Object), (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc),
+        (status = 422, body = ProblemDoc, description = "every weight is 0")))]
+pub(super) async fn split_prompt(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    b: Result<Json<Split>, JsonRejection>,
+) -> ApiResult<Value> {
+    let name = path(p)?;
+    let split = body(b)?;
+    let arms: Vec<(u32, u32)> = split.weights.into_iter().collect();
+    let shared = library(&s);
+    shared
+        .update(kv(&s), &name, |l| l.set_split(&name, &arms))
+        .await
+        .map_err(prompt_err)?;
+    let library = shared.library(kv(&s)).await.map_err(prompt_err)?;
+    prompt_json(&library, &name).map(Json)
+}
+
+/// Outcomes per version: runs, tokens in and out, cost (micro-dollars), latency (total and
+/// mean), and feedback.
+#[utoipa::path(get, path = "/api/v1/llm/prompts/{name}/stats", tag = "llm", params(("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ProblemDoc)))]
+pub(super) async fn prompt_stats(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Value> {
+    let name = path(p)?;
+    let shared = library(&s);
+    let library = shared.library(kv(&s)).await.map_err(prompt_err)?;
+    let active = library
+        .get(&name)
+        .map(Prompt::active)
+        .ok_or_else(|| prompt_err(PromptError::NotFound(name.clone())))?;
+    let stats = shared.stats(&*s.store, &name).await.map_err(prompt_err)?;
+    let versions: Vec<Value> = stats
+        .iter()
+        .map(|v| {
+            let mut out = json!(v);
+            out["active"] = json!(v.version == active);
+            out["mean_latency_ms"] = json!(v.mean_latency_ms());
+            out["positive_rate"] = json!(v.positive_rate());
+            out
+        })
+        .collect();
+    Ok(Json(json!({ "name": name, "versions": versions })))
 }

@@ -42,9 +42,9 @@ use flowbot_core::{CancellationToken, Draft, Error, Event, Outbound, Refusal, Tu
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
+use crate::PriceTable;
 use crate::context::{ContextError, ContextManager, summarize};
 use crate::prompt::{MessageVars, Outcome, PromptContext, PromptError, SharedPrompts};
-use crate::PriceTable;
 use flowbot_core::store::KvStore;
 use serde_json::{Map, Value};
 use tokio::time::Instant;

@@ -87,10 +87,29 @@ pub struct RunState {
     /// The final answer.
     #[serde(default)]
     pub answer: String,
+    /// The library prompt that wrote the system message, when one did (runs stored before
+    /// prompts were recorded have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PromptUse>,
+    /// Milliseconds spent answering (model calls and tools; waits for an approval excluded).
+    #[serde(default)]
+    pub busy_ms: u64,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Last checkpoint.
     pub updated_at: DateTime<Utc>,
+}
+
+/// Which version of a library prompt a run used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptUse {
+    /// The prompt's name.
+    pub name: String,
+    /// The version rendered (the active one, or the user's arm of a split).
+    pub version: u32,
+    /// The model variant rendered, if one matched the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 impl RunState {

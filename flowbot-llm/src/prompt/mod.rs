@@ -28,7 +28,9 @@
 //! The library loads from a folder of TOML files ([`load_dir`](PromptLibrary::load_dir)) and
 //! persists as JSON, in core's [`KvStore`](flowbot_core::store::KvStore) under the namespace
 //! [`PROMPTS_NAMESPACE`] ([`save_to`](PromptLibrary::save_to),
-//! [`load_from`](PromptLibrary::load_from)).
+//! [`load_from`](PromptLibrary::load_from)). A [`SharedPrompts`] keeps one library for every
+//! process sharing a store: changes apply at once where they are made and in the other
+//! processes at their next render, and a folder's files merge in at start.
 //!
 //! ```
 //! use flowbot_llm::prompt::{PromptContent, PromptContext, PromptLibrary, VersionMeta};
@@ -52,6 +54,7 @@
 
 mod ab;
 mod render;
+mod shared;
 mod store;
 
 use std::collections::BTreeMap;
@@ -63,6 +66,7 @@ use sha2::{Digest, Sha256};
 
 pub use ab::{Outcome, STATS_NAMESPACE, SplitArm, VersionStats};
 pub use render::{ContextChunk, MessageVars, PromptContext, Rendered};
+pub use shared::{FILES_NAMESPACE, REVISION_NAMESPACE, SharedPrompts};
 pub use store::{Loaded, PROMPTS_NAMESPACE};
 
 /// The most activations remembered for [`PromptLibrary::rollback`].

@@ -45,6 +45,16 @@ pub struct Loaded {
     pub created: bool,
 }
 
+/// Write one prompt to `kv` (namespace [`PROMPTS_NAMESPACE`], its name as the key).
+pub(super) async fn save_one(kv: &dyn KvStore, p: &Prompt) -> Result<(), PromptError> {
+    let value = serde_json::to_value(p).map_err(|e| PromptError::Corrupt {
+        what: format!("prompt '{}'", p.name),
+        message: e.to_string(),
+    })?;
+    kv.kv_set(PROMPTS_NAMESPACE, &p.name, &value).await?;
+    Ok(())
+}
+
 impl PromptLibrary {
     /// The library as JSON.
     pub fn to_json(&self) -> Value {
@@ -65,12 +75,8 @@ impl PromptLibrary {
     /// Write every prompt to `kv` (namespace [`PROMPTS_NAMESPACE`], one key per prompt).
     /// Prompts stored there that this library lacks are left alone.
     pub async fn save_to(&self, kv: &dyn KvStore) -> Result<(), PromptError> {
-        for (name, p) in &self.prompts {
-            let value = serde_json::to_value(p).map_err(|e| PromptError::Corrupt {
-                what: format!("prompt '{name}'"),
-                message: e.to_string(),
-            })?;
-            kv.kv_set(PROMPTS_NAMESPACE, name, &value).await?;
+        for p in self.prompts.values() {
+            save_one(kv, p).await?;
         }
         Ok(())
     }
