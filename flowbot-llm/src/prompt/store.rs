@@ -123,6 +123,8 @@ impl PromptLibrary {
     /// A server that also persists the library loads the store first
     /// ([`load_from`](PromptLibrary::load_from)), then the folder: versions made through the
     /// API are kept, and files whose content changed become new active versions.
+    /// [`SharedPrompts`](super::SharedPrompts) does this for every process of a store,
+    /// applying each file only when it changed since it was last applied.
     ///
     /// Reads files with blocking I/O: call it at startup, or inside
     /// `tokio::task::spawn_blocking`.
