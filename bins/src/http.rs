@@ -884,7 +884,7 @@ pub fn layers(router: axum::Router, cfg: &ServerConfig) -> axum::Router {
         router = router.layer(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(origins))
-                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
                 .allow_headers([header::CONTENT_TYPE]),
         );
     }

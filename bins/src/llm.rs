@@ -48,9 +48,8 @@ pub async fn assistant(config: &LlmConfig) -> Result<Option<Assistant>, RunError
     let Some(default) = config.default_name() else {
         return Ok(None);
     };
-    let failed = |name: &str, e: flowbot_core::ModelError| {
-        RunError::Llm(format!("llm.models.{name}: {e}"))
-    };
+    let failed =
+        |name: &str, e: flowbot_core::ModelError| RunError::Llm(format!("llm.models.{name}: {e}"));
     let mut providers = BTreeMap::new();
     for (name, provider) in &config.models {
         let mut provider = provider.clone();
@@ -93,7 +92,9 @@ pub async fn assistant(config: &LlmConfig) -> Result<Option<Assistant>, RunError
         chains.push((name.clone(), Arc::new(model)));
     }
     let Some((_, main)) = chains.iter().find(|(n, _)| n == default) else {
-        return Err(RunError::Llm(format!("llm.default: no model named '{default}'")));
+        return Err(RunError::Llm(format!(
+            "llm.default: no model named '{default}'"
+        )));
     };
     let prompts = prompts(config).await?;
     let mut builder = Agent::builder(main.clone())
@@ -102,8 +103,7 @@ pub async fn assistant(config: &LlmConfig) -> Result<Option<Assistant>, RunError
         .prices(metrics.prices().clone())
         .tools(config.tools.iter().cloned())
         .approval(config.approval.iter().cloned())
-        .limits(config.limits.clone())
-        .cancel_on_new_message(config.cancel_on_new_message);
+        .limits(config.limits.clone());
     if let Some(prompt) = &config.prompt {
         builder = builder.prompt(prompt.clone());
     }
@@ -126,7 +126,10 @@ pub fn check_tools(
     config: &LlmConfig,
     actions: &flowbot_core::ActionRegistry,
 ) -> Result<(), RunError> {
-    for (key, list) in [("llm.tools", &config.tools), ("llm.approval", &config.approval)] {
+    for (key, list) in [
+        ("llm.tools", &config.tools),
+        ("llm.approval", &config.approval),
+    ] {
         for t in list {
             if !actions.contains(t) {
                 let known: Vec<String> = actions.list().into_iter().map(|a| a.name).collect();

@@ -251,7 +251,9 @@ async fn bot_builder(
         builder = builder
             .assistant(a.agent.clone())
             .action(flowbot_llm::LlmAction::new(a.agent.clone()));
-        rules.router().set_unmatched_to_assistant(config.llm.unmatched);
+        rules
+            .router()
+            .set_unmatched_to_assistant(config.llm.unmatched);
     }
     Ok((builder, assistant))
 }

@@ -8,10 +8,9 @@ use std::path::Path;
 use flowbot_server::config::Config;
 
 fn blocks(lang: &str) -> Vec<(usize, String)> {
-    let guide = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/llm.md"),
-    )
-    .expect("docs/llm.md");
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/llm.md"))
+            .expect("docs/llm.md");
     let fence = format!("```{lang}");
     let mut out = Vec::new();
     let mut lines = guide.lines().enumerate();
@@ -30,7 +29,10 @@ fn blocks(lang: &str) -> Vec<(usize, String)> {
 
 #[test]
 fn every_configuration_example_loads() {
-    let dir = std::env::temp_dir().join(format!("flowbot-docs-llm-{}", uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!(
+        "flowbot-docs-llm-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(&dir).expect("dir");
     let mut configs = 0;
     for (line, block) in blocks("toml") {
@@ -43,7 +45,10 @@ fn every_configuration_example_loads() {
         let config = Config::load(Some(&file), Vec::new())
             .unwrap_or_else(|e| panic!("docs/llm.md:{line}: {e}"));
         if block.contains("[llm.models.") {
-            assert!(config.llm.enabled(), "docs/llm.md:{line}: a model is configured");
+            assert!(
+                config.llm.enabled(),
+                "docs/llm.md:{line}: a model is configured"
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

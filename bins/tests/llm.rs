@@ -45,7 +45,10 @@ async fn a_base_url_alone_gives_a_model_that_answers_free_text_and_sets_reminder
     // Commands still go to their rules.
     assert!(harness::say(&mut ws, "/echo hi").await["text"] == "hi");
     let answer = harness::say(&mut ws, "remind me in 10 minutes to stretch").await;
-    assert_eq!(answer["text"], "Done: I'll remind you to stretch in 10 minutes.");
+    assert_eq!(
+        answer["text"],
+        "Done: I'll remind you to stretch in 10 minutes."
+    );
 
     let sent = chat_requests(&fake);
     assert_eq!(sent.len(), 2, "one turn to call the tool, one to answer");
@@ -54,7 +57,10 @@ async fn a_base_url_alone_gives_a_model_that_answers_free_text_and_sets_reminder
     let tools = sent[0]["tools"].as_array().unwrap();
     assert_eq!(tools.len(), 1);
     assert_eq!(tools[0]["function"]["name"], "send_later");
-    assert_eq!(tools[0]["function"]["parameters"]["required"], json!(["text", "delay"]));
+    assert_eq!(
+        tools[0]["function"]["parameters"]["required"],
+        json!(["text", "delay"])
+    );
     let messages = sent[0]["messages"].as_array().unwrap();
     assert_eq!(messages[0]["role"], "system");
     assert_eq!(
@@ -81,7 +87,10 @@ async fn a_base_url_alone_gives_a_model_that_answers_free_text_and_sets_reminder
         .iter()
         .filter_map(|m| m["content"].as_str())
         .collect();
-    assert!(texts.contains(&"remind me in 10 minutes to stretch"), "{texts:?}");
+    assert!(
+        texts.contains(&"remind me in 10 minutes to stretch"),
+        "{texts:?}"
+    );
     assert!(texts.contains(&"Done: I'll remind you to stretch in 10 minutes."));
     s.stop().await;
 }
@@ -103,21 +112,38 @@ async fn bad_tool_calls_go_back_to_the_model_and_the_user_still_gets_an_answer()
     let mut bad = Reply::calls([("send_later", json!({}))]);
     bad.calls[0].arguments = "{\"delay\": \"10m\", ".into();
     fake.push(Turn::Reply(bad));
-    fake.push(Turn::Reply(Reply::calls([("kv.delete", json!({"namespace": "x", "key": "y"}))])));
-    fake.push(Turn::Reply(Reply::calls([("send_later", json!({"delay": -5, "text": ""}))])));
+    fake.push(Turn::Reply(Reply::calls([(
+        "kv.delete",
+        json!({"namespace": "x", "key": "y"}),
+    )])));
+    fake.push(Turn::Reply(Reply::calls([(
+        "send_later",
+        json!({"delay": -5, "text": ""}),
+    )])));
     fake.push(Turn::Reply(Reply::text("Sorry, I could not set that.")));
     let s = server_with(&fake).await;
     let mut ws = harness::chat(&s, "cy", "c3").await;
     let answer = harness::say(&mut ws, "remind me").await;
-    assert_eq!(answer["text"], "I could not complete this: 3 tool calls in a row failed.");
+    assert_eq!(
+        answer["text"],
+        "I could not complete this: 3 tool calls in a row failed."
+    );
     let sent = chat_requests(&fake);
-    assert_eq!(sent.len(), 3, "the run stops after three failed calls in a row");
+    assert_eq!(
+        sent.len(),
+        3,
+        "the run stops after three failed calls in a row"
+    );
     let result = |i: usize| {
         let m = sent[i]["messages"].as_array().unwrap();
         m.last().unwrap()["content"].as_str().unwrap().to_owned()
     };
     assert!(result(1).contains("not valid JSON"), "{}", result(1));
-    assert!(result(2).contains("no tool named 'kv.delete'"), "{}", result(2));
+    assert!(
+        result(2).contains("no tool named 'kv.delete'"),
+        "{}",
+        result(2)
+    );
     assert_eq!(fake.pending(), 1, "the fourth turn was never asked for");
     s.stop().await;
 }
@@ -136,7 +162,10 @@ async fn a_model_that_keeps_failing_is_answered_with_an_apology_not_silence() {
     let answer = harness::say(&mut ws, "hello?").await;
     let text = answer["text"].as_str().unwrap();
     assert!(!text.is_empty());
-    assert!(!text.contains("invalid key"), "provider details stay in the log: {text}");
+    assert!(
+        !text.contains("invalid key"),
+        "provider details stay in the log: {text}"
+    );
     s.stop().await;
 }
 
@@ -190,14 +219,20 @@ async fn a_failing_model_falls_back_to_the_next_and_metrics_count_both() {
     let run = &runs["items"][0];
     assert_eq!(run["status"]["state"], "done");
     assert_eq!(run["answer"], "Hello from the fallback.");
-    let one: Value = reqwest::get(format!("{}/api/v1/llm/runs/{}", s.base, run["id"].as_str().unwrap()))
-        .await
-        .unwrap()
-        .json()
+    let one: Value = reqwest::get(format!(
+        "{}/api/v1/llm/runs/{}",
+        s.base,
+        run["id"].as_str().unwrap()
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(one["id"], run["id"]);
+    let missing = reqwest::get(format!("{}/api/v1/llm/runs/nope", s.base))
         .await
         .unwrap();
-    assert_eq!(one["id"], run["id"]);
-    let missing = reqwest::get(format!("{}/api/v1/llm/runs/nope", s.base)).await.unwrap();
     harness::problem(missing, 404).await;
     s.stop().await;
 }
@@ -230,7 +265,10 @@ async fn the_answer_streams_into_web_chat_as_partial_frames_before_the_message()
         "{shown}"
     );
     let done = harness::next_frame(&mut ws, "message").await;
-    assert_eq!(done["text"], "one two three four five six seven eight nine ten");
+    assert_eq!(
+        done["text"],
+        "one two three four five six seven eight nine ten"
+    );
     assert_eq!(done["draft"], partial["draft"]);
     // Only the final text is in the history.
     let page: Value = reqwest::get(format!("{}/api/v1/conversations/web/c6/messages", s.base))
@@ -245,7 +283,10 @@ async fn the_answer_streams_into_web_chat_as_partial_frames_before_the_message()
         .iter()
         .map(|m| m["text"].as_str().unwrap())
         .collect();
-    assert_eq!(texts, ["count", "one two three four five six seven eight nine ten"]);
+    assert_eq!(
+        texts,
+        ["count", "one two three four five six seven eight nine ten"]
+    );
     s.stop().await;
 }
 
@@ -272,10 +313,13 @@ async fn a_workflow_llm_node_gives_structured_output_checked_against_its_schema(
     fake.expect_key(None);
     // The first answer misses a required field: the node asks once more, saying why.
     fake.push(Turn::Reply(Reply::text(r#"{"sentiment": "positive"}"#)));
-    fake.push(Turn::Reply(Reply::text(r#"{"sentiment": "positive", "score": 0.9}"#)));
+    fake.push(Turn::Reply(Reply::text(
+        r#"{"sentiment": "positive", "score": 0.9}"#,
+    )));
     let s = server_with(&fake).await;
     // The example of docs/llm.md, as written there.
-    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/llm.md")).unwrap();
+    let guide =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/llm.md")).unwrap();
     let start = guide.find("```yaml\n").unwrap() + 8;
     let workflow = &guide[start..start + guide[start..].find("```").unwrap()];
     let http = reqwest::Client::new();
@@ -286,7 +330,12 @@ async fn a_workflow_llm_node_gives_structured_output_checked_against_its_schema(
         .send()
         .await
         .unwrap();
-    assert_eq!(applied.status().as_u16(), 201, "{}", applied.text().await.unwrap());
+    assert_eq!(
+        applied.status().as_u16(),
+        201,
+        "{}",
+        applied.text().await.unwrap()
+    );
     let run: Value = http
         .post(format!("{}/api/v1/workflows/triage/runs", s.base))
         .json(&json!({"inputs": {"review": "Lovely service!"}}))
@@ -303,13 +352,19 @@ async fn a_workflow_llm_node_gives_structured_output_checked_against_its_schema(
     assert_eq!(sent.len(), 2);
     // Structured output was asked for with the schema, and the retry said what was wrong.
     assert_eq!(sent[0]["response_format"]["type"], "json_schema");
-    assert_eq!(sent[0]["response_format"]["json_schema"]["schema"]["required"], json!(["sentiment", "score"]));
+    assert_eq!(
+        sent[0]["response_format"]["json_schema"]["schema"]["required"],
+        json!(["sentiment", "score"])
+    );
     let retry = sent[1]["messages"].as_array().unwrap().last().unwrap()["content"]
         .as_str()
         .unwrap()
         .to_owned();
     assert!(retry.contains("score"), "{retry}");
-    assert_eq!(sent[0]["messages"][1]["content"], "Rate this review: Lovely service!");
+    assert_eq!(
+        sent[0]["messages"][1]["content"],
+        "Rate this review: Lovely service!"
+    );
     s.stop().await;
 }
 

@@ -10,7 +10,10 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{TempDir, callback_receiver, eventually, free_port, kv, post_hook, slow_endpoint, spawn, wait_ready};
+use common::{
+    TempDir, callback_receiver, eventually, free_port, kv, post_hook, slow_endpoint, spawn,
+    wait_ready,
+};
 use flowbot_llm::fake::{FakeProvider, Reply, Turn};
 use serde_json::{Value, json};
 
@@ -133,7 +136,10 @@ async fn a_run_killed_mid_way_finishes_on_another_agent(backend: Backend) {
     let (slow, calls) = slow_endpoint().await;
     let fake = FakeProvider::start().await.unwrap();
     fake.expect_key(None);
-    fake.push(Turn::Reply(Reply::calls([("http_request", json!({"url": slow}))])));
+    fake.push(Turn::Reply(Reply::calls([(
+        "http_request",
+        json!({"url": slow}),
+    )])));
     // The second model turn hangs: the worker is killed while the run waits for it, after
     // the tool call's result was checkpointed.
     fake.push(Turn::Stall {
@@ -151,35 +157,65 @@ async fn a_run_killed_mid_way_finishes_on_another_agent(backend: Backend) {
     )
     .await;
     assert_eq!(status.as_u16(), 202);
-    eventually("the second model turn in flight", Duration::from_secs(30), || {
-        fake.requests().len() == 2
-    })
+    eventually(
+        "the second model turn in flight",
+        Duration::from_secs(30),
+        || fake.requests().len() == 2,
+    )
     .await;
-    let tool = fake.requests()[1].body["messages"].as_array().unwrap().last().unwrap().clone();
+    let tool = fake.requests()[1].body["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(calls.load(Ordering::SeqCst), 1, "the tool ran once: {tool}");
     c.kill_worker().await;
 
     fake.push(Turn::Reply(Reply::text("The endpoint answered.")));
     c.new_worker().await;
-    eventually("the answer from another agent", Duration::from_secs(30), || {
-        !seen.lock().unwrap().is_empty()
-    })
+    eventually(
+        "the answer from another agent",
+        Duration::from_secs(30),
+        || !seen.lock().unwrap().is_empty(),
+    )
     .await;
-    let texts: Vec<String> = seen.lock().unwrap().iter().map(|(c, _)| c.text.clone()).collect();
+    let texts: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, _)| c.text.clone())
+        .collect();
     assert_eq!(texts, ["The endpoint answered."]);
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the completed call did not run again");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the completed call did not run again"
+    );
     let sent = fake.requests();
     assert_eq!(sent.len(), 3);
     // The resumed turn sends the checkpointed result, the same as the interrupted one.
     assert_eq!(sent[1].body["messages"], sent[2].body["messages"]);
-    let last = sent[2].body["messages"].as_array().unwrap().last().unwrap().clone();
+    let last = sent[2].body["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(last["role"], "tool");
-    assert!(last["content"].as_str().unwrap().contains("\"call\":1"), "{last}");
+    assert!(
+        last["content"].as_str().unwrap().contains("\"call\":1"),
+        "{last}"
+    );
 
     let runs = runs(&c.base).await;
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0]["status"]["state"], "done");
-    assert_eq!(runs[0]["turns"], 2, "one turn before the kill, one after: {}", runs[0]);
+    assert_eq!(
+        runs[0]["turns"], 2,
+        "one turn before the kill, one after: {}",
+        runs[0]
+    );
     let call = &runs[0]["calls"]["call_1"];
     assert_eq!(call["call"]["name"], "http_request");
     assert!(call["result"]["content"].is_string());
@@ -224,38 +260,71 @@ async fn an_approval_survives_the_agent(backend: Backend) {
     assert_eq!(question.buttons.len(), 2);
     assert_eq!(question.buttons[0].label, "Approve");
     let approve = question.buttons[0].value.clone();
-    assert_eq!(runs(&c.base).await[0]["status"]["state"], "waiting_approval");
+    assert_eq!(
+        runs(&c.base).await[0]["status"]["state"],
+        "waiting_approval"
+    );
     c.kill_worker().await;
 
-    fake.push(Turn::Reply(Reply::text("Reminder set for an hour from now.")));
+    fake.push(Turn::Reply(Reply::text(
+        "Reminder set for an hour from now.",
+    )));
     c.new_worker().await;
     // Someone else's click is refused; the asker's resumes the run.
-    let status = post_hook(&c.base, "hook", json!({"user": "mallory", "conversation": "c", "button": approve})).await;
-    assert_eq!(status.as_u16(), 202);
-    let status = post_hook(&c.base, "hook", json!({"user": "u", "conversation": "c", "button": approve})).await;
-    assert_eq!(status.as_u16(), 202);
-    eventually("the answer after the approval", Duration::from_secs(30), || {
-        seen.lock()
-            .unwrap()
-            .iter()
-            .any(|(c, _)| c.text == "Reminder set for an hour from now.")
-    })
+    let status = post_hook(
+        &c.base,
+        "hook",
+        json!({"user": "mallory", "conversation": "c", "button": approve}),
+    )
     .await;
-    let texts: Vec<String> = seen.lock().unwrap().iter().map(|(c, _)| c.text.clone()).collect();
+    assert_eq!(status.as_u16(), 202);
+    let status = post_hook(
+        &c.base,
+        "hook",
+        json!({"user": "u", "conversation": "c", "button": approve}),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 202);
+    eventually(
+        "the answer after the approval",
+        Duration::from_secs(30),
+        || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|(c, _)| c.text == "Reminder set for an hour from now.")
+        },
+    )
+    .await;
+    let texts: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, _)| c.text.clone())
+        .collect();
     assert!(
-        texts.iter().any(|t| t == "Only the person who asked can approve this."),
+        texts
+            .iter()
+            .any(|t| t == "Only the person who asked can approve this."),
         "{texts:?}"
     );
     let runs = runs(&c.base).await;
     assert_eq!(runs[0]["status"]["state"], "done");
     assert_eq!(runs[0]["calls"]["call_1"]["approved"], true);
-    let tasks: Value = reqwest::get(format!("{}/api/v1/tasks?kind=flowbot.deliver&state=queued", c.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(tasks["items"].as_array().unwrap().len(), 1, "the reminder, once: {tasks}");
+    let tasks: Value = reqwest::get(format!(
+        "{}/api/v1/tasks?kind=flowbot.deliver&state=queued",
+        c.base
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        tasks["items"].as_array().unwrap().len(),
+        1,
+        "the reminder, once: {tasks}"
+    );
     c.end().await;
 }
 

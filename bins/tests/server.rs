@@ -716,6 +716,15 @@ async fn rest_api_health_metrics_openapi_and_errors() {
         "/api/v1/runs/{id}/cancel",
         "/api/v1/runs/{id}/retry",
         "/hooks/trigger/{path}",
+        "/api/v1/llm/runs",
+        "/api/v1/llm/runs/{id}",
+        "/api/v1/llm/prompts",
+        "/api/v1/llm/prompts/{name}",
+        "/api/v1/llm/prompts/{name}/activate",
+        "/api/v1/llm/prompts/{name}/rollback",
+        "/api/v1/llm/prompts/{name}/diff",
+        "/api/v1/llm/prompts/{name}/split",
+        "/api/v1/llm/prompts/{name}/stats",
     ] {
         assert!(
             paths.contains_key(p),
@@ -724,7 +733,7 @@ async fn rest_api_health_metrics_openapi_and_errors() {
     }
     assert_eq!(
         paths.len(),
-        32,
+        41,
         "no undocumented extras: {:?}",
         paths.keys().collect::<Vec<_>>()
     );

@@ -70,7 +70,9 @@ impl Action for LlmAction {
         if let Some(p) = input["prompt"].as_str() {
             messages.push(ChatMessage::system(p));
         }
-        messages.push(ChatMessage::user(input["text"].as_str().unwrap_or_default()));
+        messages.push(ChatMessage::user(
+            input["text"].as_str().unwrap_or_default(),
+        ));
         let schema = input.get("schema").filter(|s| s.is_object()).cloned();
         let validator = match &schema {
             Some(s) => Some(
@@ -105,7 +107,9 @@ impl Action for LlmAction {
             };
             tracing::warn!(attempt, %problem, "the model's structured answer does not match its schema");
             if attempt == SCHEMA_RETRIES {
-                return Err(format!("the model's answer does not match the schema: {problem}").into());
+                return Err(
+                    format!("the model's answer does not match the schema: {problem}").into(),
+                );
             }
             messages.push(ChatMessage::assistant(answer.text));
             messages.push(ChatMessage::user(format!(

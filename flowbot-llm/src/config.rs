@@ -217,9 +217,15 @@ impl ProviderConfig {
         for (k, v) in &self.headers {
             e.header(k, v, false)?;
         }
-        e.query = self.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        e.query = self
+            .query
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         e.timeouts = self.timeouts()?;
-        e.max_response_bytes = self.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
+        e.max_response_bytes = self
+            .max_response_bytes
+            .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
         if e.max_response_bytes == 0 {
             return Err(ModelError::new(
                 ModelErrorKind::Config,

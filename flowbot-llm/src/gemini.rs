@@ -360,7 +360,10 @@ impl Decoder for GeminiDecoder {
         self.chunks = self.chunks.saturating_add(1);
         let chunk: Value = serde_json::from_str(data).map_err(|e| {
             let snippet: String = data.chars().take(80).collect();
-            DecodeError::protocol(format!("chunk {} is not JSON ({e}): {snippet}", self.chunks))
+            DecodeError::protocol(format!(
+                "chunk {} is not JSON ({e}): {snippet}",
+                self.chunks
+            ))
         })?;
         if let Some(error) = chunk.get("error") {
             let message = error

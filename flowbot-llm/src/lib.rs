@@ -72,8 +72,8 @@ pub use chain::{
 pub use config::{Dialect, ProviderConfig};
 pub use observe::{LlmMetrics, LlmMetricsSnapshot, ModelMetrics, Observed};
 pub use price::{
-    Cost, Counting, DEFAULT_PRICES_AS_OF, MAX_PRICE_USD, ModelPrice, PriceConfig,
-    PriceConfigError, PriceTable, PricesConfig,
+    Cost, Counting, DEFAULT_PRICES_AS_OF, MAX_PRICE_USD, ModelPrice, PriceConfig, PriceConfigError,
+    PriceTable, PricesConfig,
 };
 pub use transport::{DEFAULT_MAX_RESPONSE_BYTES, Timeouts};
 

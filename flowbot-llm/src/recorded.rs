@@ -52,7 +52,12 @@ fn pieces(body: &[u8], max: usize, seed: u64) -> Vec<Result<Bytes, String>> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < body.len() {
-        let n = if max == 0 { body.len() } else { rng.usize(1..=max) }.min(body.len() - at);
+        let n = if max == 0 {
+            body.len()
+        } else {
+            rng.usize(1..=max)
+        }
+        .min(body.len() - at);
         out.push(Ok(Bytes::copy_from_slice(&body[at..at + n])));
         at += n;
     }
@@ -78,9 +83,21 @@ fn opt_u64(v: &Value) -> Option<u64> {
 
 fn check(name: &str, got: &Completion, want: &Value, how: &str) {
     let at = format!("{name} ({how})");
-    assert_eq!(got.text, want["text"].as_str().unwrap_or_default(), "{at}: text");
-    assert_eq!(got.reasoning.as_deref(), want["reasoning"].as_str(), "{at}: reasoning");
-    assert_eq!(got.refusal.as_deref(), want["refusal"].as_str(), "{at}: refusal");
+    assert_eq!(
+        got.text,
+        want["text"].as_str().unwrap_or_default(),
+        "{at}: text"
+    );
+    assert_eq!(
+        got.reasoning.as_deref(),
+        want["reasoning"].as_str(),
+        "{at}: reasoning"
+    );
+    assert_eq!(
+        got.refusal.as_deref(),
+        want["refusal"].as_str(),
+        "{at}: refusal"
+    );
     assert_eq!(
         got.finish_raw.as_deref(),
         want["finish_reason"].as_str(),
@@ -90,12 +107,19 @@ fn check(name: &str, got: &Completion, want: &Value, how: &str) {
         assert_eq!(got.id.as_deref(), Some(id), "{at}: response id");
     }
     let calls = want["tool_calls"].as_array().unwrap();
-    assert_eq!(got.tool_calls.len(), calls.len(), "{at}: number of tool calls");
+    assert_eq!(
+        got.tool_calls.len(),
+        calls.len(),
+        "{at}: number of tool calls"
+    );
     for (g, w) in got.tool_calls.iter().zip(calls) {
         if let Some(id) = w["id"].as_str() {
             assert_eq!(g.id, id, "{at}: tool call id");
         } else {
-            assert!(!g.id.is_empty(), "{at}: a call without a provider id gets one");
+            assert!(
+                !g.id.is_empty(),
+                "{at}: a call without a provider id gets one"
+            );
         }
         assert_eq!(g.name, w["name"].as_str().unwrap(), "{at}: tool name");
         let raw = w["arguments_raw"].as_str().unwrap();

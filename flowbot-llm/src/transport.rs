@@ -86,7 +86,12 @@ impl Endpoint {
     }
 
     /// Add a header; a secret one (a key) is marked sensitive and redacted from errors.
-    pub(crate) fn header(&mut self, name: &str, value: &str, secret: bool) -> Result<(), ModelError> {
+    pub(crate) fn header(
+        &mut self,
+        name: &str,
+        value: &str,
+        secret: bool,
+    ) -> Result<(), ModelError> {
         let bad = |what: &str| {
             ModelError::new(
                 ModelErrorKind::Config,
@@ -151,10 +156,7 @@ impl Endpoint {
             Err(_) => {
                 return Err(self.error(
                     ModelErrorKind::Timeout(TimeoutKind::Connect),
-                    format!(
-                        "no response headers within {:?}",
-                        self.timeouts.connect
-                    ),
+                    format!("no response headers within {:?}", self.timeouts.connect),
                 ));
             }
             Ok(Err(e)) => {
@@ -216,15 +218,16 @@ impl Endpoint {
                 .error(classify_status(status.as_u16(), &message), message)
                 .with_status(status.as_u16()));
         }
-        serde_json::from_str(&text)
-            .map_err(|e| self.error(ModelErrorKind::Protocol, format!("the answer is not JSON: {e}")))
+        serde_json::from_str(&text).map_err(|e| {
+            self.error(
+                ModelErrorKind::Protocol,
+                format!("the answer is not JSON: {e}"),
+            )
+        })
     }
 
     /// POST and read the whole JSON answer (embeddings, non-streaming calls).
-    #[cfg_attr(
-        not(any(feature = "openai", feature = "gemini")),
-        allow(dead_code)
-    )]
+    #[cfg_attr(not(any(feature = "openai", feature = "gemini")), allow(dead_code))]
     pub(crate) async fn post_json(
         &self,
         path: &str,
@@ -261,8 +264,12 @@ impl Endpoint {
                 }
             }
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| self.error(ModelErrorKind::Protocol, format!("the answer is not JSON: {e}")))
+        serde_json::from_slice(&body).map_err(|e| {
+            self.error(
+                ModelErrorKind::Protocol,
+                format!("the answer is not JSON: {e}"),
+            )
+        })
     }
 
     /// Turn a streaming response into typed events through `decoder`.
@@ -441,7 +448,9 @@ impl<D: Decoder> State<D> {
                     // asking again gets the same.
                     _ => ModelErrorKind::Protocol,
                 };
-                return Err(self.endpoint.error(kind, format!("reading the answer: {text}")));
+                return Err(self
+                    .endpoint
+                    .error(kind, format!("reading the answer: {text}")));
             }
             Some(Ok(sse)) => {
                 // Comments and retry hints carry no data.
@@ -575,7 +584,11 @@ mod tests {
     #[test]
     fn secrets_are_redacted() {
         let mut e = Endpoint::new("m".into(), "http://x");
-        e.header("authorization", "Bearer sk-secret-123", true).unwrap_or_default();
-        assert_eq!(e.redact("key Bearer sk-secret-123 wrong"), "key [redacted] wrong");
+        e.header("authorization", "Bearer sk-secret-123", true)
+            .unwrap_or_default();
+        assert_eq!(
+            e.redact("key Bearer sk-secret-123 wrong"),
+            "key [redacted] wrong"
+        );
     }
 }

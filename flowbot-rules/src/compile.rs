@@ -862,11 +862,12 @@ impl Compiler<'_> {
                         }
                     }
                 }
-                let mut template = |what: &str, t: &Option<String>| -> Result<Option<String>, String> {
-                    t.as_ref()
-                        .map(|t| self.template(format!("{base}.{what}"), t))
-                        .transpose()
-                };
+                let mut template =
+                    |what: &str, t: &Option<String>| -> Result<Option<String>, String> {
+                        t.as_ref()
+                            .map(|t| self.template(format!("{base}.{what}"), t))
+                            .transpose()
+                    };
                 Act::Llm {
                     key: base.clone(),
                     prompt: template("prompt", &spec.prompt)?,

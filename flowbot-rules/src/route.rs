@@ -624,7 +624,8 @@ impl Router for RulesRouter {
         if matched.is_empty()
             && let Some(assistant) = turn.services.assistant()
         {
-            let click = matches!(&*turn.event, Event::Interaction(i) if i.value.starts_with("llm:"));
+            let click =
+                matches!(&*turn.event, Event::Interaction(i) if i.value.starts_with("llm:"));
             let unmatched = matches!(&*turn.event, Event::Message(m) if !m.text.trim().is_empty())
                 && self
                     .unmatched_to_assistant
@@ -734,7 +735,10 @@ async fn run_actions(
                     }
                 };
                 let rendered = |t: &Option<String>| -> Result<Option<String>, ActFailure> {
-                    t.as_ref().map(|t| render(set, t, &ctx)).transpose().map_err(Into::into)
+                    t.as_ref()
+                        .map(|t| render(set, t, &ctx))
+                        .transpose()
+                        .map_err(Into::into)
                 };
                 let mut ask = flowbot_core::llm::Ask::new(key.clone());
                 ask.prompt = rendered(prompt)?;
@@ -746,10 +750,9 @@ async fn run_actions(
                     source: Some(e),
                 })?;
                 match save_as {
-                    Some(var) if !answer.text.is_empty() => turn.session.set_var(
-                        var.clone(),
-                        json!({"text": answer.text, "run": answer.run}),
-                    ),
+                    Some(var) if !answer.text.is_empty() => turn
+                        .session
+                        .set_var(var.clone(), json!({"text": answer.text, "run": answer.run})),
                     _ => reply.extend(answer.reply),
                 }
             }

@@ -31,8 +31,6 @@ pub struct LlmConfig {
     pub approval: Vec<String>,
     /// Messages no rule matched go to the model.
     pub unmatched: bool,
-    /// A new message from the same user cancels an answer still being written.
-    pub cancel_on_new_message: bool,
     /// Budgets of a run and per day.
     pub limits: Limits,
     /// Models tried, in order, when a model fails (names under `[llm.models]`).
@@ -56,7 +54,6 @@ impl Default for LlmConfig {
             tools: vec!["send_later".into()],
             approval: Vec::new(),
             unmatched: true,
-            cancel_on_new_message: true,
             limits: Limits::default(),
             fallbacks: Vec::new(),
             retry: RetryConfig::default(),
@@ -143,9 +140,7 @@ impl LlmConfig {
                 ));
             }
         }
-        self.limits
-            .check()
-            .map_err(|e| err("llm.limits", e))?;
+        self.limits.check().map_err(|e| err("llm.limits", e))?;
         for f in &self.fallbacks {
             if !self.models.contains_key(f) {
                 return Err(err(

@@ -17,9 +17,11 @@
 //! - **Approvals**: a tool listed in [`AgentBuilder::approval`] pauses the run and asks the
 //!   user with two buttons. The run waits in the store, not in memory: the click can reach
 //!   any server, even after a restart, and resumes it.
-//! - **Cancellation**: with [`AgentBuilder::cancel_on_new_message`], a new message from the
-//!   same user in the same conversation cancels an answer still being written (in this
-//!   process).
+//! - **Cancellation**: with [`AgentBuilder::cancel_on_new_message`], an answer for a user in
+//!   a conversation cancels one still being written for the same user there, when both run
+//!   at once in this process — for applications that call the agent from their own
+//!   concurrent handlers. FlowBot's pipeline handles one message per conversation at a time,
+//!   so there an answer always finishes before the next message is handled.
 //! - **Prompts**: with [`AgentBuilder::prompts`], a prompt (the agent's own or an ask's) that
 //!   names a prompt of the library is rendered for the run — the active version, or the
 //!   user's arm of an A/B split, its variant for the model — with the message, the session's
@@ -236,7 +238,8 @@ impl AgentBuilder {
         self
     }
 
-    /// Cancel an answer being written when the same user says something new.
+    /// Cancel an answer being written when another one starts for the same user in the same
+    /// conversation in this process (off by default; see the [module](self) docs).
     pub fn cancel_on_new_message(mut self, yes: bool) -> Self {
         self.agent.cancel_on_new_message = yes;
         self
@@ -321,7 +324,7 @@ impl Agent {
                 tools: Vec::new(),
                 approval: HashSet::new(),
                 limits: Limits::default(),
-                cancel_on_new_message: true,
+                cancel_on_new_message: false,
                 active: Mutex::new(HashMap::new()),
                 prompts: None,
                 prompt_vars: Map::new(),
@@ -476,7 +479,13 @@ impl Agent {
         // Run ids go into URLs (the REST API) and button values: keep them plain.
         let id: String = id
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-_.:".contains(c) { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.:".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let model = self.model_for(ask)?;
         let mut run = match runs.load(&id).await? {
@@ -544,7 +553,11 @@ impl Agent {
         let prepared = window
             .prepare(&all, history.summary.as_deref())
             .await
-            .map_err(|e| Error::Handler(Refusal::new(format!("This message is too long for the assistant: {e}")).into()))?;
+            .map_err(|e| {
+                Error::Handler(
+                    Refusal::new(format!("This message is too long for the assistant: {e}")).into(),
+                )
+            })?;
         if prepared.summary_needed {
             // Older turns no longer fit: fold them into the running summary, once.
             match summarize(model, history.summary.as_deref(), &prepared.to_summarize()).await {
@@ -556,7 +569,9 @@ impl Agent {
                         tracing::warn!(error = %e, "llm history summary not saved");
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "llm history could not be summarised; older turns are left out"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "llm history could not be summarised; older turns are left out")
+                }
             }
         }
         let messages = prepared.messages;
@@ -635,7 +650,10 @@ impl Agent {
             "Approve",
             format!("{APPROVAL_PREFIX}approve:{}:{}", run.id, call.id),
         )
-        .button("Deny", format!("{APPROVAL_PREFIX}deny:{}:{}", run.id, call.id));
+        .button(
+            "Deny",
+            format!("{APPROVAL_PREFIX}deny:{}:{}", run.id, call.id),
+        );
         let mut a = Answer::default();
         a.reply = vec![question];
         a.run = run.id.clone();
@@ -713,7 +731,10 @@ impl Agent {
         run.busy_ms = run.busy_ms.saturating_add(busy);
         if self.cancel_on_new_message {
             let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-            if active.get(&key).is_some_and(|c| c.is_cancelled() || !cancel.is_cancelled()) {
+            if active
+                .get(&key)
+                .is_some_and(|c| c.is_cancelled() || !cancel.is_cancelled())
+            {
                 active.remove(&key);
             }
         }
@@ -778,7 +799,9 @@ impl Agent {
         {
             history.messages.push(user.clone());
         }
-        history.messages.push(ChatMessage::assistant(run.answer.clone()));
+        history
+            .messages
+            .push(ChatMessage::assistant(run.answer.clone()));
         let keep = self.limits.history_messages;
         if history.messages.len() > keep {
             let drop = history.messages.len() - keep;
@@ -792,7 +815,10 @@ impl Agent {
 
     /// Add the run's tokens to the day's counters of its user and conversation.
     async fn count_daily(&self, runs: &Runs, run: &RunState) {
-        let tokens = run.usage.input_tokens.saturating_add(run.usage.output_tokens);
+        let tokens = run
+            .usage
+            .input_tokens
+            .saturating_add(run.usage.output_tokens);
         for key in daily_keys(run) {
             if let Err(e) = runs.add_tokens(&key, tokens).await {
                 tracing::warn!(error = %e, "daily token count not saved");
@@ -822,8 +848,7 @@ impl Agent {
             ));
         }
         if limits.max_conversation_daily_tokens > 0
-            && runs.tokens(&conversation_key).await?
-                >= limits.max_conversation_daily_tokens
+            && runs.tokens(&conversation_key).await? >= limits.max_conversation_daily_tokens
         {
             return Ok(Step::Stopped(
                 "This conversation has used today's allowance of the assistant. Please try again tomorrow."
@@ -847,7 +872,10 @@ impl Agent {
             if let Some(ChatMessage::Assistant { tool_calls, .. }) = run.messages.last().cloned()
                 && !tool_calls.is_empty()
             {
-                if let Some(step) = self.call_tools(turn, runs, run, &tools, &tool_calls).await? {
+                if let Some(step) = self
+                    .call_tools(turn, runs, run, &tools, &tool_calls)
+                    .await?
+                {
                     return Ok(step);
                 }
                 if run.failed_calls >= limits.max_failed_calls {
@@ -863,7 +891,10 @@ impl Agent {
                     run.turns
                 )));
             }
-            let used = run.usage.input_tokens.saturating_add(run.usage.output_tokens);
+            let used = run
+                .usage
+                .input_tokens
+                .saturating_add(run.usage.output_tokens);
             if used >= limits.max_run_tokens {
                 return Ok(Step::Stopped(format!(
                     "I stopped: this answer used its budget of {} tokens.",
@@ -1052,7 +1083,12 @@ const TOOLS_KEY: &str = "$tools";
 
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(context_refusal)`
 fn context_refusal(e: ContextError) -> Error {
-    Error::Handler(Refusal::new(format!("This conversation is too long for the assistant: {e}")).into())
+    Error::Handler(
+        Refusal::new(format!(
+            "This conversation is too long for the assistant: {e}"
+        ))
+        .into(),
+    )
 }
 
 fn history_key(channel: &str, conversation: &str, user: &str) -> String {
@@ -1063,7 +1099,10 @@ fn daily_keys(run: &RunState) -> [String; 2] {
     let day = today();
     [
         format!("tokens:user:{}:{}:{day}", run.channel, run.user),
-        format!("tokens:conversation:{}:{}:{day}", run.channel, run.conversation),
+        format!(
+            "tokens:conversation:{}:{}:{day}",
+            run.channel, run.conversation
+        ),
     ]
 }
 
@@ -1076,8 +1115,10 @@ fn add_usage(total: &mut Usage, u: &Usage) {
     };
     total.cached_input_tokens = add(total.cached_input_tokens, u.cached_input_tokens);
     total.reasoning_tokens = add(total.reasoning_tokens, u.reasoning_tokens);
-    total.cache_creation_input_tokens =
-        add(total.cache_creation_input_tokens, u.cache_creation_input_tokens);
+    total.cache_creation_input_tokens = add(
+        total.cache_creation_input_tokens,
+        u.cache_creation_input_tokens,
+    );
     total.total_tokens = add(total.total_tokens, u.total_tokens);
 }
 

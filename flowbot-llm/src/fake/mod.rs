@@ -189,7 +189,9 @@ pub struct FakeProvider {
 
 impl std::fmt::Debug for FakeProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeProvider").field("addr", &self.addr).finish()
+        f.debug_struct("FakeProvider")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -239,8 +241,8 @@ impl FakeProvider {
             Dialect::Gemini => "v1beta",
             _ => "v1",
         };
-        let mut c = ProviderConfig::new(dialect, model)
-            .base_url(format!("http://{}/{version}", self.addr));
+        let mut c =
+            ProviderConfig::new(dialect, model).base_url(format!("http://{}/{version}", self.addr));
         c.api_key = self.lock().key.clone();
         c
     }
@@ -302,28 +304,72 @@ async fn models() -> Response {
     .into_response()
 }
 
-async fn openai_chat(State(s): Sh, RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+async fn openai_chat(
+    State(s): Sh,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     #[cfg(feature = "openai")]
     {
-        serve(&s, &headers, q.as_deref(), body, Dialect::Openai, "/v1/chat/completions", None, &openai::Chat).await
+        serve(
+            &s,
+            &headers,
+            q.as_deref(),
+            body,
+            Dialect::Openai,
+            "/v1/chat/completions",
+            None,
+            &openai::Chat,
+        )
+        .await
     }
     #[cfg(not(feature = "openai"))]
     not_built(&s, &headers, q.as_deref(), body, "openai")
 }
 
-async fn openai_responses(State(s): Sh, RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+async fn openai_responses(
+    State(s): Sh,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     #[cfg(feature = "openai")]
     {
-        serve(&s, &headers, q.as_deref(), body, Dialect::OpenaiResponses, "/v1/responses", None, &openai::Responses).await
+        serve(
+            &s,
+            &headers,
+            q.as_deref(),
+            body,
+            Dialect::OpenaiResponses,
+            "/v1/responses",
+            None,
+            &openai::Responses,
+        )
+        .await
     }
     #[cfg(not(feature = "openai"))]
     not_built(&s, &headers, q.as_deref(), body, "openai")
 }
 
-async fn openai_embeddings(State(s): Sh, RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+async fn openai_embeddings(
+    State(s): Sh,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     #[cfg(feature = "openai")]
     {
-        let body = match start(&s, &headers, q.as_deref(), &body, Dialect::Openai, "/v1/embeddings", None, &openai::Chat) {
+        let body = match start(
+            &s,
+            &headers,
+            q.as_deref(),
+            &body,
+            Dialect::Openai,
+            "/v1/embeddings",
+            None,
+            &openai::Chat,
+        ) {
             Ok((_, body)) => body,
             Err(r) => return r,
         };
@@ -336,28 +382,73 @@ async fn openai_embeddings(State(s): Sh, RawQuery(q): RawQuery, headers: HeaderM
     not_built(&s, &headers, q.as_deref(), body, "openai")
 }
 
-async fn anthropic_messages(State(s): Sh, RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+async fn anthropic_messages(
+    State(s): Sh,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     #[cfg(feature = "anthropic")]
     {
-        serve(&s, &headers, q.as_deref(), body, Dialect::Anthropic, "/v1/messages", None, &anthropic::Messages).await
+        serve(
+            &s,
+            &headers,
+            q.as_deref(),
+            body,
+            Dialect::Anthropic,
+            "/v1/messages",
+            None,
+            &anthropic::Messages,
+        )
+        .await
     }
     #[cfg(not(feature = "anthropic"))]
     not_built(&s, &headers, q.as_deref(), body, "anthropic")
 }
 
-async fn gemini_call(State(s): Sh, Path(call): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+async fn gemini_call(
+    State(s): Sh,
+    Path(call): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     #[cfg(feature = "gemini")]
     {
         let path = format!("/v1beta/models/{call}");
         let Some((model, method)) = call.split_once(':') else {
-            return error(&gemini::Gemini, 404, &format!("no method in '{call}'"), None);
+            return error(
+                &gemini::Gemini,
+                404,
+                &format!("no method in '{call}'"),
+                None,
+            );
         };
         match method {
             "streamGenerateContent" => {
-                serve(&s, &headers, q.as_deref(), body, Dialect::Gemini, &path, Some(model), &gemini::Gemini).await
+                serve(
+                    &s,
+                    &headers,
+                    q.as_deref(),
+                    body,
+                    Dialect::Gemini,
+                    &path,
+                    Some(model),
+                    &gemini::Gemini,
+                )
+                .await
             }
             "batchEmbedContents" => {
-                let body = match start(&s, &headers, q.as_deref(), &body, Dialect::Gemini, &path, Some(model), &gemini::Gemini) {
+                let body = match start(
+                    &s,
+                    &headers,
+                    q.as_deref(),
+                    &body,
+                    Dialect::Gemini,
+                    &path,
+                    Some(model),
+                    &gemini::Gemini,
+                ) {
                     Ok((_, body)) => body,
                     Err(r) => return r,
                 };
@@ -366,7 +457,12 @@ async fn gemini_call(State(s): Sh, Path(call): Path<String>, RawQuery(q): RawQue
                     Err(e) => error(&gemini::Gemini, 400, &e, None),
                 }
             }
-            other => error(&gemini::Gemini, 404, &format!("unknown method '{other}'"), None),
+            other => error(
+                &gemini::Gemini,
+                404,
+                &format!("unknown method '{other}'"),
+                None,
+            ),
         }
     }
     #[cfg(not(feature = "gemini"))]
@@ -377,7 +473,13 @@ async fn gemini_call(State(s): Sh, Path(call): Path<String>, RawQuery(q): RawQue
 }
 
 #[allow(dead_code)]
-fn not_built(_: &Arc<Mutex<Shared>>, _: &HeaderMap, _: Option<&str>, _: Bytes, feature: &str) -> Response {
+fn not_built(
+    _: &Arc<Mutex<Shared>>,
+    _: &HeaderMap,
+    _: Option<&str>,
+    _: Bytes,
+    feature: &str,
+) -> Response {
     (
         StatusCode::NOT_FOUND,
         format!("the fake provider was built without the '{feature}' feature"),
@@ -421,7 +523,12 @@ fn start(
         }
     }
     if dialect == Dialect::Anthropic && headers.get("anthropic-version").is_none() {
-        return Err(error(wire, 400, "anthropic-version: header is required", None));
+        return Err(error(
+            wire,
+            400,
+            "anthropic-version: header is required",
+            None,
+        ));
     }
     let json: Value = serde_json::from_slice(body)
         .map_err(|e| error(wire, 400, &format!("the body is not JSON: {e}"), None))?;
@@ -449,7 +556,9 @@ fn start(
             .map(|(name, value)| {
                 let name = name.as_str().to_ascii_lowercase();
                 let value = match name.as_str() {
-                    "authorization" | "api-key" | "x-api-key" | "x-goog-api-key" => "[redacted]".to_owned(),
+                    "authorization" | "api-key" | "x-api-key" | "x-goog-api-key" => {
+                        "[redacted]".to_owned()
+                    }
                     _ => String::from_utf8_lossy(value.as_bytes()).into_owned(),
                 };
                 (name, value)
@@ -475,7 +584,9 @@ async fn serve(
     path_model: Option<&str>,
     wire: &dyn Wire,
 ) -> Response {
-    let (request, json) = match start(shared, headers, query, &body, dialect, path, path_model, wire) {
+    let (request, json) = match start(
+        shared, headers, query, &body, dialect, path, path_model, wire,
+    ) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -491,7 +602,12 @@ async fn serve(
         (turn, s.chunk_bytes)
     };
     let Some(turn) = turn else {
-        return error(wire, 500, "the fake provider has no scripted turn left", None);
+        return error(
+            wire,
+            500,
+            "the fake provider has no scripted turn left",
+            None,
+        );
     };
     let (body, cut, stall) = match turn {
         Turn::Reply(r) => (wire.stream(&r, &request.model), None, None),
@@ -530,7 +646,11 @@ fn sse_response(
     let mut at = 0;
     let stall_at = stall.map(|(b, _)| b.min(end));
     while at < end {
-        let mut n = if chunk == 0 { end - at } else { fastrand::usize(1..=chunk) };
+        let mut n = if chunk == 0 {
+            end - at
+        } else {
+            fastrand::usize(1..=chunk)
+        };
         if let Some(s) = stall_at.filter(|s| *s > at) {
             n = n.min(s - at);
         }
