@@ -230,6 +230,21 @@ async fn a_failing_model_falls_back_to_the_next_and_metrics_count_both() {
     .await
     .unwrap();
     assert_eq!(one["id"], run["id"]);
+    // Usage by user: the fake reports 10 tokens in and one more than the words out.
+    let usage: Value = reqwest::get(format!("{}/api/v1/llm/usage?by=user", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["items"][0]["user"], "web:eve", "{usage}");
+    assert_eq!(usage["items"][0]["runs"], 1);
+    assert_eq!(usage["items"][0]["input_tokens"], 10);
+    assert_eq!(usage["items"][0]["output_tokens"], 5);
+    let bad = reqwest::get(format!("{}/api/v1/llm/usage?by=planet", s.base))
+        .await
+        .unwrap();
+    harness::problem(bad, 400).await;
     let missing = reqwest::get(format!("{}/api/v1/llm/runs/nope", s.base))
         .await
         .unwrap();
@@ -380,5 +395,57 @@ async fn a_workflow_llm_node_without_a_model_is_refused_when_applied() {
         .unwrap();
     let p = harness::problem(res, 422).await;
     assert!(p.to_string().contains("needs a language model"), "{p}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_daily_cost_budget_stops_the_assistant_for_that_user_once_spent() {
+    let fake = FakeProvider::start().await.unwrap();
+    fake.expect_key(None);
+    fake.respond_with(|_| Turn::Reply(Reply::text("An answer.")));
+    let base = format!("http://{}/v1", fake.addr());
+    let s = harness::start_with(move |c| {
+        let env = BTreeMap::from([
+            ("OPENAI_BASE_URL".to_owned(), base),
+            ("OPENAI_MODEL".to_owned(), "priced-model".to_owned()),
+        ]);
+        c.llm.from_openai_env(&env);
+        // 10 tokens in and 3 out at a dollar per token: 13 dollars a run.
+        let price: flowbot_llm::PriceConfig =
+            toml::from_str("input = 1000000.0\noutput = 1000000.0").unwrap();
+        c.llm
+            .prices
+            .models
+            .insert("openai/priced-model".into(), price);
+        c.llm.limits.max_user_daily_cost_usd = 20.0;
+    })
+    .await;
+    let mut ws = harness::chat(&s, "gil", "c7").await;
+    assert_eq!(harness::say(&mut ws, "one").await["text"], "An answer.");
+    assert_eq!(harness::say(&mut ws, "two").await["text"], "An answer.");
+    // 26 dollars spent: the third is refused without a call, and says why.
+    let third = harness::say(&mut ws, "three").await;
+    assert_eq!(
+        third["text"],
+        "You have used today's allowance of the assistant. Please try again tomorrow."
+    );
+    assert_eq!(fake.requests().len(), 2);
+    // Another user still gets answers.
+    let mut other = harness::chat(&s, "hal", "c7").await;
+    assert_eq!(harness::say(&mut other, "hi").await["text"], "An answer.");
+    let usage: Value = reqwest::get(format!("{}/api/v1/llm/usage?by=user", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let gil = usage["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["user"] == "web:gil")
+        .unwrap()
+        .clone();
+    assert_eq!(gil["cost_usd"], "26.000000", "{usage}");
     s.stop().await;
 }

@@ -718,6 +718,7 @@ async fn rest_api_health_metrics_openapi_and_errors() {
         "/hooks/trigger/{path}",
         "/api/v1/llm/runs",
         "/api/v1/llm/runs/{id}",
+        "/api/v1/llm/usage",
         "/api/v1/llm/prompts",
         "/api/v1/llm/prompts/{name}",
         "/api/v1/llm/prompts/{name}/activate",
@@ -733,7 +734,7 @@ async fn rest_api_health_metrics_openapi_and_errors() {
     }
     assert_eq!(
         paths.len(),
-        41,
+        42,
         "no undocumented extras: {:?}",
         paths.keys().collect::<Vec<_>>()
     );

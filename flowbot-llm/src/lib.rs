@@ -8,13 +8,13 @@
 //!   embeddings;
 //! - `anthropic`: Anthropic Messages;
 //! - `gemini`: Google Gemini, with its embeddings;
-//! - `test-util`: [`fake::FakeProvider`], a local server that speaks all four dialects from
+//! - `test-util`: `fake::FakeProvider`, a local server that speaks all four dialects from
 //!   scripted turns, for testing bots without the internet.
 //!
 //! Each implements core's [`ChatModel`] (and [`Embedder`] where the provider has one):
 //! streamed typed events, parallel tool calls, usage with cached and reasoning tokens,
 //! structured output against a JSON Schema, errors classified by
-//! [`ModelErrorKind`](flowbot_core::llm::ModelErrorKind), and deadlines for connecting, the
+//! [`ModelErrorKind`], and deadlines for connecting, the
 //! first token, silence between tokens and the whole call.
 //!
 //! ```no_run

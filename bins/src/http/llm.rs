@@ -52,6 +52,90 @@ pub(super) async fn list_runs(
     })
 }
 
+/// How `/api/v1/llm/usage` groups the runs.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct UsageQuery {
+    /// `model` (the default), `user`, `conversation`, `channel` or `day` (UTC).
+    by: Option<String>,
+    /// Only runs created at or after this RFC 3339 time.
+    since: Option<String>,
+}
+
+/// Tokens, cost and runs of the assistant, grouped by model, user, conversation, channel or
+/// day (from the stored runs; a run is one answer to one message).
+#[utoipa::path(get, path = "/api/v1/llm/usage", tag = "llm", params(UsageQuery),
+    responses((status = 200, body = Object), (status = 400, body = ProblemDoc)))]
+pub(super) async fn usage(
+    State(s): State<AppState>,
+    q: Result<Query<UsageQuery>, QueryRejection>,
+) -> ApiResult<Value> {
+    let q = query(q)?;
+    let by = q.by.as_deref().unwrap_or("model");
+    let since = match q.since.as_deref() {
+        None => None,
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| {
+                    Problem::bad_request(format!("since = '{t}': not an RFC 3339 time ({e})"))
+                })?
+                .with_timezone(&chrono::Utc),
+        ),
+    };
+    let key: fn(&RunState) -> String = match by {
+        "model" => |r| r.model.clone(),
+        "user" => |r| format!("{}:{}", r.channel, r.user),
+        "conversation" => |r| format!("{}:{}", r.channel, r.conversation),
+        "channel" => |r| r.channel.clone(),
+        "day" => |r| r.created_at.format("%Y-%m-%d").to_string(),
+        other => {
+            return Err(Problem::bad_request(format!(
+                "by = '{other}': use model, user, conversation, channel or day"
+            )));
+        }
+    };
+    let runs = Runs::new(Some(s.store.clone()))
+        .list()
+        .await
+        .map_err(store_err)?;
+    #[derive(Default)]
+    struct Sum {
+        runs: u64,
+        input: u64,
+        output: u64,
+        cached: u64,
+        cost_micros: u64,
+    }
+    let mut groups: BTreeMap<String, Sum> = BTreeMap::new();
+    for r in runs
+        .iter()
+        .filter(|r| since.is_none_or(|t| r.created_at >= t))
+    {
+        let g = groups.entry(key(r)).or_default();
+        g.runs = g.runs.saturating_add(1);
+        g.input = g.input.saturating_add(r.usage.input_tokens);
+        g.output = g.output.saturating_add(r.usage.output_tokens);
+        g.cached = g
+            .cached
+            .saturating_add(r.usage.cached_input_tokens.unwrap_or(0));
+        g.cost_micros = g.cost_micros.saturating_add(r.cost_micros);
+    }
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|(k, g)| {
+            json!({
+                by: k,
+                "runs": g.runs,
+                "input_tokens": g.input,
+                "output_tokens": g.output,
+                "cached_input_tokens": g.cached,
+                "cost_usd": format!("{}.{:06}", g.cost_micros / 1_000_000, g.cost_micros % 1_000_000),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"by": by, "items": items})))
+}
+
 /// One run: its status, messages, tool calls with results and approvals, and usage.
 #[utoipa::path(get, path = "/api/v1/llm/runs/{id}", tag = "llm", params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = 404, body = ProblemDoc)))]

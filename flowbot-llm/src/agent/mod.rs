@@ -51,7 +51,9 @@ use flowbot_core::store::KvStore;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-pub use run::{CallRecord, HISTORIES, History, PromptUse, RUNS, RunState, RunStatus, Runs, USAGE};
+pub use run::{
+    CallRecord, DailyUsage, HISTORIES, History, PromptUse, RUNS, RunState, RunStatus, Runs, USAGE,
+};
 
 /// Button values start with this; the rest is `approve:<run>:<call>` or `deny:<run>:<call>`.
 pub const APPROVAL_PREFIX: &str = "llm:";
@@ -76,6 +78,10 @@ pub struct Limits {
     pub max_user_daily_tokens: u64,
     /// Tokens per conversation per day (UTC); 0: no limit.
     pub max_conversation_daily_tokens: u64,
+    /// US dollars per user per day (UTC), from the price table; 0: no limit.
+    pub max_user_daily_cost_usd: f64,
+    /// US dollars per conversation per day (UTC); 0: no limit.
+    pub max_conversation_daily_cost_usd: f64,
     /// Latest history messages kept per user and conversation (older ones are folded into
     /// the running summary when they no longer fit the context window).
     pub history_messages: usize,
@@ -95,6 +101,8 @@ impl Default for Limits {
             max_failed_calls: 3,
             max_user_daily_tokens: 0,
             max_conversation_daily_tokens: 0,
+            max_user_daily_cost_usd: 0.0,
+            max_conversation_daily_cost_usd: 0.0,
             history_messages: 20,
             context_tokens: 128_000,
             answer_tokens: 4_096,
@@ -105,6 +113,17 @@ impl Default for Limits {
 impl Limits {
     /// Check the ranges; the error names the field.
     pub fn check(&self) -> Result<(), String> {
+        for (key, usd) in [
+            ("max_user_daily_cost_usd", self.max_user_daily_cost_usd),
+            (
+                "max_conversation_daily_cost_usd",
+                self.max_conversation_daily_cost_usd,
+            ),
+        ] {
+            if !(usd.is_finite() && (0.0..=1_000_000.0).contains(&usd)) {
+                return Err(format!("{key} = {usd}: must be from 0 to 1000000 dollars"));
+            }
+        }
         if self.max_turns == 0 || self.max_turns > 100 {
             return Err(format!("max_turns = {}: must be 1 to 100", self.max_turns));
         }
@@ -820,8 +839,8 @@ impl Agent {
             .input_tokens
             .saturating_add(run.usage.output_tokens);
         for key in daily_keys(run) {
-            if let Err(e) = runs.add_tokens(&key, tokens).await {
-                tracing::warn!(error = %e, "daily token count not saved");
+            if let Err(e) = runs.add_daily(&key, tokens, run.cost_micros).await {
+                tracing::warn!(error = %e, "daily usage not saved");
             }
         }
     }
@@ -839,17 +858,25 @@ impl Agent {
         let started = Instant::now();
         let limits = &self.limits;
         let [user_key, conversation_key] = daily_keys(run);
-        if limits.max_user_daily_tokens > 0
-            && runs.tokens(&user_key).await? >= limits.max_user_daily_tokens
-        {
+        let spent = |used: DailyUsage, tokens: u64, usd: f64| {
+            (tokens > 0 && used.tokens >= tokens)
+                || (usd > 0.0 && used.cost_micros >= usd_to_micros(usd))
+        };
+        if spent(
+            runs.daily(&user_key).await?,
+            limits.max_user_daily_tokens,
+            limits.max_user_daily_cost_usd,
+        ) {
             return Ok(Step::Stopped(
                 "You have used today's allowance of the assistant. Please try again tomorrow."
                     .into(),
             ));
         }
-        if limits.max_conversation_daily_tokens > 0
-            && runs.tokens(&conversation_key).await? >= limits.max_conversation_daily_tokens
-        {
+        if spent(
+            runs.daily(&conversation_key).await?,
+            limits.max_conversation_daily_tokens,
+            limits.max_conversation_daily_cost_usd,
+        ) {
             return Ok(Step::Stopped(
                 "This conversation has used today's allowance of the assistant. Please try again tomorrow."
                     .into(),
@@ -1089,6 +1116,12 @@ fn context_refusal(e: ContextError) -> Error {
         ))
         .into(),
     )
+}
+
+/// Dollars (checked by [`Limits::check`]: finite, 0 to a million) as micro-dollars.
+fn usd_to_micros(usd: f64) -> u64 {
+    // In range by the check, so the conversion is exact enough and cannot overflow.
+    (usd * 1_000_000.0).round() as u64
 }
 
 fn history_key(channel: &str, conversation: &str, user: &str) -> String {

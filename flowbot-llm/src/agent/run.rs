@@ -210,29 +210,47 @@ impl Runs {
 }
 
 impl Runs {
-    /// Tokens counted under `key` (a user's or a conversation's day).
-    pub async fn tokens(&self, key: &str) -> Result<u64, StoreError> {
+    /// Tokens and cost counted under `key` (a user's or a conversation's day).
+    pub async fn daily(&self, key: &str) -> Result<DailyUsage, StoreError> {
         let Some(store) = &self.store else {
-            return Ok(0);
+            return Ok(DailyUsage::default());
         };
         Ok(store
             .kv_get(USAGE, key)
             .await?
-            .and_then(|v| v.get("tokens").and_then(serde_json::Value::as_u64))
-            .unwrap_or(0))
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default())
     }
 
-    /// Count `tokens` more under `key`. A read-modify-write: two processes adding at the same
-    /// moment can lose one addition, so the budget is approximate by at most one run.
-    pub async fn add_tokens(&self, key: &str, tokens: u64) -> Result<(), StoreError> {
+    /// Count `tokens` and `cost_micros` more under `key`. A read-modify-write: two processes
+    /// adding at the same moment can lose one addition, so a budget is approximate by at
+    /// most one run.
+    pub async fn add_daily(
+        &self,
+        key: &str,
+        tokens: u64,
+        cost_micros: u64,
+    ) -> Result<(), StoreError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let total = self.tokens(key).await?.saturating_add(tokens);
-        store
-            .kv_set(USAGE, key, &serde_json::json!({ "tokens": total }))
-            .await
+        let mut used = self.daily(key).await?;
+        used.tokens = used.tokens.saturating_add(tokens);
+        used.cost_micros = used.cost_micros.saturating_add(cost_micros);
+        let value = serde_json::to_value(used).map_err(|e| corrupt("usage", key, e))?;
+        store.kv_set(USAGE, key, &value).await
     }
+}
+
+/// What a user or a conversation used in one day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DailyUsage {
+    /// Tokens, in and out.
+    #[serde(default)]
+    pub tokens: u64,
+    /// Cost in micro-dollars, for models with a price.
+    #[serde(default)]
+    pub cost_micros: u64,
 }
 
 /// What the model remembers of a conversation: the latest exchanges, and a summary of what
