@@ -6,9 +6,13 @@
 //! FLOWBOT_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
 //!     cargo run --release -p flowbot-bench -- [--tasks 20000] [--skip-apalis]
 //! ```
+//!
+//! `flowbot-bench llm` measures the LLM streaming path and durable runs instead (see
+//! `llm.rs`).
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark reports on the terminal
 
 mod apalis_baseline;
+mod llm;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -283,6 +287,10 @@ async fn pipeline(messages: u64, persist: bool) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("llm") {
+        let code = llm::main(std::env::args().skip(2).collect()).await;
+        std::process::exit(code);
+    }
     let a = args();
     LazyLock::force(&BASE);
     let pg = std::env::var("FLOWBOT_BENCH_POSTGRES_URL")
