@@ -97,13 +97,16 @@ impl ChatModel for Anthropic {
     async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, ModelError> {
         let (body, answer) = request_body(&self.model, request)
             .map_err(|m| ModelError::new(ModelErrorKind::BadRequest, &self.name, m))?;
-        let response = self
-            .endpoint
-            .post("/messages", &[], &body, classify)
-            .await?;
-        Ok(self
-            .endpoint
-            .events(response, MessagesDecoder::new(answer), request.keep_raw))
+        self.endpoint
+            .stream(
+                "/messages",
+                &[],
+                &body,
+                classify,
+                MessagesDecoder::new(answer),
+                request.keep_raw,
+            )
+            .await
     }
 }
 
@@ -679,10 +682,7 @@ impl Decoder for MessagesDecoder {
         if self.done {
             Ok(())
         } else {
-            Err(DecodeError {
-                kind: ModelErrorKind::Connection,
-                message: "the answer ended before message_stop".into(),
-            })
+            Err(DecodeError::ended_before("message_stop"))
         }
     }
 }

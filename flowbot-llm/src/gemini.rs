@@ -97,15 +97,16 @@ impl ChatModel for Gemini {
         let body = request_body(request)
             .map_err(|m| ModelError::new(ModelErrorKind::BadRequest, &self.name, m))?;
         let path = format!("/models/{}:streamGenerateContent", self.model);
-        let response = self
-            .endpoint
-            .post(&path, &[("alt", "sse")], &body, classify)
-            .await?;
-        Ok(self.endpoint.events(
-            response,
-            GeminiDecoder::new(self.model.clone()),
-            request.keep_raw,
-        ))
+        self.endpoint
+            .stream(
+                &path,
+                &[("alt", "sse")],
+                &body,
+                classify,
+                GeminiDecoder::new(self.model.clone()),
+                request.keep_raw,
+            )
+            .await
     }
 }
 

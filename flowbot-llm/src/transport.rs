@@ -272,17 +272,28 @@ impl Endpoint {
         })
     }
 
-    /// Turn a streaming response into typed events through `decoder`.
-    pub(crate) fn events(
+    /// POST `body` to `path` (a failure status classified with `classify`) and stream the
+    /// answer's events through `decoder`.
+    pub(crate) async fn stream(
         &self,
-        response: reqwest::Response,
+        path: &str,
+        extra_query: &[(&str, &str)],
+        body: &Value,
+        classify: fn(u16, &Value, &str) -> Option<ModelErrorKind>,
         decoder: impl Decoder,
         keep_raw: bool,
-    ) -> ChatStream {
+    ) -> Result<ChatStream, ModelError> {
+        let response = self.post(path, extra_query, body, classify).await?;
         let bytes = response
             .bytes_stream()
             .map(|r| r.map_err(|e| e.without_url().to_string()));
-        decode(self.clone(), bytes, decoder, keep_raw, Instant::now())
+        Ok(decode(
+            self.clone(),
+            bytes,
+            decoder,
+            keep_raw,
+            Instant::now(),
+        ))
     }
 }
 
@@ -298,6 +309,16 @@ impl DecodeError {
         DecodeError {
             kind: ModelErrorKind::Protocol,
             message: message.into(),
+        }
+    }
+
+    /// The body ended before the dialect's terminal event, `terminal`: the answer is
+    /// incomplete.
+    #[cfg_attr(not(any(feature = "openai", feature = "anthropic")), allow(dead_code))]
+    pub(crate) fn ended_before(terminal: &str) -> Self {
+        DecodeError {
+            kind: ModelErrorKind::Connection,
+            message: format!("the answer ended before {terminal}"),
         }
     }
 }

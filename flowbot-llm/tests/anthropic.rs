@@ -4,62 +4,29 @@
 #![cfg(all(feature = "anthropic", feature = "test-util"))]
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 
+mod support;
+
 use std::time::Duration;
 
 use flowbot_core::llm::{
-    ChatMessage, ChatModel, ChatRequest, Completion, FinishReason, ModelError, ModelErrorKind,
-    StreamEvent, TimeoutKind, ToolCall, ToolResult, ToolSpec, Usage,
+    ChatMessage, ChatModel, ChatRequest, Completion, FinishReason, ModelErrorKind, StreamEvent,
+    TimeoutKind, ToolCall, ToolResult, ToolSpec, Usage,
 };
-use flowbot_llm::fake::{FAKE_KEY, FakeProvider, Reply, Turn};
+use flowbot_llm::fake::{FAKE_KEY, Reply, Turn};
 use flowbot_llm::{Anthropic, Dialect, ProviderConfig};
-use futures_util::StreamExt;
 use serde_json::json;
 
-const MODEL: &str = "claude-test";
+use support::{ask, chunked_fake, deltas, finished, run, text_of, usages};
 
-async fn fake() -> FakeProvider {
-    let fake = FakeProvider::start().await.unwrap();
-    fake.chunked(3);
-    fake
-}
+const MODEL: &str = "claude-test";
 
 fn model(config: &ProviderConfig) -> Anthropic {
     Anthropic::new(config).unwrap()
 }
 
-fn ask(text: &str) -> ChatRequest {
-    ChatRequest::new(vec![ChatMessage::user(text)])
-}
-
-/// Every event of one call, and the error that ended it, if one did.
-async fn run(model: &Anthropic, request: &ChatRequest) -> (Vec<StreamEvent>, Option<ModelError>) {
-    let mut stream = match model.stream(request).await {
-        Ok(s) => s,
-        Err(e) => return (Vec::new(), Some(e)),
-    };
-    let mut out = Vec::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(e) => out.push(e),
-            Err(e) => return (out, Some(e)),
-        }
-    }
-    (out, None)
-}
-
-fn text_of(events: &[StreamEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::TextDelta { text } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn text_streams_in_deltas_after_a_ping() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     let mut reply = Reply::text("Hello there, 世界! Ça va?");
     reply.ping = true;
     fake.push(Turn::Reply(reply));
@@ -71,13 +38,7 @@ async fn text_streams_in_deltas_after_a_ping() {
     };
     assert!(id.starts_with("msg_") && id.len() == 28, "{id}");
     assert_eq!(model, MODEL);
-    let deltas: Vec<&str> = events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::TextDelta { text } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
+    let deltas = deltas(&events);
     assert_eq!(deltas, ["Hell", "o th", "ere,", " 世界!", " Ça ", "va?"]);
     assert_eq!(
         events.last(),
@@ -86,13 +47,7 @@ async fn text_streams_in_deltas_after_a_ping() {
             raw: "end_turn".into()
         })
     );
-    let usages: Vec<Usage> = events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::Usage { usage } => Some(*usage),
-            _ => None,
-        })
-        .collect();
+    let usages = usages(&events);
     let last = Usage {
         input_tokens: 10,
         output_tokens: 6,
@@ -128,7 +83,7 @@ async fn text_streams_in_deltas_after_a_ping() {
 
 #[tokio::test]
 async fn parallel_tool_calls_keep_non_ascii_arguments_whole() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     let mut reply = Reply::calls([
         (
             "weather",
@@ -223,7 +178,7 @@ async fn parallel_tool_calls_keep_non_ascii_arguments_whole() {
 
 #[tokio::test]
 async fn usage_counts_cached_and_thinking_tokens() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     let mut reply = Reply::text("42");
     reply.reasoning = Some("Six times seven.".into());
     reply.usage = Usage {
@@ -254,7 +209,7 @@ async fn usage_counts_cached_and_thinking_tokens() {
 
 #[tokio::test]
 async fn an_in_band_error_event_fails_the_stream_after_the_text() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     let mut reply = Reply::text("Partial answer");
     reply.ping = true;
     reply.error_event = Some(("overloaded_error".into(), "Overloaded".into()));
@@ -262,11 +217,7 @@ async fn an_in_band_error_event_fails_the_stream_after_the_text() {
     let m = model(&fake.config(Dialect::Anthropic, MODEL));
     let (events, error) = run(&m, &ask("Hi")).await;
     assert_eq!(text_of(&events), "Partial answer");
-    assert!(
-        !events
-            .iter()
-            .any(|e| matches!(e, StreamEvent::Finished { .. }))
-    );
+    assert!(!finished(&events));
     let error = error.unwrap();
     assert_eq!(error.kind, ModelErrorKind::Overloaded);
     assert_eq!(error.model, "anthropic/claude-test");
@@ -276,7 +227,7 @@ async fn an_in_band_error_event_fails_the_stream_after_the_text() {
 
 #[tokio::test]
 async fn rate_limits_carry_retry_after() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Status {
         status: 429,
         message: "Number of request tokens has exceeded your per-minute rate limit".into(),
@@ -295,7 +246,7 @@ async fn rate_limits_carry_retry_after() {
 
 #[tokio::test]
 async fn status_529_is_overload() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Status {
         status: 529,
         message: "Overloaded".into(),
@@ -309,7 +260,7 @@ async fn status_529_is_overload() {
 #[tokio::test]
 async fn a_refused_key_is_auth_and_never_shown() {
     const KEY: &str = "sk-ant-api03-very-secret-key";
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.expect_key(Some(KEY));
     // A provider that repeats the key in its message: it must not get through.
     fake.push(Turn::Status {
@@ -345,7 +296,7 @@ async fn a_refused_key_is_auth_and_never_shown() {
 
 #[tokio::test]
 async fn a_connection_dropped_mid_answer_is_a_connection_error() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Drop {
         reply: Reply::text("word ".repeat(100)),
         after_bytes: 900,
@@ -372,7 +323,7 @@ async fn a_connection_dropped_mid_answer_is_a_connection_error() {
 
 #[tokio::test]
 async fn a_stall_past_the_idle_timeout_is_an_idle_timeout() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Stall {
         reply: Reply::text("slow ".repeat(100)),
         after_bytes: 900,
@@ -390,7 +341,7 @@ async fn a_stall_past_the_idle_timeout_is_an_idle_timeout() {
 
 #[tokio::test]
 async fn an_answer_over_the_size_limit_is_too_large() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Reply(Reply::text("big ".repeat(500))));
     let mut config = fake.config(Dialect::Anthropic, MODEL);
     config.max_response_bytes = Some(2000);
@@ -401,7 +352,7 @@ async fn an_answer_over_the_size_limit_is_too_large() {
 
 #[tokio::test]
 async fn malformed_event_json_is_a_protocol_error() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Raw(
         "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\n\n".into(),
     ));
@@ -417,7 +368,7 @@ async fn malformed_event_json_is_a_protocol_error() {
 
 #[tokio::test]
 async fn structured_output_comes_back_as_text_through_the_answer_tool() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     let schema = json!({
         "type": "object",
         "properties": {"city": {"type": "string"}, "temp_c": {"type": "number"}},
@@ -460,7 +411,7 @@ async fn structured_output_comes_back_as_text_through_the_answer_tool() {
 
 #[tokio::test]
 async fn a_conversation_with_tool_calls_and_results_round_trips() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Reply(Reply::calls([
         ("weather", json!({"city": "Köln"})),
         ("time", json!({})),
@@ -550,7 +501,7 @@ async fn a_conversation_with_tool_calls_and_results_round_trips() {
 
 #[tokio::test]
 async fn a_configured_version_header_is_kept_and_a_model_is_required() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Reply(Reply::text("ok")));
     let mut config = fake.config(Dialect::Anthropic, MODEL);
     config

@@ -5,24 +5,24 @@
 #![cfg(all(feature = "test-util", feature = "openai"))]
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flowbot_core::llm::{
-    ChatMessage, ChatModel, ChatRequest, FinishReason, ModelError, ModelErrorKind, StreamEvent,
-    Usage,
-};
+use flowbot_core::llm::{ChatMessage, ChatModel, ChatRequest, FinishReason, ModelErrorKind, Usage};
 use flowbot_llm::fake::{FAKE_KEY, FakeProvider, FakeRequest, Reply, Turn};
 use flowbot_llm::{
     BreakerPolicy, BreakerState, ChainConfig, ChainEntry, Dialect, LlmMetrics, ModelChain,
     Observed, PriceTable, RetryPolicy,
 };
-use futures_util::StreamExt;
 use tokio::time::Instant;
 
+use support::{ask, run, text_of};
+
 fn hi() -> ChatRequest {
-    ChatRequest::new(vec![ChatMessage::user("Hi!")])
+    ask("Hi!")
 }
 
 fn model(fake: &FakeProvider, name: &str) -> Arc<dyn ChatModel> {
@@ -49,22 +49,6 @@ fn status(status: u16, message: &str, retry_after: Option<&str>) -> Turn {
         message: message.into(),
         retry_after: retry_after.map(str::to_owned),
     }
-}
-
-/// Every event of one call, and the error that ended it, if one did.
-async fn run(model: &dyn ChatModel) -> (Vec<StreamEvent>, Option<ModelError>) {
-    let mut stream = match model.stream(&hi()).await {
-        Ok(s) => s,
-        Err(e) => return (Vec::new(), Some(e)),
-    };
-    let mut events = Vec::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(e) => events.push(e),
-            Err(e) => return (events, Some(e)),
-        }
-    }
-    (events, None)
 }
 
 #[tokio::test(start_paused = true)]
@@ -244,14 +228,8 @@ async fn a_stream_that_drops_after_text_fails_to_the_caller_without_a_retry() {
         ChainEntry::new(model(&fake, "b")).retry(retry(3)),
     ])
     .unwrap();
-    let (events, error) = run(&chain).await;
-    let text: String = events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::TextDelta { text } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
+    let (events, error) = run(&chain, &hi()).await;
+    let text = text_of(&events);
     assert!(!text.is_empty() && text.len() < 1000, "{text:?}");
     assert!("word ".repeat(200).starts_with(&text), "{text:?}");
     let error = error.expect("the drop reaches the caller");
@@ -270,15 +248,9 @@ async fn a_stream_that_drops_before_any_answer_is_retried() {
     });
     fake.push(Turn::Reply(Reply::text("second try")));
     let chain = ModelChain::new(vec![ChainEntry::new(model(&fake, "a")).retry(retry(2))]).unwrap();
-    let (events, error) = run(&chain).await;
+    let (events, error) = run(&chain, &hi()).await;
     assert!(error.is_none(), "{error:?}");
-    let text: String = events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::TextDelta { text } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
+    let text = text_of(&events);
     assert_eq!(text, "second try");
     assert_eq!(asked(&fake), ["a", "a"]);
 }

@@ -4,57 +4,24 @@
 #![cfg(all(feature = "gemini", feature = "test-util"))]
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 
+mod support;
+
 use std::time::Duration;
 
 use flowbot_core::llm::{
-    ChatMessage, ChatModel, ChatRequest, Embedder, FinishReason, ModelError, ModelErrorKind,
-    StreamEvent, TimeoutKind, ToolCall, ToolChoice, ToolResult, ToolSpec, Usage,
+    ChatMessage, ChatModel, ChatRequest, Embedder, FinishReason, ModelErrorKind, StreamEvent,
+    TimeoutKind, ToolCall, ToolChoice, ToolResult, ToolSpec, Usage,
 };
-use flowbot_llm::fake::{FakeProvider, Reply, Turn};
+use flowbot_llm::fake::{Reply, Turn};
 use flowbot_llm::{Dialect, Gemini, GeminiEmbedder, ProviderConfig};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
+
+use support::{ask, chunked_fake, deltas, finished, run, text_of, usages};
 
 const MODEL: &str = "gemini-test";
 
-async fn fake() -> FakeProvider {
-    let fake = FakeProvider::start().await.unwrap();
-    fake.chunked(3);
-    fake
-}
-
 fn model(config: &ProviderConfig) -> Gemini {
     Gemini::new(config).unwrap()
-}
-
-fn ask(text: &str) -> ChatRequest {
-    ChatRequest::new(vec![ChatMessage::user(text)])
-}
-
-/// Every event of one call, and the error that ended it, if one did.
-async fn run(model: &Gemini, request: &ChatRequest) -> (Vec<StreamEvent>, Option<ModelError>) {
-    let mut stream = match model.stream(request).await {
-        Ok(s) => s,
-        Err(e) => return (Vec::new(), Some(e)),
-    };
-    let mut out = Vec::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(e) => out.push(e),
-            Err(e) => return (out, Some(e)),
-        }
-    }
-    (out, None)
-}
-
-fn text_of(events: &[StreamEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::TextDelta { text } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn tool(name: &str) -> ToolSpec {
@@ -67,7 +34,7 @@ fn tool(name: &str) -> ToolSpec {
 
 #[tokio::test]
 async fn text_streams_in_deltas_and_ends_with_the_body() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     let mut reply = Reply::text("Grüß Gott, 世界 – wie geht's?");
     reply.ping = true;
     fake.push(Turn::Reply(reply));
@@ -79,13 +46,7 @@ async fn text_streams_in_deltas_and_ends_with_the_body() {
     };
     assert_eq!(id.len(), 20);
     assert_eq!(model, MODEL);
-    let deltas: Vec<&str> = events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::TextDelta { text } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
+    let deltas = deltas(&events);
     assert_eq!(
         deltas,
         ["Grüß", " Got", "t, 世", "界 – ", "wie ", "geht", "'s?"]
@@ -98,13 +59,7 @@ async fn text_streams_in_deltas_and_ends_with_the_body() {
         })
     );
     // Usage is cumulative on every chunk: a Usage event whenever it changes, the last whole.
-    let usages: Vec<Usage> = events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::Usage { usage } => Some(*usage),
-            _ => None,
-        })
-        .collect();
+    let usages = usages(&events);
     assert_eq!(
         usages.last(),
         Some(&Usage {
@@ -130,7 +85,7 @@ async fn text_streams_in_deltas_and_ends_with_the_body() {
 
 #[tokio::test]
 async fn an_answer_without_a_finish_reason_has_none() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     let mut reply = Reply::text("unfinished");
     reply.finish = None;
     fake.push(Turn::Reply(reply));
@@ -144,7 +99,7 @@ async fn an_answer_without_a_finish_reason_has_none() {
 
 #[tokio::test]
 async fn parallel_function_calls_keep_non_ascii_arguments_and_get_unique_ids() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Reply(Reply::calls([
         (
             "weather",
@@ -200,7 +155,7 @@ async fn parallel_function_calls_keep_non_ascii_arguments_and_get_unique_ids() {
 
 #[tokio::test]
 async fn usage_counts_cached_and_thought_tokens() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     let mut reply = Reply::text("42");
     reply.reasoning = Some("Six times seven is forty-two.".into());
     reply.usage = Usage {
@@ -236,7 +191,7 @@ async fn usage_counts_cached_and_thought_tokens() {
 
 #[tokio::test]
 async fn an_error_chunk_fails_the_stream_after_the_text() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     let mut reply = Reply::text("Partial answer");
     reply.error_event = Some(("overloaded_error".into(), "The model is overloaded.".into()));
     fake.push(Turn::Reply(reply));
@@ -252,7 +207,7 @@ async fn an_error_chunk_fails_the_stream_after_the_text() {
 
 #[tokio::test]
 async fn rate_limits_carry_retry_after_and_503_is_overload() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Status {
         status: 429,
         message: "Resource has been exhausted (e.g. check quota).".into(),
@@ -275,7 +230,7 @@ async fn rate_limits_carry_retry_after_and_503_is_overload() {
 #[tokio::test]
 async fn a_refused_key_is_auth_and_never_shown() {
     const KEY: &str = "AIzaSy-very-secret-gemini-key";
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.expect_key(Some(KEY));
     fake.push(Turn::Status {
         status: 401,
@@ -303,24 +258,20 @@ async fn a_refused_key_is_auth_and_never_shown() {
 
 #[tokio::test]
 async fn a_connection_dropped_mid_answer_is_a_connection_error() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Drop {
         reply: Reply::text("word ".repeat(100)),
         after_bytes: 1200,
     });
     let (events, error) = run(&model(&fake.config(Dialect::Gemini, MODEL)), &ask("Hi")).await;
     assert!(text_of(&events).starts_with("word word"));
-    assert!(
-        !events
-            .iter()
-            .any(|e| matches!(e, StreamEvent::Finished { .. }))
-    );
+    assert!(!finished(&events));
     assert_eq!(error.unwrap().kind, ModelErrorKind::Connection);
 }
 
 #[tokio::test]
 async fn a_stall_past_the_idle_timeout_is_an_idle_timeout() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Stall {
         reply: Reply::text("slow ".repeat(100)),
         after_bytes: 1200,
@@ -338,7 +289,7 @@ async fn a_stall_past_the_idle_timeout_is_an_idle_timeout() {
 
 #[tokio::test]
 async fn an_answer_over_the_size_limit_is_too_large() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Reply(Reply::text("big ".repeat(500))));
     let mut config = fake.config(Dialect::Gemini, MODEL);
     config.max_response_bytes = Some(2000);
@@ -348,7 +299,7 @@ async fn an_answer_over_the_size_limit_is_too_large() {
 
 #[tokio::test]
 async fn malformed_chunk_json_is_a_protocol_error() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Raw(
         "data: {\"candidates\":[{\"content\":\r\n\r\n".into(),
     ));
@@ -366,7 +317,7 @@ async fn malformed_chunk_json_is_a_protocol_error() {
 
 #[tokio::test]
 async fn structured_output_asks_for_json_against_the_schema() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     let schema = json!({
         "type": "object",
         "properties": {"city": {"type": "string"}, "temp_c": {"type": "number"}},
@@ -398,7 +349,7 @@ async fn structured_output_asks_for_json_against_the_schema() {
 
 #[tokio::test]
 async fn a_conversation_with_function_calls_and_responses_round_trips() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Reply(Reply::calls([
         ("weather", json!({"city": "Köln"})),
         ("time", json!({})),
@@ -483,7 +434,7 @@ async fn a_conversation_with_function_calls_and_responses_round_trips() {
 
 #[tokio::test]
 async fn embeddings_come_back_in_order_across_batches() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     let mut config = fake.config(Dialect::Gemini, MODEL);
     config.embedding_model = Some("gemini-embedding-001".into());
     let embedder = GeminiEmbedder::new(&config).unwrap();
@@ -532,7 +483,7 @@ async fn embeddings_come_back_in_order_across_batches() {
 
 #[tokio::test]
 async fn an_embedder_needs_an_embedding_model() {
-    let fake = fake().await;
+    let fake = chunked_fake().await;
     let config = fake.config(Dialect::Gemini, MODEL);
     let e = GeminiEmbedder::new(&config).unwrap_err();
     assert_eq!(e.kind, ModelErrorKind::Config);

@@ -5,65 +5,28 @@
 #![cfg(all(feature = "openai", feature = "test-util"))]
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 
+mod support;
+
 use std::time::{Duration, Instant};
 
-use flowbot_core::llm::Completion;
 use flowbot_core::llm::{
-    ChatMessage, ChatModel, ChatRequest, CompletionBuilder, FinishReason, ModelError,
-    ModelErrorKind, StreamEvent, TimeoutKind, ToolCall, ToolChoice, ToolResult, ToolSpec, Usage,
+    ChatMessage, ChatModel, ChatRequest, FinishReason, ModelErrorKind, StreamEvent, TimeoutKind,
+    ToolCall, ToolChoice, ToolResult, ToolSpec, Usage,
 };
 use flowbot_llm::fake::{FAKE_KEY, FakeProvider, Reply, Turn};
 use flowbot_llm::{Dialect, ProviderConfig};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-const DIALECTS: [Dialect; 2] = [Dialect::Openai, Dialect::OpenaiResponses];
+use support::{ask, chunked_fake, completion, deltas, finished, pieces, run};
 
-async fn start_fake() -> FakeProvider {
-    let fake = FakeProvider::start().await.unwrap();
-    fake.chunked(3);
-    fake
-}
+const DIALECTS: [Dialect; 2] = [Dialect::Openai, Dialect::OpenaiResponses];
 
 fn model(config: &ProviderConfig) -> std::sync::Arc<dyn ChatModel> {
     flowbot_llm::connect(config).unwrap()
 }
 
 fn hi() -> ChatRequest {
-    ChatRequest::new(vec![ChatMessage::user("Hi!")])
-}
-
-/// Every event of one call, and the error that ended it, if one did.
-async fn run(
-    model: &dyn ChatModel,
-    request: &ChatRequest,
-) -> (Vec<StreamEvent>, Option<ModelError>) {
-    let mut stream = match model.stream(request).await {
-        Ok(s) => s,
-        Err(e) => return (Vec::new(), Some(e)),
-    };
-    let mut events = Vec::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(e) => events.push(e),
-            Err(e) => return (events, Some(e)),
-        }
-    }
-    (events, None)
-}
-
-fn completion(events: &[StreamEvent]) -> Completion {
-    let mut b = CompletionBuilder::default();
-    for e in events {
-        b.push(e);
-    }
-    b.finish()
-}
-
-/// `text` cut into pieces of `n` characters, as the fake streams it.
-fn pieces(text: &str, n: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    chars.chunks(n).map(|c| c.iter().collect()).collect()
+    ask("Hi!")
 }
 
 fn finish_word(dialect: Dialect, chat: &str) -> String {
@@ -76,7 +39,7 @@ fn finish_word(dialect: Dialect, chat: &str) -> String {
 #[tokio::test]
 async fn streamed_text_arrives_in_deltas_with_reasoning_and_usage() {
     for dialect in DIALECTS {
-        let fake = start_fake().await;
+        let fake = chunked_fake().await;
         let text = "Grüße aus Köln — 你好, wörld! 👋";
         let mut reply = Reply::text(text);
         reply.delta_chars = 3;
@@ -93,14 +56,7 @@ async fn streamed_text_arrives_in_deltas_with_reasoning_and_usage() {
         assert_eq!(m.name(), format!("{}/gpt-test", dialect.as_str()));
         let (events, error) = run(&*m, &hi()).await;
         assert!(error.is_none(), "{dialect:?}: {error:?}");
-        let deltas: Vec<String> = events
-            .iter()
-            .filter_map(|e| match e {
-                StreamEvent::TextDelta { text } => Some(text.clone()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(deltas, pieces(text, 3), "{dialect:?}");
+        assert_eq!(deltas(&events), pieces(text, 3), "{dialect:?}");
         let StreamEvent::Started { id, model } = &events[0] else {
             panic!("{dialect:?}: first event {:?}", events[0]);
         };
@@ -146,7 +102,7 @@ async fn streamed_text_arrives_in_deltas_with_reasoning_and_usage() {
 #[tokio::test]
 async fn parallel_tool_calls_with_non_ascii_arguments_are_merged() {
     for dialect in DIALECTS {
-        let fake = start_fake().await;
+        let fake = chunked_fake().await;
         let weather = json!({"city": "Zürich", "note": "☃ 東京 🌧"});
         let convert = json!({"from": "°C", "to": "°F", "value": -3.5});
         let mut reply = Reply::calls([
@@ -222,7 +178,7 @@ async fn parallel_tool_calls_with_non_ascii_arguments_are_merged() {
 #[tokio::test]
 async fn the_usage_only_last_chunk_reports_cached_and_reasoning_tokens() {
     for dialect in DIALECTS {
-        let fake = start_fake().await;
+        let fake = chunked_fake().await;
         let mut reply = Reply::text("ok");
         reply.usage = Usage {
             input_tokens: 2006,
@@ -274,7 +230,7 @@ async fn the_usage_only_last_chunk_reports_cached_and_reasoning_tokens() {
 
 #[tokio::test]
 async fn a_chat_stream_that_reaches_done_without_a_finish_reason_has_no_finished_event() {
-    let fake = start_fake().await;
+    let fake = chunked_fake().await;
     let mut reply = Reply::calls([("lookup", json!({"q": "ß"}))]);
     reply.text = "Let me look.".into();
     reply.finish = None;
@@ -299,11 +255,7 @@ async fn a_chat_stream_that_reaches_done_without_a_finish_reason_has_no_finished
             );
         }
     }
-    assert!(
-        !events
-            .iter()
-            .any(|e| matches!(e, StreamEvent::Finished { .. }))
-    );
+    assert!(!finished(&events));
     let c = completion(&events);
     assert_eq!((c.finish, c.finish_raw), (None, None));
     assert_eq!(c.text, "Let me look.");
@@ -320,7 +272,7 @@ async fn a_chat_stream_that_reaches_done_without_a_finish_reason_has_no_finished
 
 #[tokio::test]
 async fn a_responses_stream_without_its_terminal_event_is_a_connection_error() {
-    let fake = start_fake().await;
+    let fake = chunked_fake().await;
     let mut reply = Reply::text("half an answer");
     reply.finish = None;
     fake.push(Turn::Reply(reply));
@@ -339,7 +291,7 @@ async fn finish_reasons_are_mapped_and_the_raw_word_kept() {
         (FinishReason::ContentFilter, "content_filter", "incomplete"),
     ] {
         for dialect in DIALECTS {
-            let fake = start_fake().await;
+            let fake = chunked_fake().await;
             let mut reply = Reply::text("cut");
             reply.finish = Some(finish.clone());
             fake.push(Turn::Reply(reply));
@@ -366,7 +318,7 @@ async fn finish_reasons_are_mapped_and_the_raw_word_kept() {
 #[tokio::test]
 async fn a_429_with_retry_after_is_rate_limited() {
     for dialect in DIALECTS {
-        let fake = start_fake().await;
+        let fake = chunked_fake().await;
         fake.push(Turn::Status {
             status: 429,
             message: "Rate limit reached for gpt-test on requests per min".into(),
@@ -390,7 +342,7 @@ async fn a_429_with_retry_after_is_rate_limited() {
 
 #[tokio::test]
 async fn quota_exhaustion_is_permanent() {
-    let fake = start_fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Status {
         status: 429,
         message: "You exceeded your current quota, please check your plan and billing details."
@@ -406,7 +358,7 @@ async fn quota_exhaustion_is_permanent() {
 #[tokio::test]
 async fn a_503_is_overloaded() {
     for dialect in DIALECTS {
-        let fake = start_fake().await;
+        let fake = chunked_fake().await;
         fake.push(Turn::Status {
             status: 503,
             message: "The engine is currently overloaded, please try again later".into(),
@@ -428,7 +380,7 @@ async fn a_401_is_auth_and_the_key_never_shows() {
     for dialect in DIALECTS {
         for azure in [false, true] {
             // The provider refuses the key and quotes it back, as OpenAI's 401 does.
-            let fake = start_fake().await;
+            let fake = chunked_fake().await;
             fake.expect_key(Some(KEY));
             fake.push(Turn::Status {
                 status: 401,
@@ -459,7 +411,7 @@ async fn a_401_is_auth_and_the_key_never_shows() {
             assert!(!format!("{chat:?}").contains(KEY));
 
             // A key the fake does not accept: its own 401.
-            let fake = start_fake().await;
+            let fake = chunked_fake().await;
             fake.expect_key(Some("another-key"));
             let mut config = fake.config(dialect, "gpt-test");
             config.api_key = Some(KEY.into());
@@ -474,7 +426,7 @@ async fn a_401_is_auth_and_the_key_never_shows() {
 #[tokio::test]
 async fn a_connection_dropped_mid_stream_is_a_connection_error() {
     for dialect in DIALECTS {
-        let fake = start_fake().await;
+        let fake = chunked_fake().await;
         let mut reply = Reply::text("word ".repeat(100));
         reply.delta_chars = 5;
         fake.push(Turn::Drop {
@@ -498,7 +450,7 @@ async fn a_connection_dropped_mid_stream_is_a_connection_error() {
 #[tokio::test]
 async fn a_stall_past_the_idle_timeout_is_an_idle_timeout() {
     for dialect in DIALECTS {
-        let fake = start_fake().await;
+        let fake = chunked_fake().await;
         let mut reply = Reply::text("word ".repeat(100));
         reply.delta_chars = 5;
         fake.push(Turn::Stall {
@@ -527,7 +479,7 @@ async fn a_stall_past_the_idle_timeout_is_an_idle_timeout() {
 #[tokio::test]
 async fn an_answer_over_max_response_bytes_is_too_large() {
     for dialect in DIALECTS {
-        let fake = start_fake().await;
+        let fake = chunked_fake().await;
         fake.push(Turn::Reply(Reply::text("x".repeat(5000))));
         let mut config = fake.config(dialect, "gpt-test");
         config.max_response_bytes = Some(4096);
@@ -540,7 +492,7 @@ async fn an_answer_over_max_response_bytes_is_too_large() {
 
 #[tokio::test]
 async fn malformed_event_json_is_a_protocol_error_naming_the_event() {
-    let fake = start_fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Raw(
         "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-test\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\ndata: {\"id\": oops}\n\ndata: [DONE]\n\n"
             .into(),
@@ -556,7 +508,7 @@ async fn malformed_event_json_is_a_protocol_error_naming_the_event() {
     assert!(e.message.ends_with("{\"id\": oops}"), "{e}");
     assert_eq!(completion(&events).text, "hi");
 
-    let fake = start_fake().await;
+    let fake = chunked_fake().await;
     fake.push(Turn::Raw(
         "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"model\":\"gpt-test\"}}\n\nevent: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\n\n"
             .into(),
@@ -591,7 +543,7 @@ async fn in_band_errors_are_classified() {
             ("context_length_exceeded", ModelErrorKind::ContextTooLong),
             ("content_filter", ModelErrorKind::ContentFilter),
         ] {
-            let fake = start_fake().await;
+            let fake = chunked_fake().await;
             let mut reply = Reply::text("partial answer");
             reply.error_event = Some((code.into(), format!("in-band {code}")));
             fake.push(Turn::Reply(reply));
@@ -613,7 +565,7 @@ async fn structured_output_requests_carry_the_schema() {
         "additionalProperties": false,
     });
     for dialect in DIALECTS {
-        let fake = start_fake().await;
+        let fake = chunked_fake().await;
         let answer = json!({"city": "Zürich", "temp_c": -2});
         fake.push(Turn::Reply(Reply::text(answer.to_string())));
         let request = hi().with_output_schema("weather_report", schema.clone());
@@ -641,7 +593,7 @@ async fn structured_output_requests_carry_the_schema() {
 #[tokio::test]
 async fn azure_settings_send_the_api_key_header_and_the_query() {
     for dialect in DIALECTS {
-        let fake = start_fake().await;
+        let fake = chunked_fake().await;
         fake.push(Turn::Reply(Reply::text("azure")));
         fake.push(Turn::Reply(Reply::text("openai")));
         fake.push(Turn::Reply(Reply::text("local")));
@@ -733,7 +685,7 @@ fn tools() -> Vec<ToolSpec> {
 #[tokio::test]
 async fn a_conversation_with_tool_calls_and_results_round_trips() {
     for dialect in DIALECTS {
-        let fake = start_fake().await;
+        let fake = chunked_fake().await;
         let mut calls = Reply::calls([
             ("get_weather", json!({"city": "Zürich"})),
             ("get_time", json!({"tz": "Europe/Zurich"})),
@@ -829,7 +781,7 @@ async fn a_conversation_with_tool_calls_and_results_round_trips() {
 #[tokio::test]
 async fn the_fake_refuses_a_tool_result_for_a_call_never_made() {
     for dialect in DIALECTS {
-        let fake = start_fake().await;
+        let fake = chunked_fake().await;
         fake.push(Turn::Reply(Reply::text("never sent")));
         let mut request = ChatRequest::new(vec![
             ChatMessage::user("hi"),

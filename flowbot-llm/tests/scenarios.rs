@@ -16,18 +16,21 @@
 ))]
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 
+mod support;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowbot_core::llm::{
-    ChatMessage, ChatModel, ChatRequest, Completion, CompletionBuilder, FinishReason, ModelError,
-    ModelErrorKind, StreamEvent, TimeoutKind, ToolCall, ToolResult, ToolSpec, Usage,
+    ChatMessage, ChatModel, ChatRequest, Completion, FinishReason, ModelError, ModelErrorKind,
+    StreamEvent, TimeoutKind, ToolCall, ToolResult, ToolSpec, Usage,
 };
 use flowbot_llm::fake::{FakeProvider, Reply, Turn};
 use flowbot_llm::{Dialect, ProviderConfig};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
+
+use support::{ask, completion, deltas, finished, pieces, run};
 
 /// Every dialect the suite runs for.
 const DIALECTS: [Dialect; 4] = [
@@ -53,7 +56,7 @@ macro_rules! scenarios {
         $(
             #[tokio::test]
             async fn $name() {
-                run(stringify!($name), scenario::$name).await;
+                run_cases(stringify!($name), scenario::$name).await;
             }
         )*
     };
@@ -110,33 +113,8 @@ impl Case {
     async fn call_with(&self, config: &ProviderConfig, request: &ChatRequest) -> Outcome {
         let model = self.model(config);
         assert_eq!(model.name(), config.name());
-        let mut stream = match model.stream(request).await {
-            Ok(s) => s,
-            Err(error) => {
-                return Outcome {
-                    events: Vec::new(),
-                    error: Some(error),
-                };
-            }
-        };
-        let mut events = Vec::new();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(e) => events.push(e),
-                Err(error) => {
-                    // The stream ends with its error.
-                    assert!(stream.next().await.is_none(), "an event after the error");
-                    return Outcome {
-                        events,
-                        error: Some(error),
-                    };
-                }
-            }
-        }
-        Outcome {
-            events,
-            error: None,
-        }
+        let (events, error) = run(&*model, request).await;
+        Outcome { events, error }
     }
 
     /// The only request the fake received.
@@ -163,11 +141,7 @@ impl Case {
 impl Outcome {
     /// What the events add up to.
     fn completion(&self) -> Completion {
-        let mut b = CompletionBuilder::default();
-        for e in &self.events {
-            b.push(e);
-        }
-        b.finish()
+        completion(&self.events)
     }
 
     /// The answer of a call that must have succeeded.
@@ -187,13 +161,7 @@ impl Outcome {
     }
 
     fn texts(&self) -> Vec<&str> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                StreamEvent::TextDelta { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect()
+        deltas(&self.events)
     }
 
     fn raws(&self) -> Vec<(Option<&str>, &str)> {
@@ -207,15 +175,13 @@ impl Outcome {
     }
 
     fn finished(&self) -> bool {
-        self.events
-            .iter()
-            .any(|e| matches!(e, StreamEvent::Finished { .. }))
+        finished(&self.events)
     }
 }
 
 /// Run `check` for every dialect and chunk size, concurrently; fail with every case that
 /// failed, each named.
-async fn run<F, Fut>(scenario: &str, check: F)
+async fn run_cases<F, Fut>(scenario: &str, check: F)
 where
     F: Fn(Case) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -339,16 +305,6 @@ fn expected_usage(dialect: Dialect, u: &Usage) -> Usage {
             reasoning_tokens: u.reasoning_tokens,
         },
     }
-}
-
-/// `text` in pieces of `n` characters, as every fake streams text.
-fn pieces(text: &str, n: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    chars.chunks(n.max(1)).map(|c| c.iter().collect()).collect()
-}
-
-fn ask(text: &str) -> ChatRequest {
-    ChatRequest::new(vec![ChatMessage::user(text)])
 }
 
 fn tool(name: &str, properties: Value) -> ToolSpec {

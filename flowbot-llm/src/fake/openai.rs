@@ -117,6 +117,46 @@ fn is_text_or_parts(v: &Value) -> bool {
     }
 }
 
+fn check_model(body: &Value) -> Result<(), String> {
+    if body
+        .get("model")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err("Missing required parameter: 'model'.".into());
+    }
+    Ok(())
+}
+
+/// `tool_choice`: a word, or a function object whose name (at `name_at`, shaped as
+/// `expected` says) is among `tools`.
+fn check_tool_choice(
+    body: &Value,
+    tools: &[String],
+    name_at: &str,
+    expected: &str,
+) -> Result<(), String> {
+    match body.get("tool_choice") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if ["none", "auto", "required"].contains(&s.as_str()) => {}
+        Some(c @ Value::Object(_)) => {
+            let name = c.pointer(name_at).and_then(Value::as_str);
+            if c.get("type").and_then(Value::as_str) != Some("function") || name.is_none() {
+                return Err(format!("Invalid 'tool_choice': expected {expected}."));
+            }
+            if let Some(n) = name
+                && !tools.iter().any(|t| t == n)
+            {
+                return Err(format!(
+                    "Invalid 'tool_choice': no tool named '{n}' was given."
+                ));
+            }
+        }
+        Some(other) => return Err(format!("Invalid value for 'tool_choice': {other}.")),
+    }
+    Ok(())
+}
+
 fn check_temperature_and_stream(body: &Value) -> Result<(), String> {
     if let Some(t) = body.get("temperature").filter(|t| !t.is_null()) {
         match t.as_f64() {
@@ -331,13 +371,7 @@ impl Chat {
 
 impl Wire for Chat {
     fn check(&self, body: &Value) -> Result<(), String> {
-        if body
-            .get("model")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            return Err("Missing required parameter: 'model'.".into());
-        }
+        check_model(body)?;
         let messages = body
             .get("messages")
             .and_then(Value::as_array)
@@ -364,24 +398,12 @@ impl Wire for Chat {
                 }
             }
         }
-        match body.get("tool_choice") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if ["none", "auto", "required"].contains(&s.as_str()) => {}
-            Some(c @ Value::Object(_)) => {
-                let name = c.pointer("/function/name").and_then(Value::as_str);
-                if c.get("type").and_then(Value::as_str) != Some("function") || name.is_none() {
-                    return Err("Invalid 'tool_choice': expected {\"type\": \"function\", \"function\": {\"name\": …}}.".into());
-                }
-                if let Some(n) = name
-                    && !tools.iter().any(|t| t == n)
-                {
-                    return Err(format!(
-                        "Invalid 'tool_choice': no tool named '{n}' was given."
-                    ));
-                }
-            }
-            Some(other) => return Err(format!("Invalid value for 'tool_choice': {other}.")),
-        }
+        check_tool_choice(
+            body,
+            &tools,
+            "/function/name",
+            "{\"type\": \"function\", \"function\": {\"name\": …}}",
+        )?;
         check_positive(body, "max_tokens", 1)?;
         check_positive(body, "max_completion_tokens", 1)?;
         if body.get("max_tokens").is_some_and(|v| !v.is_null())
@@ -578,13 +600,7 @@ impl Responses {
 
 impl Wire for Responses {
     fn check(&self, body: &Value) -> Result<(), String> {
-        if body
-            .get("model")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            return Err("Missing required parameter: 'model'.".into());
-        }
+        check_model(body)?;
         let input = body
             .get("input")
             .ok_or("Missing required parameter: 'input'.")?;
@@ -628,27 +644,12 @@ impl Wire for Responses {
                 names.push(name.to_owned());
             }
         }
-        match body.get("tool_choice") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if ["none", "auto", "required"].contains(&s.as_str()) => {}
-            Some(c @ Value::Object(_)) => {
-                let name = c.get("name").and_then(Value::as_str);
-                if c.get("type").and_then(Value::as_str) != Some("function") || name.is_none() {
-                    return Err(
-                        "Invalid 'tool_choice': expected {\"type\": \"function\", \"name\": …}."
-                            .into(),
-                    );
-                }
-                if let Some(n) = name
-                    && !names.iter().any(|t| t == n)
-                {
-                    return Err(format!(
-                        "Invalid 'tool_choice': no tool named '{n}' was given."
-                    ));
-                }
-            }
-            Some(other) => return Err(format!("Invalid value for 'tool_choice': {other}.")),
-        }
+        check_tool_choice(
+            body,
+            &names,
+            "/name",
+            "{\"type\": \"function\", \"name\": …}",
+        )?;
         check_positive(body, "max_output_tokens", 16)?;
         if let Some(f) = body.pointer("/text/format").filter(|f| !f.is_null()) {
             match f.get("type").and_then(Value::as_str) {

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use flowbot_core::llm::{
-    ChatMessage, ChatModel, ChatRequest, ChatStream, FinishReason, ModelError, ModelErrorKind,
-    StreamEvent, ToolCall, ToolChoice,
+    ChatMessage, ChatModel, ChatRequest, ChatStream, FinishReason, ModelError, StreamEvent,
+    ToolCall, ToolChoice,
 };
 use serde_json::{Map, Value, json};
 
 use super::{
-    bad_request, check_request, classify, endpoint, inband_error, snippet, temperature,
+    bad_request, check_request, classify, endpoint, inband_error, json_object, temperature,
     tool_output, usage_from,
 };
 use crate::config::ProviderConfig;
@@ -156,13 +156,16 @@ impl ChatModel for OpenAiChat {
 
     async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, ModelError> {
         let body = self.body(request)?;
-        let response = self
-            .endpoint
-            .post("/chat/completions", &[], &body, classify)
-            .await?;
-        Ok(self
-            .endpoint
-            .events(response, ChatDecoder::default(), request.keep_raw))
+        self.endpoint
+            .stream(
+                "/chat/completions",
+                &[],
+                &body,
+                classify,
+                ChatDecoder::default(),
+                request.keep_raw,
+            )
+            .await
     }
 }
 
@@ -363,18 +366,7 @@ impl Decoder for ChatDecoder {
         }
         self.chunks = self.chunks.saturating_add(1);
         let n = self.chunks;
-        let chunk: Value = serde_json::from_str(data).map_err(|e| {
-            DecodeError::protocol(format!(
-                "chat.completion.chunk {n} is not valid JSON ({e}): {}",
-                snippet(data)
-            ))
-        })?;
-        if !chunk.is_object() {
-            return Err(DecodeError::protocol(format!(
-                "chat.completion.chunk {n} is not a JSON object: {}",
-                snippet(data)
-            )));
-        }
+        let chunk = json_object(data, format_args!("chat.completion.chunk {n}"))?;
         if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
             return Err(inband_error(error));
         }
@@ -424,9 +416,6 @@ impl Decoder for ChatDecoder {
         if self.done {
             return Ok(());
         }
-        Err(DecodeError {
-            kind: ModelErrorKind::Connection,
-            message: "the answer ended before data: [DONE]".into(),
-        })
+        Err(DecodeError::ended_before("data: [DONE]"))
     }
 }

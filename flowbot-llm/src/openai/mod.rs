@@ -163,6 +163,20 @@ fn snippet(text: &str) -> String {
     }
 }
 
+/// One event's data as a JSON object; `what` names the event in the error.
+fn json_object(data: &str, what: impl std::fmt::Display) -> Result<Value, DecodeError> {
+    let value: Value = serde_json::from_str(data).map_err(|e| {
+        DecodeError::protocol(format!("{what} is not valid JSON ({e}): {}", snippet(data)))
+    })?;
+    if !value.is_object() {
+        return Err(DecodeError::protocol(format!(
+            "{what} is not a JSON object: {}",
+            snippet(data)
+        )));
+    }
+    Ok(value)
+}
+
 /// A count as the provider reported it: a non-negative integer, or nothing.
 fn count(v: Option<&Value>) -> Option<u64> {
     v.and_then(Value::as_u64)

@@ -12,7 +12,7 @@ use flowbot_core::llm::{
 use serde_json::{Map, Value, json};
 
 use super::{
-    bad_request, check_request, classify, endpoint, inband_error, snippet, temperature,
+    bad_request, check_request, classify, endpoint, inband_error, json_object, temperature,
     tool_output, usage_from,
 };
 use crate::config::ProviderConfig;
@@ -148,13 +148,16 @@ impl ChatModel for OpenAiResponses {
 
     async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, ModelError> {
         let body = self.body(request)?;
-        let response = self
-            .endpoint
-            .post("/responses", &[], &body, classify)
-            .await?;
-        Ok(self
-            .endpoint
-            .events(response, ResponsesDecoder::default(), request.keep_raw))
+        self.endpoint
+            .stream(
+                "/responses",
+                &[],
+                &body,
+                classify,
+                ResponsesDecoder::default(),
+                request.keep_raw,
+            )
+            .await
     }
 }
 
@@ -398,25 +401,16 @@ impl Decoder for ResponsesDecoder {
         if self.terminal {
             return Ok(());
         }
-        let event: Value = serde_json::from_str(data).map_err(|e| {
-            DecodeError::protocol(format!(
-                "event {} is not valid JSON ({e}): {}",
-                name.unwrap_or("(without a name)"),
-                snippet(data)
-            ))
-        })?;
+        let event = json_object(
+            data,
+            format_args!("event {}", name.unwrap_or("(without a name)")),
+        )?;
         let typ = event
             .get("type")
             .and_then(Value::as_str)
             .or(name)
             .unwrap_or_default()
             .to_owned();
-        if !event.is_object() {
-            return Err(DecodeError::protocol(format!(
-                "event {typ} is not a JSON object: {}",
-                snippet(data)
-            )));
-        }
         let delta = || text(&event, "delta");
         match typ.as_str() {
             "response.created" | "response.in_progress" => self.start(event.get("response"), out),
@@ -486,10 +480,8 @@ impl Decoder for ResponsesDecoder {
         if self.terminal {
             return Ok(());
         }
-        Err(DecodeError {
-            kind: ModelErrorKind::Connection,
-            message: "the answer ended before response.completed (or another terminal event)"
-                .into(),
-        })
+        Err(DecodeError::ended_before(
+            "response.completed (or another terminal event)",
+        ))
     }
 }
