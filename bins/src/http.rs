@@ -842,6 +842,7 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(llm::list_runs))
         .routes(routes!(llm::get_run))
         .routes(routes!(llm::usage))
+        .routes(routes!(llm::run_feedback))
         .routes(routes!(llm::list_prompts))
         .routes(routes!(llm::get_prompt, llm::put_prompt))
         .routes(routes!(llm::activate_prompt))

@@ -699,3 +699,66 @@ fn the_prompt_files_of_the_guide_load() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_on_an_answer_counts_once_for_the_prompt_version_that_wrote_it() {
+    let fake = FakeProvider::start().await.unwrap();
+    let s = server(&fake, None).await;
+    let api = Api::new(&s);
+    Api::ok(
+        api.put("/support", json!({"system": "You are {{ vars.bot }}."}))
+            .await,
+        201,
+    )
+    .await;
+    let mut ws = harness::chat(&s, "ivy", "fb").await;
+    assert_eq!(harness::say(&mut ws, "hello").await["text"], "ok");
+    let run = runs(&s).await[0]["id"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/llm/runs/{run}/feedback", s.base);
+    let given = Api::ok(
+        http.post(&url)
+            .json(&json!({"positive": true}))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(given["prompt"]["prompt"], "support");
+    assert_eq!(given["prompt"]["version"], 1);
+    assert_eq!(given["prompt"]["stats"]["positive"], 1);
+    assert_eq!(given["prompt"]["stats"]["negative"], 0);
+    // Once per run; the run keeps it.
+    let again = http
+        .post(&url)
+        .json(&json!({"positive": false}))
+        .send()
+        .await
+        .unwrap();
+    harness::problem(again, 409).await;
+    let stored: Value = reqwest::get(format!("{}/api/v1/llm/runs/{run}", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["feedback"], true);
+    let bad = http
+        .post(&url)
+        .json(&json!({"stars": 5}))
+        .send()
+        .await
+        .unwrap();
+    harness::problem(bad, 400).await;
+    let unknown = http
+        .post(format!("{}/api/v1/llm/runs/nope/feedback", s.base))
+        .json(&json!({"positive": true}))
+        .send()
+        .await
+        .unwrap();
+    harness::problem(unknown, 404).await;
+    let stats = Api::ok(api.get("/support/stats").await, 200).await;
+    assert!(stats.to_string().contains("\"positive\":1"), "{stats}");
+    s.stop().await;
+}

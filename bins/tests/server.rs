@@ -719,6 +719,7 @@ async fn rest_api_health_metrics_openapi_and_errors() {
         "/api/v1/llm/runs",
         "/api/v1/llm/runs/{id}",
         "/api/v1/llm/usage",
+        "/api/v1/llm/runs/{id}/feedback",
         "/api/v1/llm/prompts",
         "/api/v1/llm/prompts/{name}",
         "/api/v1/llm/prompts/{name}/activate",
@@ -734,7 +735,7 @@ async fn rest_api_health_metrics_openapi_and_errors() {
     }
     assert_eq!(
         paths.len(),
-        42,
+        43,
         "no undocumented extras: {:?}",
         paths.keys().collect::<Vec<_>>()
     );

@@ -145,13 +145,15 @@ impl Endpoint {
         classify: fn(u16, &Value, &str) -> Option<ModelErrorKind>,
     ) -> Result<reqwest::Response, ModelError> {
         let url = format!("{}{}", self.base_url, path);
-        let request = self
-            .client
-            .post(&url)
-            .headers(self.headers.clone())
-            .query(&self.query)
-            .query(extra_query)
-            .json(body);
+        let mut request = self.client.post(&url).headers(self.headers.clone());
+        // Each `.query` rewrites the URL: only when there is a query.
+        if !self.query.is_empty() {
+            request = request.query(&self.query);
+        }
+        if !extra_query.is_empty() {
+            request = request.query(extra_query);
+        }
+        let request = request.json(body);
         let response = match tokio::time::timeout(self.timeouts.connect, request.send()).await {
             Err(_) => {
                 return Err(self.error(

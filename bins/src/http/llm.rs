@@ -154,6 +154,60 @@ pub(super) async fn get_run(
         .map_err(|e| Problem::bad_request(e.to_string()))
 }
 
+/// A verdict on an answer.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Feedback {
+    /// Whether the answer helped.
+    positive: bool,
+}
+
+/// Record the user's verdict on a run's answer, once: it is kept with the run and counted in
+/// the statistics of the prompt version that wrote the answer (A/B splits compare them).
+#[utoipa::path(post, path = "/api/v1/llm/runs/{id}/feedback", tag = "llm",
+    params(("id" = String, Path)), request_body = Feedback,
+    responses((status = 200, body = Object), (status = 400, body = ProblemDoc),
+        (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc)))]
+pub(super) async fn run_feedback(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    body: Result<Json<Feedback>, JsonRejection>,
+) -> ApiResult<Value> {
+    let id = path(p)?;
+    let Json(feedback) =
+        body.map_err(|e| Problem::bad_request(format!("invalid body: {}", e.body_text())))?;
+    let runs = Runs::new(Some(s.store.clone()));
+    let mut run = runs
+        .load(&id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| Problem::not_found(format!("no llm run '{id}'")))?;
+    if let Some(given) = run.feedback {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            format!("run '{id}' already has feedback (positive: {given})"),
+        ));
+    }
+    run.feedback = Some(feedback.positive);
+    runs.save(&mut run).await.map_err(store_err)?;
+    let mut counted = Value::Null;
+    if let Some(used) = &run.prompt {
+        let stats = library(&s)
+            .record(
+                &*s.store,
+                &used.name,
+                used.version,
+                &flowbot_llm::prompt::Outcome::feedback(feedback.positive),
+            )
+            .await
+            .map_err(prompt_err)?;
+        counted = json!({"prompt": used.name, "version": used.version, "stats": stats});
+    }
+    Ok(Json(
+        json!({"run": id, "positive": feedback.positive, "prompt": counted}),
+    ))
+}
+
 /// The prompt library: the assistant's, or (without `[llm]` models) the database's alone.
 fn library(s: &AppState) -> Arc<SharedPrompts> {
     s.prompts

@@ -611,6 +611,7 @@ impl Agent {
             answer: String::new(),
             prompt: prompt.used,
             busy_ms: 0,
+            feedback: None,
             created_at: now,
             updated_at: now,
         };

@@ -94,6 +94,9 @@ pub struct RunState {
     /// Milliseconds spent answering (model calls and tools; waits for an approval excluded).
     #[serde(default)]
     pub busy_ms: u64,
+    /// The user's verdict on the answer, once given (`POST /api/v1/llm/runs/{id}/feedback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<bool>,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Last checkpoint.
