@@ -210,33 +210,19 @@ async fn a_failing_model_falls_back_to_the_next_and_metrics_count_both() {
     );
     assert!(!metrics.contains("wrong-key-123"));
     // The run is visible through the API, with its usage.
-    let runs: Value = reqwest::get(format!("{}/api/v1/llm/runs", s.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let runs = common::get_json(format!("{}/api/v1/llm/runs", s.base)).await;
     let run = &runs["items"][0];
     assert_eq!(run["status"]["state"], "done");
     assert_eq!(run["answer"], "Hello from the fallback.");
-    let one: Value = reqwest::get(format!(
+    let one: Value = common::get_json(format!(
         "{}/api/v1/llm/runs/{}",
         s.base,
         run["id"].as_str().unwrap()
     ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(one["id"], run["id"]);
     // Usage by user: the fake reports 10 tokens in and one more than the words out.
-    let usage: Value = reqwest::get(format!("{}/api/v1/llm/usage?by=user", s.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = common::get_json(format!("{}/api/v1/llm/usage?by=user", s.base)).await;
     assert_eq!(usage["items"][0]["user"], "web:eve", "{usage}");
     assert_eq!(usage["items"][0]["runs"], 1);
     assert_eq!(usage["items"][0]["input_tokens"], 10);
@@ -286,12 +272,7 @@ async fn the_answer_streams_into_web_chat_as_partial_frames_before_the_message()
     );
     assert_eq!(done["draft"], partial["draft"]);
     // Only the final text is in the history.
-    let page: Value = reqwest::get(format!("{}/api/v1/conversations/web/c6/messages", s.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = common::get_json(format!("{}/api/v1/conversations/web/c6/messages", s.base)).await;
     let texts: Vec<&str> = page["items"]
         .as_array()
         .unwrap()
@@ -308,12 +289,7 @@ async fn the_answer_streams_into_web_chat_as_partial_frames_before_the_message()
 /// Poll a workflow run until it is final.
 async fn finished_run(base: &str, id: &str) -> Value {
     for _ in 0..400 {
-        let run: Value = reqwest::get(format!("{base}/api/v1/runs/{id}"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let run: Value = common::get_json(format!("{base}/api/v1/runs/{id}")).await;
         if ["completed", "failed", "cancelled"].contains(&run["status"].as_str().unwrap_or("")) {
             return run;
         }
@@ -433,12 +409,7 @@ async fn a_daily_cost_budget_stops_the_assistant_for_that_user_once_spent() {
     // Another user still gets answers.
     let mut other = harness::chat(&s, "hal", "c7").await;
     assert_eq!(harness::say(&mut other, "hi").await["text"], "An answer.");
-    let usage: Value = reqwest::get(format!("{}/api/v1/llm/usage?by=user", s.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = common::get_json(format!("{}/api/v1/llm/usage?by=user", s.base)).await;
     let gil = usage["items"]
         .as_array()
         .unwrap()

@@ -122,12 +122,7 @@ impl Cluster {
 }
 
 async fn runs(base: &str) -> Vec<Value> {
-    let page: Value = reqwest::get(format!("{base}/api/v1/llm/runs"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = common::get_json(format!("{base}/api/v1/llm/runs")).await;
     page["items"].as_array().unwrap().clone()
 }
 
@@ -311,15 +306,11 @@ async fn an_approval_survives_the_agent(backend: Backend) {
     let runs = runs(&c.base).await;
     assert_eq!(runs[0]["status"]["state"], "done");
     assert_eq!(runs[0]["calls"]["call_1"]["approved"], true);
-    let tasks: Value = reqwest::get(format!(
+    let tasks: Value = common::get_json(format!(
         "{}/api/v1/tasks?kind=flowbot.deliver&state=queued",
         c.base
     ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         tasks["items"].as_array().unwrap().len(),
         1,

@@ -110,12 +110,7 @@ async fn add_rule(s: &harness::Server, rule: Value) {
 }
 
 async fn runs(s: &harness::Server) -> Vec<Value> {
-    let page: Value = reqwest::get(format!("{}/api/v1/llm/runs?limit=1000", s.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = common::get_json(format!("{}/api/v1/llm/runs?limit=1000", s.base)).await;
     page["items"].as_array().unwrap().clone()
 }
 
@@ -737,12 +732,7 @@ async fn feedback_on_an_answer_counts_once_for_the_prompt_version_that_wrote_it(
         .await
         .unwrap();
     harness::problem(again, 409).await;
-    let stored: Value = reqwest::get(format!("{}/api/v1/llm/runs/{run}", s.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stored: Value = common::get_json(format!("{}/api/v1/llm/runs/{run}", s.base)).await;
     assert_eq!(stored["feedback"], true);
     let bad = http
         .post(&url)

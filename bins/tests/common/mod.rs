@@ -278,3 +278,13 @@ pub async fn slow_endpoint() -> (String, std::sync::Arc<std::sync::atomic::Atomi
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://{addr}/slow"), calls)
 }
+
+/// GET `url` and its JSON body, whatever the status.
+pub async fn get_json(url: impl reqwest::IntoUrl) -> Value {
+    reqwest::get(url)
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("a JSON body")
+}

@@ -859,29 +859,31 @@ impl Agent {
         let started = Instant::now();
         let limits = &self.limits;
         let [user_key, conversation_key] = daily_keys(run);
-        let spent = |used: DailyUsage, tokens: u64, usd: f64| {
-            (tokens > 0 && used.tokens >= tokens)
+        for (key, tokens, usd, who) in [
+            (
+                &user_key,
+                limits.max_user_daily_tokens,
+                limits.max_user_daily_cost_usd,
+                "You have",
+            ),
+            (
+                &conversation_key,
+                limits.max_conversation_daily_tokens,
+                limits.max_conversation_daily_cost_usd,
+                "This conversation has",
+            ),
+        ] {
+            if tokens == 0 && usd <= 0.0 {
+                continue;
+            }
+            let used = runs.daily(key).await?;
+            if (tokens > 0 && used.tokens >= tokens)
                 || (usd > 0.0 && used.cost_micros >= usd_to_micros(usd))
-        };
-        if spent(
-            runs.daily(&user_key).await?,
-            limits.max_user_daily_tokens,
-            limits.max_user_daily_cost_usd,
-        ) {
-            return Ok(Step::Stopped(
-                "You have used today's allowance of the assistant. Please try again tomorrow."
-                    .into(),
-            ));
-        }
-        if spent(
-            runs.daily(&conversation_key).await?,
-            limits.max_conversation_daily_tokens,
-            limits.max_conversation_daily_cost_usd,
-        ) {
-            return Ok(Step::Stopped(
-                "This conversation has used today's allowance of the assistant. Please try again tomorrow."
-                    .into(),
-            ));
+            {
+                return Ok(Step::Stopped(format!(
+                    "{who} used today's allowance of the assistant. Please try again tomorrow."
+                )));
+            }
         }
         let tools: Vec<String> = run
             .calls
