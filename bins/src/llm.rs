@@ -103,7 +103,8 @@ pub async fn assistant(config: &LlmConfig) -> Result<Option<Assistant>, RunError
         .prices(metrics.prices().clone())
         .tools(config.tools.iter().cloned())
         .approval(config.approval.iter().cloned())
-        .limits(config.limits.clone());
+        .limits(config.limits.clone())
+        .stop_when_overtaken(config.stop_on_new_message);
     if let Some(prompt) = &config.prompt {
         builder = builder.prompt(prompt.clone());
     }

@@ -420,3 +420,137 @@ async fn a_daily_cost_budget_stops_the_assistant_for_that_user_once_spent() {
     assert_eq!(gil["cost_usd"], "26.000000", "{usage}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_newer_message_stops_the_answer_being_written_and_is_answered_next() {
+    let fake = FakeProvider::start().await.unwrap();
+    fake.expect_key(None);
+    let mut long = Reply::text("Once upon a time there was a very long story that never ended");
+    long.delta_chars = 5;
+    // The first answer shows its beginning, then hangs far longer than the test waits.
+    fake.push(Turn::Stall {
+        reply: long,
+        after_bytes: 700,
+        pause: std::time::Duration::from_secs(600),
+    });
+    fake.push(Turn::Reply(Reply::text("It is noon.")));
+    let s = server_with(&fake).await;
+    let mut ws = harness::chat(&s, "jo", "c8").await;
+    let send = |text: &str| {
+        tokio_tungstenite::tungstenite::Message::text(
+            json!({"type": "message", "text": text}).to_string(),
+        )
+    };
+    futures_util::SinkExt::send(&mut ws, send("tell me a long story"))
+        .await
+        .unwrap();
+    let partial = harness::next_frame(&mut ws, "partial").await;
+    assert!(
+        partial["text"].as_str().unwrap().starts_with("Once"),
+        "{partial}"
+    );
+    futures_util::SinkExt::send(&mut ws, send("never mind, what time is it?"))
+        .await
+        .unwrap();
+    // The story stops where it was shown, then the new question is answered.
+    let cut = harness::next_frame(&mut ws, "message").await;
+    let cut_text = cut["text"].as_str().unwrap();
+    assert!(
+        cut_text.starts_with("Once") && cut_text.ends_with(" …"),
+        "{cut}"
+    );
+    assert_eq!(cut["draft"], partial["draft"]);
+    let next = harness::next_frame(&mut ws, "message").await;
+    assert_eq!(next["text"], "It is noon.");
+    let runs = common::get_json(format!("{}/api/v1/llm/runs", s.base)).await;
+    let states: Vec<(String, String)> = runs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["status"]["state"].as_str().unwrap().to_owned(),
+                r["status"]["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&("stopped".into(), "a newer message arrived".into())),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&("done".into(), String::new())),
+        "{states:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_newer_message_from_the_queue_stops_the_answer_too() {
+    let fake = FakeProvider::start().await.unwrap();
+    fake.expect_key(None);
+    fake.push(Turn::Stall {
+        reply: Reply::text("A long answer that hangs"),
+        after_bytes: 300,
+        pause: std::time::Duration::from_secs(600),
+    });
+    fake.push(Turn::Reply(Reply::text("The second answer.")));
+    let s = server_with(&fake).await;
+    // The generic webhook channel queues each message as a task keyed by its conversation.
+    let post = |text: &'static str| {
+        let url = format!("{}/hooks/webhook/open", s.base);
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"user": "kim", "conversation": "q1", "text": text}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post("first question").await, 202);
+    common::eventually(
+        "the first answer streaming",
+        std::time::Duration::from_secs(10),
+        || fake.requests().len() == 1,
+    )
+    .await;
+    assert_eq!(post("second question").await, 202);
+    let mut states = Vec::new();
+    for _ in 0..200 {
+        let runs = common::get_json(format!("{}/api/v1/llm/runs", s.base)).await;
+        states = runs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["status"]["state"].as_str().unwrap().to_owned(),
+                    r["status"]["reason"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect::<Vec<_>>();
+        if states.len() == 2 && states.iter().all(|(st, _)| st != "running") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    states.sort();
+    assert_eq!(
+        states,
+        [
+            ("done".to_owned(), String::new()),
+            ("stopped".to_owned(), "a newer message arrived".to_owned())
+        ]
+    );
+    assert_eq!(fake.requests().len(), 2);
+    s.stop().await;
+}

@@ -451,27 +451,84 @@ impl Pipeline {
         let shards = shards.max(1);
         let mut lanes = Vec::with_capacity(shards);
         let mut workers = JoinSet::new();
+        let newest = Newest::default();
         for _ in 0..shards {
-            let (tx, mut rx) = mpsc::channel::<Event>(256);
+            let (tx, mut rx) = mpsc::channel::<(InFlight, Event)>(256);
             lanes.push(tx);
             let pipeline = self.clone();
             workers.spawn(async move {
-                while let Some(event) = rx.recv().await {
-                    pipeline.handle(event).await;
+                while let Some((current, event)) = rx.recv().await {
+                    let done = current.clone();
+                    IN_PIPELINE.scope(current, pipeline.handle(event)).await;
+                    done.finished();
                 }
             });
         }
         let hasher = std::collections::hash_map::RandomState::new();
+        let mut seq = 0u64;
         while let Some(event) = inbox.recv().await {
             let mut h = hasher.build_hasher();
             event.channel().hash(&mut h);
             event.conversation().hash(&mut h);
-            let lane = (h.finish() % shards as u64) as usize;
-            if lanes[lane].send(event).await.is_err() {
+            let key = h.finish();
+            let lane = (key % shards as u64) as usize;
+            seq = seq.wrapping_add(1);
+            let current = InFlight {
+                newest: newest.clone(),
+                key,
+                seq,
+            };
+            current.accepted();
+            if lanes[lane].send((current, event)).await.is_err() {
                 tracing::error!("pipeline lane stopped unexpectedly");
             }
         }
         drop(lanes);
         while workers.join_next().await.is_some() {}
     }
+}
+
+/// Per conversation (by its lane hash), the number of the newest event accepted from the
+/// inbox and not yet handled.
+type Newest = Arc<std::sync::Mutex<std::collections::HashMap<u64, u64>>>;
+
+/// The inbox event a lane is handling: its conversation and its number.
+#[derive(Clone)]
+struct InFlight {
+    newest: Newest,
+    key: u64,
+    seq: u64,
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, u64>> {
+        self.newest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This event is the conversation's newest.
+    fn accepted(&self) {
+        self.lock().insert(self.key, self.seq);
+    }
+
+    /// Handled: forget the conversation unless a newer event is waiting.
+    fn finished(&self) {
+        let mut newest = self.lock();
+        if newest.get(&self.key) == Some(&self.seq) {
+            newest.remove(&self.key);
+        }
+    }
+
+    fn overtaken(&self) -> bool {
+        self.lock().get(&self.key).is_some_and(|n| *n != self.seq)
+    }
+}
+
+tokio::task_local! {
+    static IN_PIPELINE: InFlight;
+}
+
+/// Whether the inbox event being handled by this future has a newer event of the same
+/// conversation waiting behind it (false outside [`Pipeline::run`]'s lanes).
+pub(crate) fn overtaken_in_process() -> bool {
+    IN_PIPELINE.try_with(InFlight::overtaken).unwrap_or(false)
 }

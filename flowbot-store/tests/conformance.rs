@@ -432,6 +432,33 @@ async fn claimed_ids(
         .collect()
 }
 
+/// A keyed task learns that a newer one with its key is waiting (a newer message in the
+/// same conversation), and only then.
+async fn newer_keyed_tasks_are_seen(store: Arc<dyn Store>) {
+    let k = kinds(&["noop"]);
+    let a1 = keyed(store.as_ref(), 1, "conv-a").await;
+    let b1 = keyed(store.as_ref(), 2, "conv-b").await;
+    assert_eq!(
+        claimed_ids(store.as_ref(), "w", &k, LEASE).await,
+        vec![a1, b1]
+    );
+    assert!(!store.queued_after("conv-a", a1).await.expect("query"));
+    let a2 = keyed(store.as_ref(), 3, "conv-a").await;
+    assert!(store.queued_after("conv-a", a1).await.expect("query"));
+    assert!(
+        !store.queued_after("conv-b", b1).await.expect("query"),
+        "other keys do not count"
+    );
+    assert!(
+        !store.queued_after("conv-a", a2).await.expect("query"),
+        "only newer ones count"
+    );
+    // Once claimed, the newer task is no longer waiting.
+    store.complete("w", &[a1]).await.expect("complete");
+    assert_eq!(claimed_ids(store.as_ref(), "w", &k, LEASE).await, vec![a2]);
+    assert!(!store.queued_after("conv-a", a1).await.expect("query"));
+}
+
 async fn per_key_serialisation(store: Arc<dyn Store>) {
     let k = kinds(&["noop"]);
     let a1 = keyed(store.as_ref(), 1, "conv-a").await;
@@ -810,6 +837,7 @@ conformance!(
         retries_and_backoff,
         dead_letter_and_requeue,
         per_key_serialisation,
+        newer_keyed_tasks_are_seen,
         misfire_policies,
         sessions_round_trip,
         messages_round_trip,

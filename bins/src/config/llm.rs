@@ -31,6 +31,8 @@ pub struct LlmConfig {
     pub approval: Vec<String>,
     /// Messages no rule matched go to the model.
     pub unmatched: bool,
+    /// A newer message in the conversation stops an answer still being written.
+    pub stop_on_new_message: bool,
     /// Budgets of a run and per day.
     pub limits: Limits,
     /// Models tried, in order, when a model fails (names under `[llm.models]`).
@@ -54,6 +56,7 @@ impl Default for LlmConfig {
             tools: vec!["send_later".into()],
             approval: Vec::new(),
             unmatched: true,
+            stop_on_new_message: true,
             limits: Limits::default(),
             fallbacks: Vec::new(),
             retry: RetryConfig::default(),

@@ -24,5 +24,5 @@ pub use types::{
 pub(crate) use types::{after, days};
 pub use worker::{
     KindOptions, TaskContext, TaskHandler, TaskRegistry, WorkerPool, WorkerStats, handler_fn,
-    in_task_handler, typed_handler,
+    in_task_handler, superseded, typed_handler,
 };

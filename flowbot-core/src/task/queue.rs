@@ -36,6 +36,11 @@ pub trait TaskQueue: Send + Sync + 'static {
     /// Store many tasks in one transaction, in order.
     async fn enqueue_batch(&self, tasks: &[NewTask]) -> Result<Vec<Enqueued>, StoreError>;
 
+    /// Whether a task with this concurrency key, enqueued after task `after`, is waiting
+    /// (queued): the work of `after` has been overtaken, e.g. a newer message in the same
+    /// conversation (see [`superseded`](crate::task::superseded)).
+    async fn queued_after(&self, concurrency_key: &str, after: TaskId) -> Result<bool, StoreError>;
+
     /// Claim up to `req.limit` due tasks of `req.queue` whose kind is in `req.kinds`, oldest
     /// (by priority, then due time) first, leasing them to `req.worker` for `req.lease`.
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Vec<ClaimedTask>, StoreError>;

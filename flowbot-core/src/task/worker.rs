@@ -218,15 +218,48 @@ impl TaskRegistry {
     }
 }
 
+/// The task a handler's future runs for.
+#[derive(Clone)]
+struct Current {
+    queue: Arc<dyn TaskQueue>,
+    id: TaskId,
+    concurrency_key: Option<String>,
+}
+
 tokio::task_local! {
-    static IN_HANDLER: ();
+    static IN_HANDLER: Current;
 }
 
 /// Whether the caller runs inside a task handler of a [`WorkerPool`] (in the handler's own
 /// future: tasks it spawns do not count). Stores use it to tell the tasks that processing
 /// creates from work arriving from outside, like a webhook waiting for its acknowledgement.
 pub fn in_task_handler() -> bool {
-    IN_HANDLER.try_with(|()| ()).is_ok()
+    IN_HANDLER.try_with(|_| ()).is_ok()
+}
+
+/// Whether the message being handled has been overtaken by a newer one of the same
+/// conversation, waiting behind it: in the durable queue (a task with the same concurrency
+/// key), or in this process's pipeline (an event from a channel's inbox). Long work that only
+/// matters until then (an answer being written) can check it and stop. False outside a
+/// handler, for a task without a concurrency key, and when the queue cannot be asked (the
+/// error is logged).
+pub async fn superseded() -> bool {
+    // An event from a channel's inbox, handled in this process.
+    if crate::pipeline::overtaken_in_process() {
+        return true;
+    }
+    let Ok(Some(current)) = IN_HANDLER.try_with(|c| c.concurrency_key.is_some().then(|| c.clone()))
+    else {
+        return false;
+    };
+    let key = current.concurrency_key.as_deref().unwrap_or_default();
+    match current.queue.queued_after(key, current.id).await {
+        Ok(newer) => newer,
+        Err(e) => {
+            tracing::warn!(task = %current.id.0, error = %e, "could not ask the queue whether a newer task is waiting");
+            false
+        }
+    }
 }
 
 /// Counters of a running pool.
@@ -581,7 +614,13 @@ async fn run_task(
                 worker: Arc::from(shared.config.id.as_str()),
                 lease: shared.config.lease,
             };
-            let fut = AssertUnwindSafe(IN_HANDLER.scope((), reg.handler.run(cx))).catch_unwind();
+            let current = Current {
+                queue: shared.queue.clone(),
+                id: task.id,
+                concurrency_key: task.concurrency_key.clone(),
+            };
+            let fut =
+                AssertUnwindSafe(IN_HANDLER.scope(current, reg.handler.run(cx))).catch_unwind();
             let outcome = match reg.timeout {
                 Some(limit) => match tokio::time::timeout(limit, fut).await {
                     Ok(r) => r,

@@ -17,11 +17,15 @@
 //! - **Approvals**: a tool listed in [`AgentBuilder::approval`] pauses the run and asks the
 //!   user with two buttons. The run waits in the store, not in memory: the click can reach
 //!   any server, even after a restart, and resumes it.
-//! - **Cancellation**: with [`AgentBuilder::cancel_on_new_message`], an answer for a user in
-//!   a conversation cancels one still being written for the same user there, when both run
-//!   at once in this process — for applications that call the agent from their own
-//!   concurrent handlers. FlowBot's pipeline handles one message per conversation at a time,
-//!   so there an answer always finishes before the next message is handled.
+//! - **A newer message stops an answer** ([`AgentBuilder::stop_when_overtaken`], on by
+//!   default): FlowBot's pipeline handles one message per conversation at a time, so a new
+//!   message waits in the queue while an answer is written. The agent asks the queue
+//!   ([`superseded`](flowbot_core::task::superseded)) between steps and every half second
+//!   while the model streams; when a newer message of the conversation waits, the answer
+//!   stops (the text shown so far stays, marked with "…"), the run is recorded as stopped,
+//!   and the newer message is answered next. With
+//!   [`AgentBuilder::cancel_on_new_message`], applications that call the agent from their
+//!   own concurrent handlers get the same within one process.
 //! - **Prompts**: with [`AgentBuilder::prompts`], a prompt (the agent's own or an ask's) that
 //!   names a prompt of the library is rendered for the run — the active version, or the
 //!   user's arm of an A/B split, its variant for the model — with the message, the session's
@@ -167,6 +171,7 @@ pub struct Agent {
     approval: HashSet<String>,
     limits: Limits,
     cancel_on_new_message: bool,
+    stop_when_overtaken: bool,
     active: Mutex<HashMap<String, CancellationToken>>,
     prompts: Option<Arc<SharedPrompts>>,
     prompt_vars: Map<String, Value>,
@@ -257,6 +262,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Stop an answer being written when a newer message of the same conversation is waiting
+    /// behind it in the queue (on by default; see the [module](self) docs).
+    pub fn stop_when_overtaken(mut self, yes: bool) -> Self {
+        self.agent.stop_when_overtaken = yes;
+        self
+    }
+
     /// Cancel an answer being written when another one starts for the same user in the same
     /// conversation in this process (off by default; see the [module](self) docs).
     pub fn cancel_on_new_message(mut self, yes: bool) -> Self {
@@ -313,6 +325,22 @@ enum Step {
     Approval(ToolCall),
     /// Stopped, with the words for the user.
     Stopped(String),
+    /// Overtaken by a newer message of the same conversation: stopped, no answer of its own.
+    Superseded,
+}
+
+/// How often an answer being written checks whether a newer message is waiting.
+const SUPERSEDED_POLL: Duration = Duration::from_millis(500);
+
+/// Resolves once a newer message of the same conversation waits behind the one being
+/// answered (never outside a queued task).
+async fn overtaken() {
+    loop {
+        tokio::time::sleep(SUPERSEDED_POLL).await;
+        if flowbot_core::task::superseded().await {
+            return;
+        }
+    }
 }
 
 fn today() -> String {
@@ -344,6 +372,7 @@ impl Agent {
                 approval: HashSet::new(),
                 limits: Limits::default(),
                 cancel_on_new_message: false,
+                stop_when_overtaken: true,
                 active: Mutex::new(HashMap::new()),
                 prompts: None,
                 prompt_vars: Map::new(),
@@ -799,6 +828,17 @@ impl Agent {
                 self.record_outcome(turn, run).await;
                 Ok(self.answer(run, reason))
             }
+            Step::Superseded => {
+                tracing::info!(run = %run.id, "answer stopped: a newer message arrived");
+                run.status = RunStatus::Stopped {
+                    reason: SUPERSEDED.to_owned(),
+                };
+                runs.save(run).await?;
+                self.record_outcome(turn, run).await;
+                let mut a = self.answer(run, String::new());
+                a.reply.clear();
+                Ok(a)
+            }
         }
     }
 
@@ -898,6 +938,9 @@ impl Agent {
             if cancel.is_cancelled() {
                 return Ok(Step::Stopped("(cancelled: a newer message arrived)".into()));
             }
+            if self.stop_when_overtaken && flowbot_core::task::superseded().await {
+                return Ok(Step::Superseded);
+            }
             // Tool calls of the last turn that have no result yet.
             if let Some(ChatMessage::Assistant { tool_calls, .. }) = run.messages.last().cloned()
                 && !tool_calls.is_empty()
@@ -963,6 +1006,7 @@ impl Agent {
                 _ = cancel.cancelled() => {
                     return Ok(Step::Stopped("(cancelled: a newer message arrived)".into()));
                 }
+                () = overtaken(), if self.stop_when_overtaken => return Ok(Step::Superseded),
             };
             run.turns = run.turns.saturating_add(1);
             if let Some(u) = completion.usage {
@@ -1108,6 +1152,9 @@ impl Agent {
     }
 }
 
+/// The reason recorded for a run stopped by a newer message.
+const SUPERSEDED: &str = "a newer message arrived";
+
 /// The key under which a run remembers the tools it may call.
 const TOOLS_KEY: &str = "$tools";
 
@@ -1226,6 +1273,12 @@ impl Assistant for Agent {
         if plain && !answer.text.is_empty() {
             let last = answer.reply.remove(0);
             answer.reply.push(draft.complete(last).await);
+        } else if answer.reply.is_empty() && !draft.text().is_empty() {
+            // Stopped by a newer message: what was shown stays, marked as cut short.
+            let shown = format!("{} …", draft.text().trim_end());
+            answer
+                .reply
+                .push(draft.complete(Outbound::text(shown)).await);
         }
         Ok(answer)
     }

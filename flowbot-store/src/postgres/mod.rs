@@ -436,6 +436,18 @@ fn ids_of(ids: &[TaskId]) -> Vec<i64> {
 
 #[async_trait]
 impl TaskQueue for PostgresStore {
+    async fn queued_after(&self, concurrency_key: &str, after: TaskId) -> Result<bool, StoreError> {
+        let row: Option<i64> = sqlx::query_scalar(
+            "SELECT 1::BIGINT FROM flowbot_tasks WHERE concurrency_key = $1 AND id > $2 AND state = 'queued' LIMIT 1",
+        )
+        .bind(concurrency_key)
+        .bind(after.0)
+        .fetch_optional(self.p())
+        .await
+        .map_err(map_err)?;
+        Ok(row.is_some())
+    }
+
     async fn enqueue(&self, task: &NewTask) -> Result<Enqueued, StoreError> {
         let inserted = insert_task(self.p(), task, now_ms()).await?;
         self.wake_local();

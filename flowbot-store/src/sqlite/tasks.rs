@@ -425,6 +425,18 @@ pub(super) fn map_lite(e: rusqlite::Error) -> StoreError {
 
 #[async_trait]
 impl TaskQueue for SqliteStore {
+    async fn queued_after(&self, concurrency_key: &str, after: TaskId) -> Result<bool, StoreError> {
+        let row: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM flowbot_tasks WHERE concurrency_key = ?1 AND id > ?2 AND state = 'queued' LIMIT 1",
+        )
+        .bind(concurrency_key)
+        .bind(after.0)
+        .fetch_optional(self.r())
+        .await
+        .map_err(map_err)?;
+        Ok(row.is_some())
+    }
+
     async fn enqueue(&self, task: &NewTask) -> Result<Enqueued, StoreError> {
         self.write(|done| Write::Enqueue(task.clone(), Origin::of_caller(), done))
             .await
