@@ -17,7 +17,7 @@ use serde::Deserialize;
 mod llm;
 mod load;
 mod platforms;
-pub use llm::LlmConfig;
+pub use llm::{LlmConfig, Relevance};
 pub use platforms::{DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
 
 /// The whole configuration.

@@ -105,6 +105,9 @@ pub async fn assistant(config: &LlmConfig) -> Result<Option<Assistant>, RunError
         .approval(config.approval.iter().cloned())
         .limits(config.limits.clone())
         .stop_when_overtaken(config.stop_on_new_message);
+    if config.relevance == crate::config::Relevance::Keywords {
+        builder = builder.relevance(Arc::new(flowbot_llm::context::KeywordFilter::default()));
+    }
     if let Some(prompt) = &config.prompt {
         builder = builder.prompt(prompt.clone());
     }

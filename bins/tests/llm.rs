@@ -554,3 +554,40 @@ async fn a_newer_message_from_the_queue_stops_the_answer_too() {
     assert_eq!(fake.requests().len(), 2);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn with_keyword_relevance_unrelated_older_turns_stay_out_of_the_prompt() {
+    let fake = FakeProvider::start().await.unwrap();
+    fake.expect_key(None);
+    fake.respond_with(|_| Turn::Reply(Reply::text("Noted.")));
+    let base = format!("http://{}/v1", fake.addr());
+    let s = harness::start_with(move |c| {
+        let env = BTreeMap::from([("OPENAI_BASE_URL".to_owned(), base)]);
+        c.llm.from_openai_env(&env);
+        c.llm.relevance = flowbot_server::config::Relevance::Keywords;
+    })
+    .await;
+    let mut ws = harness::chat(&s, "lee", "c9").await;
+    for text in [
+        "what is the price of apples",
+        "how is the weather in Oslo",
+        "who won the football match",
+        "recommend some jazz music",
+        "and the price of pears",
+    ] {
+        assert_eq!(harness::say(&mut ws, text).await["text"], "Noted.");
+    }
+    let last = &chat_requests(&fake)[4]["messages"];
+    let texts: Vec<&str> = last
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    // The turn sharing "price" stays, the two latest stay, the unrelated weather goes.
+    assert!(texts.contains(&"what is the price of apples"), "{texts:?}");
+    assert!(texts.contains(&"who won the football match"), "{texts:?}");
+    assert!(texts.contains(&"recommend some jazz music"), "{texts:?}");
+    assert!(!texts.contains(&"how is the weather in Oslo"), "{texts:?}");
+    s.stop().await;
+}

@@ -8,6 +8,18 @@ use serde::Deserialize;
 
 use super::{ConfigError, err};
 
+/// How the history is filtered before each answer (`[llm] relevance`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Relevance {
+    /// Every turn that fits the context window.
+    #[default]
+    None,
+    /// Older turns sharing no keyword with the new message are left out (the two latest
+    /// always stay).
+    Keywords,
+}
+
 /// `[llm]`. Without any `[llm.models.*]` the bot has no model, unless the environment names
 /// an OpenAI-compatible endpoint (see [`LlmConfig::from_openai_env`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -33,6 +45,9 @@ pub struct LlmConfig {
     pub unmatched: bool,
     /// A newer message in the conversation stops an answer still being written.
     pub stop_on_new_message: bool,
+    /// Leave older history turns unrelated to the new message out of the prompt: `none`
+    /// (the default) or `keywords`.
+    pub relevance: Relevance,
     /// Budgets of a run and per day.
     pub limits: Limits,
     /// Models tried, in order, when a model fails (names under `[llm.models]`).
@@ -57,6 +72,7 @@ impl Default for LlmConfig {
             approval: Vec::new(),
             unmatched: true,
             stop_on_new_message: true,
+            relevance: Relevance::None,
             limits: Limits::default(),
             fallbacks: Vec::new(),
             retry: RetryConfig::default(),

@@ -49,7 +49,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use crate::PriceTable;
-use crate::context::{ContextError, ContextManager, summarize};
+use crate::context::{ContextError, ContextManager, RelevanceFilter, summarize};
 use crate::prompt::{MessageVars, Outcome, PromptContext, PromptError, SharedPrompts};
 use flowbot_core::store::KvStore;
 use serde_json::{Map, Value};
@@ -172,6 +172,7 @@ pub struct Agent {
     limits: Limits,
     cancel_on_new_message: bool,
     stop_when_overtaken: bool,
+    relevance: Option<Arc<dyn RelevanceFilter>>,
     active: Mutex<HashMap<String, CancellationToken>>,
     prompts: Option<Arc<SharedPrompts>>,
     prompt_vars: Map<String, Value>,
@@ -259,6 +260,14 @@ impl AgentBuilder {
     /// The limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.agent.limits = limits;
+        self
+    }
+
+    /// Leave older turns of the history unrelated to the new message out of the prompt (they
+    /// stay in the history): [`KeywordFilter`](crate::context::KeywordFilter), or an
+    /// [`EmbeddingFilter`](crate::context::EmbeddingFilter) over any embedder.
+    pub fn relevance(mut self, filter: Arc<dyn RelevanceFilter>) -> Self {
+        self.agent.relevance = Some(filter);
         self
     }
 
@@ -373,6 +382,7 @@ impl Agent {
                 limits: Limits::default(),
                 cancel_on_new_message: false,
                 stop_when_overtaken: true,
+                relevance: None,
                 active: Mutex::new(HashMap::new()),
                 prompts: None,
                 prompt_vars: Map::new(),
@@ -664,12 +674,16 @@ impl Agent {
 
     /// The context window for `model` with `tools`.
     fn context(&self, model: &dyn ChatModel, tools: &[ToolSpec]) -> ContextManager {
-        ContextManager::for_model(
+        let window = ContextManager::for_model(
             model.name(),
             self.limits.context_tokens,
             self.limits.answer_tokens,
         )
-        .with_tools(tools)
+        .with_tools(tools);
+        match &self.relevance {
+            Some(filter) => window.with_filter(filter.clone()),
+            None => window,
+        }
     }
 
     fn answer(&self, run: &RunState, text: String) -> Answer {
