@@ -14,9 +14,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+mod auth;
 mod llm;
 mod load;
 mod platforms;
+pub use auth::AuthConfig;
 pub use llm::{LlmConfig, Relevance};
 pub use platforms::{DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
 
@@ -56,6 +58,8 @@ pub struct Config {
     pub discord: BTreeMap<String, DiscordEntry>,
     /// The language model.
     pub llm: LlmConfig,
+    /// Who may use the admin API.
+    pub auth: AuthConfig,
 }
 
 /// `[notifiers.<name>]`: a send-only channel for the `notify` action, by `kind`.
@@ -549,6 +553,7 @@ impl Config {
             return Err(err("database.max_connections", "must be at least 1"));
         }
         self.llm.validate()?;
+        self.auth.validate(self.server.listen)?;
         let share = self.database.sqlite_work_share;
         if !(0.01..=1.0).contains(&share) {
             return Err(err(

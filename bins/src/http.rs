@@ -25,6 +25,7 @@ use utoipa_axum::routes;
 
 use crate::config::ServerConfig;
 
+pub mod auth;
 mod channels;
 mod llm;
 mod workflows;
@@ -51,6 +52,8 @@ pub struct AppState {
     /// The assistant's prompt library (`None` without `[llm]` models: the API then manages
     /// the database's prompts alone).
     pub prompts: Option<Arc<flowbot_llm::prompt::SharedPrompts>>,
+    /// Who may use the API ([`auth::guard`]).
+    pub gate: Arc<auth::Gate>,
 }
 
 type ApiResult<T> = Result<Json<T>, Problem>;
@@ -696,9 +699,27 @@ async fn delete_schedule(
         (name = "workflows", description = "Workflow definitions, runs, analytics and trigger hooks"),
         (name = "channels", description = "Chat channels' HTTP endpoints"),
         (name = "llm", description = "The assistant's runs (turns, tool calls, approvals, usage) and its prompt library (versions, activation, rollback, diffs, A/B splits, statistics)"),
-    )
+        (name = "auth", description = "API keys and the caller's identity"),
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
 )]
 struct ApiDoc;
+
+/// The API's credential: `Authorization: Bearer <API key or JWT>`.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}
 
 fn rules_err(e: flowbot_rules::Error) -> Problem {
     use flowbot_rules::Error as E;
@@ -850,8 +871,15 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(llm::diff_prompt))
         .routes(routes!(llm::split_prompt))
         .routes(routes!(llm::prompt_stats))
-        .with_state(state)
+        .routes(routes!(auth::whoami))
+        .routes(routes!(auth::list_keys, auth::create_key))
+        .routes(routes!(auth::get_key, auth::revoke_key))
+        .with_state(state.clone())
         .split_for_parts();
+    let router = router.route_layer(axum::middleware::from_fn_with_state(
+        state.gate.clone(),
+        auth::guard,
+    ));
     (router, doc)
 }
 

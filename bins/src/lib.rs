@@ -11,6 +11,7 @@
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod keys;
 pub mod llm;
 pub mod run;
 

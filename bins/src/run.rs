@@ -62,6 +62,9 @@ pub enum RunError {
     /// The language model is misconfigured or unreachable.
     #[error("{0}")]
     Llm(String),
+    /// A command-line command was misused.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Open the configured store (applying migrations).
@@ -369,6 +372,7 @@ pub async fn run_server_with(
         adapters,
         llm: assistant.as_ref().map(|a| a.metrics.clone()),
         prompts: assistant.as_ref().map(|a| a.prompts.clone()),
+        gate: Arc::new(gate(&config, &store)?),
     };
     let (api, mut doc) = http::api(state);
     http::channel_docs(
@@ -447,6 +451,31 @@ pub async fn run_server_with(
         Err(e) => tracing::error!(error = %e, "bot task failed"),
     }
     served
+}
+
+/// The admin API's gate from `[auth]` (the config was validated: a server reachable from the
+/// network has authentication, or says loudly that it runs without).
+pub fn gate(config: &Config, store: &Arc<dyn Store>) -> Result<http::auth::Gate, RunError> {
+    let auth = &config.auth;
+    let roles = auth.roles()?;
+    if !auth.required() {
+        if config.server.listen.ip().is_loopback() {
+            tracing::info!(
+                "the admin API needs no credential: it listens on loopback only ([auth] in docs/security.md)"
+            );
+        } else {
+            tracing::warn!(listen = %config.server.listen, "THE ADMIN API IS OPEN TO THE NETWORK WITHOUT AUTHENTICATION ([auth] allow_unauthenticated = true): anyone who reaches this address can read every conversation and change the bot");
+        }
+    }
+    Ok(http::auth::Gate {
+        keys: auth
+            .api_keys
+            .then(|| Arc::new(flowbot_core::auth::ApiKeys::new(store.clone()))),
+        roles: Arc::new(roles),
+        required: auth.required(),
+        hosts: auth.hosts(config.server.listen),
+        origins: config.server.cors_origins.clone(),
+    })
 }
 
 /// Run an agent (workers and schedules only) until `shutdown` is cancelled.

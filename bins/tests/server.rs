@@ -727,6 +727,9 @@ async fn rest_api_health_metrics_openapi_and_errors() {
         "/api/v1/llm/prompts/{name}/diff",
         "/api/v1/llm/prompts/{name}/split",
         "/api/v1/llm/prompts/{name}/stats",
+        "/api/v1/whoami",
+        "/api/v1/keys",
+        "/api/v1/keys/{id}",
     ] {
         assert!(
             paths.contains_key(p),
@@ -735,7 +738,7 @@ async fn rest_api_health_metrics_openapi_and_errors() {
     }
     assert_eq!(
         paths.len(),
-        43,
+        46,
         "no undocumented extras: {:?}",
         paths.keys().collect::<Vec<_>>()
     );

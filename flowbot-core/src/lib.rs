@@ -29,6 +29,7 @@
 
 mod action;
 mod ai;
+pub mod auth;
 mod bot;
 mod channel;
 mod commands;

@@ -20,6 +20,8 @@ pub struct Server {
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
     pub callbacks: Received,
+    /// The configuration it runs with.
+    pub config: Config,
     _dir: TempDir,
 }
 
@@ -58,6 +60,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
         .webhooks
         .insert("open".into(), WebhookEntry::default());
     tweak(&mut config);
+    let kept = config.clone();
     let stop = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel::<Running>();
     let s = stop.clone();
@@ -70,6 +73,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
         stop,
         task,
         callbacks,
+        config: kept,
         _dir: dir,
     }
 }

@@ -1,0 +1,513 @@
+//! Who may use the admin API: one layer ([`guard`]) in front of every route under `/api/v1`
+//! and `/metrics` that checks the `Host` (DNS rebinding), authenticates the caller (an API key
+//! or a JWT bearer token), refuses cross-site changes, and checks the route's permission
+//! ([`policy`]) against the caller's role. The keys API (`/api/v1/keys`) and `whoami` live
+//! here too.
+//!
+//! A route with no policy is refused to everyone (it fails closed), and the authorization
+//! matrix test walks the OpenAPI document, so a new route without a policy fails the suite.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use flowbot_channels::problem::Problem;
+use flowbot_core::auth::{
+    Access, ApiKeys, Identity, KeyInfo, Permission, Resource, Roles, VerifyError, Via,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{AppState, Status, path};
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Anyone: health, the OpenAPI document, trigger hooks (verified by their own secret).
+    Public,
+    /// Any authenticated caller.
+    Authenticated,
+    /// A permission.
+    Needs(Permission),
+    /// No policy is written for this route: nobody may use it.
+    Missing,
+}
+
+/// The policy of the route `template` (axum's matched path, e.g. `/api/v1/rules/{name}`)
+/// for `method`: reads need `<resource>:read`, anything else `<resource>:write`.
+pub fn policy(method: &Method, template: &str) -> Policy {
+    use Resource as R;
+    let access = if matches!(*method, Method::GET | Method::HEAD) {
+        Access::Read
+    } else {
+        Access::Write
+    };
+    let needs = |resource| Policy::Needs(Permission { resource, access });
+    match template {
+        "/healthz" | "/readyz" | "/api/v1/openapi.json" | "/hooks/trigger/{path}" => {
+            return Policy::Public;
+        }
+        "/metrics" => return Policy::Needs(Permission::read(R::Metrics)),
+        "/api/v1/whoami" => return Policy::Authenticated,
+        // Validating is reading: it changes nothing.
+        "/api/v1/rules/validate" => return Policy::Needs(Permission::read(R::Rules)),
+        "/api/v1/workflows/validate" => return Policy::Needs(Permission::read(R::Workflows)),
+        "/api/v1/workflows/{name}/analytics" => return Policy::Needs(Permission::read(R::Runs)),
+        // Starting a run acts on runs, not on the definition.
+        "/api/v1/workflows/{name}/runs" => return Policy::Needs(Permission::write(R::Runs)),
+        // An assistant run holds what people said.
+        "/api/v1/llm/runs" | "/api/v1/llm/runs/{id}" => {
+            return Policy::Needs(Permission::read(R::Conversations));
+        }
+        "/api/v1/llm/runs/{id}/feedback" | "/api/v1/llm/usage" => return needs(R::Runs),
+        _ => {}
+    }
+    let Some(rest) = template.strip_prefix("/api/v1/") else {
+        return Policy::Missing;
+    };
+    let resource = match rest.split('/').next().unwrap_or_default() {
+        "conversations" => R::Conversations,
+        "sessions" => R::Sessions,
+        "tasks" | "dead-letters" => R::Tasks,
+        "schedules" => R::Schedules,
+        "rules" => R::Rules,
+        "workflows" => R::Workflows,
+        "runs" => R::Runs,
+        "keys" => R::Keys,
+        "audit" => R::Audit,
+        "secrets" => R::Secrets,
+        "llm" if rest.starts_with("llm/prompts") => R::Prompts,
+        _ => return Policy::Missing,
+    };
+    needs(resource)
+}
+
+/// How the API authenticates callers.
+pub struct Gate {
+    /// API keys (when `[auth] api_keys` is on).
+    pub keys: Option<Arc<ApiKeys>>,
+    /// The roles callers act in.
+    pub roles: Arc<Roles>,
+    /// Whether a credential is required. Without one (a loopback server with no
+    /// authentication configured) every caller acts as `admin`, and only the `Host` and
+    /// cross-site checks stand in front of the API.
+    pub required: bool,
+    /// Host names (without port) the API answers to; empty: any.
+    pub hosts: Vec<String>,
+    /// Origins whose pages may make changes without a credential (`[server] cors_origins`).
+    pub origins: Vec<String>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("keys", &self.keys.is_some())
+            .field("required", &self.required)
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The host names a loopback server answers to (any port).
+pub const LOOPBACK_HOSTS: [&str; 4] = ["localhost", "127.0.0.1", "[::1]", "::1"];
+
+fn unauthorized(detail: impl Into<String>) -> Response {
+    let mut res = Problem::new(StatusCode::UNAUTHORIZED, detail).into_response();
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"flowbot\""),
+    );
+    res
+}
+
+fn forbidden(detail: impl Into<String>) -> Response {
+    Problem::new(StatusCode::FORBIDDEN, detail).into_response()
+}
+
+/// The host name of a `Host` header value, lower-cased, without the port.
+fn host_name(value: &str) -> String {
+    let v = value.trim().to_ascii_lowercase();
+    if v.starts_with('[') {
+        return v
+            .split_once(']')
+            .map_or(v.clone(), |(h, _)| format!("{h}]"));
+    }
+    match v.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            h.to_owned()
+        }
+        _ => v,
+    }
+}
+
+/// The credential in `Authorization: Bearer …` or `X-API-Key`.
+fn credential(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim());
+    }
+    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+}
+
+/// Whether a change arrives from a page of another site (Go's `CrossOriginProtection`
+/// rules: `Sec-Fetch-Site` when the browser sends it, else `Origin` against `Host`).
+fn cross_site(headers: &HeaderMap, origins: &[String]) -> bool {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if origin.is_some_and(|o| origins.iter().any(|t| t == o)) {
+        return false;
+    }
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return !matches!(site, "same-origin" | "none");
+    }
+    let Some(origin) = origin else {
+        // Not from a browser: browsers send Origin with every cross-site change.
+        return false;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let origin_host = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .trim_end_matches('/');
+    !origin_host.eq_ignore_ascii_case(host)
+}
+
+impl Gate {
+    /// Who is calling; with no credential where none is required, a local `admin`.
+    async fn identify(&self, headers: &HeaderMap) -> Result<Identity, Response> {
+        let Some(presented) = credential(headers) else {
+            if self.required {
+                return Err(unauthorized(
+                    "this API needs a credential: send 'Authorization: Bearer <API key>'",
+                ));
+            }
+            let role = self
+                .roles
+                .get("admin")
+                .ok_or_else(|| forbidden("no admin role"))?;
+            return Ok(Identity {
+                subject: "local".into(),
+                role,
+                via: Via::Unauthenticated,
+            });
+        };
+        if ApiKeys::looks_like_key(presented) {
+            let Some(keys) = &self.keys else {
+                return Err(unauthorized(
+                    "API keys are not accepted here ([auth] api_keys is off)",
+                ));
+            };
+            return match keys.verify(presented).await {
+                Ok(key) => self.identity_of_key(key),
+                Err(VerifyError::Rejected(why)) => {
+                    tracing::info!(reason = %why, "API key refused");
+                    Err(unauthorized(why.to_string()))
+                }
+                Err(VerifyError::Store(e)) => {
+                    tracing::warn!(error = %e, "cannot check an API key");
+                    Err(Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "cannot check the API key now: the database is unavailable",
+                    )
+                    .into_response())
+                }
+            };
+        }
+        Err(unauthorized(
+            "the bearer credential is not an API key this server accepts",
+        ))
+    }
+
+    fn identity_of_key(&self, key: KeyInfo) -> Result<Identity, Response> {
+        let role = self.roles.get(&key.role).ok_or_else(|| {
+            forbidden(format!(
+                "the key's role '{}' is not defined on this server",
+                key.role
+            ))
+        })?;
+        Ok(Identity {
+            subject: key.name,
+            role,
+            via: Via::ApiKey { id: key.id },
+        })
+    }
+}
+
+/// The layer in front of the admin API (see the module docs). The caller's [`Identity`]
+/// goes into the request's extensions.
+pub async fn guard(
+    State(gate): State<Arc<Gate>>,
+    matched: Option<MatchedPath>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let template = matched.as_ref().map_or("", MatchedPath::as_str);
+    let policy = policy(req.method(), template);
+    if policy == Policy::Public {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    if !gate.hosts.is_empty()
+        && let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok())
+        && !gate.hosts.contains(&host_name(host))
+    {
+        return Problem::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this server does not answer to the host '{}': add it to [auth] allowed_hosts",
+                host_name(host)
+            ),
+        )
+        .into_response();
+    }
+    let has_credential = credential(headers).is_some();
+    let identity = match gate.identify(headers).await {
+        Ok(i) => i,
+        Err(res) => return res,
+    };
+    // A browser attaches no bearer credential on its own: only a change without one can be
+    // forged by another site's page.
+    if !has_credential
+        && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && cross_site(req.headers(), &gate.origins)
+    {
+        return forbidden(
+            "a change from another site's page is refused: send a credential, or list the page's origin in [server] cors_origins",
+        );
+    }
+    match policy {
+        Policy::Public | Policy::Authenticated => {}
+        Policy::Needs(p) if identity.allows(p) => {}
+        Policy::Needs(p) => {
+            return forbidden(format!(
+                "the role '{}' does not have the permission {p}",
+                identity.role.name()
+            ));
+        }
+        Policy::Missing => {
+            return forbidden(format!(
+                "{} {template}: no access policy is written for this route",
+                req.method()
+            ));
+        }
+    }
+    req.extensions_mut().insert(identity);
+    next.run(req).await
+}
+
+/// The caller, as the API sees them.
+#[derive(Serialize, ToSchema)]
+pub(super) struct WhoAmI {
+    subject: String,
+    role: String,
+    /// `api_key`, `jwt`, `session` or `unauthenticated`.
+    method: String,
+    /// The API key's id, when one was used.
+    key: Option<String>,
+    permissions: Vec<String>,
+}
+
+/// Who the credential sent stands for, and what it may do.
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "auth",
+    responses((status = 200, body = WhoAmI), (status = 401, body = super::ProblemDoc)))]
+pub(super) async fn whoami(identity: axum::Extension<Identity>) -> Json<WhoAmI> {
+    let (method, key) = match &identity.via {
+        Via::ApiKey { id } => ("api_key", Some(id.clone())),
+        Via::Jwt => ("jwt", None),
+        Via::Session => ("session", None),
+        Via::Unauthenticated => ("unauthenticated", None),
+    };
+    Json(WhoAmI {
+        subject: identity.subject.clone(),
+        role: identity.role.name().to_owned(),
+        method: method.into(),
+        key,
+        permissions: identity.role.permissions().map(|p| p.to_string()).collect(),
+    })
+}
+
+/// A key to make.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewKey {
+    /// What the key is for (1 to 100 characters).
+    name: String,
+    /// The role it acts in.
+    role: String,
+    /// When it stops working (RFC 3339); never by default.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// A key just made: `key` is shown this once.
+#[derive(Serialize, ToSchema)]
+pub(super) struct CreatedKeyDoc {
+    #[schema(value_type = Object)]
+    #[serde(flatten)]
+    info: KeyInfo,
+    /// The whole key (`fbk_<id>_<secret>`): store it now, it is not shown again.
+    key: String,
+}
+
+fn keys_of(s: &AppState) -> Result<&Arc<ApiKeys>, Problem> {
+    s.gate.keys.as_ref().ok_or_else(|| {
+        Problem::new(
+            StatusCode::CONFLICT,
+            "API keys are off on this server: set [auth] api_keys = true",
+        )
+    })
+}
+
+fn key_err(e: flowbot_core::auth::AuthError) -> Problem {
+    match e {
+        flowbot_core::auth::AuthError::Store(e) => super::store_err(e),
+        other => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
+    }
+}
+
+/// Every API key (never their secrets), newest first.
+#[utoipa::path(get, path = "/api/v1/keys", tag = "auth",
+    responses((status = 200, body = Vec<Object>), (status = 409, body = super::ProblemDoc)))]
+pub(super) async fn list_keys(State(s): State<AppState>) -> Result<Json<Vec<KeyInfo>>, Problem> {
+    Ok(Json(keys_of(&s)?.list().await.map_err(key_err)?))
+}
+
+/// Make an API key. The answer holds the key; it is not shown again.
+#[utoipa::path(post, path = "/api/v1/keys", tag = "auth", request_body = NewKey,
+    responses((status = 201, body = CreatedKeyDoc), (status = 422, body = super::ProblemDoc)))]
+pub(super) async fn create_key(
+    State(s): State<AppState>,
+    body: Result<Json<NewKey>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedKeyDoc>), Problem> {
+    let Json(new) = body.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let keys = keys_of(&s)?;
+    if s.gate.roles.get(&new.role).is_none() {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "no role '{}' (one of {})",
+                new.role,
+                s.gate.roles.names().join(", ")
+            ),
+        ));
+    }
+    let made = keys
+        .create(&new.name, &new.role, new.expires_at)
+        .await
+        .map_err(key_err)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKeyDoc {
+            info: made.info,
+            key: made.key,
+        }),
+    ))
+}
+
+/// One key.
+#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "auth", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = super::ProblemDoc)))]
+pub(super) async fn get_key(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<KeyInfo>, Problem> {
+    let id = path(p)?;
+    keys_of(&s)?
+        .get(&id)
+        .await
+        .map_err(key_err)?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(format!("no API key '{id}'")))
+}
+
+/// Revoke a key: it stops working at once on this server, within seconds on others.
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "auth", params(("id" = String, Path)),
+    responses((status = 200, body = Status), (status = 404, body = super::ProblemDoc)))]
+pub(super) async fn revoke_key(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<Status>, Problem> {
+    let id = path(p)?;
+    keys_of(&s)?
+        .revoke(&id)
+        .await
+        .map_err(key_err)?
+        .ok_or_else(|| Problem::not_found(format!("no API key '{id}'")))?;
+    Ok(Json(Status {
+        status: "revoked".into(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_lose_their_ports() {
+        assert_eq!(host_name("LocalHost:8080"), "localhost");
+        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
+        assert_eq!(host_name("[::1]:80"), "[::1]");
+        assert_eq!(host_name("evil.example:1:2"), "evil.example:1:2");
+    }
+
+    #[test]
+    fn cross_site_changes_are_recognised() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().expect("header"));
+            }
+            m
+        };
+        assert!(!cross_site(&h(&[]), &[]), "curl");
+        assert!(!cross_site(&h(&[("sec-fetch-site", "same-origin")]), &[]));
+        assert!(cross_site(&h(&[("sec-fetch-site", "cross-site")]), &[]));
+        assert!(cross_site(
+            &h(&[
+                ("origin", "http://evil.example"),
+                ("host", "127.0.0.1:8080")
+            ]),
+            &[]
+        ));
+        assert!(!cross_site(
+            &h(&[
+                ("origin", "http://127.0.0.1:8080"),
+                ("host", "127.0.0.1:8080")
+            ]),
+            &[]
+        ));
+        assert!(!cross_site(
+            &h(&[
+                ("origin", "https://admin.example"),
+                ("sec-fetch-site", "cross-site")
+            ]),
+            &["https://admin.example".into()]
+        ));
+    }
+
+    #[test]
+    fn routes_map_to_permissions() {
+        let p = |m: Method, t: &str| policy(&m, t);
+        assert_eq!(
+            p(Method::DELETE, "/api/v1/rules/{name}"),
+            Policy::Needs(Permission::write(Resource::Rules))
+        );
+        assert_eq!(
+            p(Method::GET, "/api/v1/dead-letters"),
+            Policy::Needs(Permission::read(Resource::Tasks))
+        );
+        assert_eq!(p(Method::POST, "/hooks/trigger/{path}"), Policy::Public);
+        assert_eq!(p(Method::GET, "/api/v1/unheard-of"), Policy::Missing);
+        assert_eq!(p(Method::GET, "/elsewhere"), Policy::Missing);
+    }
+}

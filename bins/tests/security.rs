@@ -1,0 +1,461 @@
+//! Who may use the admin API: API keys (made on the command line and through the API,
+//! revoked, expired), the authorization matrix over every route of the OpenAPI document,
+//! DNS rebinding and cross-site changes on an open loopback server, and the refusal to serve
+//! an open API to the network.
+
+mod common;
+mod harness;
+
+use std::collections::BTreeMap;
+
+use flowbot_server::http::auth::{Policy, policy};
+use harness::{problem, start_with};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Make a key on the server's database as `flowbot-server keys create` does; the key.
+async fn cli_key(config: &flowbot_server::config::Config, name: &str, role: &str) -> String {
+    let args: Vec<String> = ["create", "--name", name, "--role", role]
+        .map(str::to_owned)
+        .to_vec();
+    let out = flowbot_server::keys::command(config, &args)
+        .await
+        .expect("keys create");
+    out.lines()
+        .find(|l| l.starts_with("fbk_"))
+        .unwrap_or_else(|| panic!("a key in {out}"))
+        .to_owned()
+}
+
+/// A path of the document with its parameters filled in.
+fn concrete(template: &str) -> String {
+    template
+        .split('/')
+        .map(|seg| match seg {
+            "{id}" => "1".to_owned(),
+            s if s.starts_with('{') => "x".to_owned(),
+            s => s.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_as_the_matrix_says() {
+    let s = start_with(|c| {
+        c.auth.api_keys = true;
+        c.auth.roles.insert(
+            "support".into(),
+            vec!["conversations:read".into(), "sessions:*".into()],
+        );
+    })
+    .await;
+    let admin = cli_key(&s.config, "root", "admin").await;
+    let http = reqwest::Client::new();
+
+    // The other roles' keys come from the API.
+    let mut keys = BTreeMap::new();
+    for role in ["editor", "operator", "viewer", "support"] {
+        let res = http
+            .post(format!("{}/api/v1/keys", s.base))
+            .bearer_auth(&admin)
+            .json(&json!({"name": format!("{role} key"), "role": role}))
+            .send()
+            .await
+            .expect("create key");
+        assert_eq!(res.status().as_u16(), 201);
+        let made: Value = res.json().await.expect("json");
+        assert_eq!(made["role"], role);
+        keys.insert(role, made["key"].as_str().expect("key").to_owned());
+    }
+    keys.insert("admin", admin.clone());
+    let roles = s.config.auth.roles().expect("roles");
+
+    let doc: Value = http
+        .get(format!("{}/api/v1/openapi.json", s.base))
+        .send()
+        .await
+        .expect("doc")
+        .json()
+        .await
+        .expect("json");
+    let mut checked = 0;
+    for (template, item) in doc["paths"].as_object().expect("paths") {
+        // Platform webhooks and web chat are public surfaces with their own verification.
+        if !(template.starts_with("/api/v1/") || template == "/metrics") {
+            continue;
+        }
+        for method in ["get", "post", "put", "delete", "patch"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let m: Method = method.to_uppercase().parse().expect("method");
+            let rule = policy(&m, template);
+            assert_ne!(
+                rule,
+                Policy::Missing,
+                "{method} {template} has no access policy"
+            );
+            let url = format!("{}{}", s.base, concrete(template));
+            let send = |key: Option<&str>| {
+                let mut req = http.request(m.clone(), &url);
+                if matches!(m, Method::POST | Method::PUT | Method::PATCH) {
+                    req = req.json(&json!({}));
+                }
+                if let Some(k) = key {
+                    req = req.bearer_auth(k);
+                }
+                req.send()
+            };
+            let anonymous = send(None).await.expect("send").status().as_u16();
+            match rule {
+                Policy::Public => assert!(
+                    anonymous != 401 && anonymous != 403,
+                    "{method} {template} is public, got {anonymous}"
+                ),
+                _ => assert_eq!(anonymous, 401, "{method} {template} without a credential"),
+            }
+            let bad = send(Some(
+                "fbk_000000000000_0000000000000000000000000000000000000000000000000000000000000000",
+            ))
+            .await
+            .expect("send")
+            .status()
+            .as_u16();
+            if rule != Policy::Public {
+                assert_eq!(bad, 401, "{method} {template} with an unknown key");
+            }
+            for (role, key) in &keys {
+                let status = send(Some(key)).await.expect("send").status().as_u16();
+                let allowed = match rule {
+                    Policy::Public | Policy::Authenticated => true,
+                    Policy::Needs(p) => roles.get(role).expect("role").allows(p),
+                    Policy::Missing => false,
+                };
+                if allowed {
+                    assert!(
+                        status != 401 && status != 403 && status < 500,
+                        "{method} {template} as {role}: allowed, got {status}"
+                    );
+                } else {
+                    assert_eq!(status, 403, "{method} {template} as {role}");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "the matrix covered {checked} routes");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_shown_once_stored_hashed_revoked_and_expire() {
+    let s = start_with(|c| c.auth.api_keys = true).await;
+    let admin = cli_key(&s.config, "root", "admin").await;
+    let http = reqwest::Client::new();
+    let api = |path: &str| format!("{}/api/v1{path}", s.base);
+
+    let me: Value = http
+        .get(api("/whoami"))
+        .header("x-api-key", &admin)
+        .send()
+        .await
+        .expect("whoami")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (me["subject"].as_str(), me["role"].as_str()),
+        (Some("root"), Some("admin"))
+    );
+    assert_eq!(me["method"], "api_key");
+
+    let made: Value = http
+        .post(api("/keys"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "ci", "role": "viewer"}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let key = made["key"].as_str().expect("key").to_owned();
+    let id = made["id"].as_str().expect("id").to_owned();
+    assert!(key.starts_with(&format!("fbk_{id}_")));
+
+    // Listing and reading never show the secret, nor does the database hold it.
+    let listed = http
+        .get(api("/keys"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("list")
+        .text()
+        .await
+        .expect("text");
+    let secret = key.rsplit('_').next().expect("secret");
+    assert!(listed.contains(&id) && !listed.contains(secret), "{listed}");
+    let db = std::fs::read(s.config.database.url.trim_start_matches("sqlite://")).expect("db");
+    assert!(
+        !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the secret is not stored"
+    );
+
+    // The viewer reads, cannot change, and cannot manage keys.
+    let get = |k: &str, path: &str| http.get(api(path)).bearer_auth(k.to_owned()).send();
+    assert_eq!(get(&key, "/rules").await.expect("rules").status(), 200);
+    let denied = problem(get(&key, "/keys").await.expect("keys"), 403).await;
+    assert!(
+        denied["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("keys:read"),
+        "{denied}"
+    );
+
+    // Bad input to the keys API is a clear 4xx.
+    for (body, status) in [
+        (json!({"name": "x", "role": "wizard"}), 422),
+        (json!({"name": "", "role": "viewer"}), 422),
+        (
+            json!({"name": "x", "role": "viewer", "expires_at": "2001-01-01T00:00:00Z"}),
+            422,
+        ),
+        (json!({"name": "x"}), 400),
+    ] {
+        let res = http
+            .post(api("/keys"))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await
+            .expect("create");
+        problem(res, status).await;
+    }
+
+    // Revoked: refused at once.
+    let res = http
+        .delete(api(&format!("/keys/{id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(res.status(), 200);
+    let refused = problem(get(&key, "/rules").await.expect("rules"), 401).await;
+    assert_eq!(refused["detail"], "the API key was revoked");
+    let info: Value = get(&admin, &format!("/keys/{id}"))
+        .await
+        .expect("key")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        info["revoked_at"].is_string() && info["last_used_at"].is_string(),
+        "{info}"
+    );
+
+    // A key past its expiry is refused.
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(300);
+    let short: Value = http
+        .post(api("/keys"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "short", "role": "viewer", "expires_at": soon}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let short = short["key"].as_str().expect("key").to_owned();
+    assert_eq!(get(&short, "/rules").await.expect("rules").status(), 200);
+    let wait = (soon - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + std::time::Duration::from_millis(50)).await;
+    let expired = problem(get(&short, "/rules").await.expect("rules"), 401).await;
+    assert_eq!(expired["detail"], "the API key has expired");
+
+    // Malformed credentials.
+    for bad in ["fbk_nothex", "Basic abc", "eyJhbGciOiJub25lIn0.e30."] {
+        let res = http
+            .get(api("/rules"))
+            .header(
+                "authorization",
+                if bad.starts_with("Basic") {
+                    bad.to_owned()
+                } else {
+                    format!("Bearer {bad}")
+                },
+            )
+            .send()
+            .await
+            .expect("send");
+        let p = problem(res, 401).await;
+        assert!(!p["detail"].as_str().expect("detail").contains(bad), "{p}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loopback_api_refuses_foreign_hosts_and_cross_site_changes() {
+    let s = start_with(|_| {}).await;
+    let http = reqwest::Client::new();
+    let rules = format!("{}/api/v1/rules", s.base);
+    // Local tools need nothing.
+    assert_eq!(http.get(&rules).send().await.expect("get").status(), 200);
+    // A page served from a name that resolves here (DNS rebinding) is refused.
+    let res = http
+        .get(&rules)
+        .header("host", "rebind.evil.example")
+        .send()
+        .await
+        .expect("get");
+    let p = problem(res, 421).await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("allowed_hosts"),
+        "{p}"
+    );
+    // Another site's page cannot make changes.
+    let rule = json!({"name": "x", "when": {"text": "x"}, "then": [{"reply": "y"}]});
+    for (k, v) in [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let res = http
+            .post(&rules)
+            .header(k, v)
+            .json(&rule)
+            .send()
+            .await
+            .expect("post");
+        let p = problem(res, 403).await;
+        assert!(
+            p["detail"]
+                .as_str()
+                .expect("detail")
+                .contains("another site"),
+            "{p}"
+        );
+    }
+    // The server's own pages can.
+    let res = http
+        .post(format!("{}/api/v1/rules/validate", s.base))
+        .header("origin", s.base.clone())
+        .header("sec-fetch-site", "same-origin")
+        .json(&rule)
+        .send()
+        .await
+        .expect("post");
+    assert!(res.status().is_success(), "{}", res.status());
+    let me: Value = http
+        .get(format!("{}/api/v1/whoami", s.base))
+        .send()
+        .await
+        .expect("whoami")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["method"], "unauthenticated");
+    s.stop().await;
+}
+
+const SERVER: &str = env!("CARGO_BIN_EXE_flowbot-server");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_open_to_the_network_refuses_to_start_unless_told() {
+    let dir = common::TempDir::new("flowbot-open");
+    let port = common::free_port();
+    let db = format!("sqlite://{}/flowbot.db", dir.0.display());
+    let env = |extra: &[(&str, &str)]| {
+        let mut e = vec![
+            common::kv("FLOWBOT_SERVER__LISTEN", format!("0.0.0.0:{port}")),
+            common::kv("FLOWBOT_DATABASE__URL", db.clone()),
+        ];
+        e.extend(extra.iter().map(|(k, v)| common::kv(k, *v)));
+        e
+    };
+    let log = dir.0.join("refused.log");
+    let status = common::spawn(SERVER, &[], &env(&[]), &log)
+        .wait()
+        .await
+        .expect("exit");
+    assert_eq!(status.code(), Some(2));
+    let err = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        err.contains("server.listen")
+            && err.contains("api_keys = true")
+            && err.contains("allow_unauthenticated"),
+        "{err}"
+    );
+
+    // Told: it starts, and says so loudly.
+    let log = dir.0.join("open.log");
+    let mut child = common::spawn(
+        SERVER,
+        &[],
+        &env(&[("FLOWBOT_AUTH__ALLOW_UNAUTHENTICATED", "true")]),
+        &log,
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    common::wait_ready(&base, &log).await;
+    let said = std::fs::read_to_string(&log).expect("log");
+    assert!(said.contains("WITHOUT AUTHENTICATION"), "{said}");
+    child.kill().await.expect("kill");
+
+    // With keys: the command line makes one, and only it opens the API.
+    let keys_env = env(&[("FLOWBOT_AUTH__API_KEYS", "true")]);
+    let out = tokio::process::Command::new(SERVER)
+        .args(["keys", "create", "--name", "ops", "--role", "operator"])
+        .envs(keys_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .await
+        .expect("keys create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let key = stdout
+        .lines()
+        .find(|l| l.starts_with("fbk_"))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_owned();
+    let listed = tokio::process::Command::new(SERVER)
+        .args(["keys", "list"])
+        .envs(keys_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .await
+        .expect("keys list");
+    let listed = String::from_utf8(listed.stdout).expect("utf-8");
+    assert!(
+        listed.contains("ops") && listed.contains("operator") && !listed.contains(&key[17..]),
+        "{listed}"
+    );
+    let bad = tokio::process::Command::new(SERVER)
+        .args(["keys", "create", "--name", "x", "--role", "wizard"])
+        .envs(keys_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .await
+        .expect("keys create");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no role 'wizard'"));
+
+    let log = dir.0.join("keys.log");
+    let _child = common::spawn(SERVER, &[], &keys_env, &log);
+    common::wait_ready(&base, &log).await;
+    let http = reqwest::Client::new();
+    let tasks = format!("{base}/api/v1/tasks");
+    assert_eq!(http.get(&tasks).send().await.expect("get").status(), 401);
+    assert_eq!(
+        http.get(&tasks)
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
+}
