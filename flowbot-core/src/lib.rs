@@ -16,6 +16,8 @@
 //! - the AI traits other crates implement: [`ChatModel`] and [`Embedder`] (in [`llm`]) and
 //!   [`Classifier`].
 //!
+//! With the `jwt` feature, [`jwt`] verifies JSON Web Tokens (shared secrets or a JWKS URL).
+//!
 //! Storage backends live in `flowbot-store`.
 //!
 //! ## Task delivery guarantees
@@ -36,6 +38,8 @@ mod commands;
 mod draft;
 mod error;
 mod in_process;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 pub mod lease;
 pub mod llm;
 mod message;
