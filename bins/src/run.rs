@@ -467,7 +467,22 @@ pub fn gate(config: &Config, store: &Arc<dyn Store>) -> Result<http::auth::Gate,
             tracing::warn!(listen = %config.server.listen, "THE ADMIN API IS OPEN TO THE NETWORK WITHOUT AUTHENTICATION ([auth] allow_unauthenticated = true): anyone who reaches this address can read every conversation and change the bot");
         }
     }
+    let jwt = match &auth.jwt {
+        Some(j) => Some(http::auth::JwtAuth {
+            verifier: flowbot_core::jwt::JwtVerifier::new(j.verifier()?).map_err(|e| {
+                crate::config::ConfigError {
+                    path: "auth.jwt".into(),
+                    message: e.to_string(),
+                }
+            })?,
+            subject_claim: j.subject_claim.clone(),
+            role_claim: j.role_claim.clone(),
+            roles: j.roles.clone(),
+        }),
+        None => None,
+    };
     Ok(http::auth::Gate {
+        jwt,
         keys: auth
             .api_keys
             .then(|| Arc::new(flowbot_core::auth::ApiKeys::new(store.clone()))),

@@ -377,9 +377,15 @@ async fn a_server_open_to_the_network_refuses_to_start_unless_told() {
         e
     };
     let log = dir.0.join("refused.log");
-    let status = common::spawn(SERVER, &[], &env(&[]), &log)
-        .wait()
+    let mut refused = common::spawn(SERVER, &[], &env(&[]), &log);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(60), refused.wait())
         .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the server started open on 0.0.0.0; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
         .expect("exit");
     assert_eq!(status.code(), Some(2));
     let err = std::fs::read_to_string(&log).expect("log");
@@ -458,4 +464,98 @@ async fn a_server_open_to_the_network_refuses_to_start_unless_told() {
             .status(),
         200
     );
+}
+
+const JWT_SECRET: &str = "a shared secret of at least thirty-two bytes";
+
+fn token(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()).expect("key"),
+    )
+    .expect("sign")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_jwts_map_their_claims_to_roles() {
+    let s = start_with(|c| {
+        c.auth.jwt = Some(
+            toml::from_str(&format!(
+                r#"secrets = ["{JWT_SECRET}"]
+                issuer = "https://idp.example"
+                audience = "flowbot"
+                role_claim = "realm_access.roles"
+                roles = {{ "bot-admins" = "admin", "bot-readers" = "viewer" }}"#
+            ))
+            .expect("jwt section"),
+        );
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let now = chrono::Utc::now().timestamp();
+    let claims = |roles: Value, exp: i64| {
+        json!({"sub": "ada@example.com", "iss": "https://idp.example", "aud": "flowbot",
+               "exp": exp, "realm_access": {"roles": roles}})
+    };
+    let call = |t: String| {
+        http.get(format!("{}/api/v1/whoami", s.base))
+            .bearer_auth(t)
+            .send()
+    };
+    let me: Value = call(token(claims(json!(["other", "bot-readers"]), now + 300)))
+        .await
+        .expect("whoami")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (
+            me["subject"].as_str(),
+            me["role"].as_str(),
+            me["method"].as_str()
+        ),
+        (Some("ada@example.com"), Some("viewer"), Some("jwt"))
+    );
+    let viewer = token(claims(json!(["bot-readers"]), now + 300));
+    let res = http
+        .delete(format!("{}/api/v1/rules/x", s.base))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .expect("delete");
+    problem(res, 403).await;
+    let admin = token(claims(json!("bot-admins"), now + 300));
+    let res = http
+        .get(format!("{}/api/v1/keys", s.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("keys");
+    // The admin may, but keys are off on this server.
+    problem(res, 409).await;
+
+    // Refused: no role of ours, expired, another issuer, tampered.
+    problem(
+        call(token(claims(json!(["nobody"]), now + 300)))
+            .await
+            .expect("call"),
+        403,
+    )
+    .await;
+    let expired = token(claims(json!(["bot-admins"]), now - 3600));
+    let p = problem(call(expired.clone()).await.expect("call"), 401).await;
+    assert_eq!(p["detail"], "the token has expired");
+    let mut other = claims(json!(["bot-admins"]), now + 300);
+    other["iss"] = "https://evil.example".into();
+    problem(call(token(other)).await.expect("call"), 401).await;
+    let mut tampered = admin.clone();
+    tampered.pop();
+    tampered.push(if admin.ends_with('A') { 'B' } else { 'A' });
+    let p = problem(call(tampered.clone()).await.expect("call"), 401).await;
+    assert!(
+        !p.to_string().contains(&tampered),
+        "the token is not echoed"
+    );
+    s.stop().await;
 }

@@ -27,12 +27,95 @@ pub struct AuthConfig {
     /// Roles of this installation beyond the built-in `admin`, `editor`, `operator` and
     /// `viewer`, by name: each a list of grants (`rules:read`, `runs:*`, `*:read`).
     pub roles: BTreeMap<String, Vec<String>>,
+    /// Bearer JWTs from an identity provider or a shared secret.
+    pub jwt: Option<JwtAuthConfig>,
+}
+
+/// `[auth.jwt]`: bearer JWTs, signed with a shared secret (HS256) or a key of the
+/// provider's JWK Set (RS256, ES256…), mapped to roles by a claim.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuthConfig {
+    /// Shared secrets (at least 32 bytes each; several while one replaces another).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// The provider's JWK Set, e.g. `https://idp.example/.well-known/jwks.json`.
+    pub jwks_url: Option<String>,
+    /// Algorithms accepted (default: HS256 with secrets, RS256 and ES256 with a JWKS).
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// The `iss` tokens must carry.
+    pub issuer: Option<String>,
+    /// The audience `aud` must name.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (default 60, at most 86400).
+    #[serde(default = "leeway")]
+    pub leeway_secs: u64,
+    /// The claim naming the caller (default `sub`).
+    #[serde(default = "sub")]
+    pub subject_claim: String,
+    /// The claim holding the caller's role or roles (a string or a list; a dotted path
+    /// reaches into objects, e.g. `realm_access.roles`). Default `role`.
+    #[serde(default = "role")]
+    pub role_claim: String,
+    /// Claim values → role names (e.g. `"flowbot-admins" = "admin"`). Without a map, a
+    /// claim value is a role name. A token whose values name no role is refused (403).
+    #[serde(default)]
+    pub roles: BTreeMap<String, String>,
+}
+
+fn leeway() -> u64 {
+    60
+}
+
+fn sub() -> String {
+    "sub".into()
+}
+
+fn role() -> String {
+    "role".into()
+}
+
+impl JwtAuthConfig {
+    /// The verifier's settings.
+    pub fn verifier(&self) -> Result<flowbot_core::jwt::JwtConfig, ConfigError> {
+        use flowbot_core::jwt::JwtConfig;
+        let mut config = match (&self.jwks_url, self.secrets.is_empty()) {
+            (Some(url), true) => JwtConfig::jwks(url.clone()),
+            (None, false) => JwtConfig::secrets(self.secrets.iter().map(String::as_bytes)),
+            _ => {
+                return Err(err(
+                    "auth.jwt",
+                    "set either secrets (shared secrets) or jwks_url (the provider's keys), not both",
+                ));
+            }
+        };
+        let mut algorithms = Vec::new();
+        for a in &self.algorithms {
+            algorithms.push(a.parse().map_err(|e: flowbot_core::jwt::JwtError| {
+                err("auth.jwt.algorithms", e.to_string())
+            })?);
+        }
+        config = config
+            .algorithms(algorithms)
+            .leeway(std::time::Duration::from_secs(self.leeway_secs));
+        if let Some(i) = &self.issuer {
+            config = config.issuer(i.clone());
+        }
+        if let Some(a) = &self.audience {
+            config = config.audience(a.clone());
+        }
+        config
+            .validate()
+            .map_err(|e| err("auth.jwt", e.to_string()))?;
+        Ok(config)
+    }
 }
 
 impl AuthConfig {
     /// Whether callers must present a credential.
     pub fn required(&self) -> bool {
-        self.api_keys
+        self.api_keys || self.jwt.is_some()
     }
 
     /// The roles: the built-in ones and `[auth.roles]`.
@@ -62,7 +145,18 @@ impl AuthConfig {
     /// Check the section against the address the server listens on: a server reachable from
     /// the network needs authentication, or the explicit opt-out.
     pub(super) fn validate(&self, listen: SocketAddr) -> Result<(), ConfigError> {
-        self.roles()?;
+        let roles = self.roles()?;
+        if let Some(jwt) = &self.jwt {
+            jwt.verifier()?;
+            for (value, role) in &jwt.roles {
+                if roles.get(role).is_none() {
+                    return Err(err(
+                        format!("auth.jwt.roles.{value}"),
+                        format!("no role '{role}' (one of {})", roles.names().join(", ")),
+                    ));
+                }
+            }
+        }
         for h in &self.allowed_hosts {
             if h.trim().is_empty() || h.contains('/') || h.contains(' ') {
                 return Err(err(
@@ -77,7 +171,7 @@ impl AuthConfig {
                 format!(
                     "{listen} is reachable from the network, and the admin API has no authentication: \
                      set [auth] api_keys = true and make a key with `flowbot-server keys create --name NAME --role admin`, \
-                     or listen on 127.0.0.1; to serve the API open anyway, set [auth] allow_unauthenticated = true"
+                     or configure [auth.jwt], or listen on 127.0.0.1; to serve the API open anyway, set [auth] allow_unauthenticated = true"
                 ),
             ));
         }

@@ -87,10 +87,48 @@ pub fn policy(method: &Method, template: &str) -> Policy {
     needs(resource)
 }
 
+/// Bearer JWTs: the verifier and how claims become an identity.
+pub struct JwtAuth {
+    /// Checks signatures and the registered claims.
+    pub verifier: flowbot_core::jwt::JwtVerifier,
+    /// The claim naming the caller.
+    pub subject_claim: String,
+    /// The claim (a dotted path) holding the role or roles.
+    pub role_claim: String,
+    /// Claim values → role names; empty: the values are role names.
+    pub roles: std::collections::BTreeMap<String, String>,
+}
+
+impl JwtAuth {
+    /// The first role the token's role claim names (through the map, if any).
+    fn role_of(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+        let mut parts = self.role_claim.split('.');
+        let first = parts.next()?;
+        let mut value = claims.get(first)?;
+        for p in parts {
+            value = value.get(p)?;
+        }
+        let values: Vec<&str> = match value {
+            serde_json::Value::String(s) => vec![s.as_str()],
+            serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        values.into_iter().find_map(|v| {
+            if self.roles.is_empty() {
+                Some(v.to_owned())
+            } else {
+                self.roles.get(v).cloned()
+            }
+        })
+    }
+}
+
 /// How the API authenticates callers.
 pub struct Gate {
     /// API keys (when `[auth] api_keys` is on).
     pub keys: Option<Arc<ApiKeys>>,
+    /// Bearer JWTs (when `[auth.jwt]` is set).
+    pub jwt: Option<JwtAuth>,
     /// The roles callers act in.
     pub roles: Arc<Roles>,
     /// Whether a credential is required. Without one (a loopback server with no
@@ -107,6 +145,7 @@ impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gate")
             .field("keys", &self.keys.is_some())
+            .field("jwt", &self.jwt.is_some())
             .field("required", &self.required)
             .field("hosts", &self.hosts)
             .finish_non_exhaustive()
@@ -223,9 +262,45 @@ impl Gate {
                 }
             };
         }
-        Err(unauthorized(
-            "the bearer credential is not an API key this server accepts",
-        ))
+        let Some(jwt) = &self.jwt else {
+            return Err(unauthorized(
+                "the bearer credential is not an API key, and this server accepts no tokens ([auth.jwt])",
+            ));
+        };
+        let claims = match jwt.verifier.verify(presented).await {
+            Ok(c) => c,
+            Err(flowbot_core::jwt::JwtError::Jwks(why)) => {
+                tracing::warn!(error = %why, "cannot check a bearer token: the JWKS is unavailable");
+                return Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot check the token now: the identity provider's keys are unavailable",
+                )
+                .into_response());
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "bearer token refused");
+                return Err(unauthorized(e.to_string()));
+            }
+        };
+        let subject = claims
+            .get(&jwt.subject_claim)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| unauthorized(format!("the token has no '{}' claim", jwt.subject_claim)))?
+            .to_owned();
+        let role = jwt
+            .role_of(&claims)
+            .and_then(|r| self.roles.get(&r))
+            .ok_or_else(|| {
+                forbidden(format!(
+                    "the token's '{}' claim names no role of this server",
+                    jwt.role_claim
+                ))
+            })?;
+        Ok(Identity {
+            subject,
+            role,
+            via: Via::Jwt,
+        })
     }
 
     fn identity_of_key(&self, key: KeyInfo) -> Result<Identity, Response> {
