@@ -15,10 +15,12 @@ use std::path::Path;
 use serde::Deserialize;
 
 mod auth;
+mod limits;
 mod llm;
 mod load;
 mod platforms;
-pub use auth::AuthConfig;
+pub use auth::{AuthConfig, JwtAuthConfig};
+pub use limits::LimitsConfig;
 pub use llm::{LlmConfig, Relevance};
 pub use platforms::{DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
 
@@ -60,6 +62,8 @@ pub struct Config {
     pub llm: LlmConfig,
     /// Who may use the admin API.
     pub auth: AuthConfig,
+    /// Abuse limits on the HTTP surface.
+    pub limits: LimitsConfig,
 }
 
 /// `[notifiers.<name>]`: a send-only channel for the `notify` action, by `kind`.
@@ -554,6 +558,7 @@ impl Config {
         }
         self.llm.validate()?;
         self.auth.validate(self.server.listen)?;
+        self.limits.validate()?;
         let share = self.database.sqlite_work_share;
         if !(0.01..=1.0).contains(&share) {
             return Err(err(

@@ -27,6 +27,7 @@ use crate::config::ServerConfig;
 
 pub mod auth;
 mod channels;
+pub mod limits;
 mod llm;
 mod workflows;
 

@@ -374,6 +374,7 @@ pub async fn run_server_with(
         prompts: assistant.as_ref().map(|a| a.prompts.clone()),
         gate: Arc::new(gate(&config, &store)?),
     };
+    let limits = state.gate.limits.clone();
     let (api, mut doc) = http::api(state);
     http::channel_docs(
         &mut doc,
@@ -387,19 +388,23 @@ pub async fn run_server_with(
         },
     );
     let doc = Arc::new(doc);
-    let mut app = api
-        .route(
-            "/api/v1/openapi.json",
-            get(move || {
-                let doc = doc.clone();
-                async move { axum::Json((*doc).clone()) }
-            }),
-        )
-        .merge(webhooks.router());
-    app = app.merge(routes);
+    let mut app = api.route(
+        "/api/v1/openapi.json",
+        get(move || {
+            let doc = doc.clone();
+            async move { axum::Json((*doc).clone()) }
+        }),
+    );
+    // The public endpoints: platform webhooks, generic webhooks, web chat, each with its own
+    // verification, all limited per client address.
+    let mut public = webhooks.router().merge(routes);
     if let Some(web) = &web {
-        app = app.merge(web.router());
+        public = public.merge(web.router());
     }
+    app = app.merge(public.route_layer(axum::middleware::from_fn_with_state(
+        limits,
+        http::limits::public,
+    )));
     let app = http::layers(
         app.fallback(http::not_found)
             .method_not_allowed_fallback(http::method_not_allowed),
@@ -440,8 +445,11 @@ pub async fn run_server_with(
     }
 
     let http_stop = shutdown.clone();
-    let serve = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { http_stop.cancelled().await });
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { http_stop.cancelled().await });
     let served = serve.await.map_err(RunError::Serve);
     // HTTP drained (WebSockets are closed by the web channel as the bot stops): stop the bot,
     // which drains the pipeline and releases running tasks.
@@ -490,6 +498,7 @@ pub fn gate(config: &Config, store: &Arc<dyn Store>) -> Result<http::auth::Gate,
         required: auth.required(),
         hosts: auth.hosts(config.server.listen),
         origins: config.server.cors_origins.clone(),
+        limits: Arc::new(config.limits.limits()?),
     })
 }
 

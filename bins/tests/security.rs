@@ -559,3 +559,98 @@ async fn bearer_jwts_map_their_claims_to_roles() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_limits_answer_429_and_the_admin_api_keeps_to_its_addresses() {
+    let s = start_with(|c| {
+        c.auth.api_keys = true;
+        c.limits.trusted_proxies = vec!["127.0.0.1".into()];
+        c.limits.api_per_address_per_minute = 5;
+        c.limits.api_per_credential_per_minute = 4;
+        c.limits.auth_failures_per_address_per_minute = 2;
+        c.limits.public_per_address_per_minute = 2;
+        c.limits.admin_allow = vec!["198.51.100.0/24".into(), "127.0.0.1".into()];
+    })
+    .await;
+    let key = cli_key(&s.config, "root", "admin").await;
+    let http = reqwest::Client::new();
+    let rules = format!("{}/api/v1/rules", s.base);
+    let from = |client: &str, k: &str| {
+        http.get(&rules)
+            .header("x-forwarded-for", format!("203.0.113.77, {client}"))
+            .bearer_auth(k.to_owned())
+            .send()
+    };
+
+    // Outside the admin allow-list: refused whatever the credential.
+    let p = problem(from("192.0.2.1", &key).await.expect("get"), 403).await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("admin_allow"),
+        "{p}"
+    );
+
+    // Per address: five requests, then 429 with Retry-After; another address is unaffected.
+    for _ in 0..4 {
+        assert_eq!(from("198.51.100.1", &key).await.expect("get").status(), 200);
+    }
+    let res = from("198.51.100.1", "fbk_x").await.expect("get");
+    assert_eq!(res.status(), 401);
+    let res = from("198.51.100.1", &key).await.expect("get");
+    assert!(res.headers().contains_key("retry-after"));
+    let p = problem(res, 429).await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("this address"),
+        "{p}"
+    );
+
+    // Per credential: the key spent its four on the address above.
+    let res = from("198.51.100.2", &key).await.expect("get");
+    let p = problem(res, 429).await;
+    assert!(
+        p["detail"].as_str().expect("detail").contains("credential"),
+        "{p}"
+    );
+
+    // Failed authentications: two, then even a good key from that address is not checked.
+    let other = cli_key(&s.config, "other", "viewer").await;
+    for _ in 0..3 {
+        let res = from(
+            "198.51.100.3",
+            "fbk_000000000000_0000000000000000000000000000000000000000000000000000000000000000",
+        )
+        .await
+        .expect("get");
+        assert_eq!(res.status(), 401);
+    }
+    let p = problem(from("198.51.100.3", &other).await.expect("get"), 429).await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("failed authentications"),
+        "{p}"
+    );
+    assert_eq!(
+        from("198.51.100.4", &other).await.expect("get").status(),
+        200
+    );
+
+    // The public endpoints, per address.
+    let hook = format!("{}/hooks/webhook/open", s.base);
+    let post = || {
+        http.post(&hook)
+            .header("x-forwarded-for", "192.0.2.50")
+            .json(&json!({"user": "u", "conversation": "c", "text": "hi"}))
+            .send()
+    };
+    assert_eq!(post().await.expect("post").status(), 202);
+    assert_eq!(post().await.expect("post").status(), 202);
+    problem(post().await.expect("post"), 429).await;
+    s.stop().await;
+}

@@ -56,6 +56,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         "discord",
         "llm",
         "auth",
+        "limits",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
@@ -115,6 +116,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         discord: named_sections(table, "discord")?,
         llm: section(table, "llm")?,
         auth: section(table, "auth")?,
+        limits: section(table, "limits")?,
     })
 }
 

@@ -139,6 +139,8 @@ pub struct Gate {
     pub hosts: Vec<String>,
     /// Origins whose pages may make changes without a credential (`[server] cors_origins`).
     pub origins: Vec<String>,
+    /// Abuse limits and the admin API's address allow-list.
+    pub limits: Arc<super::limits::Limits>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -326,10 +328,22 @@ pub async fn guard(
     mut req: Request,
     next: Next,
 ) -> Response {
+    use super::limits::{Limits, too_many};
     let template = matched.as_ref().map_or("", MatchedPath::as_str);
     let policy = policy(req.method(), template);
+    let limits = &gate.limits;
+    let client = limits.client(&req);
     if policy == Policy::Public {
+        if let Err(wait) = Limits::by_address(limits.public.as_ref(), client) {
+            return too_many(wait, "too many requests from this address");
+        }
         return next.run(req).await;
+    }
+    if !limits.admin_allowed(client) {
+        return forbidden("this address may not use the admin API ([limits] admin_allow)");
+    }
+    if let Err(wait) = Limits::by_address(limits.api_address.as_ref(), client) {
+        return too_many(wait, "too many requests from this address");
     }
     let headers = req.headers();
     if !gate.hosts.is_empty()
@@ -346,10 +360,39 @@ pub async fn guard(
         .into_response();
     }
     let has_credential = credential(headers).is_some();
+    let failures = limits
+        .auth_failures
+        .as_ref()
+        .zip(client.filter(|c| !c.is_loopback()));
+    if has_credential
+        && let Some((f, c)) = failures
+        && let Some(wait) = f.blocked(c)
+    {
+        return too_many(wait, "too many failed authentications from this address");
+    }
     let identity = match gate.identify(headers).await {
         Ok(i) => i,
-        Err(res) => return res,
+        Err(res) => {
+            if res.status() == StatusCode::UNAUTHORIZED
+                && has_credential
+                && let Some((f, c)) = failures
+                && f.failed(c).is_some()
+            {
+                tracing::warn!(client = %c, "too many failed authentications; refusing this address for a while");
+            }
+            return res;
+        }
     };
+    let who = match &identity.via {
+        Via::ApiKey { id } => Some(format!("key:{id}")),
+        Via::Jwt | Via::Session => Some(format!("sub:{}", identity.subject)),
+        Via::Unauthenticated => None,
+    };
+    if let (Some(l), Some(who)) = (&limits.api_credential, who)
+        && let Err(wait) = l.check(&who)
+    {
+        return too_many(wait, "too many requests with this credential");
+    }
     // A browser attaches no bearer credential on its own: only a change without one can be
     // forged by another site's page.
     if !has_credential
