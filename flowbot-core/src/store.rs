@@ -1,4 +1,4 @@
-//! Storage traits for conversations, sessions and key-value data.
+//! Storage traits for conversations, sessions, key-value data and the audit log.
 //!
 //! The task queue's storage traits live in [`crate::task`]. Backends (SQLite, PostgreSQL)
 //! are in the `flowbot-store` crate; anything implementing every trait is a [`Store`].
@@ -142,6 +142,125 @@ pub trait KvStore: Send + Sync + 'static {
     async fn kv_list(&self, namespace: &str) -> Result<Vec<(String, Value)>, StoreError>;
 }
 
+/// One audited request: a change made through the API, or a failed authentication.
+///
+/// Times are kept to the millisecond. Every string round-trips as given (a long `detail`
+/// too), except that none may contain a NUL character: stores refuse such an event with
+/// [`StoreError::Invalid`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// When the request was made.
+    pub at: DateTime<Utc>,
+    /// Who made it (the authenticated identity); `None` for a failed authentication.
+    pub subject: Option<String>,
+    /// The role the request was made with.
+    pub role: Option<String>,
+    /// HTTP method, e.g. `PUT`.
+    pub method: String,
+    /// The route template, e.g. `/api/v1/rules/{name}`.
+    pub route: String,
+    /// The concrete path, e.g. `/api/v1/rules/greet`.
+    pub path: String,
+    /// The resource changed, e.g. `rule:greet`.
+    pub resource: Option<String>,
+    /// The answer's HTTP status (100 to 599).
+    pub outcome: u16,
+    /// The request's id, as logged and answered.
+    pub request_id: String,
+    /// The client's address.
+    pub client: Option<String>,
+    /// Anything else worth keeping (never a secret).
+    pub detail: Option<String>,
+}
+
+/// A stored [`AuditEvent`] with the id its store gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Store-assigned id, increasing in insertion order.
+    pub id: i64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+/// Which outcomes an [`AuditFilter`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    /// A class of statuses: `4` keeps 400 to 499 (1 to 5).
+    Class(u8),
+    /// One status, e.g. `403` (100 to 599).
+    Status(u16),
+}
+
+impl AuditOutcome {
+    /// Parse `4xx` (a class, `x` in either case) or `403` (a status). `None` for anything
+    /// else, a class outside 1xx to 5xx or a status outside 100 to 599 included.
+    pub fn parse(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        match b {
+            [c @ b'1'..=b'5', x, y]
+                if x.eq_ignore_ascii_case(&b'x') && y.eq_ignore_ascii_case(&b'x') =>
+            {
+                Some(AuditOutcome::Class(c - b'0'))
+            }
+            [b'1'..=b'5', b'0'..=b'9', b'0'..=b'9'] => s.parse().ok().map(AuditOutcome::Status),
+            _ => None,
+        }
+    }
+
+    /// The statuses kept, from the first to before the second; `None` when out of range
+    /// (a class outside 1 to 5, a status outside 100 to 599).
+    pub fn range(self) -> Option<(u16, u16)> {
+        match self {
+            AuditOutcome::Class(c @ 1..=5) => Some((u16::from(c) * 100, u16::from(c) * 100 + 100)),
+            AuditOutcome::Status(s @ 100..=599) => Some((s, s + 1)),
+            _ => None,
+        }
+    }
+}
+
+/// Which audit entries [`AuditStore::list_audit`] returns; every field set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditFilter {
+    /// Only entries of this subject.
+    pub subject: Option<String>,
+    /// Only entries with this outcome (a class or one status).
+    pub outcome: Option<AuditOutcome>,
+    /// Only entries at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only entries before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only entries whose route template starts with this, e.g. `/api/v1/rules`.
+    pub route_prefix: Option<String>,
+}
+
+/// The audit log: every change through the API and every failed authentication.
+#[async_trait]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a FlowBot audit store",
+    note = "use a backend from `flowbot-store`, or implement `AuditStore` for your own"
+)]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Store `events` in one transaction: all of them or, with an error, none. An event that
+    /// is invalid (an outcome outside 100 to 599, a NUL character in a string) fails the
+    /// batch with [`StoreError::Invalid`] naming the event and the field.
+    async fn record_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+    /// Entries matching `filter`, newest first (by time, then by id), starting after
+    /// `cursor`. A cursor that is not one this store gave, or a filter out of range, is
+    /// [`StoreError::Invalid`].
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<AuditEntry>, StoreError>;
+    /// Remove the entries from before `before` (the retention limit); returns how many.
+    /// Removes them in bounded batches, each its own transaction, so a large prune never
+    /// holds the database's write lock for long.
+    async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
 /// One message on the [`Bus`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusMessage {
@@ -179,9 +298,68 @@ pub trait Store:
     + Bus
     + crate::workflow::WorkflowStore
     + crate::lease::LeaseStore
+    + AuditStore
 {
     /// A short name of the backend (`sqlite`, `postgres`), for logs and metrics.
     fn backend(&self) -> &'static str;
     /// Check the database answers (for readiness probes).
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_parse_as_a_class_or_a_status() {
+        assert_eq!(AuditOutcome::parse("4xx"), Some(AuditOutcome::Class(4)));
+        assert_eq!(AuditOutcome::parse("5XX"), Some(AuditOutcome::Class(5)));
+        assert_eq!(AuditOutcome::parse("1xX"), Some(AuditOutcome::Class(1)));
+        assert_eq!(AuditOutcome::parse("403"), Some(AuditOutcome::Status(403)));
+        assert_eq!(AuditOutcome::parse("599"), Some(AuditOutcome::Status(599)));
+        for bad in [
+            "", "6xx", "0xx", "4x", "4xxx", "099", "600", "40", "4034", "+43", "4 3", "é4x",
+        ] {
+            assert_eq!(AuditOutcome::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(AuditOutcome::Class(4).range(), Some((400, 500)));
+        assert_eq!(AuditOutcome::Status(404).range(), Some((404, 405)));
+        for out_of_range in [
+            AuditOutcome::Class(0),
+            AuditOutcome::Class(6),
+            AuditOutcome::Status(99),
+            AuditOutcome::Status(600),
+        ] {
+            assert_eq!(out_of_range.range(), None, "{out_of_range:?}");
+        }
+    }
+
+    #[test]
+    fn an_entry_is_one_flat_json_object() {
+        let entry = AuditEntry {
+            id: 7,
+            event: AuditEvent {
+                at: DateTime::from_timestamp_millis(1_772_359_200_123).expect("valid time"),
+                subject: None,
+                role: None,
+                method: "POST".into(),
+                route: "/api/v1/rules/{name}".into(),
+                path: "/api/v1/rules/greet".into(),
+                resource: Some("rule:greet".into()),
+                outcome: 401,
+                request_id: "req-1".into(),
+                client: Some("127.0.0.1".into()),
+                detail: None,
+            },
+        };
+        let json = serde_json::to_value(&entry).expect("serialise");
+        assert_eq!(json["id"], 7);
+        assert_eq!(json["outcome"], 401);
+        assert_eq!(json["route"], "/api/v1/rules/{name}");
+        assert!(json["subject"].is_null());
+        assert_eq!(
+            serde_json::from_value::<AuditEntry>(json).expect("deserialise"),
+            entry
+        );
+    }
 }

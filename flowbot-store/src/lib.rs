@@ -2,7 +2,7 @@
 //!
 //! Storage backends for FlowBot, each implementing every storage trait of `flowbot-core`
 //! (conversations, sessions, key-value data, the durable task queue, schedules, workflow
-//! definitions and runs), with its own migrations applied on open:
+//! definitions and runs, leases, the audit log), with its own migrations applied on open:
 //!
 //! - [`SqliteStore`] (feature `sqlite`, default): the embedded single-node store — one file
 //!   under a data directory, WAL journal, one writer at a time (a writer thread group-commits
@@ -27,6 +27,7 @@ use flowbot_core::store::{Conversation, Direction, StoredMessage};
 use flowbot_core::{ChannelName, ConversationId, Session, Store, StoreError};
 use serde_json::Value;
 
+mod audit;
 mod common;
 #[cfg(feature = "postgres")]
 mod postgres;

@@ -1,6 +1,8 @@
 //! One conformance suite for every store backend: each behaviour below runs against SQLite
 //! and against PostgreSQL (when `FLOWBOT_TEST_POSTGRES_URL` is set; required in CI).
 
+#[path = "conformance/audit.rs"]
+mod audit;
 #[path = "conformance/data.rs"]
 mod data;
 #[path = "conformance/leases.rs"]
@@ -14,6 +16,7 @@ mod workers;
 #[path = "conformance/workflows.rs"]
 mod workflows;
 
+use audit::*;
 use data::*;
 use leases::*;
 use liveness::*;
@@ -856,6 +859,10 @@ conformance!(
         run_ends_free_slots_and_wake_parents,
         run_listing_and_timings,
         leases_hold_fence_and_expire,
+        audit_batches_list_newest_first_in_pages,
+        audit_filters,
+        audit_prune_removes_the_older_ones,
+        audit_bad_cursors_are_errors,
     ],
     pair: [
         concurrent_claims_hand_out_each_task_once,
@@ -865,5 +872,6 @@ conformance!(
         bus_reaches_every_subscriber,
         concurrent_finishes_start_a_join_once,
         a_lease_moves_when_its_holder_dies,
+        concurrent_audit_prunes_count_each_entry_once,
     ]
 );

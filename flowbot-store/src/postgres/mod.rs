@@ -6,6 +6,7 @@
 //! in case a notification is lost.
 
 mod admin;
+mod audit;
 mod data;
 mod workflow;
 
@@ -52,6 +53,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "leases",
         sql: include_str!("../../migrations/postgres/0003_leases.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "audit",
+        sql: include_str!("../../migrations/postgres/0004_audit.sql"),
     },
 ];
 

@@ -6,6 +6,7 @@
 //! one-connection sqlx pool, each after taking the write token (`token`).
 
 mod admin;
+mod audit;
 mod data;
 mod share;
 mod tasks;
@@ -68,6 +69,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "leases",
         sql: include_str!("../../migrations/sqlite/0003_leases.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "audit",
+        sql: include_str!("../../migrations/sqlite/0004_audit.sql"),
     },
 ];
 
