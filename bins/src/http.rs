@@ -700,7 +700,7 @@ async fn delete_schedule(
         (name = "workflows", description = "Workflow definitions, runs, analytics and trigger hooks"),
         (name = "channels", description = "Chat channels' HTTP endpoints"),
         (name = "llm", description = "The assistant's runs (turns, tool calls, approvals, usage) and its prompt library (versions, activation, rollback, diffs, A/B splits, statistics)"),
-        (name = "auth", description = "API keys and the caller's identity"),
+        (name = "auth", description = "API keys, the caller's identity, the audit log"),
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -875,6 +875,7 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(auth::whoami))
         .routes(routes!(auth::list_keys, auth::create_key))
         .routes(routes!(auth::get_key, auth::revoke_key))
+        .routes(routes!(auth::list_audit))
         .with_state(state.clone())
         .split_for_parts();
     let router = router.route_layer(axum::middleware::from_fn_with_state(

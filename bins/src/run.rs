@@ -375,6 +375,11 @@ pub async fn run_server_with(
         gate: Arc::new(gate(&config, &store)?),
     };
     let limits = state.gate.limits.clone();
+    tokio::spawn(prune_audit(
+        store.clone(),
+        config.auth.audit_retention_days,
+        shutdown.clone(),
+    ));
     let (api, mut doc) = http::api(state);
     http::channel_docs(
         &mut doc,
@@ -461,6 +466,22 @@ pub async fn run_server_with(
     served
 }
 
+/// Remove audit entries older than `days`, at start and every hour, until `stop`.
+async fn prune_audit(store: Arc<dyn Store>, days: u32, stop: CancellationToken) {
+    loop {
+        let before = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+        match store.prune_audit(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, days, "audit entries past their retention removed"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
 /// The admin API's gate from `[auth]` (the config was validated: a server reachable from the
 /// network has authentication, or says loudly that it runs without).
 pub fn gate(config: &Config, store: &Arc<dyn Store>) -> Result<http::auth::Gate, RunError> {
@@ -499,6 +520,7 @@ pub fn gate(config: &Config, store: &Arc<dyn Store>) -> Result<http::auth::Gate,
         hosts: auth.hosts(config.server.listen),
         origins: config.server.cors_origins.clone(),
         limits: Arc::new(config.limits.limits()?),
+        audit: Some(store.clone()),
     })
 }
 

@@ -654,3 +654,111 @@ async fn abuse_limits_answer_429_and_the_admin_api_keeps_to_its_addresses() {
     problem(post().await.expect("post"), 429).await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_and_failed_authentications_are_audited() {
+    let s = start_with(|c| c.auth.api_keys = true).await;
+    let admin = cli_key(&s.config, "root", "admin").await;
+    let viewer = cli_key(&s.config, "reader", "viewer").await;
+    let http = reqwest::Client::new();
+    let api = |p: &str| format!("{}/api/v1{p}", s.base);
+    let rule = json!({"name": "greet", "when": {"text": "hi"}, "then": [{"reply": "hello"}]});
+
+    let made = http
+        .post(api("/rules"))
+        .bearer_auth(&admin)
+        .header("x-request-id", "change-1")
+        .json(&rule)
+        .send()
+        .await
+        .expect("create");
+    assert!(made.status().is_success(), "{}", made.status());
+    assert_eq!(made.headers()["x-request-id"], "change-1");
+    let denied = http
+        .delete(api("/rules/greet"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(denied.status(), 403);
+    let denied_id = denied.headers()["x-request-id"].to_str().expect("id").to_owned();
+    let bad = http
+        .get(api("/rules"))
+        .bearer_auth("fbk_000000000000_0000000000000000000000000000000000000000000000000000000000000000")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(bad.status(), 401);
+    // Reads are not audited.
+    assert_eq!(
+        http.get(api("/rules")).bearer_auth(&admin).send().await.expect("get").status(),
+        200
+    );
+
+    let log: Value = http
+        .get(api("/audit"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    let items = log["items"].as_array().expect("items");
+    assert_eq!(items.len(), 3, "{log}");
+    assert_eq!(items[0]["subject"], Value::Null);
+    assert_eq!(items[0]["outcome"], 401);
+    assert_eq!(items[0]["client"], "127.0.0.1");
+    assert_eq!(
+        (items[1]["subject"].as_str(), items[1]["role"].as_str(), items[1]["outcome"].as_u64()),
+        (Some("reader"), Some("viewer"), Some(403))
+    );
+    assert_eq!(items[1]["request_id"], denied_id.as_str());
+    assert_eq!(items[1]["route"], "/api/v1/rules/{name}");
+    assert_eq!(items[1]["path"], "/api/v1/rules/greet");
+    assert_eq!(items[1]["resource"], "rules");
+    assert_eq!(
+        (items[2]["subject"].as_str(), items[2]["method"].as_str(), items[2]["request_id"].as_str()),
+        (Some("root"), Some("POST"), Some("change-1"))
+    );
+
+    let failures: Value = http
+        .get(api("/audit?outcome=4xx&limit=1"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(failures["items"].as_array().expect("items").len(), 1);
+    let next = failures["next_cursor"].as_str().expect("cursor");
+    let rest: Value = http
+        .get(api(&format!("/audit?outcome=4xx&cursor={next}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(rest["items"][0]["outcome"], 403);
+    assert_eq!(rest["items"].as_array().expect("items").len(), 1);
+
+    problem(
+        http.get(api("/audit?outcome=teapot")).bearer_auth(&admin).send().await.expect("audit"),
+        400,
+    )
+    .await;
+    problem(
+        http.get(api("/audit?cursor=garbage")).bearer_auth(&admin).send().await.expect("audit"),
+        400,
+    )
+    .await;
+    problem(
+        http.get(api("/audit")).bearer_auth(&viewer).send().await.expect("audit"),
+        403,
+    )
+    .await;
+    s.stop().await;
+}

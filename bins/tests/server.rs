@@ -730,6 +730,7 @@ async fn rest_api_health_metrics_openapi_and_errors() {
         "/api/v1/whoami",
         "/api/v1/keys",
         "/api/v1/keys/{id}",
+        "/api/v1/audit",
     ] {
         assert!(
             paths.contains_key(p),
@@ -738,7 +739,7 @@ async fn rest_api_health_metrics_openapi_and_errors() {
     }
     assert_eq!(
         paths.len(),
-        46,
+        47,
         "no undocumented extras: {:?}",
         paths.keys().collect::<Vec<_>>()
     );

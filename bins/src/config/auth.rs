@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::{ConfigError, err};
 
 /// `[auth]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Accept API keys (`Authorization: Bearer fbk_…`), made with
@@ -29,6 +29,8 @@ pub struct AuthConfig {
     pub roles: BTreeMap<String, Vec<String>>,
     /// Bearer JWTs from an identity provider or a shared secret.
     pub jwt: Option<JwtAuthConfig>,
+    /// How long audit entries are kept, in days (1 to 36500; default 90).
+    pub audit_retention_days: u32,
 }
 
 /// `[auth.jwt]`: bearer JWTs, signed with a shared secret (HS256) or a key of the
@@ -112,6 +114,19 @@ impl JwtAuthConfig {
     }
 }
 
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            api_keys: false,
+            allow_unauthenticated: false,
+            allowed_hosts: Vec::new(),
+            roles: BTreeMap::new(),
+            jwt: None,
+            audit_retention_days: 90,
+        }
+    }
+}
+
 impl AuthConfig {
     /// Whether callers must present a credential.
     pub fn required(&self) -> bool {
@@ -146,6 +161,15 @@ impl AuthConfig {
     /// the network needs authentication, or the explicit opt-out.
     pub(super) fn validate(&self, listen: SocketAddr) -> Result<(), ConfigError> {
         let roles = self.roles()?;
+        if !(1..=36_500).contains(&self.audit_retention_days) {
+            return Err(err(
+                "auth.audit_retention_days",
+                format!(
+                    "must be from 1 to 36500 (100 years), got {}",
+                    self.audit_retention_days
+                ),
+            ));
+        }
         if let Some(jwt) = &self.jwt {
             jwt.verifier()?;
             for (value, role) in &jwt.roles {

@@ -141,6 +141,8 @@ pub struct Gate {
     pub origins: Vec<String>,
     /// Abuse limits and the admin API's address allow-list.
     pub limits: Arc<super::limits::Limits>,
+    /// Where changes and failed authentications are recorded (`None`: not recorded).
+    pub audit: Option<Arc<dyn flowbot_core::Store>>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -325,32 +327,93 @@ impl Gate {
 pub async fn guard(
     State(gate): State<Arc<Gate>>,
     matched: Option<MatchedPath>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
+    let template = matched.as_ref().map_or("", MatchedPath::as_str).to_owned();
+    let request_id = request_id(req.headers());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let client = gate.limits.client(&req);
+    let rule = policy(&method, &template);
+    let (mut res, identity) = check(&gate, &template, rule, client, req, next).await;
+    if let Ok(v) = header::HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    // Every change, and every failed authentication, goes to the audit log.
+    let change = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let failed_auth = res.status() == StatusCode::UNAUTHORIZED;
+    if let Some(store) = &gate.audit
+        && rule != Policy::Public
+        && (change || failed_auth)
+    {
+        let event = flowbot_core::store::AuditEvent {
+            at: Utc::now(),
+            subject: identity.as_ref().map(|i| i.subject.clone()),
+            role: identity.as_ref().map(|i| i.role.name().to_owned()),
+            method: method.to_string(),
+            route: template,
+            path,
+            resource: match rule {
+                Policy::Needs(p) => Some(p.resource.as_str().to_owned()),
+                _ => None,
+            },
+            outcome: res.status().as_u16(),
+            request_id,
+            client: client.map(|c| c.to_string()),
+            detail: failed_auth.then(|| "authentication failed".to_owned()),
+        };
+        if let Err(e) = store.record_audit(std::slice::from_ref(&event)).await {
+            tracing::error!(error = %e, request_id = %event.request_id, route = %event.route, "cannot record an audit event");
+        }
+    }
+    res
+}
+
+/// The request's id: the caller's `X-Request-Id` when it is a short printable token, else a
+/// new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
+/// The checks of [`guard`], then the route; the answer and who the caller was, if known.
+async fn check(
+    gate: &Gate,
+    template: &str,
+    policy: Policy,
+    client: Option<std::net::IpAddr>,
+    mut req: Request,
+    next: Next,
+) -> (Response, Option<Identity>) {
     use super::limits::{Limits, too_many};
-    let template = matched.as_ref().map_or("", MatchedPath::as_str);
-    let policy = policy(req.method(), template);
     let limits = &gate.limits;
-    let client = limits.client(&req);
     if policy == Policy::Public {
         if let Err(wait) = Limits::by_address(limits.public.as_ref(), client) {
-            return too_many(wait, "too many requests from this address");
+            return (too_many(wait, "too many requests from this address"), None);
         }
-        return next.run(req).await;
+        return (next.run(req).await, None);
     }
     if !limits.admin_allowed(client) {
-        return forbidden("this address may not use the admin API ([limits] admin_allow)");
+        return (
+            forbidden("this address may not use the admin API ([limits] admin_allow)"),
+            None,
+        );
     }
     if let Err(wait) = Limits::by_address(limits.api_address.as_ref(), client) {
-        return too_many(wait, "too many requests from this address");
+        return (too_many(wait, "too many requests from this address"), None);
     }
     let headers = req.headers();
     if !gate.hosts.is_empty()
         && let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok())
         && !gate.hosts.contains(&host_name(host))
     {
-        return Problem::new(
+        let res = Problem::new(
             StatusCode::MISDIRECTED_REQUEST,
             format!(
                 "this server does not answer to the host '{}': add it to [auth] allowed_hosts",
@@ -358,6 +421,7 @@ pub async fn guard(
             ),
         )
         .into_response();
+        return (res, None);
     }
     let has_credential = credential(headers).is_some();
     let failures = limits
@@ -368,7 +432,7 @@ pub async fn guard(
         && let Some((f, c)) = failures
         && let Some(wait) = f.blocked(c)
     {
-        return too_many(wait, "too many failed authentications from this address");
+        return (too_many(wait, "too many failed authentications from this address"), None);
     }
     let identity = match gate.identify(headers).await {
         Ok(i) => i,
@@ -380,7 +444,7 @@ pub async fn guard(
             {
                 tracing::warn!(client = %c, "too many failed authentications; refusing this address for a while");
             }
-            return res;
+            return (res, None);
         }
     };
     let who = match &identity.via {
@@ -391,7 +455,7 @@ pub async fn guard(
     if let (Some(l), Some(who)) = (&limits.api_credential, who)
         && let Err(wait) = l.check(&who)
     {
-        return too_many(wait, "too many requests with this credential");
+        return (too_many(wait, "too many requests with this credential"), None);
     }
     // A browser attaches no bearer credential on its own: only a change without one can be
     // forged by another site's page.
@@ -399,28 +463,31 @@ pub async fn guard(
         && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
         && cross_site(req.headers(), &gate.origins)
     {
-        return forbidden(
+        let res = forbidden(
             "a change from another site's page is refused: send a credential, or list the page's origin in [server] cors_origins",
         );
+        return (res, Some(identity));
     }
     match policy {
         Policy::Public | Policy::Authenticated => {}
         Policy::Needs(p) if identity.allows(p) => {}
         Policy::Needs(p) => {
-            return forbidden(format!(
+            let res = forbidden(format!(
                 "the role '{}' does not have the permission {p}",
                 identity.role.name()
             ));
+            return (res, Some(identity));
         }
         Policy::Missing => {
-            return forbidden(format!(
+            let res = forbidden(format!(
                 "{} {template}: no access policy is written for this route",
                 req.method()
             ));
+            return (res, Some(identity));
         }
     }
-    req.extensions_mut().insert(identity);
-    next.run(req).await
+    req.extensions_mut().insert(identity.clone());
+    (next.run(req).await, Some(identity))
 }
 
 /// The caller, as the API sees them.
@@ -628,4 +695,56 @@ mod tests {
         assert_eq!(p(Method::GET, "/api/v1/unheard-of"), Policy::Missing);
         assert_eq!(p(Method::GET, "/elsewhere"), Policy::Missing);
     }
+}
+
+/// Which audit entries to list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AuditQuery {
+    /// Only this caller's entries (a key's name, a token's subject).
+    subject: Option<String>,
+    /// An outcome class (`4xx`) or status (`403`).
+    outcome: Option<String>,
+    /// Entries at or after this time (RFC 3339).
+    since: Option<DateTime<Utc>>,
+    /// Entries before this time (RFC 3339).
+    until: Option<DateTime<Utc>>,
+    /// Entries whose route starts with this, e.g. `/api/v1/rules`.
+    route: Option<String>,
+    /// Cursor from the previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    limit: Option<u32>,
+}
+
+/// The audit log, newest first: every change through the API and every failed
+/// authentication (who, role, route, resource, outcome, request id, client, time).
+#[utoipa::path(get, path = "/api/v1/audit", tag = "auth", params(AuditQuery),
+    responses((status = 200, body = super::PageDoc), (status = 400, body = super::ProblemDoc)))]
+pub(super) async fn list_audit(
+    State(s): State<AppState>,
+    q: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<super::PageDoc>, Problem> {
+    let q = super::query(q)?;
+    let outcome = match &q.outcome {
+        Some(o) => Some(flowbot_core::store::AuditOutcome::parse(o).ok_or_else(|| {
+            Problem::bad_request(format!(
+                "outcome '{o}' is neither a status (403) nor a class (4xx)"
+            ))
+        })?),
+        None => None,
+    };
+    let filter = flowbot_core::store::AuditFilter {
+        subject: q.subject,
+        outcome,
+        since: q.since,
+        until: q.until,
+        route_prefix: q.route,
+    };
+    let page = s
+        .store
+        .list_audit(&filter, q.cursor.as_deref(), super::limit(q.limit)?)
+        .await
+        .map_err(super::store_err)?;
+    super::page(page)
 }
