@@ -14,7 +14,9 @@
 //!   with leases and heartbeats, retries, dead letters, concurrency limits and cron;
 //! - the [`Bot`] builder that puts it together;
 //! - the AI traits other crates implement: [`ChatModel`] and [`Embedder`] (in [`llm`]) and
-//!   [`Classifier`].
+//!   [`Classifier`];
+//! - with the `net` feature, the outbound network guard in the `net` module: what HTTP
+//!   calls from runtime-editable URLs may reach.
 //!
 //! Storage backends live in `flowbot-store`.
 //!
@@ -40,6 +42,8 @@ pub mod llm;
 mod message;
 pub mod metrics;
 mod middleware;
+#[cfg(feature = "net")]
+pub mod net;
 mod notify;
 mod pipeline;
 mod router;
