@@ -16,8 +16,10 @@ use serde::Deserialize;
 
 mod llm;
 mod load;
+mod network;
 mod platforms;
 pub use llm::{LlmConfig, Relevance};
+pub use network::NetworkConfig;
 pub use platforms::{DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
 
 /// The whole configuration.
@@ -56,6 +58,8 @@ pub struct Config {
     pub discord: BTreeMap<String, DiscordEntry>,
     /// The language model.
     pub llm: LlmConfig,
+    /// What `http_request` may reach.
+    pub network: NetworkConfig,
 }
 
 /// `[notifiers.<name>]`: a send-only channel for the `notify` action, by `kind`.
@@ -549,6 +553,7 @@ impl Config {
             return Err(err("database.max_connections", "must be at least 1"));
         }
         self.llm.validate()?;
+        self.network.validate()?;
         let share = self.database.sqlite_work_share;
         if !(0.01..=1.0).contains(&share) {
             return Err(err(

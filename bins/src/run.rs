@@ -242,7 +242,7 @@ async fn bot_builder(
     let builder = Bot::builder()
         .store(store.clone())
         .router_arc(rules.router())
-        .action(HttpRequest::new())
+        .action(HttpRequest::with_policy(Arc::new(config.network.policy()?)))
         .workflows(workflows)
         .failure_reply(config.bot.failure_reply());
     let mut builder = with_notifiers(builder, config)?;

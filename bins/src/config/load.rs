@@ -55,6 +55,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         "slack",
         "discord",
         "llm",
+        "network",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
@@ -113,6 +114,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         slack: named_sections(table, "slack")?,
         discord: named_sections(table, "discord")?,
         llm: section(table, "llm")?,
+        network: section(table, "network")?,
     })
 }
 
