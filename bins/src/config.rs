@@ -18,10 +18,12 @@ mod auth;
 mod limits;
 mod llm;
 mod load;
+mod network;
 mod platforms;
 pub use auth::{AuthConfig, JwtAuthConfig};
 pub use limits::LimitsConfig;
 pub use llm::{LlmConfig, Relevance};
+pub use network::NetworkConfig;
 pub use platforms::{DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
 
 /// The whole configuration.
@@ -64,6 +66,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Abuse limits on the HTTP surface.
     pub limits: LimitsConfig,
+    /// What `http_request` may reach.
+    pub network: NetworkConfig,
 }
 
 /// `[notifiers.<name>]`: a send-only channel for the `notify` action, by `kind`.
@@ -559,6 +563,7 @@ impl Config {
         self.llm.validate()?;
         self.auth.validate(self.server.listen)?;
         self.limits.validate()?;
+        self.network.validate()?;
         let share = self.database.sqlite_work_share;
         if !(0.01..=1.0).contains(&share) {
             return Err(err(

@@ -245,7 +245,7 @@ async fn bot_builder(
     let builder = Bot::builder()
         .store(store.clone())
         .router_arc(rules.router())
-        .action(HttpRequest::new())
+        .action(HttpRequest::with_policy(Arc::new(config.network.policy()?)))
         .workflows(workflows)
         .failure_reply(config.bot.failure_reply());
     let mut builder = with_notifiers(builder, config)?;
@@ -472,7 +472,11 @@ async fn prune_audit(store: Arc<dyn Store>, days: u32, stop: CancellationToken) 
         let before = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
         match store.prune_audit(before).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, days, "audit entries past their retention removed"),
+            Ok(n) => tracing::info!(
+                removed = n,
+                days,
+                "audit entries past their retention removed"
+            ),
             Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
         }
         tokio::select! {

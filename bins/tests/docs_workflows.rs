@@ -60,6 +60,8 @@ async fn server(rules: Option<PathBuf>) -> Server {
         if let Some(dir) = rules {
             c.rules.dir = Some(dir);
         }
+        // The digest example fetches from a local endpoint, on loopback.
+        c.network.allow = vec!["127.0.0.1".into()];
     })
     .await
 }

@@ -57,6 +57,8 @@ impl Cluster {
             kv("OPENAI_BASE_URL", format!("http://{}/v1", fake.addr())),
             kv("OPENAI_MODEL", "fake-model"),
             kv("FLOWBOT_LLM__TOOLS", "[\"http_request\", \"send_later\"]"),
+            // The tool calls a local endpoint, which the network guard refuses by default.
+            kv("FLOWBOT_NETWORK__ALLOW", r#"["127.0.0.1"]"#),
         ];
         env.extend(extra.iter().cloned());
         let mut pg = None;

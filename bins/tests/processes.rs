@@ -428,6 +428,8 @@ async fn a_workflow_run_finishes_on_another_agent_after_sigkill() {
             kv("FLOWBOT_DATABASE__SCHEMA", schema.clone()),
             kv("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "200"),
             kv("FLOWBOT_WORKERS__LEASE_SECS", "2"),
+            // The slow endpoint is on loopback, which the network guard refuses by default.
+            kv("FLOWBOT_NETWORK__ALLOW", r#"["127.0.0.1"]"#),
         ];
         if listen {
             e.push(kv("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")));

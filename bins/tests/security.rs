@@ -681,17 +681,27 @@ async fn changes_and_failed_authentications_are_audited() {
         .await
         .expect("delete");
     assert_eq!(denied.status(), 403);
-    let denied_id = denied.headers()["x-request-id"].to_str().expect("id").to_owned();
+    let denied_id = denied.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_owned();
     let bad = http
         .get(api("/rules"))
-        .bearer_auth("fbk_000000000000_0000000000000000000000000000000000000000000000000000000000000000")
+        .bearer_auth(
+            "fbk_000000000000_0000000000000000000000000000000000000000000000000000000000000000",
+        )
         .send()
         .await
         .expect("get");
     assert_eq!(bad.status(), 401);
     // Reads are not audited.
     assert_eq!(
-        http.get(api("/rules")).bearer_auth(&admin).send().await.expect("get").status(),
+        http.get(api("/rules"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("get")
+            .status(),
         200
     );
 
@@ -710,7 +720,11 @@ async fn changes_and_failed_authentications_are_audited() {
     assert_eq!(items[0]["outcome"], 401);
     assert_eq!(items[0]["client"], "127.0.0.1");
     assert_eq!(
-        (items[1]["subject"].as_str(), items[1]["role"].as_str(), items[1]["outcome"].as_u64()),
+        (
+            items[1]["subject"].as_str(),
+            items[1]["role"].as_str(),
+            items[1]["outcome"].as_u64()
+        ),
         (Some("reader"), Some("viewer"), Some(403))
     );
     assert_eq!(items[1]["request_id"], denied_id.as_str());
@@ -718,7 +732,11 @@ async fn changes_and_failed_authentications_are_audited() {
     assert_eq!(items[1]["path"], "/api/v1/rules/greet");
     assert_eq!(items[1]["resource"], "rules");
     assert_eq!(
-        (items[2]["subject"].as_str(), items[2]["method"].as_str(), items[2]["request_id"].as_str()),
+        (
+            items[2]["subject"].as_str(),
+            items[2]["method"].as_str(),
+            items[2]["request_id"].as_str()
+        ),
         (Some("root"), Some("POST"), Some("change-1"))
     );
 
@@ -746,17 +764,29 @@ async fn changes_and_failed_authentications_are_audited() {
     assert_eq!(rest["items"].as_array().expect("items").len(), 1);
 
     problem(
-        http.get(api("/audit?outcome=teapot")).bearer_auth(&admin).send().await.expect("audit"),
+        http.get(api("/audit?outcome=teapot"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("audit"),
         400,
     )
     .await;
     problem(
-        http.get(api("/audit?cursor=garbage")).bearer_auth(&admin).send().await.expect("audit"),
+        http.get(api("/audit?cursor=garbage"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("audit"),
         400,
     )
     .await;
     problem(
-        http.get(api("/audit")).bearer_auth(&viewer).send().await.expect("audit"),
+        http.get(api("/audit"))
+            .bearer_auth(&viewer)
+            .send()
+            .await
+            .expect("audit"),
         403,
     )
     .await;

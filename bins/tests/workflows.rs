@@ -1,6 +1,7 @@
 //! Workflows through the server: the REST API (apply, list, get, delete, runs, cancel,
 //! retry, analytics), trigger hooks with a bearer token and with an HMAC signature, a rule
-//! that runs a workflow which answers in the chat, and an `http_request` node.
+//! that runs a workflow which answers in the chat, and an `http_request` node (and one the
+//! network guard refuses).
 
 mod common;
 mod harness;
@@ -515,7 +516,8 @@ async fn trigger_hooks_need_the_token_or_a_valid_signature() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_runs_a_workflow_that_answers_in_the_chat() {
-    let s = server().await;
+    // The workflow calls the server's own /healthz, on loopback.
+    let s = start_with(|c| c.network.allow = vec!["127.0.0.1".into()]).await;
     let http = reqwest::Client::new();
     let approve = format!(
         r#"
@@ -563,6 +565,48 @@ edges: [ {{ from: check, to: tell }} ]
     assert_eq!(say(&mut ws, "/approve the budget").await["text"], "started");
     let answer = harness::next_frame(&mut ws, "message").await;
     assert_eq!(answer["text"], "the budget approved (health 200)");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_request_to_a_private_address_fails_with_the_reason_in_the_run() {
+    let s = harness::start().await;
+    let http = reqwest::Client::new();
+    let def = r#"
+name: probe
+nodes:
+  - { id: fetch, action: http_request, with: { url: "http://10.0.0.5/admin?token=t0ps3cret" }, retry: { max_attempts: 1 } }
+"#;
+    json_of(
+        http.post(format!("{}/api/v1/workflows", s.base))
+            .header("content-type", "application/yaml")
+            .body(def)
+            .send()
+            .await
+            .expect("apply"),
+        201,
+    )
+    .await;
+    let run = json_of(
+        http.post(format!("{}/api/v1/workflows/probe/runs", s.base))
+            .send()
+            .await
+            .expect("start"),
+        202,
+    )
+    .await;
+    let done = finished(&http, &s.base, run["id"].as_str().expect("id")).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["nodes"][0]["error"]
+        .as_str()
+        .expect("the node's error");
+    assert!(
+        error.contains(
+            "http://10.0.0.5/admin refused: 10.0.0.5 is a private address; allow it in [network] allow"
+        ),
+        "{done}"
+    );
+    assert!(!error.contains("t0ps3cret"), "{error}");
     s.stop().await;
 }
 

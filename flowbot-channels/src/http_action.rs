@@ -4,10 +4,28 @@
 //! A status outside 2xx is an error by default, naming the status class (client error,
 //! server error), so a workflow node retries it under its retry policy; with
 //! `"error_on_status": false` every response is an output instead.
+//!
+//! ## The network guard
+//!
+//! The URL comes from a rule, a workflow or a model's tool call, which people edit at run
+//! time, so the action is guarded by a [`NetPolicy`]: [`HttpRequest::new`] refuses loopback,
+//! private, link-local, unique-local and cloud metadata addresses and every scheme but http
+//! and https, checks each name on the address it connects to and each redirect again (see
+//! [`flowbot_core::net`]). [`HttpRequest::with_policy`] takes an allow-list (the server's
+//! `[network] allow`). A refused URL fails the call with a [`RefusedUrl`] naming the URL
+//! (without user name, password or query) and the reason.
+//!
+//! URLs an operator wrote in the configuration file are not guarded: adapters' `api_base`,
+//! webhook channels' `callback_url`, notifiers' URLs and language model providers'
+//! `base_url` reach loopback and private addresses as configured. The `notify` action only
+//! picks a configured notifier by name; no other action of this crate takes a URL from its
+//! input.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use flowbot_core::net::{NetError, NetPolicy, redacted_url};
 use flowbot_core::{Action, ActionContext, BoxError};
 use serde_json::{Map, Value, json};
 
@@ -16,10 +34,25 @@ pub const MAX_RESPONSE_BYTES: usize = 10 << 20;
 /// Timeout when the input gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The error of a call whose URL, or a redirect of it, the [`NetPolicy`] refused. Retrying
+/// does not help: the address stays refused until the allow-list opens it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{url} refused: {reason}")]
+#[non_exhaustive]
+pub struct RefusedUrl {
+    /// The URL asked for, without user name, password, query or fragment.
+    pub url: String,
+    /// Why.
+    #[source]
+    pub reason: NetError,
+}
+
 /// The `http_request` action.
 #[derive(Debug, Clone)]
 pub struct HttpRequest {
-    client: reqwest::Client,
+    /// The guarded client, or why it could not be built (reported by each call).
+    client: Result<reqwest::Client, String>,
+    policy: Arc<NetPolicy>,
 }
 
 impl Default for HttpRequest {
@@ -29,15 +62,41 @@ impl Default for HttpRequest {
 }
 
 impl HttpRequest {
-    /// The action with its own connection pool.
+    /// The action with its own connection pool, guarded by the default [`NetPolicy`]:
+    /// public addresses only.
     pub fn new() -> Self {
-        HttpRequest {
-            client: reqwest::Client::builder()
-                .user_agent(concat!("flowbot/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .unwrap_or_default(),
-        }
+        HttpRequest::with_policy(Arc::new(NetPolicy::default()))
     }
+
+    /// The action guarded by `policy` (an allow-list, or [`NetPolicy::open`]).
+    pub fn with_policy(policy: Arc<NetPolicy>) -> Self {
+        let builder =
+            reqwest::Client::builder().user_agent(concat!("flowbot/", env!("CARGO_PKG_VERSION")));
+        let client = policy
+            .apply(builder)
+            .build()
+            .map_err(|e| format!("the HTTP client could not be built: {e}"));
+        HttpRequest { client, policy }
+    }
+
+    /// The policy guarding the calls.
+    pub fn policy(&self) -> &NetPolicy {
+        &self.policy
+    }
+}
+
+/// A reqwest error in words: its own (without the URL, which may hold secrets) and its
+/// sources'.
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn strings(v: Option<&Value>) -> Vec<(String, String)> {
@@ -105,7 +164,17 @@ impl Action for HttpRequest {
     }
 
     async fn call(&self, _cx: &ActionContext, input: Value) -> Result<Value, BoxError> {
-        let url = input["url"].as_str().unwrap_or_default();
+        let written = input["url"].as_str().unwrap_or_default();
+        let parsed = reqwest::Url::parse(written)
+            .map_err(|e| format!("'{written}' is not a usable URL: {e}"))?;
+        let url = redacted_url(&parsed);
+        self.policy
+            .check_url(&parsed)
+            .map_err(|reason| RefusedUrl {
+                url: url.clone(),
+                reason,
+            })?;
+        let client = self.client.as_ref().map_err(|e| format!("{url}: {e}"))?;
         let method = input["method"].as_str().unwrap_or("GET");
         let method = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|_| format!("unknown method '{method}'"))?;
@@ -119,9 +188,8 @@ impl Action for HttpRequest {
         let timeout = input["timeout_ms"]
             .as_u64()
             .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
-        let mut req = self
-            .client
-            .request(method, url)
+        let mut req = client
+            .request(method, parsed)
             .timeout(timeout)
             .query(&strings(input.get("query")));
         for (k, v) in strings(input.get("headers")) {
@@ -134,13 +202,19 @@ impl Action for HttpRequest {
         } else if let Some(b) = input["body"].as_str() {
             req = req.body(b.to_owned());
         }
-        let mut resp = req.send().await.map_err(|e| {
+        let mut resp = req.send().await.map_err(|e| -> BoxError {
+            if let Some(reason) = NetError::find(&e).filter(|n| n.is_refusal()) {
+                return Box::new(RefusedUrl {
+                    url: url.clone(),
+                    reason: reason.clone(),
+                });
+            }
             if e.is_timeout() {
-                format!("{url}: no answer within {} ms", timeout.as_millis())
+                format!("{url}: no answer within {} ms", timeout.as_millis()).into()
             } else if e.is_builder() {
-                format!("'{url}' is not a usable URL: {e}")
+                format!("'{url}' is not a usable URL: {}", describe(e)).into()
             } else {
-                format!("{url}: {e}")
+                format!("{url}: {}", describe(e)).into()
             }
         })?;
         let status = resp.status().as_u16();
@@ -159,7 +233,7 @@ impl Action for HttpRequest {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| format!("{url}: reading the response: {e}"))?
+            .map_err(|e| format!("{url}: reading the response: {}", describe(e)))?
         {
             if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
                 return Err(format!(

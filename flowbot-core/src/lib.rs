@@ -14,7 +14,9 @@
 //!   with leases and heartbeats, retries, dead letters, concurrency limits and cron;
 //! - the [`Bot`] builder that puts it together;
 //! - the AI traits other crates implement: [`ChatModel`] and [`Embedder`] (in [`llm`]) and
-//!   [`Classifier`].
+//!   [`Classifier`];
+//! - with the `net` feature, the outbound network guard in the `net` module: what HTTP
+//!   calls from runtime-editable URLs may reach.
 //!
 //! With the `jwt` feature, [`jwt`] verifies JSON Web Tokens (shared secrets or a JWKS URL).
 //!
@@ -45,6 +47,8 @@ pub mod llm;
 mod message;
 pub mod metrics;
 mod middleware;
+#[cfg(feature = "net")]
+pub mod net;
 mod notify;
 mod pipeline;
 mod router;

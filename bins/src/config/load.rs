@@ -57,6 +57,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         "llm",
         "auth",
         "limits",
+        "network",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
@@ -117,6 +118,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         llm: section(table, "llm")?,
         auth: section(table, "auth")?,
         limits: section(table, "limits")?,
+        network: section(table, "network")?,
     })
 }
 

@@ -376,9 +376,7 @@ fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic())
-        })
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
 }
 
@@ -432,7 +430,10 @@ async fn check(
         && let Some((f, c)) = failures
         && let Some(wait) = f.blocked(c)
     {
-        return (too_many(wait, "too many failed authentications from this address"), None);
+        return (
+            too_many(wait, "too many failed authentications from this address"),
+            None,
+        );
     }
     let identity = match gate.identify(headers).await {
         Ok(i) => i,
@@ -455,7 +456,10 @@ async fn check(
     if let (Some(l), Some(who)) = (&limits.api_credential, who)
         && let Err(wait) = l.check(&who)
     {
-        return (too_many(wait, "too many requests with this credential"), None);
+        return (
+            too_many(wait, "too many requests with this credential"),
+            None,
+        );
     }
     // A browser attaches no bearer credential on its own: only a change without one can be
     // forged by another site's page.
@@ -706,8 +710,10 @@ pub(super) struct AuditQuery {
     /// An outcome class (`4xx`) or status (`403`).
     outcome: Option<String>,
     /// Entries at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     since: Option<DateTime<Utc>>,
     /// Entries before this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     until: Option<DateTime<Utc>>,
     /// Entries whose route starts with this, e.g. `/api/v1/rules`.
     route: Option<String>,
