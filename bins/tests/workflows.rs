@@ -575,7 +575,7 @@ async fn an_http_request_to_a_private_address_fails_with_the_reason_in_the_run()
     let def = r#"
 name: probe
 nodes:
-  - { id: fetch, action: http_request, with: { url: "http://10.0.0.5/admin?token=t0ps3cret" }, retry: { max_attempts: 1 } }
+  - { id: fetch, action: http_request, with: { url: "http://10.0.0.5/admin?token=t0ps3cret" }, retry: { max_attempts: 5, backoff: fixed, delay: 1h } }
 "#;
     json_of(
         http.post(format!("{}/api/v1/workflows", s.base))
@@ -607,6 +607,8 @@ nodes:
         "{done}"
     );
     assert!(!error.contains("t0ps3cret"), "{error}");
+    // Another attempt cannot help: the node failed at once, whatever its retry policy.
+    assert_eq!(done["nodes"][0]["attempt"], 1, "{done}");
     s.stop().await;
 }
 

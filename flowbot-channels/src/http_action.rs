@@ -13,7 +13,8 @@
 //! and https, checks each name on the address it connects to and each redirect again (see
 //! [`flowbot_core::net`]). [`HttpRequest::with_policy`] takes an allow-list (the server's
 //! `[network] allow`). A refused URL fails the call with a [`RefusedUrl`] naming the URL
-//! (without user name, password or query) and the reason.
+//! (without user name, password or query) and the reason, marked
+//! [`Permanent`](flowbot_core::Permanent): a workflow node fails at once instead of retrying.
 //!
 //! URLs an operator wrote in the configuration file are not guarded: adapters' `api_base`,
 //! webhook channels' `callback_url`, notifiers' URLs and language model providers'
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flowbot_core::net::{NetError, NetPolicy, redacted_url};
-use flowbot_core::{Action, ActionContext, BoxError};
+use flowbot_core::{Action, ActionContext, BoxError, Permanent};
 use serde_json::{Map, Value, json};
 
 /// Largest response body read, in bytes.
@@ -168,12 +169,12 @@ impl Action for HttpRequest {
         let parsed = reqwest::Url::parse(written)
             .map_err(|e| format!("'{written}' is not a usable URL: {e}"))?;
         let url = redacted_url(&parsed);
-        self.policy
-            .check_url(&parsed)
-            .map_err(|reason| RefusedUrl {
+        self.policy.check_url(&parsed).map_err(|reason| {
+            Permanent::new(RefusedUrl {
                 url: url.clone(),
                 reason,
-            })?;
+            })
+        })?;
         let client = self.client.as_ref().map_err(|e| format!("{url}: {e}"))?;
         let method = input["method"].as_str().unwrap_or("GET");
         let method = reqwest::Method::from_bytes(method.as_bytes())
@@ -204,10 +205,10 @@ impl Action for HttpRequest {
         }
         let mut resp = req.send().await.map_err(|e| -> BoxError {
             if let Some(reason) = NetError::find(&e).filter(|n| n.is_refusal()) {
-                return Box::new(RefusedUrl {
+                return Box::new(Permanent::new(RefusedUrl {
                     url: url.clone(),
                     reason: reason.clone(),
-                });
+                }));
             }
             if e.is_timeout() {
                 format!("{url}: no answer within {} ms", timeout.as_millis()).into()

@@ -137,6 +137,11 @@ impl Error {
         })
     }
 
+    /// Whether retrying cannot help: a [`Permanent`] error is somewhere in the chain.
+    pub fn is_permanent(&self) -> bool {
+        self.chain().any(|e| e.is::<Permanent>())
+    }
+
     /// The words meant for the person whose input caused this error, if it carries a
     /// [`Refusal`] anywhere in its chain.
     pub fn refusal(&self) -> Option<&str> {
@@ -182,6 +187,20 @@ pub enum StoreError {
     /// Any other backend error.
     #[error("database error: {0}")]
     Backend(#[source] BoxError),
+}
+
+/// An error that another attempt cannot fix: an action returns it (wrapping its own error)
+/// for input it will never accept, such as a URL the network guard refuses. A workflow node
+/// failing with it fails at once, whatever its retry policy, and a task dead-letters.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(#[source] pub BoxError);
+
+impl Permanent {
+    /// Wrap `error`.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Permanent(error.into())
+    }
 }
 
 impl StoreError {
@@ -257,6 +276,7 @@ impl From<Error> for TaskError {
     fn from(err: Error) -> Self {
         match &err {
             Error::Store(e) if e.is_transient() => TaskError::retryable(err),
+            _ if err.is_permanent() => TaskError::permanent(err),
             Error::Store(_) | Error::Channel { .. } | Error::Action { .. } | Error::Handler(_) => {
                 TaskError::retryable(err)
             }

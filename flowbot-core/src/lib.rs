@@ -63,7 +63,7 @@ pub use bot::{Bot, BotBuilder};
 pub use channel::{Capabilities, Channel, ChannelListener, ChannelSender, Inbox, Senders, SentId};
 pub use commands::{CommandInfo, CommandParam};
 pub use draft::{DEFAULT_EDIT_INTERVAL, Draft, DraftRef, Streaming};
-pub use error::{BoxError, Error, Refusal, Result, StoreError, TaskError};
+pub use error::{BoxError, Error, Permanent, Refusal, Result, StoreError, TaskError};
 pub use in_process::{InProcess, InProcessHandle};
 pub use llm::{Assistant, ChatModel, Embedder, ModelError};
 pub use message::{

@@ -179,6 +179,14 @@ impl Workflows {
             Ok(Step::Wait { input }) => NodeResult::Waiting {
                 input: redacted(input, &self.secrets),
             },
+            Ok(Step::Fail { input, error }) => NodeResult::Failed {
+                input: Some(redacted(input, &self.secrets)),
+                error: redacted(Value::String(error), &self.secrets)
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                last: true,
+            },
             Err((input, error)) => NodeResult::Failed {
                 input: input.map(|i| redacted(i, &self.secrets)),
                 error: redacted(Value::String(error), &self.secrets)
@@ -280,6 +288,10 @@ impl Workflows {
                 };
                 match actions.call(name, &acx, input.clone()).await {
                     Ok(output) => Ok(Step::Done { input, output }),
+                    Err(e) if e.is_permanent() => Ok(Step::Fail {
+                        input,
+                        error: e.to_string(),
+                    }),
                     Err(e) => Err((Some(input), e.to_string())),
                 }
             }
@@ -461,8 +473,18 @@ impl Workflows {
 }
 
 pub(super) enum Step {
-    Done { input: Value, output: Value },
-    Wait { input: Value },
+    Done {
+        input: Value,
+        output: Value,
+    },
+    Wait {
+        input: Value,
+    },
+    /// Failed in a way another attempt cannot fix ([`Permanent`](crate::Permanent)).
+    Fail {
+        input: Value,
+        error: String,
+    },
 }
 
 /// Most nodes one handler runs in a row on its own claims (then the next goes through the
