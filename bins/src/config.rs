@@ -14,9 +14,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+mod chat;
 mod llm;
 mod load;
 mod platforms;
+pub use chat::{HostIdentityConfig, WebConfig};
 pub use llm::{LlmConfig, Relevance};
 pub use platforms::{DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
 
@@ -356,20 +358,6 @@ impl WorkersConfig {
     }
 }
 
-/// `[web]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebConfig {
-    /// Serve `/chat` and `/ws/chat`.
-    pub enabled: bool,
-}
-
-impl Default for WebConfig {
-    fn default() -> Self {
-        WebConfig { enabled: true }
-    }
-}
-
 /// `[webhooks.<name>]`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -604,6 +592,7 @@ impl Config {
             }
         }
         self.workers.validate()?;
+        self.web.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(err("log.level", format!("'{}': {e}", self.log.level)));
         }

@@ -288,10 +288,16 @@ pub async fn run_server_with(
     if console {
         builder = builder.channel(flowbot_channels::console::channel("console"));
     }
-    let web = config
-        .web
-        .enabled
-        .then(|| WebChat::new("web", Some(store.clone())));
+    let web = if config.web.enabled {
+        let identity = config
+            .web
+            .identity(&store)
+            .await
+            .map_err(RunError::Channel)?;
+        Some(WebChat::new("web", Some(store.clone())).with_identity(identity)?)
+    } else {
+        None
+    };
     if let Some(web) = &web {
         builder = builder.channel(web.channel());
     }
