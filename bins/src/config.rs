@@ -15,12 +15,14 @@ use std::path::Path;
 use serde::Deserialize;
 
 mod auth;
+mod chat;
 mod limits;
 mod llm;
 mod load;
 mod network;
 mod platforms;
 pub use auth::{AuthConfig, JwtAuthConfig};
+pub use chat::{HostIdentityConfig, WebConfig};
 pub use limits::LimitsConfig;
 pub use llm::{LlmConfig, Relevance};
 pub use network::NetworkConfig;
@@ -195,6 +197,53 @@ pub struct ServerConfig {
     pub shutdown_timeout_secs: u64,
     /// Origins allowed by CORS; empty (the default) turns CORS off.
     pub cors_origins: Vec<String>,
+    /// Serve the admin API (`/api/v1`, `/metrics`) on this address only; `listen` then serves
+    /// the public surface (webhooks, web chat, health).
+    pub admin_listen: Option<SocketAddr>,
+    /// HTTPS on every address the server listens on.
+    pub tls: Option<TlsConfig>,
+}
+
+impl ServerConfig {
+    /// The address the admin API is served on.
+    pub fn admin_address(&self) -> SocketAddr {
+        self.admin_listen.unwrap_or(self.listen)
+    }
+}
+
+/// `[server.tls]`: the certificate and key (PEM files, read again when they change).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, the server's certificate first.
+    pub cert_file: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
+    /// How often the files are checked for changes, in seconds (1 to 86400; default 10).
+    #[serde(default = "tls_reload")]
+    pub reload_secs: u64,
+    /// Send `Strict-Transport-Security` (default on).
+    #[serde(default = "yes")]
+    pub hsts: bool,
+}
+
+fn tls_reload() -> u64 {
+    10
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl TlsConfig {
+    /// The files, as the listener takes them.
+    pub fn files(&self) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles {
+            cert: self.cert_file.clone(),
+            key: self.key_file.clone(),
+            reload_every: std::time::Duration::from_secs(self.reload_secs),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -206,6 +255,8 @@ impl Default for ServerConfig {
             request_timeout_secs: 30,
             shutdown_timeout_secs: 30,
             cors_origins: Vec::new(),
+            admin_listen: None,
+            tls: None,
         }
     }
 }
@@ -365,20 +416,6 @@ impl WorkersConfig {
         self.worker_config("check".into())
             .validate()
             .map_err(|e| err("workers", e.to_string()))
-    }
-}
-
-/// `[web]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebConfig {
-    /// Serve `/chat` and `/ws/chat`.
-    pub enabled: bool,
-}
-
-impl Default for WebConfig {
-    fn default() -> Self {
-        WebConfig { enabled: true }
     }
 }
 
@@ -561,7 +598,27 @@ impl Config {
             return Err(err("database.max_connections", "must be at least 1"));
         }
         self.llm.validate()?;
-        self.auth.validate(self.server.listen)?;
+        let admin_key = if self.server.admin_listen.is_some() {
+            "server.admin_listen"
+        } else {
+            "server.listen"
+        };
+        self.auth.validate(admin_key, self.server.admin_address())?;
+        if let Some(tls) = &self.server.tls {
+            in_range(
+                "server.tls.reload_secs",
+                tls.reload_secs,
+                1,
+                DAY_SECS,
+                "1 day",
+            )?;
+        }
+        if self.server.admin_listen == Some(self.server.listen) && self.server.listen.port() != 0 {
+            return Err(err(
+                "server.admin_listen",
+                "must differ from server.listen (leave it out to serve everything on one address)",
+            ));
+        }
         self.limits.validate()?;
         self.network.validate()?;
         let share = self.database.sqlite_work_share;
@@ -619,6 +676,7 @@ impl Config {
             }
         }
         self.workers.validate()?;
+        self.web.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(err("log.level", format!("'{}': {e}", self.log.level)));
         }

@@ -898,7 +898,30 @@ pub async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Problem
     )
 }
 
-/// Apply body limit, timeout and CORS settings.
+/// On the public address of a server whose admin API has its own (`server.admin_listen`):
+/// `/api/v1` (but its OpenAPI document) and `/metrics` are not found here.
+pub async fn public_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = req.uri().path();
+    if (path.starts_with("/api/") && path != "/api/v1/openapi.json") || path == "/metrics" {
+        return Problem::not_found(format!(
+            "no route for {path} on this address: the admin API is served on its own"
+        ))
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Strict-Transport-Security on every answer of a server on TLS.
+async fn hsts(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut res = next.run(req).await;
+    res.headers_mut().insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    res
+}
+
+/// Apply body limit, timeout and CORS settings, and HSTS on TLS.
 pub fn layers(router: axum::Router, cfg: &ServerConfig) -> axum::Router {
     use tower_http::cors::{AllowOrigin, CorsLayer};
     let mut router = router
@@ -917,8 +940,11 @@ pub fn layers(router: axum::Router, cfg: &ServerConfig) -> axum::Router {
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(origins))
                 .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
-                .allow_headers([header::CONTENT_TYPE]),
+                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]),
         );
+    }
+    if cfg.tls.as_ref().is_some_and(|t| t.hsts) {
+        router = router.layer(axum::middleware::from_fn(hsts));
     }
     router
 }

@@ -266,6 +266,8 @@ async fn bot_builder(
 pub struct Running {
     /// The address actually bound (useful with port 0).
     pub addr: std::net::SocketAddr,
+    /// The admin API's own address, when `server.admin_listen` is set.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Run the server until `shutdown` is cancelled. `ready` receives the bound address.
@@ -291,10 +293,20 @@ pub async fn run_server_with(
     if console {
         builder = builder.channel(flowbot_channels::console::channel("console"));
     }
-    let web = config
-        .web
-        .enabled
-        .then(|| WebChat::new("web", Some(store.clone())));
+    let web = if config.web.enabled {
+        let identity = config
+            .web
+            .identity(&store)
+            .await
+            .map_err(RunError::Channel)?;
+        Some(
+            WebChat::new("web", Some(store.clone()))
+                .with_identity(identity)?
+                .max_sockets_per_address(config.limits.websockets_per_address),
+        )
+    } else {
+        None
+    };
     if let Some(web) = &web {
         builder = builder.channel(web.channel());
     }
@@ -432,30 +444,60 @@ pub async fn run_server_with(
             }
         }
     }
-    let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
-        Ok(l) => l,
-        Err(source) => {
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Listen { addr, source })
+    };
+    let listeners = match (
+        bind(config.server.listen).await,
+        match config.server.admin_listen {
+            Some(a) => bind(a).await.map(Some),
+            None => Ok(None),
+        },
+    ) {
+        (Ok(main), Ok(admin)) => (main, admin),
+        (Err(e), _) | (_, Err(e)) => {
             bot_stop.cancel();
             let _ = bot_task.await;
-            return Err(RunError::Listen {
-                addr: config.server.listen,
-                source,
-            });
+            return Err(e);
         }
     };
+    let (listener, admin_listener) = listeners;
     let addr = listener.local_addr().map_err(RunError::Serve)?;
-    tracing::info!(%addr, database = %redact(&config.database.url), agent = config.server.agent, "flowbot-server listening; chat at http://{addr}/chat");
+    let admin = match &admin_listener {
+        Some(l) => Some(l.local_addr().map_err(RunError::Serve)?),
+        None => None,
+    };
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, admin = ?admin, database = %redact(&config.database.url), agent = config.server.agent, "flowbot-server listening; chat at {scheme}://{addr}/chat");
     if let Some(ready) = ready {
-        let _ = ready.send(Running { addr });
+        let _ = ready.send(Running { addr, admin });
     }
 
-    let http_stop = shutdown.clone();
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { http_stop.cancelled().await });
-    let served = serve.await.map_err(RunError::Serve);
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::config::TlsConfig::files);
+    let served = match admin_listener {
+        None => serve_on(listener, app, tls, shutdown.clone()).await,
+        Some(admin_listener) => {
+            // The main address serves the public surface only.
+            let public = app
+                .clone()
+                .layer(axum::middleware::from_fn(http::public_only));
+            let (a, b) = tokio::join!(
+                serve_on(listener, public, tls.clone(), shutdown.clone()),
+                serve_on(admin_listener, app, tls, shutdown.clone()),
+            );
+            a.and(b)
+        }
+    };
     // HTTP drained (WebSockets are closed by the web channel as the bot stops): stop the bot,
     // which drains the pipeline and releases running tasks.
     bot_stop.cancel();
@@ -464,6 +506,39 @@ pub async fn run_server_with(
         Err(e) => tracing::error!(error = %e, "bot task failed"),
     }
     served
+}
+
+/// Serve `app` on `tcp` (through TLS with `tls`) until `stop`, then drain.
+async fn serve_on(
+    tcp: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<crate::tls::TlsFiles>,
+    stop: CancellationToken,
+) -> Result<(), RunError> {
+    use axum::serve::ListenerExt;
+    let graceful = {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    };
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    match tls {
+        None => axum::serve(tcp, app)
+            .with_graceful_shutdown(graceful)
+            .await
+            .map_err(RunError::Serve),
+        Some(files) => {
+            let listener = crate::tls::TlsListener::new(tcp, files, stop).map_err(|e| {
+                crate::config::ConfigError {
+                    path: "server.tls".into(),
+                    message: e.to_string(),
+                }
+            })?;
+            axum::serve(listener.tap_io(|_| {}), app)
+                .with_graceful_shutdown(graceful)
+                .await
+                .map_err(RunError::Serve)
+        }
+    }
 }
 
 /// Remove audit entries older than `days`, at start and every hour, until `stop`.
@@ -492,12 +567,12 @@ pub fn gate(config: &Config, store: &Arc<dyn Store>) -> Result<http::auth::Gate,
     let auth = &config.auth;
     let roles = auth.roles()?;
     if !auth.required() {
-        if config.server.listen.ip().is_loopback() {
+        if config.server.admin_address().ip().is_loopback() {
             tracing::info!(
                 "the admin API needs no credential: it listens on loopback only ([auth] in docs/security.md)"
             );
         } else {
-            tracing::warn!(listen = %config.server.listen, "THE ADMIN API IS OPEN TO THE NETWORK WITHOUT AUTHENTICATION ([auth] allow_unauthenticated = true): anyone who reaches this address can read every conversation and change the bot");
+            tracing::warn!(listen = %config.server.admin_address(), "THE ADMIN API IS OPEN TO THE NETWORK WITHOUT AUTHENTICATION ([auth] allow_unauthenticated = true): anyone who reaches this address can read every conversation and change the bot");
         }
     }
     let jwt = match &auth.jwt {
@@ -521,7 +596,7 @@ pub fn gate(config: &Config, store: &Arc<dyn Store>) -> Result<http::auth::Gate,
             .then(|| Arc::new(flowbot_core::auth::ApiKeys::new(store.clone()))),
         roles: Arc::new(roles),
         required: auth.required(),
-        hosts: auth.hosts(config.server.listen),
+        hosts: auth.hosts(config.server.admin_address()),
         origins: config.server.cors_origins.clone(),
         limits: Arc::new(config.limits.limits()?),
         audit: Some(store.clone()),

@@ -95,7 +95,11 @@ struct Web {
 impl Web {
     async fn socket(&mut self, name: &str) -> &mut Chat {
         if !self.sockets.contains_key(name) {
-            let url = format!("{}/ws/chat?user=ada&conversation={name}", self.ws_base);
+            let url = format!(
+                "{}/ws/chat?token={}",
+                self.ws_base,
+                harness::visitor_token("ada", name)
+            );
             let (mut ws, _) = tokio_tungstenite::connect_async(&url)
                 .await
                 .expect("connect");
@@ -1209,7 +1213,11 @@ mod drafts {
     async fn web_chat_shows_partial_frames_then_the_message_naming_the_draft() {
         let dir = common::TempDir::new("flowbot-draft-web");
         let store = store(&dir).await;
-        let web = flowbot_channels::web::WebChat::new("web", Some(store.clone()));
+        let web = flowbot_channels::web::WebChat::new("web", Some(store.clone()))
+            .with_identity(flowbot_channels::web::ChatIdentity::new(
+                crate::harness::WEB_SECRET.as_bytes(),
+            ))
+            .expect("identity");
         let (router, writer) = writing_router();
         let bot = Bot::builder()
             .store(store.clone())
@@ -1227,7 +1235,10 @@ mod drafts {
         let addr = listener.local_addr().expect("addr");
         let app = web.router();
         tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-        let url = format!("ws://{addr}/ws/chat?user=ada&conversation=story");
+        let url = format!(
+            "ws://{addr}/ws/chat?token={}",
+            crate::harness::visitor_token("ada", "story")
+        );
         let (mut ws, _) = tokio_tungstenite::connect_async(&url)
             .await
             .expect("connect");

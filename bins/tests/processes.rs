@@ -143,16 +143,17 @@ async fn the_console_channel_talks_on_stdin_and_stdout() {
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn chat(base_ws: &str, conversation: &str) -> WsStream {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
-        "{base_ws}/ws/chat?user={conversation}&conversation={conversation}"
-    ))
-    .await
-    .expect("connect");
-    for kind in ["welcome", "history"] {
-        assert_eq!(next_json(&mut ws).await["type"], kind);
-    }
-    ws
+/// Open web chat on a server (`query`: empty for a new visitor, or `?token=…`); the socket,
+/// the welcome frame and the history frame.
+async fn chat(base_ws: &str, query: &str) -> (WsStream, Value, Value) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{base_ws}/ws/chat{query}"))
+        .await
+        .expect("connect");
+    let welcome = next_json(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome");
+    let history = next_json(&mut ws).await;
+    assert_eq!(history["type"], "history");
+    (ws, welcome, history)
 }
 
 async fn next_json(ws: &mut WsStream) -> Value {
@@ -246,8 +247,8 @@ async fn distributed_servers_and_agents_on_postgres() {
     }
     // Web chat on both servers, with reminders delivered by the agents over the bus.
     let ws_base = |b: &str| b.replace("http://", "ws://");
-    let mut ws1 = chat(&ws_base(&b1), "room-a").await;
-    let mut ws2 = chat(&ws_base(&b2), "room-b").await;
+    let (mut ws1, visitor_a, _) = chat(&ws_base(&b1), "").await;
+    let (mut ws2, _, _) = chat(&ws_base(&b2), "").await;
     for (ws, tag) in [(&mut ws1, "a"), (&mut ws2, "b")] {
         ws.send(Ws::text(
             json!({"type": "message", "text": format!("/echo hello-{tag}")}).to_string(),
@@ -266,6 +267,16 @@ async fn distributed_servers_and_agents_on_postgres() {
         assert_eq!(next_message(ws).await, format!("⏰ Reminder: ping-{tag}"));
         no_more_messages(ws).await;
     }
+    // The token server 1 issued resumes that conversation on server 2: the servers share the
+    // token secret (generated once, kept in the database).
+    let token = visitor_a["token"].as_str().expect("visitor token");
+    let (_, resumed, history) = chat(&ws_base(&b2), &format!("?token={token}")).await;
+    assert_eq!(
+        resumed["conversation"], visitor_a["conversation"],
+        "{resumed}"
+    );
+    assert!(resumed.get("refused").is_none(), "{resumed}");
+    assert_eq!(history["messages"][0]["text"], "/echo hello-a", "{history}");
 
     // A rule stored through one server's API answers on the other server (every process
     // reloads when the change is announced on the bus).

@@ -183,10 +183,21 @@ async fn the_readme_run_command_serves_the_demo_bot_and_stops_on_sigterm() {
         "the chat page connects to /ws/chat"
     );
 
-    let url = format!("ws://127.0.0.1:{port}/ws/chat?user=newcomer&conversation=readme");
+    assert!(
+        html.contains("flowbot.token"),
+        "the chat page keeps its visitor token"
+    );
+
+    // As the page does: a first visit gets new ids and a token, which resumes them later.
+    let url = format!("ws://127.0.0.1:{port}/ws/chat");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("connect /ws/chat");
+    let welcome = harness::next_frame(&mut ws, "welcome").await;
+    let token = welcome["token"]
+        .as_str()
+        .expect("a visitor token")
+        .to_owned();
     ws.send(Ws::text(
         json!({"type": "message", "text": "/echo hello from the README"}).to_string(),
     ))
@@ -195,6 +206,17 @@ async fn the_readme_run_command_serves_the_demo_bot_and_stops_on_sigterm() {
     let answer = harness::next_frame(&mut ws, "message").await;
     assert_eq!(answer["text"], "hello from the README", "{answer}");
     drop(ws);
+    let (mut again, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}"))
+        .await
+        .expect("reconnect /ws/chat");
+    let resumed = harness::next_frame(&mut again, "welcome").await;
+    assert_eq!(resumed["conversation"], welcome["conversation"]);
+    let history = harness::next_frame(&mut again, "history").await;
+    assert_eq!(
+        history["messages"][0]["text"], "/echo hello from the README",
+        "{history}"
+    );
+    drop(again);
 
     // SIGTERM: the server shuts down gracefully and exits 0.
     let pid = server.id().expect("running");

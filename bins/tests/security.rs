@@ -792,3 +792,39 @@ async fn changes_and_failed_authentications_are_audited() {
     .await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_chat_connections_are_limited_per_address() {
+    let s = start_with(|c| {
+        c.limits.trusted_proxies = vec!["127.0.0.1".into()];
+        c.limits.websockets_per_address = 2;
+    })
+    .await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let open = |client: &'static str| {
+        let mut req = format!("{}/ws/chat", s.ws)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut()
+            .insert("x-forwarded-for", client.parse().expect("header"));
+        tokio_tungstenite::connect_async(req)
+    };
+    let first = open("192.0.2.10").await.expect("first");
+    let _second = open("192.0.2.10").await.expect("second");
+    match open("192.0.2.10").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 429),
+        other => panic!("a third socket from one address: {:?}", other.map(|_| ())),
+    }
+    let _other = open("192.0.2.11").await.expect("another address");
+    // A closed socket frees its place.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while open("192.0.2.10").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place freed in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    s.stop().await;
+}

@@ -273,7 +273,7 @@ async fn a_failed_message_is_answered_never_met_with_silence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_chat_round_trip_history_errors_and_reminders() {
     let s = start().await;
-    let url = format!("{}/ws/chat?user=ada&conversation=room1", s.ws);
+    let url = harness::chat_url(&s, "ada", "room1");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("connect");

@@ -1,7 +1,8 @@
 //! Web chat: a page at `/chat` and a WebSocket at `/ws/chat`.
 //!
 //! Frames are JSON text. Client → server: `{"type":"message","text":"…"}` and
-//! `{"type":"button","value":"…"}`. Server → client: `welcome` (conversation and user),
+//! `{"type":"button","value":"…"}`. Server → client: `welcome` (conversation, user, and for
+//! an anonymous visitor the token that resumes them; see [identity]),
 //! `history` (the conversation so far), `typing`, `partial`
 //! (`{"type":"partial","draft":"…","text":"…","conversation":"…","format":…}`: the text so
 //! far of an answer still being written), `message`
@@ -12,6 +13,13 @@
 //! An answer shown while it is written ([`Draft`](flowbot_core::Draft)) reaches the browser as
 //! `partial` frames, each with the whole text so far (a socket that falls behind gets only the
 //! newest), then as the final `message` naming the same draft; only the final text is stored.
+//!
+//! Who is connecting ([identity]): an anonymous visitor presents the token of an earlier
+//! `welcome` (`/ws/chat?token=…`) to resume their conversation, and gets new ids without
+//! one; a site embedding the chat can pass its own signed identity instead
+//! (`/ws/chat?identity=<JWT>`) when [`WebChat::with_identity`] was given a verifier for it.
+//! `user` and `conversation` in the query never choose ids on their own: without a token for
+//! exactly that pair they get a new identity (the `welcome` frame's `refused` says why).
 //!
 //! Replies reach the browser through the store's [`Bus`](flowbot_core::Bus): whichever process sends a message
 //! to a web conversation (a server's pipeline, an agent delivering a reminder) publishes it,
@@ -42,6 +50,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::problem::Problem;
+
+pub mod identity;
+pub use identity::{ChatIdentity, sign_token};
 
 /// The chat page.
 pub const CHAT_PAGE: &str = include_str!("web/chat.html");
@@ -109,6 +120,62 @@ struct WebState {
     closing: CancellationToken,
     open: AtomicU64,
     listening: tokio::sync::watch::Sender<bool>,
+    identity: RwLock<Arc<ChatIdentity>>,
+    /// Most open sockets per client address (0: no limit), and the open ones by address.
+    per_address: AtomicU64,
+    by_address: Mutex<HashMap<std::net::IpAddr, u64>>,
+}
+
+/// The client's address, as the server in front of the channel determined it (behind a
+/// trusted proxy, the address it forwarded for): put in the request's extensions, it is what
+/// [`WebChat::max_sockets_per_address`] counts. Without it, the connection's peer counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub std::net::IpAddr);
+
+/// One open socket of a client address; dropping it frees the place.
+struct AddressSlot {
+    state: Arc<WebState>,
+    address: std::net::IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .state
+            .by_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.address) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
+}
+
+impl WebState {
+    /// A place for one more socket of `address`, unless it holds its most already (loopback
+    /// clients are not counted).
+    fn take_slot(
+        self: &Arc<Self>,
+        address: Option<std::net::IpAddr>,
+    ) -> std::result::Result<Option<AddressSlot>, u64> {
+        let most = self.per_address.load(Ordering::Relaxed);
+        let Some(address) = address.filter(|a| most > 0 && !a.is_loopback()) else {
+            return Ok(None);
+        };
+        let mut open = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(address).or_insert(0);
+        if *n >= most {
+            return Err(most);
+        }
+        *n += 1;
+        Ok(Some(AddressSlot {
+            state: self.clone(),
+            address,
+        }))
+    }
 }
 
 /// Frames the server sends.
@@ -121,6 +188,15 @@ pub enum ServerFrame {
         conversation: String,
         /// User id.
         user: String,
+        /// `visitor` (an anonymous visitor) or `host` (an identity signed by the host site).
+        identity: &'static str,
+        /// A visitor's token for this user and conversation, newly issued: present it as
+        /// `token` when connecting again.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// Why the identity asked for was not given (these are new ids).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
     },
     /// The conversation so far, oldest first.
     History {
@@ -188,11 +264,26 @@ enum ClientFrame {
 struct ConnectParams {
     user: Option<String>,
     conversation: Option<String>,
+    token: Option<String>,
+    identity: Option<String>,
+}
+
+/// Who a socket speaks for.
+struct Who {
+    user: UserId,
+    conversation: ConversationId,
+    name: Option<String>,
+    kind: &'static str,
+    token: Option<String>,
+    refused: Option<String>,
 }
 
 impl WebChat {
     /// A web chat channel named `name`. With a store, history is shown on connect and replies
     /// travel over the store's bus (so any server or agent can reach any browser).
+    ///
+    /// Visitor tokens are signed with a random secret of this process
+    /// ([`ChatIdentity::random`]) until [`with_identity`](Self::with_identity) says otherwise.
     pub fn new(name: &str, store: Option<Arc<dyn Store>>) -> Self {
         WebChat {
             state: Arc::new(WebState {
@@ -206,8 +297,33 @@ impl WebChat {
                 closing: CancellationToken::new(),
                 open: AtomicU64::new(0),
                 listening: tokio::sync::watch::channel(false).0,
+                identity: RwLock::new(Arc::new(ChatIdentity::random())),
+                per_address: AtomicU64::new(0),
+                by_address: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Identify visitors with `identity` (a shared secret for visitor tokens, and a verifier
+    /// of host-signed identities, if any); checked with [`ChatIdentity::validate`].
+    pub fn with_identity(self, identity: ChatIdentity) -> Result<Self> {
+        identity.validate().map_err(|detail| Error::Channel {
+            channel: self.state.name.to_string(),
+            detail,
+        })?;
+        *self
+            .state
+            .identity
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(identity);
+        Ok(self)
+    }
+
+    /// Accept at most `most` open sockets per client address (0, the default: no limit);
+    /// one more is refused with 429. Loopback clients are not counted.
+    pub fn max_sockets_per_address(self, most: u64) -> Self {
+        self.state.per_address.store(most, Ordering::Relaxed);
+        self
     }
 
     /// The channel to register with the bot (sender and listener).
@@ -316,6 +432,8 @@ async fn page() -> Response {
 
 async fn connect(
     State(state): State<Arc<WebState>>,
+    client: Option<axum::Extension<ClientAddress>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     params: std::result::Result<Query<ConnectParams>, axum::extract::rejection::QueryRejection>,
     ws: std::result::Result<
         WebSocketUpgrade,
@@ -332,12 +450,11 @@ async fn connect(
     let Ok(Query(params)) = params else {
         return Problem::bad_request("malformed query string").into_response();
     };
-    let user = params
-        .user
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let conversation = params.conversation.unwrap_or_else(|| user.clone());
-    for (what, v) in [("user", &user), ("conversation", &conversation)] {
-        if !crate::valid_id(v, 64) {
+    for (what, v) in [
+        ("user", &params.user),
+        ("conversation", &params.conversation),
+    ] {
+        if v.as_deref().is_some_and(|v| !crate::valid_id(v, 64)) {
             return Problem::bad_request(format!(
                 "{what} must be 1-64 characters of A-Z a-z 0-9 _ - . : @"
             ))
@@ -352,6 +469,18 @@ async fn connect(
     {
         return Problem::unavailable("the web chat channel is not running").into_response();
     }
+    let address = client.map(|c| c.0.0).or(peer.map(|p| p.0.0.ip()));
+    let slot = match state.take_slot(address) {
+        Ok(slot) => slot,
+        Err(most) => {
+            return Problem::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!("at most {most} chat connections from one address"),
+            )
+            .into_response();
+        }
+    };
+    let who = identify(&state, params).await;
     // Small buffers: an idle chat costs a few KiB instead of tungstenite's 128 KiB default
     // read buffer, and frames are written at once (chat frames are small and latency-bound).
     ws.max_message_size(MAX_FRAME_BYTES)
@@ -359,9 +488,81 @@ async fn connect(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(1024 * 1024)
-        .on_upgrade(move |socket| {
-            session(state, socket, UserId(user), ConversationId(conversation))
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            match who {
+                Ok(who) => session(state, socket, who).await,
+                Err(detail) => refuse(socket, detail).await,
+            }
         })
+}
+
+/// Who the connection speaks for: the host-signed identity (or why it was refused), the
+/// visitor of a valid token for the ids asked for, or else a new visitor.
+async fn identify(state: &WebState, params: ConnectParams) -> std::result::Result<Who, String> {
+    let identity = state
+        .identity
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(jwt) = params.identity {
+        let host = identity.host_user(&jwt).await.map_err(|e| e.to_string())?;
+        return Ok(Who {
+            conversation: ConversationId(host.user.clone()),
+            user: UserId(host.user),
+            name: host.name,
+            kind: "host",
+            token: None,
+            refused: None,
+        });
+    }
+    let channel = state.name.as_str();
+    let refused = match params.token.as_deref().map(|t| identity.check(channel, t)) {
+        Some(Ok((user, conversation)))
+            if params.user.as_ref().is_none_or(|u| *u == user)
+                && params
+                    .conversation
+                    .as_ref()
+                    .is_none_or(|c| *c == conversation) =>
+        {
+            return Ok(Who {
+                token: Some(identity.issue(channel, &user, &conversation)),
+                user: UserId(user),
+                conversation: ConversationId(conversation),
+                name: None,
+                kind: "visitor",
+                refused: None,
+            });
+        }
+        Some(Ok(_)) => Some("the chat token is for another user or conversation".to_owned()),
+        Some(Err(e)) => Some(e.to_string()),
+        None if params.user.is_some() || params.conversation.is_some() => {
+            Some("no chat token for that user and conversation".to_owned())
+        }
+        None => None,
+    };
+    let user = uuid::Uuid::new_v4().simple().to_string();
+    Ok(Who {
+        token: Some(identity.issue(channel, &user, &user)),
+        conversation: ConversationId(user.clone()),
+        user: UserId(user),
+        name: None,
+        kind: "visitor",
+        refused: refused.map(|r| format!("{r}; this is a new conversation")),
+    })
+}
+
+/// Tell the browser why its identity was refused, and close (1008, policy violation).
+async fn refuse(mut socket: WebSocket, detail: String) {
+    let frame = ServerFrame::Error { detail };
+    if socket.send(frame_text(&frame)).await.is_ok() {
+        let _ = socket
+            .send(WsMessage::Close(Some(CloseFrame {
+                code: 1008,
+                reason: Utf8Bytes::from_static("identity refused"),
+            })))
+            .await;
+    }
 }
 
 async fn history(state: &WebState, conversation: &ConversationId) -> Vec<HistoryEntry> {
@@ -413,12 +614,15 @@ fn frame_text(frame: &ServerFrame) -> WsMessage {
     ))
 }
 
-async fn session(
-    state: Arc<WebState>,
-    socket: WebSocket,
-    user: UserId,
-    conversation: ConversationId,
-) {
+async fn session(state: Arc<WebState>, socket: WebSocket, who: Who) {
+    let Who {
+        user,
+        conversation,
+        name,
+        kind,
+        token,
+        refused,
+    } = who;
     let id = state.next_socket.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<ServerFrame>(256);
     let partial = Arc::new(PartialSlot::default());
@@ -437,6 +641,9 @@ async fn session(
     let welcome = ServerFrame::Welcome {
         conversation: conversation.to_string(),
         user: user.to_string(),
+        identity: kind,
+        token,
+        refused,
     };
     let messages = history(&state, &conversation).await;
     let mut ok = sink.send(frame_text(&welcome)).await.is_ok()
@@ -462,7 +669,7 @@ async fn session(
             }
             incoming = stream.next() => match incoming {
                 Some(Ok(WsMessage::Text(text))) => {
-                    if let Some(reply) = on_client_frame(&state, &user, &conversation, text.as_str()).await {
+                    if let Some(reply) = on_client_frame(&state, &user, name.as_deref(), &conversation, text.as_str()).await {
                         ok = sink.send(frame_text(&reply)).await.is_ok();
                     }
                 }
@@ -493,6 +700,7 @@ async fn session(
 async fn on_client_frame(
     state: &WebState,
     user: &UserId,
+    name: Option<&str>,
     conversation: &ConversationId,
     text: &str,
 ) -> Option<ServerFrame> {
@@ -507,7 +715,7 @@ async fn on_client_frame(
     };
     let sender = Sender {
         id: user.clone(),
-        name: None,
+        name: name.map(str::to_owned),
         roles: vec![Role::User],
     };
     let event = match frame {

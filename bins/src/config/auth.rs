@@ -157,9 +157,9 @@ impl AuthConfig {
         hosts
     }
 
-    /// Check the section against the address the server listens on: a server reachable from
+    /// Check the section against the address the admin API listens on: an API reachable from
     /// the network needs authentication, or the explicit opt-out.
-    pub(super) fn validate(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+    pub(super) fn validate(&self, key: &str, listen: SocketAddr) -> Result<(), ConfigError> {
         let roles = self.roles()?;
         if !(1..=36_500).contains(&self.audit_retention_days) {
             return Err(err(
@@ -191,11 +191,11 @@ impl AuthConfig {
         }
         if !listen.ip().is_loopback() && !self.required() && !self.allow_unauthenticated {
             return Err(err(
-                "server.listen",
+                key,
                 format!(
-                    "{listen} is reachable from the network, and the admin API has no authentication: \
+                    "{listen} is reachable from the network, and the admin API served there has no authentication: \
                      set [auth] api_keys = true and make a key with `flowbot-server keys create --name NAME --role admin`, \
-                     or configure [auth.jwt], or listen on 127.0.0.1; to serve the API open anyway, set [auth] allow_unauthenticated = true"
+                     or configure [auth.jwt], or serve the API on loopback (listen, or admin_listen = \"127.0.0.1:…\"); to serve the API open anyway, set [auth] allow_unauthenticated = true"
                 ),
             ));
         }

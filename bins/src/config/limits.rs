@@ -20,6 +20,8 @@ pub struct LimitsConfig {
     /// Failed authentications per client address before its credentials are refused
     /// unchecked (429) until the bucket refills.
     pub auth_failures_per_address_per_minute: u32,
+    /// Open web chat connections per client address (0: no limit).
+    pub websockets_per_address: u64,
     /// Addresses and networks that may reach the admin API (`10.0.0.0/8`, `192.0.2.7`);
     /// empty: any.
     pub admin_allow: Vec<String>,
@@ -34,6 +36,7 @@ impl Default for LimitsConfig {
             api_per_address_per_minute: 1200,
             api_per_credential_per_minute: 1200,
             auth_failures_per_address_per_minute: 30,
+            websockets_per_address: 20,
             admin_allow: Vec::new(),
             trusted_proxies: Vec::new(),
         }

@@ -184,10 +184,15 @@ impl Limits {
 }
 
 /// The layer in front of the public endpoints: requests per client address.
-pub async fn public(State(limits): State<Arc<Limits>>, req: Request, next: Next) -> Response {
+pub async fn public(State(limits): State<Arc<Limits>>, mut req: Request, next: Next) -> Response {
     let client = limits.client(&req);
     if let Err(wait) = Limits::by_address(limits.public.as_ref(), client) {
         return too_many(wait, "too many requests from this address");
+    }
+    if let Some(c) = client {
+        // What the web chat counts its sockets by.
+        req.extensions_mut()
+            .insert(flowbot_channels::web::ClientAddress(c));
     }
     next.run(req).await
 }

@@ -14,6 +14,9 @@ use crate::common::{Received, TempDir, callback_receiver};
 
 pub const SECRET: &str = "test-secret-0123456789";
 
+/// The web chat's token secret: tests sign visitor tokens for the ids they choose.
+pub const WEB_SECRET: &str = "web-chat-test-secret-0123456789abcdef";
+
 pub struct Server {
     pub base: String,
     pub ws: String,
@@ -22,6 +25,8 @@ pub struct Server {
     pub callbacks: Received,
     /// The configuration it runs with.
     pub config: Config,
+    /// The admin API's own address (`server.admin_listen`), as `http://…`.
+    pub admin: Option<String>,
     _dir: TempDir,
 }
 
@@ -48,6 +53,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
     config.server.shutdown_timeout_secs = 5;
     config.database.url = format!("sqlite://{}/flowbot.db", dir.0.display());
     config.workers.poll_interval_ms = 100;
+    config.web.secret = Some(WEB_SECRET.into());
     config.webhooks.insert(
         "crm".into(),
         WebhookEntry {
@@ -69,6 +75,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
     let running = rx.await.expect("server started");
     Server {
         base: format!("http://{}", running.addr),
+        admin: running.admin.map(|a| format!("http://{a}")),
         ws: format!("ws://{}", running.addr),
         stop,
         task,
@@ -115,9 +122,30 @@ pub async fn next_frame(
 pub type Chat =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// A visitor token for `user` in `conversation` of the `web` channel, as the server would
+/// have issued it.
+pub fn visitor_token(user: &str, conversation: &str) -> String {
+    flowbot_channels::web::sign_token(
+        WEB_SECRET.as_bytes(),
+        "web",
+        user,
+        conversation,
+        chrono::Utc::now().timestamp(),
+    )
+}
+
+/// The web chat URL of `s` for `user` in `conversation`, with their visitor token.
+pub fn chat_url(s: &Server, user: &str, conversation: &str) -> String {
+    format!(
+        "{}/ws/chat?token={}",
+        s.ws,
+        visitor_token(user, conversation)
+    )
+}
+
 /// Open web chat on `s` as `user` in `conversation`, past the welcome and history frames.
 pub async fn chat(s: &Server, user: &str, conversation: &str) -> Chat {
-    let url = format!("{}/ws/chat?user={user}&conversation={conversation}", s.ws);
+    let url = chat_url(s, user, conversation);
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("connect");
