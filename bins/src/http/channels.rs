@@ -36,9 +36,11 @@ pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, routes: ChannelRoutes) {
         extra["/chat"] = json!({"get": {"tags": ["channels"], "summary": "The web chat page", "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}}}});
         extra["/ws/chat"] = json!({"get": {"tags": ["channels"], "summary": "Web chat WebSocket (JSON text frames; see docs/configuration.md)",
             "parameters": [
-                {"name": "user", "in": "query", "required": false, "schema": {"type": "string"}},
-                {"name": "conversation", "in": "query", "required": false, "schema": {"type": "string"}}],
-            "responses": {"101": {"description": "Switching to the WebSocket protocol"}, "400": {"description": "Not a WebSocket request or bad ids", "content": {"application/problem+json": {}}}}}});
+                {"name": "user", "in": "query", "required": false, "schema": {"type": "string"}, "description": "the user to resume, with its token"},
+                {"name": "conversation", "in": "query", "required": false, "schema": {"type": "string"}, "description": "the conversation to resume, with its token"},
+                {"name": "token", "in": "query", "required": false, "schema": {"type": "string"}, "description": "the visitor token of a previous welcome frame; without a valid one for this user and conversation, the socket gets new ids"},
+                {"name": "identity", "in": "query", "required": false, "schema": {"type": "string"}, "description": "a JWT from the site embedding the chat ([web.host_identity])"}],
+            "responses": {"101": {"description": "Switching to the WebSocket protocol"}, "400": {"description": "Not a WebSocket request or bad ids", "content": {"application/problem+json": {}}}, "429": {"description": "Too many connections or requests from this address", "content": {"application/problem+json": {}}}}}});
     }
     if webhooks {
         extra["/hooks/webhook/{channel}"] = json!({"post": {"tags": ["channels"], "summary": "Generic webhook: a message in; 202 once durably stored",
