@@ -27,6 +27,16 @@ async fn cli_key(config: &flowbot_server::config::Config, name: &str, role: &str
         .to_owned()
 }
 
+/// Send `req`; its answer's JSON body.
+async fn json_of(req: reqwest::RequestBuilder) -> Value {
+    req.send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
 /// A path of the document with its parameters filled in.
 fn concrete(template: &str) -> String {
     template
@@ -71,14 +81,7 @@ async fn every_route_answers_as_the_matrix_says() {
     keys.insert("admin", admin.clone());
     let roles = s.config.auth.roles().expect("roles");
 
-    let doc: Value = http
-        .get(format!("{}/api/v1/openapi.json", s.base))
-        .send()
-        .await
-        .expect("doc")
-        .json()
-        .await
-        .expect("json");
+    let doc = json_of(http.get(format!("{}/api/v1/openapi.json", s.base))).await;
     let mut checked = 0;
     for (template, item) in doc["paths"].as_object().expect("paths") {
         // Platform webhooks and web chat are public surfaces with their own verification.
@@ -155,31 +158,19 @@ async fn keys_are_shown_once_stored_hashed_revoked_and_expire() {
     let http = reqwest::Client::new();
     let api = |path: &str| format!("{}/api/v1{path}", s.base);
 
-    let me: Value = http
-        .get(api("/whoami"))
-        .header("x-api-key", &admin)
-        .send()
-        .await
-        .expect("whoami")
-        .json()
-        .await
-        .expect("json");
+    let me = json_of(http.get(api("/whoami")).header("x-api-key", &admin)).await;
     assert_eq!(
         (me["subject"].as_str(), me["role"].as_str()),
         (Some("root"), Some("admin"))
     );
     assert_eq!(me["method"], "api_key");
 
-    let made: Value = http
-        .post(api("/keys"))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "ci", "role": "viewer"}))
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
+    let made = json_of(
+        http.post(api("/keys"))
+            .bearer_auth(&admin)
+            .json(&json!({"name": "ci", "role": "viewer"})),
+    )
+    .await;
     let key = made["key"].as_str().expect("key").to_owned();
     let id = made["id"].as_str().expect("id").to_owned();
     assert!(key.starts_with(&format!("fbk_{id}_")));
@@ -257,16 +248,12 @@ async fn keys_are_shown_once_stored_hashed_revoked_and_expire() {
 
     // A key past its expiry is refused.
     let soon = chrono::Utc::now() + chrono::Duration::milliseconds(300);
-    let short: Value = http
-        .post(api("/keys"))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "short", "role": "viewer", "expires_at": soon}))
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
+    let short = json_of(
+        http.post(api("/keys"))
+            .bearer_auth(&admin)
+            .json(&json!({"name": "short", "role": "viewer", "expires_at": soon})),
+    )
+    .await;
     let short = short["key"].as_str().expect("key").to_owned();
     assert_eq!(get(&short, "/rules").await.expect("rules").status(), 200);
     let wait = (soon - chrono::Utc::now()).to_std().unwrap_or_default();
@@ -349,14 +336,7 @@ async fn an_open_loopback_api_refuses_foreign_hosts_and_cross_site_changes() {
         .await
         .expect("post");
     assert!(res.status().is_success(), "{}", res.status());
-    let me: Value = http
-        .get(format!("{}/api/v1/whoami", s.base))
-        .send()
-        .await
-        .expect("whoami")
-        .json()
-        .await
-        .expect("json");
+    let me = json_of(http.get(format!("{}/api/v1/whoami", s.base))).await;
     assert_eq!(me["method"], "unauthenticated");
     s.stop().await;
 }
@@ -705,15 +685,7 @@ async fn changes_and_failed_authentications_are_audited() {
         200
     );
 
-    let log: Value = http
-        .get(api("/audit"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("audit")
-        .json()
-        .await
-        .expect("json");
+    let log = json_of(http.get(api("/audit")).bearer_auth(&admin)).await;
     let items = log["items"].as_array().expect("items");
     assert_eq!(items.len(), 3, "{log}");
     assert_eq!(items[0]["subject"], Value::Null);
@@ -740,26 +712,18 @@ async fn changes_and_failed_authentications_are_audited() {
         (Some("root"), Some("POST"), Some("change-1"))
     );
 
-    let failures: Value = http
-        .get(api("/audit?outcome=4xx&limit=1"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("audit")
-        .json()
-        .await
-        .expect("json");
+    let failures = json_of(
+        http.get(api("/audit?outcome=4xx&limit=1"))
+            .bearer_auth(&admin),
+    )
+    .await;
     assert_eq!(failures["items"].as_array().expect("items").len(), 1);
     let next = failures["next_cursor"].as_str().expect("cursor");
-    let rest: Value = http
-        .get(api(&format!("/audit?outcome=4xx&cursor={next}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("audit")
-        .json()
-        .await
-        .expect("json");
+    let rest = json_of(
+        http.get(api(&format!("/audit?outcome=4xx&cursor={next}")))
+            .bearer_auth(&admin),
+    )
+    .await;
     assert_eq!(rest["items"][0]["outcome"], 403);
     assert_eq!(rest["items"].as_array().expect("items").len(), 1);
 
