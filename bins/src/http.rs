@@ -29,6 +29,7 @@ pub mod auth;
 mod channels;
 pub mod limits;
 mod llm;
+pub mod oidc;
 mod workflows;
 
 pub use channels::{ChannelRoutes, channel_docs};
