@@ -20,12 +20,14 @@ mod limits;
 mod llm;
 mod load;
 mod network;
+mod oidc;
 mod platforms;
 pub use auth::{AuthConfig, JwtAuthConfig};
 pub use chat::{HostIdentityConfig, WebConfig};
 pub use limits::LimitsConfig;
 pub use llm::{LlmConfig, Relevance};
 pub use network::NetworkConfig;
+pub use oidc::OidcConfig;
 pub use platforms::{DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
 
 /// The whole configuration.

@@ -29,6 +29,7 @@ pub mod auth;
 mod channels;
 pub mod limits;
 mod llm;
+pub mod oidc;
 mod workflows;
 
 pub use channels::{ChannelRoutes, channel_docs};
@@ -829,6 +830,7 @@ async fn delete_rule(
 /// The API routes and their OpenAPI document (channel routes are added by the caller and
 /// documented through [`channel_docs`]).
 pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
+    let gate = state.gate.clone();
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -876,12 +878,9 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(auth::list_keys, auth::create_key))
         .routes(routes!(auth::get_key, auth::revoke_key))
         .routes(routes!(auth::list_audit))
-        .with_state(state.clone())
+        .with_state(state)
         .split_for_parts();
-    let router = router.route_layer(axum::middleware::from_fn_with_state(
-        state.gate.clone(),
-        auth::guard,
-    ));
+    let router = router.route_layer(axum::middleware::from_fn_with_state(gate, auth::guard));
     (router, doc)
 }
 

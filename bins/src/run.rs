@@ -387,12 +387,26 @@ pub async fn run_server_with(
         gate: Arc::new(gate(&config, &store)?),
     };
     let limits = state.gate.limits.clone();
+    let sign_in = match (&config.auth.oidc, &state.gate.sessions) {
+        (Some(o), Some(sessions)) => {
+            tokio::spawn(
+                sessions
+                    .clone()
+                    .prune_every(Duration::from_secs(3600), shutdown.clone()),
+            );
+            Some(http::oidc::router(Arc::new(http::oidc::Oidc::new(
+                o,
+                &state.gate,
+            )?)))
+        }
+        _ => None,
+    };
     tokio::spawn(prune_audit(
         store.clone(),
         config.auth.audit_retention_days,
         shutdown.clone(),
     ));
-    let (api, mut doc) = http::api(state);
+    let (mut api, mut doc) = http::api(state);
     http::channel_docs(
         &mut doc,
         http::ChannelRoutes {
@@ -404,6 +418,10 @@ pub async fn run_server_with(
             discord: config.discord.values().any(|d| d.public_key.is_some()),
         },
     );
+    if let Some((routes, paths)) = sign_in {
+        api = api.merge(routes);
+        doc.merge(paths);
+    }
     let doc = Arc::new(doc);
     let mut app = api.route(
         "/api/v1/openapi.json",
@@ -600,6 +618,10 @@ pub fn gate(config: &Config, store: &Arc<dyn Store>) -> Result<http::auth::Gate,
         origins: config.server.cors_origins.clone(),
         limits: Arc::new(config.limits.limits()?),
         audit: Some(store.clone()),
+        sessions: auth
+            .oidc
+            .as_ref()
+            .map(|o| Arc::new(http::oidc::Sessions::new(store.clone(), o))),
     })
 }
 

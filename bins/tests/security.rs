@@ -448,10 +448,10 @@ async fn a_server_open_to_the_network_refuses_to_start_unless_told() {
 
 const JWT_SECRET: &str = "a shared secret of at least thirty-two bytes";
 
-fn token(claims: Value) -> String {
+fn token(claims: &Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &claims,
+        claims,
         &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()).expect("key"),
     )
     .expect("sign")
@@ -483,7 +483,7 @@ async fn bearer_jwts_map_their_claims_to_roles() {
             .bearer_auth(t)
             .send()
     };
-    let me: Value = call(token(claims(json!(["other", "bot-readers"]), now + 300)))
+    let me: Value = call(token(&claims(json!(["other", "bot-readers"]), now + 300)))
         .await
         .expect("whoami")
         .json()
@@ -497,7 +497,7 @@ async fn bearer_jwts_map_their_claims_to_roles() {
         ),
         (Some("ada@example.com"), Some("viewer"), Some("jwt"))
     );
-    let viewer = token(claims(json!(["bot-readers"]), now + 300));
+    let viewer = token(&claims(json!(["bot-readers"]), now + 300));
     let res = http
         .delete(format!("{}/api/v1/rules/x", s.base))
         .bearer_auth(&viewer)
@@ -505,7 +505,7 @@ async fn bearer_jwts_map_their_claims_to_roles() {
         .await
         .expect("delete");
     problem(res, 403).await;
-    let admin = token(claims(json!("bot-admins"), now + 300));
+    let admin = token(&claims(json!("bot-admins"), now + 300));
     let res = http
         .get(format!("{}/api/v1/keys", s.base))
         .bearer_auth(&admin)
@@ -517,18 +517,18 @@ async fn bearer_jwts_map_their_claims_to_roles() {
 
     // Refused: no role of ours, expired, another issuer, tampered.
     problem(
-        call(token(claims(json!(["nobody"]), now + 300)))
+        call(token(&claims(json!(["nobody"]), now + 300)))
             .await
             .expect("call"),
         403,
     )
     .await;
-    let expired = token(claims(json!(["bot-admins"]), now - 3600));
+    let expired = token(&claims(json!(["bot-admins"]), now - 3600));
     let p = problem(call(expired.clone()).await.expect("call"), 401).await;
     assert_eq!(p["detail"], "the token has expired");
     let mut other = claims(json!(["bot-admins"]), now + 300);
     other["iss"] = "https://evil.example".into();
-    problem(call(token(other)).await.expect("call"), 401).await;
+    problem(call(token(&other)).await.expect("call"), 401).await;
     let mut tampered = admin.clone();
     tampered.pop();
     tampered.push(if admin.ends_with('A') { 'B' } else { 'A' });

@@ -29,6 +29,8 @@ pub struct AuthConfig {
     pub roles: BTreeMap<String, Vec<String>>,
     /// Bearer JWTs from an identity provider or a shared secret.
     pub jwt: Option<JwtAuthConfig>,
+    /// People signing in through an OpenID Connect provider (a session cookie).
+    pub oidc: Option<super::OidcConfig>,
     /// How long audit entries are kept, in days (1 to 36500; default 90).
     pub audit_retention_days: u32,
 }
@@ -122,6 +124,7 @@ impl Default for AuthConfig {
             allowed_hosts: Vec::new(),
             roles: BTreeMap::new(),
             jwt: None,
+            oidc: None,
             audit_retention_days: 90,
         }
     }
@@ -130,7 +133,7 @@ impl Default for AuthConfig {
 impl AuthConfig {
     /// Whether callers must present a credential.
     pub fn required(&self) -> bool {
-        self.api_keys || self.jwt.is_some()
+        self.api_keys || self.jwt.is_some() || self.oidc.is_some()
     }
 
     /// The roles: the built-in ones and `[auth.roles]`.
@@ -181,6 +184,9 @@ impl AuthConfig {
                 }
             }
         }
+        if let Some(oidc) = &self.oidc {
+            oidc.validate(&roles)?;
+        }
         for h in &self.allowed_hosts {
             if h.trim().is_empty() || h.contains('/') || h.contains(' ') {
                 return Err(err(
@@ -195,7 +201,7 @@ impl AuthConfig {
                 format!(
                     "{listen} is reachable from the network, and the admin API served there has no authentication: \
                      set [auth] api_keys = true and make a key with `flowbot-server keys create --name NAME --role admin`, \
-                     or configure [auth.jwt], or serve the API on loopback (listen, or admin_listen = \"127.0.0.1:…\"); to serve the API open anyway, set [auth] allow_unauthenticated = true"
+                     or configure [auth.jwt] or [auth.oidc], or serve the API on loopback (listen, or admin_listen = \"127.0.0.1:…\"); to serve the API open anyway, set [auth] allow_unauthenticated = true"
                 ),
             ));
         }

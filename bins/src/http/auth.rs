@@ -102,25 +102,36 @@ pub struct JwtAuth {
 impl JwtAuth {
     /// The first role the token's role claim names (through the map, if any).
     fn role_of(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
-        let mut parts = self.role_claim.split('.');
-        let first = parts.next()?;
-        let mut value = claims.get(first)?;
-        for p in parts {
-            value = value.get(p)?;
-        }
-        let values: Vec<&str> = match value {
-            serde_json::Value::String(s) => vec![s.as_str()],
-            serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str()).collect(),
-            _ => Vec::new(),
-        };
-        values.into_iter().find_map(|v| {
-            if self.roles.is_empty() {
-                Some(v.to_owned())
-            } else {
-                self.roles.get(v).cloned()
-            }
-        })
+        claimed_role(&self.role_claim, &self.roles, claims)
     }
+}
+
+/// The first role that the claim `role_claim` (a dotted path; a string or a list) of
+/// `claims` names, through `roles` (claim value → role name; empty: the values are role
+/// names). Bearer JWTs and OpenID Connect sign-in map their claims alike.
+pub fn claimed_role(
+    role_claim: &str,
+    roles: &std::collections::BTreeMap<String, String>,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Option<String> {
+    let mut parts = role_claim.split('.');
+    let first = parts.next()?;
+    let mut value = claims.get(first)?;
+    for p in parts {
+        value = value.get(p)?;
+    }
+    let values: Vec<&str> = match value {
+        serde_json::Value::String(s) => vec![s.as_str()],
+        serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str()).collect(),
+        _ => Vec::new(),
+    };
+    values.into_iter().find_map(|v| {
+        if roles.is_empty() {
+            Some(v.to_owned())
+        } else {
+            roles.get(v).cloned()
+        }
+    })
 }
 
 /// How the API authenticates callers.
@@ -143,6 +154,8 @@ pub struct Gate {
     pub limits: Arc<super::limits::Limits>,
     /// Where changes and failed authentications are recorded (`None`: not recorded).
     pub audit: Option<Arc<dyn flowbot_core::Store>>,
+    /// Signed-in people's sessions (when `[auth.oidc]` is set).
+    pub sessions: Option<Arc<super::oidc::Sessions>>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -227,8 +240,14 @@ fn cross_site(headers: &HeaderMap, origins: &[String]) -> bool {
 
 impl Gate {
     /// Who is calling; with no credential where none is required, a local `admin`.
-    async fn identify(&self, headers: &HeaderMap) -> Result<Identity, Response> {
+    async fn identify(&self, method: &Method, headers: &HeaderMap) -> Result<Identity, Response> {
         let Some(presented) = credential(headers) else {
+            // A signed-in person's session cookie; a change must carry its CSRF token.
+            if let Some(sessions) = &self.sessions
+                && let Some(found) = sessions.identify(method, headers, &self.roles).await
+            {
+                return found;
+            }
             if self.required {
                 return Err(unauthorized(
                     "this API needs a credential: send 'Authorization: Bearer <API key>'",
@@ -251,7 +270,14 @@ impl Gate {
                 ));
             };
             return match keys.verify(presented).await {
-                Ok(key) => self.identity_of_key(key),
+                Ok(key) => {
+                    let role = key.role.clone();
+                    self.identity_of_key(key).ok_or_else(|| {
+                        forbidden(format!(
+                            "the key's role '{role}' is not defined on this server"
+                        ))
+                    })
+                }
                 Err(VerifyError::Rejected(why)) => {
                     tracing::info!(reason = %why, "API key refused");
                     Err(unauthorized(why.to_string()))
@@ -307,16 +333,11 @@ impl Gate {
         })
     }
 
-    fn identity_of_key(&self, key: KeyInfo) -> Result<Identity, Response> {
-        let role = self.roles.get(&key.role).ok_or_else(|| {
-            forbidden(format!(
-                "the key's role '{}' is not defined on this server",
-                key.role
-            ))
-        })?;
-        Ok(Identity {
+    /// The identity of a verified key; `None` when its role is not defined here (any more).
+    fn identity_of_key(&self, key: KeyInfo) -> Option<Identity> {
+        Some(Identity {
+            role: self.roles.get(&key.role)?,
             subject: key.name,
-            role,
             via: Via::ApiKey { id: key.id },
         })
     }
@@ -435,7 +456,7 @@ async fn check(
             None,
         );
     }
-    let identity = match gate.identify(headers).await {
+    let identity = match gate.identify(req.method(), headers).await {
         Ok(i) => i,
         Err(res) => {
             if res.status() == StatusCode::UNAUTHORIZED
