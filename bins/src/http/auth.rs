@@ -249,9 +249,11 @@ impl Gate {
                 return found;
             }
             if self.required {
-                return Err(unauthorized(
-                    "this API needs a credential: send 'Authorization: Bearer <API key>'",
-                ));
+                return Err(unauthorized(if self.sessions.is_some() {
+                    "this API needs a credential: send 'Authorization: Bearer <API key or token>', or sign in at /auth/login"
+                } else {
+                    "this API needs a credential: send 'Authorization: Bearer <API key or token>'"
+                }));
             }
             let role = self
                 .roles
