@@ -55,6 +55,7 @@ mod router;
 mod session;
 pub mod store;
 pub mod task;
+pub mod templates;
 pub mod workflow;
 
 pub use action::{Action, ActionContext, ActionInfo, ActionRegistry};

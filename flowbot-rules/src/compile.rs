@@ -764,6 +764,7 @@ impl Compiler<'_> {
     }
 
     pub(crate) fn template(&mut self, name: String, source: &str) -> Result<String, String> {
+        flowbot_core::templates::check(source).map_err(|e| format!("template: {e}"))?;
         self.templates
             .add_template_owned(name.clone(), source.to_owned())
             .map_err(|e| format!("template: {}", e.detail().unwrap_or(&e.to_string())))?;
@@ -774,6 +775,8 @@ impl Compiler<'_> {
         Ok(match v {
             Value::String(s) if s.contains("{{") || s.contains("{%") => match sole_expression(s) {
                 Some(e) => {
+                    flowbot_core::templates::check_expression(e)
+                        .map_err(|err| format!("template: {err}"))?;
                     self.templates.compile_expression(e).map_err(|err| {
                         format!("template: {}", err.detail().unwrap_or(&err.to_string()))
                     })?;

@@ -62,7 +62,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
             return Err(err(
-                key.clone(),
+                key_name(key),
                 format!("unknown section; expected one of {}", known.join(", ")),
             ));
         }
@@ -84,7 +84,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
             for (name, v) in t {
                 let entry = WebhookEntry::deserialize(v.clone()).map_err(|e| {
                     err(
-                        field_path(&format!("webhooks.{name}"), &e.to_string()),
+                        field_path(&format!("webhooks.{}", key_name(name)), &e.to_string()),
                         clean(&e.to_string()),
                     )
                 })?;
@@ -132,7 +132,7 @@ fn named_sections<T: for<'de> Deserialize<'de>>(
         Some(toml::Value::Table(t)) => t
             .iter()
             .map(|(name, v)| {
-                let at = format!("{section}.{name}");
+                let at = format!("{section}.{}", key_name(name));
                 T::deserialize(v.clone())
                     .map(|e| (name.clone(), e))
                     .map_err(|e| err(field_path(&at, &e.to_string()), clean(&e.to_string())))
@@ -142,6 +142,16 @@ fn named_sections<T: for<'de> Deserialize<'de>>(
             section,
             format!("must be a table of [{section}.<name>] sections"),
         )),
+    }
+}
+
+/// A key as a path segment: as it is, or quoted as TOML writes it when it is empty (`""`),
+/// so that an error about it still names it.
+fn key_name(key: &str) -> String {
+    if key.is_empty() {
+        "\"\"".to_owned()
+    } else {
+        key.to_owned()
     }
 }
 

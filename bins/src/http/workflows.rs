@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::{DateTime, Utc};
@@ -39,6 +39,12 @@ pub(super) fn workflow_err(e: WorkflowError) -> Problem {
         WorkflowError::Store(s) => Problem::from_store(&s),
         other => Problem::unavailable(other.to_string()),
     }
+}
+
+/// A request body, or the problem that kept it from being read (a body over the size limit:
+/// 413 as a problem document, as every refusal is).
+fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
+    body.map_err(|e| Problem::new(e.status(), e.body_text()))
 }
 
 /// A definition from a request body: YAML when the content type says so, JSON otherwise.
@@ -74,9 +80,9 @@ fn definition(headers: &HeaderMap, body: &[u8]) -> Result<WorkflowSpec, Problem>
 pub(super) async fn apply_workflow(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    let spec = definition(&headers, &body)?;
+    let spec = definition(&headers, &body_of(body)?)?;
     let applied = s.workflows.apply(spec).await.map_err(workflow_err)?;
     let status = if applied.created {
         StatusCode::CREATED
@@ -92,9 +98,9 @@ pub(super) async fn apply_workflow(
 pub(super) async fn validate_workflow(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Value> {
-    let spec = definition(&headers, &body)?;
+    let spec = definition(&headers, &body_of(body)?)?;
     s.workflows.check(spec).await.map_err(workflow_err)?;
     Ok(Json(json!({"status": "valid"})))
 }
@@ -189,10 +195,10 @@ fn inputs_of(body: &[u8]) -> Result<Value, Problem> {
 pub(super) async fn start_run(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let name = path(p)?;
-    let inputs = match inputs_of(&body)? {
+    let inputs = match inputs_of(&body_of(body)?)? {
         Value::Null => Value::Null,
         Value::Object(mut m) => {
             if let Some(k) = m.keys().find(|k| *k != "inputs") {
@@ -354,9 +360,10 @@ pub(super) async fn trigger_hook(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let hook = path(p)?;
+    let body = body_of(body)?;
     let (workflow, trigger) = s
         .workflows
         .find_hook(&hook)

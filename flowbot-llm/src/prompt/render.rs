@@ -165,8 +165,19 @@ fn describe(e: &minijinja::Error) -> String {
     s
 }
 
+/// `source` within the operators one expression may hold (minijinja would overflow the
+/// stack on a long chain).
+fn within_limits(name: &str, source: &str) -> Result<(), PromptError> {
+    flowbot_core::templates::check(source).map_err(|message| PromptError::Syntax {
+        template: name.to_owned(),
+        line: None,
+        message,
+    })
+}
+
 /// Check that `source` parses, as template `name`.
 pub(super) fn compile(name: &str, source: &str) -> Result<(), PromptError> {
+    within_limits(name, source)?;
     let env = environment();
     env.template_from_named_str(name, source)
         .map(|_| ())
@@ -178,6 +189,7 @@ pub(super) fn compile(name: &str, source: &str) -> Result<(), PromptError> {
 }
 
 fn render_one(name: &str, source: &str, cx: &minijinja::Value) -> Result<String, PromptError> {
+    within_limits(name, source)?;
     let env = environment();
     let template = env
         .template_from_named_str(name, source)
