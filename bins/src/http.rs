@@ -27,6 +27,7 @@ use crate::config::ServerConfig;
 
 pub mod auth;
 mod channels;
+mod document;
 pub mod limits;
 mod llm;
 pub mod oidc;
@@ -68,6 +69,10 @@ struct ProblemDoc {
     title: String,
     status: u16,
     detail: String,
+    /// Each problem found, when a request has several (e.g. every error of a workflow
+    /// definition, with its node and field).
+    #[schema(value_type = Option<Vec<Object>>)]
+    errors: Vec<Value>,
 }
 
 /// A page of results with the cursor of the next page.
@@ -89,6 +94,7 @@ pub(crate) struct PageQuery {
     /// Cursor from the previous page's `next_cursor`.
     pub(crate) cursor: Option<String>,
     /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<u32>,
 }
 
@@ -96,6 +102,7 @@ pub(crate) struct PageQuery {
 #[into_params(parameter_in = Query)]
 struct TaskQuery {
     /// `queued`, `running`, `done`, `dead` or `cancelled`.
+    #[param(pattern = "^(queued|running|done|dead|cancelled)$")]
     state: Option<String>,
     /// Task kind.
     kind: Option<String>,
@@ -104,12 +111,14 @@ struct TaskQuery {
     /// Cursor from the previous page.
     pub(crate) cursor: Option<String>,
     /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<u32>,
 }
 
 /// A schedule to create.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "nightly-report", "cron": "0 3 * * *", "timezone": "Europe/Paris", "kind": "report", "payload": {"to": "ops"}}))]
 struct NewSchedule {
     /// Unique name.
     name: String,
@@ -119,8 +128,8 @@ struct NewSchedule {
     timezone: Option<String>,
     /// Task kind to enqueue.
     kind: String,
-    /// Task payload (default null).
-    #[schema(value_type = Object)]
+    /// Task payload, any JSON (default null).
+    #[schema(value_type = Option<Value>)]
     payload: Option<Value>,
     /// Queue (default `default`).
     queue: Option<String>,
@@ -574,7 +583,8 @@ async fn list_schedules(
 
 /// Create or replace a schedule.
 #[utoipa::path(post, path = "/api/v1/schedules", tag = "schedules", request_body = NewSchedule,
-    responses((status = 201, body = Object), (status = 400, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
+    responses((status = 201, body = Object), (status = 400, body = ProblemDoc), (status = 415, body = ProblemDoc),
+        (status = 422, body = ProblemDoc)))]
 async fn create_schedule(
     State(s): State<AppState>,
     body: Result<Json<NewSchedule>, JsonRejection>,
@@ -750,9 +760,11 @@ async fn list_rules(State(s): State<AppState>) -> Json<Value> {
 
 /// Store a new rule (the format of docs/rules.md, as JSON). It takes effect at once, here and
 /// on every process sharing the database.
-#[utoipa::path(post, path = "/api/v1/rules", tag = "rules", request_body = Object,
+#[utoipa::path(post, path = "/api/v1/rules", tag = "rules",
+    request_body(content = Object, example = json!({"name": "example-greeting", "when": {"command": "hello"}, "then": [{"reply": "Hello!"}]})),
     responses((status = 201, body = Object), (status = 400, body = ProblemDoc),
         (status = 409, body = ProblemDoc, description = "a rule of that name exists"),
+        (status = 415, body = ProblemDoc),
         (status = 422, body = ProblemDoc, description = "the rule does not compile")))]
 async fn create_rule(
     State(s): State<AppState>,
@@ -765,8 +777,10 @@ async fn create_rule(
 }
 
 /// Check a rule against every other rule without storing it.
-#[utoipa::path(post, path = "/api/v1/rules/validate", tag = "rules", request_body = Object,
-    responses((status = 200, body = Status), (status = 400, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
+#[utoipa::path(post, path = "/api/v1/rules/validate", tag = "rules",
+    request_body(content = Object, example = json!({"name": "example-greeting", "when": {"command": "hello"}, "then": [{"reply": "Hello!"}]})),
+    responses((status = 200, body = Status), (status = 400, body = ProblemDoc), (status = 415, body = ProblemDoc),
+        (status = 422, body = ProblemDoc)))]
 async fn validate_rule(
     State(s): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
@@ -798,10 +812,11 @@ async fn get_rule(
 }
 
 /// Replace a stored rule (rules from files are edited in their files).
-#[utoipa::path(put, path = "/api/v1/rules/{name}", tag = "rules", params(("name" = String, Path)), request_body = Object,
+#[utoipa::path(put, path = "/api/v1/rules/{name}", tag = "rules", params(("name" = String, Path)),
+    request_body(content = Object, example = json!({"name": "example-greeting", "when": {"command": "hello"}, "then": [{"reply": "Hello!"}]})),
     responses((status = 200, body = Object), (status = 404, body = ProblemDoc),
         (status = 409, body = ProblemDoc, description = "the rule is defined in a file"),
-        (status = 422, body = ProblemDoc)))]
+        (status = 415, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
 async fn update_rule(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -831,7 +846,7 @@ async fn delete_rule(
 /// documented through [`channel_docs`]).
 pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
     let gate = state.gate.clone();
-    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
@@ -880,6 +895,7 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(auth::list_audit))
         .with_state(state)
         .split_for_parts();
+    document::complete(&mut doc.paths.paths);
     let router = router.route_layer(axum::middleware::from_fn_with_state(gate, auth::guard));
     (router, doc)
 }

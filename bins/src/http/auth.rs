@@ -551,8 +551,10 @@ pub(super) async fn whoami(identity: axum::Extension<Identity>) -> Json<WhoAmI> 
 /// A key to make.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "grafana", "role": "viewer"}))]
 pub(super) struct NewKey {
     /// What the key is for (1 to 100 characters).
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
     /// The role it acts in.
     role: String,
@@ -596,12 +598,20 @@ pub(super) async fn list_keys(State(s): State<AppState>) -> Result<Json<Vec<KeyI
 
 /// Make an API key. The answer holds the key; it is not shown again.
 #[utoipa::path(post, path = "/api/v1/keys", tag = "auth", request_body = NewKey,
-    responses((status = 201, body = CreatedKeyDoc), (status = 422, body = super::ProblemDoc)))]
+    responses((status = 201, body = CreatedKeyDoc),
+        (status = 409, body = super::ProblemDoc, description = "API keys are off on this server"),
+        (status = 415, body = super::ProblemDoc), (status = 422, body = super::ProblemDoc)))]
 pub(super) async fn create_key(
     State(s): State<AppState>,
     body: Result<Json<NewKey>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedKeyDoc>), Problem> {
-    let Json(new) = body.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Json(new) = body.map_err(|e| {
+        let status = match e.status() {
+            s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Problem::new(status, e.body_text())
+    })?;
     let keys = keys_of(&s)?;
     if s.gate.roles.get(&new.role).is_none() {
         return Err(Problem::new(
@@ -628,7 +638,8 @@ pub(super) async fn create_key(
 
 /// One key.
 #[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "auth", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = super::ProblemDoc)))]
+    responses((status = 200, body = Object), (status = 404, body = super::ProblemDoc),
+        (status = 409, body = super::ProblemDoc, description = "API keys are off on this server")))]
 pub(super) async fn get_key(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -644,7 +655,8 @@ pub(super) async fn get_key(
 
 /// Revoke a key: it stops working at once on this server, within seconds on others.
 #[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "auth", params(("id" = String, Path)),
-    responses((status = 200, body = Status), (status = 404, body = super::ProblemDoc)))]
+    responses((status = 200, body = Status), (status = 404, body = super::ProblemDoc),
+        (status = 409, body = super::ProblemDoc, description = "API keys are off on this server")))]
 pub(super) async fn revoke_key(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -731,6 +743,7 @@ pub(super) struct AuditQuery {
     /// Only this caller's entries (a key's name, a token's subject).
     subject: Option<String>,
     /// An outcome class (`4xx`) or status (`403`).
+    #[param(pattern = "^[1-5]([xX][xX]|[0-9][0-9])$")]
     outcome: Option<String>,
     /// Entries at or after this time (RFC 3339).
     #[param(value_type = Option<String>, format = DateTime)]
@@ -743,6 +756,7 @@ pub(super) struct AuditQuery {
     /// Cursor from the previous page's `next_cursor`.
     cursor: Option<String>,
     /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 

@@ -20,6 +20,15 @@ pub struct ChannelRoutes {
     pub discord: bool,
 }
 
+/// The webhook channel's body with `given` (`text` or `button`) and without `absent`.
+fn webhook_body(given: &str, absent: &str) -> Value {
+    let text = |max: u32| json!({"type": "string", "pattern": "\\S", "maxLength": max});
+    json!({"type": "object", "required": ["user", "conversation", given],
+        "properties": {"user": text(200), "conversation": text(200), given: text(16384),
+            absent: {"type": "null"}, "id": {"type": ["string", "null"], "pattern": "\\S", "maxLength": 200},
+            "name": {"type": ["string", "null"]}}})
+}
+
 /// Document the channel routes (mounted from `flowbot-channels`) in `doc`.
 pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, routes: ChannelRoutes) {
     let ChannelRoutes {
@@ -46,9 +55,10 @@ pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, routes: ChannelRoutes) {
         extra["/hooks/webhook/{channel}"] = json!({"post": {"tags": ["channels"], "summary": "Generic webhook: a message in; 202 once durably stored",
             "parameters": [{"name": "channel", "in": "path", "required": true, "schema": {"type": "string"}},
                            {"name": "X-FlowBot-Signature", "in": "header", "required": false, "schema": {"type": "string"}, "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\"> (required when the channel has a secret)"}],
-            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["user", "conversation"],
-                "description": "Exactly one of text (a message) and button (a clicked button's value).",
-                "properties": {"user": {"type": "string"}, "conversation": {"type": "string"}, "text": {"type": "string"}, "button": {"type": "string"}, "id": {"type": "string"}, "name": {"type": "string"}}}}}},
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "description": "A message (text) or a clicked button's value (button), not both. user, conversation and id are at most 200 bytes, text and button at most 16384; none may be blank.",
+                "oneOf": [webhook_body("text", "button"), webhook_body("button", "text")]},
+                "example": {"user": "ada", "conversation": "support-1", "text": "hello"}}}},
             "responses": {"202": {"description": "Stored", "content": {"application/json": {"schema": {"type": "object", "properties": {"id": {"type": "string"}}}}}},
                           "400": {"description": "Malformed JSON"}, "401": {"description": "Bad signature"}, "404": {"description": "Unknown channel"},
                           "413": {"description": "Body too large"}, "415": {"description": "Not JSON"}, "422": {"description": "Missing or invalid fields"}, "503": {"description": "Database unavailable"}}}});
@@ -109,16 +119,19 @@ pub fn channel_docs(doc: &mut utoipa::openapi::OpenApi, routes: ChannelRoutes) {
                           "400": {"description": "Malformed JSON"}, "401": {"description": "Missing, wrong or expired signature"},
                           "404": {"description": "Unknown channel"}, "413": {"description": "Body too large"}, "422": {"description": "Not an interaction"}, "503": {"description": "Database unavailable"}}}});
     }
-    let mut doc_json = serde_json::to_value(&*doc).unwrap_or_default();
-    if let (Some(paths), Some(extra)) = (
-        doc_json.get_mut("paths").and_then(Value::as_object_mut),
-        extra.as_object(),
-    ) {
-        for (k, v) in extra {
-            paths.insert(k.clone(), v.clone());
+    // Only the added paths go through serde: utoipa cannot read back every schema it writes
+    // (a schema of any type, such as a `serde_json::Value` field's, has no `type`).
+    let mut added = std::collections::BTreeMap::new();
+    if let Value::Object(extra) = extra {
+        for (path, item) in extra {
+            match serde_json::from_value::<utoipa::openapi::PathItem>(item) {
+                Ok(item) => {
+                    added.insert(path, item);
+                }
+                Err(e) => tracing::error!(%path, error = %e, "cannot document a channel route"),
+            }
         }
     }
-    if let Ok(merged) = serde_json::from_value(doc_json) {
-        *doc = merged;
-    }
+    super::document::complete(&mut added);
+    doc.paths.paths.extend(added);
 }

@@ -57,8 +57,10 @@ pub(super) async fn list_runs(
 #[into_params(parameter_in = Query)]
 pub(super) struct UsageQuery {
     /// `model` (the default), `user`, `conversation`, `channel` or `day` (UTC).
+    #[param(pattern = "^(model|user|conversation|channel|day)$")]
     by: Option<String>,
     /// Only runs created at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     since: Option<String>,
 }
 
@@ -157,6 +159,7 @@ pub(super) async fn get_run(
 /// A verdict on an answer.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"positive": true}))]
 pub(super) struct Feedback {
     /// Whether the answer helped.
     positive: bool,
@@ -167,7 +170,7 @@ pub(super) struct Feedback {
 #[utoipa::path(post, path = "/api/v1/llm/runs/{id}/feedback", tag = "llm",
     params(("id" = String, Path)), request_body = Feedback,
     responses((status = 200, body = Object), (status = 400, body = ProblemDoc),
-        (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc)))]
+        (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc), (status = 415, body = ProblemDoc)))]
 pub(super) async fn run_feedback(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -250,6 +253,16 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
     })
 }
 
+/// A prompt's name, in a path.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documents the path parameter the prompt handlers read
+pub(super) struct PromptName {
+    /// Letters, digits, `_`, `-` and `.` (not first), at most 100.
+    #[param(pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$")]
+    name: String,
+}
+
 fn prompt_json(library: &PromptLibrary, name: &str) -> Result<Value, Problem> {
     let p = library
         .get(name)
@@ -285,7 +298,7 @@ pub(super) async fn list_prompts(State(s): State<AppState>) -> ApiResult<Value> 
 
 /// One prompt: every version (number, time, author, comment, hash, templates), the active
 /// one, the activation history and the A/B split.
-#[utoipa::path(get, path = "/api/v1/llm/prompts/{name}", tag = "llm", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/llm/prompts/{name}", tag = "llm", params(PromptName),
     responses((status = 200, body = Object), (status = 404, body = ProblemDoc)))]
 pub(super) async fn get_prompt(
     State(s): State<AppState>,
@@ -299,6 +312,7 @@ pub(super) async fn get_prompt(
 /// A new version of a prompt.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"system": "You are FlowBot, a helpful assistant.", "comment": "first version"}))]
 pub(super) struct NewVersion {
     /// The system message's template (minijinja; `message`, `session`, `slots`, `vars`,
     /// `context`, `now`).
@@ -308,7 +322,7 @@ pub(super) struct NewVersion {
     /// Overrides for some models, by `dialect/model` or a prefix ending in `*`:
     /// `{"anthropic/*": {"system": "…"}}`.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = BTreeMap<String, VariantDoc>)]
     variants: BTreeMap<String, Variant>,
     /// Who made it.
     author: Option<String>,
@@ -323,10 +337,10 @@ pub(super) struct NewVersion {
 /// version's already: 201 with the new version, 200 when nothing changed. Every template must
 /// compile: 422 names the template and the line. It applies at once here and in every
 /// process sharing the database.
-#[utoipa::path(put, path = "/api/v1/llm/prompts/{name}", tag = "llm", params(("name" = String, Path)),
+#[utoipa::path(put, path = "/api/v1/llm/prompts/{name}", tag = "llm", params(PromptName),
     request_body = NewVersion,
     responses((status = 201, body = Object), (status = 200, body = Object), (status = 400, body = ProblemDoc),
-        (status = 422, body = ProblemDoc, description = "a template does not compile, or a variant is invalid")))]
+        (status = 415, body = ProblemDoc), (status = 422, body = ProblemDoc, description = "a template does not compile, or a variant is invalid")))]
 pub(super) async fn put_prompt(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -371,18 +385,33 @@ pub(super) async fn put_prompt(
     ))
 }
 
+/// A model-specific override of a prompt's templates.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Variant)]
+#[allow(dead_code)] // documents `flowbot_llm::prompt::Variant`
+pub(super) struct VariantDoc {
+    /// Replaces the system template.
+    system: Option<String>,
+    /// Replaces the user template.
+    user: Option<String>,
+}
+
 /// The version to activate.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"version": 1}))]
 pub(super) struct Activate {
     /// The version's number.
+    #[schema(maximum = 4294967295_u32)]
     version: u32,
 }
 
 /// Make a version the active one (the one before is remembered for rollback).
-#[utoipa::path(post, path = "/api/v1/llm/prompts/{name}/activate", tag = "llm", params(("name" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/llm/prompts/{name}/activate", tag = "llm", params(PromptName),
     request_body = Activate,
-    responses((status = 200, body = Object), (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc)))]
+    responses((status = 200, body = Object), (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc),
+        (status = 415, body = ProblemDoc)))]
 pub(super) async fn activate_prompt(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -401,7 +430,7 @@ pub(super) async fn activate_prompt(
 
 /// Make the previously active version active again (repeated rollbacks walk further back);
 /// 409 when there is none.
-#[utoipa::path(post, path = "/api/v1/llm/prompts/{name}/rollback", tag = "llm", params(("name" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/llm/prompts/{name}/rollback", tag = "llm", params(PromptName),
     responses((status = 200, body = Object), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc)))]
 pub(super) async fn rollback_prompt(
     State(s): State<AppState>,
@@ -429,7 +458,7 @@ pub(super) struct DiffQuery {
 
 /// A unified diff between two versions (every template, one section each); empty when they
 /// say the same.
-#[utoipa::path(get, path = "/api/v1/llm/prompts/{name}/diff", tag = "llm", params(("name" = String, Path), DiffQuery),
+#[utoipa::path(get, path = "/api/v1/llm/prompts/{name}/diff", tag = "llm", params(PromptName, DiffQuery),
     responses((status = 200, description = "unified diff", content_type = "text/plain"),
         (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc)))]
 pub(super) async fn diff_prompt(
@@ -447,18 +476,39 @@ pub(super) async fn diff_prompt(
 /// An A/B split.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"weights": {"1": 100}}))]
 pub(super) struct Split {
     /// Weight per version: `{"1": 90, "2": 10}`. Each user is assigned a version by a hash
     /// of the prompt's name and the user's id, so the same user always gets the same one.
     /// Empty: the split ends, everyone gets the active version.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = weights_schema)]
     weights: BTreeMap<u32, u32>,
 }
 
+/// An object from version numbers (as JSON writes integers) to weights, both `u32`.
+fn weights_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let version = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^(0|[1-9][0-9]*)$"))
+        .build();
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(version))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(u32::MAX)),
+        ))
+        .build()
+}
+
 /// Split a prompt's traffic between versions by weight.
-#[utoipa::path(put, path = "/api/v1/llm/prompts/{name}/split", tag = "llm", params(("name" = String, Path)),
+#[utoipa::path(put, path = "/api/v1/llm/prompts/{name}/split", tag = "llm", params(PromptName),
     request_body = Split,
     responses((status = 200, body = Object), (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc),
+        (status = 415, body = ProblemDoc),
         (status = 422, body = ProblemDoc, description = "every weight is 0")))]
 pub(super) async fn split_prompt(
     State(s): State<AppState>,
@@ -479,7 +529,7 @@ pub(super) async fn split_prompt(
 
 /// Outcomes per version: runs, tokens in and out, cost (micro-dollars), latency (total and
 /// mean), and feedback.
-#[utoipa::path(get, path = "/api/v1/llm/prompts/{name}/stats", tag = "llm", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/llm/prompts/{name}/stats", tag = "llm", params(PromptName),
     responses((status = 200, body = Object), (status = 404, body = ProblemDoc)))]
 pub(super) async fn prompt_stats(
     State(s): State<AppState>,

@@ -14,7 +14,7 @@ use flowbot_channels::problem::Problem;
 use flowbot_core::workflow::{Format, RunFilter, RunStatus, WorkflowError, WorkflowSpec};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiResult, AppState, PageDoc, ProblemDoc, limit, page, path, query};
 
@@ -72,7 +72,8 @@ fn definition(headers: &HeaderMap, body: &[u8]) -> Result<WorkflowSpec, Problem>
 
 /// Apply a workflow definition (JSON, or YAML with `Content-Type: application/yaml`): a new
 /// version when it changed. Cron triggers become schedules.
-#[utoipa::path(post, path = "/api/v1/workflows", tag = "workflows", request_body = Object,
+#[utoipa::path(post, path = "/api/v1/workflows", tag = "workflows",
+    request_body(content = Object, example = json!({"name": "greet", "inputs": {"who": {"type": "string", "required": true}}, "nodes": [{"id": "hello", "action": "log", "with": {"message": "hello {{ inputs.who }}"}}]})),
     responses((status = 201, body = Object, description = "{\"name\", \"version\", \"created\": true}"),
         (status = 200, body = Object, description = "unchanged: the latest version"),
         (status = 415, body = ProblemDoc),
@@ -93,7 +94,8 @@ pub(super) async fn apply_workflow(
 }
 
 /// Check a definition without storing it.
-#[utoipa::path(post, path = "/api/v1/workflows/validate", tag = "workflows", request_body = Object,
+#[utoipa::path(post, path = "/api/v1/workflows/validate", tag = "workflows",
+    request_body(content = Object, example = json!({"name": "greet", "inputs": {"who": {"type": "string", "required": true}}, "nodes": [{"id": "hello", "action": "log", "with": {"message": "hello {{ inputs.who }}"}}]})),
     responses((status = 200, body = Object), (status = 422, body = ProblemDoc)))]
 pub(super) async fn validate_workflow(
     State(s): State<AppState>,
@@ -111,6 +113,7 @@ pub(super) struct ListQuery {
     /// Cursor from the previous page.
     cursor: Option<String>,
     /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -186,9 +189,20 @@ fn inputs_of(body: &[u8]) -> Result<Value, Problem> {
         .map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))
 }
 
+/// A run to start.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"inputs": {"who": "Ada"}}))]
+#[allow(dead_code)] // documents the body that `start_run` reads
+pub(super) struct StartRun {
+    /// The workflow's inputs.
+    #[schema(value_type = Option<Object>)]
+    inputs: Option<Value>,
+}
+
 /// Start a run of the latest version. Body: `{"inputs": {...}}` (or nothing).
 #[utoipa::path(post, path = "/api/v1/workflows/{name}/runs", tag = "workflows",
-    params(("name" = String, Path)), request_body = Object,
+    params(("name" = String, Path)), request_body(content = Option<StartRun>),
     responses((status = 202, body = Object, description = "the run, running or queued"),
         (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc),
         (status = 422, body = ProblemDoc, description = "inputs do not fit the workflow")))]
@@ -225,9 +239,11 @@ pub(super) async fn start_run(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct WindowQuery {
-    /// Window start, RFC 3339 (default: 24 hours ago).
+    /// Window start, RFC 3339 (default: 24 hours before `until`).
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Window end, RFC 3339 (default: now).
+    #[param(format = DateTime)]
     until: Option<String>,
 }
 
@@ -277,10 +293,12 @@ pub(super) struct RunQuery {
     /// Only runs of this workflow.
     workflow: Option<String>,
     /// `queued`, `running`, `completed`, `failed` or `cancelled`.
+    #[param(pattern = "^(queued|running|completed|failed|cancelled)$")]
     status: Option<String>,
     /// Cursor from the previous page.
     cursor: Option<String>,
     /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
