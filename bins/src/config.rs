@@ -22,6 +22,7 @@ mod load;
 mod network;
 mod oidc;
 mod platforms;
+mod secrets_store;
 pub use auth::{AuthConfig, JwtAuthConfig};
 pub use chat::{HostIdentityConfig, WebConfig};
 pub use limits::LimitsConfig;
@@ -29,6 +30,7 @@ pub use llm::{LlmConfig, Relevance};
 pub use network::NetworkConfig;
 pub use oidc::OidcConfig;
 pub use platforms::{DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
+pub use secrets_store::SecretsStoreConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -72,6 +74,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// What `http_request` may reach.
     pub network: NetworkConfig,
+    /// The key of the secrets stored through the API.
+    pub secrets_store: SecretsStoreConfig,
 }
 
 /// `[notifiers.<name>]`: a send-only channel for the `notify` action, by `kind`.
@@ -623,6 +627,7 @@ impl Config {
         }
         self.limits.validate()?;
         self.network.validate()?;
+        self.secrets_store.validate()?;
         let share = self.database.sqlite_work_share;
         if !(0.01..=1.0).contains(&share) {
             return Err(err(

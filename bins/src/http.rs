@@ -31,6 +31,7 @@ mod document;
 pub mod limits;
 mod llm;
 pub mod oidc;
+mod secrets;
 mod workflows;
 
 pub use channels::{ChannelRoutes, channel_docs};
@@ -48,6 +49,8 @@ pub struct AppState {
     pub rules: Arc<flowbot_rules::RuleLibrary>,
     /// The workflow engine.
     pub workflows: Arc<flowbot_core::workflow::Workflows>,
+    /// The secrets stored through the API (`None`: no key is configured).
+    pub secrets: Option<Arc<flowbot_core::secrets::SecretStore>>,
     /// The platform adapters served by this process (Telegram, Tailchat), for metrics.
     pub adapters: Vec<Arc<dyn flowbot_channels::AdapterStats>>,
     /// The language model calls of this process, when `[llm]` is configured.
@@ -712,6 +715,7 @@ async fn delete_schedule(
         (name = "channels", description = "Chat channels' HTTP endpoints"),
         (name = "llm", description = "The assistant's runs (turns, tool calls, approvals, usage) and its prompt library (versions, activation, rollback, diffs, A/B splits, statistics)"),
         (name = "auth", description = "API keys, the caller's identity, the audit log"),
+        (name = "secrets", description = "Secrets stored encrypted for workflows: written and deleted, listed by name, never read back"),
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -893,6 +897,8 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(auth::list_keys, auth::create_key))
         .routes(routes!(auth::get_key, auth::revoke_key))
         .routes(routes!(auth::list_audit))
+        .routes(routes!(secrets::list_secrets))
+        .routes(routes!(secrets::put_secret, secrets::delete_secret))
         .with_state(state)
         .split_for_parts();
     document::complete(&mut doc.paths.paths);

@@ -14,6 +14,7 @@ pub mod http;
 pub mod keys;
 pub mod llm;
 pub mod run;
+pub mod secrets;
 pub mod tls;
 
 /// The Rust examples of docs/llm.md, compiled as doc tests.

@@ -11,6 +11,7 @@ use flowbot_channels::tailchat::Tailchat;
 use flowbot_channels::telegram::Telegram;
 use flowbot_channels::web::WebChat;
 use flowbot_channels::webhook::{WebhookConfig, Webhooks};
+use flowbot_core::secrets::SecretStore;
 use flowbot_core::task::WorkerConfig;
 use flowbot_core::workflow::{Secrets, Workflows};
 use flowbot_core::{Bot, BotBuilder, CancellationToken, Store};
@@ -152,14 +153,37 @@ pub async fn rule_library(
     Ok(library)
 }
 
-/// The workflow engine of `config`: rhai scripts with the rules engine's sandbox, and the
-/// configured secrets.
-pub fn workflow_engine(config: &Config, store: &Arc<dyn Store>) -> Arc<Workflows> {
-    Arc::new(
-        Workflows::new(store.clone())
-            .with_scripts(Arc::new(WorkflowScripts::default()))
-            .with_secrets(Secrets::new(config.secrets.0.clone())),
-    )
+/// The secrets stored through the API, when `[secrets_store]` finds a key (in the process
+/// environment or the key files, read now); `None` without one.
+pub fn secret_store(
+    config: &Config,
+    store: &Arc<dyn Store>,
+) -> Result<Option<Arc<SecretStore>>, RunError> {
+    let Some(ring) = config.secrets_store.key_ring()? else {
+        tracing::info!(
+            "stored secrets are off: no key in {}",
+            config.secrets_store.key_place()
+        );
+        return Ok(None);
+    };
+    tracing::info!(key = %ring.current().id(), previous_keys = ring.previous().len(), "stored secrets are on");
+    Ok(Some(Arc::new(SecretStore::new(store.clone(), ring))))
+}
+
+/// The workflow engine of `config`: rhai scripts with the rules engine's sandbox, the
+/// configured secrets, and the `stored` ones (read on each use; the configured ones win).
+pub fn workflow_engine(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    stored: Option<Arc<SecretStore>>,
+) -> Arc<Workflows> {
+    let mut engine = Workflows::new(store.clone())
+        .with_scripts(Arc::new(WorkflowScripts::default()))
+        .with_secrets(Secrets::new(config.secrets.0.clone()));
+    if let Some(stored) = stored {
+        engine = engine.with_secret_source(stored);
+    }
+    Arc::new(engine)
 }
 
 /// The SMTP settings of an e-mail notifier entry.
@@ -288,7 +312,8 @@ pub async fn run_server_with(
 ) -> Result<(), RunError> {
     let store = open_store(&config).await?;
     let rules = rule_library(&config, &store, &shutdown).await?;
-    let workflows = workflow_engine(&config, &store);
+    let secrets = secret_store(&config, &store)?;
+    let workflows = workflow_engine(&config, &store, secrets.clone());
     let (mut builder, assistant) = bot_builder(&config, &store, &rules, workflows.clone()).await?;
     if console {
         builder = builder.channel(flowbot_channels::console::channel("console"));
@@ -381,6 +406,7 @@ pub async fn run_server_with(
         workers: bot.worker_stats().clone(),
         rules: rules.clone(),
         workflows,
+        secrets,
         adapters,
         llm: assistant.as_ref().map(|a| a.metrics.clone()),
         prompts: assistant.as_ref().map(|a| a.prompts.clone()),
@@ -629,7 +655,7 @@ pub fn gate(config: &Config, store: &Arc<dyn Store>) -> Result<http::auth::Gate,
 pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let store = open_store(&config).await?;
     let rules = rule_library(&config, &store, &shutdown).await?;
-    let workflows = workflow_engine(&config, &store);
+    let workflows = workflow_engine(&config, &store, secret_store(&config, &store)?);
     let (builder, assistant) = bot_builder(&config, &store, &rules, workflows).await?;
     let mut builder = builder.workers(worker_config(&config, "agent"));
     // Agents hold no sockets: web replies go over the bus to the servers.

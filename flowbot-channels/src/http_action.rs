@@ -14,7 +14,7 @@
 //! [`flowbot_core::net`]). [`HttpRequest::with_policy`] takes an allow-list (the server's
 //! `[network] allow`). A refused URL fails the call with a [`RefusedUrl`] naming the URL
 //! (without user name, password or query) and the reason, marked
-//! [`Permanent`](flowbot_core::Permanent): a workflow node fails at once instead of retrying.
+//! [`Permanent`]: a workflow node fails at once instead of retrying.
 //!
 //! URLs an operator wrote in the configuration file are not guarded: adapters' `api_base`,
 //! webhook channels' `callback_url`, notifiers' URLs and language model providers'

@@ -19,6 +19,8 @@
 //!   calls from runtime-editable URLs may reach.
 //!
 //! With the `jwt` feature, [`jwt`] verifies JSON Web Tokens (shared secrets or a JWKS URL).
+//! With the `secrets` feature, `secrets` keeps named secrets AES-256-GCM encrypted in the
+//! store, for workflows' `{{ secrets.NAME }}`, under a key ring that rotates.
 //!
 //! Storage backends live in `flowbot-store`.
 //!
@@ -52,6 +54,8 @@ pub mod net;
 mod notify;
 mod pipeline;
 mod router;
+#[cfg(feature = "secrets")]
+pub mod secrets;
 mod session;
 pub mod store;
 pub mod task;

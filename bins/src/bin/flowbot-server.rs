@@ -7,7 +7,7 @@ use flowbot_core::CancellationToken;
 use flowbot_server::config::Config;
 use flowbot_server::run;
 
-const USAGE: &str = "usage: flowbot-server [--config FILE] [--no-agent] [--console]\n       flowbot-server [--config FILE] keys create|list|revoke …  (API keys; `keys` for help)\n\n\
+const USAGE: &str = "usage: flowbot-server [--config FILE] [--no-agent] [--console]\n       flowbot-server [--config FILE] keys create|list|revoke …  (API keys; `keys` for help)\n       flowbot-server [--config FILE] secrets rotate-key|generate-key|list  (stored secrets)\n\n\
   --config FILE   TOML configuration (default: $FLOWBOT_CONFIG, else built-in defaults)\n\
   --no-agent      do not run workers here (distributed mode: run flowbot-agent elsewhere)\n\
   --console       also talk to the bot on stdin/stdout\n\
@@ -19,6 +19,7 @@ async fn main() -> std::process::ExitCode {
     let mut no_agent = false;
     let mut console = false;
     let mut keys = None;
+    let mut secrets = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -30,6 +31,10 @@ async fn main() -> std::process::ExitCode {
             "--console" => console = true,
             "keys" => {
                 keys = Some(args.by_ref().collect::<Vec<_>>());
+                break;
+            }
+            "secrets" => {
+                secrets = Some(args.by_ref().collect::<Vec<_>>());
                 break;
             }
             "-h" | "--help" => {
@@ -52,6 +57,15 @@ async fn main() -> std::process::ExitCode {
     }
     if let Some(args) = keys {
         return match flowbot_server::keys::command(&config, &args).await {
+            Ok(out) => {
+                print!("{out}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        };
+    }
+    if let Some(args) = secrets {
+        return match flowbot_server::secrets::command(&config, &args).await {
             Ok(out) => {
                 print!("{out}");
                 std::process::ExitCode::SUCCESS

@@ -58,6 +58,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         "auth",
         "limits",
         "network",
+        "secrets_store",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
@@ -119,6 +120,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         auth: section(table, "auth")?,
         limits: section(table, "limits")?,
         network: section(table, "network")?,
+        secrets_store: section(table, "secrets_store")?,
     })
 }
 

@@ -388,12 +388,16 @@ pub(super) async fn trigger_hook(
         .await
         .map_err(workflow_err)?
         .ok_or_else(|| Problem::not_found(format!("no workflow has the hook '{hook}'")))?;
-    let secrets = s.workflows.secrets();
+    let secrets = s.workflows.secrets().await.map_err(workflow_err)?;
     let unauthorized = |m: String| Problem::new(StatusCode::UNAUTHORIZED, m);
+    let missing = |name: &str| {
+        Problem::unavailable(match secrets.unreadable(name) {
+            Some(why) => format!("the hook's secret cannot be read: {why}"),
+            None => format!("the hook's secret '{name}' is not configured"),
+        })
+    };
     if let Some(name) = &trigger.token_secret {
-        let expected = secrets.get(name).ok_or_else(|| {
-            Problem::unavailable(format!("the hook's secret '{name}' is not configured"))
-        })?;
+        let expected = secrets.get(name).ok_or_else(|| missing(name))?;
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -403,9 +407,7 @@ pub(super) async fn trigger_hook(
             return Err(unauthorized("the bearer token does not match".into()));
         }
     } else if let Some(name) = &trigger.hmac_secret {
-        let secret = secrets.get(name).ok_or_else(|| {
-            Problem::unavailable(format!("the hook's secret '{name}' is not configured"))
-        })?;
+        let secret = secrets.get(name).ok_or_else(|| missing(name))?;
         let header = headers
             .get(flowbot_channels::webhook::SIGNATURE_HEADER)
             .and_then(|v| v.to_str().ok());

@@ -81,33 +81,101 @@ pub enum WorkflowError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A [`SecretSource`] failed as a whole (its reasons name secrets, never values).
+    #[error("secret source: {0}")]
+    Secrets(String),
 }
 
 /// Named secrets for templates (`{{ secrets.NAME }}`) and hook triggers. Values never appear
 /// in run records, logs or `Debug` output.
 #[derive(Clone, Default)]
-pub struct Secrets(BTreeMap<String, String>);
+pub struct Secrets {
+    values: Arc<BTreeMap<String, String>>,
+    /// Stored secrets that could not be read, with why (never a value).
+    unreadable: Arc<BTreeMap<String, String>>,
+}
 
 impl Secrets {
     /// Secrets from name → value.
     pub fn new(map: BTreeMap<String, String>) -> Self {
-        Secrets(map)
+        Secrets {
+            values: Arc::new(map),
+            unreadable: Arc::default(),
+        }
     }
 
     /// The value of a secret.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.values.get(name).map(String::as_str)
     }
 
-    fn names(&self) -> BTreeSet<String> {
-        self.0.keys().cloned().collect()
+    /// Why a stored secret has no value here (it could not be decrypted, say), if it has none
+    /// for that reason.
+    pub fn unreadable(&self, name: &str) -> Option<&str> {
+        self.unreadable.get(name).map(String::as_str)
+    }
+
+    /// The names of the secrets.
+    pub fn names(&self) -> BTreeSet<String> {
+        self.values.keys().cloned().collect()
+    }
+
+    /// `stored` together with `self`; a name in both keeps `self`'s value.
+    fn over(&self, stored: SourceSecrets) -> Secrets {
+        let mut values = stored.values;
+        values.extend(self.values.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut unreadable = stored.unreadable;
+        unreadable.retain(|name, _| !values.contains_key(name));
+        Secrets {
+            values: Arc::new(values),
+            unreadable: Arc::new(unreadable),
+        }
     }
 }
 
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.keys()).finish()
+        f.debug_list().entries(self.values.keys()).finish()
     }
+}
+
+/// What a [`SecretSource`] holds now: the values it could read, and for each secret it could
+/// not (no key for it, altered in the database), why, naming it and never a value.
+#[derive(Default)]
+pub struct SourceSecrets {
+    /// Name → value.
+    pub values: BTreeMap<String, String>,
+    /// Name → why it could not be read.
+    pub unreadable: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for SourceSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceSecrets")
+            .field("values", &self.values.keys())
+            .field("unreadable", &self.unreadable)
+            .finish()
+    }
+}
+
+/// Secrets kept outside the configuration, which may change while the engine runs: those
+/// stored through the API (`flowbot_core::secrets::SecretStore`, with the `secrets` feature).
+///
+/// The engine reads the source each time it needs secrets (a node about to run, a definition
+/// being checked, a hook trigger being verified), so a secret stored or deleted by any process
+/// sharing the database counts from the next node on. A configured secret wins over a stored
+/// one of the same name. A node that uses a secret the source could not read fails with the
+/// source's reason; the other nodes run.
+#[async_trait::async_trait]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a FlowBot secret source",
+    note = "use `flowbot_core::secrets::SecretStore` (feature `secrets`), or implement `SecretSource`"
+)]
+pub trait SecretSource: Send + Sync + 'static {
+    /// The names of the secrets, without their values.
+    async fn names(&self) -> Result<BTreeSet<String>, WorkflowError>;
+    /// Every secret's value, or why it cannot be read.
+    async fn values(&self) -> Result<SourceSecrets, WorkflowError>;
 }
 
 /// What applying a definition did.
@@ -209,6 +277,7 @@ pub struct Workflows {
     store: Arc<dyn Store>,
     scripts: Option<Arc<dyn ScriptEngine>>,
     secrets: Secrets,
+    source: Option<Arc<dyn SecretSource>>,
     attached: OnceLock<(Arc<ActionRegistry>, Arc<Senders>)>,
     cache: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
 }
@@ -219,12 +288,13 @@ impl std::fmt::Debug for Workflows {
             .field("store", &self.store.backend())
             .field("scripts", &self.scripts.is_some())
             .field("secrets", &self.secrets)
+            .field("secret_source", &self.source.is_some())
             .finish()
     }
 }
 
 fn redacted(mut v: Value, secrets: &Secrets) -> Value {
-    template::redact(&mut v, &secrets.0.iter());
+    template::redact(&mut v, &secrets.values.iter());
     v
 }
 
@@ -278,6 +348,7 @@ impl Workflows {
             store,
             scripts: None,
             secrets: Secrets::default(),
+            source: None,
             attached: OnceLock::new(),
             cache: Mutex::default(),
         }
@@ -289,15 +360,41 @@ impl Workflows {
         self
     }
 
-    /// Named secrets for templates and hook triggers.
+    /// Named secrets for templates and hook triggers (a server's `[secrets]`). They win over
+    /// a source's secrets of the same name.
     pub fn with_secrets(mut self, secrets: Secrets) -> Self {
         self.secrets = secrets;
         self
     }
 
-    /// The secrets.
-    pub fn secrets(&self) -> &Secrets {
+    /// Secrets that may change while the engine runs (stored through the API), read on each
+    /// use; see [`SecretSource`].
+    pub fn with_secret_source(mut self, source: Arc<dyn SecretSource>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// The secrets given with [`with_secrets`](Self::with_secrets).
+    pub fn configured_secrets(&self) -> &Secrets {
         &self.secrets
+    }
+
+    /// Every secret as of now: the source's, and the configured ones over them.
+    pub async fn secrets(&self) -> Result<Secrets, WorkflowError> {
+        match &self.source {
+            None => Ok(self.secrets.clone()),
+            Some(source) => Ok(self.secrets.over(source.values().await?)),
+        }
+    }
+
+    /// The names of every secret as of now.
+    async fn secret_names(&self) -> Result<BTreeSet<String>, WorkflowError> {
+        let mut names = match &self.source {
+            None => BTreeSet::new(),
+            Some(source) => source.names().await?,
+        };
+        names.extend(self.secrets.names());
+        Ok(names)
     }
 
     /// The store.
@@ -318,7 +415,7 @@ impl Workflows {
     /// secrets, and (with the store) its sub-workflows.
     pub async fn check(&self, spec: WorkflowSpec) -> Result<Workflow, WorkflowError> {
         let (actions, _) = self.actions()?;
-        let names = self.secrets.names();
+        let names = self.secret_names().await?;
         let cx = CheckContext {
             actions,
             scripts: self.scripts.as_deref(),
@@ -743,6 +840,8 @@ impl Workflows {
 fn task_error(e: WorkflowError) -> TaskError {
     match e {
         WorkflowError::Store(s) => TaskError::from(s),
+        // The source may be back before the next attempt.
+        WorkflowError::Secrets(m) => TaskError::retryable(format!("secret source: {m}")),
         other => TaskError::permanent(other.to_string()),
     }
 }

@@ -13,8 +13,8 @@ mod template;
 pub(crate) use actions::{PublishEvent, RunWorkflow};
 pub use compile::{CheckContext, DEFAULT_NODE_TIMEOUT, Problem, Workflow};
 pub use engine::{
-    Analytics, Applied, RunDetail, Secrets, Stats, WORKFLOW_CRON_TASK, WORKFLOW_EVENT_TASK,
-    WORKFLOW_WAIT_TIMEOUT_TASK, WorkflowError, Workflows,
+    Analytics, Applied, RunDetail, SecretSource, Secrets, SourceSecrets, Stats, WORKFLOW_CRON_TASK,
+    WORKFLOW_EVENT_TASK, WORKFLOW_WAIT_TIMEOUT_TASK, WorkflowError, Workflows,
 };
 pub use script::{SCRIPT_VARIABLES, ScriptEngine};
 pub use spec::{

@@ -8,19 +8,9 @@ impl Workflows {
     pub(super) fn planner<'a>(
         &'a self,
         wf: &'a Workflow,
+        secrets: &'a Secrets,
     ) -> impl Fn(&RunRecord, &[NodeRecord]) -> Plan + Send + Sync + 'a {
-        move |run, rows| self.plan_redacted(wf, run, rows)
-    }
-
-    /// [`plan`], with secrets taken out of the run's output.
-    fn plan_redacted(&self, wf: &Workflow, run: &RunRecord, rows: &[NodeRecord]) -> Plan {
-        let mut plan = plan(wf, run, rows, &self.secrets);
-        if let Some(end) = &mut plan.end
-            && let Some(out) = end.output.take()
-        {
-            end.output = Some(redacted(out, &self.secrets));
-        }
-        plan
+        move |run, rows| plan_redacted(wf, run, rows, secrets)
     }
 
     pub(super) async fn execute_node(
@@ -42,6 +32,8 @@ impl Workflows {
             .workflow(&run.workflow, run.version)
             .await
             .map_err(task_error)?;
+        // Read once per task: the nodes this handler runs in a row see the same secrets.
+        let secrets = self.secrets().await.map_err(task_error)?;
         let max_attempts = cx.task().retry.map(|r| r.max_attempts);
         let mut current = Current {
             node: t.node.clone(),
@@ -58,7 +50,7 @@ impl Workflows {
                 lease: cx.lease(),
             });
             let heartbeat = current.chained.then(|| self.heartbeat(cx, current.task));
-            let stepped = self.step(&wf, &run, &rows, &current, claim).await;
+            let stepped = self.step(&wf, &run, &rows, &current, claim, &secrets).await;
             if let Some(h) = heartbeat {
                 h.abort();
             }
@@ -149,6 +141,7 @@ impl Workflows {
         rows: &[NodeRecord],
         current: &Current,
         claim: Option<Claim>,
+        secrets: &Secrets,
     ) -> Result<Stepped, TaskError> {
         let Some(&i) = wf.index.get(&current.node) else {
             return Err(TaskError::permanent(format!(
@@ -160,36 +153,40 @@ impl Workflows {
         let max_attempts = current.max_attempts.unwrap_or(node.retry.max_attempts);
         let started = std::time::Instant::now();
         let key = format!("task-{}", current.task);
-        let outcome =
-            match tokio::time::timeout(node.timeout, self.run_node(wf, i, run, rows, &key)).await {
-                Ok(r) => r,
-                Err(_) => Err((
-                    None,
-                    format!(
-                        "timed out after {}",
-                        humantime::format_duration(node.timeout)
-                    ),
-                )),
-            };
+        let outcome = match tokio::time::timeout(
+            node.timeout,
+            self.run_node(wf, i, run, rows, &key, secrets),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err((
+                None,
+                format!(
+                    "timed out after {}",
+                    humantime::format_duration(node.timeout)
+                ),
+            )),
+        };
         let result = match outcome {
             Ok(Step::Done { input, output }) => NodeResult::Completed {
-                input: redacted(input, &self.secrets),
-                output: redacted(output, &self.secrets),
+                input: redacted(input, secrets),
+                output: redacted(output, secrets),
             },
             Ok(Step::Wait { input }) => NodeResult::Waiting {
-                input: redacted(input, &self.secrets),
+                input: redacted(input, secrets),
             },
             Ok(Step::Fail { input, error }) => NodeResult::Failed {
-                input: Some(redacted(input, &self.secrets)),
-                error: redacted(Value::String(error), &self.secrets)
+                input: Some(redacted(input, secrets)),
+                error: redacted(Value::String(error), secrets)
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
                 last: true,
             },
             Err((input, error)) => NodeResult::Failed {
-                input: input.map(|i| redacted(i, &self.secrets)),
-                error: redacted(Value::String(error), &self.secrets)
+                input: input.map(|i| redacted(i, secrets)),
+                error: redacted(Value::String(error), secrets)
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
@@ -201,7 +198,7 @@ impl Workflows {
         let seen: Mutex<Vec<NodeRecord>> = Mutex::default();
         let claimed_node: Mutex<Option<String>> = Mutex::default();
         let planner = |r: &RunRecord, nodes: &[NodeRecord]| {
-            let mut plan = self.plan_redacted(wf, r, nodes);
+            let mut plan = plan_redacted(wf, r, nodes, secrets);
             // Run next here the first started node that is due now.
             if let Some(c) = &claim
                 && let Some(s) = plan.start.iter().find(|s| s.task.run_at.is_none())
@@ -271,9 +268,21 @@ impl Workflows {
         run: &RunRecord,
         rows: &[NodeRecord],
         task_key: &str,
+        secrets: &Secrets,
     ) -> Result<Step, (Option<Value>, String)> {
         let node = &wf.nodes[i];
-        let cx = context(run, rows, Some(&self.secrets));
+        if let Some(name) = missing_secret(&node.kind, secrets) {
+            return Err((
+                None,
+                match secrets.unreadable(&name) {
+                    Some(why) => format!("`secrets.{name}`: {why}"),
+                    None => format!(
+                        "`secrets.{name}`: no secret named `{name}` is configured or stored (deleted since the workflow was applied?)"
+                    ),
+                },
+            ));
+        }
+        let cx = context(run, rows, Some(secrets));
         match &node.kind {
             Kind::Action { name, with } => {
                 let input =
@@ -544,7 +553,7 @@ pub(super) fn context_json(
         "run": { "id": run.id, "workflow": run.workflow, "version": run.version, "trigger": run.trigger },
     });
     if let Some(s) = secrets {
-        cx["secrets"] = json!(s.0);
+        cx["secrets"] = json!(&*s.values);
     }
     cx
 }
@@ -555,4 +564,53 @@ pub(super) fn context(
     secrets: Option<&Secrets>,
 ) -> minijinja::Value {
     minijinja::Value::from_serialize(context_json(run, rows, secrets))
+}
+
+/// [`plan`], with secrets taken out of the run's output.
+fn plan_redacted(wf: &Workflow, run: &RunRecord, rows: &[NodeRecord], secrets: &Secrets) -> Plan {
+    let mut plan = plan(wf, run, rows, secrets);
+    if let Some(end) = &mut plan.end
+        && let Some(out) = end.output.take()
+    {
+        end.output = Some(redacted(out, secrets));
+    }
+    plan
+}
+
+/// A secret the node's templates name that `secrets` lacks: a stored secret deleted after
+/// the workflow was applied (which would otherwise render as nothing).
+fn missing_secret(kind: &Kind, secrets: &Secrets) -> Option<String> {
+    fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::String(s) => out.push(s),
+            Value::Array(a) => a.iter().for_each(|i| strings(i, out)),
+            Value::Object(m) => m.values().for_each(|i| strings(i, out)),
+            _ => {}
+        }
+    }
+    let mut texts = Vec::new();
+    let mut expression = None;
+    match kind {
+        Kind::Action { with, .. } | Kind::Workflow { with, .. } => strings(with, &mut texts),
+        Kind::Until(u) => texts.push(u.as_str()),
+        Kind::Wait { key, .. } => texts.push(key.as_str()),
+        Kind::Condition {
+            source,
+            script: false,
+        } => expression = Some(source.as_str()),
+        _ => {}
+    }
+    let vars = texts
+        .into_iter()
+        .filter(|t| t.contains("secrets"))
+        .filter_map(|t| template::variables(t).ok())
+        .chain(
+            expression
+                .filter(|e| e.contains("secrets"))
+                .and_then(|e| template::expression_variables(e).ok()),
+        );
+    vars.flatten().find_map(|v| {
+        let name = v.strip_prefix("secrets.")?.split('.').next()?.to_owned();
+        secrets.get(&name).is_none().then_some(name)
+    })
 }

@@ -74,10 +74,11 @@ impl Workflows {
         }
         let input = row.input.clone().unwrap_or(Value::Null);
         let wf = self.workflow(&run.workflow, run.version).await?;
-        let planner = self.planner(&wf);
+        let secrets = self.secrets().await?;
+        let planner = self.planner(&wf, &secrets);
         let result = NodeResult::Completed {
             input,
-            output: redacted(output, &self.secrets),
+            output: redacted(output, &secrets),
         };
         self.store
             .finish_node(run_id, node, row.attempt, &result, &planner)
@@ -234,7 +235,8 @@ impl Workflows {
             _ => return Ok(()),
         };
         let wf = self.workflow(&parent.workflow, parent.version).await?;
-        let planner = self.planner(&wf);
+        let secrets = self.secrets().await?;
+        let planner = self.planner(&wf, &secrets);
         self.store
             .finish_node(&t.run, &t.node, row.attempt, &result, &planner)
             .await?;
