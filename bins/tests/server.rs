@@ -731,6 +731,8 @@ async fn rest_api_health_metrics_openapi_and_errors() {
         "/api/v1/keys",
         "/api/v1/keys/{id}",
         "/api/v1/audit",
+        "/api/v1/secrets",
+        "/api/v1/secrets/{name}",
     ] {
         assert!(
             paths.contains_key(p),
@@ -739,7 +741,7 @@ async fn rest_api_health_metrics_openapi_and_errors() {
     }
     assert_eq!(
         paths.len(),
-        47,
+        49,
         "no undocumented extras: {:?}",
         paths.keys().collect::<Vec<_>>()
     );
