@@ -18,6 +18,10 @@
 //!    messages at a fixed pace; the time from sending to the bot's `message` frame.
 //! 3. **Memory**: the server's `VmRSS` idle after start and with many idle WebSocket sessions,
 //!    opened in batches, closed, and opened again (to see whether memory is reused).
+//! 4. **Admin API credentials**: `GET /api/v1/rules` without a credential on an open loopback
+//!    server, with an API key and with a JWT on a server that requires them (and on a build
+//!    from before the security work, `--baseline-bin`, with its webhook ingestion next to
+//!    this build's); see `load/auth.rs`.
 //!
 //! The HTTP load uses a minimal HTTP/1.1 client over `TcpStream` (status line and
 //! `Content-Length` only) so the load generator, which shares the machine's cores with the
@@ -26,7 +30,8 @@
 //! Flags: `--connections N` (32), `--warmup SECS` (2), `--duration SECS` (10),
 //! `--chat-sessions N` (1000), `--chat-messages N` (5), `--chat-interval-ms MS` (1000),
 //! `--idle-sessions N` (10000), `--batch N` (250), `--ingest-cycles N` (1: webhook runs, each
-//! followed by a drain, per ingestion server), `--skip-postgres`.
+//! followed by a drain, per ingestion server), `--skip-postgres`, `--auth-only` (phase 4
+//! alone), `--baseline-bin PATH` (or `FLOWBOT_BASELINE_SERVER_BIN`).
 //! Environment: `FLOWBOT_SERVER_BIN` (default: the workspace's `target/release/flowbot-server`),
 //! `FLOWBOT_BENCH_DIR` (where SQLite files and server logs go; default: a new temp dir),
 //! `FLOWBOT_BENCH_POSTGRES_URL`. On PostgreSQL the server uses its own schema, `flowbot_load`,
@@ -34,6 +39,8 @@
 //! All traffic goes to 127.0.0.1.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark reports on the terminal
 
+#[path = "load/auth.rs"]
+mod auth;
 #[path = "load/http.rs"]
 mod http;
 #[path = "load/procfs.rs"]
@@ -44,6 +51,7 @@ mod report;
 mod server;
 #[path = "load/ws.rs"]
 mod ws;
+use auth::*;
 use http::*;
 use procfs::*;
 use report::*;
@@ -122,6 +130,10 @@ struct Settings {
     batch: usize,
     /// Webhook runs (each followed by a drain) per ingestion server, to watch memory.
     ingest_cycles: usize,
+    /// Run only the admin API credentials phase.
+    auth_only: bool,
+    /// A server build from before the security work, for the credentials phase's baseline.
+    baseline_bin: Option<PathBuf>,
 }
 
 impl Settings {
@@ -147,6 +159,8 @@ impl Settings {
             idle_sessions: 10_000,
             batch: 250,
             ingest_cycles: 1,
+            auth_only: false,
+            baseline_bin: std::env::var_os("FLOWBOT_BASELINE_SERVER_BIN").map(PathBuf::from),
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -154,7 +168,15 @@ impl Settings {
                 s.postgres_url = None;
                 continue;
             }
+            if flag == "--auth-only" {
+                s.auth_only = true;
+                continue;
+            }
             let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            if flag == "--baseline-bin" {
+                s.baseline_bin = Some(PathBuf::from(value));
+                continue;
+            }
             let n: u64 = value
                 .parse()
                 .map_err(|_| format!("{flag}: '{value}' is not a whole number"))?;
@@ -236,6 +258,8 @@ struct Results {
     chat: Result<ChatRun, String>,
     /// The memory phase.
     memory: Result<MemoryRun, String>,
+    /// The admin API credentials phase.
+    auth: Result<AuthRun, String>,
     /// Every server started.
     servers: Vec<ServerSummary>,
     /// Wall time of the whole run.
@@ -288,6 +312,12 @@ async fn run(s: &Settings) -> Result<String, String> {
         .map_err(|e| format!("building the HTTP client: {e}"))?;
     let started = Instant::now();
     let mut servers = Vec::new();
+    if s.auth_only {
+        let auth = Box::pin(auth_phase(s, &http, &mut servers)).await;
+        let mut out = String::new();
+        auth_report(&mut out, &auth);
+        return Ok(out);
+    }
     let mut ingestions = Vec::new();
 
     let url = sqlite_url(s, "sqlite-ingest");
@@ -383,10 +413,13 @@ async fn run(s: &Settings) -> Result<String, String> {
     )
     .await;
 
+    let auth = Box::pin(auth_phase(s, &http, &mut servers)).await;
+
     let results = Results {
         ingestion: ingestions,
         chat,
         memory,
+        auth,
         servers,
         secs: started.elapsed().as_secs_f64(),
     };

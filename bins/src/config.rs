@@ -22,6 +22,7 @@ mod load;
 mod network;
 mod oidc;
 mod platforms;
+mod references;
 mod secrets_store;
 pub use auth::{AuthConfig, JwtAuthConfig};
 pub use chat::{HostIdentityConfig, WebConfig};
@@ -30,6 +31,7 @@ pub use llm::{LlmConfig, Relevance};
 pub use network::NetworkConfig;
 pub use oidc::OidcConfig;
 pub use platforms::{DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
+pub use references::secret_reference;
 pub use secrets_store::SecretsStoreConfig;
 
 /// The whole configuration.
@@ -696,6 +698,11 @@ impl Config {
                     format!("'{origin}' is not an http(s) origin"),
                 ));
             }
+        }
+        if self.secret_references()? > 0 {
+            // Credentials are read from secrets as the process starts; the channels and
+            // notifiers are checked then, with the values in place.
+            return Ok(());
         }
         for (name, d) in &self.discord {
             d.channel_config(name)

@@ -170,6 +170,19 @@ pub fn secret_store(
     Ok(Some(Arc::new(SecretStore::new(store.clone(), ring))))
 }
 
+/// Fill the settings written `{{ secrets.NAME }}` (platform tokens, provider keys, …) from
+/// `[secrets]` or the stored secrets, once, as the process starts.
+async fn resolve_references(
+    config: &mut Config,
+    stored: Option<&SecretStore>,
+) -> Result<(), RunError> {
+    let n = config.resolve_secret_references(stored).await?;
+    if n > 0 {
+        tracing::info!(settings = n, "settings filled from secrets");
+    }
+    Ok(())
+}
+
 /// The workflow engine of `config`: rhai scripts with the rules engine's sandbox, the
 /// configured secrets, and the `stored` ones (read on each use; the configured ones win).
 pub fn workflow_engine(
@@ -305,7 +318,7 @@ pub async fn run_server(
 
 /// [`run_server`], optionally with the console channel (stdin and stdout) as well.
 pub async fn run_server_with(
-    config: Config,
+    mut config: Config,
     console: bool,
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<Running>>,
@@ -313,6 +326,7 @@ pub async fn run_server_with(
     let store = open_store(&config).await?;
     let rules = rule_library(&config, &store, &shutdown).await?;
     let secrets = secret_store(&config, &store)?;
+    resolve_references(&mut config, secrets.as_deref()).await?;
     let workflows = workflow_engine(&config, &store, secrets.clone());
     let (mut builder, assistant) = bot_builder(&config, &store, &rules, workflows.clone()).await?;
     if console {
@@ -652,10 +666,12 @@ pub fn gate(config: &Config, store: &Arc<dyn Store>) -> Result<http::auth::Gate,
 }
 
 /// Run an agent (workers and schedules only) until `shutdown` is cancelled.
-pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run_agent(mut config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let store = open_store(&config).await?;
     let rules = rule_library(&config, &store, &shutdown).await?;
-    let workflows = workflow_engine(&config, &store, secret_store(&config, &store)?);
+    let secrets = secret_store(&config, &store)?;
+    resolve_references(&mut config, secrets.as_deref()).await?;
+    let workflows = workflow_engine(&config, &store, secrets);
     let (builder, assistant) = bot_builder(&config, &store, &rules, workflows).await?;
     let mut builder = builder.workers(worker_config(&config, "agent"));
     // Agents hold no sockets: web replies go over the bus to the servers.

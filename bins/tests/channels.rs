@@ -589,14 +589,11 @@ async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
                 discord_api.clone(),
             ),
         );
-        let mut gateway = DiscordEntry::interactions_only(
+        let gateway = DiscordEntry::gateway_only(
             discord_fake::BOT_TOKEN.into(),
             discord_fake::APP_ID.into(),
-            String::new(),
             discord_api,
         );
-        gateway.public_key = None;
-        gateway.gateway = true;
         c.discord.insert("dg".into(), gateway);
         c.slack.insert(
             "sl".into(),

@@ -52,10 +52,7 @@ async fn server(discord: &FakeDiscord, rules: &common::TempDir) -> Server {
     let (api, dir) = (discord.api(), rules.0.clone());
     let s = start_with(move |c| {
         c.rules.dir = Some(dir);
-        let mut entry =
-            DiscordEntry::interactions_only(BOT_TOKEN.into(), APP_ID.into(), String::new(), api);
-        entry.public_key = None;
-        entry.gateway = true;
+        let entry = DiscordEntry::gateway_only(BOT_TOKEN.into(), APP_ID.into(), api);
         c.discord.insert("dg".into(), entry);
     })
     .await;

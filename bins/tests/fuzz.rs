@@ -1,6 +1,7 @@
 //! Fuzz targets for every parser of untrusted input: rule files, rules and workflows (YAML and
 //! JSON) through the admin API's validation, the configuration file and its environment
-//! overrides, each platform's webhook payloads, workflow trigger hooks and web chat frames.
+//! overrides, each platform's webhook payloads, workflow trigger hooks, web chat frames, and
+//! the frames Discord's gateway and Slack's Socket Mode push to the bot.
 //!
 //! Deterministic and bounded: each target runs its committed seeds (`fuzz/corpus/<target>/`)
 //! and a fixed number of mutants made with a fixed-seed PRNG (`fuzz/mutate.rs`), through the
@@ -442,11 +443,12 @@ async fn telegram_webhook() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slack_webhooks() {
-    use slack_fake::{BOT_TOKEN, FakeSlack, SIGNING_SECRET, message_event};
+/// A fake Slack and a server with its app `sl` (over Socket Mode too with `app_token`).
+async fn slack_server(app_token: Option<&str>) -> (slack_fake::FakeSlack, Server) {
+    use slack_fake::{BOT_TOKEN, FakeSlack, SIGNING_SECRET};
     let slack = FakeSlack::start().await;
     let api = slack.api();
+    let app_token = app_token.map(str::to_owned);
     let s = server(move |c| {
         c.slack.insert(
             "sl".into(),
@@ -454,11 +456,18 @@ async fn slack_webhooks() {
                 bot_token: BOT_TOKEN.into(),
                 signing_secret: SIGNING_SECRET.into(),
                 api_base: api,
-                app_token: None,
+                app_token,
             },
         );
     })
     .await;
+    (slack, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_webhooks() {
+    use slack_fake::{SIGNING_SECRET, message_event};
+    let (slack, s) = slack_server(None).await;
     let http = reqwest::Client::new();
     let mut targets = Vec::new();
     let post = |path: &str, content_type: &'static str, i: usize, case: &Case| {
@@ -713,5 +722,127 @@ async fn web_chat_frames() {
     }
     t.summary();
     still_healthy(&t, cases.last().expect("cases"), &s).await;
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Frames the platforms push over WebSockets: Discord's gateway and Slack's Socket Mode.
+
+/// Wait until `seen` holds, calling `send` first and again whenever a second passes without
+/// it (the bot may have been reconnecting when it was sent); fail `case` after 20 s.
+async fn until_seen<S, Fut>(t: &Target, case: &Case, what: &str, mut send: impl FnMut(), seen: S)
+where
+    S: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut resend = tokio::time::Instant::now();
+    loop {
+        if tokio::time::Instant::now() >= resend {
+            send();
+            resend = tokio::time::Instant::now() + Duration::from_secs(1);
+        }
+        if seen().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            t.fail(case, &format!("{what} never came: the session stopped"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_gateway_frames() {
+    use discord_fake::{APP_ID, BOT_TOKEN, FakeDiscord, message};
+    let discord = FakeDiscord::start().await;
+    let api = discord.api();
+    let s = server(move |c| {
+        let entry = DiscordEntry::gateway_only(BOT_TOKEN.into(), APP_ID.into(), api);
+        c.discord.insert("dg".into(), entry);
+    })
+    .await;
+    discord.wait_connected(0).await;
+    let t = Target::new("discord_gateway", Format::Json);
+    let cases = t.cases(MAX_HTTP);
+    for (i, case) in cases.iter().enumerate() {
+        t.running(case);
+        discord.wait_connected(0).await;
+        // A case that ends the session (op 7, op 9, a bad READY) is lost when the bot
+        // reconnects first: it was read or the connection was gone, both fine.
+        discord.try_send_raw(0, &case.text());
+        // Then an event of a kind the bot does not handle, counted by its name: once it is
+        // counted, the bot read every frame before it.
+        let sentinel = format!("FUZZ_SENTINEL_{i}");
+        let counted =
+            format!("flowbot_channel_ignored_total{{channel=\"dg\",reason=\"event {sentinel}\"}}");
+        until_seen(
+            &t,
+            case,
+            "the sentinel event",
+            || {
+                if discord.connected(0) {
+                    discord.dispatch(0, &sentinel, json!({}));
+                }
+            },
+            || async { common::metrics(&s.base).await.contains(&counted) },
+        )
+        .await;
+        t.outcome(true);
+        t.check_panics(case);
+    }
+    t.summary();
+    still_healthy(&t, cases.last().expect("cases"), &s).await;
+    let last = last_case(message("9999", "CDRAIN", "/echo fuzz-drain").to_string());
+    discord.wait_connected(0).await;
+    discord.dispatch(
+        0,
+        "MESSAGE_CREATE",
+        message("9999", "CDRAIN", "/echo fuzz-drain"),
+    );
+    discord.wait_for("CDRAIN", "fuzz-drain").await;
+    t.check_panics(&last);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_socket_mode_envelopes() {
+    use slack_fake::{APP_TOKEN, message_event};
+    let (slack, s) = slack_server(Some(APP_TOKEN)).await;
+    let t = Target::new("slack_socket", Format::Json);
+    let cases = t.cases(MAX_HTTP);
+    for (i, case) in cases.iter().enumerate() {
+        t.running(case);
+        slack.send_raw(case.text());
+        // Then an envelope of a type the app does not handle: acknowledged once the app read
+        // every frame before it (sent again if the app was reconnecting).
+        let mut n = 0;
+        let id = |n: usize| format!("fuzz-sentinel-{i}-{n}");
+        until_seen(
+            &t,
+            case,
+            "the sentinel's acknowledgement",
+            || {
+                n += 1;
+                slack.send_raw(json!({"envelope_id": id(n), "type": "fuzz_sentinel"}).to_string());
+            },
+            || async {
+                let acks = slack.acks();
+                acks.iter()
+                    .any(|a| a.starts_with(&format!("fuzz-sentinel-{i}-")))
+            },
+        )
+        .await;
+        t.outcome(true);
+        t.check_panics(case);
+    }
+    t.summary();
+    still_healthy(&t, cases.last().expect("cases"), &s).await;
+    let event = message_event("EvDrain", "CDRAIN", "1700000099.000100", "/echo fuzz-drain");
+    let last = last_case(event.to_string());
+    let acked = slack.envelope("events_api", &event);
+    slack.wait_for("CDRAIN", "fuzz-drain").await;
+    assert!(slack.acks().contains(&acked));
+    t.check_panics(&last);
     s.stop().await;
 }

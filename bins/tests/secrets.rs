@@ -2,17 +2,20 @@
 //! only, 409 without a key), values encrypted in the database file, workflows using stored
 //! secrets (stored after start, changed, deleted) with the values hidden in run records, and
 //! `flowbot-server secrets rotate-key` re-encrypting everything so that the new key alone
-//! reads it, with the server's debug log free of values and keys.
+//! reads it, with the server's debug log free of values and keys; a platform token given as
+//! `{{ secrets.NAME }}` read from the stored secrets as the server starts.
 
 mod common;
 mod harness;
+#[path = "telegram/fake.rs"]
+mod telegram;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
 use flowbot_core::secrets::{KeyRing, SecretError, SecretKey, SecretStore};
-use flowbot_server::config::Config;
+use flowbot_server::config::{Config, TelegramEntry, TelegramMode};
 use harness::{problem, start_with};
 use serde_json::{Value, json};
 
@@ -327,6 +330,75 @@ async fn without_a_key_the_secrets_api_answers_409_naming_the_setting() {
         );
     }
     s.stop().await;
+}
+
+/// A Telegram bot's token stored through the API (encrypted on disk) and given in the
+/// configuration as `{{ secrets.tg_token }}`: the server reads it as it starts and talks to
+/// the Bot API with it. A reference to a secret nobody stored stops the start, naming the
+/// setting and the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_tokens_come_from_stored_secrets() {
+    let dir = common::TempDir::new("flowbot-secrets-platform");
+    let (_, key) = key_file(&dir, "key");
+    let db = format!("sqlite://{}/flowbot.db", dir.0.display());
+    let base = |c: &mut Config| {
+        c.auth.api_keys = true;
+        c.secrets_store.key_file = Some(key.clone());
+        c.database.url = db.clone();
+    };
+    let s = start_with(base).await;
+    let admin = cli_key(&s.config, "root", "admin").await;
+    json_of(
+        reqwest::Client::new()
+            .put(format!("{}/api/v1/secrets/tg_token", s.base))
+            .bearer_auth(&admin)
+            .json(&json!({"value": telegram::TOKEN}))
+            .send()
+            .await
+            .expect("put"),
+        200,
+    )
+    .await;
+    s.stop().await;
+    assert!(!contains(&database_bytes(&dir.0), telegram::TOKEN));
+
+    let tg = telegram::FakeTelegram::start().await;
+    let bot = |token: &str| TelegramEntry {
+        token: token.into(),
+        mode: TelegramMode::Polling,
+        api_base: tg.base.clone(),
+        poll_timeout_secs: 1,
+        secret_token: None,
+        public_url: None,
+        sends_per_second: 25,
+        lease_ttl_secs: 15,
+    };
+    let s = start_with(|c| {
+        base(c);
+        c.telegram
+            .insert("tg".into(), bot("{{ secrets.tg_token }}"));
+    })
+    .await;
+    // The fake answers only the right token.
+    assert_eq!(tg.calls("getMe").len(), 1);
+    tg.push(telegram::text(42, "/echo from a stored token"));
+    tg.wait_for_text(42, "from a stored token").await;
+    s.stop().await;
+
+    let mut config = Config::default();
+    base(&mut config);
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config
+        .telegram
+        .insert("tg".into(), bot("{{ secrets.nobody_stored }}"));
+    let e = flowbot_server::run::run_server(config, flowbot_core::CancellationToken::new(), None)
+        .await
+        .expect_err("a missing secret must stop the start")
+        .to_string();
+    assert!(
+        e.contains("telegram.tg.token") && e.contains("'nobody_stored'"),
+        "{e}"
+    );
 }
 
 /// A local HTTP endpoint that records each request's `Authorization` header and answers

@@ -9,6 +9,8 @@ pub(crate) enum Route {
     Healthz,
     /// `POST /hooks/webhook/bench`: durable ingestion.
     Webhook,
+    /// `GET /api/v1/rules`, with this `Authorization` header value if any.
+    ApiRead(Option<&'static str>),
 }
 
 impl Route {
@@ -17,6 +19,8 @@ impl Route {
         match self {
             Route::Healthz => "GET /healthz",
             Route::Webhook => "POST /hooks/webhook/bench",
+            Route::ApiRead(None) => "GET /api/v1/rules",
+            Route::ApiRead(Some(_)) => "GET /api/v1/rules (credential)",
         }
     }
 
@@ -25,6 +29,11 @@ impl Route {
         match self {
             Route::Healthz => {
                 format!("GET /healthz HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\r\n").into_bytes()
+            }
+            Route::ApiRead(auth) => {
+                let auth = auth.map_or_else(String::new, |a| format!("authorization: {a}\r\n"));
+                format!("GET /api/v1/rules HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n{auth}\r\n")
+                    .into_bytes()
             }
             Route::Webhook => {
                 let body = format!(

@@ -401,6 +401,10 @@ pub(crate) fn report(s: &Settings, r: &Results) -> String {
         }
     }
 
+    // Credentials.
+    out.push('\n');
+    auth_report(&mut out, &r.auth);
+
     // Servers.
     let _ = writeln!(out, "\n## Server processes\n");
     let _ = writeln!(

@@ -82,6 +82,16 @@ impl DiscordEntry {
         }
     }
 
+    /// Settings for an application served over the gateway only (one shard, the default
+    /// intents).
+    pub fn gateway_only(bot_token: String, application_id: String, api_base: String) -> Self {
+        DiscordEntry {
+            public_key: None,
+            gateway: true,
+            ..Self::interactions_only(bot_token, application_id, String::new(), api_base)
+        }
+    }
+
     /// The channel's settings; the error names the key that is wrong.
     pub fn channel_config(
         &self,

@@ -166,12 +166,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn load(toml_text: &str) -> Result<Config, ConfigError> {
-        let path =
-            std::env::temp_dir().join(format!("flowbot-secrets-{}.toml", uuid::Uuid::new_v4()));
-        std::fs::write(&path, toml_text).map_err(|e| err("test", e.to_string()))?;
-        let config = Config::load(Some(&path), std::iter::empty());
-        let _ = std::fs::remove_file(&path);
-        config
+        crate::config::tests::load_unique(toml_text, &[])
     }
 
     fn text() -> String {

@@ -216,7 +216,7 @@ fn env_only(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
 }
 
 /// A file of its own (`load` names files by their length, shared between tests).
-fn load_unique(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+pub(super) fn load_unique(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let path = std::env::temp_dir().join(format!("flowbot-config-{}.toml", uuid::Uuid::new_v4()));
     std::fs::write(&path, toml_text).expect("write");
     let r = Config::load(

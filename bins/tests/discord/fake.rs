@@ -216,6 +216,18 @@ impl FakeDiscord {
             .expect("live");
     }
 
+    /// Send `frame` as it is on shard `shard`'s live connection; false when it has none
+    /// (the bot is reconnecting).
+    pub fn try_send_raw(&self, shard: u32, frame: &str) -> bool {
+        let i = self.inner.lock().expect("lock");
+        let out = i
+            .gateway
+            .current
+            .get(&shard)
+            .and_then(|id| i.gateway.live.get(id));
+        out.is_some_and(|o| o.send(Out::Frame(frame.to_owned())).is_ok())
+    }
+
     /// Close shard `shard`'s live connection with `code`.
     pub fn close(&self, shard: u32, code: u16) {
         self.live_out(shard).send(Out::Close(code)).expect("live");

@@ -88,6 +88,11 @@ impl FakeSlack {
         id
     }
 
+    /// Send `frame` as it is to the connected app, if any.
+    pub fn send_raw(&self, frame: String) {
+        let _ = self.envelopes.send(frame);
+    }
+
     /// Ask the connected app to reconnect.
     pub fn disconnect(&self) {
         let _ = self.envelopes.send(

@@ -4,7 +4,8 @@
 //! acknowledged with `{"envelope_id": …}` once stored. Slack resends an envelope that was not
 //! acknowledged, so one that could not be stored (the database is down) is left
 //! unacknowledged. `hello` opens a session; `disconnect` asks for a new connection. A failed
-//! or dropped connection is opened again after a backoff (1 s doubling to 30 s).
+//! or dropped connection is opened again after a backoff (1 s doubling to 30 s; back to 1 s
+//! once a connection got its `hello`).
 //!
 //! Slack's connection must exist once per app among the servers sharing a database: the
 //! listener holds the lease `slack:socket:<channel>` while it is connected.
@@ -33,7 +34,8 @@ enum Ended {
 pub(super) async fn run(state: Arc<SlackState>, app_token: String, shutdown: CancellationToken) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        match session(&state, &app_token, &shutdown).await {
+        let mut live = false;
+        match session(&state, &app_token, &shutdown, &mut live).await {
             Ok(Ended::Shutdown) => return,
             Ok(Ended::Reconnect) => {
                 backoff = Duration::from_secs(1);
@@ -44,6 +46,10 @@ pub(super) async fn run(state: Arc<SlackState>, app_token: String, shutdown: Can
                     .stats
                     .api_errors
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if live {
+                    // The connection worked before it failed: no reason to wait long.
+                    backoff = Duration::from_secs(1);
+                }
                 tracing::warn!(channel = %state.channel, error = %e, ?backoff, "Slack Socket Mode connection failed; reconnecting");
             }
         }
@@ -55,10 +61,12 @@ pub(super) async fn run(state: Arc<SlackState>, app_token: String, shutdown: Can
     }
 }
 
+/// One connection, until it ends; `live` is set once Slack said `hello`.
 async fn session(
     state: &SlackState,
     app_token: &str,
     shutdown: &CancellationToken,
+    live: &mut bool,
 ) -> Result<Ended, String> {
     let url = state
         .api
@@ -98,7 +106,10 @@ async fn session(
         let kind = envelope["type"].as_str().unwrap_or_default().to_owned();
         let payload = envelope["payload"].clone();
         let outcome = match kind.as_str() {
-            "hello" => continue,
+            "hello" => {
+                *live = true;
+                continue;
+            }
             "disconnect" => return Ok(Ended::Reconnect),
             "events_api" => process_event(state, payload).await.map(|_| ()),
             "interactive" => process_interaction(state, payload).await,
