@@ -475,8 +475,9 @@ pub const MAX_KEY_NAME: usize = 100;
 /// API keys in the store's KV (namespace [`KEYS_NAMESPACE`]).
 pub struct ApiKeys {
     store: Arc<dyn Store>,
-    /// Keys read lately: id → (stored key, when read).
-    cache: Mutex<HashMap<String, (StoredKey, Instant)>>,
+    /// Keys read lately: id → (stored key, when read). Shared, so a check holds the lock
+    /// only to copy a pointer.
+    cache: Mutex<HashMap<String, (Arc<StoredKey>, Instant)>>,
     /// When each key's `last_used_at` was last written by this process.
     written: Mutex<HashMap<String, Instant>>,
 }
@@ -629,22 +630,25 @@ impl ApiKeys {
             cache
                 .get(id)
                 .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
-                .map(|(k, _)| k.clone())
+                .map(|(k, _)| Arc::clone(k))
         };
         let key = match cached {
             Some(k) => k,
             None => {
-                let k = self.read(id).await?.ok_or(KeyRejected::Unknown)?;
+                let k = Arc::new(self.read(id).await?.ok_or(KeyRejected::Unknown)?);
                 let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
                 if cache.len() >= 10_000 {
                     cache.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
                 }
-                cache.insert(id.to_owned(), (k.clone(), Instant::now()));
+                cache.insert(id.to_owned(), (Arc::clone(&k), Instant::now()));
                 k
             }
         };
-        let hash = sha256_hex(secret);
-        if !bool::from(hash.as_bytes().ct_eq(key.sha256.as_bytes())) {
+        // The hex digest on the stack: no allocation on the hot path.
+        let mut hash = [0u8; 64];
+        hex::encode_to_slice(Sha256::digest(secret.as_bytes()), &mut hash)
+            .map_err(|_| KeyRejected::Malformed)?;
+        if !bool::from(hash.as_slice().ct_eq(key.sha256.as_bytes())) {
             return Err(KeyRejected::Unknown.into());
         }
         if key.info.revoked_at.is_some() {
@@ -654,31 +658,31 @@ impl ApiKeys {
         if key.info.expires_at.is_some_and(|at| at <= now) {
             return Err(KeyRejected::Expired.into());
         }
-        self.touch(key.clone(), now).await;
-        Ok(key.info)
+        self.touch(&key.info.id, now).await;
+        Ok(key.info.clone())
     }
 
-    /// Record the key's use, at most once a [`LAST_USED_EVERY`] per key and process.
-    async fn touch(&self, mut key: StoredKey, now: DateTime<Utc>) {
+    /// Record the use of key `id`, at most once a [`LAST_USED_EVERY`] per key and process.
+    async fn touch(&self, id: &str, now: DateTime<Utc>) {
         {
             let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
             if written
-                .get(&key.info.id)
+                .get(id)
                 .is_some_and(|at| at.elapsed() < LAST_USED_EVERY)
             {
                 return;
             }
-            written.insert(key.info.id.clone(), Instant::now());
+            written.insert(id.to_owned(), Instant::now());
         }
         // Read again so a revocation made elsewhere is not overwritten.
-        match self.read(&key.info.id).await {
-            Ok(Some(fresh)) => key = fresh,
+        let mut key = match self.read(id).await {
+            Ok(Some(fresh)) => fresh,
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!(key = %key.info.id, error = %e, "cannot read an API key to record its use");
+                tracing::warn!(key = %id, error = %e, "cannot read an API key to record its use");
                 return;
             }
-        }
+        };
         key.info.last_used_at = Some(now);
         if let Err(e) = self.put(&key).await {
             tracing::warn!(key = %key.info.id, error = %e, "cannot record an API key's use");

@@ -38,10 +38,18 @@
 //! # }
 //! ```
 //!
+//! A token that verified is remembered (by its SHA-256) for up to [`VERIFIED_TTL`], never
+//! past its own `exp` (with the leeway), so a client sending the same token with every
+//! request pays for the signature and the claims' parsing once. With a JWKS, never longer
+//! than [`JwksSource::max_age`] either, so this adds nothing to how long a retired key is
+//! trusted.
+//!
 //! Errors ([`JwtError`]) say what was wrong with a token and never contain the token.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
@@ -49,6 +57,53 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
+
+/// How long a verified token is remembered at most.
+pub const VERIFIED_TTL: Duration = Duration::from_secs(30);
+/// Most verified tokens remembered.
+const VERIFIED_MAX: usize = 10_000;
+
+/// Verified claims by the SHA-256 of their token, with when to forget them: the Unix time
+/// after which the token is expired (its `exp` plus the leeway), and [`VERIFIED_TTL`] after
+/// it was verified.
+#[derive(Default)]
+struct Verified {
+    entries: HashMap<[u8; 32], VerifiedToken>,
+}
+
+/// A verified token's claims, the Unix time it expires (with the leeway), when it was
+/// verified.
+type VerifiedToken = (Arc<Map<String, Value>>, u64, Instant);
+
+impl Verified {
+    /// The claims of a token verified less than `ttl` ago, if still valid at Unix time
+    /// `now`.
+    fn get(&self, digest: &[u8; 32], now: u64, ttl: Duration) -> Option<Arc<Map<String, Value>>> {
+        self.entries
+            .get(digest)
+            .filter(|(_, expires, at)| now <= *expires && at.elapsed() < ttl)
+            .map(|(claims, _, _)| Arc::clone(claims))
+    }
+
+    /// Remember verified `claims` until Unix time `expires`.
+    fn insert(
+        &mut self,
+        digest: [u8; 32],
+        claims: Arc<Map<String, Value>>,
+        expires: u64,
+        now: u64,
+    ) {
+        if self.entries.len() >= VERIFIED_MAX {
+            self.entries
+                .retain(|_, (_, e, at)| now <= *e && at.elapsed() < VERIFIED_TTL);
+            if self.entries.len() >= VERIFIED_MAX {
+                self.entries.clear();
+            }
+        }
+        self.entries
+            .insert(digest, (claims, expires, Instant::now()));
+    }
+}
 
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -198,12 +253,6 @@ impl JwtAlgorithm {
             JwtAlgorithm::ES384 => Algorithm::ES384,
             JwtAlgorithm::EdDSA => Algorithm::EdDSA,
         }
-    }
-
-    fn from_jsonwebtoken(alg: Algorithm) -> Option<JwtAlgorithm> {
-        JwtAlgorithm::ALL
-            .into_iter()
-            .find(|a| a.to_jsonwebtoken() == alg)
     }
 }
 
@@ -427,7 +476,14 @@ impl JwtConfig {
 pub struct JwtVerifier {
     keys: Keys,
     algorithms: Vec<JwtAlgorithm>,
-    validation: Validation,
+    /// The checks for each accepted algorithm (jsonwebtoken wants every listed algorithm of
+    /// a key's family, so each lists only its own), made once.
+    validations: Vec<(Algorithm, Validation)>,
+    /// The leeway on `exp`, seconds.
+    leeway: u64,
+    /// Tokens verified lately, and how long one is remembered (zero: not at all).
+    verified: Mutex<Verified>,
+    verified_ttl: Duration,
 }
 
 impl fmt::Debug for JwtVerifier {
@@ -523,10 +579,25 @@ impl JwtVerifier {
                 })
             }
         };
+        let validations = algorithms
+            .iter()
+            .map(|a| {
+                let mut v = validation.clone();
+                v.algorithms = vec![a.to_jsonwebtoken()];
+                (a.to_jsonwebtoken(), v)
+            })
+            .collect();
+        let verified_ttl = match &keys {
+            Keys::Secrets(_) => VERIFIED_TTL,
+            Keys::Jwks(j) => VERIFIED_TTL.min(j.source.max_age),
+        };
         Ok(JwtVerifier {
             keys,
             algorithms,
-            validation,
+            validations,
+            leeway: config.leeway.as_secs(),
+            verified: Mutex::new(Verified::default()),
+            verified_ttl,
         })
     }
 
@@ -538,6 +609,48 @@ impl JwtVerifier {
     /// Verify `token` (the compact JWS form, without a `Bearer ` prefix) and return its
     /// claims.
     pub async fn verify(&self, token: &str) -> Result<Map<String, Value>, JwtError> {
+        self.verify_shared(token).await.map(Arc::unwrap_or_clone)
+    }
+
+    /// [`verify`](Self::verify), the claims shared with the cache of verified tokens.
+    pub async fn verify_shared(&self, token: &str) -> Result<Arc<Map<String, Value>>, JwtError> {
+        use sha2::Digest as _;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(JwtError::Malformed(format!(
+                "{} bytes, over the limit of {MAX_TOKEN_BYTES}",
+                token.len()
+            )));
+        }
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = jsonwebtoken::get_current_timestamp();
+        let known = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(
+            &digest,
+            now,
+            self.verified_ttl,
+        );
+        if let Some(claims) = known {
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.check(token).await?);
+        if self.verified_ttl.is_zero() {
+            return Ok(claims);
+        }
+        // `exp` is required and was checked: a number of seconds.
+        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                digest,
+                Arc::clone(&claims),
+                exp.saturating_add(self.leeway),
+                now,
+            );
+        Ok(claims)
+    }
+
+    /// The whole check of `token`: its form, header, algorithm, signature and claims.
+    async fn check(&self, token: &str) -> Result<Map<String, Value>, JwtError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(JwtError::Malformed(format!(
                 "{} bytes, over the limit of {MAX_TOKEN_BYTES}",
@@ -559,21 +672,19 @@ impl JwtVerifier {
             _ => JwtError::Malformed(format!("header: {}", describe(e.kind()))),
         })?;
         let alg = header.alg;
-        let allowed = JwtAlgorithm::from_jsonwebtoken(alg)
-            .filter(|a| self.algorithms.contains(a))
-            .is_some();
-        if !allowed {
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == alg) else {
             return Err(JwtError::AlgorithmNotAllowed(format!("{alg:?}")));
-        }
-        let candidates = match &self.keys {
-            Keys::Secrets(keys) => keys.clone(),
-            Keys::Jwks(jwks) => jwks.keys_for(header.kid.as_deref(), alg).await?,
         };
-        // jsonwebtoken wants every listed algorithm of the key's family: list the one used.
-        let mut validation = self.validation.clone();
-        validation.algorithms = vec![alg];
-        for key in &candidates {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
+        let fetched;
+        let candidates: &[DecodingKey] = match &self.keys {
+            Keys::Secrets(keys) => keys,
+            Keys::Jwks(jwks) => {
+                fetched = jwks.keys_for(header.kid.as_deref(), alg).await?;
+                &fetched
+            }
+        };
+        for key in candidates {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
                 Ok(data) => return Ok(data.claims),
                 // Another key may be the one (several secrets, keys without a kid).
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {}
@@ -775,6 +886,32 @@ fn parse_jwks(body: &[u8]) -> Result<Vec<CachedKey>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn verified_tokens_are_forgotten_at_their_expiry_and_after_the_ttl() {
+        let mut v = Verified::default();
+        v.insert([1; 32], Arc::new(Map::new()), 1_000, 900);
+        let ttl = VERIFIED_TTL;
+        assert!(
+            v.get(&[1; 32], 1_000, ttl).is_some(),
+            "valid up to its expiry"
+        );
+        assert!(
+            v.get(&[1; 32], 1_001, ttl).is_none(),
+            "not a second past it"
+        );
+        assert!(v.get(&[2; 32], 900, ttl).is_none(), "another token");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(
+            v.get(&[1; 32], 900, Duration::from_secs(5)).is_none(),
+            "a shorter TTL"
+        );
+        tokio::time::advance(VERIFIED_TTL).await;
+        assert!(
+            v.get(&[1; 32], 900, ttl).is_none(),
+            "forgotten after the TTL"
+        );
+    }
 
     #[test]
     fn settings_that_cannot_work_are_refused_with_the_reason() {

@@ -87,6 +87,23 @@ async fn a_token_signed_with_the_secret_gives_its_claims() {
 }
 
 #[tokio::test]
+async fn a_token_verified_once_is_remembered_and_a_changed_one_is_not() {
+    let v = secrets();
+    let token = hs(Algorithm::HS256, SECRET, &claims());
+    let first = v.verify_shared(&token).await.expect("valid");
+    let again = v.verify_shared(&token).await.expect("still valid");
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "the second check reads the remembered claims"
+    );
+    // One character of the signature changed: checked again, and refused.
+    let mut forged = token.clone();
+    let last = forged.pop().expect("a character");
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(refused(&v, &forged).await, JwtError::BadSignature);
+}
+
+#[tokio::test]
 async fn expiry_is_required_and_checked_with_the_leeway() {
     let v = secrets(); // 60 s of leeway by default
     let mut c = claims();

@@ -299,7 +299,7 @@ impl Gate {
                 "the bearer credential is not an API key, and this server accepts no tokens ([auth.jwt])",
             ));
         };
-        let claims = match jwt.verifier.verify(presented).await {
+        let claims = match jwt.verifier.verify_shared(presented).await {
             Ok(c) => c,
             Err(flowbot_core::jwt::JwtError::Jwks(why)) => {
                 tracing::warn!(error = %why, "cannot check a bearer token: the JWKS is unavailable");

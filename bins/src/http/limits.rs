@@ -27,7 +27,15 @@ use ipnet::IpNet;
 pub struct Limiter<K: Hash + Eq + Clone> {
     limiter: DefaultKeyedRateLimiter<K>,
     clock: DefaultClock,
+    /// Checks so far, to look at the table's size only now and then (counting its entries
+    /// visits every shard).
+    checks: std::sync::atomic::AtomicU32,
 }
+
+/// How many checks pass between two looks at a limiter's size.
+const SIZE_CHECK_EVERY: u32 = 1024;
+/// Keys a limiter holds before the idle ones are dropped.
+const MAX_KEYS: usize = 100_000;
 
 impl<K: Hash + Eq + Clone> std::fmt::Debug for Limiter<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,12 +50,16 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         Some(Limiter {
             limiter: RateLimiter::keyed(Quota::per_minute(n)),
             clock: DefaultClock::default(),
+            checks: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
     /// Take one request from `key`'s bucket, or say how long until one is there.
     pub fn check(&self, key: &K) -> Result<(), Duration> {
-        if self.limiter.len() > 100_000 {
+        let n = self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n.is_multiple_of(SIZE_CHECK_EVERY) && self.limiter.len() > MAX_KEYS {
             self.limiter.retain_recent();
         }
         self.limiter
