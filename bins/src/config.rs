@@ -589,6 +589,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.refuse_unread_references()?;
         let url = &self.database.url;
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -732,9 +733,10 @@ impl Config {
             }
             let url = n.url();
             if !(url.starts_with("http://") || url.starts_with("https://")) {
+                // The URL may be a secret (a Slack webhook's): not repeated here.
                 return Err(err(
                     format!("notifiers.{name}"),
-                    format!("'{url}' is not an http(s) URL"),
+                    "the URL must start with http:// or https://",
                 ));
             }
         }

@@ -767,10 +767,18 @@ async fn discord_gateway_frames() {
     let cases = t.cases(MAX_HTTP);
     for (i, case) in cases.iter().enumerate() {
         t.running(case);
-        discord.wait_connected(0).await;
-        // A case that ends the session (op 7, op 9, a bad READY) is lost when the bot
-        // reconnects first: it was read or the connection was gone, both fine.
-        discord.try_send_raw(0, &case.text());
+        // Sent on a live connection (the bot may be reconnecting after the case before).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            discord.wait_connected(0).await;
+            if discord.try_send_raw(0, &case.text()) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                t.fail(case, "no live gateway connection to send it on");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // Then an event of a kind the bot does not handle, counted by its name: once it is
         // counted, the bot read every frame before it.
         let sentinel = format!("FUZZ_SENTINEL_{i}");
@@ -811,9 +819,29 @@ async fn slack_socket_mode_envelopes() {
     let (slack, s) = slack_server(Some(APP_TOKEN)).await;
     let t = Target::new("slack_socket", Format::Json);
     let cases = t.cases(MAX_HTTP);
+    // The socket is open and read before the first case.
+    until_seen(
+        &t,
+        &cases[0],
+        "the first acknowledgement",
+        || {
+            slack.send_raw(
+                json!({"envelope_id": "fuzz-ready", "type": "fuzz_sentinel"}).to_string(),
+            );
+        },
+        || async { slack.acks().iter().any(|a| a == "fuzz-ready") },
+    )
+    .await;
     for (i, case) in cases.iter().enumerate() {
         t.running(case);
-        slack.send_raw(case.text());
+        // Sent while a socket listens (the app may be reconnecting after the case before).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !slack.send_raw(case.text()) {
+            if tokio::time::Instant::now() >= deadline {
+                t.fail(case, "no Socket Mode connection to send it on");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // Then an envelope of a type the app does not handle: acknowledged once the app read
         // every frame before it (sent again if the app was reconnecting).
         let mut n = 0;
@@ -824,7 +852,8 @@ async fn slack_socket_mode_envelopes() {
             "the sentinel's acknowledgement",
             || {
                 n += 1;
-                slack.send_raw(json!({"envelope_id": id(n), "type": "fuzz_sentinel"}).to_string());
+                let _ = slack
+                    .send_raw(json!({"envelope_id": id(n), "type": "fuzz_sentinel"}).to_string());
             },
             || async {
                 let acks = slack.acks();

@@ -41,8 +41,8 @@
 //! A token that verified is remembered (by its SHA-256) for up to [`VERIFIED_TTL`], never
 //! past its own `exp` (with the leeway), so a client sending the same token with every
 //! request pays for the signature and the claims' parsing once. With a JWKS, never longer
-//! than [`JwksSource::max_age`] either, so this adds nothing to how long a retired key is
-//! trusted.
+//! than [`JwksSource::max_age`], and every remembered token is checked anew once the set is
+//! fetched again, so a key the provider retired stops working at the next fetch.
 //!
 //! Errors ([`JwtError`]) say what was wrong with a token and never contain the token.
 
@@ -64,44 +64,44 @@ pub const VERIFIED_TTL: Duration = Duration::from_secs(30);
 const VERIFIED_MAX: usize = 10_000;
 
 /// Verified claims by the SHA-256 of their token, with when to forget them: the Unix time
-/// after which the token is expired (its `exp` plus the leeway), and [`VERIFIED_TTL`] after
-/// it was verified.
+/// after which the token is expired (its `exp` plus the leeway), a time after it was
+/// verified, and a new key set.
 #[derive(Default)]
 struct Verified {
     entries: HashMap<[u8; 32], VerifiedToken>,
 }
 
 /// A verified token's claims, the Unix time it expires (with the leeway), when it was
-/// verified.
-type VerifiedToken = (Arc<Map<String, Value>>, u64, Instant);
+/// verified, and the key set's generation it was verified with.
+type VerifiedToken = (Arc<Map<String, Value>>, u64, Instant, u64);
 
 impl Verified {
-    /// The claims of a token verified less than `ttl` ago, if still valid at Unix time
-    /// `now`.
-    fn get(&self, digest: &[u8; 32], now: u64, ttl: Duration) -> Option<Arc<Map<String, Value>>> {
+    /// The claims of a token verified less than `ttl` ago with the key set of
+    /// `generation`, if still valid at Unix time `now`.
+    fn get(
+        &self,
+        digest: &[u8; 32],
+        now: u64,
+        ttl: Duration,
+        generation: u64,
+    ) -> Option<Arc<Map<String, Value>>> {
         self.entries
             .get(digest)
-            .filter(|(_, expires, at)| now <= *expires && at.elapsed() < ttl)
-            .map(|(claims, _, _)| Arc::clone(claims))
+            .filter(|(_, expires, at, g)| now <= *expires && at.elapsed() < ttl && *g == generation)
+            .map(|(claims, ..)| Arc::clone(claims))
     }
 
-    /// Remember verified `claims` until Unix time `expires`.
-    fn insert(
-        &mut self,
-        digest: [u8; 32],
-        claims: Arc<Map<String, Value>>,
-        expires: u64,
-        now: u64,
-    ) {
+    /// Remember a verified token until Unix time `expires` (in `token`) or for `ttl`.
+    fn insert(&mut self, digest: [u8; 32], token: VerifiedToken, now: u64, ttl: Duration) {
         if self.entries.len() >= VERIFIED_MAX {
+            let generation = token.3;
             self.entries
-                .retain(|_, (_, e, at)| now <= *e && at.elapsed() < VERIFIED_TTL);
+                .retain(|_, (_, e, at, g)| now <= *e && at.elapsed() < ttl && *g == generation);
             if self.entries.len() >= VERIFIED_MAX {
                 self.entries.clear();
             }
         }
-        self.entries
-            .insert(digest, (claims, expires, Instant::now()));
+        self.entries.insert(digest, token);
     }
 }
 
@@ -508,6 +508,8 @@ struct Jwks {
     source: JwksSource,
     client: reqwest::Client,
     cache: tokio::sync::Mutex<JwksCache>,
+    /// Counts the sets fetched, so tokens verified with an older one are checked again.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -576,6 +578,7 @@ impl JwtVerifier {
                     source,
                     client,
                     cache: tokio::sync::Mutex::new(JwksCache::default()),
+                    generation: std::sync::atomic::AtomicU64::new(0),
                 })
             }
         };
@@ -627,26 +630,41 @@ impl JwtVerifier {
             &digest,
             now,
             self.verified_ttl,
+            self.generation(),
         );
         if let Some(claims) = known {
             return Ok(claims);
         }
+        // The generation before the check: a set fetched meanwhile makes the entry stale.
+        let generation = self.generation();
         let claims = Arc::new(self.check(token).await?);
+        // `exp` is required and was checked; a token whose `exp` is not a whole number of
+        // seconds is not remembered.
+        let Some(exp) = claims.get("exp").and_then(Value::as_u64) else {
+            return Ok(claims);
+        };
         if self.verified_ttl.is_zero() {
             return Ok(claims);
         }
-        // `exp` is required and was checked: a number of seconds.
-        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        let entry = (
+            Arc::clone(&claims),
+            exp.saturating_add(self.leeway),
+            Instant::now(),
+            generation,
+        );
         self.verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                digest,
-                Arc::clone(&claims),
-                exp.saturating_add(self.leeway),
-                now,
-            );
+            .insert(digest, entry, now, self.verified_ttl);
         Ok(claims)
+    }
+
+    /// The key set's generation: 0 with shared secrets, else the count of sets fetched.
+    fn generation(&self) -> u64 {
+        match &self.keys {
+            Keys::Secrets(_) => 0,
+            Keys::Jwks(j) => j.generation.load(std::sync::atomic::Ordering::Acquire),
+        }
     }
 
     /// The whole check of `token` (its length already checked): its form, header,
@@ -794,6 +812,8 @@ impl Jwks {
                 tracing::debug!(url = %self.source.url, keys = keys.len(), "JWKS fetched");
                 cache.keys = keys;
                 cache.fetched_at = Some(Instant::now());
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 cache.last_error = None;
             }
             Err(e) => {
@@ -885,25 +905,25 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn verified_tokens_are_forgotten_at_their_expiry_and_after_the_ttl() {
         let mut v = Verified::default();
-        v.insert([1; 32], Arc::new(Map::new()), 1_000, 900);
         let ttl = VERIFIED_TTL;
+        let entry = (Arc::new(Map::new()), 1_000, Instant::now(), 3);
+        v.insert([1; 32], entry, 900, ttl);
         assert!(
-            v.get(&[1; 32], 1_000, ttl).is_some(),
+            v.get(&[1; 32], 1_000, ttl, 3).is_some(),
             "valid up to its expiry"
         );
         assert!(
-            v.get(&[1; 32], 1_001, ttl).is_none(),
+            v.get(&[1; 32], 1_001, ttl, 3).is_none(),
             "not a second past it"
         );
-        assert!(v.get(&[2; 32], 900, ttl).is_none(), "another token");
+        assert!(v.get(&[2; 32], 900, ttl, 3).is_none(), "another token");
+        assert!(v.get(&[1; 32], 900, ttl, 4).is_none(), "a newer key set");
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(
-            v.get(&[1; 32], 900, Duration::from_secs(5)).is_none(),
-            "a shorter TTL"
-        );
+        let shorter = Duration::from_secs(5);
+        assert!(v.get(&[1; 32], 900, shorter, 3).is_none(), "a shorter TTL");
         tokio::time::advance(VERIFIED_TTL).await;
         assert!(
-            v.get(&[1; 32], 900, ttl).is_none(),
+            v.get(&[1; 32], 900, ttl, 3).is_none(),
             "forgotten after the TTL"
         );
     }

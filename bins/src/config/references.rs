@@ -99,6 +99,42 @@ impl Config {
         out
     }
 
+    /// Refuse `{{ secrets.NAME }}` in the secrets of the server's own signatures, which are
+    /// not read from secrets: taken as they are, the reference would be the key.
+    pub(super) fn refuse_unread_references(&self) -> Result<(), ConfigError> {
+        let mut own: Vec<(String, &String)> = Vec::new();
+        for (i, s) in self
+            .auth
+            .jwt
+            .iter()
+            .flat_map(|j| j.secrets.iter())
+            .enumerate()
+        {
+            own.push((format!("auth.jwt.secrets[{i}]"), s));
+        }
+        if let Some(s) = &self.web.secret {
+            own.push(("web.secret".into(), s));
+        }
+        for (i, s) in self
+            .web
+            .host_identity
+            .iter()
+            .flat_map(|h| h.secrets.iter())
+            .enumerate()
+        {
+            own.push((format!("web.host_identity.secrets[{i}]"), s));
+        }
+        for (at, value) in own {
+            if !matches!(secret_reference(value), Ok(None)) {
+                return Err(err(
+                    at,
+                    "{{ secrets.NAME }} is not read in this setting: give the value itself (from the environment, e.g. FLOWBOT_WEB__SECRET)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// How many credentials are references to secrets; an error names the first one written
     /// wrongly.
     pub(super) fn secret_references(&self) -> Result<usize, ConfigError> {
@@ -148,6 +184,15 @@ impl Config {
                     ));
                 }
             };
+            if found
+                .as_deref()
+                .is_some_and(|v| !matches!(secret_reference(v), Ok(None)))
+            {
+                return Err(err(
+                    at,
+                    format!("the secret '{name}' holds another reference, not a value"),
+                ));
+            }
             let Some(found) = found else {
                 return Err(err(
                     at,
@@ -181,6 +226,22 @@ mod tests {
         assert!(e.contains("{{ secrets.NAME }}"), "{e}");
         let e = secret_reference("{{ secrets.bad name }}").expect_err("an error");
         assert!(e.contains("secrets.bad name"), "{e}");
+    }
+
+    #[test]
+    fn references_where_they_are_not_read_stop_the_load() {
+        let e = load_unique(
+            "[web]\nsecret = \"{{ secrets.a_long_enough_name_for_32_bytes }}\"\n",
+            &[],
+        )
+        .expect_err("refused");
+        assert_eq!(e.path, "web.secret");
+        let e = load_unique(
+            "[auth.jwt]\nsecrets = [\"{{ secrets.admin_jwt_signing_key_x }}\"]\n",
+            &[],
+        )
+        .expect_err("refused");
+        assert_eq!(e.path, "auth.jwt.secrets[0]");
     }
 
     #[test]

@@ -88,9 +88,9 @@ impl FakeSlack {
         id
     }
 
-    /// Send `frame` as it is to the connected app, if any.
-    pub fn send_raw(&self, frame: String) {
-        let _ = self.envelopes.send(frame);
+    /// Send `frame` as it is to the connected app; false when no socket listens.
+    pub fn send_raw(&self, frame: String) -> bool {
+        self.envelopes.send(frame).is_ok()
     }
 
     /// Ask the connected app to reconnect.
