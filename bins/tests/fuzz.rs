@@ -728,27 +728,41 @@ async fn web_chat_frames() {
 // ---------------------------------------------------------------------------------------
 // Frames the platforms push over WebSockets: Discord's gateway and Slack's Socket Mode.
 
-/// Wait until `seen` holds, calling `send` first and again whenever a second passes without
-/// it (the bot may have been reconnecting when it was sent); fail `case` after 20 s.
-async fn until_seen<S, Fut>(t: &Target, case: &Case, what: &str, mut send: impl FnMut(), seen: S)
-where
-    S: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+/// Wait until `seen` holds, woken by `changed` (the fake's notice that something
+/// happened), calling `send` first and again whenever a second passes without it (the bot
+/// may have been reconnecting when it was sent); fail `case` after 20 s.
+async fn until_seen(
+    t: &Target,
+    case: &Case,
+    what: &str,
+    changed: &tokio::sync::Notify,
+    mut send: impl FnMut(),
+    seen: impl Fn() -> bool,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut resend = tokio::time::Instant::now();
     loop {
-        if tokio::time::Instant::now() >= resend {
-            send();
-            resend = tokio::time::Instant::now() + Duration::from_secs(1);
+        let woken = changed.notified();
+        tokio::pin!(woken);
+        // Registered before looking, so a change between the look and the wait wakes it.
+        woken.as_mut().enable();
+        send();
+        let resend = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            if seen() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                t.fail(case, &format!("{what} never came: the session stopped"));
+            }
+            if tokio::time::timeout_at(resend.min(deadline), woken.as_mut())
+                .await
+                .is_err()
+            {
+                break; // a second without it: send again
+            }
+            woken.set(changed.notified());
+            woken.as_mut().enable();
         }
-        if seen().await {
-            return;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            t.fail(case, &format!("{what} never came: the session stopped"));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -768,32 +782,36 @@ async fn discord_gateway_frames() {
     for (i, case) in cases.iter().enumerate() {
         t.running(case);
         // Sent on a live connection (the bot may be reconnecting after the case before).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            discord.wait_connected(0).await;
-            if discord.try_send_raw(0, &case.text()) {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                t.fail(case, "no live gateway connection to send it on");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // Then an event of a kind the bot does not handle, counted by its name: once it is
-        // counted, the bot read every frame before it.
-        let sentinel = format!("FUZZ_SENTINEL_{i}");
-        let counted =
-            format!("flowbot_channel_ignored_total{{channel=\"dg\",reason=\"event {sentinel}\"}}");
         until_seen(
             &t,
             case,
-            "the sentinel event",
+            "a live gateway connection",
+            &discord.changed,
+            || {},
+            || discord.try_send_raw(0, &case.text()),
+        )
+        .await;
+        // Then a message the bot answers: once the answer is there, the bot read every frame
+        // before it.
+        let sentinel = format!("fuzz-sentinel-{i}");
+        let id = format!("{}", 500_000 + i);
+        until_seen(
+            &t,
+            case,
+            "the answer to the sentinel",
+            &discord.changed,
             || {
                 if discord.connected(0) {
-                    discord.dispatch(0, &sentinel, json!({}));
+                    let echo = message(&id, "SENTINEL", &format!("/echo {sentinel}"));
+                    discord.dispatch(0, "MESSAGE_CREATE", echo);
                 }
             },
-            || async { common::metrics(&s.base).await.contains(&counted) },
+            || {
+                discord
+                    .sent_to("SENTINEL")
+                    .iter()
+                    .any(|m| m.body["content"] == sentinel.as_str())
+            },
         )
         .await;
         t.outcome(true);
@@ -824,42 +842,42 @@ async fn slack_socket_mode_envelopes() {
         &t,
         &cases[0],
         "the first acknowledgement",
+        &slack.changed,
         || {
-            slack.send_raw(
+            let _ = slack.send_raw(
                 json!({"envelope_id": "fuzz-ready", "type": "fuzz_sentinel"}).to_string(),
             );
         },
-        || async { slack.acks().iter().any(|a| a == "fuzz-ready") },
+        || slack.acks().iter().any(|a| a == "fuzz-ready"),
     )
     .await;
     for (i, case) in cases.iter().enumerate() {
         t.running(case);
         // Sent while a socket listens (the app may be reconnecting after the case before).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !slack.send_raw(case.text()) {
-            if tokio::time::Instant::now() >= deadline {
-                t.fail(case, "no Socket Mode connection to send it on");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_seen(
+            &t,
+            case,
+            "a Socket Mode connection",
+            &slack.changed,
+            || {},
+            || slack.send_raw(case.text()),
+        )
+        .await;
         // Then an envelope of a type the app does not handle: acknowledged once the app read
         // every frame before it (sent again if the app was reconnecting).
         let mut n = 0;
-        let id = |n: usize| format!("fuzz-sentinel-{i}-{n}");
+        let prefix = format!("fuzz-sentinel-{i}-");
         until_seen(
             &t,
             case,
             "the sentinel's acknowledgement",
+            &slack.changed,
             || {
                 n += 1;
-                let _ = slack
-                    .send_raw(json!({"envelope_id": id(n), "type": "fuzz_sentinel"}).to_string());
+                let frame = json!({"envelope_id": format!("{prefix}{n}"), "type": "fuzz_sentinel"});
+                let _ = slack.send_raw(frame.to_string());
             },
-            || async {
-                let acks = slack.acks();
-                acks.iter()
-                    .any(|a| a.starts_with(&format!("fuzz-sentinel-{i}-")))
-            },
+            || slack.acks().iter().any(|a| a.starts_with(&prefix)),
         )
         .await;
         t.outcome(true);

@@ -120,6 +120,8 @@ pub const HEARTBEAT_MS: u64 = 400;
 pub struct FakeDiscord {
     inner: Arc<Mutex<Inner>>,
     pub base: String,
+    /// Woken whenever the bot sends a message or a gateway connection comes or goes.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 impl FakeDiscord {
@@ -335,6 +337,8 @@ impl FakeDiscord {
         i.timeline
             .push((Instant::now(), "create", channel.clone(), body.clone()));
         i.sent.push(Sent { channel, via, body });
+        drop(i);
+        self.changed.notify_waiters();
         answer
     }
 
@@ -569,6 +573,7 @@ async fn connection(fake: FakeDiscord, mut ws: WebSocket) {
                     break;
                 };
                 let replies = fake.on_frame(&p, &mut session, &tx);
+                fake.changed.notify_waiters();
                 let mut closed = false;
                 for r in replies {
                     match r {
@@ -590,6 +595,7 @@ async fn connection(fake: FakeDiscord, mut ws: WebSocket) {
             i.gateway.live.remove(&id);
         }
     }
+    fake.changed.notify_waiters();
 }
 
 impl FakeDiscord {

@@ -45,6 +45,8 @@ pub struct FakeSlack {
     /// Envelope ids the app acknowledged, and how many sockets it opened.
     acks: Arc<Mutex<Vec<String>>>,
     opened: Arc<std::sync::atomic::AtomicU32>,
+    /// Woken whenever the app acknowledges an envelope or opens a socket.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 impl FakeSlack {
@@ -55,6 +57,7 @@ impl FakeSlack {
             envelopes: tokio::sync::broadcast::channel(64).0,
             acks: Arc::default(),
             opened: Arc::default(),
+            changed: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -312,6 +315,7 @@ async fn socket(
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let (mut tx, mut rx) = socket.split();
         let mut envelopes = fake.envelopes.subscribe();
+        fake.changed.notify_waiters();
         let hello = json!({"type": "hello", "num_connections": 1,
             "connection_info": {"app_id": "A1"}, "debug_info": {"host": "fake"}});
         if tx.send(Message::text(hello.to_string())).await.is_err() {
@@ -333,6 +337,7 @@ async fn socket(
                             && let Some(id) = v["envelope_id"].as_str()
                         {
                             fake.acks.lock().expect("lock").push(id.to_owned());
+                            fake.changed.notify_waiters();
                         }
                     }
                     Some(Ok(_)) => {}
