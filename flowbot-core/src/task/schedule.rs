@@ -66,6 +66,17 @@ impl CronSpec {
 
     /// The first fire time strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Result<DateTime<Utc>> {
+        // At the calendar's ends the local time in a far-off time zone may not exist
+        // (croner would panic converting it): no fire time there.
+        use chrono::{Offset as _, TimeZone as _};
+        let offset = self.tz.offset_from_utc_datetime(&after.naive_utc()).fix();
+        let shift = chrono::TimeDelta::seconds(i64::from(offset.local_minus_utc()));
+        if after.naive_utc().checked_add_signed(shift).is_none() {
+            return Err(Error::InvalidCron {
+                expr: self.expr.clone(),
+                reason: format!("no fire time after {after}: too close to the end of the calendar"),
+            });
+        }
         let local = after.with_timezone(&self.tz);
         self.cron
             .find_next_occurrence(&local, false)
