@@ -200,9 +200,7 @@ async fn middleware_rate_limits_and_errors_reach_on_error() {
     let (channel, mut handle) = InProcess::channel("local", 64);
     let router = Handlers::new(())
         .command("fail", |_cx| async move {
-            Err(flowbot_core::Error::Handler(
-                "database of jokes is empty".into(),
-            ))
+            Err("database of jokes is empty".into())
         })
         .fallback(|cx| async move { Ok(Reply::text(format!("got {}", cx.args))) });
     let bot = Bot::builder()
@@ -267,17 +265,14 @@ impl ChannelSender for Flaky {
     async fn send(&self, message: &Outbound) -> flowbot_core::Result<SentId> {
         if self.failures.load(Ordering::SeqCst) > 0 {
             self.failures.fetch_sub(1, Ordering::SeqCst);
-            return Err(flowbot_core::Error::Channel {
-                channel: "flaky".into(),
-                detail: "503 Service Unavailable".into(),
-            });
+            return Err(flowbot_core::Error::channel(
+                "flaky",
+                "503 Service Unavailable",
+            ));
         }
         self.delivered
             .send(message.clone())
-            .map_err(|_| flowbot_core::Error::Channel {
-                channel: "flaky".into(),
-                detail: "closed".into(),
-            })?;
+            .map_err(|_| flowbot_core::Error::channel("flaky", "closed"))?;
         Ok(SentId("ok".into()))
     }
 }
@@ -324,6 +319,133 @@ async fn failed_deliveries_are_retried_through_the_queue() {
     running.await.expect("join").expect("stopped");
 }
 
+/// Handlers by event kind: a command with typed arguments (and the usage shown when they do
+/// not fit), a button value, any other button, a join, a reaction; the session and store
+/// reached from the handler's context; `?` on an application error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_dispatch_by_event_kind_with_typed_arguments() {
+    use flowbot_core::{ConversationId, Interaction};
+    #[derive(Debug)]
+    struct NotAWord;
+    impl std::fmt::Display for NotAWord {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the word is not in the dictionary")
+        }
+    }
+    impl std::error::Error for NotAWord {}
+
+    let dir = TempDir::new();
+    let store = sqlite(&dir).await;
+    let (channel, mut handle) = InProcess::channel("local", 64);
+    let router = Handlers::new(10_i64)
+        .command_usage("add", "/add <a> <b>", |cx| async move {
+            let (a, b): (i64, i64) = cx.parse()?;
+            Ok(Reply::text(format!("{}", a + b + *cx.state())))
+        })
+        .command("count", |cx| async move {
+            let n = cx.session().var("n").and_then(|v| v.as_i64()).unwrap_or(0) + 1;
+            cx.session().set_var("n", n.into());
+            let backend = cx.store().map(|s| s.backend()).unwrap_or("none");
+            Ok(Reply::text(format!("{n} on {backend}")))
+        })
+        .command("define", |cx| async move {
+            if cx.args != "flowbot" {
+                return Err(NotAWord.into());
+            }
+            Ok(Reply::text("a bot"))
+        })
+        .button("yes", |_cx| async move { Ok(Reply::text("you said yes")) })
+        .any_button(|cx| async move { Ok(Reply::text(format!("clicked {}", cx.args))) })
+        .on_join(|cx| async move {
+            let who = cx
+                .event()
+                .sender()
+                .map(|s| s.id.to_string())
+                .unwrap_or_default();
+            Ok(Reply::text(format!("welcome {who}")))
+        })
+        .on_reaction(|cx| async move { Ok(Reply::text(format!("thanks for the {}", cx.args))) });
+    assert_eq!(router.command_names(), ["add", "count", "define"]);
+    assert_eq!(
+        router
+            .commands()
+            .iter()
+            .map(|c| c.usage.as_str())
+            .collect::<Vec<_>>(),
+        ["/add <a> <b>", "/count", "/define"]
+    );
+    let bot = Bot::builder()
+        .channel(channel)
+        .store(store.clone())
+        .router(router)
+        .workers(fast_workers())
+        .build()
+        .expect("bot");
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(bot.run(stop.clone()));
+
+    handle.say("ada", "r", "/add 2 3").await.expect("say");
+    assert_eq!(reply(&mut handle).await.text, "15");
+    handle.say("ada", "r", "/add two 3").await.expect("say");
+    let refused = reply(&mut handle).await.text;
+    assert!(
+        refused.contains("argument 1 ('two')") && refused.ends_with("Usage: /add <a> <b>"),
+        "{refused}"
+    );
+    handle.say("ada", "r", "/count").await.expect("say");
+    assert_eq!(reply(&mut handle).await.text, "1 on sqlite");
+    handle.say("ada", "r", "/count").await.expect("say");
+    assert_eq!(reply(&mut handle).await.text, "2 on sqlite");
+    handle
+        .say("ada", "r", "/define flowbot")
+        .await
+        .expect("say");
+    assert_eq!(reply(&mut handle).await.text, "a bot");
+    // The application's own error through `?`: the generic apology, not its words.
+    handle.say("ada", "r", "/define x").await.expect("say");
+    let apology = reply(&mut handle).await.text;
+    assert!(!apology.contains("dictionary"), "{apology}");
+
+    let click = |value: &str, id: &str| {
+        Event::Interaction(Interaction {
+            channel: "local".into(),
+            conversation: ConversationId::from("r"),
+            sender: Sender::user("ada"),
+            value: value.into(),
+            id: MessageId(id.into()),
+        })
+    };
+    handle.send(click("yes", "i1")).await.expect("send");
+    assert_eq!(reply(&mut handle).await.text, "you said yes");
+    handle.send(click("maybe", "i2")).await.expect("send");
+    assert_eq!(reply(&mut handle).await.text, "clicked maybe");
+    handle
+        .send(Event::MemberJoined {
+            channel: "local".into(),
+            conversation: "r".into(),
+            user: Sender::user("bob"),
+        })
+        .await
+        .expect("send");
+    assert_eq!(reply(&mut handle).await.text, "welcome bob");
+    handle
+        .send(Event::Reaction {
+            channel: "local".into(),
+            conversation: "r".into(),
+            message: MessageId("m1".into()),
+            user: Sender::user("bob"),
+            emoji: "👍".into(),
+        })
+        .await
+        .expect("send");
+    assert_eq!(reply(&mut handle).await.text, "thanks for the 👍");
+    // A message no command matches, with no fallback: no answer.
+    handle.say("ada", "r", "hello").await.expect("say");
+    no_reply(&mut handle).await;
+    stop.cancel();
+    running.await.expect("join").expect("stopped");
+}
+
 /// A queued message whose handling fails: a transient error is retried (and then answered
 /// as usual), a refusal is answered in its own words and ends the task, any other error is
 /// answered with the apology and dead-letters the task with its error.
@@ -335,20 +457,15 @@ async fn queued_failures_are_retried_refused_or_dead_lettered() {
     let router = Handlers::new(AtomicU32::new(0))
         .command("flaky", |cx| async move {
             if cx.state.fetch_add(1, Ordering::SeqCst) == 0 {
-                return Err(flowbot_core::Error::Store(StoreError::Unavailable(
-                    "the database is away".into(),
-                )));
+                // Any error converts; a transient one in the chain has the event retried.
+                return Err(StoreError::Unavailable("the database is away".into()).into());
             }
             Ok(Reply::text("flaky ok"))
         })
         .command("refuse", |_cx| async move {
-            Err(flowbot_core::Error::Handler(Box::new(Refusal::new(
-                "no, not like that",
-            ))))
+            Err(Refusal::new("no, not like that").into())
         })
-        .command("broken", |_cx| async move {
-            Err(flowbot_core::Error::Handler("a bug".into()))
-        });
+        .command("broken", |_cx| async move { Err("a bug".into()) });
     let bot = Bot::builder()
         .channel(channel)
         .store(store.clone())

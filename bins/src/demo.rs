@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use flowbot_core::task::NewTask;
-use flowbot_core::{DELIVER_TASK, Error, HandlerCx, Handlers, Outbound, Reply};
+use flowbot_core::{DELIVER_TASK, HandlerCx, HandlerResult, Handlers, Outbound, Refusal, Reply};
 
 /// Longest reminder delay the demo accepts.
 pub const MAX_REMINDER: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -52,29 +52,33 @@ pub fn help_text() -> String {
     s
 }
 
-/// Parse `/remind` arguments into a delay and the reminder text.
-pub fn parse_remind(args: &str) -> Result<(Duration, String), String> {
-    let usage = "Usage: /remind <duration> <text>, e.g. /remind 2s hello";
-    let (when, text) = args.split_once(char::is_whitespace).ok_or(usage)?;
+/// Parse `/remind` arguments into a delay and the reminder text; the refusal says what to
+/// write instead.
+pub fn parse_remind(args: &str) -> Result<(Duration, String), Refusal> {
+    let usage = || Refusal::new("Usage: /remind <duration> <text>, e.g. /remind 2s hello");
+    let (when, text) = args.split_once(char::is_whitespace).ok_or_else(usage)?;
     let text = text.trim();
     if text.is_empty() {
-        return Err(usage.to_owned());
+        return Err(usage());
     }
-    let delay = humantime::parse_duration(when)
-        .map_err(|e| format!("'{when}' is not a duration ({e}); try 10s, 5m or 1h30m"))?;
+    let delay = humantime::parse_duration(when).map_err(|e| {
+        Refusal::new(format!(
+            "'{when}' is not a duration ({e}); try 10s, 5m or 1h30m"
+        ))
+    })?;
     if delay.is_zero() {
-        return Err("The delay must be more than zero.".to_owned());
+        return Err(Refusal::new("The delay must be more than zero."));
     }
     if delay > MAX_REMINDER {
-        return Err("Reminders can be at most 30 days away.".to_owned());
+        return Err(Refusal::new("Reminders can be at most 30 days away."));
     }
     Ok((delay, text.to_owned()))
 }
 
-async fn remind(cx: HandlerCx<()>) -> Result<Reply, Error> {
+async fn remind(cx: HandlerCx<()>) -> HandlerResult {
     let (delay, text) = match parse_remind(&cx.args) {
         Ok(parsed) => parsed,
-        Err(hint) => return Ok(Reply::text(hint)),
+        Err(hint) => return Ok(Reply::text(hint.0)),
     };
     let Some(target) = cx.turn.source() else {
         return Ok(Reply::none());
@@ -102,25 +106,29 @@ mod tests {
             parse_remind("1h30m x").expect("valid").0,
             Duration::from_secs(5400)
         );
-        assert!(parse_remind("").expect_err("empty").starts_with("Usage"));
+        assert!(parse_remind("").expect_err("empty").0.starts_with("Usage"));
         assert!(
             parse_remind("2s")
                 .expect_err("no text")
+                .0
                 .starts_with("Usage")
         );
         assert!(
             parse_remind("soon hello")
                 .expect_err("bad duration")
+                .0
                 .contains("'soon' is not a duration")
         );
         assert!(
             parse_remind("0s hello")
                 .expect_err("zero")
+                .0
                 .contains("more than zero")
         );
         assert!(
             parse_remind("400d hello")
                 .expect_err("too far")
+                .0
                 .contains("30 days")
         );
     }

@@ -155,6 +155,62 @@ async fn polling_answers_commands_and_clicks_and_rides_out_faults() {
     server.stop().await;
 }
 
+/// The deliveries waiting in the queue (`flowbot.deliver` tasks, queued).
+async fn queued_deliveries(base: &str) -> Vec<Value> {
+    let page = common::get_json(format!(
+        "{base}/api/v1/tasks?kind=flowbot.deliver&state=queued"
+    ))
+    .await;
+    page["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reply_is_not_retried_and_a_long_rate_limit_is_waited_out_in_the_queue() {
+    let tg = FakeTelegram::start().await;
+    let f = tg.clone();
+    let server = start_with(move |c| {
+        c.telegram
+            .insert("tg".into(), entry(&f, TelegramMode::Polling));
+    })
+    .await;
+    let tries = |text: &str| {
+        tg.calls("sendMessage")
+            .iter()
+            .filter(|b| b["text"] == text)
+            .count()
+    };
+
+    // 403 "bot was blocked by the user": permanent. The reply is tried once and not queued.
+    tg.fault("sendMessage", Fault::Blocked);
+    tg.push(text(1001, "/echo to a user who blocked the bot"));
+    // Events of one conversation are handled in order: once the next one is answered, the
+    // blocked reply was handled.
+    tg.push(text(1001, "/echo next"));
+    tg.wait_for_text(1001, "next").await;
+    assert_eq!(tries("to a user who blocked the bot"), 1);
+    assert!(queued_deliveries(&server.base).await.is_empty());
+
+    // 429 with retry_after 120: too long to wait in the request, so the reply goes to the
+    // queue, due no earlier than Telegram asked.
+    tg.fault("sendMessage", Fault::TooMany(120));
+    let asked = chrono::Utc::now();
+    tg.push(text(1001, "/echo in two minutes"));
+    tg.push(text(1001, "/echo meanwhile"));
+    tg.wait_for_text(1001, "meanwhile").await;
+    assert_eq!(tries("in two minutes"), 1);
+    let queued = queued_deliveries(&server.base).await;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0]["payload"]["text"], "in two minutes");
+    let due: chrono::DateTime<chrono::Utc> = queued[0]["run_at"]
+        .as_str()
+        .expect("run_at")
+        .parse()
+        .expect("a time");
+    let waits = (due - asked).num_seconds();
+    assert!((118..=125).contains(&waits), "due {waits} s after the 429");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_checks_the_secret_token_and_stores_before_answering() {
     let tg = FakeTelegram::start().await;

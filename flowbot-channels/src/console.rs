@@ -29,10 +29,8 @@ impl ChannelListener for Stdin {
                 () = shutdown.cancelled() => return Ok(()),
                 line = lines.next_line() => line,
             };
-            let line = line.map_err(|e| Error::Channel {
-                channel: self.name.clone(),
-                detail: format!("reading stdin: {e}"),
-            })?;
+            let line =
+                line.map_err(|e| Error::channel(self.name.clone(), format!("reading stdin: {e}")))?;
             let Some(line) = line else { return Ok(()) };
             let text = line.trim();
             if text.is_empty() {
@@ -60,10 +58,8 @@ impl ChannelSender for Stdout {
             .as_ref()
             .map(|t| t.channel.to_string())
             .unwrap_or_default();
-        let io = |e: std::io::Error| Error::Channel {
-            channel: channel.clone(),
-            detail: format!("writing stdout: {e}"),
-        };
+        let io =
+            |e: std::io::Error| Error::channel(channel.clone(), format!("writing stdout: {e}"));
         out.write_all(text.as_bytes()).await.map_err(io)?;
         out.flush().await.map_err(io)?;
         Ok(SentId(uuid::Uuid::now_v7().to_string()))

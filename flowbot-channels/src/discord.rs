@@ -520,11 +520,20 @@ fn interaction_event(state: &DiscordState, i: &Value) -> std::result::Result<Han
 struct DiscordSender(Arc<DiscordState>);
 
 impl DiscordSender {
+    /// A message Discord can never take as it is.
     fn err(&self, detail: impl Into<String>) -> Error {
-        Error::Channel {
-            channel: self.0.config.name.clone(),
-            detail: detail.into(),
-        }
+        Error::channel(
+            self.0.config.name.clone(),
+            crate::retry_after::unsendable(detail.into()),
+        )
+    }
+
+    /// Discord's refusal (or silence: no `status`), permanent or transient by its status.
+    fn failed(&self, status: Option<u16>, wait: Option<Duration>, detail: String) -> Error {
+        Error::channel(
+            self.0.config.name.clone(),
+            crate::retry_after::classified(status, wait, detail),
+        )
     }
 
     /// A request to Discord, waiting out short 429s as Discord asks (`retry_after`).
@@ -536,6 +545,7 @@ impl DiscordSender {
         body: &Value,
     ) -> Result<Value> {
         let route = format!("{method} {}", url.split('?').next().unwrap_or(url));
+        let mut asked = None;
         for attempt in 0..3 {
             // Wait while the route's bucket is empty (Discord's headers said so).
             let until = self
@@ -557,7 +567,11 @@ impl DiscordSender {
             }
             let res = req.send().await.map_err(|e| {
                 self.0.stats.api_errors.fetch_add(1, Ordering::Relaxed);
-                self.err(format!("{method} {}: {}", redact(url), e.without_url()))
+                self.failed(
+                    None,
+                    None,
+                    format!("{method} {}: {}", redact(url), e.without_url()),
+                )
             })?;
             let status = res.status();
             let header = |name: &str| {
@@ -588,6 +602,7 @@ impl DiscordSender {
                 // At most an hour (`crate::retry_after`); one second when Discord says none.
                 let wait = crate::retry_after::from_json(&answer["retry_after"])
                     .unwrap_or(Duration::from_secs(1));
+                asked = Some(wait);
                 if attempt < 2 && wait <= Duration::from_secs(10) {
                     tracing::info!(channel = %self.0.channel, ?wait, "Discord rate limit; waiting");
                     tokio::time::sleep(wait).await;
@@ -597,14 +612,19 @@ impl DiscordSender {
             if !status.is_success() {
                 self.0.stats.api_errors.fetch_add(1, Ordering::Relaxed);
                 let why = answer["message"].as_str().unwrap_or("no message");
-                return Err(self.err(format!(
-                    "{method} {}: Discord answered {status}: {why}",
-                    redact(url)
-                )));
+                return Err(self.failed(
+                    Some(status.as_u16()),
+                    asked,
+                    format!("{method} {}: Discord answered {status}: {why}", redact(url)),
+                ));
             }
             return Ok(answer);
         }
-        Err(self.err(format!("{method} {}: still rate limited", redact(url))))
+        Err(self.failed(
+            Some(429),
+            asked,
+            format!("{method} {}: still rate limited", redact(url)),
+        ))
     }
 }
 

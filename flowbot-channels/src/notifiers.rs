@@ -25,10 +25,9 @@ fn client() -> reqwest::Client {
 /// Send `req`; the body of a 2xx answer, or an error naming the status and the service's
 /// words.
 async fn send(service: &str, req: reqwest::RequestBuilder) -> Result<String, BoxError> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| format!("{service} unreachable: {e}"))?;
+    let resp = req.send().await.map_err(|e| {
+        crate::retry_after::classified(None, None, format!("{service} unreachable: {e}"))
+    })?;
     let status = resp.status();
     let retry_after = resp
         .headers()
@@ -43,7 +42,7 @@ async fn send(service: &str, req: reqwest::RequestBuilder) -> Result<String, Box
     // The service's Retry-After, at most an hour (`crate::retry_after`).
     let retry_after =
         retry_after.and_then(|v| crate::retry_after::parse_header(&v, chrono::Utc::now()));
-    Err(match (status.as_u16(), retry_after) {
+    let detail = match (status.as_u16(), retry_after) {
         (429, Some(after)) => {
             format!(
                 "{service} rate limit (HTTP 429): retry after {} s: {said}",
@@ -51,8 +50,12 @@ async fn send(service: &str, req: reqwest::RequestBuilder) -> Result<String, Box
             )
         }
         (code, _) => format!("{service} refused the notification (HTTP {code}): {said}"),
-    }
-    .into())
+    };
+    Err(crate::retry_after::classified(
+        Some(status.as_u16()),
+        retry_after,
+        detail,
+    ))
 }
 
 /// [ntfy](https://docs.ntfy.sh/publish/): `POST <base_url>/<topic>` with the message as the

@@ -135,3 +135,27 @@ mod tests {
         }
     }
 }
+
+/// A platform's failure as the source of a channel error, saying whether another attempt can
+/// help: a 429 (with the platform's wait), a 408, a 5xx or no answer at all (`status` `None`)
+/// is [`Transient`](flowbot_core::Transient); any other 4xx (blocked by the user, chat not
+/// found, bad request) is [`Permanent`](flowbot_core::Permanent), so the queue does not send
+/// the same message again.
+pub(crate) fn classified(
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    error: impl Into<flowbot_core::BoxError>,
+) -> flowbot_core::BoxError {
+    match status {
+        Some(400..=499) if !matches!(status, Some(408 | 429)) => {
+            Box::new(flowbot_core::Permanent::new(error))
+        }
+        _ => Box::new(flowbot_core::Transient::new(error).retry_after_opt(retry_after)),
+    }
+}
+
+/// A message the platform can never take as it is (no target, a button value too long):
+/// [`Permanent`](flowbot_core::Permanent).
+pub(crate) fn unsendable(detail: impl Into<flowbot_core::BoxError>) -> flowbot_core::BoxError {
+    Box::new(flowbot_core::Permanent::new(detail))
+}

@@ -545,17 +545,27 @@ impl ChannelListener for SocketListener {
 struct SlackSender(Arc<SlackState>);
 
 impl SlackSender {
+    /// A message Slack can never take as it is.
     fn err(&self, detail: impl Into<String>) -> Error {
-        Error::Channel {
-            channel: self.0.config.name.clone(),
-            detail: detail.into(),
-        }
+        Error::channel(
+            self.0.config.name.clone(),
+            crate::retry_after::unsendable(detail.into()),
+        )
     }
 
-    /// A Slack error as the channel's, counted.
-    fn failed(&self, e: impl std::fmt::Display) -> Error {
+    /// A Slack error as the channel's, counted, permanent or transient by its kind.
+    fn failed(&self, e: SlackApiError) -> Error {
         self.0.stats.api_errors.fetch_add(1, Ordering::Relaxed);
-        self.err(e.to_string())
+        Error::channel(self.0.config.name.clone(), e.classified())
+    }
+
+    /// A file transfer that failed (no answer, or a refusal): tried again later.
+    fn transfer_failed(&self, detail: String) -> Error {
+        self.0.stats.api_errors.fetch_add(1, Ordering::Relaxed);
+        Error::channel(
+            self.0.config.name.clone(),
+            crate::retry_after::classified(None, None, detail),
+        )
     }
 
     async fn call(&self, method: &str, body: &Value) -> Result<Value> {
@@ -578,7 +588,7 @@ impl SlackSender {
             .api
             .download(&a.url)
             .await
-            .map_err(|e| self.failed(e))?;
+            .map_err(|e| self.transfer_failed(e))?;
         let name = a
             .name
             .clone()
@@ -604,7 +614,7 @@ impl SlackSender {
             .api
             .upload(url, bytes)
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.transfer_failed(e))?;
         let mut done = json!({ "files": [{ "id": id, "title": name }], "channel_id": channel });
         if let Some(t) = thread {
             done["thread_ts"] = t.into();

@@ -318,15 +318,26 @@ struct TcSender(Arc<TcState>);
 enum CallError {
     /// 401: the JWT is no longer good.
     Unauthorized,
-    Other(String),
+    /// Any other failure: its HTTP status (none when Tailchat did not answer) and words.
+    Other(Option<u16>, String),
 }
 
 impl TcSender {
+    /// What Tailchat can never take as it is (a message without a target, credentials it
+    /// refuses).
     fn err(&self, detail: impl Into<String>) -> Error {
-        Error::Channel {
-            channel: self.0.config.name.clone(),
-            detail: detail.into(),
-        }
+        Error::channel(
+            self.0.config.name.clone(),
+            crate::retry_after::unsendable(detail.into()),
+        )
+    }
+
+    /// Tailchat's refusal (or silence: no `status`), permanent or transient by its status.
+    fn failed(&self, status: Option<u16>, detail: String) -> Error {
+        Error::channel(
+            self.0.config.name.clone(),
+            crate::retry_after::classified(status, None, detail),
+        )
     }
 
     async fn post(
@@ -343,7 +354,7 @@ impl TcSender {
         let res = req
             .send()
             .await
-            .map_err(|e| CallError::Other(format!("{path}: {e}")))?;
+            .map_err(|e| CallError::Other(None, format!("{path}: {e}")))?;
         let status = res.status();
         let answer: Value = res.json().await.unwrap_or(Value::Null);
         if status == reqwest::StatusCode::UNAUTHORIZED {
@@ -351,9 +362,10 @@ impl TcSender {
         }
         if !status.is_success() {
             let why = answer["message"].as_str().unwrap_or("no message");
-            return Err(CallError::Other(format!(
-                "{path}: Tailchat answered {status}: {why}"
-            )));
+            return Err(CallError::Other(
+                Some(status.as_u16()),
+                format!("{path}: Tailchat answered {status}: {why}"),
+            ));
         }
         Ok(answer.get("data").cloned().unwrap_or(Value::Null))
     }
@@ -378,12 +390,14 @@ impl TcSender {
             .await
             .map_err(|e| {
                 self.0.stats.api_errors.fetch_add(1, Ordering::Relaxed);
-                self.err(match e {
+                match e {
                     CallError::Unauthorized => {
-                        "login refused (401): check app_id and app_secret".into()
+                        self.err("login refused (401): check app_id and app_secret")
                     }
-                    CallError::Other(e) => format!("login failed: {e}"),
-                })
+                    CallError::Other(status, e) => {
+                        self.failed(status, format!("login failed: {e}"))
+                    }
+                }
             })?;
         let jwt = data["jwt"]
             .as_str()
@@ -406,14 +420,16 @@ impl TcSender {
                 }
                 Err(e) => {
                     self.0.stats.api_errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(self.err(match e {
-                        CallError::Unauthorized => format!("{path}: 401 after a fresh login"),
-                        CallError::Other(e) => e,
-                    }));
+                    return Err(match e {
+                        CallError::Unauthorized => {
+                            self.err(format!("{path}: 401 after a fresh login"))
+                        }
+                        CallError::Other(status, e) => self.failed(status, e),
+                    });
                 }
             }
         }
-        Err(self.err(format!("{path}: refused twice")))
+        Err(self.err(format!("{path}: token refused twice")))
     }
 }
 

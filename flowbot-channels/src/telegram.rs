@@ -581,18 +581,31 @@ struct TgSender(Arc<TgState>);
 const MAX_CALLBACK_DATA: usize = 64;
 
 impl TgSender {
+    /// A message Telegram can never take as it is.
     fn err(&self, detail: impl Into<String>) -> Error {
-        Error::Channel {
-            channel: self.0.config.name.clone(),
-            detail: detail.into(),
-        }
+        Error::channel(
+            self.0.config.name.clone(),
+            crate::retry_after::unsendable(detail.into()),
+        )
+    }
+
+    /// Telegram's refusal of `method`, permanent or transient by its code.
+    fn failed(&self, method: &str, e: &ApiError) -> Error {
+        let status = match e {
+            ApiError::Refused { code, .. } => Some(*code),
+            ApiError::Transport(_) => None,
+        };
+        Error::channel(
+            self.0.config.name.clone(),
+            crate::retry_after::classified(status, e.retry_after(), format!("{method}: {e}")),
+        )
     }
 
     /// Call `method`, waiting out short 429s as Telegram asks.
     async fn call(&self, method: &str, body: &Value) -> Result<Value> {
         self.call_api(method, body)
             .await
-            .map_err(|e| self.err(format!("{method}: {e}")))
+            .map_err(|e| self.failed(method, &e))
     }
 
     /// [`TgSender::call`] with Telegram's own error.
@@ -624,7 +637,7 @@ impl TgSender {
         match self.call_api("editMessageText", body).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_modified() => Ok(()),
-            Err(e) => Err(self.err(format!("editMessageText: {e}"))),
+            Err(e) => Err(self.failed("editMessageText", &e)),
         }
     }
 

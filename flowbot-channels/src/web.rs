@@ -307,10 +307,9 @@ impl WebChat {
     /// Identify visitors with `identity` (a shared secret for visitor tokens, and a verifier
     /// of host-signed identities, if any); checked with [`ChatIdentity::validate`].
     pub fn with_identity(self, identity: ChatIdentity) -> Result<Self> {
-        identity.validate().map_err(|detail| Error::Channel {
-            channel: self.state.name.to_string(),
-            detail,
-        })?;
+        identity
+            .validate()
+            .map_err(|detail| Error::channel(self.state.name.to_string(), detail))?;
         *self
             .state
             .identity
@@ -826,10 +825,9 @@ impl ChannelSender for WebSender {
         match &state.store {
             Some(store) => {
                 // A message too long for one bus payload goes as several, in order.
-                for payload in bus_payloads(message).map_err(|detail| Error::Channel {
-                    channel: state.name.to_string(),
-                    detail,
-                })? {
+                for payload in bus_payloads(message)
+                    .map_err(|detail| Error::channel(state.name.to_string(), detail))?
+                {
                     store
                         .publish(&state.topic, &payload)
                         .await
@@ -862,19 +860,17 @@ impl ChannelSender for WebSender {
     async fn send_partial(&self, partial: &Outbound) -> Result<()> {
         let state = &self.0;
         if partial.draft.is_none() || partial.target.is_none() {
-            return Err(Error::Channel {
-                channel: state.name.to_string(),
-                detail: "a partial answer needs a target and a draft".into(),
-            });
+            return Err(Error::channel(
+                state.name.to_string(),
+                flowbot_core::Permanent::new("a partial answer needs a target and a draft"),
+            ));
         }
         let Some(store) = &state.store else {
             state.deliver_partial_local(partial);
             return Ok(());
         };
-        let payload = serde_json::to_string(partial).map_err(|e| Error::Channel {
-            channel: state.name.to_string(),
-            detail: e.to_string(),
-        })?;
+        let payload = serde_json::to_string(partial)
+            .map_err(|e| Error::channel(state.name.to_string(), e.to_string()))?;
         if payload.len() > flowbot_core::store::MAX_BUS_PAYLOAD {
             // Too long for the bus: this process's browsers still see it grow, the others
             // see the final message.

@@ -420,14 +420,12 @@ struct CallbackSender {
 #[async_trait]
 impl ChannelSender for CallbackSender {
     async fn send(&self, message: &Outbound) -> Result<SentId> {
-        let err = |detail: String| Error::Channel {
-            channel: self.config.name.clone(),
-            detail,
-        };
-        let target = message
-            .target
-            .as_ref()
-            .ok_or_else(|| err("outbound message has no target".into()))?;
+        let err = |source: flowbot_core::BoxError| Error::channel(self.config.name.clone(), source);
+        let target = message.target.as_ref().ok_or_else(|| {
+            err(crate::retry_after::unsendable(
+                "outbound message has no target",
+            ))
+        })?;
         let id = uuid::Uuid::now_v7().to_string();
         let Some(url) = &self.config.callback_url else {
             tracing::debug!(channel = %self.config.name, "no callback URL; reply kept in the history only");
@@ -442,7 +440,8 @@ impl ChannelSender for CallbackSender {
             reply_to: message.reply_to.as_ref().map(|r| r.to_string()),
             id: id.clone(),
         };
-        let bytes = serde_json::to_vec(&body).map_err(|e| err(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(&body).map_err(|e| err(crate::retry_after::unsendable(e)))?;
         let mut req = self
             .client
             .post(url)
@@ -453,13 +452,25 @@ impl ChannelSender for CallbackSender {
                 sign(secret, chrono::Utc::now().timestamp(), &bytes),
             );
         }
-        let res = req
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| err(format!("callback POST failed: {e}")))?;
-        if !res.status().is_success() {
-            return Err(err(format!("callback answered {}", res.status())));
+        let res = req.body(bytes).send().await.map_err(|e| {
+            err(crate::retry_after::classified(
+                None,
+                None,
+                format!("callback POST failed: {e}"),
+            ))
+        })?;
+        let status = res.status();
+        if !status.is_success() {
+            let wait = res
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| crate::retry_after::parse_header(v, chrono::Utc::now()));
+            return Err(err(crate::retry_after::classified(
+                Some(status.as_u16()),
+                wait,
+                format!("callback answered {status}"),
+            )));
         }
         Ok(SentId(id))
     }

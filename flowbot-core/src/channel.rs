@@ -29,9 +29,11 @@ impl Inbox {
     /// Hand an event to the pipeline. Fails only when the pipeline has stopped.
     pub async fn send(&self, event: Event) -> Result<()> {
         let channel = event.channel().to_string();
-        self.tx.send(event).await.map_err(|_| Error::Channel {
-            channel,
-            detail: "the pipeline has stopped; event not accepted".into(),
+        self.tx.send(event).await.map_err(|_| {
+            Error::channel(
+                channel,
+                crate::Transient::new("the pipeline has stopped; event not accepted"),
+            )
         })
     }
 }
@@ -81,14 +83,14 @@ pub trait ChannelSender: Send + Sync + 'static {
     /// this default, which refuses.
     async fn edit(&self, id: &SentId, message: &Outbound) -> Result<()> {
         let _ = (id, message);
-        Err(Error::Channel {
-            channel: message
+        Err(Error::channel(
+            message
                 .target
                 .as_ref()
                 .map(|t| t.channel.to_string())
                 .unwrap_or_default(),
-            detail: "this channel cannot edit messages".into(),
-        })
+            crate::Permanent::new("this channel cannot edit messages"),
+        ))
     }
 
     /// What the platform supports.
@@ -116,14 +118,14 @@ pub trait ChannelSender: Send + Sync + 'static {
     /// the text so far, its format and [`Outbound::draft`] (the draft's id). Channels with
     /// [`Streaming::Partial`] implement it; the default refuses.
     async fn send_partial(&self, partial: &Outbound) -> Result<()> {
-        Err(Error::Channel {
-            channel: partial
+        Err(Error::channel(
+            partial
                 .target
                 .as_ref()
                 .map(|t| t.channel.to_string())
                 .unwrap_or_default(),
-            detail: "this channel does not show partial answers".into(),
-        })
+            crate::Permanent::new("this channel does not show partial answers"),
+        ))
     }
 
     /// Turn the draft message `shown` into the final `message` (which completes the draft);
@@ -232,13 +234,17 @@ impl Senders {
     /// [`Draft`](crate::Draft) that the channel shows as a message replaces it
     /// ([`ChannelSender::finish_draft`]); when that fails, the message is sent as a new one.
     pub async fn send(&self, message: &Outbound) -> Result<SentId> {
-        let target = message.target.as_ref().ok_or_else(|| Error::Channel {
-            channel: String::new(),
-            detail: "outbound message has no target".into(),
+        let target = message.target.as_ref().ok_or_else(|| {
+            Error::channel(
+                String::new(),
+                crate::Permanent::new("outbound message has no target"),
+            )
         })?;
-        let sender = self.get(&target.channel).ok_or_else(|| Error::Channel {
-            channel: target.channel.to_string(),
-            detail: "no channel with this name is registered".into(),
+        let sender = self.get(&target.channel).ok_or_else(|| {
+            Error::channel(
+                target.channel.to_string(),
+                crate::Permanent::new("no channel with this name is registered"),
+            )
         })?;
         if let Some(shown) = message.draft.as_ref().and_then(|d| d.shown.as_ref()) {
             match sender.finish_draft(shown, message).await {

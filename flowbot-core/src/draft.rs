@@ -438,10 +438,7 @@ mod tests {
                 ended: Instant::now(),
             });
             if fail {
-                return Err(Error::Channel {
-                    channel: "rec".into(),
-                    detail: format!("{what} refused"),
-                });
+                return Err(Error::channel("rec", format!("{what} refused")));
             }
             Ok(())
         }

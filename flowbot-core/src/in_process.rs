@@ -58,10 +58,10 @@ impl InProcessHandle {
 
     /// Send any event.
     pub async fn send(&self, event: Event) -> Result<()> {
-        self.tx.send(event).await.map_err(|_| Error::Channel {
-            channel: self.name.to_string(),
-            detail: "the bot is not running".into(),
-        })
+        self.tx
+            .send(event)
+            .await
+            .map_err(|_| Error::channel(self.name.to_string(), "the bot is not running"))
     }
 
     /// The next message the bot sent through this channel; `None` once the bot is gone.
@@ -84,9 +84,11 @@ struct Listener {
 impl ChannelListener for Listener {
     async fn listen(&self, inbox: Inbox, shutdown: CancellationToken) -> Result<()> {
         let taken = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let mut rx = taken.ok_or_else(|| Error::Channel {
-            channel: self.name.to_string(),
-            detail: "an in-process channel can be listened to once".into(),
+        let mut rx = taken.ok_or_else(|| {
+            Error::channel(
+                self.name.to_string(),
+                "an in-process channel can be listened to once",
+            )
         })?;
         loop {
             tokio::select! {
@@ -108,13 +110,15 @@ struct OutSender {
 impl ChannelSender for OutSender {
     async fn send(&self, message: &Outbound) -> Result<SentId> {
         let id = SentId(uuid::Uuid::now_v7().to_string());
-        self.tx.send(message.clone()).map_err(|_| Error::Channel {
-            channel: message
-                .target
-                .as_ref()
-                .map(|t| t.channel.to_string())
-                .unwrap_or_default(),
-            detail: "the in-process handle was dropped".into(),
+        self.tx.send(message.clone()).map_err(|_| {
+            Error::channel(
+                message
+                    .target
+                    .as_ref()
+                    .map(|t| t.channel.to_string())
+                    .unwrap_or_default(),
+                "the in-process handle was dropped",
+            )
         })?;
         Ok(id)
     }

@@ -68,7 +68,10 @@ pub use bot::{Bot, BotBuilder};
 pub use channel::{Capabilities, Channel, ChannelListener, ChannelSender, Inbox, Senders, SentId};
 pub use commands::{CommandInfo, CommandParam};
 pub use draft::{DEFAULT_EDIT_INTERVAL, Draft, DraftRef, Streaming};
-pub use error::{BoxError, Error, Permanent, Refusal, Result, StoreError, TaskError};
+pub use error::{
+    BoxError, Error, HandlerError, HandlerResult, Permanent, Refusal, Result, StoreError,
+    TaskError, Transient,
+};
 pub use in_process::{InProcess, InProcessHandle};
 pub use llm::{Assistant, ChatModel, Embedder, ModelError};
 pub use message::{
@@ -81,7 +84,7 @@ pub use pipeline::{
     DELIVER_TASK, ErrorHook, FailureReply, HandleFailure, INBOUND_TASK, Pipeline, PipelineError,
     PipelineStats, Stage,
 };
-pub use router::{HandlerCx, Handlers, Reply, Router, Services, Turn};
+pub use router::{FromArgs, HandlerCx, Handlers, Reply, Router, Services, Turn};
 pub use session::{DialogState, Session, SessionHandle, SessionKey};
 pub use store::{Bus, BusMessage, Store};
 

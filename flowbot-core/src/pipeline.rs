@@ -379,10 +379,12 @@ impl Pipeline {
         Ok(delivered)
     }
 
-    /// Send each reply, or hand it to the durable queue when sending fails. A reply that can
-    /// be neither sent nor queued fails the event (the queue tries the whole event again);
-    /// a reply with no target, or a failure to record a sent reply in the history, is
-    /// reported and the rest go on.
+    /// Send each reply, or hand it to the durable queue when sending fails for a reason that
+    /// may pass (due no earlier than the platform's `Retry-After`). A reply that can be
+    /// neither sent nor queued fails the event (the queue tries the whole event again); a
+    /// reply the platform refused for good ([`Error::is_permanent`]: the user blocked the
+    /// bot, the chat is gone), a reply with no target, or a failure to record a sent reply in
+    /// the history, is reported and the rest go on.
     async fn deliver(
         &self,
         event: &Event,
@@ -401,10 +403,10 @@ impl Pipeline {
                 }
             }
             if out.target.is_none() {
-                let e = Error::Channel {
-                    channel: event.channel().to_string(),
-                    detail: "reply has no target and the event has no conversation".into(),
-                };
+                let e = Error::channel(
+                    event.channel().to_string(),
+                    crate::Permanent::new("reply has no target and the event has no conversation"),
+                );
                 self.report(event, Stage::Deliver, &e);
                 continue;
             }
@@ -421,11 +423,23 @@ impl Pipeline {
                     }
                     delivered.push(out);
                 }
+                Err(send_err) if send_err.is_permanent() => {
+                    // Another attempt would be refused the same way.
+                    self.report(event, Stage::Deliver, &send_err);
+                }
                 Err(send_err) => {
-                    // Hand the message to the durable queue, which retries with backoff.
+                    // Hand the message to the durable queue, which retries with backoff, or
+                    // first after the wait the platform asked for.
+                    let wait = send_err.retry_after();
                     let queued = match &self.services.tasks {
                         Some(tasks) => match NewTask::new(DELIVER_TASK, &out) {
-                            Ok(task) => tasks.enqueue(task).await.map(|_| ()),
+                            Ok(task) => {
+                                let task = match wait {
+                                    Some(wait) => task.delay(wait),
+                                    None => task,
+                                };
+                                tasks.enqueue(task).await.map(|_| ())
+                            }
                             Err(e) => Err(e),
                         },
                         None => Err(send_err),

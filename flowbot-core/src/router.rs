@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::action::{ActionContext, ActionRegistry};
 use crate::channel::Senders;
-use crate::error::{Error, Result};
+use crate::error::{Error, HandlerResult, Result};
 use crate::message::{Event, Outbound, Target};
 use crate::session::SessionHandle;
 use crate::store::Store;
@@ -153,21 +153,158 @@ pub trait Router: Send + Sync + 'static {
     async fn route(&self, turn: &Turn) -> Result<Reply>;
 }
 
-/// What a Rust handler gets: typed shared state, the turn, and for commands the arguments.
+/// What a Rust handler gets: typed shared state, the turn, and the text its registration
+/// matched on (a command's arguments, a button's value, a reaction's emoji).
+///
+/// Besides the fields, it offers what handlers usually need: [`HandlerCx::parse`] for typed
+/// command arguments, [`HandlerCx::session`], [`HandlerCx::store`], [`HandlerCx::text`] and
+/// [`HandlerCx::event`].
 #[derive(Debug)]
 pub struct HandlerCx<S> {
     /// Shared application state.
     pub state: Arc<S>,
     /// The event, session and services.
     pub turn: Turn,
-    /// For a command, the text after its name; for the fallback, the whole text.
+    /// For a command, the text after its name; for a button, its value; for a reaction, the
+    /// emoji; for the fallback, the whole text of a message (empty for other events).
     pub args: String,
+    /// The usage line of the command being handled (`/remind <delay> <text>`), when it was
+    /// registered with one.
+    usage: Option<Arc<str>>,
 }
 
-type BoxedHandler<S> = Arc<dyn Fn(HandlerCx<S>) -> BoxFuture<'static, Result<Reply>> + Send + Sync>;
+impl<S> HandlerCx<S> {
+    /// The arguments as `A`: a `String` takes them whole; a tuple of [`FromStr`] values
+    /// takes one word each, its last element the rest of the text. Input that does not fit
+    /// is a [`Refusal`](crate::Refusal) naming the argument and the command's usage, which
+    /// the pipeline shows to the user.
+    ///
+    /// [`FromStr`]: std::str::FromStr
+    pub fn parse<A: FromArgs>(&self) -> std::result::Result<A, crate::Refusal> {
+        A::from_args(&self.args).map_err(|e| {
+            crate::Refusal::new(match &self.usage {
+                Some(usage) => format!("{e}. Usage: {usage}"),
+                None => e,
+            })
+        })
+    }
 
-/// A [`Router`] made of Rust functions: one per slash command, and a fallback for everything
-/// else. `S` is the application's shared state, handed to every handler as `Arc<S>`.
+    /// The event.
+    pub fn event(&self) -> &Event {
+        &self.turn.event
+    }
+
+    /// The message text, if the event is a message.
+    pub fn text(&self) -> Option<&str> {
+        self.turn.text()
+    }
+
+    /// The session of the event's sender in its conversation.
+    pub fn session(&self) -> &SessionHandle {
+        &self.turn.session
+    }
+
+    /// The bot's store, when it has one.
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.turn.services.store()
+    }
+
+    /// The application state.
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+}
+
+/// Command arguments parsed from text: see [`HandlerCx::parse`].
+pub trait FromArgs: Sized {
+    /// Parse `text` (the text after the command's name), or say what is wrong.
+    fn from_args(text: &str) -> std::result::Result<Self, String>;
+}
+
+impl FromArgs for String {
+    fn from_args(text: &str) -> std::result::Result<Self, String> {
+        Ok(text.trim().to_owned())
+    }
+}
+
+impl FromArgs for () {
+    fn from_args(text: &str) -> std::result::Result<Self, String> {
+        if text.trim().is_empty() {
+            Ok(())
+        } else {
+            Err("this command takes no arguments".into())
+        }
+    }
+}
+
+/// One argument: `word` is what the user wrote in its place (`None` when missing).
+fn parse_arg<T: std::str::FromStr>(
+    word: Option<&str>,
+    position: usize,
+) -> std::result::Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let word = word.ok_or_else(|| format!("argument {position} is missing"))?;
+    word.parse()
+        .map_err(|e| format!("argument {position} ('{word}'): {e}"))
+}
+
+macro_rules! tuple_args {
+    ($($t:ident),+ ; $last:ident) => {
+        impl<$($t,)+ $last> FromArgs for ($($t,)+ $last,)
+        where
+            $($t: std::str::FromStr, $t::Err: std::fmt::Display,)+
+            $last: std::str::FromStr,
+            $last::Err: std::fmt::Display,
+        {
+            #[allow(non_snake_case)]
+            fn from_args(text: &str) -> std::result::Result<Self, String> {
+                let mut rest = text.trim();
+                let mut position = 0;
+                $(
+                    position += 1;
+                    let (word, after) = match rest.split_once(char::is_whitespace) {
+                        Some((w, r)) => (Some(w), r.trim_start()),
+                        None => ((!rest.is_empty()).then_some(rest), ""),
+                    };
+                    rest = after;
+                    let $t: $t = parse_arg(word, position)?;
+                )+
+                position += 1;
+                let $last: $last = parse_arg((!rest.is_empty()).then_some(rest), position)?;
+                Ok(($($t,)+ $last,))
+            }
+        }
+    };
+}
+
+impl<A> FromArgs for (A,)
+where
+    A: std::str::FromStr,
+    A::Err: std::fmt::Display,
+{
+    fn from_args(text: &str) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        Ok((parse_arg((!text.is_empty()).then_some(text), 1)?,))
+    }
+}
+tuple_args!(A ; B);
+tuple_args!(A, B ; C);
+tuple_args!(A, B, C ; D);
+tuple_args!(A, B, C, D ; E);
+
+type BoxedHandler<S> = Arc<dyn Fn(HandlerCx<S>) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
+
+struct Registered<S> {
+    handler: BoxedHandler<S>,
+    usage: Option<Arc<str>>,
+}
+
+/// A [`Router`] made of Rust functions, by event kind: one per slash command, per button
+/// value, for joins, for reactions, for custom events by name, and a fallback for the
+/// messages no command matched. `S` is the application's shared state, handed to every
+/// handler as `Arc<S>`. A handler returns a [`HandlerResult`]: `?` works on any error.
 ///
 /// ```
 /// use flowbot_core::{Handlers, Reply};
@@ -176,21 +313,45 @@ type BoxedHandler<S> = Arc<dyn Fn(HandlerCx<S>) -> BoxFuture<'static, Result<Rep
 ///
 /// let router = Handlers::new(App { greeting: "hello".into() })
 ///     .command("hi", |cx| async move { Ok(Reply::text(cx.state.greeting.clone())) })
+///     .command_usage("add", "/add <a> <b>", |cx| async move {
+///         let (a, b): (i64, i64) = cx.parse()?;
+///         Ok(Reply::text((a + b).to_string()))
+///     })
+///     .button("yes", |_cx| async move { Ok(Reply::text("noted")) })
 ///     .fallback(|_cx| async move { Ok(Reply::text("try /hi")) });
 /// # let _ = router;
 /// ```
 pub struct Handlers<S> {
     state: Arc<S>,
-    commands: HashMap<String, BoxedHandler<S>>,
+    commands: HashMap<String, Registered<S>>,
+    buttons: HashMap<String, BoxedHandler<S>>,
+    any_button: Option<BoxedHandler<S>>,
+    joins: Option<BoxedHandler<S>>,
+    reactions: Option<BoxedHandler<S>>,
+    custom: HashMap<String, BoxedHandler<S>>,
     fallback: Option<BoxedHandler<S>>,
 }
 
 impl<S> std::fmt::Debug for Handlers<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handlers")
-            .field("commands", &self.commands.keys().collect::<Vec<_>>())
+            .field("commands", &self.command_names())
+            .field("buttons", &self.buttons.keys().collect::<Vec<_>>())
+            .field("any_button", &self.any_button.is_some())
+            .field("joins", &self.joins.is_some())
+            .field("reactions", &self.reactions.is_some())
+            .field("custom", &self.custom.keys().collect::<Vec<_>>())
             .field("fallback", &self.fallback.is_some())
             .finish()
+    }
+}
+
+impl<S> Handlers<S> {
+    /// Names of the registered commands, sorted.
+    pub fn command_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.commands.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
     }
 }
 
@@ -200,6 +361,11 @@ impl<S: Send + Sync + 'static> Handlers<S> {
         Handlers {
             state: Arc::new(state),
             commands: HashMap::new(),
+            buttons: HashMap::new(),
+            any_button: None,
+            joins: None,
+            reactions: None,
+            custom: HashMap::new(),
             fallback: None,
         }
     }
@@ -207,7 +373,7 @@ impl<S: Send + Sync + 'static> Handlers<S> {
     fn boxed<F, Fut>(f: F) -> BoxedHandler<S>
     where
         F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Reply>> + Send + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
     {
         Arc::new(move |cx| Box::pin(f(cx)))
     }
@@ -216,48 +382,182 @@ impl<S: Send + Sync + 'static> Handlers<S> {
     pub fn command<F, Fut>(mut self, name: &str, f: F) -> Self
     where
         F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Reply>> + Send + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        self.commands.insert(name.to_owned(), Self::boxed(f));
+        let handler = Self::boxed(f);
+        self.commands.insert(
+            name.to_owned(),
+            Registered {
+                handler,
+                usage: None,
+            },
+        );
         self
     }
 
-    /// Handle every event no command matched.
+    /// [`Handlers::command`] with a usage line (`/remind <delay> <text>`), which
+    /// [`HandlerCx::parse`] shows when the arguments do not fit and
+    /// [`Handlers::commands`] declares to platforms.
+    pub fn command_usage<F, Fut>(mut self, name: &str, usage: &str, f: F) -> Self
+    where
+        F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let handler = Self::boxed(f);
+        self.commands.insert(
+            name.to_owned(),
+            Registered {
+                handler,
+                usage: Some(Arc::from(usage)),
+            },
+        );
+        self
+    }
+
+    /// Handle a click on a button whose value is `value` (see
+    /// [`Button`](crate::Button)); `cx.args` holds the value.
+    pub fn button<F, Fut>(mut self, value: &str, f: F) -> Self
+    where
+        F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.buttons.insert(value.to_owned(), Self::boxed(f));
+        self
+    }
+
+    /// Handle a click on any button no [`Handlers::button`] names; `cx.args` holds the value.
+    pub fn any_button<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.any_button = Some(Self::boxed(f));
+        self
+    }
+
+    /// Handle someone joining a conversation ([`Event::MemberJoined`]).
+    pub fn on_join<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.joins = Some(Self::boxed(f));
+        self
+    }
+
+    /// Handle a reaction ([`Event::Reaction`]); `cx.args` holds the emoji.
+    pub fn on_reaction<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.reactions = Some(Self::boxed(f));
+        self
+    }
+
+    /// Handle the application's own events named `name` ([`Event::Custom`]).
+    pub fn on_custom<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.custom.insert(name.to_owned(), Self::boxed(f));
+        self
+    }
+
+    /// Handle every message no command matched.
     pub fn fallback<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Reply>> + Send + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
     {
         self.fallback = Some(Self::boxed(f));
         self
     }
 
-    /// Names of the registered commands, sorted.
-    pub fn command_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.commands.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        names
+    /// The registered commands, for platforms that declare them (Telegram's menu, Discord's
+    /// slash commands), sorted by name.
+    pub fn commands(&self) -> Vec<crate::CommandInfo> {
+        let mut list: Vec<crate::CommandInfo> = self
+            .commands
+            .iter()
+            .map(|(name, r)| crate::CommandInfo {
+                name: name.clone(),
+                description: None,
+                usage: r
+                    .usage
+                    .as_deref()
+                    .map_or_else(|| format!("/{name}"), str::to_owned),
+                params: Vec::new(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// The handler for `event` and the text it gets as `args`, with the command's usage.
+    fn pick(&self, event: &Event) -> Option<(&BoxedHandler<S>, String, Option<Arc<str>>)> {
+        match event {
+            Event::Message(m) => {
+                let command = m
+                    .command()
+                    .and_then(|(name, args)| Some((self.commands.get(name)?, args)));
+                match command {
+                    Some((r, args)) => Some((&r.handler, args.to_owned(), r.usage.clone())),
+                    None => Some((self.fallback.as_ref()?, m.text.clone(), None)),
+                }
+            }
+            Event::Interaction(i) => {
+                let h = self.buttons.get(&i.value).or(self.any_button.as_ref())?;
+                Some((h, i.value.clone(), None))
+            }
+            Event::MemberJoined { .. } => Some((self.joins.as_ref()?, String::new(), None)),
+            Event::Reaction { emoji, .. } => Some((self.reactions.as_ref()?, emoji.clone(), None)),
+            Event::Custom { name, .. } => Some((self.custom.get(name)?, String::new(), None)),
+        }
     }
 }
 
 #[async_trait]
 impl<S: Send + Sync + 'static> Router for Handlers<S> {
     async fn route(&self, turn: &Turn) -> Result<Reply> {
-        let message = turn.event.as_message();
-        let command = message.and_then(|m| m.command());
-        let (handler, args) =
-            match command.and_then(|(name, args)| Some((self.commands.get(name)?, args))) {
-                Some((handler, args)) => (handler, args.to_owned()),
-                None => match &self.fallback {
-                    Some(handler) => (handler, message.map(|m| m.text.clone()).unwrap_or_default()),
-                    None => return Ok(Reply::none()),
-                },
-            };
+        let Some((handler, args, usage)) = self.pick(&turn.event) else {
+            return Ok(Reply::none());
+        };
         handler(HandlerCx {
             state: self.state.clone(),
             turn: turn.clone(),
             args,
+            usage,
         })
         .await
+        .map_err(Error::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuple_arguments_take_a_word_each_and_the_rest_last() {
+        let (n, text): (u32, String) = FromArgs::from_args(" 5  buy milk ").expect("fits");
+        assert_eq!((n, text.as_str()), (5, "buy milk"));
+        let (a, b, c): (i64, i64, String) = FromArgs::from_args("1 2 three four").expect("fits");
+        assert_eq!((a, b, c.as_str()), (1, 2, "three four"));
+        let (one,): (f64,) = FromArgs::from_args("2.5").expect("fits");
+        assert!((one - 2.5).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn arguments_that_do_not_fit_name_the_argument() {
+        let e = <(u32, String)>::from_args("five things").expect_err("not a number");
+        assert!(e.starts_with("argument 1 ('five')"), "{e}");
+        let e = <(u32, String)>::from_args("5").expect_err("second missing");
+        assert_eq!(e, "argument 2 is missing");
+        let e = <(u32,)>::from_args("").expect_err("missing");
+        assert_eq!(e, "argument 1 is missing");
+        assert!(<()>::from_args("x").is_err());
+        assert_eq!(String::from_args("  a b ").expect("any"), "a b");
     }
 }

@@ -26,6 +26,8 @@ pub const USERNAME: &str = "flowbot_test_bot";
 pub enum Fault {
     TooMany(u64),
     BadGateway,
+    /// 403 "Forbidden: bot was blocked by the user".
+    Blocked,
 }
 
 #[derive(Default)]
@@ -159,6 +161,13 @@ async fn handle(
                 StatusCode::TOO_MANY_REQUESTS,
                 &format!("Too Many Requests: retry after {secs}"),
                 &json!({"retry_after": secs}),
+            );
+        }
+        Some(Fault::Blocked) => {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "Forbidden: bot was blocked by the user",
+                &Value::Null,
             );
         }
         Some(Fault::BadGateway) => {

@@ -39,6 +39,41 @@ pub enum SlackApiError {
     },
 }
 
+impl SlackApiError {
+    /// Whether Slack's error code says the call can never succeed as it is (an unknown or
+    /// archived channel, a revoked token, a malformed message) rather than that Slack was
+    /// busy or failed (`ratelimited`, `internal_error`, `fatal_error`,
+    /// `service_unavailable`, `request_timeout`).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SlackApiError::Refused { error, .. } => !matches!(
+                error.as_str(),
+                "ratelimited"
+                    | "rate_limited"
+                    | "internal_error"
+                    | "fatal_error"
+                    | "service_unavailable"
+                    | "request_timeout"
+                    | "team_added_to_org"
+            ),
+            SlackApiError::RateLimited { .. } | SlackApiError::Transport { .. } => false,
+        }
+    }
+
+    /// This error as a channel error's source: [`Permanent`](flowbot_core::Permanent) or
+    /// [`Transient`](flowbot_core::Transient) with Slack's `Retry-After`.
+    pub(crate) fn classified(self) -> flowbot_core::BoxError {
+        if self.is_permanent() {
+            return Box::new(flowbot_core::Permanent::new(self));
+        }
+        let wait = match &self {
+            SlackApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
+        Box::new(flowbot_core::Transient::new(self).retry_after_opt(wait))
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Body<'a> {
     Json(&'a Value),

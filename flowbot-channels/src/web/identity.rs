@@ -123,10 +123,7 @@ impl ChatIdentity {
     /// restarts too.
     pub async fn from_store(store: &dyn Store, channel: &str) -> Result<Self> {
         let key = format!("{channel}.token_secret");
-        let fail = |detail: String| Error::Channel {
-            channel: channel.to_owned(),
-            detail,
-        };
+        let fail = |detail: String| Error::channel(channel, detail);
         let read = |v: serde_json::Value| {
             v.as_str()
                 .and_then(|s| hex::decode(s).ok())
