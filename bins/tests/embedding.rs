@@ -1,0 +1,84 @@
+//! The server as a library: FlowBot's routes mounted in an application's own axum app, with
+//! Rust handlers as the router, served by the application on its own listener.
+
+mod common;
+mod harness;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::routing::get;
+use common::TempDir;
+use flowbot_core::{CancellationToken, Handlers, Reply};
+use flowbot_server::config::Config;
+use flowbot_server::run::Server;
+use harness::{WEB_SECRET, next_frame, say, visitor_token};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flowbot_routes_mount_in_an_applications_axum_app_with_rust_handlers() {
+    let dir = TempDir::new("flowbot-embedding-test");
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.database.url = format!("sqlite://{}/flowbot.db", dir.0.display());
+    config.web.secret = Some(WEB_SECRET.into());
+    let handlers = Handlers::new("pong")
+        .command("ping", |cx| async move { Ok(Reply::text(*cx.state())) })
+        .fallback(|_cx| async move { Ok(Reply::text("only /ping here")) });
+
+    let stop = CancellationToken::new();
+    let assembled = Server::new(config)
+        .handlers(handlers)
+        .assemble(&stop)
+        .await
+        .expect("assembled");
+    let (routes, bot) = assembled.start_bot(stop.clone()).await.expect("bot started");
+    // The application's own app, with FlowBot's routes merged in.
+    let app = axum::Router::new()
+        .route("/app/hello", get(|| async { "hello from the application" }))
+        .merge(routes);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let until = stop.clone();
+    let serving = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { until.cancelled().await })
+        .await
+    });
+
+    let base = format!("http://{addr}");
+    let own = reqwest::get(format!("{base}/app/hello")).await.expect("GET");
+    assert_eq!(own.text().await.expect("body"), "hello from the application");
+    let health = reqwest::get(format!("{base}/healthz")).await.expect("GET");
+    assert_eq!(health.status(), 200);
+    let doc = common::get_json(format!("{base}/api/v1/openapi.json")).await;
+    assert!(doc["paths"]["/api/v1/tasks"].is_object(), "the API is mounted");
+    let missing = reqwest::get(format!("{base}/nowhere")).await.expect("GET");
+    assert_eq!(missing.status(), 404);
+
+    // Web chat through the application's listener, answered by the Rust handlers (not the
+    // demo rules: `/echo` is theirs).
+    let url = format!("ws://{addr}/ws/chat?token={}", visitor_token("ada", "c1"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    next_frame(&mut ws, "history").await;
+    assert_eq!(say(&mut ws, "/ping").await["text"], "pong");
+    assert_eq!(say(&mut ws, "/echo x").await["text"], "only /ping here");
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), serving)
+        .await
+        .expect("drained in time")
+        .expect("join")
+        .expect("served");
+    tokio::time::timeout(Duration::from_secs(20), bot)
+        .await
+        .expect("stopped in time")
+        .expect("join")
+        .expect("bot ran");
+}
