@@ -21,3 +21,8 @@ pub mod tls;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/llm.md")]
 pub struct LlmGuide;
+
+/// The Rust examples of docs/embedding.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/embedding.md")]
+pub struct EmbeddingGuide;

@@ -457,8 +457,9 @@ impl Server {
         ready: Option<tokio::sync::oneshot::Sender<Running>>,
     ) -> Result<(), RunError> {
         let config = self.config.clone();
-        let assembled = self.assemble(&shutdown).await?;
-        serve_assembled(config, assembled, shutdown, ready).await
+        // Boxed: both futures are large, and `run` is held in callers' futures.
+        let assembled = Box::pin(self.assemble(&shutdown)).await?;
+        Box::pin(serve_assembled(config, assembled, shutdown, ready)).await
     }
 
     /// Put the server together without listening: the routes to mount in an application's

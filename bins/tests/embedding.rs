@@ -31,7 +31,10 @@ async fn flowbot_routes_mount_in_an_applications_axum_app_with_rust_handlers() {
         .assemble(&stop)
         .await
         .expect("assembled");
-    let (routes, bot) = assembled.start_bot(stop.clone()).await.expect("bot started");
+    let (routes, bot) = assembled
+        .start_bot(stop.clone())
+        .await
+        .expect("bot started");
     // The application's own app, with FlowBot's routes merged in.
     let app = axum::Router::new()
         .route("/app/hello", get(|| async { "hello from the application" }))
@@ -51,12 +54,20 @@ async fn flowbot_routes_mount_in_an_applications_axum_app_with_rust_handlers() {
     });
 
     let base = format!("http://{addr}");
-    let own = reqwest::get(format!("{base}/app/hello")).await.expect("GET");
-    assert_eq!(own.text().await.expect("body"), "hello from the application");
+    let own = reqwest::get(format!("{base}/app/hello"))
+        .await
+        .expect("GET");
+    assert_eq!(
+        own.text().await.expect("body"),
+        "hello from the application"
+    );
     let health = reqwest::get(format!("{base}/healthz")).await.expect("GET");
     assert_eq!(health.status(), 200);
     let doc = common::get_json(format!("{base}/api/v1/openapi.json")).await;
-    assert!(doc["paths"]["/api/v1/tasks"].is_object(), "the API is mounted");
+    assert!(
+        doc["paths"]["/api/v1/tasks"].is_object(),
+        "the API is mounted"
+    );
     let missing = reqwest::get(format!("{base}/nowhere")).await.expect("GET");
     assert_eq!(missing.status(), 404);
 

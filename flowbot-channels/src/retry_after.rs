@@ -51,6 +51,30 @@ pub fn from_json(value: &Value) -> Option<Duration> {
     }
 }
 
+/// A platform's failure as the source of a channel error, saying whether another attempt can
+/// help: a 429 (with the platform's wait), a 408, a 5xx or no answer at all (`status` `None`)
+/// is [`Transient`](flowbot_core::Transient); any other 4xx (blocked by the user, chat not
+/// found, bad request) is [`Permanent`](flowbot_core::Permanent), so the queue does not send
+/// the same message again.
+pub(crate) fn classified(
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    error: impl Into<flowbot_core::BoxError>,
+) -> flowbot_core::BoxError {
+    match status {
+        Some(400..=499) if !matches!(status, Some(408 | 429)) => {
+            Box::new(flowbot_core::Permanent::new(error))
+        }
+        _ => Box::new(flowbot_core::Transient::new(error).retry_after_opt(retry_after)),
+    }
+}
+
+/// A message the platform can never take as it is (no target, a button value too long):
+/// [`Permanent`](flowbot_core::Permanent).
+pub(crate) fn unsendable(detail: impl Into<flowbot_core::BoxError>) -> flowbot_core::BoxError {
+    Box::new(flowbot_core::Permanent::new(detail))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,28 +158,20 @@ mod tests {
             }
         }
     }
-}
 
-/// A platform's failure as the source of a channel error, saying whether another attempt can
-/// help: a 429 (with the platform's wait), a 408, a 5xx or no answer at all (`status` `None`)
-/// is [`Transient`](flowbot_core::Transient); any other 4xx (blocked by the user, chat not
-/// found, bad request) is [`Permanent`](flowbot_core::Permanent), so the queue does not send
-/// the same message again.
-pub(crate) fn classified(
-    status: Option<u16>,
-    retry_after: Option<Duration>,
-    error: impl Into<flowbot_core::BoxError>,
-) -> flowbot_core::BoxError {
-    match status {
-        Some(400..=499) if !matches!(status, Some(408 | 429)) => {
-            Box::new(flowbot_core::Permanent::new(error))
+    #[test]
+    fn platform_statuses_are_permanent_or_transient() {
+        let e = |status, wait| {
+            flowbot_core::Error::channel("c", super::classified(status, wait, "words"))
+        };
+        for status in [400, 401, 403, 404] {
+            assert!(e(Some(status), None).is_permanent(), "{status}");
         }
-        _ => Box::new(flowbot_core::Transient::new(error).retry_after_opt(retry_after)),
+        for status in [Some(408), Some(429), Some(500), Some(502), None] {
+            assert!(e(status, None).is_transient(), "{status:?}");
+        }
+        let limited = e(Some(429), Some(Duration::from_secs(90)));
+        assert_eq!(limited.retry_after(), Some(Duration::from_secs(90)));
+        assert!(flowbot_core::Error::channel("c", super::unsendable("no target")).is_permanent());
     }
-}
-
-/// A message the platform can never take as it is (no target, a button value too long):
-/// [`Permanent`](flowbot_core::Permanent).
-pub(crate) fn unsendable(detail: impl Into<flowbot_core::BoxError>) -> flowbot_core::BoxError {
-    Box::new(flowbot_core::Permanent::new(detail))
 }

@@ -296,6 +296,9 @@ tuple_args!(A, B, C, D ; E);
 
 type BoxedHandler<S> = Arc<dyn Fn(HandlerCx<S>) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
 
+/// A handler picked for an event: the handler, its `args` and the command's usage.
+type Picked<'a, S> = (&'a BoxedHandler<S>, String, Option<Arc<str>>);
+
 struct Registered<S> {
     handler: BoxedHandler<S>,
     usage: Option<Arc<str>>,
@@ -496,7 +499,7 @@ impl<S: Send + Sync + 'static> Handlers<S> {
     }
 
     /// The handler for `event` and the text it gets as `args`, with the command's usage.
-    fn pick(&self, event: &Event) -> Option<(&BoxedHandler<S>, String, Option<Arc<str>>)> {
+    fn pick(&self, event: &Event) -> Option<Picked<'_, S>> {
         match event {
             Event::Message(m) => {
                 let command = m
