@@ -56,6 +56,14 @@ pub fn from_json(value: &Value) -> Option<Duration> {
 /// is [`Transient`](flowbot_core::Transient); any other 4xx (blocked by the user, chat not
 /// found, bad request) is [`Permanent`](flowbot_core::Permanent), so the queue does not send
 /// the same message again.
+#[cfg(any(
+    feature = "telegram",
+    feature = "slack",
+    feature = "discord",
+    feature = "tailchat",
+    feature = "notifiers",
+    feature = "webhook"
+))]
 pub(crate) fn classified(
     status: Option<u16>,
     retry_after: Option<Duration>,
@@ -71,6 +79,13 @@ pub(crate) fn classified(
 
 /// A message the platform can never take as it is (no target, a button value too long):
 /// [`Permanent`](flowbot_core::Permanent).
+#[cfg(any(
+    feature = "telegram",
+    feature = "slack",
+    feature = "discord",
+    feature = "tailchat",
+    feature = "webhook"
+))]
 pub(crate) fn unsendable(detail: impl Into<flowbot_core::BoxError>) -> flowbot_core::BoxError {
     Box::new(flowbot_core::Permanent::new(detail))
 }
@@ -160,6 +175,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "telegram")]
     fn platform_statuses_are_permanent_or_transient() {
         let e = |status, wait| {
             flowbot_core::Error::channel("c", super::classified(status, wait, "words"))
