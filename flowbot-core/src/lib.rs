@@ -57,6 +57,7 @@ mod router;
 #[cfg(feature = "secrets")]
 pub mod secrets;
 mod session;
+mod signals;
 pub mod store;
 pub mod task;
 pub mod templates;
@@ -86,6 +87,7 @@ pub use pipeline::{
 };
 pub use router::{FromArgs, HandlerCx, Handlers, Reply, Router, Services, Turn};
 pub use session::{DialogState, Session, SessionHandle, SessionKey};
+pub use signals::{cancel_on_signals, stop_on_signals};
 pub use store::{Bus, BusMessage, Store};
 
 /// Re-exported so users name the same versions FlowBot uses.
