@@ -708,27 +708,27 @@ impl Config {
         for (name, d) in &self.discord {
             d.channel_config(name)
                 .and_then(|c| c.validate())
-                .map_err(|e| err(format!("discord.{name}"), e))?;
+                .map_err(|e| err(format!("discord.{name}"), e.0))?;
         }
         for (name, s) in &self.slack {
             s.channel_config(name)
                 .validate()
-                .map_err(|e| err(format!("slack.{name}"), e))?;
+                .map_err(|e| err(format!("slack.{name}"), e.0))?;
         }
         for (name, t) in &self.tailchat {
             t.channel_config(name)
                 .validate()
-                .map_err(|e| err(format!("tailchat.{name}"), e))?;
+                .map_err(|e| err(format!("tailchat.{name}"), e.0))?;
         }
         for (name, t) in &self.telegram {
             t.channel_config(name)
-                .map_err(|e| err(format!("telegram.{name}"), e))?;
+                .map_err(|e| err(format!("telegram.{name}"), e.0))?;
         }
         for (name, n) in &self.notifiers {
             if let NotifierEntry::Email { .. } = n {
                 crate::run::email_settings(n)
                     .and_then(|s| flowbot_channels::notifiers::Email::new(&s))
-                    .map_err(|e| err(format!("notifiers.{name}"), e))?;
+                    .map_err(|e| err(format!("notifiers.{name}"), e.0))?;
                 continue;
             }
             let url = n.url();

@@ -202,7 +202,7 @@ pub fn workflow_engine(
 /// The SMTP settings of an e-mail notifier entry.
 pub(crate) fn email_settings(
     n: &NotifierEntry,
-) -> Result<flowbot_channels::notifiers::EmailSettings, String> {
+) -> Result<flowbot_channels::notifiers::EmailSettings, flowbot_channels::SettingsError> {
     match n {
         NotifierEntry::Email {
             host,
@@ -492,11 +492,7 @@ impl Server {
         // The commands declared to platforms: the router's, or the rules' (as loaded at start).
         let declared = commands.unwrap_or_else(|| rules.router().current().commands());
         let web = if config.web.enabled {
-            let identity = config
-                .web
-                .identity(&store)
-                .await
-                .map_err(RunError::Channel)?;
+            let identity = config.web.identity(&store).await?;
             Some(
                 WebChat::new("web", Some(store.clone()))
                     .with_identity(identity)?
@@ -517,22 +513,24 @@ impl Server {
         let mut routes = axum::Router::new();
         for (name, entry) in &config.tailchat {
             let (tc, channel) = Tailchat::new(store.clone(), entry.channel_config(name))
-                .map_err(RunError::Channel)?;
+                .map_err(|e| RunError::Channel(e.0))?;
             builder = builder.channel(channel);
             routes = routes.merge(tc.router());
             adapters.push(Arc::new(tc));
         }
         for (name, entry) in &config.slack {
-            let (slack, channel) =
-                Slack::new(store.clone(), entry.channel_config(name)).map_err(RunError::Channel)?;
+            let (slack, channel) = Slack::new(store.clone(), entry.channel_config(name))
+                .map_err(|e| RunError::Channel(e.0))?;
             builder = builder.channel(channel);
             routes = routes.merge(slack.router());
             adapters.push(Arc::new(slack));
         }
         for (name, entry) in &config.discord {
-            let settings = entry.channel_config(name).map_err(RunError::Channel)?;
+            let settings = entry
+                .channel_config(name)
+                .map_err(|e| RunError::Channel(e.0))?;
             let (discord, channel) =
-                Discord::new(store.clone(), settings).map_err(RunError::Channel)?;
+                Discord::new(store.clone(), settings).map_err(|e| RunError::Channel(e.0))?;
             // The rules' commands as the application's slash commands (as loaded at start).
             match discord.register_commands(&declared).await {
                 Ok(n) => {
@@ -547,7 +545,9 @@ impl Server {
             adapters.push(Arc::new(discord));
         }
         for (name, entry) in &config.telegram {
-            let settings = entry.channel_config(name).map_err(RunError::Channel)?;
+            let settings = entry
+                .channel_config(name)
+                .map_err(|e| RunError::Channel(e.0))?;
             let (tg, channel) = Telegram::connect(store.clone(), settings)
                 .await
                 .map_err(|e| RunError::Channel(e.to_string()))?;
@@ -843,9 +843,12 @@ pub async fn run_agent(mut config: Config, shutdown: CancellationToken) -> Resul
     // Agents deliver replies; the servers receive.
     for (name, entry) in &config.discord {
         // No gateway here: the servers receive.
-        let mut settings = entry.channel_config(name).map_err(RunError::Channel)?;
+        let mut settings = entry
+            .channel_config(name)
+            .map_err(|e| RunError::Channel(e.0))?;
         settings.gateway = None;
-        let (_, channel) = Discord::new(store.clone(), settings).map_err(RunError::Channel)?;
+        let (_, channel) =
+            Discord::new(store.clone(), settings).map_err(|e| RunError::Channel(e.0))?;
         builder = builder.channel(channel);
     }
     for (name, entry) in &config.slack {
@@ -854,16 +857,19 @@ pub async fn run_agent(mut config: Config, shutdown: CancellationToken) -> Resul
             app_token: None,
             ..entry.channel_config(name)
         };
-        let (_, channel) = Slack::new(store.clone(), settings).map_err(RunError::Channel)?;
+        let (_, channel) =
+            Slack::new(store.clone(), settings).map_err(|e| RunError::Channel(e.0))?;
         builder = builder.channel(channel);
     }
     for (name, entry) in &config.tailchat {
-        let (_, channel) =
-            Tailchat::new(store.clone(), entry.channel_config(name)).map_err(RunError::Channel)?;
+        let (_, channel) = Tailchat::new(store.clone(), entry.channel_config(name))
+            .map_err(|e| RunError::Channel(e.0))?;
         builder = builder.channel(channel);
     }
     for (name, entry) in &config.telegram {
-        let settings = entry.channel_config(name).map_err(RunError::Channel)?;
+        let settings = entry
+            .channel_config(name)
+            .map_err(|e| RunError::Channel(e.0))?;
         builder = builder.channel(
             Telegram::sender_only(store.clone(), settings)
                 .map_err(|e| RunError::Channel(e.to_string()))?,

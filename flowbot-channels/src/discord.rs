@@ -86,7 +86,12 @@ impl std::fmt::Debug for DiscordConfig {
 
 impl DiscordConfig {
     /// Check the settings; the message names the field.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), crate::SettingsError> {
+        self.check().map_err(crate::SettingsError)
+    }
+
+    /// [`Self::validate`], in words.
+    fn check(&self) -> std::result::Result<(), String> {
         check_name(&self.name)?;
         if self.bot_token.trim().len() < 20 {
             return Err("bot_token is not a bot token".into());
@@ -156,9 +161,10 @@ impl Discord {
     pub fn new(
         store: Arc<dyn Store>,
         config: DiscordConfig,
-    ) -> std::result::Result<(Discord, Channel), String> {
-        let fail = |e: String| format!("discord channel '{}': {e}", config.name);
-        config.validate().map_err(fail)?;
+    ) -> std::result::Result<(Discord, Channel), crate::SettingsError> {
+        let fail =
+            |e: String| crate::SettingsError(format!("discord channel '{}': {e}", config.name));
+        config.validate().map_err(|e| fail(e.0))?;
         let key = config
             .public_key
             .as_deref()

@@ -341,7 +341,7 @@ pub struct EmailSettings {
 
 impl Email {
     /// An e-mail notifier; an error names the setting that is wrong.
-    pub fn new(s: &EmailSettings) -> Result<Self, String> {
+    pub fn new(s: &EmailSettings) -> Result<Self, crate::SettingsError> {
         use lettre::transport::smtp::authentication::Credentials;
         let mailbox = |what: &str, a: &str| {
             a.parse::<lettre::message::Mailbox>()

@@ -84,7 +84,12 @@ impl std::fmt::Debug for SlackConfig {
 
 impl SlackConfig {
     /// Check the settings; the message names the field.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), crate::SettingsError> {
+        self.check().map_err(crate::SettingsError)
+    }
+
+    /// [`Self::validate`], in words.
+    fn check(&self) -> std::result::Result<(), String> {
         check_name(&self.name)?;
         if !self.bot_token.starts_with("xoxb-") {
             return Err("bot_token must be a bot token (xoxb-…)".into());
@@ -134,9 +139,10 @@ impl Slack {
     pub fn new(
         store: Arc<dyn Store>,
         config: SlackConfig,
-    ) -> std::result::Result<(Slack, Channel), String> {
-        let fail = |e: String| format!("slack channel '{}': {e}", config.name);
-        config.validate().map_err(fail)?;
+    ) -> std::result::Result<(Slack, Channel), crate::SettingsError> {
+        let fail =
+            |e: String| crate::SettingsError(format!("slack channel '{}': {e}", config.name));
+        config.validate().map_err(|e| fail(e.0))?;
         let api = api::Api::new(&config.api_base, &config.bot_token).map_err(fail)?;
         let verifier = SlackEventSignatureVerifier::new(&config.signing_secret.clone().into());
         let slack = Slack {

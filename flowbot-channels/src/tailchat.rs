@@ -69,7 +69,7 @@ impl std::fmt::Debug for TailchatConfig {
 
 impl TailchatConfig {
     /// Check the settings; the message names the field.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), crate::SettingsError> {
         check_name(&self.name)?;
         check_url("api_base", &self.api_base)?;
         if self.app_id.trim().is_empty() {
@@ -127,7 +127,7 @@ impl Tailchat {
     pub fn new(
         store: Arc<dyn Store>,
         config: TailchatConfig,
-    ) -> std::result::Result<(Tailchat, Channel), String> {
+    ) -> std::result::Result<(Tailchat, Channel), crate::SettingsError> {
         config
             .validate()
             .map_err(|e| format!("tailchat channel '{}': {e}", config.name))?;

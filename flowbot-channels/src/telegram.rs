@@ -114,7 +114,12 @@ impl TelegramConfig {
     }
 
     /// Check the settings; the message names the field.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), crate::SettingsError> {
+        self.check().map_err(crate::SettingsError)
+    }
+
+    /// [`Self::validate`], in words.
+    fn check(&self) -> std::result::Result<(), String> {
         check_name(&self.name)?;
         let (id, secret) = self.token.split_once(':').unwrap_or(("", ""));
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || secret.len() < 10 {
@@ -212,9 +217,9 @@ impl Telegram {
         config: TelegramConfig,
     ) -> std::result::Result<(Telegram, Channel), TelegramError> {
         let name = config.name.clone();
-        config.validate().map_err(|detail| TelegramError::Config {
+        config.validate().map_err(|e| TelegramError::Config {
             name: name.clone(),
-            detail,
+            detail: e.0,
         })?;
         let api_err = |method: &'static str| {
             let name = name.clone();
@@ -282,7 +287,7 @@ impl Telegram {
             name: name.clone(),
             detail,
         };
-        config.validate().map_err(fail)?;
+        config.validate().map_err(|e| fail(e.0))?;
         let api = api::Api::new(&config.api_base, &config.token, Duration::from_secs(15))
             .map_err(fail)?;
         let tg = Telegram::build(store, config, api, String::new());

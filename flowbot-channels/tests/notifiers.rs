@@ -341,10 +341,10 @@ async fn email_goes_out_over_smtp_and_refusals_name_the_code() {
     // Bad settings are refused when the notifier is made.
     let mut bad = settings("ops@example.com");
     bad.from = "not an address".into();
-    assert!(Email::new(&bad).unwrap_err().starts_with("from:"));
+    assert!(Email::new(&bad).unwrap_err().0.starts_with("from:"));
     bad = settings("ops@example.com");
     bad.username = Some("u".into());
-    assert!(Email::new(&bad).unwrap_err().contains("both or neither"));
+    assert!(Email::new(&bad).unwrap_err().0.contains("both or neither"));
     // Nobody listening: a clear error.
     let mut gone = settings("ops@example.com");
     gone.port = Some(1);
@@ -517,10 +517,10 @@ async fn email_over_starttls_and_tls_to_aiosmtpd() {
     // A CA file that is not there, or not PEM, is named when the notifier is made.
     let mut bad = settings(smtps.port, SmtpTls::Tls, false);
     bad.ca_file = Some(dir.join("missing.pem"));
-    assert!(Email::new(&bad).unwrap_err().starts_with("ca_file: "));
+    assert!(Email::new(&bad).unwrap_err().0.starts_with("ca_file: "));
     std::fs::write(dir.join("junk.pem"), "not a certificate").unwrap();
     bad.ca_file = Some(dir.join("junk.pem"));
-    assert!(Email::new(&bad).unwrap_err().starts_with("ca_file: "));
+    assert!(Email::new(&bad).unwrap_err().0.starts_with("ca_file: "));
     drop((starttls, smtps));
     let _ = std::fs::remove_dir_all(&dir);
 }

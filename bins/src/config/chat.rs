@@ -197,19 +197,23 @@ impl WebConfig {
 
     /// How the web chat identifies visitors: tokens signed with `web.secret` or the secret
     /// kept in `store`, and host identities when `[web.host_identity]` is set.
-    pub async fn identity(&self, store: &Arc<dyn Store>) -> Result<ChatIdentity, String> {
+    pub async fn identity(
+        &self,
+        store: &Arc<dyn Store>,
+    ) -> Result<ChatIdentity, crate::run::RunError> {
         let mut identity = match &self.secret {
             Some(secret) => ChatIdentity::new(secret.as_bytes().to_vec()),
             None => ChatIdentity::from_store(store.as_ref(), "web")
                 .await
-                .map_err(|e| format!("web chat token secret: {e}"))?,
+                .map_err(|e| {
+                    crate::run::RunError::Channel(format!("web chat token secret: {e}"))
+                })?,
         };
         identity = identity.max_age(Duration::from_secs(self.token_max_age_secs));
         if let Some(host) = &self.host_identity {
             let verifier = host
                 .jwt_config()
-                .and_then(|c| JwtVerifier::new(c).map_err(|e| err(PATH, e.to_string())))
-                .map_err(|e| e.to_string())?;
+                .and_then(|c| JwtVerifier::new(c).map_err(|e| err(PATH, e.to_string())))?;
             identity = identity
                 .host(Arc::new(verifier))
                 .user_claim(host.user_claim.clone());

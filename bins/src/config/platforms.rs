@@ -96,7 +96,7 @@ impl DiscordEntry {
     pub fn channel_config(
         &self,
         name: &str,
-    ) -> Result<flowbot_channels::discord::DiscordConfig, String> {
+    ) -> Result<flowbot_channels::discord::DiscordConfig, flowbot_channels::SettingsError> {
         use flowbot_channels::discord::gateway;
         let gateway = if self.gateway {
             let lease = lease_timing(self.lease_ttl_secs)?;
@@ -302,7 +302,7 @@ impl TelegramEntry {
     pub fn channel_config(
         &self,
         name: &str,
-    ) -> Result<flowbot_channels::telegram::TelegramConfig, String> {
+    ) -> Result<flowbot_channels::telegram::TelegramConfig, flowbot_channels::SettingsError> {
         use flowbot_channels::telegram::{Mode, TelegramConfig};
         let mode = match self.mode {
             TelegramMode::Polling => Mode::Polling {

@@ -74,7 +74,11 @@ pub const DEFAULT_INTENTS: &[&str] = &[
 ];
 
 /// The intents bitfield for `names`; the error names an unknown one.
-pub fn intents(names: &[impl AsRef<str>]) -> std::result::Result<u64, String> {
+pub fn intents(names: &[impl AsRef<str>]) -> std::result::Result<u64, crate::SettingsError> {
+    intent_bits(names).map_err(crate::SettingsError)
+}
+
+fn intent_bits(names: &[impl AsRef<str>]) -> std::result::Result<u64, String> {
     names.iter().try_fold(0, |bits, name| {
         let name = name.as_ref();
         INTENTS
@@ -689,7 +693,7 @@ mod tests {
     fn intents_and_close_codes() {
         assert_eq!(intents(&["guilds", "GUILD_MESSAGES"]), Ok(1 | 1 << 9));
         let err = intents(&["guild_mesages"]).expect_err("unknown");
-        assert!(err.contains("'guild_mesages'"), "{err}");
+        assert!(err.0.contains("'guild_mesages'"), "{err}");
         assert_eq!(intents(DEFAULT_INTENTS), Ok(0b1011_0110_0000_0011));
         let frame = |code: u16| CloseFrame {
             code: CloseCode::from(code),

@@ -194,7 +194,12 @@ impl ChatIdentity {
     }
 
     /// Check the settings, saying what is wrong.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), crate::SettingsError> {
+        self.problems().map_err(crate::SettingsError)
+    }
+
+    /// [`Self::validate`], in words.
+    fn problems(&self) -> std::result::Result<(), String> {
         if self.secret.len() < MIN_SECRET_BYTES {
             return Err(format!(
                 "the chat token secret is {} bytes; at least {MIN_SECRET_BYTES} are needed",
