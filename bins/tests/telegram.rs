@@ -29,15 +29,20 @@ fn entry(fake: &FakeTelegram, mode: TelegramMode) -> TelegramEntry {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn polling_answers_commands_and_clicks_and_rides_out_faults() {
-    let tg = FakeTelegram::start().await;
+/// A server with one polling bot, `tg`, on the fake Bot API.
+async fn polling_server(tg: &FakeTelegram) -> harness::Server {
     let f = tg.clone();
-    let server = start_with(move |c| {
+    start_with(move |c| {
         c.telegram
             .insert("tg".into(), entry(&f, TelegramMode::Polling));
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_answers_commands_and_clicks_and_rides_out_faults() {
+    let tg = FakeTelegram::start().await;
+    let server = polling_server(&tg).await;
     assert_eq!(tg.calls("getMe").len(), 1);
     assert_eq!(
         tg.calls("deleteWebhook").len(),
@@ -167,12 +172,7 @@ async fn queued_deliveries(base: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_reply_is_not_retried_and_a_long_rate_limit_is_waited_out_in_the_queue() {
     let tg = FakeTelegram::start().await;
-    let f = tg.clone();
-    let server = start_with(move |c| {
-        c.telegram
-            .insert("tg".into(), entry(&f, TelegramMode::Polling));
-    })
-    .await;
+    let server = polling_server(&tg).await;
     let tries = |text: &str| {
         tg.calls("sendMessage")
             .iter()

@@ -387,11 +387,10 @@ impl<S: Send + Sync + 'static> Handlers<S> {
         F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        let handler = Self::boxed(f);
         self.commands.insert(
             name.to_owned(),
             Registered {
-                handler,
+                handler: Self::boxed(f),
                 usage: None,
             },
         );
@@ -406,14 +405,10 @@ impl<S: Send + Sync + 'static> Handlers<S> {
         F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        let handler = Self::boxed(f);
-        self.commands.insert(
-            name.to_owned(),
-            Registered {
-                handler,
-                usage: Some(Arc::from(usage)),
-            },
-        );
+        self = self.command(name, f);
+        if let Some(r) = self.commands.get_mut(name) {
+            r.usage = Some(Arc::from(usage));
+        }
         self
     }
 
