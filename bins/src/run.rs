@@ -432,6 +432,8 @@ impl Server {
     /// rules, which this router does not read unless it asks for them).
     pub fn router(mut self, router: impl Router) -> Self {
         self.router = Some(Arc::new(router));
+        // Its commands are unknown: none are declared to platforms.
+        self.commands = Some(Vec::new());
         self
     }
 

@@ -31,8 +31,9 @@ async fn flowbot_routes_mount_in_an_applications_axum_app_with_rust_handlers() {
         .assemble(&stop)
         .await
         .expect("assembled");
+    let bot_stop = CancellationToken::new();
     let (routes, bot) = assembled
-        .start_bot(stop.clone())
+        .start_bot(bot_stop.clone())
         .await
         .expect("bot started");
     // The application's own app, with FlowBot's routes merged in.
@@ -81,12 +82,14 @@ async fn flowbot_routes_mount_in_an_applications_axum_app_with_rust_handlers() {
     assert_eq!(say(&mut ws, "/ping").await["text"], "pong");
     assert_eq!(say(&mut ws, "/echo x").await["text"], "only /ping here");
 
+    // HTTP drained first, then the bot.
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(20), serving)
         .await
         .expect("drained in time")
         .expect("join")
         .expect("served");
+    bot_stop.cancel();
     tokio::time::timeout(Duration::from_secs(20), bot)
         .await
         .expect("stopped in time")

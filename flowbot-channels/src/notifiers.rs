@@ -22,11 +22,27 @@ fn client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// `e` with its words changed by `reword`, still permanent or transient (with its wait).
+fn reworded(e: &BoxError, reword: impl FnOnce(String) -> String) -> BoxError {
+    let words = reword(e.to_string());
+    if e.is::<flowbot_core::Permanent>() {
+        return Box::new(flowbot_core::Permanent::new(words));
+    }
+    let wait = e
+        .downcast_ref::<flowbot_core::Transient>()
+        .and_then(flowbot_core::Transient::requested_delay);
+    Box::new(flowbot_core::Transient::new(words).retry_after_opt(wait))
+}
+
 /// Send `req`; the body of a 2xx answer, or an error naming the status and the service's
 /// words.
 async fn send(service: &str, req: reqwest::RequestBuilder) -> Result<String, BoxError> {
     let resp = req.send().await.map_err(|e| {
-        crate::retry_after::classified(None, None, format!("{service} unreachable: {e}"))
+        crate::retry_after::classified(
+            None,
+            None,
+            format!("{service} unreachable: {}", e.without_url()),
+        )
     })?;
     let status = resp.status();
     let retry_after = resp
@@ -227,7 +243,7 @@ impl Notifier for Pushover {
             .form(&form);
         let body = send("Pushover", req).await.map_err(|e| {
             // Pushover explains refusals in `errors`; keep the token out of the message.
-            e.to_string().replace(&self.token, "[token]")
+            reworded(&e, |words| words.replace(&self.token, "[token]"))
         })?;
         let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         if answer["status"] != 1 {

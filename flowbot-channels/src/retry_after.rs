@@ -52,17 +52,18 @@ pub fn from_json(value: &Value) -> Option<Duration> {
 }
 
 /// A platform's failure as the source of a channel error, saying whether another attempt can
-/// help: a 429 (with the platform's wait), a 408, a 5xx or no answer at all (`status` `None`)
-/// is [`Transient`](flowbot_core::Transient); any other 4xx (blocked by the user, chat not
-/// found, bad request) is [`Permanent`](flowbot_core::Permanent), so the queue does not send
-/// the same message again.
+/// help. A refusal of the message itself — 400 (bad request, chat not found), 403 (blocked by
+/// the user, no permission in that chat), 404, 410, 413, 422 — is
+/// [`Permanent`](flowbot_core::Permanent): the pipeline reports it and does not send the
+/// same message again. Anything else is [`Transient`](flowbot_core::Transient), with the
+/// platform's wait: a 429, a 5xx, no answer at all (`status` `None`), and a 401 (the bot's
+/// credentials, which an operator can fix while the message waits in the queue).
 #[cfg(any(
     feature = "telegram",
     feature = "slack",
     feature = "discord",
     feature = "tailchat",
-    feature = "notifiers",
-    feature = "webhook"
+    feature = "notifiers"
 ))]
 pub(crate) fn classified(
     status: Option<u16>,
@@ -70,9 +71,7 @@ pub(crate) fn classified(
     error: impl Into<flowbot_core::BoxError>,
 ) -> flowbot_core::BoxError {
     match status {
-        Some(400..=499) if !matches!(status, Some(408 | 429)) => {
-            Box::new(flowbot_core::Permanent::new(error))
-        }
+        Some(400 | 403 | 404 | 410 | 413 | 422) => Box::new(flowbot_core::Permanent::new(error)),
         _ => Box::new(flowbot_core::Transient::new(error).retry_after_opt(retry_after)),
     }
 }
@@ -180,10 +179,18 @@ mod tests {
         let e = |status, wait| {
             flowbot_core::Error::channel("c", super::classified(status, wait, "words"))
         };
-        for status in [400, 401, 403, 404] {
+        for status in [400, 403, 404, 410, 413, 422] {
             assert!(e(Some(status), None).is_permanent(), "{status}");
         }
-        for status in [Some(408), Some(429), Some(500), Some(502), None] {
+        for status in [
+            Some(401),
+            Some(408),
+            Some(409),
+            Some(429),
+            Some(500),
+            Some(502),
+            None,
+        ] {
             assert!(e(status, None).is_transient(), "{status:?}");
         }
         let limited = e(Some(429), Some(Duration::from_secs(90)));

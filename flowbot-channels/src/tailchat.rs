@@ -391,9 +391,10 @@ impl TcSender {
             .map_err(|e| {
                 self.0.stats.api_errors.fetch_add(1, Ordering::Relaxed);
                 match e {
-                    CallError::Unauthorized => {
-                        self.err("login refused (401): check app_id and app_secret")
-                    }
+                    CallError::Unauthorized => self.failed(
+                        Some(401),
+                        "login refused (401): check app_id and app_secret".into(),
+                    ),
                     CallError::Other(status, e) => {
                         self.failed(status, format!("login failed: {e}"))
                     }
@@ -422,14 +423,14 @@ impl TcSender {
                     self.0.stats.api_errors.fetch_add(1, Ordering::Relaxed);
                     return Err(match e {
                         CallError::Unauthorized => {
-                            self.err(format!("{path}: 401 after a fresh login"))
+                            self.failed(Some(401), format!("{path}: 401 after a fresh login"))
                         }
                         CallError::Other(status, e) => self.failed(status, e),
                     });
                 }
             }
         }
-        Err(self.err(format!("{path}: token refused twice")))
+        Err(self.failed(Some(401), format!("{path}: token refused twice")))
     }
 }
 

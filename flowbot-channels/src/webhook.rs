@@ -453,11 +453,10 @@ impl ChannelSender for CallbackSender {
             );
         }
         let res = req.body(bytes).send().await.map_err(|e| {
-            err(crate::retry_after::classified(
-                None,
-                None,
-                format!("callback POST failed: {e}"),
-            ))
+            err(Box::new(flowbot_core::Transient::new(format!(
+                "callback POST failed: {}",
+                e.without_url()
+            ))))
         })?;
         let status = res.status();
         if !status.is_success() {
@@ -466,10 +465,11 @@ impl ChannelSender for CallbackSender {
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| crate::retry_after::parse_header(v, chrono::Utc::now()));
-            return Err(err(crate::retry_after::classified(
-                Some(status.as_u16()),
-                wait,
-                format!("callback answered {status}"),
+            // The application's own endpoint: any refusal may be fixed there, so the reply
+            // is retried (no earlier than its Retry-After) and dead-lettered at the end.
+            return Err(err(Box::new(
+                flowbot_core::Transient::new(format!("callback answered {status}"))
+                    .retry_after_opt(wait),
             )));
         }
         Ok(SentId(id))

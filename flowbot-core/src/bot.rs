@@ -347,7 +347,12 @@ impl BotBuilder {
                     match pipeline.handle_queued(event, cx.attempt() >= allowed).await {
                         Ok(_) => Ok(()),
                         Err(failure) if failure.is_transient() => {
-                            Err(TaskError::retryable(failure))
+                            let wait = failure.error.retry_after();
+                            let retry = TaskError::retryable(failure);
+                            Err(match wait {
+                                Some(wait) => retry.retry_after(wait),
+                                None => retry,
+                            })
                         }
                         Err(failure) if failure.error.refusal().is_some() => Ok(()),
                         Err(failure) => Err(TaskError::permanent(failure)),

@@ -243,7 +243,7 @@ impl Senders {
         let sender = self.get(&target.channel).ok_or_else(|| {
             Error::channel(
                 target.channel.to_string(),
-                crate::Permanent::new("no channel with this name is registered"),
+                "no channel with this name is registered",
             )
         })?;
         if let Some(shown) = message.draft.as_ref().and_then(|d| d.shown.as_ref()) {

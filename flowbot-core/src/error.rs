@@ -124,11 +124,13 @@ impl Error {
         }
     }
 
-    /// The error and its sources, outermost first. A transparent [`Error::Store`] forwards
-    /// its `source()` past the [`StoreError`], so that one is yielded by hand.
+    /// The error and its sources, outermost first. A transparent [`Error::Store`] or
+    /// [`Error::Model`] forwards its `source()` past the inner error, so that one is yielded
+    /// by hand.
     fn chain(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
         let store: Option<&(dyn std::error::Error + 'static)> = match self {
             Error::Store(e) => Some(e),
+            Error::Model(e) => Some(e),
             _ => None,
         };
         let first: &(dyn std::error::Error + 'static) = self;
@@ -182,6 +184,10 @@ impl Error {
                     e.downcast_ref::<crate::llm::ModelError>()
                         .and_then(|m| m.retry_after)
                 })
+                .or_else(|| match e.downcast_ref::<Error>() {
+                    Some(Error::Model(m)) => m.retry_after,
+                    _ => None,
+                })
         })
     }
 
@@ -202,8 +208,10 @@ fn is_transient_link(e: &(dyn std::error::Error + 'static)) -> bool {
     if let Some(s) = e.downcast_ref::<StoreError>() {
         return s.is_transient();
     }
-    if let Some(Error::Store(s)) = e.downcast_ref::<Error>() {
-        return s.is_transient();
+    match e.downcast_ref::<Error>() {
+        Some(Error::Store(s)) => return s.is_transient(),
+        Some(Error::Model(m)) => return m.is_transient(),
+        _ => {}
     }
     if let Some(m) = e.downcast_ref::<crate::llm::ModelError>() {
         return m.is_transient();
@@ -548,6 +556,24 @@ mod tests {
         // Permanent wins over transient anywhere in the chain.
         let both = Error::handler(Permanent::new(Transient::new("x")));
         assert!(both.is_permanent() && !both.is_transient());
+
+        // A rate-limited model call, as the assistant returns it, and boxed in a handler's.
+        let limited = || {
+            crate::llm::ModelError::new(crate::llm::ModelErrorKind::RateLimited, "m", "429")
+                .with_retry_after(Some(Duration::from_secs(7)))
+        };
+        let model = Error::from(limited());
+        assert!(model.is_transient() && !model.is_permanent());
+        assert_eq!(model.retry_after(), Some(Duration::from_secs(7)));
+        let boxed = Error::handler(Error::from(limited()));
+        assert!(boxed.is_transient());
+        assert_eq!(boxed.retry_after(), Some(Duration::from_secs(7)));
+        let refused = Error::from(crate::llm::ModelError::new(
+            crate::llm::ModelErrorKind::Auth,
+            "m",
+            "401",
+        ));
+        assert!(refused.is_permanent() && !refused.is_transient());
 
         // Input errors are permanent by kind.
         assert!(Error::UnknownAction("x".into()).is_permanent());

@@ -112,7 +112,20 @@ impl Action for Notify {
         let response = notifier
             .notify(&notification)
             .await
-            .map_err(|e| format!("{} notifier '{name}': {e}", notifier.kind()))?;
+            .map_err(|e| NotifyFailed {
+                what: format!("{} notifier '{name}'", notifier.kind()),
+                source: e,
+            })?;
         Ok(json!({"notifier": name, "kind": notifier.kind(), "response": response}))
     }
+}
+
+/// A notifier's failure, its error kept as the source (whether it is permanent or transient,
+/// and the service's `Retry-After`).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+struct NotifyFailed {
+    what: String,
+    #[source]
+    source: BoxError,
 }

@@ -296,6 +296,32 @@ tuple_args!(A, B, C, D ; E);
 
 type BoxedHandler<S> = Arc<dyn Fn(HandlerCx<S>) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
 
+/// The arguments a usage line names: `<name>` a required word, `[name]` an optional one; the
+/// last takes the rest of the text (as [`HandlerCx::parse`] reads it).
+fn usage_params(usage: &str) -> Vec<crate::CommandParam> {
+    let mut params: Vec<crate::CommandParam> = usage
+        .split_whitespace()
+        .filter_map(|word| {
+            let (inner, optional) = if let Some(w) = word.strip_prefix('<') {
+                (w.strip_suffix('>')?, false)
+            } else {
+                (word.strip_prefix('[')?.strip_suffix(']')?, true)
+            };
+            let name = inner.trim_end_matches("...").trim_end_matches('…');
+            (!name.is_empty()).then(|| crate::CommandParam {
+                name: name.to_owned(),
+                kind: "word",
+                optional,
+                rest: false,
+            })
+        })
+        .collect();
+    if let Some(last) = params.last_mut() {
+        last.rest = true;
+    }
+    params
+}
+
 /// A handler picked for an event: the handler, its `args` and the command's usage.
 type Picked<'a, S> = (&'a BoxedHandler<S>, String, Option<Arc<str>>);
 
@@ -463,7 +489,9 @@ impl<S: Send + Sync + 'static> Handlers<S> {
         self
     }
 
-    /// Handle every message no command matched.
+    /// Handle every event no other handler takes: a message no command matched (`cx.args`
+    /// holds its text), and a click, join, reaction or custom event with no handler of its
+    /// kind (`cx.args` empty).
     pub fn fallback<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
@@ -486,33 +514,40 @@ impl<S: Send + Sync + 'static> Handlers<S> {
                     .usage
                     .as_deref()
                     .map_or_else(|| format!("/{name}"), str::to_owned),
-                params: Vec::new(),
+                params: r.usage.as_deref().map(usage_params).unwrap_or_default(),
             })
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
     }
 
-    /// The handler for `event` and the text it gets as `args`, with the command's usage.
+    /// The handler for `event` and the text it gets as `args`, with the command's usage;
+    /// the fallback (with the message's text, or nothing) when no handler of its kind is
+    /// registered.
     fn pick(&self, event: &Event) -> Option<Picked<'_, S>> {
-        match event {
-            Event::Message(m) => {
-                let command = m
-                    .command()
-                    .and_then(|(name, args)| Some((self.commands.get(name)?, args)));
-                match command {
-                    Some((r, args)) => Some((&r.handler, args.to_owned(), r.usage.clone())),
-                    None => Some((self.fallback.as_ref()?, m.text.clone(), None)),
-                }
+        let own = match event {
+            Event::Message(m) => m
+                .command()
+                .and_then(|(name, args)| Some((self.commands.get(name)?, args)))
+                .map(|(r, args)| (&r.handler, args.to_owned(), r.usage.clone())),
+            Event::Interaction(i) => self
+                .buttons
+                .get(&i.value)
+                .or(self.any_button.as_ref())
+                .map(|h| (h, i.value.clone(), None)),
+            Event::MemberJoined { .. } => self.joins.as_ref().map(|h| (h, String::new(), None)),
+            Event::Reaction { emoji, .. } => {
+                self.reactions.as_ref().map(|h| (h, emoji.clone(), None))
             }
-            Event::Interaction(i) => {
-                let h = self.buttons.get(&i.value).or(self.any_button.as_ref())?;
-                Some((h, i.value.clone(), None))
-            }
-            Event::MemberJoined { .. } => Some((self.joins.as_ref()?, String::new(), None)),
-            Event::Reaction { emoji, .. } => Some((self.reactions.as_ref()?, emoji.clone(), None)),
-            Event::Custom { name, .. } => Some((self.custom.get(name)?, String::new(), None)),
-        }
+            Event::Custom { name, .. } => self.custom.get(name).map(|h| (h, String::new(), None)),
+        };
+        own.or_else(|| {
+            let text = event
+                .as_message()
+                .map(|m| m.text.clone())
+                .unwrap_or_default();
+            Some((self.fallback.as_ref()?, text, None))
+        })
     }
 }
 
@@ -545,6 +580,17 @@ mod tests {
         assert_eq!((a, b, c.as_str()), (1, 2, "three four"));
         let (one,): (f64,) = FromArgs::from_args("2.5").expect("fits");
         assert!((one - 2.5).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn usage_lines_declare_their_arguments() {
+        let params = usage_params("/remind <delay> [note...]");
+        let described: Vec<_> = params
+            .iter()
+            .map(|p| (p.name.as_str(), p.optional, p.rest))
+            .collect();
+        assert_eq!(described, [("delay", false, false), ("note", true, true)]);
+        assert!(usage_params("/help").is_empty());
     }
 
     #[test]

@@ -46,16 +46,22 @@ impl SlackApiError {
     /// `service_unavailable`, `request_timeout`).
     pub fn is_permanent(&self) -> bool {
         match self {
-            SlackApiError::Refused { error, .. } => !matches!(
-                error.as_str(),
-                "ratelimited"
-                    | "rate_limited"
-                    | "internal_error"
-                    | "fatal_error"
-                    | "service_unavailable"
-                    | "request_timeout"
-                    | "team_added_to_org"
-            ),
+            // "HTTP 5xx": Slack failed without a Web API answer.
+            SlackApiError::Refused { error, .. } => {
+                !(matches!(
+                    error.as_str(),
+                    "ratelimited"
+                        | "rate_limited"
+                        | "internal_error"
+                        | "fatal_error"
+                        | "service_unavailable"
+                        | "request_timeout"
+                        | "team_added_to_org"
+                        | "invalid_auth"
+                        | "not_authed"
+                        | "HTTP 429"
+                ) || error.starts_with("HTTP 5"))
+            }
             SlackApiError::RateLimited { .. } | SlackApiError::Transport { .. } => false,
         }
     }

@@ -853,9 +853,11 @@ async fn recover_dead_workers(shared: &Shared, dir: PathBuf) {
     }
 }
 
+/// Retried, unless the store refused the input or found its data corrupt (as
+/// [`Error::is_permanent`](crate::Error::is_permanent) says of them).
 impl From<StoreError> for TaskError {
     fn from(e: StoreError) -> Self {
-        TaskError::retryable(e)
+        TaskError::from(crate::Error::Store(e))
     }
 }
 
