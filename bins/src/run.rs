@@ -356,8 +356,12 @@ pub struct Server {
     config: Config,
     router: Option<Arc<dyn Router>>,
     commands: Option<Vec<CommandInfo>>,
+    then_rules: Option<ThenRules>,
     channels: Vec<flowbot_core::Channel>,
 }
+
+/// Handlers to put in front of the rules: the router both make, and the handlers' commands.
+type ThenRules = Box<dyn FnOnce(Arc<dyn Router>) -> (Arc<dyn Router>, Vec<CommandInfo>) + Send>;
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -424,6 +428,7 @@ impl Server {
             config,
             router: None,
             commands: None,
+            then_rules: None,
             channels: Vec::new(),
         }
     }
@@ -432,6 +437,7 @@ impl Server {
     /// rules, which this router does not read unless it asks for them).
     pub fn router(mut self, router: impl Router) -> Self {
         self.router = Some(Arc::new(router));
+        self.then_rules = None;
         // Its commands are unknown: none are declared to platforms.
         self.commands = Some(Vec::new());
         self
@@ -442,6 +448,21 @@ impl Server {
     pub fn handlers<S: Send + Sync + 'static>(mut self, handlers: Handlers<S>) -> Self {
         self.commands = Some(handlers.commands());
         self.router = Some(Arc::new(handlers));
+        self.then_rules = None;
+        self
+    }
+
+    /// Route events with Rust `handlers` first, and every event they do not take with the
+    /// rules (rule files and stored rules, hot-reloaded as usual; `llm.unmatched` applies).
+    /// Both sets of commands are declared to platforms, the handlers' winning a name both use.
+    pub fn handlers_then_rules<S: Send + Sync + 'static>(mut self, handlers: Handlers<S>) -> Self {
+        self.commands = None;
+        self.router = None;
+        self.then_rules = Some(Box::new(move |rules: Arc<dyn Router>| {
+            let commands = handlers.commands();
+            let router: Arc<dyn Router> = Arc::new(handlers.or_arc(rules));
+            (router, commands)
+        }));
         self
     }
 
@@ -475,6 +496,7 @@ impl Server {
             mut config,
             router,
             commands,
+            then_rules,
             channels,
         } = self;
         let shutdown = shutdown.clone();
@@ -487,6 +509,16 @@ impl Server {
             bot_builder(&config, &store, &rules, workflows.clone()).await?;
         if let Some(router) = router {
             builder = builder.router_arc(router);
+        }
+        let mut commands = commands;
+        if let Some(then_rules) = then_rules {
+            let (router, theirs) = then_rules(rules.router());
+            builder = builder.router_arc(router);
+            let mut all = rules.router().current().commands();
+            all.retain(|c| theirs.iter().all(|t| t.name != c.name));
+            all.extend(theirs);
+            all.sort_by(|a, b| a.name.cmp(&b.name));
+            commands = Some(all);
         }
         for c in channels {
             builder = builder.channel(c);

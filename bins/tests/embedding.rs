@@ -96,3 +96,52 @@ async fn flowbot_routes_mount_in_an_applications_axum_app_with_rust_handlers() {
         .expect("join")
         .expect("bot ran");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_handlers_go_first_and_the_rules_take_the_rest() {
+    let dir = TempDir::new("flowbot-embedding-test");
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.database.url = format!("sqlite://{}/flowbot.db", dir.0.display());
+    config.web.secret = Some(WEB_SECRET.into());
+    let handlers = Handlers::new(())
+        .command(
+            "ping",
+            |_cx| async move { Ok(Reply::text("pong from Rust")) },
+        )
+        .command("echo", |cx| async move {
+            Ok(Reply::text(format!("Rust echo: {}", cx.args)))
+        });
+    let stop = CancellationToken::new();
+    let (ready, running) = tokio::sync::oneshot::channel();
+    let server = Server::new(config).handlers_then_rules(handlers);
+    let task = tokio::spawn(server.run(stop.clone(), Some(ready)));
+    let addr = running.await.expect("server started").addr;
+
+    let url = format!("ws://{addr}/ws/chat?token={}", visitor_token("ada", "c2"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    next_frame(&mut ws, "history").await;
+    assert_eq!(say(&mut ws, "/ping").await["text"], "pong from Rust");
+    // A command both have: the handlers win.
+    assert_eq!(say(&mut ws, "/echo hi").await["text"], "Rust echo: hi");
+    // What the handlers do not take goes to the demo rules.
+    let help = say(&mut ws, "/help").await;
+    assert!(
+        help["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Commands:")),
+        "{help}"
+    );
+    // The rules' dialog runs across turns, with its buttons.
+    let ask = say(&mut ws, "/feedback").await;
+    assert_eq!(ask["text"], "How would you rate this demo, from 1 to 5?");
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("stopped in time")
+        .expect("join")
+        .expect("server ran");
+}

@@ -359,6 +359,7 @@ pub struct Handlers<S> {
     reactions: Option<BoxedHandler<S>>,
     custom: HashMap<String, BoxedHandler<S>>,
     fallback: Option<BoxedHandler<S>>,
+    otherwise: Option<Arc<dyn Router>>,
 }
 
 impl<S> std::fmt::Debug for Handlers<S> {
@@ -371,6 +372,7 @@ impl<S> std::fmt::Debug for Handlers<S> {
             .field("reactions", &self.reactions.is_some())
             .field("custom", &self.custom.keys().collect::<Vec<_>>())
             .field("fallback", &self.fallback.is_some())
+            .field("otherwise", &self.otherwise.is_some())
             .finish()
     }
 }
@@ -396,6 +398,7 @@ impl<S: Send + Sync + 'static> Handlers<S> {
             reactions: None,
             custom: HashMap::new(),
             fallback: None,
+            otherwise: None,
         }
     }
 
@@ -501,6 +504,20 @@ impl<S: Send + Sync + 'static> Handlers<S> {
         self
     }
 
+    /// Hand every event no handler takes to `router` (rules, an assistant, other handlers)
+    /// instead of the [fallback](Handlers::fallback): Rust handlers for some commands, and
+    /// rule files for the rest of the conversation, in one bot.
+    pub fn or(mut self, router: impl Router) -> Self {
+        self.otherwise = Some(Arc::new(router));
+        self
+    }
+
+    /// [`Handlers::or`] with a shared router.
+    pub fn or_arc(mut self, router: Arc<dyn Router>) -> Self {
+        self.otherwise = Some(router);
+        self
+    }
+
     /// The registered commands, for platforms that declare them (Telegram's menu, Discord's
     /// slash commands), sorted by name.
     pub fn commands(&self) -> Vec<crate::CommandInfo> {
@@ -542,6 +559,9 @@ impl<S: Send + Sync + 'static> Handlers<S> {
             Event::Custom { name, .. } => self.custom.get(name).map(|h| (h, String::new(), None)),
         };
         own.or_else(|| {
+            if self.otherwise.is_some() {
+                return None;
+            }
             let text = event
                 .as_message()
                 .map(|m| m.text.clone())
@@ -555,7 +575,10 @@ impl<S: Send + Sync + 'static> Handlers<S> {
 impl<S: Send + Sync + 'static> Router for Handlers<S> {
     async fn route(&self, turn: &Turn) -> Result<Reply> {
         let Some((handler, args, usage)) = self.pick(&turn.event) else {
-            return Ok(Reply::none());
+            return match &self.otherwise {
+                Some(router) => router.route(turn).await,
+                None => Ok(Reply::none()),
+            };
         };
         handler(HandlerCx {
             state: self.state.clone(),
