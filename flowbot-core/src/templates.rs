@@ -12,8 +12,20 @@
 /// per character outside string literals.
 pub const MAX_OPERATORS: usize = 250;
 
+/// A template tag (or expression) with more operators than [`MAX_OPERATORS`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "an expression with {operators} operators, more than the {MAX_OPERATORS} one expression may hold (at `{excerpt}…`)"
+)]
+pub struct TooComplex {
+    /// How many operators the tag holds.
+    pub operators: usize,
+    /// The tag's first 40 characters.
+    pub excerpt: String,
+}
+
 /// Check a template's source: every tag within [`MAX_OPERATORS`]. The error names the tag.
-pub fn check(source: &str) -> Result<(), String> {
+pub fn check(source: &str) -> Result<(), TooComplex> {
     let mut rest = source;
     while let Some(start) = rest.find('{') {
         let after = &rest[start + 1..];
@@ -41,18 +53,18 @@ pub fn check(source: &str) -> Result<(), String> {
 }
 
 /// Check a bare expression (the inside of `{{ … }}`).
-pub fn check_expression(expr: &str) -> Result<(), String> {
+pub fn check_expression(expr: &str) -> Result<(), TooComplex> {
     match operators(expr, None) {
         (count, _) if count > MAX_OPERATORS => Err(too_many(count, expr)),
         _ => Ok(()),
     }
 }
 
-fn too_many(count: usize, tag: &str) -> String {
-    let shown: String = tag.trim().chars().take(40).collect();
-    format!(
-        "an expression with {count} operators, more than the {MAX_OPERATORS} one expression may hold (at `{shown}…`)"
-    )
+fn too_many(count: usize, tag: &str) -> TooComplex {
+    TooComplex {
+        operators: count,
+        excerpt: tag.trim().chars().take(40).collect(),
+    }
 }
 
 /// The operators in `s` up to `close` outside string literals (or to the end), and the
@@ -122,6 +134,8 @@ mod tests {
     fn long_chains_are_refused() {
         let chain = format!("{{{{ a{} }}}}", "%41".repeat(1000));
         let e = check(&format!("ok {{{{ x }}}} then {chain}")).expect_err("too long");
+        assert_eq!(e.operators, 1000);
+        let e = e.to_string();
         assert!(
             e.contains("1000 operators") && e.contains("at `a%41"),
             "{e}"

@@ -96,15 +96,16 @@ fn inputs_get_defaults_and_are_type_checked() {
         wf.prepare_inputs(json!({"who": "ada"})).unwrap(),
         json!({"who": "ada", "times": 1})
     );
-    let missing = wf.prepare_inputs(json!({})).unwrap_err();
+    let missing = wf.prepare_inputs(json!({})).unwrap_err().0;
     assert!(missing.contains("who"), "{missing}");
-    let wrong = wf.prepare_inputs(json!({"who": 5})).unwrap_err();
+    let wrong = wf.prepare_inputs(json!({"who": 5})).unwrap_err().0;
     assert!(wrong.contains("inputs.who"), "{wrong}");
     let unknown = wf
         .prepare_inputs(json!({"who": "a", "extra": 1}))
-        .unwrap_err();
+        .unwrap_err()
+        .0;
     assert!(unknown.contains("extra"), "{unknown}");
-    let not_object = wf.prepare_inputs(json!([1])).unwrap_err();
+    let not_object = wf.prepare_inputs(json!([1])).unwrap_err().0;
     assert!(not_object.contains("JSON object"), "{not_object}");
 }
 
@@ -112,9 +113,14 @@ fn inputs_get_defaults_and_are_type_checked() {
 fn syntax_errors_give_line_and_column() {
     let e = WorkflowSpec::parse("name: x\nnodes:\n  - id: a\n    acton: log\n", Format::Yaml)
         .unwrap_err();
-    assert!(e.contains("acton") && e.contains("line 4"), "{e}");
+    assert_eq!(e.line, Some(4));
+    assert!(
+        e.message.contains("acton") && e.message.contains("line 4"),
+        "{e}"
+    );
     let e = WorkflowSpec::parse("{\"name\": \"x\", \"nodes\": [}", Format::Json).unwrap_err();
-    assert!(e.contains("line 1"), "{e}");
+    assert_eq!((e.line, e.column.is_some()), (Some(1), true));
+    assert!(e.message.contains("line 1"), "{e}");
 }
 
 #[test]

@@ -67,7 +67,7 @@ fn definition(headers: &HeaderMap, body: &[u8]) -> Result<WorkflowSpec, Problem>
     };
     let text = std::str::from_utf8(body)
         .map_err(|_| Problem::bad_request("the body is not UTF-8 text"))?;
-    WorkflowSpec::parse(text, format).map_err(|e| workflow_err(WorkflowError::Parse(e)))
+    WorkflowSpec::parse(text, format).map_err(|e| workflow_err(WorkflowError::Parse(e.message)))
 }
 
 /// Apply a workflow definition (JSON, or YAML with `Content-Type: application/yaml`): a new

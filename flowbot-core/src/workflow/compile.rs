@@ -109,6 +109,11 @@ pub struct CheckContext<'a> {
     pub secrets: &'a BTreeSet<String>,
 }
 
+/// Inputs that do not fit a workflow's input schema: what is wrong with which input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InputsError(pub String);
+
 impl Workflow {
     /// The definition.
     pub fn spec(&self) -> &WorkflowSpec {
@@ -149,8 +154,14 @@ impl Workflow {
         }
     }
 
-    /// Apply defaults to `inputs` and check them against the input schema.
-    pub fn prepare_inputs(&self, inputs: Value) -> Result<Value, String> {
+    /// Apply defaults to `inputs` and check them against the input schema; the error says
+    /// what is wrong with which input.
+    pub fn prepare_inputs(&self, inputs: Value) -> Result<Value, InputsError> {
+        self.checked_inputs(inputs).map_err(InputsError)
+    }
+
+    /// [`Workflow::prepare_inputs`], in words.
+    fn checked_inputs(&self, inputs: Value) -> Result<Value, String> {
         let mut inputs = match inputs {
             Value::Null => serde_json::Map::new(),
             Value::Object(m) => m,

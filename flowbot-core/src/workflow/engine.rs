@@ -587,7 +587,8 @@ impl Workflows {
                     "workflow '{name}' version {version} does not exist"
                 ))
             })?;
-        let spec = WorkflowSpec::from_value(rec.definition).map_err(WorkflowError::Parse)?;
+        let spec = WorkflowSpec::from_value(rec.definition)
+            .map_err(|e| WorkflowError::Parse(e.message))?;
         let wf = Arc::new(Workflow::load(spec).map_err(WorkflowError::Invalid)?);
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(key, wf.clone());
@@ -632,9 +633,9 @@ impl Workflows {
         let wf = self.workflow(name, rec.version).await?;
         let inputs = wf
             .prepare_inputs(inputs)
-            .map_err(|detail| WorkflowError::Inputs {
+            .map_err(|e| WorkflowError::Inputs {
                 workflow: name.to_owned(),
-                detail,
+                detail: e.0,
             })?;
         let run = NewRun {
             id: id.clone(),

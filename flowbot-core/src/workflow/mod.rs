@@ -11,7 +11,7 @@ mod store;
 mod template;
 
 pub(crate) use actions::{PublishEvent, RunWorkflow};
-pub use compile::{CheckContext, DEFAULT_NODE_TIMEOUT, Problem, Workflow};
+pub use compile::{CheckContext, DEFAULT_NODE_TIMEOUT, InputsError, Problem, Workflow};
 pub use engine::{
     Analytics, Applied, RunDetail, SecretSource, Secrets, SourceSecrets, Stats, WORKFLOW_CRON_TASK,
     WORKFLOW_EVENT_TASK, WORKFLOW_WAIT_TIMEOUT_TASK, WorkflowError, Workflows,
@@ -19,7 +19,7 @@ pub use engine::{
 pub use script::{SCRIPT_VARIABLES, ScriptEngine};
 pub use spec::{
     BackoffKind, ConditionSpec, EdgeSpec, Format, InputSpec, InputType, Join, NodeSpec, RetrySpec,
-    TriggerSpec, WorkflowSpec,
+    SpecError, TriggerSpec, WorkflowSpec,
 };
 pub use store::{
     BeginOutcome, Claim, FinishOutcome, NewRun, NodeRecord, NodeResult, NodeStatus, NodeTiming,

@@ -268,18 +268,47 @@ pub enum Format {
     Json,
 }
 
+/// A workflow definition that could not be read: what is wrong, and where when known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SpecError {
+    /// What is wrong (with the line and column, when known).
+    pub message: String,
+    /// The line (from 1), when known.
+    pub line: Option<usize>,
+    /// The column (from 1), when known.
+    pub column: Option<usize>,
+}
+
+impl SpecError {
+    fn json(e: &serde_json::Error) -> Self {
+        SpecError {
+            message: e.to_string(),
+            line: (e.line() > 0).then_some(e.line()),
+            column: (e.column() > 0).then_some(e.column()),
+        }
+    }
+}
+
 impl WorkflowSpec {
     /// Parse a definition; errors give the line and column.
-    pub fn parse(text: &str, format: Format) -> Result<WorkflowSpec, String> {
+    pub fn parse(text: &str, format: Format) -> Result<WorkflowSpec, SpecError> {
         match format {
-            Format::Json => serde_json::from_str(text).map_err(|e| e.to_string()),
-            Format::Yaml => serde_norway::from_str(text).map_err(|e| e.to_string()),
+            Format::Json => serde_json::from_str(text).map_err(|e| SpecError::json(&e)),
+            Format::Yaml => serde_norway::from_str(text).map_err(|e| {
+                let at = e.location();
+                SpecError {
+                    message: e.to_string(),
+                    line: at.as_ref().map(serde_norway::Location::line),
+                    column: at.as_ref().map(serde_norway::Location::column),
+                }
+            }),
         }
     }
 
     /// Parse a definition from a JSON value (as stored).
-    pub fn from_value(value: Value) -> Result<WorkflowSpec, String> {
-        serde_json::from_value(value).map_err(|e| e.to_string())
+    pub fn from_value(value: Value) -> Result<WorkflowSpec, SpecError> {
+        serde_json::from_value(value).map_err(|e| SpecError::json(&e))
     }
 
     /// The definition as JSON (as stored).

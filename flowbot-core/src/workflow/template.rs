@@ -71,21 +71,21 @@ pub(crate) fn variables(s: &str) -> Result<HashSet<String>, String> {
     if let Some(e) = sole_expression(s) {
         return expression_variables(e);
     }
-    crate::templates::check(s)?;
+    crate::templates::check(s).map_err(|e| e.to_string())?;
     let t = ENV.template_from_str(s).map_err(|e| describe(&e))?;
     Ok(t.undeclared_variables(true))
 }
 
 /// The variables an expression uses; a syntax error as a message.
 pub(crate) fn expression_variables(e: &str) -> Result<HashSet<String>, String> {
-    crate::templates::check_expression(e)?;
+    crate::templates::check_expression(e).map_err(|e| e.to_string())?;
     let expr = ENV.compile_expression(e).map_err(|e| describe(&e))?;
     Ok(expr.undeclared_variables(true))
 }
 
 /// Evaluate an expression to JSON.
 pub(crate) fn eval(expr: &str, cx: &minijinja::Value) -> Result<Value, String> {
-    crate::templates::check_expression(expr)?;
+    crate::templates::check_expression(expr).map_err(|e| e.to_string())?;
     let e = ENV.compile_expression(expr).map_err(|e| describe(&e))?;
     let v = e.eval(cx).map_err(|e| describe(&e))?;
     if v.is_undefined() {
@@ -96,7 +96,7 @@ pub(crate) fn eval(expr: &str, cx: &minijinja::Value) -> Result<Value, String> {
 
 /// Evaluate an expression for its truth (minijinja's rules: empty and zero are false).
 pub(crate) fn truth(expr: &str, cx: &minijinja::Value) -> Result<bool, String> {
-    crate::templates::check_expression(expr)?;
+    crate::templates::check_expression(expr).map_err(|e| e.to_string())?;
     let e = ENV.compile_expression(expr).map_err(|e| describe(&e))?;
     e.eval(cx).map(|v| v.is_true()).map_err(|e| describe(&e))
 }
@@ -107,7 +107,7 @@ pub(crate) fn render(v: &Value, cx: &minijinja::Value) -> Result<Value, String> 
         Value::String(s) if has_syntax(s) => match sole_expression(s) {
             Some(e) => eval(e, cx)?,
             None => {
-                crate::templates::check(s)?;
+                crate::templates::check(s).map_err(|e| e.to_string())?;
                 Value::String(ENV.render_str(s, cx).map_err(|e| describe(&e))?)
             }
         },

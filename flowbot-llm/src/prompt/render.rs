@@ -168,10 +168,10 @@ fn describe(e: &minijinja::Error) -> String {
 /// `source` within the operators one expression may hold (minijinja would overflow the
 /// stack on a long chain).
 fn within_limits(name: &str, source: &str) -> Result<(), PromptError> {
-    flowbot_core::templates::check(source).map_err(|message| PromptError::Syntax {
+    flowbot_core::templates::check(source).map_err(|e| PromptError::Syntax {
         template: name.to_owned(),
         line: None,
-        message,
+        message: e.to_string(),
     })
 }
 

@@ -63,7 +63,7 @@ pub(super) fn check_triggers(wf: &Workflow, cx: CheckContext<'_>, p: &mut Proble
                 p.top(at("cron"), e.to_string());
             }
             if let Err(e) = wf.prepare_inputs(t.input.clone().unwrap_or(Value::Null)) {
-                p.top(at("input"), e);
+                p.top(at("input"), e.0);
             }
         }
         if let Some(name) = &t.event {
