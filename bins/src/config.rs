@@ -31,7 +31,6 @@ pub use llm::{LlmConfig, Relevance};
 pub use network::NetworkConfig;
 pub use oidc::OidcConfig;
 pub use platforms::{DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
-pub use references::secret_reference;
 pub use secrets_store::SecretsStoreConfig;
 
 /// The whole configuration.

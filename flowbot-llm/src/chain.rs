@@ -430,7 +430,7 @@ impl ModelChain {
         metrics: Option<&Arc<LlmMetrics>>,
     ) -> Result<ModelChain, ModelError> {
         let chain_name = config.name.as_deref().unwrap_or("chain");
-        let bad = |message: String| ModelError::new(ModelErrorKind::Config, chain_name, message);
+        let bad = |e: crate::SettingError| ModelError::new(ModelErrorKind::Config, chain_name, e.0);
         config.check().map_err(bad)?;
         let mut entries = Vec::with_capacity(config.models.len());
         for (i, m) in config.models.iter().enumerate() {
@@ -838,7 +838,7 @@ impl RetryConfig {
     }
 
     /// The policy, its ranges checked; errors name the key under `prefix`.
-    pub fn policy(&self, prefix: &str) -> Result<RetryPolicy, String> {
+    pub fn policy(&self, prefix: &str) -> Result<RetryPolicy, crate::SettingError> {
         let d = RetryPolicy::default();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let max_attempts = in_range(
@@ -904,7 +904,7 @@ impl BreakerConfig {
     }
 
     /// The policy, its ranges checked; errors name the key under `prefix`.
-    pub fn policy(&self, prefix: &str) -> Result<BreakerPolicy, String> {
+    pub fn policy(&self, prefix: &str) -> Result<BreakerPolicy, crate::SettingError> {
         let d = BreakerPolicy::default();
         let failures = in_range(
             &format!("{prefix}.failures"),
@@ -975,11 +975,13 @@ pub struct ChainConfig {
 
 impl ChainConfig {
     /// Check every range without connecting anything; the error names the key.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), crate::SettingError> {
         self.retry.policy("retry")?;
         self.breaker.policy("breaker")?;
         if self.models.is_empty() {
-            return Err("models: a chain needs at least one model".to_owned());
+            return Err(crate::SettingError(
+                "models: a chain needs at least one model".to_owned(),
+            ));
         }
         for (i, m) in self.models.iter().enumerate() {
             m.retry
@@ -1209,7 +1211,7 @@ mod tests {
 
         let err = |toml: &str| {
             let c: ChainConfig = toml::from_str(toml).unwrap();
-            c.check().unwrap_err()
+            c.check().unwrap_err().0
         };
         let model = "\n[[models]]\nprovider = { dialect = \"openai\", model = \"a\" }\n";
         assert_eq!(

@@ -63,6 +63,17 @@ use std::sync::Arc;
 
 use flowbot_core::llm::{ChatModel, Embedder, ModelError, ModelErrorKind};
 
+/// A setting out of its range: the message names the key (`models[0].retry.max_attempts`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingError(pub String);
+
+impl From<String> for SettingError {
+    fn from(message: String) -> Self {
+        SettingError(message)
+    }
+}
+
 pub use action::LlmAction;
 pub use agent::{Agent, AgentBuilder, Limits};
 pub use chain::{

@@ -159,7 +159,7 @@ impl LlmConfig {
                 ));
             }
         }
-        self.limits.check().map_err(|e| err("llm.limits", e))?;
+        self.limits.check().map_err(|e| err("llm.limits", e.0))?;
         for f in &self.fallbacks {
             if !self.models.contains_key(f) {
                 return Err(err(
@@ -170,10 +170,10 @@ impl LlmConfig {
         }
         self.retry
             .policy("retry")
-            .map_err(|e| err("llm.retry", e))?;
+            .map_err(|e| err("llm.retry", e.0))?;
         self.breaker
             .policy("breaker")
-            .map_err(|e| err("llm.breaker", e))?;
+            .map_err(|e| err("llm.breaker", e.0))?;
         flowbot_llm::PriceTable::from_config(&self.prices)
             .map_err(|e| err(format!("llm.prices.{}", e.key), e.message))?;
         Ok(())

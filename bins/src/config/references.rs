@@ -9,7 +9,7 @@ use super::{Config, ConfigError, NotifierEntry, err};
 /// The name a value refers to when it is written `{{ secrets.NAME }}` (spaces inside the
 /// braces optional); `None` for any other value. A value in braces that is not such a
 /// reference is an error, so a misspelt one does not become a token.
-pub fn secret_reference(value: &str) -> Result<Option<&str>, String> {
+pub(crate) fn secret_reference(value: &str) -> Result<Option<&str>, String> {
     let Some(inner) = value
         .trim()
         .strip_prefix("{{")

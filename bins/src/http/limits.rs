@@ -211,7 +211,7 @@ pub async fn public(State(limits): State<Arc<Limits>>, mut req: Request, next: N
 
 /// Parse a list of addresses and networks (`10.0.0.0/8`, `192.0.2.7`, `::1`), naming a bad
 /// entry.
-pub fn networks(entries: &[String]) -> Result<Vec<IpNet>, String> {
+pub(crate) fn networks(entries: &[String]) -> Result<Vec<IpNet>, String> {
     entries
         .iter()
         .map(|e| {

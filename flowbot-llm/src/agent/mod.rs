@@ -116,7 +116,12 @@ impl Default for Limits {
 
 impl Limits {
     /// Check the ranges; the error names the field.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), crate::SettingError> {
+        self.problems().map_err(crate::SettingError)
+    }
+
+    /// [`Limits::check`], in words.
+    fn problems(&self) -> Result<(), String> {
         for (key, usd) in [
             ("max_user_daily_cost_usd", self.max_user_daily_cost_usd),
             (
