@@ -223,10 +223,7 @@ impl Discord {
     /// had). Arguments become options (`int` an integer, `float` a number, `bool` a boolean,
     /// anything else a string); names Discord does not accept are left out. Returns how many
     /// were registered.
-    pub async fn register_commands(
-        &self,
-        commands: &[CommandInfo],
-    ) -> std::result::Result<usize, String> {
+    pub async fn register_commands(&self, commands: &[CommandInfo]) -> Result<usize> {
         let list: Vec<Value> = commands
             .iter()
             .filter(|c| valid_command_name(&c.name))
@@ -266,8 +263,7 @@ impl Discord {
         );
         DiscordSender(self.state.clone())
             .request(reqwest::Method::PUT, &url, true, &Value::Array(list))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(n)
     }
 }

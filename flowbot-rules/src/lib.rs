@@ -111,7 +111,7 @@ pub enum Error {
     Conflict(String),
     /// The database failed.
     #[error("database: {0}")]
-    Store(String),
+    Store(#[source] flowbot_core::StoreError),
 }
 
 /// A condition kind registered by the application, after compiling: it checks one event.

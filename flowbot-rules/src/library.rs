@@ -61,10 +61,6 @@ impl std::fmt::Debug for RuleLibrary {
     }
 }
 
-fn store_err(e: &flowbot_core::StoreError) -> Error {
-    Error::Store(e.to_string())
-}
-
 impl RuleLibrary {
     /// Load the file rules and (with a store) the database's rules, and compile them.
     pub async fn open(
@@ -96,7 +92,7 @@ impl RuleLibrary {
         store
             .kv_list(RULES_NAMESPACE)
             .await
-            .map_err(|e| store_err(&e))?
+            .map_err(Error::Store)?
             .into_iter()
             .map(|(name, v)| {
                 serde_json::from_value::<RuleSpec>(v).map_err(|e| Error::Rule {
@@ -238,7 +234,7 @@ impl RuleLibrary {
         store
             .kv_set(RULES_NAMESPACE, &rule.name, &value)
             .await
-            .map_err(|e| store_err(&e))?;
+            .map_err(Error::Store)?;
         self.router.replace(set);
         self.announce().await;
         Ok(())
@@ -259,7 +255,7 @@ impl RuleLibrary {
         store
             .kv_delete(RULES_NAMESPACE, name)
             .await
-            .map_err(|e| store_err(&e))?;
+            .map_err(Error::Store)?;
         self.router.replace(set);
         self.announce().await;
         Ok(())

@@ -420,13 +420,13 @@ impl RulesRouter {
         event: &Event,
         session: &Map<String, Value>,
         intents: Option<Vec<Label>>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, crate::Error> {
         let set = self.current();
         let facts = facts(&set, event, session, intents);
         let mut out = Vec::new();
         for i in candidates(&set, &facts) {
             let rule = &set.rules[i];
-            if let Some((o, _)) = check(rule, &facts)? {
+            if let Some((o, _)) = check(rule, &facts).map_err(crate::Error::Invalid)? {
                 out.push(rule.name.clone());
                 if matches!(o, Outcome::Usage(_)) || !rule.keep_going {
                     break;
