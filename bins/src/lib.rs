@@ -7,6 +7,7 @@
 //! - `flowbot-agent`: workers and schedules only, against a shared database.
 //!
 //! Configuration: [`config::Config`]. The default configuration runs the [`demo`] bot.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
 pub mod demo;

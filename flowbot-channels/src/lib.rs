@@ -19,6 +19,7 @@
 //! Every feature builds alone; the default enables all of them.
 //!
 //! Adapters that receive HTTP traffic contribute an axum `Router` that the server mounts.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(
     feature = "telegram",

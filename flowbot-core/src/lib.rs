@@ -32,6 +32,7 @@
 //! see its liveness lock (the same host) has its tasks returned at once (see
 //! [`WorkerConfig::liveness`](task::WorkerConfig::liveness)). Completion is fenced by the lease, so a task is
 //! recorded done once. Handlers get the attempt number and an idempotency key.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod action;
 mod ai;

@@ -28,7 +28,7 @@
 //! println!("{}", answer.text);
 //! # Ok(()) }
 //! ```
-
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Built without any provider, the HTTP transport and the provider config have no user.
 #![cfg_attr(
     not(any(feature = "openai", feature = "anthropic", feature = "gemini")),

@@ -29,6 +29,7 @@
 //! let router = RulesRouter::new(set);
 //! # let _ = router;
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod command;
 mod compile;

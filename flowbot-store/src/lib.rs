@@ -16,6 +16,7 @@
 //!
 //! With neither feature the crate builds, and [`connect`] says that no backend is enabled;
 //! the code the backends share is then unused.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(any(feature = "sqlite", feature = "postgres")),
     allow(dead_code, unused_imports, unused_macros)
