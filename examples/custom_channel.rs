@@ -10,6 +10,7 @@
 #![allow(clippy::print_stdout)] // an example talks on the terminal
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use flowbot_core::{
     Bot, BoxError, CancellationToken, Channel, ChannelListener, ChannelSender, Event, Handlers,
@@ -82,7 +83,9 @@ async fn main() -> Result<(), BoxError> {
     let stop = CancellationToken::new();
     let running = tokio::spawn(bot.run(stop.clone()));
     for _ in 0..expected {
-        let text = printed.recv().await.ok_or("the bot stopped")?;
+        let text = tokio::time::timeout(Duration::from_secs(10), printed.recv())
+            .await?
+            .ok_or("the bot stopped")?;
         println!("bot: {text}");
     }
     stop.cancel();

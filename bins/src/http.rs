@@ -742,7 +742,7 @@ fn rules_err(e: flowbot_rules::Error) -> Problem {
     match e {
         E::NotFound(m) => Problem::not_found(m),
         E::Conflict(m) => Problem::new(StatusCode::CONFLICT, m),
-        E::Store(s) => Problem::unavailable(format!("the database is unavailable: {s}")),
+        E::Store(s) => Problem::from_store(&s),
         E::Io { .. } => Problem::unavailable(e.to_string()),
         other => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
     }

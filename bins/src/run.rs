@@ -355,18 +355,30 @@ pub async fn run_server_with(
 pub struct Server {
     config: Config,
     router: Option<Arc<dyn Router>>,
-    commands: Option<Vec<CommandInfo>>,
+    commands: Declare,
     then_rules: Option<ThenRules>,
     channels: Vec<flowbot_core::Channel>,
 }
 
 /// Handlers to put in front of the rules: the router both make, and the handlers' commands.
-type ThenRules = Box<dyn FnOnce(Arc<dyn Router>) -> (Arc<dyn Router>, Vec<CommandInfo>) + Send>;
+type ThenRules =
+    Box<dyn FnOnce(Arc<dyn Router>) -> (Arc<dyn Router>, Vec<CommandInfo>) + Send + Sync>;
+
+/// Which commands the server declares to platforms that list them.
+enum Declare {
+    /// The rules' (the default).
+    Rules,
+    /// These (Rust handlers' commands).
+    These(Vec<CommandInfo>),
+    /// None: the platforms' lists are left as they are (a router whose commands are unknown).
+    Leave,
+}
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("own_router", &self.router.is_some())
+            .field("handlers_then_rules", &self.then_rules.is_some())
             .field("channels", &self.channels)
             .finish_non_exhaustive()
     }
@@ -427,26 +439,28 @@ impl Server {
         Server {
             config,
             router: None,
-            commands: None,
+            commands: Declare::Rules,
             then_rules: None,
             channels: Vec::new(),
         }
     }
 
     /// Route events with `router` instead of the rules (the rules API still edits the stored
-    /// rules, which this router does not read unless it asks for them).
+    /// rules, which this router does not read unless it asks for them). Its commands are
+    /// unknown, so the platforms' command lists (Telegram's menu, Discord's slash commands)
+    /// are left as they are.
     pub fn router(mut self, router: impl Router) -> Self {
         self.router = Some(Arc::new(router));
         self.then_rules = None;
-        // Its commands are unknown: none are declared to platforms.
-        self.commands = Some(Vec::new());
+        // Its commands are unknown: the platforms' command lists are left as they are.
+        self.commands = Declare::Leave;
         self
     }
 
     /// Route events with Rust `handlers`; their commands are declared to the platforms that
     /// list commands (Telegram's menu, Discord's slash commands).
     pub fn handlers<S: Send + Sync + 'static>(mut self, handlers: Handlers<S>) -> Self {
-        self.commands = Some(handlers.commands());
+        self.commands = Declare::These(handlers.commands());
         self.router = Some(Arc::new(handlers));
         self.then_rules = None;
         self
@@ -456,7 +470,7 @@ impl Server {
     /// rules (rule files and stored rules, hot-reloaded as usual; `llm.unmatched` applies).
     /// Both sets of commands are declared to platforms, the handlers' winning a name both use.
     pub fn handlers_then_rules<S: Send + Sync + 'static>(mut self, handlers: Handlers<S>) -> Self {
-        self.commands = None;
+        self.commands = Declare::Rules;
         self.router = None;
         self.then_rules = Some(Box::new(move |rules: Arc<dyn Router>| {
             let commands = handlers.commands();
@@ -518,13 +532,18 @@ impl Server {
             all.retain(|c| theirs.iter().all(|t| t.name != c.name));
             all.extend(theirs);
             all.sort_by(|a, b| a.name.cmp(&b.name));
-            commands = Some(all);
+            commands = Declare::These(all);
         }
         for c in channels {
             builder = builder.channel(c);
         }
-        // The commands declared to platforms: the router's, or the rules' (as loaded at start).
-        let declared = commands.unwrap_or_else(|| rules.router().current().commands());
+        // The commands declared to platforms: the handlers', or the rules' (as loaded at
+        // start); none (the platforms' lists left as they are) for a router of unknown commands.
+        let declared = match commands {
+            Declare::Rules => Some(rules.router().current().commands()),
+            Declare::These(list) => Some(list),
+            Declare::Leave => None,
+        };
         let web = if config.web.enabled {
             let identity = config.web.identity(&store).await?;
             Some(
@@ -565,14 +584,20 @@ impl Server {
                 .map_err(|e| RunError::Channel(e.0))?;
             let (discord, channel) =
                 Discord::new(store.clone(), settings).map_err(|e| RunError::Channel(e.0))?;
-            // The rules' commands as the application's slash commands (as loaded at start).
-            match discord.register_commands(&declared).await {
-                Ok(n) => {
-                    tracing::info!(channel = %name, commands = n, "discord slash commands registered")
-                }
-                Err(e) => {
-                    tracing::warn!(channel = %name, error = %e, "could not register the slash commands")
-                }
+            // The router's commands as the application's slash commands (as loaded at start).
+            match declared
+                .as_deref()
+                .map(|list| discord.register_commands(list))
+            {
+                None => {}
+                Some(registering) => match registering.await {
+                    Ok(n) => {
+                        tracing::info!(channel = %name, commands = n, "discord slash commands registered")
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel = %name, error = %e, "could not register the slash commands")
+                    }
+                },
             }
             builder = builder.channel(channel);
             routes = routes.merge(discord.router());
@@ -586,8 +611,10 @@ impl Server {
                 .await
                 .map_err(|e| RunError::Channel(e.to_string()))?;
             tracing::info!(channel = %name, username = %tg.username(), "telegram bot connected");
-            // The rules' commands in Telegram's command menu (as loaded at start).
-            if let Err(e) = tg.set_commands(&declared).await {
+            // The router's commands in Telegram's command menu (as loaded at start).
+            if let Some(list) = &declared
+                && let Err(e) = tg.set_commands(list).await
+            {
                 tracing::warn!(channel = %name, error = %e, "could not declare the bot's commands");
             }
             builder = builder.channel(channel);

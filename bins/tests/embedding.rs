@@ -134,7 +134,7 @@ async fn rust_handlers_go_first_and_the_rules_take_the_rest() {
             .is_some_and(|t| t.starts_with("Commands:")),
         "{help}"
     );
-    // The rules' dialog runs across turns, with its buttons.
+    // The rules' dialog starts (its steps are the rules' own tests).
     let ask = say(&mut ws, "/feedback").await;
     assert_eq!(ask["text"], "How would you rate this demo, from 1 to 5?");
 

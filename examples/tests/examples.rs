@@ -13,11 +13,24 @@ fn example(name: &str) -> PathBuf {
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target profile directory");
-    profile.join("examples").join(name)
+    profile
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
 fn run(name: &str) -> String {
     let path = example(name);
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("{name}.rs"));
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified());
+    match (modified(&path), modified(&source)) {
+        (Ok(built), Ok(written)) if built >= written => {}
+        _ => panic!(
+            "the example binary {} is missing or older than {name}.rs: `cargo nextest run` \
+             and `cargo test` build it (not with --test or --lib filters); or run \
+             `cargo build -p flowbot-examples --examples`",
+            path.display()
+        ),
+    }
     let out = Command::new(&path)
         .current_dir(std::env::temp_dir())
         .output()

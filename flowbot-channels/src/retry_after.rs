@@ -52,12 +52,12 @@ pub fn from_json(value: &Value) -> Option<Duration> {
 }
 
 /// A platform's failure as the source of a channel error, saying whether another attempt can
-/// help. A refusal of the message itself — 400 (bad request, chat not found), 403 (blocked by
-/// the user, no permission in that chat), 404, 410, 413, 422 — is
-/// [`Permanent`](flowbot_core::Permanent): the pipeline reports it and does not send the
-/// same message again. Anything else is [`Transient`](flowbot_core::Transient), with the
-/// platform's wait: a 429, a 5xx, no answer at all (`status` `None`), and a 401 (the bot's
-/// credentials, which an operator can fix while the message waits in the queue).
+/// help. A 4xx refuses the message itself (400 bad request or chat not found, 403 blocked by
+/// the user, 404, 413, …): [`Permanent`](flowbot_core::Permanent), so the pipeline reports
+/// it and does not send the same message again. Except for 401 (the bot's credentials, which
+/// an operator can fix while the message waits in the queue), 408, 409, 425 and 429, which
+/// are [`Transient`](flowbot_core::Transient) with the platform's wait, as are a 5xx and no
+/// answer at all (`status` `None`).
 #[cfg(any(
     feature = "telegram",
     feature = "slack",
@@ -71,7 +71,9 @@ pub(crate) fn classified(
     error: impl Into<flowbot_core::BoxError>,
 ) -> flowbot_core::BoxError {
     match status {
-        Some(400 | 403 | 404 | 410 | 413 | 422) => Box::new(flowbot_core::Permanent::new(error)),
+        Some(s @ 400..=499) if !matches!(s, 401 | 408 | 409 | 425 | 429) => {
+            Box::new(flowbot_core::Permanent::new(error))
+        }
         _ => Box::new(flowbot_core::Transient::new(error).retry_after_opt(retry_after)),
     }
 }
@@ -179,18 +181,14 @@ mod tests {
         let e = |status, wait| {
             flowbot_core::Error::channel("c", super::classified(status, wait, "words"))
         };
-        for status in [400, 403, 404, 410, 413, 422] {
+        for status in [400, 403, 404, 405, 410, 413, 422, 451] {
             assert!(e(Some(status), None).is_permanent(), "{status}");
         }
-        for status in [
-            Some(401),
-            Some(408),
-            Some(409),
-            Some(429),
-            Some(500),
-            Some(502),
-            None,
-        ] {
+        for status in [401, 408, 409, 425, 429, 500, 502]
+            .map(Some)
+            .into_iter()
+            .chain([None])
+        {
             assert!(e(status, None).is_transient(), "{status:?}");
         }
         let limited = e(Some(429), Some(Duration::from_secs(90)));

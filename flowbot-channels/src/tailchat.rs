@@ -323,8 +323,7 @@ enum CallError {
 }
 
 impl TcSender {
-    /// What Tailchat can never take as it is (a message without a target, credentials it
-    /// refuses).
+    /// What Tailchat can never take as it is (a message without a target).
     fn err(&self, detail: impl Into<String>) -> Error {
         Error::channel(
             self.0.config.name.clone(),

@@ -329,6 +329,7 @@ impl BotBuilder {
             let cell = pipeline_cell.clone();
             let inbound_retry = RetryPolicy::default();
             let max_attempts = inbound_retry.max_attempts;
+            let max_delay_ms = inbound_retry.max_delay_ms;
             let inbound = typed_handler(move |event: Event, cx| {
                 let cell = cell.clone();
                 async move {
@@ -347,7 +348,12 @@ impl BotBuilder {
                     match pipeline.handle_queued(event, cx.attempt() >= allowed).await {
                         Ok(_) => Ok(()),
                         Err(failure) if failure.is_transient() => {
-                            let wait = failure.error.retry_after();
+                            // The service's wait, but no longer than the inbound policy's
+                            // longest backoff: a person is waiting for this answer.
+                            let wait = failure
+                                .error
+                                .retry_after()
+                                .map(|w| w.min(Duration::from_millis(max_delay_ms)));
                             let retry = TaskError::retryable(failure);
                             Err(match wait {
                                 Some(wait) => retry.retry_after(wait),

@@ -297,7 +297,8 @@ tuple_args!(A, B, C, D ; E);
 type BoxedHandler<S> = Arc<dyn Fn(HandlerCx<S>) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
 
 /// The arguments a usage line names: `<name>` a required word, `[name]` an optional one; the
-/// last takes the rest of the text (as [`HandlerCx::parse`] reads it).
+/// last takes the rest of the text (as [`HandlerCx::parse`] reads it). A name given twice,
+/// and a required argument after an optional one, are left out (platforms refuse them).
 fn usage_params(usage: &str) -> Vec<crate::CommandParam> {
     let mut params: Vec<crate::CommandParam> = usage
         .split_whitespace()
@@ -316,6 +317,13 @@ fn usage_params(usage: &str) -> Vec<crate::CommandParam> {
             })
         })
         .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut optional_seen = false;
+    params.retain(|p| {
+        let keep = seen.insert(p.name.clone()) && (p.optional || !optional_seen);
+        optional_seen |= keep && p.optional;
+        keep
+    });
     if let Some(last) = params.last_mut() {
         last.rest = true;
     }
@@ -614,6 +622,10 @@ mod tests {
             .collect();
         assert_eq!(described, [("delay", false, false), ("note", true, true)]);
         assert!(usage_params("/help").is_empty());
+        let names =
+            |u: &str| -> Vec<String> { usage_params(u).into_iter().map(|p| p.name).collect() };
+        assert_eq!(names("/cmd [a] <b> [c]"), ["a", "c"]);
+        assert_eq!(names("/cmd <a> <a> <b>"), ["a", "b"]);
     }
 
     #[test]

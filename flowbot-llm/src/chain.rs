@@ -430,7 +430,8 @@ impl ModelChain {
         metrics: Option<&Arc<LlmMetrics>>,
     ) -> Result<ModelChain, ModelError> {
         let chain_name = config.name.as_deref().unwrap_or("chain");
-        let bad = |e: crate::SettingError| ModelError::new(ModelErrorKind::Config, chain_name, e.0);
+        let bad =
+            |e: crate::SettingsError| ModelError::new(ModelErrorKind::Config, chain_name, e.0);
         config.check().map_err(bad)?;
         let mut entries = Vec::with_capacity(config.models.len());
         for (i, m) in config.models.iter().enumerate() {
@@ -838,7 +839,7 @@ impl RetryConfig {
     }
 
     /// The policy, its ranges checked; errors name the key under `prefix`.
-    pub fn policy(&self, prefix: &str) -> Result<RetryPolicy, crate::SettingError> {
+    pub fn policy(&self, prefix: &str) -> Result<RetryPolicy, crate::SettingsError> {
         let d = RetryPolicy::default();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let max_attempts = in_range(
@@ -904,7 +905,7 @@ impl BreakerConfig {
     }
 
     /// The policy, its ranges checked; errors name the key under `prefix`.
-    pub fn policy(&self, prefix: &str) -> Result<BreakerPolicy, crate::SettingError> {
+    pub fn policy(&self, prefix: &str) -> Result<BreakerPolicy, crate::SettingsError> {
         let d = BreakerPolicy::default();
         let failures = in_range(
             &format!("{prefix}.failures"),
@@ -975,11 +976,11 @@ pub struct ChainConfig {
 
 impl ChainConfig {
     /// Check every range without connecting anything; the error names the key.
-    pub fn check(&self) -> Result<(), crate::SettingError> {
+    pub fn check(&self) -> Result<(), crate::SettingsError> {
         self.retry.policy("retry")?;
         self.breaker.policy("breaker")?;
         if self.models.is_empty() {
-            return Err(crate::SettingError(
+            return Err(crate::SettingsError(
                 "models: a chain needs at least one model".to_owned(),
             ));
         }

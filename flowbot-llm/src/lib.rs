@@ -66,11 +66,11 @@ use flowbot_core::llm::{ChatModel, Embedder, ModelError, ModelErrorKind};
 /// A setting out of its range: the message names the key (`models[0].retry.max_attempts`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct SettingError(pub String);
+pub struct SettingsError(pub String);
 
-impl From<String> for SettingError {
+impl From<String> for SettingsError {
     fn from(message: String) -> Self {
-        SettingError(message)
+        SettingsError(message)
     }
 }
 

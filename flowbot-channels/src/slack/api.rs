@@ -40,10 +40,12 @@ pub enum SlackApiError {
 }
 
 impl SlackApiError {
-    /// Whether Slack's error code says the call can never succeed as it is (an unknown or
-    /// archived channel, a revoked token, a malformed message) rather than that Slack was
-    /// busy or failed (`ratelimited`, `internal_error`, `fatal_error`,
-    /// `service_unavailable`, `request_timeout`).
+    /// Whether Slack's error code says the message can never be sent as it is (an unknown or
+    /// archived channel, a channel the bot is not in, a malformed message), rather than that
+    /// Slack was busy or failed (`ratelimited`, `internal_error`, `fatal_error`,
+    /// `service_unavailable`, `request_timeout`, a 5xx) or that the bot's credentials need an
+    /// operator (`invalid_auth`, `not_authed`, `token_expired`, `token_revoked`,
+    /// `account_inactive`, a 401): those may pass, so the message waits in the queue.
     pub fn is_permanent(&self) -> bool {
         match self {
             // "HTTP 5xx": Slack failed without a Web API answer.
@@ -59,6 +61,12 @@ impl SlackApiError {
                         | "team_added_to_org"
                         | "invalid_auth"
                         | "not_authed"
+                        | "token_expired"
+                        | "token_revoked"
+                        | "account_inactive"
+                        | "HTTP 401"
+                        | "HTTP 408"
+                        | "HTTP 409"
                         | "HTTP 429"
                 ) || error.starts_with("HTTP 5"))
             }
@@ -192,7 +200,7 @@ impl Api {
                 method: method.to_owned(),
                 error: answer["error"]
                     .as_str()
-                    .map_or_else(|| format!("HTTP {status}"), str::to_owned),
+                    .map_or_else(|| format!("HTTP {}", status.as_u16()), str::to_owned),
             });
         }
     }

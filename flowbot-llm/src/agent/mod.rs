@@ -116,8 +116,8 @@ impl Default for Limits {
 
 impl Limits {
     /// Check the ranges; the error names the field.
-    pub fn check(&self) -> Result<(), crate::SettingError> {
-        self.problems().map_err(crate::SettingError)
+    pub fn check(&self) -> Result<(), crate::SettingsError> {
+        self.problems().map_err(crate::SettingsError)
     }
 
     /// [`Limits::check`], in words.
