@@ -14,13 +14,20 @@ use flowbot_server::config::Config;
 use flowbot_server::run::Server;
 use harness::{WEB_SECRET, next_frame, say, visitor_token};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flowbot_routes_mount_in_an_applications_axum_app_with_rust_handlers() {
-    let dir = TempDir::new("flowbot-embedding-test");
+/// A server on loopback (port 0) with SQLite in `dir` and web chat tokens signed with the
+/// test secret.
+fn config_in(dir: &TempDir) -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().expect("addr");
     config.database.url = format!("sqlite://{}/flowbot.db", dir.0.display());
     config.web.secret = Some(WEB_SECRET.into());
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flowbot_routes_mount_in_an_applications_axum_app_with_rust_handlers() {
+    let dir = TempDir::new("flowbot-embedding-test");
+    let config = config_in(&dir);
     let handlers = Handlers::new("pong")
         .command("ping", |cx| async move { Ok(Reply::text(*cx.state())) })
         .fallback(|_cx| async move { Ok(Reply::text("only /ping here")) });
@@ -100,10 +107,7 @@ async fn flowbot_routes_mount_in_an_applications_axum_app_with_rust_handlers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_handlers_go_first_and_the_rules_take_the_rest() {
     let dir = TempDir::new("flowbot-embedding-test");
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().expect("addr");
-    config.database.url = format!("sqlite://{}/flowbot.db", dir.0.display());
-    config.web.secret = Some(WEB_SECRET.into());
+    let config = config_in(&dir);
     let handlers = Handlers::new(())
         .command(
             "ping",

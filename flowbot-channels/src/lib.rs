@@ -61,21 +61,7 @@ pub mod retry_after;
 /// Settings a channel cannot work with: the message names the setting (and, from a
 /// constructor, the channel). Returned by the settings' `validate` and the channels'
 /// constructors.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SettingsError(pub String);
-
-impl From<String> for SettingsError {
-    fn from(message: String) -> Self {
-        SettingsError(message)
-    }
-}
-
-impl From<&str> for SettingsError {
-    fn from(message: &str) -> Self {
-        SettingsError(message.to_owned())
-    }
-}
+pub use flowbot_core::SettingsError;
 
 /// What a platform adapter counts.
 #[derive(Debug, Default)]

@@ -295,6 +295,24 @@ impl From<HandlerError> for Error {
 /// `T`), or any error (see [`HandlerError`]).
 pub type HandlerResult<T = crate::Reply> = std::result::Result<T, HandlerError>;
 
+/// Settings that cannot work: the message names the setting (`models[0].retry.max_attempts`,
+/// `token`). The settings checks of the channels and the language models return it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(pub String);
+
+impl From<String> for SettingsError {
+    fn from(message: String) -> Self {
+        SettingsError(message)
+    }
+}
+
+impl From<&str> for SettingsError {
+    fn from(message: &str) -> Self {
+        SettingsError(message.to_owned())
+    }
+}
+
 /// An error meant for the person whose input caused it, in words safe to show them ("the
 /// delay must be more than zero and at most 1year"). Actions and handlers return it (boxed)
 /// for input they refuse; when the pipeline answers a failed message it shows these words

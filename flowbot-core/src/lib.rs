@@ -71,8 +71,8 @@ pub use channel::{Capabilities, Channel, ChannelListener, ChannelSender, Inbox, 
 pub use commands::{CommandInfo, CommandParam};
 pub use draft::{DEFAULT_EDIT_INTERVAL, Draft, DraftRef, Streaming};
 pub use error::{
-    BoxError, Error, HandlerError, HandlerResult, Permanent, Refusal, Result, StoreError,
-    TaskError, Transient,
+    BoxError, Error, HandlerError, HandlerResult, Permanent, Refusal, Result, SettingsError,
+    StoreError, TaskError, Transient,
 };
 pub use in_process::{InProcess, InProcessHandle};
 pub use llm::{Assistant, ChatModel, Embedder, ModelError};

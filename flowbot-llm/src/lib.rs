@@ -64,15 +64,7 @@ use std::sync::Arc;
 use flowbot_core::llm::{ChatModel, Embedder, ModelError, ModelErrorKind};
 
 /// A setting out of its range: the message names the key (`models[0].retry.max_attempts`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SettingsError(pub String);
-
-impl From<String> for SettingsError {
-    fn from(message: String) -> Self {
-        SettingsError(message)
-    }
-}
+pub use flowbot_core::SettingsError;
 
 pub use action::LlmAction;
 pub use agent::{Agent, AgentBuilder, Limits};
