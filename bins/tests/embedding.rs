@@ -12,7 +12,7 @@ use common::TempDir;
 use flowbot_core::{CancellationToken, Handlers, Reply};
 use flowbot_server::config::Config;
 use flowbot_server::run::Server;
-use harness::{WEB_SECRET, next_frame, say, visitor_token};
+use harness::{WEB_SECRET, chat_at, say};
 
 /// A server on loopback (port 0) with SQLite in `dir` and web chat tokens signed with the
 /// test secret.
@@ -81,11 +81,7 @@ async fn flowbot_routes_mount_in_an_applications_axum_app_with_rust_handlers() {
 
     // Web chat through the application's listener, answered by the Rust handlers (not the
     // demo rules: `/echo` is theirs).
-    let url = format!("ws://{addr}/ws/chat?token={}", visitor_token("ada", "c1"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .expect("connect");
-    next_frame(&mut ws, "history").await;
+    let mut ws = chat_at(&format!("ws://{addr}"), "ada", "c1").await;
     assert_eq!(say(&mut ws, "/ping").await["text"], "pong");
     assert_eq!(say(&mut ws, "/echo x").await["text"], "only /ping here");
 
@@ -122,11 +118,7 @@ async fn rust_handlers_go_first_and_the_rules_take_the_rest() {
     let task = tokio::spawn(server.run(stop.clone(), Some(ready)));
     let addr = running.await.expect("server started").addr;
 
-    let url = format!("ws://{addr}/ws/chat?token={}", visitor_token("ada", "c2"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .expect("connect");
-    next_frame(&mut ws, "history").await;
+    let mut ws = chat_at(&format!("ws://{addr}"), "ada", "c2").await;
     assert_eq!(say(&mut ws, "/ping").await["text"], "pong from Rust");
     // A command both have: the handlers win.
     assert_eq!(say(&mut ws, "/echo hi").await["text"], "Rust echo: hi");

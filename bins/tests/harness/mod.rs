@@ -145,12 +145,17 @@ pub fn chat_url(s: &Server, user: &str, conversation: &str) -> String {
 
 /// Open web chat on `s` as `user` in `conversation`, past the welcome and history frames.
 pub async fn chat(s: &Server, user: &str, conversation: &str) -> Chat {
-    let url = chat_url(s, user, conversation);
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+    chat_at(&s.ws, user, conversation).await
+}
+
+/// [`chat`] on the server at `ws` (`ws://host:port`).
+pub async fn chat_at(ws: &str, user: &str, conversation: &str) -> Chat {
+    let url = format!("{ws}/ws/chat?token={}", visitor_token(user, conversation));
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("connect");
-    next_frame(&mut ws, "history").await;
-    ws
+    next_frame(&mut socket, "history").await;
+    socket
 }
 
 /// Say `text` on `ws`; the next message frame.

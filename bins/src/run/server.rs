@@ -1,0 +1,489 @@
+//! [`Server`]: what `flowbot-server` runs, assembled from a configuration, served on its
+//! listeners or mounted in an application's axum app.
+
+use super::*;
+
+/// What `flowbot-server` runs, as a library: the store, the channels of the configuration
+/// (and any you add), the HTTP API with its authentication and limits, platform webhooks, web
+/// chat, metrics, the embedded agent and graceful shutdown, with any [`Router`] in place of
+/// the rules.
+///
+/// [`Server::run`] listens on `server.listen` (and `server.admin_listen`) as the binary does;
+/// [`Server::assemble`] gives the routes to mount in an application's own axum app, and the
+/// bot to run beside them.
+///
+/// ```no_run
+/// use flowbot_core::{CancellationToken, Handlers, Reply};
+/// use flowbot_server::{config::Config, run::Server};
+///
+/// # async fn start() -> Result<(), flowbot_server::run::RunError> {
+/// let handlers = Handlers::new(())
+///     .command("ping", |_cx| async { Ok(Reply::text("pong")) });
+/// Server::new(Config::default())
+///     .handlers(handlers)
+///     .run(CancellationToken::new(), None)
+///     .await
+/// # }
+/// ```
+pub struct Server {
+    config: Config,
+    router: Option<Arc<dyn Router>>,
+    commands: Declare,
+    then_rules: Option<ThenRules>,
+    channels: Vec<flowbot_core::Channel>,
+}
+
+/// Handlers to put in front of the rules: the router both make, and the handlers' commands.
+type ThenRules =
+    Box<dyn FnOnce(Arc<dyn Router>) -> (Arc<dyn Router>, Vec<CommandInfo>) + Send + Sync>;
+
+/// Which commands the server declares to platforms that list them.
+enum Declare {
+    /// The rules' (the default).
+    Rules,
+    /// These (Rust handlers' commands).
+    These(Vec<CommandInfo>),
+    /// None: the platforms' lists are left as they are (a router whose commands are unknown).
+    Leave,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("own_router", &self.router.is_some())
+            .field("handlers_then_rules", &self.then_rules.is_some())
+            .field("channels", &self.channels)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`Server`] put together but not listening: see [`Server::assemble`].
+pub struct Assembled {
+    /// Every route of the server (API, metrics, web chat, webhooks, platform webhooks), with
+    /// its authentication, limits and layers: merge it into the application's router. Serve
+    /// with `into_make_service_with_connect_info::<SocketAddr>()` so that the per-address
+    /// limits see the client's address.
+    pub routes: axum::Router,
+    /// The bot: run it (`bot.run(stop)`) for as long as the routes are served.
+    pub bot: Bot,
+    web: Option<WebChat>,
+}
+
+impl std::fmt::Debug for Assembled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assembled").finish_non_exhaustive()
+    }
+}
+
+impl Assembled {
+    /// Start the bot on its own task, stopping when `stop` is cancelled, and wait until the web
+    /// chat (when enabled) accepts connections. The routes can be served from then on.
+    pub async fn start_bot(
+        self,
+        stop: CancellationToken,
+    ) -> Result<
+        (
+            axum::Router,
+            tokio::task::JoinHandle<flowbot_core::Result<()>>,
+        ),
+        RunError,
+    > {
+        let mut task = tokio::spawn(self.bot.run(stop));
+        if let Some(web) = &self.web {
+            tokio::select! {
+                () = web.listening() => {}
+                ended = &mut task => {
+                    return Err(match ended {
+                        Ok(Ok(())) => RunError::Channel("the bot stopped before serving".into()),
+                        Ok(Err(e)) => e.into(),
+                        Err(e) => RunError::Channel(format!("bot task failed before serving: {e}")),
+                    });
+                }
+            }
+        }
+        Ok((self.routes, task))
+    }
+}
+
+impl Server {
+    /// The server of `config`: its channels, and the rules (rule files and stored rules) as
+    /// the router.
+    pub fn new(config: Config) -> Self {
+        Server {
+            config,
+            router: None,
+            commands: Declare::Rules,
+            then_rules: None,
+            channels: Vec::new(),
+        }
+    }
+
+    /// Route events with `router` instead of the rules (the rules API still edits the stored
+    /// rules, which this router does not read unless it asks for them). Its commands are
+    /// unknown, so the platforms' command lists (Telegram's menu, Discord's slash commands)
+    /// are left as they are.
+    pub fn router(mut self, router: impl Router) -> Self {
+        self.router = Some(Arc::new(router));
+        self.then_rules = None;
+        // Its commands are unknown: the platforms' command lists are left as they are.
+        self.commands = Declare::Leave;
+        self
+    }
+
+    /// Route events with Rust `handlers`; their commands are declared to the platforms that
+    /// list commands (Telegram's menu, Discord's slash commands).
+    pub fn handlers<S: Send + Sync + 'static>(mut self, handlers: Handlers<S>) -> Self {
+        self.commands = Declare::These(handlers.commands());
+        self.router = Some(Arc::new(handlers));
+        self.then_rules = None;
+        self
+    }
+
+    /// Route events with Rust `handlers` first, and every event they do not take with the
+    /// rules (rule files and stored rules, hot-reloaded as usual; `llm.unmatched` applies).
+    /// Both sets of commands are declared to platforms, the handlers' winning a name both use.
+    pub fn handlers_then_rules<S: Send + Sync + 'static>(mut self, handlers: Handlers<S>) -> Self {
+        self.commands = Declare::Rules;
+        self.router = None;
+        self.then_rules = Some(Box::new(move |rules: Arc<dyn Router>| {
+            let commands = handlers.commands();
+            let router: Arc<dyn Router> = Arc::new(handlers.or_arc(rules));
+            (router, commands)
+        }));
+        self
+    }
+
+    /// Add a channel besides those of the configuration.
+    pub fn channel(mut self, channel: flowbot_core::Channel) -> Self {
+        self.channels.push(channel);
+        self
+    }
+
+    /// Listen on `server.listen` (and `server.admin_listen`) and serve until `shutdown` is
+    /// cancelled, then drain HTTP and stop the bot. `ready` receives the bound addresses.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        ready: Option<tokio::sync::oneshot::Sender<Running>>,
+    ) -> Result<(), RunError> {
+        let config = self.config.clone();
+        // Boxed: both futures are large, and `run` is held in callers' futures.
+        let assembled = Box::pin(self.assemble(&shutdown)).await?;
+        Box::pin(serve_assembled(config, assembled, shutdown, ready)).await
+    }
+
+    /// Put the server together without listening: the routes to mount in an application's
+    /// axum app, and the bot to run beside them ([`Assembled::start_bot`]). Tasks of the
+    /// server (rule reloads, audit pruning) stop with `shutdown`.
+    ///
+    /// `server.listen` (or `server.admin_listen`) must be the address the application serves
+    /// on: it decides whether the admin API asks for credentials (`[auth]`).
+    pub async fn assemble(self, shutdown: &CancellationToken) -> Result<Assembled, RunError> {
+        let Server {
+            mut config,
+            router,
+            commands,
+            then_rules,
+            channels,
+        } = self;
+        let shutdown = shutdown.clone();
+        let store = open_store(&config).await?;
+        let rules = rule_library(&config, &store, &shutdown).await?;
+        let secrets = secret_store(&config, &store)?;
+        resolve_references(&mut config, secrets.as_deref()).await?;
+        let workflows = workflow_engine(&config, &store, secrets.clone());
+        let (mut builder, assistant) =
+            bot_builder(&config, &store, &rules, workflows.clone()).await?;
+        if let Some(router) = router {
+            builder = builder.router_arc(router);
+        }
+        let mut commands = commands;
+        if let Some(then_rules) = then_rules {
+            let (router, theirs) = then_rules(rules.router());
+            builder = builder.router_arc(router);
+            let mut all = rules.router().current().commands();
+            all.retain(|c| theirs.iter().all(|t| t.name != c.name));
+            all.extend(theirs);
+            all.sort_by(|a, b| a.name.cmp(&b.name));
+            commands = Declare::These(all);
+        }
+        for c in channels {
+            builder = builder.channel(c);
+        }
+        // The commands declared to platforms: the handlers', or the rules' (as loaded at
+        // start); none (the platforms' lists left as they are) for a router of unknown commands.
+        let declared = match commands {
+            Declare::Rules => Some(rules.router().current().commands()),
+            Declare::These(list) => Some(list),
+            Declare::Leave => None,
+        };
+        let web = if config.web.enabled {
+            let identity = config.web.identity(&store).await?;
+            Some(
+                WebChat::new("web", Some(store.clone()))
+                    .with_identity(identity)?
+                    .max_sockets_per_address(config.limits.websockets_per_address),
+            )
+        } else {
+            None
+        };
+        if let Some(web) = &web {
+            builder = builder.channel(web.channel());
+        }
+        let (webhooks, hook_channels) = Webhooks::new(store.clone(), &webhook_configs(&config))
+            .map_err(|e| RunError::Channel(e.to_string()))?;
+        for c in hook_channels {
+            builder = builder.channel(c);
+        }
+        let mut adapters: Vec<Arc<dyn flowbot_channels::AdapterStats>> = Vec::new();
+        let mut routes = axum::Router::new();
+        for (name, entry) in &config.tailchat {
+            let (tc, channel) = Tailchat::new(store.clone(), entry.channel_config(name))
+                .map_err(|e| RunError::Channel(e.0))?;
+            builder = builder.channel(channel);
+            routes = routes.merge(tc.router());
+            adapters.push(Arc::new(tc));
+        }
+        for (name, entry) in &config.slack {
+            let (slack, channel) = Slack::new(store.clone(), entry.channel_config(name))
+                .map_err(|e| RunError::Channel(e.0))?;
+            builder = builder.channel(channel);
+            routes = routes.merge(slack.router());
+            adapters.push(Arc::new(slack));
+        }
+        for (name, entry) in &config.discord {
+            let settings = entry
+                .channel_config(name)
+                .map_err(|e| RunError::Channel(e.0))?;
+            let (discord, channel) =
+                Discord::new(store.clone(), settings).map_err(|e| RunError::Channel(e.0))?;
+            // The router's commands as the application's slash commands (as loaded at start).
+            if let Some(list) = &declared {
+                match discord.register_commands(list).await {
+                    Ok(n) => {
+                        tracing::info!(channel = %name, commands = n, "discord slash commands registered")
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel = %name, error = %e, "could not register the slash commands")
+                    }
+                }
+            }
+            builder = builder.channel(channel);
+            routes = routes.merge(discord.router());
+            adapters.push(Arc::new(discord));
+        }
+        for (name, entry) in &config.telegram {
+            let settings = entry
+                .channel_config(name)
+                .map_err(|e| RunError::Channel(e.0))?;
+            let (tg, channel) = Telegram::connect(store.clone(), settings)
+                .await
+                .map_err(|e| RunError::Channel(e.to_string()))?;
+            tracing::info!(channel = %name, username = %tg.username(), "telegram bot connected");
+            // The router's commands in Telegram's command menu (as loaded at start).
+            if let Some(list) = &declared
+                && let Err(e) = tg.set_commands(list).await
+            {
+                tracing::warn!(channel = %name, error = %e, "could not declare the bot's commands");
+            }
+            builder = builder.channel(channel);
+            routes = routes.merge(tg.router());
+            adapters.push(Arc::new(tg));
+        }
+        builder = if config.server.agent {
+            builder.workers(worker_config(&config, "server"))
+        } else {
+            builder.without_workers()
+        };
+        let bot = builder.build()?;
+        if assistant.is_some() {
+            crate::llm::check_tools(&config.llm, bot.pipeline().services().actions())?;
+        }
+
+        let state = AppState {
+            store: store.clone(),
+            pipeline: bot.pipeline().stats().clone(),
+            workers: bot.worker_stats().clone(),
+            rules: rules.clone(),
+            workflows,
+            secrets,
+            adapters,
+            llm: assistant.as_ref().map(|a| a.metrics.clone()),
+            prompts: assistant.as_ref().map(|a| a.prompts.clone()),
+            gate: Arc::new(gate(&config, &store)?),
+        };
+        let limits = state.gate.limits.clone();
+        let sign_in = match (&config.auth.oidc, &state.gate.sessions) {
+            (Some(o), Some(sessions)) => {
+                tokio::spawn(
+                    sessions
+                        .clone()
+                        .prune_every(Duration::from_secs(3600), shutdown.clone()),
+                );
+                Some(http::oidc::router(Arc::new(http::oidc::Oidc::new(
+                    o,
+                    &state.gate,
+                )?)))
+            }
+            _ => None,
+        };
+        tokio::spawn(prune_audit(
+            store.clone(),
+            config.auth.audit_retention_days,
+            shutdown.clone(),
+        ));
+        let (mut api, mut doc) = http::api(state);
+        http::channel_docs(
+            &mut doc,
+            http::ChannelRoutes {
+                web: web.is_some(),
+                webhooks: true,
+                telegram: !config.telegram.is_empty(),
+                tailchat: !config.tailchat.is_empty(),
+                slack: !config.slack.is_empty(),
+                discord: config.discord.values().any(|d| d.public_key.is_some()),
+            },
+        );
+        if let Some((routes, paths)) = sign_in {
+            api = api.merge(routes);
+            doc.merge(paths);
+        }
+        let doc = Arc::new(doc);
+        let mut app = api.route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json((*doc).clone()) }
+            }),
+        );
+        // The public endpoints: platform webhooks, generic webhooks, web chat, each with its own
+        // verification, all limited per client address.
+        let mut public = webhooks.router().merge(routes);
+        if let Some(web) = &web {
+            public = public.merge(web.router());
+        }
+        app = app.merge(public.route_layer(axum::middleware::from_fn_with_state(
+            limits,
+            http::limits::public,
+        )));
+        let app = http::layers(
+            app.fallback(http::not_found)
+                .method_not_allowed_fallback(http::method_not_allowed),
+            &config.server,
+        );
+
+        Ok(Assembled {
+            routes: app,
+            bot,
+            web,
+        })
+    }
+}
+
+/// Serve `assembled` as `config` says until `shutdown`, then stop its bot.
+async fn serve_assembled(
+    config: Config,
+    assembled: Assembled,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<Running>>,
+) -> Result<(), RunError> {
+    // Start the bot first and let the web channel start listening, so the first browser that
+    // connects after the port opens is served rather than refused.
+    let bot_stop = CancellationToken::new();
+    let (app, bot_task) = assembled.start_bot(bot_stop.clone()).await?;
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Listen { addr, source })
+    };
+    let listeners = match (
+        bind(config.server.listen).await,
+        match config.server.admin_listen {
+            Some(a) => bind(a).await.map(Some),
+            None => Ok(None),
+        },
+    ) {
+        (Ok(main), Ok(admin)) => (main, admin),
+        (Err(e), _) | (_, Err(e)) => {
+            bot_stop.cancel();
+            let _ = bot_task.await;
+            return Err(e);
+        }
+    };
+    let (listener, admin_listener) = listeners;
+    let addr = listener.local_addr().map_err(RunError::Serve)?;
+    let admin = match &admin_listener {
+        Some(l) => Some(l.local_addr().map_err(RunError::Serve)?),
+        None => None,
+    };
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, admin = ?admin, database = %redact(&config.database.url), agent = config.server.agent, "flowbot-server listening; chat at {scheme}://{addr}/chat");
+    if let Some(ready) = ready {
+        let _ = ready.send(Running { addr, admin });
+    }
+
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::config::TlsConfig::files);
+    let served = match admin_listener {
+        None => serve_on(listener, app, tls, shutdown.clone()).await,
+        Some(admin_listener) => {
+            // The main address serves the public surface only.
+            let public = app
+                .clone()
+                .layer(axum::middleware::from_fn(http::public_only));
+            let (a, b) = tokio::join!(
+                serve_on(listener, public, tls.clone(), shutdown.clone()),
+                serve_on(admin_listener, app, tls, shutdown.clone()),
+            );
+            a.and(b)
+        }
+    };
+    // HTTP drained (WebSockets are closed by the web channel as the bot stops): stop the bot,
+    // which drains the pipeline and releases running tasks.
+    bot_stop.cancel();
+    match bot_task.await {
+        Ok(r) => r?,
+        Err(e) => tracing::error!(error = %e, "bot task failed"),
+    }
+    served
+}
+
+/// Serve `app` on `tcp` (through TLS with `tls`) until `stop`, then drain.
+async fn serve_on(
+    tcp: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<crate::tls::TlsFiles>,
+    stop: CancellationToken,
+) -> Result<(), RunError> {
+    use axum::serve::ListenerExt;
+    let graceful = {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    };
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    match tls {
+        None => axum::serve(tcp, app)
+            .with_graceful_shutdown(graceful)
+            .await
+            .map_err(RunError::Serve),
+        Some(files) => {
+            let listener = crate::tls::TlsListener::new(tcp, files, stop).map_err(|e| {
+                crate::config::ConfigError {
+                    path: "server.tls".into(),
+                    message: e.to_string(),
+                }
+            })?;
+            axum::serve(listener.tap_io(|_| {}), app)
+                .with_graceful_shutdown(graceful)
+                .await
+                .map_err(RunError::Serve)
+        }
+    }
+}
