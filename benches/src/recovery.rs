@@ -160,13 +160,6 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
     Some(buf[head_end..head_end + length].to_vec())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Where one run's server keeps its data, and how it reaches its database.
 #[derive(Clone)]
 enum Backend {
@@ -183,15 +176,36 @@ impl Backend {
     }
 }
 
-fn spawn_server(bin: &Path, env: &[(String, String)], log: &Path) -> Child {
+/// Start the server on a port the system picks; its base URL, from the address file it
+/// writes once it listens.
+async fn spawn_server(bin: &Path, env: &[(String, String)], log: &Path) -> (Child, String) {
     let file = std::fs::File::create(log).expect("log file");
-    Command::new(bin)
+    let address_file = log.with_extension("addr");
+    let _ = std::fs::remove_file(&address_file);
+    let mut child = Command::new(bin)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("FLOWBOT_SERVER__LISTEN", "127.0.0.1:0")
+        .env("FLOWBOT_SERVER__ADDRESS_FILE", &address_file)
         .env("FLOWBOT_LOG__LEVEL", "warn")
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()
-        .expect("start flowbot-server")
+        .expect("start flowbot-server");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&address_file)
+            && let Some(base) = text.lines().next()
+        {
+            return (child, base.to_owned());
+        }
+        let exited = child.try_wait().expect("child status");
+        assert!(
+            exited.is_none() && Instant::now() < deadline,
+            "the server did not start listening ({exited:?}); its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn wait_ready(http: &reqwest::Client, base: &str, log: &Path) {
@@ -230,11 +244,8 @@ async fn run_once(
 ) -> (Duration, Duration) {
     let callbacks = Arc::new(Callbacks::default());
     let callback = callback_receiver(callbacks.clone()).await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     std::fs::create_dir_all(run_dir).expect("run dir");
     let mut env: Vec<(String, String)> = vec![
-        ("FLOWBOT_SERVER__LISTEN".into(), format!("127.0.0.1:{port}")),
         ("FLOWBOT_WORKERS__POLL_INTERVAL_MS".into(), "100".into()),
         ("FLOWBOT_WEBHOOKS__HOOK__CALLBACK_URL".into(), callback),
     ];
@@ -257,7 +268,7 @@ async fn run_once(
     );
     let http = reqwest::Client::new();
     let log = run_dir.join("first.log");
-    let mut first = spawn_server(bin, &env, &log);
+    let (mut first, base) = spawn_server(bin, &env, &log).await;
     wait_ready(&http, &base, &log).await;
 
     let arrived = callbacks.arrived.notified();
@@ -280,7 +291,7 @@ async fn run_once(
     let killed = Instant::now();
     first.wait().expect("reaped");
     let log = run_dir.join("second.log");
-    let mut second = spawn_server(bin, &env, &log);
+    let (mut second, base) = spawn_server(bin, &env, &log).await;
     wait_ready(&http, &base, &log).await;
     let ready = killed.elapsed();
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -21,16 +21,20 @@ mod llm;
 mod load;
 mod network;
 mod oidc;
-mod platforms;
 mod references;
 mod secrets_store;
 pub use auth::{AuthConfig, JwtAuthConfig};
 pub use chat::{HostIdentityConfig, WebConfig};
+pub use flowbot_channels::discord::DiscordSettings;
+pub use flowbot_channels::notifiers::NotifierSettings;
+pub use flowbot_channels::slack::SlackSettings;
+pub use flowbot_channels::tailchat::TailchatSettings;
+pub use flowbot_channels::telegram::{TelegramMode, TelegramSettings};
+pub use flowbot_channels::webhook::WebhookSettings;
 pub use limits::LimitsConfig;
 pub use llm::{LlmConfig, Relevance};
 pub use network::NetworkConfig;
 pub use oidc::OidcConfig;
-pub use platforms::{DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode};
 pub use secrets_store::SecretsStoreConfig;
 
 /// The whole configuration.
@@ -48,7 +52,7 @@ pub struct Config {
     /// Web chat channel.
     pub web: WebConfig,
     /// Generic webhook channels, by name.
-    pub webhooks: BTreeMap<String, WebhookEntry>,
+    pub webhooks: BTreeMap<String, WebhookSettings>,
     /// How the bot answers the people it talks to.
     pub bot: BotConfig,
     /// The demo bot.
@@ -58,15 +62,15 @@ pub struct Config {
     /// Named secrets for workflows (`{{ secrets.name }}`, hook triggers), by name.
     pub secrets: SecretValues,
     /// Notifiers for the `notify` action, by name.
-    pub notifiers: BTreeMap<String, NotifierEntry>,
+    pub notifiers: BTreeMap<String, NotifierSettings>,
     /// Telegram bots, by channel name.
-    pub telegram: BTreeMap<String, TelegramEntry>,
+    pub telegram: BTreeMap<String, TelegramSettings>,
     /// Tailchat bots, by channel name.
-    pub tailchat: BTreeMap<String, TailchatEntry>,
+    pub tailchat: BTreeMap<String, TailchatSettings>,
     /// Slack apps, by channel name.
-    pub slack: BTreeMap<String, SlackEntry>,
+    pub slack: BTreeMap<String, SlackSettings>,
     /// Discord applications, by channel name.
-    pub discord: BTreeMap<String, DiscordEntry>,
+    pub discord: BTreeMap<String, DiscordSettings>,
     /// The language model.
     pub llm: LlmConfig,
     /// Who may use the admin API.
@@ -77,104 +81,6 @@ pub struct Config {
     pub network: NetworkConfig,
     /// The key of the secrets stored through the API.
     pub secrets_store: SecretsStoreConfig,
-}
-
-/// `[notifiers.<name>]`: a send-only channel for the `notify` action, by `kind`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum NotifierEntry {
-    /// ntfy: `base_url` (default `https://ntfy.sh`), `topic`, optional `token`.
-    Ntfy {
-        /// The server.
-        #[serde(default = "ntfy_url")]
-        base_url: String,
-        /// The topic.
-        topic: String,
-        /// Access token for a protected topic.
-        token: Option<String>,
-    },
-    /// A Slack incoming webhook: `url`.
-    SlackWebhook {
-        /// The webhook URL Slack gave.
-        url: String,
-    },
-    /// Pushover: `token` (application), `user` (user or group key), `base_url` (default
-    /// `https://api.pushover.net`).
-    Pushover {
-        /// The API.
-        #[serde(default = "pushover_url")]
-        base_url: String,
-        /// Application token.
-        token: String,
-        /// User or group key.
-        user: String,
-    },
-    /// E-mail over SMTP: `host`, `port`, `tls` (`starttls`, `tls` or `none`), `username`,
-    /// `password`, `from`, `to` (a list).
-    Email {
-        /// SMTP server.
-        host: String,
-        /// Port (default: 587 for starttls, 465 for tls, 25 for none).
-        port: Option<u16>,
-        /// Connection security.
-        #[serde(default)]
-        tls: flowbot_channels::notifiers::SmtpTls,
-        /// Login.
-        username: Option<String>,
-        /// Password.
-        password: Option<String>,
-        /// Sender address.
-        from: String,
-        /// Recipients.
-        to: Vec<String>,
-        /// A PEM file of extra root certificates to trust (a private CA).
-        #[serde(default)]
-        ca_file: Option<std::path::PathBuf>,
-    },
-    /// A JSON `POST` to `url`, signed with `secret` when given.
-    Webhook {
-        /// Where.
-        url: String,
-        /// HMAC secret.
-        secret: Option<String>,
-    },
-}
-
-fn ntfy_url() -> String {
-    "https://ntfy.sh".into()
-}
-
-fn pushover_url() -> String {
-    "https://api.pushover.net".into()
-}
-
-impl NotifierEntry {
-    /// The URL it posts to (checked at start; empty for e-mail).
-    pub fn url(&self) -> &str {
-        match self {
-            NotifierEntry::Ntfy { base_url, .. } | NotifierEntry::Pushover { base_url, .. } => {
-                base_url
-            }
-            NotifierEntry::SlackWebhook { url } | NotifierEntry::Webhook { url, .. } => url,
-            NotifierEntry::Email { .. } => "",
-        }
-    }
-}
-
-impl std::fmt::Debug for NotifierEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Tokens and webhook URLs are secrets: only the kind is shown.
-        let kind = match self {
-            NotifierEntry::Ntfy { .. } => "ntfy",
-            NotifierEntry::SlackWebhook { .. } => "slack_webhook",
-            NotifierEntry::Pushover { .. } => "pushover",
-            NotifierEntry::Webhook { .. } => "webhook",
-            NotifierEntry::Email { .. } => "email",
-        };
-        f.debug_struct("NotifierEntry")
-            .field("kind", &kind)
-            .finish_non_exhaustive()
-    }
 }
 
 /// `[secrets]`: name = value. Values never appear in `Debug` output or logs.
@@ -209,6 +115,10 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     /// HTTPS on every address the server listens on.
     pub tls: Option<TlsConfig>,
+    /// Once listening, write the base URL of `listen` (and on a second line that of
+    /// `admin_listen`) to this file, replaced atomically: with port 0, how a supervisor or a
+    /// test learns the port the system chose.
+    pub address_file: Option<std::path::PathBuf>,
 }
 
 impl ServerConfig {
@@ -264,6 +174,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             admin_listen: None,
             tls: None,
+            address_file: None,
         }
     }
 }
@@ -424,18 +335,6 @@ impl WorkersConfig {
             .validate()
             .map_err(|e| err("workers", e.to_string()))
     }
-}
-
-/// `[webhooks.<name>]`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebhookEntry {
-    /// Where replies are POSTed.
-    pub callback_url: Option<String>,
-    /// HMAC-SHA256 secret for both directions (at least 16 bytes).
-    pub secret: Option<String>,
-    /// Replay window for signatures, in seconds.
-    pub replay_window_secs: Option<u64>,
 }
 
 /// `[bot]`
@@ -674,15 +573,8 @@ impl Config {
             "1 hour",
         )?;
         for (name, w) in &self.webhooks {
-            if let Some(secs) = w.replay_window_secs {
-                in_range(
-                    &format!("webhooks.{name}.replay_window_secs"),
-                    secs,
-                    1,
-                    DAY_SECS,
-                    "1 day",
-                )?;
-            }
+            w.channel_config(name)
+                .map_err(|e| err(format!("webhooks.{name}"), e.0))?;
         }
         self.workers.validate()?;
         self.web.validate()?;
@@ -724,20 +616,8 @@ impl Config {
                 .map_err(|e| err(format!("telegram.{name}"), e.0))?;
         }
         for (name, n) in &self.notifiers {
-            if let NotifierEntry::Email { .. } = n {
-                crate::run::email_settings(n)
-                    .and_then(|s| flowbot_channels::notifiers::Email::new(&s))
-                    .map_err(|e| err(format!("notifiers.{name}"), e.0))?;
-                continue;
-            }
-            let url = n.url();
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                // The URL may be a secret (a Slack webhook's): not repeated here.
-                return Err(err(
-                    format!("notifiers.{name}"),
-                    "the URL must start with http:// or https://",
-                ));
-            }
+            n.notifier()
+                .map_err(|e| err(format!("notifiers.{name}"), e.0))?;
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ use flowbot_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 
 use flowbot_store::redact_url as redact;
 
-use crate::config::{Config, NotifierEntry};
+use crate::config::Config;
 use crate::http::{self, AppState};
 
 mod server;
@@ -54,6 +54,15 @@ pub enum RunError {
     Listen {
         /// The address.
         addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The address file (`server.address_file`) could not be written.
+    #[error("cannot write server.address_file {}: {source}", path.display())]
+    AddressFile {
+        /// The file.
+        path: std::path::PathBuf,
         /// The OS error.
         #[source]
         source: std::io::Error,
@@ -203,73 +212,24 @@ pub fn workflow_engine(
     Arc::new(engine)
 }
 
-/// The SMTP settings of an e-mail notifier entry.
-pub(crate) fn email_settings(
-    n: &NotifierEntry,
-) -> Result<flowbot_channels::notifiers::EmailSettings, flowbot_channels::SettingsError> {
-    match n {
-        NotifierEntry::Email {
-            host,
-            port,
-            tls,
-            username,
-            password,
-            from,
-            to,
-            ca_file,
-        } => Ok(flowbot_channels::notifiers::EmailSettings {
-            host: host.clone(),
-            port: *port,
-            tls: *tls,
-            username: username.clone(),
-            password: password.clone(),
-            from: from.clone(),
-            to: to.clone(),
-            ca_file: ca_file.clone(),
-        }),
-        _ => Err("not an e-mail notifier".into()),
-    }
-}
-
 /// Add the configured notifiers to `builder` (their settings were checked with the config).
 fn with_notifiers(mut builder: BotBuilder, config: &Config) -> Result<BotBuilder, RunError> {
-    use flowbot_channels::notifiers::{Email, JsonWebhook, Ntfy, Pushover, SlackWebhook};
     for (name, n) in &config.notifiers {
-        builder = match n {
-            NotifierEntry::Ntfy {
-                base_url,
-                topic,
-                token,
-            } => builder.notifier(name, Ntfy::new(base_url, topic, token.clone())),
-            NotifierEntry::SlackWebhook { url } => builder.notifier(name, SlackWebhook::new(url)),
-            NotifierEntry::Pushover {
-                base_url,
-                token,
-                user,
-            } => builder.notifier(name, Pushover::new(base_url, token, user)),
-            NotifierEntry::Webhook { url, secret } => {
-                builder.notifier(name, JsonWebhook::new(url, secret.clone()))
-            }
-            NotifierEntry::Email { .. } => {
-                let email = email_settings(n)
-                    .and_then(|s| Email::new(&s))
-                    .map_err(|e| RunError::Channel(format!("notifiers.{name}: {e}")))?;
-                builder.notifier(name, email)
-            }
-        };
+        let notifier = n
+            .notifier()
+            .map_err(|e| RunError::Channel(format!("notifiers.{name}: {e}")))?;
+        builder = builder.notifier_arc(name, notifier);
     }
     Ok(builder)
 }
 
-fn webhook_configs(config: &Config) -> Vec<WebhookConfig> {
+fn webhook_configs(config: &Config) -> Result<Vec<WebhookConfig>, RunError> {
     config
         .webhooks
         .iter()
-        .map(|(name, e)| WebhookConfig {
-            name: name.clone(),
-            callback_url: e.callback_url.clone(),
-            secret: e.secret.clone(),
-            replay_window: Duration::from_secs(e.replay_window_secs.unwrap_or(300)),
+        .map(|(name, e)| {
+            e.channel_config(name)
+                .map_err(|e| RunError::Channel(format!("webhooks.{name}: {e}")))
         })
         .collect()
 }
@@ -411,7 +371,7 @@ pub async fn run_agent(mut config: Config, shutdown: CancellationToken) -> Resul
     let mut builder = builder.workers(worker_config(&config, "agent"));
     // Agents hold no sockets: web replies go over the bus to the servers.
     builder = builder.channel(WebChat::new("web", Some(store.clone())).sender_only());
-    let (_, hook_channels) = Webhooks::new(store.clone(), &webhook_configs(&config))
+    let (_, hook_channels) = Webhooks::new(store.clone(), &webhook_configs(&config)?)
         .map_err(|e| RunError::Channel(e.to_string()))?;
     for c in hook_channels {
         builder = builder.channel(c);

@@ -33,7 +33,7 @@ use discord_fake::FakeDiscord;
 use fake::{FakeTelegram, Fault};
 use flowbot_core::async_trait;
 use flowbot_server::config::{
-    DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode,
+    DiscordSettings, SlackSettings, TailchatSettings, TelegramMode, TelegramSettings,
 };
 use futures_util::SinkExt;
 use harness::{Chat, SECRET, Server, next_frame, start_with};
@@ -582,14 +582,14 @@ async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
     let server = start_with(move |c| {
         c.discord.insert(
             "dc".into(),
-            DiscordEntry::interactions_only(
+            DiscordSettings::interactions_only(
                 discord_fake::BOT_TOKEN.into(),
                 discord_fake::APP_ID.into(),
                 discord_fake::public_key(),
                 discord_api.clone(),
             ),
         );
-        let gateway = DiscordEntry::gateway_only(
+        let gateway = DiscordSettings::gateway_only(
             discord_fake::BOT_TOKEN.into(),
             discord_fake::APP_ID.into(),
             discord_api,
@@ -597,7 +597,7 @@ async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
         c.discord.insert("dg".into(), gateway);
         c.slack.insert(
             "sl".into(),
-            SlackEntry {
+            SlackSettings {
                 bot_token: slack_fake::BOT_TOKEN.into(),
                 signing_secret: slack_fake::SIGNING_SECRET.into(),
                 api_base: slack_api,
@@ -606,7 +606,7 @@ async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
         );
         c.tailchat.insert(
             "tc".into(),
-            TailchatEntry {
+            TailchatSettings {
                 api_base: tc_base,
                 app_id: tailchat_fake::APP_ID.into(),
                 app_secret: tailchat_fake::APP_SECRET.into(),
@@ -616,7 +616,7 @@ async fn server_and(platform: &str) -> (Server, Box<dyn Platform>) {
         );
         c.telegram.insert(
             "tg".into(),
-            TelegramEntry {
+            TelegramSettings {
                 token: fake::TOKEN.into(),
                 mode: TelegramMode::Polling,
                 api_base: fake.base,
@@ -1069,7 +1069,7 @@ mod drafts {
         let discord = FakeDiscord::start().await;
         let dir = common::TempDir::new("flowbot-draft-discord");
         let store = store(&dir).await;
-        let settings = flowbot_server::config::DiscordEntry::interactions_only(
+        let settings = flowbot_server::config::DiscordSettings::interactions_only(
             discord_fake::BOT_TOKEN.into(),
             discord_fake::APP_ID.into(),
             discord_fake::public_key(),

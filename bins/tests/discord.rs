@@ -9,12 +9,12 @@ mod fake;
 mod harness;
 
 use fake::{APP_ID, BOT_TOKEN, FakeDiscord, click, command, public_key, sign};
-use flowbot_server::config::DiscordEntry;
+use flowbot_server::config::DiscordSettings;
 use harness::{Server, problem, start_with};
 use serde_json::{Value, json};
 
-fn entry(fake: &FakeDiscord) -> DiscordEntry {
-    DiscordEntry::interactions_only(BOT_TOKEN.into(), APP_ID.into(), public_key(), fake.api())
+fn entry(fake: &FakeDiscord) -> DiscordSettings {
+    DiscordSettings::interactions_only(BOT_TOKEN.into(), APP_ID.into(), public_key(), fake.api())
 }
 
 async fn post(server: &Server, body: &str, ts: i64) -> reqwest::Response {

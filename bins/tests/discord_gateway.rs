@@ -16,7 +16,7 @@ mod harness;
 use std::time::Duration;
 
 use fake::{APP_ID, BOT_TOKEN, BOT_USER, FakeDiscord, GUILD, SYSTEM_CHANNEL, message};
-use flowbot_server::config::DiscordEntry;
+use flowbot_server::config::DiscordSettings;
 use harness::{Server, start_with};
 use serde_json::json;
 
@@ -52,7 +52,7 @@ async fn server(discord: &FakeDiscord, rules: &common::TempDir) -> Server {
     let (api, dir) = (discord.api(), rules.0.clone());
     let s = start_with(move |c| {
         c.rules.dir = Some(dir);
-        let entry = DiscordEntry::gateway_only(BOT_TOKEN.into(), APP_ID.into(), api);
+        let entry = DiscordSettings::gateway_only(BOT_TOKEN.into(), APP_ID.into(), api);
         c.discord.insert("dg".into(), entry);
     })
     .await;

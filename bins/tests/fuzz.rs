@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use ed25519_dalek::Signer;
 use flowbot_server::config::{
-    Config, DiscordEntry, SlackEntry, TailchatEntry, TelegramEntry, TelegramMode,
+    Config, DiscordSettings, SlackSettings, TailchatSettings, TelegramMode, TelegramSettings,
 };
 use futures_util::{SinkExt, StreamExt};
 use harness::{SECRET, Server, start_with};
@@ -403,7 +403,7 @@ async fn telegram_webhook() {
     let s = server(move |c| {
         c.telegram.insert(
             "tg".into(),
-            TelegramEntry {
+            TelegramSettings {
                 token: TOKEN.into(),
                 mode: TelegramMode::Webhook,
                 api_base: base,
@@ -452,7 +452,7 @@ async fn slack_server(app_token: Option<&str>) -> (slack_fake::FakeSlack, Server
     let s = server(move |c| {
         c.slack.insert(
             "sl".into(),
-            SlackEntry {
+            SlackSettings {
                 bot_token: BOT_TOKEN.into(),
                 signing_secret: SIGNING_SECRET.into(),
                 api_base: api,
@@ -519,7 +519,7 @@ async fn discord_interactions() {
     let s = server(move |c| {
         c.discord.insert(
             "dc".into(),
-            DiscordEntry::interactions_only(BOT_TOKEN.into(), APP_ID.into(), public_key(), api),
+            DiscordSettings::interactions_only(BOT_TOKEN.into(), APP_ID.into(), public_key(), api),
         );
     })
     .await;
@@ -562,7 +562,7 @@ async fn tailchat_callbacks() {
     let s = server(move |c| {
         c.tailchat.insert(
             "tc".into(),
-            TailchatEntry {
+            TailchatSettings {
                 api_base: base,
                 app_id: APP_ID.into(),
                 app_secret: APP_SECRET.into(),
@@ -772,7 +772,7 @@ async fn discord_gateway_frames() {
     let discord = FakeDiscord::start().await;
     let api = discord.api();
     let s = server(move |c| {
-        let entry = DiscordEntry::gateway_only(BOT_TOKEN.into(), APP_ID.into(), api);
+        let entry = DiscordSettings::gateway_only(BOT_TOKEN.into(), APP_ID.into(), api);
         c.discord.insert("dg".into(), entry);
     })
     .await;

@@ -11,13 +11,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{
-    TempDir, callback_receiver, eventually, free_port, kv, post_hook, slow_endpoint, spawn,
+    TempDir, callback_receiver, eventually, kv, post_hook, slow_endpoint, spawn, spawn_server,
     wait_ready,
 };
 use flowbot_llm::fake::{FakeProvider, Reply, Turn};
 use serde_json::{Value, json};
 
-const SERVER: &str = env!("CARGO_BIN_EXE_flowbot-server");
 const AGENT: &str = env!("CARGO_BIN_EXE_flowbot-agent");
 
 #[derive(Clone, Copy, PartialEq)]
@@ -49,9 +48,7 @@ impl Cluster {
         extra: &[(String, String)],
     ) -> Option<Cluster> {
         let dir = TempDir::new("flowbot-llm-processes");
-        let port = free_port();
         let mut env = vec![
-            kv("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
             kv("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "100"),
             kv("FLOWBOT_WEBHOOKS__HOOK__CALLBACK_URL", callback),
             kv("OPENAI_BASE_URL", format!("http://{}/v1", fake.addr())),
@@ -77,7 +74,7 @@ impl Cluster {
         }
         let mut c = Cluster {
             dir,
-            base: format!("http://127.0.0.1:{port}"),
+            base: String::new(),
             env,
             backend,
             server: None,
@@ -87,7 +84,8 @@ impl Cluster {
         };
         if backend == Backend::Postgres {
             let log = c.dir.0.join("server.log");
-            c.server = Some(spawn(SERVER, &["--no-agent"], &c.env, &log));
+            let (server, base) = spawn_server(&["--no-agent"], &c.env, &log).await;
+            (c.server, c.base) = (Some(server), base);
             wait_ready(&c.base, &log).await;
         }
         c.new_worker().await;
@@ -100,7 +98,8 @@ impl Cluster {
         let log = self.dir.0.join(format!("worker-{}.log", self.lives));
         match self.backend {
             Backend::Sqlite => {
-                self.worker = Some(spawn(SERVER, &[], &self.env, &log));
+                let (worker, base) = spawn_server(&[], &self.env, &log).await;
+                (self.worker, self.base) = (Some(worker), base);
                 wait_ready(&self.base, &log).await;
             }
             Backend::Postgres => self.worker = Some(spawn(AGENT, &[], &self.env, &log)),

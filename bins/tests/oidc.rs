@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flowbot_server::config::OidcConfig;
-use harness::{Server, problem, start_with};
+use harness::{Server, problem, start_on};
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
@@ -118,18 +118,25 @@ fn oidc_config(issuer: &str, redirect_url: &str) -> OidcConfig {
     }
 }
 
+/// A listener on a loopback port the system picks.
+async fn loopback() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+}
+
 /// The provider, and the server signing people in through it (the server's own port is
 /// known beforehand: the provider must know the redirect URI when it starts).
 async fn provider_and_server() -> Option<(Provider, Server)> {
     if !node_ready() {
         return None;
     }
-    let port = common::free_port();
+    let listener = loopback().await;
+    let port = listener.local_addr().expect("addr").port();
     let redirect = format!("http://127.0.0.1:{port}/auth/callback");
     let provider = Provider::start(&redirect).await;
     let config = oidc_config(&provider.issuer, &redirect);
-    let server = start_with(move |c| {
-        c.server.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+    let server = start_on(Some(listener), move |c| {
         c.auth.oidc = Some(config);
         // Requests may say which address they come from, to exercise the limits.
         c.limits.trusted_proxies = vec!["127.0.0.1".into()];
@@ -623,14 +630,13 @@ async fn sign_in_attempts_and_failed_callbacks_are_limited_per_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_provider_is_a_clear_503() {
-    let port = common::free_port();
-    let gone = common::free_port();
+    let listener = loopback().await;
+    let port = listener.local_addr().expect("addr").port();
     let config = oidc_config(
-        &format!("http://127.0.0.1:{gone}"),
+        &format!("http://{}", common::REFUSED),
         &format!("http://127.0.0.1:{port}/auth/callback"),
     );
-    let s = start_with(move |c| {
-        c.server.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+    let s = start_on(Some(listener), move |c| {
         c.auth.oidc = Some(config);
     })
     .await;

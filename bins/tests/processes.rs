@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{
-    TempDir, callback_receiver, eventually, free_port, kv, post_hook, slow_endpoint, spawn,
+    TempDir, callback_receiver, eventually, kv, post_hook, slow_endpoint, spawn, spawn_server,
     wait_ready,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -22,11 +22,8 @@ const AGENT: &str = env!("CARGO_BIN_EXE_flowbot-agent");
 async fn a_webhook_survives_sigkill_right_after_its_202() {
     let dir = TempDir::new("flowbot-sigkill");
     let (cb, seen, _) = callback_receiver(None).await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let env = |agent: bool| {
         vec![
-            kv("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
             kv(
                 "FLOWBOT_DATABASE__URL",
                 format!("sqlite://{}/flowbot.db", dir.0.display()),
@@ -38,7 +35,7 @@ async fn a_webhook_survives_sigkill_right_after_its_202() {
     };
     // First life: no agent, so nothing is processed before the kill.
     let log = dir.0.join("first.log");
-    let mut first = spawn(SERVER, &[], &env(false), &log);
+    let (mut first, base) = spawn_server(&[], &env(false), &log).await;
     wait_ready(&base, &log).await;
     let status = post_hook(
         &base,
@@ -53,7 +50,7 @@ async fn a_webhook_survives_sigkill_right_after_its_202() {
 
     // Second life: the stored message is processed and the reply is called back.
     let log = dir.0.join("second.log");
-    let _second = spawn(SERVER, &[], &env(true), &log);
+    let (_second, base) = spawn_server(&[], &env(true), &log).await;
     wait_ready(&base, &log).await;
     eventually("the reply after restart", Duration::from_secs(20), || {
         !seen.lock().expect("lock").is_empty()
@@ -112,10 +109,7 @@ async fn the_console_channel_talks_on_stdin_and_stdout() {
     let dir = TempDir::new("flowbot-console");
     let mut child = tokio::process::Command::new(SERVER)
         .arg("--console")
-        .env(
-            "FLOWBOT_SERVER__LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
+        .env("FLOWBOT_SERVER__LISTEN", "127.0.0.1:0")
         .env(
             "FLOWBOT_DATABASE__URL",
             format!("sqlite://{}/flowbot.db", dir.0.display()),
@@ -200,42 +194,23 @@ async fn distributed_servers_and_agents_on_postgres() {
     let dir = TempDir::new("flowbot-distributed");
     let schema = format!("e2e_{}", uuid::Uuid::new_v4().simple());
     let (cb, seen, delay) = callback_receiver(None).await;
-    let env = |port: Option<u16>| {
-        let mut e = vec![
+    let env = || {
+        vec![
             kv("FLOWBOT_DATABASE__URL", url.clone()),
             kv("FLOWBOT_DATABASE__SCHEMA", schema.clone()),
             kv("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "200"),
             kv("FLOWBOT_WORKERS__LEASE_SECS", "2"),
             kv("FLOWBOT_WORKERS__CONCURRENCY", "4"),
             kv("FLOWBOT_WEBHOOKS__HOOK__CALLBACK_URL", cb.clone()),
-        ];
-        if let Some(p) = port {
-            e.push(kv("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{p}")));
-        }
-        e
+        ]
     };
     // The first server creates the schema; then the rest start.
-    let (p1, p2) = (free_port(), free_port());
-    let (b1, b2) = (
-        format!("http://127.0.0.1:{p1}"),
-        format!("http://127.0.0.1:{p2}"),
-    );
-    let _s1 = spawn(
-        SERVER,
-        &["--no-agent"],
-        &env(Some(p1)),
-        &dir.0.join("s1.log"),
-    );
+    let (_s1, b1) = spawn_server(&["--no-agent"], &env(), &dir.0.join("s1.log")).await;
     wait_ready(&b1, &dir.0.join("s1.log")).await;
-    let _s2 = spawn(
-        SERVER,
-        &["--no-agent"],
-        &env(Some(p2)),
-        &dir.0.join("s2.log"),
-    );
-    let mut a1 = spawn(AGENT, &[], &env(None), &dir.0.join("a1.log"));
+    let (_s2, b2) = spawn_server(&["--no-agent"], &env(), &dir.0.join("s2.log")).await;
+    let mut a1 = spawn(AGENT, &[], &env(), &dir.0.join("a1.log"));
     let a1_pid = a1.id().expect("agent pid");
-    let _a2 = spawn(AGENT, &[], &env(None), &dir.0.join("a2.log"));
+    let _a2 = spawn(AGENT, &[], &env(), &dir.0.join("a2.log"));
     wait_ready(&b2, &dir.0.join("s2.log")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -431,27 +406,21 @@ async fn a_workflow_run_finishes_on_another_agent_after_sigkill() {
     let dir = TempDir::new("flowbot-wf-sigkill");
     let schema = format!("wf_{}", uuid::Uuid::new_v4().simple());
     let (slow, calls) = slow_endpoint().await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let env = |listen: bool| {
-        let mut e = vec![
+    let env = || {
+        vec![
             kv("FLOWBOT_DATABASE__URL", url.clone()),
             kv("FLOWBOT_DATABASE__SCHEMA", schema.clone()),
             kv("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "200"),
             kv("FLOWBOT_WORKERS__LEASE_SECS", "2"),
             // The slow endpoint is on loopback, which the network guard refuses by default.
             kv("FLOWBOT_NETWORK__ALLOW", r#"["127.0.0.1"]"#),
-        ];
-        if listen {
-            e.push(kv("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")));
-        }
-        e
+        ]
     };
-    let _server = spawn(SERVER, &["--no-agent"], &env(true), &dir.0.join("s.log"));
+    let (_server, base) = spawn_server(&["--no-agent"], &env(), &dir.0.join("s.log")).await;
     wait_ready(&base, &dir.0.join("s.log")).await;
     let mut agents = HashMap::new();
     for name in ["a1", "a2"] {
-        let child = spawn(AGENT, &[], &env(false), &dir.0.join(format!("{name}.log")));
+        let child = spawn(AGENT, &[], &env(), &dir.0.join(format!("{name}.log")));
         agents.insert(child.id().expect("pid"), child);
     }
     let http = reqwest::Client::new();
@@ -562,10 +531,7 @@ async fn a_restarted_server_takes_over_its_in_flight_message_at_once() {
     let (cb, seen, delay) = callback_receiver(None).await;
     // The first delivery hangs: the message is in flight when the server is killed.
     delay.store(600_000, Ordering::Relaxed);
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let env = vec![
-        kv("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
         kv(
             "FLOWBOT_DATABASE__URL",
             format!("sqlite://{}/flowbot.db", dir.0.display()),
@@ -575,7 +541,7 @@ async fn a_restarted_server_takes_over_its_in_flight_message_at_once() {
         kv("FLOWBOT_WEBHOOKS__HOOK__CALLBACK_URL", cb),
     ];
     let log = dir.0.join("first.log");
-    let mut first = spawn(SERVER, &[], &env, &log);
+    let (mut first, base) = spawn_server(&[], &env, &log).await;
     wait_ready(&base, &log).await;
     let status = post_hook(
         &base,
@@ -593,7 +559,7 @@ async fn a_restarted_server_takes_over_its_in_flight_message_at_once() {
     delay.store(0, Ordering::Relaxed);
 
     let log = dir.0.join("second.log");
-    let _second = spawn(SERVER, &[], &env, &log);
+    let (_second, base) = spawn_server(&[], &env, &log).await;
     wait_ready(&base, &log).await;
     eventually(
         "the reply delivered by the restarted server",

@@ -13,7 +13,6 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::free_port;
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -128,11 +127,10 @@ async fn the_readme_run_command_serves_the_demo_bot_and_stops_on_sigterm() {
         log_of(&log)
     );
 
-    // The command as written; only the port is moved off 8080, so a server the developer
-    // runs does not collide with the test.
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let env = [("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}"))];
+    // The command as written; only the port is moved off 8080 (to one the system picks, read
+    // from the line the server logs), so a server the developer runs does not collide with
+    // the test.
+    let env = [("FLOWBOT_SERVER__LISTEN", "127.0.0.1:0".to_owned())];
     let mut server = shell(&command, &cwd, &env, &log);
 
     // The first run may build the server: allow for a cold build, then wait for the line the
@@ -143,22 +141,26 @@ async fn the_readme_run_command_serves_the_demo_bot_and_stops_on_sigterm() {
         while let Ok(Some(line)) = lines.next_line().await {
             output.push_str(&line);
             output.push('\n');
-            if line.contains("flowbot-server listening") {
-                return true;
+            if line.contains("flowbot-server listening")
+                && let Some(at) = line.split("chat at ").nth(1)
+                && let Some(base) = at.split("/chat").next()
+            {
+                return Some(base.to_owned());
             }
         }
-        false
+        None
     })
     .await;
-    assert!(
-        matches!(listening, Ok(true)),
-        "`{command}` did not start listening ({}); its output:\n{output}",
-        if listening.is_ok() {
-            "it exited"
-        } else {
-            "timed out"
-        }
-    );
+    let Ok(Some(base)) = listening else {
+        panic!(
+            "`{command}` did not start listening ({}); its output:\n{output}",
+            if listening.is_ok() {
+                "it exited"
+            } else {
+                "timed out"
+            }
+        );
+    };
     // Keep reading, so the server never blocks on a full pipe.
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     for path in ["/healthz", "/readyz"] {
@@ -189,7 +191,7 @@ async fn the_readme_run_command_serves_the_demo_bot_and_stops_on_sigterm() {
     );
 
     // As the page does: a first visit gets new ids and a token, which resumes them later.
-    let url = format!("ws://127.0.0.1:{port}/ws/chat");
+    let url = format!("{}/ws/chat", base.replacen("http://", "ws://", 1));
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("connect /ws/chat");

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::http::HeaderMap;
 use flowbot_core::secrets::{KeyRing, SecretError, SecretKey, SecretStore};
-use flowbot_server::config::{Config, TelegramEntry, TelegramMode};
+use flowbot_server::config::{Config, TelegramMode, TelegramSettings};
 use harness::{problem, start_with};
 use serde_json::{Value, json};
 
@@ -363,7 +363,7 @@ async fn platform_tokens_come_from_stored_secrets() {
     assert!(!contains(&database_bytes(&dir.0), telegram::TOKEN));
 
     let tg = telegram::FakeTelegram::start().await;
-    let bot = |token: &str| TelegramEntry {
+    let bot = |token: &str| TelegramSettings {
         token: token.into(),
         mode: TelegramMode::Polling,
         api_base: tg.base.clone(),
@@ -745,14 +745,17 @@ async fn rotate_key_re_encrypts_everything_so_the_new_key_alone_reads_it() {
     // A server with the new key only runs a workflow with the secret; its debug log holds
     // neither values nor keys.
     let (url, seen) = echo_server().await;
-    let port = common::free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let log = dir.0.join("server.log");
+    let address_file = dir.0.join("server.addr");
     let mut child = tokio::process::Command::new(SERVER)
         .envs(
             env(&[
                 ("FLOWBOT_SECRETS_KEY", &new),
-                ("FLOWBOT_SERVER__LISTEN", &format!("127.0.0.1:{port}")),
+                ("FLOWBOT_SERVER__LISTEN", "127.0.0.1:0"),
+                (
+                    "FLOWBOT_SERVER__ADDRESS_FILE",
+                    &address_file.display().to_string(),
+                ),
                 ("FLOWBOT_NETWORK__ALLOW", "[\"127.0.0.1\"]"),
                 ("FLOWBOT_LOG__LEVEL", "debug"),
             ])
@@ -765,6 +768,7 @@ async fn rotate_key_re_encrypts_everything_so_the_new_key_alone_reads_it() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn server");
+    let base = common::listening_at(&mut child, &address_file, &log).await;
     common::wait_ready(&base, &log).await;
     json_of(
         http.post(format!("{base}/api/v1/workflows"))

@@ -346,11 +346,10 @@ const SERVER: &str = env!("CARGO_BIN_EXE_flowbot-server");
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_open_to_the_network_refuses_to_start_unless_told() {
     let dir = common::TempDir::new("flowbot-open");
-    let port = common::free_port();
     let db = format!("sqlite://{}/flowbot.db", dir.0.display());
     let env = |extra: &[(&str, &str)]| {
         let mut e = vec![
-            common::kv("FLOWBOT_SERVER__LISTEN", format!("0.0.0.0:{port}")),
+            common::kv("FLOWBOT_SERVER__LISTEN", "0.0.0.0:0"),
             common::kv("FLOWBOT_DATABASE__URL", db.clone()),
         ];
         e.extend(extra.iter().map(|(k, v)| common::kv(k, *v)));
@@ -378,13 +377,12 @@ async fn a_server_open_to_the_network_refuses_to_start_unless_told() {
 
     // Told: it starts, and says so loudly.
     let log = dir.0.join("open.log");
-    let mut child = common::spawn(
-        SERVER,
+    let (mut child, base) = common::spawn_server(
         &[],
         &env(&[("FLOWBOT_AUTH__ALLOW_UNAUTHENTICATED", "true")]),
         &log,
-    );
-    let base = format!("http://127.0.0.1:{port}");
+    )
+    .await;
     common::wait_ready(&base, &log).await;
     let said = std::fs::read_to_string(&log).expect("log");
     assert!(said.contains("WITHOUT AUTHENTICATION"), "{said}");
@@ -430,7 +428,7 @@ async fn a_server_open_to_the_network_refuses_to_start_unless_told() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no role 'wizard'"));
 
     let log = dir.0.join("keys.log");
-    let _child = common::spawn(SERVER, &[], &keys_env, &log);
+    let (_child, base) = common::spawn_server(&[], &keys_env, &log).await;
     common::wait_ready(&base, &log).await;
     let http = reqwest::Client::new();
     let tasks = format!("{base}/api/v1/tasks");

@@ -7,7 +7,7 @@ mod harness;
 use std::time::Duration;
 
 use flowbot_channels::webhook::{SIGNATURE_HEADER, sign};
-use flowbot_server::config::WebhookEntry;
+use flowbot_server::config::WebhookSettings;
 use futures_util::{SinkExt, StreamExt};
 use harness::{SECRET, next_frame, problem, start, start_with};
 use serde_json::{Value, json};
@@ -779,13 +779,12 @@ async fn cors_is_off_by_default_and_follows_the_configured_origins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_callbacks_are_retried_through_the_queue() {
-    let dead_port = common::free_port();
     let s = start_with(|c| {
         c.webhooks.insert(
             "down".into(),
-            WebhookEntry {
-                callback_url: Some(format!("http://127.0.0.1:{dead_port}/cb")),
-                ..WebhookEntry::default()
+            WebhookSettings {
+                callback_url: Some(format!("http://{}/cb", common::REFUSED)),
+                ..WebhookSettings::default()
             },
         );
     })

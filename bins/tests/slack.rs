@@ -8,12 +8,12 @@ mod fake;
 mod harness;
 
 use fake::{BOT_TOKEN, FakeSlack, SIGNING_SECRET, block_action, message_event, sign};
-use flowbot_server::config::SlackEntry;
+use flowbot_server::config::SlackSettings;
 use harness::{Server, problem, start_with};
 use serde_json::{Value, json};
 
-fn entry(fake: &FakeSlack) -> SlackEntry {
-    SlackEntry {
+fn entry(fake: &FakeSlack) -> SlackSettings {
+    SlackSettings {
         bot_token: BOT_TOKEN.into(),
         signing_secret: SIGNING_SECRET.into(),
         api_base: fake.api(),

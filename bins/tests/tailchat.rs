@@ -11,12 +11,12 @@ mod harness;
 use std::time::Duration;
 
 use fake::{APP_ID, APP_SECRET, CALLBACK_TOKEN, FakeTailchat, mention};
-use flowbot_server::config::TailchatEntry;
+use flowbot_server::config::TailchatSettings;
 use harness::{Server, problem, start_with};
 use serde_json::{Value, json};
 
-fn entry(fake: &FakeTailchat, secret: &str) -> TailchatEntry {
-    TailchatEntry {
+fn entry(fake: &FakeTailchat, secret: &str) -> TailchatSettings {
+    TailchatSettings {
         api_base: fake.base.clone(),
         app_id: APP_ID.into(),
         app_secret: secret.into(),

@@ -10,14 +10,14 @@ mod harness;
 use std::time::Duration;
 
 use fake::{FakeTelegram, Fault, TOKEN, USERNAME, click, text};
-use flowbot_server::config::{TelegramEntry, TelegramMode};
+use flowbot_server::config::{TelegramMode, TelegramSettings};
 use harness::{problem, start_with};
 use serde_json::{Value, json};
 
 const SECRET_TOKEN: &str = "hook-secret_0123456789";
 
-fn entry(fake: &FakeTelegram, mode: TelegramMode) -> TelegramEntry {
-    TelegramEntry {
+fn entry(fake: &FakeTelegram, mode: TelegramMode) -> TelegramSettings {
+    TelegramSettings {
         token: TOKEN.into(),
         mode,
         api_base: fake.base.clone(),

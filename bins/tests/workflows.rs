@@ -653,7 +653,7 @@ async fn a_notify_node_reaches_the_configured_notifier() {
     let s = start_with(|c| {
         c.notifiers.insert(
             "ops".into(),
-            flowbot_server::config::NotifierEntry::Ntfy {
+            flowbot_server::config::NotifierSettings::Ntfy {
                 base_url: ntfy.clone(),
                 topic: "alerts".into(),
                 token: None,

@@ -48,6 +48,32 @@ pub(crate) fn check_lease(
     Ok(())
 }
 
+/// The default `lease_ttl_secs` of a platform lease in settings: 15 s.
+#[cfg(any(feature = "telegram", feature = "discord"))]
+pub(crate) fn default_lease_ttl_secs() -> u64 {
+    15
+}
+
+/// A platform lease of `ttl_secs` (3 to 3600, the `lease_ttl_secs` of settings), renewed
+/// every third of it.
+#[cfg(any(feature = "telegram", feature = "discord"))]
+pub(crate) fn lease_from_secs(
+    ttl_secs: u64,
+) -> Result<flowbot_core::lease::LeaseTiming, crate::SettingsError> {
+    if !(3..=MAX_LEASE_TTL.as_secs()).contains(&ttl_secs) {
+        return Err(format!(
+            "lease_ttl_secs must be from 3 to {} (1 hour), got {ttl_secs}",
+            MAX_LEASE_TTL.as_secs()
+        )
+        .into());
+    }
+    let ttl = std::time::Duration::from_secs(ttl_secs);
+    Ok(flowbot_core::lease::LeaseTiming {
+        ttl,
+        every: ttl / 3,
+    })
+}
+
 /// An http(s) URL setting.
 pub(crate) fn check_url(field: &str, url: &str) -> Result<(), String> {
     if url.starts_with("http://") || url.starts_with("https://") {

@@ -15,6 +15,8 @@
 //! The rules' commands are registered as the application's global slash commands at start
 //! ([`Discord::register_commands`]).
 
+mod settings;
+pub use settings::DiscordSettings;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -5,6 +5,9 @@
 //! Errors name the service's answer: the HTTP status and what the service said, and for a
 //! 429 the `Retry-After` it asked for. A workflow node retries them under its retry policy.
 
+mod settings;
+pub use settings::NotifierSettings;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -333,18 +336,24 @@ impl std::fmt::Debug for Email {
     }
 }
 
-/// What an [`Email`] notifier connects to and sends as.
-#[derive(Debug, Clone, Default)]
+/// What an [`Email`] notifier connects to and sends as, with the keys of a configuration
+/// file.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EmailSettings {
     /// SMTP server.
     pub host: String,
     /// Its port (default by `tls`: 587, 465 or 25).
+    #[serde(default)]
     pub port: Option<u16>,
     /// Connection security.
+    #[serde(default)]
     pub tls: SmtpTls,
     /// Login, when the server needs one.
+    #[serde(default)]
     pub username: Option<String>,
     /// Password for `username`.
+    #[serde(default)]
     pub password: Option<String>,
     /// Sender, e.g. `FlowBot <bot@example.com>`.
     pub from: String,
@@ -352,7 +361,21 @@ pub struct EmailSettings {
     pub to: Vec<String>,
     /// A PEM file of root certificates to trust besides the public ones (a relay whose
     /// certificate a private CA signed).
+    #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for EmailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password is a secret.
+        f.debug_struct("EmailSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("from", &self.from)
+            .field("to", &self.to.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Email {

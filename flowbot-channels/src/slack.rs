@@ -19,6 +19,8 @@
 //! through a small client of ours on reqwest (slack-morphism's own needs hyper with TLS set up
 //! separately, and this one paces each method's tier and waits out `Retry-After`).
 
+mod settings;
+pub use settings::SlackSettings;
 mod api;
 mod socket;
 

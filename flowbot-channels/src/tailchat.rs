@@ -13,6 +13,8 @@
 //! every day. Markdown goes in Tailchat's `[markdown]` tag; Tailchat has no buttons, so a
 //! reply's buttons are listed under its text and the user answers with one of them.
 
+mod settings;
+pub use settings::TailchatSettings;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -14,6 +14,8 @@
 //! attachments sent by URL or file id. Sends are throttled per bot and a 429 is waited out as
 //! Telegram asks (`retry_after`); a send that still fails is retried by the task queue.
 
+mod settings;
+pub use settings::{TelegramMode, TelegramSettings};
 mod api;
 mod format;
 mod update;

@@ -55,6 +55,51 @@ pub struct WebhookConfig {
     pub replay_window: Duration,
 }
 
+/// A webhook channel as a configuration file describes it (`[webhooks.<name>]` in the
+/// server's file); [`channel_config`](Self::channel_config) checks it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Where replies are POSTed.
+    pub callback_url: Option<String>,
+    /// HMAC-SHA256 secret for both directions (at least 16 bytes).
+    pub secret: Option<String>,
+    /// Replay window for signatures, in seconds (1 to 86400; default 300).
+    pub replay_window_secs: Option<u64>,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret is a secret; the callback URL may carry a token.
+        f.debug_struct("WebhookSettings")
+            .field("callback_url", &self.callback_url.is_some())
+            .field("secret", &self.secret.is_some())
+            .field("replay_window_secs", &self.replay_window_secs)
+            .finish()
+    }
+}
+
+impl WebhookSettings {
+    /// The channel `name`'s configuration; the error names the key that is wrong.
+    pub fn channel_config(
+        &self,
+        name: &str,
+    ) -> std::result::Result<WebhookConfig, crate::SettingsError> {
+        let secs = self.replay_window_secs.unwrap_or(300);
+        if !(1..=86_400).contains(&secs) {
+            return Err(
+                format!("replay_window_secs must be from 1 to 86400 (1 day), got {secs}").into(),
+            );
+        }
+        Ok(WebhookConfig {
+            name: name.to_owned(),
+            callback_url: self.callback_url.clone(),
+            secret: self.secret.clone(),
+            replay_window: Duration::from_secs(secs),
+        })
+    }
+}
+
 impl WebhookConfig {
     /// A channel named `name` without callback or secret, with a 5 minute replay window.
     pub fn new(name: impl Into<String>) -> Self {

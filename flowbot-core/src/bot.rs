@@ -189,6 +189,16 @@ impl BotBuilder {
         self
     }
 
+    /// [`notifier`](Self::notifier) for a notifier already shared.
+    pub fn notifier_arc(
+        mut self,
+        name: impl Into<String>,
+        notifier: Arc<dyn crate::notify::Notifier>,
+    ) -> Self {
+        self.notifiers.insert(name.into(), notifier);
+        self
+    }
+
     /// Run workflows with `engine`: its task handlers join the workers, and the actions
     /// `workflow.run` and `publish_event` join the registry. Needs a store.
     pub fn workflows(mut self, engine: Arc<Workflows>) -> Self {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{Config, ConfigError, WebhookEntry, err};
+use super::{Config, ConfigError, WebhookSettings, err};
 
 pub(super) fn parse_env_value(raw: &str) -> toml::Value {
     format!("v = {raw}")
@@ -83,7 +83,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         Some(toml::Value::Table(t)) => {
             let mut out = BTreeMap::new();
             for (name, v) in t {
-                let entry = WebhookEntry::deserialize(v.clone()).map_err(|e| {
+                let entry = WebhookSettings::deserialize(v.clone()).map_err(|e| {
                     err(
                         field_path(&format!("webhooks.{}", key_name(name)), &e.to_string()),
                         clean(&e.to_string()),

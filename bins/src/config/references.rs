@@ -4,7 +4,7 @@
 
 use flowbot_core::secrets::{SecretStore, check_name};
 
-use super::{Config, ConfigError, NotifierEntry, err};
+use super::{Config, ConfigError, NotifierSettings, err};
 
 /// The name a value refers to when it is written `{{ secrets.NAME }}` (spaces inside the
 /// braces optional); `None` for any other value. A value in braces that is not such a
@@ -64,26 +64,23 @@ impl Config {
         for (name, n) in &mut self.notifiers {
             let at = |key: &str| format!("notifiers.{name}.{key}");
             match n {
-                NotifierEntry::Ntfy { token, .. } => {
-                    if let Some(v) = token {
-                        out.push((at("token"), v));
-                    }
-                }
-                NotifierEntry::SlackWebhook { url } => out.push((at("url"), url)),
-                NotifierEntry::Pushover { token, user, .. } => {
+                NotifierSettings::Ntfy { token: Some(v), .. } => out.push((at("token"), v)),
+                NotifierSettings::Webhook {
+                    secret: Some(v), ..
+                } => out.push((at("secret"), v)),
+                NotifierSettings::SlackWebhook { url } => out.push((at("url"), url)),
+                NotifierSettings::Pushover { token, user, .. } => {
                     out.push((at("token"), token));
                     out.push((at("user"), user));
                 }
-                NotifierEntry::Email { password, .. } => {
-                    if let Some(v) = password {
+                NotifierSettings::Email(email) => {
+                    if let Some(v) = &mut email.password {
                         out.push((at("password"), v));
                     }
                 }
-                NotifierEntry::Webhook { secret, .. } => {
-                    if let Some(v) = secret {
-                        out.push((at("secret"), v));
-                    }
-                }
+                // No secret given, or a kind added to flowbot-channels later (its secrets are
+                // listed here).
+                _ => {}
             }
         }
         for (name, e) in &mut self.webhooks {

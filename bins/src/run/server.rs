@@ -31,6 +31,7 @@ pub struct Server {
     commands: Declare,
     then_rules: Option<ThenRules>,
     channels: Vec<flowbot_core::Channel>,
+    listener: Option<tokio::net::TcpListener>,
 }
 
 /// Handlers to put in front of the rules: the router both make, and the handlers' commands.
@@ -115,6 +116,7 @@ impl Server {
             commands: Declare::Rules,
             then_rules: None,
             channels: Vec::new(),
+            listener: None,
         }
     }
 
@@ -153,6 +155,16 @@ impl Server {
         self
     }
 
+    /// Serve on `listener`, already bound, instead of binding `server.listen` (which becomes
+    /// the listener's address): bind port 0, learn the port, then hand the listener over, and
+    /// no other process can take the port in between. Only [`run`](Self::run) listens.
+    pub fn listener(mut self, listener: tokio::net::TcpListener) -> Result<Self, RunError> {
+        let addr = listener.local_addr().map_err(RunError::Serve)?;
+        self.config.server.listen = addr;
+        self.listener = Some(listener);
+        Ok(self)
+    }
+
     /// Add a channel besides those of the configuration.
     pub fn channel(mut self, channel: flowbot_core::Channel) -> Self {
         self.channels.push(channel);
@@ -162,14 +174,18 @@ impl Server {
     /// Listen on `server.listen` (and `server.admin_listen`) and serve until `shutdown` is
     /// cancelled, then drain HTTP and stop the bot. `ready` receives the bound addresses.
     pub async fn run(
-        self,
+        mut self,
         shutdown: CancellationToken,
         ready: Option<tokio::sync::oneshot::Sender<Running>>,
     ) -> Result<(), RunError> {
         let config = self.config.clone();
+        let listener = self.listener.take();
         // Boxed: both futures are large, and `run` is held in callers' futures.
         let assembled = Box::pin(self.assemble(&shutdown)).await?;
-        Box::pin(serve_assembled(config, assembled, shutdown, ready)).await
+        Box::pin(serve_assembled(
+            config, listener, assembled, shutdown, ready,
+        ))
+        .await
     }
 
     /// Put the server together without listening: the routes to mount in an application's
@@ -185,6 +201,7 @@ impl Server {
             commands,
             then_rules,
             channels,
+            listener: _,
         } = self;
         let shutdown = shutdown.clone();
         let store = open_store(&config).await?;
@@ -230,7 +247,7 @@ impl Server {
         if let Some(web) = &web {
             builder = builder.channel(web.channel());
         }
-        let (webhooks, hook_channels) = Webhooks::new(store.clone(), &webhook_configs(&config))
+        let (webhooks, hook_channels) = Webhooks::new(store.clone(), &webhook_configs(&config)?)
             .map_err(|e| RunError::Channel(e.to_string()))?;
         for c in hook_channels {
             builder = builder.channel(c);
@@ -383,6 +400,7 @@ impl Server {
 /// Serve `assembled` as `config` says until `shutdown`, then stop its bot.
 async fn serve_assembled(
     config: Config,
+    listener: Option<tokio::net::TcpListener>,
     assembled: Assembled,
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<Running>>,
@@ -396,8 +414,12 @@ async fn serve_assembled(
             .await
             .map_err(|source| RunError::Listen { addr, source })
     };
+    let main = match listener {
+        Some(l) => Ok(l),
+        None => bind(config.server.listen).await,
+    };
     let listeners = match (
-        bind(config.server.listen).await,
+        main,
         match config.server.admin_listen {
             Some(a) => bind(a).await.map(Some),
             None => Ok(None),
@@ -422,6 +444,20 @@ async fn serve_assembled(
         "http"
     };
     tracing::info!(%addr, admin = ?admin, database = %redact(&config.database.url), agent = config.server.agent, "flowbot-server listening; chat at {scheme}://{addr}/chat");
+    if let Some(path) = &config.server.address_file {
+        let mut text = format!("{scheme}://{addr}\n");
+        if let Some(admin) = admin {
+            text.push_str(&format!("{scheme}://{admin}\n"));
+        }
+        if let Err(source) = write_atomically(path, &text) {
+            bot_stop.cancel();
+            let _ = bot_task.await;
+            return Err(RunError::AddressFile {
+                path: path.clone(),
+                source,
+            });
+        }
+    }
     if let Some(ready) = ready {
         let _ = ready.send(Running { addr, admin });
     }
@@ -453,6 +489,14 @@ async fn serve_assembled(
         Err(e) => tracing::error!(error = %e, "bot task failed"),
     }
     served
+}
+
+/// Write `text` to `path` through a temporary file beside it, so a reader never sees half.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Serve `app` on `tcp` (through TLS with `tls`) until `stop`, then drain.

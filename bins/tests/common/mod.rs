@@ -70,13 +70,57 @@ pub async fn callback_receiver(secret: Option<&'static str>) -> (String, Receive
     (format!("http://{addr}/cb"), seen, delay)
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// An address nothing listens on: port 1 is privileged and no test binds it (ports the
+/// system hands out for port 0 are far above it), so a connection there is refused.
+pub const REFUSED: &str = "127.0.0.1:1";
+
+/// `flowbot-server` as a child process (see [`spawn`]) listening on a port the system picks
+/// (`127.0.0.1:0`, unless `env` sets `FLOWBOT_SERVER__LISTEN`), and its base URL, read from
+/// the address file it writes once it listens (`server.address_file`, beside `log`). No port
+/// is chosen beforehand, so no other process can take it in between.
+pub async fn spawn_server(
+    args: &[&str],
+    env: &[(String, String)],
+    log: &std::path::Path,
+) -> (tokio::process::Child, String) {
+    let file = log.with_extension("addr");
+    let _ = std::fs::remove_file(&file);
+    let mut env = env.to_vec();
+    if !env.iter().any(|(k, _)| k == "FLOWBOT_SERVER__LISTEN") {
+        env.push(kv("FLOWBOT_SERVER__LISTEN", "127.0.0.1:0"));
+    }
+    env.push(kv(
+        "FLOWBOT_SERVER__ADDRESS_FILE",
+        file.display().to_string(),
+    ));
+    let mut child = spawn(env!("CARGO_BIN_EXE_flowbot-server"), args, &env, log);
+    let base = listening_at(&mut child, &file, log).await;
+    (child, base)
+}
+
+/// The base URL a server `child` writes to its address `file` once it listens; the test
+/// fails, showing `log`, when the child exits first or takes over a minute.
+pub async fn listening_at(
+    child: &mut tokio::process::Child,
+    file: &std::path::Path,
+    log: &std::path::Path,
+) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(file)
+            && let Some(base) = text.lines().next()
+        {
+            // A server on every address (0.0.0.0) is reached on loopback.
+            return base.replace("://0.0.0.0:", "://127.0.0.1:");
+        }
+        let exited = child.try_wait().expect("child status");
+        assert!(
+            exited.is_none() && tokio::time::Instant::now() < deadline,
+            "the server did not start listening ({exited:?}); its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A FlowBot binary as a child process, killed when dropped; its stderr goes to `log`.
@@ -186,9 +230,7 @@ pub async fn start_servers(
 ) -> std::collections::HashMap<u32, (&'static str, tokio::process::Child)> {
     let mut servers = std::collections::HashMap::new();
     for (i, name) in names.iter().enumerate() {
-        let port = free_port();
         let env: Vec<(String, String)> = [
-            ("FLOWBOT_SERVER__LISTEN", format!("127.0.0.1:{port}")),
             ("FLOWBOT_DATABASE__URL", url.to_owned()),
             ("FLOWBOT_DATABASE__SCHEMA", schema.to_owned()),
             ("FLOWBOT_WORKERS__POLL_INTERVAL_MS", "100".to_owned()),
@@ -199,8 +241,8 @@ pub async fn start_servers(
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let log = dir.join(format!("{name}.log"));
-        let child = spawn(env!("CARGO_BIN_EXE_flowbot-server"), &[], &env, &log);
-        wait_ready(&format!("http://127.0.0.1:{port}"), &log).await;
+        let (child, base) = spawn_server(&[], &env, &log).await;
+        wait_ready(&base, &log).await;
         servers.insert(child.id().expect("pid"), (*name, child));
         if i == 0 {
             tokio::time::sleep(Duration::from_millis(200)).await;

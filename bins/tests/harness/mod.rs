@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use flowbot_core::CancellationToken;
-use flowbot_server::config::{Config, WebhookEntry};
-use flowbot_server::run::{Running, run_server};
+use flowbot_server::config::{Config, WebhookSettings};
+use flowbot_server::run::Running;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
@@ -45,6 +45,15 @@ pub async fn start() -> Server {
 }
 
 pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
+    start_on(None, tweak).await
+}
+
+/// [`start_with`], serving on `listener` (bound beforehand, when a test must know the port
+/// before the server starts) when given.
+pub async fn start_on(
+    listener: Option<tokio::net::TcpListener>,
+    tweak: impl FnOnce(&mut Config),
+) -> Server {
     let dir = TempDir::new("flowbot-server-test");
     let (callback_url, callbacks, _) = callback_receiver(Some(SECRET)).await;
     let mut config = Config::default();
@@ -56,7 +65,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
     config.web.secret = Some(WEB_SECRET.into());
     config.webhooks.insert(
         "crm".into(),
-        WebhookEntry {
+        WebhookSettings {
             callback_url: Some(callback_url),
             secret: Some(SECRET.into()),
             replay_window_secs: Some(60),
@@ -64,14 +73,17 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
     );
     config
         .webhooks
-        .insert("open".into(), WebhookEntry::default());
+        .insert("open".into(), WebhookSettings::default());
     tweak(&mut config);
     let kept = config.clone();
     let stop = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel::<Running>();
     let s = stop.clone();
-    let task =
-        tokio::spawn(async move { run_server(config, s, Some(tx)).await.expect("server ran") });
+    let mut server = flowbot_server::run::Server::new(config);
+    if let Some(listener) = listener {
+        server = server.listener(listener).expect("the listener's address");
+    }
+    let task = tokio::spawn(async move { server.run(s, Some(tx)).await.expect("server ran") });
     let running = rx.await.expect("server started");
     Server {
         base: format!("http://{}", running.addr),
