@@ -364,7 +364,15 @@ async fn handlers_dispatch_by_event_kind_with_typed_arguments() {
                 .unwrap_or_default();
             Ok(Reply::text(format!("welcome {who}")))
         })
-        .on_reaction(|cx| async move { Ok(Reply::text(format!("thanks for the {}", cx.args))) });
+        .on_reaction(|cx| async move { Ok(Reply::text(format!("thanks for the {}", cx.args))) })
+        .on_edit(|cx| async move {
+            let id = cx.event().as_edit().map(|m| m.id.to_string());
+            Ok(Reply::text(format!(
+                "{} now reads {:?}",
+                id.unwrap_or_default(),
+                cx.text().unwrap_or_default()
+            )))
+        });
     assert_eq!(router.command_names(), ["add", "count", "define"]);
     assert_eq!(
         router
@@ -439,6 +447,14 @@ async fn handlers_dispatch_by_event_kind_with_typed_arguments() {
         .await
         .expect("send");
     assert_eq!(reply(&mut handle).await.text, "thanks for the 👍");
+    // An edit of a command goes to `on_edit`, not to the command again.
+    let mut edited = Message::text("local", "r", Sender::user("ada"), "/add 2 4");
+    edited.id = MessageId("m7".into());
+    handle
+        .send(Event::MessageEdited(edited))
+        .await
+        .expect("send");
+    assert_eq!(reply(&mut handle).await.text, "m7 now reads \"/add 2 4\"");
     // A message no command matches, with no fallback: no answer.
     handle.say("ada", "r", "hello").await.expect("say");
     no_reply(&mut handle).await;

@@ -45,6 +45,11 @@ then = [{ reply = "Which?" }]
 name = "picked"
 when = { event = "button" }
 then = [{ reply = "picked {{ message.value }}" }]
+
+[[rule]]
+name = "edited"
+when = { event = "message_edited" }
+then = [{ reply = "{{ message.id }} now reads: {{ message.text }}" }]
 "#;
 
 async fn server(discord: &FakeDiscord, rules: &common::TempDir) -> Server {
@@ -93,6 +98,16 @@ async fn the_gateway_session_carries_messages_commands_joins_and_reactions() {
     discord.dispatch(0, "MESSAGE_CREATE", own);
     // Without the Message Content intent a server message has no text: nothing to answer.
     discord.dispatch(0, "MESSAGE_CREATE", message("7003", "C1", ""));
+
+    // An edit is an event of its own (its text, not a command run again); an update that
+    // edits nothing (an embed resolved) is not.
+    let mut edit = message("7001", "C1", "/echo hi again");
+    edit["edited_timestamp"] = "2026-11-22T10:00:05.000000+00:00".into();
+    discord.dispatch(0, "MESSAGE_UPDATE", edit);
+    discord
+        .wait_for("C1", "msg:7001 now reads: /echo hi again")
+        .await;
+    discord.dispatch(0, "MESSAGE_UPDATE", message("7001", "C1", "/echo hi again"));
 
     // A slash command over the gateway: acknowledged with a deferred response (type 5), and
     // the reply replaces it.
@@ -147,6 +162,9 @@ async fn the_gateway_session_carries_messages_commands_joins_and_reactions() {
         metrics.contains("flowbot_channel_ignored_total{channel=\"dg\",reason=\"bot message\"} 1")
             && metrics.contains(
                 "flowbot_channel_ignored_total{channel=\"dg\",reason=\"message without content\"} 1"
+            )
+            && metrics.contains(
+                "flowbot_channel_ignored_total{channel=\"dg\",reason=\"message update without an edit\"} 1"
             ),
         "{metrics}"
     );

@@ -74,6 +74,7 @@ async fn polling_answers_commands_and_clicks_and_rides_out_faults() {
         poll["allowed_updates"],
         json!([
             "message",
+            "edited_message",
             "callback_query",
             "message_reaction",
             "chat_member"
@@ -135,17 +136,22 @@ async fn polling_answers_commands_and_clicks_and_rides_out_faults() {
     tg.push(text(1001, "/echo after an outage"));
     tg.wait_for_text(1001, "after an outage").await;
 
+    // An edited message is an event of its own, which the demo's `echo-edited` rule answers.
+    tg.push(json!({"edited_message": {"message_id": 1, "date": 0, "edit_date": 5, "chat": {"id": 1001, "type": "private"},
+        "from": {"id": 1001, "is_bot": false, "first_name": "Ada"}, "text": "/echo corrected"}}));
+    tg.wait_for_text(1001, "corrected (edited)").await;
+
     // Update kinds the bot does not handle are ignored and counted.
-    tg.push(json!({"edited_message": {"message_id": 1, "date": 0, "chat": {"id": 1001, "type": "private"}, "text": "x"}}));
+    tg.push(json!({"edited_channel_post": {"message_id": 1, "date": 0, "chat": {"id": -1001, "type": "channel"}, "text": "x"}}));
     tg.push(text(1001, "/echo last"));
     tg.wait_for_text(1001, "last").await;
     let metrics = common::metrics(&server.base).await;
     assert!(
-        metrics
-            .contains("flowbot_channel_ignored_total{channel=\"tg\",reason=\"edited_message\"} 1")
-            && metrics.contains(
-                "flowbot_channel_ignored_total{channel=\"tg\",reason=\"command for @other_bot\"} 1"
-            ),
+        metrics.contains(
+            "flowbot_channel_ignored_total{channel=\"tg\",reason=\"edited_channel_post\"} 1"
+        ) && metrics.contains(
+            "flowbot_channel_ignored_total{channel=\"tg\",reason=\"command for @other_bot\"} 1"
+        ),
         "{metrics}"
     );
     assert!(tg.sent_to(-2002).is_empty(), "{:?}", tg.sent_to(-2002));

@@ -329,6 +329,19 @@ async fn process_event(state: &SlackState, raw: Value) -> std::result::Result<Va
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_else(|| "subtype".into());
+                if why == "message_changed" {
+                    let Some(edit) = edited(ch, &raw["event"]) else {
+                        state
+                            .stats
+                            .ignored
+                            .inc("message_changed without a person's text");
+                        return Ok(json!({}));
+                    };
+                    // Each edit is an event of its own.
+                    let dedupe = format!("event:{}", callback.event_id.0);
+                    store_event(state, &edit, &dedupe).await?;
+                    return Ok(json!({}));
+                }
                 state.stats.ignored.inc(&format!("message:{why}"));
                 return Ok(json!({}));
             }
@@ -411,6 +424,39 @@ async fn process_event(state: &SlackState, raw: Value) -> std::result::Result<Va
     }
     store_event(state, &event, &dedupe).await?;
     Ok(json!({}))
+}
+
+/// A `message_changed` event (`event`, Slack's JSON) as the edited message: the text as it
+/// now reads, with the id of the message edited. `None` for a bot's message, or one without
+/// a user, channel or text (an unfurl adds attachments through `message_changed` too).
+fn edited(ch: &ChannelName, event: &Value) -> Option<Event> {
+    let message = &event["message"];
+    if message.get("bot_id").is_some_and(|b| !b.is_null()) {
+        return None;
+    }
+    let (channel, from, ts, text) = (
+        event["channel"].as_str()?,
+        message["user"].as_str()?,
+        message["ts"].as_str()?,
+        message["text"].as_str()?,
+    );
+    // An unfurl or a bot's change leaves the text as it was: not an edit by a person.
+    if event["previous_message"]["text"].as_str() == Some(text) {
+        return None;
+    }
+    let mut m = Message::text(
+        ch.clone(),
+        channel,
+        user(from),
+        unescape(without_mention(text)),
+    );
+    m.id = message_id(channel, ts);
+    m.thread = message["thread_ts"]
+        .as_str()
+        .filter(|t| *t != ts)
+        .map(str::to_owned);
+    m.raw = Some(event.clone());
+    Some(Event::MessageEdited(m))
 }
 
 /// The JSON in the `payload` field of a form body (interactivity).

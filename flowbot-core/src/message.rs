@@ -199,6 +199,10 @@ pub struct Interaction {
 pub enum Event {
     /// A chat message (slash commands included: see [`Message::command`]).
     Message(Message),
+    /// A message its author edited: the message as it now reads, with the id of the one
+    /// edited. Edits reach only what asks for them (a handler's `on_edit`, rules naming
+    /// `event = "message_edited"`), so correcting a typo does not run a command twice.
+    MessageEdited(Message),
     /// A button click or interaction.
     Interaction(Interaction),
     /// Someone joined a conversation.
@@ -238,7 +242,7 @@ impl Event {
     /// The channel the event came through.
     pub fn channel(&self) -> &ChannelName {
         match self {
-            Event::Message(m) => &m.channel,
+            Event::Message(m) | Event::MessageEdited(m) => &m.channel,
             Event::Interaction(i) => &i.channel,
             Event::MemberJoined { channel, .. }
             | Event::Reaction { channel, .. }
@@ -249,7 +253,7 @@ impl Event {
     /// The conversation, for events that belong to one.
     pub fn conversation(&self) -> Option<&ConversationId> {
         match self {
-            Event::Message(m) => Some(&m.conversation),
+            Event::Message(m) | Event::MessageEdited(m) => Some(&m.conversation),
             Event::Interaction(i) => Some(&i.conversation),
             Event::MemberJoined { conversation, .. } | Event::Reaction { conversation, .. } => {
                 Some(conversation)
@@ -261,7 +265,7 @@ impl Event {
     /// The user who caused the event, if any.
     pub fn sender(&self) -> Option<&Sender> {
         match self {
-            Event::Message(m) => Some(&m.sender),
+            Event::Message(m) | Event::MessageEdited(m) => Some(&m.sender),
             Event::Interaction(i) => Some(&i.sender),
             Event::MemberJoined { user, .. } | Event::Reaction { user, .. } => Some(user),
             Event::Custom { .. } => None,
@@ -280,7 +284,10 @@ impl Event {
     /// Where a reply to this event goes: its channel, conversation and thread.
     pub fn reply_target(&self) -> Option<Target> {
         let conversation = self.conversation()?.clone();
-        let thread = self.as_message().and_then(|m| m.thread.clone());
+        let thread = self
+            .as_message()
+            .or(self.as_edit())
+            .and_then(|m| m.thread.clone());
         Some(Target {
             channel: self.channel().clone(),
             conversation,
@@ -292,6 +299,14 @@ impl Event {
     pub fn as_message(&self) -> Option<&Message> {
         match self {
             Event::Message(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The edited message as it now reads, if this is an edit.
+    pub fn as_edit(&self) -> Option<&Message> {
+        match self {
+            Event::MessageEdited(m) => Some(m),
             _ => None,
         }
     }

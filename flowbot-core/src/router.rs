@@ -101,9 +101,12 @@ impl Turn {
         self.event.reply_target()
     }
 
-    /// The message text, if the event is a message.
+    /// The message text, if the event is a message or an edit (the text as edited).
     pub fn text(&self) -> Option<&str> {
-        self.event.as_message().map(|m| m.text.as_str())
+        self.event
+            .as_message()
+            .or(self.event.as_edit())
+            .map(|m| m.text.as_str())
     }
 
     /// Call an action with this turn's conversation as its source.
@@ -365,6 +368,7 @@ pub struct Handlers<S> {
     any_button: Option<BoxedHandler<S>>,
     joins: Option<BoxedHandler<S>>,
     reactions: Option<BoxedHandler<S>>,
+    edits: Option<BoxedHandler<S>>,
     custom: HashMap<String, BoxedHandler<S>>,
     fallback: Option<BoxedHandler<S>>,
     otherwise: Option<Arc<dyn Router>>,
@@ -378,6 +382,7 @@ impl<S> std::fmt::Debug for Handlers<S> {
             .field("any_button", &self.any_button.is_some())
             .field("joins", &self.joins.is_some())
             .field("reactions", &self.reactions.is_some())
+            .field("edits", &self.edits.is_some())
             .field("custom", &self.custom.keys().collect::<Vec<_>>())
             .field("fallback", &self.fallback.is_some())
             .field("otherwise", &self.otherwise.is_some())
@@ -403,6 +408,7 @@ impl<S: Send + Sync + 'static> Handlers<S> {
             buttons: HashMap::new(),
             any_button: None,
             joins: None,
+            edits: None,
             reactions: None,
             custom: HashMap::new(),
             fallback: None,
@@ -490,6 +496,19 @@ impl<S: Send + Sync + 'static> Handlers<S> {
         self
     }
 
+    /// Handle an edited message ([`Event::MessageEdited`]); `cx.args` and `cx.text()` hold the
+    /// text as edited. Edits reach this handler only: without one, an edit goes to the
+    /// router given to [`Handlers::or`], or is left unanswered, never to the fallback (a
+    /// corrected typo does not run a command again).
+    pub fn on_edit<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.edits = Some(Self::boxed(f));
+        self
+    }
+
     /// Handle the application's own events named `name` ([`Event::Custom`]).
     pub fn on_custom<F, Fut>(mut self, name: &str, f: F) -> Self
     where
@@ -502,7 +521,7 @@ impl<S: Send + Sync + 'static> Handlers<S> {
 
     /// Handle every event no other handler takes: a message no command matched (`cx.args`
     /// holds its text), and a click, join, reaction or custom event with no handler of its
-    /// kind (`cx.args` empty).
+    /// kind (`cx.args` empty). Edits never reach it (see [`Handlers::on_edit`]).
     pub fn fallback<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(HandlerCx<S>) -> Fut + Send + Sync + 'static,
@@ -565,6 +584,10 @@ impl<S: Send + Sync + 'static> Handlers<S> {
                 self.reactions.as_ref().map(|h| (h, emoji.clone(), None))
             }
             Event::Custom { name, .. } => self.custom.get(name).map(|h| (h, String::new(), None)),
+            Event::MessageEdited(m) => {
+                // Only `on_edit` takes edits, never the fallback.
+                return self.edits.as_ref().map(|h| (h, m.text.clone(), None));
+            }
         };
         own.or_else(|| {
             if self.otherwise.is_some() {
@@ -626,6 +649,24 @@ mod tests {
             |u: &str| -> Vec<String> { usage_params(u).into_iter().map(|p| p.name).collect() };
         assert_eq!(names("/cmd [a] <b> [c]"), ["a", "c"]);
         assert_eq!(names("/cmd <a> <a> <b>"), ["a", "b"]);
+    }
+
+    #[test]
+    fn edits_reach_on_edit_only_never_the_fallback() {
+        let edit = Event::MessageEdited(crate::Message::text(
+            "local",
+            "r",
+            crate::Sender::user("ada"),
+            "/start again",
+        ));
+        let fallback_only = Handlers::new(())
+            .command("start", |_cx| async { Ok(Reply::text("started")) })
+            .fallback(|_cx| async { Ok(Reply::text("what?")) });
+        assert!(fallback_only.pick(&edit).is_none());
+        let with_edits =
+            fallback_only.on_edit(|cx| async move { Ok(Reply::text(format!("now: {}", cx.args))) });
+        let (_, args, usage) = with_edits.pick(&edit).expect("on_edit takes it");
+        assert_eq!((args.as_str(), usage), ("/start again", None));
     }
 
     #[test]

@@ -40,6 +40,7 @@ impl std::fmt::Display for Origin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EventKind {
     Message,
+    MessageEdited,
     Button,
     MemberJoined,
     Reaction,
@@ -176,6 +177,8 @@ pub(crate) struct Rule {
     pub(crate) keep_going: bool,
     pub(crate) enabled: bool,
     pub(crate) gate: Gate,
+    /// Whether the rule names `event = "message_edited"`: edits reach only such rules.
+    pub(crate) takes_edits: bool,
     pub(crate) cond: Option<Cond>,
     pub(crate) actions: Vec<Act>,
     pub(crate) origin: Origin,
@@ -394,6 +397,7 @@ impl RuleSet {
                 keep_going: spec.keep_going,
                 enabled: spec.enabled,
                 gate,
+                takes_edits: cond.as_ref().is_some_and(names_edits),
                 cond,
                 actions,
                 origin,
@@ -602,16 +606,27 @@ fn parse_role(s: &str) -> Role {
     }
 }
 
+/// Whether `cond` names the `message_edited` event kind anywhere.
+fn names_edits(cond: &Cond) -> bool {
+    match cond {
+        Cond::All(parts) | Cond::Any(parts) => parts.iter().any(names_edits),
+        Cond::Not(inner) => names_edits(inner),
+        Cond::Event(kinds) => kinds.contains(&EventKind::MessageEdited),
+        _ => false,
+    }
+}
+
 fn parse_event(s: &str) -> Result<EventKind, String> {
     Ok(match s {
         "message" => EventKind::Message,
+        "message_edited" => EventKind::MessageEdited,
         "button" | "interaction" => EventKind::Button,
         "member_joined" => EventKind::MemberJoined,
         "reaction" => EventKind::Reaction,
         "custom" => EventKind::Custom,
         other => {
             return Err(format!(
-                "event kind '{other}' is not one of message, button, member_joined, reaction, custom"
+                "event kind '{other}' is not one of message, message_edited, button, member_joined, reaction, custom"
             ));
         }
     })

@@ -72,6 +72,7 @@ impl Facts<'_> {
     fn kind(&self) -> Option<EventKind> {
         Some(match self.event {
             Event::Message(_) => EventKind::Message,
+            Event::MessageEdited(_) => EventKind::MessageEdited,
             Event::Interaction(_) => EventKind::Button,
             Event::MemberJoined { .. } => EventKind::MemberJoined,
             Event::Reaction { .. } => EventKind::Reaction,
@@ -155,6 +156,7 @@ fn message_json(event: &Event, text: &str) -> Value {
     let sender = event.sender();
     let kind = match event {
         Event::Message(_) => "message",
+        Event::MessageEdited(_) => "message_edited",
         Event::Interaction(_) => "button",
         Event::MemberJoined { .. } => "member_joined",
         Event::Reaction { .. } => "reaction",
@@ -179,7 +181,7 @@ fn message_json(event: &Event, text: &str) -> Value {
             m["name"] = json!(name);
             m["payload"] = payload.clone();
         }
-        Event::Message(msg) => m["id"] = json!(msg.id.as_str()),
+        Event::Message(msg) | Event::MessageEdited(msg) => m["id"] = json!(msg.id.as_str()),
         _ => {}
     }
     m
@@ -439,7 +441,7 @@ impl RulesRouter {
 
 fn event_text(event: &Event) -> &str {
     match event {
-        Event::Message(m) => &m.text,
+        Event::Message(m) | Event::MessageEdited(m) => &m.text,
         Event::Interaction(i) => &i.value,
         _ => "",
     }
@@ -496,6 +498,9 @@ fn candidates(set: &RuleSet, facts: &Facts<'_>) -> Vec<usize> {
 
 /// Whether `rule` (whose gate passed) matches, with what it bound.
 fn check(rule: &Rule, facts: &Facts<'_>) -> Result<Option<(Outcome, Bindings)>, String> {
+    if !rule.takes_edits && matches!(facts.event, Event::MessageEdited(_)) {
+        return Ok(None);
+    }
     let mut b = Bindings::default();
     let outcome = match &rule.cond {
         None => Outcome::Yes,

@@ -180,7 +180,8 @@ pub struct When {
     /// Sender roles (any of): `user`, `moderator`, `admin`, `bot` or a platform role name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<OneOrMany>,
-    /// Event kinds (any of): `message`, `button`, `member_joined`, `reaction`, `custom`.
+    /// Event kinds (any of): `message`, `message_edited`, `button`, `member_joined`,
+    /// `reaction`, `custom`. Edits reach only rules that name `message_edited`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<OneOrMany>,
     /// A time window.

@@ -274,6 +274,11 @@ when = { event = "button" }
 then = [{ reply = "clicked {{ message.value }}" }]
 
 [[rule]]
+name = "edits"
+when = { event = "message_edited", contains = "refund" }
+then = [{ reply = "{{ message.kind }}: {{ message.id }} now reads {{ message.text }}" }]
+
+[[rule]]
 name = "later"
 when = { command = "later <delay> <text...>" }
 then = [
@@ -402,6 +407,28 @@ async fn rules_route_commands_keywords_regexes_filters_and_scripts() {
         .await
         .expect("send");
     assert_eq!(bot.reply().await, "clicked yes");
+
+    // Edits reach only the rule that names them: not the keyword rules, not the fallback.
+    let edit = |id: &str, text: &str| {
+        let mut m = Message::text("local", "room", Sender::user("ada"), text);
+        m.id = id.into();
+        Event::MessageEdited(m)
+    };
+    bot.handle
+        .send(edit("m1", "refund please"))
+        .await
+        .expect("send");
+    assert_eq!(
+        bot.reply().await,
+        "message_edited: m1 now reads refund please"
+    );
+    bot.handle.send(edit("m2", "hello")).await.expect("send");
+    bot.no_reply().await;
+    let matched = bot
+        .router
+        .matching(&edit("m3", "refund"), &serde_json::Map::new(), None)
+        .expect("matching");
+    assert_eq!(matched, ["edits"]);
 
     // The names the router would pick, without running anything.
     let matched = bot

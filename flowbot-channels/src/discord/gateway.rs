@@ -528,7 +528,13 @@ async fn dispatch(
             == Some(id)
     };
     let (event, key) = match kind {
-        "MESSAGE_CREATE" => {
+        "MESSAGE_CREATE" | "MESSAGE_UPDATE" => {
+            let edited_at = d["edited_timestamp"].as_str();
+            if kind == "MESSAGE_UPDATE" && edited_at.is_none() {
+                // An embed or a pin changed, not the text.
+                state.stats.ignored.inc("message update without an edit");
+                return Ok(());
+            }
             let (Some(id), Some(channel), Some(author)) = (
                 d["id"].as_str(),
                 d["channel_id"].as_str(),
@@ -573,7 +579,12 @@ async fn dispatch(
                 return Ok(());
             }
             message.raw = Some(d.clone());
-            (Event::Message(message), format!("message:{id}"))
+            match edited_at {
+                Some(at) if kind == "MESSAGE_UPDATE" => {
+                    (Event::MessageEdited(message), format!("edit:{id}:{at}"))
+                }
+                _ => (Event::Message(message), format!("message:{id}")),
+            }
         }
         "INTERACTION_CREATE" => {
             let handled = match super::interaction_event(state, d) {

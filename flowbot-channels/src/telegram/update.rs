@@ -8,8 +8,9 @@ use serde_json::Value;
 
 /// The update kinds the adapter asks Telegram for (`allowed_updates`): reactions and member
 /// changes are only sent to bots that ask.
-pub(crate) const ALLOWED_UPDATES: [&str; 4] = [
+pub(crate) const ALLOWED_UPDATES: [&str; 5] = [
     "message",
+    "edited_message",
     "callback_query",
     "message_reaction",
     "chat_member",
@@ -22,6 +23,8 @@ pub(crate) struct Update {
     pub(crate) update_id: i64,
     #[serde(default)]
     message: Option<TgMessage>,
+    #[serde(default)]
+    edited_message: Option<TgMessage>,
     #[serde(default)]
     callback_query: Option<CallbackQuery>,
     #[serde(default)]
@@ -205,6 +208,19 @@ pub(crate) fn convert(
 ) -> Converted {
     if let Some(m) = update.message {
         return from_message(channel, bot_username, &m, raw);
+    }
+    if let Some(m) = update.edited_message {
+        let mut c = from_message(channel, bot_username, &m, raw);
+        // An edit is of a text or a caption (members joining are never edited).
+        c.events = c
+            .events
+            .into_iter()
+            .map(|e| match e {
+                Event::Message(m) => Event::MessageEdited(m),
+                other => other,
+            })
+            .collect();
+        return c;
     }
     if let Some(q) = update.callback_query {
         let Some(message) = q.message else {
@@ -407,6 +423,20 @@ mod tests {
     }
 
     #[test]
+    fn an_edit_is_the_message_as_it_now_reads() {
+        let c = conv(&json!({"update_id": 9, "edited_message": {
+            "message_id": 7, "date": 0, "edit_date": 5, "chat": {"id": 5, "type": "private"},
+            "from": user(42), "text": "/remind 10m tea"}}));
+        let [Event::MessageEdited(m)] = c.events.as_slice() else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            (m.text.as_str(), m.id.to_string()),
+            ("/remind 10m tea", "5:7".into())
+        );
+    }
+
+    #[test]
     fn clicks_reactions_members_and_the_rest() {
         let c = conv(&json!({"update_id": 3, "callback_query": {
             "id": "q1", "from": user(42), "chat_instance": "x", "data": "approve",
@@ -434,8 +464,8 @@ mod tests {
             "new_chat_member": {"status": "member", "user": user(43)}}}));
         assert!(matches!(c.events.as_slice(), [Event::MemberJoined { .. }]));
 
-        let c = conv(&json!({"update_id": 6, "edited_message": {"message_id": 1}}));
-        assert_eq!(c.ignored.as_deref(), Some("edited_message"));
+        let c = conv(&json!({"update_id": 6, "edited_channel_post": {"message_id": 1}}));
+        assert_eq!(c.ignored.as_deref(), Some("edited_channel_post"));
         assert!(serde_json::from_value::<Update>(json!({"message": {}})).is_err());
     }
 }
