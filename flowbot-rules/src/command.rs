@@ -322,7 +322,7 @@ then = [{ reply = "ok" }]
 
 [[rule]]
 name = "remind-too-far"
-when = { command = "remind <delay:duration> <text...>", script = "false" }
+when = { command = "remind <delay:duration> <text...>", user = ["nobody"] }
 then = [{ reply = "too far" }]
 
 [[rule]]

@@ -5,10 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::script::Ast;
 use chrono::{NaiveTime, Weekday};
 use flowbot_core::Role;
 use regex::{Regex, RegexSet};
-use rhai::AST;
 use serde_json::Value;
 
 use crate::command::CommandPattern;
@@ -75,21 +75,31 @@ pub(crate) enum Cond {
     Event(Vec<EventKind>),
     Time(Box<TimeWindow>),
     Intent(String, f32),
-    /// The script, and which of [`SCRIPT_VARIABLES`](crate::script::SCRIPT_VARIABLES) it
+    /// The script, and which of [`SCRIPT_VARIABLES`] it
     /// names (a bit each), so only those are handed to it, and its native form when it has
     /// one (see [`crate::fast`]).
-    Script(Arc<AST>, u16, Option<Arc<crate::fast::Fast>>),
+    #[cfg_attr(not(feature = "scripts"), allow(dead_code))]
+    Script(Arc<Ast>, u16, Option<Arc<FastCond>>),
     Custom(Arc<dyn CustomCondition>),
 }
+
+/// Variables a script sees (in conditions, `args` and `captures` hold what the rule's
+/// command and regex conditions bound).
+pub(crate) const SCRIPT_VARIABLES: [&str; 10] = [
+    "text", "user", "channel", "message", "session", "vars", "args", "captures", "slots", "answer",
+];
+
+/// A script condition's native form (see [`crate::fast`]); none without scripts.
+#[cfg(feature = "scripts")]
+pub(crate) type FastCond = crate::fast::Fast;
+#[cfg(not(feature = "scripts"))]
+pub(crate) type FastCond = std::convert::Infallible;
 
 /// Which of the script variables `source` mentions, one bit each.
 fn variables_used(source: &str) -> u16 {
     let mut used = 0;
     for word in source.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
-        if let Some(i) = crate::script::SCRIPT_VARIABLES
-            .iter()
-            .position(|v| *v == word)
-        {
+        if let Some(i) = SCRIPT_VARIABLES.iter().position(|v| *v == word) {
             used |= 1 << i;
         }
     }
@@ -132,7 +142,7 @@ pub(crate) enum Act {
     },
     Set(String, TemplatedValue),
     Clear(Vec<String>),
-    Script(Arc<AST>),
+    Script(Arc<Ast>),
     /// Start the dialog of this name.
     Dialog(String),
     /// Ask the assistant.
@@ -194,6 +204,7 @@ pub struct RuleSet {
     pub(crate) templates: minijinja::Environment<'static>,
     pub(crate) vars: Value,
     pub(crate) uses_intents: bool,
+    #[cfg(feature = "scripts")]
     pub(crate) scripting: Arc<Scripting>,
     /// Rules without a gate: always candidates.
     pub(crate) always: Vec<usize>,
@@ -486,6 +497,7 @@ impl RuleSet {
             templates: c.templates,
             vars,
             uses_intents,
+            #[cfg(feature = "scripts")]
             scripting,
             always,
             by_command,
@@ -725,11 +737,14 @@ impl Compiler<'_> {
                 .scripting
                 .compile(s, true)
                 .map_err(|e| format!("script: {e}"))?;
+            #[cfg(feature = "scripts")]
             let fast = if self.scripting.is_extended() {
                 None
             } else {
                 crate::fast::Fast::compile(&ast).map(Arc::new)
             };
+            #[cfg(not(feature = "scripts"))]
+            let fast = None;
             parts.push(Cond::Script(ast, variables_used(s), fast));
         }
         if let Some(list) = &w.all {

@@ -9,10 +9,12 @@ use std::time::Duration;
 use chrono::Utc;
 use flowbot_core::{Button, DialogState, Outbound, Turn};
 use regex::Regex;
-use rhai::{AST, Dynamic, Scope};
+#[cfg(feature = "scripts")]
+use rhai::{Dynamic, Scope};
 use serde_json::{Map, Value, json};
 
-use crate::compile::{Act, Compiler};
+use crate::compile::{Act, Compiler, RuleSet};
+use crate::script::Ast;
 use crate::spec::{DialogSpec, ExpectSpec};
 
 /// Default for `timeout`.
@@ -28,7 +30,7 @@ pub(crate) enum Expect {
     Duration,
     Choices(Vec<String>),
     Regex(Regex),
-    Script(Arc<AST>),
+    Script(Arc<Ast>),
 }
 
 pub(crate) struct Step {
@@ -37,7 +39,7 @@ pub(crate) struct Step {
     retry: Option<String>,
     expect: Expect,
     slot: String,
-    branches: Vec<(Arc<AST>, Option<usize>)>,
+    branches: Vec<(Arc<Ast>, Option<usize>)>,
     /// `None`: the dialog ends after this step.
     next: Option<usize>,
 }
@@ -229,14 +231,11 @@ fn accept(
             .ok_or_else(|| format!("one of: {}", choices.join(", "))),
         Expect::Regex(re) if re.is_match(a) => Ok(Value::String(a.to_owned())),
         Expect::Regex(_) => Err("an answer in the expected form".into()),
-        Expect::Script(ast) => {
-            let mut scope = dialog_scope(a, slots)?;
-            match set.scripting.eval(&mut scope, ast)?.as_bool() {
-                Ok(true) => Ok(Value::String(a.to_owned())),
-                Ok(false) => Err("a different answer".into()),
-                Err(kind) => Err(format!("(the check returned {kind}, not true or false)")),
-            }
-        }
+        Expect::Script(ast) => match script_says(set, ast, a, slots)? {
+            Ok(true) => Ok(Value::String(a.to_owned())),
+            Ok(false) => Err("a different answer".into()),
+            Err(kind) => Err(format!("(the check returned {kind}, not true or false)")),
+        },
     }
 }
 
@@ -249,7 +248,35 @@ fn range_hint(what: &str, min: &Option<f64>, max: &Option<f64>) -> String {
     }
 }
 
+/// What a dialog script (a check or a branch's condition) says of `answer` with `slots`:
+/// true or false, or the kind of value it gave instead.
+#[cfg(feature = "scripts")]
+fn script_says(
+    set: &RuleSet,
+    ast: &Ast,
+    answer: &str,
+    slots: &Map<String, Value>,
+) -> Result<Result<bool, String>, String> {
+    let mut scope = dialog_scope(answer, slots)?;
+    Ok(set
+        .scripting
+        .eval(&mut scope, ast)?
+        .as_bool()
+        .map_err(str::to_owned))
+}
+
+#[cfg(not(feature = "scripts"))]
+fn script_says(
+    _: &RuleSet,
+    ast: &Ast,
+    _: &str,
+    _: &Map<String, Value>,
+) -> Result<Result<bool, String>, String> {
+    crate::script::never(ast)
+}
+
 /// `answer` and `slots` for dialog scripts; the other script variables are empty.
+#[cfg(feature = "scripts")]
 fn dialog_scope(answer: &str, slots: &Map<String, Value>) -> Result<Scope<'static>, String> {
     let mut scope = Scope::new();
     for name in crate::script::SCRIPT_VARIABLES {
@@ -375,9 +402,7 @@ pub(crate) fn take(
     slots.insert(s.slot.clone(), value);
     let mut next = s.next;
     for (cond, goto) in &s.branches {
-        let mut scope = dialog_scope(answer.trim(), &slots)?;
-        let v = set.scripting.eval(&mut scope, cond)?;
-        if v.as_bool()
+        if script_says(set, cond, answer.trim(), &slots)?
             .map_err(|k| format!("branch returned {k}, not true or false"))?
         {
             next = *goto;

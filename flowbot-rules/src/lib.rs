@@ -34,12 +34,15 @@
 mod command;
 mod compile;
 mod dialog;
+#[cfg(feature = "scripts")]
 mod fast;
 mod library;
 mod route;
+#[cfg_attr(not(feature = "scripts"), path = "script_off.rs")]
 mod script;
 pub mod spec;
 mod watch;
+#[cfg(feature = "scripts")]
 mod workflow;
 
 use std::collections::{HashMap, HashSet};
@@ -54,11 +57,17 @@ pub use library::{
     RULES_NAMESPACE, RULES_TOPIC, RuleEntry, RuleFiles, RuleLibrary, rule_from_json,
 };
 pub use route::{Facts, RulesRouter};
+#[cfg(feature = "scripts")]
+#[cfg_attr(docsrs, doc(cfg(feature = "scripts")))]
 pub use script::{ScriptLimits, Scripting};
 pub use watch::{Reload, watch_dir};
+#[cfg(feature = "scripts")]
+#[cfg_attr(docsrs, doc(cfg(feature = "scripts")))]
 pub use workflow::WorkflowScripts;
 
 /// Re-exported so applications register rhai functions with the same version.
+#[cfg(feature = "scripts")]
+#[cfg_attr(docsrs, doc(cfg(feature = "scripts")))]
 pub use rhai;
 
 /// Errors from loading and compiling rules.
@@ -134,7 +143,7 @@ type ConditionCompiler =
 pub struct Plugins {
     pub(crate) actions: HashSet<String>,
     pub(crate) conditions: HashMap<String, ConditionCompiler>,
-    pub(crate) scripting: Arc<Scripting>,
+    pub(crate) scripting: Arc<script::Scripting>,
 }
 
 impl std::fmt::Debug for Plugins {
@@ -152,7 +161,7 @@ impl Default for Plugins {
         Plugins {
             actions: compile::action_names(&flowbot_core::ActionRegistry::with_builtins()),
             conditions: HashMap::new(),
-            scripting: Arc::new(Scripting::default()),
+            scripting: Arc::new(script::Scripting::default()),
         }
     }
 }
@@ -186,6 +195,8 @@ impl Plugins {
 
     /// Use this script engine (e.g. with application functions registered through
     /// [`Scripting::engine_mut`], or other [`ScriptLimits`]).
+    #[cfg(feature = "scripts")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "scripts")))]
     pub fn scripting(mut self, scripting: Scripting) -> Self {
         self.scripting = Arc::new(scripting);
         self

@@ -7,10 +7,12 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use chrono::{Datelike, Utc};
 use flowbot_core::{Classifier, Error as CoreError, Event, Label, Outbound, Reply, Router, Turn};
+#[cfg(feature = "scripts")]
 use rhai::{Dynamic, Scope};
 use serde_json::{Map, Value, json};
 
 use crate::compile::{Act, Cond, EventKind, Rule, RuleSet, TemplatedValue, words};
+#[cfg(feature = "scripts")]
 use crate::script::ScriptHost;
 
 /// What conditions look at: the event and what has been worked out about it (computed once,
@@ -27,6 +29,7 @@ pub struct Facts<'a> {
     regex_hits: OnceCell<Vec<bool>>,
     intents: Option<Vec<Label>>,
     /// Script variables, each built once per event when a script first needs it.
+    #[cfg(feature = "scripts")]
     script_vars: [OnceCell<Dynamic>; 6],
     set: &'a RuleSet,
 }
@@ -82,6 +85,7 @@ impl Facts<'_> {
     }
 
     /// What a condition on the fast path reads.
+    #[cfg(feature = "scripts")]
     fn fast_env<'b>(&'b self, b: &'b Bindings) -> crate::fast::Env<'b> {
         crate::fast::Env {
             text: self.text,
@@ -100,6 +104,7 @@ impl Facts<'_> {
 
     /// The script variables `used` names (bits in the order of `SCRIPT_VARIABLES`), with
     /// `args` and `captures` from `b`. Each variable is built once per event.
+    #[cfg(feature = "scripts")]
     fn script_scope(&self, used: u16, b: &Bindings) -> Result<Scope<'static>, String> {
         let to = |v: &Value| rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
         let mut scope = Scope::new();
@@ -143,6 +148,7 @@ impl Facts<'_> {
 }
 
 /// What earlier conditions of a rule bound (command arguments, regex captures), for scripts.
+#[cfg(feature = "scripts")]
 fn bound(m: &Map<String, Value>) -> Result<Dynamic, String> {
     if m.is_empty() {
         Ok(Dynamic::from_map(rhai::Map::new()))
@@ -299,6 +305,9 @@ fn eval(c: &Cond, f: &Facts<'_>, b: &mut Bindings) -> Result<Outcome, String> {
             .intents
             .as_ref()
             .is_some_and(|ls| ls.iter().any(|l| &l.label == label && l.confidence >= *min))),
+        #[cfg(not(feature = "scripts"))]
+        Cond::Script(ast, ..) => crate::script::never(ast),
+        #[cfg(feature = "scripts")]
         Cond::Script(ast, used, fast) => {
             if let Some(answer) = fast.as_ref().and_then(|fast| fast.decide(&f.fast_env(b))) {
                 return Ok(yes(answer));
@@ -461,6 +470,7 @@ fn facts<'a>(
         words: OnceCell::new(),
         regex_hits: OnceCell::new(),
         intents,
+        #[cfg(feature = "scripts")]
         script_vars: Default::default(),
         set,
     }
@@ -771,6 +781,9 @@ async fn run_actions(
                     s.vars.remove(v);
                 }
             }
+            #[cfg(not(feature = "scripts"))]
+            Act::Script(ast) => crate::script::never(ast),
+            #[cfg(feature = "scripts")]
             Act::Script(ast) => {
                 let texts =
                     run_script(set, ast.clone(), &message, &args, &captures, &slots, turn).await?;
@@ -783,6 +796,7 @@ async fn run_actions(
 
 /// Run an action script on a blocking thread (scripts are synchronous and may call actions,
 /// which are async), then apply its session changes; its replies are returned.
+#[cfg(feature = "scripts")]
 async fn run_script(
     set: &Arc<RuleSet>,
     ast: Arc<rhai::AST>,

@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use rhai::{AST, Dynamic, Engine, EvalAltResult, ImmutableString, Map as RhaiMap, Position};
 use serde_json::Value;
 
-/// Variables a script sees (in conditions, `args` and `captures` hold what the rule's
-/// command and regex conditions bound).
-pub(crate) const SCRIPT_VARIABLES: [&str; 10] = [
-    "text", "user", "channel", "message", "session", "vars", "args", "captures", "slots", "answer",
-];
+pub(crate) use crate::compile::SCRIPT_VARIABLES;
+
+/// A compiled script.
+pub(crate) type Ast = AST;
 
 /// Sandbox limits for rhai scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

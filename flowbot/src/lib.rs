@@ -11,7 +11,8 @@
 //! | `web`, `webhook`, `console` | web chat, generic webhooks, the terminal |
 //! | `notifiers` | ntfy, Pushover, Slack webhooks, JSON webhooks, e-mail |
 //! | `http` | the `http_request` action, through the outbound network guard |
-//! | `rules` | rule files: conditions, templates, dialogs, rhai scripts |
+//! | `rules` | rule files: conditions, templates, dialogs |
+//! | `scripts` | rhai scripts in rule files and workflows (with `rules`) |
 //! | `llm` | language models, tools and the assistant |
 //! | `server` | what `flowbot-server` runs, as a library: the HTTP API, channels from a configuration file, metrics, the embedded agent |
 //!
