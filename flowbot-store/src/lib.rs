@@ -10,12 +10,15 @@
 //!   gets [`SqliteOptions::work_share`] of its time) and batched transactions;
 //! - `PostgresStore` (feature `postgres`): many servers and agents sharing one database —
 //!   batched claims with `FOR UPDATE SKIP LOCKED`, `LISTEN/NOTIFY` to wake idle workers (with
-//!   polling as the fallback).
+//!   polling as the fallback);
+//! - [`MemoryStore`] (always built): everything in this process's memory, for tests, examples
+//!   and single-process applications that need no durability.
 //!
 //! [`connect`] picks the backend from a URL.
 //!
-//! With neither feature the crate builds, and [`connect`] says that no backend is enabled;
-//! the code the backends share is then unused.
+//! With neither database feature the crate builds with the in-memory backend alone, and
+//! [`connect`] opens `memory:` only; the code the database backends share (row decoding,
+//! error mapping, migrations) is then unused.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(any(feature = "sqlite", feature = "postgres")),
@@ -30,12 +33,14 @@ use serde_json::Value;
 
 mod audit;
 mod common;
+mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod workflow;
 
+pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
@@ -64,8 +69,10 @@ pub enum Error {
     },
 }
 
-/// Open the store a URL names: `sqlite://path/to/file.db` or `postgres://…`
-/// (`postgresql://` too). Migrations are applied.
+/// Open the store a URL names: `sqlite://path/to/file.db`, `postgres://…`
+/// (`postgresql://` too), or `memory:` (`memory://` too) for a fresh, empty [`MemoryStore`]
+/// (each call opens a new one; nothing is shared between two of them). Migrations are
+/// applied.
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>, Error> {
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
     match scheme {
@@ -73,8 +80,14 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>, Error> {
         "sqlite" => Ok(Arc::new(SqliteStore::open_url(url).await?)),
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => Ok(Arc::new(PostgresStore::connect(url).await?)),
+        "memory" => match url.strip_prefix("memory:") {
+            Some("" | "//") => Ok(Arc::new(MemoryStore::new())),
+            _ => Err(Error::InvalidUrl(format!(
+                "'{url}': an in-memory store is named 'memory:' alone"
+            ))),
+        },
         "" => Err(Error::InvalidUrl(format!(
-            "'{url}' has no scheme (expected sqlite:// or postgres://)"
+            "'{url}' has no scheme (expected sqlite://, postgres:// or memory:)"
         ))),
         other => Err(Error::InvalidUrl(format!(
             "scheme '{other}' is not supported by this build (enabled: {})",
@@ -85,10 +98,10 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>, Error> {
 
 fn enabled_backends() -> &'static str {
     match (cfg!(feature = "sqlite"), cfg!(feature = "postgres")) {
-        (true, true) => "sqlite, postgres",
-        (true, false) => "sqlite",
-        (false, true) => "postgres",
-        (false, false) => "none",
+        (true, true) => "sqlite, postgres, memory",
+        (true, false) => "sqlite, memory",
+        (false, true) => "postgres, memory",
+        (false, false) => "memory",
     }
 }
 

@@ -1,5 +1,6 @@
-//! One conformance suite for every store backend: each behaviour below runs against SQLite
-//! and against PostgreSQL (when `FLOWBOT_TEST_POSTGRES_URL` is set; required in CI).
+//! One conformance suite for every store backend: each behaviour below runs against SQLite,
+//! against PostgreSQL (when `FLOWBOT_TEST_POSTGRES_URL` is set; required in CI) and against
+//! the in-memory store.
 
 #[path = "conformance/audit.rs"]
 mod audit;

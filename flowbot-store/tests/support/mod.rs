@@ -1,11 +1,12 @@
-//! Test harness: fresh SQLite files and fresh PostgreSQL schemas, one per test.
+//! Test harness: fresh SQLite files, fresh PostgreSQL schemas and fresh in-memory stores,
+//! one per test.
 #![allow(dead_code, unreachable_pub, clippy::print_stderr)] // the skip notice is meant for the terminal
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use flowbot_core::Store;
-use flowbot_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
+use flowbot_store::{MemoryStore, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 
 /// A directory removed when dropped.
 pub struct TempDir(pub PathBuf);
@@ -60,6 +61,9 @@ pub enum Harness {
         url: String,
         schema: String,
     },
+    Memory {
+        store: MemoryStore,
+    },
 }
 
 impl Harness {
@@ -67,13 +71,16 @@ impl Harness {
         match self {
             Harness::Sqlite { store, .. } => Arc::new(store.clone()),
             Harness::Postgres { store, .. } => Arc::new(store.clone()),
+            Harness::Memory { store } => Arc::new(store.clone()),
         }
     }
 
-    /// A second, independent connection to the same database (another server or agent).
+    /// A second, independent connection to the same database (another server or agent). A
+    /// clone of an in-memory store shares its state.
     pub async fn second_store(&self) -> Arc<dyn Store> {
         match self {
             Harness::Sqlite { store, .. } => Arc::new(store.clone()),
+            Harness::Memory { store } => Arc::new(store.clone()),
             Harness::Postgres { url, schema, .. } => Arc::new(
                 PostgresStore::connect_with(
                     PostgresOptions::new(url.clone())
@@ -90,7 +97,7 @@ impl Harness {
     pub fn sqlite_file(&self) -> Option<PathBuf> {
         match self {
             Harness::Sqlite { _dir, .. } => Some(_dir.0.join("flowbot.db")),
-            Harness::Postgres { .. } => None,
+            Harness::Postgres { .. } | Harness::Memory { .. } => None,
         }
     }
 
@@ -133,6 +140,12 @@ pub async fn sqlite_with(f: impl FnOnce(SqliteOptions) -> SqliteOptions) -> Harn
     Harness::Sqlite { store, _dir: dir }
 }
 
+pub fn memory() -> Harness {
+    Harness::Memory {
+        store: MemoryStore::new(),
+    }
+}
+
 /// The PostgreSQL URL for tests. In CI (`CI=true`) it must be set; elsewhere a missing URL
 /// skips the PostgreSQL half of the suite, loudly.
 pub fn postgres_url() -> Option<String> {
@@ -165,9 +178,10 @@ pub async fn postgres() -> Option<Harness> {
     Some(Harness::Postgres { store, url, schema })
 }
 
-/// One test per store for each listed behaviour: `single` ones get a store, `pair` ones two
-/// independent connections to the same database (another server or agent). PostgreSQL tests
-/// skip, loudly, without `FLOWBOT_TEST_POSTGRES_URL` (and fail in CI).
+/// One test per store (SQLite, PostgreSQL, in-memory) for each listed behaviour: `single`
+/// ones get a store, `pair` ones two independent connections to the same database (another
+/// server or agent; for the in-memory store, two clones). PostgreSQL tests skip, loudly,
+/// without `FLOWBOT_TEST_POSTGRES_URL` (and fail in CI).
 #[allow(unused_macros)] // not every test file runs behaviours per store
 macro_rules! conformance {
     (single: [$($one:ident),* $(,)?], pair: [$($two:ident),* $(,)?]) => {
@@ -202,6 +216,22 @@ macro_rules! conformance {
                     let Some(h) = crate::support::postgres().await else { return };
                     crate::$two(h.store(), h.second_store().await).await;
                     h.cleanup().await;
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $one() {
+                    let h = crate::support::memory();
+                    crate::$one(h.store()).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $two() {
+                    let h = crate::support::memory();
+                    crate::$two(h.store(), h.second_store().await).await;
                 }
             )*
         }
