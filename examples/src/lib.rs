@@ -7,3 +7,5 @@ pub use flowbot_server::demo::{COMMANDS, MAX_REMINDER, demo_router, help_text, p
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+pub mod store;

@@ -33,6 +33,9 @@ use serde_json::Value;
 
 mod audit;
 mod common;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod conformance;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;

@@ -178,60 +178,85 @@ pub async fn postgres() -> Option<Harness> {
     Some(Harness::Postgres { store, url, schema })
 }
 
-/// One test per store (SQLite, PostgreSQL, in-memory) for each listed behaviour: `single`
-/// ones get a store, `pair` ones two independent connections to the same database (another
-/// server or agent; for the in-memory store, two clones). PostgreSQL tests skip, loudly,
-/// without `FLOWBOT_TEST_POSTGRES_URL` (and fail in CI).
+/// The SQLite backend of the conformance suite: a fresh database file per test.
+pub struct Sqlite(Harness);
+
+impl flowbot_store::conformance::Backend for Sqlite {
+    async fn open() -> Option<Self> {
+        Some(Sqlite(sqlite().await))
+    }
+    fn store(&self) -> Arc<dyn Store> {
+        self.0.store()
+    }
+    async fn second_store(&self) -> Arc<dyn Store> {
+        self.0.second_store().await
+    }
+}
+
+/// The PostgreSQL backend of the conformance suite: a fresh schema per test, dropped after
+/// it; skipped, loudly, without `FLOWBOT_TEST_POSTGRES_URL` (and failing in CI).
+pub struct Postgres(Harness);
+
+impl flowbot_store::conformance::Backend for Postgres {
+    async fn open() -> Option<Self> {
+        postgres().await.map(Postgres)
+    }
+    fn store(&self) -> Arc<dyn Store> {
+        self.0.store()
+    }
+    async fn second_store(&self) -> Arc<dyn Store> {
+        self.0.second_store().await
+    }
+    async fn cleanup(self) {
+        self.0.cleanup().await;
+    }
+}
+
+/// The in-memory backend of the conformance suite: a new store per test; a clone is the
+/// second connection.
+pub struct Memory(Harness);
+
+impl flowbot_store::conformance::Backend for Memory {
+    async fn open() -> Option<Self> {
+        Some(Memory(memory()))
+    }
+    fn store(&self) -> Arc<dyn Store> {
+        self.0.store()
+    }
+    async fn second_store(&self) -> Arc<dyn Store> {
+        self.0.second_store().await
+    }
+}
+
+/// One test per backend (SQLite, PostgreSQL, in-memory) for each listed behaviour of a test
+/// file of its own (the workflow engine's, the pipeline's faults): `single` ones get a store,
+/// `pair` ones two independent connections to the same database (another server or agent).
+/// PostgreSQL tests skip, loudly, without `FLOWBOT_TEST_POSTGRES_URL` (and fail in CI).
 #[allow(unused_macros)] // not every test file runs behaviours per store
 macro_rules! conformance {
     (single: [$($one:ident),* $(,)?], pair: [$($two:ident),* $(,)?]) => {
-        mod sqlite {
+        conformance!(@backend sqlite, Sqlite, [$($one),*], [$($two),*]);
+        conformance!(@backend postgres, Postgres, [$($one),*], [$($two),*]);
+        conformance!(@backend memory, Memory, [$($one),*], [$($two),*]);
+    };
+    (@backend $module:ident, $backend:ident, [$($one:ident),*], [$($two:ident),*]) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $one() {
-                    let h = crate::support::sqlite().await;
-                    crate::$one(h.store()).await;
+                    flowbot_store::conformance::run_single::<crate::support::$backend, _, _>(
+                        crate::$one,
+                    )
+                    .await;
                 }
             )*
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $two() {
-                    let h = crate::support::sqlite().await;
-                    crate::$two(h.store(), h.second_store().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $one() {
-                    let Some(h) = crate::support::postgres().await else { return };
-                    crate::$one(h.store()).await;
-                    h.cleanup().await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $two() {
-                    let Some(h) = crate::support::postgres().await else { return };
-                    crate::$two(h.store(), h.second_store().await).await;
-                    h.cleanup().await;
-                }
-            )*
-        }
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $one() {
-                    let h = crate::support::memory();
-                    crate::$one(h.store()).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $two() {
-                    let h = crate::support::memory();
-                    crate::$two(h.store(), h.second_store().await).await;
+                    flowbot_store::conformance::run_pair::<crate::support::$backend, _, _>(
+                        crate::$two,
+                    )
+                    .await;
                 }
             )*
         }

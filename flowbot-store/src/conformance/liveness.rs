@@ -6,14 +6,29 @@ use super::*;
 
 use flowbot_core::task::Liveness;
 
+/// Whether `store` has no liveness locks (its tasks wait for their leases): said on stderr.
+#[allow(clippy::print_stderr)] // the skip notice is meant for the test's output
+fn no_liveness(store: &dyn Store) -> bool {
+    let none = store.liveness_dir().is_none();
+    if none {
+        eprintln!(
+            "SKIPPED: the {} backend has no liveness directory (tasks of dead workers wait for their leases)",
+            store.backend()
+        );
+    }
+    none
+}
+
 /// `recover_dead_workers` returns exactly the running tasks of the named workers to the
 /// queue, counting the lost attempt, dead-lettering a task out of attempts, releasing
 /// concurrency keys, and fencing the gone worker out.
-pub(super) async fn dead_workers_tasks_return_at_once(store: Arc<dyn Store>) {
-    assert!(
-        store.liveness_dir().is_some(),
-        "every backend here names a liveness directory"
-    );
+///
+/// A backend without liveness locks (`liveness_dir()` is `None`, the trait's default, so its
+/// tasks wait for their leases) skips this behaviour.
+pub async fn dead_workers_tasks_return_at_once(store: Arc<dyn Store>) {
+    if no_liveness(store.as_ref()) {
+        return;
+    }
     let k = kinds(&["job"]);
     let plain = store.enqueue(&task("job", 1)).await.expect("enqueue").id();
     let keyed = store
@@ -151,10 +166,15 @@ async fn lease_owner(store: &dyn Store, id: TaskId) -> Option<String> {
 /// Three pools of one database on one host: one is dropped in the middle of a task (as a
 /// killed process's pool is), and another pool returns that task to the queue and runs it at
 /// once, long before its lease would expire; the task of the pool still alive stays with it.
-pub(super) async fn a_pool_that_ends_has_its_tasks_recovered_at_once(
+///
+/// Skipped, as the one above, by a backend without liveness locks.
+pub async fn a_pool_that_ends_has_its_tasks_recovered_at_once(
     store: Arc<dyn Store>,
     other: Arc<dyn Store>,
 ) {
+    if no_liveness(store.as_ref()) {
+        return;
+    }
     let kept = store.enqueue(&task("kept", 1)).await.expect("enqueue").id();
     let mut registry = TaskRegistry::new();
     let kept_started = Arc::new(AtomicU32::new(0));

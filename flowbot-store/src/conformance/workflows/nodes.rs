@@ -2,7 +2,8 @@
 
 use super::*;
 
-pub(crate) async fn node_steps_are_exactly_once(store: Arc<dyn Store>) {
+/// Each workflow node starts and finishes exactly once, whatever attempts and plans say.
+pub async fn node_steps_are_exactly_once(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let r = run_id();
     store
@@ -291,10 +292,8 @@ pub(crate) async fn node_steps_are_exactly_once(store: Arc<dyn Store>) {
     assert_eq!(run_of(s, &r).await.status, RunStatus::Completed);
 }
 
-pub(crate) async fn concurrent_finishes_start_a_join_once(
-    store: Arc<dyn Store>,
-    other: Arc<dyn Store>,
-) {
+/// Two branches finishing at once start the node that joins them once.
+pub async fn concurrent_finishes_start_a_join_once(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     // Two agents finish the two branches of a join at the same time: exactly one of the two
     // plans' starts of the join creates its row and task.
     for round in 0..5 {
@@ -340,7 +339,8 @@ pub(crate) async fn concurrent_finishes_start_a_join_once(
     }
 }
 
-pub(crate) async fn a_plan_can_claim_the_next_node(store: Arc<dyn Store>) {
+/// A plan can claim the next node for the worker that finished the last one.
+pub async fn a_plan_can_claim_the_next_node(store: Arc<dyn Store>) {
     let s = store.as_ref();
     s.create_run(&new_run("claim1", "wf", None), &starts("claim1", &["a"]))
         .await

@@ -68,7 +68,8 @@ fn ids(entries: &[AuditEntry]) -> Vec<&str> {
         .collect()
 }
 
-pub(super) async fn audit_batches_list_newest_first_in_pages(store: Arc<dyn Store>) {
+/// Audit entries recorded in batches are listed newest first, page by page, with a cursor.
+pub async fn audit_batches_list_newest_first_in_pages(store: Arc<dyn Store>) {
     store.record_audit(&[]).await.expect("an empty batch");
     // 23 events, out of time order, two pairs sharing a millisecond (their ids break the tie).
     let mut batch: Vec<AuditEvent> = (0..21)
@@ -149,7 +150,8 @@ pub(super) async fn audit_batches_list_newest_first_in_pages(store: Arc<dyn Stor
     );
 }
 
-pub(super) async fn audit_filters(store: Arc<dyn Store>) {
+/// Audit listings filter by subject, outcome, time and route prefix.
+pub async fn audit_filters(store: Arc<dyn Store>) {
     let batch = vec![
         event(1, Some("ada"), "/api/v1/rules/{name}", 200),
         event(2, None, "/api/v1/rules/{name}", 401),
@@ -304,7 +306,8 @@ pub(super) async fn audit_filters(store: Arc<dyn Store>) {
     }
 }
 
-pub(super) async fn audit_prune_removes_the_older_ones(store: Arc<dyn Store>) {
+/// Pruning the audit log removes exactly the entries older than the cut-off.
+pub async fn audit_prune_removes_the_older_ones(store: Arc<dyn Store>) {
     // More old entries than one prune batch holds, so pruning takes several.
     let old: Vec<AuditEvent> = (0..2_500)
         .map(|i| event(-10_000 + i, Some("ada"), "/api/v1/rules/{name}", 200))
@@ -344,7 +347,8 @@ pub(super) async fn audit_prune_removes_the_older_ones(store: Arc<dyn Store>) {
     );
 }
 
-pub(super) async fn audit_bad_cursors_are_errors(store: Arc<dyn Store>) {
+/// A malformed audit cursor is an `Invalid` error, not an empty page.
+pub async fn audit_bad_cursors_are_errors(store: Arc<dyn Store>) {
     store
         .record_audit(&[
             event(1, Some("ada"), "/api/v1/rules/{name}", 200),
@@ -392,7 +396,7 @@ pub(super) async fn audit_bad_cursors_are_errors(store: Arc<dyn Store>) {
 }
 
 /// Two processes pruning at once remove each entry once between them.
-pub(super) async fn concurrent_audit_prunes_count_each_entry_once(
+pub async fn concurrent_audit_prunes_count_each_entry_once(
     store: Arc<dyn Store>,
     other: Arc<dyn Store>,
 ) {

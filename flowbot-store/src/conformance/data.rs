@@ -2,7 +2,8 @@
 
 use super::*;
 
-pub(super) async fn sessions_round_trip(store: Arc<dyn Store>) {
+/// Sessions are saved, loaded (with their version) and deleted.
+pub async fn sessions_round_trip(store: Arc<dyn Store>) {
     let key = SessionKey {
         channel: "web".into(),
         conversation: "c1".into(),
@@ -37,7 +38,8 @@ pub(super) async fn sessions_round_trip(store: Arc<dyn Store>) {
     assert!(store.load_session(&key).await.expect("load").is_none());
 }
 
-pub(super) async fn messages_round_trip(store: Arc<dyn Store>) {
+/// Inbound messages are stored once (a redelivery is not fresh), outbound ones beside them, and listed by conversation.
+pub async fn messages_round_trip(store: Arc<dyn Store>) {
     let mut m = Message::text("web", "c1", Sender::user("u1"), "hello");
     m.id = MessageId::from("platform-1");
     assert!(store.save_inbound(&m).await.expect("save"));
@@ -125,7 +127,7 @@ pub(super) async fn messages_round_trip(store: Arc<dyn Store>) {
 /// Messages saved at the same moment (which a store may write together): a redelivered
 /// message is new exactly once, every other message is stored once and in its conversation's
 /// count, and a conversation's history keeps each writer's order.
-pub(super) async fn messages_saved_concurrently(store: Arc<dyn Store>) {
+pub async fn messages_saved_concurrently(store: Arc<dyn Store>) {
     let mut same = Message::text("web", "dup", Sender::user("u"), "again");
     same.id = MessageId::from("redelivered");
     let mut saves = tokio::task::JoinSet::new();
@@ -213,7 +215,8 @@ pub(super) async fn messages_saved_concurrently(store: Arc<dyn Store>) {
     }
 }
 
-pub(super) async fn kv_round_trip(store: Arc<dyn Store>) {
+/// Key-value data is set, read, listed by namespace and deleted.
+pub async fn kv_round_trip(store: Arc<dyn Store>) {
     assert_eq!(store.kv_get("ns", "k").await.expect("get"), None);
     store
         .kv_set("ns", "k", &json!({"a": [1, 2]}))
@@ -252,7 +255,7 @@ pub(super) async fn kv_round_trip(store: Arc<dyn Store>) {
 }
 
 /// The bus: what one connection publishes, every subscriber (on every connection) gets once.
-pub(super) async fn bus_reaches_every_subscriber(store: Arc<dyn Store>, other: Arc<dyn Store>) {
+pub async fn bus_reaches_every_subscriber(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     let mut a = store.subscribe();
     let mut b = other.subscribe();
     tokio::time::sleep(Duration::from_millis(200)).await; // LISTEN is up

@@ -2,7 +2,8 @@
 
 use super::*;
 
-pub(crate) async fn runs_and_max_concurrency(store: Arc<dyn Store>) {
+/// A workflow's runs beyond its `max_concurrency` wait queued, and start as slots free.
+pub async fn runs_and_max_concurrency(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let r1 = run_id();
     let run = store
@@ -138,7 +139,8 @@ pub(crate) async fn runs_and_max_concurrency(store: Arc<dyn Store>) {
     assert!(matches!(e, StoreError::Conflict(_)), "{e}");
 }
 
-pub(crate) async fn run_ends_free_slots_and_wake_parents(store: Arc<dyn Store>) {
+/// A run that ends frees its slot and wakes its parent run.
+pub async fn run_ends_free_slots_and_wake_parents(store: Arc<dyn Store>) {
     let s = store.as_ref();
     // A parent run whose node `sub` waits for a child run.
     let p = run_id();
@@ -277,7 +279,8 @@ pub(crate) async fn run_ends_free_slots_and_wake_parents(store: Arc<dyn Store>) 
     assert!(nodes(s, &c3).await.is_empty());
 }
 
-pub(crate) async fn run_listing_and_timings(store: Arc<dyn Store>) {
+/// Runs are listed newest first with filters, and their timings and their nodes' are reported.
+pub async fn run_listing_and_timings(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let mut alpha = Vec::new();
     let mut all = Vec::new();

@@ -2,13 +2,11 @@
 
 use super::*;
 
-#[path = "workflows/nodes.rs"]
 mod nodes;
-#[path = "workflows/runs.rs"]
 mod runs;
 
-pub(crate) use nodes::*;
-pub(crate) use runs::*;
+pub use nodes::*;
+pub use runs::*;
 
 use flowbot_core::task::TaskRecord;
 use flowbot_core::workflow::{
@@ -137,7 +135,8 @@ async fn run_node(
         .expect("finish node")
 }
 
-pub(super) async fn workflow_versions(store: Arc<dyn Store>) {
+/// Workflow definitions get a new version only when they change, and deleted ones keep their versions for their runs.
+pub async fn workflow_versions(store: Arc<dyn Store>) {
     let v1 = json!({ "nodes": [{ "id": "a", "action": "send" }] });
     let v2 = json!({ "nodes": [{ "id": "a", "action": "notify" }] });
     assert_eq!(

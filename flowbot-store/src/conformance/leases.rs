@@ -8,7 +8,8 @@ use std::time::Duration;
 use flowbot_core::lease::{LeaseTiming, hold};
 use flowbot_core::{CancellationToken, Store};
 
-pub(super) async fn leases_hold_fence_and_expire(store: Arc<dyn Store>) {
+/// A lease has one holder at a time, a fencing token that grows with each new holder, and expires.
+pub async fn leases_hold_fence_and_expire(store: Arc<dyn Store>) {
     let day = Duration::from_secs(86_400);
     let a = store
         .acquire_lease("poll:tg", "p1", day)
@@ -77,10 +78,8 @@ pub(super) async fn leases_hold_fence_and_expire(store: Arc<dyn Store>) {
     assert!(!store.renew_lease(&short, day).await.expect("renew"));
 }
 
-pub(super) async fn a_lease_moves_when_its_holder_dies(
-    first: Arc<dyn Store>,
-    second: Arc<dyn Store>,
-) {
+/// `hold` moves the work to another process soon after the lease holder dies.
+pub async fn a_lease_moves_when_its_holder_dies(first: Arc<dyn Store>, second: Arc<dyn Store>) {
     // Racing processes: exactly one wins.
     let mut racers = Vec::new();
     for i in 0..8 {
@@ -136,7 +135,7 @@ pub(super) async fn a_lease_moves_when_its_holder_dies(
         })
     };
     let one = start(first.clone(), 1);
-    crate::eventually(
+    super::eventually(
         "the first process holds the lease",
         Duration::from_secs(5),
         || {
@@ -155,7 +154,7 @@ pub(super) async fn a_lease_moves_when_its_holder_dies(
     // The holder dies: no release, its renewals stop, its work stops.
     one.abort();
     let died = tokio::time::Instant::now();
-    crate::eventually(
+    super::eventually(
         "the second process takes over",
         Duration::from_secs(5),
         || {

@@ -4,7 +4,7 @@ use super::*;
 
 /// The worker pool over the store: retries with backoff, permanent failures, panics, and
 /// every task completed exactly once.
-pub(super) async fn worker_pool_runs_everything_once(store: Arc<dyn Store>) {
+pub async fn worker_pool_runs_everything_once(store: Arc<dyn Store>) {
     let runs: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
     let successes: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
     let mut registry = TaskRegistry::new();
@@ -147,10 +147,7 @@ pub(super) async fn worker_pool_runs_everything_once(store: Arc<dyn Store>) {
 }
 
 /// A worker that dies mid-task (never heartbeats again) loses the task to a live worker.
-pub(super) async fn crashed_worker_tasks_finish_elsewhere(
-    store: Arc<dyn Store>,
-    other: Arc<dyn Store>,
-) {
+pub async fn crashed_worker_tasks_finish_elsewhere(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     let id = store.enqueue(&task("job", 1)).await.expect("enqueue").id();
     let claimed = claim(
         store.as_ref(),
@@ -198,7 +195,7 @@ pub(super) async fn crashed_worker_tasks_finish_elsewhere(
 }
 
 /// Shutdown waits for running tasks up to its deadline, then releases them to the queue.
-pub(super) async fn graceful_shutdown_releases_unfinished_tasks(store: Arc<dyn Store>) {
+pub async fn graceful_shutdown_releases_unfinished_tasks(store: Arc<dyn Store>) {
     let quick = store
         .enqueue(&task("quick", 1))
         .await
@@ -267,7 +264,7 @@ pub(super) async fn graceful_shutdown_releases_unfinished_tasks(store: Arc<dyn S
 }
 
 /// Cron schedules through the Bot-level loop: a 6-field (seconds) schedule fires repeatedly.
-pub(super) async fn cron_loop_enqueues_and_workers_run(store: Arc<dyn Store>) {
+pub async fn cron_loop_enqueues_and_workers_run(store: Arc<dyn Store>) {
     let def = ScheduleDef::new("every-second", "* * * * * *", "tick", &json!({})).expect("def");
     register_schedule(store.as_ref(), &def)
         .await
@@ -335,7 +332,7 @@ pub(super) async fn cron_loop_enqueues_and_workers_run(store: Arc<dyn Store>) {
 }
 
 /// Per-queue limits: a queue limited to 1 never runs two of its tasks at once.
-pub(super) async fn queue_limits_hold(store: Arc<dyn Store>) {
+pub async fn queue_limits_hold(store: Arc<dyn Store>) {
     let tasks: Vec<NewTask> = (0..12).map(|n| task("job", n).queue("serial")).collect();
     store.enqueue_batch(&tasks).await.expect("batch");
     let current = Arc::new(AtomicU32::new(0));
