@@ -225,6 +225,42 @@ pub async fn lease_expiry_and_recovery(store: Arc<dyn Store>) {
     assert!(letter.reason.contains("lease expired"));
 }
 
+/// A worker that lost a task's lease and releases it afterwards (its shutdown after a long
+/// pause) changes nothing: the task's new holder keeps the task and its concurrency key, so
+/// the next task of that key still waits.
+pub async fn a_stale_release_changes_nothing(store: Arc<dyn Store>) {
+    let k = kinds(&["job"]);
+    let first = store
+        .enqueue(&task("job", 1).concurrency_key("conv"))
+        .await
+        .expect("enqueue")
+        .id();
+    let second = store
+        .enqueue(&task("job", 2).concurrency_key("conv"))
+        .await
+        .expect("enqueue")
+        .id();
+    let stale = claim(store.as_ref(), "stale", &k, 10, Duration::from_secs(2)).await;
+    assert_eq!(stale.iter().map(|t| t.id).collect::<Vec<_>>(), [first]);
+    recovered_once(store.as_ref(), "the stale worker's lease expires").await;
+    let fresh = claim(store.as_ref(), "fresh", &k, 10, LEASE).await;
+    assert_eq!(fresh.iter().map(|t| t.id).collect::<Vec<_>>(), [first]);
+    assert_eq!(store.release("stale", &[first]).await.expect("release"), 0);
+    assert_eq!(state_of(store.as_ref(), first).await, TaskState::Running);
+    assert!(
+        claim(store.as_ref(), "other", &k, 10, LEASE)
+            .await
+            .is_empty(),
+        "the key is still held by the fresh worker"
+    );
+    assert_eq!(
+        store.complete("fresh", &[first]).await.expect("complete"),
+        1
+    );
+    let next = claim(store.as_ref(), "other", &k, 10, LEASE).await;
+    assert_eq!(next.iter().map(|t| t.id).collect::<Vec<_>>(), [second]);
+}
+
 /// Wait until `recover_expired` returns one task (its lease expired, by the clock), and fail
 /// if it ever returns more.
 async fn recovered_once(store: &dyn Store, what: &str) {

@@ -546,20 +546,22 @@ impl TaskQueue for SqliteStore {
         }
         let ids_json = task_id_json(ids);
         let mut tx = self.begin().await?;
-        let n = sqlx::query(
+        let released: Vec<i64> = sqlx::query_scalar(
             "UPDATE flowbot_tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), lease_owner = NULL, lease_until = NULL \
-             WHERE state = 'running' AND lease_owner = ? AND id IN (SELECT value FROM json_each(?))",
+             WHERE state = 'running' AND lease_owner = ? AND id IN (SELECT value FROM json_each(?)) RETURNING id",
         )
         .bind(worker)
         .bind(&ids_json)
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await
-        .map_err(map_err)?
-        .rows_affected();
-        release_keys(&mut tx, &ids_json).await?;
+        .map_err(map_err)?;
+        // Only the keys of the tasks released: a task whose lease this worker lost may run
+        // under another worker now, which holds its key.
+        let released: Vec<TaskId> = released.into_iter().map(TaskId).collect();
+        release_keys(&mut tx, &task_id_json(&released)).await?;
         tx.commit().await.map_err(map_err)?;
         self.wake();
-        Ok(n)
+        Ok(released.len() as u64)
     }
 
     async fn recover_expired(
