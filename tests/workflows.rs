@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flowbot_core::task::{CronConfig, TaskFilter, WorkerConfig};
+use flowbot_core::task::{CronConfig, TaskFilter, TaskState, WorkerConfig};
 use flowbot_core::workflow::{
     Format, NodeStatus, RunFilter, RunRecord, RunStatus, Secrets, WorkflowError, WorkflowSpec,
     Workflows,
@@ -48,6 +48,7 @@ impl Action for ProbeAction {
             "key": {"type": "string"},
             "fail_first": {"type": "integer"},
             "sleep_ms": {"type": "integer"},
+            "retry_after_secs": {"type": "integer"},
             "value": {}
         }, "required": ["key"], "additionalProperties": false})
     }
@@ -69,7 +70,14 @@ impl Action for ProbeAction {
         }
         self.0.running.fetch_sub(1, Ordering::SeqCst);
         if call as u64 <= input["fail_first"].as_u64().unwrap_or(0) {
-            return Err(format!("probe {key} fails on call {call}").into());
+            let error = format!("probe {key} fails on call {call}");
+            if let Some(secs) = input["retry_after_secs"].as_u64() {
+                // A busy service saying when to come back.
+                return Err(flowbot_core::Transient::new(error)
+                    .retry_after(Duration::from_secs(secs))
+                    .into());
+            }
+            return Err(error.into());
         }
         Ok(json!({"call": call, "value": input.get("value").cloned().unwrap_or(Value::Null)}))
     }
@@ -195,6 +203,7 @@ conformance!(
         conditions_branch_and_skip,
         fan_out_and_joins,
         failures_retry_then_fail_the_run_and_retry_resumes,
+        a_node_waits_as_long_as_its_service_asks,
         sub_workflows_pass_outputs_and_failures,
         max_concurrency_queues_runs,
         cancel_stops_a_waiting_run,

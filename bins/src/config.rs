@@ -116,8 +116,8 @@ pub struct ServerConfig {
     /// HTTPS on every address the server listens on.
     pub tls: Option<TlsConfig>,
     /// Once listening, write the base URL of `listen` (and on a second line that of
-    /// `admin_listen`) to this file, replaced atomically: with port 0, how a supervisor or a
-    /// test learns the port the system chose.
+    /// `admin_listen`) to this file, replaced atomically, and remove it when the server stops:
+    /// with port 0, how a supervisor or a test learns the port the system chose.
     pub address_file: Option<std::path::PathBuf>,
 }
 

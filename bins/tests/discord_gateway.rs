@@ -108,6 +108,12 @@ async fn the_gateway_session_carries_messages_commands_joins_and_reactions() {
         .wait_for("C1", "msg:7001 now reads: /echo hi again")
         .await;
     discord.dispatch(0, "MESSAGE_UPDATE", message("7001", "C1", "/echo hi again"));
+    // A later update of the edited message (an embed resolved) keeps its edit time: not an
+    // edit again.
+    let mut embed = message("7001", "C1", "/echo hi again");
+    embed["edited_timestamp"] = "2026-11-22T10:00:05.000000+00:00".into();
+    embed["embeds"] = json!([{"type": "link", "url": "https://example.com"}]);
+    discord.dispatch(0, "MESSAGE_UPDATE", embed);
 
     // A slash command over the gateway: acknowledged with a deferred response (type 5), and
     // the reply replaces it.
@@ -164,7 +170,7 @@ async fn the_gateway_session_carries_messages_commands_joins_and_reactions() {
                 "flowbot_channel_ignored_total{channel=\"dg\",reason=\"message without content\"} 1"
             )
             && metrics.contains(
-                "flowbot_channel_ignored_total{channel=\"dg\",reason=\"message update without an edit\"} 1"
+                "flowbot_channel_ignored_total{channel=\"dg\",reason=\"message update without an edit\"} 2"
             ),
         "{metrics}"
     );

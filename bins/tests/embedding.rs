@@ -141,3 +141,24 @@ async fn rust_handlers_go_first_and_the_rules_take_the_rest() {
         .expect("join")
         .expect("server ran");
 }
+
+/// A listener handed over is held to the same rule as `server.listen`: open to the network,
+/// the admin API needs credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_open_to_the_network_needs_credentials_for_the_admin_api() {
+    let open = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("bind");
+    let e = Server::new(Config::default())
+        .listener(open)
+        .expect_err("an open admin API without credentials");
+    let text = e.to_string();
+    assert!(
+        text.contains("server.listen") && text.contains("allow_unauthenticated"),
+        "{text}"
+    );
+    let loopback = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    assert!(Server::new(Config::default()).listener(loopback).is_ok());
+}

@@ -121,9 +121,17 @@ pub(crate) async fn enqueue_inbound(
         .conversation()
         .map(ToString::to_string)
         .unwrap_or_default();
+    // Edits go in a lane of their own: a newer task in a conversation's lane overtakes the
+    // answer in progress there (`superseded`), and correcting a typo should not cut off the
+    // answer to the message before it.
+    let lane = if matches!(event, Event::MessageEdited(_)) {
+        ":edits"
+    } else {
+        ""
+    };
     let task = NewTask::new(INBOUND_TASK, event)
         .map_err(|e| Unstored::Invalid(e.to_string()))?
-        .concurrency_key(format!("inbound:{channel}:{conversation}"))
+        .concurrency_key(format!("inbound:{channel}:{conversation}{lane}"))
         .dedupe_key(format!("inbound:{channel}:{dedupe}"));
     store.enqueue(&task).await.map_err(Unstored::Store)?;
     counters.accepted.fetch_add(1, Ordering::Relaxed);

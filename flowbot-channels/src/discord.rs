@@ -153,6 +153,9 @@ struct DiscordState {
     bot_user: std::sync::Mutex<Option<String>>,
     /// Per server, its system channel (where member joins are answered), from GUILD_CREATE.
     system_channels: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// The edits already turned into events, by message and edit time: a later update of an
+    /// edited message (an embed resolved, a pin) keeps its `edited_timestamp`.
+    edits_seen: std::sync::Mutex<gateway::SeenEdits>,
     /// Per identify bucket, when a shard of this process last identified.
     identified: tokio::sync::Mutex<std::collections::HashMap<u32, tokio::time::Instant>>,
 }
@@ -189,6 +192,7 @@ impl Discord {
                 exhausted: std::sync::Mutex::new(std::collections::HashMap::new()),
                 bot_user: std::sync::Mutex::new(None),
                 system_channels: std::sync::Mutex::new(std::collections::HashMap::new()),
+                edits_seen: std::sync::Mutex::default(),
                 identified: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         };

@@ -431,7 +431,11 @@ async fn process_event(state: &SlackState, raw: Value) -> std::result::Result<Va
 /// a user, channel or text (an unfurl adds attachments through `message_changed` too).
 fn edited(ch: &ChannelName, event: &Value) -> Option<Event> {
     let message = &event["message"];
-    if message.get("bot_id").is_some_and(|b| !b.is_null()) {
+    // A bot's message, or one with a subtype of its own (a deleted thread parent becomes a
+    // `tombstone` by Slackbot).
+    if message.get("bot_id").is_some_and(|b| !b.is_null())
+        || message.get("subtype").is_some_and(|s| !s.is_null())
+    {
         return None;
     }
     let (channel, from, ts, text) = (

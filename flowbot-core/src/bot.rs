@@ -364,14 +364,15 @@ impl BotBuilder {
                                 .error
                                 .retry_after()
                                 .map(|w| w.min(Duration::from_millis(max_delay_ms)));
-                            let retry = TaskError::retryable(failure);
+                            // The failure stays the task error's source.
+                            let retry = TaskError::with_source(Box::new(failure), false);
                             Err(match wait {
                                 Some(wait) => retry.retry_after(wait),
                                 None => retry,
                             })
                         }
                         Err(failure) if failure.error.refusal().is_some() => Ok(()),
-                        Err(failure) => Err(TaskError::permanent(failure)),
+                        Err(failure) => Err(TaskError::with_source(Box::new(failure), true)),
                     }
                 }
             });

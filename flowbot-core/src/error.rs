@@ -457,7 +457,7 @@ impl TaskError {
     }
 
     /// A failure with `error` as its source, retried unless `permanent`.
-    fn with_source(error: BoxError, permanent: bool) -> Self {
+    pub(crate) fn with_source(error: BoxError, permanent: bool) -> Self {
         TaskError {
             message: error.to_string(),
             permanent,

@@ -77,6 +77,7 @@ pub struct HandleFailure {
     /// Where it failed.
     pub stage: Stage,
     /// The error.
+    #[source]
     pub error: Error,
 }
 

@@ -204,6 +204,8 @@ pub struct RuleSet {
     pub(crate) templates: minijinja::Environment<'static>,
     pub(crate) vars: Value,
     pub(crate) uses_intents: bool,
+    /// Whether any rule takes edits (`event = "message_edited"`).
+    pub(crate) takes_edits: bool,
     #[cfg(feature = "scripts")]
     pub(crate) scripting: Arc<Scripting>,
     /// Rules without a gate: always candidates.
@@ -464,6 +466,7 @@ impl RuleSet {
         let uses_intents = rules
             .iter()
             .any(|r| r.cond.as_ref().is_some_and(Cond::uses_intent));
+        let takes_edits = rules.iter().any(|r| r.takes_edits);
         // Index the gates, so routing looks only at rules that can match.
         let mut always = Vec::new();
         let mut by_command: HashMap<String, Vec<usize>> = HashMap::new();
@@ -497,6 +500,7 @@ impl RuleSet {
             templates: c.templates,
             vars,
             uses_intents,
+            takes_edits,
             #[cfg(feature = "scripts")]
             scripting,
             always,

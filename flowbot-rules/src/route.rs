@@ -241,7 +241,9 @@ fn eval(c: &Cond, f: &Facts<'_>, b: &mut Bindings) -> Result<Outcome, String> {
             usage.map_or(No, Usage)
         }
         Cond::Not(inner) => yes(eval(inner, f, &mut Bindings::default())? == No),
-        Cond::Command(pattern) => match f.event.as_message().and_then(|m| m.command()) {
+        // An edit's command counts too, for the rules that take edits (the others never see
+        // one).
+        Cond::Command(pattern) => match said(f.event).and_then(|m| m.command()) {
             Some((name, args)) if name.eq_ignore_ascii_case(&pattern.name) => {
                 match pattern.parse_args(args) {
                     Ok(parsed) => {
@@ -448,6 +450,11 @@ impl RulesRouter {
     }
 }
 
+/// The message of a message event, or an edit's message as it now reads.
+fn said(event: &Event) -> Option<&flowbot_core::Message> {
+    event.as_message().or(event.as_edit())
+}
+
 fn event_text(event: &Event) -> &str {
     match event {
         Event::Message(m) | Event::MessageEdited(m) => &m.text,
@@ -482,7 +489,7 @@ fn facts<'a>(
 fn candidates(set: &RuleSet, facts: &Facts<'_>) -> Vec<usize> {
     let mut out = set.always.clone();
     if !set.by_command.is_empty()
-        && let Some((name, _)) = facts.event.as_message().and_then(|m| m.command())
+        && let Some((name, _)) = said(facts.event).and_then(|m| m.command())
         && let Some(rules) = set.by_command.get(&name.to_ascii_lowercase())
     {
         out.extend_from_slice(rules);
@@ -566,8 +573,10 @@ fn render_value(
 impl Router for RulesRouter {
     async fn route(&self, turn: &Turn) -> flowbot_core::Result<Reply> {
         let set = self.current();
+        // An edit no rule takes is answered by nothing: no classification for it.
+        let edit_taken = set.takes_edits || !matches!(&*turn.event, Event::MessageEdited(_));
         let intents = match (&self.classifier, set.uses_intents) {
-            (Some(c), true) if !event_text(&turn.event).is_empty() => {
+            (Some(c), true) if edit_taken && !event_text(&turn.event).is_empty() => {
                 Some(c.classify(event_text(&turn.event)).await?)
             }
             _ => None,

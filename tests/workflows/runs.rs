@@ -163,6 +163,50 @@ pub(crate) async fn fan_out_and_joins(store: Arc<dyn Store>) {
     env.stop().await;
 }
 
+const BUSY: &str = r#"
+name: busy
+retry: { max_attempts: 3, backoff: fixed, delay: 20ms, jitter: 0 }
+nodes:
+  - { id: call, action: probe, with: { key: "{{ run.id }}", fail_first: 1, retry_after_secs: 3600 } }
+"#;
+
+/// A node whose service asks for a long wait (`Retry-After`) is due again no earlier than
+/// that, not after its policy's 20 ms.
+pub(crate) async fn a_node_waits_as_long_as_its_service_asks(store: Arc<dyn Store>) {
+    let env = start(store.clone(), Arc::default());
+    apply(&env.engine, BUSY).await;
+    let started = chrono::Utc::now();
+    env.engine
+        .start("busy", json!({}), json!({}))
+        .await
+        .unwrap();
+    let filter = TaskFilter {
+        kind: Some(flowbot_core::workflow::WORKFLOW_NODE_TASK.to_owned()),
+        state: Some(TaskState::Queued),
+        limit: 10,
+        ..TaskFilter::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let waiting = loop {
+        let page = store.list_tasks(&filter).await.unwrap();
+        if let Some(t) = page.items.into_iter().find(|t| t.attempts == 1) {
+            break t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node's first attempt never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        waiting.run_at >= started + chrono::Duration::minutes(59),
+        "due at {} (failed at about {started})",
+        waiting.run_at
+    );
+    assert_eq!(env.probe.calls.lock().unwrap().len(), 1);
+    env.stop().await;
+}
+
 pub(crate) async fn failures_retry_then_fail_the_run_and_retry_resumes(store: Arc<dyn Store>) {
     let env = start(store, Arc::default());
     apply(&env.engine, FLAKY).await;

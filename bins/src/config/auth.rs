@@ -162,7 +162,7 @@ impl AuthConfig {
 
     /// Check the section against the address the admin API listens on: an API reachable from
     /// the network needs authentication, or the explicit opt-out.
-    pub(super) fn validate(&self, key: &str, listen: SocketAddr) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, key: &str, listen: SocketAddr) -> Result<(), ConfigError> {
         let roles = self.roles()?;
         if !(1..=36_500).contains(&self.audit_retention_days) {
             return Err(err(

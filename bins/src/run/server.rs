@@ -158,9 +158,15 @@ impl Server {
     /// Serve on `listener`, already bound, instead of binding `server.listen` (which becomes
     /// the listener's address): bind port 0, learn the port, then hand the listener over, and
     /// no other process can take the port in between. Only [`run`](Self::run) listens.
+    ///
+    /// The admin API's rules are checked again for the listener's address: one open to the
+    /// network needs credentials (`[auth]`) unless the admin API has an address of its own.
     pub fn listener(mut self, listener: tokio::net::TcpListener) -> Result<Self, RunError> {
         let addr = listener.local_addr().map_err(RunError::Serve)?;
         self.config.server.listen = addr;
+        if self.config.server.admin_listen.is_none() {
+            self.config.auth.validate("server.listen", addr)?;
+        }
         self.listener = Some(listener);
         Ok(self)
     }
@@ -481,6 +487,10 @@ async fn serve_assembled(
             a.and(b)
         }
     };
+    // Not listening any more: the address file would point at nothing.
+    if let Some(path) = &config.server.address_file {
+        let _ = std::fs::remove_file(path);
+    }
     // HTTP drained (WebSockets are closed by the web channel as the bot stops): stop the bot,
     // which drains the pipeline and releases running tasks.
     bot_stop.cancel();
@@ -491,12 +501,24 @@ async fn serve_assembled(
     served
 }
 
-/// Write `text` to `path` through a temporary file beside it, so a reader never sees half.
+/// Write `text` to `path` through a new temporary file beside it (created, never opened
+/// through a link someone left there), so a reader never sees half.
 fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    tmp.push(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 /// Serve `app` on `tcp` (through TLS with `tls`) until `stop`, then drain.

@@ -508,6 +508,37 @@ fn closed(frame: Option<&CloseFrame>) -> Next {
     }
 }
 
+/// The most edits [`SeenEdits`] remembers; the oldest are forgotten first.
+const EDITS_REMEMBERED: usize = 4096;
+
+/// Edits already turned into events (`message id`, `edited_timestamp`), the newest
+/// [`EDITS_REMEMBERED`] of them.
+#[derive(Debug, Default)]
+pub(crate) struct SeenEdits {
+    set: std::collections::HashSet<(String, String)>,
+    order: std::collections::VecDeque<(String, String)>,
+}
+
+impl SeenEdits {
+    /// Whether the edit was seen.
+    fn seen(&self, edit: &(String, String)) -> bool {
+        self.set.contains(edit)
+    }
+
+    /// Remember the edit.
+    fn remember(&mut self, edit: (String, String)) {
+        if !self.set.insert(edit.clone()) {
+            return;
+        }
+        self.order.push_back(edit);
+        if self.order.len() > EDITS_REMEMBERED
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+    }
+}
+
 /// Turn a dispatch into an event and store it. Malformed and unhandled ones are counted.
 async fn dispatch(
     state: &Arc<DiscordState>,
@@ -527,6 +558,8 @@ async fn dispatch(
             .as_deref()
             == Some(id)
     };
+    // An edit turned into an event, remembered once it is stored.
+    let mut edit = None;
     let (event, key) = match kind {
         "MESSAGE_CREATE" | "MESSAGE_UPDATE" => {
             let edited_at = d["edited_timestamp"].as_str();
@@ -581,6 +614,18 @@ async fn dispatch(
             message.raw = Some(d.clone());
             match edited_at {
                 Some(at) if kind == "MESSAGE_UPDATE" => {
+                    let this = (id.to_owned(), at.to_owned());
+                    let seen = state
+                        .edits_seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .seen(&this);
+                    if seen {
+                        // The same edit again: another field of the message changed.
+                        state.stats.ignored.inc("message update without an edit");
+                        return Ok(());
+                    }
+                    edit = Some(this);
                     (Event::MessageEdited(message), format!("edit:{id}:{at}"))
                 }
                 _ => (Event::Message(message), format!("message:{id}")),
@@ -679,7 +724,15 @@ async fn dispatch(
             return Ok(());
         }
     };
-    enqueue_inbound(&*state.store, &state.channel, &state.stats, &event, &key).await
+    enqueue_inbound(&*state.store, &state.channel, &state.stats, &event, &key).await?;
+    if let Some(edit) = edit {
+        state
+            .edits_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remember(edit);
+    }
+    Ok(())
 }
 
 /// A Discord user object as a sender.

@@ -92,6 +92,16 @@ impl NotifierSettings {
             // The URL may be a secret (a Slack webhook's): not repeated here.
             return Err("the URL must start with http:// or https://".into());
         }
+        #[cfg(not(feature = "webhook"))]
+        if let NotifierSettings::Webhook {
+            secret: Some(_), ..
+        } = self
+        {
+            return Err(
+                "secret: signing needs flowbot-channels' webhook feature, which this build leaves out"
+                    .into(),
+            );
+        }
         Ok(match self {
             NotifierSettings::Ntfy {
                 base_url,

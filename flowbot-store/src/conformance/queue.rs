@@ -227,26 +227,45 @@ pub async fn lease_expiry_and_recovery(store: Arc<dyn Store>) {
 
 /// A worker that lost a task's lease and releases it afterwards (its shutdown after a long
 /// pause) changes nothing: the task's new holder keeps the task and its concurrency key, so
-/// the next task of that key still waits.
+/// an older task of that key, put back in the queue meanwhile, still waits.
 pub async fn a_stale_release_changes_nothing(store: Arc<dyn Store>) {
     let k = kinds(&["job"]);
-    let first = store
-        .enqueue(&task("job", 1).concurrency_key("conv"))
+    let older = store
+        .enqueue(
+            &task("job", 1)
+                .concurrency_key("conv")
+                .retry(RetryPolicy::new(1).expect("policy")),
+        )
         .await
         .expect("enqueue")
         .id();
-    let second = store
+    let newer = store
         .enqueue(&task("job", 2).concurrency_key("conv"))
         .await
         .expect("enqueue")
         .id();
+    // The older task dies, so the newer one runs.
+    let first = claim(store.as_ref(), "w", &k, 10, LEASE).await;
+    assert_eq!(first.iter().map(|t| t.id).collect::<Vec<_>>(), [older]);
+    let failure = Failure {
+        id: older,
+        attempt: 1,
+        error: "boom".into(),
+        retry_at: None,
+    };
+    assert_eq!(
+        store.fail("w", &failure).await.expect("fail"),
+        FailOutcome::DeadLettered
+    );
     let stale = claim(store.as_ref(), "stale", &k, 10, Duration::from_secs(2)).await;
-    assert_eq!(stale.iter().map(|t| t.id).collect::<Vec<_>>(), [first]);
+    assert_eq!(stale.iter().map(|t| t.id).collect::<Vec<_>>(), [newer]);
     recovered_once(store.as_ref(), "the stale worker's lease expires").await;
     let fresh = claim(store.as_ref(), "fresh", &k, 10, LEASE).await;
-    assert_eq!(fresh.iter().map(|t| t.id).collect::<Vec<_>>(), [first]);
-    assert_eq!(store.release("stale", &[first]).await.expect("release"), 0);
-    assert_eq!(state_of(store.as_ref(), first).await, TaskState::Running);
+    assert_eq!(fresh.iter().map(|t| t.id).collect::<Vec<_>>(), [newer]);
+    assert_eq!(store.release("stale", &[newer]).await.expect("release"), 0);
+    assert_eq!(state_of(store.as_ref(), newer).await, TaskState::Running);
+    // The older task back in the queue waits for the key the fresh worker holds.
+    assert!(store.requeue_dead(older).await.expect("requeue"));
     assert!(
         claim(store.as_ref(), "other", &k, 10, LEASE)
             .await
@@ -254,11 +273,11 @@ pub async fn a_stale_release_changes_nothing(store: Arc<dyn Store>) {
         "the key is still held by the fresh worker"
     );
     assert_eq!(
-        store.complete("fresh", &[first]).await.expect("complete"),
+        store.complete("fresh", &[newer]).await.expect("complete"),
         1
     );
     let next = claim(store.as_ref(), "other", &k, 10, LEASE).await;
-    assert_eq!(next.iter().map(|t| t.id).collect::<Vec<_>>(), [second]);
+    assert_eq!(next.iter().map(|t| t.id).collect::<Vec<_>>(), [older]);
 }
 
 /// Wait until `recover_expired` returns one task (its lease expired, by the clock), and fail

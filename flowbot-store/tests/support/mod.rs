@@ -183,7 +183,14 @@ pub struct Sqlite(Harness);
 
 impl flowbot_store::conformance::Backend for Sqlite {
     async fn open() -> Option<Self> {
-        Some(Sqlite(sqlite().await))
+        let h = sqlite().await;
+        // The suite skips the liveness behaviours for a backend without liveness locks;
+        // this one has them.
+        assert!(
+            h.store().liveness_dir().is_some(),
+            "SQLite names a liveness directory"
+        );
+        Some(Sqlite(h))
     }
     fn store(&self) -> Arc<dyn Store> {
         self.0.store()
@@ -199,7 +206,12 @@ pub struct Postgres(Harness);
 
 impl flowbot_store::conformance::Backend for Postgres {
     async fn open() -> Option<Self> {
-        postgres().await.map(Postgres)
+        let h = postgres().await?;
+        assert!(
+            h.store().liveness_dir().is_some(),
+            "PostgreSQL names a liveness directory"
+        );
+        Some(Postgres(h))
     }
     fn store(&self) -> Arc<dyn Store> {
         self.0.store()
@@ -218,7 +230,12 @@ pub struct Memory(Harness);
 
 impl flowbot_store::conformance::Backend for Memory {
     async fn open() -> Option<Self> {
-        Some(Memory(memory()))
+        let h = memory();
+        assert!(
+            h.store().liveness_dir().is_some(),
+            "the in-memory store names a liveness directory"
+        );
+        Some(Memory(h))
     }
     fn store(&self) -> Arc<dyn Store> {
         self.0.store()

@@ -56,15 +56,23 @@ impl Workflows {
             }
             let (next, seen) = match stepped {
                 Ok(Stepped::Done { next, rows }) => (next, rows),
-                Ok(Stepped::Retry(error)) if !current.chained => {
-                    return Err(TaskError::retryable(error));
-                }
-                Ok(Stepped::Retry(error)) => {
-                    // A chained task fails the way the pool would fail it: back to the queue,
-                    // due after its backoff.
+                Ok(Stepped::Retry(error, asked)) => {
+                    // The node's backoff, or the wait the service asked for when longer.
                     let policy = wf.index.get(&current.node).map(|&i| wf.nodes[i].retry);
-                    let retry_at =
-                        policy.map(|p| crate::task::after(Utc::now(), p.delay(current.attempt)));
+                    let delay = match (policy.map(|p| p.delay(current.attempt)), asked) {
+                        (Some(backoff), Some(asked)) => Some(backoff.max(asked)),
+                        (backoff, asked) => backoff.or(asked),
+                    };
+                    if !current.chained {
+                        let error = TaskError::retryable(error);
+                        return Err(match (asked, delay) {
+                            (Some(_), Some(delay)) => error.retry_after(delay),
+                            _ => error,
+                        });
+                    }
+                    // A chained task fails the way the pool would fail it: back to the queue,
+                    // due after that delay.
+                    let retry_at = delay.map(|d| crate::task::after(Utc::now(), d));
                     let failure = crate::task::Failure {
                         id: current.task,
                         attempt: current.attempt,
@@ -168,6 +176,10 @@ impl Workflows {
                 ),
             )),
         };
+        let asked_wait = match &outcome {
+            Ok(Step::RetryAfter { after, .. }) => Some(*after),
+            _ => None,
+        };
         let result = match outcome {
             Ok(Step::Done { input, output }) => NodeResult::Completed {
                 input: redacted(input, secrets),
@@ -183,6 +195,14 @@ impl Workflows {
                     .unwrap_or_default()
                     .to_owned(),
                 last: true,
+            },
+            Ok(Step::RetryAfter { input, error, .. }) => NodeResult::Failed {
+                input: Some(redacted(input, secrets)),
+                error: redacted(Value::String(error), secrets)
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                last: current.attempt >= max_attempts,
             },
             Err((input, error)) => NodeResult::Failed {
                 input: input.map(|i| redacted(i, secrets)),
@@ -229,7 +249,10 @@ impl Workflows {
                     error, last: false, ..
                 },
                 FinishOutcome::Recorded { .. },
-            ) => Ok(Stepped::Retry(format!("node '{}': {error}", current.node))),
+            ) => Ok(Stepped::Retry(
+                format!("node '{}': {error}", current.node),
+                asked_wait,
+            )),
             (
                 NodeResult::Failed {
                     error, last: true, ..
@@ -298,6 +321,11 @@ impl Workflows {
                 match actions.call(name, &acx, input.clone()).await {
                     Ok(output) => Ok(Step::Done { input, output }),
                     Err(e) if e.is_permanent() => Ok(Step::Fail {
+                        input,
+                        error: e.to_string(),
+                    }),
+                    Err(e) if e.retry_after().is_some() => Ok(Step::RetryAfter {
+                        after: e.retry_after().unwrap_or_default(),
                         input,
                         error: e.to_string(),
                     }),
@@ -494,6 +522,13 @@ pub(super) enum Step {
         input: Value,
         error: String,
     },
+    /// Failed, and the service asked for the next attempt no earlier than `after` (its
+    /// `Retry-After`).
+    RetryAfter {
+        input: Value,
+        error: String,
+        after: std::time::Duration,
+    },
 }
 
 /// Most nodes one handler runs in a row on its own claims (then the next goes through the
@@ -518,8 +553,8 @@ pub(super) enum Stepped {
         next: Option<(String, TaskId)>,
         rows: Vec<NodeRecord>,
     },
-    /// The attempt failed and another is due.
-    Retry(String),
+    /// The attempt failed and another is due (no earlier than the wait a service asked for).
+    Retry(String, Option<std::time::Duration>),
 }
 
 /// The conversation a run was started from (a rule's message), for `send_message`.
