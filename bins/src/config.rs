@@ -15,7 +15,6 @@ use std::path::Path;
 use serde::Deserialize;
 
 mod auth;
-mod chat;
 mod limits;
 mod llm;
 mod load;
@@ -24,12 +23,12 @@ mod oidc;
 mod references;
 mod secrets_store;
 pub use auth::{AuthConfig, JwtAuthConfig};
-pub use chat::{HostIdentityConfig, WebConfig};
 pub use flowbot_channels::discord::DiscordSettings;
 pub use flowbot_channels::notifiers::NotifierSettings;
 pub use flowbot_channels::slack::SlackSettings;
 pub use flowbot_channels::tailchat::TailchatSettings;
 pub use flowbot_channels::telegram::{TelegramMode, TelegramSettings};
+pub use flowbot_channels::web::{HostIdentitySettings, WebSettings};
 pub use flowbot_channels::webhook::WebhookSettings;
 pub use limits::LimitsConfig;
 pub use llm::{LlmConfig, Relevance};
@@ -50,7 +49,7 @@ pub struct Config {
     /// Task workers (embedded agent and `flowbot-agent`).
     pub workers: WorkersConfig,
     /// Web chat channel.
-    pub web: WebConfig,
+    pub web: WebSettings,
     /// Generic webhook channels, by name.
     pub webhooks: BTreeMap<String, WebhookSettings>,
     /// How the bot answers the people it talks to.
@@ -577,7 +576,7 @@ impl Config {
                 .map_err(|e| err(format!("webhooks.{name}"), e.0))?;
         }
         self.workers.validate()?;
-        self.web.validate()?;
+        self.web.validate().map_err(|e| err("web", e.0))?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(err("log.level", format!("'{}': {e}", self.log.level)));
         }

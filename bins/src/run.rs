@@ -4,13 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
-use flowbot_channels::discord::Discord;
 use flowbot_channels::http_action::HttpRequest;
-use flowbot_channels::slack::Slack;
-use flowbot_channels::tailchat::Tailchat;
-use flowbot_channels::telegram::Telegram;
 use flowbot_channels::web::WebChat;
-use flowbot_channels::webhook::{WebhookConfig, Webhooks};
+use flowbot_channels::webhook::WebhookConfig;
+use flowbot_channels::{AdapterStats, ChannelSpec, CommandMenu, Ready, Setup};
 use flowbot_core::secrets::SecretStore;
 use flowbot_core::task::WorkerConfig;
 use flowbot_core::workflow::{Secrets, Workflows};
@@ -23,9 +20,14 @@ use flowbot_store::redact_url as redact;
 use crate::config::Config;
 use crate::http::{self, AppState};
 
+mod agent;
+mod routing;
 mod server;
 
+pub use agent::Agent;
 pub use server::{Assembled, Server};
+
+use routing::Routing;
 
 /// Errors that stop a server or agent.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +45,12 @@ pub enum RunError {
         #[source]
         source: flowbot_store::Error,
     },
-    /// A channel is misconfigured.
-    #[error("channel configuration: {0}")]
-    Channel(String),
+    /// A channel could not be built (its settings, or the platform's answer at start).
+    #[error(transparent)]
+    Channel(#[from] flowbot_channels::Error),
+    /// The bot stopped (or its task failed) before the server could serve.
+    #[error("the bot stopped before serving: {0}")]
+    Stopped(String),
     /// The bot could not be built or failed.
     #[error(transparent)]
     Bot(#[from] flowbot_core::Error),
@@ -217,21 +222,108 @@ fn with_notifiers(mut builder: BotBuilder, config: &Config) -> Result<BotBuilder
     for (name, n) in &config.notifiers {
         let notifier = n
             .notifier()
-            .map_err(|e| RunError::Channel(format!("notifiers.{name}: {e}")))?;
+            .map_err(|e| flowbot_channels::Error::settings(format!("notifiers.{name}"), e))?;
         builder = builder.notifier_arc(name, notifier);
     }
     Ok(builder)
 }
 
 fn webhook_configs(config: &Config) -> Result<Vec<WebhookConfig>, RunError> {
-    config
+    Ok(config
         .webhooks
         .iter()
         .map(|(name, e)| {
             e.channel_config(name)
-                .map_err(|e| RunError::Channel(format!("webhooks.{name}: {e}")))
+                .map_err(|e| flowbot_channels::Error::settings(name.as_str(), e))
         })
-        .collect()
+        .collect::<Result<_, _>>()?)
+}
+
+/// The channels of `config`: web chat, the generic webhooks, and each platform's. With
+/// `receive` false (an agent), web chat is its sender alone, whatever `[web]` says: replies
+/// reach the browsers over the bus, through whichever server holds their sockets.
+async fn config_channels(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    receive: bool,
+) -> Result<Vec<Box<dyn ChannelSpec>>, RunError> {
+    let mut specs: Vec<Box<dyn ChannelSpec>> = Vec::new();
+    if !receive {
+        specs.push(Box::new(WebChat::new("web", Some(store.clone()))));
+    } else if config.web.enabled {
+        let identity = config.web.identity(store, "web").await?;
+        specs.push(Box::new(
+            WebChat::new("web", Some(store.clone()))
+                .with_identity(identity)?
+                .max_sockets_per_address(config.limits.websockets_per_address),
+        ));
+    }
+    specs.push(Box::new(webhook_configs(config)?));
+    let settings = |name: &str| {
+        let name = name.to_owned();
+        move |e| flowbot_channels::Error::settings(name, e)
+    };
+    for (name, entry) in &config.tailchat {
+        specs.push(Box::new(entry.channel_config(name)));
+    }
+    for (name, entry) in &config.slack {
+        specs.push(Box::new(entry.channel_config(name)));
+    }
+    for (name, entry) in &config.discord {
+        specs.push(Box::new(
+            entry.channel_config(name).map_err(settings(name))?,
+        ));
+    }
+    for (name, entry) in &config.telegram {
+        specs.push(Box::new(
+            entry.channel_config(name).map_err(settings(name))?,
+        ));
+    }
+    Ok(specs)
+}
+
+/// Every channel of a server or agent, built.
+#[derive(Default)]
+struct Channels {
+    routes: axum::Router,
+    stats: Vec<Arc<dyn AdapterStats>>,
+    menus: Vec<Arc<dyn CommandMenu>>,
+    ready: Vec<Ready>,
+}
+
+/// Build `specs` in `setup`, adding their channels to `builder`.
+async fn build_channels(
+    specs: Vec<Box<dyn ChannelSpec>>,
+    setup: &Setup,
+    mut builder: BotBuilder,
+) -> Result<(BotBuilder, Channels), RunError> {
+    let mut out = Channels::default();
+    for spec in specs {
+        let built = spec.build(setup).await?;
+        for channel in built.channels {
+            builder = builder.channel(channel);
+        }
+        if let Some(routes) = built.routes {
+            out.routes = out.routes.merge(routes);
+        }
+        out.stats.extend(built.stats);
+        out.menus.extend(built.menus);
+        out.ready.extend(built.ready);
+    }
+    Ok((builder, out))
+}
+
+/// Declare `commands` to every platform that lists them; a failure is logged, not fatal
+/// (the bot works without its menu).
+async fn declare_commands(menus: &[Arc<dyn CommandMenu>], commands: &[CommandInfo]) {
+    for menu in menus {
+        match menu.declare(commands).await {
+            Ok(n) => tracing::info!(channel = %menu.channel(), commands = n, "commands declared"),
+            Err(e) => {
+                tracing::warn!(channel = %menu.channel(), error = %e, "could not declare the bot's commands")
+            }
+        }
+    }
 }
 
 /// What the server and the agent build alike: the store, the rules, the actions, the
@@ -360,64 +452,9 @@ pub fn gate(config: &Config, store: &Arc<dyn Store>) -> Result<http::auth::Gate,
     })
 }
 
-/// Run an agent (workers and schedules only) until `shutdown` is cancelled.
-pub async fn run_agent(mut config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    let store = open_store(&config).await?;
-    let rules = rule_library(&config, &store, &shutdown).await?;
-    let secrets = secret_store(&config, &store)?;
-    resolve_references(&mut config, secrets.as_deref()).await?;
-    let workflows = workflow_engine(&config, &store, secrets);
-    let (builder, assistant) = bot_builder(&config, &store, &rules, workflows).await?;
-    let mut builder = builder.workers(worker_config(&config, "agent"));
-    // Agents hold no sockets: web replies go over the bus to the servers.
-    builder = builder.channel(WebChat::new("web", Some(store.clone())).sender_only());
-    let (_, hook_channels) = Webhooks::new(store.clone(), &webhook_configs(&config)?)
-        .map_err(|e| RunError::Channel(e.to_string()))?;
-    for c in hook_channels {
-        builder = builder.channel(c);
-    }
-    // Agents deliver replies; the servers receive.
-    for (name, entry) in &config.discord {
-        // No gateway here: the servers receive.
-        let mut settings = entry
-            .channel_config(name)
-            .map_err(|e| RunError::Channel(e.0))?;
-        settings.gateway = None;
-        let (_, channel) =
-            Discord::new(store.clone(), settings).map_err(|e| RunError::Channel(e.0))?;
-        builder = builder.channel(channel);
-    }
-    for (name, entry) in &config.slack {
-        // No Socket Mode here: the servers receive.
-        let settings = flowbot_channels::slack::SlackConfig {
-            app_token: None,
-            ..entry.channel_config(name)
-        };
-        let (_, channel) =
-            Slack::new(store.clone(), settings).map_err(|e| RunError::Channel(e.0))?;
-        builder = builder.channel(channel);
-    }
-    for (name, entry) in &config.tailchat {
-        let (_, channel) = Tailchat::new(store.clone(), entry.channel_config(name))
-            .map_err(|e| RunError::Channel(e.0))?;
-        builder = builder.channel(channel);
-    }
-    for (name, entry) in &config.telegram {
-        let settings = entry
-            .channel_config(name)
-            .map_err(|e| RunError::Channel(e.0))?;
-        builder = builder.channel(
-            Telegram::sender_only(store.clone(), settings)
-                .map_err(|e| RunError::Channel(e.to_string()))?,
-        );
-    }
-    let bot = builder.build()?;
-    if assistant.is_some() {
-        crate::llm::check_tools(&config.llm, bot.pipeline().services().actions())?;
-    }
-    tracing::info!(database = %redact(&config.database.url), concurrency = config.workers.concurrency, "flowbot-agent running");
-    bot.run(shutdown).await?;
-    Ok(())
+/// Run an agent (workers and schedules only) until `shutdown` is cancelled: [`Agent::run`].
+pub async fn run_agent(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    Agent::new(config).run(shutdown).await
 }
 
 /// Cancel `token` on SIGINT or SIGTERM.

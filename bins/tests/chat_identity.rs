@@ -7,7 +7,7 @@ mod harness;
 
 use std::time::Duration;
 
-use flowbot_server::config::HostIdentityConfig;
+use flowbot_server::config::HostIdentitySettings;
 use futures_util::StreamExt;
 use harness::{Chat, Server, next_frame, start, start_with};
 use serde_json::{Value, json};
@@ -176,12 +176,12 @@ async fn tampered_and_expired_tokens_get_a_new_identity() {
     s.stop().await;
 }
 
-fn host_identity() -> HostIdentityConfig {
-    HostIdentityConfig {
+fn host_identity() -> HostIdentitySettings {
+    HostIdentitySettings {
         secrets: vec![HOST_SECRET.into()],
         issuer: Some(ISSUER.into()),
         audience: Some(AUDIENCE.into()),
-        ..HostIdentityConfig::default()
+        ..HostIdentitySettings::default()
     }
 }
 

@@ -5,11 +5,18 @@ mod common;
 mod harness;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use common::TempDir;
-use flowbot_core::{CancellationToken, Handlers, Reply};
+use flowbot_channels::{AdapterCounters, AdapterStats, Built, ChannelSpec, CommandMenu, Setup};
+use flowbot_core::{
+    CancellationToken, Channel, ChannelListener, ChannelSender, CommandInfo, Event, Handlers,
+    Inbox, Message, Outbound, Reply, Sender, SentId, async_trait,
+};
 use flowbot_server::config::Config;
 use flowbot_server::run::Server;
 use harness::{WEB_SECRET, chat_at, say};
@@ -161,4 +168,183 @@ async fn a_listener_open_to_the_network_needs_credentials_for_the_admin_api() {
         .await
         .expect("bind");
     assert!(Server::new(Config::default()).listener(loopback).is_ok());
+}
+
+/// A third party's channel: `POST /hooks/pager` brings a message in, the bot's answers are
+/// handed to the test, and the commands the server declares are kept.
+struct Pager {
+    answers: tokio::sync::mpsc::UnboundedSender<String>,
+    declared: Arc<Mutex<Vec<String>>>,
+}
+
+/// The pager's inbound half: what its route received, handed to the bot.
+struct PagerListener(Mutex<Option<tokio::sync::mpsc::Receiver<String>>>);
+
+#[async_trait]
+impl ChannelListener for PagerListener {
+    async fn listen(&self, inbox: Inbox, shutdown: CancellationToken) -> flowbot_core::Result<()> {
+        let Some(mut received) = self.0.lock().expect("lock").take() else {
+            return Ok(());
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                text = received.recv() => match text {
+                    Some(text) => {
+                        let message = Message::text("pager", "page-1", Sender::user("ada"), text);
+                        inbox.send(Event::Message(message)).await?;
+                    }
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+}
+
+/// The pager's outbound half.
+struct PagerSender(tokio::sync::mpsc::UnboundedSender<String>);
+
+#[async_trait]
+impl ChannelSender for PagerSender {
+    async fn send(&self, message: &Outbound) -> flowbot_core::Result<SentId> {
+        self.0
+            .send(message.text.clone())
+            .map_err(|_| flowbot_core::Error::channel("pager", "the test is gone"))?;
+        Ok(SentId("sent".into()))
+    }
+}
+
+/// The pager's counters and command menu.
+struct PagerAdapter {
+    counters: AdapterCounters,
+    declared: Arc<Mutex<Vec<String>>>,
+}
+
+impl AdapterStats for PagerAdapter {
+    fn channel(&self) -> &str {
+        "pager"
+    }
+    fn counters(&self) -> &AdapterCounters {
+        &self.counters
+    }
+}
+
+#[async_trait]
+impl CommandMenu for PagerAdapter {
+    fn channel(&self) -> &str {
+        "pager"
+    }
+    async fn declare(&self, commands: &[CommandInfo]) -> Result<usize, flowbot_channels::Error> {
+        let mut declared = self.declared.lock().expect("lock");
+        declared.extend(commands.iter().map(|c| c.name.clone()));
+        Ok(commands.len())
+    }
+}
+
+#[async_trait]
+impl ChannelSpec for Pager {
+    async fn build(&self, setup: &Setup) -> Result<Built, flowbot_channels::Error> {
+        assert!(setup.receives(), "a server receives");
+        let (to_bot, received) = tokio::sync::mpsc::channel(16);
+        let adapter = Arc::new(PagerAdapter {
+            counters: AdapterCounters::default(),
+            declared: self.declared.clone(),
+        });
+        let counted = adapter.clone();
+        let routes = axum::Router::new().route(
+            "/hooks/pager",
+            post(move |text: String| async move {
+                counted.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                match to_bot.send(text).await {
+                    Ok(()) => StatusCode::ACCEPTED,
+                    Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+                }
+            }),
+        );
+        let channel = Channel::new("pager", PagerSender(self.answers.clone()))
+            .with_listener(PagerListener(Mutex::new(Some(received))));
+        Ok(Built::new(channel)
+            .routes(routes)
+            .stats(adapter.clone())
+            .menu(adapter))
+    }
+}
+
+/// A channel of the application's own, added like a built-in one: the server mounts its
+/// route (behind the public limits), reports its counters in the metrics and declares the
+/// handlers' commands to its menu; the Rust handlers answer through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_partys_channel_gets_its_routes_metrics_and_commands_from_the_server() {
+    let dir = TempDir::new("flowbot-embedding-test");
+    let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
+    let declared = Arc::new(Mutex::new(Vec::new()));
+    let pager = Pager {
+        answers,
+        declared: declared.clone(),
+    };
+    let handlers = Handlers::new(())
+        .command("ping", |_cx| async move { Ok(Reply::text("pong")) })
+        .command("time", |_cx| async move { Ok(Reply::text("noon")) });
+    let stop = CancellationToken::new();
+    let (ready, running) = tokio::sync::oneshot::channel();
+    let server = Server::new(config_in(&dir))
+        .handlers(handlers)
+        .channel(pager);
+    let task = tokio::spawn(server.run(stop.clone(), Some(ready)));
+    let base = format!("http://{}", running.await.expect("server started").addr);
+
+    let sent = reqwest::Client::new()
+        .post(format!("{base}/hooks/pager"))
+        .body("/ping")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(sent.status(), 202);
+    let answer = tokio::time::timeout(Duration::from_secs(20), answered.recv())
+        .await
+        .expect("answered in time");
+    assert_eq!(answer.as_deref(), Some("pong"));
+    assert_eq!(*declared.lock().expect("lock"), ["ping", "time"]);
+    let metrics = common::metrics(&base).await;
+    assert!(
+        metrics.contains("flowbot_channel_accepted_total{channel=\"pager\"} 1"),
+        "{metrics}"
+    );
+    // The built-in routes are still there beside it.
+    let chat = reqwest::get(format!("{base}/chat")).await.expect("GET");
+    assert_eq!(chat.status(), 200);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("stopped in time")
+        .expect("join")
+        .expect("server ran");
+}
+
+/// A channel that cannot be built stops the server before it listens, with the channel's
+/// error (not a string): the settings at fault, and that retrying cannot help.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_that_cannot_be_built_stops_the_server_with_its_error() {
+    let dir = TempDir::new("flowbot-embedding-test");
+    let mut bad = flowbot_channels::webhook::WebhookConfig::new("hooks");
+    bad.secret = Some("short".into());
+    let e = Server::new(config_in(&dir))
+        .channel(vec![bad])
+        .run(CancellationToken::new(), None)
+        .await
+        .expect_err("refused");
+    let flowbot_server::run::RunError::Channel(e) = e else {
+        panic!("a channel error: {e}");
+    };
+    assert_eq!(e.channel(), "hooks");
+    assert!(e.is_permanent());
+    assert!(
+        e.to_string().contains("secret must be at least 16 bytes"),
+        "{e}"
+    );
+    assert!(
+        !e.to_string().contains("short"),
+        "the secret is not shown: {e}"
+    );
 }

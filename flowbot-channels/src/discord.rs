@@ -166,9 +166,8 @@ impl Discord {
     pub fn new(
         store: Arc<dyn Store>,
         config: DiscordConfig,
-    ) -> std::result::Result<(Discord, Channel), crate::SettingsError> {
-        let fail =
-            |e: String| crate::SettingsError(format!("discord channel '{}': {e}", config.name));
+    ) -> std::result::Result<(Discord, Channel), crate::Error> {
+        let fail = |e: String| crate::Error::settings(config.name.as_str(), e);
         config.validate().map_err(|e| fail(e.0))?;
         let key = config
             .public_key
@@ -229,7 +228,10 @@ impl Discord {
     /// had). Arguments become options (`int` an integer, `float` a number, `bool` a boolean,
     /// anything else a string); names Discord does not accept are left out. Returns how many
     /// were registered.
-    pub async fn register_commands(&self, commands: &[CommandInfo]) -> Result<usize> {
+    pub async fn register_commands(
+        &self,
+        commands: &[CommandInfo],
+    ) -> std::result::Result<usize, crate::Error> {
         let list: Vec<Value> = commands
             .iter()
             .filter(|c| valid_command_name(&c.name))
@@ -267,9 +269,17 @@ impl Discord {
             self.state.api(),
             self.state.config.application_id
         );
+        let name = self.state.config.name.as_str();
         DiscordSender(self.state.clone())
             .request(reqwest::Method::PUT, &url, true, &Value::Array(list))
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // The sender's error is core's channel error around the classified cause.
+                flowbot_core::Error::Channel { source, .. } => {
+                    crate::Error::platform(name, "PUT commands", source)
+                }
+                other => crate::Error::platform(name, "PUT commands", other),
+            })?;
         Ok(n)
     }
 }
@@ -279,6 +289,38 @@ fn valid_command_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_lowercase() || c.is_numeric() || c == '-' || c == '_')
+}
+
+#[async_trait]
+impl crate::CommandMenu for Discord {
+    fn channel(&self) -> &str {
+        &self.state.config.name
+    }
+
+    /// [`Discord::register_commands`].
+    async fn declare(&self, commands: &[CommandInfo]) -> std::result::Result<usize, crate::Error> {
+        self.register_commands(commands).await
+    }
+}
+
+#[async_trait]
+impl crate::ChannelSpec for DiscordConfig {
+    /// [`Discord::new`] with its interactions route, counters and slash commands, or with
+    /// [`Setup::send_only`](crate::Setup::send_only) the sender alone (no gateway).
+    async fn build(&self, setup: &crate::Setup) -> std::result::Result<crate::Built, crate::Error> {
+        if !setup.receives() {
+            let mut config = self.clone();
+            config.gateway = None;
+            let (_, channel) = Discord::new(setup.store().clone(), config)?;
+            return Ok(crate::Built::new(channel));
+        }
+        let (discord, channel) = Discord::new(setup.store().clone(), self.clone())?;
+        let discord = Arc::new(discord);
+        Ok(crate::Built::new(channel)
+            .routes(discord.router())
+            .stats(discord.clone())
+            .menu(discord))
+    }
 }
 
 impl crate::AdapterStats for Discord {

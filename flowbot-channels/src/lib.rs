@@ -18,7 +18,11 @@
 //!
 //! Every feature builds alone; the default enables all of them.
 //!
-//! Adapters that receive HTTP traffic contribute an axum `Router` that the server mounts.
+//! Every channel is built the same way: its settings implement [`ChannelSpec`], whose
+//! [`build`](ChannelSpec::build) gives a [`Built`] — the channel for the bot, the HTTP routes
+//! it receives on (an axum `Router`, feature `routes`), its counters and its command menu.
+//! `flowbot-server` builds and mounts any spec, a third party's as well as the built-in ones.
+//! Every failure is an [`Error`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(
@@ -57,6 +61,12 @@ pub mod web;
 pub mod webhook;
 
 pub mod retry_after;
+
+mod error;
+mod spec;
+
+pub use error::Error;
+pub use spec::{Built, ChannelSpec, CommandMenu, Ready, Setup};
 
 /// Settings a channel cannot work with: the message names the setting (and, from a
 /// constructor, the channel). Returned by the settings' `validate` and the channels'

@@ -141,9 +141,8 @@ impl Slack {
     pub fn new(
         store: Arc<dyn Store>,
         config: SlackConfig,
-    ) -> std::result::Result<(Slack, Channel), crate::SettingsError> {
-        let fail =
-            |e: String| crate::SettingsError(format!("slack channel '{}': {e}", config.name));
+    ) -> std::result::Result<(Slack, Channel), crate::Error> {
+        let fail = |e: String| crate::Error::settings(config.name.as_str(), e);
         config.validate().map_err(|e| fail(e.0))?;
         let api = api::Api::new(&config.api_base, &config.bot_token).map_err(fail)?;
         let verifier = SlackEventSignatureVerifier::new(&config.signing_secret.clone().into());
@@ -188,6 +187,26 @@ impl Slack {
             .route(&format!("{base}/interactions"), post(interactions))
             .route(&format!("{base}/commands"), post(commands))
             .with_state(self.state.clone())
+    }
+}
+
+#[async_trait]
+impl crate::ChannelSpec for SlackConfig {
+    /// [`Slack::new`] with its routes and counters, or with
+    /// [`Setup::send_only`](crate::Setup::send_only) the sender alone (no Socket Mode).
+    async fn build(&self, setup: &crate::Setup) -> std::result::Result<crate::Built, crate::Error> {
+        if !setup.receives() {
+            let config = SlackConfig {
+                app_token: None,
+                ..self.clone()
+            };
+            let (_, channel) = Slack::new(setup.store().clone(), config)?;
+            return Ok(crate::Built::new(channel));
+        }
+        let (slack, channel) = Slack::new(setup.store().clone(), self.clone())?;
+        Ok(crate::Built::new(channel)
+            .routes(slack.router())
+            .stats(Arc::new(slack)))
     }
 }
 

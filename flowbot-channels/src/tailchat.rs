@@ -129,14 +129,13 @@ impl Tailchat {
     pub fn new(
         store: Arc<dyn Store>,
         config: TailchatConfig,
-    ) -> std::result::Result<(Tailchat, Channel), crate::SettingsError> {
-        config
-            .validate()
-            .map_err(|e| format!("tailchat channel '{}': {e}", config.name))?;
+    ) -> std::result::Result<(Tailchat, Channel), crate::Error> {
+        let fail = |e: String| crate::Error::settings(config.name.as_str(), e);
+        config.validate().map_err(|e| fail(e.0))?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| fail(format!("HTTP client: {e}")))?;
         let per_second = NonZeroU32::new(config.sends_per_second).unwrap_or(NonZeroU32::MIN);
         let tc = Tailchat {
             state: Arc::new(TcState {
@@ -171,6 +170,21 @@ impl Tailchat {
                 post(receive),
             )
             .with_state(self.state.clone())
+    }
+}
+
+#[async_trait]
+impl crate::ChannelSpec for TailchatConfig {
+    /// [`Tailchat::new`] with its callback route and counters (the sender alone with
+    /// [`Setup::send_only`](crate::Setup::send_only)).
+    async fn build(&self, setup: &crate::Setup) -> std::result::Result<crate::Built, crate::Error> {
+        let (tc, channel) = Tailchat::new(setup.store().clone(), self.clone())?;
+        if !setup.receives() {
+            return Ok(crate::Built::new(channel));
+        }
+        Ok(crate::Built::new(channel)
+            .routes(tc.router())
+            .stats(Arc::new(tc)))
     }
 }
 

@@ -156,31 +156,6 @@ impl TelegramConfig {
     }
 }
 
-/// Why a Telegram channel could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TelegramError {
-    /// A setting is wrong.
-    #[error("telegram channel '{name}': {detail}")]
-    Config {
-        /// Channel.
-        name: String,
-        /// What is wrong.
-        detail: String,
-    },
-    /// A Bot API call at start failed (a wrong token gives 401 here).
-    #[error("telegram channel '{name}': {method}: {source}")]
-    Api {
-        /// Channel.
-        name: String,
-        /// The method called.
-        method: &'static str,
-        /// The failure.
-        #[source]
-        source: ApiError,
-    },
-}
-
 /// A Telegram bot: its sender, its poller or webhook route, its statistics.
 #[derive(Clone)]
 pub struct Telegram {
@@ -217,26 +192,13 @@ impl Telegram {
     pub async fn connect(
         store: Arc<dyn Store>,
         config: TelegramConfig,
-    ) -> std::result::Result<(Telegram, Channel), TelegramError> {
+    ) -> std::result::Result<(Telegram, Channel), crate::Error> {
         let name = config.name.clone();
-        config.validate().map_err(|e| TelegramError::Config {
-            name: name.clone(),
-            detail: e.0,
-        })?;
+        let api = Self::api(&config)?;
         let api_err = |method: &'static str| {
             let name = name.clone();
-            move |source| TelegramError::Api {
-                name,
-                method,
-                source,
-            }
+            move |e: ApiError| crate::Error::platform(name, method, e.classified())
         };
-        let api = api::Api::new(&config.api_base, &config.token, Duration::from_secs(15)).map_err(
-            |detail| TelegramError::Config {
-                name: name.clone(),
-                detail,
-            },
-        )?;
         let me = api
             .call("getMe", &json!({}))
             .await
@@ -283,20 +245,20 @@ impl Telegram {
     pub fn sender_only(
         store: Arc<dyn Store>,
         config: TelegramConfig,
-    ) -> std::result::Result<Channel, TelegramError> {
-        let name = config.name.clone();
-        let fail = |detail| TelegramError::Config {
-            name: name.clone(),
-            detail,
-        };
-        config.validate().map_err(|e| fail(e.0))?;
-        let api = api::Api::new(&config.api_base, &config.token, Duration::from_secs(15))
-            .map_err(fail)?;
+    ) -> std::result::Result<Channel, crate::Error> {
+        let api = Self::api(&config)?;
         let tg = Telegram::build(store, config, api, String::new());
         Ok(Channel::new(
             tg.state.config.name.as_str(),
             TgSender(tg.state.clone()),
         ))
+    }
+
+    /// The Bot API client of `config`, once `config` is checked.
+    fn api(config: &TelegramConfig) -> std::result::Result<api::Api, crate::Error> {
+        let fail = |e: String| crate::Error::settings(config.name.as_str(), e);
+        config.validate().map_err(|e| fail(e.0))?;
+        api::Api::new(&config.api_base, &config.token, Duration::from_secs(15)).map_err(fail)
     }
 
     fn build(
@@ -330,7 +292,7 @@ impl Telegram {
     pub async fn set_commands(
         &self,
         commands: &[flowbot_core::CommandInfo],
-    ) -> std::result::Result<usize, ApiError> {
+    ) -> std::result::Result<usize, crate::Error> {
         let list: Vec<Value> = commands
             .iter()
             .map(|c| (&c.name, c.description.as_ref().unwrap_or(&c.usage)))
@@ -354,7 +316,14 @@ impl Telegram {
         self.state
             .api
             .call("setMyCommands", &json!({ "commands": list }))
-            .await?;
+            .await
+            .map_err(|e| {
+                crate::Error::platform(
+                    self.state.config.name.as_str(),
+                    "setMyCommands",
+                    e.classified(),
+                )
+            })?;
         Ok(n)
     }
 
@@ -387,6 +356,40 @@ impl Telegram {
     /// The lease that long polling runs under.
     pub fn lease_name(&self) -> String {
         lease_name(&self.state.config.name)
+    }
+}
+
+#[async_trait]
+impl crate::CommandMenu for Telegram {
+    fn channel(&self) -> &str {
+        &self.state.config.name
+    }
+
+    /// [`Telegram::set_commands`].
+    async fn declare(
+        &self,
+        commands: &[flowbot_core::CommandInfo],
+    ) -> std::result::Result<usize, crate::Error> {
+        self.set_commands(commands).await
+    }
+}
+
+#[async_trait]
+impl crate::ChannelSpec for TelegramConfig {
+    /// [`Telegram::connect`] (its webhook route, counters and command menu included), or
+    /// with [`Setup::send_only`](crate::Setup::send_only) [`Telegram::sender_only`].
+    async fn build(&self, setup: &crate::Setup) -> std::result::Result<crate::Built, crate::Error> {
+        if !setup.receives() {
+            return Telegram::sender_only(setup.store().clone(), self.clone())
+                .map(crate::Built::new);
+        }
+        let (tg, channel) = Telegram::connect(setup.store().clone(), self.clone()).await?;
+        tracing::info!(channel = %self.name, username = %tg.username(), "telegram bot connected");
+        let tg = Arc::new(tg);
+        Ok(crate::Built::new(channel)
+            .routes(tg.router())
+            .stats(tg.clone())
+            .menu(tg))
     }
 }
 

@@ -52,7 +52,9 @@ use tokio_util::sync::CancellationToken;
 use crate::problem::Problem;
 
 pub mod identity;
+mod settings;
 pub use identity::{ChatIdentity, sign_token};
+pub use settings::{HostIdentitySettings, WebSettings};
 
 /// The chat page.
 pub const CHAT_PAGE: &str = include_str!("web/chat.html");
@@ -306,10 +308,10 @@ impl WebChat {
 
     /// Identify visitors with `identity` (a shared secret for visitor tokens, and a verifier
     /// of host-signed identities, if any); checked with [`ChatIdentity::validate`].
-    pub fn with_identity(self, identity: ChatIdentity) -> Result<Self> {
+    pub fn with_identity(self, identity: ChatIdentity) -> std::result::Result<Self, crate::Error> {
         identity
             .validate()
-            .map_err(|detail| Error::channel(self.state.name.to_string(), detail))?;
+            .map_err(|detail| crate::Error::settings(self.state.name.to_string(), detail))?;
         *self
             .state
             .identity
@@ -362,6 +364,22 @@ impl WebChat {
     /// Open WebSocket connections in this process.
     pub fn open_sockets(&self) -> u64 {
         self.state.open.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl crate::ChannelSpec for WebChat {
+    /// The channel and its routes, served once its listener runs; with
+    /// [`Setup::send_only`](crate::Setup::send_only), [`sender_only`](WebChat::sender_only).
+    /// The chat keeps the store it was made with.
+    async fn build(&self, setup: &crate::Setup) -> std::result::Result<crate::Built, crate::Error> {
+        if !setup.receives() {
+            return Ok(crate::Built::new(self.sender_only()));
+        }
+        let web = self.clone();
+        Ok(crate::Built::new(self.channel())
+            .routes(self.router())
+            .ready_when(async move { web.listening().await }))
     }
 }
 

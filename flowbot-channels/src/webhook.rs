@@ -112,32 +112,6 @@ impl WebhookConfig {
     }
 }
 
-/// Errors in a webhook channel's configuration.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The name is not usable in a URL.
-    #[error("webhook channel name '{0}' must be 1-64 characters of A-Z a-z 0-9 _ - . : @")]
-    BadName(String),
-    /// Two channels have the same name.
-    #[error("webhook channel '{0}' is configured twice")]
-    Duplicate(String),
-    /// The callback URL is not an http(s) URL.
-    #[error("webhook channel '{name}': callback_url '{url}' is not an http:// or https:// URL")]
-    BadCallback {
-        /// Channel.
-        name: String,
-        /// The URL given.
-        url: String,
-    },
-    /// The secret is too short to be safe.
-    #[error("webhook channel '{0}': secret must be at least 16 bytes")]
-    WeakSecret(String),
-    /// The HTTP client could not be built.
-    #[error("HTTP client: {0}")]
-    Client(String),
-}
-
 /// The webhook channels of a server, and their routes.
 #[derive(Clone)]
 pub struct Webhooks {
@@ -209,30 +183,33 @@ impl Webhooks {
     pub fn new(
         store: Arc<dyn Store>,
         configs: &[WebhookConfig],
-    ) -> std::result::Result<(Self, Vec<Channel>), ConfigError> {
+    ) -> std::result::Result<(Self, Vec<Channel>), crate::Error> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| ConfigError::Client(e.to_string()))?;
+            .map_err(|e| crate::Error::settings("webhook", format!("HTTP client: {e}")))?;
         let mut channels = HashMap::new();
         let mut out = Vec::new();
         for c in configs {
+            let fail = |e: String| crate::Error::settings(c.name.as_str(), e);
             if !crate::valid_id(&c.name, 64) {
-                return Err(ConfigError::BadName(c.name.clone()));
+                return Err(fail(
+                    "a webhook channel's name must be 1-64 characters of A-Z a-z 0-9 _ - . : @"
+                        .into(),
+                ));
             }
             if channels.contains_key(&c.name) {
-                return Err(ConfigError::Duplicate(c.name.clone()));
+                return Err(fail("the webhook channel is configured twice".into()));
             }
             if let Some(url) = &c.callback_url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
-                return Err(ConfigError::BadCallback {
-                    name: c.name.clone(),
-                    url: url.clone(),
-                });
+                return Err(fail(format!(
+                    "callback_url '{url}' is not an http:// or https:// URL"
+                )));
             }
             if c.secret.as_ref().is_some_and(|s| s.len() < 16) {
-                return Err(ConfigError::WeakSecret(c.name.clone()));
+                return Err(fail("secret must be at least 16 bytes".into()));
             }
             channels.insert(c.name.clone(), c.clone());
             out.push(Channel::new(
@@ -256,6 +233,21 @@ impl Webhooks {
         Router::new()
             .route("/hooks/webhook/{channel}", post(receive))
             .with_state(self.state.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::ChannelSpec for Vec<WebhookConfig> {
+    /// [`Webhooks::new`]: the channels, and their route (not with
+    /// [`Setup::send_only`](crate::Setup::send_only)).
+    async fn build(&self, setup: &crate::Setup) -> std::result::Result<crate::Built, crate::Error> {
+        let (hooks, channels) = Webhooks::new(setup.store().clone(), self)?;
+        let built = crate::Built::many(channels);
+        Ok(if setup.receives() {
+            built.routes(hooks.router())
+        } else {
+            built
+        })
     }
 }
 

@@ -388,3 +388,94 @@ fn platform_lease_ttls_are_in_range() {
         }
     }
 }
+
+#[test]
+fn web_identity_keys_are_read_and_checked_by_key() {
+    let load = |env: &[(&str, &str)]| {
+        Config::load(
+            None,
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+    };
+    let c = load(&[
+        (
+            "FLOWBOT_WEB__SECRET",
+            "a-secret-of-thirty-two-bytes-0123456789",
+        ),
+        (
+            "FLOWBOT_WEB__HOST_IDENTITY__JWKS_URL",
+            "https://login.example.com/jwks.json",
+        ),
+        ("FLOWBOT_WEB__HOST_IDENTITY__ALGORITHMS", r#"["ES256"]"#),
+        ("FLOWBOT_WEB__HOST_IDENTITY__AUDIENCE", "flowbot-chat"),
+    ])
+    .expect("valid");
+    let host = c.web.host_identity.as_ref().expect("host identity");
+    assert_eq!(host.user_claim, "sub");
+    assert_eq!(host.algorithms, ["ES256"]);
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("thirty-two"),
+        "the secret is hidden: {debug}"
+    );
+
+    // Refused under `web`, the message naming the key within it.
+    let refused = |env: &[(&str, &str)], key: &str| {
+        let e = load(env).expect_err("refused");
+        assert_eq!(e.path, "web", "{e}");
+        assert!(e.message.starts_with(key), "{key}: {e}");
+        e
+    };
+    refused(&[("FLOWBOT_WEB__SECRET", "short")], "secret is 5 bytes");
+    refused(
+        &[("FLOWBOT_WEB__TOKEN_MAX_AGE_SECS", "5")],
+        "token_max_age_secs must be from 60",
+    );
+    // Neither secrets nor a JWKS URL.
+    refused(
+        &[("FLOWBOT_WEB__HOST_IDENTITY__USER_CLAIM", "email")],
+        "host_identity: give either",
+    );
+    refused(
+        &[
+            (
+                "FLOWBOT_WEB__HOST_IDENTITY__SECRETS",
+                r#"["0123456789abcdef0123456789abcdef"]"#,
+            ),
+            (
+                "FLOWBOT_WEB__HOST_IDENTITY__JWKS_URL",
+                "https://login.example.com/jwks.json",
+            ),
+        ],
+        "host_identity: give either",
+    );
+    refused(
+        &[
+            (
+                "FLOWBOT_WEB__HOST_IDENTITY__JWKS_URL",
+                "https://login.example.com/jwks.json",
+            ),
+            ("FLOWBOT_WEB__HOST_IDENTITY__ALGORITHMS", r#"["none"]"#),
+        ],
+        "host_identity.algorithms",
+    );
+    let short = refused(
+        &[("FLOWBOT_WEB__HOST_IDENTITY__SECRETS", r#"["too short"]"#)],
+        "host_identity",
+    );
+    assert!(short.message.contains("at least 32"), "{short}");
+    assert!(
+        !short.to_string().contains("too short"),
+        "the secret is not echoed"
+    );
+    refused(
+        &[
+            (
+                "FLOWBOT_WEB__HOST_IDENTITY__SECRETS",
+                r#"["0123456789abcdef0123456789abcdef"]"#,
+            ),
+            ("FLOWBOT_WEB__HOST_IDENTITY__LEEWAY_SECS", "90000"),
+        ],
+        "host_identity",
+    );
+}

@@ -27,33 +27,16 @@ use super::*;
 /// ```
 pub struct Server {
     config: Config,
-    router: Option<Arc<dyn Router>>,
-    commands: Declare,
-    then_rules: Option<ThenRules>,
-    channels: Vec<flowbot_core::Channel>,
+    routing: Routing,
+    channels: Vec<Box<dyn ChannelSpec>>,
     listener: Option<tokio::net::TcpListener>,
-}
-
-/// Handlers to put in front of the rules: the router both make, and the handlers' commands.
-type ThenRules =
-    Box<dyn FnOnce(Arc<dyn Router>) -> (Arc<dyn Router>, Vec<CommandInfo>) + Send + Sync>;
-
-/// Which commands the server declares to platforms that list them.
-enum Declare {
-    /// The rules' (the default).
-    Rules,
-    /// These (Rust handlers' commands).
-    These(Vec<CommandInfo>),
-    /// None: the platforms' lists are left as they are (a router whose commands are unknown).
-    Leave,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("own_router", &self.router.is_some())
-            .field("handlers_then_rules", &self.then_rules.is_some())
-            .field("channels", &self.channels)
+            .field("routing", &self.routing)
+            .field("channels", &self.channels.len())
             .finish_non_exhaustive()
     }
 }
@@ -67,7 +50,8 @@ pub struct Assembled {
     pub routes: axum::Router,
     /// The bot: run it (`bot.run(stop)`) for as long as the routes are served.
     pub bot: Bot,
-    web: Option<WebChat>,
+    /// What the channels wait for before serving (web chat's listener running).
+    ready: Vec<flowbot_channels::Ready>,
 }
 
 impl std::fmt::Debug for Assembled {
@@ -77,8 +61,8 @@ impl std::fmt::Debug for Assembled {
 }
 
 impl Assembled {
-    /// Start the bot on its own task, stopping when `stop` is cancelled, and wait until the web
-    /// chat (when enabled) accepts connections. The routes can be served from then on.
+    /// Start the bot on its own task, stopping when `stop` is cancelled, and wait until every
+    /// channel is ready (web chat accepting connections). The routes can be served from then on.
     pub async fn start_bot(
         self,
         stop: CancellationToken,
@@ -90,16 +74,19 @@ impl Assembled {
         RunError,
     > {
         let mut task = tokio::spawn(self.bot.run(stop));
-        if let Some(web) = &self.web {
-            tokio::select! {
-                () = web.listening() => {}
-                ended = &mut task => {
-                    return Err(match ended {
-                        Ok(Ok(())) => RunError::Channel("the bot stopped before serving".into()),
-                        Ok(Err(e)) => e.into(),
-                        Err(e) => RunError::Channel(format!("bot task failed before serving: {e}")),
-                    });
-                }
+        let ready = async {
+            for r in self.ready {
+                r.await;
+            }
+        };
+        tokio::select! {
+            () = ready => {}
+            ended = &mut task => {
+                return Err(match ended {
+                    Ok(Ok(())) => RunError::Stopped("it returned".into()),
+                    Ok(Err(e)) => e.into(),
+                    Err(e) => RunError::Stopped(format!("its task failed: {e}")),
+                });
             }
         }
         Ok((self.routes, task))
@@ -112,9 +99,7 @@ impl Server {
     pub fn new(config: Config) -> Self {
         Server {
             config,
-            router: None,
-            commands: Declare::Rules,
-            then_rules: None,
+            routing: Routing::default(),
             channels: Vec::new(),
             listener: None,
         }
@@ -125,19 +110,14 @@ impl Server {
     /// unknown, so the platforms' command lists (Telegram's menu, Discord's slash commands)
     /// are left as they are.
     pub fn router(mut self, router: impl Router) -> Self {
-        self.router = Some(Arc::new(router));
-        self.then_rules = None;
-        // Its commands are unknown: the platforms' command lists are left as they are.
-        self.commands = Declare::Leave;
+        self.routing.router(router);
         self
     }
 
     /// Route events with Rust `handlers`; their commands are declared to the platforms that
     /// list commands (Telegram's menu, Discord's slash commands).
     pub fn handlers<S: Send + Sync + 'static>(mut self, handlers: Handlers<S>) -> Self {
-        self.commands = Declare::These(handlers.commands());
-        self.router = Some(Arc::new(handlers));
-        self.then_rules = None;
+        self.routing.handlers(handlers);
         self
     }
 
@@ -145,13 +125,7 @@ impl Server {
     /// rules (rule files and stored rules, hot-reloaded as usual; `llm.unmatched` applies).
     /// Both sets of commands are declared to platforms, the handlers' winning a name both use.
     pub fn handlers_then_rules<S: Send + Sync + 'static>(mut self, handlers: Handlers<S>) -> Self {
-        self.commands = Declare::Rules;
-        self.router = None;
-        self.then_rules = Some(Box::new(move |rules: Arc<dyn Router>| {
-            let commands = handlers.commands();
-            let router: Arc<dyn Router> = Arc::new(handlers.or_arc(rules));
-            (router, commands)
-        }));
+        self.routing.handlers_then_rules(handlers);
         self
     }
 
@@ -171,9 +145,12 @@ impl Server {
         Ok(self)
     }
 
-    /// Add a channel besides those of the configuration.
-    pub fn channel(mut self, channel: flowbot_core::Channel) -> Self {
-        self.channels.push(channel);
+    /// Add a channel besides those of the configuration: a [`Channel`](flowbot_core::Channel),
+    /// a built-in platform's settings, or any [`ChannelSpec`] of your own. Its routes are
+    /// served with the public endpoints (limited per client address), its counters reported
+    /// in the metrics, and the bot's commands declared to its menu.
+    pub fn channel(mut self, channel: impl ChannelSpec + 'static) -> Self {
+        self.channels.push(Box::new(channel));
         self
     }
 
@@ -203,9 +180,7 @@ impl Server {
     pub async fn assemble(self, shutdown: &CancellationToken) -> Result<Assembled, RunError> {
         let Server {
             mut config,
-            router,
-            commands,
-            then_rules,
+            routing,
             channels,
             listener: _,
         } = self;
@@ -215,103 +190,16 @@ impl Server {
         let secrets = secret_store(&config, &store)?;
         resolve_references(&mut config, secrets.as_deref()).await?;
         let workflows = workflow_engine(&config, &store, secrets.clone());
-        let (mut builder, assistant) =
-            bot_builder(&config, &store, &rules, workflows.clone()).await?;
-        if let Some(router) = router {
-            builder = builder.router_arc(router);
-        }
-        let mut commands = commands;
-        if let Some(then_rules) = then_rules {
-            let (router, theirs) = then_rules(rules.router());
-            builder = builder.router_arc(router);
-            let mut all = rules.router().current().commands();
-            all.retain(|c| theirs.iter().all(|t| t.name != c.name));
-            all.extend(theirs);
-            all.sort_by(|a, b| a.name.cmp(&b.name));
-            commands = Declare::These(all);
-        }
-        for c in channels {
-            builder = builder.channel(c);
-        }
+        let (builder, assistant) = bot_builder(&config, &store, &rules, workflows.clone()).await?;
         // The commands declared to platforms: the handlers', or the rules' (as loaded at
         // start); none (the platforms' lists left as they are) for a router of unknown commands.
-        let declared = match commands {
-            Declare::Rules => Some(rules.router().current().commands()),
-            Declare::These(list) => Some(list),
-            Declare::Leave => None,
-        };
-        let web = if config.web.enabled {
-            let identity = config.web.identity(&store).await?;
-            Some(
-                WebChat::new("web", Some(store.clone()))
-                    .with_identity(identity)?
-                    .max_sockets_per_address(config.limits.websockets_per_address),
-            )
-        } else {
-            None
-        };
-        if let Some(web) = &web {
-            builder = builder.channel(web.channel());
-        }
-        let (webhooks, hook_channels) = Webhooks::new(store.clone(), &webhook_configs(&config)?)
-            .map_err(|e| RunError::Channel(e.to_string()))?;
-        for c in hook_channels {
-            builder = builder.channel(c);
-        }
-        let mut adapters: Vec<Arc<dyn flowbot_channels::AdapterStats>> = Vec::new();
-        let mut routes = axum::Router::new();
-        for (name, entry) in &config.tailchat {
-            let (tc, channel) = Tailchat::new(store.clone(), entry.channel_config(name))
-                .map_err(|e| RunError::Channel(e.0))?;
-            builder = builder.channel(channel);
-            routes = routes.merge(tc.router());
-            adapters.push(Arc::new(tc));
-        }
-        for (name, entry) in &config.slack {
-            let (slack, channel) = Slack::new(store.clone(), entry.channel_config(name))
-                .map_err(|e| RunError::Channel(e.0))?;
-            builder = builder.channel(channel);
-            routes = routes.merge(slack.router());
-            adapters.push(Arc::new(slack));
-        }
-        for (name, entry) in &config.discord {
-            let settings = entry
-                .channel_config(name)
-                .map_err(|e| RunError::Channel(e.0))?;
-            let (discord, channel) =
-                Discord::new(store.clone(), settings).map_err(|e| RunError::Channel(e.0))?;
-            // The router's commands as the application's slash commands (as loaded at start).
-            if let Some(list) = &declared {
-                match discord.register_commands(list).await {
-                    Ok(n) => {
-                        tracing::info!(channel = %name, commands = n, "discord slash commands registered")
-                    }
-                    Err(e) => {
-                        tracing::warn!(channel = %name, error = %e, "could not register the slash commands")
-                    }
-                }
-            }
-            builder = builder.channel(channel);
-            routes = routes.merge(discord.router());
-            adapters.push(Arc::new(discord));
-        }
-        for (name, entry) in &config.telegram {
-            let settings = entry
-                .channel_config(name)
-                .map_err(|e| RunError::Channel(e.0))?;
-            let (tg, channel) = Telegram::connect(store.clone(), settings)
-                .await
-                .map_err(|e| RunError::Channel(e.to_string()))?;
-            tracing::info!(channel = %name, username = %tg.username(), "telegram bot connected");
-            // The router's commands in Telegram's command menu (as loaded at start).
-            if let Some(list) = &declared
-                && let Err(e) = tg.set_commands(list).await
-            {
-                tracing::warn!(channel = %name, error = %e, "could not declare the bot's commands");
-            }
-            builder = builder.channel(channel);
-            routes = routes.merge(tg.router());
-            adapters.push(Arc::new(tg));
+        let (builder, declared) = routing.apply(builder, &rules);
+        let mut specs = config_channels(&config, &store, true).await?;
+        specs.extend(channels);
+        let (mut builder, built) =
+            build_channels(specs, &Setup::new(store.clone()), builder).await?;
+        if let Some(list) = &declared {
+            declare_commands(&built.menus, list).await;
         }
         builder = if config.server.agent {
             builder.workers(worker_config(&config, "server"))
@@ -330,7 +218,7 @@ impl Server {
             rules: rules.clone(),
             workflows,
             secrets,
-            adapters,
+            adapters: built.stats,
             llm: assistant.as_ref().map(|a| a.metrics.clone()),
             prompts: assistant.as_ref().map(|a| a.prompts.clone()),
             gate: Arc::new(gate(&config, &store)?),
@@ -359,7 +247,7 @@ impl Server {
         http::channel_docs(
             &mut doc,
             http::ChannelRoutes {
-                web: web.is_some(),
+                web: config.web.enabled,
                 webhooks: true,
                 telegram: !config.telegram.is_empty(),
                 tailchat: !config.tailchat.is_empty(),
@@ -381,14 +269,14 @@ impl Server {
         );
         // The public endpoints: platform webhooks, generic webhooks, web chat, each with its own
         // verification, all limited per client address.
-        let mut public = webhooks.router().merge(routes);
-        if let Some(web) = &web {
-            public = public.merge(web.router());
-        }
-        app = app.merge(public.route_layer(axum::middleware::from_fn_with_state(
-            limits,
-            http::limits::public,
-        )));
+        app = app.merge(
+            built
+                .routes
+                .route_layer(axum::middleware::from_fn_with_state(
+                    limits,
+                    http::limits::public,
+                )),
+        );
         let app = http::layers(
             app.fallback(http::not_found)
                 .method_not_allowed_fallback(http::method_not_allowed),
@@ -398,7 +286,7 @@ impl Server {
         Ok(Assembled {
             routes: app,
             bot,
-            web,
+            ready: built.ready,
         })
     }
 }

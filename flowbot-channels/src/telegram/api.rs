@@ -48,6 +48,17 @@ impl ApiError {
             if description.contains("message is not modified"))
     }
 
+    /// This error as a channel error's source: permanent or transient by its code (see
+    /// [`retry_after::classified`](crate::retry_after)), with Telegram's wait.
+    pub(crate) fn classified(self) -> flowbot_core::BoxError {
+        let status = match &self {
+            ApiError::Refused { code, .. } => Some(*code),
+            ApiError::Transport(_) => None,
+        };
+        let wait = self.retry_after();
+        crate::retry_after::classified(status, wait, self)
+    }
+
     /// How long Telegram asked us to wait (429), if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowbot_core::jwt::JwtVerifier;
-use flowbot_core::{Error, Result, Store};
+use flowbot_core::{Store, StoreError};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -121,9 +121,13 @@ impl ChatIdentity {
     /// The secret kept in `store` for `channel`, generated (32 random bytes) by the first
     /// process to ask, so every server sharing the store honours the same tokens, after
     /// restarts too.
-    pub async fn from_store(store: &dyn Store, channel: &str) -> Result<Self> {
+    pub async fn from_store(store: &dyn Store, channel: &str) -> Result<Self, crate::Error> {
         let key = format!("{channel}.token_secret");
-        let fail = |detail: String| Error::channel(channel, detail);
+        let store_err = |source| crate::Error::Store {
+            channel: channel.to_owned(),
+            source,
+        };
+        let fail = |detail: String| store_err(StoreError::Corrupt(detail));
         let read = |v: serde_json::Value| {
             v.as_str()
                 .and_then(|s| hex::decode(s).ok())
@@ -134,7 +138,11 @@ impl ChatIdentity {
                     ))
                 })
         };
-        if let Some(v) = store.kv_get(SECRET_NAMESPACE, &key).await? {
+        if let Some(v) = store
+            .kv_get(SECRET_NAMESPACE, &key)
+            .await
+            .map_err(store_err)?
+        {
             return Ok(ChatIdentity::new(read(v)?));
         }
         // Servers starting together on a new database: one generates, the others read it.
@@ -143,9 +151,14 @@ impl ChatIdentity {
         for _ in 0..200 {
             if let Some(lease) = store
                 .acquire_lease(&lease_name, &owner, Duration::from_secs(30))
-                .await?
+                .await
+                .map_err(store_err)?
             {
-                let secret = match store.kv_get(SECRET_NAMESPACE, &key).await? {
+                let secret = match store
+                    .kv_get(SECRET_NAMESPACE, &key)
+                    .await
+                    .map_err(store_err)?
+                {
                     Some(v) => read(v),
                     None => {
                         let secret = random_secret();
@@ -155,19 +168,20 @@ impl ChatIdentity {
                                 &key,
                                 &serde_json::Value::String(hex::encode(&secret)),
                             )
-                            .await?;
+                            .await
+                            .map_err(store_err)?;
                         tracing::info!(channel, "generated the web chat token secret");
                         Ok(secret)
                     }
                 };
-                store.release_lease(&lease).await?;
+                store.release_lease(&lease).await.map_err(store_err)?;
                 return secret.map(ChatIdentity::new);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(fail(
+        Err(store_err(StoreError::Unavailable(
             "another process held the secret's lease for 10 s without writing it".into(),
-        ))
+        )))
     }
 
     /// Honour visitor tokens for `max_age` after they were issued.
