@@ -462,6 +462,94 @@ async fn handlers_dispatch_by_event_kind_with_typed_arguments() {
     running.await.expect("join").expect("stopped");
 }
 
+/// Handler functions of extractors: typed arguments (refused with the usage when they do not
+/// fit), the application state, the session, the store, the text and the raw arguments;
+/// a parameter that cannot be had (the text of a join) fails the handler, not the bot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_functions_take_what_they_need_as_extractors() {
+    use flowbot_core::HandlerResult;
+    use flowbot_core::extract::{Args, Db, RawArgs, Session, State, Text, handler};
+
+    struct App {
+        bonus: i64,
+    }
+    async fn add(
+        Args((a, b)): Args<(i64, i64)>,
+        State(app): State<App>,
+        Session(session): Session,
+    ) -> HandlerResult {
+        let sum = a + b + app.bonus;
+        session.set_var("last", sum.into());
+        Ok(Reply::text(sum.to_string()))
+    }
+    async fn last(Session(session): Session, Db(store): Db) -> HandlerResult {
+        let last = session.var("last").unwrap_or_default();
+        Ok(Reply::text(format!("{last} on {}", store.backend())))
+    }
+
+    let dir = TempDir::new();
+    let store = sqlite(&dir).await;
+    let (channel, mut handle) = InProcess::channel("local", 64);
+    let router = Handlers::new(App { bonus: 100 })
+        .command_usage("add", "/add <a> <b>", handler(add))
+        .command("last", handler(last))
+        .command(
+            "shout",
+            handler(|Text(text): Text, RawArgs(args): RawArgs| async move {
+                Ok(Reply::text(format!("{} ({text})", args.to_uppercase())))
+            }),
+        )
+        .command(
+            "none",
+            handler(|| async { Ok(Reply::text("no parameters")) }),
+        )
+        .on_join(handler(
+            |Text(text): Text| async move { Ok(Reply::text(text)) },
+        ));
+    let bot = Bot::builder()
+        .channel(channel)
+        .store(store.clone())
+        .router(router)
+        .workers(fast_workers())
+        .build()
+        .expect("bot");
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(bot.run(stop.clone()));
+
+    handle.say("ada", "r", "/add 2 3").await.expect("say");
+    assert_eq!(reply(&mut handle).await.text, "105");
+    handle.say("ada", "r", "/last").await.expect("say");
+    assert_eq!(reply(&mut handle).await.text, "105 on sqlite");
+    handle.say("ada", "r", "/add 2 x").await.expect("say");
+    let refused = reply(&mut handle).await.text;
+    assert!(
+        refused.contains("argument 2 ('x')") && refused.ends_with("Usage: /add <a> <b>"),
+        "{refused}"
+    );
+    handle.say("ada", "r", "/shout hey you").await.expect("say");
+    assert_eq!(reply(&mut handle).await.text, "HEY YOU (/shout hey you)");
+    handle.say("ada", "r", "/none").await.expect("say");
+    assert_eq!(reply(&mut handle).await.text, "no parameters");
+    // A join has no text: the handler fails (the apology), and the bot goes on.
+    handle
+        .send(Event::MemberJoined {
+            channel: "local".into(),
+            conversation: "r".into(),
+            user: Sender::user("bob"),
+        })
+        .await
+        .expect("send");
+    let apology = reply(&mut handle).await.text;
+    assert!(
+        !apology.contains("Text"),
+        "an internal error is not shown: {apology}"
+    );
+    handle.say("ada", "r", "/last").await.expect("say");
+    assert_eq!(reply(&mut handle).await.text, "105 on sqlite");
+    stop.cancel();
+    running.await.expect("join").expect("stopped");
+}
+
 /// A queued message whose handling fails: a transient error is retried (and then answered
 /// as usual), a refusal is answered in its own words and ends the task, any other error is
 /// answered with the apology and dead-letters the task with its error.

@@ -1294,8 +1294,16 @@ mod drafts {
         );
         assert_eq!(message["conversation"], "story");
 
-        // The history has the final text only, and so does a new connection's.
-        only_the_final_text_is_stored(&history(&store, "web", "story").await);
+        // The history has the final text only, and so does a new connection's. The pipeline
+        // records a reply once the channel took it, so the browser can see the message a
+        // moment before the history has it: wait for the record (nothing signals it).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut stored = history(&store, "web", "story").await;
+        while stored.len() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            stored = history(&store, "web", "story").await;
+        }
+        only_the_final_text_is_stored(&stored);
         let (mut again, _) = tokio_tungstenite::connect_async(&url)
             .await
             .expect("connect");

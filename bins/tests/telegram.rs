@@ -331,9 +331,28 @@ async fn a_wrong_token_stops_the_server_at_start_with_telegrams_answer() {
         .expect_err("a wrong token must not start");
     let msg = err.to_string();
     assert!(
-        msg.contains("telegram channel 'tg'") && msg.contains("getMe") && msg.contains("401"),
+        msg.contains("channel 'tg'") && msg.contains("getMe") && msg.contains("401"),
         "{msg}"
     );
+    // The channel's error, with Telegram's own answer in its chain.
+    let flowbot_server::run::RunError::Channel(e) = &err else {
+        panic!("a channel error: {err}");
+    };
+    assert_eq!(e.channel(), "tg");
+    let mut link: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut api = None;
+    while let Some(l) = link {
+        api = api.or(l.downcast_ref::<flowbot_channels::telegram::ApiError>());
+        link = l.source();
+    }
+    assert!(
+        matches!(
+            api,
+            Some(flowbot_channels::telegram::ApiError::Refused { code: 401, .. })
+        ),
+        "{e:?}"
+    );
+    assert!(!e.is_permanent(), "credentials an operator can fix");
     assert!(
         !msg.contains("wrong-token"),
         "the token must not be shown: {msg}"

@@ -42,6 +42,7 @@ mod channel;
 mod commands;
 mod draft;
 mod error;
+pub mod extract;
 mod in_process;
 #[cfg(feature = "jwt")]
 pub mod jwt;

@@ -75,6 +75,9 @@ pub mod prelude {
         Outbound, Permanent, Refusal, Reply, Store, Transient,
     };
 
+    pub use flowbot_channels::{Built, ChannelSpec, Setup};
+    pub use flowbot_core::extract::{Args, Db, Session, State, Text, handler};
+
     #[cfg(feature = "sqlite")]
     pub use flowbot_store::SqliteStore;
 
