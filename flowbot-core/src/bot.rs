@@ -20,6 +20,7 @@ use crate::task::{
     CronConfig, KindOptions, RetryPolicy, ScheduleDef, TaskClient, TaskHandler, TaskRegistry,
     WorkerConfig, WorkerPool, WorkerStats, register_schedule, run_cron, typed_handler,
 };
+#[cfg(feature = "workflows")]
 use crate::workflow::Workflows;
 
 /// Builds a [`Bot`]; see [`Bot::builder`].
@@ -40,6 +41,7 @@ pub struct BotBuilder {
     cron: CronConfig,
     shards: usize,
     inbox_capacity: usize,
+    #[cfg(feature = "workflows")]
     workflows: Option<Arc<Workflows>>,
     assistant: Option<Arc<dyn crate::llm::Assistant>>,
     notifiers: std::collections::BTreeMap<String, Arc<dyn crate::notify::Notifier>>,
@@ -84,6 +86,7 @@ pub struct Bot {
     cron: CronConfig,
     shards: usize,
     inbox_capacity: usize,
+    #[cfg(feature = "workflows")]
     workflows: Option<Arc<Workflows>>,
 }
 
@@ -116,6 +119,7 @@ impl Default for BotBuilder {
             cron: CronConfig::default(),
             shards: 64,
             inbox_capacity: 1024,
+            #[cfg(feature = "workflows")]
             workflows: None,
             assistant: None,
             notifiers: std::collections::BTreeMap::new(),
@@ -201,6 +205,8 @@ impl BotBuilder {
 
     /// Run workflows with `engine`: its task handlers join the workers, and the actions
     /// `workflow.run` and `publish_event` join the registry. Needs a store.
+    #[cfg(feature = "workflows")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "workflows")))]
     pub fn workflows(mut self, engine: Arc<Workflows>) -> Self {
         self.workflows = Some(engine);
         self
@@ -293,6 +299,7 @@ impl BotBuilder {
         if !self.notifiers.is_empty() {
             actions.register(crate::notify::Notify(std::mem::take(&mut self.notifiers)))?;
         }
+        #[cfg(feature = "workflows")]
         if let Some(engine) = &self.workflows {
             if self.store.is_none() {
                 return Err(Error::Build(
@@ -420,6 +427,7 @@ impl BotBuilder {
             })
         });
         let actions = Arc::new(actions);
+        #[cfg(feature = "workflows")]
         if let Some(engine) = &self.workflows {
             engine.attach(actions.clone(), senders.clone());
         }
@@ -452,6 +460,7 @@ impl BotBuilder {
             cron: self.cron,
             shards: self.shards,
             inbox_capacity: self.inbox_capacity,
+            #[cfg(feature = "workflows")]
             workflows: self.workflows,
         })
     }
@@ -464,6 +473,8 @@ impl Bot {
     }
 
     /// The workflow engine, when the bot has one.
+    #[cfg(feature = "workflows")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "workflows")))]
     pub fn workflows(&self) -> Option<&Arc<Workflows>> {
         self.workflows.as_ref()
     }

@@ -16,7 +16,7 @@
 //! implementation of AES is compiled, and a maintained, constant-time, hardware-accelerated
 //! one is used rather than anything written here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -31,6 +31,7 @@ use zeroize::Zeroizing;
 
 use crate::error::StoreError;
 use crate::store::Store;
+#[cfg(feature = "workflows")]
 use crate::workflow::{SecretSource, SourceSecrets, WorkflowError};
 
 /// The key-value namespace of stored secrets (one key per secret name).
@@ -559,6 +560,7 @@ impl SecretStore {
     }
 }
 
+#[cfg(feature = "workflows")]
 fn workflow_error(e: SecretError) -> WorkflowError {
     match e {
         SecretError::Store(s) => WorkflowError::Store(s),
@@ -568,9 +570,10 @@ fn workflow_error(e: SecretError) -> WorkflowError {
 
 /// For the workflow engine: every value that opens, and for each that does not, why (a
 /// secret altered in the database fails the nodes that use it, not every node).
+#[cfg(feature = "workflows")]
 #[async_trait::async_trait]
 impl SecretSource for SecretStore {
-    async fn names(&self) -> Result<BTreeSet<String>, WorkflowError> {
+    async fn names(&self) -> Result<std::collections::BTreeSet<String>, WorkflowError> {
         Ok(self
             .list()
             .await

@@ -2,6 +2,8 @@
 //! that turn input into times (workflow definitions, retry policies, task delays, cron
 //! schedules, rate limits). Each either accepts a value within its documented limit or
 //! refuses it with a message naming the limit.
+// Workflow definitions are among them: the tests run with the `workflows` feature (a default).
+#![cfg(feature = "workflows")]
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! Workflow definitions: parsing and validation, with every problem naming its node and field.
+#![cfg(feature = "workflows")]
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
 
 use std::collections::BTreeSet;

@@ -42,7 +42,7 @@ mod route;
 mod script;
 pub mod spec;
 mod watch;
-#[cfg(feature = "scripts")]
+#[cfg(all(feature = "scripts", feature = "workflows"))]
 mod workflow;
 
 use std::collections::{HashMap, HashSet};
@@ -61,8 +61,8 @@ pub use route::{Facts, RulesRouter};
 #[cfg_attr(docsrs, doc(cfg(feature = "scripts")))]
 pub use script::{ScriptLimits, Scripting};
 pub use watch::{Reload, watch_dir};
-#[cfg(feature = "scripts")]
-#[cfg_attr(docsrs, doc(cfg(feature = "scripts")))]
+#[cfg(all(feature = "scripts", feature = "workflows"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "scripts", feature = "workflows"))))]
 pub use workflow::WorkflowScripts;
 
 /// Re-exported so applications register rhai functions with the same version.

@@ -11,6 +11,7 @@
 //! | `web`, `webhook`, `console` | web chat, generic webhooks, the terminal |
 //! | `notifiers` | ntfy, Pushover, Slack webhooks, JSON webhooks, e-mail |
 //! | `http` | the `http_request` action, through the outbound network guard |
+//! | `workflows` | DAG workflows: definitions in YAML or JSON, the engine on the task queue, triggers ([`core::workflow`]) |
 //! | `rules` | rule files: conditions, templates, dialogs |
 //! | `scripts` | rhai scripts in rule files and workflows (with `rules`) |
 //! | `llm` | language models, tools and the assistant |

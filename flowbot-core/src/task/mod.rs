@@ -16,12 +16,14 @@ pub use schedule::{
     CronConfig, CronSpec, FireOutcome, FirePlan, MAX_CATCH_UP_FIRES, MisfirePolicy, ScheduleDef,
     ScheduleState, fire_due, plan_fires, register_schedule, run_cron,
 };
+pub(crate) use types::after;
+#[cfg(feature = "workflows")]
+pub(crate) use types::days;
 pub use types::{
     AttemptError, Backoff, ClaimRequest, ClaimedTask, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_QUEUE,
     DeadLetter, Enqueued, FailOutcome, Failure, MAX_DELAY, NewTask, RetryPolicy, TaskFilter,
     TaskId, TaskRecord, TaskState,
 };
-pub(crate) use types::{after, days};
 pub use worker::{
     KindOptions, TaskContext, TaskHandler, TaskRegistry, WorkerPool, WorkerStats, handler_fn,
     in_task_handler, superseded, typed_handler,
