@@ -387,7 +387,11 @@ pub async fn run_server_with(
 }
 
 /// Remove audit entries older than `days`, at start and every hour, until `stop`.
-async fn prune_audit(store: Arc<dyn Store>, days: u32, stop: CancellationToken) {
+async fn prune_audit(
+    store: Arc<dyn flowbot_core::store::AuditStore>,
+    days: u32,
+    stop: CancellationToken,
+) {
     loop {
         let before = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
         match store.prune_audit(before).await {

@@ -5,7 +5,8 @@
 use std::sync::atomic::Ordering;
 
 use flowbot_core::task::NewTask;
-use flowbot_core::{ChannelName, Event, INBOUND_TASK, Store, StoreError};
+use flowbot_core::task::TaskQueue;
+use flowbot_core::{ChannelName, Event, INBOUND_TASK, StoreError};
 
 use crate::AdapterCounters;
 use crate::problem::Problem;
@@ -111,7 +112,7 @@ impl From<Unstored> for Problem {
 /// `dedupe` (the same key for every delivery of one platform event, so redeliveries are
 /// handled once), and count it.
 pub(crate) async fn enqueue_inbound(
-    store: &dyn Store,
+    store: &dyn TaskQueue,
     channel: &ChannelName,
     counters: &AdapterCounters,
     event: &Event,

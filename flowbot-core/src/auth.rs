@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::StoreError;
-use crate::store::Store;
+use crate::store::KvStore;
 
 /// What a permission is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -474,7 +474,7 @@ pub const MAX_KEY_NAME: usize = 100;
 
 /// API keys in the store's KV (namespace [`KEYS_NAMESPACE`]).
 pub struct ApiKeys {
-    store: Arc<dyn Store>,
+    store: Arc<dyn KvStore>,
     /// Keys read lately: id → (stored key, when read). Shared, so a check holds the lock
     /// only to copy a pointer.
     cache: Mutex<HashMap<String, (Arc<StoredKey>, Instant)>>,
@@ -507,8 +507,8 @@ fn split_key(key: &str) -> Option<(&str, &str)> {
 }
 
 impl ApiKeys {
-    /// Keys kept in `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    /// Keys kept in `store`'s key-value data (any store: `Arc<dyn Store>` converts).
+    pub fn new(store: Arc<dyn KvStore>) -> Self {
         ApiKeys {
             store,
             cache: Mutex::new(HashMap::new()),

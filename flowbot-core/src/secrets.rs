@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::error::StoreError;
-use crate::store::Store;
+use crate::store::KvStore;
 #[cfg(feature = "workflows")]
 use crate::workflow::{SecretSource, SourceSecrets, WorkflowError};
 
@@ -433,22 +433,22 @@ pub struct Rotation {
 /// Any process with the same store and key reads what another stored.
 #[derive(Clone)]
 pub struct SecretStore {
-    store: Arc<dyn Store>,
+    store: Arc<dyn KvStore>,
     ring: KeyRing,
 }
 
 impl fmt::Debug for SecretStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecretStore")
-            .field("store", &self.store.backend())
             .field("ring", &self.ring)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl SecretStore {
-    /// Secrets in `store`, sealed and opened with `ring`.
-    pub fn new(store: Arc<dyn Store>, ring: KeyRing) -> Self {
+    /// Secrets in `store`'s key-value data (any store: `Arc<dyn Store>` converts), sealed
+    /// and opened with `ring`.
+    pub fn new(store: Arc<dyn KvStore>, ring: KeyRing) -> Self {
         SecretStore { store, ring }
     }
 

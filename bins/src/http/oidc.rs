@@ -27,8 +27,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use flowbot_channels::problem::Problem;
-use flowbot_core::Store;
 use flowbot_core::auth::{Identity, Roles, Via};
+use flowbot_core::store::KvStore;
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
     CoreGenderClaim, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
@@ -221,7 +221,7 @@ fn is_change(method: &Method) -> bool {
 /// Signed-in people's sessions, kept in the store's KV so that every server of a deployment
 /// knows them.
 pub struct Sessions {
-    store: Arc<dyn Store>,
+    store: Arc<dyn KvStore>,
     lifetime: Duration,
     secure: bool,
 }
@@ -237,7 +237,7 @@ impl std::fmt::Debug for Sessions {
 
 impl Sessions {
     /// Sessions in `store`, as `[auth.oidc]` says (lifetime, `Secure` cookies).
-    pub fn new(store: Arc<dyn Store>, config: &OidcConfig) -> Self {
+    pub fn new(store: Arc<dyn KvStore>, config: &OidcConfig) -> Self {
         Sessions {
             store,
             lifetime: Duration::from_secs(config.session_secs),

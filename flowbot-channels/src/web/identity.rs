@@ -15,8 +15,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flowbot_core::StoreError;
 use flowbot_core::jwt::JwtVerifier;
-use flowbot_core::{Store, StoreError};
+use flowbot_core::lease::LeaseStore;
+use flowbot_core::store::KvStore;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -121,7 +123,10 @@ impl ChatIdentity {
     /// The secret kept in `store` for `channel`, generated (32 random bytes) by the first
     /// process to ask, so every server sharing the store honours the same tokens, after
     /// restarts too.
-    pub async fn from_store(store: &dyn Store, channel: &str) -> Result<Self, crate::Error> {
+    pub async fn from_store<S>(store: &S, channel: &str) -> Result<Self, crate::Error>
+    where
+        S: KvStore + LeaseStore + ?Sized,
+    {
         let key = format!("{channel}.token_secret");
         let store_err = |source| crate::Error::Store {
             channel: channel.to_owned(),

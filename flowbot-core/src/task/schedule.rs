@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::types::{NewTask, RetryPolicy};
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::task::ScheduleStore;
 
 /// Most missed fires enqueued at once for a schedule with [`MisfirePolicy::CatchUp`].
 pub const MAX_CATCH_UP_FIRES: usize = 1000;
@@ -296,7 +296,7 @@ impl Default for CronConfig {
 }
 
 /// Register (or replace) a schedule in `store`, checking its expression and time zone first.
-pub async fn register_schedule(store: &dyn Store, def: &ScheduleDef) -> Result<()> {
+pub async fn register_schedule(store: &dyn ScheduleStore, def: &ScheduleDef) -> Result<()> {
     let spec = def.spec()?;
     let next = spec.next_after(Utc::now())?;
     store.upsert_schedule(def, next).await?;
@@ -304,7 +304,11 @@ pub async fn register_schedule(store: &dyn Store, def: &ScheduleDef) -> Result<(
 }
 
 /// Fire every due schedule once. Returns how many fires this call enqueued.
-pub async fn fire_due(store: &dyn Store, now: DateTime<Utc>, grace: Duration) -> Result<usize> {
+pub async fn fire_due(
+    store: &dyn ScheduleStore,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Result<usize> {
     let mut fired = 0;
     for state in store.due_schedules(now, 100).await? {
         let spec = match state.def.spec() {
@@ -341,7 +345,11 @@ pub async fn fire_due(store: &dyn Store, now: DateTime<Utc>, grace: Duration) ->
 }
 
 /// Run the cron loop until `shutdown` is cancelled, retrying after store errors.
-pub async fn run_cron(store: Arc<dyn Store>, config: CronConfig, shutdown: CancellationToken) {
+pub async fn run_cron(
+    store: Arc<dyn ScheduleStore>,
+    config: CronConfig,
+    shutdown: CancellationToken,
+) {
     let mut failures: u32 = 0;
     loop {
         let wait = match fire_due(store.as_ref(), Utc::now(), config.misfire_grace).await {

@@ -523,7 +523,11 @@ impl Agent {
         ask: &Ask,
         sink: &mut dyn TextSink,
     ) -> Result<Answer, Error> {
-        let runs = Runs::new(turn.services.store().cloned());
+        let runs = Runs::new(
+            turn.services
+                .store()
+                .map(|s| -> Arc<dyn flowbot_core::store::KvStore> { s.clone() }),
+        );
         if let Event::Interaction(click) = &*turn.event
             && let Some((approve, run, call)) = parse_click(&click.value)
         {

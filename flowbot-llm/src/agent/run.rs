@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use flowbot_core::StoreError;
 use flowbot_core::llm::{ChatMessage, ToolCall, ToolResult, Usage};
-use flowbot_core::{Store, StoreError};
+use flowbot_core::store::KvStore;
 use serde::{Deserialize, Serialize};
 
 /// Key-value namespace of runs.
@@ -125,13 +126,13 @@ impl RunState {
 /// Reads and writes runs and histories.
 #[derive(Clone)]
 pub struct Runs {
-    store: Option<Arc<dyn Store>>,
+    store: Option<Arc<dyn KvStore>>,
 }
 
 impl std::fmt::Debug for Runs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runs")
-            .field("store", &self.store.as_ref().map(|s| s.backend()))
+            .field("kept", &self.store.is_some())
             .finish()
     }
 }
@@ -143,7 +144,7 @@ fn corrupt(what: &str, key: &str, e: serde_json::Error) -> StoreError {
 
 impl Runs {
     /// Over `store`; without one, nothing is kept (runs live only in memory).
-    pub fn new(store: Option<Arc<dyn Store>>) -> Self {
+    pub fn new(store: Option<Arc<dyn KvStore>>) -> Self {
         Runs { store }
     }
 
