@@ -523,11 +523,13 @@ impl Agent {
         ask: &Ask,
         sink: &mut dyn TextSink,
     ) -> Result<Answer, Error> {
-        let runs = Runs::new(
-            turn.services
-                .store()
-                .map(|s| -> Arc<dyn flowbot_core::store::KvStore> { s.clone() }),
-        );
+        let runs = Runs::new({
+            let store: Option<Arc<dyn flowbot_core::store::KvStore>> = match turn.services.store() {
+                Some(s) => Some(s.clone()),
+                None => None,
+            };
+            store
+        });
         if let Event::Interaction(click) = &*turn.event
             && let Some((approve, run, call)) = parse_click(&click.value)
         {
