@@ -348,3 +348,78 @@ async fn a_channel_that_cannot_be_built_stops_the_server_with_its_error() {
         "the secret is not shown: {e}"
     );
 }
+
+/// `Agent`, the library form of `flowbot-agent`: a server without workers stores a webhook
+/// message on the queue, and an agent with its own Rust handlers, on the same database,
+/// handles it and delivers the answer to the webhook's callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_rust_handlers_answers_what_a_server_without_workers_takes_in() {
+    let dir = TempDir::new("flowbot-embedding-test");
+    // The webhook's callback: each answer's text, handed to the test.
+    let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let callback = axum::Router::new().route(
+        "/cb",
+        post(move |body: axum::Json<serde_json::Value>| {
+            let answers = answers.clone();
+            async move {
+                let _ = answers.send(body["text"].as_str().unwrap_or_default().to_owned());
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let callback_url = format!("http://{}/cb", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, callback).await });
+
+    // The same command answered differently, to tell who answered.
+    let handlers = |who: &'static str| {
+        Handlers::new(who).command("who", |cx| async move { Ok(Reply::text(*cx.state())) })
+    };
+    let mut config = config_in(&dir);
+    config.server.agent = false;
+    config.webhooks.insert(
+        "crm".into(),
+        flowbot_channels::webhook::WebhookSettings {
+            callback_url: Some(callback_url),
+            ..Default::default()
+        },
+    );
+    let stop = CancellationToken::new();
+    let (ready, running) = tokio::sync::oneshot::channel();
+    let server = Server::new(config.clone()).handlers(handlers("the server"));
+    let server = tokio::spawn(server.run(stop.clone(), Some(ready)));
+    let base = format!("http://{}", running.await.expect("server started").addr);
+    let agent_stop = CancellationToken::new();
+    let agent = tokio::spawn(
+        flowbot_server::run::Agent::new(config)
+            .handlers(handlers("an agent"))
+            .run(agent_stop.clone()),
+    );
+
+    let status = common::post_hook(
+        &base,
+        "crm",
+        serde_json::json!({"user": "ada", "conversation": "c-agent", "text": "/who"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let answer = tokio::time::timeout(Duration::from_secs(20), answered.recv())
+        .await
+        .expect("answered in time");
+    assert_eq!(answer.as_deref(), Some("an agent"));
+
+    agent_stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), agent)
+        .await
+        .expect("agent stopped in time")
+        .expect("join")
+        .expect("agent ran");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("stopped in time")
+        .expect("join")
+        .expect("server ran");
+}
