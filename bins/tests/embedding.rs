@@ -21,6 +21,15 @@ use flowbot_server::config::Config;
 use flowbot_server::run::Server;
 use harness::{WEB_SECRET, chat_at, say};
 
+/// Wait (at most 20 s) for `task` to end, and check it ended well (`what` says which).
+async fn ended<E: std::fmt::Debug>(task: tokio::task::JoinHandle<Result<(), E>>, what: &str) {
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not stopped in time"))
+        .expect("join")
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+}
+
 /// A server on loopback (port 0) with SQLite in `dir` and web chat tokens signed with the
 /// test secret.
 fn config_in(dir: &TempDir) -> Config {
@@ -94,17 +103,9 @@ async fn flowbot_routes_mount_in_an_applications_axum_app_with_rust_handlers() {
 
     // HTTP drained first, then the bot.
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), serving)
-        .await
-        .expect("drained in time")
-        .expect("join")
-        .expect("served");
+    ended(serving, "served").await;
     bot_stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), bot)
-        .await
-        .expect("stopped in time")
-        .expect("join")
-        .expect("bot ran");
+    ended(bot, "bot ran").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,11 +143,7 @@ async fn rust_handlers_go_first_and_the_rules_take_the_rest() {
     assert_eq!(ask["text"], "How would you rate this demo, from 1 to 5?");
 
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .expect("stopped in time")
-        .expect("join")
-        .expect("server ran");
+    ended(task, "server ran").await;
 }
 
 /// A listener handed over is held to the same rule as `server.listen`: open to the network,
@@ -315,11 +312,7 @@ async fn a_third_partys_channel_gets_its_routes_metrics_and_commands_from_the_se
     assert_eq!(chat.status(), 200);
 
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .expect("stopped in time")
-        .expect("join")
-        .expect("server ran");
+    ended(task, "server ran").await;
 }
 
 /// A channel that cannot be built stops the server before it listens, with the channel's
@@ -411,15 +404,7 @@ async fn an_agent_with_rust_handlers_answers_what_a_server_without_workers_takes
     assert_eq!(answer.as_deref(), Some("an agent"));
 
     agent_stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), agent)
-        .await
-        .expect("agent stopped in time")
-        .expect("join")
-        .expect("agent ran");
+    ended(agent, "agent ran").await;
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), server)
-        .await
-        .expect("stopped in time")
-        .expect("join")
-        .expect("server ran");
+    ended(server, "server ran").await;
 }
