@@ -220,9 +220,10 @@ pub fn workflow_engine(
 /// Add the configured notifiers to `builder` (their settings were checked with the config).
 fn with_notifiers(mut builder: BotBuilder, config: &Config) -> Result<BotBuilder, RunError> {
     for (name, n) in &config.notifiers {
-        let notifier = n
-            .notifier()
-            .map_err(|e| flowbot_channels::Error::settings(format!("notifiers.{name}"), e))?;
+        let notifier = n.notifier().map_err(|e| crate::config::ConfigError {
+            path: format!("notifiers.{name}"),
+            message: e.0,
+        })?;
         builder = builder.notifier_arc(name, notifier);
     }
     Ok(builder)
@@ -291,6 +292,53 @@ struct Channels {
     ready: Vec<Ready>,
 }
 
+/// What a server and an agent put together alike.
+struct Parts {
+    store: Arc<dyn Store>,
+    rules: Arc<RuleLibrary>,
+    secrets: Option<Arc<SecretStore>>,
+    workflows: Arc<Workflows>,
+    /// The bot so far: store, router, actions, notifiers and every channel.
+    builder: BotBuilder,
+    assistant: Option<crate::llm::Assistant>,
+    /// The commands to declare to platforms (`None`: leave their lists alone).
+    declared: Option<Vec<CommandInfo>>,
+    channels: Channels,
+}
+
+/// Open the store, load the rules, resolve secret references in `config`, and build the bot's
+/// parts with `routing` and the channels of `config` and `extra` (receiving, or sending only).
+async fn parts(
+    config: &mut Config,
+    shutdown: &CancellationToken,
+    routing: Routing,
+    extra: Vec<Box<dyn ChannelSpec>>,
+    receive: bool,
+) -> Result<Parts, RunError> {
+    let store = open_store(config).await?;
+    let rules = rule_library(config, &store, shutdown).await?;
+    let secrets = secret_store(config, &store)?;
+    resolve_references(config, secrets.as_deref()).await?;
+    let workflows = workflow_engine(config, &store, secrets.clone());
+    let (builder, assistant) = bot_builder(config, &store, &rules, workflows.clone()).await?;
+    let (builder, declared) = routing.apply(builder, &rules);
+    let mut specs = config_channels(config, &store, receive).await?;
+    specs.extend(extra);
+    let setup = Setup::new(store.clone());
+    let setup = if receive { setup } else { setup.send_only() };
+    let (builder, channels) = build_channels(specs, &setup, builder).await?;
+    Ok(Parts {
+        store,
+        rules,
+        secrets,
+        workflows,
+        builder,
+        assistant,
+        declared,
+        channels,
+    })
+}
+
 /// Build `specs` in `setup`, adding their channels to `builder`.
 async fn build_channels(
     specs: Vec<Box<dyn ChannelSpec>>,
@@ -298,13 +346,32 @@ async fn build_channels(
     mut builder: BotBuilder,
 ) -> Result<(BotBuilder, Channels), RunError> {
     let mut out = Channels::default();
+    let mut names = std::collections::HashSet::new();
     for spec in specs {
         let built = spec.build(setup).await?;
+        let first = built.channels.first().map(|c| c.name().to_string());
         for channel in built.channels {
+            if !names.insert(channel.name().to_string()) {
+                return Err(flowbot_channels::Error::settings(
+                    channel.name().as_str(),
+                    "another channel has this name",
+                )
+                .into());
+            }
             builder = builder.channel(channel);
         }
         if let Some(routes) = built.routes {
-            out.routes = out.routes.merge(routes);
+            // axum refuses (by panicking) a route served twice: say which channel asked.
+            let have = std::mem::take(&mut out.routes);
+            let merged =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || have.merge(routes)));
+            out.routes = merged.map_err(|_| {
+                flowbot_channels::Error::settings(
+                    first.unwrap_or_default(),
+                    "its HTTP routes overlap those of a channel built before it (a server has \
+                     one web chat, from [web], and its generic webhooks come from [webhooks])",
+                )
+            })?;
         }
         out.stats.extend(built.stats);
         out.menus.extend(built.menus);

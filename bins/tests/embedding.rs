@@ -268,8 +268,8 @@ impl ChannelSpec for Pager {
 }
 
 /// A channel of the application's own, added like a built-in one: the server mounts its
-/// route (behind the public limits), reports its counters in the metrics and declares the
-/// handlers' commands to its menu; the Rust handlers answer through it.
+/// route, reports its counters in the metrics and declares the handlers' commands to its
+/// menu; the Rust handlers answer through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_third_partys_channel_gets_its_routes_metrics_and_commands_from_the_server() {
     let dir = TempDir::new("flowbot-embedding-test");
@@ -321,7 +321,7 @@ async fn a_third_partys_channel_gets_its_routes_metrics_and_commands_from_the_se
 async fn a_channel_that_cannot_be_built_stops_the_server_with_its_error() {
     let dir = TempDir::new("flowbot-embedding-test");
     let mut bad = flowbot_channels::webhook::WebhookConfig::new("hooks");
-    bad.secret = Some("short".into());
+    bad.secret = Some("s3cr3t-Q7".into());
     let e = Server::new(config_in(&dir))
         .channel(vec![bad])
         .run(CancellationToken::new(), None)
@@ -337,9 +337,45 @@ async fn a_channel_that_cannot_be_built_stops_the_server_with_its_error() {
         "{e}"
     );
     assert!(
-        !e.to_string().contains("short"),
+        !e.to_string().contains("s3cr3t"),
         "the secret is not shown: {e}"
     );
+}
+
+/// Two channels of one name, or a channel whose routes another already serves (generic
+/// webhooks besides `[webhooks]`), stop the server with an error naming the channel, not a
+/// panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_that_collide_stop_the_server_with_an_error() {
+    let dir = TempDir::new("flowbot-embedding-test");
+    let refused = |e: flowbot_server::run::RunError| match e {
+        flowbot_server::run::RunError::Channel(e) => e,
+        other => panic!("a channel error: {other}"),
+    };
+    let stop = CancellationToken::new();
+    let (same_name, _) = flowbot_core::InProcess::channel("web", 8);
+    let e = refused(
+        Server::new(config_in(&dir))
+            .channel(same_name)
+            .run(stop.clone(), None)
+            .await
+            .expect_err("two channels named web"),
+    );
+    assert_eq!(e.channel(), "web");
+    assert!(
+        e.to_string().contains("another channel has this name"),
+        "{e}"
+    );
+
+    let e = refused(
+        Server::new(config_in(&dir))
+            .channel(vec![flowbot_channels::webhook::WebhookConfig::new("extra")])
+            .run(stop.clone(), None)
+            .await
+            .expect_err("a second webhook route"),
+    );
+    assert_eq!(e.channel(), "extra");
+    assert!(e.to_string().contains("[webhooks]"), "{e}");
 }
 
 /// `Agent`, the library form of `flowbot-agent`: a server without workers stores a webhook

@@ -7,7 +7,9 @@ use flowbot_core::{BoxError, Permanent, SettingsError, StoreError, Transient};
 
 /// Why a channel could not be built or could not do what it was asked (declare the bot's
 /// commands, say). It names the channel, keeps its cause as [`source`](std::error::Error::source),
-/// and says whether another attempt can help ([`is_permanent`](Error::is_permanent)).
+/// and says whether another attempt can help ([`is_permanent`](Error::is_permanent)). What a
+/// channel's sender returns while the bot runs is core's [`flowbot_core::Error`], into which
+/// this one converts.
 ///
 /// The platform's own error (Telegram's [`ApiError`](crate::telegram::ApiError), Slack's
 /// [`SlackApiError`](crate::slack::SlackApiError)) is in the chain of a
@@ -83,8 +85,9 @@ impl Error {
         }
     }
 
-    /// Whether trying again cannot help: wrong settings, or a platform's refusal that will
-    /// not change (an unknown chat, a token the platform rejects for good).
+    /// Whether trying again cannot help: wrong settings, or a platform's refusal of the
+    /// request itself (a 4xx other than 401, 408, 409, 425 and 429). A token the platform
+    /// does not accept (401) is not permanent: an operator can fix it.
     pub fn is_permanent(&self) -> bool {
         match self {
             Error::Settings { .. } => true,
@@ -118,15 +121,78 @@ fn chain<'a>(
 }
 
 impl From<Error> for flowbot_core::Error {
-    /// Core's channel error, keeping this one as its source, so core's classification
-    /// (permanent, transient, `Retry-After`) agrees with [`Error::is_permanent`].
+    /// Core's channel error for the same channel, its source this error's cause (so the
+    /// channel is named once), classified as [`Error::is_permanent`] says.
     fn from(e: Error) -> Self {
         match e {
-            Error::Settings { ref channel, .. } => {
-                flowbot_core::Error::channel(channel.clone(), Permanent::new(e))
+            Error::Settings { channel, source } => {
+                flowbot_core::Error::channel(channel, Permanent::new(source))
             }
-            Error::Store { source, .. } => flowbot_core::Error::Store(source),
-            Error::Platform { ref channel, .. } => flowbot_core::Error::channel(channel.clone(), e),
+            Error::Platform {
+                channel,
+                call,
+                source,
+            } => flowbot_core::Error::channel(channel, Call { call, source }),
+            Error::Store { channel, source } => flowbot_core::Error::channel(channel, source),
         }
+    }
+}
+
+/// A failed call to a platform, as the source of core's channel error.
+#[derive(Debug, thiserror::Error)]
+#[error("{call}: {source}")]
+struct Call {
+    call: String,
+    #[source]
+    source: BoxError,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_survives_the_conversion_into_core_and_names_the_channel_once() {
+        let settings = Error::settings("tg", "token is empty");
+        assert!(settings.is_permanent());
+        assert_eq!(settings.retry_after(), None);
+        let core = flowbot_core::Error::from(settings);
+        assert!(core.is_permanent());
+        assert_eq!(core.to_string(), "channel 'tg': token is empty");
+
+        let wait = Duration::from_secs(120);
+        let limited = Error::platform(
+            "tg",
+            "getMe",
+            Transient::new("Telegram answered 429").retry_after(wait),
+        );
+        assert!(!limited.is_permanent());
+        assert_eq!(limited.retry_after(), Some(wait));
+        assert_eq!(
+            limited.to_string(),
+            "channel 'tg': getMe: Telegram answered 429"
+        );
+        let core = flowbot_core::Error::from(limited);
+        assert!(core.is_transient() && !core.is_permanent());
+        assert_eq!(core.retry_after(), Some(wait));
+        assert_eq!(
+            core.to_string(),
+            "channel 'tg': getMe: Telegram answered 429"
+        );
+
+        let refused = Error::platform(
+            "sl",
+            "chat.postMessage",
+            Permanent::new("channel_not_found"),
+        );
+        assert!(refused.is_permanent());
+        assert!(flowbot_core::Error::from(refused).is_permanent());
+
+        let store = Error::Store {
+            channel: "web".into(),
+            source: StoreError::Unavailable("connection refused".into()),
+        };
+        assert!(!store.is_permanent());
+        assert!(flowbot_core::Error::from(store).is_transient());
     }
 }

@@ -22,7 +22,8 @@
 //! [`build`](ChannelSpec::build) gives a [`Built`] — the channel for the bot, the HTTP routes
 //! it receives on (an axum `Router`, feature `routes`), its counters and its command menu.
 //! `flowbot-server` builds and mounts any spec, a third party's as well as the built-in ones.
-//! Every failure is an [`Error`].
+//! Building a channel, or asking it for anything outside sending, fails with an [`Error`];
+//! a send fails with core's error, which the crate's converts into.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(
@@ -68,9 +69,9 @@ mod spec;
 pub use error::Error;
 pub use spec::{Built, ChannelSpec, CommandMenu, Ready, Setup};
 
-/// Settings a channel cannot work with: the message names the setting (and, from a
-/// constructor, the channel). Returned by the settings' `validate` and the channels'
-/// constructors.
+/// Settings a channel cannot work with: the message names the setting. Returned by the
+/// settings' `validate` and `channel_config`; a constructor returns it inside
+/// [`Error::Settings`], with the channel's name.
 pub use flowbot_core::SettingsError;
 
 /// What a platform adapter counts.

@@ -13,7 +13,8 @@
 //! | `http` | the `http_request` action, through the outbound network guard |
 //! | `workflows` | DAG workflows: definitions in YAML or JSON, the engine on the task queue, triggers ([`core::workflow`]) |
 //! | `rules` | rule files: conditions, templates, dialogs |
-//! | `scripts` | rhai scripts in rule files and workflows (with `rules`) |
+//! | `scripts` | rhai scripts in rule files (with `rules`), and in workflow nodes with `workflows` |
+//! | `routes` | the HTTP routes of a channel of your own ([`channels::Built`]); every HTTP-fed platform enables it |
 //! | `llm` | language models, tools and the assistant |
 //! | `server` | what `flowbot-server` runs, as a library: the HTTP API, channels from a configuration file, metrics, the embedded agent |
 //!

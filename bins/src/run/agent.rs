@@ -77,17 +77,10 @@ impl Agent {
             routing,
             channels,
         } = self;
-        let store = open_store(&config).await?;
-        let rules = rule_library(&config, &store, &shutdown).await?;
-        let secrets = secret_store(&config, &store)?;
-        resolve_references(&mut config, secrets.as_deref()).await?;
-        let workflows = workflow_engine(&config, &store, secrets);
-        let (builder, assistant) = bot_builder(&config, &store, &rules, workflows).await?;
-        let (builder, _declared) = routing.apply(builder, &rules);
-        let mut specs = config_channels(&config, &store, false).await?;
-        specs.extend(channels);
-        let setup = Setup::new(store.clone()).send_only();
-        let (builder, _) = build_channels(specs, &setup, builder).await?;
+        // Agents declare no commands: the servers do.
+        let Parts {
+            builder, assistant, ..
+        } = parts(&mut config, &shutdown, routing, channels, false).await?;
         let bot = builder.workers(worker_config(&config, "agent")).build()?;
         if assistant.is_some() {
             crate::llm::check_tools(&config.llm, bot.pipeline().services().actions())?;

@@ -185,19 +185,18 @@ impl Server {
             listener: _,
         } = self;
         let shutdown = shutdown.clone();
-        let store = open_store(&config).await?;
-        let rules = rule_library(&config, &store, &shutdown).await?;
-        let secrets = secret_store(&config, &store)?;
-        resolve_references(&mut config, secrets.as_deref()).await?;
-        let workflows = workflow_engine(&config, &store, secrets.clone());
-        let (builder, assistant) = bot_builder(&config, &store, &rules, workflows.clone()).await?;
+        let Parts {
+            store,
+            rules,
+            secrets,
+            workflows,
+            mut builder,
+            assistant,
+            declared,
+            channels: built,
+        } = parts(&mut config, &shutdown, routing, channels, true).await?;
         // The commands declared to platforms: the handlers', or the rules' (as loaded at
         // start); none (the platforms' lists left as they are) for a router of unknown commands.
-        let (builder, declared) = routing.apply(builder, &rules);
-        let mut specs = config_channels(&config, &store, true).await?;
-        specs.extend(channels);
-        let (mut builder, built) =
-            build_channels(specs, &Setup::new(store.clone()), builder).await?;
         if let Some(list) = &declared {
             declare_commands(&built.menus, list).await;
         }
@@ -269,14 +268,17 @@ impl Server {
         );
         // The public endpoints: platform webhooks, generic webhooks, web chat, each with its own
         // verification, all limited per client address.
-        app = app.merge(
-            built
-                .routes
-                .route_layer(axum::middleware::from_fn_with_state(
-                    limits,
-                    http::limits::public,
-                )),
-        );
+        // (axum refuses a layer over no routes.)
+        if built.routes.has_routes() {
+            app = app.merge(
+                built
+                    .routes
+                    .route_layer(axum::middleware::from_fn_with_state(
+                        limits,
+                        http::limits::public,
+                    )),
+            );
+        }
         let app = http::layers(
             app.fallback(http::not_found)
                 .method_not_allowed_fallback(http::method_not_allowed),

@@ -523,13 +523,11 @@ impl Agent {
         ask: &Ask,
         sink: &mut dyn TextSink,
     ) -> Result<Answer, Error> {
-        let runs = Runs::new({
-            let store: Option<Arc<dyn flowbot_core::store::KvStore>> = match turn.services.store() {
-                Some(s) => Some(s.clone()),
-                None => None,
-            };
-            store
-        });
+        let runs = Runs::new(
+            turn.services
+                .store()
+                .map(|s| s.clone() as Arc<dyn flowbot_core::store::KvStore>),
+        );
         if let Event::Interaction(click) = &*turn.event
             && let Some((approve, run, call)) = parse_click(&click.value)
         {
