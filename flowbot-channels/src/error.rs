@@ -29,7 +29,7 @@ pub enum Error {
     },
     /// A call to the platform failed: at start (Telegram's `getMe` with a wrong token, its
     /// `setWebhook`), or declaring the bot's commands. The source is a
-    /// [`Permanent`](flowbot_core::Permanent) or [`Transient`](flowbot_core::Transient) error
+    /// [`Permanent`] or [`Transient`] error
     /// (with the platform's `Retry-After`) around the platform's own error.
     #[error("channel '{channel}': {call}: {source}")]
     Platform {
@@ -62,7 +62,7 @@ impl Error {
     }
 
     /// A failed `call` to `channel`'s platform; wrap `source` in
-    /// [`Permanent`](flowbot_core::Permanent) or [`Transient`](flowbot_core::Transient) to
+    /// [`Permanent`] or [`Transient`] to
     /// say whether another attempt can help.
     pub fn platform(
         channel: impl Into<String>,

@@ -31,7 +31,7 @@
 //! A parameter that cannot be extracted ends the handler with the extractor's error before
 //! the function runs: arguments that do not fit are a [`Refusal`](crate::Refusal) naming the
 //! argument and the command's usage (shown to the user); a missing store or a handler asking
-//! for the text of an event without one is a [`Permanent`](crate::Permanent) error. Functions
+//! for the text of an event without one is a [`Permanent`] error. Functions
 //! of up to six extractors are handlers; `HandlerCx` itself stays available through the
 //! closures that [`Handlers`](crate::Handlers) takes directly.
 
