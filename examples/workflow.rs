@@ -53,21 +53,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => println!("no message within 5 s"),
         }
     }
-    loop {
-        let detail = engine.run(&run.id).await?.ok_or("the run disappeared")?;
-        if detail.run.status.is_final() {
-            println!("run {} {}", detail.run.id, detail.run.status.as_str());
-            for n in detail.nodes {
-                println!(
-                    "  {:<6} {:<9} attempt {}",
-                    n.node,
-                    n.status.as_str(),
-                    n.attempt
-                );
-            }
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Returns when the run ends, woken by the engine (no polling).
+    let done = tokio::time::timeout(Duration::from_secs(10), engine.finished(&run.id)).await??;
+    println!("run {} {}", done.id, done.status.as_str());
+    for n in engine.run(&run.id).await?.ok_or("the run disappeared")?.nodes {
+        println!(
+            "  {:<6} {:<9} attempt {}",
+            n.node,
+            n.status.as_str(),
+            n.attempt
+        );
     }
     stop.cancel();
     running.await??;

@@ -25,12 +25,40 @@ use flowbot_rules::WorkflowScripts;
 use serde_json::{Value, json};
 
 /// Counts calls per `key` input, fails while `fail_first` calls of that key have not
-/// happened, and sleeps `sleep_ms`; tracks how many calls run at once.
+/// happened, sleeps `sleep_ms`, waits for a call of the key `after` and, with `gated`, for
+/// the test to open the gate; tracks how many calls run at once.
 #[derive(Default)]
 struct Probe {
     calls: Mutex<HashMap<String, usize>>,
     running: AtomicUsize,
     max_running: AtomicUsize,
+    /// Notified at each call.
+    called: tokio::sync::Notify,
+    /// One permit lets one gated call go on.
+    gate: tokio::sync::Notify,
+}
+
+impl Probe {
+    /// Waits (woken by each call, 30 s at most) until `done` holds for the calls so far.
+    async fn until(&self, what: &str, done: impl Fn(&HashMap<String, usize>) -> bool) {
+        let wait = async {
+            loop {
+                let called = self.called.notified();
+                tokio::pin!(called);
+                called.as_mut().enable();
+                if done(&self.calls.lock().unwrap()) {
+                    return;
+                }
+                called.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .is_err()
+        {
+            panic!("{what}: {:?}", self.calls.lock().unwrap());
+        }
+    }
 }
 
 struct ProbeAction(Arc<Probe>);
@@ -48,6 +76,8 @@ impl Action for ProbeAction {
             "key": {"type": "string"},
             "fail_first": {"type": "integer"},
             "sleep_ms": {"type": "integer"},
+            "gated": {"type": "boolean"},
+            "after": {"type": "string"},
             "retry_after_secs": {"type": "integer"},
             "value": {}
         }, "required": ["key"], "additionalProperties": false})
@@ -63,10 +93,19 @@ impl Action for ProbeAction {
             *c += 1;
             *c
         };
+        self.0.called.notify_waiters();
+        if let Some(other) = input["after"].as_str() {
+            self.0
+                .until("the call waited for", |calls| calls.contains_key(other))
+                .await;
+        }
         let now = self.0.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.0.max_running.fetch_max(now, Ordering::SeqCst);
         if let Some(ms) = input["sleep_ms"].as_u64() {
             tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if input["gated"].as_bool() == Some(true) {
+            self.0.gate.notified().await;
         }
         self.0.running.fetch_sub(1, Ordering::SeqCst);
         if call as u64 <= input["fail_first"].as_u64().unwrap_or(0) {
@@ -152,23 +191,21 @@ async fn apply(engine: &Workflows, yaml: &str) -> u32 {
 }
 
 async fn wait_final(engine: &Workflows, id: &str) -> RunRecord {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let run = engine
-            .run(id)
-            .await
-            .expect("get run")
-            .expect("run exists")
-            .run;
-        if run.status.is_final() {
-            return run;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "run {id} did not finish: {run:#?}\nnodes: {:#?}",
-            engine.run(id).await.unwrap().unwrap().nodes
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    match tokio::time::timeout(Duration::from_secs(30), engine.finished(id)).await {
+        Ok(run) => run.expect("the run exists"),
+        Err(_) => panic!(
+            "run {id} did not finish: {:#?}\ntasks: {:#?}",
+            engine.run(id).await.unwrap().unwrap(),
+            engine
+                .store()
+                .list_tasks(&TaskFilter {
+                    limit: 50,
+                    ..TaskFilter::default()
+                })
+                .await
+                .unwrap()
+                .items
+        ),
     }
 }
 

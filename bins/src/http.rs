@@ -235,6 +235,12 @@ async fn metrics(State(s): State<AppState>) -> Response {
             let _ = writeln!(out, "{name}{{channel=\"{}\"}} {n}", escape_label(&channel));
         }
     }
+    let reloads = s.rules.reloads();
+    let _ = writeln!(
+        out,
+        "# HELP flowbot_rules_reloads_total Rule changes (files or stored rules) put in force or rejected.\n# TYPE flowbot_rules_reloads_total counter\nflowbot_rules_reloads_total{{outcome=\"applied\"}} {}\nflowbot_rules_reloads_total{{outcome=\"rejected\"}} {}",
+        reloads.applied, reloads.rejected
+    );
     histogram(
         &mut out,
         "flowbot_pipeline_latency_seconds",
@@ -656,7 +662,7 @@ async fn set_paused(s: &AppState, name: &str, paused: bool) -> ApiResult<Status>
         .spec()
         .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let next = spec
-        .next_after(chrono::Utc::now())
+        .next_after(flowbot_core::clock::now())
         .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     s.store
         .set_schedule_paused(name, paused, next)

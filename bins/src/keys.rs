@@ -62,7 +62,7 @@ pub async fn command(config: &Config, args: &[String]) -> Result<String, RunErro
                         })?;
                         let d = chrono::Duration::from_std(d)
                             .ok()
-                            .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+                            .and_then(|d| flowbot_core::clock::now().checked_add_signed(d))
                             .ok_or_else(|| {
                                 usage(&format!("keys create: --expires-in '{value}' is too long"))
                             })?;

@@ -460,7 +460,7 @@ async fn prune_audit(
     stop: CancellationToken,
 ) {
     loop {
-        let before = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+        let before = flowbot_core::clock::now() - chrono::Duration::days(i64::from(days));
         match store.prune_audit(before).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(

@@ -212,7 +212,6 @@ async fn distributed_servers_and_agents_on_postgres() {
     let a1_pid = a1.id().expect("agent pid");
     let _a2 = spawn(AGENT, &[], &env(), &dir.0.join("a2.log"));
     wait_ready(&b2, &dir.0.join("s2.log")).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Webhooks to both servers: every reply exactly once.
     for i in 0..20 {
@@ -284,7 +283,10 @@ async fn distributed_servers_and_agents_on_postgres() {
         seen.lock().expect("lock").len() >= 20
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every webhook's task done and no reply left to send: the count is final.
+    let http = reqwest::Client::new();
+    drained(&http, &b1, Some("flowbot.inbound")).await;
+    drained(&http, &b1, Some("flowbot.deliver")).await;
     {
         let mut counts: HashMap<String, usize> = HashMap::new();
         for (cb, _) in seen.lock().expect("lock").iter() {
@@ -308,7 +310,6 @@ async fn distributed_servers_and_agents_on_postgres() {
             json!({"user": "k", "conversation": format!("kc{i}"), "text": format!("/echo k{i}")});
         assert_eq!(post_hook(&b1, "hook", body).await.as_u16(), 202);
     }
-    let http = reqwest::Client::new();
     let owner = format!("agent-{a1_pid}-");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -356,35 +357,7 @@ async fn distributed_servers_and_agents_on_postgres() {
         },
     )
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let live: Value = http
-            .get(format!("{b2}/api/v1/tasks?state=running"))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
-        let queued: Value = http
-            .get(format!("{b2}/api/v1/tasks?state=queued"))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
-        if live["items"].as_array().is_some_and(Vec::is_empty)
-            && queued["items"].as_array().is_some_and(Vec::is_empty)
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "tasks left behind: {live} {queued}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    drained(&http, &b2, None).await;
     let dead: Value = http
         .get(format!("{b2}/api/v1/dead-letters"))
         .send()
@@ -603,4 +576,33 @@ async fn a_restarted_server_takes_over_its_in_flight_message_at_once() {
         std::fs::read_dir(&locks).map_or(0, |d| d.flatten().count()) == 1
     })
     .await;
+}
+
+/// Waits (20 s at most) until no task (of `kind`) is queued or running on the queue the
+/// server at `base` shares.
+async fn drained(http: &reqwest::Client, base: &str, kind: Option<&str>) {
+    let kind = kind.map(|k| format!("&kind={k}")).unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut left = Vec::new();
+        for state in ["running", "queued"] {
+            let page: Value = http
+                .get(format!("{base}/api/v1/tasks?state={state}{kind}"))
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("json");
+            left.extend(page["items"].as_array().cloned().unwrap_or_default());
+        }
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tasks left behind: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -78,7 +78,23 @@ async fn rule_files_reload_while_running_and_bad_changes_are_refused() {
         "[[rule]]\nname = \"ask\"\nthen = [{ call = { action = \"nope\" } }]\n",
     )
     .expect("write");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = http
+            .get(format!("{}/metrics", s.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if metrics.contains("flowbot_rules_reloads_total{outcome=\"rejected\"} 1") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(text_of(&say(&mut ws, "version?").await), "v2");
     s.stop.cancel();
     s.task.await.expect("server");

@@ -420,8 +420,6 @@ async fn socket_mode_receives_acknowledges_and_reconnects() {
         || slack.sockets_opened() == 1,
     )
     .await;
-    // The socket needs a moment after `hello` to be subscribed on the fake's side.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     // An event over the socket: stored, acknowledged, answered.
     let event = message_event("EvS1", "C5", "1700000050.000100", "/echo via the socket");
@@ -438,7 +436,6 @@ async fn socket_mode_receives_acknowledges_and_reconnects() {
         slack.sockets_opened() == 2
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let command = json!({"token": "x", "team_id": "T1", "team_domain": "acme", "channel_id": "C5",
         "channel_name": "ops", "user_id": "U42", "user_name": "ada", "command": "/echo",
         "text": "a socket command", "response_url": "https://hooks.slack.com/x", "trigger_id": "trig-s2"});

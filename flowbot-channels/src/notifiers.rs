@@ -60,7 +60,7 @@ async fn send(service: &str, req: reqwest::RequestBuilder) -> Result<String, Box
     let said: String = body.chars().take(300).collect();
     // The service's Retry-After, at most an hour (`crate::retry_after`).
     let retry_after =
-        retry_after.and_then(|v| crate::retry_after::parse_header(&v, chrono::Utc::now()));
+        retry_after.and_then(|v| crate::retry_after::parse_header(&v, flowbot_core::clock::now()));
     let detail = match (status.as_u16(), retry_after) {
         (429, Some(after)) => {
             format!(
@@ -292,7 +292,7 @@ impl Notifier for JsonWebhook {
         if let Some(secret) = &self.secret {
             req = req.header(
                 crate::webhook::SIGNATURE_HEADER,
-                crate::webhook::sign(secret, chrono::Utc::now().timestamp(), &body),
+                crate::webhook::sign(secret, flowbot_core::clock::now().timestamp(), &body),
             );
         }
         #[cfg(not(feature = "webhook"))]

@@ -46,7 +46,7 @@ pub fn parse_header(value: &str, now: DateTime<Utc>) -> Option<Duration> {
 pub fn from_json(value: &Value) -> Option<Duration> {
     match value {
         Value::Number(n) => n.as_f64().map(from_secs_f64),
-        Value::String(s) => parse_header(s, Utc::now()),
+        Value::String(s) => parse_header(s, flowbot_core::clock::now()),
         _ => None,
     }
 }

@@ -37,8 +37,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use flowbot_core::lease::{LeaseTiming, hold};
 use flowbot_core::{
-    Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, Error, Event, Format,
-    Inbox, Interaction, Message, MessageId, Outbound, Result, Role, Sender, SentId, Store,
+    Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, ChannelStore, Error, Event,
+    Format, Inbox, Interaction, Message, MessageId, Outbound, Result, Role, Sender, SentId,
     Streaming, Target, UserId,
 };
 use serde::Deserialize;
@@ -129,7 +129,7 @@ impl std::fmt::Debug for Slack {
 struct SlackState {
     config: SlackConfig,
     channel: ChannelName,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ChannelStore>,
     api: api::Api,
     verifier: SlackEventSignatureVerifier,
     stats: AdapterCounters,
@@ -139,7 +139,7 @@ impl Slack {
     /// A Slack app with `config` (checked here; no call to Slack until the first send), and
     /// the channel to register with the bot builder.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn ChannelStore>,
         config: SlackConfig,
     ) -> std::result::Result<(Slack, Channel), crate::Error> {
         let fail = |e: String| crate::Error::settings(config.name.as_str(), e);
@@ -242,7 +242,7 @@ fn verified(
     // The replay window first, in arithmetic that cannot overflow: the verifier subtracts
     // the timestamp from the clock in plain i64 (an overflow on a timestamp near i64::MIN).
     if let Ok(at) = ts.parse::<i64>()
-        && chrono::Utc::now().timestamp().abs_diff(at) > REPLAY_WINDOW_SECS
+        && flowbot_core::clock::now().timestamp().abs_diff(at) > REPLAY_WINDOW_SECS
     {
         return Err(unauthorized(format!(
             "signature refused: the timestamp {at} is outside the 5-minute replay window"

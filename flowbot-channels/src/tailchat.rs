@@ -18,7 +18,8 @@ pub use settings::TailchatSettings;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use axum::Router;
@@ -29,8 +30,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use flowbot_core::{
-    Capabilities, Channel, ChannelName, ChannelSender, Error, Event, Format, Message, MessageId,
-    Outbound, Result, Role, Sender, SentId, Store, UserId,
+    Capabilities, Channel, ChannelName, ChannelSender, ChannelStore, Error, Event, Format, Message,
+    MessageId, Outbound, Result, Role, Sender, SentId, UserId,
 };
 use md5::{Digest, Md5};
 use serde::Deserialize;
@@ -115,7 +116,7 @@ const RENEW_AFTER: Duration = Duration::from_secs(24 * 3600);
 struct TcState {
     config: TailchatConfig,
     channel: ChannelName,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ChannelStore>,
     client: reqwest::Client,
     /// The bot's JWT and when it was issued.
     jwt: Mutex<Option<(String, Instant)>>,
@@ -127,7 +128,7 @@ impl Tailchat {
     /// A Tailchat bot with `config` (checked here; no call to Tailchat until the first send),
     /// and the channel to register with the bot builder.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn ChannelStore>,
         config: TailchatConfig,
     ) -> std::result::Result<(Tailchat, Channel), crate::Error> {
         let fail = |e: String| crate::Error::settings(config.name.as_str(), e);

@@ -35,8 +35,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use flowbot_core::lease::{LeaseTiming, hold};
 use flowbot_core::{
-    Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, Error, Format, Inbox,
-    Outbound, Result, SentId, Store, Streaming, Target,
+    Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, ChannelStore, Error,
+    Format, Inbox, Outbound, Result, SentId, Streaming, Target,
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -177,7 +177,7 @@ struct TgState {
     config: TelegramConfig,
     channel: ChannelName,
     api: api::Api,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ChannelStore>,
     /// The bot's username (from `getMe`).
     username: String,
     stats: AdapterCounters,
@@ -190,7 +190,7 @@ impl Telegram {
     /// webhook mode register it when `public_url` is given. Returns the bot and the channel to
     /// register with the bot builder.
     pub async fn connect(
-        store: Arc<dyn Store>,
+        store: Arc<dyn ChannelStore>,
         config: TelegramConfig,
     ) -> std::result::Result<(Telegram, Channel), crate::Error> {
         let name = config.name.clone();
@@ -243,7 +243,7 @@ impl Telegram {
     /// The channel for a process that only sends (an agent delivering replies): no calls to
     /// Telegram at start, no poller, no route.
     pub fn sender_only(
-        store: Arc<dyn Store>,
+        store: Arc<dyn ChannelStore>,
         config: TelegramConfig,
     ) -> std::result::Result<Channel, crate::Error> {
         let api = Self::api(&config)?;
@@ -262,7 +262,7 @@ impl Telegram {
     }
 
     fn build(
-        store: Arc<dyn Store>,
+        store: Arc<dyn ChannelStore>,
         config: TelegramConfig,
         api: api::Api,
         username: String,

@@ -40,9 +40,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use flowbot_core::store::Direction;
 use flowbot_core::{
-    Button, Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, ConversationId,
-    Error, Event, Format, Inbox, Interaction, Message, MessageId, Outbound, Result, Role, Sender,
-    SentId, Store, Streaming, Target, UserId,
+    Button, Capabilities, Channel, ChannelListener, ChannelName, ChannelSender, ChannelStore,
+    ConversationId, Error, Event, Format, Inbox, Interaction, Message, MessageId, Outbound, Result,
+    Role, Sender, SentId, Streaming, Target, UserId,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -115,7 +115,7 @@ struct WebState {
     topic: String,
     /// The bus topic of partial answers.
     partial_topic: String,
-    store: Option<Arc<dyn Store>>,
+    store: Option<Arc<dyn ChannelStore>>,
     inbox: RwLock<Option<Inbox>>,
     sockets: Mutex<Sockets>,
     next_socket: AtomicU64,
@@ -286,7 +286,7 @@ impl WebChat {
     ///
     /// Visitor tokens are signed with a random secret of this process
     /// ([`ChatIdentity::random`]) until [`with_identity`](Self::with_identity) says otherwise.
-    pub fn new(name: &str, store: Option<Arc<dyn Store>>) -> Self {
+    pub fn new(name: &str, store: Option<Arc<dyn ChannelStore>>) -> Self {
         WebChat {
             state: Arc::new(WebState {
                 name: ChannelName::from(name),

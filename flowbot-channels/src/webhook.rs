@@ -27,8 +27,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use flowbot_core::task::{Enqueued, NewTask};
 use flowbot_core::{
-    Channel, ChannelSender, Error, Event, INBOUND_TASK, Interaction, Message, MessageId, Outbound,
-    Result, Role, Sender, SentId, Store, UserId,
+    Channel, ChannelSender, ChannelStore, Error, Event, INBOUND_TASK, Interaction, Message,
+    MessageId, Outbound, Result, Role, Sender, SentId, UserId,
 };
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -127,7 +127,7 @@ impl std::fmt::Debug for Webhooks {
 }
 
 struct HookState {
-    store: Arc<dyn Store>,
+    store: Arc<dyn ChannelStore>,
     channels: HashMap<String, WebhookConfig>,
 }
 
@@ -181,7 +181,7 @@ impl Webhooks {
     /// Webhook channels storing into `store`, configured from `configs`. Returns the
     /// channels to register with the bot, too.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn ChannelStore>,
         configs: &[WebhookConfig],
     ) -> std::result::Result<(Self, Vec<Channel>), crate::Error> {
         let client = reqwest::Client::builder()
@@ -379,7 +379,7 @@ async fn accept(
             secret,
             header,
             &body,
-            chrono::Utc::now().timestamp(),
+            flowbot_core::clock::now().timestamp(),
             config.replay_window,
         )
         .map_err(|e| Problem::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
@@ -486,7 +486,7 @@ impl ChannelSender for CallbackSender {
         if let Some(secret) = &self.config.secret {
             req = req.header(
                 SIGNATURE_HEADER,
-                sign(secret, chrono::Utc::now().timestamp(), &bytes),
+                sign(secret, flowbot_core::clock::now().timestamp(), &bytes),
             );
         }
         let res = req.body(bytes).send().await.map_err(|e| {
@@ -501,7 +501,7 @@ impl ChannelSender for CallbackSender {
                 .headers()
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| crate::retry_after::parse_header(v, chrono::Utc::now()));
+                .and_then(|v| crate::retry_after::parse_header(v, flowbot_core::clock::now()));
             // The application's own endpoint: any refusal may be fixed there, so the reply
             // is retried (no earlier than its Retry-After) and dead-lettered at the end.
             return Err(err(Box::new(

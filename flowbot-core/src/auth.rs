@@ -23,7 +23,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -538,7 +539,7 @@ impl ApiKeys {
                 "a key's name is 1 to {MAX_KEY_NAME} characters, without control characters"
             )));
         }
-        let now = Utc::now();
+        let now = crate::clock::now();
         if let Some(at) = expires_at
             && at <= now
         {
@@ -611,7 +612,7 @@ impl ApiKeys {
             return Ok(None);
         };
         if key.info.revoked_at.is_none() {
-            key.info.revoked_at = Some(Utc::now());
+            key.info.revoked_at = Some(crate::clock::now());
             self.put(&key).await?;
         }
         self.cache
@@ -654,7 +655,7 @@ impl ApiKeys {
         if key.info.revoked_at.is_some() {
             return Err(KeyRejected::Revoked.into());
         }
-        let now = Utc::now();
+        let now = crate::clock::now();
         if key.info.expires_at.is_some_and(|at| at <= now) {
             return Err(KeyRejected::Expired.into());
         }

@@ -39,6 +39,7 @@ mod ai;
 pub mod auth;
 mod bot;
 mod channel;
+pub mod clock;
 mod commands;
 mod draft;
 mod error;
@@ -90,7 +91,7 @@ pub use pipeline::{
 pub use router::{FromArgs, HandlerCx, Handlers, Reply, Router, Services, Turn};
 pub use session::{DialogState, Session, SessionHandle, SessionKey};
 pub use signals::{cancel_on_signals, stop_on_signals};
-pub use store::{Bus, BusMessage, Store};
+pub use store::{Bus, BusMessage, ChannelStore, SharedKv, Store};
 
 /// Re-exported so users name the same versions FlowBot uses.
 pub use async_trait::async_trait;

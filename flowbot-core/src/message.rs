@@ -165,7 +165,7 @@ impl Message {
             attachments: Vec::new(),
             mentions: Vec::new(),
             raw: None,
-            received_at: Utc::now(),
+            received_at: crate::clock::now(),
         }
     }
 

@@ -293,7 +293,7 @@ impl KeyRing {
     pub fn seal(&self, name: &str, value: &str) -> Result<Sealed, SecretError> {
         check_name(name)?;
         check_value(name, value)?;
-        self.seal_at(name, value, Utc::now())
+        self.seal_at(name, value, crate::clock::now())
     }
 
     fn seal_at(

@@ -57,7 +57,7 @@ impl Session {
             vars: Map::new(),
             dialog: None,
             version: 0,
-            updated_at: Utc::now(),
+            updated_at: crate::clock::now(),
         }
     }
 }

@@ -285,8 +285,31 @@ pub trait Bus: Send + Sync + 'static {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<BusMessage>;
 }
 
+/// What a channel that receives keeps in the store: the task queue its events go onto, the
+/// leases that keep one process on each platform connection, key-value data (offsets,
+/// identities), the conversation history and the bus (web chat shows the history and hears
+/// replies sent by other processes). Any type with these five traits has it, and an
+/// `Arc<dyn Store>` converts into an `Arc<dyn ChannelStore>` where it is passed.
+pub trait ChannelStore:
+    ConversationStore + KvStore + TaskQueue + crate::lease::LeaseStore + Bus
+{
+}
+
+impl<T> ChannelStore for T where
+    T: ConversationStore + KvStore + TaskQueue + crate::lease::LeaseStore + Bus + ?Sized
+{
+}
+
+/// Key-value data whose changes every server hears of on the [`Bus`]: what a set of records
+/// edited at run time (the rule library's stored rules) keeps in the store. Any type with
+/// both traits has it; an `Arc<dyn Store>` converts where it is passed.
+pub trait SharedKv: KvStore + Bus {}
+
+impl<T: KvStore + Bus + ?Sized> SharedKv for T {}
+
 /// Everything a FlowBot deployment persists, in one object-safe trait so a bot can hold one
-/// `Arc<dyn Store>`. Each backend of `flowbot-store` implements it.
+/// `Arc<dyn Store>`. Each backend of `flowbot-store` implements it; the capability sets
+/// [`ChannelStore`] and [`SharedKv`] come with it.
 #[async_trait]
 pub trait Store:
     ConversationStore
@@ -299,6 +322,8 @@ pub trait Store:
     + crate::workflow::WorkflowStore
     + crate::lease::LeaseStore
     + AuditStore
+    + ChannelStore
+    + SharedKv
 {
     /// A short name of the backend (`sqlite`, `postgres`), for logs and metrics.
     fn backend(&self) -> &'static str;

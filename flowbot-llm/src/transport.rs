@@ -567,7 +567,7 @@ pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
         Duration::from_secs_f64(secs.min(MAX.as_secs_f64()))
     } else {
         let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-        let secs = (at.timestamp() - chrono::Utc::now().timestamp()).max(0);
+        let secs = (at.timestamp() - flowbot_core::clock::now().timestamp()).max(0);
         Duration::from_secs(u64::try_from(secs).ok()?)
     };
     Some(after.min(MAX))

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use flowbot_core::{Button, DialogState, Outbound, Turn};
 use regex::Regex;
 #[cfg(feature = "scripts")]
@@ -347,7 +346,7 @@ pub(crate) fn take(
         clear();
         return Ok(Turned::NotMine);
     };
-    let idle = Utc::now()
+    let idle = flowbot_core::clock::now()
         .signed_duration_since(updated)
         .to_std()
         .unwrap_or_default();

@@ -54,7 +54,7 @@ use serde_json::Value;
 pub use command::{CommandInfo, CommandParam};
 pub use compile::{Origin, RuleSet, Source, parse_file, read_dir};
 pub use library::{
-    RULES_NAMESPACE, RULES_TOPIC, RuleEntry, RuleFiles, RuleLibrary, rule_from_json,
+    RULES_NAMESPACE, RULES_TOPIC, Reloads, RuleEntry, RuleFiles, RuleLibrary, rule_from_json,
 };
 pub use route::{Facts, RulesRouter};
 #[cfg(feature = "scripts")]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowbot_core::{CancellationToken, Store};
+use flowbot_core::{CancellationToken, SharedKv};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -47,25 +47,40 @@ pub struct RuleLibrary {
     router: Arc<RulesRouter>,
     plugins: Plugins,
     files: RuleFiles,
-    store: Option<Arc<dyn Store>>,
+    store: Option<Arc<dyn SharedKv>>,
     /// One change at a time in this process.
     writing: tokio::sync::Mutex<()>,
+    /// Reloads by [`watch`](Self::watch): applied, rejected.
+    reloads: [std::sync::atomic::AtomicU64; 2],
+}
+
+/// How many reloads [`RuleLibrary::watch`] made since the library was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reloads {
+    /// Changes put in force.
+    pub applied: u64,
+    /// Changes rejected (the previous rules stayed in force).
+    pub rejected: u64,
 }
 
 impl std::fmt::Debug for RuleLibrary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuleLibrary")
             .field("files", &self.files)
-            .field("store", &self.store.as_ref().map(|s| s.backend()))
+            .field("stored_rules", &self.store.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl RuleLibrary {
-    /// Load the file rules and (with a store) the database's rules, and compile them.
+    /// Load the file rules and (with a store) the database's rules, and compile them. The
+    /// store keeps the rules stored through [`create`](Self::create) and [`update`](Self::update) in its key-value data and
+    /// tells every server of a change on its bus ([`SharedKv`]; an `Arc<dyn Store>`
+    /// converts).
     pub async fn open(
         files: RuleFiles,
-        store: Option<Arc<dyn Store>>,
+        store: Option<Arc<dyn SharedKv>>,
         plugins: Plugins,
     ) -> Result<Self, Error> {
         let lib = RuleLibrary {
@@ -74,6 +89,7 @@ impl RuleLibrary {
             files,
             store,
             writing: tokio::sync::Mutex::new(()),
+            reloads: Default::default(),
         };
         let set = lib.build(lib.db_rules().await?, None).await?;
         lib.router.replace(set);
@@ -172,7 +188,7 @@ impl RuleLibrary {
             .map(|_| ())
     }
 
-    fn store(&self) -> Result<&Arc<dyn Store>, Error> {
+    fn store(&self) -> Result<&Arc<dyn SharedKv>, Error> {
         self.store
             .as_ref()
             .ok_or_else(|| Error::Invalid("rules can only be stored with a database".into()))
@@ -270,6 +286,16 @@ impl RuleLibrary {
         }
     }
 
+    /// How many reloads [`watch`](Self::watch) made: the server exports them as
+    /// `flowbot_rules_reloads_total{outcome}`.
+    pub fn reloads(&self) -> Reloads {
+        use std::sync::atomic::Ordering::Relaxed;
+        Reloads {
+            applied: self.reloads[0].load(Relaxed),
+            rejected: self.reloads[1].load(Relaxed),
+        }
+    }
+
     /// Reload on changes until `stop`: when a rule file changes (checked every `interval`),
     /// when the database's rules differ from those compiled (checked every `interval` too),
     /// or at once when another process announces a change on the bus. A set that does not
@@ -331,6 +357,8 @@ impl RuleLibrary {
                 Ok(n) => Reload::Applied(n),
                 Err(e) => Reload::Rejected(e),
             };
+            let i = usize::from(matches!(outcome, Reload::Rejected(_)));
+            self.reloads[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             on_reload(&outcome);
         }
     }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use chrono::{Datelike, Utc};
+use chrono::Datelike;
 use flowbot_core::{Classifier, Error as CoreError, Event, Label, Outbound, Reply, Router, Turn};
 #[cfg(feature = "scripts")]
 use rhai::{Dynamic, Scope};
@@ -291,7 +291,7 @@ fn eval(c: &Cond, f: &Facts<'_>, b: &mut Bindings) -> Result<Outcome, String> {
             .is_some_and(|s| v.iter().any(|r| s.has_role(r)))),
         Cond::Event(kinds) => yes(f.kind().is_some_and(|k| kinds.contains(&k))),
         Cond::Time(w) => {
-            let now = Utc::now().with_timezone(&w.tz);
+            let now = flowbot_core::clock::now().with_timezone(&w.tz);
             let t = now.time();
             let day_ok = w.days.is_empty() || w.days.contains(&now.weekday());
             let time_ok = match (w.from, w.to) {

@@ -13,7 +13,7 @@ pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
+    flowbot_core::clock::now().timestamp_millis()
 }
 
 /// Milliseconds in `ttl`, for expiry times.

@@ -175,7 +175,7 @@ nodes:
 pub(crate) async fn a_node_waits_as_long_as_its_service_asks(store: Arc<dyn Store>) {
     let env = start(store.clone(), Arc::default());
     apply(&env.engine, BUSY).await;
-    let started = chrono::Utc::now();
+    let started = flowbot_core::clock::now();
     env.engine
         .start("busy", json!({}), json!({}))
         .await
@@ -273,7 +273,15 @@ pub(crate) async fn failures_retry_then_fail_the_run_and_retry_resumes(store: Ar
         .unwrap();
     let failed = wait_final(&env.engine, &race.id).await;
     assert_eq!(failed.status, RunStatus::Failed);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The slow branch started before the other failed (`after`) and is held at its gate
+    // until now; its result is the next thing the engine records.
+    let mut changes = env.engine.changes();
+    changes.borrow_and_update();
+    env.probe.gate.notify_one();
+    tokio::time::timeout(Duration::from_secs(30), changes.changed())
+        .await
+        .expect("the slow branch's late result was recorded")
+        .expect("the engine lives");
     let s = node_status(&env.engine.run(&race.id).await.unwrap().unwrap());
     assert_eq!(s["fast_fail"], NodeStatus::Failed);
     assert_eq!(s["slow"], NodeStatus::Cancelled, "{s:?}");
@@ -296,8 +304,8 @@ const RACE: &str = r#"
 name: race
 nodes:
   - { id: go, join: all }
-  - { id: fast_fail, action: probe, with: { key: "ff-{{ run.id }}", fail_first: 9 }, retry: { max_attempts: 1 } }
-  - { id: slow, action: probe, with: { key: "slow-{{ run.id }}", sleep_ms: 200 } }
+  - { id: fast_fail, action: probe, with: { key: "ff-{{ run.id }}", fail_first: 9, after: "slow-{{ run.id }}" }, retry: { max_attempts: 1 } }
+  - { id: slow, action: probe, with: { key: "slow-{{ run.id }}", gated: true } }
   - { id: after, action: log, with: { message: never } }
 edges: [ { from: go, to: fast_fail }, { from: go, to: slow }, { from: slow, to: after } ]
 "#;

@@ -28,20 +28,12 @@ pub(crate) async fn cron_and_event_triggers_start_runs(store: Arc<dyn Store>) {
         .start("publisher", json!({}), json!({}))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let calls = probe.calls.lock().unwrap().clone();
-        if calls.get("triggered-ada") == Some(&1)
-            && calls.get("triggered-cron").is_some_and(|c| *c >= 2)
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "triggers did not fire: {calls:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    probe
+        .until("triggers did not fire", |calls| {
+            calls.get("triggered-ada") == Some(&1)
+                && calls.get("triggered-cron").is_some_and(|c| *c >= 2)
+        })
+        .await;
     let runs = env
         .engine
         .runs(&RunFilter {
@@ -256,16 +248,13 @@ pub(crate) async fn wait_nodes_continue_on_their_event_or_time_out(store: Arc<dy
         .start("approval", json!({"amount": 12.5}), json!({}))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while node_status(&env.engine.run(&run.id).await.unwrap().unwrap()).get("decision")
-        != Some(&NodeStatus::Running)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run never waited"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let waiting = env.engine.wait_for(&run.id, |d| {
+        node_status(d).get("decision") == Some(&NodeStatus::Running)
+    });
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the run waits")
+        .unwrap();
     publish(&env.engine, &run.id, "approve").await;
     let done = wait_final(&env.engine, &run.id).await;
     assert_eq!(done.status, RunStatus::Completed, "{done:#?}");

@@ -371,7 +371,7 @@ pub async fn guard(
         && (change || failed_auth)
     {
         let event = flowbot_core::store::AuditEvent {
-            at: Utc::now(),
+            at: flowbot_core::clock::now(),
             subject: identity.as_ref().map(|i| i.subject.clone()),
             role: identity.as_ref().map(|i| i.role.name().to_owned()),
             method: method.to_string(),

@@ -20,7 +20,8 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -267,7 +268,7 @@ impl Sessions {
             self.forget(&key).await;
             return Ok(None);
         };
-        if session.expires_at <= Utc::now() {
+        if session.expires_at <= flowbot_core::clock::now() {
             self.forget(&key).await;
             return Ok(None);
         }
@@ -338,7 +339,7 @@ impl Sessions {
         email: Option<String>,
     ) -> Result<(String, Session), Problem> {
         let id = random_hex(32)?;
-        let now = Utc::now();
+        let now = flowbot_core::clock::now();
         let session = Session {
             subject,
             role,
@@ -365,7 +366,7 @@ impl Sessions {
 
     /// Remove the sessions and sign-ins under way that have expired; how many.
     pub async fn prune(&self) -> Result<usize, flowbot_core::StoreError> {
-        let now = Utc::now();
+        let now = flowbot_core::clock::now();
         let mut removed = 0;
         for namespace in [SESSIONS, LOGINS] {
             for (key, value) in self.store.kv_list(namespace).await? {
@@ -712,7 +713,8 @@ async fn start(o: &Oidc, req: &axum::http::request::Parts) -> Result<Response, P
         pkce_verifier: verifier.secret().clone(),
         nonce: nonce.secret().clone(),
         return_to,
-        expires_at: Utc::now() + chrono::Duration::seconds(LOGIN_TTL.as_secs() as i64),
+        expires_at: flowbot_core::clock::now()
+            + chrono::Duration::seconds(LOGIN_TTL.as_secs() as i64),
     };
     let value = serde_json::to_value(&pending).map_err(|e| {
         Problem::new(
@@ -828,7 +830,7 @@ async fn finish(o: &Oidc, req: &axum::http::request::Parts) -> Result<Response, 
     let pending = stored
         .filter(|_| removed)
         .and_then(|v| serde_json::from_value::<Pending>(v).ok())
-        .filter(|p| p.expires_at > Utc::now())
+        .filter(|p| p.expires_at > flowbot_core::clock::now())
         .ok_or_else(|| {
             Problem::bad_request(
                 "this sign-in has expired or was already used: start again at /auth/login",

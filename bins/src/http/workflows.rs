@@ -270,7 +270,7 @@ pub(super) async fn analytics(
 ) -> ApiResult<Value> {
     let name = path(p)?;
     let q = query(q)?;
-    let now = Utc::now();
+    let now = flowbot_core::clock::now();
     let until = time("until", q.until.as_deref(), now)?;
     let day_before = until
         .checked_sub_signed(chrono::Duration::hours(24))
@@ -415,7 +415,7 @@ pub(super) async fn trigger_hook(
             secret,
             header,
             &body,
-            Utc::now().timestamp(),
+            flowbot_core::clock::now().timestamp(),
             REPLAY_WINDOW,
         )
         .map_err(|e| unauthorized(e.to_string()))?;

@@ -311,10 +311,12 @@ async fn socket(
     use axum::extract::ws::Message;
     use futures_util::{SinkExt, StreamExt};
     ws.on_upgrade(move |socket| async move {
+        let (mut tx, mut rx) = socket.split();
+        // Subscribed before it counts as open, so an envelope sent once a test sees the
+        // socket open reaches it.
+        let mut envelopes = fake.envelopes.subscribe();
         fake.opened
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let (mut tx, mut rx) = socket.split();
-        let mut envelopes = fake.envelopes.subscribe();
         fake.changed.notify_waiters();
         let hello = json!({"type": "hello", "num_connections": 1,
             "connection_info": {"app_id": "A1"}, "debug_info": {"host": "fake"}});

@@ -175,7 +175,7 @@ impl Api {
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| crate::retry_after::parse_header(v, chrono::Utc::now()))
+                    .and_then(|v| crate::retry_after::parse_header(v, flowbot_core::clock::now()))
                     .unwrap_or(Duration::from_secs(1));
                 if waited < 2 && retry_after <= MAX_WAIT {
                     tracing::info!(method, ?retry_after, "Slack rate limit; waiting");

@@ -241,7 +241,7 @@ impl ChatIdentity {
             channel,
             user,
             conversation,
-            chrono::Utc::now().timestamp(),
+            flowbot_core::clock::now().timestamp(),
         )
     }
 
@@ -268,7 +268,7 @@ impl ChatIdentity {
         mac(&self.secret, channel, user, conversation, issued)
             .verify_slice(&signature)
             .map_err(|_| TokenError::BadSignature)?;
-        let now = chrono::Utc::now().timestamp();
+        let now = flowbot_core::clock::now().timestamp();
         if issued > now.saturating_add(FUTURE_SKEW_SECS) {
             return Err(TokenError::FromTheFuture);
         }
@@ -371,7 +371,7 @@ mod tests {
     #[test]
     fn old_and_future_tokens_are_refused() {
         let id = ChatIdentity::new(SECRET).max_age(Duration::from_secs(3600));
-        let now = chrono::Utc::now().timestamp();
+        let now = flowbot_core::clock::now().timestamp();
         let old = sign_token(SECRET, "web", "u1", "c1", now - 7200);
         assert_eq!(id.check("web", &old), Err(TokenError::Expired));
         let recent = sign_token(SECRET, "web", "u1", "c1", now - 60);

@@ -298,7 +298,7 @@ impl Default for CronConfig {
 /// Register (or replace) a schedule in `store`, checking its expression and time zone first.
 pub async fn register_schedule(store: &dyn ScheduleStore, def: &ScheduleDef) -> Result<()> {
     let spec = def.spec()?;
-    let next = spec.next_after(Utc::now())?;
+    let next = spec.next_after(crate::clock::now())?;
     store.upsert_schedule(def, next).await?;
     Ok(())
 }
@@ -352,7 +352,7 @@ pub async fn run_cron(
 ) {
     let mut failures: u32 = 0;
     loop {
-        let wait = match fire_due(store.as_ref(), Utc::now(), config.misfire_grace).await {
+        let wait = match fire_due(store.as_ref(), crate::clock::now(), config.misfire_grace).await {
             Ok(_) => {
                 failures = 0;
                 config.tick

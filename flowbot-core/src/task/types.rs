@@ -394,7 +394,7 @@ impl NewTask {
     /// Start no earlier than `delay` from now (a delay over [`MAX_DELAY`] counts as
     /// [`MAX_DELAY`]).
     pub fn delay(mut self, delay: Duration) -> Self {
-        self.run_at = Some(after(Utc::now(), delay));
+        self.run_at = Some(after(crate::clock::now(), delay));
         self
     }
 

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -597,7 +596,9 @@ async fn run_task(
     permits: Vec<OwnedSemaphorePermit>,
 ) {
     let id = task.id;
-    let waited = (Utc::now() - task.run_at).to_std().unwrap_or_default();
+    let waited = (crate::clock::now() - task.run_at)
+        .to_std()
+        .unwrap_or_default();
     shared.stats.start_delay.observe(waited);
     let started = std::time::Instant::now();
     let task = Arc::new(task);
@@ -670,7 +671,7 @@ async fn record_failure(
             .requested_delay()
             .unwrap_or_else(|| policy.delay(task.attempt));
         // Cut down to MAX_DELAY and saturating: no delay a handler asks for can panic here.
-        super::after(Utc::now(), delay)
+        super::after(crate::clock::now(), delay)
     });
     let failure = Failure {
         id: task.id,
@@ -792,7 +793,7 @@ async fn recovery_loop(shared: Arc<Shared>, stop: CancellationToken) {
         }
         match shared
             .queue
-            .recover_expired(Utc::now(), shared.config.default_max_attempts)
+            .recover_expired(crate::clock::now(), shared.config.default_max_attempts)
             .await
         {
             Ok(0) => {}
@@ -933,7 +934,7 @@ mod tests {
     /// `MAX_DELAY` ahead, never a panic (the old `now + TimeDelta::MAX` overflowed).
     #[test]
     fn retry_times_never_overflow() {
-        let now = Utc::now();
+        let now = crate::clock::now();
         let most = now + chrono::Duration::from_std(super::super::MAX_DELAY).expect("fits");
         for delay in [
             Duration::MAX,
@@ -942,10 +943,10 @@ mod tests {
         ] {
             assert_eq!(super::super::after(now, delay), most);
         }
-        let late = DateTime::<Utc>::MAX_UTC - chrono::Duration::seconds(1);
+        let late = DateTime::<chrono::Utc>::MAX_UTC - chrono::Duration::seconds(1);
         assert_eq!(
             super::super::after(late, Duration::from_secs(3600)),
-            DateTime::<Utc>::MAX_UTC
+            DateTime::<chrono::Utc>::MAX_UTC
         );
     }
 }

@@ -287,7 +287,7 @@ fn literal_until(s: &str) -> Result<(), String> {
     }
     let at = chrono::DateTime::parse_from_rfc3339(s.trim())
         .map_err(|e| format!("'{s}' is not an RFC 3339 time ({e})"))?;
-    let latest = crate::task::after(chrono::Utc::now(), MAX_DELAY);
+    let latest = crate::task::after(crate::clock::now(), MAX_DELAY);
     if at > latest {
         return Err(format!(
             "'{s}' is too far ahead: at most {} (about 10 years) from now",

@@ -280,6 +280,9 @@ pub struct Workflows {
     source: Option<Arc<dyn SecretSource>>,
     attached: OnceLock<(Arc<ActionRegistry>, Arc<Senders>)>,
     cache: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
+    /// Bumped whenever this engine records a node's end or a run's start or cancellation:
+    /// what [`Workflows::wait_for`] wakes on.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Workflows {
@@ -351,6 +354,7 @@ impl Workflows {
             source: None,
             attached: OnceLock::new(),
             cache: Mutex::default(),
+            changed: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -646,8 +650,9 @@ impl Workflows {
             parent,
             max_concurrency: wf.spec().max_concurrency,
         };
-        let start = vec![start_node(&wf, &id, 0, Utc::now())];
+        let start = vec![start_node(&wf, &id, 0, crate::clock::now())];
         let record = self.store.create_run(&run, &start).await?;
+        self.changed();
         tracing::info!(run = %record.id, workflow = name, version = rec.version, status = record.status.as_str(), "workflow run created");
         Ok(record)
     }
@@ -659,6 +664,70 @@ impl Workflows {
         };
         let nodes = self.store.run_nodes(id).await?;
         Ok(Some(RunDetail { run, nodes }))
+    }
+
+    /// Waits until run `id` has ended (completed, failed or cancelled) and returns it.
+    ///
+    /// Woken by every node end this engine records, so a run this process's workers execute
+    /// is seen at once; one that other processes' workers execute is looked at again every
+    /// second. Put a deadline on it with `tokio::time::timeout`.
+    pub async fn finished(&self, id: &str) -> Result<RunRecord, WorkflowError> {
+        Ok(self.wait_for(id, |d| d.run.status.is_final()).await?.run)
+    }
+
+    /// Waits until `until` holds for run `id` (its record and node timeline) and returns what
+    /// it held for: a node waiting for an event, a node failed once… Woken as
+    /// [`finished`](Self::finished) is.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        mut until: impl FnMut(&RunDetail) -> bool,
+    ) -> Result<RunDetail, WorkflowError> {
+        /// How often a run is looked at again when nothing in this process changed.
+        const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+        let mut changes = self.changed.subscribe();
+        loop {
+            // Marked seen before the read, so a change during it wakes the next wait.
+            changes.borrow_and_update();
+            let detail = self
+                .run(id)
+                .await?
+                .ok_or_else(|| WorkflowError::NotFound(format!("there is no run '{id}'")))?;
+            if until(&detail) {
+                return Ok(detail);
+            }
+            // The sender lives as long as `self`, so `changed` only ends by the timeout.
+            let _ = tokio::time::timeout(RECHECK, changes.changed()).await;
+        }
+    }
+
+    /// A receiver marked changed whenever this engine records a node's end (completed,
+    /// waiting, failed, or a late result ignored) or starts or cancels a run: what
+    /// [`wait_for`](Self::wait_for) wakes on, for waits of your own.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Wakes [`wait_for`](Self::wait_for).
+    fn changed(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Records a node's end in the store and wakes [`wait_for`](Self::wait_for).
+    async fn finish_node(
+        &self,
+        run: &str,
+        node: &str,
+        attempt: u32,
+        result: &NodeResult,
+        plan: &(dyn for<'r> Fn(&'r RunRecord, &'r [NodeRecord]) -> Plan + Send + Sync),
+    ) -> Result<FinishOutcome, StoreError> {
+        let outcome = self
+            .store
+            .finish_node(run, node, attempt, result, plan)
+            .await;
+        self.changed();
+        outcome
     }
 
     /// Runs, newest first.
@@ -673,6 +742,7 @@ impl Workflows {
             .cancel_run(id)
             .await?
             .ok_or_else(|| WorkflowError::NotFound(format!("there is no run '{id}'")))?;
+        self.changed();
         // Children: sub-workflow nodes record their child run in their input.
         for n in self.store.run_nodes(id).await? {
             if let Some(child) = n
@@ -703,7 +773,7 @@ impl Workflows {
             )));
         }
         let wf = self.workflow(&run.workflow, run.version).await?;
-        let now = Utc::now();
+        let now = crate::clock::now();
         let restart: Vec<StartNode> = self
             .store
             .run_nodes(id)

@@ -39,7 +39,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use flowbot_core::llm::{
     Answer, Ask, Assistant, ChatMessage, ChatModel, ChatRequest, CompletionBuilder, ModelErrorKind,
     StreamEvent, ToolCall, ToolResult, ToolSpec, Usage,
@@ -358,7 +357,7 @@ async fn overtaken() {
 }
 
 fn today() -> String {
-    Utc::now().format("%Y-%m-%d").to_string()
+    flowbot_core::clock::now().format("%Y-%m-%d").to_string()
 }
 
 /// The answer to an approval click: `(approve?, run, call)`.
@@ -642,7 +641,7 @@ impl Agent {
             }
         }
         let messages = prepared.messages;
-        let now = Utc::now();
+        let now = flowbot_core::clock::now();
         let mut run = RunState {
             id: id.to_owned(),
             status: RunStatus::Running,
@@ -1167,7 +1166,7 @@ impl Agent {
         };
         if let Some(record) = run.calls.get_mut(&result.call_id) {
             record.result = Some(result.clone());
-            record.finished_at = Some(Utc::now());
+            record.finished_at = Some(flowbot_core::clock::now());
         }
         run.messages.push(ChatMessage::Tool(result));
         runs.save(run).await?;

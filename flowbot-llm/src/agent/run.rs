@@ -168,7 +168,7 @@ impl Runs {
 
     /// Checkpoint a run.
     pub async fn save(&self, run: &mut RunState) -> Result<(), StoreError> {
-        run.updated_at = Utc::now();
+        run.updated_at = flowbot_core::clock::now();
         let Some(store) = &self.store else {
             return Ok(());
         };

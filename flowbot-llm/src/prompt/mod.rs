@@ -518,7 +518,7 @@ impl PromptLibrary {
         content: PromptContent,
         meta: VersionMeta,
     ) -> Result<Put, PromptError> {
-        self.put_at(name, content, meta, Utc::now())
+        self.put_at(name, content, meta, flowbot_core::clock::now())
     }
 
     /// [`put`](PromptLibrary::put) with the version's creation time given.

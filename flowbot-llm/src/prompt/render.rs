@@ -72,7 +72,7 @@ impl PromptContext {
             slots: Map::new(),
             vars: Map::new(),
             context: Vec::new(),
-            now: Utc::now(),
+            now: flowbot_core::clock::now(),
         }
     }
 

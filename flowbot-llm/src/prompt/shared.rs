@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use chrono::Utc;
 use flowbot_core::store::KvStore;
 use serde_json::{Value, json};
 
@@ -178,7 +177,7 @@ impl SharedPrompts {
             kv.kv_set(
                 FILES_NAMESPACE,
                 name,
-                &json!({ "hash": content.hash, "version": put.version, "applied_at": Utc::now() }),
+                &json!({ "hash": content.hash, "version": put.version, "applied_at": flowbot_core::clock::now() }),
             )
             .await?;
             tracing::info!(prompt = %name, version = put.version, created = put.created, "prompt file applied");
@@ -258,7 +257,7 @@ async fn write_revision(kv: &dyn KvStore) -> Result<(), PromptError> {
     kv.kv_set(
         REVISION_NAMESPACE,
         REVISION_KEY,
-        &json!({ "revision": revision, "at": Utc::now() }),
+        &json!({ "revision": revision, "at": flowbot_core::clock::now() }),
     )
     .await?;
     Ok(())

@@ -149,14 +149,17 @@ pub async fn lease_expiry_and_recovery(store: Arc<dyn Store>) {
     assert_eq!(claimed.len(), 1);
     // Not expired yet: nothing to recover, nobody else can claim it.
     assert_eq!(
-        store.recover_expired(Utc::now(), 5).await.expect("recover"),
+        store
+            .recover_expired(flowbot_core::clock::now(), 5)
+            .await
+            .expect("recover"),
         0
     );
     assert!(claim(store.as_ref(), "w2", &k, 10, LEASE).await.is_empty());
     recovered_once(store.as_ref(), "the crashed worker's lease expires").await;
     assert_eq!(
         store
-            .recover_expired(Utc::now(), 5)
+            .recover_expired(flowbot_core::clock::now(), 5)
             .await
             .expect("recover again"),
         0
@@ -285,7 +288,11 @@ pub async fn a_stale_release_changes_nothing(store: Arc<dyn Store>) {
 async fn recovered_once(store: &dyn Store, what: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match store.recover_expired(Utc::now(), 5).await.expect("recover") {
+        match store
+            .recover_expired(flowbot_core::clock::now(), 5)
+            .await
+            .expect("recover")
+        {
             0 => {}
             1 => return,
             n => panic!("{what}: {n} tasks recovered, one expected"),
@@ -303,7 +310,7 @@ pub async fn retries_and_backoff(store: Arc<dyn Store>) {
     let k = kinds(&["noop"]);
     let id = store.enqueue(&task("noop", 1)).await.expect("enqueue").id();
     let t = claim(store.as_ref(), "w", &k, 10, LEASE).await.remove(0);
-    let retry_at = Utc::now() + chrono::Duration::milliseconds(400);
+    let retry_at = flowbot_core::clock::now() + chrono::Duration::milliseconds(400);
     let f = Failure {
         id,
         attempt: t.attempt,
@@ -450,7 +457,7 @@ pub async fn per_key_serialisation(store: Arc<dyn Store>) {
         id: a2,
         attempt: 1,
         error: "x".into(),
-        retry_at: Some(Utc::now()),
+        retry_at: Some(flowbot_core::clock::now()),
     };
     store.fail("w2", &f).await.expect("fail");
     let got = claimed_ids(store.as_ref(), "w3", &k, LEASE).await;
@@ -473,7 +480,10 @@ pub async fn per_key_serialisation(store: Arc<dyn Store>) {
     assert_eq!(claimed_ids(store.as_ref(), "w5", &k, short).await, [c1]);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
-        store.recover_expired(Utc::now(), 5).await.expect("recover"),
+        store
+            .recover_expired(flowbot_core::clock::now(), 5)
+            .await
+            .expect("recover"),
         1
     );
     assert_eq!(claimed_ids(store.as_ref(), "w6", &k, LEASE).await, [c1]);
@@ -611,7 +621,7 @@ pub async fn schedules_fire_once_with_concurrent_workers(
     // Pause, list, delete.
     assert!(
         store
-            .set_schedule_paused("every-minute", true, Utc::now())
+            .set_schedule_paused("every-minute", true, flowbot_core::clock::now())
             .await
             .expect("pause")
     );
@@ -783,7 +793,7 @@ pub async fn admin_listing_cancel_and_purge(store: Arc<dyn Store>) {
     assert!(matches!(e, StoreError::Invalid(_)));
 
     let purged = store
-        .purge_finished(Utc::now() + chrono::Duration::seconds(1))
+        .purge_finished(flowbot_core::clock::now() + chrono::Duration::seconds(1))
         .await
         .expect("purge");
     assert_eq!(purged, 2, "done and cancelled");

@@ -459,7 +459,7 @@ impl WorkflowStore for PostgresStore {
         };
         // The reads ran beside the update: show this node as the update left it.
         let mut nodes = nodes;
-        let now = chrono::Utc::now();
+        let now = flowbot_core::clock::now();
         match nodes.iter_mut().find(|n| n.node == node) {
             Some(n) => {
                 n.status = NodeStatus::Running;

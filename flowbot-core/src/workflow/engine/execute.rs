@@ -72,7 +72,7 @@ impl Workflows {
                     }
                     // A chained task fails the way the pool would fail it: back to the queue,
                     // due after that delay.
-                    let retry_at = delay.map(|d| crate::task::after(Utc::now(), d));
+                    let retry_at = delay.map(|d| crate::task::after(crate::clock::now(), d));
                     let failure = crate::task::Failure {
                         id: current.task,
                         attempt: current.attempt,
@@ -237,7 +237,6 @@ impl Workflows {
             plan
         };
         let outcome = self
-            .store
             .finish_node(&run.id, &current.node, current.attempt, &result, &planner)
             .await
             .map_err(TaskError::from)?;
@@ -364,7 +363,7 @@ impl Workflows {
                 output: json!({ "waited_ms": d.as_millis() as u64 }),
             }),
             Kind::Until(u) => {
-                let now = Utc::now();
+                let now = crate::clock::now();
                 let at = until(u, &cx, now).map_err(|e| (None, e))?;
                 if at > crate::task::after(now, std::time::Duration::from_millis(50)) {
                     // Delivered early (a retried task): come back at the time.

@@ -58,7 +58,7 @@ pub(super) enum EdgeState {
 /// What to do after a node finished: start the nodes that became ready, skip those no taken
 /// edge can reach, end the run when nothing is left.
 pub(super) fn plan(wf: &Workflow, run: &RunRecord, rows: &[NodeRecord], secrets: &Secrets) -> Plan {
-    let now = Utc::now();
+    let now = crate::clock::now();
     let mut plan = Plan::default();
     if let Some(failed) = rows.iter().find(|r| r.status == NodeStatus::Failed) {
         plan.end = Some(RunEnd {

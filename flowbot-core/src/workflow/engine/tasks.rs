@@ -80,8 +80,7 @@ impl Workflows {
             input,
             output: redacted(output, &secrets),
         };
-        self.store
-            .finish_node(run_id, node, row.attempt, &result, &planner)
+        self.finish_node(run_id, node, row.attempt, &result, &planner)
             .await?;
         Ok(())
     }
@@ -188,7 +187,7 @@ impl Workflows {
             return Ok(());
         }
         let wf = self.workflow(&run.workflow, run.version).await?;
-        let start = vec![start_node(&wf, id, 0, Utc::now())];
+        let start = vec![start_node(&wf, id, 0, crate::clock::now())];
         self.store.start_queued_run(id, &start).await?;
         Ok(())
     }
@@ -237,8 +236,7 @@ impl Workflows {
         let wf = self.workflow(&parent.workflow, parent.version).await?;
         let secrets = self.secrets().await?;
         let planner = self.planner(&wf, &secrets);
-        self.store
-            .finish_node(&t.run, &t.node, row.attempt, &result, &planner)
+        self.finish_node(&t.run, &t.node, row.attempt, &result, &planner)
             .await?;
         Ok(())
     }

@@ -384,7 +384,7 @@ pub async fn run_listing_and_timings(store: Arc<dyn Store>) {
     })
     .await;
     let since = alpha[0].created_at;
-    let far = Utc::now() + chrono::Duration::hours(1);
+    let far = flowbot_core::clock::now() + chrono::Duration::hours(1);
     let (runs, node_times) = store
         .run_timings("alpha", since, far)
         .await
