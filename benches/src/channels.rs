@@ -131,13 +131,21 @@ impl Adapter {
                 (format!("/hooks/tailchat/tc?token={TC_TOKEN}"), body, vec![])
             }
             Adapter::Discord => {
-                let body = json!({"id": format!("{}", 1_000_000 + n), "application_id": "4242", "type": 2,
+                // A complete interaction, as Discord sends it (serenity's model decodes it).
+                let member = json!({"user": {"id": format!("{}", 42 + n % 100), "username": "ada",
+                        "discriminator": "0", "global_name": null, "avatar": null},
+                    "roles": [], "joined_at": "2026-01-01T00:00:00.000000+00:00", "deaf": false,
+                    "mute": false, "flags": 0, "permissions": "0"});
+                let body =
+                    json!({"id": format!("{}", 1_000_000 + n), "application_id": "4242", "type": 2,
                     "token": format!("bench-token-{n}"), "version": 1, "guild_id": "777",
-                    "channel_id": format!("{}", 500 + n % 100),
-                    "member": {"user": {"id": format!("{}", 42 + n % 100), "username": "ada"}, "roles": [], "permissions": "0"},
+                    "channel_id": format!("{}", 500 + n % 100), "member": member,
+                    "app_permissions": "0", "locale": "en-US", "guild_locale": "en-US",
+                    "entitlements": [], "authorizing_integration_owners": {"0": "777"},
+                    "context": 0, "attachment_size_limit": 10_485_760,
                     "data": {"id": "1", "name": "echo", "type": 1,
                              "options": [{"name": "text", "type": 3, "value": "benchmark"}]}})
-                .to_string();
+                    .to_string();
                 let sig = discord_key().sign(format!("{now}{body}").as_bytes());
                 (
                     "/hooks/discord/dc/interactions".into(),

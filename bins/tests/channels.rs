@@ -497,12 +497,16 @@ impl Platform for DiscordUser {
     fn user(&self) -> &str {
         "42"
     }
+    /// A channel id as Discord gives them: a numeric snowflake, one per name and way in.
     fn conversation(&self, name: &str) -> String {
-        if self.gateway {
-            format!("G-{name}")
-        } else {
-            format!("D-{name}")
-        }
+        let way = if self.gateway { "gateway" } else { "endpoint" };
+        // FNV-1a of the way and the name, in the range of Discord's snowflakes.
+        let hash = format!("{way}:{name}")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        ((hash >> 5) | 1 << 58).to_string()
     }
     async fn say(&mut self, name: &str, text: &str) {
         let channel = self.conversation(name);

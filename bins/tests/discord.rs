@@ -13,6 +13,9 @@ use flowbot_server::config::DiscordSettings;
 use harness::{Server, problem, start_with};
 use serde_json::{Value, json};
 
+/// The server channel commands are used in (a numeric snowflake, as Discord's ids are).
+const C1: &str = "1100000000000000001";
+
 fn entry(fake: &FakeDiscord) -> DiscordSettings {
     DiscordSettings::interactions_only(BOT_TOKEN.into(), APP_ID.into(), public_key(), fake.api())
 }
@@ -69,6 +72,11 @@ async fn commands_and_clicks_are_verified_and_answered() {
         interact(&server, &json!({"type": 1})).await,
         json!({"type": 1})
     );
+    // An interaction type newer than Discord's model here: acknowledged, not an event.
+    assert_eq!(
+        interact(&server, &json!({"type": 99, "id": "1", "token": "t"})).await,
+        json!({"type": 6})
+    );
     let body = json!({"type": 1}).to_string();
     let mut forged = reqwest::Client::new()
         .post(format!("{}/hooks/discord/dc/interactions", server.base))
@@ -93,23 +101,51 @@ async fn commands_and_clicks_are_verified_and_answered() {
         422,
     )
     .await;
+    // Interactions Discord's model does not describe: no token, a channel id that is not a
+    // snowflake, a member without a user, a type as a string, not an object.
+    let (id, token) = discord.interaction(C1);
+    let complete = command(&id, &token, C1, "echo", &[("text", "x")]);
+    let mut broken = Vec::new();
+    for (field, value) in [
+        ("token", Value::Null),
+        ("channel_id", json!("general")),
+        (
+            "member",
+            json!({"roles": [], "deaf": false, "mute": false, "flags": 0}),
+        ),
+        ("type", json!("2")),
+    ] {
+        let mut i = complete.clone();
+        i[field] = value;
+        broken.push(i);
+    }
+    broken.push(json!([complete]));
+    for body in broken {
+        let p = problem(post(&server, &body.to_string(), now).await, 422).await;
+        assert!(
+            p["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("invalid interaction: ")),
+            "{p}"
+        );
+    }
 
     // A command: acknowledged at once, the reply replaces the deferred response. Discord
     // delivering it again changes nothing.
-    let (id, token) = discord.interaction("C1");
-    let echo = command(&id, &token, "C1", "echo", &[("text", "hello Discord")]);
+    let (id, token) = discord.interaction(C1);
+    let echo = command(&id, &token, C1, "echo", &[("text", "hello Discord")]);
     assert_eq!(interact(&server, &echo).await, json!({"type": 5}));
     assert_eq!(interact(&server, &echo).await, json!({"type": 5}));
-    let sent = discord.wait_for("C1", "hello Discord").await;
+    let sent = discord.wait_for(C1, "hello Discord").await;
     assert_eq!(sent.via, "original");
     assert_eq!(sent.body["allowed_mentions"], json!({"parse": []}));
 
     // Buttons: the dialog's choices as an action row; a click is acknowledged and answered
     // with a follow-up (after a 429, waited out).
-    let (id, token) = discord.interaction("C1");
-    interact(&server, &command(&id, &token, "C1", "feedback", &[])).await;
+    let (id, token) = discord.interaction(C1);
+    interact(&server, &command(&id, &token, C1, "feedback", &[])).await;
     let ask = discord
-        .wait_for("C1", "How would you rate this demo, from 1 to 5?")
+        .wait_for(C1, "How would you rate this demo, from 1 to 5?")
         .await;
     let ids: Vec<&str> = ask.body["components"][0]["components"]
         .as_array()
@@ -119,19 +155,19 @@ async fn commands_and_clicks_are_verified_and_answered() {
         .collect();
     assert_eq!(ids, ["1", "2", "3", "4", "5"]);
     discord.rate_limit_once();
-    let (id, token) = discord.interaction("C1");
+    let (id, token) = discord.interaction(C1);
     assert_eq!(
-        interact(&server, &click(&id, &token, "C1", "5")).await,
+        interact(&server, &click(&id, &token, C1, "5")).await,
         json!({"type": 6})
     );
     let answer = discord
-        .wait_for("C1", "Glad you like it! Anything to add?")
+        .wait_for(C1, "Glad you like it! Anything to add?")
         .await;
     assert_eq!(answer.via, "followup");
 
     assert_eq!(
         discord
-            .sent_to("C1")
+            .sent_to(C1)
             .iter()
             .filter(|s| s.body["content"] == "hello Discord")
             .count(),

@@ -15,10 +15,17 @@ mod harness;
 
 use std::time::Duration;
 
-use fake::{APP_ID, BOT_TOKEN, BOT_USER, FakeDiscord, GUILD, SYSTEM_CHANNEL, message};
+use fake::{APP_ID, BOT_TOKEN, FakeDiscord, SYSTEM_CHANNEL, message};
 use flowbot_server::config::DiscordSettings;
 use harness::{Server, start_with};
 use serde_json::json;
+
+/// Channels of the server (ids as Discord gives them: numeric snowflakes).
+const C1: &str = "1200000000000000001";
+const C2: &str = "1200000000000000002";
+const C3: &str = "1200000000000000003";
+const F1: &str = "1200000000000000004";
+const L1: &str = "1200000000000000005";
 
 const RULES: &str = r#"
 [[rule]]
@@ -87,81 +94,75 @@ async fn the_gateway_session_carries_messages_commands_joins_and_reactions() {
     until("two heartbeats", || discord.heartbeats() >= 2).await;
 
     // A message, answered as a reply to it.
-    discord.dispatch(0, "MESSAGE_CREATE", message("7001", "C1", "/echo hi there"));
-    let reply = discord.wait_for("C1", "hi there").await;
+    discord.dispatch(0, "MESSAGE_CREATE", message("7001", C1, "/echo hi there"));
+    let reply = discord.wait_for(C1, "hi there").await;
     assert_eq!(reply.via, "channel");
     assert_eq!(reply.body["message_reference"]["message_id"], "7001");
 
     // The bot's own message is not an event (no echo of an echo).
-    let mut own = message("7002", "C1", "/echo loop");
-    own["author"] = json!({"id": BOT_USER, "username": "flowbot", "bot": true});
+    let mut own = message("7002", C1, "/echo loop");
+    own["author"] = fake::bot_user();
     discord.dispatch(0, "MESSAGE_CREATE", own);
     // Without the Message Content intent a server message has no text: nothing to answer.
-    discord.dispatch(0, "MESSAGE_CREATE", message("7003", "C1", ""));
+    discord.dispatch(0, "MESSAGE_CREATE", message("7003", C1, ""));
 
     // An edit is an event of its own (its text, not a command run again); an update that
     // edits nothing (an embed resolved) is not.
-    let mut edit = message("7001", "C1", "/echo hi again");
+    let mut edit = message("7001", C1, "/echo hi again");
     edit["edited_timestamp"] = "2026-11-22T10:00:05.000000+00:00".into();
     discord.dispatch(0, "MESSAGE_UPDATE", edit);
     discord
-        .wait_for("C1", "msg:7001 now reads: /echo hi again")
+        .wait_for(C1, "msg:7001 now reads: /echo hi again")
         .await;
-    discord.dispatch(0, "MESSAGE_UPDATE", message("7001", "C1", "/echo hi again"));
+    discord.dispatch(0, "MESSAGE_UPDATE", message("7001", C1, "/echo hi again"));
     // A later update of the edited message (an embed resolved) keeps its edit time: not an
     // edit again.
-    let mut embed = message("7001", "C1", "/echo hi again");
+    let mut embed = message("7001", C1, "/echo hi again");
     embed["edited_timestamp"] = "2026-11-22T10:00:05.000000+00:00".into();
     embed["embeds"] = json!([{"type": "link", "url": "https://example.com"}]);
     discord.dispatch(0, "MESSAGE_UPDATE", embed);
 
     // A slash command over the gateway: acknowledged with a deferred response (type 5), and
     // the reply replaces it.
-    let (id, token) = discord.interaction("C2");
+    let (id, token) = discord.interaction(C2);
     discord.dispatch(
         0,
         "INTERACTION_CREATE",
-        fake::command(&id, &token, "C2", "pick", &[]),
+        fake::command(&id, &token, C2, "pick", &[]),
     );
-    let ask = discord.wait_for("C2", "Which?").await;
+    let ask = discord.wait_for(C2, "Which?").await;
     assert_eq!(ask.via, "original");
     assert!(discord.callbacks().contains(&(id, 5)));
-    let (id, token) = discord.interaction("C2");
-    discord.dispatch(0, "INTERACTION_CREATE", fake::click(&id, &token, "C2", "a"));
-    assert_eq!(discord.wait_for("C2", "picked a").await.via, "followup");
+    let (id, token) = discord.interaction(C2);
+    discord.dispatch(0, "INTERACTION_CREATE", fake::click(&id, &token, C2, "a"));
+    assert_eq!(discord.wait_for(C2, "picked a").await.via, "followup");
     assert!(discord.callbacks().contains(&(id, 6)));
     // A select menu: the options chosen.
-    let (id, token) = discord.interaction("C2");
-    let mut select = fake::click(&id, &token, "C2", "menu");
+    let (id, token) = discord.interaction(C2);
+    let mut select = fake::click(&id, &token, C2, "menu");
     select["data"] = json!({"custom_id": "menu", "component_type": 3, "values": ["b", "c"]});
     discord.dispatch(0, "INTERACTION_CREATE", select);
-    discord.wait_for("C2", "picked b,c").await;
+    discord.wait_for(C2, "picked b,c").await;
 
     // A member joins: welcomed in the server's system channel (from GUILD_CREATE).
     discord.dispatch(
         0,
         "GUILD_MEMBER_ADD",
-        json!({"guild_id": GUILD, "user": {"id": "43", "username": "bob"},
-            "roles": [], "joined_at": "2026-11-22T10:00:00.000000+00:00", "deaf": false, "mute": false}),
+        fake::member_add(fake::user("43", "bob", None)),
     );
     discord.wait_for(SYSTEM_CHANNEL, "Welcome, bob!").await;
 
     // A reaction, with the member who reacted.
-    discord.dispatch(
-        0,
-        "MESSAGE_REACTION_ADD",
-        json!({"user_id": "42", "channel_id": "C3", "message_id": "7001", "guild_id": GUILD,
-            "emoji": {"id": null, "name": "👍"}, "member": {"user": {"id": "42", "username": "ada"}}}),
-    );
-    discord.wait_for("C3", "Thanks for the 👍").await;
+    discord.dispatch(0, "MESSAGE_REACTION_ADD", fake::reaction(C3, "7001", "👍"));
+    discord.wait_for(C3, "Thanks for the 👍").await;
 
     assert!(
         discord
-            .sent_to("C1")
+            .sent_to(C1)
             .iter()
             .all(|s| s.body["content"] != "loop"),
         "{:?}",
-        discord.sent_to("C1")
+        discord.sent_to(C1)
     );
     let metrics = common::metrics(&server.base).await;
     assert!(
@@ -174,6 +175,8 @@ async fn the_gateway_session_carries_messages_commands_joins_and_reactions() {
             ),
         "{metrics}"
     );
+    // Every dispatch above is one Discord sends: serenity's model decodes each of them.
+    assert!(!metrics.contains("reason=\"malformed"), "{metrics}");
     server.stop().await;
 }
 
@@ -188,7 +191,7 @@ async fn gateway_faults_are_counted_and_survived() {
         discord.dispatch(
             0,
             "MESSAGE_CREATE",
-            message(&format!("{}", 8000 + n), "F1", &format!("/echo {text}")),
+            message(&format!("{}", 8000 + n), F1, &format!("/echo {text}")),
         );
     };
 
@@ -197,12 +200,12 @@ async fn gateway_faults_are_counted_and_survived() {
     discord.dispatch(
         0,
         "MESSAGE_CREATE",
-        json!({"id": "8100", "channel_id": "F1", "content": "no author"}),
+        json!({"id": "8100", "channel_id": F1, "content": "no author"}),
     );
     discord.dispatch(0, "BRAND_NEW_EVENT", json!({"x": 1}));
     discord.send_raw(0, r#"{"op": 99, "d": null}"#);
     echo("still here");
-    discord.wait_for("F1", "still here").await;
+    discord.wait_for(F1, "still here").await;
     let metrics = common::metrics(&server.base).await;
     for reason in [
         "gateway frame not JSON",
@@ -224,7 +227,7 @@ async fn gateway_faults_are_counted_and_survived() {
     // what was dispatched meanwhile arrives.
     discord.send_raw(0, r#"{"op": 7, "d": null}"#);
     echo("after reconnect");
-    discord.wait_for("F1", "after reconnect").await;
+    discord.wait_for(F1, "after reconnect").await;
     until("a resume", || discord.resumes().len() == 1).await;
     let (session, seq) = discord.resumes()[0].clone();
     assert_eq!(session, "session-1");
@@ -240,14 +243,14 @@ async fn gateway_faults_are_counted_and_survived() {
     .await;
     discord.silence_heartbeats(false);
     echo("after zombie");
-    discord.wait_for("F1", "after zombie").await;
+    discord.wait_for(F1, "after zombie").await;
 
     // The session is invalidated (op 9, not resumable): the shard identifies anew.
     discord.send_raw(0, r#"{"op": 9, "d": false}"#);
     until("a second identify", || discord.identifies().len() == 2).await;
     discord.wait_connected(0).await;
     echo("new session");
-    discord.wait_for("F1", "new session").await;
+    discord.wait_for(F1, "new session").await;
 
     // Each message was answered once.
     for text in [
@@ -257,7 +260,7 @@ async fn gateway_faults_are_counted_and_survived() {
         "new session",
     ] {
         let n = discord
-            .sent_to("F1")
+            .sent_to(F1)
             .iter()
             .filter(|s| s.body["content"] == text)
             .count();
@@ -276,6 +279,146 @@ async fn gateway_faults_are_counted_and_survived() {
         "{metrics}"
     );
     server.stop().await;
+}
+
+/// An application reads Discord's own fields: each event the gateway stores keeps Discord's
+/// JSON, which `discord::typed` gives back as serenity's event, and FlowBot's fields are
+/// built from the same typed values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_get_serenity_events() {
+    use flowbot_channels::discord::{Discord, model, typed};
+    use flowbot_core::task::{ClaimRequest, DEFAULT_QUEUE, TaskQueue};
+    use flowbot_core::{CancellationToken, Event, Inbox, Role, UserId};
+
+    let discord = FakeDiscord::start().await;
+    let dir = common::TempDir::new("flowbot-discord-typed");
+    let store = std::sync::Arc::new(
+        flowbot_store::SqliteStore::open_in_dir(&dir.0)
+            .await
+            .expect("store"),
+    );
+    let settings = DiscordSettings::gateway_only(BOT_TOKEN.into(), APP_ID.into(), discord.api());
+    let (_, channel) = Discord::new(
+        store.clone(),
+        settings.channel_config("dg").expect("settings"),
+    )
+    .expect("discord");
+    let listener = channel.listener().expect("the gateway").clone();
+    let (inbox, _events) = Inbox::new(8);
+    let shutdown = CancellationToken::new();
+    let listening = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { listener.listen(inbox, shutdown).await }
+    });
+    discord.wait_connected(0).await;
+
+    // A message with a file and a mention, and a slash command.
+    let mut posted = message("7101", C1, "see the chart, <@43>");
+    posted["attachments"] = json!([{"id": "1300000000000000010", "filename": "chart.png",
+        "size": 2048, "url": "https://cdn.discordapp.com/attachments/1/2/chart.png",
+        "proxy_url": "https://media.discordapp.net/attachments/1/2/chart.png",
+        "content_type": "image/png", "height": 64, "width": 64}]);
+    posted["mentions"] = json!([fake::user("43", "bob", None)]);
+    discord.dispatch(0, "MESSAGE_CREATE", posted);
+    let (id, token) = discord.interaction(C2);
+    discord.dispatch(
+        0,
+        "INTERACTION_CREATE",
+        fake::command(&id, &token, C2, "echo", &[("text", "typed")]),
+    );
+
+    // The stored events, as a worker of the application claims them.
+    let kinds = [flowbot_core::INBOUND_TASK.to_owned()];
+    let mut stored: Vec<Event> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stored.len() < 2 {
+        let claimed = store
+            .claim(&ClaimRequest {
+                worker: "app",
+                queue: DEFAULT_QUEUE,
+                kinds: &kinds,
+                limit: 10,
+                lease: Duration::from_secs(60),
+            })
+            .await
+            .expect("claim");
+        stored.extend(
+            claimed
+                .iter()
+                .map(|t| serde_json::from_str::<Event>(&t.payload).expect("an event")),
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events stored: {stored:?}"
+        );
+        if stored.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (mut message, mut command) = (None, None);
+    for event in &stored {
+        match event.as_message().map(|m| m.text.starts_with('/')) {
+            Some(false) => message = Some(event),
+            Some(true) => command = Some(event),
+            None => panic!("not a message: {event:?}"),
+        }
+    }
+    let (message, command) = (message.expect("message"), command.expect("command"));
+
+    // The message: serenity's MESSAGE_CREATE, and FlowBot's fields from it.
+    match typed(message) {
+        Some(Ok(model::event::Event::MessageCreate(m))) => {
+            let m = m.message;
+            assert_eq!(m.id.get(), 7101);
+            assert_eq!(m.channel_id.to_string(), C1);
+            assert_eq!(m.author.name, "ada");
+            assert_eq!(m.author.global_name.as_deref(), Some("Ada"));
+            assert_eq!(m.attachments[0].filename, "chart.png");
+            assert_eq!(m.mentions[0].id.get(), 43);
+            assert_eq!(
+                m.guild_id.map(|g| g.to_string()).as_deref(),
+                Some(fake::GUILD)
+            );
+        }
+        other => panic!("not a MESSAGE_CREATE: {other:?}"),
+    }
+    let m = message.as_message().expect("message");
+    assert_eq!(m.id.as_str(), "msg:7101");
+    assert_eq!(m.conversation.as_str(), C1);
+    assert_eq!(m.sender.id, UserId(fake::ADA.into()));
+    assert_eq!(m.sender.name.as_deref(), Some("Ada"));
+    assert_eq!(m.mentions, [UserId("43".into())]);
+    let file = &m.attachments[0];
+    assert_eq!(
+        (file.name.as_deref(), file.mime.as_deref(), file.size),
+        (Some("chart.png"), Some("image/png"), Some(2048))
+    );
+
+    // The command: serenity's INTERACTION_CREATE with its command data and member.
+    match typed(command) {
+        Some(Ok(model::event::Event::InteractionCreate(i))) => match i.interaction {
+            model::application::Interaction::Command(c) => {
+                assert_eq!(c.data.name, "echo");
+                assert_eq!(c.token, token);
+                let member = c.member.expect("a member");
+                assert!(
+                    member
+                        .permissions
+                        .is_some_and(|p| p.contains(model::Permissions::ADMINISTRATOR))
+                );
+                assert_eq!(member.user.name, "ada");
+            }
+            other => panic!("not a command: {other:?}"),
+        },
+        other => panic!("not an INTERACTION_CREATE: {other:?}"),
+    }
+    let c = command.as_message().expect("command");
+    assert_eq!(c.text, "/echo typed");
+    assert_eq!(c.conversation.as_str(), C2);
+    assert!(c.sender.roles.contains(&Role::Admin), "{:?}", c.sender);
+
+    shutdown.cancel();
+    listening.await.expect("joined").expect("listened");
 }
 
 /// The pid holding lease `name`.
@@ -324,11 +467,11 @@ async fn shards_move_to_another_server_when_their_holder_is_killed() {
             "MESSAGE_CREATE",
             message(
                 &format!("{}", 9100 + shard),
-                "L1",
+                L1,
                 &format!("/echo before {shard}"),
             ),
         );
-        discord.wait_for("L1", &format!("before {shard}")).await;
+        discord.wait_for(L1, &format!("before {shard}")).await;
         assert_eq!(identified(&discord, shard), 1);
     }
     let lease = |shard: u32| flowbot_channels::discord::gateway::lease_name("dg", shard);
@@ -368,15 +511,15 @@ async fn shards_move_to_another_server_when_their_holder_is_killed() {
             "MESSAGE_CREATE",
             message(
                 &format!("{}", 9200 + shard),
-                "L1",
+                L1,
                 &format!("/echo after {shard}"),
             ),
         );
-        discord.wait_for("L1", &format!("after {shard}")).await;
+        discord.wait_for(L1, &format!("after {shard}")).await;
     }
     for text in ["before 0", "before 1", "after 0", "after 1"] {
         let n = discord
-            .sent_to("L1")
+            .sent_to(L1)
             .iter()
             .filter(|s| s.body["content"] == text)
             .count();

@@ -511,6 +511,11 @@ async fn slack_webhooks() {
     s.stop().await;
 }
 
+/// Discord channels the last, valid message goes to, and the gateway's sentinels (numeric
+/// snowflakes, as Discord's ids are).
+const DRAIN: &str = "1100000000000000099";
+const SENTINEL: &str = "1100000000000000098";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discord_interactions() {
     use discord_fake::{APP_ID, BOT_TOKEN, FakeDiscord, command, public_key};
@@ -545,11 +550,11 @@ async fn discord_interactions() {
     };
     let t = Target::new("discord_interaction", Format::Json);
     run_http(&t, &s, |i, case| post(i, case)).await;
-    let (id, token) = discord.interaction("CDRAIN");
+    let (id, token) = discord.interaction(DRAIN);
     let last =
-        last_case(command(&id, &token, "CDRAIN", "echo", &[("text", "fuzz-drain")]).to_string());
+        last_case(command(&id, &token, DRAIN, "echo", &[("text", "fuzz-drain")]).to_string());
     answered(&t, &last, post(0, &last).await).await;
-    discord.wait_for("CDRAIN", "fuzz-drain").await;
+    discord.wait_for(DRAIN, "fuzz-drain").await;
     t.check_panics(&last);
     s.stop().await;
 }
@@ -802,13 +807,13 @@ async fn discord_gateway_frames() {
             &discord.changed,
             || {
                 if discord.connected(0) {
-                    let echo = message(&id, "SENTINEL", &format!("/echo {sentinel}"));
+                    let echo = message(&id, SENTINEL, &format!("/echo {sentinel}"));
                     discord.dispatch(0, "MESSAGE_CREATE", echo);
                 }
             },
             || {
                 discord
-                    .sent_to("SENTINEL")
+                    .sent_to(SENTINEL)
                     .iter()
                     .any(|m| m.body["content"] == sentinel.as_str())
             },
@@ -819,14 +824,14 @@ async fn discord_gateway_frames() {
     }
     t.summary();
     still_healthy(&t, cases.last().expect("cases"), &s).await;
-    let last = last_case(message("9999", "CDRAIN", "/echo fuzz-drain").to_string());
+    let last = last_case(message("9999", DRAIN, "/echo fuzz-drain").to_string());
     discord.wait_connected(0).await;
     discord.dispatch(
         0,
         "MESSAGE_CREATE",
-        message("9999", "CDRAIN", "/echo fuzz-drain"),
+        message("9999", DRAIN, "/echo fuzz-drain"),
     );
-    discord.wait_for("CDRAIN", "fuzz-drain").await;
+    discord.wait_for(DRAIN, "fuzz-drain").await;
     t.check_panics(&last);
     s.stop().await;
 }

@@ -14,6 +14,24 @@
 //!
 //! The rules' commands are registered as the application's global slash commands at start
 //! ([`Discord::register_commands`]).
+//!
+//! Discord's payloads are decoded with serenity's model, re-exported as [`model`]: gateway
+//! dispatches as the serenity type of their event, interactions as
+//! [`model::application::Interaction`]. FlowBot's [`Event`] is built from the typed fields,
+//! and keeps Discord's JSON in [`Message::raw`]; [`typed`] gives it back as serenity's
+//! [`model::event::Event`]:
+//!
+//! ```
+//! use flowbot_channels::discord::{model::event::Event as Discord, typed};
+//! use flowbot_core::Event;
+//!
+//! fn author(event: &Event) -> Option<String> {
+//!     match typed(event)? {
+//!         Ok(Discord::MessageCreate(m)) => Some(m.message.author.name),
+//!         _ => None,
+//!     }
+//! }
+//! ```
 
 mod settings;
 pub use settings::DiscordSettings;
@@ -43,6 +61,43 @@ use crate::problem::Problem;
 pub mod gateway;
 
 pub use gateway::GatewayConfig;
+
+/// Discord's model as serenity defines it (serenity 0.12, without its HTTP client, gateway
+/// or cache): the types [`typed`] returns, for applications that want Discord's own fields.
+pub use serenity::model;
+
+/// The serenity value of `event`, an event from a Discord channel, from the Discord JSON it
+/// keeps in [`Message::raw`]:
+/// - a message ([`Event::Message`] read from the gateway):
+///   [`MessageCreate`](model::event::Event::MessageCreate);
+/// - an edit ([`Event::MessageEdited`]): [`MessageUpdate`](model::event::Event::MessageUpdate);
+/// - a slash command ([`Event::Message`] from an interaction, over the gateway or the
+///   endpoint): [`InteractionCreate`](model::event::Event::InteractionCreate) with a
+///   [`Command`](model::application::Interaction::Command).
+///
+/// `None` for other events (clicks, member joins and reactions keep no Discord JSON in
+/// FlowBot's event) and for messages without Discord JSON. An error only for JSON serenity
+/// cannot decode, which the channel never stores (it decodes every payload on arrival).
+pub fn typed(event: &Event) -> Option<serde_json::Result<model::event::Event>> {
+    use model::event::{Event as Typed, InteractionCreateEvent, MessageCreateEvent};
+    use serde::Deserialize;
+    let (message, edit) = match event {
+        Event::Message(m) => (m, false),
+        Event::MessageEdited(m) => (m, true),
+        _ => return None,
+    };
+    let raw = message.raw.as_ref()?;
+    let id = message.id.as_str();
+    Some(if edit {
+        model::event::MessageUpdateEvent::deserialize(raw).map(Typed::MessageUpdate)
+    } else if id.starts_with("msg:") {
+        MessageCreateEvent::deserialize(raw).map(Typed::MessageCreate)
+    } else if id.starts_with("command:") {
+        InteractionCreateEvent::deserialize(raw).map(Typed::InteractionCreate)
+    } else {
+        return None;
+    })
+}
 
 /// Discord's API, version 10.
 pub const DEFAULT_API_BASE: &str = "https://discord.com/api/v10";
@@ -401,49 +456,53 @@ async fn interactions(
 
 /// The user of an interaction (`member.user` in a server, `user` in a DM), with `Admin` when
 /// their permissions include ADMINISTRATOR.
-fn sender_of(i: &Value) -> Option<Sender> {
-    let user = i["member"]["user"].as_object().or(i["user"].as_object())?;
-    let id = user.get("id")?.as_str()?.to_owned();
-    let name = user
-        .get("global_name")
-        .and_then(Value::as_str)
-        .or(user.get("username").and_then(Value::as_str))
-        .map(str::to_owned);
-    let admin = i["member"]["permissions"]
-        .as_str()
-        .and_then(|p| p.parse::<u64>().ok())
-        .is_some_and(|p| p & 0x8 != 0);
+fn sender_of(user: &model::user::User, member: Option<&model::guild::Member>) -> Sender {
+    let user = member.map_or(user, |m| &m.user);
     let mut roles = vec![Role::User];
-    if admin {
+    if member
+        .and_then(|m| m.permissions)
+        .is_some_and(|p| p.contains(model::Permissions::ADMINISTRATOR))
+    {
         roles.push(Role::Admin);
     }
-    Some(Sender {
-        id: UserId(id),
-        name,
+    Sender {
+        id: UserId(user.id.to_string()),
+        name: Some(
+            user.global_name
+                .clone()
+                .unwrap_or_else(|| user.name.clone()),
+        ),
         roles,
-    })
+    }
 }
 
 /// `/name value value…` from a command's options (sub-commands become words).
-fn command_line(data: &Value) -> String {
-    fn walk(options: &Value, out: &mut Vec<String>) {
-        for o in options.as_array().into_iter().flatten() {
-            match o["type"].as_u64() {
+fn command_line(data: &model::application::CommandData) -> String {
+    use model::application::{CommandDataOption, CommandDataOptionValue as V};
+    fn walk(options: &[CommandDataOption], out: &mut Vec<String>) {
+        for o in options {
+            match &o.value {
                 // Sub-command or group: its name, then its own options.
-                Some(1 | 2) => {
-                    out.push(o["name"].as_str().unwrap_or_default().to_owned());
-                    walk(&o["options"], out);
+                V::SubCommand(inner) | V::SubCommandGroup(inner) => {
+                    out.push(o.name.clone());
+                    walk(inner, out);
                 }
-                _ => match &o["value"] {
-                    Value::String(s) => out.push(s.clone()),
-                    Value::Null => {}
-                    v => out.push(v.to_string()),
-                },
+                V::String(s) => out.push(s.clone()),
+                V::Integer(n) => out.push(n.to_string()),
+                V::Number(n) => out.push(n.to_string()),
+                V::Boolean(b) => out.push(b.to_string()),
+                V::Autocomplete { value, .. } => out.push(value.clone()),
+                V::User(id) => out.push(id.to_string()),
+                V::Channel(id) => out.push(id.to_string()),
+                V::Role(id) => out.push(id.to_string()),
+                V::Mentionable(id) => out.push(id.to_string()),
+                V::Attachment(id) => out.push(id.to_string()),
+                _ => {}
             }
         }
     }
-    let mut words = vec![format!("/{}", data["name"].as_str().unwrap_or_default())];
-    walk(&data["options"], &mut words);
+    let mut words = vec![format!("/{}", data.name)];
+    walk(&data.options, &mut words);
     words.join(" ")
 }
 
@@ -456,7 +515,24 @@ async fn on_interaction(
     verify(state, headers, &body)?;
     let i: Value = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("invalid interaction: {e}")))?;
-    let handled = interaction_event(state, &i)?;
+    let unprocessable = |e: String| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid interaction: {e}"),
+        )
+    };
+    if i["type"] == 1 {
+        return Ok(json!({ "type": 1 })); // PING → PONG
+    }
+    if !i["type"].is_u64() {
+        return Err(unprocessable("no numeric 'type'".into()));
+    }
+    if let Some(answer) = newer_interaction(state, &i) {
+        return Ok(answer);
+    }
+    let typed = <model::application::Interaction as serde::Deserialize>::deserialize(&i)
+        .map_err(|e| unprocessable(e.to_string()))?;
+    let handled = interaction_event(state, &typed, &i);
     if let Some((event, key)) = &handled.event {
         enqueue_inbound(&*state.store, &state.channel, &state.stats, event, key).await?;
     }
@@ -470,101 +546,82 @@ struct Handled {
     answer: Value,
 }
 
-/// What interaction `i` (from the endpoint or the gateway) means.
-fn interaction_event(state: &DiscordState, i: &Value) -> std::result::Result<Handled, Problem> {
-    let kind = i["type"].as_u64().ok_or_else(|| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid interaction: no numeric 'type'",
-        )
-    })?;
-    let answer_only = |answer: Value| {
-        Ok(Handled {
-            event: None,
-            answer,
-        })
+/// For an interaction of a type newer than serenity's model (which would not decode it):
+/// counted, and the answer that acknowledges it.
+fn newer_interaction(state: &DiscordState, raw: &Value) -> Option<Value> {
+    let kind = raw["type"].as_u64().filter(|k| !(1..=5).contains(k))?;
+    state.stats.ignored.inc(&format!("interaction type {kind}"));
+    Some(json!({ "type": 6 }))
+}
+
+/// What interaction `i` (from the endpoint or the gateway; `raw` is its JSON) means.
+fn interaction_event(
+    state: &DiscordState,
+    i: &model::application::Interaction,
+    raw: &Value,
+) -> Handled {
+    use model::application::{ComponentInteractionDataKind as Kind, Interaction as I};
+    let answer_only = |answer: Value| Handled {
+        event: None,
+        answer,
     };
-    if kind == 1 {
-        return answer_only(json!({ "type": 1 })); // PING → PONG
-    }
-    let field = |name: &str| {
-        i[name].as_str().map(str::to_owned).ok_or_else(|| {
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("invalid interaction: no '{name}'"),
-            )
-        })
-    };
-    let (id, token) = (field("id")?, field("token")?);
-    let channel_id = i["channel_id"]
-        .as_str()
-        .or(i["channel"]["id"].as_str())
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid interaction: no channel",
-            )
-        })?;
-    let sender = sender_of(i).ok_or_else(|| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid interaction: no user",
-        )
-    })?;
-    let (event, answer) = match kind {
-        2 => {
+    let (event, answer, id) = match i {
+        I::Ping(_) => return answer_only(json!({ "type": 1 })), // PING → PONG
+        I::Command(c) => {
+            let sender = sender_of(&c.user, c.member.as_deref());
             let mut message = Message::text(
                 state.channel.clone(),
-                channel_id.as_str(),
+                c.channel_id.to_string(),
                 sender,
-                command_line(&i["data"]),
+                command_line(&c.data),
             );
-            message.id = MessageId(format!("command:{id}:{token}"));
-            message.raw = Some(i.clone());
+            message.id = MessageId(format!("command:{}:{}", c.id, c.token));
+            message.raw = Some(raw.clone());
             // DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE: "thinking…" until the reply replaces it.
-            (Event::Message(message), json!({ "type": 5 }))
+            (Event::Message(message), json!({ "type": 5 }), c.id.get())
         }
-        3 => {
+        I::Component(c) => {
             // A button's value is its custom_id; a select menu's, the options chosen
             // (comma-separated).
-            let value = match i["data"]["values"].as_array() {
-                Some(values) => values
+            fn joined<T: std::fmt::Display>(values: &[T]) -> String {
+                values
                     .iter()
-                    .filter_map(Value::as_str)
+                    .map(ToString::to_string)
                     .collect::<Vec<_>>()
-                    .join(","),
-                None => i["data"]["custom_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
+                    .join(",")
+            }
+            let value = match &c.data.kind {
+                Kind::StringSelect { values } => values.join(","),
+                Kind::UserSelect { values } => joined(values),
+                Kind::RoleSelect { values } => joined(values),
+                Kind::ChannelSelect { values } => joined(values),
+                Kind::MentionableSelect { values } => joined(values),
+                _ => c.data.custom_id.clone(),
             };
             let event = Event::Interaction(Interaction {
                 channel: state.channel.clone(),
-                conversation: channel_id.as_str().into(),
-                sender,
+                conversation: c.channel_id.to_string().into(),
+                sender: sender_of(&c.user, c.member.as_ref()),
                 value,
-                id: MessageId(format!("component:{id}:{token}")),
+                id: MessageId(format!("component:{}:{}", c.id, c.token)),
             });
             // DEFERRED_UPDATE_MESSAGE: the click is acknowledged; replies are follow-ups.
-            (event, json!({ "type": 6 }))
+            (event, json!({ "type": 6 }), c.id.get())
         }
-        4 => {
+        I::Autocomplete(_) => {
             state.stats.ignored.inc("autocomplete");
             return answer_only(json!({ "type": 8, "data": { "choices": [] } }));
         }
-        other => {
-            state
-                .stats
-                .ignored
-                .inc(&format!("interaction type {other}"));
+        _ => {
+            let kind = raw["type"].as_u64().unwrap_or_default();
+            state.stats.ignored.inc(&format!("interaction type {kind}"));
             return answer_only(json!({ "type": 6 }));
         }
     };
-    Ok(Handled {
+    Handled {
         event: Some((event, format!("interaction:{id}"))),
         answer,
-    })
+    }
 }
 
 struct DiscordSender(Arc<DiscordState>);
@@ -903,13 +960,145 @@ impl ChannelSender for DiscordSender {
 mod tests {
     use super::*;
 
+    /// A user as Discord sends one.
+    fn user(id: &str, name: &str) -> Value {
+        json!({"id": id, "username": name, "discriminator": "0", "global_name": null,
+            "avatar": null, "public_flags": 0})
+    }
+
+    /// A message as Discord sends it in MESSAGE_CREATE and (edited) MESSAGE_UPDATE.
+    fn message_json(content: &str, edited: Option<&str>) -> Value {
+        json!({"id": "1300000000000000100", "channel_id": "1200000000000000001",
+            "guild_id": "1100000000000000001", "type": 0, "content": content,
+            "author": user("80351110224678912", "nelly"),
+            "member": {"roles": [], "joined_at": "2026-01-01T00:00:00.000000+00:00",
+                "deaf": false, "mute": false, "flags": 0},
+            "timestamp": "2026-11-22T10:00:00.000000+00:00", "edited_timestamp": edited,
+            "tts": false, "mention_everyone": false, "mentions": [], "mention_roles": [],
+            "attachments": [], "embeds": [], "pinned": false, "flags": 0, "components": []})
+    }
+
+    fn event(id: &str, raw: Option<Value>, edit: bool) -> Event {
+        let sender = Sender {
+            id: UserId("80351110224678912".into()),
+            name: Some("nelly".into()),
+            roles: vec![Role::User],
+        };
+        let mut m = Message::text("dc", "1200000000000000001", sender, "hello");
+        m.id = MessageId(id.into());
+        m.raw = raw;
+        if edit {
+            Event::MessageEdited(m)
+        } else {
+            Event::Message(m)
+        }
+    }
+
+    #[test]
+    fn typed_gives_discord_json_back_as_serenity_events() {
+        use model::event::Event as E;
+        let created = event(
+            "msg:1300000000000000100",
+            Some(message_json("hello", None)),
+            false,
+        );
+        match typed(&created) {
+            Some(Ok(E::MessageCreate(m))) => {
+                assert_eq!(m.message.content, "hello");
+                assert_eq!(m.message.author.name, "nelly");
+                assert_eq!(m.message.author.id.get(), 80_351_110_224_678_912);
+            }
+            other => panic!("{other:?}"),
+        }
+        let edited = event(
+            "msg:1300000000000000100",
+            Some(message_json(
+                "hello again",
+                Some("2026-11-22T10:00:05.000000+00:00"),
+            )),
+            true,
+        );
+        match typed(&edited) {
+            Some(Ok(E::MessageUpdate(m))) => {
+                assert_eq!(m.content.as_deref(), Some("hello again"));
+                assert!(m.edited_timestamp.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        let command = json!({"id": "1400000000000000001", "application_id": "1000000000000000001",
+            "type": 2, "token": "itoken", "version": 1, "guild_id": "1100000000000000001",
+            "channel_id": "1200000000000000001",
+            "channel": {"id": "1200000000000000001", "type": 0, "name": "general"},
+            "member": {"user": user("80351110224678912", "nelly"), "roles": [], "deaf": false,
+                "mute": false, "flags": 0, "joined_at": "2026-01-01T00:00:00.000000+00:00",
+                "permissions": "8"},
+            "data": {"id": "1500000000000000001", "name": "remind", "type": 1,
+                "options": [{"name": "delay", "type": 3, "value": "10m"}]},
+            "app_permissions": "0", "locale": "en-US", "guild_locale": "en-US",
+            "entitlements": [], "authorizing_integration_owners": {"0": "1100000000000000001"},
+            "context": 0, "attachment_size_limit": 10485760});
+        let decoded =
+            <model::application::Interaction as serde::Deserialize>::deserialize(&command)
+                .expect("a complete interaction");
+        let model::application::Interaction::Command(c) = &decoded else {
+            panic!("{decoded:?}")
+        };
+        assert_eq!(command_line(&c.data), "/remind 10m");
+        assert_eq!(
+            sender_of(&c.user, c.member.as_deref()).roles,
+            [Role::User, Role::Admin]
+        );
+        match typed(&event(
+            "command:1400000000000000001:itoken",
+            Some(command),
+            false,
+        )) {
+            Some(Ok(E::InteractionCreate(i))) => {
+                assert!(
+                    matches!(i.interaction, model::application::Interaction::Command(c) if c.data.name == "remind")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // No Discord JSON, or not a message: nothing typed; JSON serenity cannot decode: an
+        // error, not a panic.
+        assert!(typed(&event("msg:1", None, false)).is_none());
+        let join = Event::MemberJoined {
+            channel: "dc".into(),
+            conversation: "1".into(),
+            user: Sender {
+                id: UserId("2".into()),
+                name: None,
+                roles: vec![Role::User],
+            },
+        };
+        assert!(typed(&join).is_none());
+        assert!(matches!(
+            typed(&event("msg:1", Some(json!({"id": "1"})), false)),
+            Some(Err(_))
+        ));
+    }
+
     #[test]
     fn command_lines_pieces_and_names() {
-        let data = json!({"name": "remind", "options": [
-            {"name": "delay", "type": 3, "value": "10m"}, {"name": "text", "type": 3, "value": "tea time"}]});
-        assert_eq!(command_line(&data), "/remind 10m tea time");
-        let sub = json!({"name": "admin", "options": [{"name": "ban", "type": 1, "options": [{"name": "n", "type": 4, "value": 3}]}]});
-        assert_eq!(command_line(&sub), "/admin ban 3");
+        let data = |v: Value| {
+            <model::application::CommandData as serde::Deserialize>::deserialize(&v)
+                .expect("command data")
+        };
+        let remind = data(
+            json!({"id": "1100", "name": "remind", "type": 1, "options": [
+            {"name": "delay", "type": 3, "value": "10m"}, {"name": "text", "type": 3, "value": "tea time"}]}),
+        );
+        assert_eq!(command_line(&remind), "/remind 10m tea time");
+        let sub = data(
+            json!({"id": "1101", "name": "admin", "type": 1, "options": [{"name": "ban", "type": 1,
+            "options": [{"name": "n", "type": 4, "value": 3}, {"name": "who", "type": 6, "value": "80351110224678912"},
+                {"name": "hard", "type": 5, "value": true}, {"name": "x", "type": 10, "value": 2.5}]}]}),
+        );
+        assert_eq!(
+            command_line(&sub),
+            "/admin ban 3 80351110224678912 true 2.5"
+        );
         let long = "x".repeat(4500);
         let p = pieces(&long);
         assert_eq!(

@@ -15,6 +15,10 @@
 //! client's sequence number and then sends RESUMED, and an unknown session gets Invalid
 //! Session (op 9, not resumable). Tests can ask the client to reconnect (op 7), close the
 //! socket with a code, stop acknowledging heartbeats, and send frames of their own.
+//!
+//! Its payloads are complete objects as Discord's documentation defines them (every field
+//! that is not marked optional, ids as numeric snowflakes), as Discord sends them: the bot
+//! decodes them with serenity's model, which requires the fields Discord always sends.
 #![allow(dead_code, unreachable_pub)] // a helper module; each test file uses some of it
 
 use std::collections::{HashMap, HashSet};
@@ -479,7 +483,41 @@ async fn followup(
     }
 }
 
-/// A slash command interaction by user 42 in `channel` (a server), with string options.
+/// User 42, Ada.
+pub const ADA: &str = "42";
+
+/// A user object.
+pub fn user(id: &str, username: &str, global_name: Option<&str>) -> Value {
+    json!({"id": id, "username": username, "discriminator": "0", "global_name": global_name,
+        "avatar": null, "public_flags": 0})
+}
+
+/// `user` as a member of the server, with `permissions` (as interactions carry them).
+pub fn member(user: Value, permissions: Option<&str>) -> Value {
+    let mut m = json!({"nick": null, "avatar": null, "roles": [],
+        "joined_at": "2026-01-01T00:00:00.000000+00:00", "premium_since": null, "deaf": false,
+        "mute": false, "flags": 0, "pending": false, "communication_disabled_until": null});
+    m["user"] = user;
+    if let Some(p) = permissions {
+        m["permissions"] = p.into();
+    }
+    m
+}
+
+/// The fields every interaction has, of `kind`, by Ada in `channel` of the server.
+fn interaction(id: &str, token: &str, channel: &str, kind: u8, permissions: &str) -> Value {
+    json!({"id": id, "application_id": APP_ID, "type": kind, "token": token, "version": 1,
+        "guild_id": GUILD, "channel_id": channel,
+        "channel": {"id": channel, "type": 0, "name": "general", "guild_id": GUILD,
+            "permissions": "2248473465835073"},
+        "member": member(user(ADA, "ada", Some("Ada")), Some(permissions)),
+        "app_permissions": "2248473465835073", "locale": "en-US", "guild_locale": "en-US",
+        "entitlements": [], "authorizing_integration_owners": {"0": GUILD}, "context": 0,
+        "attachment_size_limit": 10_485_760})
+}
+
+/// A slash command interaction by Ada (an administrator) in `channel` (a server), with string
+/// options.
 pub fn command(
     id: &str,
     token: &str,
@@ -491,29 +529,81 @@ pub fn command(
         .iter()
         .map(|(n, v)| json!({"name": n, "type": 3, "value": v}))
         .collect();
-    json!({"id": id, "application_id": APP_ID, "type": 2, "token": token, "version": 1,
-        "guild_id": "777", "channel_id": channel, "channel": {"id": channel, "type": 0},
-        "member": {"user": {"id": "42", "username": "ada", "global_name": "Ada"}, "roles": [], "permissions": "2147483647"},
-        "data": {"id": "cmd-1", "name": name, "type": 1, "options": options}})
+    let mut i = interaction(id, token, channel, 2, "2147483647");
+    i["data"] = json!({"id": "1300000000000000001", "name": name, "type": 1, "options": options});
+    i
 }
 
-/// A click on the button whose `custom_id` is `value`.
+/// A click by Ada on the button whose `custom_id` is `value`, on a message of the bot's.
 pub fn click(id: &str, token: &str, channel: &str, value: &str) -> Value {
-    json!({"id": id, "application_id": APP_ID, "type": 3, "token": token, "version": 1,
-        "guild_id": "777", "channel_id": channel,
-        "member": {"user": {"id": "42", "username": "ada"}, "roles": [], "permissions": "0"},
-        "message": {"id": "555", "channel_id": channel, "content": "…"},
-        "data": {"custom_id": value, "component_type": 2}})
+    let mut i = interaction(id, token, channel, 3, "0");
+    let mut clicked = message("555", channel, "…");
+    clicked["author"] = bot_user();
+    i["message"] = clicked;
+    i["data"] = json!({"custom_id": value, "component_type": 2});
+    i
 }
 
-/// A message by user 42 (`Ada`) in `channel`, as MESSAGE_CREATE's data.
+/// The bot's own user.
+pub fn bot_user() -> Value {
+    let mut u = user(BOT_USER, "flowbot", None);
+    u["bot"] = true.into();
+    u
+}
+
+/// A message by Ada in `channel`, as MESSAGE_CREATE's data.
 pub fn message(id: &str, channel: &str, content: &str) -> Value {
     json!({"id": id, "channel_id": channel, "guild_id": GUILD, "type": 0, "content": content,
-        "author": {"id": "42", "username": "ada", "global_name": "Ada", "discriminator": "0"},
-        "member": {"roles": [], "joined_at": "2026-01-01T00:00:00.000000+00:00"},
+        "author": user(ADA, "ada", Some("Ada")),
+        "member": {"roles": [], "joined_at": "2026-01-01T00:00:00.000000+00:00", "deaf": false,
+            "mute": false, "flags": 0, "premium_since": null, "nick": null},
         "timestamp": "2026-11-22T10:00:00.000000+00:00", "edited_timestamp": null, "tts": false,
         "mention_everyone": false, "mentions": [], "mention_roles": [], "attachments": [],
-        "embeds": [], "pinned": false})
+        "embeds": [], "pinned": false, "flags": 0, "components": []})
+}
+
+/// GUILD_MEMBER_ADD's data: `user` joined the server.
+pub fn member_add(user: Value) -> Value {
+    let mut m = member(user, None);
+    m["guild_id"] = GUILD.into();
+    m["joined_at"] = "2026-11-22T10:00:00.000000+00:00".into();
+    m
+}
+
+/// MESSAGE_REACTION_ADD's data: Ada reacted with `emoji` (a standard one) to a message.
+pub fn reaction(channel: &str, message: &str, emoji: &str) -> Value {
+    json!({"user_id": ADA, "channel_id": channel, "message_id": message, "guild_id": GUILD,
+        "emoji": {"id": null, "name": emoji}, "member": member(user(ADA, "ada", Some("Ada")), None),
+        "message_author_id": BOT_USER, "burst": false, "burst_colors": [], "type": 0})
+}
+
+/// GUILD_CREATE's data: the server, with its system channel, owned by Ada.
+pub fn guild() -> Value {
+    let everyone = json!({"id": GUILD, "name": "@everyone", "color": 0,
+        "colors": {"primary_color": 0, "secondary_color": null, "tertiary_color": null},
+        "hoist": false, "icon": null, "unicode_emoji": null, "position": 0,
+        "permissions": "2248473465835073", "managed": false, "mentionable": false, "flags": 0});
+    // The guild object, then the fields GUILD_CREATE adds to it.
+    let mut g = json!({"id": GUILD, "name": "Test server", "icon": null, "icon_hash": null,
+        "splash": null, "discovery_splash": null, "owner_id": ADA, "afk_channel_id": null,
+        "afk_timeout": 300, "widget_enabled": false, "widget_channel_id": null,
+        "verification_level": 1, "default_message_notifications": 1,
+        "explicit_content_filter": 2, "roles": [everyone], "emojis": [], "features": [],
+        "mfa_level": 0, "application_id": null, "system_channel_id": SYSTEM_CHANNEL,
+        "system_channel_flags": 0, "rules_channel_id": null, "max_presences": null,
+        "max_members": 500_000, "vanity_url_code": null, "description": null, "banner": null,
+        "premium_tier": 0, "premium_subscription_count": 0, "preferred_locale": "en-US",
+        "public_updates_channel_id": null, "max_video_channel_users": 25,
+        "max_stage_video_channel_users": 50, "nsfw_level": 0, "stickers": [],
+        "premium_progress_bar_enabled": false, "safety_alerts_channel_id": null});
+    let created = json!({"joined_at": "2026-01-01T00:00:00.000000+00:00", "large": false,
+        "unavailable": false, "member_count": 2, "voice_states": [], "members": [],
+        "channels": [], "threads": [], "presences": [], "stage_instances": [],
+        "guild_scheduled_events": [], "soundboard_sounds": []});
+    for (k, v) in created.as_object().into_iter().flatten() {
+        g[k] = v.clone();
+    }
+    g
 }
 
 async fn gateway_bot(State(fake): State<FakeDiscord>, headers: HeaderMap) -> Response {
@@ -637,18 +727,13 @@ impl FakeDiscord {
                 g.live.insert(id.clone(), tx.clone());
                 *session = Some(id.clone());
                 let resume = self.base.replacen("http://", "ws://", 1);
-                vec![
-                    frame(json!({"op": 0, "t": "READY", "s": 1, "d": {
+                vec![frame(json!({"op": 0, "t": "READY", "s": 1, "d": {
                         "v": 10, "session_id": id, "resume_gateway_url": resume,
-                        "user": {"id": BOT_USER, "username": "flowbot", "bot": true, "discriminator": "0"},
+                        "user": bot_user(),
                         "guilds": [{"id": GUILD, "unavailable": true}],
-                        "shard": d["shard"], "application": {"id": APP_ID, "flags": 0}}})),
-                ]
+                        "shard": d["shard"], "application": {"id": APP_ID, "flags": 0}}}))]
                 .into_iter()
-                .chain(Self::dispatch_now(g, &id, "GUILD_CREATE", json!({
-                    "id": GUILD, "name": "Test server", "system_channel_id": SYSTEM_CHANNEL,
-                    "unavailable": false, "member_count": 2, "channels": [], "members": []}))
-                )
+                .chain(Self::dispatch_now(g, &id, "GUILD_CREATE", guild()))
                 .collect()
             }
             Some(6) => {

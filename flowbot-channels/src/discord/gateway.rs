@@ -13,6 +13,11 @@
 //! the shard with an error naming the fix. Failed connections are retried after a backoff of
 //! 1 s doubling to 60 s.
 //!
+//! Each dispatch is decoded with serenity's model ([`super::model`]) into the type of its
+//! event (`MESSAGE_CREATE` as a [`Message`](super::model::channel::Message), `INTERACTION_CREATE`
+//! as an [`Interaction`](super::model::application::Interaction), …); one serenity cannot
+//! decode is counted as `malformed <TYPE>` and the session carries on.
+//!
 //! Events are handled in the order they arrive, each stored on the task queue before the
 //! next is read. The sequence number a resume asks from is the last one *stored*, so events
 //! that could not be stored (the database is down) are sent again by Discord after the resume.
@@ -33,6 +38,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use super::DiscordState;
+use super::model;
 use crate::adapter::{Unstored, enqueue_inbound};
 
 /// The gateway intents by name, as Discord's documentation spells them (lower case).
@@ -385,29 +391,22 @@ async fn connect(
                 let data = &payload["d"];
                 match kind {
                     "READY" => {
-                        let (Some(id), Some(url)) = (
-                            data["session_id"].as_str(),
-                            data["resume_gateway_url"].as_str(),
-                        ) else {
-                            return end(
-                                &mut ws,
-                                Next::Failed(
-                                    "READY without session_id or resume_gateway_url".into(),
-                                ),
-                            )
-                            .await;
+                        let ready = match decode::<model::event::ReadyEvent>(data) {
+                            Ok(r) => r.ready,
+                            Err(e) => {
+                                return end(&mut ws, Next::Failed(format!("malformed READY: {e}")))
+                                    .await;
+                            }
                         };
                         *session = Some(Resumable {
-                            id: id.to_owned(),
-                            url: url.to_owned(),
+                            id: ready.session_id,
+                            url: ready.resume_gateway_url,
                             seq,
                         });
-                        if let Some(me) = data["user"]["id"].as_str() {
-                            *state.bot_user.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some(me.to_owned());
-                        }
+                        *state.bot_user.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(ready.user.id.to_string());
                         *live = true;
-                        tracing::info!(channel = %state.channel, shard = shard[0], servers = data["guilds"].as_array().map_or(0, Vec::len), "Discord gateway session ready");
+                        tracing::info!(channel = %state.channel, shard = shard[0], servers = ready.guilds.len(), "Discord gateway session ready");
                     }
                     "RESUMED" => {
                         *live = true;
@@ -539,112 +538,117 @@ impl SeenEdits {
     }
 }
 
+/// `d` as serenity's type for its event.
+fn decode<T: serde::de::DeserializeOwned>(d: &Value) -> serde_json::Result<T> {
+    T::deserialize(d)
+}
+
 /// Turn a dispatch into an event and store it. Malformed and unhandled ones are counted.
 async fn dispatch(
     state: &Arc<DiscordState>,
     kind: &str,
     d: &Value,
 ) -> std::result::Result<(), Unstored> {
-    let malformed = |what: &str| {
-        tracing::warn!(channel = %state.channel, event = kind, "malformed {kind} dispatch ({what}); ignored");
+    let malformed = |e: &serde_json::Error| {
+        tracing::warn!(channel = %state.channel, event = kind, error = %e, "malformed {kind} dispatch; ignored");
         state.stats.ignored.inc(&format!("malformed {kind}"));
         Ok(())
     };
-    let is_me = |id: &str| {
+    let is_me = |id: model::id::UserId| {
         state
             .bot_user
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_deref()
-            == Some(id)
+            == Some(id.to_string().as_str())
     };
     // An edit turned into an event, remembered once it is stored.
     let mut edit = None;
     let (event, key) = match kind {
-        "MESSAGE_CREATE" | "MESSAGE_UPDATE" => {
-            let edited_at = d["edited_timestamp"].as_str();
-            if kind == "MESSAGE_UPDATE" && edited_at.is_none() {
-                // An embed or a pin changed, not the text.
-                state.stats.ignored.inc("message update without an edit");
-                return Ok(());
-            }
-            let (Some(id), Some(channel), Some(author)) = (
-                d["id"].as_str(),
-                d["channel_id"].as_str(),
-                user(&d["author"]),
-            ) else {
-                return malformed("no id, channel_id or author");
+        "MESSAGE_CREATE" => {
+            let m = match decode::<model::channel::Message>(d) {
+                Ok(m) => m,
+                Err(e) => return malformed(&e),
             };
-            if d["author"]["bot"] == true || d["webhook_id"].is_string() || is_me(&author.id.0) {
+            if m.author.bot || m.webhook_id.is_some() || is_me(m.author.id) {
                 state.stats.ignored.inc("bot message");
                 return Ok(());
             }
-            let mut message = Message::text(
-                state.channel.clone(),
-                channel,
-                author,
-                d["content"].as_str().unwrap_or_default(),
-            );
-            message.id = MessageId(format!("msg:{id}"));
-            message.attachments = d["attachments"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| {
-                    Some(Attachment {
-                        url: a["url"].as_str()?.to_owned(),
-                        name: a["filename"].as_str().map(str::to_owned),
-                        mime: a["content_type"].as_str().map(str::to_owned),
-                        size: a["size"].as_u64(),
-                    })
-                })
-                .collect();
-            message.mentions = d["mentions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|u| Some(UserId(u["id"].as_str()?.to_owned())))
-                .collect();
-            if message.text.is_empty() && message.attachments.is_empty() {
-                // A server message's content is empty without the Message Content intent
-                // (or a message of embeds or stickers only): nothing to answer.
-                state.stats.ignored.inc("message without content");
+            let posted = Posted {
+                id: m.id,
+                channel: m.channel_id,
+                author: &m.author,
+                content: &m.content,
+                attachments: &m.attachments,
+                mentions: &m.mentions,
+            };
+            let Some(message) = posted.message(state, d) else {
+                return Ok(());
+            };
+            (Event::Message(message), format!("message:{}", m.id))
+        }
+        "MESSAGE_UPDATE" => {
+            let m = match decode::<model::event::MessageUpdateEvent>(d) {
+                Ok(m) => m,
+                Err(e) => return malformed(&e),
+            };
+            let Some(at) = m.edited_timestamp else {
+                // An embed or a pin changed, not the text.
+                state.stats.ignored.inc("message update without an edit");
+                return Ok(());
+            };
+            let Some(author) = &m.author else {
+                return malformed(&serde::de::Error::missing_field("author"));
+            };
+            if author.bot || m.webhook_id.flatten().is_some() || is_me(author.id) {
+                state.stats.ignored.inc("bot message");
                 return Ok(());
             }
-            message.raw = Some(d.clone());
-            match edited_at {
-                Some(at) if kind == "MESSAGE_UPDATE" => {
-                    let this = (id.to_owned(), at.to_owned());
-                    let seen = state
-                        .edits_seen
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .seen(&this);
-                    if seen {
-                        // The same edit again: another field of the message changed.
-                        state.stats.ignored.inc("message update without an edit");
-                        return Ok(());
-                    }
-                    edit = Some(this);
-                    (Event::MessageEdited(message), format!("edit:{id}:{at}"))
-                }
-                _ => (Event::Message(message), format!("message:{id}")),
+            let this = (m.id.to_string(), at.to_string());
+            let seen = state
+                .edits_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .seen(&this);
+            if seen {
+                // The same edit again: another field of the message changed.
+                state.stats.ignored.inc("message update without an edit");
+                return Ok(());
             }
+            let posted = Posted {
+                id: m.id,
+                channel: m.channel_id,
+                author,
+                content: m.content.as_deref().unwrap_or_default(),
+                attachments: m.attachments.as_deref().unwrap_or_default(),
+                mentions: m.mentions.as_deref().unwrap_or_default(),
+            };
+            let Some(message) = posted.message(state, d) else {
+                return Ok(());
+            };
+            let key = format!("edit:{}:{}", this.0, this.1);
+            edit = Some(this);
+            (Event::MessageEdited(message), key)
         }
         "INTERACTION_CREATE" => {
-            let handled = match super::interaction_event(state, d) {
-                Ok(h) => h,
-                Err(p) => return malformed(&p.detail),
+            if super::newer_interaction(state, d).is_some() {
+                return Ok(());
+            }
+            let i = match decode::<model::application::Interaction>(d) {
+                Ok(i) => i,
+                Err(e) => return malformed(&e),
             };
+            let handled = super::interaction_event(state, &i, d);
             let Some((event, key)) = handled.event else {
                 return Ok(());
             };
             enqueue_inbound(&*state.store, &state.channel, &state.stats, &event, &key).await?;
             // Acknowledge within Discord's three seconds, as the HTTP endpoint does.
-            let (id, token) = (
-                d["id"].as_str().unwrap_or_default(),
-                d["token"].as_str().unwrap_or_default(),
-            );
+            let (id, token) = match &i {
+                model::application::Interaction::Command(c) => (c.id, &c.token),
+                model::application::Interaction::Component(c) => (c.id, &c.token),
+                _ => return Ok(()),
+            };
             let url = format!("{}/interactions/{id}/{token}/callback", state.api());
             if let Err(e) = super::DiscordSender(Arc::clone(state))
                 .request(reqwest::Method::POST, &url, false, &handled.answer)
@@ -655,67 +659,74 @@ async fn dispatch(
             return Ok(());
         }
         "GUILD_CREATE" => {
-            if let (Some(guild), Some(system)) = (d["id"].as_str(), d["system_channel_id"].as_str())
-            {
+            let guild = match decode::<model::event::GuildCreateEvent>(d) {
+                Ok(g) => g.guild,
+                Err(e) => return malformed(&e),
+            };
+            if let Some(system) = guild.system_channel_id {
                 state
                     .system_channels
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(guild.to_owned(), system.to_owned());
+                    .insert(guild.id.to_string(), system.to_string());
             }
             return Ok(());
         }
         "GUILD_MEMBER_ADD" => {
-            let (Some(guild), Some(member)) = (d["guild_id"].as_str(), user(&d["user"])) else {
-                return malformed("no guild_id or user");
+            let member = match decode::<model::event::GuildMemberAddEvent>(d) {
+                Ok(m) => m.member,
+                Err(e) => return malformed(&e),
             };
+            let guild = member.guild_id.to_string();
             // Welcomes go where Discord posts its own join messages, when known.
             let conversation = state
                 .system_channels
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(guild)
+                .get(&guild)
                 .cloned()
-                .unwrap_or_else(|| guild.to_owned());
-            let key = format!(
-                "join:{guild}:{}:{}",
-                member.id.0,
-                d["joined_at"].as_str().unwrap_or_default()
-            );
+                .unwrap_or_else(|| guild.clone());
+            let joined = member.joined_at.map(|t| t.to_string()).unwrap_or_default();
+            let key = format!("join:{guild}:{}:{joined}", member.user.id);
             let event = Event::MemberJoined {
                 channel: state.channel.clone(),
                 conversation: conversation.as_str().into(),
-                user: member,
+                user: sender(&member.user),
             };
             (event, key)
         }
         "MESSAGE_REACTION_ADD" => {
-            let (Some(channel), Some(message), Some(who)) = (
-                d["channel_id"].as_str(),
-                d["message_id"].as_str(),
-                d["user_id"].as_str(),
-            ) else {
-                return malformed("no channel_id, message_id or user_id");
+            let r = match decode::<model::event::ReactionAddEvent>(d) {
+                Ok(r) => r.reaction,
+                Err(e) => return malformed(&e),
+            };
+            let Some(who) = r.user_id else {
+                return malformed(&serde::de::Error::missing_field("user_id"));
             };
             if is_me(who) {
                 return Ok(());
             }
             // A custom emoji by its name, a standard one as itself.
-            let Some(emoji) = d["emoji"]["name"].as_str() else {
-                return malformed("no emoji name");
+            let emoji = match &r.emoji {
+                model::channel::ReactionType::Unicode(e) => e.clone(),
+                model::channel::ReactionType::Custom { name: Some(n), .. } => n.clone(),
+                _ => return malformed(&serde::de::Error::missing_field("emoji.name")),
             };
-            let sender = user(&d["member"]["user"]).unwrap_or_else(|| Sender {
-                id: UserId(who.to_owned()),
-                name: None,
-                roles: vec![Role::User],
-            });
-            let key = format!("reaction:{message}:{who}:{emoji}");
+            let user = r.member.as_ref().map_or_else(
+                || Sender {
+                    id: UserId(who.to_string()),
+                    name: None,
+                    roles: vec![Role::User],
+                },
+                |m| sender(&m.user),
+            );
+            let key = format!("reaction:{}:{who}:{emoji}", r.message_id);
             let event = Event::Reaction {
                 channel: state.channel.clone(),
-                conversation: channel.into(),
-                message: MessageId(format!("msg:{message}")),
-                user: sender,
-                emoji: emoji.to_owned(),
+                conversation: r.channel_id.to_string().into(),
+                message: MessageId(format!("msg:{}", r.message_id)),
+                user,
+                emoji,
             };
             (event, key)
         }
@@ -735,18 +746,56 @@ async fn dispatch(
     Ok(())
 }
 
-/// A Discord user object as a sender.
-fn user(u: &Value) -> Option<Sender> {
-    let id = u["id"].as_str()?.to_owned();
-    let name = u["global_name"]
-        .as_str()
-        .or(u["username"].as_str())
-        .map(str::to_owned);
-    Some(Sender {
-        id: UserId(id),
-        name,
-        roles: vec![Role::User],
-    })
+/// What FlowBot reads of a message (created or edited), as serenity decoded it.
+struct Posted<'a> {
+    id: model::id::MessageId,
+    channel: model::id::ChannelId,
+    author: &'a model::user::User,
+    content: &'a str,
+    attachments: &'a [model::channel::Attachment],
+    mentions: &'a [model::user::User],
+}
+
+impl Posted<'_> {
+    /// The message (with `raw`, its JSON), or `None` when it has neither text nor
+    /// attachments (counted).
+    fn message(&self, state: &DiscordState, raw: &Value) -> Option<Message> {
+        let mut message = Message::text(
+            state.channel.clone(),
+            self.channel.to_string(),
+            sender(self.author),
+            self.content,
+        );
+        message.id = MessageId(format!("msg:{}", self.id));
+        message.attachments = self
+            .attachments
+            .iter()
+            .map(|a| Attachment {
+                url: a.url.clone(),
+                name: Some(a.filename.clone()),
+                mime: a.content_type.clone(),
+                size: Some(u64::from(a.size)),
+            })
+            .collect();
+        message.mentions = self
+            .mentions
+            .iter()
+            .map(|u| UserId(u.id.to_string()))
+            .collect();
+        if message.text.is_empty() && message.attachments.is_empty() {
+            // A server message's content is empty without the Message Content intent (or a
+            // message of embeds or stickers only): nothing to answer.
+            state.stats.ignored.inc("message without content");
+            return None;
+        }
+        message.raw = Some(raw.clone());
+        Some(message)
+    }
+}
+
+/// A Discord user as a sender.
+fn sender(u: &model::user::User) -> Sender {
+    super::sender_of(u, None)
 }
 
 #[cfg(test)]
