@@ -56,7 +56,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Returns when the run ends, woken by the engine (no polling).
     let done = tokio::time::timeout(Duration::from_secs(10), engine.finished(&run.id)).await??;
     println!("run {} {}", done.id, done.status.as_str());
-    for n in engine.run(&run.id).await?.ok_or("the run disappeared")?.nodes {
+    for n in engine
+        .run(&run.id)
+        .await?
+        .ok_or("the run disappeared")?
+        .nodes
+    {
         println!(
             "  {:<6} {:<9} attempt {}",
             n.node,

@@ -267,17 +267,28 @@ async fn gateway_faults_are_counted_and_survived() {
         assert_eq!(n, 1, "{text} answered {n} times");
     }
 
-    // Discord refuses the token (4004): the shard stops instead of retrying, with a metric.
+    // Discord refuses the token (4004): the shard stops instead of retrying, counting an API
+    // error once it has decided (so the count is the event to wait for).
+    let api_errors = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("flowbot_channel_api_errors_total{channel=\"dg\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let before = api_errors(&common::metrics(&server.base).await).expect("the counter");
     discord.close(0, 4004);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = common::metrics(&server.base).await;
+        if api_errors(&metrics) > Some(before) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     until("the connection closed", || !discord.connected(0)).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(discord.identifies().len(), 2, "no new identify");
     assert_eq!(discord.resumes().len(), 2, "no resume");
-    let metrics = common::metrics(&server.base).await;
-    assert!(
-        metrics.contains("flowbot_channel_api_errors_total{channel=\"dg\"}"),
-        "{metrics}"
-    );
     server.stop().await;
 }
 

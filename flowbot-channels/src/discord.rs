@@ -49,8 +49,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use ed25519_dalek::{Signature, VerifyingKey};
 use flowbot_core::{
-    Capabilities, Channel, ChannelName, ChannelSender, CommandInfo, Error, Event, Interaction,
-    Message, MessageId, Outbound, Result, Role, Sender, SentId, Store, Streaming, Target, UserId,
+    Capabilities, Channel, ChannelName, ChannelSender, ChannelStore, CommandInfo, Error, Event,
+    Interaction, Message, MessageId, Outbound, Result, Role, Sender, SentId, Streaming, Target,
+    UserId,
 };
 use serde_json::{Value, json};
 
@@ -194,7 +195,7 @@ impl std::fmt::Debug for Discord {
 struct DiscordState {
     config: DiscordConfig,
     channel: ChannelName,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ChannelStore>,
     key: Option<VerifyingKey>,
     client: reqwest::Client,
     stats: AdapterCounters,
@@ -219,7 +220,7 @@ impl Discord {
     /// A Discord application with `config` (checked here; no call to Discord until used), and
     /// the channel to register with the bot builder.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn ChannelStore>,
         config: DiscordConfig,
     ) -> std::result::Result<(Discord, Channel), crate::Error> {
         let fail = |e: String| crate::Error::settings(config.name.as_str(), e);
@@ -426,7 +427,7 @@ fn verify(
     let at: i64 = ts
         .parse()
         .map_err(|_| unauthorized("X-Signature-Timestamp is not a unix time"))?;
-    if chrono::Utc::now().timestamp().abs_diff(at) > REPLAY_WINDOW_SECS {
+    if flowbot_core::clock::now().timestamp().abs_diff(at) > REPLAY_WINDOW_SECS {
         return Err(unauthorized(
             "X-Signature-Timestamp is outside the replay window of 300 seconds",
         ));

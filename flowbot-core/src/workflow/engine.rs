@@ -780,8 +780,19 @@ impl Workflows {
             .await?
             .iter()
             .filter(|n| n.status == NodeStatus::Failed)
-            .filter_map(|n| wf.index.get(&n.node))
-            .map(|&i| start_node(&wf, id, i, now))
+            .filter_map(|n| {
+                let mut start = start_node(&wf, id, *wf.index.get(&n.node)?, now);
+                // A key of its own: the failed attempt's task (or an earlier retry's) may
+                // still be finishing, as its result is recorded before the worker lets the
+                // task go, and a restart under that task's key would be taken for it and
+                // dropped. `retry_run` lets one retry of a failed run through.
+                start.task.dedupe_key = Some(format!(
+                    "wf:{id}:{}:retry:{}",
+                    n.node,
+                    now.timestamp_micros()
+                ));
+                Some(start)
+            })
             .collect();
         if !self.store.retry_run(id, &restart).await? {
             return Err(WorkflowError::State(format!(
