@@ -329,7 +329,7 @@ pub async fn retries_and_backoff(store: Arc<dyn Store>) {
         claim(store.as_ref(), "w", &k, 10, LEASE).await.is_empty(),
         "not before the backoff delay"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    flowbot_core::clock::skip(Duration::from_millis(500));
     let t = claim(store.as_ref(), "w", &k, 10, LEASE).await;
     assert_eq!(t.len(), 1);
     assert_eq!(t[0].attempt, 2);
@@ -478,7 +478,7 @@ pub async fn per_key_serialisation(store: Arc<dyn Store>) {
     let c2 = keyed(store.as_ref(), 7, "conv-c").await;
     let short = Duration::from_millis(1);
     assert_eq!(claimed_ids(store.as_ref(), "w5", &k, short).await, [c1]);
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    flowbot_core::clock::skip(Duration::from_millis(20));
     assert_eq!(
         store
             .recover_expired(flowbot_core::clock::now(), 5)

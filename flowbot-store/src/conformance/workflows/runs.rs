@@ -295,7 +295,7 @@ pub async fn run_listing_and_timings(store: Arc<dyn Store>) {
             alpha.push(run.clone());
         }
         all.push(run);
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        flowbot_core::clock::skip(Duration::from_millis(3));
     }
     // Newest first, page by page.
     let mut seen = Vec::new();
