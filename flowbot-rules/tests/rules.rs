@@ -755,7 +755,8 @@ async fn dialogs_ask_validate_branch_confirm_and_finish_with_an_action() {
         bot.ask("dee", "/feedback").await,
         "How would you rate us, 1 to 5?"
     );
-    tokio::time::sleep(Duration::from_millis(3300)).await;
+    // 3.3 s later on FlowBot's clock, without the wait.
+    flowbot_core::clock::skip(Duration::from_millis(3300));
     assert_eq!(bot.ask("dee", "3").await, "no dialog here");
     assert!(bot.errors.lock().expect("errors").is_empty());
     bot.stop().await;
