@@ -6,11 +6,11 @@
 //! [`now`]. In a normal build that is the system's clock.
 //!
 //! With the `test-util` feature, [`now`] follows tokio's clock as well: pause the runtime
-//! (`#[tokio::test(start_paused = true)]` or [`tokio::time::pause`]) and FlowBot's time
-//! stops with tokio's sleeps and intervals; [`tokio::time::advance`] moves both together,
+//! (`#[tokio::test(start_paused = true)]` or `tokio::time::pause()`) and FlowBot's time
+//! stops with tokio's sleeps and intervals; `tokio::time::advance` moves both together,
 //! so a test sees a lease expire or a schedule fire without waiting for it. A test that talks
 //! to real sockets and databases, where a paused clock would fire its timeouts whenever the
-//! runtime waits on them, jumps instead: [`skip`] moves FlowBot's clock forward and lets it
+//! runtime waits on them, jumps instead: `skip` moves FlowBot's clock forward and lets it
 //! run on from there (say, past an API key's expiry).
 //!
 //! ```
@@ -58,7 +58,7 @@ pub fn now() -> DateTime<Utc> {
 static ANCHOR: std::sync::OnceLock<(DateTime<Utc>, std::time::Instant)> =
     std::sync::OnceLock::new();
 
-/// Nanoseconds [`skip`] moved the clock by.
+/// Nanoseconds `skip` moved the clock by.
 #[cfg(feature = "test-util")]
 static SKIPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
