@@ -74,6 +74,7 @@ struct Running {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<flowbot_core::Result<()>>,
     router: Arc<RulesRouter>,
+    store: Arc<dyn Store>,
     _dir: TempDir,
 }
 
@@ -91,7 +92,7 @@ async fn start_in(dir: TempDir, rules: &str, plugins: &Plugins) -> Running {
     let seen = errors.clone();
     let bot = Bot::builder()
         .channel(channel)
-        .store(store)
+        .store(store.clone())
         .router_arc(router.clone())
         .on_error(move |e| {
             assert_eq!(e.stage, Stage::Route, "{}", e.error);
@@ -107,6 +108,7 @@ async fn start_in(dir: TempDir, rules: &str, plugins: &Plugins) -> Running {
         stop,
         task,
         router,
+        store,
         _dir: dir,
     }
 }
@@ -129,6 +131,31 @@ impl Running {
             .expect("a reply in time")
             .expect("bot running")
             .text
+    }
+
+    /// Waits until `user`'s session in the room is stored in a dialog: the pipeline stores
+    /// the session after it delivered the reply.
+    async fn in_dialog(&self, user: &str) {
+        let key = flowbot_core::SessionKey {
+            channel: "local".into(),
+            conversation: "room".into(),
+            user: user.into(),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self
+            .store
+            .load_session(&key)
+            .await
+            .expect("load")
+            .and_then(|s| s.dialog)
+            .is_none()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{user}'s session never stored"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     async fn no_reply(&mut self) {
@@ -755,7 +782,8 @@ async fn dialogs_ask_validate_branch_confirm_and_finish_with_an_action() {
         bot.ask("dee", "/feedback").await,
         "How would you rate us, 1 to 5?"
     );
-    // 3.3 s later on FlowBot's clock, without the wait.
+    // 3.3 s after the session was stored, on FlowBot's clock, without the wait.
+    bot.in_dialog("dee").await;
     flowbot_core::clock::skip(Duration::from_millis(3300));
     assert_eq!(bot.ask("dee", "3").await, "no dialog here");
     assert!(bot.errors.lock().expect("errors").is_empty());
