@@ -350,8 +350,10 @@ async fn applications_get_serenity_events() {
     );
     discord.dispatch(0, "MESSAGE_REACTION_ADD", fake::reaction(C3, "7101", "👍"));
 
-    // The stored events, as a worker of the application claims them.
+    // The stored events, as a worker of the application claims (and finishes) them: the
+    // click waits behind the command, in the same conversation's lane.
     let kinds = [flowbot_core::INBOUND_TASK.to_owned()];
+    let mut wake = store.wake_signal();
     let mut stored: Vec<Event> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while stored.len() < 5 {
@@ -365,18 +367,21 @@ async fn applications_get_serenity_events() {
             })
             .await
             .expect("claim");
+        if claimed.is_empty() {
+            // Nothing to claim yet: wait for the next task stored.
+            tokio::time::timeout_at(deadline, wake.changed())
+                .await
+                .unwrap_or_else(|_| panic!("events stored: {stored:?}"))
+                .expect("the store's wake signal");
+            continue;
+        }
         stored.extend(
             claimed
                 .iter()
                 .map(|t| serde_json::from_str::<Event>(&t.payload).expect("an event")),
         );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "events stored: {stored:?}"
-        );
-        if stored.len() < 5 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let ids: Vec<_> = claimed.iter().map(|t| t.id).collect();
+        store.complete("app", &ids).await.expect("complete");
     }
     let (mut message, mut command, mut click, mut join, mut reaction) =
         (None, None, None, None, None);
