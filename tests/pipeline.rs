@@ -421,6 +421,7 @@ async fn handlers_dispatch_by_event_kind_with_typed_arguments() {
             sender: Sender::user("ada"),
             value: value.into(),
             id: MessageId(id.into()),
+            raw: None,
         })
     };
     handle.send(click("yes", "i1")).await.expect("send");
@@ -432,6 +433,7 @@ async fn handlers_dispatch_by_event_kind_with_typed_arguments() {
             channel: "local".into(),
             conversation: "r".into(),
             user: Sender::user("bob"),
+            raw: None,
         })
         .await
         .expect("send");
@@ -443,6 +445,7 @@ async fn handlers_dispatch_by_event_kind_with_typed_arguments() {
             message: MessageId("m1".into()),
             user: Sender::user("bob"),
             emoji: "👍".into(),
+            raw: None,
         })
         .await
         .expect("send");
@@ -536,6 +539,7 @@ async fn handler_functions_take_what_they_need_as_extractors() {
             channel: "local".into(),
             conversation: "r".into(),
             user: Sender::user("bob"),
+            raw: None,
         })
         .await
         .expect("send");

@@ -323,7 +323,7 @@ async fn applications_get_serenity_events() {
     });
     discord.wait_connected(0).await;
 
-    // A message with a file and a mention, and a slash command.
+    // A message with a file and a mention, a slash command, a click, a join and a reaction.
     let mut posted = message("7101", C1, "see the chart, <@43>");
     posted["attachments"] = json!([{"id": "1300000000000000010", "filename": "chart.png",
         "size": 2048, "url": "https://cdn.discordapp.com/attachments/1/2/chart.png",
@@ -337,12 +337,26 @@ async fn applications_get_serenity_events() {
         "INTERACTION_CREATE",
         fake::command(&id, &token, C2, "echo", &[("text", "typed")]),
     );
+    let (click_id, click_token) = discord.interaction(C2);
+    discord.dispatch(
+        0,
+        "INTERACTION_CREATE",
+        fake::click(&click_id, &click_token, C2, "approve"),
+    );
+    discord.dispatch(
+        0,
+        "GUILD_MEMBER_ADD",
+        fake::member_add(fake::user("43", "bob", None)),
+    );
+    discord.dispatch(0, "MESSAGE_REACTION_ADD", fake::reaction(C3, "7101", "👍"));
 
-    // The stored events, as a worker of the application claims them.
+    // The stored events, as a worker of the application claims (and finishes) them: the
+    // click waits behind the command, in the same conversation's lane.
     let kinds = [flowbot_core::INBOUND_TASK.to_owned()];
+    let mut wake = store.wake_signal();
     let mut stored: Vec<Event> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while stored.len() < 2 {
+    while stored.len() < 5 {
         let claimed = store
             .claim(&ClaimRequest {
                 worker: "app",
@@ -353,28 +367,41 @@ async fn applications_get_serenity_events() {
             })
             .await
             .expect("claim");
+        if claimed.is_empty() {
+            // Nothing to claim yet: wait for the next task stored.
+            tokio::time::timeout_at(deadline, wake.changed())
+                .await
+                .unwrap_or_else(|_| panic!("events stored: {stored:?}"))
+                .expect("the store's wake signal");
+            continue;
+        }
         stored.extend(
             claimed
                 .iter()
                 .map(|t| serde_json::from_str::<Event>(&t.payload).expect("an event")),
         );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "events stored: {stored:?}"
-        );
-        if stored.len() < 2 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let ids: Vec<_> = claimed.iter().map(|t| t.id).collect();
+        store.complete("app", &ids).await.expect("complete");
     }
-    let (mut message, mut command) = (None, None);
+    let (mut message, mut command, mut click, mut join, mut reaction) =
+        (None, None, None, None, None);
     for event in &stored {
-        match event.as_message().map(|m| m.text.starts_with('/')) {
-            Some(false) => message = Some(event),
-            Some(true) => command = Some(event),
-            None => panic!("not a message: {event:?}"),
-        }
+        let slot = match event {
+            Event::Message(m) if m.text.starts_with('/') => &mut command,
+            Event::Message(_) => &mut message,
+            Event::Interaction(_) => &mut click,
+            Event::MemberJoined { .. } => &mut join,
+            Event::Reaction { .. } => &mut reaction,
+            other => panic!("not an event sent: {other:?}"),
+        };
+        assert!(slot.replace(event).is_none(), "twice: {event:?}");
     }
     let (message, command) = (message.expect("message"), command.expect("command"));
+    let (click, join, reaction) = (
+        click.expect("click"),
+        join.expect("join"),
+        reaction.expect("reaction"),
+    );
 
     // The message: serenity's MESSAGE_CREATE, and FlowBot's fields from it.
     match typed(message) {
@@ -427,6 +454,40 @@ async fn applications_get_serenity_events() {
     assert_eq!(c.text, "/echo typed");
     assert_eq!(c.conversation.as_str(), C2);
     assert!(c.sender.roles.contains(&Role::Admin), "{:?}", c.sender);
+
+    // The click: serenity's INTERACTION_CREATE with the component clicked.
+    match typed(click) {
+        Some(Ok(model::event::Event::InteractionCreate(i))) => match i.interaction {
+            model::application::Interaction::Component(c) => {
+                assert_eq!(c.data.custom_id, "approve");
+                assert_eq!(c.id.to_string(), click_id);
+                assert_eq!(c.token, click_token);
+                assert_eq!(c.message.author.id.to_string(), fake::BOT_USER);
+            }
+            other => panic!("not a component: {other:?}"),
+        },
+        other => panic!("not an INTERACTION_CREATE: {other:?}"),
+    }
+    // The join: serenity's GUILD_MEMBER_ADD, the member and the server.
+    match typed(join) {
+        Some(Ok(model::event::Event::GuildMemberAdd(m))) => {
+            assert_eq!(m.member.user.id.get(), 43);
+            assert_eq!(m.member.user.name, "bob");
+            assert_eq!(m.member.guild_id.to_string(), fake::GUILD);
+        }
+        other => panic!("not a GUILD_MEMBER_ADD: {other:?}"),
+    }
+    // The reaction: serenity's MESSAGE_REACTION_ADD with its emoji and member.
+    match typed(reaction) {
+        Some(Ok(model::event::Event::ReactionAdd(r))) => {
+            let r = r.reaction;
+            assert_eq!(r.emoji, model::channel::ReactionType::Unicode("👍".into()));
+            assert_eq!(r.message_id.get(), 7101);
+            assert_eq!(r.channel_id.to_string(), C3);
+            assert_eq!(r.member.map(|m| m.user.name).as_deref(), Some("ada"));
+        }
+        other => panic!("not a MESSAGE_REACTION_ADD: {other:?}"),
+    }
 
     shutdown.cancel();
     listening.await.expect("joined").expect("listened");

@@ -18,7 +18,8 @@
 //! Discord's payloads are decoded with serenity's model, re-exported as [`model`]: gateway
 //! dispatches as the serenity type of their event, interactions as
 //! [`model::application::Interaction`]. FlowBot's [`Event`] is built from the typed fields,
-//! and keeps Discord's JSON in [`Message::raw`]; [`typed`] gives it back as serenity's
+//! and keeps Discord's JSON in its `raw` ([`Message::raw`], [`Interaction::raw`], and the
+//! `raw` of joins and reactions); [`typed`] gives it back as serenity's
 //! [`model::event::Event`]:
 //!
 //! ```
@@ -68,35 +69,58 @@ pub use gateway::GatewayConfig;
 pub use serenity::model;
 
 /// The serenity value of `event`, an event from a Discord channel, from the Discord JSON it
-/// keeps in [`Message::raw`]:
+/// keeps in `raw` ([`Message::raw`], [`Interaction::raw`], and the `raw` of
+/// [`Event::MemberJoined`] and [`Event::Reaction`]):
 /// - a message ([`Event::Message`] read from the gateway):
 ///   [`MessageCreate`](model::event::Event::MessageCreate);
 /// - an edit ([`Event::MessageEdited`]): [`MessageUpdate`](model::event::Event::MessageUpdate);
 /// - a slash command ([`Event::Message`] from an interaction, over the gateway or the
 ///   endpoint): [`InteractionCreate`](model::event::Event::InteractionCreate) with a
-///   [`Command`](model::application::Interaction::Command).
+///   [`Command`](model::application::Interaction::Command);
+/// - a button click or select menu choice ([`Event::Interaction`], over the gateway or the
+///   endpoint): [`InteractionCreate`](model::event::Event::InteractionCreate) with a
+///   [`Component`](model::application::Interaction::Component);
+/// - a member joining ([`Event::MemberJoined`]):
+///   [`GuildMemberAdd`](model::event::Event::GuildMemberAdd);
+/// - a reaction ([`Event::Reaction`]): [`ReactionAdd`](model::event::Event::ReactionAdd).
 ///
-/// `None` for other events (clicks, member joins and reactions keep no Discord JSON in
-/// FlowBot's event) and for messages without Discord JSON. An error only for JSON serenity
-/// cannot decode, which the channel never stores (it decodes every payload on arrival).
+/// `None` for other events ([`Event::Custom`]), for events from other platforms (told by
+/// their ids, a join by its JSON naming no guild), and for events without Discord JSON (made
+/// by the application, or stored before clicks, joins and reactions kept it). An error only for
+/// JSON serenity cannot decode, which the channel never stores (it decodes every payload on
+/// arrival).
 pub fn typed(event: &Event) -> Option<serde_json::Result<model::event::Event>> {
-    use model::event::{Event as Typed, InteractionCreateEvent, MessageCreateEvent};
-    use serde::Deserialize;
-    let (message, edit) = match event {
-        Event::Message(m) => (m, false),
-        Event::MessageEdited(m) => (m, true),
-        _ => return None,
+    use model::event::{
+        Event as Typed, GuildMemberAddEvent, InteractionCreateEvent, MessageCreateEvent,
+        MessageUpdateEvent, ReactionAddEvent,
     };
-    let raw = message.raw.as_ref()?;
-    let id = message.id.as_str();
-    Some(if edit {
-        model::event::MessageUpdateEvent::deserialize(raw).map(Typed::MessageUpdate)
-    } else if id.starts_with("msg:") {
-        MessageCreateEvent::deserialize(raw).map(Typed::MessageCreate)
-    } else if id.starts_with("command:") {
-        InteractionCreateEvent::deserialize(raw).map(Typed::InteractionCreate)
-    } else {
-        return None;
+    use serde::Deserialize;
+    Some(match event {
+        Event::MessageEdited(m) => {
+            MessageUpdateEvent::deserialize(m.raw.as_ref()?).map(Typed::MessageUpdate)
+        }
+        Event::Message(m) => {
+            let raw = m.raw.as_ref()?;
+            let id = m.id.as_str();
+            if id.starts_with("msg:") {
+                MessageCreateEvent::deserialize(raw).map(Typed::MessageCreate)
+            } else if id.starts_with("command:") {
+                InteractionCreateEvent::deserialize(raw).map(Typed::InteractionCreate)
+            } else {
+                return None;
+            }
+        }
+        Event::Interaction(i) if i.id.as_str().starts_with("component:") => {
+            InteractionCreateEvent::deserialize(i.raw.as_ref()?).map(Typed::InteractionCreate)
+        }
+        // Discord's GUILD_MEMBER_ADD names the guild (Telegram's and Slack's joins do not).
+        Event::MemberJoined { raw: Some(raw), .. } if raw.get("guild_id").is_some() => {
+            GuildMemberAddEvent::deserialize(raw).map(Typed::GuildMemberAdd)
+        }
+        Event::Reaction { message, raw, .. } if message.as_str().starts_with("msg:") => {
+            ReactionAddEvent::deserialize(raw.as_ref()?).map(Typed::ReactionAdd)
+        }
+        _ => return None,
     })
 }
 
@@ -605,6 +629,7 @@ fn interaction_event(
                 sender: sender_of(&c.user, c.member.as_ref()),
                 value,
                 id: MessageId(format!("component:{}:{}", c.id, c.token)),
+                raw: Some(raw.clone()),
             });
             // DEFERRED_UPDATE_MESSAGE: the click is acknowledged; replies are follow-ups.
             (event, json!({ "type": 6 }), c.id.get())
@@ -1061,21 +1086,99 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // No Discord JSON, or not a message: nothing typed; JSON serenity cannot decode: an
-        // error, not a panic.
-        assert!(typed(&event("msg:1", None, false)).is_none());
-        let join = Event::MemberJoined {
+        // A button click: INTERACTION_CREATE with the component and its custom_id.
+        let sender = Sender::user("80351110224678912");
+        let member = json!({"user": user("80351110224678912", "nelly"), "roles": [],
+            "deaf": false, "mute": false, "flags": 0,
+            "joined_at": "2026-01-01T00:00:00.000000+00:00", "permissions": "0"});
+        let mut clicked = message_json("pick one", None);
+        clicked["author"] = user("1000000000000000001", "flowbot");
+        let click = json!({"id": "1400000000000000002", "application_id": "1000000000000000001",
+            "type": 3, "token": "ctoken", "version": 1, "guild_id": "1100000000000000001",
+            "channel_id": "1200000000000000001",
+            "channel": {"id": "1200000000000000001", "type": 0, "name": "general"},
+            "member": member, "message": clicked,
+            "data": {"custom_id": "yes", "component_type": 2},
+            "app_permissions": "0", "locale": "en-US", "guild_locale": "en-US",
+            "entitlements": [], "authorizing_integration_owners": {"0": "1100000000000000001"},
+            "context": 0, "attachment_size_limit": 10485760});
+        let clicked = Event::Interaction(Interaction {
             channel: "dc".into(),
-            conversation: "1".into(),
-            user: Sender {
-                id: UserId("2".into()),
-                name: None,
-                roles: vec![Role::User],
+            conversation: "1200000000000000001".into(),
+            sender: sender.clone(),
+            value: "yes".into(),
+            id: MessageId("component:1400000000000000002:ctoken".into()),
+            raw: Some(click),
+        });
+        match typed(&clicked) {
+            Some(Ok(E::InteractionCreate(i))) => match i.interaction {
+                model::application::Interaction::Component(c) => {
+                    assert_eq!(c.data.custom_id, "yes");
+                    assert_eq!(c.user.id.get(), 80_351_110_224_678_912);
+                }
+                other => panic!("not a component: {other:?}"),
             },
+            other => panic!("{other:?}"),
+        }
+        // A member joining: GUILD_MEMBER_ADD, the member with its guild.
+        let mut joined = member.clone();
+        joined["guild_id"] = "1100000000000000001".into();
+        let join = |raw: Option<Value>| Event::MemberJoined {
+            channel: "dc".into(),
+            conversation: "1100000000000000001".into(),
+            user: sender.clone(),
+            raw,
         };
-        assert!(typed(&join).is_none());
+        match typed(&join(Some(joined))) {
+            Some(Ok(E::GuildMemberAdd(m))) => {
+                assert_eq!(m.member.user.id.get(), 80_351_110_224_678_912);
+                assert_eq!(m.member.guild_id.get(), 1_100_000_000_000_000_001);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A reaction: MESSAGE_REACTION_ADD with its emoji.
+        let reacted = json!({"user_id": "80351110224678912",
+            "channel_id": "1200000000000000001", "message_id": "1300000000000000100",
+            "guild_id": "1100000000000000001", "emoji": {"id": null, "name": "👍"},
+            "member": member, "burst": false, "burst_colors": [], "type": 0});
+        let reaction = |message: &str, raw: Option<Value>| Event::Reaction {
+            channel: "dc".into(),
+            conversation: "1200000000000000001".into(),
+            message: MessageId(message.into()),
+            user: sender.clone(),
+            emoji: "👍".into(),
+            raw,
+        };
+        match typed(&reaction("msg:1300000000000000100", Some(reacted.clone()))) {
+            Some(Ok(E::ReactionAdd(r))) => {
+                assert_eq!(
+                    r.reaction.emoji,
+                    model::channel::ReactionType::Unicode("👍".into())
+                );
+                assert_eq!(r.reaction.message_id.get(), 1_300_000_000_000_000_100);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // No Discord JSON (made by an application, or stored before events kept it), or
+        // another platform's: nothing typed; JSON serenity cannot decode: an error, not a
+        // panic.
+        assert!(typed(&event("msg:1", None, false)).is_none());
+        assert!(typed(&join(None)).is_none());
+        assert!(typed(&reaction("msg:1300000000000000100", None)).is_none());
+        assert!(typed(&join(Some(json!({"update_id": 1})))).is_none());
+        assert!(typed(&reaction("-100123:5", Some(reacted))).is_none());
+        let Event::Interaction(mut other) = clicked else {
+            unreachable!()
+        };
+        other.id = MessageId("callback:1".into());
+        assert!(typed(&Event::Interaction(other)).is_none());
         assert!(matches!(
             typed(&event("msg:1", Some(json!({"id": "1"})), false)),
+            Some(Err(_))
+        ));
+        assert!(matches!(
+            typed(&join(Some(json!({"guild_id": "1"})))),
             Some(Err(_))
         ));
     }

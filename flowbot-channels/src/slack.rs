@@ -418,6 +418,7 @@ async fn process_event(state: &SlackState, raw: Value) -> std::result::Result<Va
                     message: message_id(&channel.0, &item.origin.ts.0),
                     user: user(&r.user.0),
                     emoji: r.reaction.0.clone(),
+                    raw: None, // the payload, below
                 },
                 format!("event:{}", callback.event_id.0),
             )
@@ -427,6 +428,7 @@ async fn process_event(state: &SlackState, raw: Value) -> std::result::Result<Va
                 channel: ch.clone(),
                 conversation: j.channel.0.as_str().into(),
                 user: user(&j.user.0),
+                raw: None, // the payload, below
             },
             format!("event:{}", callback.event_id.0),
         ),
@@ -438,8 +440,10 @@ async fn process_event(state: &SlackState, raw: Value) -> std::result::Result<Va
         }
     };
     let mut event = event;
-    if let Event::Message(m) = &mut event {
-        m.raw = Some(raw);
+    match &mut event {
+        Event::Message(m) => m.raw = Some(raw),
+        Event::Reaction { raw: r, .. } | Event::MemberJoined { raw: r, .. } => *r = Some(raw),
+        _ => {}
     }
     store_event(state, &event, &dedupe).await?;
     Ok(json!({}))
@@ -520,8 +524,9 @@ async fn process_interaction(
     payload: Value,
 ) -> std::result::Result<(), Problem> {
     let kind = payload["type"].as_str().unwrap_or("unknown").to_owned();
-    let event: SlackInteractionEvent =
-        serde_json::from_value(payload).map_err(|e| invalid("interaction", &e))?;
+    // From the parsed value by reference: the payload itself is kept in each event's `raw`.
+    let event =
+        SlackInteractionEvent::deserialize(&payload).map_err(|e| invalid("interaction", &e))?;
     let SlackInteractionEvent::BlockActions(actions) = event else {
         state.stats.ignored.inc(&format!("interaction:{kind}"));
         return Ok(());
@@ -542,6 +547,7 @@ async fn process_interaction(
             sender: user(&who.id.0),
             value: value.clone(),
             id: MessageId(id.clone()),
+            raw: Some(payload.clone()),
         });
         store_event(state, &event, &id).await?;
     }

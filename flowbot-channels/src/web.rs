@@ -764,6 +764,7 @@ async fn on_client_frame(
                 sender,
                 value,
                 id: MessageId(uuid::Uuid::now_v7().to_string()),
+                raw: None,
             })
         }
     };

@@ -424,6 +424,7 @@ async fn accept(
                         .clone()
                         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
                 ),
+                raw: None,
             })
         }
         _ => {

@@ -190,6 +190,9 @@ pub struct Interaction {
     pub value: String,
     /// Platform event id (deduplication).
     pub id: MessageId,
+    /// The platform's own JSON for the event, kept as an escape hatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<Value>,
 }
 
 /// An inbound event. New kinds may be added, so match with a wildcard arm.
@@ -213,6 +216,9 @@ pub enum Event {
         conversation: ConversationId,
         /// Who joined.
         user: Sender,
+        /// The platform's own JSON for the event, kept as an escape hatch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raw: Option<Value>,
     },
     /// Someone reacted to a message.
     Reaction {
@@ -226,6 +232,9 @@ pub enum Event {
         user: Sender,
         /// The emoji or reaction name.
         emoji: String,
+        /// The platform's own JSON for the event, kept as an escape hatch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raw: Option<Value>,
     },
     /// An application-defined event.
     Custom {
@@ -435,5 +444,90 @@ mod tests {
         assert!(json.contains("\"type\":\"message\""));
         let back: Event = serde_json::from_str(&json).expect("deserialise event");
         assert_eq!(back, e);
+    }
+
+    /// Events stored before interactions, joins and reactions kept `raw` (queued
+    /// tasks hold events as JSON) still decode, with `raw: None`.
+    #[test]
+    fn events_without_raw_still_decode() {
+        let sender = r#"{"id":"u1","roles":[]}"#;
+        let interaction = format!(
+            r#"{{"type":"interaction","channel":"web","conversation":"c1","sender":{sender},"value":"yes","id":"i1"}}"#
+        );
+        let e: Event = serde_json::from_str(&interaction).expect("interaction without raw");
+        let Event::Interaction(i) = &e else {
+            panic!("not an interaction: {e:?}")
+        };
+        assert_eq!(i.value, "yes");
+        assert_eq!(i.raw, None);
+        assert!(
+            !serde_json::to_string(&e)
+                .expect("serialise")
+                .contains("raw")
+        );
+
+        let joined = format!(
+            r#"{{"type":"member_joined","channel":"web","conversation":"c1","user":{sender}}}"#
+        );
+        let e: Event = serde_json::from_str(&joined).expect("member_joined without raw");
+        let Event::MemberJoined { user, raw, .. } = &e else {
+            panic!("not a join: {e:?}")
+        };
+        assert_eq!(user.id, UserId::from("u1"));
+        assert_eq!(raw, &None);
+        assert!(
+            !serde_json::to_string(&e)
+                .expect("serialise")
+                .contains("raw")
+        );
+
+        let reaction = format!(
+            r#"{{"type":"reaction","channel":"web","conversation":"c1","message":"m1","user":{sender},"emoji":"👍"}}"#
+        );
+        let e: Event = serde_json::from_str(&reaction).expect("reaction without raw");
+        let Event::Reaction { emoji, raw, .. } = &e else {
+            panic!("not a reaction: {e:?}")
+        };
+        assert_eq!(emoji, "👍");
+        assert_eq!(raw, &None);
+        assert!(
+            !serde_json::to_string(&e)
+                .expect("serialise")
+                .contains("raw")
+        );
+    }
+
+    #[test]
+    fn raw_round_trips_on_interactions_joins_and_reactions() {
+        let raw = Some(serde_json::json!({"platform": "payload"}));
+        let events = [
+            Event::Interaction(Interaction {
+                channel: "web".into(),
+                conversation: "c1".into(),
+                sender: Sender::user("u1"),
+                value: "yes".into(),
+                id: MessageId("i1".into()),
+                raw: raw.clone(),
+            }),
+            Event::MemberJoined {
+                channel: "web".into(),
+                conversation: "c1".into(),
+                user: Sender::user("u1"),
+                raw: raw.clone(),
+            },
+            Event::Reaction {
+                channel: "web".into(),
+                conversation: "c1".into(),
+                message: MessageId("m1".into()),
+                user: Sender::user("u1"),
+                emoji: "👍".into(),
+                raw,
+            },
+        ];
+        for e in events {
+            let json = serde_json::to_string(&e).expect("serialise event");
+            let back: Event = serde_json::from_str(&json).expect("deserialise event");
+            assert_eq!(back, e);
+        }
     }
 }

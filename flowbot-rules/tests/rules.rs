@@ -430,6 +430,7 @@ async fn rules_route_commands_keywords_regexes_filters_and_scripts() {
             sender: Sender::user("ada"),
             value: "yes".into(),
             id: "click-1".into(),
+            raw: None,
         }))
         .await
         .expect("send");

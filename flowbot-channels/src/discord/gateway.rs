@@ -692,6 +692,7 @@ async fn dispatch(
                 channel: state.channel.clone(),
                 conversation: conversation.as_str().into(),
                 user: sender(&member.user),
+                raw: Some(d.clone()),
             };
             (event, key)
         }
@@ -727,6 +728,7 @@ async fn dispatch(
                 message: MessageId(format!("msg:{}", r.message_id)),
                 user,
                 emoji,
+                raw: Some(d.clone()),
             };
             (event, key)
         }

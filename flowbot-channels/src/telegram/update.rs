@@ -239,6 +239,7 @@ pub(crate) fn convert(
             sender: sender(&q.from),
             value: data,
             id: MessageId(format!("callback:{}", q.id)),
+            raw: Some(raw.clone()),
         })]);
         c.callback_query = Some(q.id);
         return c;
@@ -260,6 +261,7 @@ pub(crate) fn convert(
             message: message_id(r.chat.id, r.message_id),
             user: sender(&user),
             emoji,
+            raw: Some(raw.clone()),
         }]);
     }
     if let Some(m) = update.chat_member {
@@ -281,6 +283,7 @@ pub(crate) fn convert(
             channel: channel.clone(),
             conversation: m.chat.id.to_string().into(),
             user: sender(&m.new_chat_member.user),
+            raw: Some(raw.clone()),
         }]);
     }
     let kind = update
@@ -307,6 +310,7 @@ fn from_message(
                     channel: channel.clone(),
                     conversation: conversation.as_str().into(),
                     user: sender(u),
+                    raw: Some(raw.clone()),
                 })
                 .collect(),
         );
@@ -449,20 +453,56 @@ mod tests {
             ("approve", "5".into())
         );
         assert_eq!(c.callback_query.as_deref(), Some("q1"));
+        // Each event keeps the update it came in, as a message does.
+        assert_eq!(
+            i.raw.as_ref().map(|r| &r["callback_query"]["data"]),
+            Some(&json!("approve"))
+        );
 
         let c = conv(&json!({"update_id": 4, "message_reaction": {
             "chat": {"id": 5, "type": "private"}, "message_id": 9, "user": user(42), "date": 0,
             "old_reaction": [], "new_reaction": [{"type": "emoji", "emoji": "👍"}]}}));
-        let [Event::Reaction { emoji, message, .. }] = c.events.as_slice() else {
+        let [
+            Event::Reaction {
+                emoji,
+                message,
+                raw,
+                ..
+            },
+        ] = c.events.as_slice()
+        else {
             panic!()
         };
         assert_eq!((emoji.as_str(), message.to_string()), ("👍", "5:9".into()));
+        assert_eq!(
+            raw.as_ref()
+                .map(|r| &r["message_reaction"]["new_reaction"][0]["emoji"]),
+            Some(&json!("👍"))
+        );
 
         let c = conv(&json!({"update_id": 5, "chat_member": {
             "chat": {"id": -100, "type": "group"}, "from": user(1), "date": 0,
             "old_chat_member": {"status": "left", "user": user(43)},
             "new_chat_member": {"status": "member", "user": user(43)}}}));
-        assert!(matches!(c.events.as_slice(), [Event::MemberJoined { .. }]));
+        let [Event::MemberJoined { user: who, raw, .. }] = c.events.as_slice() else {
+            panic!("{c:?}")
+        };
+        assert_eq!(who.id.to_string(), "43");
+        assert_eq!(raw.as_ref().map(|r| &r["update_id"]), Some(&json!(5)));
+
+        // Members added to a group: a join each, each with the update.
+        let c = conv(&json!({"update_id": 7, "message": {
+            "message_id": 10, "date": 0, "chat": {"id": -100, "type": "group"},
+            "from": user(1), "new_chat_members": [user(43), user(44)]}}));
+        let [
+            Event::MemberJoined { raw: first, .. },
+            Event::MemberJoined { raw: second, .. },
+        ] = c.events.as_slice()
+        else {
+            panic!("{c:?}")
+        };
+        assert_eq!(first.as_ref().map(|r| &r["update_id"]), Some(&json!(7)));
+        assert_eq!(first, second);
 
         let c = conv(&json!({"update_id": 6, "edited_channel_post": {"message_id": 1}}));
         assert_eq!(c.ignored.as_deref(), Some("edited_channel_post"));
