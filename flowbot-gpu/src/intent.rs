@@ -1,0 +1,335 @@
+//! Intent classification: sentence embeddings and a small softmax head trained in Rust from
+//! the example texts declared with the rules, with confidences calibrated on held-out
+//! examples (temperature scaling).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use flowbot_core::{Classifier, Label};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
+
+use crate::batcher::Batcher;
+use crate::error::{Error, Result};
+
+/// How the head is trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TrainOptions {
+    /// Full passes over the examples.
+    pub epochs: usize,
+    /// Adam's learning rate.
+    pub learning_rate: f64,
+    /// The weight of the L2 penalty on the head's weights (keeps confidences moderate).
+    pub l2: f64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            epochs: 200,
+            learning_rate: 0.05,
+            l2: 1e-4,
+        }
+    }
+}
+
+/// What one training produced.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Training {
+    /// The labels learned, sorted.
+    pub labels: Vec<String>,
+    /// The example texts.
+    pub examples: usize,
+    /// The examples held out to calibrate and score (every fifth of a label with three or
+    /// more).
+    pub held_out: usize,
+    /// The share of held-out examples the head trained on the others labels right; `None`
+    /// when no label had enough examples to hold some out.
+    pub held_out_accuracy: Option<f32>,
+    /// The softmax temperature fitted on the held-out examples (1 when none).
+    pub temperature: f32,
+    /// Time spent embedding examples not seen before.
+    pub embedding: Duration,
+    /// Time spent training the head (both fits) and calibrating.
+    pub training: Duration,
+}
+
+/// A trained head: `logits = x · w + b`, divided by the temperature.
+#[derive(Debug)]
+struct Head {
+    labels: Vec<String>,
+    /// `[dimension][labels]`, row-major.
+    w: Vec<f32>,
+    b: Vec<f32>,
+    temperature: f32,
+}
+
+impl Head {
+    fn confidences(&self, x: &[f32]) -> Vec<f32> {
+        let k = self.labels.len();
+        let mut logits = self.b.clone();
+        for (i, xi) in x.iter().enumerate() {
+            let row = &self.w[i * k..(i + 1) * k];
+            for (l, wij) in logits.iter_mut().zip(row) {
+                *l += xi * wij;
+            }
+        }
+        softmax(&logits, self.temperature)
+    }
+}
+
+fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = logits
+        .iter()
+        .map(|l| ((l - max) / temperature).exp())
+        .collect();
+    let sum: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / sum).collect()
+}
+
+/// Labels texts with intents learned from examples, on a [`Batcher`]'s embeddings.
+/// Implements core's [`Classifier`]: the rules engine trains it with the examples of its
+/// `intent` conditions ([`Classifier::learn`]) each time the rules load.
+pub struct IntentClassifier {
+    embedder: Batcher,
+    options: TrainOptions,
+    head: RwLock<Option<Arc<Head>>>,
+    cache: tokio::sync::Mutex<HashMap<String, Vec<f32>>>,
+    last: RwLock<Option<Training>>,
+}
+
+impl std::fmt::Debug for IntentClassifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntentClassifier")
+            .field("embedder", &self.embedder)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IntentClassifier {
+    /// A classifier on `embedder`'s vectors; it labels nothing until it learns.
+    pub fn new(embedder: Batcher, options: TrainOptions) -> IntentClassifier {
+        IntentClassifier {
+            embedder,
+            options,
+            head: RwLock::new(None),
+            cache: tokio::sync::Mutex::new(HashMap::new()),
+            last: RwLock::new(None),
+        }
+    }
+
+    /// The last training's figures.
+    pub fn training(&self) -> Option<Training> {
+        self.last
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Learn `examples` (label → texts) and put the new head in force; the figures of the
+    /// training. At least two labels are needed, each with at least one text.
+    pub async fn train(&self, examples: &BTreeMap<String, Vec<String>>) -> Result<Training> {
+        let labels: Vec<String> = examples.keys().cloned().collect();
+        if let Some((label, _)) = examples.iter().find(|(_, texts)| texts.is_empty()) {
+            return Err(Error::settings(
+                "examples",
+                format!("intent '{label}' has no example texts"),
+            ));
+        }
+        if labels.len() < 2 {
+            return Err(Error::settings(
+                "examples",
+                format!(
+                    "at least two intents need examples to tell them apart (only {})",
+                    if labels.is_empty() { "none".to_owned() } else { format!("'{}'", labels[0]) }
+                ),
+            ));
+        }
+        // Embed the texts not seen before; keep only this set's in the cache.
+        let started = Instant::now();
+        let mut cache = self.cache.lock().await;
+        let mut wanted: Vec<String> = examples.values().flatten().cloned().collect();
+        wanted.sort();
+        wanted.dedup();
+        let new: Vec<String> = wanted.iter().filter(|t| !cache.contains_key(*t)).cloned().collect();
+        let vectors = self.embedder.embed_many(&new).await?;
+        cache.extend(new.into_iter().zip(vectors));
+        cache.retain(|t, _| wanted.binary_search(t).is_ok());
+        let embedding = started.elapsed();
+        let mut rows = Vec::new();
+        for (y, texts) in examples.values().enumerate() {
+            for (i, t) in texts.iter().enumerate() {
+                // Every fifth example of a label with three or more is held out.
+                let held = texts.len() >= 3 && i % 5 == 4;
+                rows.push((cache[t].clone(), y, held));
+            }
+        }
+        drop(cache);
+        let options = self.options.clone();
+        let k = labels.len();
+        let fitted = tokio::task::spawn_blocking(move || fit_and_calibrate(&rows, k, &options))
+            .await
+            .map_err(|e| Error::Torch(format!("training stopped: {e}")))??;
+        let training = Training {
+            labels: labels.clone(),
+            examples: fitted.examples,
+            held_out: fitted.held_out,
+            held_out_accuracy: fitted.accuracy,
+            temperature: fitted.temperature,
+            embedding,
+            training: fitted.took,
+        };
+        *self.head.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(Head {
+            labels,
+            w: fitted.w,
+            b: fitted.b,
+            temperature: fitted.temperature,
+        }));
+        *self.last.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(training.clone());
+        tracing::info!(
+            labels = k,
+            examples = training.examples,
+            held_out_accuracy = ?training.held_out_accuracy,
+            temperature = training.temperature,
+            took_ms = (training.embedding + training.training).as_millis() as u64,
+            "intent classifier trained"
+        );
+        Ok(training)
+    }
+
+    /// Every learned label with its confidence for `text`, most confident first; empty
+    /// before the first training.
+    pub async fn labels(&self, text: &str) -> Result<Vec<Label>> {
+        let head = self
+            .head
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(head) = head else {
+            return Ok(Vec::new());
+        };
+        let x = self.embedder.embed_one(text).await?;
+        let mut out: Vec<Label> = head
+            .labels
+            .iter()
+            .zip(head.confidences(&x))
+            .map(|(label, confidence)| Label {
+                label: label.clone(),
+                confidence,
+            })
+            .collect();
+        out.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Classifier for IntentClassifier {
+    async fn classify(&self, text: &str) -> flowbot_core::Result<Vec<Label>> {
+        self.labels(text)
+            .await
+            .map_err(|e| flowbot_core::Error::Model(e.into_model_error(self.embedder.name())))
+    }
+
+    async fn learn(&self, examples: &BTreeMap<String, Vec<String>>) -> flowbot_core::Result<()> {
+        self.train(examples)
+            .await
+            .map(|_| ())
+            .map_err(|e| flowbot_core::Error::Model(e.into_model_error(self.embedder.name())))
+    }
+}
+
+struct Fitted {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    temperature: f32,
+    accuracy: Option<f32>,
+    examples: usize,
+    held_out: usize,
+    took: Duration,
+}
+
+fn tensors(rows: &[&(Vec<f32>, usize, bool)]) -> Result<(Tensor, Tensor)> {
+    let d = rows.first().map(|r| r.0.len()).unwrap_or(0);
+    let flat: Vec<f32> = rows.iter().flat_map(|r| r.0.iter().copied()).collect();
+    let y: Vec<i64> = rows.iter().map(|r| i64::try_from(r.1).unwrap_or(0)).collect();
+    let n = i64::try_from(rows.len()).map_err(|e| Error::Torch(e.to_string()))?;
+    let d = i64::try_from(d).map_err(|e| Error::Torch(e.to_string()))?;
+    Ok((Tensor::from_slice(&flat).f_view([n, d])?, Tensor::from_slice(&y)))
+}
+
+/// Softmax regression with an L2 penalty, full batch, Adam.
+fn fit(x: &Tensor, y: &Tensor, k: usize, options: &TrainOptions) -> Result<(Tensor, Tensor)> {
+    let d = x.size().get(1).copied().unwrap_or(0);
+    let k = i64::try_from(k).map_err(|e| Error::Torch(e.to_string()))?;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let w = vs.root().zeros("w", &[d, k]);
+    let b = vs.root().zeros("b", &[k]);
+    let mut opt = nn::Adam::default().build(&vs, options.learning_rate)?;
+    for _ in 0..options.epochs {
+        let logits = x.f_matmul(&w)?.f_add(&b)?;
+        let loss = logits
+            .f_log_softmax(-1, Kind::Float)?
+            .f_nll_loss(y, None::<Tensor>, tch::Reduction::Mean, -100)?
+            .f_add(&w.f_square()?.f_sum(Kind::Float)?.f_mul_scalar(options.l2)?)?;
+        opt.zero_grad();
+        loss.f_backward()?;
+        opt.step();
+    }
+    let _guard = tch::no_grad_guard();
+    Ok((w.f_detach()?, b.f_detach()?))
+}
+
+fn fit_and_calibrate(rows: &[(Vec<f32>, usize, bool)], k: usize, options: &TrainOptions) -> Result<Fitted> {
+    let started = Instant::now();
+    let train: Vec<_> = rows.iter().filter(|r| !r.2).collect();
+    let held: Vec<_> = rows.iter().filter(|r| r.2).collect();
+    let (mut temperature, mut accuracy) = (1.0f32, None);
+    if !held.is_empty() {
+        let (x, y) = tensors(&train)?;
+        let (w, b) = fit(&x, &y, k, options)?;
+        let (hx, hy) = tensors(&held)?;
+        let _guard = tch::no_grad_guard();
+        let logits = hx.f_matmul(&w)?.f_add(&b)?;
+        let right = logits
+            .f_argmax(1, false)?
+            .f_eq_tensor(&hy)?
+            .f_to_kind(Kind::Float)?
+            .f_mean(Kind::Float)?;
+        accuracy = Some(f32::try_from(right)?);
+        // Temperature scaling: the T in [0.05, 20] (log grid) with the least negative
+        // log-likelihood of the held-out labels.
+        let mut best = (f64::INFINITY, 1.0f64);
+        for step in 0..=60 {
+            let t = 0.05f64 * (400f64).powf(f64::from(step) / 60.0);
+            let nll = logits
+                .f_div_scalar(t)?
+                .f_log_softmax(-1, Kind::Float)?
+                .f_nll_loss(&hy, None::<Tensor>, tch::Reduction::Mean, -100)?;
+            let nll = f64::try_from(nll)?;
+            if nll < best.0 {
+                best = (nll, t);
+            }
+        }
+        temperature = best.1 as f32;
+    }
+    let all: Vec<_> = rows.iter().collect();
+    let (x, y) = tensors(&all)?;
+    let (w, b) = fit(&x, &y, k, options)?;
+    Ok(Fitted {
+        w: Vec::<f32>::try_from(w.f_contiguous()?.f_view([-1])?)?,
+        b: Vec::<f32>::try_from(b)?,
+        temperature,
+        accuracy,
+        examples: rows.len(),
+        held_out: held.len(),
+        took: started.elapsed(),
+    })
+}
