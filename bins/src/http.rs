@@ -750,6 +750,7 @@ fn rules_err(e: flowbot_rules::Error) -> Problem {
         E::Conflict(m) => Problem::new(StatusCode::CONFLICT, m),
         E::Store(s) => Problem::from_store(&s),
         E::Io { .. } => Problem::unavailable(e.to_string()),
+        E::Classifier(ref c) if !c.is_permanent() => Problem::unavailable(e.to_string()),
         other => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
     }
 }

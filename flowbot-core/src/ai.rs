@@ -1,6 +1,8 @@
 //! Traits for models that other crates implement, so that the rules engine, the LLM crate and
 //! the GPU crate meet without depending on each other.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -26,4 +28,14 @@ pub trait Classifier: Send + Sync + 'static {
     /// The labels for `text`, in any order. Labels the classifier does not know of are
     /// simply absent.
     async fn classify(&self, text: &str) -> Result<Vec<Label>>;
+
+    /// Learn the labels from example texts (label → texts): the rules engine calls it with
+    /// the examples its `intent` conditions declare, each time the rules load, before the
+    /// rules are put in force; an error keeps the previous rules and model. The provided
+    /// method ignores the examples, for classifiers whose labels are fixed (a remote
+    /// service, a model trained elsewhere).
+    async fn learn(&self, examples: &BTreeMap<String, Vec<String>>) -> Result<()> {
+        let _ = examples;
+        Ok(())
+    }
 }

@@ -70,7 +70,10 @@ impl BatchOptions {
         if self.max_wait > Duration::from_secs(10) {
             return Err(Error::settings(
                 "max_wait",
-                format!("{:?} is more than the 10 s a caller should wait", self.max_wait),
+                format!(
+                    "{:?} is more than the 10 s a caller should wait",
+                    self.max_wait
+                ),
             ));
         }
         Ok(())
@@ -177,14 +180,37 @@ impl BatchMetricsSnapshot {
             "# HELP flowbot_gpu_batch_size Texts per model call.\n# TYPE flowbot_gpu_batch_size histogram"
         );
         for (bound, n) in BATCH_BUCKETS.iter().zip(&self.sizes) {
-            let _ = writeln!(out, "flowbot_gpu_batch_size_bucket{{model=\"{model}\",le=\"{bound}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "flowbot_gpu_batch_size_bucket{{model=\"{model}\",le=\"{bound}\"}} {n}"
+            );
         }
-        let _ = writeln!(out, "flowbot_gpu_batch_size_bucket{{model=\"{model}\",le=\"+Inf\"}} {}", self.batches);
-        let _ = writeln!(out, "flowbot_gpu_batch_size_sum{{model=\"{model}\"}} {}", self.texts);
-        let _ = writeln!(out, "flowbot_gpu_batch_size_count{{model=\"{model}\"}} {}", self.batches);
+        let _ = writeln!(
+            out,
+            "flowbot_gpu_batch_size_bucket{{model=\"{model}\",le=\"+Inf\"}} {}",
+            self.batches
+        );
+        let _ = writeln!(
+            out,
+            "flowbot_gpu_batch_size_sum{{model=\"{model}\"}} {}",
+            self.texts
+        );
+        let _ = writeln!(
+            out,
+            "flowbot_gpu_batch_size_count{{model=\"{model}\"}} {}",
+            self.batches
+        );
         for (name, help, v) in [
-            ("refused", "Texts refused because the inference queue was full.", self.refused),
-            ("cancelled", "Texts whose caller gave up before their batch ran.", self.cancelled),
+            (
+                "refused",
+                "Texts refused because the inference queue was full.",
+                self.refused,
+            ),
+            (
+                "cancelled",
+                "Texts whose caller gave up before their batch ran.",
+                self.cancelled,
+            ),
             ("errors", "Model calls that failed.", self.errors),
         ] {
             let _ = writeln!(
@@ -193,14 +219,21 @@ impl BatchMetricsSnapshot {
             );
         }
         for (name, help, h) in [
-            ("queue_wait", "Time from queueing a text to the start of its batch.", &self.queue_wait),
+            (
+                "queue_wait",
+                "Time from queueing a text to the start of its batch.",
+                &self.queue_wait,
+            ),
             ("inference", "Time in the model per batch.", &self.inference),
         ] {
             let _ = writeln!(
                 out,
                 "# HELP flowbot_gpu_{name}_seconds {help}\n# TYPE flowbot_gpu_{name}_seconds histogram"
             );
-            for (bound, n) in flowbot_core::metrics::LATENCY_BUCKETS.iter().zip(&h.cumulative) {
+            for (bound, n) in flowbot_core::metrics::LATENCY_BUCKETS
+                .iter()
+                .zip(&h.cumulative)
+            {
                 let _ = writeln!(
                     out,
                     "flowbot_gpu_{name}_seconds_bucket{{model=\"{model}\",le=\"{bound}\"}} {n}"
@@ -463,7 +496,10 @@ mod tests {
         let b = batcher.submit("second").unwrap();
         let err = batcher.submit("third").unwrap_err();
         assert!(matches!(err, Error::QueueFull { capacity: 2 }), "{err}");
-        assert_eq!(err.to_string(), "the inference queue is full (2 texts waiting)");
+        assert_eq!(
+            err.to_string(),
+            "the inference queue is full (2 texts waiting)"
+        );
         assert!(err.is_transient());
         assert_eq!(batcher.metrics().snapshot().refused, 1);
         // The texts already accepted are embedded once the worker runs.
@@ -492,15 +528,33 @@ mod tests {
     #[test]
     fn settings_out_of_range_are_refused_by_name() {
         for (options, setting) in [
-            (BatchOptions { max_batch: 0, ..BatchOptions::default() }, "max_batch"),
-            (BatchOptions { queue: 0, ..BatchOptions::default() }, "queue"),
             (
-                BatchOptions { max_wait: Duration::from_secs(60), ..BatchOptions::default() },
+                BatchOptions {
+                    max_batch: 0,
+                    ..BatchOptions::default()
+                },
+                "max_batch",
+            ),
+            (
+                BatchOptions {
+                    queue: 0,
+                    ..BatchOptions::default()
+                },
+                "queue",
+            ),
+            (
+                BatchOptions {
+                    max_wait: Duration::from_secs(60),
+                    ..BatchOptions::default()
+                },
                 "max_wait",
             ),
         ] {
             let err = options.check().unwrap_err();
-            assert!(matches!(err, Error::Settings { setting: s, .. } if s == setting), "{err}");
+            assert!(
+                matches!(err, Error::Settings { setting: s, .. } if s == setting),
+                "{err}"
+            );
         }
     }
 

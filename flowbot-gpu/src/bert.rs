@@ -84,9 +84,10 @@ struct Weights {
 
 impl Weights {
     fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
-        let t = self.tensors.remove(name).ok_or_else(|| {
-            Error::load(&self.file, format!("tensor '{name}' is missing"))
-        })?;
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| Error::load(&self.file, format!("tensor '{name}' is missing")))?;
         if t.size() != shape {
             return Err(Error::load(
                 &self.file,
@@ -104,7 +105,8 @@ impl Bert {
     /// Read `config.json` and `model.safetensors` from `dir` onto `device`, in `kind`.
     pub(crate) fn load(dir: &Path, device: Device, kind: Kind) -> Result<Bert> {
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::load(&config_path, e))?;
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| Error::load(&config_path, e))?;
         let c: BertConfig =
             serde_json::from_str(&text).map_err(|e| Error::load(&config_path, e))?;
         check_config(&c).map_err(|reason| Error::load(&config_path, reason))?;
@@ -115,13 +117,18 @@ impl Bert {
             other => {
                 return Err(Error::load(
                     &config_path,
-                    format!("hidden_act '{other}' is not one of gelu, gelu_new, gelu_pytorch_tanh, relu"),
+                    format!(
+                        "hidden_act '{other}' is not one of gelu, gelu_new, gelu_pytorch_tanh, relu"
+                    ),
                 ));
             }
         };
         let file = dir.join("model.safetensors");
         if !file.is_file() {
-            return Err(Error::load(&file, "not found (the weights must be in safetensors form)"));
+            return Err(Error::load(
+                &file,
+                "not found (the weights must be in safetensors form)",
+            ));
         }
         let tensors = Tensor::read_safetensors(&file).map_err(|e| Error::load(&file, e))?;
         let tensors = tensors
@@ -210,9 +217,27 @@ impl Bert {
         let device = ids.device();
         let positions = Tensor::f_arange(l, (Kind::Int64, device))?;
         let mut x = Tensor::f_embedding(&self.word, ids, -1, false, false)?
-            .f_add(&Tensor::f_embedding(&self.position, &positions, -1, false, false)?)?
-            .f_add(&Tensor::f_embedding(&self.token_type, types, -1, false, false)?)?
-            .f_layer_norm([self.hidden], Some(&self.ln_w), Some(&self.ln_b), self.eps, true)?;
+            .f_add(&Tensor::f_embedding(
+                &self.position,
+                &positions,
+                -1,
+                false,
+                false,
+            )?)?
+            .f_add(&Tensor::f_embedding(
+                &self.token_type,
+                types,
+                -1,
+                false,
+                false,
+            )?)?
+            .f_layer_norm(
+                [self.hidden],
+                Some(&self.ln_w),
+                Some(&self.ln_b),
+                self.eps,
+                true,
+            )?;
         // scaled_dot_product_attention takes a boolean mask: true where a key is attended to.
         let attend = match mask {
             Some(m) => Some(m.f_to_kind(Kind::Bool)?.f_view([b, 1, 1, l])?),
@@ -242,7 +267,13 @@ impl Bert {
             let a = ctx
                 .f_linear(&layer.out_w, Some(&layer.out_b))?
                 .f_add(&x)?
-                .f_layer_norm([self.hidden], Some(&layer.ln1_w), Some(&layer.ln1_b), self.eps, true)?;
+                .f_layer_norm(
+                    [self.hidden],
+                    Some(&layer.ln1_w),
+                    Some(&layer.ln1_b),
+                    self.eps,
+                    true,
+                )?;
             let up = a.f_linear(&layer.up_w, Some(&layer.up_b))?;
             let up = match self.act {
                 Activation::Gelu => up.f_gelu("none")?,
@@ -252,7 +283,13 @@ impl Bert {
             x = up
                 .f_linear(&layer.down_w, Some(&layer.down_b))?
                 .f_add(&a)?
-                .f_layer_norm([self.hidden], Some(&layer.ln2_w), Some(&layer.ln2_b), self.eps, true)?;
+                .f_layer_norm(
+                    [self.hidden],
+                    Some(&layer.ln2_w),
+                    Some(&layer.ln2_b),
+                    self.eps,
+                    true,
+                )?;
         }
         Ok(x)
     }
@@ -269,16 +306,24 @@ fn check_config(c: &BertConfig) -> std::result::Result<(), String> {
     if let Some(p) = &c.position_embedding_type
         && p != "absolute"
     {
-        return Err(format!("position_embedding_type '{p}' is not supported (only absolute)"));
+        return Err(format!(
+            "position_embedding_type '{p}' is not supported (only absolute)"
+        ));
     }
-    if c.hidden_size <= 0 || c.num_attention_heads <= 0 || c.hidden_size % c.num_attention_heads != 0 {
+    if c.hidden_size <= 0
+        || c.num_attention_heads <= 0
+        || c.hidden_size % c.num_attention_heads != 0
+    {
         return Err(format!(
             "hidden_size {} is not a positive multiple of num_attention_heads {}",
             c.hidden_size, c.num_attention_heads
         ));
     }
     if c.intermediate_size <= 0 || c.num_hidden_layers == 0 || c.max_position_embeddings == 0 {
-        return Err("intermediate_size, num_hidden_layers and max_position_embeddings must be positive".into());
+        return Err(
+            "intermediate_size, num_hidden_layers and max_position_embeddings must be positive"
+                .into(),
+        );
     }
     Ok(())
 }

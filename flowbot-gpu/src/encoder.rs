@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
-use tokenizers::{PaddingParams, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    PaddingParams, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 use crate::bert::Bert;
 use crate::device::{Options, device_name};
@@ -383,10 +385,19 @@ impl Encoder {
             types[at..at + t.len()].copy_from_slice(&t.types);
             mask[at..at + t.len()].fill(1);
         }
-        let shape = [i64::try_from(b).map_err(too_big)?, i64::try_from(l).map_err(too_big)?];
-        let ids = Tensor::from_slice(&ids).f_view(shape)?.f_to_device(self.device)?;
-        let types = Tensor::from_slice(&types).f_view(shape)?.f_to_device(self.device)?;
-        let mask = Tensor::from_slice(&mask).f_view(shape)?.f_to_device(self.device)?;
+        let shape = [
+            i64::try_from(b).map_err(too_big)?,
+            i64::try_from(l).map_err(too_big)?,
+        ];
+        let ids = Tensor::from_slice(&ids)
+            .f_view(shape)?
+            .f_to_device(self.device)?;
+        let types = Tensor::from_slice(&types)
+            .f_view(shape)?
+            .f_to_device(self.device)?;
+        let mask = Tensor::from_slice(&mask)
+            .f_view(shape)?
+            .f_to_device(self.device)?;
         let out = match &self.backbone {
             Backbone::Bert(bert) => bert.forward(&ids, &types, padded.then_some(&mask))?,
             Backbone::Script(m) => m.forward_ts(&[&ids, &mask])?,
@@ -426,7 +437,9 @@ impl Encoder {
                     .f_masked_fill(&m.f_eq(0)?, -1e9)?
                     .f_amax([1i64], false)?,
                 Pool::Mean | Pool::MeanSqrtLen => {
-                    let sum = tokens.f_mul(&m)?.f_sum_dim_intlist(1i64, false, None::<Kind>)?;
+                    let sum = tokens
+                        .f_mul(&m)?
+                        .f_sum_dim_intlist(1i64, false, None::<Kind>)?;
                     let count = m
                         .f_sum_dim_intlist(1i64, false, None::<Kind>)?
                         .f_clamp_min(1e-9)?;

@@ -148,7 +148,11 @@ impl IntentClassifier {
                 "examples",
                 format!(
                     "at least two intents need examples to tell them apart (only {})",
-                    if labels.is_empty() { "none".to_owned() } else { format!("'{}'", labels[0]) }
+                    if labels.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        format!("'{}'", labels[0])
+                    }
                 ),
             ));
         }
@@ -158,7 +162,11 @@ impl IntentClassifier {
         let mut wanted: Vec<String> = examples.values().flatten().cloned().collect();
         wanted.sort();
         wanted.dedup();
-        let new: Vec<String> = wanted.iter().filter(|t| !cache.contains_key(*t)).cloned().collect();
+        let new: Vec<String> = wanted
+            .iter()
+            .filter(|t| !cache.contains_key(*t))
+            .cloned()
+            .collect();
         let vectors = self.embedder.embed_many(&new).await?;
         cache.extend(new.into_iter().zip(vectors));
         cache.retain(|t, _| wanted.binary_search(t).is_ok());
@@ -186,13 +194,19 @@ impl IntentClassifier {
             embedding,
             training: fitted.took,
         };
-        *self.head.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(Head {
+        *self
+            .head
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(Head {
             labels,
             w: fitted.w,
             b: fitted.b,
             temperature: fitted.temperature,
         }));
-        *self.last.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(training.clone());
+        *self
+            .last
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(training.clone());
         tracing::info!(
             labels = k,
             examples = training.examples,
@@ -259,10 +273,16 @@ struct Fitted {
 fn tensors(rows: &[&(Vec<f32>, usize, bool)]) -> Result<(Tensor, Tensor)> {
     let d = rows.first().map(|r| r.0.len()).unwrap_or(0);
     let flat: Vec<f32> = rows.iter().flat_map(|r| r.0.iter().copied()).collect();
-    let y: Vec<i64> = rows.iter().map(|r| i64::try_from(r.1).unwrap_or(0)).collect();
+    let y: Vec<i64> = rows
+        .iter()
+        .map(|r| i64::try_from(r.1).unwrap_or(0))
+        .collect();
     let n = i64::try_from(rows.len()).map_err(|e| Error::Torch(e.to_string()))?;
     let d = i64::try_from(d).map_err(|e| Error::Torch(e.to_string()))?;
-    Ok((Tensor::from_slice(&flat).f_view([n, d])?, Tensor::from_slice(&y)))
+    Ok((
+        Tensor::from_slice(&flat).f_view([n, d])?,
+        Tensor::from_slice(&y),
+    ))
 }
 
 /// Softmax regression with an L2 penalty, full batch, Adam.
@@ -287,7 +307,11 @@ fn fit(x: &Tensor, y: &Tensor, k: usize, options: &TrainOptions) -> Result<(Tens
     Ok((w.f_detach()?, b.f_detach()?))
 }
 
-fn fit_and_calibrate(rows: &[(Vec<f32>, usize, bool)], k: usize, options: &TrainOptions) -> Result<Fitted> {
+fn fit_and_calibrate(
+    rows: &[(Vec<f32>, usize, bool)],
+    k: usize,
+    options: &TrainOptions,
+) -> Result<Fitted> {
     let started = Instant::now();
     let train: Vec<_> = rows.iter().filter(|r| !r.2).collect();
     let held: Vec<_> = rows.iter().filter(|r| r.2).collect();

@@ -22,49 +22,126 @@ fn classifier() -> IntentClassifier {
 /// Ten examples for each of eight intents, as a support bot's rules would declare them.
 pub fn examples() -> BTreeMap<String, Vec<String>> {
     let raw: [(&str, [&str; 10]); 8] = [
-        ("greeting", [
-            "hi", "hello there", "good morning", "hey, how are you?", "hiya",
-            "good evening!", "hello bot", "greetings", "hey there, anyone around?", "morning!",
-        ]),
-        ("goodbye", [
-            "bye", "see you later", "goodbye for now", "talk to you tomorrow", "I'm off, bye",
-            "catch you later", "have a nice day, bye", "that's all, goodbye", "see ya", "good night",
-        ]),
-        ("reset_password", [
-            "I forgot my password", "how do I reset my password?", "can't log in, password is wrong",
-            "reset my password please", "I need a new password", "my password doesn't work",
-            "locked out of my account", "change my login password", "password recovery",
-            "I can't remember my password",
-        ]),
-        ("order_status", [
-            "where is my order?", "has my package shipped?", "track my order",
-            "when will my parcel arrive?", "my delivery is late", "order status please",
-            "what's the status of order 1234?", "is my order on its way?",
-            "I haven't received my package", "shipping update for my purchase",
-        ]),
-        ("cancel_subscription", [
-            "cancel my subscription", "I want to unsubscribe", "stop my membership",
-            "how do I cancel my plan?", "end my subscription now", "please cancel my account plan",
-            "I don't want to be billed anymore", "terminate my subscription",
-            "cancel the monthly plan", "opt out of the subscription",
-        ]),
-        ("weather", [
-            "what's the weather like?", "will it rain today?", "weather forecast for tomorrow",
-            "is it going to be sunny?", "how hot is it outside?", "do I need an umbrella?",
-            "temperature in Paris", "is it snowing in Berlin?", "weather this weekend",
-            "how cold will it be tonight?",
-        ]),
-        ("thanks", [
-            "thank you", "thanks a lot", "much appreciated", "thanks for the help",
-            "great, thank you!", "cheers", "thank you so much", "thx", "many thanks",
-            "I appreciate it",
-        ]),
-        ("human_agent", [
-            "I want to talk to a person", "connect me to an agent", "can I speak to a human?",
-            "get me a real person", "transfer me to support staff", "I need a human operator",
-            "let me talk to customer service", "is there a live agent?", "speak with someone",
-            "human please",
-        ]),
+        (
+            "greeting",
+            [
+                "hi",
+                "hello there",
+                "good morning",
+                "hey, how are you?",
+                "hiya",
+                "good evening!",
+                "hello bot",
+                "greetings",
+                "hey there, anyone around?",
+                "morning!",
+            ],
+        ),
+        (
+            "goodbye",
+            [
+                "bye",
+                "see you later",
+                "goodbye for now",
+                "talk to you tomorrow",
+                "I'm off, bye",
+                "catch you later",
+                "have a nice day, bye",
+                "that's all, goodbye",
+                "see ya",
+                "good night",
+            ],
+        ),
+        (
+            "reset_password",
+            [
+                "I forgot my password",
+                "how do I reset my password?",
+                "can't log in, password is wrong",
+                "reset my password please",
+                "I need a new password",
+                "my password doesn't work",
+                "locked out of my account",
+                "change my login password",
+                "password recovery",
+                "I can't remember my password",
+            ],
+        ),
+        (
+            "order_status",
+            [
+                "where is my order?",
+                "has my package shipped?",
+                "track my order",
+                "when will my parcel arrive?",
+                "my delivery is late",
+                "order status please",
+                "what's the status of order 1234?",
+                "is my order on its way?",
+                "I haven't received my package",
+                "shipping update for my purchase",
+            ],
+        ),
+        (
+            "cancel_subscription",
+            [
+                "cancel my subscription",
+                "I want to unsubscribe",
+                "stop my membership",
+                "how do I cancel my plan?",
+                "end my subscription now",
+                "please cancel my account plan",
+                "I don't want to be billed anymore",
+                "terminate my subscription",
+                "cancel the monthly plan",
+                "opt out of the subscription",
+            ],
+        ),
+        (
+            "weather",
+            [
+                "what's the weather like?",
+                "will it rain today?",
+                "weather forecast for tomorrow",
+                "is it going to be sunny?",
+                "how hot is it outside?",
+                "do I need an umbrella?",
+                "temperature in Paris",
+                "is it snowing in Berlin?",
+                "weather this weekend",
+                "how cold will it be tonight?",
+            ],
+        ),
+        (
+            "thanks",
+            [
+                "thank you",
+                "thanks a lot",
+                "much appreciated",
+                "thanks for the help",
+                "great, thank you!",
+                "cheers",
+                "thank you so much",
+                "thx",
+                "many thanks",
+                "I appreciate it",
+            ],
+        ),
+        (
+            "human_agent",
+            [
+                "I want to talk to a person",
+                "connect me to an agent",
+                "can I speak to a human?",
+                "get me a real person",
+                "transfer me to support staff",
+                "I need a human operator",
+                "let me talk to customer service",
+                "is there a live agent?",
+                "speak with someone",
+                "human please",
+            ],
+        ),
     ];
     raw.iter()
         .map(|(label, texts)| {
@@ -94,7 +171,10 @@ async fn learns_intents_from_examples_and_labels_new_texts() {
         ("hello, good afternoon", "greeting"),
         ("I lost my password, help", "reset_password"),
         ("where's my parcel", "order_status"),
-        ("please end my plan, I no longer want it", "cancel_subscription"),
+        (
+            "please end my plan, I no longer want it",
+            "cancel_subscription",
+        ),
         ("is it raining in London?", "weather"),
         ("can a real human help me", "human_agent"),
     ] {
@@ -121,14 +201,30 @@ async fn bad_examples_are_refused_by_name_and_keep_the_model() {
     let mut one = BTreeMap::new();
     one.insert("greeting".to_owned(), vec!["hi".to_owned()]);
     let err = c.train(&one).await.unwrap_err();
-    assert!(matches!(err, Error::Settings { setting: "examples", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Settings {
+                setting: "examples",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("'greeting'"), "{err}");
     let mut empty = examples();
     empty.insert("silence".to_owned(), vec![]);
     let err = c.train(&empty).await.unwrap_err();
-    assert!(err.to_string().contains("intent 'silence' has no example texts"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("intent 'silence' has no example texts"),
+        "{err}"
+    );
     // Through core's trait the error is a model error naming the model.
     let err = c.learn(&one).await.unwrap_err();
     assert!(err.to_string().contains("model"), "{err}");
-    assert!(c.classify("hi").await.unwrap().is_empty(), "nothing was learned");
+    assert!(
+        c.classify("hi").await.unwrap().is_empty(),
+        "nothing was learned"
+    );
 }

@@ -82,11 +82,7 @@ async fn concurrent_callers_through_the_batcher_get_the_same_vectors() {
     let texts = sentences();
     let expected = reference(&dir, &texts, "cpu");
     let encoder = Encoder::load(&dir, &Options::cpu()).unwrap();
-    let batcher = Batcher::start(
-        encoder,
-        BatchOptions::default().max_batch(8),
-    )
-    .unwrap();
+    let batcher = Batcher::start(encoder, BatchOptions::default().max_batch(8)).unwrap();
     let mut tasks = Vec::new();
     for (i, text) in texts.iter().enumerate() {
         let b = batcher.clone();
@@ -99,7 +95,9 @@ async fn concurrent_callers_through_the_batcher_get_the_same_vectors() {
         assert!(c >= 0.9999, "cosine {c} for {:?}", texts[i]);
     }
     // Through core's Embedder trait, many texts in one call, in order.
-    let many = flowbot_core::llm::Embedder::embed(&batcher, &texts).await.unwrap();
+    let many = flowbot_core::llm::Embedder::embed(&batcher, &texts)
+        .await
+        .unwrap();
     assert_eq!(many.len(), texts.len());
     for (i, v) in many.iter().enumerate() {
         assert!(cosine(v, &expected[i]) >= 0.9999);
@@ -110,7 +108,10 @@ async fn concurrent_callers_through_the_batcher_get_the_same_vectors() {
     assert_eq!(m.sizes.last().copied(), Some(m.batches));
     let mut prom = String::new();
     m.render_prometheus("all-MiniLM", &mut prom);
-    assert!(prom.contains("flowbot_gpu_batch_size_count{model=\"all-MiniLM\"}"), "{prom}");
+    assert!(
+        prom.contains("flowbot_gpu_batch_size_count{model=\"all-MiniLM\"}"),
+        "{prom}"
+    );
 }
 
 #[test]
@@ -132,13 +133,35 @@ fn a_directory_without_a_model_is_refused_naming_the_file() {
 #[test]
 fn settings_the_cpu_cannot_honour_are_refused_by_name() {
     let dir = minilm_dir();
-    let err = Encoder::load(&dir, &Options::cpu().precision(flowbot_gpu::Precision::F16)).unwrap_err();
-    assert!(matches!(err, Error::Settings { setting: "precision", .. }), "{err}");
+    let err =
+        Encoder::load(&dir, &Options::cpu().precision(flowbot_gpu::Precision::F16)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Settings {
+                setting: "precision",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = Encoder::load(&dir, &Options::cpu().threads(0)).unwrap_err();
-    assert!(matches!(err, Error::Settings { setting: "threads", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Settings {
+                setting: "threads",
+                ..
+            }
+        ),
+        "{err}"
+    );
     if !flowbot_gpu::cuda_available() {
-        let err = Encoder::load(&dir, &Options::default().device(flowbot_gpu::DeviceChoice::Cuda(0)))
-            .unwrap_err();
+        let err = Encoder::load(
+            &dir,
+            &Options::default().device(flowbot_gpu::DeviceChoice::Cuda(0)),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("0 CUDA device(s)"), "{err}");
     }
 }

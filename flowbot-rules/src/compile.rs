@@ -1,7 +1,7 @@
 //! Compiling rule files into a [`RuleSet`]: every regex, template and script is compiled and
 //! every action name checked before the set can route a single message.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -204,6 +204,8 @@ pub struct RuleSet {
     pub(crate) templates: minijinja::Environment<'static>,
     pub(crate) vars: Value,
     pub(crate) uses_intents: bool,
+    /// Example texts of `intent` conditions, by label (each text once).
+    pub(crate) intent_examples: BTreeMap<String, Vec<String>>,
     /// Whether any rule takes edits (`event = "message_edited"`).
     pub(crate) takes_edits: bool,
     #[cfg(feature = "scripts")]
@@ -293,6 +295,8 @@ pub(crate) struct Compiler<'a> {
     pub(crate) scripting: &'a Scripting,
     regexes: Vec<Regex>,
     templates: minijinja::Environment<'static>,
+    /// Example texts of `intent` conditions, by label.
+    intent_examples: BTreeMap<String, Vec<String>>,
 }
 
 impl RuleSet {
@@ -364,6 +368,7 @@ impl RuleSet {
             scripting: &scripting,
             regexes: Vec::new(),
             templates,
+            intent_examples: BTreeMap::new(),
         };
         let mut seen: HashMap<String, Origin> = HashMap::new();
         let mut rules = Vec::with_capacity(specs.len());
@@ -500,6 +505,7 @@ impl RuleSet {
             templates: c.templates,
             vars,
             uses_intents,
+            intent_examples: c.intent_examples,
             takes_edits,
             #[cfg(feature = "scripts")]
             scripting,
@@ -514,6 +520,13 @@ impl RuleSet {
     /// Load every `*.toml` file under `dir` (sorted by path, not recursive).
     pub fn load_dir(dir: &Path, plugins: &Plugins) -> Result<RuleSet, Error> {
         Self::compile(&read_dir(dir)?, plugins)
+    }
+
+    /// The example texts the `intent` conditions declare, by label (every label a
+    /// condition names, with the texts given anywhere for it). The rules engine trains the
+    /// bot's classifier with them ([`Classifier::learn`](flowbot_core::Classifier::learn)).
+    pub fn intent_examples(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.intent_examples
     }
 
     /// Number of rules.
@@ -733,6 +746,19 @@ impl Compiler<'_> {
         if let Some(i) = &w.intent {
             if !(0.0..=1.0).contains(&i.min) {
                 return Err(format!("intent: min {} is not between 0 and 1", i.min));
+            }
+            if i.label.trim().is_empty() {
+                return Err("intent: the label is empty".into());
+            }
+            let texts = self.intent_examples.entry(i.label.clone()).or_default();
+            for e in &i.examples {
+                let e = e.trim();
+                if e.is_empty() {
+                    return Err(format!("intent '{}': an example is empty", i.label));
+                }
+                if !texts.iter().any(|t| t == e) {
+                    texts.push(e.to_owned());
+                }
             }
             parts.push(Cond::Intent(i.label.clone(), i.min));
         }

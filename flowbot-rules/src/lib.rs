@@ -122,6 +122,10 @@ pub enum Error {
     /// The database failed.
     #[error("database: {0}")]
     Store(#[source] flowbot_core::StoreError),
+    /// The intent classifier could not learn the rules' examples (the rules stay as they
+    /// were).
+    #[error("intent examples: {0}")]
+    Classifier(#[source] flowbot_core::Error),
 }
 
 /// A condition kind registered by the application, after compiling: it checks one event.

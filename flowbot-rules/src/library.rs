@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowbot_core::{CancellationToken, SharedKv};
+use flowbot_core::{CancellationToken, Classifier, SharedKv};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -92,13 +92,35 @@ impl RuleLibrary {
             reloads: Default::default(),
         };
         let set = lib.build(lib.db_rules().await?, None).await?;
-        lib.router.replace(set);
+        lib.install(set).await?;
         Ok(lib)
     }
 
     /// The router the bot uses.
     pub fn router(&self) -> Arc<RulesRouter> {
         self.router.clone()
+    }
+
+    /// Use `classifier` for `intent` conditions, trained now with the examples of the rules
+    /// in force and again each time they change. An error (the classifier refused the
+    /// examples) leaves the router without it.
+    pub async fn set_classifier(&self, classifier: Arc<dyn Classifier>) -> Result<(), Error> {
+        let _one = self.writing.lock().await;
+        learn(&*classifier, &self.router.current()).await?;
+        self.router.set_classifier(Some(classifier));
+        Ok(())
+    }
+
+    /// Put `set` in force, once the classifier (if any) has learned its examples: a set
+    /// whose examples the classifier refuses is not put in force.
+    async fn install(&self, set: RuleSet) -> Result<(), Error> {
+        if let Some(c) = self.router.classifier()
+            && set.intent_examples() != self.router.current().intent_examples()
+        {
+            learn(&*c, &set).await?;
+        }
+        self.router.replace(set);
+        Ok(())
     }
 
     async fn db_rules(&self) -> Result<Vec<RuleSpec>, Error> {
@@ -162,7 +184,7 @@ impl RuleLibrary {
     pub async fn reload(&self) -> Result<usize, Error> {
         let set = self.build(self.db_rules().await?, None).await?;
         let n = set.len();
-        self.router.replace(set);
+        self.install(set).await?;
         Ok(n)
     }
 
@@ -251,7 +273,7 @@ impl RuleLibrary {
             .kv_set(RULES_NAMESPACE, &rule.name, &value)
             .await
             .map_err(Error::Store)?;
-        self.router.replace(set);
+        self.install(set).await?;
         self.announce().await;
         Ok(())
     }
@@ -272,7 +294,7 @@ impl RuleLibrary {
             .kv_delete(RULES_NAMESPACE, name)
             .await
             .map_err(Error::Store)?;
-        self.router.replace(set);
+        self.install(set).await?;
         self.announce().await;
         Ok(())
     }
@@ -375,4 +397,13 @@ fn entry((rule, origin): (&RuleSpec, &Origin)) -> RuleEntry {
 /// Parse a rule from JSON (the API's body), with a clear error.
 pub fn rule_from_json(v: Value) -> Result<RuleSpec, Error> {
     serde_json::from_value(v).map_err(|e| Error::Invalid(format!("invalid rule: {e}")))
+}
+
+/// Train `classifier` with the examples of `set`, when it declares any.
+async fn learn(classifier: &dyn Classifier, set: &RuleSet) -> Result<(), Error> {
+    let examples = set.intent_examples();
+    if examples.values().all(Vec::is_empty) {
+        return Ok(());
+    }
+    classifier.learn(examples).await.map_err(Error::Classifier)
 }

@@ -333,7 +333,7 @@ fn eval(c: &Cond, f: &Facts<'_>, b: &mut Bindings) -> Result<Outcome, String> {
 /// message is routed wholly by the set that was current when it arrived.
 pub struct RulesRouter {
     set: RwLock<Arc<RuleSet>>,
-    classifier: Option<Arc<dyn Classifier>>,
+    classifier: RwLock<Option<Arc<dyn Classifier>>>,
     unmatched_to_assistant: std::sync::atomic::AtomicBool,
 }
 
@@ -341,7 +341,7 @@ impl std::fmt::Debug for RulesRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RulesRouter")
             .field("rules", &self.current().len())
-            .field("classifier", &self.classifier.is_some())
+            .field("classifier", &self.classifier().is_some())
             .finish()
     }
 }
@@ -391,15 +391,33 @@ impl RulesRouter {
     pub fn new(set: RuleSet) -> Self {
         RulesRouter {
             set: RwLock::new(Arc::new(set)),
-            classifier: None,
+            classifier: RwLock::new(None),
             unmatched_to_assistant: Default::default(),
         }
     }
 
     /// Use `classifier` for `intent` conditions.
-    pub fn with_classifier(mut self, classifier: Arc<dyn Classifier>) -> Self {
-        self.classifier = Some(classifier);
+    pub fn with_classifier(self, classifier: Arc<dyn Classifier>) -> Self {
+        self.set_classifier(Some(classifier));
         self
+    }
+
+    /// Use `classifier` for `intent` conditions from now on (`None`: no classifier, and
+    /// every `intent` condition is false). It is not trained here: a
+    /// [`RuleLibrary`](crate::RuleLibrary) trains it with the rules' examples.
+    pub fn set_classifier(&self, classifier: Option<Arc<dyn Classifier>>) {
+        *self
+            .classifier
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = classifier;
+    }
+
+    /// The classifier of `intent` conditions.
+    pub fn classifier(&self) -> Option<Arc<dyn Classifier>> {
+        self.classifier
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Send messages that no rule matched to the bot's assistant (its language model), when
@@ -575,8 +593,13 @@ impl Router for RulesRouter {
         let set = self.current();
         // An edit no rule takes is answered by nothing: no classification for it.
         let edit_taken = set.takes_edits || !matches!(&*turn.event, Event::MessageEdited(_));
-        let intents = match (&self.classifier, set.uses_intents) {
-            (Some(c), true) if edit_taken && !event_text(&turn.event).is_empty() => {
+        let classifier = if set.uses_intents {
+            self.classifier()
+        } else {
+            None
+        };
+        let intents = match classifier {
+            Some(c) if edit_taken && !event_text(&turn.event).is_empty() => {
                 Some(c.classify(event_text(&turn.event)).await?)
             }
             _ => None,

@@ -254,6 +254,10 @@ pub struct IntentSpec {
     /// Lowest confidence that counts (default 0.5).
     #[serde(default = "half")]
     pub min: f32,
+    /// Example texts of this intent: a classifier that learns (flowbot-gpu's) is trained
+    /// with the examples of every label each time the rules load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<String>,
 }
 
 fn half() -> f32 {

@@ -858,3 +858,177 @@ fn bad_dialogs_are_rejected_with_the_dialog_and_where() {
         assert!(e.contains(&want), "{rules}\n  gave: {e}\n  want: {want}");
     }
 }
+
+/// A classifier that learns: a text gets, for each label, the largest share of words it
+/// has in common with one of that label's examples. It refuses fewer than two labels, as a
+/// trained classifier (flowbot-gpu's) does.
+#[derive(Default)]
+struct NearestExample {
+    examples: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
+    lessons: std::sync::atomic::AtomicUsize,
+}
+
+fn words(s: &str) -> std::collections::BTreeSet<String> {
+    s.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[async_trait]
+impl Classifier for NearestExample {
+    async fn classify(&self, text: &str) -> flowbot_core::Result<Vec<Label>> {
+        let said = words(text);
+        let examples = self.examples.lock().expect("examples").clone();
+        Ok(examples
+            .iter()
+            .map(|(label, texts)| {
+                let best = texts
+                    .iter()
+                    .map(|t| {
+                        let w = words(t);
+                        let common = w.intersection(&said).count() as f32;
+                        common / w.union(&said).count().max(1) as f32
+                    })
+                    .fold(0.0, f32::max);
+                Label {
+                    label: label.clone(),
+                    confidence: best,
+                }
+            })
+            .collect())
+    }
+
+    async fn learn(
+        &self,
+        examples: &std::collections::BTreeMap<String, Vec<String>>,
+    ) -> flowbot_core::Result<()> {
+        if examples.len() < 2 {
+            return Err(flowbot_core::Error::Build(
+                "at least two intents need examples".into(),
+            ));
+        }
+        *self.examples.lock().expect("examples") = examples.clone();
+        self.lessons
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+const INTENT_RULES: &str = r#"
+[[rule]]
+name = "hello"
+when = { intent = { label = "greeting", min = 0.5, examples = ["hello there", "good morning"] } }
+then = [{ reply = "Hello!" }]
+
+[[rule]]
+name = "password"
+when = { intent = { label = "reset_password", min = 0.5, examples = ["I forgot my password", "reset my password"] } }
+then = [{ reply = "Here is how to reset it." }]
+
+[[rule]]
+name = "also-hello"
+when = { all = [{ intent = { label = "greeting", examples = ["hi", "hello there"] } }, { contains = "!" }] }
+then = [{ reply = "Hi!" }]
+"#;
+
+#[tokio::test]
+async fn the_library_trains_the_classifier_with_the_rules_examples() {
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join("intents.toml"), INTENT_RULES).expect("write");
+    let library = flowbot_rules::RuleLibrary::open(
+        flowbot_rules::RuleFiles::Dir(dir.0.clone()),
+        None,
+        plugins(),
+    )
+    .await
+    .expect("open");
+    // Examples from every condition naming a label, each once, in order.
+    let set = library.router().current();
+    assert_eq!(
+        set.intent_examples()["greeting"],
+        ["hello there", "good morning", "hi"]
+    );
+    let classifier = Arc::new(NearestExample::default());
+    library
+        .set_classifier(classifier.clone())
+        .await
+        .expect("learns");
+    assert_eq!(
+        classifier.lessons.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    let route = |text: &'static str| {
+        let library = &library;
+        let classifier = classifier.clone();
+        async move {
+            let labels = classifier.classify(text).await.expect("classify");
+            library
+                .router()
+                .matching(
+                    &Event::Message(Message::text("local", "room", Sender::user("u"), text)),
+                    &serde_json::Map::new(),
+                    Some(labels),
+                )
+                .expect("matching")
+        }
+    };
+    assert_eq!(route("I forgot my password").await, ["password"]);
+    assert_eq!(route("hello there").await, ["hello"]);
+
+    // The same examples again: nothing to learn.
+    library.reload().await.expect("reload");
+    assert_eq!(
+        classifier.lessons.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+
+    // New examples: learned before the rules are put in force.
+    std::fs::write(
+        dir.0.join("intents.toml"),
+        INTENT_RULES.replace("\"reset my password\"", "\"new password please\""),
+    )
+    .expect("write");
+    library.reload().await.expect("reload");
+    assert_eq!(
+        classifier.lessons.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    assert_eq!(route("new password please").await, ["password"]);
+
+    // Examples the classifier refuses: the reload fails naming them, and the rules and the
+    // model in force stay.
+    std::fs::write(
+        dir.0.join("intents.toml"),
+        r#"
+[[rule]]
+name = "only-hello"
+when = { intent = { label = "greeting", examples = ["hello"] } }
+then = [{ reply = "Hello!" }]
+"#,
+    )
+    .expect("write");
+    let err = library.reload().await.expect_err("refused");
+    assert!(matches!(err, Error::Classifier(_)), "{err}");
+    let text = err.to_string();
+    assert!(text.starts_with("intent examples: "), "{text}");
+    assert!(
+        text.contains("at least two intents need examples"),
+        "{text}"
+    );
+    assert_eq!(library.list().len(), 3);
+    assert_eq!(route("new password please").await, ["password"]);
+
+    // An empty example is refused when the rules compile.
+    std::fs::write(
+        dir.0.join("intents.toml"),
+        INTENT_RULES.replace("\"hi\"", "\" \""),
+    )
+    .expect("write");
+    let err = library.reload().await.expect_err("refused").to_string();
+    assert!(
+        err.contains("intent 'greeting': an example is empty"),
+        "{err}"
+    );
+}
