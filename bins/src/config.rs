@@ -15,6 +15,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 mod auth;
+mod gpu;
 mod limits;
 mod llm;
 mod load;
@@ -30,6 +31,7 @@ pub use flowbot_channels::tailchat::TailchatSettings;
 pub use flowbot_channels::telegram::{TelegramMode, TelegramSettings};
 pub use flowbot_channels::web::{HostIdentitySettings, WebSettings};
 pub use flowbot_channels::webhook::WebhookSettings;
+pub use gpu::GpuConfig;
 pub use limits::LimitsConfig;
 pub use llm::{LlmConfig, Relevance};
 pub use network::NetworkConfig;
@@ -72,6 +74,8 @@ pub struct Config {
     pub discord: BTreeMap<String, DiscordSettings>,
     /// The language model.
     pub llm: LlmConfig,
+    /// Local inference (the intent classifier), with the `gpu` feature.
+    pub gpu: GpuConfig,
     /// Who may use the admin API.
     pub auth: AuthConfig,
     /// Abuse limits on the HTTP surface.
@@ -504,6 +508,7 @@ impl Config {
             return Err(err("database.max_connections", "must be at least 1"));
         }
         self.llm.validate()?;
+        self.gpu.validate()?;
         let admin_key = if self.server.admin_listen.is_some() {
             "server.admin_listen"
         } else {

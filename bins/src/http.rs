@@ -58,6 +58,9 @@ pub struct AppState {
     /// The assistant's prompt library (`None` without `[llm]` models: the API then manages
     /// the database's prompts alone).
     pub prompts: Option<Arc<flowbot_llm::prompt::SharedPrompts>>,
+    /// The local model of `[gpu]`, for metrics.
+    #[cfg(feature = "gpu")]
+    pub gpu: Option<flowbot_gpu::Batcher>,
     /// Who may use the API ([`auth::guard`]).
     pub gate: Arc<auth::Gate>,
 }
@@ -368,6 +371,12 @@ async fn metrics(State(s): State<AppState>) -> Response {
     );
     if let Some(llm) = &s.llm {
         llm.snapshot().render_prometheus(&mut out);
+    }
+    #[cfg(feature = "gpu")]
+    if let Some(gpu) = &s.gpu {
+        gpu.metrics()
+            .snapshot()
+            .render_prometheus(gpu.name(), &mut out);
     }
     (
         [(

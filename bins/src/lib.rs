@@ -11,6 +11,8 @@
 
 pub mod config;
 pub mod demo;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod http;
 pub mod keys;
 pub mod llm;

@@ -54,6 +54,10 @@ pub enum RunError {
     /// The bot could not be built or failed.
     #[error(transparent)]
     Bot(#[from] flowbot_core::Error),
+    /// The local model (`[gpu]`) could not be loaded.
+    #[cfg(feature = "gpu")]
+    #[error("gpu: {0}")]
+    Gpu(#[from] flowbot_gpu::Error),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -296,6 +300,9 @@ struct Channels {
 struct Parts {
     store: Arc<dyn Store>,
     rules: Arc<RuleLibrary>,
+    /// The local models of `[gpu]`.
+    #[cfg(feature = "gpu")]
+    local: Option<crate::gpu::LocalModels>,
     secrets: Option<Arc<SecretStore>>,
     workflows: Arc<Workflows>,
     /// The bot so far: store, router, actions, notifiers and every channel.
@@ -317,6 +324,28 @@ async fn parts(
 ) -> Result<Parts, RunError> {
     let store = open_store(config).await?;
     let rules = rule_library(config, &store, shutdown).await?;
+    #[cfg(feature = "gpu")]
+    let local = match crate::gpu::load(&config.gpu).await? {
+        Some(models) => {
+            crate::gpu::attach(&models, &rules).await?;
+            Some(models)
+        }
+        None => None,
+    };
+    if rules.router().classifier().is_none()
+        && rules
+            .router()
+            .current()
+            .intent_examples()
+            .values()
+            .any(|v| !v.is_empty())
+    {
+        tracing::warn!(
+            "the rules give intent examples but no classifier is loaded: `intent` conditions \
+             will not match (build flowbot-server with the `gpu` feature and set [gpu] model, \
+             or FLOWBOT_MINILM_DIR; docs/gpu.md)"
+        );
+    }
     let secrets = secret_store(config, &store)?;
     resolve_references(config, secrets.as_deref()).await?;
     let workflows = workflow_engine(config, &store, secrets.clone());
@@ -330,6 +359,8 @@ async fn parts(
     Ok(Parts {
         store,
         rules,
+        #[cfg(feature = "gpu")]
+        local,
         secrets,
         workflows,
         builder,

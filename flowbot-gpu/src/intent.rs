@@ -25,7 +25,68 @@ pub struct TrainOptions {
     pub learning_rate: f64,
     /// The weight of the L2 penalty on the head's weights (keeps confidences moderate).
     pub l2: f64,
+    /// Train an extra, unnamed class on [`OUT_OF_SCOPE`] texts (those not close to any
+    /// example), so that a text unlike every intent gets low confidences instead of the
+    /// nearest intent's. Its share is never reported as a label: the labels' confidences
+    /// then add up to less than 1.
+    pub out_of_scope: bool,
 }
+
+/// Texts about nothing a bot's intents are likely to be about (trivia, arithmetic, recipes,
+/// small statements, noise): the negative class of [`TrainOptions::out_of_scope`]. A text
+/// with a cosine of more than 0.6 to one of the rules' examples is left out of it.
+pub const OUT_OF_SCOPE: &[&str] = &[
+    "what is the capital of Peru",
+    "who wrote War and Peace",
+    "how many legs does a spider have",
+    "what is 17 times 23",
+    "solve x squared minus four equals zero",
+    "give me a recipe for banana bread",
+    "how long should I boil an egg",
+    "who won the world cup in 1998",
+    "explain quantum entanglement",
+    "translate good luck into Japanese",
+    "write a poem about the sea",
+    "tell me a joke about cats",
+    "what is the meaning of life",
+    "how far away is the moon",
+    "recommend a good science fiction novel",
+    "what year did the Berlin wall fall",
+    "how do I center a div in CSS",
+    "what's the difference between a list and a tuple in Python",
+    "how tall is Mount Everest",
+    "name three primary colours",
+    "what does a photosynthesis reaction produce",
+    "play some jazz music",
+    "my cat is sleeping on the keyboard",
+    "the train was five minutes late this morning",
+    "I like pineapple on pizza",
+    "blue is my favourite colour",
+    "the meeting moved to Thursday",
+    "asdf qwerty zxcv",
+    "lorem ipsum dolor sit amet",
+    "ok",
+    "hmm",
+    "123456",
+    "what is the population of Canada",
+    "who painted the Mona Lisa",
+    "how do airplanes stay in the air",
+    "what is the boiling point of water in Fahrenheit",
+    "suggest a name for my dog",
+    "how many days are in a leap year",
+    "define the word serendipity",
+    "what rhymes with orange",
+    "convert 10 miles to kilometres",
+    "is a tomato a fruit or a vegetable",
+    "the stock market went up today",
+    "I am learning to play the guitar",
+    "draw a picture of a horse",
+    "what is the speed of light",
+    "how do you say hello in French",
+    "list the planets of the solar system",
+    "who is the main character in Hamlet",
+    "what are the rules of chess",
+];
 
 impl Default for TrainOptions {
     fn default() -> Self {
@@ -33,6 +94,7 @@ impl Default for TrainOptions {
             epochs: 200,
             learning_rate: 0.05,
             l2: 1e-4,
+            out_of_scope: true,
         }
     }
 }
@@ -62,7 +124,10 @@ pub struct Training {
 /// A trained head: `logits = x · w + b`, divided by the temperature.
 #[derive(Debug)]
 struct Head {
+    /// The learned labels; the head has one more class after them with
+    /// [`TrainOptions::out_of_scope`].
     labels: Vec<String>,
+    classes: usize,
     /// `[dimension][labels]`, row-major.
     w: Vec<f32>,
     b: Vec<f32>,
@@ -71,7 +136,7 @@ struct Head {
 
 impl Head {
     fn confidences(&self, x: &[f32]) -> Vec<f32> {
-        let k = self.labels.len();
+        let k = self.classes;
         let mut logits = self.b.clone();
         for (i, xi) in x.iter().enumerate() {
             let row = &self.w[i * k..(i + 1) * k];
@@ -160,6 +225,9 @@ impl IntentClassifier {
         let started = Instant::now();
         let mut cache = self.cache.lock().await;
         let mut wanted: Vec<String> = examples.values().flatten().cloned().collect();
+        if self.options.out_of_scope {
+            wanted.extend(OUT_OF_SCOPE.iter().map(|t| (*t).to_owned()));
+        }
         wanted.sort();
         wanted.dedup();
         let new: Vec<String> = wanted
@@ -179,15 +247,32 @@ impl IntentClassifier {
                 rows.push((cache[t].clone(), y, held));
             }
         }
+        let mut classes = labels.len();
+        if self.options.out_of_scope {
+            let near = |v: &[f32]| {
+                rows.iter().any(|(e, _, _): &(Vec<f32>, usize, bool)| {
+                    e.iter().zip(v).map(|(a, b)| a * b).sum::<f32>() > 0.6
+                })
+            };
+            let negatives: Vec<Vec<f32>> = OUT_OF_SCOPE
+                .iter()
+                .map(|t| cache[*t].clone())
+                .filter(|v| !near(v))
+                .collect();
+            if !negatives.is_empty() {
+                rows.extend(negatives.into_iter().map(|v| (v, classes, false)));
+                classes += 1;
+            }
+        }
         drop(cache);
         let options = self.options.clone();
-        let k = labels.len();
+        let k = classes;
         let fitted = tokio::task::spawn_blocking(move || fit_and_calibrate(&rows, k, &options))
             .await
             .map_err(|e| Error::Torch(format!("training stopped: {e}")))??;
         let training = Training {
             labels: labels.clone(),
-            examples: fitted.examples,
+            examples: examples.values().map(Vec::len).sum(),
             held_out: fitted.held_out,
             held_out_accuracy: fitted.accuracy,
             temperature: fitted.temperature,
@@ -199,6 +284,7 @@ impl IntentClassifier {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(Head {
             labels,
+            classes: k,
             w: fitted.w,
             b: fitted.b,
             temperature: fitted.temperature,
@@ -208,7 +294,7 @@ impl IntentClassifier {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(training.clone());
         tracing::info!(
-            labels = k,
+            labels = training.labels.len(),
             examples = training.examples,
             held_out_accuracy = ?training.held_out_accuracy,
             temperature = training.temperature,
@@ -265,7 +351,6 @@ struct Fitted {
     b: Vec<f32>,
     temperature: f32,
     accuracy: Option<f32>,
-    examples: usize,
     held_out: usize,
     took: Duration,
 }
@@ -352,7 +437,6 @@ fn fit_and_calibrate(
         b: Vec::<f32>::try_from(b)?,
         temperature,
         accuracy,
-        examples: rows.len(),
         held_out: held.len(),
         took: started.elapsed(),
     })

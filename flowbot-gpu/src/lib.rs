@@ -42,7 +42,7 @@ pub use batcher::{BATCH_BUCKETS, BatchMetrics, BatchMetricsSnapshot, BatchOption
 pub use device::{DeviceChoice, Options, Precision};
 pub use encoder::{Encoder, TORCHSCRIPT_FILE, TextTokenizer, Tokens};
 pub use error::{Error, Result};
-pub use intent::{IntentClassifier, TrainOptions, Training};
+pub use intent::{IntentClassifier, OUT_OF_SCOPE, TrainOptions, Training};
 
 /// Whether libtorch sees a CUDA device.
 pub fn cuda_available() -> bool {

@@ -59,6 +59,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         "limits",
         "network",
         "secrets_store",
+        "gpu",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
@@ -117,6 +118,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         slack: named_sections(table, "slack")?,
         discord: named_sections(table, "discord")?,
         llm: section(table, "llm")?,
+        gpu: section(table, "gpu")?,
         auth: section(table, "auth")?,
         limits: section(table, "limits")?,
         network: section(table, "network")?,

@@ -188,6 +188,8 @@ impl Server {
         let Parts {
             store,
             rules,
+            #[cfg(feature = "gpu")]
+            local,
             secrets,
             workflows,
             mut builder,
@@ -220,6 +222,8 @@ impl Server {
             adapters: built.stats,
             llm: assistant.as_ref().map(|a| a.metrics.clone()),
             prompts: assistant.as_ref().map(|a| a.prompts.clone()),
+            #[cfg(feature = "gpu")]
+            gpu: local.map(|m| m.embedder),
             gate: Arc::new(gate(&config, &store)?),
         };
         let limits = state.gate.limits.clone();
