@@ -130,7 +130,8 @@ impl Bert {
                 "not found (the weights must be in safetensors form)",
             ));
         }
-        let tensors = Tensor::read_safetensors(&file).map_err(|e| Error::load(&file, e))?;
+        let tensors = Tensor::read_safetensors(&file)
+            .map_err(|e| Error::load(&file, crate::error::torch_message(&e)))?;
         let tensors = tensors
             .into_iter()
             .map(|(name, t)| match name.strip_prefix("bert.") {

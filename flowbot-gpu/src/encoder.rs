@@ -14,7 +14,7 @@ use tokenizers::{
 
 use crate::bert::Bert;
 use crate::device::{Options, device_name};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, torch_message};
 
 /// A text as token ids, ready for the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,10 +260,18 @@ impl Encoder {
         let script = layout.transformer.join(TORCHSCRIPT_FILE);
         let backbone = if script.is_file() {
             let mut m = tch::CModule::load_on_device(&script, device)
-                .map_err(|e| Error::load(&script, e))?;
-            m.set_eval();
+                .map_err(|e| Error::load(&script, torch_message(&e)))?;
+            m.f_set_eval()
+                .map_err(|e| Error::load(&script, torch_message(&e)))?;
             if kind != Kind::Float {
-                m.to(device, kind, false);
+                // tch offers no fallible conversion of a module: a failure panics in
+                // `CModule::to`, and is answered here as the load error it is.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    m.to(device, kind, false)
+                }))
+                .map_err(|_| {
+                    Error::load(&script, format!("cannot convert the module to {kind:?}"))
+                })?;
             }
             Backbone::Script(m)
         } else {

@@ -85,8 +85,21 @@ impl Error {
 
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {
-        Error::Torch(e.to_string())
+        Error::Torch(torch_message(&e))
     }
+}
+
+/// libtorch's message without the C++ stack it appends ("Exception raised from …").
+pub(crate) fn torch_message(e: &tch::TchError) -> String {
+    let text = e.to_string();
+    let cut = text
+        .find("\nException raised from")
+        .or_else(|| text.find("Exception raised from"));
+    let head = match cut {
+        Some(i) => &text[..i],
+        None => text.as_str(),
+    };
+    head.trim().to_owned()
 }
 
 /// A result of flowbot-gpu.

@@ -9,6 +9,8 @@
 //! - [`Batcher`] runs an encoder on its own thread behind a bounded queue and gathers
 //!   concurrent callers' texts into batches; it implements core's
 //!   [`Embedder`](flowbot_core::llm::Embedder).
+//! - [`ScriptClassifier`] runs a classifier exported to TorchScript (logits per text, its
+//!   labels in `config.json` or `labels.json`), batched the same way.
 //! - [`IntentClassifier`] labels texts with intents learned from example texts (those the
 //!   rules' `intent` conditions declare): embeddings and a softmax head trained in Rust, with
 //!   calibrated confidences; it implements core's [`Classifier`](flowbot_core::Classifier).
@@ -37,12 +39,14 @@ mod device;
 mod encoder;
 mod error;
 mod intent;
+mod script_classifier;
 
 pub use batcher::{BATCH_BUCKETS, BatchMetrics, BatchMetricsSnapshot, BatchOptions, Batcher};
 pub use device::{DeviceChoice, Options, Precision};
 pub use encoder::{Encoder, TORCHSCRIPT_FILE, TextTokenizer, Tokens};
 pub use error::{Error, Result};
 pub use intent::{IntentClassifier, OUT_OF_SCOPE, TrainOptions, Training};
+pub use script_classifier::ScriptClassifier;
 
 /// Whether libtorch sees a CUDA device.
 pub fn cuda_available() -> bool {

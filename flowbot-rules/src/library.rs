@@ -3,6 +3,7 @@
 //! file changes, when the database's rules change, or when another process says so on the
 //! bus.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,8 @@ pub struct RuleLibrary {
     writing: tokio::sync::Mutex<()>,
     /// Reloads by [`watch`](Self::watch): applied, rejected.
     reloads: [std::sync::atomic::AtomicU64; 2],
+    /// The examples the router's classifier last learned.
+    learned: tokio::sync::Mutex<Option<BTreeMap<String, Vec<String>>>>,
 }
 
 /// How many reloads [`RuleLibrary::watch`] made since the library was opened.
@@ -90,6 +93,7 @@ impl RuleLibrary {
             store,
             writing: tokio::sync::Mutex::new(()),
             reloads: Default::default(),
+            learned: tokio::sync::Mutex::new(None),
         };
         let set = lib.build(lib.db_rules().await?, None).await?;
         lib.install(set).await?;
@@ -106,19 +110,33 @@ impl RuleLibrary {
     /// examples) leaves the router without it.
     pub async fn set_classifier(&self, classifier: Arc<dyn Classifier>) -> Result<(), Error> {
         let _one = self.writing.lock().await;
-        learn(&*classifier, &self.router.current()).await?;
+        let set = self.router.current();
+        let mut learned = self.learned.lock().await;
+        learn(&*classifier, &set).await?;
+        *learned = Some(set.intent_examples().clone());
         self.router.set_classifier(Some(classifier));
+        Ok(())
+    }
+
+    /// Train the router's classifier (if any) with the examples of `set`, unless it learned
+    /// those already.
+    async fn learn_for(&self, set: &RuleSet) -> Result<(), Error> {
+        let Some(c) = self.router.classifier() else {
+            return Ok(());
+        };
+        let mut learned = self.learned.lock().await;
+        if learned.as_ref() == Some(set.intent_examples()) {
+            return Ok(());
+        }
+        learn(&*c, set).await?;
+        *learned = Some(set.intent_examples().clone());
         Ok(())
     }
 
     /// Put `set` in force, once the classifier (if any) has learned its examples: a set
     /// whose examples the classifier refuses is not put in force.
     async fn install(&self, set: RuleSet) -> Result<(), Error> {
-        if let Some(c) = self.router.classifier()
-            && set.intent_examples() != self.router.current().intent_examples()
-        {
-            learn(&*c, &set).await?;
-        }
+        self.learn_for(&set).await?;
         self.router.replace(set);
         Ok(())
     }
@@ -268,12 +286,14 @@ impl RuleLibrary {
     async fn write(&self, db: Vec<RuleSpec>, rule: RuleSpec) -> Result<(), Error> {
         let store = self.store()?;
         let set = self.build(db, Some(&rule)).await?;
+        // Learned before the rule is stored: examples the classifier refuses store nothing.
+        self.learn_for(&set).await?;
         let value = serde_json::to_value(&rule).map_err(|e| Error::Invalid(e.to_string()))?;
         store
             .kv_set(RULES_NAMESPACE, &rule.name, &value)
             .await
             .map_err(Error::Store)?;
-        self.install(set).await?;
+        self.router.replace(set);
         self.announce().await;
         Ok(())
     }
@@ -290,11 +310,12 @@ impl RuleLibrary {
         // A rule that others depend on cannot go (a dialog it starts stays, so this only
         // fails if files changed meanwhile); check before deleting anything.
         let set = self.build(rest, None).await?;
+        self.learn_for(&set).await?;
         store
             .kv_delete(RULES_NAMESPACE, name)
             .await
             .map_err(Error::Store)?;
-        self.install(set).await?;
+        self.router.replace(set);
         self.announce().await;
         Ok(())
     }

@@ -1032,3 +1032,65 @@ then = [{ reply = "Hello!" }]
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_stored_rule_whose_examples_the_classifier_refuses_is_not_stored() {
+    let dir = TempDir::new();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_dir(&dir.0).await.expect("store"));
+    let library = flowbot_rules::RuleLibrary::open(
+        flowbot_rules::RuleFiles::Fixed(Vec::new()),
+        Some(store.clone()),
+        plugins(),
+    )
+    .await
+    .expect("open");
+    let classifier = Arc::new(NearestExample::default());
+    library
+        .set_classifier(classifier.clone())
+        .await
+        .expect("nothing to learn");
+    let rule = |name: &str, label: &str, example: &str| {
+        flowbot_rules::rule_from_json(serde_json::json!({
+            "name": name,
+            "when": { "intent": { "label": label, "examples": [example] } },
+            "then": [{ "reply": name }],
+        }))
+        .expect("rule")
+    };
+    // One intent alone is refused: nothing is stored, nothing changes.
+    let err = library
+        .create(rule("hello", "greeting", "hello there"))
+        .await
+        .expect_err("one intent");
+    assert!(matches!(err, Error::Classifier(_)), "{err}");
+    assert!(library.list().is_empty());
+    assert!(store.kv_list("flowbot.rules").await.expect("kv").is_empty());
+    // A second rule with another intent is refused too (the first was never stored).
+    assert!(
+        library
+            .create(rule("bye", "goodbye", "see you"))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        classifier.lessons.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    // A rule naming two intents with examples is learned, then stored and in force.
+    let both = flowbot_rules::rule_from_json(serde_json::json!({
+        "name": "hello-or-bye",
+        "when": { "any": [
+            { "intent": { "label": "greeting", "examples": ["hello there"] } },
+            { "intent": { "label": "goodbye", "examples": ["see you"] } },
+        ] },
+        "then": [{ "reply": "hi or bye" }],
+    }))
+    .expect("rule");
+    library.create(both).await.expect("learned and stored");
+    assert_eq!(
+        classifier.lessons.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(store.kv_list("flowbot.rules").await.expect("kv").len(), 1);
+    assert_eq!(library.list().len(), 1);
+}
