@@ -170,7 +170,8 @@ fn long_texts() -> Vec<String> {
                 Could you check where it is, tell me whether it was lost, and if so send a \
                 replacement or refund the order to the card I paid with? I also moved house \
                 recently, so please make sure the address on my account is the new one before \
-                anything is shipped again.";
+                anything is shipped again. The last time this happened the replacement took two \
+                weeks, so I would rather have the refund this time.";
     (0..128).map(|i| format!("{i}. {para}")).collect()
 }
 
@@ -215,23 +216,22 @@ fn main() {
         println!("| {name} | {st:.0} | {ours:.0} | {:.2}× |", ours / st);
     }
 
-    // Dynamic batching: 32 callers, one sentence each, against sequential batch-1 calls.
-    let sequential = median(
-        (0..rounds)
-            .map(|_| rust_rate(&encoder, &short, 1, seconds))
-            .collect(),
-    );
+    // Dynamic batching: 32 callers, one sentence each, against sequential batch-1 calls on a
+    // second copy of the model, the two alternating.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let batcher = Batcher::start(encoder, BatchOptions::default().max_batch(32)).unwrap();
-    let concurrent = median(
-        (0..rounds)
-            .map(|_| batcher_rate(&rt, &batcher, &short, 32, seconds))
-            .collect(),
-    );
+    let direct = Encoder::load(&model, &Options::cpu().threads(threads)).unwrap();
+    let (mut seq, mut conc) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        seq.push(rust_rate(&direct, &short, 1, seconds));
+        conc.push(batcher_rate(&rt, &batcher, &short, 32, seconds));
+    }
+    drop(direct);
+    let (sequential, concurrent) = (median(seq), median(conc));
     let m = batcher.metrics().snapshot();
     let mean_batch = m.texts as f64 / m.batches.max(1) as f64;
     println!(
@@ -286,7 +286,7 @@ fn main() {
         examples.insert(t.replace(' ', "_"), texts);
     }
     let classifier =
-        flowbot_gpu::IntentClassifier::new(batcher.clone(), flowbot_gpu::TrainOptions::default());
+        flowbot_gpu::IntentClassifier::new(batcher, flowbot_gpu::TrainOptions::default());
     let first = rt.block_on(classifier.train(&examples)).unwrap();
     let again = rt.block_on(classifier.train(&examples)).unwrap();
     println!(

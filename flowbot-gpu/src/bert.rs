@@ -130,9 +130,7 @@ impl Bert {
                 "not found (the weights must be in safetensors form)",
             ));
         }
-        let tensors = Tensor::read_safetensors(&file)
-            .map_err(|e| Error::load(&file, crate::error::torch_message(&e)))?;
-        let tensors = tensors
+        let tensors = crate::safetensors::read(&file)?
             .into_iter()
             .map(|(name, t)| match name.strip_prefix("bert.") {
                 Some(rest) => (rest.to_owned(), t),

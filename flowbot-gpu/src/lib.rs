@@ -39,6 +39,7 @@ mod device;
 mod encoder;
 mod error;
 mod intent;
+mod safetensors;
 mod script_classifier;
 
 pub use batcher::{BATCH_BUCKETS, BatchMetrics, BatchMetricsSnapshot, BatchOptions, Batcher};

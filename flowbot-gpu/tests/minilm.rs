@@ -125,6 +125,28 @@ fn a_directory_without_a_model_is_refused_naming_the_file() {
     std::fs::write(tmp.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
     let err = Encoder::load(&tmp, &Options::cpu()).unwrap_err();
     assert!(err.to_string().contains("config.json"), "{err}");
+    // Weights cut short, or not safetensors at all, are refused naming the file.
+    let model = minilm_dir();
+    std::fs::copy(model.join("config.json"), tmp.join("config.json")).unwrap();
+    let weights = std::fs::read(model.join("model.safetensors")).unwrap();
+    for (bytes, says) in [
+        (&weights[..weights.len() / 2], "lie past the end"),
+        (
+            &b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk"[..],
+            "not a safetensors file",
+        ),
+        (&b"\x04\x00\x00\x00\x00\x00\x00\x00{]}}"[..], "header:"),
+    ] {
+        std::fs::write(tmp.join("model.safetensors"), bytes).unwrap();
+        let err = Encoder::load(&tmp, &Options::cpu())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&tmp.join("model.safetensors").display().to_string()),
+            "{err}"
+        );
+        assert!(err.contains(says), "{err}");
+    }
     std::fs::remove_dir_all(&tmp).unwrap();
     let err = Encoder::load(tmp.join("nowhere"), &Options::cpu()).unwrap_err();
     assert!(err.to_string().contains("not a directory"), "{err}");
