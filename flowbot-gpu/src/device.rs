@@ -27,8 +27,7 @@ impl DeviceChoice {
             DeviceChoice::Auto => Ok(tch::Device::cuda_if_available()),
             DeviceChoice::Cpu => Ok(tch::Device::Cpu),
             DeviceChoice::Cuda(i) => {
-                let n = tch::Cuda::device_count();
-                let present = usize::try_from(n).unwrap_or(0);
+                let present = crate::cuda_device_count();
                 if i < present {
                     Ok(tch::Device::Cuda(i))
                 } else {

@@ -148,7 +148,7 @@ impl Head {
     }
 }
 
-fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+pub(crate) fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let e: Vec<f32> = logits
         .iter()
@@ -316,18 +316,23 @@ impl IntentClassifier {
             return Ok(Vec::new());
         };
         let x = self.embedder.embed_one(text).await?;
-        let mut out: Vec<Label> = head
-            .labels
-            .iter()
-            .zip(head.confidences(&x))
-            .map(|(label, confidence)| Label {
-                label: label.clone(),
-                confidence,
-            })
-            .collect();
-        out.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
-        Ok(out)
+        Ok(ranked(&head.labels, head.confidences(&x)))
     }
+}
+
+/// `labels` with their `confidences` (in the same order; extra confidences, such as the
+/// out-of-scope class's, are left out), most confident first.
+pub(crate) fn ranked(labels: &[String], confidences: Vec<f32>) -> Vec<Label> {
+    let mut out: Vec<Label> = labels
+        .iter()
+        .zip(confidences)
+        .map(|(label, confidence)| Label {
+            label: label.clone(),
+            confidence,
+        })
+        .collect();
+    out.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+    out
 }
 
 #[async_trait]

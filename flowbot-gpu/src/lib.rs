@@ -53,3 +53,8 @@ pub use script_classifier::ScriptClassifier;
 pub fn cuda_available() -> bool {
     tch::Cuda::is_available()
 }
+
+/// How many CUDA devices libtorch sees.
+pub fn cuda_device_count() -> usize {
+    usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
+}

@@ -97,20 +97,10 @@ impl ScriptClassifier {
     /// Every label with its confidence for `text`, most confident first.
     pub async fn label(&self, text: &str) -> Result<Vec<Label>> {
         let logits = self.batcher.embed_one(text).await?;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
-        let sum: f32 = e.iter().sum();
-        let mut out: Vec<Label> = self
-            .labels
-            .iter()
-            .zip(e)
-            .map(|(label, v)| Label {
-                label: label.clone(),
-                confidence: v / sum,
-            })
-            .collect();
-        out.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
-        Ok(out)
+        Ok(crate::intent::ranked(
+            &self.labels,
+            crate::intent::softmax(&logits, 1.0),
+        ))
     }
 }
 
