@@ -64,6 +64,7 @@ mod signals;
 pub mod store;
 pub mod task;
 pub mod templates;
+pub mod vector;
 pub mod workflow;
 
 pub use action::{Action, ActionContext, ActionInfo, ActionRegistry};
@@ -92,6 +93,7 @@ pub use router::{FromArgs, HandlerCx, Handlers, Reply, Router, Services, Turn};
 pub use session::{DialogState, Session, SessionHandle, SessionKey};
 pub use signals::{cancel_on_signals, stop_on_signals};
 pub use store::{Bus, BusMessage, ChannelStore, SharedKv, Store};
+pub use vector::{VectorError, VectorStore};
 
 /// Re-exported so users name the same versions FlowBot uses.
 pub use async_trait::async_trait;

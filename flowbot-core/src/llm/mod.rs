@@ -383,6 +383,10 @@ pub struct Ask {
     /// The user's words. `None`: the text of the turn's message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// A knowledge base collection: passages found in it for the user's words go into the
+    /// prompt, and the answer cites them. `None`: the assistant's default, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knowledge: Option<String>,
     /// Identifies this run across retries of the same event (e.g. the rule and the action's
     /// position): a run interrupted by a crash resumes under the same key instead of
     /// starting again. The event's id is added by the assistant.
