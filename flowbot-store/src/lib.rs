@@ -41,6 +41,9 @@ mod memory;
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "vectors")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vectors")))]
+pub mod vectors;
 mod workflow;
 
 pub use memory::MemoryStore;
