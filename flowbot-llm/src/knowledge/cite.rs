@@ -143,3 +143,34 @@ pub fn sources_reply(answer: &str, citations: &[Citation]) -> String {
     }
     out
 }
+
+/// The answer when no passage is found (or none reaches the threshold).
+pub const DEFAULT_DONT_KNOW: &str =
+    "I don't know: I found nothing about that in the knowledge base.";
+
+/// How an [`Agent`](crate::Agent) answers from the knowledge base.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KnowledgeOptions {
+    /// The collection searched when an ask names none; `None`: only asks naming a
+    /// collection use the knowledge base.
+    pub collection: Option<String>,
+    /// How passages are searched (limit, filter, threshold, hybrid).
+    pub search: super::SearchOptions,
+    /// Most tokens the sources may take in the prompt (less when the context window has
+    /// less room left); the lowest-ranked passages that do not fit are left out.
+    pub max_tokens: usize,
+    /// The answer, without calling the model, when no passage is found.
+    pub dont_know: String,
+}
+
+impl Default for KnowledgeOptions {
+    fn default() -> Self {
+        KnowledgeOptions {
+            collection: None,
+            search: super::SearchOptions::default(),
+            max_tokens: 4_000,
+            dont_know: DEFAULT_DONT_KNOW.to_owned(),
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use flowbot_core::TaskError;
-use flowbot_core::task::{NewTask, TaskClient, TaskRegistry, typed_handler};
+use flowbot_core::task::{NewTask, TaskClient, TaskHandler, TaskRegistry, typed_handler};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -254,35 +254,36 @@ impl Knowledge {
     }
 }
 
-/// Register the handler of [`INGEST_TASK`] on `registry`: it runs the job with
-/// [`Knowledge::run_job`]. When a document failed because a service was unavailable (the
-/// embedder, a store), or the job as a whole failed that way, the task fails to be retried
-/// by the queue; the next attempt skips the documents already ingested (their hash is
-/// unchanged). Documents that can never load are recorded in the job's `errors` and do not
-/// fail the task.
+/// The handler of [`INGEST_TASK`] tasks: it runs the job with [`Knowledge::run_job`].
+/// When a document failed because a service was unavailable (the embedder, a store), or the
+/// job as a whole failed that way, the task fails to be retried by the queue; the next
+/// attempt skips the documents already ingested (their hash is unchanged). Documents that
+/// can never load are recorded in the job's `errors` and do not fail the task.
+pub fn ingest_handler(knowledge: Arc<Knowledge>) -> impl TaskHandler {
+    typed_handler(move |job: IngestJob, _cx| {
+        let kb = knowledge.clone();
+        async move {
+            match kb.run_job(&job).await {
+                Ok(state) if state.retry.is_empty() => Ok(()),
+                Ok(state) => Err(TaskError::retryable(format!(
+                    "ingestion job {}: {} document(s) failed because a service was unavailable: {}",
+                    state.id,
+                    state.retry.len(),
+                    state.retry.join(", ")
+                ))),
+                Err(e) if e.is_transient() => Err(TaskError::retryable(e)),
+                Err(e) => Err(TaskError::permanent(e)),
+            }
+        }
+    })
+}
+
+/// Register [`ingest_handler`] for [`INGEST_TASK`] on `registry`.
 pub fn register_ingest(
     registry: &mut TaskRegistry,
     knowledge: Arc<Knowledge>,
 ) -> flowbot_core::Result<()> {
-    registry.register(
-        INGEST_TASK,
-        typed_handler(move |job: IngestJob, _cx| {
-            let kb = knowledge.clone();
-            async move {
-                match kb.run_job(&job).await {
-                    Ok(state) if state.retry.is_empty() => Ok(()),
-                    Ok(state) => Err(TaskError::retryable(format!(
-                        "ingestion job {}: {} document(s) failed because a service was unavailable: {}",
-                        state.id,
-                        state.retry.len(),
-                        state.retry.join(", ")
-                    ))),
-                    Err(e) if e.is_transient() => Err(TaskError::retryable(e)),
-                    Err(e) => Err(TaskError::permanent(e)),
-                }
-            }
-        }),
-    )
+    registry.register(INGEST_TASK, ingest_handler(knowledge))
 }
 
 /// Record `job` as queued and put it on the queue; returns its id. Enqueueing a job whose

@@ -326,13 +326,13 @@ fn html(text: &str) -> (Option<String>, Vec<Section>) {
     // An explicit stack, so deeply nested markup cannot overflow the thread's stack.
     enum Step<N> {
         Enter(N),
-        Leave,
+        Leave(&'static str),
     }
     let mut stack = vec![Step::Enter(page.tree.root())];
     while let Some(step) = stack.pop() {
         let node = match step {
-            Step::Leave => {
-                buf.push('\n');
+            Step::Leave(brk) => {
+                buf.push_str(brk);
                 continue;
             }
             Step::Enter(node) => node,
@@ -365,7 +365,6 @@ fn html(text: &str) -> (Option<String>, Vec<Section>) {
                         | "style"
                         | "noscript"
                         | "template"
-                        | "head"
                         | "svg"
                         | "iframe"
                         | "object"
@@ -394,9 +393,13 @@ fn html(text: &str) -> (Option<String>, Vec<Section>) {
                     buf.push('\n');
                     continue;
                 }
-                if is_block(name) {
-                    buf.push('\n');
-                    stack.push(Step::Leave);
+                match block_break(name) {
+                    Some("\n\n") => {
+                        buf.push_str("\n\n");
+                        stack.push(Step::Leave("\n\n"));
+                    }
+                    Some(brk) => stack.push(Step::Leave(brk)),
+                    None => {}
                 }
             }
             _ => {}
@@ -414,33 +417,17 @@ fn html(text: &str) -> (Option<String>, Vec<Section>) {
     (title.filter(|t| !t.is_empty()).or(first_h1), sections)
 }
 
-fn is_block(name: &str) -> bool {
-    matches!(
-        name,
-        "p" | "div"
-            | "li"
-            | "ul"
-            | "ol"
-            | "tr"
-            | "table"
-            | "section"
-            | "article"
-            | "main"
-            | "header"
-            | "footer"
-            | "nav"
-            | "aside"
-            | "blockquote"
-            | "pre"
-            | "dd"
-            | "dt"
-            | "dl"
-            | "figure"
-            | "figcaption"
-            | "form"
-            | "hr"
-            | "body"
-    )
+/// The break a block element makes: a paragraph's (`"\n\n"`, before and after it) or a
+/// line's (`"\n"`, after it: list items, table rows).
+fn block_break(name: &str) -> Option<&'static str> {
+    match name {
+        "li" | "tr" | "dt" | "dd" | "figcaption" | "caption" => Some("\n"),
+        "td" | "th" => Some(" "),
+        "p" | "div" | "ul" | "ol" | "table" | "section" | "article" | "main" | "header"
+        | "footer" | "nav" | "aside" | "blockquote" | "pre" | "dl" | "figure" | "form"
+        | "hr" | "body" | "details" | "summary" | "address" => Some("\n\n"),
+        _ => None,
+    }
 }
 
 /// Lines trimmed, runs of blank lines cut to one.

@@ -64,11 +64,15 @@ use serde::{Deserialize, Serialize};
 use crate::context::{TokenCounter, counter_for};
 
 pub use chunk::{Chunk, ChunkOptions, chunk_document, chunk_id};
-pub use cite::{CITE_INSTRUCTIONS, Citation, cited, sources_prompt, sources_reply};
+pub use cite::{
+    CITE_INSTRUCTIONS, Citation, DEFAULT_DONT_KNOW, KnowledgeOptions, cited, sources_prompt,
+    sources_reply,
+};
 pub use error::KnowledgeError;
 pub use ingest::{DocRecord, IngestOutcome, IngestReport, Progress, Source, SourceResult};
 pub use job::{
-    INGEST_TASK, IngestJob, JOBS, JobState, JobStatus, enqueue_ingest, register_ingest,
+    INGEST_TASK, IngestJob, JOBS, JobState, JobStatus, enqueue_ingest, ingest_handler,
+    register_ingest,
 };
 pub use load::{DEFAULT_MAX_BYTES, DocKind, Document, Folder, LoadOptions, Section, walk};
 pub use search::{Passage, RRF_K, Reranker, SearchOptions};
