@@ -48,9 +48,13 @@ async fn kb_with(docs: &[(&str, &str)]) -> Arc<Knowledge> {
         Arc::new(MemoryStore::new()),
     );
     for (source, text) in docs {
-        let doc =
-            Document::from_bytes(source, DocKind::Markdown, text.as_bytes(), &LoadOptions::default())
-                .unwrap();
+        let doc = Document::from_bytes(
+            source,
+            DocKind::Markdown,
+            text.as_bytes(),
+            &LoadOptions::default(),
+        )
+        .unwrap();
         kb.ingest("docs", &doc).await.unwrap();
     }
     Arc::new(kb)
@@ -79,13 +83,19 @@ async fn fake_agent() -> (FakeProvider, flowbot_llm::AgentBuilder) {
 }
 
 fn system_of(request: &Value) -> String {
-    request["messages"][0]["content"].as_str().unwrap().to_owned()
+    request["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]
 async fn the_agent_answers_from_the_sources_and_lists_those_it_cites() {
     let kb = kb_with(&[
-        ("faq.md", "# FAQ\n\n## Parking\n\nPark in lot B behind the office."),
+        (
+            "faq.md",
+            "# FAQ\n\n## Parking\n\nPark in lot B behind the office.",
+        ),
         ("menu.md", "# Canteen\n\nSoup is served on Fridays."),
     ])
     .await;
@@ -101,7 +111,12 @@ async fn the_agent_answers_from_the_sources_and_lists_those_it_cites() {
         system.contains("[1] FAQ — Parking — faq.md\nPark in lot B behind the office."),
         "{system}"
     );
-    let last = requests[0]["messages"].as_array().unwrap().last().unwrap().clone();
+    let last = requests[0]["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(last["content"], "where do I park in the lot?");
 }
 
@@ -112,7 +127,11 @@ async fn with_nothing_above_the_threshold_the_agent_does_not_know_without_the_mo
     let mut options = KnowledgeOptions::default();
     options.search.threshold = Some(0.99);
     options.dont_know = "Sorry, I have nothing on that.".into();
-    let agent = builder.knowledge(kb).knowledge_options(options).build().unwrap();
+    let agent = builder
+        .knowledge(kb)
+        .knowledge_options(options)
+        .build()
+        .unwrap();
     let (answer, requests) = ask_bot(agent, &fake, "what about the weather?").await;
     assert_eq!(answer, "Sorry, I have nothing on that.");
     assert!(requests.is_empty(), "the model was called: {requests:?}");
@@ -122,7 +141,12 @@ async fn with_nothing_above_the_threshold_the_agent_does_not_know_without_the_mo
 async fn the_sources_stay_within_the_context_budget() {
     let filler = "lot parking rules apply to every car and every visitor all week long ".repeat(4);
     let docs: Vec<(String, String)> = (1..=3)
-        .map(|i| (format!("p{i}.md"), format!("# Part {i}\n\nParking lot {i}: {filler}")))
+        .map(|i| {
+            (
+                format!("p{i}.md"),
+                format!("# Part {i}\n\nParking lot {i}: {filler}"),
+            )
+        })
         .collect();
     let docs: Vec<(&str, &str)> = docs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let kb = kb_with(&docs).await;
@@ -135,14 +159,20 @@ async fn the_sources_stay_within_the_context_budget() {
     };
     let agent = builder.knowledge(kb).limits(limits).build().unwrap();
     let (answer, requests) = ask_bot(agent, &fake, "parking lot rules").await;
-    assert!(answer.starts_with("See [1].\n\nSources:\n[1] Part "), "{answer}");
+    assert!(
+        answer.starts_with("See [1].\n\nSources:\n[1] Part "),
+        "{answer}"
+    );
     let system = system_of(&requests[0]);
     assert!(system.contains("\n[1] Part "), "{system}");
-    assert!(!system.contains("\n[3] Part "), "not every passage fits: {system}");
+    assert!(
+        !system.contains("\n[3] Part "),
+        "not every passage fits: {system}"
+    );
     // What the agent sent fits the window less the room kept for the answer.
     let counter = counter_for(MODEL);
     let sent = counter.count_messages(&[
-        ChatMessage::system(system.clone()),
+        ChatMessage::system(system),
         ChatMessage::user("parking lot rules"),
     ]);
     assert!(sent <= 330 - 60, "{sent} tokens for a budget of 270");
@@ -154,17 +184,31 @@ async fn openai_embeddings_through_the_fake_fill_and_search_a_collection() {
     let mut config = fake.config(Dialect::Openai, MODEL);
     config.embedding_model = Some("text-embedding-3-small".into());
     let embedder = flowbot_llm::connect_embedder(&config).unwrap();
-    let kb = Knowledge::new(Arc::new(ExactStore::new()), embedder, Arc::new(MemoryStore::new()));
+    let kb = Knowledge::new(
+        Arc::new(ExactStore::new()),
+        embedder,
+        Arc::new(MemoryStore::new()),
+    );
     // The embedder learns its dimension from a first call.
     let spec = kb.ensure_collection("web").await.unwrap();
     assert_eq!(spec.dimension, 8);
-    for (s, t) in [("a.txt", "The first text."), ("b.txt", "Another one entirely.")] {
-        let doc = Document::from_bytes(s, DocKind::Text, t.as_bytes(), &LoadOptions::default()).unwrap();
+    for (s, t) in [
+        ("a.txt", "The first text."),
+        ("b.txt", "Another one entirely."),
+    ] {
+        let doc =
+            Document::from_bytes(s, DocKind::Text, t.as_bytes(), &LoadOptions::default()).unwrap();
         assert_eq!(kb.ingest("web", &doc).await.unwrap(), IngestOutcome::Added);
     }
-    let found = kb.search("web", "Another one entirely.", &SearchOptions::default()).await.unwrap();
+    let found = kb
+        .search("web", "Another one entirely.", &SearchOptions::default())
+        .await
+        .unwrap();
     assert_eq!(found[0].source, "b.txt");
-    assert!((found[0].vector_score.unwrap() - 1.0).abs() < 1e-4, "{found:?}");
+    assert!(
+        (found[0].vector_score.unwrap() - 1.0).abs() < 1e-4,
+        "{found:?}"
+    );
     assert!(fake.requests().iter().all(|r| r.path == "/v1/embeddings"));
 }
 
@@ -235,7 +279,10 @@ async fn the_ingestion_job_runs_on_the_queue_and_records_its_state() {
     );
     let id = enqueue_ingest(&tasks, &kb, &job).await.unwrap();
     assert_eq!(id, job.id);
-    assert_eq!(kb.job(&id).await.unwrap().unwrap().status, JobStatus::Queued);
+    assert_eq!(
+        kb.job(&id).await.unwrap().unwrap().status,
+        JobStatus::Queued
+    );
 
     let shutdown = flowbot_core::CancellationToken::new();
     let running = tokio::spawn(bot.run(shutdown.clone()));
@@ -256,7 +303,11 @@ async fn the_ingestion_job_runs_on_the_queue_and_records_its_state() {
     assert_eq!(state.status, JobStatus::Done);
     assert_eq!((state.total, state.done, state.chunks), (2, 2, 1));
     assert_eq!(state.attempts, 1);
-    assert!(state.errors["b.txt"].contains("b.txt: the document has no text"), "{:?}", state.errors);
+    assert!(
+        state.errors["b.txt"].contains("b.txt: the document has no text"),
+        "{:?}",
+        state.errors
+    );
     assert!(state.retry.is_empty());
     assert_eq!(kb.documents("docs").await.unwrap().len(), 1);
 }

@@ -798,17 +798,18 @@ impl Agent {
             ChatMessage::system(system.to_owned()),
             ChatMessage::user(text.to_owned()),
         ]) + counter.count_tools(specs);
-        let room = window
-            .budget()
-            .saturating_sub(used)
-            .min(options.max_tokens);
+        let room = window.budget().saturating_sub(used).min(options.max_tokens);
         let (block, citations) = crate::knowledge::sources_prompt(&passages, &*counter, room);
         if citations.is_empty() {
             tracing::warn!(collection = %collection, room, "no passage fits the context window: answering that the assistant does not know");
             return Ok(Grounding::DontKnow);
         }
         if citations.len() < passages.len() {
-            tracing::debug!(kept = citations.len(), found = passages.len(), "passages left out of the prompt for room");
+            tracing::debug!(
+                kept = citations.len(),
+                found = passages.len(),
+                "passages left out of the prompt for room"
+            );
         }
         Ok(Grounding::Sources(block, citations))
     }

@@ -463,8 +463,7 @@ impl Knowledge {
         let loaded = match item {
             Item::Failed(result) => return result,
             Item::File(path) => {
-                match tokio::task::spawn_blocking(move || Document::load(&path, &options)).await
-                {
+                match tokio::task::spawn_blocking(move || Document::load(&path, &options)).await {
                     Ok(r) => r,
                     Err(e) => Err(KnowledgeError::CorruptPdf {
                         source_name: name.clone(),
@@ -522,11 +521,14 @@ async fn plan(sources: &[Source]) -> (Vec<Item>, bool) {
             }),
             Source::Path(path) => {
                 let dir = path.clone();
-                let listed = tokio::task::spawn_blocking(move || {
-                    if dir.is_dir() { Some(walk(&dir)) } else { None }
-                })
-                .await
-                .unwrap_or(None);
+                let listed =
+                    tokio::task::spawn_blocking(
+                        move || {
+                            if dir.is_dir() { Some(walk(&dir)) } else { None }
+                        },
+                    )
+                    .await
+                    .unwrap_or(None);
                 match listed {
                     None => items.push(Item::File(path.clone())),
                     Some(Ok(folder)) => {

@@ -172,9 +172,9 @@ impl Document {
         }
         let hash = sha256_hex(bytes);
         let (title, sections) = match kind {
-            DocKind::Markdown => markdown(&text_of(source, kind, bytes)?),
-            DocKind::Html => html(&text_of(source, kind, bytes)?),
-            DocKind::Text => (None, plain(&text_of(source, kind, bytes)?)),
+            DocKind::Markdown => markdown(text_of(source, kind, bytes)?),
+            DocKind::Html => html(text_of(source, kind, bytes)?),
+            DocKind::Text => (None, plain(text_of(source, kind, bytes)?)),
             DocKind::Pdf => (None, pdf(source, bytes)?),
         };
         let sections: Vec<Section> = sections
@@ -424,8 +424,8 @@ fn block_break(name: &str) -> Option<&'static str> {
         "li" | "tr" | "dt" | "dd" | "figcaption" | "caption" => Some("\n"),
         "td" | "th" => Some(" "),
         "p" | "div" | "ul" | "ol" | "table" | "section" | "article" | "main" | "header"
-        | "footer" | "nav" | "aside" | "blockquote" | "pre" | "dl" | "figure" | "form"
-        | "hr" | "body" | "details" | "summary" | "address" => Some("\n\n"),
+        | "footer" | "nav" | "aside" | "blockquote" | "pre" | "dl" | "figure" | "form" | "hr"
+        | "body" | "details" | "summary" | "address" => Some("\n\n"),
         _ => None,
     }
 }
@@ -463,8 +463,7 @@ fn pdf(source: &str, bytes: &[u8]) -> Result<Vec<Section>, KnowledgeError> {
         return Err(corrupt("no %PDF- header".into()));
     }
     let encrypted = bytes.windows(8).any(|w| w == b"/Encrypt");
-    let pages =
-        std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(bytes));
+    let pages = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(bytes));
     let pages = match pages {
         Ok(Ok(pages)) => pages,
         _ if encrypted => {

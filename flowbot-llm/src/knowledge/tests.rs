@@ -48,7 +48,10 @@ fn titles_fall_back_to_the_name_of_the_file_or_page() {
             .ok()
     };
     assert_eq!(load("dir/notes.v2.txt").as_deref(), Some("notes.v2"));
-    assert_eq!(load("https://x.example/help/faq?x=1").as_deref(), Some("faq"));
+    assert_eq!(
+        load("https://x.example/help/faq?x=1").as_deref(),
+        Some("faq")
+    );
     assert_eq!(load("C:\\docs\\readme.txt").as_deref(), Some("readme"));
     assert_eq!(load(".env").as_deref(), Some(".env"));
 }

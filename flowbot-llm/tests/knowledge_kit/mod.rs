@@ -133,7 +133,9 @@ impl VectorStore for ExactStore {
 
     async fn delete_where(&self, collection: &str, filter: &Filter) -> Result<u64, VectorError> {
         if filter.is_empty() {
-            return Err(VectorError::Invalid("an empty filter deletes nothing".into()));
+            return Err(VectorError::Invalid(
+                "an empty filter deletes nothing".into(),
+            ));
         }
         filter.check()?;
         self.with(collection, |(_, stored)| {
@@ -143,11 +145,7 @@ impl VectorStore for ExactStore {
         })
     }
 
-    async fn search(
-        &self,
-        collection: &str,
-        query: &VectorQuery,
-    ) -> Result<Vec<Hit>, VectorError> {
+    async fn search(&self, collection: &str, query: &VectorQuery) -> Result<Vec<Hit>, VectorError> {
         self.with(collection, |(spec, stored)| {
             query.check(spec)?;
             let mut hits: Vec<Hit> = stored
@@ -175,7 +173,10 @@ impl VectorStore for ExactStore {
 
     async fn get(&self, collection: &str, ids: &[String]) -> Result<Vec<Point>, VectorError> {
         self.with(collection, |(_, stored)| {
-            Ok(ids.iter().filter_map(|id| stored.get(id).cloned()).collect())
+            Ok(ids
+                .iter()
+                .filter_map(|id| stored.get(id).cloned())
+                .collect())
         })
     }
 
