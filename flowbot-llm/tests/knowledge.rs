@@ -702,6 +702,37 @@ async fn a_job_records_progress_and_errors_and_keeps_the_old_version_of_a_failin
     assert_eq!(k.kb.jobs().await.unwrap().len(), 2);
 }
 
+#[tokio::test]
+async fn files_outside_the_root_folder_are_refused() {
+    let k = kit();
+    let root = tempdir("root");
+    let outside = tempdir("outside");
+    std::fs::write(root.join("in.md"), "Inside words.").unwrap();
+    std::fs::write(outside.join("secret.txt"), "Secret words.").unwrap();
+    let kb = Knowledge::new(k.store.clone(), k.embedder.clone(), k.kv.clone())
+        .with_options(IngestOptions {
+            root: Some(root.clone()),
+            ..IngestOptions::default()
+        })
+        .unwrap();
+    let sneaky = root
+        .join("..")
+        .join(outside.file_name().unwrap())
+        .join("secret.txt");
+    let sources = [Source::path(root.join("in.md")), Source::path(sneaky)];
+    let report = kb
+        .ingest_all("docs", &sources, false, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.results[0].outcome, Some(IngestOutcome::Added));
+    let refused = report.results[1].error.as_deref().unwrap();
+    assert!(
+        refused.contains("outside the knowledge base's folder"),
+        "{refused}"
+    );
+    assert_eq!(k.store.points("docs").len(), 1);
+}
+
 // ---------------------------------------------------------------------------------------
 // Retrieval
 

@@ -18,6 +18,14 @@ pub enum KnowledgeError {
         #[source]
         error: std::io::Error,
     },
+    /// A file outside the folder sources must lie in.
+    #[error("{source_name}: outside the knowledge base's folder {root}")]
+    OutsideRoot {
+        /// The document.
+        source_name: String,
+        /// The folder.
+        root: String,
+    },
     /// The file's type is not one the knowledge base reads.
     #[error(
         "{source_name}: unsupported document type {kind:?} (use .md, .markdown, .html, .htm, .txt{})",

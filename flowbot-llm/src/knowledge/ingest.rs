@@ -463,7 +463,14 @@ impl Knowledge {
         let loaded = match item {
             Item::Failed(result) => return result,
             Item::File(path) => {
-                match tokio::task::spawn_blocking(move || Document::load(&path, &options)).await {
+                let root = self.options.root.clone();
+                let load = move || {
+                    if let Some(root) = root {
+                        inside(&path, &root)?;
+                    }
+                    Document::load(&path, &options)
+                };
+                match tokio::task::spawn_blocking(load).await {
                     Ok(r) => r,
                     Err(e) => Err(KnowledgeError::CorruptPdf {
                         source_name: name.clone(),
@@ -495,6 +502,28 @@ impl Knowledge {
                 SourceResult::failed(name, &e)
             }
         }
+    }
+}
+
+/// Check that `path` (links resolved) lies in the folder `root`.
+fn inside(path: &std::path::Path, root: &std::path::Path) -> Result<(), KnowledgeError> {
+    let source_name = path.display().to_string();
+    let io = |error| KnowledgeError::Io {
+        source_name: source_name.clone(),
+        error,
+    };
+    let real = path.canonicalize().map_err(io)?;
+    let root_real = root.canonicalize().map_err(|error| KnowledgeError::Io {
+        source_name: root.display().to_string(),
+        error,
+    })?;
+    if real.starts_with(&root_real) {
+        Ok(())
+    } else {
+        Err(KnowledgeError::OutsideRoot {
+            source_name,
+            root: root.display().to_string(),
+        })
     }
 }
 

@@ -92,6 +92,10 @@ pub struct IngestOptions {
     pub chunk: ChunkOptions,
     /// Chunks per call to the embedder (default 64).
     pub batch_size: usize,
+    /// The folder the files of [`Knowledge::ingest_all`] and of ingestion jobs must lie in
+    /// (links resolved); `None`: any file the process can read. Set it when sources come
+    /// from users (an API, a chat command).
+    pub root: Option<std::path::PathBuf>,
 }
 
 impl Default for IngestOptions {
@@ -100,6 +104,7 @@ impl Default for IngestOptions {
             load: LoadOptions::default(),
             chunk: ChunkOptions::default(),
             batch_size: 64,
+            root: None,
         }
     }
 }
