@@ -420,6 +420,13 @@ async fn an_unchanged_document_is_skipped_and_a_changed_one_replaced() {
         calls,
         "nothing embedded again"
     );
+    // A deleted collection is filled again, its old records notwithstanding.
+    k.store.delete_collection("docs").await.unwrap();
+    assert_eq!(
+        k.kb.ingest("docs", &v1).await.unwrap(),
+        IngestOutcome::Added
+    );
+    assert_eq!(k.store.points("docs").len(), 2);
 
     let v2 = md("faq.md", "# FAQ\n\nThe office opens at ten now.");
     assert_eq!(

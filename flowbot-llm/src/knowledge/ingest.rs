@@ -278,9 +278,19 @@ impl Knowledge {
         collection: &str,
         doc: &Document,
     ) -> Result<(IngestOutcome, usize), KnowledgeError> {
-        let previous = self.document(collection, &doc.source).await?;
+        let mut previous = self.document(collection, &doc.source).await?;
         if previous.as_ref().is_some_and(|r| r.hash == doc.hash) {
-            return Ok((IngestOutcome::Unchanged, 0));
+            // Unless the collection was deleted since (its records outlive it).
+            let exists = self
+                .vectors
+                .collection(collection)
+                .await
+                .map_err(KnowledgeError::vectors(collection))?
+                .is_some();
+            if exists {
+                return Ok((IngestOutcome::Unchanged, 0));
+            }
+            previous = None;
         }
         let spec = self.ensure_collection(collection).await?;
         let chunks = chunk_document(doc, &self.options.chunk, &self.counter)?;
