@@ -50,6 +50,7 @@ mod ingest;
 mod job;
 mod load;
 mod search;
+mod search_action;
 
 #[cfg(test)]
 mod tests;
@@ -76,6 +77,7 @@ pub use job::{
 };
 pub use load::{DEFAULT_MAX_BYTES, DocKind, Document, Folder, LoadOptions, Section, walk};
 pub use search::{Passage, RRF_K, Reranker, SearchOptions};
+pub use search_action::SearchAction;
 
 /// The key-value namespace of a collection's document records.
 pub fn docs_namespace(collection: &str) -> String {
