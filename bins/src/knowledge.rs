@@ -87,9 +87,15 @@ pub fn open(
         batch_size: k.batch_size,
         root: if api { k.root.clone() } else { None },
     };
+    // URLs go through the outbound network guard of `[network]`, as `http_request` does.
+    let policy = config
+        .network
+        .policy()
+        .map_err(|e| RunError::Llm(e.to_string()))?;
     let knowledge = Knowledge::new(vectors, embedder, kv)
         .with_options(options)
-        .map_err(|e| RunError::Llm(format!("[knowledge]: {e}")))?;
+        .map_err(|e| RunError::Llm(format!("[knowledge]: {e}")))?
+        .with_net_policy(Arc::new(policy));
     let search = SearchOptions {
         limit: k.limit,
         threshold: (k.threshold > 0.0).then_some(k.threshold),
@@ -119,6 +125,9 @@ pub const USAGE: &str = "usage: flowbot-server [--config FILE] kb <command>\n\n\
                   read files, folders or URLs into a collection, with a progress bar;\n\
                   unchanged documents are skipped; --sync also removes the documents of\n\
                   the collection that the given folders no longer hold\n\
+  kb eval QUESTIONS.jsonl [--collection NAME] [--k N]\n\
+                  recall@k and MRR of the searches for questions with their expected\n\
+                  sources: one {\"question\": …, \"expected\": [\"path or URL\", …]} per line\n\
   kb search QUERY… [--collection NAME] [--limit N]\n\
                   the passages found, without a model\n\
   kb list [--collection NAME]\n\
@@ -191,7 +200,7 @@ pub async fn command(config: &Config, args: &[String]) -> Result<(String, bool),
     let (sub, rest) = args
         .split_first()
         .ok_or_else(|| usage("kb: which command?"))?;
-    let (words, opts) = options(rest, &["--collection", "--limit"], &["--sync"])?;
+    let (words, opts) = options(rest, &["--collection", "--limit", "--k"], &["--sync"])?;
     let collection = opts
         .get("--collection")
         .cloned()
@@ -225,6 +234,30 @@ pub async fn command(config: &Config, args: &[String]) -> Result<(String, bool),
                 .await
                 .map_err(|e| RunError::Llm(e.to_string()))?;
             Ok((format!("{}\n", Knowledge::format_hits(&passages)), true))
+        }
+        "eval" => {
+            let [file] = words.as_slice() else {
+                return Err(usage("kb eval: which one questions file?"));
+            };
+            let k = match opts.get("--k") {
+                None => 5,
+                Some(k) => k
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| usage("kb eval: --k must be 1 to 100"))?,
+            };
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| RunError::Usage(format!("kb eval: {file}: {e}")))?;
+            let questions = flowbot_llm::knowledge::parse_questions(&text)
+                .map_err(|e| RunError::Usage(format!("kb eval: {file}: {e}")))?;
+            let base = command_base(config).await?;
+            let report = base
+                .knowledge
+                .evaluate(&collection, &questions, k, &base.search)
+                .await
+                .map_err(|e| RunError::Llm(e.to_string()))?;
+            Ok((report.render(), true))
         }
         "list" => {
             let base = command_base(config).await?;
@@ -345,7 +378,11 @@ async fn ingest(
     Ok((out, failed == 0))
 }
 
-/// A file or folder path, or a URL.
+/// A URL (`http://`, `https://`), else a file or folder path.
 fn source_of(word: &str) -> Source {
-    Source::path(word)
+    if word.starts_with("http://") || word.starts_with("https://") {
+        Source::url(word)
+    } else {
+        Source::path(word)
+    }
 }

@@ -170,6 +170,9 @@ pub async fn rule_library(
     if !config.notifiers.is_empty() {
         plugins = plugins.action_name("notify");
     }
+    if config.knowledge.embedder.is_some() {
+        plugins = plugins.action_name("kb_search");
+    }
     let library = Arc::new(RuleLibrary::open(files, Some(store.clone()), plugins).await?);
     tracing::info!(rules = library.list().len(), dir = ?config.rules.dir, "rules loaded");
     let interval = if config.rules.dir.is_some() && !config.rules.watch {

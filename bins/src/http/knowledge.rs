@@ -206,6 +206,11 @@ pub(super) enum SourceBody {
         /// The relative path.
         path: String,
     },
+    /// A web page or file, fetched through the outbound network guard (`[network] allow`).
+    Url {
+        /// `http://` or `https://`.
+        url: String,
+    },
     /// A document given inline.
     Inline {
         /// Its name (shown in citations).
@@ -276,6 +281,15 @@ pub(super) async fn ingest(
     for source in body.sources {
         sources.push(match source {
             SourceBody::Path { path } => Source::path(under_root(kb, &path)?),
+            SourceBody::Url { url } => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(Problem::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("'{url}' is not an http:// or https:// URL"),
+                    ));
+                }
+                Source::url(url)
+            }
             SourceBody::Inline { source, kind, text } => {
                 if kind == DocKind::Pdf {
                     return Err(Problem::new(
