@@ -34,11 +34,17 @@
 //!   they match, which is what the knowledge base's hybrid retrieval needs; callers then
 //!   search by vector alone.
 //!
+//! Limits: the backend creates no payload indexes, so filters scan (fine for a knowledge
+//! base's sizes; a server in strict mode that demands indexes for filtered keys refuses such
+//! filters, as [`VectorError::Invalid`]); each request times out after qdrant-client's
+//! default of 5 seconds (connecting too).
+//!
 //! Every call that reads or writes vectors first reads the collection's configuration, so a
 //! vector of the wrong length is [`VectorError::DimensionMismatch`] and a missing collection
 //! [`VectorError::UnknownCollection`], whatever the server's own messages say. Errors: the
-//! server unreachable, timing out or failing inside is [`VectorError::Unavailable`]; input
-//! it refuses is [`VectorError::Invalid`] with its message. The API key never appears in
+//! server unreachable, timing out, failing inside, refusing the API key or locked for writes
+//! is [`VectorError::Unavailable`]; input it refuses is [`VectorError::Invalid`] with its
+//! message. The API key never appears in
 //! `Debug` output, logs or errors.
 
 use std::collections::{HashMap, HashSet};
@@ -734,7 +740,6 @@ fn error(e: QdrantError, collection: Option<&str>) -> VectorError {
                 None => VectorError::Invalid(format!("Qdrant: {}", status.message())),
             },
             Code::InvalidArgument
-            | Code::FailedPrecondition
             | Code::OutOfRange
             | Code::AlreadyExists
             | Code::Unimplemented => VectorError::Invalid(format!("Qdrant: {}", status.message())),
