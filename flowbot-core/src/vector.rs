@@ -474,8 +474,7 @@ pub trait VectorStore: Send + Sync + 'static {
     async fn delete_where(&self, collection: &str, filter: &Filter) -> Result<u64, VectorError>;
 
     /// The nearest points, best first.
-    async fn search(&self, collection: &str, query: &VectorQuery)
-    -> Result<Vec<Hit>, VectorError>;
+    async fn search(&self, collection: &str, query: &VectorQuery) -> Result<Vec<Hit>, VectorError>;
 
     /// How many points pass `filter`.
     async fn count(&self, collection: &str, filter: &Filter) -> Result<u64, VectorError>;

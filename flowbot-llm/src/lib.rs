@@ -8,6 +8,9 @@
 //!   embeddings;
 //! - `anthropic`: Anthropic Messages;
 //! - `gemini`: Google Gemini, with its embeddings;
+//! - `knowledge` (default): the knowledge base ([`knowledge`]): documents loaded, chunked
+//!   and embedded into a vector store, found again by hybrid search, cited in answers;
+//! - `pdf` (default): PDF documents for the knowledge base;
 //! - `test-util`: `fake::FakeProvider`, a local server that speaks all four dialects from
 //!   scripted turns, for testing bots without the internet.
 //!
@@ -54,6 +57,9 @@ mod openai;
 pub mod fake;
 
 pub mod context;
+#[cfg(feature = "knowledge")]
+#[cfg_attr(docsrs, doc(cfg(feature = "knowledge")))]
+pub mod knowledge;
 pub mod prompt;
 
 #[cfg(test)]

@@ -155,6 +155,7 @@ pub(crate) enum Act {
         tools: Option<Vec<String>>,
         save_as: Option<String>,
         otherwise: Option<String>,
+        knowledge: Option<String>,
     },
 }
 
@@ -939,6 +940,7 @@ impl Compiler<'_> {
                     model: spec.model.clone(),
                     tools: spec.tools.clone(),
                     save_as: spec.save_as.clone(),
+                    knowledge: spec.knowledge.clone(),
                 }
             }
         })

@@ -766,6 +766,7 @@ async fn run_actions(
                 tools,
                 save_as,
                 otherwise,
+                knowledge,
             } => {
                 let Some(assistant) = turn.services.assistant() else {
                     match otherwise {
@@ -792,6 +793,7 @@ async fn run_actions(
                 ask.text = rendered(text)?;
                 ask.model = model.clone();
                 ask.tools = tools.clone();
+                ask.knowledge = knowledge.clone();
                 let answer = assistant.answer(turn, &ask).await.map_err(|e| ActFailure {
                     message: e.to_string(),
                     source: Some(e),

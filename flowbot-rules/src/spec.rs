@@ -344,4 +344,8 @@ pub struct LlmSpec {
     /// such a rule fails with an error saying so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otherwise: Option<String>,
+    /// A knowledge base collection: passages found in it for the question go into the
+    /// prompt and the answer cites them (docs/knowledge.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knowledge: Option<String>,
 }

@@ -44,6 +44,9 @@ mod postgres;
 pub mod qdrant;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "vectors")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vectors")))]
+pub mod vectors;
 mod workflow;
 
 pub use memory::MemoryStore;

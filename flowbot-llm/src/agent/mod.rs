@@ -182,6 +182,10 @@ pub struct Agent {
     prompt_vars: Map<String, Value>,
     prices: Option<PriceTable>,
     model_ids: HashMap<String, String>,
+    #[cfg(feature = "knowledge")]
+    knowledge: Option<Arc<crate::knowledge::Knowledge>>,
+    #[cfg(feature = "knowledge")]
+    knowledge_options: crate::knowledge::KnowledgeOptions,
 }
 
 impl std::fmt::Debug for Agent {
@@ -289,6 +293,28 @@ impl AgentBuilder {
         self
     }
 
+    /// The knowledge base: an ask naming a collection (or any ask, with
+    /// [`KnowledgeOptions::collection`](crate::knowledge::KnowledgeOptions)) is answered from
+    /// the passages found in it for the user's words, given to the model as numbered
+    /// sources; the answer ends with the sources it cites. When nothing is found, the agent
+    /// answers [`KnowledgeOptions::dont_know`](crate::knowledge::KnowledgeOptions) without
+    /// calling the model.
+    #[cfg(feature = "knowledge")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "knowledge")))]
+    pub fn knowledge(mut self, knowledge: Arc<crate::knowledge::Knowledge>) -> Self {
+        self.agent.knowledge = Some(knowledge);
+        self
+    }
+
+    /// How answers use the knowledge base (default collection, search, room in the prompt,
+    /// the words when nothing is found).
+    #[cfg(feature = "knowledge")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "knowledge")))]
+    pub fn knowledge_options(mut self, options: crate::knowledge::KnowledgeOptions) -> Self {
+        self.agent.knowledge_options = options;
+        self
+    }
+
     /// The agent, or what is wrong with its limits.
     pub fn build(self) -> Result<Agent, Error> {
         self.agent
@@ -342,6 +368,17 @@ enum Step {
     Superseded,
 }
 
+/// What the knowledge base adds to a run.
+#[cfg(feature = "knowledge")]
+enum Grounding {
+    /// No collection is asked for.
+    None,
+    /// The sources block for the system prompt and its citations.
+    Sources(String, Vec<crate::knowledge::Citation>),
+    /// Nothing found: the agent does not know.
+    DontKnow,
+}
+
 /// How often an answer being written checks whether a newer message is waiting.
 const SUPERSEDED_POLL: Duration = Duration::from_millis(500);
 
@@ -392,6 +429,10 @@ impl Agent {
                 prompt_vars: Map::new(),
                 prices: None,
                 model_ids: HashMap::new(),
+                #[cfg(feature = "knowledge")]
+                knowledge: None,
+                #[cfg(feature = "knowledge")]
+                knowledge_options: crate::knowledge::KnowledgeOptions::default(),
             },
         }
     }
@@ -612,7 +653,46 @@ impl Agent {
             .await?;
         let tools = ask.tools.clone().unwrap_or_else(|| self.tools.clone());
         let specs = turn.services.actions().tool_specs(&tools)?;
-        let mut all = vec![ChatMessage::system(prompt.system)];
+        #[cfg_attr(not(feature = "knowledge"), allow(unused_mut))]
+        let mut system = prompt.system;
+        #[cfg(feature = "knowledge")]
+        let mut sources = Vec::new();
+        #[cfg(feature = "knowledge")]
+        match self.ground(ask, &text, &system, model, &specs).await? {
+            Grounding::None => {}
+            Grounding::Sources(block, citations) => {
+                system.push_str("\n\n");
+                system.push_str(&block);
+                sources = citations;
+            }
+            Grounding::DontKnow => {
+                let now = flowbot_core::clock::now();
+                let mut run = RunState {
+                    id: id.to_owned(),
+                    status: RunStatus::Done,
+                    model: model.name().to_owned(),
+                    channel,
+                    conversation,
+                    user,
+                    messages: vec![ChatMessage::user(text)],
+                    calls: Default::default(),
+                    turns: 0,
+                    failed_calls: 0,
+                    usage: Usage::default(),
+                    cost_micros: 0,
+                    answer: self.knowledge_options.dont_know.clone(),
+                    prompt: prompt.used,
+                    busy_ms: 0,
+                    feedback: None,
+                    sources: Vec::new(),
+                    created_at: now,
+                    updated_at: now,
+                };
+                runs.save(&mut run).await?;
+                return Ok(run);
+            }
+        }
+        let mut all = vec![ChatMessage::system(system)];
         all.extend(history.messages.iter().cloned());
         all.push(ChatMessage::user(prompt.user.unwrap_or(text)));
         let window = self.context(model, &specs);
@@ -659,6 +739,8 @@ impl Agent {
             prompt: prompt.used,
             busy_ms: 0,
             feedback: None,
+            #[cfg(feature = "knowledge")]
+            sources,
             created_at: now,
             updated_at: now,
         };
@@ -678,6 +760,58 @@ impl Agent {
         );
         runs.save(&mut run).await?;
         Ok(run)
+    }
+
+    /// The knowledge base's part of a new run's prompt, when the ask (or the agent's
+    /// options) names a collection.
+    #[cfg(feature = "knowledge")]
+    async fn ground(
+        &self,
+        ask: &Ask,
+        text: &str,
+        system: &str,
+        model: &dyn ChatModel,
+        specs: &[ToolSpec],
+    ) -> Result<Grounding, Error> {
+        let options = &self.knowledge_options;
+        let Some(collection) = ask.knowledge.as_ref().or(options.collection.as_ref()) else {
+            return Ok(Grounding::None);
+        };
+        let Some(kb) = &self.knowledge else {
+            return Err(Error::Handler(
+                format!("llm: the ask names knowledge collection '{collection}', but the assistant has no knowledge base").into(),
+            ));
+        };
+        let passages = kb
+            .search(collection, text, &options.search)
+            .await
+            .map_err(|e| Error::Handler(format!("llm knowledge: {e}").into()))?;
+        if passages.is_empty() {
+            tracing::info!(collection = %collection, "no passage found: answering that the assistant does not know");
+            return Ok(Grounding::DontKnow);
+        }
+        // The sources take what the system prompt and the user's words leave of the window,
+        // at most `max_tokens`; history is trimmed after them.
+        let window = self.context(model, specs);
+        let counter = window.counter().clone();
+        let used = counter.count_messages(&[
+            ChatMessage::system(system.to_owned()),
+            ChatMessage::user(text.to_owned()),
+        ]) + counter.count_tools(specs);
+        let room = window.budget().saturating_sub(used).min(options.max_tokens);
+        let (block, citations) = crate::knowledge::sources_prompt(&passages, &*counter, room);
+        if citations.is_empty() {
+            tracing::warn!(collection = %collection, room, "no passage fits the context window: answering that the assistant does not know");
+            return Ok(Grounding::DontKnow);
+        }
+        if citations.len() < passages.len() {
+            tracing::debug!(
+                kept = citations.len(),
+                found = passages.len(),
+                "passages left out of the prompt for room"
+            );
+        }
+        Ok(Grounding::Sources(block, citations))
     }
 
     /// The context window for `model` with `tools`.
@@ -828,6 +962,12 @@ impl Agent {
         };
         match step {
             Step::Answer(text) => {
+                #[cfg(feature = "knowledge")]
+                let text = if run.sources.is_empty() {
+                    text
+                } else {
+                    crate::knowledge::sources_reply(&text, &run.sources)
+                };
                 run.status = RunStatus::Done;
                 run.answer = text.clone();
                 runs.save(run).await?;

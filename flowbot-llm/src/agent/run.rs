@@ -98,6 +98,11 @@ pub struct RunState {
     /// The user's verdict on the answer, once given (`POST /api/v1/llm/runs/{id}/feedback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback: Option<bool>,
+    /// The knowledge base's sources given to the model, numbered as in the prompt; the
+    /// answer lists those it cites.
+    #[cfg(feature = "knowledge")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::knowledge::Citation>,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Last checkpoint.

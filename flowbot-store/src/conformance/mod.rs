@@ -39,6 +39,7 @@ mod data;
 mod leases;
 mod liveness;
 mod queue;
+pub mod vectors;
 mod workers;
 mod workflows;
 

@@ -8,6 +8,8 @@
 mod admin;
 mod audit;
 mod data;
+#[cfg(feature = "vectors")]
+mod vectors;
 mod workflow;
 
 use std::sync::Arc;
@@ -58,6 +60,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "audit",
         sql: include_str!("../../migrations/postgres/0004_audit.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "vectors",
+        sql: include_str!("../../migrations/postgres/0005_vectors.sql"),
     },
 ];
 

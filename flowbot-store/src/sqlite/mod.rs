@@ -11,6 +11,8 @@ mod data;
 mod share;
 mod tasks;
 mod token;
+#[cfg(feature = "vectors")]
+mod vectors;
 mod workflow;
 mod writes;
 
@@ -74,6 +76,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "audit",
         sql: include_str!("../../migrations/sqlite/0004_audit.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "vectors",
+        sql: include_str!("../../migrations/sqlite/0005_vectors.sql"),
     },
 ];
 

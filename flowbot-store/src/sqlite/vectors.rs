@@ -1,0 +1,221 @@
+//! The embedded vector store's tables in SQLite (migration 0005): collections, points with
+//! tombstones, and the FTS5 index of their text.
+
+use async_trait::async_trait;
+use flowbot_core::VectorError;
+use flowbot_core::vector::{CollectionSpec, Distance, Point};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::SqliteStore;
+use crate::common::{map_err, now_ms, parse_json};
+use crate::vectors::{Change, Head, Table, body, decode, encode};
+
+fn head(row: &SqliteRow) -> Result<Head, VectorError> {
+    let name: String = row.try_get("name").map_err(map_err)?;
+    let distance: String = row.try_get("distance").map_err(map_err)?;
+    let dimension: i64 = row.try_get("dimension").map_err(map_err)?;
+    Ok(Head {
+        spec: CollectionSpec {
+            distance: Distance::parse(&distance).ok_or_else(|| {
+                flowbot_core::StoreError::Corrupt(format!(
+                    "collection {name:?}: unknown distance {distance:?}"
+                ))
+            })?,
+            dimension: usize::try_from(dimension).map_err(|_| {
+                flowbot_core::StoreError::Corrupt(format!(
+                    "collection {name:?}: dimension {dimension}"
+                ))
+            })?,
+            name,
+        },
+        generation: row.try_get("generation").map_err(map_err)?,
+        seq: row.try_get("seq").map_err(map_err)?,
+    })
+}
+
+/// The collection columns [`head`] reads, then `$tail`.
+macro_rules! heads {
+    ($tail:literal) => {
+        concat!(
+            "SELECT name, dimension, distance, generation, seq FROM flowbot_vector_collections ",
+            $tail
+        )
+    };
+}
+
+#[async_trait]
+impl Table for SqliteStore {
+    async fn create(&self, spec: &CollectionSpec, generation: &str) -> Result<Head, VectorError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO flowbot_vector_collections (name, dimension, distance, generation, seq, created_at) \
+             VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&spec.name)
+        .bind(spec.dimension as i64)
+        .bind(spec.distance.as_str())
+        .bind(generation)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+        let row = sqlx::query(heads!("WHERE name = ?"))
+            .bind(&spec.name)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        head(&row)
+    }
+
+    async fn head(&self, name: &str) -> Result<Option<Head>, VectorError> {
+        let row = sqlx::query(heads!("WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(self.r())
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(head).transpose()
+    }
+
+    async fn heads(&self) -> Result<Vec<Head>, VectorError> {
+        let rows = sqlx::query(heads!("ORDER BY name"))
+            .fetch_all(self.r())
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(head).collect()
+    }
+
+    async fn drop_collection(&self, name: &str) -> Result<bool, VectorError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM flowbot_vector_points WHERE collection = ?")
+            .bind(name)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+        let n = sqlx::query("DELETE FROM flowbot_vector_collections WHERE name = ?")
+            .bind(name)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        tx.commit().await.map_err(map_err)?;
+        Ok(n > 0)
+    }
+
+    async fn write(
+        &self,
+        name: &str,
+        upserts: &[Point],
+        deletes: &[String],
+    ) -> Result<Option<(i64, u64)>, VectorError> {
+        let mut tx = self.begin().await?;
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE flowbot_vector_collections SET seq = seq + 1 WHERE name = ? RETURNING seq",
+        )
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(map_err)?;
+        let Some(seq) = seq else {
+            return Ok(None);
+        };
+        let mut removed = 0;
+        for id in deletes {
+            removed += sqlx::query(
+                "UPDATE flowbot_vector_points SET seq = ?, vector = NULL, payload = '{}', body = '' \
+                 WHERE collection = ? AND id = ? AND vector IS NOT NULL",
+            )
+            .bind(seq)
+            .bind(name)
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        }
+        for p in upserts {
+            sqlx::query(
+                "INSERT INTO flowbot_vector_points (collection, id, seq, vector, payload, body) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (collection, id) DO UPDATE SET \
+                 seq = excluded.seq, vector = excluded.vector, payload = excluded.payload, body = excluded.body",
+            )
+            .bind(name)
+            .bind(&p.id)
+            .bind(seq)
+            .bind(encode(&p.vector))
+            .bind(serde_json::Value::Object(p.payload.clone()).to_string())
+            .bind(body(&p.payload))
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some((seq, removed)))
+    }
+
+    async fn changes(&self, name: &str, after: i64) -> Result<Vec<Change>, VectorError> {
+        let rows = sqlx::query(
+            "SELECT id, seq, vector, payload FROM flowbot_vector_points \
+             WHERE collection = ? AND seq > ? ORDER BY seq",
+        )
+        .bind(name)
+        .bind(after)
+        .fetch_all(self.r())
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id").map_err(map_err)?;
+                let vector: Option<Vec<u8>> = row.try_get("vector").map_err(map_err)?;
+                let point = match vector {
+                    Some(bytes) => {
+                        let payload: String = row.try_get("payload").map_err(map_err)?;
+                        let payload = match parse_json(&payload, "vector payload")? {
+                            serde_json::Value::Object(map) => map,
+                            _ => serde_json::Map::new(),
+                        };
+                        Some((decode(&bytes, &id)?, payload))
+                    }
+                    None => None,
+                };
+                Ok(Change {
+                    seq: row.try_get("seq").map_err(map_err)?,
+                    id,
+                    point,
+                })
+            })
+            .collect()
+    }
+
+    async fn text(
+        &self,
+        name: &str,
+        terms: &[String],
+        limit: usize,
+    ) -> Result<Vec<(String, f32)>, VectorError> {
+        // Each term quoted (FTS5's string syntax; terms hold letters and digits only), any
+        // of them matching; bm25 is lower for better matches.
+        let query = terms
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let rows: Vec<(String, f64)> = sqlx::query_as(
+            "SELECT p.id, bm25(flowbot_vector_fts) AS rank FROM flowbot_vector_fts \
+             JOIN flowbot_vector_points p ON p.pk = flowbot_vector_fts.rowid \
+             WHERE flowbot_vector_fts MATCH ? AND p.collection = ? AND p.vector IS NOT NULL \
+             ORDER BY rank LIMIT ?",
+        )
+        .bind(query)
+        .bind(name)
+        .bind(limit as i64)
+        .fetch_all(self.r())
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, rank)| (id, -rank as f32))
+            .collect())
+    }
+}
