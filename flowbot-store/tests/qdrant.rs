@@ -6,6 +6,10 @@
 //! Qdrant when `QDRANT_URL` is set (e.g. `http://127.0.0.1:6334`, with `QDRANT_API_KEY` if it
 //! wants one). Without it each test prints
 //! `SKIPPED: QDRANT_URL not set — ran against the protocol fake only`.
+//!
+//! The vector conformance suite (`flowbot_store::vector_conformance_tests!`) runs twice:
+//! `conformance_on_protocol_fake::*` and `conformance_on_real_qdrant::*` (skipped without
+//! `QDRANT_URL`).
 #![cfg(feature = "qdrant")]
 #![allow(
     clippy::unwrap_used,
@@ -17,12 +21,16 @@
 mod qdrant_fake;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use flowbot_core::vector::{
-    CollectionSpec, Condition, Distance, Filter, Point, TextQuery, VectorError, VectorQuery,
-    VectorStore,
+    CollectionInfo, CollectionSpec, Condition, Distance, Filter, Hit, Point, TextQuery,
+    VectorError, VectorQuery, VectorStore, check_collection_name,
 };
+use flowbot_store::conformance::vectors::VectorBackend;
 use flowbot_store::qdrant::{ID_KEY, QdrantVectors, point_uuid};
 use serde_json::{Value, json};
 
@@ -38,20 +46,13 @@ where
         .await
         .expect("connect to the PROTOCOL FAKE");
     scenario(store, format!("{test}-")).await;
-    match std::env::var("QDRANT_URL") {
-        Ok(url) if !url.is_empty() => {
-            let key = std::env::var("QDRANT_API_KEY")
-                .ok()
-                .filter(|k| !k.is_empty());
+    match real_qdrant() {
+        Some((url, key)) => {
             let store = QdrantVectors::connect(&url, key)
                 .await
                 .expect("connect to the real Qdrant at QDRANT_URL");
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
             // Unique names, so runs against a shared server do not meet.
-            let prefix = format!("fbt-{test}-{}-{nanos}-", std::process::id());
+            let prefix = format!("fbt-{test}-{}-", unique());
             scenario(store.clone(), prefix.clone()).await;
             for c in store.collections().await.unwrap() {
                 if c.spec.name.starts_with(&prefix) {
@@ -60,8 +61,34 @@ where
             }
             eprintln!("{test}: ran against the PROTOCOL FAKE and the real Qdrant at {url}");
         }
-        _ => eprintln!("SKIPPED: QDRANT_URL not set — ran against the protocol fake only ({test})"),
+        None => {
+            eprintln!("SKIPPED: QDRANT_URL not set — ran against the protocol fake only ({test})")
+        }
     }
+}
+
+/// The real Qdrant's URL and API key, from `QDRANT_URL` and `QDRANT_API_KEY`.
+fn real_qdrant() -> Option<(String, Option<String>)> {
+    let url = std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty())?;
+    let key = std::env::var("QDRANT_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    Some((url, key))
+}
+
+/// A name part no other test of any run shares: the process, the time and a counter.
+fn unique() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 100_000_000;
+    format!(
+        "{}-{secs}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn point(id: &str, vector: Vec<f32>, payload: Value) -> Point {
@@ -532,4 +559,273 @@ async fn protocol_fake_unreachable_server_is_unavailable() {
     assert!(!text.contains("k-789"), "{text}");
     let err = QdrantVectors::connect("not a url", None).await.unwrap_err();
     assert!(matches!(err, VectorError::Invalid(_)), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The vector conformance suite (`flowbot_store::conformance::vectors`), on the PROTOCOL
+// FAKE and, when QDRANT_URL is set, on the real Qdrant.
+// ---------------------------------------------------------------------------------------
+
+/// The conformance suite on the PROTOCOL FAKE: a fresh fake server per test; the second
+/// handle is another client connected to the same server.
+struct ProtocolFake {
+    url: String,
+    store: QdrantVectors,
+}
+
+impl VectorBackend for ProtocolFake {
+    async fn open() -> Option<Self> {
+        let url = qdrant_fake::start().await;
+        let store = QdrantVectors::connect(&url, None)
+            .await
+            .expect("connect to the PROTOCOL FAKE");
+        Some(ProtocolFake { url, store })
+    }
+
+    fn vectors(&self) -> Arc<dyn VectorStore> {
+        Arc::new(self.store.clone())
+    }
+
+    async fn second(&self) -> Option<Arc<dyn VectorStore>> {
+        let other = QdrantVectors::connect(&self.url, None)
+            .await
+            .expect("connect again");
+        Some(Arc::new(other))
+    }
+}
+
+mod conformance_on_protocol_fake {
+    flowbot_store::vector_conformance_tests!(super::ProtocolFake);
+}
+
+/// The conformance suite on the real Qdrant at `QDRANT_URL` (skipped without it). The suite
+/// names its collections plainly (`rt`, `filters`…) and expects a store without others, so
+/// each test sees the server through [`Prefixed`]: its collections under a prefix of its
+/// own, the others hidden, and nothing left behind.
+struct RealQdrant {
+    store: Prefixed,
+}
+
+impl VectorBackend for RealQdrant {
+    async fn open() -> Option<Self> {
+        let Some((url, key)) = real_qdrant() else {
+            eprintln!(
+                "SKIPPED: QDRANT_URL not set — ran against the protocol fake only (conformance)"
+            );
+            return None;
+        };
+        let store = QdrantVectors::connect(&url, key)
+            .await
+            .expect("connect to the real Qdrant at QDRANT_URL");
+        let prefix = format!("fbc-{}-", unique());
+        Some(RealQdrant {
+            store: Prefixed {
+                inner: store,
+                prefix,
+            },
+        })
+    }
+
+    fn vectors(&self) -> Arc<dyn VectorStore> {
+        Arc::new(self.store.clone())
+    }
+
+    async fn second(&self) -> Option<Arc<dyn VectorStore>> {
+        let (url, key) = real_qdrant()?;
+        let inner = QdrantVectors::connect(&url, key)
+            .await
+            .expect("connect again");
+        Some(Arc::new(Prefixed {
+            inner,
+            prefix: self.store.prefix.clone(),
+        }))
+    }
+
+    async fn cleanup(self) {
+        for c in self.store.collections().await.unwrap() {
+            self.store.delete_collection(&c.spec.name).await.unwrap();
+        }
+    }
+}
+
+mod conformance_on_real_qdrant {
+    flowbot_store::vector_conformance_tests!(super::RealQdrant);
+}
+
+/// A view of a store where collection `x` is `{prefix}x` underneath (test support for a
+/// shared real server; names are checked before the prefix is added, and errors name the
+/// collection as the caller did).
+#[derive(Clone)]
+struct Prefixed {
+    inner: QdrantVectors,
+    prefix: String,
+}
+
+impl Prefixed {
+    fn name(&self, name: &str) -> Result<String, VectorError> {
+        check_collection_name(name)?;
+        Ok(format!("{}{name}", self.prefix))
+    }
+
+    fn strip(&self, e: VectorError) -> VectorError {
+        let strip = |n: String| n.strip_prefix(&self.prefix).map(str::to_owned).unwrap_or(n);
+        match e {
+            VectorError::UnknownCollection(n) => VectorError::UnknownCollection(strip(n)),
+            VectorError::Conflict(n) => VectorError::Conflict(strip(n)),
+            VectorError::DimensionMismatch {
+                collection,
+                expected,
+                got,
+            } => VectorError::DimensionMismatch {
+                collection: strip(collection),
+                expected,
+                got,
+            },
+            other => other,
+        }
+    }
+
+    fn info(&self, mut c: CollectionInfo) -> CollectionInfo {
+        c.spec.name = c.spec.name[self.prefix.len()..].to_owned();
+        c
+    }
+}
+
+#[async_trait]
+impl VectorStore for Prefixed {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn create_collection(&self, spec: &CollectionSpec) -> Result<(), VectorError> {
+        spec.check()?;
+        let mut inner = spec.clone();
+        inner.name = self.name(&spec.name)?;
+        self.inner
+            .create_collection(&inner)
+            .await
+            .map_err(|e| self.strip(e))
+    }
+
+    async fn collection(&self, name: &str) -> Result<Option<CollectionInfo>, VectorError> {
+        let found = self.inner.collection(&self.name(name)?).await;
+        Ok(found.map_err(|e| self.strip(e))?.map(|c| self.info(c)))
+    }
+
+    async fn collections(&self) -> Result<Vec<CollectionInfo>, VectorError> {
+        Ok(self
+            .inner
+            .collections()
+            .await?
+            .into_iter()
+            .filter(|c| c.spec.name.starts_with(&self.prefix))
+            .map(|c| self.info(c))
+            .collect())
+    }
+
+    async fn delete_collection(&self, name: &str) -> Result<bool, VectorError> {
+        let n = self.name(name)?;
+        self.inner
+            .delete_collection(&n)
+            .await
+            .map_err(|e| self.strip(e))
+    }
+
+    async fn upsert(&self, collection: &str, points: &[Point]) -> Result<(), VectorError> {
+        let n = self.name(collection)?;
+        self.inner
+            .upsert(&n, points)
+            .await
+            .map_err(|e| self.strip(e))
+    }
+
+    async fn delete(&self, collection: &str, ids: &[String]) -> Result<u64, VectorError> {
+        let n = self.name(collection)?;
+        self.inner.delete(&n, ids).await.map_err(|e| self.strip(e))
+    }
+
+    async fn delete_where(&self, collection: &str, filter: &Filter) -> Result<u64, VectorError> {
+        let n = self.name(collection)?;
+        self.inner
+            .delete_where(&n, filter)
+            .await
+            .map_err(|e| self.strip(e))
+    }
+
+    async fn search(&self, collection: &str, query: &VectorQuery) -> Result<Vec<Hit>, VectorError> {
+        let n = self.name(collection)?;
+        self.inner
+            .search(&n, query)
+            .await
+            .map_err(|e| self.strip(e))
+    }
+
+    async fn count(&self, collection: &str, filter: &Filter) -> Result<u64, VectorError> {
+        let n = self.name(collection)?;
+        self.inner
+            .count(&n, filter)
+            .await
+            .map_err(|e| self.strip(e))
+    }
+
+    async fn get(&self, collection: &str, ids: &[String]) -> Result<Vec<Point>, VectorError> {
+        let n = self.name(collection)?;
+        self.inner.get(&n, ids).await.map_err(|e| self.strip(e))
+    }
+
+    async fn search_text(
+        &self,
+        collection: &str,
+        query: &TextQuery,
+    ) -> Result<Option<Vec<Hit>>, VectorError> {
+        let n = self.name(collection)?;
+        self.inner
+            .search_text(&n, query)
+            .await
+            .map_err(|e| self.strip(e))
+    }
+}
+
+/// The wrapper itself, on the PROTOCOL FAKE: names go in prefixed and come back plain.
+#[tokio::test]
+async fn protocol_fake_prefixed_view_used_for_real_qdrant_conformance() {
+    let url = qdrant_fake::start().await;
+    let inner = QdrantVectors::connect(&url, None).await.unwrap();
+    inner
+        .create_collection(&CollectionSpec::new("other", 1, Distance::Dot))
+        .await
+        .unwrap();
+    let view = Prefixed {
+        inner: inner.clone(),
+        prefix: "p1-".into(),
+    };
+    view.create_collection(&CollectionSpec::new("c", 2, Distance::Dot))
+        .await
+        .unwrap();
+    let names: Vec<String> = view
+        .collections()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.spec.name)
+        .collect();
+    assert_eq!(names, ["c"]);
+    assert!(inner.collection("p1-c").await.unwrap().is_some());
+    let err = view
+        .search("missing", &VectorQuery::new(vec![1.0], 1))
+        .await;
+    assert!(
+        matches!(err, Err(VectorError::UnknownCollection(ref n)) if n == "missing"),
+        "{err:?}"
+    );
+    let err = view.upsert("c", &[point("a", vec![1.0], json!({}))]).await;
+    assert!(
+        matches!(err, Err(VectorError::DimensionMismatch { ref collection, .. }) if collection == "c"),
+        "{err:?}"
+    );
+    assert!(matches!(
+        view.create_collection(&CollectionSpec::new("", 2, Distance::Dot))
+            .await,
+        Err(VectorError::Invalid(_))
+    ));
 }
