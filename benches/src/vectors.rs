@@ -139,7 +139,9 @@ fn write_f32(path: &std::path::Path, rows: &[Vec<f32>]) -> std::io::Result<()> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = args()?;
     let mut rng = fastrand::Rng::with_seed(7);
-    let centres: Vec<Vec<f32>> = (0..(a.n / 100).max(1)).map(|_| unit(&mut rng, a.dim)).collect();
+    let centres: Vec<Vec<f32>> = (0..(a.n / 100).max(1))
+        .map(|_| unit(&mut rng, a.dim))
+        .collect();
     let data = clustered(&mut rng, &centres, a.n);
     let queries = clustered(&mut rng, &centres, a.queries);
     let started = Instant::now();
@@ -244,11 +246,46 @@ async fn hybrid(
         .create_collection(&CollectionSpec::new("chunks", dim, Distance::Cosine))
         .await?;
     const WORDS: &[&str] = &[
-        "queue", "worker", "lease", "retry", "backoff", "schedule", "cron", "workflow", "node",
-        "rule", "dialog", "session", "webhook", "channel", "telegram", "slack", "discord",
-        "token", "secret", "audit", "metric", "latency", "database", "sqlite", "postgres",
-        "migration", "index", "vector", "embedding", "model", "prompt", "answer", "citation",
-        "document", "chunk", "ingest", "search", "filter", "threshold", "rank",
+        "queue",
+        "worker",
+        "lease",
+        "retry",
+        "backoff",
+        "schedule",
+        "cron",
+        "workflow",
+        "node",
+        "rule",
+        "dialog",
+        "session",
+        "webhook",
+        "channel",
+        "telegram",
+        "slack",
+        "discord",
+        "token",
+        "secret",
+        "audit",
+        "metric",
+        "latency",
+        "database",
+        "sqlite",
+        "postgres",
+        "migration",
+        "index",
+        "vector",
+        "embedding",
+        "model",
+        "prompt",
+        "answer",
+        "citation",
+        "document",
+        "chunk",
+        "ingest",
+        "search",
+        "filter",
+        "threshold",
+        "rank",
     ];
     let started = Instant::now();
     let vectors = clustered(rng, centres, n);
@@ -260,7 +297,10 @@ async fn hybrid(
                 let text: Vec<&str> = (0..60).map(|_| WORDS[rng.usize(..WORDS.len())]).collect();
                 let mut payload = serde_json::Map::new();
                 payload.insert(TEXT_KEY.into(), text.join(" ").into());
-                payload.insert("source".into(), format!("doc{}.md", (start + i) / 20).into());
+                payload.insert(
+                    "source".into(),
+                    format!("doc{}.md", (start + i) / 20).into(),
+                );
                 Point {
                     id: format!("c{}", start + i),
                     vector: v.clone(),

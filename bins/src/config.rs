@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 mod auth;
 mod gpu;
+mod knowledge;
 mod limits;
 mod llm;
 mod load;
@@ -32,6 +33,7 @@ pub use flowbot_channels::telegram::{TelegramMode, TelegramSettings};
 pub use flowbot_channels::web::{HostIdentitySettings, WebSettings};
 pub use flowbot_channels::webhook::WebhookSettings;
 pub use gpu::GpuConfig;
+pub use knowledge::KnowledgeConfig;
 pub use limits::LimitsConfig;
 pub use llm::{LlmConfig, Relevance};
 pub use network::NetworkConfig;
@@ -76,6 +78,8 @@ pub struct Config {
     pub llm: LlmConfig,
     /// Local inference (the intent classifier), with the `gpu` feature.
     pub gpu: GpuConfig,
+    /// The knowledge base.
+    pub knowledge: KnowledgeConfig,
     /// Who may use the admin API.
     pub auth: AuthConfig,
     /// Abuse limits on the HTTP surface.
@@ -509,6 +513,16 @@ impl Config {
         }
         self.llm.validate()?;
         self.gpu.validate()?;
+        self.knowledge.validate()?;
+        if let Some(name) = &self.knowledge.embedder
+            && name != "local"
+            && !self.llm.models.contains_key(name)
+        {
+            return Err(err(
+                "knowledge.embedder",
+                format!("'{name}' is not `local` nor a model under [llm.models]"),
+            ));
+        }
         let admin_key = if self.server.admin_listen.is_some() {
             "server.admin_listen"
         } else {

@@ -28,6 +28,7 @@ use crate::config::ServerConfig;
 pub mod auth;
 mod channels;
 mod document;
+mod knowledge;
 pub mod limits;
 mod llm;
 pub mod oidc;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub gpu: Option<flowbot_gpu::Batcher>,
     /// Who may use the API ([`auth::guard`]).
     pub gate: Arc<auth::Gate>,
+    /// The knowledge base of `[knowledge]`.
+    pub knowledge: Option<crate::knowledge::KnowledgeBase>,
 }
 
 type ApiResult<T> = Result<Json<T>, Problem>;
@@ -731,6 +734,7 @@ async fn delete_schedule(
         (name = "llm", description = "The assistant's runs (turns, tool calls, approvals, usage) and its prompt library (versions, activation, rollback, diffs, A/B splits, statistics)"),
         (name = "auth", description = "API keys, the caller's identity, the audit log"),
         (name = "secrets", description = "Secrets stored encrypted for workflows: written and deleted, listed by name, never read back"),
+        (name = "knowledge", description = "The knowledge base: collections, documents, ingestion jobs with progress, and hybrid searches"),
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -915,6 +919,18 @@ pub fn api(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(auth::list_audit))
         .routes(routes!(secrets::list_secrets))
         .routes(routes!(secrets::put_secret, secrets::delete_secret))
+        .routes(routes!(
+            knowledge::list_collections,
+            knowledge::create_collection
+        ))
+        .routes(routes!(
+            knowledge::get_collection,
+            knowledge::delete_collection
+        ))
+        .routes(routes!(knowledge::ingest, knowledge::delete_document))
+        .routes(routes!(knowledge::search))
+        .routes(routes!(knowledge::list_jobs))
+        .routes(routes!(knowledge::get_job))
         .with_state(state)
         .split_for_parts();
     document::complete(&mut doc.paths.paths);

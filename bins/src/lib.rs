@@ -15,6 +15,7 @@ pub mod demo;
 pub mod gpu;
 pub mod http;
 pub mod keys;
+pub mod knowledge;
 pub mod llm;
 pub mod run;
 pub mod secrets;

@@ -44,7 +44,10 @@ pub async fn prompts(config: &LlmConfig) -> Result<Arc<SharedPrompts>, RunError>
 /// chain: the model, then `llm.fallbacks`, each with retries and a circuit breaker, every
 /// call measured. A model configured with only a base URL (the quick start) gets the
 /// server's first model.
-pub async fn assistant(config: &LlmConfig) -> Result<Option<Assistant>, RunError> {
+pub async fn assistant(
+    config: &LlmConfig,
+    knowledge: Option<&crate::knowledge::KnowledgeBase>,
+) -> Result<Option<Assistant>, RunError> {
     let Some(default) = config.default_name() else {
         return Ok(None);
     };
@@ -110,6 +113,11 @@ pub async fn assistant(config: &LlmConfig) -> Result<Option<Assistant>, RunError
     }
     if let Some(prompt) = &config.prompt {
         builder = builder.prompt(prompt.clone());
+    }
+    if let Some(kb) = knowledge {
+        builder = builder
+            .knowledge(kb.knowledge.clone())
+            .knowledge_options(kb.answers.clone());
     }
     for (name, model) in chains {
         // Prompt variants and prices go by the chain's first model, `dialect/model`.

@@ -13,6 +13,7 @@ use flowbot_core::task::WorkerConfig;
 use flowbot_core::workflow::{Secrets, Workflows};
 use flowbot_core::{Bot, BotBuilder, CancellationToken, CommandInfo, Handlers, Router, Store};
 use flowbot_rules::{Plugins, Reload, RuleFiles, RuleLibrary, Source, WorkflowScripts};
+use flowbot_store::vectors::{EmbeddedVectors, IndexOptions};
 use flowbot_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 
 use flowbot_store::redact_url as redact;
@@ -92,17 +93,29 @@ pub enum RunError {
 
 /// Open the configured store (applying migrations).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
+    Ok(open_stores(config).await?.0)
+}
+
+/// Open the configured store (applying migrations) and the embedded vector store over its
+/// database.
+pub async fn open_stores(
+    config: &Config,
+) -> Result<(Arc<dyn Store>, Arc<dyn flowbot_core::VectorStore>), RunError> {
     let url = &config.database.url;
     let wrap = |source| RunError::Store {
         url: redact(url),
         source,
     };
+    let mut index = IndexOptions::default();
+    index.exact_below = config.knowledge.exact_below;
+    index.expansion_search = config.knowledge.ef_search;
+    let vector_err = |e: flowbot_core::VectorError| RunError::Llm(format!("[knowledge]: {e}"));
     if url.starts_with("sqlite:") {
         let mut options = SqliteOptions::from_url(url).map_err(wrap)?;
         options.work_share = config.database.sqlite_work_share;
-        Ok(Arc::new(
-            SqliteStore::open_with(options).await.map_err(wrap)?,
-        ))
+        let store = SqliteStore::open_with(options).await.map_err(wrap)?;
+        let vectors = EmbeddedVectors::sqlite(&store, index).map_err(vector_err)?;
+        Ok((Arc::new(store), Arc::new(vectors)))
     } else {
         let options =
             PostgresOptions::new(url.clone()).max_connections(config.database.max_connections);
@@ -110,9 +123,9 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
             Some(schema) => options.schema(schema.clone()),
             None => options,
         };
-        Ok(Arc::new(
-            PostgresStore::connect_with(options).await.map_err(wrap)?,
-        ))
+        let store = PostgresStore::connect_with(options).await.map_err(wrap)?;
+        let vectors = EmbeddedVectors::postgres(&store, index).map_err(vector_err)?;
+        Ok((Arc::new(store), Arc::new(vectors)))
     }
 }
 
@@ -311,6 +324,8 @@ struct Parts {
     /// The commands to declare to platforms (`None`: leave their lists alone).
     declared: Option<Vec<CommandInfo>>,
     channels: Channels,
+    /// The knowledge base of `[knowledge]`.
+    knowledge: Option<crate::knowledge::KnowledgeBase>,
 }
 
 /// Open the store, load the rules, resolve secret references in `config`, and build the bot's
@@ -322,16 +337,21 @@ async fn parts(
     extra: Vec<Box<dyn ChannelSpec>>,
     receive: bool,
 ) -> Result<Parts, RunError> {
-    let store = open_store(config).await?;
+    let (store, vectors) = open_stores(config).await?;
     let rules = rule_library(config, &store, shutdown).await?;
     #[cfg(feature = "gpu")]
-    let local = match crate::gpu::load(&config.gpu).await? {
-        Some(models) => {
-            crate::gpu::attach(&models, &rules).await?;
-            Some(models)
-        }
-        None => None,
-    };
+    let local = crate::gpu::load(&config.gpu).await?;
+    #[cfg(feature = "gpu")]
+    if let Some(models) = &local {
+        crate::gpu::attach(models, &rules).await?;
+    }
+    #[cfg(feature = "gpu")]
+    let local_embedder = local
+        .as_ref()
+        .map(|m| Arc::new(m.embedder.clone()) as Arc<dyn flowbot_core::Embedder>);
+    #[cfg(not(feature = "gpu"))]
+    let local_embedder = None;
+    let knowledge = crate::knowledge::open(config, store.clone(), vectors, local_embedder, true)?;
     if rules.router().classifier().is_none()
         && rules
             .router()
@@ -349,7 +369,14 @@ async fn parts(
     let secrets = secret_store(config, &store)?;
     resolve_references(config, secrets.as_deref()).await?;
     let workflows = workflow_engine(config, &store, secrets.clone());
-    let (builder, assistant) = bot_builder(config, &store, &rules, workflows.clone()).await?;
+    let (builder, assistant) = bot_builder(
+        config,
+        &store,
+        &rules,
+        workflows.clone(),
+        knowledge.as_ref(),
+    )
+    .await?;
     let (builder, declared) = routing.apply(builder, &rules);
     let mut specs = config_channels(config, &store, receive).await?;
     specs.extend(extra);
@@ -367,6 +394,7 @@ async fn parts(
         assistant,
         declared,
         channels,
+        knowledge,
     })
 }
 
@@ -432,6 +460,7 @@ async fn bot_builder(
     store: &Arc<dyn Store>,
     rules: &RuleLibrary,
     workflows: Arc<Workflows>,
+    knowledge: Option<&crate::knowledge::KnowledgeBase>,
 ) -> Result<(BotBuilder, Option<crate::llm::Assistant>), RunError> {
     let builder = Bot::builder()
         .store(store.clone())
@@ -440,7 +469,19 @@ async fn bot_builder(
         .workflows(workflows)
         .failure_reply(config.bot.failure_reply());
     let mut builder = with_notifiers(builder, config)?;
-    let assistant = crate::llm::assistant(&config.llm).await?;
+    if let Some(kb) = knowledge {
+        builder = builder
+            .task(
+                flowbot_llm::knowledge::INGEST_TASK,
+                flowbot_llm::knowledge::ingest_handler(kb.knowledge.clone()),
+            )
+            .action(flowbot_llm::knowledge::SearchAction::new(
+                kb.knowledge.clone(),
+                kb.collection.clone(),
+                kb.search.clone(),
+            ));
+    }
+    let assistant = crate::llm::assistant(&config.llm, knowledge).await?;
     if let Some(a) = &assistant {
         builder = builder
             .assistant(a.agent.clone())

@@ -62,11 +62,13 @@ pub enum Resource {
     Audit,
     /// Metrics.
     Metrics,
+    /// The knowledge base: collections, documents, ingestion jobs and searches.
+    Knowledge,
 }
 
 impl Resource {
     /// Every resource.
-    pub const ALL: [Resource; 12] = [
+    pub const ALL: [Resource; 13] = [
         Resource::Rules,
         Resource::Workflows,
         Resource::Runs,
@@ -79,6 +81,7 @@ impl Resource {
         Resource::Secrets,
         Resource::Audit,
         Resource::Metrics,
+        Resource::Knowledge,
     ];
 
     /// The resource's name, as permissions write it.
@@ -96,6 +99,7 @@ impl Resource {
             Resource::Secrets => "secrets",
             Resource::Audit => "audit",
             Resource::Metrics => "metrics",
+            Resource::Knowledge => "knowledge",
         }
     }
 }

@@ -11,6 +11,8 @@
 //! - `knowledge` (default): the knowledge base ([`knowledge`]): documents loaded, chunked
 //!   and embedded into a vector store, found again by hybrid search, cited in answers;
 //! - `pdf` (default): PDF documents for the knowledge base;
+//! - `urls` (default): URLs as knowledge base sources, fetched through flowbot-core's
+//!   outbound network guard (`net`);
 //! - `test-util`: `fake::FakeProvider`, a local server that speaks all four dialects from
 //!   scripted turns, for testing bots without the internet.
 //!

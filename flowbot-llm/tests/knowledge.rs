@@ -1,6 +1,6 @@
-//! The knowledge base: loading, chunking, ingestion, jobs and retrieval, over an
-//! exact-search vector store, a hashed bag-of-words embedder and the in-memory store, all
-//! real implementations of core's traits.
+//! The knowledge base: loading, chunking, ingestion, jobs and retrieval, over flowbot-store's
+//! embedded vector store (in memory, or on a SQLite file for keyword search), a hashed
+//! bag-of-words embedder and the in-memory store, all real implementations of core's traits.
 
 #![cfg(feature = "knowledge")]
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the value it got
@@ -15,20 +15,20 @@ use flowbot_core::vector::{Condition, Filter, VectorStore};
 use flowbot_llm::context::{EstimateCounter, TokenCounter};
 use flowbot_llm::knowledge::*;
 use flowbot_store::MemoryStore;
-use knowledge_kit::{ExactStore, HashEmbedder, encrypted_pdf, pdf};
+use knowledge_kit::{HashEmbedder, Vectors, encrypted_pdf, pdf};
 
 fn opts() -> LoadOptions {
     LoadOptions::default()
 }
 
 struct Kit {
-    store: Arc<ExactStore>,
+    store: Arc<Vectors>,
     embedder: Arc<HashEmbedder>,
     kv: Arc<MemoryStore>,
     kb: Knowledge,
 }
 
-fn kit_with(store: ExactStore) -> Kit {
+fn kit_with(store: Vectors) -> Kit {
     let store = Arc::new(store);
     let embedder = Arc::new(HashEmbedder::new(64));
     let kv = Arc::new(MemoryStore::new());
@@ -42,7 +42,7 @@ fn kit_with(store: ExactStore) -> Kit {
 }
 
 fn kit() -> Kit {
-    kit_with(ExactStore::new())
+    kit_with(Vectors::memory())
 }
 
 fn md(source: &str, text: &str) -> Document {
@@ -396,7 +396,7 @@ async fn an_unchanged_document_is_skipped_and_a_changed_one_replaced() {
         k.kb.ingest("docs", &v1).await.unwrap(),
         IngestOutcome::Added
     );
-    let points = k.store.points("docs");
+    let points = k.store.points("docs").await;
     assert_eq!(points.len(), 2);
     let p = &points
         .iter()
@@ -426,14 +426,14 @@ async fn an_unchanged_document_is_skipped_and_a_changed_one_replaced() {
         k.kb.ingest("docs", &v1).await.unwrap(),
         IngestOutcome::Added
     );
-    assert_eq!(k.store.points("docs").len(), 2);
+    assert_eq!(k.store.points("docs").await.len(), 2);
 
     let v2 = md("faq.md", "# FAQ\n\nThe office opens at ten now.");
     assert_eq!(
         k.kb.ingest("docs", &v2).await.unwrap(),
         IngestOutcome::Replaced
     );
-    let points = k.store.points("docs");
+    let points = k.store.points("docs").await;
     assert_eq!(points.len(), 1, "the old chunks are gone");
     assert_eq!(points[0].payload["hash"], v2.hash.as_str());
     let records = k.kb.documents("docs").await.unwrap();
@@ -485,7 +485,7 @@ async fn all_chunks_are_written_in_one_upsert_after_batched_embedding() {
     )
     .unwrap();
     kb.ingest("docs", &doc).await.unwrap();
-    let chunks = k.store.points("docs").len();
+    let chunks = k.store.points("docs").await.len();
     assert!(chunks >= 7, "{chunks}");
     assert_eq!(k.embedder.calls.load(Ordering::SeqCst), chunks.div_ceil(3));
     assert_eq!(k.store.upserts.load(Ordering::SeqCst), 1);
@@ -507,7 +507,7 @@ async fn an_embedder_failing_mid_document_leaves_the_old_version() {
         "{e:?}"
     );
     assert!(e.is_transient());
-    let points = k.store.points("docs");
+    let points = k.store.points("docs").await;
     assert_eq!(points.len(), 1);
     assert_eq!(points[0].payload["hash"], v1.hash.as_str());
     assert_eq!(k.kb.documents("docs").await.unwrap()[0].hash, v1.hash);
@@ -737,7 +737,7 @@ async fn files_outside_the_root_folder_are_refused() {
         refused.contains("outside the knowledge base's folder"),
         "{refused}"
     );
-    assert_eq!(k.store.points("docs").len(), 1);
+    assert_eq!(k.store.points("docs").await.len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -792,20 +792,27 @@ async fn a_threshold_nobody_reaches_returns_nothing() {
 
 #[tokio::test]
 async fn hybrid_search_fuses_vector_and_keyword_ranks() {
-    let k = kit_with(ExactStore::with_keywords());
+    let k = kit_with(Vectors::sqlite().await);
     // The query's words: "reset password email". Vector search favours `v` (the same words
-    // and little else); the keyword search ranks by distinct query words held.
+    // and little else); the keyword search (SQLite FTS5, BM25) favours `kw`, which holds all
+    // three. Longer unrelated documents make the collection big enough for BM25's weights to
+    // mean something (with four short documents, a word in two of them weighs nothing).
     let docs = [
         ("v.md", "reset password"),
-        (
-            "kw.md",
-            "reset your password by email link from the settings page with many other words around",
-        ),
+        ("kw.md", "reset your password by email"),
         ("e.md", "email"),
         ("z.md", "unrelated gardening tips"),
     ];
     for (s, t) in docs {
         k.kb.ingest("docs", &md(s, t)).await.unwrap();
+    }
+    for i in 0..6 {
+        let filler = format!(
+            "filler {i} talks about rivers mountains forests clouds weather birds and trees"
+        );
+        k.kb.ingest("docs", &md(&format!("f{i}.md"), &filler))
+            .await
+            .unwrap();
     }
     let query = "reset password email";
     let hybrid =
@@ -1001,6 +1008,356 @@ fn sources_fit_the_budget_and_the_answer_lists_what_it_cites() {
         "Yes [2], and [3].\n\nSources:\n[2] Doc 2 — doc2.md, page 7\n[3] Doc 3 — https://x.example/3"
     );
     assert_eq!(sources_reply("No citations.", &citations), "No citations.");
+}
+
+// ---------------------------------------------------------------------------------------
+// URLs
+
+#[cfg(feature = "urls")]
+mod urls {
+    use super::*;
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    use flowbot_core::net::NetPolicy;
+
+    const PAGE: &str = "<html><head><title>Shop help</title></head><body>\
+        <h1>Returns</h1><p>Send parcels back within thirty days for a refund.</p></body></html>";
+
+    /// A local server: an HTML page, Markdown without an extension, a large body with its
+    /// length, a large body streamed without one; anything else is a 404.
+    async fn server() -> String {
+        let app = axum::Router::new()
+            .route(
+                "/help",
+                get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }),
+            )
+            .route(
+                "/notes",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "text/markdown")],
+                        "# Notes\n\nThe gate code is 4321.",
+                    )
+                }),
+            )
+            .route(
+                "/guide.md",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "application/octet-stream")],
+                        "# Guide\n\nWords.",
+                    )
+                }),
+            )
+            .route("/big.txt", get(|| async { "x".repeat(100) }))
+            .route(
+                "/stream.txt",
+                get(|| async {
+                    let pieces = (0..10)
+                        .map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from("y".repeat(10))));
+                    axum::body::Body::from_stream(futures_util::stream::iter(pieces))
+                }),
+            )
+            .route("/down", get(|| async { StatusCode::SERVICE_UNAVAILABLE }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn local() -> Arc<NetPolicy> {
+        Arc::new(NetPolicy::allowing(["127.0.0.1"]).unwrap())
+    }
+
+    fn kb_with_policy(k: &Kit, policy: Option<Arc<NetPolicy>>) -> Knowledge {
+        let kb = Knowledge::new(k.store.clone(), k.embedder.clone(), k.kv.clone());
+        match policy {
+            Some(p) => kb.with_net_policy(p),
+            None => kb,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_web_page_is_fetched_ingested_and_found_with_its_link() {
+        let base = server().await;
+        let k = kit();
+        let kb = kb_with_policy(&k, Some(local()));
+        let page = format!("{base}/help");
+        let notes = format!("{base}/notes");
+        let guide = format!("{base}/guide.md");
+        let sources = [Source::url(&page), Source::url(&notes), Source::url(&guide)];
+        let report = kb
+            .ingest_all("docs", &sources, false, |_| {})
+            .await
+            .unwrap();
+        let outcomes: Vec<_> = report
+            .results
+            .iter()
+            .map(|r| (r.outcome, r.error.clone()))
+            .collect();
+        assert_eq!(outcomes, vec![(Some(IngestOutcome::Added), None); 3]);
+        let hits = kb
+            .search(
+                "docs",
+                "send parcels back for a refund",
+                &SearchOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(hits[0].source, page);
+        assert_eq!(hits[0].url.as_deref(), Some(page.as_str()));
+        assert_eq!(hits[0].title, "Shop help");
+        assert_eq!(hits[0].section.as_deref(), Some("Returns"));
+        let (_, citations) = sources_prompt(&hits[..1], &EstimateCounter::default(), 1_000);
+        assert_eq!(citations[0].line(), format!("[1] Shop help — {page}"));
+        // The kind comes from the Content-Type, else the path's extension.
+        let records = kb.documents("docs").await.unwrap();
+        let kind = |s: &str| records.iter().find(|r| r.source == s).unwrap().kind;
+        assert_eq!(kind(&page), DocKind::Html);
+        assert_eq!(kind(&notes), DocKind::Markdown);
+        assert_eq!(kind(&guide), DocKind::Markdown);
+        let points = k.store.points("docs").await;
+        assert!(
+            points
+                .iter()
+                .all(|p| p.payload["url"] == p.payload["source"])
+        );
+    }
+
+    #[tokio::test]
+    async fn urls_need_a_network_policy_that_allows_their_address() {
+        let base = server().await;
+        let k = kit();
+        let page = format!("{base}/help");
+        let e = kb_with_policy(&k, None).fetch(&page).await.unwrap_err();
+        assert!(
+            matches!(&e, KnowledgeError::NoNetPolicy { source_name } if *source_name == page),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("needs a network policy"), "{e}");
+        let guarded = kb_with_policy(&k, Some(Arc::new(NetPolicy::guarded())));
+        let e = guarded.fetch(&page).await.unwrap_err();
+        assert!(matches!(&e, KnowledgeError::Refused { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{page}: refused by the network policy")),
+            "{e}"
+        );
+        // A run reports the refusal and goes on.
+        let report = guarded
+            .ingest_all("docs", &[Source::url(&page)], false, |_| {})
+            .await
+            .unwrap();
+        assert!(
+            report.results[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("refused")
+        );
+        let doc = kb_with_policy(&k, Some(local()))
+            .fetch(&page)
+            .await
+            .unwrap();
+        assert_eq!((doc.kind, doc.title.as_str()), (DocKind::Html, "Shop help"));
+        // Not http(s): refused by the policy too.
+        let e = kb_with_policy(&k, Some(local()))
+            .fetch("file:///etc/passwd")
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, KnowledgeError::Refused { .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_page_an_unavailable_server_and_bodies_over_the_limit_are_errors() {
+        let base = server().await;
+        let k = kit();
+        let kb = kb_with_policy(&k, Some(local()))
+            .with_options(IngestOptions {
+                load: LoadOptions { max_bytes: 50 },
+                ..IngestOptions::default()
+            })
+            .unwrap();
+        let missing = format!("{base}/nothing-here.md");
+        let e = kb.fetch(&missing).await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                KnowledgeError::Fetch {
+                    status: Some(404),
+                    transient: false,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with(&missing) && e.to_string().contains("404"),
+            "{e}"
+        );
+        let e = kb.fetch(&format!("{base}/down")).await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                KnowledgeError::Fetch {
+                    status: Some(503),
+                    ..
+                }
+            ) && e.is_transient(),
+            "{e:?}"
+        );
+        // Refused from its Content-Length, and while streaming one without it.
+        let e = kb.fetch(&format!("{base}/big.txt")).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KnowledgeError::TooLarge {
+                    size: 100,
+                    limit: 50,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = kb.fetch(&format!("{base}/stream.txt")).await.unwrap_err();
+        assert!(
+            matches!(e, KnowledgeError::TooLarge { size, limit: 50, .. } if size > 50),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_url_source_round_trips_through_the_jobs_json() {
+        let job = IngestJob::new(
+            "docs",
+            vec![
+                Source::url("https://shop.example/help"),
+                Source::path("handbook/"),
+                Source::inline("note", DocKind::Text, "words"),
+            ],
+        );
+        let json = serde_json::to_value(&job).unwrap();
+        assert_eq!(
+            json["sources"][0],
+            serde_json::json!({"url": "https://shop.example/help"})
+        );
+        let back: IngestJob = serde_json::from_value(json).unwrap();
+        assert_eq!(back, job);
+        assert_eq!(back.sources[0].name(), "https://shop.example/help");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Evaluation
+
+#[test]
+fn questions_parse_from_jsonl_naming_a_bad_line() {
+    let text = "# a comment\n\n{\"question\": \"q one\", \"expected\": [\"a.md\"]}\n   \n{\"question\": \"q two\", \"expected\": [\"https://x.example/b\", \"./c.md\"]}\n";
+    let questions = parse_questions(text).unwrap();
+    assert_eq!(
+        questions,
+        [
+            EvalQuestion {
+                question: "q one".into(),
+                expected: vec!["a.md".into()],
+            },
+            EvalQuestion {
+                question: "q two".into(),
+                expected: vec!["https://x.example/b".into(), "./c.md".into()],
+            },
+        ]
+    );
+    for (bad, line) in [
+        (
+            "{\"question\": \"q\", \"expected\": [\"a.md\"]}\n{\"question\": \"q\"}",
+            2,
+        ),
+        ("\n\n# c\nnot json", 4),
+        ("{\"question\": \"q\", \"expected\": []}", 1),
+        ("{\"question\": \" \", \"expected\": [\"a.md\"]}", 1),
+        (
+            "{\"question\": \"q\", \"expected\": [\"a.md\"], \"extra\": 1}",
+            1,
+        ),
+    ] {
+        let e = parse_questions(bad).unwrap_err();
+        assert!(
+            matches!(&e, KnowledgeError::Questions { line: l, .. } if *l == line),
+            "{bad:?}: {e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("questions, line {line}: ")),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn evaluation_measures_recall_at_k_and_mrr_over_distinct_sources() {
+    // A wide embedder: these few words never share a component.
+    let store = Arc::new(Vectors::memory());
+    let kb = Knowledge::new(
+        store,
+        Arc::new(HashEmbedder::new(4096)),
+        Arc::new(MemoryStore::new()),
+    );
+    for (s, t) in [
+        // Two chunks of one source: the distinct sources count it once.
+        (
+            "fruit.md",
+            "# Red apple pie\n\nred apple pie\n\n## Tart\n\nred apple tart",
+        ),
+        ("colors.md", "red blue green"),
+        ("pets.md", "dogs bark loud"),
+    ] {
+        kb.ingest("docs", &md(s, t)).await.unwrap();
+    }
+    let q = |question: &str, expected: &str| EvalQuestion {
+        question: question.into(),
+        expected: vec![expected.into()],
+    };
+    let questions = [
+        q("red apple pie", "./fruit.md"), // rank 1 (a leading ./ does not matter)
+        q("red apple pie", "colors.md"),  // rank 2: fruit.md's two chunks come first
+        q("dogs bark", "pets.md"),        // rank 1
+        q("red apple pie", "pets.md"),    // rank 3: outside the top 2
+    ];
+    let options = SearchOptions {
+        hybrid: false,
+        ..SearchOptions::default()
+    };
+    let report = kb.evaluate("docs", &questions, 2, &options).await.unwrap();
+    assert_eq!((report.questions, report.k), (4, 2));
+    let ranks: Vec<Option<usize>> = report.per_question.iter().map(|r| r.rank).collect();
+    assert_eq!(ranks, [Some(1), Some(2), Some(1), None]);
+    assert_eq!(report.per_question[0].found, ["fruit.md", "colors.md"]);
+    // recall@2 = 3/4; MRR = (1 + 1/2 + 1 + 0) / 4.
+    assert!(
+        (report.recall_at_k - 0.75).abs() < 1e-12,
+        "{}",
+        report.recall_at_k
+    );
+    assert!((report.mrr - 0.625).abs() < 1e-12, "{}", report.mrr);
+    // With k = 3 the last one is found third: recall 1, MRR = (1 + 1/2 + 1 + 1/3) / 4.
+    let report3 = kb.evaluate("docs", &questions, 3, &options).await.unwrap();
+    assert_eq!(report3.per_question[3].rank, Some(3));
+    assert_eq!(report3.recall_at_k, 1.0);
+    assert!((report3.mrr - (1.0 + 0.5 + 1.0 + 1.0 / 3.0) / 4.0).abs() < 1e-12);
+
+    let table = report.render();
+    assert!(
+        table.starts_with("4 question(s), k = 2: recall@2 = 0.750, MRR = 0.625\n"),
+        "{table}"
+    );
+    assert!(
+        table.contains("red apple pie") && table.contains("*colors.md"),
+        "{table}"
+    );
+    assert_eq!(report.to_string(), table);
+    assert!(kb.evaluate("docs", &questions, 0, &options).await.is_err());
+    let empty = kb.evaluate("docs", &[], 2, &options).await.unwrap();
+    assert_eq!((empty.recall_at_k, empty.mrr), (0.0, 0.0));
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {

@@ -22,7 +22,7 @@ use flowbot_llm::fake::{FakeProvider, Reply, Turn as FakeTurn};
 use flowbot_llm::knowledge::*;
 use flowbot_llm::{Agent, Dialect, Limits};
 use flowbot_store::MemoryStore;
-use knowledge_kit::{ExactStore, HashEmbedder};
+use knowledge_kit::{HashEmbedder, Vectors};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -43,7 +43,7 @@ impl Router for AskDocs {
 
 async fn kb_with(docs: &[(&str, &str)]) -> Arc<Knowledge> {
     let kb = Knowledge::new(
-        Arc::new(ExactStore::new()),
+        Arc::new(Vectors::memory()),
         Arc::new(HashEmbedder::new(64)),
         Arc::new(MemoryStore::new()),
     );
@@ -185,7 +185,7 @@ async fn openai_embeddings_through_the_fake_fill_and_search_a_collection() {
     config.embedding_model = Some("text-embedding-3-small".into());
     let embedder = flowbot_llm::connect_embedder(&config).unwrap();
     let kb = Knowledge::new(
-        Arc::new(ExactStore::new()),
+        Arc::new(Vectors::memory()),
         embedder,
         Arc::new(MemoryStore::new()),
     );
@@ -253,7 +253,7 @@ async fn the_ingestion_job_runs_on_the_queue_and_records_its_state() {
         writes,
     });
     let kb = Arc::new(Knowledge::new(
-        Arc::new(ExactStore::new()),
+        Arc::new(Vectors::memory()),
         Arc::new(HashEmbedder::new(64)),
         kv.clone(),
     ));
@@ -310,4 +310,111 @@ async fn the_ingestion_job_runs_on_the_queue_and_records_its_state() {
     );
     assert!(state.retry.is_empty());
     assert_eq!(kb.documents("docs").await.unwrap().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// The `llm` action (what workflow `llm` nodes call)
+
+fn action_cx() -> flowbot_core::ActionContext {
+    flowbot_core::ActionContext {
+        store: None,
+        senders: Arc::new(flowbot_core::Senders::default()),
+        source: None,
+    }
+}
+
+fn registry_with(action: flowbot_llm::LlmAction) -> flowbot_core::ActionRegistry {
+    let mut registry = flowbot_core::ActionRegistry::default();
+    registry.register(action).unwrap();
+    registry
+}
+
+#[tokio::test]
+async fn the_llm_action_answers_from_a_collection_and_lists_the_sources_it_cites() {
+    let kb = kb_with(&[
+        (
+            "faq.md",
+            "# FAQ\n\n## Parking\n\nPark in lot B behind the office.",
+        ),
+        ("menu.md", "# Canteen\n\nSoup is served on Fridays."),
+    ])
+    .await;
+    let (fake, builder) = fake_agent().await;
+    fake.push(FakeTurn::Reply(Reply::text("Use lot B [1].")));
+    let agent = Arc::new(builder.build().unwrap());
+    let action = flowbot_llm::LlmAction::new(agent).with_knowledge(kb, KnowledgeOptions::default());
+    let registry = registry_with(action);
+    let input = serde_json::json!({
+        "text": "where do I park in the lot?",
+        "prompt": "Be brief.",
+        "knowledge": "docs",
+    });
+    let out = registry.call("llm", &action_cx(), input).await.unwrap();
+    assert_eq!(out["text"], "Use lot B [1].\n\nSources:\n[1] FAQ — faq.md");
+    assert_eq!(
+        out["sources"],
+        serde_json::json!([{"n": 1, "title": "FAQ", "source": "faq.md", "url": null, "page": null}])
+    );
+    let requests: Vec<Value> = fake.requests().into_iter().map(|r| r.body).collect();
+    assert_eq!(requests.len(), 1);
+    let system = system_of(&requests[0]);
+    assert!(system.starts_with("Be brief.\n\n"), "{system}");
+    assert!(system.contains(CITE_INSTRUCTIONS), "{system}");
+    assert!(
+        system.contains("[1] FAQ — Parking — faq.md\nPark in lot B behind the office."),
+        "{system}"
+    );
+    // Without `knowledge`, no sources: the plain action.
+    fake.push(FakeTurn::Reply(Reply::text("Hello.")));
+    let out = registry
+        .call("llm", &action_cx(), serde_json::json!({"text": "hi"}))
+        .await
+        .unwrap();
+    assert_eq!(out["text"], "Hello.");
+    assert!(out.get("sources").is_none(), "{out}");
+    let requests = fake.requests();
+    assert_eq!(requests[1].body["messages"][0]["role"], "user");
+    // The input schema names the field; an empty collection name is refused.
+    let e = registry
+        .call(
+            "llm",
+            &action_cx(),
+            serde_json::json!({"text": "hi", "knowledge": ""}),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("knowledge"), "{e}");
+}
+
+#[tokio::test]
+async fn the_llm_action_does_not_know_without_the_model_and_uses_the_agents_knowledge() {
+    let kb = kb_with(&[("faq.md", "# FAQ\n\nPark in lot B.")]).await;
+    let (fake, builder) = fake_agent().await;
+    let mut options = KnowledgeOptions::default();
+    options.search.threshold = Some(0.99);
+    options.dont_know = "Sorry, I have nothing on that.".into();
+    // The agent's knowledge base and options are the action's.
+    let agent = Arc::new(
+        builder
+            .knowledge(kb)
+            .knowledge_options(options)
+            .build()
+            .unwrap(),
+    );
+    let registry = registry_with(flowbot_llm::LlmAction::new(agent));
+    let input = serde_json::json!({"text": "what about the weather?", "knowledge": "docs"});
+    let out = registry.call("llm", &action_cx(), input).await.unwrap();
+    assert_eq!(out["text"], "Sorry, I have nothing on that.");
+    assert_eq!(out["sources"], serde_json::json!([]));
+    assert!(fake.requests().is_empty(), "the model was called");
+
+    // An action without a knowledge base refuses an input naming a collection.
+    let (fake, builder) = fake_agent().await;
+    let registry = registry_with(flowbot_llm::LlmAction::new(Arc::new(
+        builder.build().unwrap(),
+    )));
+    let input = serde_json::json!({"text": "where to park?", "knowledge": "docs"});
+    let e = registry.call("llm", &action_cx(), input).await.unwrap_err();
+    assert!(e.to_string().contains("no knowledge base"), "{e}");
+    assert!(fake.requests().is_empty());
 }

@@ -7,7 +7,7 @@ use flowbot_core::CancellationToken;
 use flowbot_server::config::Config;
 use flowbot_server::run;
 
-const USAGE: &str = "usage: flowbot-server [--config FILE] [--no-agent] [--console]\n       flowbot-server [--config FILE] keys create|list|revoke …  (API keys; `keys` for help)\n       flowbot-server [--config FILE] secrets rotate-key|generate-key|list  (stored secrets)\n\n\
+const USAGE: &str = "usage: flowbot-server [--config FILE] [--no-agent] [--console]\n       flowbot-server [--config FILE] keys create|list|revoke …  (API keys; `keys` for help)\n       flowbot-server [--config FILE] secrets rotate-key|generate-key|list  (stored secrets)\n       flowbot-server [--config FILE] kb ingest|search|list|remove …  (knowledge base; `kb` for help)\n\n\
   --config FILE   TOML configuration (default: $FLOWBOT_CONFIG, else built-in defaults)\n\
   --no-agent      do not run workers here (distributed mode: run flowbot-agent elsewhere)\n\
   --console       also talk to the bot on stdin/stdout\n\
@@ -20,6 +20,7 @@ async fn main() -> std::process::ExitCode {
     let mut console = false;
     let mut keys = None;
     let mut secrets = None;
+    let mut kb = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -35,6 +36,10 @@ async fn main() -> std::process::ExitCode {
             }
             "secrets" => {
                 secrets = Some(args.by_ref().collect::<Vec<_>>());
+                break;
+            }
+            "kb" => {
+                kb = Some(args.by_ref().collect::<Vec<_>>());
                 break;
             }
             "-h" | "--help" => {
@@ -69,6 +74,23 @@ async fn main() -> std::process::ExitCode {
             Ok(out) => {
                 print!("{out}");
                 std::process::ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        };
+    }
+    if let Some(args) = kb {
+        if args.is_empty() {
+            println!("{}", flowbot_server::knowledge::USAGE);
+            return std::process::ExitCode::SUCCESS;
+        }
+        return match flowbot_server::knowledge::command(&config, &args).await {
+            Ok((out, ok)) => {
+                print!("{out}");
+                if ok {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::from(1)
+                }
             }
             Err(e) => fail(&e.to_string()),
         };

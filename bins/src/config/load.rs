@@ -60,6 +60,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         "network",
         "secrets_store",
         "gpu",
+        "knowledge",
     ];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
@@ -119,6 +120,7 @@ pub(super) fn deserialize_with_path(table: &toml::Table) -> Result<Config, Confi
         discord: named_sections(table, "discord")?,
         llm: section(table, "llm")?,
         gpu: section(table, "gpu")?,
+        knowledge: section(table, "knowledge")?,
         auth: section(table, "auth")?,
         limits: section(table, "limits")?,
         network: section(table, "network")?,

@@ -65,6 +65,10 @@ pub fn policy(method: &Method, template: &str) -> Policy {
             return Policy::Needs(Permission::read(R::Conversations));
         }
         "/api/v1/llm/runs/{id}/feedback" | "/api/v1/llm/usage" => return needs(R::Runs),
+        // Searching is reading: it changes nothing.
+        "/api/v1/kb/collections/{name}/search" => {
+            return Policy::Needs(Permission::read(R::Knowledge));
+        }
         _ => {}
     }
     let Some(rest) = template.strip_prefix("/api/v1/") else {
@@ -81,6 +85,7 @@ pub fn policy(method: &Method, template: &str) -> Policy {
         "keys" => R::Keys,
         "audit" => R::Audit,
         "secrets" => R::Secrets,
+        "kb" => R::Knowledge,
         "llm" if rest.starts_with("llm/prompts") => R::Prompts,
         _ => return Policy::Missing,
     };

@@ -196,6 +196,7 @@ impl Server {
             assistant,
             declared,
             channels: built,
+            knowledge,
         } = parts(&mut config, &shutdown, routing, channels, true).await?;
         // The commands declared to platforms: the handlers', or the rules' (as loaded at
         // start); none (the platforms' lists left as they are) for a router of unknown commands.
@@ -225,6 +226,7 @@ impl Server {
             #[cfg(feature = "gpu")]
             gpu: local.map(|m| m.embedder),
             gate: Arc::new(gate(&config, &store)?),
+            knowledge,
         };
         let limits = state.gate.limits.clone();
         let sign_in = match (&config.auth.oidc, &state.gate.sessions) {

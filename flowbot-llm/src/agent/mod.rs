@@ -814,8 +814,22 @@ impl Agent {
         Ok(Grounding::Sources(block, citations))
     }
 
+    /// The knowledge base given to the agent and how answers use it (the `llm` action's
+    /// default).
+    #[cfg(feature = "knowledge")]
+    pub(crate) fn knowledge_base(
+        &self,
+    ) -> Option<(
+        &Arc<crate::knowledge::Knowledge>,
+        &crate::knowledge::KnowledgeOptions,
+    )> {
+        self.knowledge
+            .as_ref()
+            .map(|kb| (kb, &self.knowledge_options))
+    }
+
     /// The context window for `model` with `tools`.
-    fn context(&self, model: &dyn ChatModel, tools: &[ToolSpec]) -> ContextManager {
+    pub(crate) fn context(&self, model: &dyn ChatModel, tools: &[ToolSpec]) -> ContextManager {
         let window = ContextManager::for_model(
             model.name(),
             self.limits.context_tokens,

@@ -132,6 +132,43 @@ pub enum KnowledgeError {
     /// Options out of their range.
     #[error("knowledge options: {0}")]
     Options(String),
+    /// A line of an evaluation's questions (JSONL) that cannot be read.
+    #[error("questions, line {line}: {detail}")]
+    Questions {
+        /// The line, from 1.
+        line: usize,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A URL could not be fetched: not a URL, a connection or read error, a timeout, or a
+    /// status other than 2xx.
+    #[error("{source_name}: {detail}")]
+    Fetch {
+        /// The URL.
+        source_name: String,
+        /// The HTTP status, when the server answered with one other than 2xx.
+        status: Option<u16>,
+        /// What went wrong.
+        detail: String,
+        /// Whether another attempt may work (a timeout, a connection error, a 5xx or 429).
+        transient: bool,
+    },
+    /// A URL the network policy refuses (its address, scheme, port or a redirect).
+    #[error("{source_name}: refused by the network policy: {detail}")]
+    Refused {
+        /// The URL.
+        source_name: String,
+        /// The guard's words.
+        detail: String,
+    },
+    /// A URL given to a knowledge base without a network policy.
+    #[error(
+        "{source_name}: fetching URLs needs a network policy: give the knowledge base one with Knowledge::with_net_policy"
+    )]
+    NoNetPolicy {
+        /// The URL.
+        source_name: String,
+    },
 }
 
 impl KnowledgeError {
@@ -144,6 +181,7 @@ impl KnowledgeError {
                 matches!(error, VectorError::Unavailable(_) | VectorError::Store(_))
             }
             KnowledgeError::Store { .. } => true,
+            KnowledgeError::Fetch { transient, .. } => *transient,
             _ => false,
         }
     }

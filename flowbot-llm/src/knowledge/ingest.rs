@@ -45,13 +45,16 @@ pub struct DocRecord {
     pub ingested_at: DateTime<Utc>,
 }
 
-/// A document to ingest: a file, a folder, or a text given inline (an upload, a page
+/// A document to ingest: a file, a folder, a URL, or a text given inline (an upload, a page
 /// fetched by the caller).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Source {
     /// A file, or a folder: every supported file under it ([`walk`]).
     Path(PathBuf),
+    /// A document at an `http` or `https` URL, fetched through the knowledge base's
+    /// network policy ([`Knowledge::with_net_policy`]; feature `urls`).
+    Url(String),
     /// A document given inline.
     Inline {
         /// Its name: a URL, or a name for it.
@@ -69,6 +72,11 @@ impl Source {
         Source::Path(path.into())
     }
 
+    /// A document at a URL.
+    pub fn url(url: impl Into<String>) -> Self {
+        Source::Url(url.into())
+    }
+
     /// A document given inline.
     pub fn inline(source: impl Into<String>, kind: DocKind, text: impl Into<String>) -> Self {
         Source::Inline {
@@ -82,6 +90,7 @@ impl Source {
     pub fn name(&self) -> String {
         match self {
             Source::Path(p) => p.display().to_string(),
+            Source::Url(url) => url.clone(),
             Source::Inline { source, .. } => source.clone(),
         }
     }
@@ -167,6 +176,7 @@ impl<F: FnMut(&Progress) + Send> Steps for ProgressFn<F> {
 /// One document of a run.
 enum Item {
     File(PathBuf),
+    Url(String),
     Inline {
         source: String,
         kind: DocKind,
@@ -488,6 +498,7 @@ impl Knowledge {
                     }),
                 }
             }
+            Item::Url(url) => self.fetch(&url).await,
             Item::Inline { source, kind, text } => {
                 Document::from_bytes(&source, kind, text.as_bytes(), &options)
             }
@@ -541,6 +552,7 @@ impl Item {
     fn name(&self) -> String {
         match self {
             Item::File(p) => p.display().to_string(),
+            Item::Url(url) => url.clone(),
             Item::Inline { source, .. } => source.clone(),
             Item::Failed(r) => r.source.clone(),
         }
@@ -553,6 +565,7 @@ async fn plan(sources: &[Source]) -> (Vec<Item>, bool) {
     let mut complete = true;
     for source in sources {
         match source {
+            Source::Url(url) => items.push(Item::Url(url.clone())),
             Source::Inline { source, kind, text } => items.push(Item::Inline {
                 source: source.clone(),
                 kind: *kind,

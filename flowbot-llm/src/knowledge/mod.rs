@@ -1,7 +1,8 @@
 //! The knowledge base (feature `knowledge`): documents loaded, chunked, embedded into a
 //! vector store, and found again for a question, with citations.
 //!
-//! - **Loading** ([`Document::load`], [`Document::from_bytes`], [`walk`]): Markdown (sections
+//! - **Loading** ([`Document::load`], [`Document::from_bytes`], [`walk`],
+//!   [`Knowledge::fetch`] for URLs through a network policy, feature `urls`): Markdown (sections
 //!   at its headings), HTML (the visible text, title and headings), PDF (the text of each
 //!   page, feature `pdf`) and plain text. Binary content in a text type, empty documents,
 //!   documents over [`LoadOptions::max_bytes`], damaged and encrypted PDFs are each a
@@ -19,6 +20,10 @@
 //!   search (when it has one) by reciprocal rank fusion, under metadata filters, with an
 //!   optional score threshold below which nothing is returned, and an optional
 //!   [`Reranker`].
+//! - **Evaluation** ([`Knowledge::evaluate`], [`eval`]): recall@k and MRR of a question set
+//!   whose expected sources are known.
+//! - **Evaluation** ([`Knowledge::evaluate`], [`eval`]): recall@k and MRR of a question set
+//!   whose expected sources are known.
 //! - **Answers**: an [`Agent`](crate::Agent) given a knowledge base
 //!   ([`AgentBuilder::knowledge`](crate::AgentBuilder::knowledge)) puts the passages found
 //!   for an ask's collection into the system prompt as numbered sources, asks the model to
@@ -46,10 +51,13 @@
 mod chunk;
 mod cite;
 mod error;
+pub mod eval;
+mod fetch;
 mod ingest;
 mod job;
 mod load;
 mod search;
+mod search_action;
 
 #[cfg(test)]
 mod tests;
@@ -69,6 +77,8 @@ pub use cite::{
     sources_reply,
 };
 pub use error::KnowledgeError;
+pub use eval::{EvalQuestion, EvalReport, EvalResult, parse_questions};
+pub use fetch::DEFAULT_FETCH_TIMEOUT;
 pub use ingest::{DocRecord, IngestOutcome, IngestReport, Progress, Source, SourceResult};
 pub use job::{
     INGEST_TASK, IngestJob, JOBS, JobState, JobStatus, enqueue_ingest, ingest_handler,
@@ -76,6 +86,7 @@ pub use job::{
 };
 pub use load::{DEFAULT_MAX_BYTES, DocKind, Document, Folder, LoadOptions, Section, walk};
 pub use search::{Passage, RRF_K, Reranker, SearchOptions};
+pub use search_action::SearchAction;
 
 /// The key-value namespace of a collection's document records.
 pub fn docs_namespace(collection: &str) -> String {
@@ -137,6 +148,9 @@ pub struct Knowledge {
     options: IngestOptions,
     counter: Arc<dyn TokenCounter>,
     reranker: Option<Arc<dyn Reranker>>,
+    #[cfg(feature = "urls")]
+    net: Option<fetch::Net>,
+    fetch_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Knowledge {
@@ -147,6 +161,7 @@ impl std::fmt::Debug for Knowledge {
             .field("options", &self.options)
             .field("counter", &self.counter.encoding())
             .field("reranker", &self.reranker.is_some())
+            .field("fetch_timeout", &self.fetch_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -166,6 +181,9 @@ impl Knowledge {
             options: IngestOptions::default(),
             counter: counter_for("gpt-4o"),
             reranker: None,
+            #[cfg(feature = "urls")]
+            net: None,
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
         }
     }
 

@@ -1,62 +1,146 @@
-//! Real parts for the knowledge base's tests: an exact-search vector store (brute force over
-//! a map, honouring filters, thresholds and, when asked, a keyword search), a deterministic
-//! embedder (hashed bag of words), and tiny PDFs written by hand.
+//! Real parts for the knowledge base's tests: flowbot-store's embedded vector store (in
+//! memory, or on a fresh SQLite file for keyword search), counted; a deterministic embedder
+//! (hashed bag of words); and tiny PDFs written by hand.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flowbot_core::async_trait;
 use flowbot_core::llm::{Embedder, ModelError, ModelErrorKind};
 use flowbot_core::vector::{
-    CollectionInfo, CollectionSpec, Filter, Hit, Point, TEXT_KEY, TextQuery, VectorError,
+    CollectionInfo, CollectionSpec, Filter, Hit, MAX_LIMIT, Point, TextQuery, VectorError,
     VectorQuery, VectorStore,
 };
+use flowbot_store::vectors::{EmbeddedVectors, IndexOptions};
+use flowbot_store::{SqliteOptions, SqliteStore};
 use sha2::{Digest, Sha256};
 
-type Collection = (CollectionSpec, BTreeMap<String, Point>);
+/// A directory removed when dropped.
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
-/// Exact nearest-neighbour search over every point of a collection.
-#[derive(Default)]
-pub(crate) struct ExactStore {
-    collections: Mutex<HashMap<String, Collection>>,
-    /// With a keyword index: `search_text` ranks points by the query words they hold.
-    keyword: bool,
-    /// Calls to `upsert`.
-    pub(crate) upserts: AtomicUsize,
+impl TempDir {
+    pub(crate) fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "flowbot-kb-{name}-{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
 }
 
-impl ExactStore {
-    pub(crate) fn new() -> Self {
-        Self::default()
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
+}
 
-    pub(crate) fn with_keywords() -> Self {
-        ExactStore {
-            keyword: true,
-            ..Self::default()
+/// flowbot-store's [`EmbeddedVectors`], counting the calls to `upsert`.
+pub(crate) struct Vectors {
+    inner: EmbeddedVectors,
+    /// Calls to `upsert`.
+    pub(crate) upserts: AtomicUsize,
+    /// The SQLite store and its folder, when on a file (the store is dropped first).
+    _db: Option<(SqliteStore, TempDir)>,
+}
+
+impl Vectors {
+    /// Collections in memory: no keyword search.
+    pub(crate) fn memory() -> Self {
+        Vectors {
+            inner: EmbeddedVectors::memory(IndexOptions::default()).unwrap(),
+            upserts: AtomicUsize::new(0),
+            _db: None,
         }
     }
 
-    /// Every point of a collection, by id.
-    pub(crate) fn points(&self, name: &str) -> Vec<Point> {
-        let all = self.collections.lock().unwrap();
-        all.get(name)
-            .map(|(_, p)| p.values().cloned().collect())
-            .unwrap_or_default()
+    /// Collections in a fresh SQLite file (removed on drop), with FTS5 keyword search.
+    pub(crate) async fn sqlite() -> Self {
+        let dir = TempDir::new("vectors");
+        let store = SqliteStore::open_with(SqliteOptions::new(dir.0.join("kb.db")))
+            .await
+            .unwrap();
+        Vectors {
+            inner: EmbeddedVectors::sqlite(&store, IndexOptions::default()).unwrap(),
+            upserts: AtomicUsize::new(0),
+            _db: Some((store, dir)),
+        }
     }
 
-    fn with<T>(
+    /// Every point of a collection (none when it does not exist).
+    pub(crate) async fn points(&self, name: &str) -> Vec<Point> {
+        let Some(info) = self.inner.collection(name).await.unwrap() else {
+            return Vec::new();
+        };
+        let mut probe = vec![0.0; info.spec.dimension];
+        probe[0] = 1.0;
+        let hits = self
+            .inner
+            .search(name, &VectorQuery::new(probe, MAX_LIMIT))
+            .await
+            .unwrap();
+        assert_eq!(hits.len() as u64, info.points, "every point listed");
+        let ids: Vec<String> = hits.into_iter().map(|h| h.id).collect();
+        self.inner.get(name, &ids).await.unwrap()
+    }
+}
+
+#[async_trait]
+impl VectorStore for Vectors {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn create_collection(&self, spec: &CollectionSpec) -> Result<(), VectorError> {
+        self.inner.create_collection(spec).await
+    }
+
+    async fn collection(&self, name: &str) -> Result<Option<CollectionInfo>, VectorError> {
+        self.inner.collection(name).await
+    }
+
+    async fn collections(&self) -> Result<Vec<CollectionInfo>, VectorError> {
+        self.inner.collections().await
+    }
+
+    async fn delete_collection(&self, name: &str) -> Result<bool, VectorError> {
+        self.inner.delete_collection(name).await
+    }
+
+    async fn upsert(&self, collection: &str, points: &[Point]) -> Result<(), VectorError> {
+        self.upserts.fetch_add(1, Ordering::SeqCst);
+        self.inner.upsert(collection, points).await
+    }
+
+    async fn delete(&self, collection: &str, ids: &[String]) -> Result<u64, VectorError> {
+        self.inner.delete(collection, ids).await
+    }
+
+    async fn delete_where(&self, collection: &str, filter: &Filter) -> Result<u64, VectorError> {
+        self.inner.delete_where(collection, filter).await
+    }
+
+    async fn search(&self, collection: &str, query: &VectorQuery) -> Result<Vec<Hit>, VectorError> {
+        self.inner.search(collection, query).await
+    }
+
+    async fn count(&self, collection: &str, filter: &Filter) -> Result<u64, VectorError> {
+        self.inner.count(collection, filter).await
+    }
+
+    async fn get(&self, collection: &str, ids: &[String]) -> Result<Vec<Point>, VectorError> {
+        self.inner.get(collection, ids).await
+    }
+
+    async fn search_text(
         &self,
-        name: &str,
-        f: impl FnOnce(&mut Collection) -> Result<T, VectorError>,
-    ) -> Result<T, VectorError> {
-        let mut all = self.collections.lock().unwrap();
-        let c = all
-            .get_mut(name)
-            .ok_or_else(|| VectorError::UnknownCollection(name.to_owned()))?;
-        f(c)
+        collection: &str,
+        query: &TextQuery,
+    ) -> Result<Option<Vec<Hit>>, VectorError> {
+        self.inner.search_text(collection, query).await
     }
 }
 
@@ -65,151 +149,6 @@ fn words(text: &str) -> Vec<String> {
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)
         .collect()
-}
-
-#[async_trait]
-impl VectorStore for ExactStore {
-    fn backend(&self) -> &'static str {
-        "exact"
-    }
-
-    async fn create_collection(&self, spec: &CollectionSpec) -> Result<(), VectorError> {
-        spec.check()?;
-        let mut all = self.collections.lock().unwrap();
-        match all.get(&spec.name) {
-            Some((existing, _)) if existing == spec => Ok(()),
-            Some(_) => Err(VectorError::Conflict(spec.name.clone())),
-            None => {
-                all.insert(spec.name.clone(), (spec.clone(), BTreeMap::new()));
-                Ok(())
-            }
-        }
-    }
-
-    async fn collection(&self, name: &str) -> Result<Option<CollectionInfo>, VectorError> {
-        let all = self.collections.lock().unwrap();
-        Ok(all.get(name).map(|(spec, points)| CollectionInfo {
-            spec: spec.clone(),
-            points: points.len() as u64,
-        }))
-    }
-
-    async fn collections(&self) -> Result<Vec<CollectionInfo>, VectorError> {
-        let all = self.collections.lock().unwrap();
-        let mut out: Vec<CollectionInfo> = all
-            .values()
-            .map(|(spec, points)| CollectionInfo {
-                spec: spec.clone(),
-                points: points.len() as u64,
-            })
-            .collect();
-        out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
-        Ok(out)
-    }
-
-    async fn delete_collection(&self, name: &str) -> Result<bool, VectorError> {
-        Ok(self.collections.lock().unwrap().remove(name).is_some())
-    }
-
-    async fn upsert(&self, collection: &str, points: &[Point]) -> Result<(), VectorError> {
-        self.upserts.fetch_add(1, Ordering::SeqCst);
-        self.with(collection, |(spec, stored)| {
-            // All or none: check every point before writing one.
-            for p in points {
-                p.check(spec)?;
-            }
-            for p in points {
-                stored.insert(p.id.clone(), p.clone());
-            }
-            Ok(())
-        })
-    }
-
-    async fn delete(&self, collection: &str, ids: &[String]) -> Result<u64, VectorError> {
-        self.with(collection, |(_, stored)| {
-            Ok(ids.iter().filter(|id| stored.remove(*id).is_some()).count() as u64)
-        })
-    }
-
-    async fn delete_where(&self, collection: &str, filter: &Filter) -> Result<u64, VectorError> {
-        if filter.is_empty() {
-            return Err(VectorError::Invalid(
-                "an empty filter deletes nothing".into(),
-            ));
-        }
-        filter.check()?;
-        self.with(collection, |(_, stored)| {
-            let before = stored.len();
-            stored.retain(|_, p| !filter.test(&p.payload));
-            Ok((before - stored.len()) as u64)
-        })
-    }
-
-    async fn search(&self, collection: &str, query: &VectorQuery) -> Result<Vec<Hit>, VectorError> {
-        self.with(collection, |(spec, stored)| {
-            query.check(spec)?;
-            let mut hits: Vec<Hit> = stored
-                .values()
-                .filter(|p| query.filter.test(&p.payload))
-                .map(|p| Hit {
-                    id: p.id.clone(),
-                    score: spec.distance.score(&query.vector, &p.vector),
-                    payload: p.payload.clone(),
-                })
-                .filter(|h| query.threshold.is_none_or(|t| h.score >= t))
-                .collect();
-            hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
-            hits.truncate(query.limit);
-            Ok(hits)
-        })
-    }
-
-    async fn count(&self, collection: &str, filter: &Filter) -> Result<u64, VectorError> {
-        filter.check()?;
-        self.with(collection, |(_, stored)| {
-            Ok(stored.values().filter(|p| filter.test(&p.payload)).count() as u64)
-        })
-    }
-
-    async fn get(&self, collection: &str, ids: &[String]) -> Result<Vec<Point>, VectorError> {
-        self.with(collection, |(_, stored)| {
-            Ok(ids
-                .iter()
-                .filter_map(|id| stored.get(id).cloned())
-                .collect())
-        })
-    }
-
-    async fn search_text(
-        &self,
-        collection: &str,
-        query: &TextQuery,
-    ) -> Result<Option<Vec<Hit>>, VectorError> {
-        if !self.keyword {
-            return Ok(None);
-        }
-        query.check()?;
-        let wanted = words(&query.text);
-        self.with(collection, |(_, stored)| {
-            let mut hits: Vec<Hit> = stored
-                .values()
-                .filter(|p| query.filter.test(&p.payload))
-                .filter_map(|p| {
-                    let text = p.payload.get(TEXT_KEY)?.as_str()?;
-                    let held = words(text);
-                    let score = wanted.iter().filter(|w| held.contains(w)).count();
-                    (score > 0).then(|| Hit {
-                        id: p.id.clone(),
-                        score: score as f32,
-                        payload: p.payload.clone(),
-                    })
-                })
-                .collect();
-            hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
-            hits.truncate(query.limit);
-            Ok(Some(hits))
-        })
-    }
 }
 
 /// A deterministic embedder: each word (lowercased) adds ±1 to a component picked by its
