@@ -39,13 +39,12 @@
 //! filters, as [`VectorError::Invalid`]); each request times out after qdrant-client's
 //! default of 5 seconds (connecting too).
 //!
-//! Every call that reads or writes vectors first reads the collection's configuration, so a
+//! Every call on a collection first reads its configuration (one more round trip), so a
 //! vector of the wrong length is [`VectorError::DimensionMismatch`] and a missing collection
 //! [`VectorError::UnknownCollection`], whatever the server's own messages say. Errors: the
 //! server unreachable, timing out, failing inside, refusing the API key or locked for writes
 //! is [`VectorError::Unavailable`]; input it refuses is [`VectorError::Invalid`] with its
-//! message. The API key never appears in
-//! `Debug` output, logs or errors.
+//! message. The API key never appears in `Debug` output, logs or errors.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
