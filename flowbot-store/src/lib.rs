@@ -39,6 +39,9 @@ pub mod conformance;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "qdrant")]
+#[cfg_attr(docsrs, doc(cfg(feature = "qdrant")))]
+pub mod qdrant;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "vectors")]
