@@ -68,7 +68,10 @@ fn clustered(rng: &mut fastrand::Rng, centres: &[Vec<f32>], count: usize) -> Vec
     (0..count)
         .map(|_| {
             let c = &centres[rng.usize(..centres.len())];
-            let mut v: Vec<f32> = (0..dim).map(|i| c[i] + 0.35 * normal(rng)).collect();
+            // Noise of norm ~0.6 around a unit centre: neighbours at cosine ~0.7, as sentence
+            // embeddings of one topic.
+            let sigma = 0.6 / (dim as f32).sqrt();
+            let mut v: Vec<f32> = (0..dim).map(|i| c[i] + sigma * normal(rng)).collect();
             let norm = dot(&v, &v).sqrt();
             v.iter_mut().for_each(|x| *x /= norm);
             v

@@ -354,7 +354,13 @@ async fn ingest(
     let mut counts = [0usize; 3];
     let mut out = String::new();
     let mut failed = 0;
-    for r in &report.results {
+    for r in report.skipped() {
+        out.push_str(&format!(
+            "skipped: {}\n",
+            r.error.as_deref().unwrap_or(&r.source)
+        ));
+    }
+    for r in report.results.iter().filter(|r| !r.skipped) {
         match (&r.outcome, &r.error) {
             (_, Some(e)) => {
                 failed += 1;
@@ -367,10 +373,11 @@ async fn ingest(
         }
     }
     out.push_str(&format!(
-        "{collection}: {} added, {} replaced, {} unchanged, {failed} failed, {} removed; {} chunks written in {:.1} s\n",
+        "{collection}: {} added, {} replaced, {} unchanged, {failed} failed, {} skipped, {} removed; {} chunks written in {:.1} s\n",
         counts[0],
         counts[1],
         counts[2],
+        report.skipped().count(),
         report.removed.len(),
         report.chunks(),
         started.elapsed().as_secs_f64()

@@ -16,6 +16,8 @@
 //! | `scripts` | rhai scripts in rule files (with `rules`), and in workflow nodes with `workflows` |
 //! | `routes` | the HTTP routes of a channel of your own ([`channels::Built`]); every HTTP-fed platform enables it |
 //! | `llm` | language models, tools and the assistant |
+//! | `knowledge` | the knowledge base: documents chunked and embedded into the embedded vector store, hybrid search, cited answers (`flowbot::llm::knowledge`; docs/knowledge.md) |
+//! | `qdrant` | the Qdrant vector store (`flowbot::store::qdrant`) |
 //! | `gpu` | local inference on libtorch: sentence embeddings, the intent classifier, dynamic batching, CUDA (`flowbot::gpu`; needs libtorch 2.11, see docs/gpu.md) |
 //! | `server` | what `flowbot-server` runs, as a library: the HTTP API, channels from a configuration file, metrics, the embedded agent |
 //!

@@ -123,6 +123,10 @@ pub struct SourceResult {
     /// Whether the failure may pass on another attempt (a service was unavailable).
     #[serde(default)]
     pub transient: bool,
+    /// A file of a type the knowledge base does not read, found in a folder: passed over,
+    /// named, and not a failure of the run (a file named on its own is).
+    #[serde(default)]
+    pub skipped: bool,
 }
 
 impl SourceResult {
@@ -133,6 +137,7 @@ impl SourceResult {
             chunks: 0,
             error: Some(e.to_string()),
             transient: e.is_transient(),
+            skipped: false,
         }
     }
 }
@@ -147,9 +152,14 @@ pub struct IngestReport {
 }
 
 impl IngestReport {
-    /// The documents that failed.
+    /// The documents that failed (not those skipped).
     pub fn failed(&self) -> impl Iterator<Item = &SourceResult> {
-        self.results.iter().filter(|r| r.error.is_some())
+        self.results.iter().filter(|r| r.error.is_some() && !r.skipped)
+    }
+
+    /// The files of unsupported types found in folders and passed over.
+    pub fn skipped(&self) -> impl Iterator<Item = &SourceResult> {
+        self.results.iter().filter(|r| r.skipped)
     }
 
     /// Chunks written.
@@ -594,7 +604,9 @@ async fn plan(sources: &[Source]) -> (Vec<Item>, bool) {
                                     .unwrap_or_default(),
                                 source_name: name.clone(),
                             };
-                            items.push(Item::Failed(SourceResult::failed(name, &e)));
+                            let mut result = SourceResult::failed(name, &e);
+                            result.skipped = true;
+                            items.push(Item::Failed(result));
                         }
                     }
                     Some(Err(e)) => {

@@ -92,6 +92,9 @@ pub struct JobState {
     /// Why documents failed, by source.
     #[serde(default)]
     pub errors: BTreeMap<String, String>,
+    /// Files of unsupported types found in folders and passed over, with why.
+    #[serde(default)]
+    pub skipped: BTreeMap<String, String>,
     /// Documents of the last attempt that failed because a service was unavailable (the
     /// embedder, a store): the queue tries the job again.
     #[serde(default)]
@@ -126,6 +129,7 @@ impl JobState {
             chunks: 0,
             outcomes: BTreeMap::new(),
             errors: BTreeMap::new(),
+            skipped: BTreeMap::new(),
             retry: Vec::new(),
             removed: Vec::new(),
             error: None,
@@ -165,7 +169,11 @@ impl Steps for JobSteps<'_> {
                 .or_default() += 1;
             self.state.errors.remove(&result.source);
         }
-        if let Some(e) = &result.error {
+        if let Some(e) = &result.error
+            && result.skipped
+        {
+            self.state.skipped.insert(result.source.clone(), e.clone());
+        } else if let Some(e) = &result.error {
             self.state.errors.insert(result.source.clone(), e.clone());
             if result.transient {
                 self.state.retry.push(result.source.clone());

@@ -84,6 +84,11 @@ pub(crate) struct Index {
     ann: Option<usearch::Index>,
 }
 
+/// The threads that add to the graph: the machine's cores.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn ann_error(e: impl std::fmt::Display) -> VectorError {
     VectorError::Unavailable(format!("vector index: {e}").into())
 }
@@ -168,7 +173,34 @@ impl Index {
     }
 
     /// Insert or replace a point (checked by the caller).
+    #[cfg(test)]
     pub(crate) fn upsert(&mut self, point: Point) -> Result<(), VectorError> {
+        self.upsert_many(vec![point])
+    }
+
+    /// Insert or replace points (checked by the caller): into the arena one by one, then
+    /// into the graph on every core (or the graph is built, once there are enough).
+    pub(crate) fn upsert_many(&mut self, points: Vec<Point>) -> Result<(), VectorError> {
+        let mut added = Vec::with_capacity(points.len());
+        for point in points {
+            added.push(self.place(point)?);
+        }
+        match &self.ann {
+            Some(ann) => {
+                let need = ann.size() + added.len();
+                if need > ann.capacity() {
+                    ann.reserve_capacity_and_threads(need.max(ann.capacity() * 2), threads())
+                        .map_err(ann_error)?;
+                }
+                self.add_to_graph(&added)
+            }
+            None if self.live >= self.options.exact_below.max(1) => self.build(),
+            None => Ok(()),
+        }
+    }
+
+    /// Put a point in the arena (its old key leaves the graph); returns its new key and slot.
+    fn place(&mut self, point: Point) -> Result<(u64, u32), VectorError> {
         let v = self.prepare(&point.vector);
         let key = self.next_key;
         self.next_key += 1;
@@ -183,8 +215,7 @@ impl Index {
                 slot
             }
             None => {
-                self.live += 1;
-                match self.free.pop() {
+                let slot = match self.free.pop() {
                     Some(slot) => slot,
                     None => {
                         let slot = u32::try_from(self.slots.len()).map_err(|_| {
@@ -198,7 +229,9 @@ impl Index {
                         self.vectors.resize(self.vectors.len() + self.dim(), 0.0);
                         slot
                     }
-                }
+                };
+                self.live += 1;
+                slot
             }
         };
         let d = self.dim();
@@ -211,16 +244,34 @@ impl Index {
             key,
             payload: point.payload,
         });
-        if let Some(ann) = &self.ann {
-            if ann.size() + 1 > ann.capacity() {
-                ann.reserve((ann.capacity() * 2).max(1024))
-                    .map_err(ann_error)?;
-            }
-            ann.add(key, &v).map_err(ann_error)?;
-        } else if self.live >= self.options.exact_below.max(1) {
-            self.build()?;
+        Ok((key, slot))
+    }
+
+    /// Add `(key, slot)`s to the graph, split over the machine's cores.
+    fn add_to_graph(&self, entries: &[(u64, u32)]) -> Result<(), VectorError> {
+        let Some(ann) = &self.ann else {
+            return Ok(());
+        };
+        let per = entries.len().div_ceil(threads()).max(1);
+        let failed = std::thread::scope(|scope| {
+            let workers: Vec<_> = entries
+                .chunks(per)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .find_map(|&(key, slot)| ann.add(key, self.vector(slot)).err())
+                            .map(|e| e.to_string())
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .find_map(|w| w.join().unwrap_or_else(|_| Some("a thread panicked".into())))
+        });
+        match failed {
+            Some(e) => Err(ann_error(e)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Remove a point; returns whether it was there.
@@ -259,8 +310,7 @@ impl Index {
             multi: false,
         };
         let ann = usearch::Index::new(&options).map_err(ann_error)?;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        ann.reserve_capacity_and_threads((self.live * 2).max(1024), threads)
+        ann.reserve_capacity_and_threads((self.live * 2).max(1024), threads())
             .map_err(ann_error)?;
         let live: Vec<(u64, u32)> = self
             .slots
@@ -268,29 +318,11 @@ impl Index {
             .enumerate()
             .filter_map(|(i, s)| s.as_ref().map(|s| (s.key, i as u32)))
             .collect();
-        let per = live.len().div_ceil(threads).max(1);
-        let failed = std::thread::scope(|scope| {
-            let workers: Vec<_> = live
-                .chunks(per)
-                .map(|part| {
-                    let ann = &ann;
-                    let this = &*self;
-                    scope.spawn(move || {
-                        part.iter()
-                            .find_map(|&(key, slot)| ann.add(key, this.vector(slot)).err())
-                            .map(|e| e.to_string())
-                    })
-                })
-                .collect();
-            workers.into_iter().find_map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Some("a thread panicked".into()))
-            })
-        });
-        if let Some(e) = failed {
-            return Err(ann_error(e));
-        }
         self.ann = Some(ann);
+        if let Err(e) = self.add_to_graph(&live) {
+            self.ann = None;
+            return Err(e);
+        }
         Ok(())
     }
 

@@ -268,9 +268,7 @@ impl Inner {
             for id in &deletes {
                 removed += u64::from(index.remove(id)?);
             }
-            for p in upserts {
-                index.upsert(p)?;
-            }
+            index.upsert_many(upserts)?;
             index.seq += 1;
             return Ok(removed);
         };
@@ -284,9 +282,7 @@ impl Inner {
                 for id in &deletes {
                     index.remove(id)?;
                 }
-                for p in upserts {
-                    index.upsert(p)?;
-                }
+                index.upsert_many(upserts)?;
                 index.seq = seq;
                 None
             } else {
@@ -304,7 +300,10 @@ impl Inner {
 }
 
 fn apply(index: &mut Index, changes: Vec<Change>) -> Result<(), VectorError> {
+    // Rows come by seq; runs of upserts go into the index together (in parallel).
+    let mut batch = Vec::new();
     for change in changes {
+        index.seq = index.seq.max(change.seq);
         match change.point {
             Some((vector, payload)) => {
                 let point = Point {
@@ -318,15 +317,15 @@ fn apply(index: &mut Index, changes: Vec<Change>) -> Result<(), VectorError> {
                         point.id
                     )))
                 })?;
-                index.upsert(point)?;
+                batch.push(point);
             }
             None => {
+                index.upsert_many(std::mem::take(&mut batch))?;
                 index.remove(&change.id)?;
             }
         }
-        index.seq = index.seq.max(change.seq);
     }
-    Ok(())
+    index.upsert_many(batch)
 }
 
 /// The words of a keyword query: letters and digits, lowercased, at most [`MAX_TERMS`].
