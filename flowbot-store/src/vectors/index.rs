@@ -27,6 +27,9 @@ pub struct IndexOptions {
     pub expansion_search: usize,
     /// Graph candidates per asked hit, scored again exactly.
     pub oversample: usize,
+    /// Keep the graph's copies of the vectors in half precision (half the memory; the
+    /// candidates are scored again exactly from the full-precision vectors).
+    pub half: bool,
 }
 
 impl Default for IndexOptions {
@@ -37,6 +40,7 @@ impl Default for IndexOptions {
             expansion_add: 128,
             expansion_search: 128,
             oversample: 2,
+            half: true,
         }
     }
 }
@@ -303,7 +307,11 @@ impl Index {
         let options = usearch::IndexOptions {
             dimensions: self.dim(),
             metric,
-            quantization: usearch::ScalarKind::F16,
+            quantization: if self.options.half {
+                usearch::ScalarKind::F16
+            } else {
+                usearch::ScalarKind::F32
+            },
             connectivity: self.options.connectivity,
             expansion_add: self.options.expansion_add,
             expansion_search: self.options.expansion_search,
