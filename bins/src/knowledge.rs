@@ -78,7 +78,6 @@ pub fn open(
     let options = IngestOptions {
         load: LoadOptions {
             max_bytes: k.max_file_bytes,
-            ..LoadOptions::default()
         },
         chunk: ChunkOptions {
             max_tokens: k.chunk_tokens,

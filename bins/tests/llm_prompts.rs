@@ -541,7 +541,7 @@ system = "Claude-tuned {{ vars.bot }}."
         .models
         .insert("main".into(), fake.config(Dialect::Openai, MODEL));
     config.llm.prompts_dir = Some(dir.0.clone());
-    let err = flowbot_server::llm::assistant(&config.llm)
+    let err = flowbot_server::llm::assistant(&config.llm, None)
         .await
         .err()
         .expect("a file that does not parse stops the start")

@@ -527,6 +527,7 @@ impl Knowledge {
                 chunks,
                 error: None,
                 transient: false,
+                skipped: false,
             },
             Err(e) => {
                 tracing::warn!(collection, source = %name, error = %e, "document not ingested");
