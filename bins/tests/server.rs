@@ -763,6 +763,12 @@ async fn rest_api_health_metrics_openapi_and_errors() {
         "/api/v1/audit",
         "/api/v1/secrets",
         "/api/v1/secrets/{name}",
+        "/api/v1/kb/collections",
+        "/api/v1/kb/collections/{name}",
+        "/api/v1/kb/collections/{name}/documents",
+        "/api/v1/kb/collections/{name}/search",
+        "/api/v1/kb/jobs",
+        "/api/v1/kb/jobs/{id}",
     ] {
         assert!(
             paths.contains_key(p),
@@ -771,7 +777,7 @@ async fn rest_api_health_metrics_openapi_and_errors() {
     }
     assert_eq!(
         paths.len(),
-        49,
+        55,
         "no undocumented extras: {:?}",
         paths.keys().collect::<Vec<_>>()
     );
