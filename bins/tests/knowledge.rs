@@ -135,7 +135,10 @@ collection = "docs"
         out.contains("3 added, 0 replaced, 0 unchanged, 0 failed, 1 skipped"),
         "{out}"
     );
-    assert!(out.contains("skipped: ") && out.contains("logo.png"), "{out}");
+    assert!(
+        out.contains("skipped: ") && out.contains("logo.png"),
+        "{out}"
+    );
     let logo = docs.join("logo.png").display().to_string();
     let (ok, out, _) = kb(&config, &["ingest", &logo]).await;
     assert!(
@@ -176,7 +179,11 @@ collection = "docs"
         "An expired lease returns the task to the queue after thirty seconds [1].",
     )));
     let mut chat = harness::chat(&s, "ann", "k1").await;
-    let answer = harness::say(&mut chat, "/ask do claimed tasks expire without heartbeats?").await;
+    let answer = harness::say(
+        &mut chat,
+        "/ask do claimed tasks expire without heartbeats?",
+    )
+    .await;
     let text = answer["text"].as_str().unwrap();
     assert!(text.contains("thirty seconds [1]"), "{text}");
     assert!(text.contains("Sources:"), "{text}");

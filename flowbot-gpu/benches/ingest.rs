@@ -51,7 +51,8 @@ async fn main() {
     let copies = arg("--copies", 8);
     let rounds = arg("--rounds", 3);
     let threads = arg("--threads", 2);
-    let model = std::env::var("FLOWBOT_MINILM_DIR").expect("FLOWBOT_MINILM_DIR (. scripts/torch-env)");
+    let model =
+        std::env::var("FLOWBOT_MINILM_DIR").expect("FLOWBOT_MINILM_DIR (. scripts/torch-env)");
     let encoder = Encoder::load(&model, &Options::default().threads(threads)).unwrap();
     let batcher = Batcher::start(encoder, BatchOptions::default().max_batch(64)).unwrap();
     let embedder: Arc<dyn Embedder> = Arc::new(batcher);

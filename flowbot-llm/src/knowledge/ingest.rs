@@ -154,7 +154,9 @@ pub struct IngestReport {
 impl IngestReport {
     /// The documents that failed (not those skipped).
     pub fn failed(&self) -> impl Iterator<Item = &SourceResult> {
-        self.results.iter().filter(|r| r.error.is_some() && !r.skipped)
+        self.results
+            .iter()
+            .filter(|r| r.error.is_some() && !r.skipped)
     }
 
     /// The files of unsupported types found in folders and passed over.

@@ -195,7 +195,8 @@ impl Table for SqliteStore {
         limit: usize,
     ) -> Result<Vec<(String, f32)>, VectorError> {
         // Each term quoted (FTS5's string syntax; terms hold letters and digits only), any
-        // of them matching; bm25 is lower for better matches.
+        // of them matching; bm25 is lower for better matches. CROSS JOIN keeps the full-text
+        // index the outer loop: the other order runs the full-text query once per point.
         let query = terms
             .iter()
             .map(|t| format!("\"{t}\""))
@@ -203,7 +204,7 @@ impl Table for SqliteStore {
             .join(" OR ");
         let rows: Vec<(String, f64)> = sqlx::query_as(
             "SELECT p.id, bm25(flowbot_vector_fts) AS rank FROM flowbot_vector_fts \
-             JOIN flowbot_vector_points p ON p.pk = flowbot_vector_fts.rowid \
+             CROSS JOIN flowbot_vector_points p ON p.pk = flowbot_vector_fts.rowid \
              WHERE flowbot_vector_fts MATCH ? AND p.collection = ? AND p.vector IS NOT NULL \
              ORDER BY rank LIMIT ?",
         )

@@ -268,9 +268,10 @@ impl Index {
                     })
                 })
                 .collect();
-            workers
-                .into_iter()
-                .find_map(|w| w.join().unwrap_or_else(|_| Some("a thread panicked".into())))
+            workers.into_iter().find_map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Some("a thread panicked".into()))
+            })
         });
         match failed {
             Some(e) => Err(ann_error(e)),

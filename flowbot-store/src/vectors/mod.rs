@@ -328,22 +328,58 @@ fn apply(index: &mut Index, changes: Vec<Change>) -> Result<(), VectorError> {
     index.upsert_many(batch)
 }
 
-/// The words of a keyword query: letters and digits, lowercased, at most [`MAX_TERMS`].
+/// English words too common to say what a text is about: left out of keyword queries
+/// (unless the query holds nothing else), so "how do I reset my password" looks for "reset"
+/// and "password" instead of scoring every chunk that holds "I".
+const STOPWORDS: &[&str] = &[
+    "a", "about", "after", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be",
+    "been", "but", "by", "can", "could", "did", "do", "does", "for", "from", "had", "has", "have",
+    "how", "i", "if", "in", "into", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or",
+    "our", "should", "so", "than", "that", "the", "their", "them", "then", "there", "these",
+    "they", "this", "to", "up", "us", "was", "we", "were", "what", "when", "where", "which", "who",
+    "why", "will", "with", "would", "you", "your",
+];
+
+/// The words of a keyword query: letters and digits, lowercased, without [`STOPWORDS`]
+/// (unless nothing else is left), at most [`MAX_TERMS`].
 pub(crate) fn terms(text: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+    let mut all: Vec<String> = Vec::new();
     for word in text.split(|c: char| !c.is_alphanumeric()) {
         if word.is_empty() {
             continue;
         }
         let word = word.to_lowercase();
-        if !out.contains(&word) {
-            out.push(word);
-        }
-        if out.len() == MAX_TERMS {
-            break;
+        if !all.contains(&word) {
+            all.push(word);
         }
     }
+    let content: Vec<String> = all
+        .iter()
+        .filter(|w| !STOPWORDS.contains(&w.as_str()))
+        .cloned()
+        .collect();
+    let mut out = if content.is_empty() { all } else { content };
+    out.truncate(MAX_TERMS);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terms;
+
+    #[test]
+    fn keyword_queries_keep_the_words_that_matter() {
+        assert_eq!(terms("How do I reset my password?"), ["reset", "password"]);
+        assert_eq!(terms("the THE of"), ["the", "of"]);
+        assert_eq!(
+            terms("\"queue\" OR (NEAR* -crash:"),
+            ["queue", "or", "near", "crash"]
+        );
+        assert!(terms("  ,;  ").is_empty());
+        assert_eq!(terms(&"w ".repeat(100)), ["w"]);
+        let many: String = (0..50).map(|i| format!("x{i} ")).collect();
+        assert_eq!(terms(&many).len(), 32);
+    }
 }
 
 /// The text a point's keyword index holds.
