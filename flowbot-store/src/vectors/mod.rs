@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(terms("the THE of"), ["the", "of"]);
         assert_eq!(
             terms("\"queue\" OR (NEAR* -crash:"),
-            ["queue", "or", "near", "crash"]
+            ["queue", "near", "crash"]
         );
         assert!(terms("  ,;  ").is_empty());
         assert_eq!(terms(&"w ".repeat(100)), ["w"]);
