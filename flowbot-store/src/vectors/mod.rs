@@ -363,25 +363,6 @@ pub(crate) fn terms(text: &str) -> Vec<String> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::terms;
-
-    #[test]
-    fn keyword_queries_keep_the_words_that_matter() {
-        assert_eq!(terms("How do I reset my password?"), ["reset", "password"]);
-        assert_eq!(terms("the THE of"), ["the", "of"]);
-        assert_eq!(
-            terms("\"queue\" OR (NEAR* -crash:"),
-            ["queue", "near", "crash"]
-        );
-        assert!(terms("  ,;  ").is_empty());
-        assert_eq!(terms(&"w ".repeat(100)), ["w"]);
-        let many: String = (0..50).map(|i| format!("x{i} ")).collect();
-        assert_eq!(terms(&many).len(), 32);
-    }
-}
-
 /// The text a point's keyword index holds.
 pub(crate) fn body(payload: &Map<String, Value>) -> &str {
     payload.get(TEXT_KEY).and_then(Value::as_str).unwrap_or("")
@@ -601,5 +582,24 @@ impl VectorStore for EmbeddedVectors {
                 .take(query.limit)
                 .collect(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terms;
+
+    #[test]
+    fn keyword_queries_keep_the_words_that_matter() {
+        assert_eq!(terms("How do I reset my password?"), ["reset", "password"]);
+        assert_eq!(terms("the THE of"), ["the", "of"]);
+        assert_eq!(
+            terms("\"queue\" OR (NEAR* -crash:"),
+            ["queue", "near", "crash"]
+        );
+        assert!(terms("  ,;  ").is_empty());
+        assert_eq!(terms(&"w ".repeat(100)), ["w"]);
+        let many: String = (0..50).map(|i| format!("x{i} ")).collect();
+        assert_eq!(terms(&many).len(), 32);
     }
 }
