@@ -108,7 +108,7 @@ pub(super) async fn create_collection(
 
 /// A collection and its documents.
 #[utoipa::path(get, path = "/api/v1/kb/collections/{name}", tag = "knowledge",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")),
     responses((status = 200, body = Object), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc)))]
 pub(super) async fn get_collection(
     State(s): State<AppState>,
@@ -129,7 +129,7 @@ pub(super) async fn get_collection(
 
 /// Delete a collection, its chunks and its document records.
 #[utoipa::path(delete, path = "/api/v1/kb/collections/{name}", tag = "knowledge",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")),
     responses((status = 204), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc)))]
 pub(super) async fn delete_collection(
     State(s): State<AppState>,
@@ -172,8 +172,9 @@ pub(super) struct SourceQuery {
 
 /// Remove a document and its chunks.
 #[utoipa::path(delete, path = "/api/v1/kb/collections/{name}/documents", tag = "knowledge",
-    params(("name" = String, Path), SourceQuery),
-    responses((status = 204), (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc)))]
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"), SourceQuery),
+    responses((status = 204), (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc),
+        (status = 409, body = ProblemDoc, description = "no knowledge base is configured")))]
 pub(super) async fn delete_document(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -259,7 +260,7 @@ fn under_root(kb: &KnowledgeBase, relative: &str) -> Result<PathBuf, Problem> {
 /// Ingest documents as a job on the task queue; answers the job, whose progress
 /// `GET /api/v1/kb/jobs/{id}` shows. Unchanged documents are skipped.
 #[utoipa::path(post, path = "/api/v1/kb/collections/{name}/documents", tag = "knowledge",
-    params(("name" = String, Path)), request_body = IngestBody,
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")), request_body = IngestBody,
     responses((status = 202, body = Object), (status = 400, body = ProblemDoc),
         (status = 409, body = ProblemDoc, description = "no knowledge base, or files without [knowledge] root"),
         (status = 422, body = ProblemDoc)))]
@@ -364,7 +365,7 @@ pub(super) struct SearchBody {
 
 /// Search a collection: passages best first, with their sources and scores.
 #[utoipa::path(post, path = "/api/v1/kb/collections/{name}/search", tag = "knowledge",
-    params(("name" = String, Path)), request_body = SearchBody,
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")), request_body = SearchBody,
     responses((status = 200, body = Object), (status = 404, body = ProblemDoc),
         (status = 409, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
 pub(super) async fn search(
