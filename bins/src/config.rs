@@ -33,7 +33,7 @@ pub use flowbot_channels::telegram::{TelegramMode, TelegramSettings};
 pub use flowbot_channels::web::{HostIdentitySettings, WebSettings};
 pub use flowbot_channels::webhook::WebhookSettings;
 pub use gpu::GpuConfig;
-pub use knowledge::KnowledgeConfig;
+pub use knowledge::{KnowledgeConfig, QdrantConfig};
 pub use limits::LimitsConfig;
 pub use llm::{LlmConfig, Relevance};
 pub use network::NetworkConfig;

@@ -147,9 +147,11 @@ async fn command_base(config: &Config) -> Result<KnowledgeBase, RunError> {
             "kb: [knowledge] embedder is not set: name `local` (the [gpu] model) or a model under [llm.models] (docs/knowledge.md)".into(),
         ));
     }
-    let (store, vectors) = open_stores(config).await?;
-    let local = local_embedder(config).await?;
-    open(config, store, vectors, local, false)?.ok_or_else(|| usage("kb: no embedder"))
+    // The settings written `{{ secrets.NAME }}` (a provider's key, Qdrant's) filled in.
+    let mut config = config.clone();
+    let (store, vectors, _) = open_stores(&mut config).await?;
+    let local = local_embedder(&config).await?;
+    open(&config, store, vectors, local, false)?.ok_or_else(|| usage("kb: no embedder"))
 }
 
 /// The `[gpu]` model as an embedder, when the configuration asks for it.

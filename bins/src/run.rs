@@ -91,31 +91,33 @@ pub enum RunError {
     Usage(String),
 }
 
-/// Open the configured store (applying migrations).
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
-    Ok(open_stores(config).await?.0)
+/// The configured database, opened (migrations applied).
+enum Database {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
 }
 
-/// Open the configured store (applying migrations) and the embedded vector store over its
-/// database.
-pub async fn open_stores(
-    config: &Config,
-) -> Result<(Arc<dyn Store>, Arc<dyn flowbot_core::VectorStore>), RunError> {
+impl Database {
+    fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Database::Sqlite(s) => Arc::new(s.clone()),
+            Database::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+}
+
+async fn open_database(config: &Config) -> Result<Database, RunError> {
     let url = &config.database.url;
     let wrap = |source| RunError::Store {
         url: redact(url),
         source,
     };
-    let mut index = IndexOptions::default();
-    index.exact_below = config.knowledge.exact_below;
-    index.expansion_search = config.knowledge.ef_search;
-    let vector_err = |e: flowbot_core::VectorError| RunError::Llm(format!("[knowledge]: {e}"));
     if url.starts_with("sqlite:") {
         let mut options = SqliteOptions::from_url(url).map_err(wrap)?;
         options.work_share = config.database.sqlite_work_share;
-        let store = SqliteStore::open_with(options).await.map_err(wrap)?;
-        let vectors = EmbeddedVectors::sqlite(&store, index).map_err(vector_err)?;
-        Ok((Arc::new(store), Arc::new(vectors)))
+        Ok(Database::Sqlite(
+            SqliteStore::open_with(options).await.map_err(wrap)?,
+        ))
     } else {
         let options =
             PostgresOptions::new(url.clone()).max_connections(config.database.max_connections);
@@ -123,10 +125,53 @@ pub async fn open_stores(
             Some(schema) => options.schema(schema.clone()),
             None => options,
         };
-        let store = PostgresStore::connect_with(options).await.map_err(wrap)?;
-        let vectors = EmbeddedVectors::postgres(&store, index).map_err(vector_err)?;
-        Ok((Arc::new(store), Arc::new(vectors)))
+        Ok(Database::Postgres(
+            PostgresStore::connect_with(options).await.map_err(wrap)?,
+        ))
     }
+}
+
+/// Open the configured store (applying migrations).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
+    Ok(open_database(config).await?.store())
+}
+
+/// Open the configured store (applying migrations), fill the settings written
+/// `{{ secrets.NAME }}` from `[secrets]` or the stored secrets, then open the knowledge base's
+/// vector store: Qdrant when `[knowledge.qdrant]` names one (its key may be such a setting),
+/// else the embedded store over the database. Gives the stored secrets too, when they are on.
+pub async fn open_stores(
+    config: &mut Config,
+) -> Result<
+    (
+        Arc<dyn Store>,
+        Arc<dyn flowbot_core::VectorStore>,
+        Option<Arc<SecretStore>>,
+    ),
+    RunError,
+> {
+    let database = open_database(config).await?;
+    let store = database.store();
+    let secrets = secret_store(config, &store)?;
+    resolve_references(config, secrets.as_deref()).await?;
+    let vectors: Arc<dyn flowbot_core::VectorStore> = match &config.knowledge.qdrant {
+        Some(q) => Arc::new(
+            flowbot_store::qdrant::QdrantVectors::connect(&q.url, q.api_key.clone())
+                .await
+                .map_err(|e| RunError::Llm(format!("[knowledge.qdrant]: {e}")))?,
+        ),
+        None => {
+            let mut index = IndexOptions::default();
+            index.exact_below = config.knowledge.exact_below;
+            index.expansion_search = config.knowledge.ef_search;
+            let embedded = match &database {
+                Database::Sqlite(s) => EmbeddedVectors::sqlite(s, index),
+                Database::Postgres(s) => EmbeddedVectors::postgres(s, index),
+            };
+            Arc::new(embedded.map_err(|e| RunError::Llm(format!("[knowledge]: {e}")))?)
+        }
+    };
+    Ok((store, vectors, secrets))
 }
 
 fn worker_config(config: &Config, role: &str) -> WorkerConfig {
@@ -340,7 +385,7 @@ async fn parts(
     extra: Vec<Box<dyn ChannelSpec>>,
     receive: bool,
 ) -> Result<Parts, RunError> {
-    let (store, vectors) = open_stores(config).await?;
+    let (store, vectors, secrets) = open_stores(config).await?;
     let rules = rule_library(config, &store, shutdown).await?;
     #[cfg(feature = "gpu")]
     let local = crate::gpu::load(&config.gpu).await?;
@@ -369,8 +414,6 @@ async fn parts(
              or FLOWBOT_MINILM_DIR; docs/gpu.md)"
         );
     }
-    let secrets = secret_store(config, &store)?;
-    resolve_references(config, secrets.as_deref()).await?;
     let workflows = workflow_engine(config, &store, secrets.clone());
     let (builder, assistant) = bot_builder(
         config,

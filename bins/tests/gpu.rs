@@ -1,6 +1,8 @@
-//! `intent` rules in the server built with the `gpu` feature: all-MiniLM-L6-v2 on libtorch
-//! (from `FLOWBOT_MINILM_DIR`), the classifier trained with the rules' examples at start and
-//! again when a rule is stored through the API, its counters in `/metrics`.
+//! The server built with the `gpu` feature, on all-MiniLM-L6-v2 on libtorch (from
+//! `FLOWBOT_MINILM_DIR`): `intent` rules, the classifier trained with the rules' examples at
+//! start and again when a rule is stored through the API, its counters in `/metrics`; and the
+//! knowledge base embedded by the local model — `kb ingest docs/` of this repository, a
+//! question at `/chat` answered from the right page, `kb eval` over the shipped questions.
 //!
 //! Run after `. scripts/torch-env`: `cargo nextest run -p flowbot-server -F gpu --test gpu`.
 
@@ -153,4 +155,106 @@ async fn a_model_that_does_not_load_stops_the_server_naming_the_file() {
     let e = e.to_string();
     assert!(e.contains("intent examples:"), "{e}");
     assert!(e.contains("at least two intents need examples"), "{e}");
+}
+
+/// `kb ingest docs/` with the local model (the real binary, from the repository's root, as
+/// docs/knowledge.md tells), then a question at `/chat`: the passage the model is given first,
+/// and the answer's `[1]`, come from the page that answers it. The model is
+/// `flowbot_llm::fake::FakeProvider` (OpenAI's wire protocol on 127.0.0.1); the retrieval is
+/// MiniLM's. Then `kb eval docs/knowledge-questions.jsonl`: recall@5 must stay at least 0.75.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_model_grounds_answers_in_the_repository_docs() {
+    use flowbot_llm::fake::{FakeProvider, Reply, Turn};
+    assert!(
+        std::env::var_os("FLOWBOT_MINILM_DIR").is_some(),
+        "FLOWBOT_MINILM_DIR is unset: run `. scripts/torch-env` first (scripts/test does)"
+    );
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the repository");
+    let fake = FakeProvider::start().await.expect("fake provider");
+    fake.expect_key(None);
+    let dir = TempDir::new("flowbot-gpu-kb");
+    let db = format!("sqlite://{}/flowbot.db", dir.0.display());
+    let rules = dir.0.join("rules");
+    std::fs::create_dir_all(&rules).expect("rules");
+    std::fs::write(
+        rules.join("ask.toml"),
+        "[[rule]]\nname = \"ask\"\nwhen = { command = \"ask <question...>\" }\n\
+         then = [{ llm = { text = \"{{ args.question }}\", knowledge = \"docs\" } }]\n",
+    )
+    .expect("write rules");
+    let config = dir.0.join("flowbot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"{db}\"\n\n[gpu]\ndevice = \"cpu\"\n\n[knowledge]\nembedder = \"local\"\n"
+        ),
+    )
+    .expect("write config");
+    let kb = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flowbot-server"))
+            .current_dir(repo)
+            .arg("--config")
+            .arg(&config)
+            .arg("kb")
+            .args(args)
+            .output()
+            .expect("run flowbot-server kb")
+    };
+    let out = kb(&["ingest", "docs/"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+
+    let s = start_with(|c| {
+        c.database.url = db.clone();
+        c.rules.dir = Some(rules.clone());
+        c.gpu.device = "cpu".into();
+        let mut main = flowbot_llm::ProviderConfig::new(flowbot_llm::Dialect::Openai, "fake-model");
+        main.base_url = Some(format!("http://{}/v1", fake.addr()));
+        c.llm.models.insert("main".into(), main);
+        c.knowledge.embedder = Some("local".into());
+    })
+    .await;
+    fake.push(Turn::Reply(Reply::text(
+        "A claimed task whose lease expires goes back to the queue [1].",
+    )));
+    let mut ws = chat(&s, "ada", "kb").await;
+    let answer = text(
+        &say(
+            &mut ws,
+            "/ask what happens to a claimed task when its worker stops sending heartbeats?",
+        )
+        .await,
+    );
+    assert!(answer.contains("Sources:"), "{answer}");
+    let cited = answer
+        .lines()
+        .find(|l| l.starts_with("[1] "))
+        .unwrap_or_default();
+    assert!(
+        cited.contains("docs/task-queue.md"),
+        "[1] is the task queue's page: {answer}"
+    );
+    s.stop().await;
+
+    let out = kb(&["eval", "docs/knowledge-questions.jsonl", "--k", "5"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recall: f64 = report
+        .lines()
+        .find_map(|l| l.split("recall@5 = ").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("no recall@5 in the report: {report}"));
+    assert!(recall >= 0.75, "recall@5 {recall}: {report}");
 }

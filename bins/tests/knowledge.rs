@@ -12,9 +12,10 @@ mod common;
 mod harness;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use common::TempDir;
+use flowbot_core::VectorStore;
+use flowbot_core::vector::Filter;
 use flowbot_llm::fake::{FakeProvider, Reply, Turn};
 use serde_json::{Value, json};
 
@@ -61,19 +62,6 @@ async fn kb(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// The job's state once it is no longer queued or running.
-async fn finished_job(base: &str, id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let job = common::get_json(format!("{base}/api/v1/kb/jobs/{id}")).await;
-        if job["status"] == "done" || job["status"] == "failed" {
-            return job;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "job {id}: {job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -218,8 +206,22 @@ collection = "docs"
         .unwrap();
     assert_eq!(res.status(), 202);
     let job: Value = res.json().await.unwrap();
-    let job = finished_job(&s.base, job["id"].as_str().unwrap()).await;
+    let id = job["id"].as_str().unwrap();
+    // The answer waits for the job (run by the server's queue workers) to finish.
+    let job = common::get_json(format!("{}/api/v1/kb/jobs/{id}?wait=30", s.base)).await;
     assert_eq!(job["status"], "done", "{job}");
+    assert_eq!(job["done"], job["total"], "{job}");
+    let res = client
+        .get(format!("{}/api/v1/kb/jobs/{id}?wait=61", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let problem: Value = res.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("wait = 61"),
+        "{problem}"
+    );
     let res = client
         .post(format!("{}/api/v1/kb/collections/docs/search", s.base))
         .json(&json!({"query": "refunds business days", "limit": 1}))
@@ -290,4 +292,113 @@ async fn without_a_knowledge_base_the_api_says_how_to_configure_one() {
         "{problem}"
     );
     s.stop().await;
+}
+
+/// `[knowledge.qdrant]`: the collections live in Qdrant (here its PROTOCOL FAKE, NOT Qdrant,
+/// `flowbot_store::qdrant::fake`, over the real client and gRPC wire), with the API key taken
+/// from `[secrets]`; the database keeps the documents' records, not their vectors. A wrong key
+/// or a bad URL is an error that names the setting and never shows the key.
+#[tokio::test]
+async fn qdrant_holds_the_collections_when_configured() {
+    let fake = FakeProvider::start().await.unwrap();
+    fake.expect_key(None);
+    let qdrant = flowbot_store::qdrant::fake::start_with_key(Some("qdrant-key-5f1e"))
+        .await
+        .unwrap();
+    let dir = TempDir::new("flowbot-kb-qdrant");
+    let docs = docs(&dir.0);
+    let db = format!("sqlite://{}/flowbot.db", dir.0.display());
+    let config = dir.0.join("flowbot.toml");
+    let write = |url: &str, key: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[database]
+url = "{db}"
+
+[secrets]
+qdrant_key = "{key}"
+
+[llm.models.main]
+dialect = "openai"
+model = "fake-model"
+base_url = "http://{addr}/v1"
+embedding_model = "fake-embed"
+
+[knowledge]
+embedder = "main"
+
+[knowledge.qdrant]
+url = "{url}"
+api_key = "{{{{ secrets.qdrant_key }}}}"
+"#,
+                addr = fake.addr()
+            ),
+        )
+        .unwrap();
+    };
+    write(&qdrant, "qdrant-key-5f1e");
+    let (ok, out, err) = kb(&config, &["ingest", &docs.display().to_string()]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("3 added"), "{out}");
+
+    // The chunks are in Qdrant, none in the database's embedded store.
+    let q = flowbot_store::qdrant::QdrantVectors::connect(&qdrant, Some("qdrant-key-5f1e".into()))
+        .await
+        .unwrap();
+    let in_qdrant = q.count("docs", &Filter::all()).await.unwrap();
+    assert!(in_qdrant >= 3, "{in_qdrant} chunks in Qdrant");
+    let sqlite = flowbot_store::SqliteStore::open_with(flowbot_store::SqliteOptions::new(
+        dir.0.join("flowbot.db"),
+    ))
+    .await
+    .unwrap();
+    let embedded = flowbot_store::vectors::EmbeddedVectors::sqlite(
+        &sqlite,
+        flowbot_store::vectors::IndexOptions::default(),
+    )
+    .unwrap();
+    assert!(embedded.collections().await.unwrap().is_empty());
+    let (ok, found, err) = kb(&config, &["search", "lease", "--limit", "2"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        found.starts_with("1. ") && found.contains("\n2. "),
+        "{found}"
+    );
+
+    // The server searches Qdrant too.
+    let s = harness::start_with(|c| {
+        c.database.url = db.clone();
+        let mut main = flowbot_llm::ProviderConfig::new(flowbot_llm::Dialect::Openai, "fake-model");
+        main.base_url = Some(format!("http://{}/v1", fake.addr()));
+        main.embedding_model = Some("fake-embed".into());
+        c.llm.models.insert("main".into(), main);
+        c.knowledge.embedder = Some("main".into());
+        c.knowledge.qdrant = Some(flowbot_server::config::QdrantConfig {
+            url: qdrant.clone(),
+            api_key: Some("qdrant-key-5f1e".into()),
+        });
+    })
+    .await;
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/v1/kb/collections/docs/search", s.base))
+        .json(&json!({"query": "gateway shard", "limit": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let hits: Value = res.json().await.unwrap();
+    assert_eq!(hits["items"].as_array().unwrap().len(), 3, "{hits}");
+
+    // A wrong key: refused, naming the setting, the key not shown.
+    write(&qdrant, "wrong-key-0000");
+    let (ok, out, err) = kb(&config, &["list"]).await;
+    assert!(!ok, "{out}");
+    assert!(err.contains("[knowledge.qdrant]"), "{err}");
+    assert!(!format!("{out}{err}").contains("wrong-key-0000"), "{err}");
+    // Not Qdrant's URL.
+    write("ftp://127.0.0.1:6334", "qdrant-key-5f1e");
+    let (ok, _, err) = kb(&config, &["list"]).await;
+    assert!(!ok && err.contains("knowledge.qdrant.url"), "{err}");
 }

@@ -65,6 +65,9 @@ use qdrant_client::{Qdrant, QdrantError};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+#[cfg(feature = "test-util")]
+pub mod fake;
+
 /// The payload key holding a point's FlowBot id (Qdrant's own id is [`point_uuid`] of it).
 pub const ID_KEY: &str = "_flowbot_id";
 

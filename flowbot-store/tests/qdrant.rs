@@ -1,7 +1,7 @@
 //! The Qdrant backend (`flowbot_store::qdrant::QdrantVectors`) over the real `qdrant-client`
 //! and the real gRPC wire.
 //!
-//! Every test runs against the PROTOCOL FAKE in `qdrant_fake/` (an in-memory server of the
+//! Every test runs against the PROTOCOL FAKE `flowbot_store::qdrant::fake` (an in-memory server of the
 //! subset of Qdrant's gRPC protocol the backend uses — NOT Qdrant), and again against a real
 //! Qdrant when `QDRANT_URL` is set (e.g. `http://127.0.0.1:6334`, with `QDRANT_API_KEY` if it
 //! wants one). Without it each test prints
@@ -18,7 +18,7 @@
     unreachable_pub
 )]
 
-mod qdrant_fake;
+use flowbot_store::qdrant::fake as qdrant_fake;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ where
     F: Fn(QdrantVectors, String) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let url = qdrant_fake::start().await;
+    let url = qdrant_fake::start().await.expect("start the PROTOCOL FAKE");
     let store = QdrantVectors::connect(&url, None)
         .await
         .expect("connect to the PROTOCOL FAKE");
@@ -521,7 +521,9 @@ async fn protocol_fake_unknown_collection_and_conflict() {
 #[tokio::test]
 async fn protocol_fake_api_key_is_sent_and_never_shown() {
     let secret = "sekret-key-123";
-    let url = qdrant_fake::start_with_key(Some(secret)).await;
+    let url = qdrant_fake::start_with_key(Some(secret))
+        .await
+        .expect("start the PROTOCOL FAKE");
     let store = QdrantVectors::connect(&url, Some(secret.into()))
         .await
         .unwrap();
@@ -575,7 +577,7 @@ struct ProtocolFake {
 
 impl VectorBackend for ProtocolFake {
     async fn open() -> Option<Self> {
-        let url = qdrant_fake::start().await;
+        let url = qdrant_fake::start().await.expect("start the PROTOCOL FAKE");
         let store = QdrantVectors::connect(&url, None)
             .await
             .expect("connect to the PROTOCOL FAKE");
@@ -789,7 +791,7 @@ impl VectorStore for Prefixed {
 /// The wrapper itself, on the PROTOCOL FAKE: names go in prefixed and come back plain.
 #[tokio::test]
 async fn protocol_fake_prefixed_view_used_for_real_qdrant_conformance() {
-    let url = qdrant_fake::start().await;
+    let url = qdrant_fake::start().await.expect("start the PROTOCOL FAKE");
     let inner = QdrantVectors::connect(&url, None).await.unwrap();
     inner
         .create_collection(&CollectionSpec::new("other", 1, Distance::Dot))

@@ -49,6 +49,28 @@ pub struct KnowledgeConfig {
     pub exact_below: usize,
     /// Candidates the graph keeps while searching (more: slower, finds more).
     pub ef_search: usize,
+    /// Keep the collections in Qdrant instead of the database's embedded vector store.
+    pub qdrant: Option<QdrantConfig>,
+}
+
+/// `[knowledge.qdrant]`: the knowledge base's vectors in a Qdrant server (its gRPC port). The
+/// documents' records and the ingestion jobs stay in the database.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QdrantConfig {
+    /// Qdrant's gRPC endpoint: `http://host:6334`, or `https://…` for TLS.
+    pub url: String,
+    /// Its API key, if it wants one; write it `{{ secrets.NAME }}`.
+    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for QdrantConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QdrantConfig")
+            .field("url", &flowbot_store::redact_url(&self.url))
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for KnowledgeConfig {
@@ -69,6 +91,7 @@ impl Default for KnowledgeConfig {
             batch_size: 64,
             exact_below: 10_000,
             ef_search: 128,
+            qdrant: None,
         }
     }
 }
@@ -118,6 +141,17 @@ impl KnowledgeConfig {
             return Err(err(
                 "knowledge.embedder",
                 "must be `local` or the name of a model under [llm.models]",
+            ));
+        }
+        if let Some(q) = &self.qdrant
+            && !(q.url.starts_with("http://") || q.url.starts_with("https://"))
+        {
+            return Err(err(
+                "knowledge.qdrant.url",
+                format!(
+                    "{:?}: must be Qdrant's gRPC endpoint, http://host:6334 or https://…",
+                    flowbot_store::redact_url(&q.url)
+                ),
             ));
         }
         Ok(())

@@ -27,7 +27,7 @@ pub(crate) fn secret_reference(value: &str) -> Result<Option<&str>, String> {
 impl Config {
     /// Every setting that may refer to a secret, by key path: platform tokens and signing
     /// secrets, provider keys, notifier credentials, webhook secrets, the OpenID client
-    /// secret.
+    /// secret, Qdrant's API key.
     fn credentials(&mut self) -> Vec<(String, &mut String)> {
         let mut out: Vec<(String, &mut String)> = Vec::new();
         for (name, e) in &mut self.telegram {
@@ -92,6 +92,11 @@ impl Config {
             && let Some(v) = &mut o.client_secret
         {
             out.push(("auth.oidc.client_secret".into(), v));
+        }
+        if let Some(q) = &mut self.knowledge.qdrant
+            && let Some(v) = &mut q.api_key
+        {
+            out.push(("knowledge.qdrant.api_key".into(), v));
         }
         out
     }

@@ -328,18 +328,41 @@ pub(super) async fn list_jobs(State(s): State<AppState>) -> Result<Json<Value>, 
     Ok(Json(json!({ "items": jobs })))
 }
 
-/// An ingestion job: its status, progress, and each document's outcome or error.
+/// How long to wait for a job.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct WaitQuery {
+    /// Seconds to wait, at most 60, for the job to be done or failed before answering with
+    /// its state then (default 0: answer at once).
+    #[param(minimum = 0, maximum = 60)]
+    wait: Option<u64>,
+}
+
+/// Longest wait for a job, in seconds.
+const MAX_WAIT_SECS: u64 = 60;
+
+/// An ingestion job: its status, progress, and each document's outcome or error. With
+/// `?wait=N` the answer waits up to N seconds for the job to be done or failed.
 #[utoipa::path(get, path = "/api/v1/kb/jobs/{id}", tag = "knowledge",
-    params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc)))]
+    params(("id" = String, Path), WaitQuery),
+    responses((status = 200, body = Object), (status = 400, body = ProblemDoc),
+        (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc)))]
 pub(super) async fn get_job(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
+    q: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Json<JobState>, Problem> {
     let id = path(p)?;
+    let Query(q) = q.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let wait = q.wait.unwrap_or(0);
+    if wait > MAX_WAIT_SECS {
+        return Err(Problem::bad_request(format!(
+            "wait = {wait}: at most {MAX_WAIT_SECS} seconds"
+        )));
+    }
     base(&s)?
         .knowledge
-        .job(&id)
+        .wait_job(&id, std::time::Duration::from_secs(wait))
         .await
         .map_err(kb_err)?
         .map(Json)

@@ -191,7 +191,40 @@ impl Knowledge {
         self.kv
             .kv_set(JOBS, &state.id, &value)
             .await
-            .map_err(KnowledgeError::store(format!("ingestion job {}", state.id)))
+            .map_err(KnowledgeError::store(format!("ingestion job {}", state.id)))?;
+        self.job_saved.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+
+    /// The state of a job once it is done or failed, waiting at most `timeout` for that;
+    /// after the timeout, its state then. The wait ends as soon as this handle saves the
+    /// job's last state (the job runs on this process's queue workers); a job run by another
+    /// process is looked at again every second. `None` when there is no such job.
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Option<JobState>, KnowledgeError> {
+        const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(|| tokio::time::Instant::now() + LOOK_AGAIN);
+        let mut saved = self.job_saved.subscribe();
+        loop {
+            // Subscribed before reading: a save after the read wakes the wait below.
+            saved.mark_unchanged();
+            let state = self.job(id).await?;
+            let finished = state
+                .as_ref()
+                .is_none_or(|s| matches!(s.status, JobStatus::Done | JobStatus::Failed));
+            let now = tokio::time::Instant::now();
+            if finished || now >= deadline {
+                return Ok(state);
+            }
+            let wake = deadline.min(now + LOOK_AGAIN);
+            // The sender lives as long as `self`: `changed` cannot fail while we hold it.
+            let _ = tokio::time::timeout_at(wake, saved.changed()).await;
+        }
     }
 
     /// The state of a job.

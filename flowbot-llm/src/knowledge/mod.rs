@@ -151,6 +151,8 @@ pub struct Knowledge {
     #[cfg(feature = "urls")]
     net: Option<fetch::Net>,
     fetch_timeout: std::time::Duration,
+    /// Bumped each time this handle saves a job's state (what [`Knowledge::wait_job`] wakes on).
+    job_saved: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Knowledge {
@@ -184,6 +186,7 @@ impl Knowledge {
             #[cfg(feature = "urls")]
             net: None,
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            job_saved: tokio::sync::watch::Sender::new(0),
         }
     }
 

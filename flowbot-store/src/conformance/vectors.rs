@@ -499,6 +499,43 @@ pub async fn keyword_search_when_supported(store: &dyn VectorStore) {
     };
     assert_eq!(ids(&hits), ["both", "one"]);
     assert_eq!(hits[0].payload["source"], "ops.md");
+    // Another collection whose points match the words better and outnumber the answer many
+    // times over does not crowd this collection's points out.
+    create(store, "kw-other", 2, Distance::Cosine).await;
+    let crowd: Vec<Point> = (0..60)
+        .map(|i| {
+            text(
+                &format!("crowd{i}"),
+                "queue crash restart queue crash restart",
+                "crowd.md",
+            )
+        })
+        .collect();
+    store
+        .upsert("kw-other", &crowd)
+        .await
+        .expect("upsert crowd");
+    for limit in [1, 2, 10] {
+        let hits = store
+            .search_text(
+                "kw",
+                &TextQuery {
+                    limit,
+                    ..query("queue crash restart", Filter::all())
+                },
+            )
+            .await
+            .expect("keyword search beside another collection")
+            .expect("supported");
+        assert_eq!(ids(&hits), ["both", "one"][..limit.min(2)], "limit {limit}");
+    }
+    let crowded = store
+        .search_text("kw-other", &query("restart", Filter::all()))
+        .await
+        .expect("the other collection")
+        .expect("supported");
+    assert_eq!(crowded.len(), 10);
+    assert!(crowded.iter().all(|h| h.id.starts_with("crowd")));
     let filtered = store
         .search_text(
             "kw",

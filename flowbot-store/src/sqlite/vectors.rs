@@ -195,25 +195,48 @@ impl Table for SqliteStore {
         limit: usize,
     ) -> Result<Vec<(String, f32)>, VectorError> {
         // Each term quoted (FTS5's string syntax; terms hold letters and digits only), any
-        // of them matching; bm25 is lower for better matches. CROSS JOIN keeps the full-text
-        // index the outer loop: the other order runs the full-text query once per point.
+        // of them matching; FTS5's `rank` is bm25, lower for better matches.
         let query = terms
             .iter()
             .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(" OR ");
+        // First the full-text index alone ranks its best rows (`ORDER BY rank` with a limit is
+        // FTS5's own sorted scan, much faster than sorting bm25() of every match after a join);
+        // the index is shared by all collections, so some room is left for rows of other
+        // collections and for deleted points.
+        let candidates = limit.saturating_mul(4).max(limit.saturating_add(16));
         let rows: Vec<(String, f64)> = sqlx::query_as(
-            "SELECT p.id, bm25(flowbot_vector_fts) AS rank FROM flowbot_vector_fts \
-             CROSS JOIN flowbot_vector_points p ON p.pk = flowbot_vector_fts.rowid \
-             WHERE flowbot_vector_fts MATCH ? AND p.collection = ? AND p.vector IS NOT NULL \
-             ORDER BY rank LIMIT ?",
+            "SELECT p.id, f.rank FROM (SELECT rowid, rank FROM flowbot_vector_fts \
+             WHERE flowbot_vector_fts MATCH ? ORDER BY rank LIMIT ?) f \
+             CROSS JOIN flowbot_vector_points p ON p.pk = f.rowid \
+             WHERE p.collection = ? AND p.vector IS NOT NULL ORDER BY f.rank",
         )
-        .bind(query)
+        .bind(&query)
+        .bind(candidates as i64)
         .bind(name)
-        .bind(limit as i64)
         .fetch_all(self.r())
         .await
         .map_err(map_err)?;
+        let rows = if rows.len() >= limit {
+            rows.into_iter().take(limit).collect()
+        } else {
+            // Too few of them were this collection's live points (or too few rows match at
+            // all): rank every match of the collection. CROSS JOIN keeps the full-text index
+            // the outer loop: the other order runs the full-text query once per point.
+            sqlx::query_as(
+                "SELECT p.id, bm25(flowbot_vector_fts) AS rank FROM flowbot_vector_fts \
+                 CROSS JOIN flowbot_vector_points p ON p.pk = flowbot_vector_fts.rowid \
+                 WHERE flowbot_vector_fts MATCH ? AND p.collection = ? AND p.vector IS NOT NULL \
+                 ORDER BY rank LIMIT ?",
+            )
+            .bind(query)
+            .bind(name)
+            .bind(limit as i64)
+            .fetch_all(self.r())
+            .await
+            .map_err(map_err)?
+        };
         Ok(rows
             .into_iter()
             .map(|(id, rank)| (id, -rank as f32))

@@ -1,7 +1,8 @@
 //! A PROTOCOL FAKE of Qdrant — NOT Qdrant. It speaks the subset of Qdrant's gRPC protocol
 //! that `flowbot_store::qdrant::QdrantVectors` uses, through the server stubs that
 //! `qdrant-client` ships (`qdrant_client::qdrant::{collections_server, points_server,
-//! qdrant_server}`, generated without any feature), served by tonic on 127.0.0.1:0.
+//! qdrant_server}`, generated without any feature), served by tonic on 127.0.0.1:0. Built with
+//! the features `qdrant` and `test-util`, for the tests of applications that configure Qdrant.
 //!
 //! It keeps collections and points in memory and really does the work, following Qdrant's
 //! documented behaviour: cosine collections normalise vectors when they are stored; search is
@@ -41,22 +42,22 @@ struct Stored {
 
 /// The PROTOCOL FAKE's state, shared by its three services.
 #[derive(Clone, Default)]
-pub struct Fake {
+struct Fake {
     collections: Arc<Mutex<BTreeMap<String, Collection>>>,
 }
 
-/// A running PROTOCOL FAKE: its `http://127.0.0.1:port` URL. The server stops with the test's
-/// runtime.
-pub async fn start() -> String {
+/// Start a PROTOCOL FAKE on 127.0.0.1 (a port the system picks) and give its
+/// `http://127.0.0.1:port` URL. The server runs on the current Tokio runtime and stops with it.
+pub async fn start() -> std::io::Result<String> {
     start_with_key(None).await
 }
 
 /// [`start`], and with `Some(key)` every call must carry it in the `api-key` header, as
 /// Qdrant's do when it has an API key (`UNAUTHENTICATED` otherwise).
-pub async fn start_with_key(key: Option<&str>) -> String {
-    let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let incoming = tonic::transport::server::TcpIncoming::bind(addr).expect("bind 127.0.0.1:0");
-    let local = incoming.local_addr().expect("local address");
+pub async fn start_with_key(key: Option<&str>) -> std::io::Result<String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let incoming = tonic::transport::server::TcpIncoming::bind(addr)?;
+    let local = incoming.local_addr()?;
     let fake = Fake::default();
     let key = key.map(str::to_owned);
     let check = move |request: Request<()>| -> Result<Request<()>, Status> {
@@ -79,7 +80,7 @@ pub async fn start_with_key(key: Option<&str>) -> String {
         .add_service(PointsServer::with_interceptor(fake, check))
         .serve_with_incoming(incoming);
     tokio::spawn(server);
-    format!("http://{local}")
+    Ok(format!("http://{local}"))
 }
 
 fn unused<T>(call: &str) -> Result<T, Status> {
