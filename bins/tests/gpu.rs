@@ -222,13 +222,13 @@ async fn the_local_model_grounds_answers_in_the_repository_docs() {
     })
     .await;
     fake.push(Turn::Reply(Reply::text(
-        "A claimed task whose lease expires goes back to the queue [1].",
+        "A task gets several attempts with exponential backoff by default [1].",
     )));
     let mut ws = chat(&s, "ada", "kb").await;
     let answer = text(
         &say(
             &mut ws,
-            "/ask what happens to a claimed task when its worker stops sending heartbeats?",
+            "/ask what retry policy does a task get by default: how many attempts and what backoff?",
         )
         .await,
     );
