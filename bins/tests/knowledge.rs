@@ -46,6 +46,22 @@ fn docs(dir: &std::path::Path) -> std::path::PathBuf {
     docs
 }
 
+/// `[llm.models.main]`: `fake`'s chat model and embeddings.
+fn model_toml(fake: &FakeProvider) -> String {
+    format!(
+        "[llm.models.main]\ndialect = \"openai\"\nmodel = \"fake-model\"\nbase_url = \"http://{}/v1\"\nembedding_model = \"fake-embed\"\n",
+        fake.addr()
+    )
+}
+
+/// The model `main` of `c`: `fake`'s chat model and embeddings.
+fn fake_model(c: &mut flowbot_server::config::Config, fake: &FakeProvider) {
+    let mut main = flowbot_llm::ProviderConfig::new(flowbot_llm::Dialect::Openai, "fake-model");
+    main.base_url = Some(format!("http://{}/v1", fake.addr()));
+    main.embedding_model = Some("fake-embed".into());
+    c.llm.models.insert("main".into(), main);
+}
+
 /// Run `flowbot-server --config FILE kb ARGS…`; its exit status, stdout and stderr.
 async fn kb(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(SERVER)
@@ -99,17 +115,12 @@ then = [{ llm = { text = "{{ args.question }}", knowledge = "docs" } }]
 [database]
 url = "{db}"
 
-[llm.models.main]
-dialect = "openai"
-model = "fake-model"
-base_url = "http://{addr}/v1"
-embedding_model = "fake-embed"
-
+{model}
 [knowledge]
 embedder = "main"
 collection = "docs"
 "#,
-            addr = fake.addr()
+            model = model_toml(&fake)
         ),
     )
     .unwrap();
@@ -153,10 +164,7 @@ collection = "docs"
     let s = harness::start_with(|c| {
         c.database.url = db.clone();
         c.rules.dir = Some(rules.clone());
-        let mut main = flowbot_llm::ProviderConfig::new(flowbot_llm::Dialect::Openai, "fake-model");
-        main.base_url = Some(format!("http://{}/v1", fake.addr()));
-        main.embedding_model = Some("fake-embed".into());
-        c.llm.models.insert("main".into(), main);
+        fake_model(c, &fake);
         c.knowledge.embedder = Some("main".into());
         c.knowledge.root = Some(docs.clone());
     })
@@ -320,12 +328,7 @@ url = "{db}"
 [secrets]
 qdrant_key = "{key}"
 
-[llm.models.main]
-dialect = "openai"
-model = "fake-model"
-base_url = "http://{addr}/v1"
-embedding_model = "fake-embed"
-
+{model}
 [knowledge]
 embedder = "main"
 
@@ -333,7 +336,7 @@ embedder = "main"
 url = "{url}"
 api_key = "{{{{ secrets.qdrant_key }}}}"
 "#,
-                addr = fake.addr()
+                model = model_toml(&fake)
             ),
         )
         .unwrap();
@@ -370,10 +373,7 @@ api_key = "{{{{ secrets.qdrant_key }}}}"
     // The server searches Qdrant too.
     let s = harness::start_with(|c| {
         c.database.url = db.clone();
-        let mut main = flowbot_llm::ProviderConfig::new(flowbot_llm::Dialect::Openai, "fake-model");
-        main.base_url = Some(format!("http://{}/v1", fake.addr()));
-        main.embedding_model = Some("fake-embed".into());
-        c.llm.models.insert("main".into(), main);
+        fake_model(c, &fake);
         c.knowledge.embedder = Some("main".into());
         c.knowledge.qdrant = Some(flowbot_server::config::QdrantConfig {
             url: qdrant.clone(),

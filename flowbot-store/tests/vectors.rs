@@ -170,3 +170,80 @@ async fn a_restart_reloads_points_from_sqlite() {
             .is_empty()
     );
 }
+
+/// In a collection of 10,000 points or more, SQLite's keyword search lets the words found in
+/// more than a twentieth of the rows only add to the chunks holding a rarer word of the
+/// query; when fewer of those exist than were asked for, every word matches again.
+#[tokio::test]
+async fn keyword_search_in_a_large_sqlite_collection_leads_with_rare_words() {
+    use flowbot_core::vector::{TEXT_KEY, TextQuery};
+    let h = support::sqlite().await;
+    let Harness::Sqlite { store, .. } = &h else {
+        unreachable!("a SQLite harness")
+    };
+    let mut exact = IndexOptions::default();
+    exact.exact_below = 1_000_000;
+    let vectors = EmbeddedVectors::sqlite(store, exact).expect("options");
+    vectors
+        .create_collection(&CollectionSpec::new("big", 2, Distance::Cosine))
+        .await
+        .expect("create");
+    // Every chunk says "queue worker"; one in 16 also "gateway" (6%: common); three say
+    // "lease" (rare).
+    let rare = [7, 77, 777];
+    let points: Vec<Point> = (0..10_000)
+        .map(|i| {
+            let mut text = String::from("queue worker");
+            if i % 16 == 0 {
+                text.push_str(" gateway");
+            }
+            if rare.contains(&i) {
+                text.push_str(" lease");
+            }
+            Point {
+                id: format!("c{i}"),
+                vector: vec![1.0, i as f32],
+                payload: serde_json::json!({ TEXT_KEY: text })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    vectors.upsert("big", &points).await.expect("upsert");
+    let search = |text: &str, limit: usize| {
+        let vectors = vectors.clone();
+        let query = TextQuery {
+            text: text.into(),
+            limit,
+            filter: Filter::all(),
+        };
+        async move {
+            vectors
+                .search_text("big", &query)
+                .await
+                .expect("keyword search")
+                .expect("SQLite has keyword search")
+        }
+    };
+    let holds = |id: &str, word: &str| {
+        let i: usize = id[1..].parse().expect("an id");
+        points[i].payload[TEXT_KEY]
+            .as_str()
+            .is_some_and(|t| t.contains(word))
+    };
+    let hits = search("gateway lease", 2).await;
+    assert_eq!(hits.len(), 2);
+    assert!(hits.iter().all(|h| holds(&h.id, "lease")), "{hits:?}");
+    // Three chunks hold the rare word, five are asked for: the common word fills the rest.
+    let hits = search("gateway lease", 5).await;
+    assert_eq!(hits.len(), 5, "{hits:?}");
+    assert!(hits[..3].iter().all(|h| holds(&h.id, "lease")), "{hits:?}");
+    assert!(
+        hits[3..].iter().all(|h| holds(&h.id, "gateway")),
+        "{hits:?}"
+    );
+    // Only common words: every word matches.
+    assert_eq!(search("queue worker", 10).await.len(), 10);
+    assert_eq!(search("lease", 10).await.len(), 3);
+}

@@ -210,27 +210,26 @@ impl Knowledge {
             filter: options.filter.clone(),
             threshold: options.threshold,
         };
-        let vector_hits = self
-            .vectors
-            .search(collection, &vq)
-            .await
-            .map_err(KnowledgeError::vectors(context()))?;
-        if options.threshold.is_some() && vector_hits.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keyword_hits = if options.hybrid {
+        // Both searches at once: the keyword query goes to the database (its own thread)
+        // while the vector search runs here; it is polled first so it starts first.
+        let keywords = async {
+            if !options.hybrid {
+                return Ok(None);
+            }
             let tq = TextQuery {
                 text: query.to_owned(),
                 limit: candidates,
                 filter: options.filter.clone(),
             };
-            self.vectors
-                .search_text(collection, &tq)
-                .await
-                .map_err(KnowledgeError::vectors(context()))?
-        } else {
-            None
+            self.vectors.search_text(collection, &tq).await
         };
+        let (keyword_hits, vector_hits) =
+            tokio::join!(keywords, self.vectors.search(collection, &vq));
+        let vector_hits = vector_hits.map_err(KnowledgeError::vectors(context()))?;
+        if options.threshold.is_some() && vector_hits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keyword_hits = keyword_hits.map_err(KnowledgeError::vectors(context()))?;
         let mut passages = fuse(&vector_hits, keyword_hits.as_deref());
         passages.truncate(candidates);
         if let Some(reranker) = &self.reranker {

@@ -194,6 +194,7 @@ impl Table for PostgresStore {
         name: &str,
         terms: &[String],
         limit: usize,
+        _points: usize,
     ) -> Result<Vec<(String, f32)>, VectorError> {
         // Any of the terms (letters and digits only), stemmed as English; ts_rank_cd is
         // higher for better matches.

@@ -11,6 +11,11 @@ use super::SqliteStore;
 use crate::common::{map_err, now_ms, parse_json};
 use crate::vectors::{Change, Head, Table, body, decode, encode};
 
+/// Collections of this many points or more search keywords as common-terms queries.
+const COMMON_FROM: usize = 10_000;
+/// A word in more than 1/COMMON_SHARE of the rows is common.
+const COMMON_SHARE: usize = 20;
+
 fn head(row: &SqliteRow) -> Result<Head, VectorError> {
     let name: String = row.try_get("name").map_err(map_err)?;
     let distance: String = row.try_get("distance").map_err(map_err)?;
@@ -193,53 +198,90 @@ impl Table for SqliteStore {
         name: &str,
         terms: &[String],
         limit: usize,
+        points: usize,
     ) -> Result<Vec<(String, f32)>, VectorError> {
         // Each term quoted (FTS5's string syntax; terms hold letters and digits only), any
         // of them matching; FTS5's `rank` is bm25, lower for better matches.
-        let query = terms
-            .iter()
-            .map(|t| format!("\"{t}\""))
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        // First the full-text index alone ranks its best rows (`ORDER BY rank` with a limit is
-        // FTS5's own sorted scan, much faster than sorting bm25() of every match after a join);
-        // the index is shared by all collections, so some room is left for rows of other
-        // collections and for deleted points.
-        let candidates = limit.saturating_mul(4).max(limit.saturating_add(16));
-        let rows: Vec<(String, f64)> = sqlx::query_as(
-            "SELECT p.id, f.rank FROM (SELECT rowid, rank FROM flowbot_vector_fts \
-             WHERE flowbot_vector_fts MATCH ? ORDER BY rank LIMIT ?) f \
-             CROSS JOIN flowbot_vector_points p ON p.pk = f.rowid \
-             WHERE p.collection = ? AND p.vector IS NOT NULL ORDER BY f.rank",
-        )
-        .bind(&query)
-        .bind(candidates as i64)
-        .bind(name)
-        .fetch_all(self.r())
-        .await
-        .map_err(map_err)?;
-        let rows = if rows.len() >= limit {
-            rows.into_iter().take(limit).collect()
-        } else {
-            // Too few of them were this collection's live points (or too few rows match at
-            // all): rank every match of the collection. CROSS JOIN keeps the full-text index
-            // the outer loop: the other order runs the full-text query once per point.
-            sqlx::query_as(
-                "SELECT p.id, bm25(flowbot_vector_fts) AS rank FROM flowbot_vector_fts \
-                 CROSS JOIN flowbot_vector_points p ON p.pk = flowbot_vector_fts.rowid \
-                 WHERE flowbot_vector_fts MATCH ? AND p.collection = ? AND p.vector IS NOT NULL \
-                 ORDER BY rank LIMIT ?",
-            )
-            .bind(query)
-            .bind(name)
-            .bind(limit as i64)
-            .fetch_all(self.r())
-            .await
-            .map_err(map_err)?
-        };
+        let quoted: Vec<String> = terms.iter().map(|t| format!("\"{t}\"")).collect();
+        let any = quoted.join(" OR ");
+        // In a large collection, BM25 over every chunk holding a frequent word is most of a
+        // search's time. As Lucene's common-terms query does, the words in more than
+        // 1/COMMON_SHARE of the rows then only add to the score of the chunks that hold one of
+        // the query's rarer words: those are the matches, ranked by all the words.
+        let mut query = any.clone();
+        if points >= COMMON_FROM && terms.len() > 1 {
+            let common = (points / COMMON_SHARE).max(1);
+            let mut rare = Vec::new();
+            for q in &quoted {
+                let rows: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM (SELECT rowid FROM flowbot_vector_fts \
+                     WHERE flowbot_vector_fts MATCH ? LIMIT ?)",
+                )
+                .bind(q)
+                .bind(common as i64)
+                .fetch_one(self.r())
+                .await
+                .map_err(map_err)?;
+                if (rows as usize) < common {
+                    rare.push(q.as_str());
+                }
+            }
+            if !rare.is_empty() && rare.len() < terms.len() {
+                query = format!("({}) AND ({any})", rare.join(" OR "));
+            }
+        }
+        let mut rows = ranked(self, &query, name, limit).await?;
+        if rows.len() < limit && query != any {
+            // Fewer chunks hold a rare word than were asked for: every word matches then.
+            rows = ranked(self, &any, name, limit).await?;
+        }
         Ok(rows
             .into_iter()
             .map(|(id, rank)| (id, -rank as f32))
             .collect())
     }
+}
+
+/// The collection's best `limit` rows for the FTS5 `query`, best first, with their bm25.
+async fn ranked(
+    store: &SqliteStore,
+    query: &str,
+    name: &str,
+    limit: usize,
+) -> Result<Vec<(String, f64)>, VectorError> {
+    // First the full-text index alone ranks its best rows (`ORDER BY rank` with a limit is
+    // FTS5's own sorted scan, much faster than sorting bm25() of every match after a join);
+    // the index is shared by all collections, so some room is left for rows of other
+    // collections and for deleted points.
+    let candidates = limit.saturating_mul(4).max(limit.saturating_add(16));
+    let rows: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT p.id, f.rank FROM (SELECT rowid, rank FROM flowbot_vector_fts \
+         WHERE flowbot_vector_fts MATCH ? ORDER BY rank LIMIT ?) f \
+         CROSS JOIN flowbot_vector_points p ON p.pk = f.rowid \
+         WHERE p.collection = ? AND p.vector IS NOT NULL ORDER BY f.rank",
+    )
+    .bind(query)
+    .bind(candidates as i64)
+    .bind(name)
+    .fetch_all(store.r())
+    .await
+    .map_err(map_err)?;
+    if rows.len() >= limit {
+        return Ok(rows.into_iter().take(limit).collect());
+    }
+    // Too few of them were this collection's live points (or too few rows match at all):
+    // rank every match of the collection. CROSS JOIN keeps the full-text index the outer
+    // loop: the other order runs the full-text query once per point.
+    Ok(sqlx::query_as(
+        "SELECT p.id, bm25(flowbot_vector_fts) AS rank FROM flowbot_vector_fts \
+         CROSS JOIN flowbot_vector_points p ON p.pk = flowbot_vector_fts.rowid \
+         WHERE flowbot_vector_fts MATCH ? AND p.collection = ? AND p.vector IS NOT NULL \
+         ORDER BY rank LIMIT ?",
+    )
+    .bind(query)
+    .bind(name)
+    .bind(limit as i64)
+    .fetch_all(store.r())
+    .await
+    .map_err(map_err)?)
 }

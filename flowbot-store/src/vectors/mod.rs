@@ -64,12 +64,14 @@ pub(crate) trait Table: Send + Sync + 'static {
     ) -> Result<Option<(i64, u64)>, VectorError>;
     /// Rows with a seq above `after`, by seq.
     async fn changes(&self, name: &str, after: i64) -> Result<Vec<Change>, VectorError>;
-    /// Keyword search: ids with their relevance, best first.
+    /// Keyword search: ids with their relevance, best first. `points` is the collection's
+    /// size (the backend may trade exactness for speed in large collections).
     async fn text(
         &self,
         name: &str,
         terms: &[String],
         limit: usize,
+        points: usize,
     ) -> Result<Vec<(String, f32)>, VectorError>;
 }
 
@@ -566,7 +568,8 @@ impl VectorStore for EmbeddedVectors {
                 .saturating_mul(10)
                 .min(flowbot_core::vector::MAX_LIMIT * 10)
         };
-        let ranked = table.text(collection, &terms, fetch).await?;
+        let points = read(&loaded).len();
+        let ranked = table.text(collection, &terms, fetch, points).await?;
         let index = read(&loaded);
         Ok(Some(
             ranked
