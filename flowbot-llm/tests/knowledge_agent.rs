@@ -12,10 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowbot_core::llm::{Ask, Assistant, ChatMessage};
-use flowbot_core::store::KvStore;
 use flowbot_core::{
-    Bot, Event, InProcess, Message, Reply as BotReply, Result as CoreResult, Router, Sender,
-    StoreError, Turn, async_trait,
+    Bot, Event, InProcess, Message, Reply as BotReply, Result as CoreResult, Router, Sender, Turn,
+    async_trait,
 };
 use flowbot_llm::context::counter_for;
 use flowbot_llm::fake::{FakeProvider, Reply, Turn as FakeTurn};
