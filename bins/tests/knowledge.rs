@@ -62,6 +62,18 @@ fn fake_model(c: &mut flowbot_server::config::Config, fake: &FakeProvider) {
     c.llm.models.insert("main".into(), main);
 }
 
+/// `POST /api/v1/kb/collections/docs/search` with `body`: the answer, which must be a 200.
+async fn search_docs(base: &str, body: Value) -> Value {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/api/v1/kb/collections/docs/search"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
 /// Run `flowbot-server --config FILE kb ARGS…`; its exit status, stdout and stderr.
 async fn kb(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(SERVER)
@@ -230,14 +242,11 @@ collection = "docs"
         problem["detail"].as_str().unwrap().contains("wait = 61"),
         "{problem}"
     );
-    let res = client
-        .post(format!("{}/api/v1/kb/collections/docs/search", s.base))
-        .json(&json!({"query": "refunds business days", "limit": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let hits: Value = res.json().await.unwrap();
+    let hits = search_docs(
+        &s.base,
+        json!({"query": "refunds business days", "limit": 1}),
+    )
+    .await;
     assert_eq!(hits["items"][0]["source"], "faq", "{hits}");
     let outside = client
         .post(format!("{}/api/v1/kb/collections/docs/documents", s.base))
@@ -381,14 +390,7 @@ api_key = "{{{{ secrets.qdrant_key }}}}"
         });
     })
     .await;
-    let res = reqwest::Client::new()
-        .post(format!("{}/api/v1/kb/collections/docs/search", s.base))
-        .json(&json!({"query": "gateway shard", "limit": 3}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let hits: Value = res.json().await.unwrap();
+    let hits = search_docs(&s.base, json!({"query": "gateway shard", "limit": 3})).await;
     assert_eq!(hits["items"].as_array().unwrap().len(), 3, "{hits}");
 
     // A wrong key: refused, naming the setting, the key not shown.
