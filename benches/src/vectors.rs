@@ -176,10 +176,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut options = IndexOptions::default();
     options.expansion_search = a.ef;
-    if let Ok(v) = std::env::var("BENCH_OVERSAMPLE") {
-        options.oversample = v.parse()?;
-    }
-    options.half = std::env::var("BENCH_F32").is_err();
     let store = EmbeddedVectors::memory(options)?;
     store
         .create_collection(&CollectionSpec::new("bench", a.dim, Distance::Cosine))
@@ -215,11 +211,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total: Duration = latencies.iter().sum();
     latencies.sort();
     println!(
-        "flowbot embedded (usearch HNSW M=16 efC=128 ef={}, {} graph, oversample {}): build {:.1} s, \
+        "flowbot embedded (HNSW M=16 efC=128 ef={}): build {:.1} s, \
          recall@{} {:.4}, p50 {:.3} ms, p99 {:.3} ms, {:.0} queries/s on one thread, {:.0} bytes per vector",
         a.ef,
-        if options.half { "f16" } else { "f32" },
-        options.oversample,
         build.as_secs_f64(),
         a.k,
         found as f64 / (truth.len() * a.k) as f64,

@@ -1,7 +1,7 @@
 //! One collection's vectors in memory: an arena of vectors (normalised for cosine), their ids
 //! and payloads, searched exactly below [`IndexOptions::exact_below`] live points and through
-//! usearch's HNSW graph above it. The graph holds half-precision copies; its candidates are
-//! scored again exactly from the arena, so scores are exact and recall improves.
+//! an HNSW graph above it ([`super::hnsw`]). The graph links the arena's slots and measures
+//! with the arena's vectors, so its scores are exact.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -9,6 +9,8 @@ use std::collections::{BinaryHeap, HashMap};
 use flowbot_core::VectorError;
 use flowbot_core::vector::{CollectionSpec, Distance, Filter, Hit, Point, VectorQuery, dot};
 use serde_json::{Map, Value};
+
+use super::hnsw::{Graph, Metric, Params, Vectors};
 
 /// How the embedded index searches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,18 +20,14 @@ pub struct IndexOptions {
     /// from it on through the HNSW graph. Filtered searches whose filter keeps fewer points
     /// than this are exact too.
     pub exact_below: usize,
-    /// Links per node of the graph (usearch's `connectivity`, HNSW's M).
+    /// Links per node of the graph's upper levels (HNSW's M); its base level keeps twice
+    /// as many.
     pub connectivity: usize,
     /// Candidates kept while inserting (HNSW's efConstruction).
     pub expansion_add: usize,
-    /// Candidates kept while searching (HNSW's ef): more is slower and finds more of the true
-    /// nearest neighbours.
+    /// Candidates kept while searching (HNSW's ef, at least the hits asked for): more is
+    /// slower and finds more of the true nearest neighbours.
     pub expansion_search: usize,
-    /// Graph candidates per asked hit, scored again exactly.
-    pub oversample: usize,
-    /// Keep the graph's copies of the vectors in half precision (half the memory; the
-    /// candidates are scored again exactly from the full-precision vectors).
-    pub half: bool,
 }
 
 impl Default for IndexOptions {
@@ -39,8 +37,6 @@ impl Default for IndexOptions {
             connectivity: 16,
             expansion_add: 128,
             expansion_search: 128,
-            oversample: 2,
-            half: true,
         }
     }
 }
@@ -52,7 +48,6 @@ impl IndexOptions {
             ("connectivity", self.connectivity, 2, 256),
             ("expansion_add", self.expansion_add, 1, 10_000),
             ("expansion_search", self.expansion_search, 1, 10_000),
-            ("oversample", self.oversample, 1, 100),
         ];
         for (name, value, low, high) in checks {
             if !(low..=high).contains(&value) {
@@ -67,7 +62,6 @@ impl IndexOptions {
 
 struct Slot {
     id: String,
-    key: u64,
     payload: Map<String, Value>,
 }
 
@@ -81,20 +75,18 @@ pub(crate) struct Index {
     slots: Vec<Option<Slot>>,
     vectors: Vec<f32>,
     by_id: HashMap<String, u32>,
-    by_key: HashMap<u64, u32>,
+    /// Empty slots to fill again (only while there is no graph).
     free: Vec<u32>,
-    next_key: u64,
+    /// Slots the graph still links whose points were removed or moved: routed through,
+    /// never returned, gone when the graph is rebuilt.
+    dead: Vec<u32>,
     live: usize,
-    ann: Option<usearch::Index>,
+    graph: Option<Graph>,
 }
 
 /// The threads that add to the graph: the machine's cores.
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn ann_error(e: impl std::fmt::Display) -> VectorError {
-    VectorError::Unavailable(format!("vector index: {e}").into())
 }
 
 /// A candidate in a top-k heap: ordered so the heap's top is the worst kept.
@@ -134,11 +126,10 @@ impl Index {
             slots: Vec::new(),
             vectors: Vec::new(),
             by_id: HashMap::new(),
-            by_key: HashMap::new(),
             free: Vec::new(),
-            next_key: 0,
+            dead: Vec::new(),
             live: 0,
-            ann: None,
+            graph: None,
         }
     }
 
@@ -189,37 +180,42 @@ impl Index {
         for point in points {
             added.push(self.place(point)?);
         }
-        match &self.ann {
-            Some(ann) => {
-                let need = ann.size() + added.len();
-                if need > ann.capacity() {
-                    ann.reserve_capacity_and_threads(need.max(ann.capacity() * 2), threads())
-                        .map_err(ann_error)?;
-                }
-                self.add_to_graph(&added)
-            }
-            None if self.live >= self.options.exact_below.max(1) => self.build(),
-            None => Ok(()),
+        if self.graph.is_some() && self.dead.len() > self.live.max(1_000) {
+            // Rebuilt over every live point, the new ones included.
+            self.tidy();
+            return Ok(());
         }
+        let vectors = Vectors {
+            data: &self.vectors,
+            dim: self.spec.dimension,
+        };
+        match &mut self.graph {
+            Some(graph) => graph.insert(vectors, &added, threads()),
+            None if self.live >= self.options.exact_below.max(1) => self.build(),
+            None => {}
+        }
+        Ok(())
     }
 
-    /// Put a point in the arena (its old key leaves the graph); returns its new key and slot.
-    fn place(&mut self, point: Point) -> Result<(u64, u32), VectorError> {
+    /// Put a point in the arena; returns its slot. With a graph, a point that moves takes a
+    /// new slot and leaves its old one to the graph as a tombstone.
+    fn place(&mut self, point: Point) -> Result<u32, VectorError> {
         let v = self.prepare(&point.vector);
-        let key = self.next_key;
-        self.next_key += 1;
-        let slot = match self.by_id.get(&point.id) {
-            Some(&slot) => {
-                if let Some(old) = self.slots[slot as usize].take() {
-                    self.by_key.remove(&old.key);
-                    if let Some(ann) = &self.ann {
-                        ann.remove(old.key).map_err(ann_error)?;
-                    }
+        let old = self.by_id.get(&point.id).copied();
+        let slot = match old {
+            Some(slot) if self.graph.is_none() => slot,
+            _ => {
+                if let Some(old) = old {
+                    self.slots[old as usize] = None;
+                    self.dead.push(old);
+                    self.live -= 1;
                 }
-                slot
-            }
-            None => {
-                let slot = match self.free.pop() {
+                let reuse = if self.graph.is_none() {
+                    self.free.pop()
+                } else {
+                    None
+                };
+                let slot = match reuse {
                     Some(slot) => slot,
                     None => {
                         let slot = u32::try_from(self.slots.len()).map_err(|_| {
@@ -242,41 +238,11 @@ impl Index {
         let start = slot as usize * d;
         self.vectors[start..start + d].copy_from_slice(&v);
         self.by_id.insert(point.id.clone(), slot);
-        self.by_key.insert(key, slot);
         self.slots[slot as usize] = Some(Slot {
             id: point.id,
-            key,
             payload: point.payload,
         });
-        Ok((key, slot))
-    }
-
-    /// Add `(key, slot)`s to the graph, split over the machine's cores.
-    fn add_to_graph(&self, entries: &[(u64, u32)]) -> Result<(), VectorError> {
-        let Some(ann) = &self.ann else {
-            return Ok(());
-        };
-        let per = entries.len().div_ceil(threads()).max(1);
-        let failed = std::thread::scope(|scope| {
-            let workers: Vec<_> = entries
-                .chunks(per)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .find_map(|&(key, slot)| ann.add(key, self.vector(slot)).err())
-                            .map(|e| e.to_string())
-                    })
-                })
-                .collect();
-            workers.into_iter().find_map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Some("a thread panicked".into()))
-            })
-        });
-        match failed {
-            Some(e) => Err(ann_error(e)),
-            None => Ok(()),
-        }
+        Ok(slot)
     }
 
     /// Remove a point; returns whether it was there.
@@ -284,55 +250,78 @@ impl Index {
         let Some(slot) = self.by_id.remove(id) else {
             return Ok(false);
         };
-        if let Some(old) = self.slots[slot as usize].take() {
-            self.by_key.remove(&old.key);
-            if let Some(ann) = &self.ann {
-                ann.remove(old.key).map_err(ann_error)?;
-            }
+        self.slots[slot as usize] = None;
+        if self.graph.is_some() {
+            self.dead.push(slot);
+        } else {
+            self.free.push(slot);
         }
-        self.free.push(slot);
         self.live -= 1;
-        // Far below the threshold the graph is dead weight.
-        if self.ann.is_some() && self.live < self.options.exact_below / 2 {
-            self.ann = None;
-        }
+        self.tidy();
         Ok(true)
     }
 
+    /// Keep the graph worth its memory: far below the threshold it goes (its tombstones'
+    /// slots are free again); when tombstones outnumber the points, the arena is compacted
+    /// and the graph built again.
+    fn tidy(&mut self) {
+        if self.graph.is_none() {
+            return;
+        }
+        if self.live < self.options.exact_below / 2 {
+            self.graph = None;
+            self.free.append(&mut self.dead);
+        } else if self.dead.len() > self.live.max(1_000) {
+            self.compact();
+            self.build();
+        }
+    }
+
+    /// Drop the empty slots: the live points move to the front, in order.
+    fn compact(&mut self) {
+        let d = self.dim();
+        let mut vectors = Vec::with_capacity(self.live * d);
+        let mut slots = Vec::with_capacity(self.live);
+        self.by_id.clear();
+        for (i, slot) in std::mem::take(&mut self.slots).into_iter().enumerate() {
+            if let Some(s) = slot {
+                vectors.extend_from_slice(&self.vectors[i * d..(i + 1) * d]);
+                self.by_id.insert(s.id.clone(), slots.len() as u32);
+                slots.push(Some(s));
+            }
+        }
+        self.vectors = vectors;
+        self.slots = slots;
+        self.free.clear();
+        self.dead.clear();
+        self.graph = None;
+    }
+
     /// Build the graph over every live point, on as many threads as the machine has.
-    fn build(&mut self) -> Result<(), VectorError> {
+    fn build(&mut self) {
         let metric = match self.spec.distance {
-            Distance::Cosine | Distance::Dot => usearch::MetricKind::IP,
-            Distance::Euclid => usearch::MetricKind::L2sq,
+            Distance::Cosine | Distance::Dot => Metric::InnerProduct,
+            Distance::Euclid => Metric::SquaredEuclid,
         };
-        let options = usearch::IndexOptions {
-            dimensions: self.dim(),
+        let mut graph = Graph::new(Params {
+            m: self.options.connectivity,
+            ef_construction: self.options.expansion_add,
             metric,
-            quantization: if self.options.half {
-                usearch::ScalarKind::F16
-            } else {
-                usearch::ScalarKind::F32
-            },
-            connectivity: self.options.connectivity,
-            expansion_add: self.options.expansion_add,
-            expansion_search: self.options.expansion_search,
-            multi: false,
-        };
-        let ann = usearch::Index::new(&options).map_err(ann_error)?;
-        ann.reserve_capacity_and_threads((self.live * 2).max(1024), threads())
-            .map_err(ann_error)?;
-        let live: Vec<(u64, u32)> = self
+        });
+        let live: Vec<u32> = self
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|s| (s.key, i as u32)))
+            .filter_map(|(i, s)| s.as_ref().map(|_| i as u32))
             .collect();
-        self.ann = Some(ann);
-        if let Err(e) = self.add_to_graph(&live) {
-            self.ann = None;
-            return Err(e);
-        }
-        Ok(())
+        let vectors = Vectors {
+            data: &self.vectors,
+            dim: self.spec.dimension,
+        };
+        graph.insert(vectors, &live, threads());
+        self.free.clear();
+        self.dead.clear();
+        self.graph = Some(graph);
     }
 
     fn hit(&self, Scored(score, slot): Scored) -> Option<Hit> {
@@ -377,7 +366,7 @@ impl Index {
         let q = self.prepare(&query.vector);
         let limit = query.limit;
         let exact_below = self.options.exact_below;
-        let best = match &self.ann {
+        let best = match &self.graph {
             None => self.top(
                 &q,
                 limit,
@@ -390,10 +379,10 @@ impl Index {
                 if kept.len() < exact_below {
                     self.top(&q, limit, kept.into_iter())
                 } else {
-                    self.graph(&q, limit, Some(&query.filter))?
+                    self.graph_search(&q, limit, &query.filter)
                 }
             }
-            Some(_) => self.graph(&q, limit, None)?,
+            Some(_) => self.graph_search(&q, limit, &query.filter),
         };
         Ok(best
             .into_iter()
@@ -402,30 +391,24 @@ impl Index {
             .collect())
     }
 
-    fn graph(
-        &self,
-        q: &[f32],
-        limit: usize,
-        filter: Option<&Filter>,
-    ) -> Result<Vec<Scored>, VectorError> {
-        let Some(ann) = &self.ann else {
-            return Ok(Vec::new());
+    /// The graph's nearest live points passing `filter`, scored as exact search scores them.
+    fn graph_search(&self, q: &[f32], limit: usize, filter: &Filter) -> Vec<Scored> {
+        let Some(graph) = &self.graph else {
+            return Vec::new();
         };
-        let want = limit.saturating_mul(self.options.oversample).max(limit);
-        let found = match filter {
-            None => ann.search(q, want),
-            Some(filter) => ann.filtered_search(q, want, |key| {
-                self.by_key
-                    .get(&key)
-                    .is_some_and(|&slot| self.passes(filter, slot))
-            }),
-        }
-        .map_err(ann_error)?;
-        let slots = found
-            .keys
-            .iter()
-            .filter_map(|key| self.by_key.get(key).copied());
-        Ok(self.top(q, limit, slots))
+        let vectors = Vectors {
+            data: &self.vectors,
+            dim: self.spec.dimension,
+        };
+        let found = graph.search(vectors, q, limit, self.options.expansion_search, &|slot| {
+            self.passes(filter, slot)
+        });
+        let mut best: Vec<Scored> = found
+            .into_iter()
+            .map(|n| Scored(self.score(q, n.1), n.1))
+            .collect();
+        best.sort();
+        best
     }
 
     pub(crate) fn count(&self, filter: &Filter) -> u64 {
@@ -466,7 +449,7 @@ impl Index {
     }
 
     /// Bytes held: the arena, the ids and payloads (estimated from their JSON length), the
-    /// maps and the graph.
+    /// map of ids and the graph.
     pub(crate) fn memory_bytes(&self) -> usize {
         let arena = self.vectors.capacity() * 4;
         let slots: usize = self
@@ -475,8 +458,8 @@ impl Index {
             .flatten()
             .map(|s| std::mem::size_of::<Slot>() + s.id.len() * 2 + payload_bytes(&s.payload))
             .sum();
-        let maps = (self.by_id.capacity() + self.by_key.capacity()) * 32;
-        let graph = self.ann.as_ref().map_or(0, |a| a.memory_usage());
+        let maps = self.by_id.capacity() * 32;
+        let graph = self.graph.as_ref().map_or(0, Graph::memory_bytes);
         arena + slots + maps + graph
     }
 }
@@ -541,7 +524,7 @@ mod tests {
                 exact.upsert(point(i, v.clone())).expect("upsert");
                 graph.upsert(point(i, v)).expect("upsert");
             }
-            assert!(graph.ann.is_some() && exact.ann.is_none());
+            assert!(graph.graph.is_some() && exact.graph.is_none());
             let (mut found, mut total) = (0, 0);
             for q in random(50, 8, 11) {
                 let query = VectorQuery::new(q, 10);
@@ -593,9 +576,73 @@ mod tests {
             index.remove(&format!("p{i}")).expect("remove");
         }
         assert!(
-            index.ann.is_none(),
+            index.graph.is_none(),
             "the graph goes when few points are left"
         );
         assert_eq!(index.count(&Filter::all()), 40);
+    }
+
+    #[test]
+    fn moved_points_leave_tombstones_until_the_graph_is_rebuilt() {
+        let options = IndexOptions {
+            exact_below: 100,
+            ..IndexOptions::default()
+        };
+        let mut index = Index::new(spec(Distance::Euclid), "g".into(), 0, options);
+        let mut exact = Index::new(
+            spec(Distance::Euclid),
+            "g".into(),
+            0,
+            IndexOptions {
+                exact_below: usize::MAX,
+                ..options
+            },
+        );
+        for round in 0..3u64 {
+            let points: Vec<Point> = random(1_200, 8, 20 + round)
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| point(i, v))
+                .collect();
+            index.upsert_many(points.clone()).expect("upsert");
+            exact.upsert_many(points).expect("upsert");
+            assert_eq!(index.len(), 1_200);
+            // Each round moves every point: the old slots stay behind as tombstones until
+            // they outnumber the points, then the arena is compacted and the graph rebuilt.
+            assert!(
+                index.dead.len() <= 1_200,
+                "round {round}: {}",
+                index.dead.len()
+            );
+            assert!(index.slots.len() <= 2 * 1_200 + 1_200);
+        }
+        assert!(index.graph.is_some());
+        assert!(
+            index.dead.is_empty() && index.slots.len() == 1_200,
+            "the third round's tombstones outnumbered the points: compacted and rebuilt"
+        );
+        let (mut found, mut total) = (0, 0);
+        for q in random(30, 8, 99) {
+            let query = VectorQuery::new(q, 10);
+            let want: Vec<String> = exact
+                .search(&query)
+                .expect("exact")
+                .into_iter()
+                .map(|h| h.id)
+                .collect();
+            let got = index.search(&query).expect("graph");
+            assert_eq!(got.len(), 10);
+            total += want.len();
+            found += got.iter().filter(|h| want.contains(&h.id)).count();
+        }
+        assert!(
+            found as f64 / total as f64 >= 0.95,
+            "recall {found}/{total}"
+        );
+        // Every id is found once, with its latest vector.
+        for i in [0, 599, 1_199] {
+            let id = format!("p{i}");
+            assert_eq!(index.get(&id), exact.get(&id));
+        }
     }
 }

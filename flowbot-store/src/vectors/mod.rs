@@ -1,6 +1,6 @@
 //! The embedded vector store: collections kept durably in the SQL store (SQLite or
 //! PostgreSQL), searched in memory — exactly below a size threshold, through an HNSW graph
-//! (usearch) above it — and kept in step between every process sharing the database.
+//! of our own above it — and kept in step between every process sharing the database.
 //!
 //! Each process holds the collections it has used in memory. Every write takes the
 //! collection's next sequence number in the database and is announced on the store's
@@ -9,6 +9,7 @@
 //! primary-key read), so a write made by a process it cannot hear (the `kb ingest` command
 //! beside a SQLite server) is seen by the next search.
 
+mod hnsw;
 mod index;
 
 use std::collections::HashMap;
