@@ -395,7 +395,7 @@ impl Graph {
     }
 
     /// The `ef` nearest nodes to `q` found at `level` from `start`, nearest first; only nodes
-    /// `accept` takes are returned, every node is routed through.
+    /// `accept` takes (every node without one) are returned, every node is routed through.
     #[inline(always)]
     fn search_level<S: Simd>(
         &self,
@@ -403,9 +403,10 @@ impl Graph {
         vectors: Vectors<'_>,
         q: &[f32],
         (start, ef, level): (Near, usize, usize),
-        accept: &dyn Fn(u32) -> bool,
+        accept: Option<&dyn Fn(u32) -> bool>,
         visited: &mut Visited,
     ) -> Vec<Near> {
+        let accept = |n: u32| accept.is_none_or(|f| f(n));
         visited.start(self.levels.len());
         let metric = self.params.metric;
         let mut candidates = BinaryHeap::with_capacity(ef * 2);
@@ -426,14 +427,12 @@ impl Graph {
                 break;
             }
             self.neighbours(current.1, level, &mut buf);
+            buf.retain(|&n| visited.insert(n));
             for (j, &n) in buf.iter().enumerate() {
-                // Start loading the next neighbour's vector while this one is measured
+                // Start loading the next new neighbour's vector while this one is measured
                 // (hnswlib prefetches it; a plain load does the same from safe code).
                 if let Some(&next) = buf.get(j + 1) {
                     vectors.touch(next);
-                }
-                if !visited.insert(n) {
-                    continue;
                 }
                 let d = metric.distance(simd, q, vectors.get(n));
                 if found.len() < ef || d < bound {
@@ -511,7 +510,7 @@ impl Graph {
                 vectors,
                 q,
                 (ep, self.params.ef_construction, l),
-                &|n| n != node,
+                Some(&|n| n != node),
                 visited,
             );
             let max = if l == 0 { self.m0() } else { self.params.m };
@@ -565,15 +564,15 @@ impl Graph {
         self.set_neighbours(to, level, kept.iter().map(|k| k.1));
     }
 
-    /// The `k` nodes nearest to `q` that `accept` takes, nearest first, keeping `ef`
-    /// candidates (at least `k`).
+    /// The `k` nodes nearest to `q` that `accept` takes (every node without one), nearest
+    /// first, keeping `ef` candidates (at least `k`).
     pub(crate) fn search(
         &self,
         vectors: Vectors<'_>,
         q: &[f32],
         k: usize,
         ef: usize,
-        accept: &dyn Fn(u32) -> bool,
+        accept: Option<&dyn Fn(u32) -> bool>,
     ) -> Vec<Near> {
         let Some(entry) = *lock(&self.entry) else {
             return Vec::new();
@@ -627,7 +626,7 @@ struct Searcher<'a> {
     entry: Entry,
     k: usize,
     ef: usize,
-    accept: &'a dyn Fn(u32) -> bool,
+    accept: Option<&'a dyn Fn(u32) -> bool>,
     visited: &'a mut Visited,
 }
 
@@ -725,7 +724,7 @@ mod tests {
             let (mut hit, mut total) = (0, 0);
             for q in random(50, d, 9).chunks(d) {
                 let want = exact(v, metric, q, 10);
-                let got = g.search(v, q, 10, 64, &|_| true);
+                let got = g.search(v, q, 10, 64, None);
                 assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "nearest first");
                 total += want.len();
                 hit += got.iter().filter(|g| want.contains(&g.1)).count();
@@ -753,7 +752,7 @@ mod tests {
         let nodes: Vec<u32> = (0..n as u32).collect();
         g.insert(v, &nodes, 1);
         let q = v.get(7).to_vec();
-        let got = g.search(v, &q, 5, 32, &|node| node % 2 == 1);
+        let got = g.search(v, &q, 5, 32, Some(&|node| node % 2 == 1));
         assert_eq!(got.len(), 5);
         assert!(got.iter().all(|n| n.1 % 2 == 1));
         let want: Vec<u32> = exact(v, Metric::SquaredEuclid, &q, 40)
@@ -771,6 +770,6 @@ mod tests {
             ef_construction: 8,
             metric: Metric::InnerProduct,
         });
-        assert!(empty.search(v, &q, 5, 32, &|_| true).is_empty());
+        assert!(empty.search(v, &q, 5, 32, None).is_empty());
     }
 }

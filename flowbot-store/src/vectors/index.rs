@@ -80,6 +80,8 @@ pub(crate) struct Index {
     /// Slots the graph still links whose points were removed or moved: routed through,
     /// never returned, gone when the graph is rebuilt.
     dead: Vec<u32>,
+    /// Whether each slot is one of `dead`.
+    tombstones: Vec<bool>,
     live: usize,
     graph: Option<Graph>,
 }
@@ -128,6 +130,7 @@ impl Index {
             by_id: HashMap::new(),
             free: Vec::new(),
             dead: Vec::new(),
+            tombstones: Vec::new(),
             live: 0,
             graph: None,
         }
@@ -207,7 +210,7 @@ impl Index {
             _ => {
                 if let Some(old) = old {
                     self.slots[old as usize] = None;
-                    self.dead.push(old);
+                    self.bury(old);
                     self.live -= 1;
                 }
                 let reuse = if self.graph.is_none() {
@@ -252,13 +255,22 @@ impl Index {
         };
         self.slots[slot as usize] = None;
         if self.graph.is_some() {
-            self.dead.push(slot);
+            self.bury(slot);
         } else {
             self.free.push(slot);
         }
         self.live -= 1;
         self.tidy();
         Ok(true)
+    }
+
+    /// Leave an emptied slot in the graph as a tombstone.
+    fn bury(&mut self, slot: u32) {
+        self.dead.push(slot);
+        if self.tombstones.len() <= slot as usize {
+            self.tombstones.resize(slot as usize + 1, false);
+        }
+        self.tombstones[slot as usize] = true;
     }
 
     /// Keep the graph worth its memory: far below the threshold it goes (its tombstones'
@@ -271,6 +283,7 @@ impl Index {
         if self.live < self.options.exact_below / 2 {
             self.graph = None;
             self.free.append(&mut self.dead);
+            self.tombstones.clear();
         } else if self.dead.len() > self.live.max(1_000) {
             self.compact();
             self.build();
@@ -294,6 +307,7 @@ impl Index {
         self.slots = slots;
         self.free.clear();
         self.dead.clear();
+        self.tombstones.clear();
         self.graph = None;
     }
 
@@ -321,6 +335,7 @@ impl Index {
         graph.insert(vectors, &live, threads());
         self.free.clear();
         self.dead.clear();
+        self.tombstones.clear();
         self.graph = Some(graph);
     }
 
@@ -400,15 +415,28 @@ impl Index {
             data: &self.vectors,
             dim: self.spec.dimension,
         };
-        let found = graph.search(vectors, q, limit, self.options.expansion_search, &|slot| {
-            self.passes(filter, slot)
-        });
-        let mut best: Vec<Scored> = found
+        // Without tombstones or a filter every node is a hit: no slot need be looked at
+        // (a slot is a cache miss of its own).
+        let live = |slot: u32| !self.tombstones.get(slot as usize).copied().unwrap_or(false);
+        let passes = |slot: u32| self.passes(filter, slot);
+        let accept: Option<&dyn Fn(u32) -> bool> = if !filter.is_empty() {
+            Some(&passes)
+        } else if !self.dead.is_empty() {
+            Some(&live)
+        } else {
+            None
+        };
+        let found = graph.search(vectors, q, limit, self.options.expansion_search, accept);
+        found
             .into_iter()
-            .map(|n| Scored(self.score(q, n.1), n.1))
-            .collect();
-        best.sort();
-        best
+            .map(|n| {
+                let score = match self.spec.distance {
+                    Distance::Cosine | Distance::Dot => -n.0,
+                    Distance::Euclid => -n.0.max(0.0).sqrt(),
+                };
+                Scored(score, n.1)
+            })
+            .collect()
     }
 
     pub(crate) fn count(&self, filter: &Filter) -> u64 {
