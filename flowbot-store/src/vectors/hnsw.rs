@@ -45,57 +45,61 @@ impl Metric {
 /// independent sums so the multiply-adds overlap.
 #[inline(always)]
 fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (ah, at) = S::as_simd_f32s(&a[..n]);
-    let (bh, bt) = S::as_simd_f32s(&b[..n]);
-    let zero = simd.splat_f32s(0.0);
-    let mut acc = [zero; 4];
-    let mut ac = ah.chunks_exact(4);
-    let mut bc = bh.chunks_exact(4);
-    for (x, y) in (&mut ac).zip(&mut bc) {
-        acc[0] = simd.mul_add_e_f32s(x[0], y[0], acc[0]);
-        acc[1] = simd.mul_add_e_f32s(x[1], y[1], acc[1]);
-        acc[2] = simd.mul_add_e_f32s(x[2], y[2], acc[2]);
-        acc[3] = simd.mul_add_e_f32s(x[3], y[3], acc[3]);
-    }
-    for (x, y) in ac.remainder().iter().zip(bc.remainder()) {
-        acc[0] = simd.mul_add_e_f32s(*x, *y, acc[0]);
-    }
-    let sum = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
-    let mut total = simd.reduce_sum_f32s(sum);
-    for (x, y) in at.iter().zip(bt) {
-        total += x * y;
-    }
-    total
+    sum_of_products::<S, false>(simd, a, b)
 }
 
 /// `|a - b|²`, as [`dot`].
 #[inline(always)]
 fn squared_euclid<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
+    sum_of_products::<S, true>(simd, a, b)
+}
+
+/// `Σ aᵢbᵢ`, or with `DIFFERENCES` `Σ (aᵢ - bᵢ)²`.
+#[inline(always)]
+fn sum_of_products<S: Simd, const DIFFERENCES: bool>(simd: S, a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (ah, at) = S::as_simd_f32s(&a[..n]);
     let (bh, bt) = S::as_simd_f32s(&b[..n]);
-    let zero = simd.splat_f32s(0.0);
-    let mut acc = [zero; 4];
+    let step = step::<S, DIFFERENCES>;
+    let mut acc = [simd.splat_f32s(0.0); 4];
     let mut ac = ah.chunks_exact(4);
     let mut bc = bh.chunks_exact(4);
     for (x, y) in (&mut ac).zip(&mut bc) {
-        for ((sum, x), y) in acc.iter_mut().zip(x).zip(y) {
-            let d = simd.sub_f32s(*x, *y);
-            *sum = simd.mul_add_e_f32s(d, d, *sum);
-        }
+        acc[0] = step(simd, x[0], y[0], acc[0]);
+        acc[1] = step(simd, x[1], y[1], acc[1]);
+        acc[2] = step(simd, x[2], y[2], acc[2]);
+        acc[3] = step(simd, x[3], y[3], acc[3]);
     }
     for (x, y) in ac.remainder().iter().zip(bc.remainder()) {
-        let d = simd.sub_f32s(*x, *y);
-        acc[0] = simd.mul_add_e_f32s(d, d, acc[0]);
+        acc[0] = step(simd, *x, *y, acc[0]);
     }
     let sum = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
     let mut total = simd.reduce_sum_f32s(sum);
     for (x, y) in at.iter().zip(bt) {
-        let d = x - y;
-        total += d * d;
+        total += if DIFFERENCES {
+            (x - y) * (x - y)
+        } else {
+            x * y
+        };
     }
     total
+}
+
+/// One lane group's step of [`sum_of_products`] (a function, not a closure: it must be
+/// inlined into the caller compiled for `S`'s instructions).
+#[inline(always)]
+fn step<S: Simd, const DIFFERENCES: bool>(
+    simd: S,
+    x: S::f32s,
+    y: S::f32s,
+    acc: S::f32s,
+) -> S::f32s {
+    if DIFFERENCES {
+        let d = simd.sub_f32s(x, y);
+        simd.mul_add_e_f32s(d, d, acc)
+    } else {
+        simd.mul_add_e_f32s(x, y, acc)
+    }
 }
 
 /// The vectors the graph links: the arena, `dim` floats a slot.

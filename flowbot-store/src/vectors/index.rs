@@ -531,6 +531,25 @@ mod tests {
             .collect()
     }
 
+    /// The share of exact search's 10 nearest that `index` finds for `queries`.
+    fn recall(exact: &Index, index: &Index, queries: Vec<Vec<f32>>) -> f64 {
+        let (mut found, mut total) = (0, 0);
+        for q in queries {
+            let query = VectorQuery::new(q, 10);
+            let want: Vec<String> = exact
+                .search(&query)
+                .expect("exact")
+                .into_iter()
+                .map(|h| h.id)
+                .collect();
+            let got = index.search(&query).expect("graph");
+            assert_eq!(got.len(), want.len());
+            total += want.len();
+            found += got.iter().filter(|h| want.contains(&h.id)).count();
+        }
+        found as f64 / total as f64
+    }
+
     #[test]
     fn the_graph_finds_what_exact_search_finds() {
         for distance in [Distance::Cosine, Distance::Dot, Distance::Euclid] {
@@ -553,23 +572,8 @@ mod tests {
                 graph.upsert(point(i, v)).expect("upsert");
             }
             assert!(graph.graph.is_some() && exact.graph.is_none());
-            let (mut found, mut total) = (0, 0);
-            for q in random(50, 8, 11) {
-                let query = VectorQuery::new(q, 10);
-                let want: Vec<String> = exact
-                    .search(&query)
-                    .expect("exact")
-                    .into_iter()
-                    .map(|h| h.id)
-                    .collect();
-                let got = graph.search(&query).expect("graph");
-                total += want.len();
-                found += got.iter().filter(|h| want.contains(&h.id)).count();
-            }
-            assert!(
-                found as f64 / total as f64 >= 0.95,
-                "{distance:?}: recall {found}/{total}"
-            );
+            let recall = recall(&exact, &graph, random(50, 8, 11));
+            assert!(recall >= 0.95, "{distance:?}: recall {recall}");
         }
     }
 
@@ -649,24 +653,8 @@ mod tests {
             index.dead.is_empty() && index.slots.len() == 1_200,
             "the third round's tombstones outnumbered the points: compacted and rebuilt"
         );
-        let (mut found, mut total) = (0, 0);
-        for q in random(30, 8, 99) {
-            let query = VectorQuery::new(q, 10);
-            let want: Vec<String> = exact
-                .search(&query)
-                .expect("exact")
-                .into_iter()
-                .map(|h| h.id)
-                .collect();
-            let got = index.search(&query).expect("graph");
-            assert_eq!(got.len(), 10);
-            total += want.len();
-            found += got.iter().filter(|h| want.contains(&h.id)).count();
-        }
-        assert!(
-            found as f64 / total as f64 >= 0.95,
-            "recall {found}/{total}"
-        );
+        let recall = recall(&exact, &index, random(30, 8, 99));
+        assert!(recall >= 0.95, "recall {recall}");
         // Every id is found once, with its latest vector.
         for i in [0, 599, 1_199] {
             let id = format!("p{i}");
