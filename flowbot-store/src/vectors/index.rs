@@ -77,11 +77,11 @@ pub(crate) struct Index {
     by_id: HashMap<String, u32>,
     /// Empty slots to fill again (only while there is no graph).
     free: Vec<u32>,
-    /// Slots the graph still links whose points were removed or moved: routed through,
-    /// never returned, gone when the graph is rebuilt.
-    dead: Vec<u32>,
-    /// Whether each slot is one of `dead`.
+    /// The slots the graph still links whose points were removed or moved
+    /// (`tombstones[slot]`): routed through, never returned, gone when the graph is rebuilt.
     tombstones: Vec<bool>,
+    /// How many tombstones there are.
+    dead: usize,
     live: usize,
     graph: Option<Graph>,
 }
@@ -129,8 +129,8 @@ impl Index {
             vectors: Vec::new(),
             by_id: HashMap::new(),
             free: Vec::new(),
-            dead: Vec::new(),
             tombstones: Vec::new(),
+            dead: 0,
             live: 0,
             graph: None,
         }
@@ -183,7 +183,7 @@ impl Index {
         for point in points {
             added.push(self.place(point)?);
         }
-        if self.graph.is_some() && self.dead.len() > self.live.max(1_000) {
+        if self.crowded() {
             // Rebuilt over every live point, the new ones included.
             self.tidy();
             return Ok(());
@@ -266,11 +266,16 @@ impl Index {
 
     /// Leave an emptied slot in the graph as a tombstone.
     fn bury(&mut self, slot: u32) {
-        self.dead.push(slot);
+        self.dead += 1;
         if self.tombstones.len() <= slot as usize {
             self.tombstones.resize(slot as usize + 1, false);
         }
         self.tombstones[slot as usize] = true;
+    }
+
+    /// Whether the graph's tombstones outnumber its points (and are many): time to rebuild.
+    fn crowded(&self) -> bool {
+        self.graph.is_some() && self.dead > self.live.max(1_000)
     }
 
     /// Keep the graph worth its memory: far below the threshold it goes (its tombstones'
@@ -282,9 +287,11 @@ impl Index {
         }
         if self.live < self.options.exact_below / 2 {
             self.graph = None;
-            self.free.append(&mut self.dead);
-            self.tombstones.clear();
-        } else if self.dead.len() > self.live.max(1_000) {
+            let buried = std::mem::take(&mut self.tombstones);
+            self.free
+                .extend((0..buried.len() as u32).filter(|&s| buried[s as usize]));
+            self.dead = 0;
+        } else if self.crowded() {
             self.compact();
             self.build();
         }
@@ -306,7 +313,7 @@ impl Index {
         self.vectors = vectors;
         self.slots = slots;
         self.free.clear();
-        self.dead.clear();
+        self.dead = 0;
         self.tombstones.clear();
         self.graph = None;
     }
@@ -334,7 +341,7 @@ impl Index {
         };
         graph.insert(vectors, &live, threads());
         self.free.clear();
-        self.dead.clear();
+        self.dead = 0;
         self.tombstones.clear();
         self.graph = Some(graph);
     }
@@ -421,7 +428,7 @@ impl Index {
         let passes = |slot: u32| self.passes(filter, slot);
         let accept: Option<&dyn Fn(u32) -> bool> = if !filter.is_empty() {
             Some(&passes)
-        } else if !self.dead.is_empty() {
+        } else if self.dead > 0 {
             Some(&live)
         } else {
             None
@@ -641,16 +648,12 @@ mod tests {
             assert_eq!(index.len(), 1_200);
             // Each round moves every point: the old slots stay behind as tombstones until
             // they outnumber the points, then the arena is compacted and the graph rebuilt.
-            assert!(
-                index.dead.len() <= 1_200,
-                "round {round}: {}",
-                index.dead.len()
-            );
+            assert!(index.dead <= 1_200, "round {round}: {}", index.dead);
             assert!(index.slots.len() <= 2 * 1_200 + 1_200);
         }
         assert!(index.graph.is_some());
         assert!(
-            index.dead.is_empty() && index.slots.len() == 1_200,
+            index.dead == 0 && index.slots.len() == 1_200,
             "the third round's tombstones outnumbered the points: compacted and rebuilt"
         );
         let recall = recall(&exact, &index, random(30, 8, 99));
